@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class CostmonConfig(AppConfig):
+    name = "costmon"
+    verbose_name = "costmon"
+
+    def ready(self) -> None:
+        from django.db.backends.signals import connection_created
+
+        from costmon import checks  # noqa: F401  (registers system checks)
+        from costmon.tenancy import install_rls_wrapper
+
+        connection_created.connect(install_rls_wrapper, dispatch_uid="costmon_rls")

@@ -1,0 +1,96 @@
+"""API authentication: `Authorization: Bearer <api key>`."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from django.core.cache import cache
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from costmon.models import ApiKey
+from costmon.services import api_key_touch, auth_cache_key, hash_secret
+from costmon.tenancy import unscoped
+
+log = structlog.get_logger(__name__)
+_CACHE_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class KeyPrincipal:
+    """What the API knows about the caller once its key checks out (cached, no model row)."""
+
+    key_id: int
+    tenant_id: int
+    scopes: tuple[str, ...]
+    prefix: str
+
+    is_authenticated = True
+    is_anonymous = False
+    is_staff = False
+    is_superuser = False
+
+    def has_scope(self, scope: str) -> bool:
+        if scope == ApiKey.Scope.READ and ApiKey.Scope.ADMIN in self.scopes:
+            return True
+        return scope in self.scopes
+
+
+def _cache_get(key: str) -> Any:
+    try:
+        return cache.get(key)
+    except Exception:  # noqa: BLE001 - a cache outage must not stop authentication
+        log.warning("auth_cache_unavailable")
+        return None
+
+
+def _cache_set(key: str, value: Any) -> None:
+    try:
+        cache.set(key, value, _CACHE_SECONDS)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def principal_for_secret(secret: str) -> KeyPrincipal | str:
+    """The principal for a presented key, or the reason it is refused."""
+    digest = hash_secret(secret)
+    cached = _cache_get(auth_cache_key(digest))
+    if isinstance(cached, KeyPrincipal):
+        return cached
+    prefix = secret.split("_")[0] + "_" + secret.split("_")[1] if secret.count("_") >= 2 else ""
+    with unscoped():
+        key = ApiKey.objects.unscoped().filter(prefix=prefix).first() if prefix else None
+    if key is None or not hmac.compare_digest(key.secret_hash, digest):
+        return "Invalid API key. Create one with `manage.py create_api_key <tenant-slug> --scopes ...`."
+    if key.revoked_at is not None:
+        return f"This API key ({key.prefix}) was revoked on {key.revoked_at:%Y-%m-%d %H:%M} UTC."
+    principal = KeyPrincipal(
+        key_id=key.pk, tenant_id=key.tenant_id, scopes=tuple(key.scopes), prefix=key.prefix
+    )
+    _cache_set(auth_cache_key(digest), principal)
+    api_key_touch(api_key_id=key.pk)
+    return principal
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[KeyPrincipal, KeyPrincipal] | None:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            return None
+        parts = header.split()
+        if len(parts) != 2 or parts[0].lower() != "bearer":
+            raise exceptions.AuthenticationFailed(
+                "Send the API key as `Authorization: Bearer <key>`."
+            )
+        result = principal_for_secret(parts[1])
+        if isinstance(result, str):
+            raise exceptions.AuthenticationFailed(result)
+        return result, result
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="costmon"'

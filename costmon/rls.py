@@ -1,0 +1,61 @@
+"""Migration operation that puts a tenant-owned table behind PostgreSQL row-level security."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.migrations.operations.base import Operation
+
+_BYPASS = "current_setting('costmon.rls_bypass', true) = 'on'"
+_TENANT = "tenant_id = NULLIF(current_setting('costmon.tenant_id', true), '')::bigint"
+
+
+class EnableRowLevelSecurity(Operation):
+    """Only rows of the tenant in context are visible or writable, unless code runs unscoped.
+
+    FORCE applies the policy to the table's owner too, so it holds for the role the product
+    connects as (superusers bypass RLS always: see DATABASE_ROLE in the README).
+    `shared_rows=True` also shows rows whose tenant is NULL (global catalog entries) to everyone,
+    while only unscoped code may write them.
+    """
+
+    reduces_to_sql = True
+    reversible = True
+
+    def __init__(self, table: str, shared_rows: bool = False) -> None:
+        self.table = table
+        self.shared_rows = shared_rows
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        kwargs: dict[str, Any] = {"table": self.table}
+        if self.shared_rows:
+            kwargs["shared_rows"] = True
+        return (self.__class__.__qualname__, [], kwargs)
+
+    def state_forwards(self, app_label: str, state: Any) -> None:
+        pass
+
+    def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        read = f"{_BYPASS} OR {_TENANT}"
+        if self.shared_rows:
+            read = f"{read} OR tenant_id IS NULL"
+        table = schema_editor.quote_name(self.table)
+        schema_editor.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        schema_editor.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+        schema_editor.execute(
+            f"CREATE POLICY tenant_isolation ON {table} USING ({read}) "
+            f"WITH CHECK ({_BYPASS} OR {_TENANT})"
+        )
+
+    def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        table = schema_editor.quote_name(self.table)
+        schema_editor.execute(f"DROP POLICY IF EXISTS tenant_isolation ON {table}")
+        schema_editor.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
+        schema_editor.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
+
+    def describe(self) -> str:
+        return f"Enable row-level security on {self.table}"

@@ -1,0 +1,102 @@
+"""Which tenant a request acts for, and what it may do there.
+
+API views subclass `TenantAPIView`: it resolves the tenant once (from the API key, or for a
+logged-in member from `?tenant=<slug>` / their only tenant), checks the view's scope, and puts
+the tenant in context for the rest of the request. Views get `self.tenant` and never look a
+tenant up themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.contrib.auth.models import AbstractBaseUser
+from rest_framework import exceptions
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from costmon import tenancy
+from costmon.authentication import KeyPrincipal
+from costmon.models import ApiKey, Membership, Tenant
+
+# What each membership role may do through the API.
+ROLE_SCOPES = {
+    Membership.Role.VIEWER: {ApiKey.Scope.READ},
+    Membership.Role.ADMIN: {ApiKey.Scope.READ, ApiKey.Scope.ADMIN, ApiKey.Scope.INGEST},
+    Membership.Role.OWNER: {ApiKey.Scope.READ, ApiKey.Scope.ADMIN, ApiKey.Scope.INGEST},
+}
+
+
+def tenants_for_user(user: AbstractBaseUser) -> list[Tenant]:
+    """The tenants a dashboard user may open: their memberships, or all for a superuser."""
+    if not getattr(user, "is_authenticated", False):
+        return []
+    if getattr(user, "is_superuser", False):
+        return list(Tenant.objects.all())
+    with tenancy.unscoped():
+        return list(Tenant.objects.filter(memberships__user=user).distinct())
+
+
+def user_scopes(user: AbstractBaseUser, tenant: Tenant) -> set[str]:
+    if getattr(user, "is_superuser", False):
+        return set(ApiKey.Scope.values)
+    with tenancy.unscoped():
+        role = Membership.objects.unscoped().filter(tenant=tenant, user=user).values_list("role", flat=True).first()
+    return set(ROLE_SCOPES.get(role, set())) if role else set()
+
+
+class TenantAPIView(APIView):
+    required_scope: ClassVar[str] = ApiKey.Scope.READ
+    # Per-method scopes, e.g. {"POST": "admin"}; methods not listed need `required_scope`.
+    method_scopes: ClassVar[dict[str, str]] = {}
+
+    tenant: Tenant
+    api_key_id: int | None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # As PostHog's routing does: the tenant comes from here, never from a view's override.
+        if "get_queryset" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} must not override get_queryset; use selectors with self.tenant.")
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        scope = self.method_scopes.get(request.method or "", self.required_scope)
+        principal = request.user
+        if isinstance(principal, KeyPrincipal):
+            if not principal.has_scope(scope):
+                raise exceptions.PermissionDenied(
+                    f"This API key lacks the '{scope}' scope. Create a key with "
+                    f"`--scopes {scope}` for this call."
+                )
+            tenant = Tenant.objects.filter(pk=principal.tenant_id).first()
+            if tenant is None:
+                raise exceptions.AuthenticationFailed("This API key's tenant no longer exists.")
+            self.api_key_id = principal.key_id
+        else:
+            tenant = self._tenant_for_user(request)
+            if scope not in user_scopes(request.user, tenant):
+                raise exceptions.PermissionDenied(f"Your role in {tenant.slug} does not allow this ({scope}).")
+            self.api_key_id = None
+        self.tenant = tenant
+        # The request's context: the middleware resets it when the response is done.
+        tenancy.activate(tenant.pk)
+
+    def _tenant_for_user(self, request: Request) -> Tenant:
+        allowed = tenants_for_user(request.user)
+        slug = request.query_params.get("tenant")
+        if slug:
+            for tenant in allowed:
+                if tenant.slug == slug:
+                    return tenant
+            # 404, not 403: an outsider learns nothing about which tenants exist.
+            raise exceptions.NotFound(f"No tenant {slug!r} among yours.")
+        session_tenant = request.session.get("tenant_id") if hasattr(request, "session") else None
+        for tenant in allowed:
+            if tenant.pk == session_tenant:
+                return tenant
+        if len(allowed) == 1:
+            return allowed[0]
+        if not allowed:
+            raise exceptions.NotFound("You are not a member of any tenant.")
+        raise exceptions.ValidationError({"tenant": "You belong to several tenants: add ?tenant=<slug>."})

@@ -1,0 +1,279 @@
+"""Usage API: report usage, read raw events back, and read aggregated metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from costmon.exceptions import DomainError, PayloadTooLarge
+from costmon.models import ApiKey
+from costmon.scoping import TenantAPIView
+from costmon.tenancy import tenant_context
+from usage.ingest import parse_batch
+from usage.models import CostSource, UsageEvent
+from usage.pricing import format_usd
+from usage.selectors import (
+    FILTER_FIELDS,
+    Metrics,
+    TimeRange,
+    UsageFilters,
+    custom_range,
+    iter_usage_events,
+    period_range,
+    usage_event_page,
+    usage_events,
+    usage_metrics,
+)
+from usage.services import usage_record_batch
+
+_SOURCE_LABELS = dict(CostSource.choices)
+
+
+def time_range_from(request: Request, tenant: Any, *, default: str | None = "month") -> TimeRange | None:
+    params = request.query_params
+    if params.get("start"):
+        return custom_range(tenant=tenant, start=params["start"], end=params.get("end"))
+    if params.get("end"):
+        raise DomainError("Give start with end.", field="start")
+    period = params.get("period") or default
+    return period_range(tenant=tenant, period=period) if period else None
+
+
+def filters_from(request: Request) -> UsageFilters:
+    params = request.query_params
+    values: dict[str, Any] = {name: params.get(name) or None for name in FILTER_FIELDS}
+    if tag := params.get("tag"):
+        name, sep, value = tag.partition(":")
+        if not sep or not name:
+            raise DomainError("tag filter must be name:value, e.g. tag=team:search.", field="tag")
+        values["tag"] = (name, value)
+    return UsageFilters(**values)
+
+
+def event_json(e: UsageEvent) -> dict[str, Any]:
+    return {
+        "event_id": e.event_id,
+        "occurred_at": e.occurred_at.isoformat().replace("+00:00", "Z"),
+        "provider": e.provider.value,
+        "model": e.model.value,
+        "operation": e.operation.value,
+        "end_user": e.end_user.value,
+        "session_id": e.session.value if e.session_id else "",
+        "tags": e.tags or {},
+        "input_tokens": e.input_tokens,
+        "output_tokens": e.output_tokens,
+        "cached_input_tokens": e.cached_input_tokens,
+        "cache_write_tokens": e.cache_write_tokens,
+        "reasoning_tokens": e.reasoning_tokens,
+        "cost_usd": format_usd(e.cost_nanos),
+        "cost_source": _SOURCE_LABELS[e.cost_source],
+        "latency_ms": e.latency_ms,
+        "status": "error" if e.is_error else "success",
+        "cache_hit": e.cache_hit,
+    }
+
+
+CSV_COLUMNS = [
+    "event_id", "occurred_at", "provider", "model", "operation", "end_user", "session_id", "tags",
+    "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
+    "reasoning_tokens", "cost_usd", "cost_source", "latency_ms", "status", "cache_hit",
+]
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise DomainError(f"{name} must be a whole number.", field=name) from None
+    if not 1 <= value <= maximum:
+        raise DomainError(f"{name} must be between 1 and {maximum}.", field=name)
+    return value
+
+
+class UsageApi(TenantAPIView):
+    method_scopes = {"POST": ApiKey.Scope.INGEST, "GET": ApiKey.Scope.READ}
+    parser_classes: list[Any] = []  # the body is parsed here, with exact decimals
+
+    @extend_schema(
+        summary="Report usage",
+        description="One usage event or a list of them (see the README for the fields).",
+        request=OpenApiTypes.OBJECT,
+        responses={201: inline_serializer("UsageRecorded", {"events": serializers.ListField()})},
+    )
+    def post(self, request: Request) -> Response:
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if length.isdigit() and int(length) > settings.COSTMON_MAX_BODY_BYTES:
+            raise PayloadTooLarge(
+                f"The body is {int(length):,} bytes; send at most {settings.COSTMON_MAX_BODY_BYTES:,} "
+                "bytes per request (split the batch)."
+            )
+        try:
+            body = request._request.body
+        except RequestDataTooBig:
+            raise PayloadTooLarge(
+                f"Send at most {settings.COSTMON_MAX_BODY_BYTES:,} bytes per request (split the batch)."
+            ) from None
+        content_type = request.content_type.split(";")[0].strip()
+        if content_type and content_type != "application/json":
+            raise DomainError("Send the usage as JSON with Content-Type: application/json.")
+        try:
+            payload = json.loads(body, parse_float=Decimal)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DomainError(f"Malformed JSON: {exc}") from None
+        events = parse_batch(payload)
+        results = usage_record_batch(tenant=self.tenant, events=events)
+        return Response(
+            {
+                "events": [
+                    {
+                        "event_id": r.event_id,
+                        "cost_usd": format_usd(r.cost_nanos),
+                        "cost_source": _SOURCE_LABELS[r.cost_source],
+                        "duplicate": r.duplicate,
+                    }
+                    for r in results
+                ]
+            },
+            status=201,
+        )
+
+    @extend_schema(
+        summary="List raw usage events",
+        parameters=[
+            OpenApiParameter(name, str, description=f"Only events with this {name}")
+            for name in (*FILTER_FIELDS, "session_id", "status", "cost_source", "tag")
+        ]
+        + [
+            OpenApiParameter("period", str, enum=["day", "week", "month"]),
+            OpenApiParameter("start", str), OpenApiParameter("end", str),
+            OpenApiParameter("limit", int), OpenApiParameter("cursor", str),
+            OpenApiParameter("format", str, enum=["json", "csv"]),
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request) -> Any:
+        params = request.query_params
+        fmt = params.get("format", "json")
+        if fmt not in ("json", "csv"):
+            raise DomainError("format must be json or csv.", field="format")
+        events = usage_events(
+            tenant=self.tenant,
+            time_range=time_range_from(request, self.tenant, default=params.get("period")),
+            filters=filters_from(request),
+            session_id=params.get("session_id") or None,
+            status=params.get("status") or None,
+            cost_source=params.get("cost_source") or None,
+        )
+        if fmt == "csv":
+            return self._csv(events)
+        page = usage_event_page(
+            events=events, cursor=params.get("cursor"), limit=_int_param(request, "limit", 100, 1000)
+        )
+        return Response({"results": [event_json(e) for e in page.events], "next_cursor": page.next_cursor})
+
+    def _csv(self, events: Any) -> StreamingHttpResponse:
+        tenant = self.tenant
+
+        def rows() -> Iterator[str]:
+            writer = csv.writer(_Echo())
+            yield writer.writerow(CSV_COLUMNS)
+            # The response streams after the view returns: hold the tenant's context here.
+            with tenant_context(tenant):
+                for event in iter_usage_events(events=events):
+                    data = event_json(event)
+                    data["tags"] = json.dumps(data["tags"]) if data["tags"] else ""
+                    yield writer.writerow([data[c] for c in CSV_COLUMNS])
+
+        response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{tenant.slug}-usage.csv"'
+        return response
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def totals_json(sums: dict[str, int]) -> dict[str, Any]:
+    calls = sums["calls"]
+    return {
+        "cost_usd": format_usd(sums["cost_nanos"]),
+        "calls": calls,
+        "input_tokens": sums["input_tokens"],
+        "output_tokens": sums["output_tokens"],
+        "cached_input_tokens": sums["cached_input_tokens"],
+        "cache_write_tokens": sums["cache_write_tokens"],
+        "reasoning_tokens": sums["reasoning_tokens"],
+        "cache_hits": sums["cache_hits"],
+        "cache_hit_rate": _rate(sums["cache_hits"], calls),
+        "prompt_cache_rate": _rate(sums["cached_input_tokens"], sums["input_tokens"]),
+        "errors": sums["errors"],
+        "error_rate": _rate(sums["errors"], calls),
+        "unpriced_calls": sums["unpriced_calls"],
+        "avg_cost_usd": format_usd(sums["cost_nanos"] // calls) if calls else None,
+        "avg_latency_ms": round(sums["latency_ms_sum"] / sums["latency_count"]) if sums["latency_count"] else None,
+    }
+
+
+def metrics_json(m: Metrics) -> dict[str, Any]:
+    return {
+        "start": m.range.start.isoformat().replace("+00:00", "Z"),
+        "end": m.range.end.isoformat().replace("+00:00", "Z"),
+        "period": m.range.period,
+        "time_zone": str(m.range.tz),
+        "group_by": m.group_by,
+        "interval": m.interval,
+        "total": totals_json(m.totals),
+        "breakdown": [{"key": row["key"], **totals_json(row)} for row in m.breakdown],
+        "series": [
+            {"bucket": s["bucket"].isoformat(), "cost_usd": format_usd(s["cost_nanos"]), "calls": s["calls"]}
+            for s in m.series
+        ],
+    }
+
+
+class MetricsApi(TenantAPIView):
+    required_scope = ApiKey.Scope.READ
+
+    @extend_schema(
+        summary="Aggregated usage: totals, a breakdown and a time series",
+        parameters=[
+            OpenApiParameter("period", str, enum=["day", "week", "month"]),
+            OpenApiParameter("start", str), OpenApiParameter("end", str),
+            OpenApiParameter("group_by", str, description="provider, model, operation, end_user, session_id or tag:<name>"),
+            OpenApiParameter("interval", str, enum=["hour", "day"]),
+            OpenApiParameter("tag", str, description="name:value"),
+            *[OpenApiParameter(name, str) for name in FILTER_FIELDS],
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        metrics = usage_metrics(
+            tenant=self.tenant,
+            time_range=time_range_from(request, self.tenant),  # type: ignore[arg-type]
+            filters=filters_from(request),
+            group_by=params.get("group_by") or None,
+            interval=params.get("interval") or None,
+            limit=_int_param(request, "limit", 100, 1000),
+        )
+        return Response(metrics_json(metrics))

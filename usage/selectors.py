@@ -1,0 +1,337 @@
+"""Reads of usage data. Aggregates come from the hourly rollups, never from raw events, except
+for the two dimensions rollups do not carry (session and tag), which read the events in range."""
+
+from __future__ import annotations
+
+import base64
+import zoneinfo
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Coalesce, TruncDay, TruncHour
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from costmon.exceptions import DomainError
+from costmon.models import Tenant
+from usage.models import CostSource, HourlyRollup, UsageEvent
+
+ROLLUP_DIMENSIONS = ("provider", "model", "operation", "end_user")
+EVENT_DIMENSIONS = ("session_id",)
+FILTER_FIELDS = ("provider", "model", "operation", "end_user")
+PERIODS = ("day", "week", "month")
+_SUM_FIELDS = (
+    "calls", "errors", "cache_hits", "unpriced_calls", "input_tokens", "output_tokens",
+    "cached_input_tokens", "cache_write_tokens", "reasoning_tokens", "cost_nanos",
+    "latency_ms_sum", "latency_count",
+)
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    start: datetime
+    end: datetime  # exclusive
+    period: str  # day, week, month or custom
+    tz: zoneinfo.ZoneInfo
+
+
+@dataclass(frozen=True)
+class UsageFilters:
+    provider: str | None = None
+    model: str | None = None
+    operation: str | None = None
+    end_user: str | None = None
+    tag: tuple[str, str] | None = None
+
+    def is_empty(self) -> bool:
+        return not any((self.provider, self.model, self.operation, self.end_user, self.tag))
+
+
+@dataclass
+class Metrics:
+    range: TimeRange
+    totals: dict[str, int]
+    breakdown: list[dict[str, Any]] = field(default_factory=list)
+    series: list[dict[str, Any]] = field(default_factory=list)
+    group_by: str | None = None
+    interval: str = "day"
+
+
+def tenant_zone(tenant: Tenant) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(tenant.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return zoneinfo.ZoneInfo("UTC")
+
+
+def period_range(*, tenant: Tenant, period: str, now: datetime | None = None) -> TimeRange:
+    """The current calendar day, week (from Monday) or month in the tenant's time zone."""
+    tz = tenant_zone(tenant)
+    local = (now or timezone.now()).astimezone(tz)
+    today = datetime.combine(local.date(), time(), tzinfo=tz)
+    if period == "day":
+        start, end = today, _add_days(today, 1, tz)
+    elif period == "week":
+        start = _add_days(today, -local.weekday(), tz)
+        end = _add_days(start, 7, tz)
+    elif period == "month":
+        start = today.replace(day=1)
+        end = (start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1))
+    else:
+        raise DomainError(f"Unknown period {period!r}; use day, week or month (or start and end).", field="period")
+    return TimeRange(start.astimezone(UTC), end.astimezone(UTC), period, tz)
+
+
+def _add_days(moment: datetime, days: int, tz: zoneinfo.ZoneInfo) -> datetime:
+    # Wall-clock arithmetic, so a day is a calendar day across daylight-saving changes.
+    return datetime.combine(moment.date() + timedelta(days=days), time(), tzinfo=tz)
+
+
+def parse_moment(value: str, *, tz: zoneinfo.ZoneInfo, name: str) -> datetime:
+    parsed = parse_datetime(value)
+    if parsed is None:
+        day = parse_date(value)
+        if day is None:
+            raise DomainError(f"{name} must be a date (2026-11-01) or an ISO 8601 date-time.", field=name)
+        parsed = datetime.combine(day, time(), tzinfo=tz)
+    elif timezone.is_naive(parsed):
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed.astimezone(UTC)
+
+
+def custom_range(*, tenant: Tenant, start: str, end: str | None) -> TimeRange:
+    tz = tenant_zone(tenant)
+    start_at = parse_moment(start, tz=tz, name="start")
+    if end:
+        end_at = parse_moment(end, tz=tz, name="end")
+        if parse_datetime(end) is None:
+            end_at = end_at + timedelta(days=1)  # a date as end includes that whole day
+    else:
+        end_at = timezone.now()
+    if end_at <= start_at:
+        raise DomainError("end must be after start.", field="end")
+    if end_at - start_at > timedelta(days=800):
+        raise DomainError("A range may span at most 800 days.", field="end")
+    return TimeRange(start_at, end_at, "custom", tz)
+
+
+def _filtered_rollups(tenant: Tenant, tr: TimeRange, filters: UsageFilters) -> QuerySet[HourlyRollup]:
+    qs = HourlyRollup.objects.for_tenant(tenant).filter(hour__gte=tr.start, hour__lt=tr.end)
+    for name in FILTER_FIELDS:
+        value = getattr(filters, name)
+        if value is not None:
+            qs = qs.filter(**{f"{name}__value": value})
+    return qs
+
+
+def _filtered_events(tenant: Tenant, tr: TimeRange, filters: UsageFilters) -> QuerySet[UsageEvent]:
+    qs = UsageEvent.objects.for_tenant(tenant).filter(occurred_at__gte=tr.start, occurred_at__lt=tr.end)
+    for name in FILTER_FIELDS:
+        value = getattr(filters, name)
+        if value is not None:
+            qs = qs.filter(**{f"{name}__value": value})
+    if filters.tag is not None:
+        qs = qs.filter(**{f"tags__{filters.tag[0]}": filters.tag[1]})
+    return qs
+
+
+def _event_sums() -> dict[str, Any]:
+    """Event-level aggregates named as the rollup columns, for the session and tag views."""
+    return {
+        "calls": Count("pk"),
+        "errors": Count("pk", filter=Q(is_error=True)),
+        "cache_hits": Count("pk", filter=Q(cache_hit=True)),
+        "unpriced_calls": Count("pk", filter=Q(cost_source=CostSource.UNPRICED)),
+        "input_tokens": Coalesce(Sum("input_tokens"), 0),
+        "output_tokens": Coalesce(Sum("output_tokens"), 0),
+        "cached_input_tokens": Coalesce(Sum("cached_input_tokens"), 0),
+        "cache_write_tokens": Coalesce(Sum("cache_write_tokens"), 0),
+        "reasoning_tokens": Coalesce(Sum("reasoning_tokens"), 0),
+        "cost_nanos": Coalesce(Sum("cost_nanos"), 0),
+        "latency_ms_sum": Coalesce(Sum("latency_ms"), 0),
+        "latency_count": Count("latency_ms"),
+    }
+
+
+def _rollup_sums() -> dict[str, Any]:
+    return {name: Coalesce(Sum(name), 0) for name in _SUM_FIELDS}
+
+
+def usage_metrics(
+    *,
+    tenant: Tenant,
+    time_range: TimeRange,
+    filters: UsageFilters | None = None,
+    group_by: str | None = None,
+    interval: str | None = None,
+    limit: int = 100,
+) -> Metrics:
+    """Totals, a breakdown by one dimension and a time series for a tenant's usage."""
+    filters = filters or UsageFilters()
+    tr = time_range
+    interval = interval or ("hour" if tr.end - tr.start <= timedelta(days=2) else "day")
+    if interval not in ("hour", "day"):
+        raise DomainError("interval must be hour or day.", field="interval")
+    tag_group = group_by[4:] if group_by and group_by.startswith("tag:") else None
+    if group_by and not tag_group and group_by not in ROLLUP_DIMENSIONS + EVENT_DIMENSIONS:
+        raise DomainError(
+            f"Unknown group_by {group_by!r}; use one of provider, model, operation, end_user, "
+            "session_id or tag:<name>.", field="group_by",
+        )
+    if tag_group == "":
+        raise DomainError("Name the tag: group_by=tag:<name>.", field="group_by")
+
+    # Tags live on events only; a tag filter therefore reads events for everything.
+    from_events = filters.tag is not None
+    base: QuerySet[Any]
+    sums: dict[str, Any]
+    if from_events:
+        base, sums, time_field = _filtered_events(tenant, tr, filters), _event_sums(), "occurred_at"
+    else:
+        base, sums, time_field = _filtered_rollups(tenant, tr, filters), _rollup_sums(), "hour"
+
+    totals = base.aggregate(**sums)
+    metrics = Metrics(range=tr, totals=totals, group_by=group_by, interval=interval)
+
+    if group_by:
+        if group_by in ROLLUP_DIMENSIONS and not from_events:
+            rows = base.values(key=F(f"{group_by}__value")).annotate(**sums)
+        else:
+            events = _filtered_events(tenant, tr, filters)
+            if tag_group:
+                key_expr: Any = KeyTextTransform(tag_group, "tags")
+            elif group_by == "session_id":
+                key_expr = F("session__value")
+            else:
+                key_expr = F(f"{group_by}__value")
+            rows = events.values(key=key_expr).annotate(**_event_sums())
+        metrics.breakdown = sorted(
+            ({**r, "key": r["key"] if r["key"] is not None else ""} for r in rows),
+            key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]),
+        )[:limit]
+
+    trunc = TruncHour if interval == "hour" else TruncDay
+    buckets = {
+        row["bucket"]: row
+        for row in base.annotate(bucket=trunc(time_field, tzinfo=tr.tz))
+        .values("bucket")
+        .annotate(cost_nanos=sums["cost_nanos"], calls=sums["calls"])
+    }
+    metrics.series = [
+        {"bucket": b, "cost_nanos": buckets[b]["cost_nanos"] if b in buckets else 0,
+         "calls": buckets[b]["calls"] if b in buckets else 0}
+        for b in _bucket_starts(tr, interval)
+    ]
+    return metrics
+
+
+def _bucket_starts(tr: TimeRange, interval: str) -> list[datetime]:
+    local = tr.start.astimezone(tr.tz)
+    if interval == "hour":
+        current = local.replace(minute=0, second=0, microsecond=0)
+        out = []
+        while current < tr.end:
+            out.append(current)
+            current = (current.astimezone(UTC) + timedelta(hours=1)).astimezone(tr.tz)
+        return out
+    day = local.date()
+    out = []
+    while (moment := datetime.combine(day, time(), tzinfo=tr.tz)) < tr.end:
+        out.append(moment)
+        day += timedelta(days=1)
+    return out
+
+
+# --- raw events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventPage:
+    events: list[UsageEvent]
+    next_cursor: str | None
+
+
+def encode_cursor(event: UsageEvent) -> str:
+    raw = f"{event.occurred_at.astimezone(UTC).isoformat()}|{event.pk}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        moment, pk = raw.split("|")
+        parsed = datetime.fromisoformat(moment)
+        return parsed, int(pk)
+    except (ValueError, UnicodeDecodeError):
+        raise DomainError("The cursor is not valid; use next_cursor from a previous page.", field="cursor") from None
+
+
+def usage_events(
+    *,
+    tenant: Tenant,
+    time_range: TimeRange | None,
+    filters: UsageFilters | None = None,
+    session_id: str | None = None,
+    status: str | None = None,
+    cost_source: str | None = None,
+) -> QuerySet[UsageEvent]:
+    """A tenant's raw events, newest first, with their dimension names joined."""
+    filters = filters or UsageFilters()
+    qs = UsageEvent.objects.for_tenant(tenant)
+    if time_range is not None:
+        qs = qs.filter(occurred_at__gte=time_range.start, occurred_at__lt=time_range.end)
+    for name in FILTER_FIELDS:
+        value = getattr(filters, name)
+        if value is not None:
+            qs = qs.filter(**{f"{name}__value": value})
+    if filters.tag is not None:
+        qs = qs.filter(**{f"tags__{filters.tag[0]}": filters.tag[1]})
+    if session_id is not None:
+        qs = qs.filter(session__value=session_id)
+    if status is not None:
+        if status not in ("success", "error"):
+            raise DomainError("status must be success or error.", field="status")
+        qs = qs.filter(is_error=status == "error")
+    if cost_source is not None:
+        labels = {label: value for value, label in CostSource.choices}
+        if cost_source not in labels:
+            raise DomainError("cost_source must be computed, caller or unpriced.", field="cost_source")
+        qs = qs.filter(cost_source=labels[cost_source])
+    return qs.select_related("provider", "model", "operation", "end_user", "session").order_by(
+        "-occurred_at", "-pk"
+    )
+
+
+def usage_event_page(*, events: QuerySet[UsageEvent], cursor: str | None, limit: int) -> EventPage:
+    if cursor:
+        moment, pk = decode_cursor(cursor)
+        events = events.filter(Q(occurred_at__lt=moment) | Q(occurred_at=moment, pk__lt=pk))
+    rows = list(events[: limit + 1])
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return EventPage(events=rows[:limit], next_cursor=next_cursor)
+
+
+def iter_usage_events(*, events: QuerySet[UsageEvent], chunk: int = 2000) -> Iterator[UsageEvent]:
+    """Every event of the queryset, in keyset-paged chunks (for exports)."""
+    cursor = None
+    while True:
+        page = usage_event_page(events=events, cursor=cursor, limit=chunk)
+        yield from page.events
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+def unpriced_event_count(*, tenant: Tenant, time_range: TimeRange | None = None) -> int:
+    qs = HourlyRollup.objects.for_tenant(tenant)
+    if time_range is not None:
+        qs = qs.filter(hour__gte=time_range.start, hour__lt=time_range.end)
+    return int(qs.aggregate(n=Coalesce(Sum("unpriced_calls"), 0))["n"])
+
+
+def today(tenant: Tenant) -> date:
+    return timezone.now().astimezone(tenant_zone(tenant)).date()

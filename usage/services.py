@@ -1,0 +1,610 @@
+"""Writes for usage: recording batches, re-pricing, and the price catalog."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from django.db import connection, transaction
+from django.db.models import Count, Q, Sum
+from django.db.models import Max as models_max
+from django.db.models import Min as models_min
+from django.utils.dateparse import parse_datetime
+from django.db.models.functions import TruncHour
+
+from costmon.models import Tenant
+from costmon.tenancy import forget_rls_state, tenant_context
+from usage.catalog import bump_version, catalog_for
+from usage.ingest import EventIn
+from usage.models import CostSource, Dimension, HourlyRollup, ModelAlias, ModelPrice, UsageEvent
+from usage.pricing import Catalog, cost_nanos, usd_to_nanos
+
+log = structlog.get_logger(__name__)
+
+# Ingest takes this PostgreSQL advisory lock (shared) per tenant and re-pricing takes it
+# exclusively, so a rollup rebuild never races an ingest into the same hours.
+_LOCK_NAMESPACE = 7401
+
+Kind = Dimension.Kind
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    event_id: str
+    cost_nanos: int
+    cost_source: int
+    duplicate: bool
+
+
+# --- dimensions ---------------------------------------------------------------------------
+
+
+def dimension_ids(*, tenant: Tenant | int, wanted: Iterable[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """Ids of the tenant's dictionary entries, creating the missing ones."""
+    tenant_id = tenant if isinstance(tenant, int) else tenant.pk
+    wanted = sorted(set(wanted))  # a fixed order, so concurrent batches never deadlock
+    found: dict[tuple[int, str], int] = {}
+    by_kind: dict[int, list[str]] = defaultdict(list)
+    for kind, value in wanted:
+        by_kind[kind].append(value)
+
+    def fetch() -> None:
+        q = Q()
+        for kind, values in by_kind.items():
+            q |= Q(kind=kind, value__in=values)
+        for pk, kind, value in Dimension.objects.for_tenant(tenant_id).filter(q).values_list("pk", "kind", "value"):
+            found[(kind, value)] = pk
+
+    fetch()
+    missing = [key for key in wanted if key not in found]
+    if missing:
+        Dimension.objects.bulk_create(
+            [Dimension(tenant_id=tenant_id, kind=k, value=v) for k, v in missing],
+            ignore_conflicts=True,
+        )
+        by_kind = defaultdict(list)
+        for kind, value in missing:
+            by_kind[kind].append(value)
+        fetch()
+    return found
+
+
+# --- pricing one event ----------------------------------------------------------------------
+
+
+def price_event(catalog: Catalog, event: EventIn) -> tuple[int, int]:
+    """(cost in nano-dollars, cost source) for one validated event."""
+    if event.cost_usd is not None:
+        return usd_to_nanos(event.cost_usd), CostSource.CALLER
+    if event.cache_hit:
+        # Served from the application's own cache: no API call, nothing to pay.
+        return 0, CostSource.COMPUTED
+    price = catalog.price_at(event.provider, event.model, event.occurred_at)
+    if price is None:
+        return 0, CostSource.UNPRICED
+    return (
+        cost_nanos(
+            price,
+            input_tokens=event.input_tokens,
+            output_tokens=event.output_tokens,
+            cached_input_tokens=event.cached_input_tokens,
+            cache_write_tokens=event.cache_write_tokens,
+        ),
+        CostSource.COMPUTED,
+    )
+
+
+# --- recording a batch -----------------------------------------------------------------------
+
+_EVENT_COLUMNS = (
+    "tenant_id", "event_id", "occurred_at", "provider_id", "model_id", "operation_id",
+    "end_user_id", "session_id", "tags", "input_tokens", "output_tokens", "cached_input_tokens",
+    "cache_write_tokens", "reasoning_tokens", "cost_nanos", "cost_source", "latency_ms",
+    "is_error", "cache_hit",
+)
+_PG_EVENT_TYPES = (
+    "bigint", "text", "timestamptz", "bigint", "bigint", "bigint", "bigint", "bigint", "jsonb",
+    "integer", "integer", "integer", "integer", "integer", "bigint", "smallint", "integer",
+    "boolean", "boolean",
+)
+ROLLUP_KEY = ("tenant_id", "hour", "provider_id", "model_id", "operation_id", "end_user_id")
+ROLLUP_SUMS = (
+    "calls", "errors", "cache_hits", "unpriced_calls", "input_tokens", "output_tokens",
+    "cached_input_tokens", "cache_write_tokens", "reasoning_tokens", "cost_nanos",
+    "latency_ms_sum", "latency_count",
+)
+# Called with (tenant_id, recorded rows) after the ingest transaction commits; the budgets app
+# registers its counter update here.
+after_record_hooks: list[Callable[[int, list[dict[str, Any]]], None]] = []
+
+
+def usage_record_batch(*, tenant: Tenant, events: Sequence[EventIn]) -> list[EventResult]:
+    """Price and store a validated batch; events already stored are reported as duplicates.
+
+    One transaction holds the events and the rollup changes, so rollups always equal the sum
+    of the events. Re-sending a batch (even concurrently) never counts an event twice: the
+    unique (tenant, event_id) index decides which copy is stored.
+    """
+    catalog = catalog_for(tenant.pk)
+    with tenant_context(tenant):
+        dims = dimension_ids(tenant=tenant, wanted=_dimension_keys(events))
+        rows: list[dict[str, Any]] = []
+        first: dict[str, int] = {}
+        for event in events:
+            if event.event_id in first:
+                continue  # the same id twice in one batch: the first one counts
+            first[event.event_id] = len(rows)
+            cost, source = price_event(catalog, event)
+            rows.append(_event_row(tenant.pk, event, dims, cost, source))
+        try:
+            with transaction.atomic():
+                _lock_tenant(tenant.pk, shared=True)
+                inserted = _insert_events(rows)
+                fresh = [r for r in rows if r["event_id"] in inserted]
+                _upsert_rollups(_aggregate(fresh))
+                transaction.on_commit(lambda: _run_hooks(tenant.pk, fresh))
+        except Exception:
+            forget_rls_state(connection)
+            raise
+        stored = _stored_costs(tenant.pk, [r["event_id"] for r in rows if r["event_id"] not in inserted])
+    results = []
+    reported: set[str] = set()
+    for event in events:
+        eid = event.event_id
+        row = rows[first[eid]]
+        if eid in inserted and eid not in reported:
+            reported.add(eid)
+            results.append(EventResult(eid, row["cost_nanos"], row["cost_source"], False))
+        else:
+            # Stored earlier (report what was stored then), or repeated within this batch.
+            cost, source = stored.get(eid, (row["cost_nanos"], row["cost_source"]))
+            results.append(EventResult(eid, cost, source, True))
+    return results
+
+
+def _run_hooks(tenant_id: int, rows: list[dict[str, Any]]) -> None:
+    for hook in after_record_hooks:
+        try:
+            hook(tenant_id, rows)
+        except Exception:  # noqa: BLE001 - usage is stored; counters are rebuilt by reconcile
+            log.exception("after_record_hook_failed", hook=getattr(hook, "__name__", repr(hook)))
+
+
+def _dimension_keys(events: Iterable[EventIn]) -> set[tuple[int, str]]:
+    keys: set[tuple[int, str]] = set()
+    for e in events:
+        keys.add((Kind.PROVIDER, e.provider))
+        keys.add((Kind.MODEL, e.model))
+        keys.add((Kind.OPERATION, e.operation))
+        keys.add((Kind.END_USER, e.end_user))
+        if e.session_id:
+            keys.add((Kind.SESSION, e.session_id))
+    return keys
+
+
+def _event_row(tenant_id: int, e: EventIn, dims: dict[tuple[int, str], int], cost: int, source: int) -> dict[str, Any]:
+    return {
+        "tenant_id": tenant_id,
+        "event_id": e.event_id,
+        "occurred_at": e.occurred_at,
+        "provider_id": dims[(Kind.PROVIDER, e.provider)],
+        "model_id": dims[(Kind.MODEL, e.model)],
+        "operation_id": dims[(Kind.OPERATION, e.operation)],
+        "end_user_id": dims[(Kind.END_USER, e.end_user)],
+        "session_id": dims[(Kind.SESSION, e.session_id)] if e.session_id else None,
+        "tags": e.tags,
+        "input_tokens": e.input_tokens,
+        "output_tokens": e.output_tokens,
+        "cached_input_tokens": e.cached_input_tokens,
+        "cache_write_tokens": e.cache_write_tokens,
+        "reasoning_tokens": e.reasoning_tokens,
+        "cost_nanos": cost,
+        "cost_source": int(source),
+        "latency_ms": e.latency_ms,
+        "is_error": e.is_error,
+        "cache_hit": e.cache_hit,
+    }
+
+
+def _lock_tenant(tenant_id: int, *, shared: bool) -> None:
+    if connection.vendor != "postgresql":
+        return  # SQLite serialises writers already
+    fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {fn}(%s, %s)", [_LOCK_NAMESPACE, tenant_id % 2_000_000_000])
+
+
+def _insert_events(rows: list[dict[str, Any]]) -> set[str]:
+    """Insert what is new; return the event ids that were inserted."""
+    if not rows:
+        return set()
+    table = UsageEvent._meta.db_table
+    columns = ", ".join(_EVENT_COLUMNS)
+    inserted: set[str] = set()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # One statement, one parameter per column: the fastest bulk path short of COPY,
+            # and unlike COPY it can skip duplicates.
+            arrays = []
+            for col in _EVENT_COLUMNS:
+                if col == "tags":
+                    arrays.append([json.dumps(r["tags"]) if r["tags"] is not None else None for r in rows])
+                else:
+                    arrays.append([r[col] for r in rows])
+            unnest = ", ".join(f"%s::{t}[]" for t in _PG_EVENT_TYPES)
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({unnest}) "
+                f"ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id",
+                arrays,
+            )
+            inserted.update(r[0] for r in cursor.fetchall())
+        else:
+            ops = connection.ops
+            chunk = max(1, 30000 // len(_EVENT_COLUMNS))
+            for start in range(0, len(rows), chunk):
+                part = rows[start : start + chunk]
+                params: list[Any] = []
+                for r in part:
+                    for col in _EVENT_COLUMNS:
+                        value = r[col]
+                        if col == "occurred_at":
+                            value = ops.adapt_datetimefield_value(value)
+                        elif col == "tags":
+                            value = json.dumps(value) if value is not None else None
+                        params.append(value)
+                marks = "(" + ", ".join(["%s"] * len(_EVENT_COLUMNS)) + ")"
+                cursor.execute(
+                    f"INSERT INTO {table} ({columns}) VALUES {', '.join([marks] * len(part))} "
+                    f"ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id",
+                    params,
+                )
+                inserted.update(r[0] for r in cursor.fetchall())
+    return inserted
+
+
+def _aggregate(rows: Iterable[dict[str, Any]]) -> dict[tuple[Any, ...], list[int]]:
+    sums: dict[tuple[Any, ...], list[int]] = {}
+    for r in rows:
+        key = (r["tenant_id"], hour_of(r["occurred_at"]), r["provider_id"], r["model_id"], r["operation_id"], r["end_user_id"])
+        acc = sums.get(key)
+        if acc is None:
+            acc = sums[key] = [0] * len(ROLLUP_SUMS)
+        acc[0] += 1
+        acc[1] += r["is_error"]
+        acc[2] += r["cache_hit"]
+        acc[3] += r["cost_source"] == CostSource.UNPRICED
+        acc[4] += r["input_tokens"]
+        acc[5] += r["output_tokens"]
+        acc[6] += r["cached_input_tokens"]
+        acc[7] += r["cache_write_tokens"]
+        acc[8] += r["reasoning_tokens"]
+        acc[9] += r["cost_nanos"]
+        if r["latency_ms"] is not None:
+            acc[10] += r["latency_ms"]
+            acc[11] += 1
+    return sums
+
+
+def hour_of(value: datetime) -> datetime:
+    """The UTC hour a moment falls in: the rollup bucket."""
+    return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _upsert_rollups(sums: dict[tuple[Any, ...], list[int]], *, replace: bool = False) -> None:
+    """Add (or with `replace`, set) rollup sums in one statement per chunk, in key order."""
+    if not sums:
+        return
+    table = HourlyRollup._meta.db_table
+    columns = (*ROLLUP_KEY, *ROLLUP_SUMS)
+    if replace:
+        updates = ", ".join(f"{c} = excluded.{c}" for c in ROLLUP_SUMS)
+    else:
+        updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ROLLUP_SUMS)
+    keys = sorted(sums)
+    chunk = max(1, 30000 // len(columns))
+    ops = connection.ops
+    with connection.cursor() as cursor:
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            params: list[Any] = []
+            for key in part:
+                tenant_id, hour, *rest = key
+                if connection.vendor != "postgresql":
+                    hour = ops.adapt_datetimefield_value(hour)
+                params.extend([tenant_id, hour, *rest, *sums[key]])
+            marks = "(" + ", ".join(["%s"] * len(columns)) + ")"
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([marks] * len(part))} "
+                f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {updates}",
+                params,
+            )
+
+
+def _stored_costs(tenant_id: int, event_ids: list[str]) -> dict[str, tuple[int, int]]:
+    if not event_ids:
+        return {}
+    return {
+        eid: (cost, source)
+        for eid, cost, source in UsageEvent.objects.for_tenant(tenant_id)
+        .filter(event_id__in=event_ids)
+        .values_list("event_id", "cost_nanos", "cost_source")
+    }
+
+
+# --- the price catalog ----------------------------------------------------------------------
+
+PRICE_FIELDS = (
+    "match_pattern", "input_per_mtok", "output_per_mtok", "cached_input_per_mtok",
+    "cache_write_per_mtok", "per_request", "long_context_threshold", "long_input_per_mtok",
+    "long_output_per_mtok", "long_cached_input_per_mtok", "long_cache_write_per_mtok", "source",
+    "source_date",
+)
+_DECIMAL_FIELDS = {f for f in PRICE_FIELDS if f.endswith("_mtok") or f == "per_request"}
+
+
+@dataclass
+class LoadReport:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+def _parse_price_row(index: int, raw: dict[str, Any]) -> dict[str, Any]:
+    from django.utils.dateparse import parse_date
+
+    def fail(message: str) -> DomainError:
+        return DomainError(f"Price {index + 1} ({raw.get('provider')}/{raw.get('model')}): {message}")
+
+    row: dict[str, Any] = {}
+    for name in ("provider", "model"):
+        value = (raw.get(name) or "").strip()
+        if not value:
+            raise fail(f"{name} is required.")
+        row[name] = value.lower() if name == "provider" else value
+    effective = raw.get("effective_from")
+    if not effective:
+        raise fail("effective_from is required (YYYY-MM-DD).")
+    moment = parse_datetime(str(effective))
+    if moment is None:
+        day = parse_date(str(effective))
+        if day is None:
+            raise fail(f"effective_from {effective!r} is not a date.")
+        moment = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+    elif moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    row["effective_from"] = moment
+    for name in PRICE_FIELDS:
+        value = raw.get(name)
+        if value in (None, ""):
+            row[name] = Decimal(0) if name in ("output_per_mtok", "per_request") else (
+                "" if name in ("match_pattern", "source") else None
+            )
+            continue
+        if name in _DECIMAL_FIELDS:
+            if isinstance(value, float):
+                raise fail(f"{name} must be a decimal string such as \"0.15\", not a float.")
+            try:
+                parsed = Decimal(str(value))
+            except ArithmeticError:
+                raise fail(f"{name} {value!r} is not a decimal number.") from None
+            if not parsed.is_finite() or parsed < 0:
+                raise fail(f"{name} must be a non-negative number.")
+            row[name] = parsed
+        elif name == "long_context_threshold":
+            try:
+                row[name] = int(value)
+            except (TypeError, ValueError):
+                raise fail("long_context_threshold must be a whole number of tokens.") from None
+        elif name == "source_date":
+            day = parse_date(str(value))
+            if day is None:
+                raise fail(f"source_date {value!r} is not a date.")
+            row[name] = day
+        else:
+            row[name] = str(value)
+    if row["input_per_mtok"] is None:
+        raise fail("input_per_mtok is required.")
+    if row["long_context_threshold"] is not None and row["long_input_per_mtok"] is None:
+        raise fail("long_context_threshold needs long_input_per_mtok.")
+    return row
+
+
+def prices_load(*, rows: Sequence[dict[str, Any]], tenant: Tenant | None = None) -> LoadReport:
+    """Create or update catalog rows, keyed by (tenant, provider, model, effective_from).
+
+    All rows are checked before anything is written; loading the same file twice changes
+    nothing. Events left unpriced are not re-priced here: see `usage_reprice_unpriced`.
+    """
+    parsed = [_parse_price_row(i, raw) for i, raw in enumerate(rows)]
+    report = LoadReport()
+    from costmon.tenancy import unscoped
+
+    with unscoped(), transaction.atomic():
+        for row in parsed:
+            key = {k: row.pop(k) for k in ("provider", "model", "effective_from")}
+            existing = ModelPrice.objects.unscoped().filter(tenant=tenant, **key).first()
+            if existing is None:
+                ModelPrice.objects.create(tenant=tenant, **key, **row)
+                report.created += 1
+            elif any(getattr(existing, k) != v for k, v in row.items()):
+                for k, v in row.items():
+                    setattr(existing, k, v)
+                existing.save()
+                report.updated += 1
+            else:
+                report.unchanged += 1
+    bump_version()
+    return report
+
+
+def read_price_file(path: str) -> list[dict[str, Any]]:
+    """Rows from a catalog file: JSON ({"prices": [...]} or a list) or CSV with a header."""
+    import csv as csv_module
+
+    with open(path, encoding="utf-8") as handle:
+        if path.lower().endswith(".csv"):
+            return [dict(r) for r in csv_module.DictReader(handle)]
+        try:
+            data = json.load(handle, parse_float=Decimal)
+        except ValueError as exc:
+            raise DomainError(f"{path} is not valid JSON: {exc}") from None
+    if isinstance(data, dict):
+        data = data.get("prices")
+    if not isinstance(data, list):
+        raise DomainError(f"{path} must hold a list of prices (or an object with a 'prices' list).")
+    for raw in data:
+        for k, v in list(raw.items()):
+            if isinstance(v, Decimal):
+                raw[k] = str(v)
+    return data
+
+
+def model_alias_set(*, tenant: Tenant, alias: str, target_provider: str, target_model: str, provider: str = "") -> ModelAlias:
+    with tenant_context(tenant):
+        obj, _ = ModelAlias.objects.update_or_create(
+            tenant=tenant, provider=provider.lower(), alias=alias,
+            defaults={"target_provider": target_provider.lower(), "target_model": target_model},
+        )
+    bump_version()
+    return obj
+
+
+# --- re-pricing ------------------------------------------------------------------------------
+
+
+@dataclass
+class RepriceReport:
+    examined: int = 0
+    changed: int = 0
+    still_unpriced: int = 0
+    hours_rebuilt: int = 0
+
+
+def usage_reprice(
+    *,
+    tenant: Tenant,
+    start: datetime,
+    end: datetime,
+    only_unpriced: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> RepriceReport:
+    """Price a tenant's events in [start, end) again with the catalog as it is now.
+
+    Caller-supplied costs are kept. The rollups of every hour touched are rebuilt from the
+    events in the same transaction, under the tenant's exclusive ingest lock, so rollups stay
+    equal to the sum of their events.
+    """
+    from usage.catalog import load_catalog
+
+    catalog = load_catalog(tenant.pk)
+    report = RepriceReport()
+    with tenant_context(tenant), transaction.atomic():
+        _lock_tenant(tenant.pk, shared=False)
+        qs = UsageEvent.objects.for_tenant(tenant).filter(occurred_at__gte=start, occurred_at__lt=end)
+        qs = qs.exclude(cost_source=CostSource.CALLER)
+        if only_unpriced:
+            qs = qs.filter(cost_source=CostSource.UNPRICED)
+        total = qs.count()
+        hours: set[datetime] = set()
+        batch: list[UsageEvent] = []
+        names: dict[int, str] = dict(
+            Dimension.objects.for_tenant(tenant).filter(kind__in=[Kind.PROVIDER, Kind.MODEL]).values_list("pk", "value")
+        )
+        for event in qs.only(
+            "pk", "occurred_at", "provider_id", "model_id", "input_tokens", "output_tokens",
+            "cached_input_tokens", "cache_write_tokens", "cost_nanos", "cost_source", "cache_hit",
+        ).iterator(chunk_size=2000):
+            report.examined += 1
+            if event.cache_hit:
+                continue
+            price = catalog.price_at(names[event.provider_id], names[event.model_id], event.occurred_at)
+            if price is None:
+                new_cost, new_source = 0, CostSource.UNPRICED
+                report.still_unpriced += 1
+            else:
+                new_cost = cost_nanos(
+                    price, input_tokens=event.input_tokens, output_tokens=event.output_tokens,
+                    cached_input_tokens=event.cached_input_tokens, cache_write_tokens=event.cache_write_tokens,
+                )
+                new_source = CostSource.COMPUTED
+            if (new_cost, new_source) != (event.cost_nanos, event.cost_source):
+                event.cost_nanos, event.cost_source = new_cost, new_source
+                batch.append(event)
+                hours.add(hour_of(event.occurred_at))
+            if len(batch) >= 1000:
+                UsageEvent.objects.bulk_update(batch, ["cost_nanos", "cost_source"])
+                report.changed += len(batch)
+                batch = []
+            if progress and report.examined % 10000 == 0:
+                progress(report.examined, total)
+        if batch:
+            UsageEvent.objects.bulk_update(batch, ["cost_nanos", "cost_source"])
+            report.changed += len(batch)
+        report.hours_rebuilt = rollups_rebuild(tenant=tenant, hours=sorted(hours))
+    if progress:
+        progress(report.examined, report.examined)
+    log.info("usage_repriced", tenant=tenant.slug, **report.__dict__)
+    return report
+
+
+def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
+    """Recompute the rollups of the given hours from the events. Call inside a transaction."""
+    if not hours:
+        return 0
+    rebuilt = 0
+    for i in range(0, len(hours), 500):
+        part = list(hours[i : i + 500])
+        HourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
+        window = Q()
+        for hour in part:
+            window |= Q(occurred_at__gte=hour, occurred_at__lt=hour + timedelta(hours=1))
+        rows = (
+            UsageEvent.objects.for_tenant(tenant)
+            .filter(window)
+            .annotate(bucket=TruncHour("occurred_at", tzinfo=UTC))
+            .values("bucket", "provider_id", "model_id", "operation_id", "end_user_id")
+            .annotate(
+                calls=Count("pk"),
+                errors=Count("pk", filter=Q(is_error=True)),
+                cache_hits=Count("pk", filter=Q(cache_hit=True)),
+                unpriced_calls=Count("pk", filter=Q(cost_source=CostSource.UNPRICED)),
+                input_tokens_sum=Sum("input_tokens"),
+                output_tokens_sum=Sum("output_tokens"),
+                cached_input_tokens_sum=Sum("cached_input_tokens"),
+                cache_write_tokens_sum=Sum("cache_write_tokens"),
+                reasoning_tokens_sum=Sum("reasoning_tokens"),
+                cost_nanos_sum=Sum("cost_nanos"),
+                latency_ms_sum=Sum("latency_ms"),
+                latency_count=Count("latency_ms"),
+            )
+        )
+        sums = {
+            (tenant.pk, r["bucket"], r["provider_id"], r["model_id"], r["operation_id"], r["end_user_id"]): [
+                r["calls"], r["errors"], r["cache_hits"], r["unpriced_calls"], r["input_tokens_sum"] or 0,
+                r["output_tokens_sum"] or 0, r["cached_input_tokens_sum"] or 0,
+                r["cache_write_tokens_sum"] or 0, r["reasoning_tokens_sum"] or 0,
+                r["cost_nanos_sum"] or 0, r["latency_ms_sum"] or 0, r["latency_count"],
+            ]
+            for r in rows
+        }
+        _upsert_rollups(sums, replace=True)
+        rebuilt += len(part)
+    return rebuilt
+
+
+def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:
+    """Price the tenant's unpriced events for which a price now exists (whole history)."""
+    bounds = UsageEvent.objects.for_tenant(tenant).filter(cost_source=CostSource.UNPRICED).aggregate(
+        first=models_min("occurred_at"), last=models_max("occurred_at")
+    )
+    if bounds["first"] is None:
+        return RepriceReport()
+    return usage_reprice(
+        tenant=tenant, start=bounds["first"], end=bounds["last"] + timedelta(microseconds=1), only_unpriced=True
+    )
