@@ -11,7 +11,7 @@ from django.core.cache import cache
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from costmon.models import ApiKey
+from costmon.models import ApiKey, Tenant
 from costmon.services import api_key_touch, auth_cache_key, hash_secret
 from costmon.tenancy import unscoped
 
@@ -24,7 +24,7 @@ class KeyPrincipal:
     """What the API knows about the caller once its key checks out (cached, no model row)."""
 
     key_id: int
-    tenant_id: int
+    tenant: Tenant
     scopes: tuple[str, ...]
     prefix: str
 
@@ -32,6 +32,10 @@ class KeyPrincipal:
     is_anonymous = False
     is_staff = False
     is_superuser = False
+
+    @property
+    def tenant_id(self) -> int:
+        return self.tenant.pk
 
     def has_scope(self, scope: str) -> bool:
         if scope == ApiKey.Scope.READ and ApiKey.Scope.ADMIN in self.scopes:
@@ -60,15 +64,16 @@ def principal_for_secret(secret: str) -> KeyPrincipal | str:
     cached = _cache_get(auth_cache_key(digest))
     if isinstance(cached, KeyPrincipal):
         return cached
-    prefix = secret.split("_")[0] + "_" + secret.split("_")[1] if secret.count("_") >= 2 else ""
+    parts = secret.split("_", 2)
+    prefix = f"{parts[0]}_{parts[1]}" if len(parts) == 3 else ""
     with unscoped():
-        key = ApiKey.objects.unscoped().filter(prefix=prefix).first() if prefix else None
+        key = ApiKey.objects.unscoped().select_related("tenant").filter(prefix=prefix).first() if prefix else None
     if key is None or not hmac.compare_digest(key.secret_hash, digest):
         return "Invalid API key. Create one with `manage.py create_api_key <tenant-slug> --scopes ...`."
     if key.revoked_at is not None:
         return f"This API key ({key.prefix}) was revoked on {key.revoked_at:%Y-%m-%d %H:%M} UTC."
     principal = KeyPrincipal(
-        key_id=key.pk, tenant_id=key.tenant_id, scopes=tuple(key.scopes), prefix=key.prefix
+        key_id=key.pk, tenant=key.tenant, scopes=tuple(key.scopes), prefix=key.prefix
     )
     _cache_set(auth_cache_key(digest), principal)
     api_key_touch(api_key_id=key.pk)

@@ -69,9 +69,7 @@ class TenantAPIView(APIView):
                     f"This API key lacks the '{scope}' scope. Create a key with "
                     f"`--scopes {scope}` for this call."
                 )
-            tenant = Tenant.objects.filter(pk=principal.tenant_id).first()
-            if tenant is None:
-                raise exceptions.AuthenticationFailed("This API key's tenant no longer exists.")
+            tenant = principal.tenant
             self.api_key_id = principal.key_id
         else:
             tenant = self._tenant_for_user(request)

@@ -1,0 +1,162 @@
+"""Shared fixtures: personas (owner, viewer, outsider), their API keys, and a small catalog.
+
+Every suite that touches tenant data gets `outsider`: a second tenant with its own data that
+must never show up in `acme`'s answers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from costmon import tenancy
+from costmon.models import Membership, Tenant
+from costmon.services import api_key_create, membership_add, tenant_create
+from tests.factories import UserFactory
+from usage import catalog
+from usage.models import ModelPrice
+
+PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+REDIS_START = (
+    "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no"
+)
+
+
+def _check_services() -> str | None:
+    """One line saying what is down and how to start it, or None."""
+    if os.environ.get("COSTMON_TEST_DB") == "sqlite":
+        return None
+    import psycopg
+    import redis
+
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    try:
+        with psycopg.connect(
+            host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], password=db["PASSWORD"] or None,
+            dbname="postgres", connect_timeout=3,
+        ) as conn:
+            role = os.environ.get("DATABASE_ROLE")
+            if role:
+                # The ordinary role the app acts as; the login role must be able to SET ROLE to it.
+                conn.execute(
+                    "DO $$ BEGIN CREATE ROLE %s NOLOGIN CREATEDB; "
+                    "EXCEPTION WHEN duplicate_object THEN NULL; END $$" % role  # noqa: S608
+                )
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0]
+        return f"PostgreSQL is not reachable at {db['HOST']}:{db['PORT'] or 5432} ({first}); start it with: {PG_START}"
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        return f"Redis is not reachable at {settings.REDIS_URL} ({exc}); start it with: {REDIS_START}"
+    return None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    problem = _check_services()
+    if problem:
+        pytest.exit(problem, returncode=3)
+
+
+@pytest.fixture(autouse=True)
+def _clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None]:
+    """Each test starts with empty caches, and test code (not requests) runs unscoped."""
+    from django.core.cache import cache
+
+    cache.clear()
+    catalog.clear_local()
+    tenancy.forget_rls_state(connection)
+    with tenancy.unscoped():
+        yield
+    tenancy.forget_rls_state(connection)
+
+
+@pytest.fixture
+def acme(db: None) -> Tenant:
+    return tenant_create(slug="acme", name="Acme Corp")
+
+
+@pytest.fixture
+def outsider(db: None) -> Tenant:
+    return tenant_create(slug="globex", name="Globex (outsider)")
+
+
+@pytest.fixture
+def owner(acme: Tenant) -> Any:
+    user = UserFactory(username="alice")
+    membership_add(tenant=acme, user=user, role=Membership.Role.OWNER)
+    return user
+
+
+@pytest.fixture
+def viewer(acme: Tenant) -> Any:
+    user = UserFactory(username="bob")
+    membership_add(tenant=acme, user=user, role=Membership.Role.VIEWER)
+    return user
+
+
+@pytest.fixture
+def outsider_user(outsider: Tenant) -> Any:
+    user = UserFactory(username="charlie")
+    membership_add(tenant=outsider, user=user, role=Membership.Role.OWNER)
+    return user
+
+
+def _client(secret: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+@pytest.fixture
+def ingest_client(acme: Tenant) -> APIClient:
+    return _client(api_key_create(tenant=acme, scopes="ingest").secret)
+
+
+@pytest.fixture
+def read_client(acme: Tenant) -> APIClient:
+    return _client(api_key_create(tenant=acme, scopes="read").secret)
+
+
+@pytest.fixture
+def admin_client_key(acme: Tenant) -> APIClient:
+    return _client(api_key_create(tenant=acme, scopes="ingest,read,admin").secret)
+
+
+@pytest.fixture
+def outsider_client(outsider: Tenant) -> APIClient:
+    return _client(api_key_create(tenant=outsider, scopes="ingest,read,admin").secret)
+
+
+PRICES = [
+    # provider, model, input, output, cached input, cache write
+    ("anthropic", "claude-haiku-4-5", "1", "5", "0.10", "1.25"),
+    ("openai", "text-embedding-3-large", "0.13", "0", None, None),
+    ("openai", "gpt-4o-mini", "0.15", "0.60", "0.075", None),
+    ("openai", "gpt-4o", "2.50", "10", "1.25", None),
+]
+
+
+@pytest.fixture
+def prices(db: None) -> list[ModelPrice]:
+    """The list prices the tests' exact figures use, in force since 2024."""
+    rows = [
+        ModelPrice.objects.create(
+            provider=p, model=m, effective_from=datetime(2024, 1, 1, tzinfo=UTC),
+            input_per_mtok=Decimal(i), output_per_mtok=Decimal(o),
+            cached_input_per_mtok=Decimal(c) if c else None,
+            cache_write_per_mtok=Decimal(w) if w else None,
+        )
+        for p, m, i, o, c, w in PRICES
+    ]
+    catalog.clear_local()
+    return rows

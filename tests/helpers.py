@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.test import APIClient
+
+
+def post_usage(client: APIClient, payload: Any) -> Any:
+    return client.post("/api/v1/usage/", payload, format="json")
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    base = {
+        "event_id": "evt-1",
+        "occurred_at": "2026-11-20T10:15:00Z",
+        "provider": "anthropic",
+        "model": "claude-haiku-4-5",
+        "operation": "chat",
+        "end_user": "user-1",
+        "input_tokens": 450,
+        "output_tokens": 180,
+    }
+    base.update(overrides)
+    return base

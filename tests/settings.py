@@ -1,0 +1,23 @@
+"""Test settings: the real PostgreSQL and Redis of this machine (see README), unless
+COSTMON_TEST_DB=sqlite runs the suite on the embedded SQLite default."""
+
+import os
+
+if os.environ.get("COSTMON_TEST_DB") == "sqlite":
+    os.environ.pop("DATABASE_URL", None)
+    os.environ.pop("REDIS_URL", None)
+    os.environ.setdefault("COSTMON_VAR_DIR", "/tmp/costmon-test-var")
+else:
+    os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/costmon")
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
+    # The app acts as an ordinary role so row-level security applies, as in production.
+    os.environ.setdefault("DATABASE_ROLE", "costmon_app")
+os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
+
+from costmon.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Catalog edits made directly through the ORM in tests must be seen at once.
+COSTMON_CATALOG_TTL_SECONDS = 0
+CELERY_TASK_ALWAYS_EAGER = True
+STATIC_ROOT = None  # tests serve static files from the finders
