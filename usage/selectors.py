@@ -91,13 +91,23 @@ def _add_days(moment: datetime, days: int, tz: zoneinfo.ZoneInfo) -> datetime:
     return datetime.combine(moment.date() + timedelta(days=days), time(), tzinfo=tz)
 
 
+def is_date_only(value: str) -> bool:
+    return len(value.strip()) == 10 and parse_date(value.strip()) is not None
+
+
 def parse_moment(value: str, *, tz: zoneinfo.ZoneInfo, name: str) -> datetime:
-    parsed = parse_datetime(value)
+    """A date (midnight in the tenant's zone) or an ISO 8601 date-time (naive: tenant's zone)."""
+    value = value.strip()
+    try:
+        parsed = (
+            datetime.combine(parse_date(value), time(), tzinfo=tz)  # type: ignore[arg-type]
+            if is_date_only(value)
+            else parse_datetime(value)
+        )
+    except ValueError:
+        parsed = None
     if parsed is None:
-        day = parse_date(value)
-        if day is None:
-            raise DomainError(f"{name} must be a date (2026-11-01) or an ISO 8601 date-time.", field=name)
-        parsed = datetime.combine(day, time(), tzinfo=tz)
+        raise DomainError(f"{name} must be a date (2026-11-01) or an ISO 8601 date-time.", field=name)
     elif timezone.is_naive(parsed):
         parsed = parsed.replace(tzinfo=tz)
     return parsed.astimezone(UTC)
@@ -108,8 +118,11 @@ def custom_range(*, tenant: Tenant, start: str, end: str | None) -> TimeRange:
     start_at = parse_moment(start, tz=tz, name="start")
     if end:
         end_at = parse_moment(end, tz=tz, name="end")
-        if parse_datetime(end) is None:
-            end_at = end_at + timedelta(days=1)  # a date as end includes that whole day
+        if is_date_only(end):
+            # A date as end includes that whole (local) day.
+            end_at = parse_moment(
+                (parse_date(end.strip()) + timedelta(days=1)).isoformat(), tz=tz, name="end"  # type: ignore[operator]
+            )
     else:
         end_at = timezone.now()
     if end_at <= start_at:

@@ -18,6 +18,7 @@ from django.db.models import Min as models_min
 from django.utils.dateparse import parse_datetime
 from django.db.models.functions import TruncHour
 
+from costmon.exceptions import DomainError
 from costmon.models import Tenant
 from costmon.tenancy import forget_rls_state, tenant_context
 from usage.catalog import bump_version, catalog_for
@@ -387,8 +388,6 @@ def _parse_price_row(index: int, raw: dict[str, Any]) -> dict[str, Any]:
             )
             continue
         if name in _DECIMAL_FIELDS:
-            if isinstance(value, float):
-                raise fail(f"{name} must be a decimal string such as \"0.15\", not a float.")
             try:
                 parsed = Decimal(str(value))
             except ArithmeticError:

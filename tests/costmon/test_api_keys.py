@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+import time_machine
+from django.core.management import CommandError, call_command
+
+from costmon.models import ApiKey, Tenant
+from costmon.services import hash_secret
+from tests.helpers import event, post_usage
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args: str) -> list[str]:
+    out = io.StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue().strip().splitlines()
+
+
+def test_create_tenant_and_key_commands_give_a_working_key_on_the_last_line(prices):
+    run("create_tenant", "initech", "--name", "Initech", "--timezone", "Europe/Paris")
+    tenant = Tenant.objects.get(slug="initech")
+    assert (tenant.name, tenant.timezone) == ("Initech", "Europe/Paris")
+
+    secret = run("create_api_key", "initech", "--scopes", "ingest,read")[-1]
+    key = ApiKey.objects.for_tenant(tenant).get()
+    assert secret.startswith(key.prefix + "_")
+    assert key.secret_hash == hash_secret(secret)
+    assert secret not in key.secret_hash and key.scopes == ["ingest", "read"]
+
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert post_usage(client, event()).status_code == 201
+    assert client.get("/api/v1/usage/").json()["results"][0]["cost_usd"] == "0.00135"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("create_tenant", "Bad Slug"), "lowercase letters"),
+        (("create_tenant", "ok", "--timezone", "Mars/Olympus"), "Unknown time zone"),
+        (("create_api_key", "missing"), "No tenant 'missing'"),
+        (("create_api_key", "acme", "--scopes", "ingest,superpower"), "Unknown scope superpower"),
+    ],
+)
+def test_commands_refuse_bad_input_with_a_clear_message(acme, args, message):
+    with pytest.raises(CommandError, match=message):
+        run(*args)
+
+
+def test_a_duplicate_tenant_slug_is_refused(acme):
+    with pytest.raises(CommandError, match="already exists"):
+        run("create_tenant", "acme")
+
+
+def test_the_last_used_time_is_recorded_once_a_minute(acme, prices):
+    from rest_framework.test import APIClient
+
+    secret = run("create_api_key", "acme", "--scopes", "ingest")[-1]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    key = ApiKey.objects.for_tenant(acme).get()
+    assert key.last_used_at is None
+    with time_machine.travel("2026-11-21T12:00:00Z", tick=False):
+        post_usage(client, event())
+    key.refresh_from_db()
+    assert key.last_used_at.isoformat() == "2026-11-21T12:00:00+00:00"
+
+
+def test_a_read_key_cannot_ingest_and_an_ingest_key_cannot_read(acme):
+    from rest_framework.test import APIClient
+
+    ingest = APIClient()
+    ingest.credentials(HTTP_AUTHORIZATION=f"Bearer {run('create_api_key', 'acme', '--scopes', 'ingest')[-1]}")
+    response = ingest.get("/api/v1/metrics/")
+    assert response.status_code == 403
+    assert "'read' scope" in response.json()["detail"]

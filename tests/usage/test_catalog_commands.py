@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import io
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.core.management import CommandError, call_command
+from django.db.models import Sum
+
+from costmon.tenancy import tenant_context
+from tests.helpers import event, post_usage
+from usage.models import HourlyRollup, ModelPrice, UsageEvent
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args: str) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out, stderr=io.StringIO())
+    return out.getvalue()
+
+
+def test_the_shipped_catalog_loads_idempotently_and_prices_the_documented_examples(ingest_client):
+    first = run("load_prices")
+    assert "0 updated, 0 unchanged" in first
+    count = ModelPrice.objects.unscoped().count()
+    assert count >= 60
+    assert f"0 created, 0 updated, {count} unchanged" in run("load_prices")
+    response = post_usage(ingest_client, [
+        event(event_id="a", model="claude-haiku-4-5-20251001"),
+        event(event_id="b", provider="openai", model="text-embedding-3-large", input_tokens=1000, output_tokens=0),
+        event(event_id="c", provider="openai", model="gpt-4o-mini-2024-07-18", input_tokens=1500, output_tokens=500),
+    ])
+    assert [e["cost_usd"] for e in response.json()["events"]] == ["0.00135", "0.00013", "0.000525"]
+
+
+def test_a_csv_catalog_updates_a_price_and_a_tenant_override(tmp_path, acme):
+    path = tmp_path / "prices.csv"
+    path.write_text(
+        "provider,model,effective_from,input_per_mtok,output_per_mtok,source\n"
+        "openai,gpt-4o,2024-10-01,2.50,10,https://openai.com/api/pricing/\n"
+    )
+    assert "1 created" in run("load_prices", str(path))
+    path.write_text(path.read_text().replace("2.50,10", "2.40,10"))
+    assert "1 updated" in run("load_prices", str(path))
+    assert ModelPrice.objects.unscoped().get(model="gpt-4o").input_per_mtok == Decimal("2.40")
+    assert "tenant acme: 1 created" in run("load_prices", str(path), "--tenant", "acme")
+    assert ModelPrice.objects.for_tenant(acme).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"prices": [{"provider": "openai", "model": "m", "effective_from": "2024-01-01", "input_per_mtok": "abc"}]}', "not a decimal"),
+        ('{"prices": [{"provider": "openai", "model": "m", "input_per_mtok": "1"}]}', "effective_from is required"),
+        ('{"prices": [{"provider": "openai", "model": "m", "effective_from": "2024-01-01", "input_per_mtok": "-1"}]}', "non-negative"),
+        ('{"prices": [{"provider": "", "model": "m"}]}', "provider is required"),
+        ("{not json", "not valid JSON"),
+    ],
+)
+def test_a_bad_catalog_file_is_refused_whole(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(CommandError, match=message):
+        run("load_prices", str(path))
+    assert ModelPrice.objects.unscoped().count() == 0
+
+
+def test_json_numbers_in_a_catalog_are_read_exactly(tmp_path):
+    path = tmp_path / "prices.json"
+    path.write_text('[{"provider": "openai", "model": "m", "effective_from": "2024-01-01", '
+                    '"input_per_mtok": 0.1, "output_per_mtok": 0.3}]')
+    run("load_prices", str(path))
+    price = ModelPrice.objects.unscoped().get(model="m")
+    assert (price.input_per_mtok, price.output_per_mtok) == (Decimal("0.1"), Decimal("0.3"))
+
+
+def test_repricing_a_range_after_a_correction_keeps_rollups_equal_to_events(ingest_client, acme, prices):
+    with time_machine.travel("2026-11-21T12:00:00Z", tick=False):
+        batch = [event(event_id=f"e{i}", occurred_at=f"2026-11-{10 + i % 5:02d}T{i % 24:02d}:00:00Z",
+                       end_user=f"u{i % 3}") for i in range(50)]
+        batch.append(event(event_id="caller", occurred_at="2026-11-12T01:00:00Z", cost_usd="1"))
+        assert post_usage(ingest_client, batch).status_code == 201
+        haiku = ModelPrice.objects.unscoped().get(model="claude-haiku-4-5")
+        haiku.output_per_mtok = Decimal(4)  # the list price was wrong: $4 per 1M output, not $5
+        haiku.save()
+        out = run("reprice_usage", "--tenant", "acme", "--start", "2026-11-11", "--end", "2026-11-13")
+    assert "20 re-priced" in out  # days 11 and 12 hold 10 events each; the caller's cost is kept
+    with tenant_context(acme):
+        events = UsageEvent.objects.aggregate(c=Sum("cost_nanos"))["c"]
+        rollups = HourlyRollup.objects.aggregate(c=Sum("cost_nanos"))["c"]
+        assert UsageEvent.objects.get(event_id="caller").cost_nanos == 1_000_000_000
+        assert UsageEvent.objects.get(event_id="e1").cost_nanos == 450_000 + 720_000  # 450*1 + 180*4
+        assert UsageEvent.objects.get(event_id="e0").cost_nanos == 1_350_000  # the 10th: out of range
+    assert events == rollups == 30 * 1_350_000 + 20 * 1_170_000 + 1_000_000_000
+
+
+def test_reprice_needs_a_range_or_unpriced(acme):
+    with pytest.raises(CommandError, match="--unpriced, or --start"):
+        run("reprice_usage")
