@@ -21,3 +21,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 COSTMON_CATALOG_TTL_SECONDS = 0
 CELERY_TASK_ALWAYS_EAGER = True
 STATIC_ROOT = None  # tests serve static files from the finders
+
+if os.environ.get("COSTMON_TEST_DB") == "sqlite":
+    # A file, as the embedded default uses (an in-memory database locks whole tables).
+    DATABASES["default"]["TEST"] = {"NAME": os.path.join(os.environ["COSTMON_VAR_DIR"], "test.sqlite3")}  # noqa: F405

@@ -1,0 +1,120 @@
+"""Prepare everything and start the product: the README's first command ends here."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from costmon.models import ApiKey, Membership, Tenant
+from costmon.services import api_key_create, membership_add
+from costmon.tenancy import unscoped
+from usage.models import ModelPrice, UsageEvent
+
+DEMO_TENANT = "demo"
+ADMIN_USER = "admin"
+
+
+class Command(BaseCommand):
+    help = "Migrate, load prices, seed a demo tenant, create a login and a key, then serve."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--workers", type=int, default=2)
+        parser.add_argument("--no-serve", action="store_true", help="prepare, print, and exit")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        host, port = options["host"], options["port"]
+        if not options["no_serve"]:
+            self._check_port(host, port)
+        self.stderr.write("Preparing the database…")
+        call_command("migrate", verbosity=0, interactive=False)
+        with unscoped():
+            if not ModelPrice.objects.unscoped().filter(tenant__isnull=True).exists():
+                call_command("load_prices", stdout=self.stderr)
+            tenant = Tenant.objects.filter(slug=DEMO_TENANT).first()
+            if tenant is None or not UsageEvent.objects.for_tenant(tenant).exists():
+                self.stderr.write("Seeding 30 days of demo usage (once)…")
+                call_command("seed_demo", "--days", "30", stdout=self.stderr)
+                tenant = Tenant.objects.get(slug=DEMO_TENANT)
+            credentials = self._credentials(tenant)
+
+        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104
+        self.stdout.write(
+            "\n".join(
+                [
+                    "",
+                    "costmon is ready.",
+                    f"  Open:      {base}/",
+                    f"  Admin:     {base}/admin/   (user {credentials['username']}, password {credentials['password']})",
+                    f"  API docs:  {base}/api/docs/",
+                    f"  Demo key:  {credentials['api_key']}",
+                    "",
+                    "Send a usage event:",
+                    f"  curl -X POST {base}/api/v1/usage/ -H 'Authorization: Bearer {credentials['api_key']}' \\",
+                    "       -H 'Content-Type: application/json' \\",
+                    "       -d '{\"provider\": \"openai\", \"model\": \"gpt-4o-mini\", \"input_tokens\": 1500, \"output_tokens\": 500}'",
+                    f"Data lives in {settings.DATABASES['default']['NAME']}; press Ctrl+C to stop.",
+                    "",
+                ]
+            )
+        )
+        if options["no_serve"]:
+            return
+        self._serve(host, port, options["workers"])
+
+    def _check_port(self, host: str, port: int) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:  # noqa: S104
+                raise CommandError(f"Port {port} is in use; stop what runs there or pass --port 8001.")
+
+    def _credentials(self, tenant: Tenant) -> dict[str, str]:
+        """The demo login and key, kept in var/ so a second run prints the same ones."""
+        path = Path(settings.VAR_DIR) / "demo_credentials.json"
+        stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        user_model = get_user_model()
+        user = user_model.objects.filter(username=ADMIN_USER).first()
+        if user is None or not stored.get("password") or not user.check_password(stored["password"]):
+            stored["password"] = secrets.token_urlsafe(12)
+            if user is None:
+                user = user_model.objects.create_superuser(ADMIN_USER, "admin@example.com", stored["password"])
+            else:
+                user.set_password(stored["password"])
+                user.save(update_fields=["password"])
+        stored["username"] = ADMIN_USER
+        membership_add(tenant=tenant, user=user, role=Membership.Role.OWNER)
+        key_ok = False
+        if stored.get("api_key"):
+            prefix = "_".join(stored["api_key"].split("_", 2)[:2])
+            key_ok = ApiKey.objects.unscoped().filter(prefix=prefix, revoked_at=None, tenant=tenant).exists()
+        if not key_ok:
+            stored["api_key"] = api_key_create(tenant=tenant, scopes="ingest,read,admin", name="demo").secret
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stored, indent=2))
+        path.chmod(0o600)
+        return stored
+
+    def _serve(self, host: str, port: int, workers: int) -> None:
+        gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or shutil.which("gunicorn")
+        if gunicorn is None:
+            raise CommandError("gunicorn is not installed; run `pip install -e .` first.")
+        sys.stdout.flush()
+        os.execv(
+            gunicorn,
+            [
+                gunicorn, "costmon.wsgi:application", "--bind", f"{host}:{port}",
+                "--workers", str(workers), "--threads", "4", "--log-level", "warning",
+                "--chdir", str(settings.BASE_DIR),
+            ],
+        )
