@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from django.contrib.auth.models import AbstractBaseUser
 from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -27,7 +26,7 @@ ROLE_SCOPES = {
 }
 
 
-def tenants_for_user(user: AbstractBaseUser) -> list[Tenant]:
+def tenants_for_user(user: Any) -> list[Tenant]:
     """The tenants a dashboard user may open: their memberships, or all for a superuser."""
     if not getattr(user, "is_authenticated", False):
         return []
@@ -37,12 +36,12 @@ def tenants_for_user(user: AbstractBaseUser) -> list[Tenant]:
         return list(Tenant.objects.filter(memberships__user=user).distinct())
 
 
-def user_scopes(user: AbstractBaseUser, tenant: Tenant) -> set[str]:
+def user_scopes(user: Any, tenant: Tenant) -> set[str]:
     if getattr(user, "is_superuser", False):
         return set(ApiKey.Scope.values)
     with tenancy.unscoped():
         role = Membership.objects.unscoped().filter(tenant=tenant, user=user).values_list("role", flat=True).first()
-    return set(ROLE_SCOPES.get(role, set())) if role else set()
+    return {str(s) for s in ROLE_SCOPES.get(Membership.Role(role), set())} if role else set()
 
 
 class TenantAPIView(APIView):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -48,7 +49,7 @@ def tenant_create(*, slug: str, name: str = "", timezone_name: str = "UTC") -> T
     return Tenant.objects.create(slug=slug, name=name or slug, timezone=timezone_name)
 
 
-def membership_add(*, tenant: Tenant, user: AbstractBaseUser, role: str = Membership.Role.VIEWER) -> Membership:
+def membership_add(*, tenant: Tenant, user: Any, role: str = Membership.Role.VIEWER) -> Membership:
     if role not in Membership.Role.values:
         raise ValidationError(f"Unknown role {role!r}; use one of {', '.join(Membership.Role.values)}.")
     with unscoped():
@@ -99,5 +100,5 @@ def api_key_touch(*, api_key_id: int) -> None:
     now = timezone.now()
     with unscoped():
         ApiKey.objects.unscoped().filter(pk=api_key_id).exclude(
-            last_used_at__gt=now - timezone.timedelta(minutes=1)
+            last_used_at__gt=now - timedelta(minutes=1)
         ).update(last_used_at=now)

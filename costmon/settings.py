@@ -108,7 +108,7 @@ if EMBEDDED:
         }
     }
 else:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL or "", conn_max_age=60)}
+    DATABASES = {"default": dict(dj_database_url.parse(DATABASE_URL or "", conn_max_age=60))}
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Row-level security is enforced for non-superuser roles only. When the login role is a
     # superuser (as on a developer machine), DATABASE_ROLE names the role the product acts as.
@@ -116,9 +116,12 @@ else:
     if _role:
         if not _role.replace("_", "").isalnum():
             raise ImproperlyConfigured(f"DATABASE_ROLE must be a plain role name, got {_role!r}")
-        DATABASES["default"].setdefault("OPTIONS", {})["options"] = f"-c role={_role}"
+        _options: dict[str, object] = dict(DATABASES["default"].get("OPTIONS") or {})  # type: ignore[call-overload]
+        _options["options"] = f"-c role={_role}"
+        DATABASES["default"]["OPTIONS"] = _options
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+FORMS_URLFIELD_ASSUME_HTTPS = True  # the Django 6 default, early
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:

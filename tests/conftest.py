@@ -7,6 +7,7 @@ must never show up in `acme`'s answers.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -64,7 +65,10 @@ def _check_services() -> str | None:
 def pytest_sessionstart(session: pytest.Session) -> None:
     problem = _check_services()
     if problem:
-        pytest.exit(problem, returncode=3)
+        # One line, no traceback: the person running the tests needs only this.
+        sys.stderr.write(problem + "\n")
+        sys.stderr.flush()
+        os._exit(3)
 
 
 @pytest.fixture(autouse=True)

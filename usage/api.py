@@ -70,7 +70,7 @@ def event_json(e: UsageEvent) -> dict[str, Any]:
         "model": e.model.value,
         "operation": e.operation.value,
         "end_user": e.end_user.value,
-        "session_id": e.session.value if e.session_id else "",
+        "session_id": e.session.value if e.session is not None else "",
         "tags": e.tags or {},
         "input_tokens": e.input_tokens,
         "output_tokens": e.output_tokens,

@@ -109,7 +109,7 @@ class ModelPrice(models.Model):
         indexes = [models.Index(fields=["tenant", "provider"], name="modelprice_tenant_provider")]
 
     def __str__(self) -> str:
-        owner = self.tenant.slug if self.tenant_id else "global"
+        owner = self.tenant.slug if self.tenant is not None else "global"
         return f"{self.provider}/{self.model} from {self.effective_from:%Y-%m-%d} ({owner})"
 
 

@@ -120,9 +120,7 @@ def custom_range(*, tenant: Tenant, start: str, end: str | None) -> TimeRange:
         end_at = parse_moment(end, tz=tz, name="end")
         if is_date_only(end):
             # A date as end includes that whole (local) day.
-            end_at = parse_moment(
-                (parse_date(end.strip()) + timedelta(days=1)).isoformat(), tz=tz, name="end"  # type: ignore[operator]
-            )
+            end_at = _add_days(end_at.astimezone(tz), 1, tz).astimezone(UTC)
     else:
         end_at = timezone.now()
     if end_at <= start_at:
@@ -222,10 +220,11 @@ def usage_metrics(
             else:
                 key_expr = F(f"{group_by}__value")
             rows = events.values(key=key_expr).annotate(**_event_sums())
-        metrics.breakdown = sorted(
-            ({**r, "key": r["key"] if r["key"] is not None else ""} for r in rows),
-            key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]),
-        )[:limit]
+        breakdown: list[dict[str, Any]] = [
+            {**r, "key": r["key"] if r["key"] is not None else ""} for r in rows
+        ]
+        breakdown.sort(key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))
+        metrics.breakdown = breakdown[:limit]
 
     trunc = TruncHour if interval == "hour" else TruncDay
     buckets = {

@@ -418,7 +418,7 @@ def prices_load(*, rows: Sequence[dict[str, Any]], tenant: Tenant | None = None)
     """Create or update catalog rows, keyed by (tenant, provider, model, effective_from).
 
     All rows are checked before anything is written; loading the same file twice changes
-    nothing. Events left unpriced are not re-priced here: see `usage_reprice_unpriced`.
+    nothing. Events stored unpriced are priced by a task enqueued when this commits.
     """
     parsed = [_parse_price_row(i, raw) for i, raw in enumerate(rows)]
     report = LoadReport()
@@ -438,6 +438,10 @@ def prices_load(*, rows: Sequence[dict[str, Any]], tenant: Tenant | None = None)
                 report.updated += 1
             else:
                 report.unchanged += 1
+        # Events that waited for a price get it once this commits.
+        from usage.tasks import schedule_reprice_unpriced
+
+        schedule_reprice_unpriced(tenant.pk if tenant else None)
     bump_version()
     return report
 
@@ -470,6 +474,9 @@ def model_alias_set(*, tenant: Tenant, alias: str, target_provider: str, target_
             tenant=tenant, provider=provider.lower(), alias=alias,
             defaults={"target_provider": target_provider.lower(), "target_model": target_model},
         )
+        from usage.tasks import schedule_reprice_unpriced
+
+        schedule_reprice_unpriced(tenant.pk)
     bump_version()
     return obj
 

@@ -99,3 +99,21 @@ def test_repricing_a_range_after_a_correction_keeps_rollups_equal_to_events(inge
 def test_reprice_needs_a_range_or_unpriced(acme):
     with pytest.raises(CommandError, match="--unpriced, or --start"):
         run("reprice_usage")
+
+
+def test_loading_a_missing_price_prices_waiting_events_through_the_task(
+    tmp_path, ingest_client, acme, outsider, outsider_client, django_capture_on_commit_callbacks
+):
+    with time_machine.travel("2026-11-21T12:00:00Z", tick=False):
+        post_usage(ingest_client, event(event_id="a", provider="newco", model="brainy-1-20261101"))
+        post_usage(outsider_client, event(event_id="g", provider="newco", model="brainy-1"))
+    path = tmp_path / "newco.json"
+    path.write_text('[{"provider": "newco", "model": "brainy-1", "effective_from": "2026-01-01", '
+                    '"input_per_mtok": "2", "output_per_mtok": "10"}]')
+    with django_capture_on_commit_callbacks(execute=True):
+        run("load_prices", str(path))
+    for tenant in (acme, outsider):
+        with tenant_context(tenant):
+            priced = UsageEvent.objects.get()
+            assert (priced.cost_nanos, priced.get_cost_source_display()) == (2_700_000, "computed")
+            assert HourlyRollup.objects.get().cost_nanos == 2_700_000

@@ -37,4 +37,4 @@ class Command(BaseCommand):
             f"Loaded {path} into {owner}: {report.created} created, {report.updated} updated, "
             f"{report.unchanged} unchanged."
         )
-        self.stdout.write("Run `manage.py reprice_usage --unpriced` to price events that had no price.")
+        self.stdout.write("Events stored without a price are priced by a background task as prices appear.")

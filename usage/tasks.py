@@ -1,0 +1,43 @@
+"""Celery tasks of the usage app: thin wrappers that pick tenants and call services."""
+
+from __future__ import annotations
+
+import structlog
+from celery import shared_task
+
+from costmon.models import Tenant
+from costmon.tenancy import unscoped
+from usage.models import CostSource, UsageEvent
+from usage.services import usage_reprice_unpriced
+
+log = structlog.get_logger(__name__)
+
+
+@shared_task(ignore_result=True)
+def reprice_unpriced_usage(tenant_id: int | None = None) -> int:
+    """Price events stored without a price, for one tenant or every tenant that has some."""
+    with unscoped():
+        tenant_ids = (
+            [tenant_id]
+            if tenant_id is not None
+            else list(
+                UsageEvent.objects.unscoped()
+                .filter(cost_source=CostSource.UNPRICED)
+                .values_list("tenant_id", flat=True)
+                .distinct()
+            )
+        )
+        tenants = list(Tenant.objects.filter(pk__in=tenant_ids))
+    changed = 0
+    for tenant in tenants:
+        # The service runs in the tenant's own context: RLS applies as for a request.
+        changed += usage_reprice_unpriced(tenant=tenant).changed
+    log.info("unpriced_usage_repriced", tenants=len(tenants), changed=changed)
+    return changed
+
+
+def schedule_reprice_unpriced(tenant_id: int | None = None) -> None:
+    """Enqueue after the current transaction commits, so the task sees the new prices."""
+    from django.db import transaction
+
+    transaction.on_commit(lambda: reprice_unpriced_usage.delay(tenant_id))
