@@ -101,7 +101,9 @@ class TenantAdmin(admin.ModelAdmin):
         return False
 
     @admin.action(description="Re-price usage in a date range…", permissions=["change"])
-    def reprice_usage(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> HttpResponse | None:
+    def reprice_usage(
+        self, request: HttpRequest, queryset: QuerySet[Tenant]
+    ) -> HttpResponse | None:
         if "apply" in request.POST:
             form = RepriceForm(request.POST)
             if form.is_valid():

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 from django.db import connection, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models import Max as models_max
 from django.db.models import Min as models_min
 from django.utils.dateparse import parse_datetime
@@ -602,6 +602,28 @@ def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
         _upsert_rollups(sums, replace=True)
         rebuilt += len(part)
     return rebuilt
+
+
+def usage_events_delete(*, events: QuerySet[UsageEvent]) -> int:
+    """Delete events and rebuild the rollups of their hours, under each tenant's exclusive
+    ingest lock, so rollups still equal the sum of their events. Staff code: runs unscoped."""
+    from costmon.tenancy import unscoped
+
+    with unscoped():
+        rows = list(events.values_list("pk", "tenant_id", "occurred_at"))
+        by_tenant: dict[int, tuple[list[int], set[datetime]]] = defaultdict(lambda: ([], set()))
+        for pk, tenant_id, occurred_at in rows:
+            by_tenant[tenant_id][0].append(pk)
+            by_tenant[tenant_id][1].add(hour_of(occurred_at))
+        tenants = list(Tenant.objects.filter(pk__in=by_tenant).order_by("pk"))
+    with transaction.atomic():
+        for tenant in tenants:
+            pks, hours = by_tenant[tenant.pk]
+            with tenant_context(tenant):
+                _lock_tenant(tenant.pk, shared=False)
+                UsageEvent.objects.for_tenant(tenant).filter(pk__in=pks).delete()
+                rollups_rebuild(tenant=tenant, hours=sorted(hours))
+    return len(rows)
 
 
 def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:
