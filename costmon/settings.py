@@ -121,7 +121,6 @@ else:
         DATABASES["default"]["OPTIONS"] = _options
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-FORMS_URLFIELD_ASSUME_HTTPS = True  # the Django 6 default, early
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:

@@ -66,6 +66,8 @@ class ModelPriceForm(forms.ModelForm):
             "long_cached_input_per_mtok", "long_cache_write_per_mtok", "source", "source_date",
         )
 
+    source = forms.URLField(max_length=300, required=False, assume_scheme="https")
+
     def clean_provider(self) -> str:
         return self.cleaned_data["provider"].strip().lower()
 
