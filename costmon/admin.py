@@ -65,7 +65,9 @@ class RepriceForm(forms.Form):
         label="Last day (included)", widget=forms.DateInput(attrs={"type": "date"})
     )
     only_unpriced = forms.BooleanField(
-        required=False, initial=True, label="Only events stored unpriced",
+        required=False,
+        initial=True,
+        label="Only events stored unpriced",
         help_text="Untick after correcting a price, to price every event in the range again. "
         "Costs the caller reported are always kept.",
     )
@@ -167,7 +169,8 @@ class RevokedFilter(admin.SimpleListFilter):
 
 class ApiKeyAddForm(forms.ModelForm):
     scopes = forms.MultipleChoiceField(
-        choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple,
+        choices=ApiKey.Scope.choices,
+        widget=forms.CheckboxSelectMultiple,
         initial=[ApiKey.Scope.INGEST],
         help_text="ingest: send usage; read: read costs; admin: change budgets (implies read).",
     )
@@ -180,7 +183,13 @@ class ApiKeyAddForm(forms.ModelForm):
 @admin.register(ApiKey)
 class ApiKeyAdmin(TenantOwnedAdmin):
     list_display = (
-        "prefix", "name", "tenant", "scope_list", "created_at", "last_used_at", "revoked",
+        "prefix",
+        "name",
+        "tenant",
+        "scope_list",
+        "created_at",
+        "last_used_at",
+        "revoked",
     )
     list_filter = ("tenant", RevokedFilter)
     search_fields = ("prefix", "name", "tenant__slug")
@@ -193,7 +202,13 @@ class ApiKeyAdmin(TenantOwnedAdmin):
     # and it is never displayed.
     _add_fields = ("tenant", "name", "scopes")
     _change_fields = (
-        "name", "tenant", "prefix", "scope_list", "created_at", "last_used_at", "revoked_at",
+        "name",
+        "tenant",
+        "prefix",
+        "scope_list",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
     )
 
     @admin.display(description="scopes")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
-from django.core.cache import cache
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from costmon.cache import cache_get, cache_set
 from costmon.models import ApiKey, Tenant
 from costmon.services import api_key_touch, auth_cache_key, hash_secret
 from costmon.tenancy import unscoped
@@ -43,31 +42,20 @@ class KeyPrincipal:
         return scope in self.scopes
 
 
-def _cache_get(key: str) -> Any:
-    try:
-        return cache.get(key)
-    except Exception:  # noqa: BLE001 - a cache outage must not stop authentication
-        log.warning("auth_cache_unavailable")
-        return None
-
-
-def _cache_set(key: str, value: Any) -> None:
-    try:
-        cache.set(key, value, _CACHE_SECONDS)
-    except Exception:  # noqa: BLE001
-        pass
-
-
 def principal_for_secret(secret: str) -> KeyPrincipal | str:
     """The principal for a presented key, or the reason it is refused."""
     digest = hash_secret(secret)
-    cached = _cache_get(auth_cache_key(digest))
+    cached = cache_get(auth_cache_key(digest))
     if isinstance(cached, KeyPrincipal):
         return cached
     parts = secret.split("_", 2)
     prefix = f"{parts[0]}_{parts[1]}" if len(parts) == 3 else ""
     with unscoped():
-        key = ApiKey.objects.unscoped().select_related("tenant").filter(prefix=prefix).first() if prefix else None
+        key = (
+            ApiKey.objects.unscoped().select_related("tenant").filter(prefix=prefix).first()
+            if prefix
+            else None
+        )
     if key is None or not hmac.compare_digest(key.secret_hash, digest):
         return "Invalid API key. Create one with `manage.py create_api_key <tenant-slug> --scopes ...`."
     if key.revoked_at is not None:
@@ -75,7 +63,7 @@ def principal_for_secret(secret: str) -> KeyPrincipal | str:
     principal = KeyPrincipal(
         key_id=key.pk, tenant=key.tenant, scopes=tuple(key.scopes), prefix=key.prefix
     )
-    _cache_set(auth_cache_key(digest), principal)
+    cache_set(auth_cache_key(digest), principal, _CACHE_SECONDS)
     api_key_touch(api_key_id=key.pk)
     return principal
 

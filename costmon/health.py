@@ -33,4 +33,6 @@ def readyz(request: HttpRequest) -> JsonResponse:
     else:
         checks["redis"] = "not configured (embedded mode)"
     ready = all(v == "ok" or v.startswith("not configured") for v in checks.values())
-    return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+    return JsonResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )

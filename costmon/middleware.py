@@ -29,7 +29,12 @@ class StaffAdminMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         user = getattr(request, "user", None)
-        if request.path.startswith("/admin/") and user is not None and user.is_active and user.is_staff:
+        if (
+            request.path.startswith("/admin/")
+            and user is not None
+            and user.is_active
+            and user.is_staff
+        ):
             with unscoped():
                 return self.get_response(request)
         return self.get_response(request)

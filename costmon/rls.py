@@ -35,7 +35,9 @@ class EnableRowLevelSecurity(Operation):
     def state_forwards(self, app_label: str, state: Any) -> None:
         pass
 
-    def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
         if schema_editor.connection.vendor != "postgresql":
             return
         read = f"{_BYPASS} OR {_TENANT}"
@@ -49,7 +51,9 @@ class EnableRowLevelSecurity(Operation):
             f"WITH CHECK ({_BYPASS} OR {_TENANT})"
         )
 
-    def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
         if schema_editor.connection.vendor != "postgresql":
             return
         table = schema_editor.quote_name(self.table)

@@ -40,7 +40,12 @@ def user_scopes(user: Any, tenant: Tenant) -> set[str]:
     if getattr(user, "is_superuser", False):
         return set(ApiKey.Scope.values)
     with tenancy.unscoped():
-        role = Membership.objects.unscoped().filter(tenant=tenant, user=user).values_list("role", flat=True).first()
+        role = (
+            Membership.objects.unscoped()
+            .filter(tenant=tenant, user=user)
+            .values_list("role", flat=True)
+            .first()
+        )
     return {str(s) for s in ROLE_SCOPES.get(Membership.Role(role), set())} if role else set()
 
 
@@ -56,7 +61,9 @@ class TenantAPIView(APIView):
         super().__init_subclass__(**kwargs)
         # As PostHog's routing does: the tenant comes from here, never from a view's override.
         if "get_queryset" in cls.__dict__:
-            raise TypeError(f"{cls.__name__} must not override get_queryset; use selectors with self.tenant.")
+            raise TypeError(
+                f"{cls.__name__} must not override get_queryset; use selectors with self.tenant."
+            )
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
@@ -73,7 +80,9 @@ class TenantAPIView(APIView):
         else:
             tenant = self._tenant_for_user(request)
             if scope not in user_scopes(request.user, tenant):
-                raise exceptions.PermissionDenied(f"Your role in {tenant.slug} does not allow this ({scope}).")
+                raise exceptions.PermissionDenied(
+                    f"Your role in {tenant.slug} does not allow this ({scope})."
+                )
             self.api_key_id = None
         self.tenant = tenant
         # The request's context: the middleware resets it when the response is done.
@@ -96,4 +105,6 @@ class TenantAPIView(APIView):
             return allowed[0]
         if not allowed:
             raise exceptions.NotFound("You are not a member of any tenant.")
-        raise exceptions.ValidationError({"tenant": "You belong to several tenants: add ?tenant=<slug>."})
+        raise exceptions.ValidationError(
+            {"tenant": "You belong to several tenants: add ?tenant=<slug>."}
+        )

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from costmon.cache import cache_delete
 from costmon.models import ApiKey, Membership, Tenant, slug_validator
 from costmon.tenancy import unscoped
 
@@ -45,13 +45,17 @@ def tenant_create(*, slug: str, name: str = "", timezone_name: str = "UTC") -> T
     try:
         zoneinfo.ZoneInfo(timezone_name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValidationError(f"Unknown time zone {timezone_name!r}; use an IANA name such as Europe/Paris.") from None
+        raise ValidationError(
+            f"Unknown time zone {timezone_name!r}; use an IANA name such as Europe/Paris."
+        ) from None
     return Tenant.objects.create(slug=slug, name=name or slug, timezone=timezone_name)
 
 
 def membership_add(*, tenant: Tenant, user: Any, role: str = Membership.Role.VIEWER) -> Membership:
     if role not in Membership.Role.values:
-        raise ValidationError(f"Unknown role {role!r}; use one of {', '.join(Membership.Role.values)}.")
+        raise ValidationError(
+            f"Unknown role {role!r}; use one of {', '.join(Membership.Role.values)}."
+        )
     with unscoped():
         membership, _ = Membership.objects.update_or_create(
             tenant=tenant, user=user, defaults={"role": role}
@@ -78,20 +82,23 @@ def api_key_create(*, tenant: Tenant, scopes: str | list[str], name: str = "") -
     secret = f"{prefix}_{secrets.token_urlsafe(32)}"
     with unscoped():
         key = ApiKey.objects.create(
-            tenant=tenant, name=name, prefix=prefix, secret_hash=hash_secret(secret), scopes=scope_list
+            tenant=tenant,
+            name=name,
+            prefix=prefix,
+            secret_hash=hash_secret(secret),
+            scopes=scope_list,
         )
     return IssuedKey(api_key=key, secret=secret)
 
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     with unscoped(), transaction.atomic():
-        ApiKey.objects.unscoped().filter(pk=api_key.pk, revoked_at=None).update(revoked_at=timezone.now())
+        ApiKey.objects.unscoped().filter(pk=api_key.pk, revoked_at=None).update(
+            revoked_at=timezone.now()
+        )
         api_key.refresh_from_db()
     # Authentication caches keys briefly; a revoked key must stop working at once.
-    try:
-        cache.delete(auth_cache_key(api_key.secret_hash))
-    except Exception:  # noqa: BLE001 - the cache entry also expires on its own within a minute
-        pass
+    cache_delete(auth_cache_key(api_key.secret_hash))
     return api_key
 
 

@@ -119,21 +119,35 @@ class TenantScopedManager(models.Manager[M], Generic[M]):
 _STATE_ATTR = "_costmon_rls_state"
 
 
-def rls_execute_wrapper(
-    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
-) -> Any:
+def _sync(raw: Any, cursor: Any) -> None:
     wanted = ("on" if _bypass.get() else "off", str(_tenant_id.get() or ""))
-    connection = context["connection"]
-    raw = connection.connection
     if getattr(raw, _STATE_ATTR, None) != wanted:
-        # The raw cursor, so this statement does not pass through the wrappers again.
-        context["cursor"].cursor.execute(
+        cursor.execute(
             "SELECT set_config('costmon.rls_bypass', %s, false), "
             "set_config('costmon.tenant_id', %s, false)",
             wanted,
         )
         setattr(raw, _STATE_ATTR, wanted)
+
+
+def rls_execute_wrapper(
+    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+) -> Any:
+    # The raw cursor, so the settings statement does not pass through the wrappers again.
+    _sync(context["connection"].connection, context["cursor"].cursor)
     return execute(sql, params, many, context)
+
+
+def raw_cursor(connection: BaseDatabaseWrapper) -> Any:
+    """A psycopg cursor with server-side binding, for bulk statements that send whole arrays
+    as parameters; the RLS settings are brought in line first, as for every ORM query."""
+    import psycopg
+
+    connection.ensure_connection()
+    raw = connection.connection
+    cursor = psycopg.Cursor(raw)
+    _sync(raw, cursor)
+    return cursor
 
 
 def install_rls_wrapper(connection: BaseDatabaseWrapper, **kwargs: Any) -> None:

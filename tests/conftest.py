@@ -36,21 +36,24 @@ def _check_services() -> str | None:
         return None
     import psycopg
     import redis
-
     from django.conf import settings
 
     db = settings.DATABASES["default"]
     try:
         with psycopg.connect(
-            host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], password=db["PASSWORD"] or None,
-            dbname="postgres", connect_timeout=3,
+            host=db["HOST"],
+            port=db["PORT"] or 5432,
+            user=db["USER"],
+            password=db["PASSWORD"] or None,
+            dbname="postgres",
+            connect_timeout=3,
         ) as conn:
             role = os.environ.get("DATABASE_ROLE")
             if role:
                 # The ordinary role the app acts as; the login role must be able to SET ROLE to it.
                 conn.execute(
-                    "DO $$ BEGIN CREATE ROLE %s NOLOGIN CREATEDB; "
-                    "EXCEPTION WHEN duplicate_object THEN NULL; END $$" % role  # noqa: S608
+                    f"DO $$ BEGIN CREATE ROLE {role} NOLOGIN CREATEDB; "
+                    "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
                 )
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0]
@@ -58,7 +61,9 @@ def _check_services() -> str | None:
     try:
         redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2).ping()
     except redis.RedisError as exc:
-        return f"Redis is not reachable at {settings.REDIS_URL} ({exc}); start it with: {REDIS_START}"
+        return (
+            f"Redis is not reachable at {settings.REDIS_URL} ({exc}); start it with: {REDIS_START}"
+        )
     return None
 
 
@@ -155,8 +160,11 @@ def prices(db: None) -> list[ModelPrice]:
     """The list prices the tests' exact figures use, in force since 2024."""
     rows = [
         ModelPrice.objects.create(
-            provider=p, model=m, effective_from=datetime(2024, 1, 1, tzinfo=UTC),
-            input_per_mtok=Decimal(i), output_per_mtok=Decimal(o),
+            provider=p,
+            model=m,
+            effective_from=datetime(2024, 1, 1, tzinfo=UTC),
+            input_per_mtok=Decimal(i),
+            output_per_mtok=Decimal(o),
             cached_input_per_mtok=Decimal(c) if c else None,
             cache_write_per_mtok=Decimal(w) if w else None,
         )

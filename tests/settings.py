@@ -14,7 +14,7 @@ else:
     os.environ.setdefault("DATABASE_ROLE", "costmon_app")
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
 
-from costmon.settings import *  # noqa: E402,F403
+from costmon.settings import *
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Catalog edits made directly through the ORM in tests must be seen at once.
@@ -24,4 +24,6 @@ STATIC_ROOT = None  # tests serve static files from the finders
 
 if os.environ.get("COSTMON_TEST_DB") == "sqlite":
     # A file, as the embedded default uses (an in-memory database locks whole tables).
-    DATABASES["default"]["TEST"] = {"NAME": os.path.join(os.environ["COSTMON_VAR_DIR"], "test.sqlite3")}  # noqa: F405
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.path.join(os.environ["COSTMON_VAR_DIR"], "test.sqlite3")
+    }

@@ -38,8 +38,11 @@ class PriceOwnerFilter(admin.SimpleListFilter):
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         overriding = (
-            ModelPrice.objects.unscoped().filter(tenant__isnull=False)
-            .values_list("tenant_id", "tenant__slug").distinct().order_by("tenant__slug")
+            ModelPrice.objects.unscoped()
+            .filter(tenant__isnull=False)
+            .values_list("tenant_id", "tenant__slug")
+            .distinct()
+            .order_by("tenant__slug")
         )
         return [("global", "Global list price"), ("tenants", "Any tenant's rate")] + [
             (str(pk), slug) for pk, slug in overriding
@@ -60,10 +63,23 @@ class ModelPriceForm(forms.ModelForm):
     class Meta:
         model = ModelPrice
         fields = (
-            "tenant", "provider", "model", "match_pattern", "effective_from", "input_per_mtok",
-            "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok", "per_request",
-            "long_context_threshold", "long_input_per_mtok", "long_output_per_mtok",
-            "long_cached_input_per_mtok", "long_cache_write_per_mtok", "source", "source_date",
+            "tenant",
+            "provider",
+            "model",
+            "match_pattern",
+            "effective_from",
+            "input_per_mtok",
+            "output_per_mtok",
+            "cached_input_per_mtok",
+            "cache_write_per_mtok",
+            "per_request",
+            "long_context_threshold",
+            "long_input_per_mtok",
+            "long_output_per_mtok",
+            "long_cached_input_per_mtok",
+            "long_cache_write_per_mtok",
+            "source",
+            "source_date",
         )
 
     source = forms.URLField(max_length=300, required=False, assume_scheme="https")
@@ -96,8 +112,16 @@ class ModelPriceForm(forms.ModelForm):
 class ModelPriceAdmin(TenantOwnedAdmin):
     form = ModelPriceForm
     list_display = (
-        "provider", "model", "owner", "effective_from", "input_rate", "output_rate",
-        "cached_input_rate", "cache_write_rate", "long_context_threshold", "source_date",
+        "provider",
+        "model",
+        "owner",
+        "effective_from",
+        "input_rate",
+        "output_rate",
+        "cached_input_rate",
+        "cache_write_rate",
+        "long_context_threshold",
+        "source_date",
     )
     list_filter = ("provider", PriceOwnerFilter)
     search_fields = ("model", "match_pattern")
@@ -107,14 +131,30 @@ class ModelPriceAdmin(TenantOwnedAdmin):
     readonly_fields = ("updated_at",)
     fieldsets = (
         (None, {"fields": ("tenant", "provider", "model", "match_pattern", "effective_from")}),
-        ("USD per million tokens", {"fields": (
-            "input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok",
-            "per_request",
-        )}),
-        ("Long context", {"fields": (
-            "long_context_threshold", "long_input_per_mtok", "long_output_per_mtok",
-            "long_cached_input_per_mtok", "long_cache_write_per_mtok",
-        )}),
+        (
+            "USD per million tokens",
+            {
+                "fields": (
+                    "input_per_mtok",
+                    "output_per_mtok",
+                    "cached_input_per_mtok",
+                    "cache_write_per_mtok",
+                    "per_request",
+                )
+            },
+        ),
+        (
+            "Long context",
+            {
+                "fields": (
+                    "long_context_threshold",
+                    "long_input_per_mtok",
+                    "long_output_per_mtok",
+                    "long_cached_input_per_mtok",
+                    "long_cache_write_per_mtok",
+                )
+            },
+        ),
         ("Source", {"fields": ("source", "source_date", "updated_at")}),
     )
 
@@ -219,8 +259,16 @@ class ReadOnlyAdmin(TenantOwnedAdmin):
 @admin.register(UsageEvent)
 class UsageEventAdmin(ReadOnlyAdmin):
     list_display = (
-        "event_id", "tenant", "occurred_at", "provider", "model", "end_user", "tokens", "cost",
-        "cost_source", "status",
+        "event_id",
+        "tenant",
+        "occurred_at",
+        "provider",
+        "model",
+        "end_user",
+        "tokens",
+        "cost",
+        "cost_source",
+        "status",
     )
     list_filter = ("tenant", "cost_source", "is_error")
     list_select_related = ("tenant", "provider", "model", "end_user")
@@ -228,10 +276,25 @@ class UsageEventAdmin(ReadOnlyAdmin):
     # No date_hierarchy: its year/month links aggregate over every row.
     sortable_by = ("occurred_at",)
     fields = (
-        "event_id", "tenant", "occurred_at", "provider", "model", "operation", "end_user",
-        "session", "tags", "input_tokens", "output_tokens", "cached_input_tokens",
-        "cache_write_tokens", "reasoning_tokens", "cost", "cost_source", "latency_ms",
-        "is_error", "cache_hit",
+        "event_id",
+        "tenant",
+        "occurred_at",
+        "provider",
+        "model",
+        "operation",
+        "end_user",
+        "session",
+        "tags",
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "cost",
+        "cost_source",
+        "latency_ms",
+        "is_error",
+        "cache_hit",
     )
     readonly_fields = ("cost",)
 
@@ -260,7 +323,14 @@ class UsageEventAdmin(ReadOnlyAdmin):
 @admin.register(HourlyRollup)
 class HourlyRollupAdmin(ReadOnlyAdmin):
     list_display = (
-        "hour", "tenant", "provider", "model", "operation", "end_user", "calls", "cost",
+        "hour",
+        "tenant",
+        "provider",
+        "model",
+        "operation",
+        "end_user",
+        "calls",
+        "cost",
     )
     list_filter = ("tenant",)
     list_select_related = ("tenant", "provider", "model", "operation", "end_user")

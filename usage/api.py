@@ -41,7 +41,9 @@ from usage.services import usage_record_batch
 _SOURCE_LABELS = dict(CostSource.choices)
 
 
-def time_range_from(request: Request, tenant: Any, *, default: str | None = "month") -> TimeRange | None:
+def time_range_from(
+    request: Request, tenant: Any, *, default: str | None = "month"
+) -> TimeRange | None:
     params = request.query_params
     if params.get("start"):
         return custom_range(tenant=tenant, start=params["start"], end=params.get("end"))
@@ -86,9 +88,24 @@ def event_json(e: UsageEvent) -> dict[str, Any]:
 
 
 CSV_COLUMNS = [
-    "event_id", "occurred_at", "provider", "model", "operation", "end_user", "session_id", "tags",
-    "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
-    "reasoning_tokens", "cost_usd", "cost_source", "latency_ms", "status", "cache_hit",
+    "event_id",
+    "occurred_at",
+    "provider",
+    "model",
+    "operation",
+    "end_user",
+    "session_id",
+    "tags",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "cost_source",
+    "latency_ms",
+    "status",
+    "cache_hit",
 ]
 
 
@@ -165,8 +182,10 @@ class UsageApi(TenantAPIView):
         ]
         + [
             OpenApiParameter("period", str, enum=["day", "week", "month"]),
-            OpenApiParameter("start", str), OpenApiParameter("end", str),
-            OpenApiParameter("limit", int), OpenApiParameter("cursor", str),
+            OpenApiParameter("start", str),
+            OpenApiParameter("end", str),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("cursor", str),
             OpenApiParameter("format", str, enum=["json", "csv"]),
         ],
         responses={200: OpenApiTypes.OBJECT},
@@ -187,9 +206,13 @@ class UsageApi(TenantAPIView):
         if fmt == "csv":
             return self._csv(events)
         page = usage_event_page(
-            events=events, cursor=params.get("cursor"), limit=_int_param(request, "limit", 100, 1000)
+            events=events,
+            cursor=params.get("cursor"),
+            limit=_int_param(request, "limit", 100, 1000),
         )
-        return Response({"results": [event_json(e) for e in page.events], "next_cursor": page.next_cursor})
+        return Response(
+            {"results": [event_json(e) for e in page.events], "next_cursor": page.next_cursor}
+        )
 
     def _csv(self, events: Any) -> StreamingHttpResponse:
         tenant = self.tenant
@@ -230,7 +253,9 @@ def totals_json(sums: dict[str, int]) -> dict[str, Any]:
         "error_rate": _rate(sums["errors"], calls),
         "unpriced_calls": sums["unpriced_calls"],
         "avg_cost_usd": format_usd(sums["cost_nanos"] // calls) if calls else None,
-        "avg_latency_ms": round(sums["latency_ms_sum"] / sums["latency_count"]) if sums["latency_count"] else None,
+        "avg_latency_ms": round(sums["latency_ms_sum"] / sums["latency_count"])
+        if sums["latency_count"]
+        else None,
     }
 
 
@@ -245,7 +270,11 @@ def metrics_json(m: Metrics) -> dict[str, Any]:
         "total": totals_json(m.totals),
         "breakdown": [{"key": row["key"], **totals_json(row)} for row in m.breakdown],
         "series": [
-            {"bucket": s["bucket"].isoformat(), "cost_usd": format_usd(s["cost_nanos"]), "calls": s["calls"]}
+            {
+                "bucket": s["bucket"].isoformat(),
+                "cost_usd": format_usd(s["cost_nanos"]),
+                "calls": s["calls"],
+            }
             for s in m.series
         ],
     }
@@ -258,8 +287,13 @@ class MetricsApi(TenantAPIView):
         summary="Aggregated usage: totals, a breakdown and a time series",
         parameters=[
             OpenApiParameter("period", str, enum=["day", "week", "month"]),
-            OpenApiParameter("start", str), OpenApiParameter("end", str),
-            OpenApiParameter("group_by", str, description="provider, model, operation, end_user, session_id or tag:<name>"),
+            OpenApiParameter("start", str),
+            OpenApiParameter("end", str),
+            OpenApiParameter(
+                "group_by",
+                str,
+                description="provider, model, operation, end_user, session_id or tag:<name>",
+            ),
             OpenApiParameter("interval", str, enum=["hour", "day"]),
             OpenApiParameter("tag", str, description="name:value"),
             *[OpenApiParameter(name, str) for name in FILTER_FIELDS],

@@ -12,8 +12,8 @@ from decimal import Decimal
 from threading import Lock
 
 from django.conf import settings
-from django.core.cache import cache
 
+from costmon.cache import cache_get, cache_set
 from costmon.tenancy import unscoped
 from usage.models import ModelAlias, ModelPrice
 from usage.pricing import Alias, Catalog, Price, Rates
@@ -24,18 +24,12 @@ _local: dict[int, tuple[float, object, Catalog]] = {}
 
 
 def _version() -> object:
-    try:
-        return cache.get(VERSION_KEY)
-    except Exception:  # noqa: BLE001 - without the cache the TTL alone bounds staleness
-        return None
+    return cache_get(VERSION_KEY)  # without the cache the TTL alone bounds staleness
 
 
 def bump_version() -> None:
     """Tell every process that prices or aliases changed."""
-    try:
-        cache.set(VERSION_KEY, time.time_ns(), None)
-    except Exception:  # noqa: BLE001
-        pass
+    cache_set(VERSION_KEY, time.time_ns(), None)
     clear_local()
 
 
@@ -49,15 +43,25 @@ def _rates(row: ModelPrice, long: bool = False) -> Rates:
         base_in = row.long_input_per_mtok or Decimal(0)
         return Rates(
             input=base_in,
-            output=row.long_output_per_mtok if row.long_output_per_mtok is not None else row.output_per_mtok,
-            cached_input=row.long_cached_input_per_mtok if row.long_cached_input_per_mtok is not None else base_in,
-            cache_write=row.long_cache_write_per_mtok if row.long_cache_write_per_mtok is not None else base_in,
+            output=row.long_output_per_mtok
+            if row.long_output_per_mtok is not None
+            else row.output_per_mtok,
+            cached_input=row.long_cached_input_per_mtok
+            if row.long_cached_input_per_mtok is not None
+            else base_in,
+            cache_write=row.long_cache_write_per_mtok
+            if row.long_cache_write_per_mtok is not None
+            else base_in,
         )
     return Rates(
         input=row.input_per_mtok,
         output=row.output_per_mtok,
-        cached_input=row.cached_input_per_mtok if row.cached_input_per_mtok is not None else row.input_per_mtok,
-        cache_write=row.cache_write_per_mtok if row.cache_write_per_mtok is not None else row.input_per_mtok,
+        cached_input=row.cached_input_per_mtok
+        if row.cached_input_per_mtok is not None
+        else row.input_per_mtok,
+        cache_write=row.cache_write_per_mtok
+        if row.cache_write_per_mtok is not None
+        else row.input_per_mtok,
     )
 
 

@@ -38,8 +38,17 @@ _STRING_FIELDS = {
     "session_id": (255, False),
 }
 KNOWN_FIELDS = frozenset(
-    {"event_id", "occurred_at", "tags", "cost_usd", "latency_ms", "status", "cache_hit",
-     *TOKEN_FIELDS, *_STRING_FIELDS}
+    {
+        "event_id",
+        "occurred_at",
+        "tags",
+        "cost_usd",
+        "latency_ms",
+        "status",
+        "cache_hit",
+        *TOKEN_FIELDS,
+        *_STRING_FIELDS,
+    }
 )
 MAX_TAGS = 20
 
@@ -99,13 +108,17 @@ def parse_batch(payload: Any, *, now: datetime | None = None) -> list[EventIn]:
     return events
 
 
-def _parse_event(index: int, item: Any, errors: _Errors, *, now: datetime, latest: datetime) -> EventIn | None:
+def _parse_event(
+    index: int, item: Any, errors: _Errors, *, now: datetime, latest: datetime
+) -> EventIn | None:
     if not isinstance(item, dict):
         errors.add(index, None, "Each event must be a JSON object.")
         return None
     before = len(errors.items)
     for name in item.keys() - KNOWN_FIELDS:
-        errors.add(index, name, f"Unknown field {name!r}. Known fields: {', '.join(sorted(KNOWN_FIELDS))}.")
+        errors.add(
+            index, name, f"Unknown field {name!r}. Known fields: {', '.join(sorted(KNOWN_FIELDS))}."
+        )
 
     strings: dict[str, str] = {}
     for name, (max_len, required) in _STRING_FIELDS.items():
@@ -139,12 +152,18 @@ def _parse_event(index: int, item: Any, errors: _Errors, *, now: datetime, lates
     if raw_time is not None:
         parsed = parse_datetime(raw_time) if isinstance(raw_time, str) else None
         if parsed is None:
-            errors.add(index, "occurred_at", "Must be an ISO 8601 date-time, e.g. 2026-11-23T14:05:00Z.")
+            errors.add(
+                index, "occurred_at", "Must be an ISO 8601 date-time, e.g. 2026-11-23T14:05:00Z."
+            )
         else:
             if timezone.is_naive(parsed):
                 parsed = parsed.replace(tzinfo=UTC)  # documented: naive times are UTC
             if parsed > latest:
-                errors.add(index, "occurred_at", f"{raw_time} is in the future (server time is {now:%Y-%m-%dT%H:%M:%SZ}).")
+                errors.add(
+                    index,
+                    "occurred_at",
+                    f"{raw_time} is in the future (server time is {now:%Y-%m-%dT%H:%M:%SZ}).",
+                )
             elif parsed < EARLIEST:
                 errors.add(index, "occurred_at", "Must be after 2000-01-01.")
             occurred_at = parsed
@@ -165,13 +184,18 @@ def _parse_event(index: int, item: Any, errors: _Errors, *, now: datetime, lates
         if value < 0:
             errors.add(index, name, "Must not be negative.")
         elif value > MAX_TOKENS:
-            errors.add(index, name, f"{value} tokens is more than {MAX_TOKENS:,} for one call; check the units.")
+            errors.add(
+                index,
+                name,
+                f"{value} tokens is more than {MAX_TOKENS:,} for one call; check the units.",
+            )
         tokens[name] = value
     if len(tokens) == len(TOKEN_FIELDS) and len(errors.items) == before:
         parts = tokens["cached_input_tokens"] + tokens["cache_write_tokens"]
         if parts > tokens["input_tokens"]:
             errors.add(
-                index, "cached_input_tokens",
+                index,
+                "cached_input_tokens",
                 "cached_input_tokens + cache_write_tokens exceed input_tokens; input_tokens counts "
                 "all input tokens, cached and cache-write included.",
             )
@@ -185,12 +209,14 @@ def _parse_event(index: int, item: Any, errors: _Errors, *, now: datetime, lates
             if cost_usd is None or not cost_usd.is_finite():
                 raise InvalidOperation
         except (InvalidOperation, ValueError):
-            errors.add(index, "cost_usd", "Must be a decimal number of US dollars, e.g. \"0.00135\".")
+            errors.add(index, "cost_usd", 'Must be a decimal number of US dollars, e.g. "0.00135".')
         else:
             if cost_usd < 0:
                 errors.add(index, "cost_usd", "Must not be negative.")
             elif cost_usd > MAX_COST_USD:
-                errors.add(index, "cost_usd", f"More than ${MAX_COST_USD} for one call; check the units.")
+                errors.add(
+                    index, "cost_usd", f"More than ${MAX_COST_USD} for one call; check the units."
+                )
 
     latency_ms = None
     if (raw_latency := item.get("latency_ms")) is not None:
@@ -203,7 +229,7 @@ def _parse_event(index: int, item: Any, errors: _Errors, *, now: datetime, lates
 
     status = item.get("status", "success")
     if status not in ("success", "error"):
-        errors.add(index, "status", "Must be \"success\" or \"error\".")
+        errors.add(index, "status", 'Must be "success" or "error".')
     cache_hit = item.get("cache_hit", False)
     if cache_hit is None:
         cache_hit = False
@@ -220,7 +246,11 @@ def _parse_event(index: int, item: Any, errors: _Errors, *, now: datetime, lates
         else:
             for key, value in tags.items():
                 if not isinstance(value, str) or len(key) > 64 or len(value) > 200 or not key:
-                    errors.add(index, f"tags.{key}", "Tag keys (1-64 chars) and values (up to 200 chars) must be strings.")
+                    errors.add(
+                        index,
+                        f"tags.{key}",
+                        "Tag keys (1-64 chars) and values (up to 200 chars) must be strings.",
+                    )
                     break
             tags = tags or None
 

@@ -55,36 +55,64 @@ class ModelPrice(models.Model):
     """
 
     tenant = models.ForeignKey(
-        Tenant, on_delete=models.CASCADE, null=True, blank=True, db_index=False,
+        Tenant,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        db_index=False,
         help_text="Empty for the global list price; set for a tenant's negotiated rate.",
     )
     provider = models.CharField(max_length=50)
     model = models.CharField(max_length=200)
     match_pattern = models.CharField(
-        max_length=200, blank=True,
+        max_length=200,
+        blank=True,
         help_text="Optional glob for other names priced the same (e.g. 'gpt-4o-2024-*'). "
         "Dated names such as gpt-4o-2024-08-06 already find gpt-4o without one.",
     )
     effective_from = models.DateTimeField(default=timezone.now)
-    input_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, validators=[MinValueValidator(0)])
-    output_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal(0), validators=[MinValueValidator(0)])
+    input_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, validators=[MinValueValidator(0)]
+    )
+    output_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, default=Decimal(0), validators=[MinValueValidator(0)]
+    )
     cached_input_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)],
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
         help_text="Empty: cached input tokens are charged at the input rate.",
     )
     cache_write_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)],
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
         help_text="Empty: cache writes are charged at the input rate.",
     )
-    per_request = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal(0), validators=[MinValueValidator(0)])
+    per_request = models.DecimalField(
+        max_digits=14, decimal_places=6, default=Decimal(0), validators=[MinValueValidator(0)]
+    )
     long_context_threshold = models.PositiveIntegerField(
-        null=True, blank=True,
+        null=True,
+        blank=True,
         help_text="Above this many input tokens the long-context rates apply to the whole call.",
     )
-    long_input_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)])
-    long_output_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)])
-    long_cached_input_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)])
-    long_cache_write_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)])
+    long_input_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
+    long_output_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
+    long_cached_input_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
+    long_cache_write_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
     source = models.URLField(max_length=300, blank=True)
     source_date = models.DateField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -95,14 +123,17 @@ class ModelPrice(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["provider", "model", "effective_from"],
-                condition=Q(tenant__isnull=True), name="modelprice_unique_global",
+                condition=Q(tenant__isnull=True),
+                name="modelprice_unique_global",
             ),
             models.UniqueConstraint(
                 fields=["tenant", "provider", "model", "effective_from"],
-                condition=Q(tenant__isnull=False), name="modelprice_unique_tenant",
+                condition=Q(tenant__isnull=False),
+                name="modelprice_unique_tenant",
             ),
             models.CheckConstraint(
-                condition=Q(long_context_threshold__isnull=True) | Q(long_input_per_mtok__isnull=False),
+                condition=Q(long_context_threshold__isnull=True)
+                | Q(long_input_per_mtok__isnull=False),
                 name="modelprice_long_context_has_rate",
             ),
         ]
@@ -127,7 +158,9 @@ class ModelAlias(models.Model):
     class Meta:
         verbose_name_plural = "model aliases"
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "provider", "alias"], name="modelalias_unique")
+            models.UniqueConstraint(
+                fields=["tenant", "provider", "alias"], name="modelalias_unique"
+            )
         ]
 
     def __str__(self) -> str:
@@ -141,16 +174,36 @@ class CostSource(models.IntegerChoices):
 
 
 class UsageEvent(models.Model):
-    """One LLM call as an application reported it. Compact on purpose: there are millions."""
+    """One LLM call as an application reported it. Compact on purpose: there are millions.
+
+    The dictionary references carry no database foreign-key constraint: checking five of them
+    for every inserted row would cost more than the insert itself, and dictionary entries are
+    only ever deleted together with the tenant's events.
+    """
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
     event_id = models.CharField(max_length=128)
     occurred_at = models.DateTimeField()
-    provider = models.ForeignKey(Dimension, on_delete=models.PROTECT, related_name="+", db_index=False)
-    model = models.ForeignKey(Dimension, on_delete=models.PROTECT, related_name="+", db_index=False)
-    operation = models.ForeignKey(Dimension, on_delete=models.PROTECT, related_name="+", db_index=False)
-    end_user = models.ForeignKey(Dimension, on_delete=models.PROTECT, related_name="+", db_index=False)
-    session = models.ForeignKey(Dimension, on_delete=models.PROTECT, related_name="+", null=True, db_index=False)
+    provider = models.ForeignKey(
+        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
+    model = models.ForeignKey(
+        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
+    operation = models.ForeignKey(
+        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
+    end_user = models.ForeignKey(
+        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
+    session = models.ForeignKey(
+        Dimension,
+        on_delete=models.PROTECT,
+        related_name="+",
+        null=True,
+        db_index=False,
+        db_constraint=False,
+    )
     tags = models.JSONField(null=True)
     input_tokens = models.IntegerField(default=0)
     output_tokens = models.IntegerField(default=0)
@@ -167,7 +220,9 @@ class UsageEvent(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "event_id"], name="usageevent_unique_event_id")
+            models.UniqueConstraint(
+                fields=["tenant", "event_id"], name="usageevent_unique_event_id"
+            )
         ]
         indexes = [models.Index(fields=["tenant", "occurred_at"], name="usageevent_tenant_time")]
 
@@ -184,10 +239,18 @@ class HourlyRollup(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
     hour = models.DateTimeField()
-    provider = models.ForeignKey(Dimension, on_delete=models.PROTECT, related_name="+", db_index=False)
-    model = models.ForeignKey(Dimension, on_delete=models.PROTECT, related_name="+", db_index=False)
-    operation = models.ForeignKey(Dimension, on_delete=models.PROTECT, related_name="+", db_index=False)
-    end_user = models.ForeignKey(Dimension, on_delete=models.PROTECT, related_name="+", db_index=False)
+    provider = models.ForeignKey(
+        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
+    model = models.ForeignKey(
+        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
+    operation = models.ForeignKey(
+        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
+    end_user = models.ForeignKey(
+        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
     calls = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
     cache_hits = models.BigIntegerField(default=0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-# USD per million tokens × tokens × 1000 = nano-dollars.
+# (USD per million tokens) * tokens * 1000 = nano-dollars.
 _NANOS_PER_USD_PER_MTOK = Decimal(1000)
 _NANOS_PER_USD = Decimal(1_000_000_000)
 
@@ -130,6 +130,8 @@ class Catalog:
         # The most specific pattern wins: the one with the most literal characters.
         self._patterns.sort(key=lambda p: (p[0], -len(p[2].replace("*", ""))))
         self._aliases = {(a.provider.lower(), a.alias.lower()): a for a in aliases}
+        # Name resolution is pure and names repeat endlessly: remember it, up to a bound.
+        self._resolved: dict[tuple[str, str], list[_History]] = {}
 
     def resolve(self, provider: str, model: str) -> tuple[str, str]:
         """Apply the tenant's aliases (deployment names, ARNs) to a reported name."""
@@ -141,6 +143,15 @@ class Catalog:
 
     def histories(self, provider: str, model: str) -> list[_History]:
         """Candidate price histories for a reported name, best match first."""
+        key = (provider, model)
+        found = self._resolved.get(key)
+        if found is None:
+            found = self._find(provider, model)
+            if len(self._resolved) < 10_000:
+                self._resolved[key] = found
+        return found
+
+    def _find(self, provider: str, model: str) -> list[_History]:
         provider, model = self.resolve(provider, model)
         family = PROVIDER_FAMILIES.get(provider)
         names = candidate_names(model)
@@ -159,7 +170,11 @@ class Catalog:
                     break
             lowered = model.strip().lower()
             for p_scope, prov, pattern, target in self._patterns:
-                if p_scope == scope and prov in (provider, family) and fnmatch.fnmatchcase(lowered, pattern):
+                if (
+                    p_scope == scope
+                    and prov in (provider, family)
+                    and fnmatch.fnmatchcase(lowered, pattern)
+                ):
                     found.append(self._exact[(scope, prov, target)])
         return found
 

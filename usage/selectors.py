@@ -25,9 +25,18 @@ EVENT_DIMENSIONS = ("session_id",)
 FILTER_FIELDS = ("provider", "model", "operation", "end_user")
 PERIODS = ("day", "week", "month")
 _SUM_FIELDS = (
-    "calls", "errors", "cache_hits", "unpriced_calls", "input_tokens", "output_tokens",
-    "cached_input_tokens", "cache_write_tokens", "reasoning_tokens", "cost_nanos",
-    "latency_ms_sum", "latency_count",
+    "calls",
+    "errors",
+    "cache_hits",
+    "unpriced_calls",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+    "latency_ms_sum",
+    "latency_count",
 )
 
 
@@ -80,9 +89,15 @@ def period_range(*, tenant: Tenant, period: str, now: datetime | None = None) ->
         end = _add_days(start, 7, tz)
     elif period == "month":
         start = today.replace(day=1)
-        end = (start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1))
+        end = (
+            start.replace(year=start.year + 1, month=1)
+            if start.month == 12
+            else start.replace(month=start.month + 1)
+        )
     else:
-        raise DomainError(f"Unknown period {period!r}; use day, week or month (or start and end).", field="period")
+        raise DomainError(
+            f"Unknown period {period!r}; use day, week or month (or start and end).", field="period"
+        )
     return TimeRange(start.astimezone(UTC), end.astimezone(UTC), period, tz)
 
 
@@ -107,7 +122,9 @@ def parse_moment(value: str, *, tz: zoneinfo.ZoneInfo, name: str) -> datetime:
     except ValueError:
         parsed = None
     if parsed is None:
-        raise DomainError(f"{name} must be a date (2026-11-01) or an ISO 8601 date-time.", field=name)
+        raise DomainError(
+            f"{name} must be a date (2026-11-01) or an ISO 8601 date-time.", field=name
+        )
     elif timezone.is_naive(parsed):
         parsed = parsed.replace(tzinfo=tz)
     return parsed.astimezone(UTC)
@@ -130,7 +147,9 @@ def custom_range(*, tenant: Tenant, start: str, end: str | None) -> TimeRange:
     return TimeRange(start_at, end_at, "custom", tz)
 
 
-def _filtered_rollups(tenant: Tenant, tr: TimeRange, filters: UsageFilters) -> QuerySet[HourlyRollup]:
+def _filtered_rollups(
+    tenant: Tenant, tr: TimeRange, filters: UsageFilters
+) -> QuerySet[HourlyRollup]:
     qs = HourlyRollup.objects.for_tenant(tenant).filter(hour__gte=tr.start, hour__lt=tr.end)
     for name in FILTER_FIELDS:
         value = getattr(filters, name)
@@ -140,7 +159,9 @@ def _filtered_rollups(tenant: Tenant, tr: TimeRange, filters: UsageFilters) -> Q
 
 
 def _filtered_events(tenant: Tenant, tr: TimeRange, filters: UsageFilters) -> QuerySet[UsageEvent]:
-    qs = UsageEvent.objects.for_tenant(tenant).filter(occurred_at__gte=tr.start, occurred_at__lt=tr.end)
+    qs = UsageEvent.objects.for_tenant(tenant).filter(
+        occurred_at__gte=tr.start, occurred_at__lt=tr.end
+    )
     for name in FILTER_FIELDS:
         value = getattr(filters, name)
         if value is not None:
@@ -191,7 +212,8 @@ def usage_metrics(
     if group_by and not tag_group and group_by not in ROLLUP_DIMENSIONS + EVENT_DIMENSIONS:
         raise DomainError(
             f"Unknown group_by {group_by!r}; use one of provider, model, operation, end_user, "
-            "session_id or tag:<name>.", field="group_by",
+            "session_id or tag:<name>.",
+            field="group_by",
         )
     if tag_group == "":
         raise DomainError("Name the tag: group_by=tag:<name>.", field="group_by")
@@ -234,8 +256,11 @@ def usage_metrics(
         .annotate(cost_nanos=sums["cost_nanos"], calls=sums["calls"])
     }
     metrics.series = [
-        {"bucket": b, "cost_nanos": buckets[b]["cost_nanos"] if b in buckets else 0,
-         "calls": buckets[b]["calls"] if b in buckets else 0}
+        {
+            "bucket": b,
+            "cost_nanos": buckets[b]["cost_nanos"] if b in buckets else 0,
+            "calls": buckets[b]["calls"] if b in buckets else 0,
+        }
         for b in _bucket_starts(tr, interval)
     ]
     return metrics
@@ -279,7 +304,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         parsed = datetime.fromisoformat(moment)
         return parsed, int(pk)
     except (ValueError, UnicodeDecodeError):
-        raise DomainError("The cursor is not valid; use next_cursor from a previous page.", field="cursor") from None
+        raise DomainError(
+            "The cursor is not valid; use next_cursor from a previous page.", field="cursor"
+        ) from None
 
 
 def usage_events(
@@ -311,7 +338,9 @@ def usage_events(
     if cost_source is not None:
         labels = {label: value for value, label in CostSource.choices}
         if cost_source not in labels:
-            raise DomainError("cost_source must be computed, caller or unpriced.", field="cost_source")
+            raise DomainError(
+                "cost_source must be computed, caller or unpriced.", field="cost_source"
+            )
         qs = qs.filter(cost_source=labels[cost_source])
     return qs.select_related("provider", "model", "operation", "end_user", "session").order_by(
         "-occurred_at", "-pk"

@@ -15,12 +15,12 @@ from django.db import connection, transaction
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models import Max as models_max
 from django.db.models import Min as models_min
-from django.utils.dateparse import parse_datetime
 from django.db.models.functions import TruncHour
+from django.utils.dateparse import parse_datetime
 
 from costmon.exceptions import DomainError
 from costmon.models import Tenant
-from costmon.tenancy import forget_rls_state, tenant_context
+from costmon.tenancy import forget_rls_state, raw_cursor, tenant_context
 from usage.catalog import bump_version, catalog_for
 from usage.ingest import EventIn
 from usage.models import CostSource, Dimension, HourlyRollup, ModelAlias, ModelPrice, UsageEvent
@@ -46,7 +46,9 @@ class EventResult:
 # --- dimensions ---------------------------------------------------------------------------
 
 
-def dimension_ids(*, tenant: Tenant | int, wanted: Iterable[tuple[int, str]]) -> dict[tuple[int, str], int]:
+def dimension_ids(
+    *, tenant: Tenant | int, wanted: Iterable[tuple[int, str]]
+) -> dict[tuple[int, str], int]:
     """Ids of the tenant's dictionary entries, creating the missing ones."""
     tenant_id = tenant if isinstance(tenant, int) else tenant.pk
     wanted = sorted(set(wanted))  # a fixed order, so concurrent batches never deadlock
@@ -59,7 +61,9 @@ def dimension_ids(*, tenant: Tenant | int, wanted: Iterable[tuple[int, str]]) ->
         q = Q()
         for kind, values in by_kind.items():
             q |= Q(kind=kind, value__in=values)
-        for pk, kind, value in Dimension.objects.for_tenant(tenant_id).filter(q).values_list("pk", "kind", "value"):
+        for pk, kind, value in (
+            Dimension.objects.for_tenant(tenant_id).filter(q).values_list("pk", "kind", "value")
+        ):
             found[(kind, value)] = pk
 
     fetch()
@@ -104,21 +108,61 @@ def price_event(catalog: Catalog, event: EventIn) -> tuple[int, int]:
 # --- recording a batch -----------------------------------------------------------------------
 
 _EVENT_COLUMNS = (
-    "tenant_id", "event_id", "occurred_at", "provider_id", "model_id", "operation_id",
-    "end_user_id", "session_id", "tags", "input_tokens", "output_tokens", "cached_input_tokens",
-    "cache_write_tokens", "reasoning_tokens", "cost_nanos", "cost_source", "latency_ms",
-    "is_error", "cache_hit",
+    "tenant_id",
+    "event_id",
+    "occurred_at",
+    "provider_id",
+    "model_id",
+    "operation_id",
+    "end_user_id",
+    "session_id",
+    "tags",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+    "cost_source",
+    "latency_ms",
+    "is_error",
+    "cache_hit",
 )
 _PG_EVENT_TYPES = (
-    "bigint", "text", "timestamptz", "bigint", "bigint", "bigint", "bigint", "bigint", "jsonb",
-    "integer", "integer", "integer", "integer", "integer", "bigint", "smallint", "integer",
-    "boolean", "boolean",
+    "bigint",
+    "text",
+    "timestamptz",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "jsonb",
+    "integer",
+    "integer",
+    "integer",
+    "integer",
+    "integer",
+    "bigint",
+    "smallint",
+    "integer",
+    "boolean",
+    "boolean",
 )
 ROLLUP_KEY = ("tenant_id", "hour", "provider_id", "model_id", "operation_id", "end_user_id")
 ROLLUP_SUMS = (
-    "calls", "errors", "cache_hits", "unpriced_calls", "input_tokens", "output_tokens",
-    "cached_input_tokens", "cache_write_tokens", "reasoning_tokens", "cost_nanos",
-    "latency_ms_sum", "latency_count",
+    "calls",
+    "errors",
+    "cache_hits",
+    "unpriced_calls",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+    "latency_ms_sum",
+    "latency_count",
 )
 # Called with (tenant_id, recorded rows) after the ingest transaction commits; the budgets app
 # registers its counter update here.
@@ -133,18 +177,20 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[EventIn]) -> list[Eve
     unique (tenant, event_id) index decides which copy is stored.
     """
     catalog = catalog_for(tenant.pk)
+    priced: dict[str, tuple[EventIn, int, int]] = {}
+    for event in events:
+        if event.event_id not in priced:  # the same id twice in one batch: the first one counts
+            priced[event.event_id] = (event, *price_event(catalog, event))
+    first = {eid: i for i, eid in enumerate(priced)}
     with tenant_context(tenant):
-        dims = dimension_ids(tenant=tenant, wanted=_dimension_keys(events))
-        rows: list[dict[str, Any]] = []
-        first: dict[str, int] = {}
-        for event in events:
-            if event.event_id in first:
-                continue  # the same id twice in one batch: the first one counts
-            first[event.event_id] = len(rows)
-            cost, source = price_event(catalog, event)
-            rows.append(_event_row(tenant.pk, event, dims, cost, source))
         try:
+            # One transaction, one commit: new dictionary entries, events and rollups.
             with transaction.atomic():
+                dims = dimension_ids(tenant=tenant, wanted=_dimension_keys(events))
+                rows = [
+                    _event_row(tenant.pk, e, dims, cost, source)
+                    for e, cost, source in priced.values()
+                ]
                 _lock_tenant(tenant.pk, shared=True)
                 inserted = _insert_events(rows)
                 fresh = [r for r in rows if r["event_id"] in inserted]
@@ -153,7 +199,9 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[EventIn]) -> list[Eve
         except Exception:
             forget_rls_state(connection)
             raise
-        stored = _stored_costs(tenant.pk, [r["event_id"] for r in rows if r["event_id"] not in inserted])
+        stored = _stored_costs(
+            tenant.pk, [r["event_id"] for r in rows if r["event_id"] not in inserted]
+        )
     results = []
     reported: set[str] = set()
     for event in events:
@@ -173,7 +221,7 @@ def _run_hooks(tenant_id: int, rows: list[dict[str, Any]]) -> None:
     for hook in after_record_hooks:
         try:
             hook(tenant_id, rows)
-        except Exception:  # noqa: BLE001 - usage is stored; counters are rebuilt by reconcile
+        except Exception:
             log.exception("after_record_hook_failed", hook=getattr(hook, "__name__", repr(hook)))
 
 
@@ -189,7 +237,9 @@ def _dimension_keys(events: Iterable[EventIn]) -> set[tuple[int, str]]:
     return keys
 
 
-def _event_row(tenant_id: int, e: EventIn, dims: dict[tuple[int, str], int], cost: int, source: int) -> dict[str, Any]:
+def _event_row(
+    tenant_id: int, e: EventIn, dims: dict[tuple[int, str], int], cost: int, source: int
+) -> dict[str, Any]:
     return {
         "tenant_id": tenant_id,
         "event_id": e.event_id,
@@ -228,51 +278,62 @@ def _insert_events(rows: list[dict[str, Any]]) -> set[str]:
     table = UsageEvent._meta.db_table
     columns = ", ".join(_EVENT_COLUMNS)
     inserted: set[str] = set()
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # One statement, one parameter per column: the fastest bulk path short of COPY,
-            # and unlike COPY it can skip duplicates.
-            arrays = []
-            for col in _EVENT_COLUMNS:
-                if col == "tags":
-                    arrays.append([json.dumps(r["tags"]) if r["tags"] is not None else None for r in rows])
-                else:
-                    arrays.append([r[col] for r in rows])
-            unnest = ", ".join(f"%s::{t}[]" for t in _PG_EVENT_TYPES)
+    if connection.vendor == "postgresql":
+        # One statement, one array parameter per column: the fastest bulk path short of COPY,
+        # and unlike COPY it can skip duplicates.
+        arrays = []
+        for col in _EVENT_COLUMNS:
+            if col == "tags":
+                arrays.append(
+                    [json.dumps(r["tags"]) if r["tags"] is not None else None for r in rows]
+                )
+            else:
+                arrays.append([r[col] for r in rows])
+        unnest = ", ".join(f"%b::{t}[]" for t in _PG_EVENT_TYPES)
+        with raw_cursor(connection) as cursor:
             cursor.execute(
                 f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({unnest}) "
                 f"ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id",
                 arrays,
+                binary=True,
             )
             inserted.update(r[0] for r in cursor.fetchall())
-        else:
-            ops = connection.ops
-            chunk = max(1, 30000 // len(_EVENT_COLUMNS))
-            for start in range(0, len(rows), chunk):
-                part = rows[start : start + chunk]
-                params: list[Any] = []
-                for r in part:
-                    for col in _EVENT_COLUMNS:
-                        value = r[col]
-                        if col == "occurred_at":
-                            value = ops.adapt_datetimefield_value(value)
-                        elif col == "tags":
-                            value = json.dumps(value) if value is not None else None
-                        params.append(value)
-                marks = "(" + ", ".join(["%s"] * len(_EVENT_COLUMNS)) + ")"
-                cursor.execute(
-                    f"INSERT INTO {table} ({columns}) VALUES {', '.join([marks] * len(part))} "
-                    f"ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id",
-                    params,
-                )
-                inserted.update(r[0] for r in cursor.fetchall())
+        return inserted
+    with connection.cursor() as cursor:
+        ops = connection.ops
+        chunk = max(1, 30000 // len(_EVENT_COLUMNS))
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            params: list[Any] = []
+            for r in part:
+                for col in _EVENT_COLUMNS:
+                    value = r[col]
+                    if col == "occurred_at":
+                        value = ops.adapt_datetimefield_value(value)
+                    elif col == "tags":
+                        value = json.dumps(value) if value is not None else None
+                    params.append(value)
+            marks = "(" + ", ".join(["%s"] * len(_EVENT_COLUMNS)) + ")"
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([marks] * len(part))} "
+                f"ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id",
+                params,
+            )
+            inserted.update(r[0] for r in cursor.fetchall())
     return inserted
 
 
 def _aggregate(rows: Iterable[dict[str, Any]]) -> dict[tuple[Any, ...], list[int]]:
     sums: dict[tuple[Any, ...], list[int]] = {}
     for r in rows:
-        key = (r["tenant_id"], hour_of(r["occurred_at"]), r["provider_id"], r["model_id"], r["operation_id"], r["end_user_id"])
+        key = (
+            r["tenant_id"],
+            hour_of(r["occurred_at"]),
+            r["provider_id"],
+            r["model_id"],
+            r["operation_id"],
+            r["end_user_id"],
+        )
         acc = sums.get(key)
         if acc is None:
             acc = sums[key] = [0] * len(ROLLUP_SUMS)
@@ -308,6 +369,24 @@ def _upsert_rollups(sums: dict[tuple[Any, ...], list[int]], *, replace: bool = F
     else:
         updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ROLLUP_SUMS)
     keys = sorted(sums)
+    if connection.vendor == "postgresql":
+        arrays: list[list[Any]] = [[] for _ in columns]
+        for key in keys:
+            for i, value in enumerate((*key, *sums[key])):
+                arrays[i].append(value)
+        types = ["bigint", "timestamptz", "bigint", "bigint", "bigint", "bigint"] + [
+            "bigint"
+        ] * len(ROLLUP_SUMS)
+        unnest = ", ".join(f"%b::{t}[]" for t in types)
+        with raw_cursor(connection) as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} AS r ({', '.join(columns)}) SELECT * FROM unnest({unnest}) "
+                f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET "
+                + (updates.replace(f"{table}.", "r.")),
+                arrays,
+                binary=True,
+            )
+        return
     chunk = max(1, 30000 // len(columns))
     ops = connection.ops
     with connection.cursor() as cursor:
@@ -341,9 +420,18 @@ def _stored_costs(tenant_id: int, event_ids: list[str]) -> dict[str, tuple[int, 
 # --- the price catalog ----------------------------------------------------------------------
 
 PRICE_FIELDS = (
-    "match_pattern", "input_per_mtok", "output_per_mtok", "cached_input_per_mtok",
-    "cache_write_per_mtok", "per_request", "long_context_threshold", "long_input_per_mtok",
-    "long_output_per_mtok", "long_cached_input_per_mtok", "long_cache_write_per_mtok", "source",
+    "match_pattern",
+    "input_per_mtok",
+    "output_per_mtok",
+    "cached_input_per_mtok",
+    "cache_write_per_mtok",
+    "per_request",
+    "long_context_threshold",
+    "long_input_per_mtok",
+    "long_output_per_mtok",
+    "long_cached_input_per_mtok",
+    "long_cache_write_per_mtok",
+    "source",
     "source_date",
 )
 _DECIMAL_FIELDS = {f for f in PRICE_FIELDS if f.endswith("_mtok") or f == "per_request"}
@@ -360,7 +448,9 @@ def _parse_price_row(index: int, raw: dict[str, Any]) -> dict[str, Any]:
     from django.utils.dateparse import parse_date
 
     def fail(message: str) -> DomainError:
-        return DomainError(f"Price {index + 1} ({raw.get('provider')}/{raw.get('model')}): {message}")
+        return DomainError(
+            f"Price {index + 1} ({raw.get('provider')}/{raw.get('model')}): {message}"
+        )
 
     row: dict[str, Any] = {}
     for name in ("provider", "model"):
@@ -383,8 +473,10 @@ def _parse_price_row(index: int, raw: dict[str, Any]) -> dict[str, Any]:
     for name in PRICE_FIELDS:
         value = raw.get(name)
         if value in (None, ""):
-            row[name] = Decimal(0) if name in ("output_per_mtok", "per_request") else (
-                "" if name in ("match_pattern", "source") else None
+            row[name] = (
+                Decimal(0)
+                if name in ("output_per_mtok", "per_request")
+                else ("" if name in ("match_pattern", "source") else None)
             )
             continue
         if name in _DECIMAL_FIELDS:
@@ -468,10 +560,14 @@ def read_price_file(path: str) -> list[dict[str, Any]]:
     return data
 
 
-def model_alias_set(*, tenant: Tenant, alias: str, target_provider: str, target_model: str, provider: str = "") -> ModelAlias:
+def model_alias_set(
+    *, tenant: Tenant, alias: str, target_provider: str, target_model: str, provider: str = ""
+) -> ModelAlias:
     with tenant_context(tenant):
         obj, _ = ModelAlias.objects.update_or_create(
-            tenant=tenant, provider=provider.lower(), alias=alias,
+            tenant=tenant,
+            provider=provider.lower(),
+            alias=alias,
             defaults={"target_provider": target_provider.lower(), "target_model": target_model},
         )
         from usage.tasks import schedule_reprice_unpriced
@@ -512,7 +608,9 @@ def usage_reprice(
     report = RepriceReport()
     with tenant_context(tenant), transaction.atomic():
         _lock_tenant(tenant.pk, shared=False)
-        qs = UsageEvent.objects.for_tenant(tenant).filter(occurred_at__gte=start, occurred_at__lt=end)
+        qs = UsageEvent.objects.for_tenant(tenant).filter(
+            occurred_at__gte=start, occurred_at__lt=end
+        )
         qs = qs.exclude(cost_source=CostSource.CALLER)
         if only_unpriced:
             qs = qs.filter(cost_source=CostSource.UNPRICED)
@@ -520,23 +618,39 @@ def usage_reprice(
         hours: set[datetime] = set()
         batch: list[UsageEvent] = []
         names: dict[int, str] = dict(
-            Dimension.objects.for_tenant(tenant).filter(kind__in=[Kind.PROVIDER, Kind.MODEL]).values_list("pk", "value")
+            Dimension.objects.for_tenant(tenant)
+            .filter(kind__in=[Kind.PROVIDER, Kind.MODEL])
+            .values_list("pk", "value")
         )
         for event in qs.only(
-            "pk", "occurred_at", "provider_id", "model_id", "input_tokens", "output_tokens",
-            "cached_input_tokens", "cache_write_tokens", "cost_nanos", "cost_source", "cache_hit",
+            "pk",
+            "occurred_at",
+            "provider_id",
+            "model_id",
+            "input_tokens",
+            "output_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "cost_nanos",
+            "cost_source",
+            "cache_hit",
         ).iterator(chunk_size=2000):
             report.examined += 1
             if event.cache_hit:
                 continue
-            price = catalog.price_at(names[event.provider_id], names[event.model_id], event.occurred_at)
+            price = catalog.price_at(
+                names[event.provider_id], names[event.model_id], event.occurred_at
+            )
             if price is None:
                 new_cost, new_source = 0, CostSource.UNPRICED
                 report.still_unpriced += 1
             else:
                 new_cost = cost_nanos(
-                    price, input_tokens=event.input_tokens, output_tokens=event.output_tokens,
-                    cached_input_tokens=event.cached_input_tokens, cache_write_tokens=event.cache_write_tokens,
+                    price,
+                    input_tokens=event.input_tokens,
+                    output_tokens=event.output_tokens,
+                    cached_input_tokens=event.cached_input_tokens,
+                    cache_write_tokens=event.cache_write_tokens,
                 )
                 new_source = CostSource.COMPUTED
             if (new_cost, new_source) != (event.cost_nanos, event.cost_source):
@@ -591,11 +705,26 @@ def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
             )
         )
         sums = {
-            (tenant.pk, r["bucket"], r["provider_id"], r["model_id"], r["operation_id"], r["end_user_id"]): [
-                r["calls"], r["errors"], r["cache_hits"], r["unpriced_calls"], r["input_tokens_sum"] or 0,
-                r["output_tokens_sum"] or 0, r["cached_input_tokens_sum"] or 0,
-                r["cache_write_tokens_sum"] or 0, r["reasoning_tokens_sum"] or 0,
-                r["cost_nanos_sum"] or 0, r["latency_ms_sum"] or 0, r["latency_count"],
+            (
+                tenant.pk,
+                r["bucket"],
+                r["provider_id"],
+                r["model_id"],
+                r["operation_id"],
+                r["end_user_id"],
+            ): [
+                r["calls"],
+                r["errors"],
+                r["cache_hits"],
+                r["unpriced_calls"],
+                r["input_tokens_sum"] or 0,
+                r["output_tokens_sum"] or 0,
+                r["cached_input_tokens_sum"] or 0,
+                r["cache_write_tokens_sum"] or 0,
+                r["reasoning_tokens_sum"] or 0,
+                r["cost_nanos_sum"] or 0,
+                r["latency_ms_sum"] or 0,
+                r["latency_count"],
             ]
             for r in rows
         }
@@ -626,13 +755,30 @@ def usage_events_delete(*, events: QuerySet[UsageEvent]) -> int:
     return len(rows)
 
 
+def usage_tenant_reset(*, tenant: Tenant) -> tuple[int, int, int]:
+    """Delete all of a tenant's usage (events, rollups, dictionary), under its exclusive ingest
+    lock so no batch lands half-way. Returns the counts deleted."""
+    with tenant_context(tenant), transaction.atomic():
+        _lock_tenant(tenant.pk, shared=False)
+        # Raw deletes: no per-row signals or cascades to collect over millions of events.
+        events = UsageEvent.objects.for_tenant(tenant)._raw_delete(UsageEvent.objects.db)
+        rollups = HourlyRollup.objects.for_tenant(tenant)._raw_delete(HourlyRollup.objects.db)
+        dimensions = Dimension.objects.for_tenant(tenant)._raw_delete(Dimension.objects.db)
+    return events, rollups, dimensions
+
+
 def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:
     """Price the tenant's unpriced events for which a price now exists (whole history)."""
-    bounds = UsageEvent.objects.for_tenant(tenant).filter(cost_source=CostSource.UNPRICED).aggregate(
-        first=models_min("occurred_at"), last=models_max("occurred_at")
+    bounds = (
+        UsageEvent.objects.for_tenant(tenant)
+        .filter(cost_source=CostSource.UNPRICED)
+        .aggregate(first=models_min("occurred_at"), last=models_max("occurred_at"))
     )
     if bounds["first"] is None:
         return RepriceReport()
     return usage_reprice(
-        tenant=tenant, start=bounds["first"], end=bounds["last"] + timedelta(microseconds=1), only_unpriced=True
+        tenant=tenant,
+        start=bounds["first"],
+        end=bounds["last"] + timedelta(microseconds=1),
+        only_unpriced=True,
     )

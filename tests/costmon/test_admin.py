@@ -46,14 +46,26 @@ def _frozen_clock():
 def two_tenants(acme, outsider, owner, outsider_user, ingest_client, outsider_client):
     """Rows of every kind for both tenants."""
     assert post_usage(ingest_client, event(event_id="acme-1")).status_code == 201
-    assert post_usage(outsider_client, event(
-        event_id="globex-1", provider="openai", model="gpt-4o-mini", input_tokens=1500,
-        output_tokens=500,
-    )).status_code == 201
+    assert (
+        post_usage(
+            outsider_client,
+            event(
+                event_id="globex-1",
+                provider="openai",
+                model="gpt-4o-mini",
+                input_tokens=1500,
+                output_tokens=500,
+            ),
+        ).status_code
+        == 201
+    )
     ModelPrice.objects.create(
-        tenant=outsider, provider="openai", model="gpt-4o",
+        tenant=outsider,
+        provider="openai",
+        model="gpt-4o",
         effective_from=datetime(2025, 1, 1, tzinfo=UTC),
-        input_per_mtok=Decimal("2"), output_per_mtok=Decimal("8"),
+        input_per_mtok=Decimal("2"),
+        output_per_mtok=Decimal("8"),
     )
     model_alias_set(
         tenant=acme, alias="prod-chat", target_provider="anthropic", target_model="claude-haiku-4-5"
@@ -67,17 +79,26 @@ def two_tenants(acme, outsider, owner, outsider_user, ingest_client, outsider_cl
 def price_form(price: ModelPrice, **changes: str) -> dict[str, str]:
     """The change form of a price row as a browser would post it."""
     data = {
-        "tenant": str(price.tenant_id or ""), "provider": price.provider, "model": price.model,
+        "tenant": str(price.tenant_id or ""),
+        "provider": price.provider,
+        "model": price.model,
         "match_pattern": price.match_pattern,
         "effective_from_0": f"{price.effective_from:%Y-%m-%d}",
         "effective_from_1": f"{price.effective_from:%H:%M:%S}",
-        "source": price.source, "source_date": "",
+        "source": price.source,
+        "source_date": "",
         "long_context_threshold": str(price.long_context_threshold or ""),
     }
     for name in (
-        "input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok",
-        "per_request", "long_input_per_mtok", "long_output_per_mtok",
-        "long_cached_input_per_mtok", "long_cache_write_per_mtok",
+        "input_per_mtok",
+        "output_per_mtok",
+        "cached_input_per_mtok",
+        "cache_write_per_mtok",
+        "per_request",
+        "long_input_per_mtok",
+        "long_output_per_mtok",
+        "long_cached_input_per_mtok",
+        "long_cache_write_per_mtok",
     ):
         value = getattr(price, name)
         data[name] = "" if value is None else str(value)
@@ -129,10 +150,13 @@ def test_the_event_list_costs_the_same_queries_for_two_events_or_twelve(
 ):
     with CaptureQueriesContext(connection) as few:
         assert admin_client.get("/admin/usage/usageevent/").status_code == 200
-    post_usage(ingest_client, [
-        event(event_id=f"more-{i}", end_user=f"user-{i}", model="gpt-4o", provider="openai")
-        for i in range(10)
-    ])
+    post_usage(
+        ingest_client,
+        [
+            event(event_id=f"more-{i}", end_user=f"user-{i}", model="gpt-4o", provider="openai")
+            for i in range(10)
+        ],
+    )
     with CaptureQueriesContext(connection) as many:
         response = admin_client.get("/admin/usage/usageevent/")
 
@@ -140,10 +164,16 @@ def test_the_event_list_costs_the_same_queries_for_two_events_or_twelve(
     assert len(many.captured_queries) == len(few.captured_queries)
 
 
-@pytest.mark.parametrize("path", [
-    "costmon/tenant", "costmon/membership", "costmon/apikey", "usage/modelprice",
-    "usage/modelalias",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "costmon/tenant",
+        "costmon/membership",
+        "costmon/apikey",
+        "usage/modelprice",
+        "usage/modelalias",
+    ],
+)
 def test_each_add_page_opens(admin_client, two_tenants, path):
     assert admin_client.get(f"/admin/{path}/add/").status_code == 200
 
@@ -231,7 +261,8 @@ def test_the_revoke_action_revokes_the_selected_keys_at_once(admin_client, acme,
     response = admin_client.post(
         "/admin/costmon/apikey/",
         {
-            "action": "revoke_keys", "index": 0,
+            "action": "revoke_keys",
+            "index": 0,
             "_selected_action": [first.api_key.pk, second.api_key.pk],
         },
         follow=True,
@@ -304,10 +335,12 @@ def test_a_second_price_from_the_same_moment_is_refused_with_a_form_error(admin_
         "/admin/usage/modelprice/add/", price_form(haiku, input_per_mtok="3")
     )
 
-    assert response.context["adminform"].form.errors == {"effective_from": [
-        "The global list already has a price for anthropic/claude-haiku-4-5 from this moment; "
-        "edit that row, or pick another start."
-    ]}
+    assert response.context["adminform"].form.errors == {
+        "effective_from": [
+            "The global list already has a price for anthropic/claude-haiku-4-5 from this moment; "
+            "edit that row, or pick another start."
+        ]
+    }
     haiku.refresh_from_db()
     assert haiku.input_per_mtok == Decimal("1")
 
@@ -329,10 +362,16 @@ def test_an_alias_added_in_admin_prices_the_next_batch(
     admin_client, acme, ingest_client, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
-        response = admin_client.post("/admin/usage/modelalias/add/", {
-            "tenant": acme.pk, "alias": "prod-chat", "provider": "",
-            "target_provider": "Anthropic", "target_model": "claude-haiku-4-5",
-        })
+        response = admin_client.post(
+            "/admin/usage/modelalias/add/",
+            {
+                "tenant": acme.pk,
+                "alias": "prod-chat",
+                "provider": "",
+                "target_provider": "Anthropic",
+                "target_model": "claude-haiku-4-5",
+            },
+        )
 
     assert response.status_code == 302
     assert cache.get(catalog.VERSION_KEY) is not None
@@ -346,9 +385,11 @@ def test_an_alias_added_in_admin_prices_the_next_batch(
 
 def test_only_superusers_may_delete_events(client, two_tenants):
     staff = UserFactory(username="dora", is_staff=True)
-    staff.user_permissions.set(Permission.objects.filter(
-        content_type__app_label="usage", codename__in=["view_usageevent", "delete_usageevent"]
-    ))
+    staff.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="usage", codename__in=["view_usageevent", "delete_usageevent"]
+        )
+    )
     client.force_login(staff)
     evt = UsageEvent.objects.unscoped().get(event_id="acme-1")
 
@@ -394,47 +435,62 @@ def test_the_reprice_action_prices_unpriced_events_of_the_tenants_days(
     acme.save()
     opus = {"model": "claude-opus-9", "input_tokens": 1000, "output_tokens": 100}
     # 03:00 UTC on the 21st is still the 20th in New York; 06:00 UTC is the 21st there.
-    post_usage(ingest_client, [
-        event(event_id="late-on-20th", occurred_at="2026-11-21T03:00:00Z", **opus),
-        event(event_id="early-on-21st", occurred_at="2026-11-21T06:00:00Z", **opus),
-    ])
-    post_usage(outsider_client, event(
-        event_id="globex-opus", occurred_at="2026-11-21T03:00:00Z", **opus
-    ))
+    post_usage(
+        ingest_client,
+        [
+            event(event_id="late-on-20th", occurred_at="2026-11-21T03:00:00Z", **opus),
+            event(event_id="early-on-21st", occurred_at="2026-11-21T06:00:00Z", **opus),
+        ],
+    )
+    post_usage(
+        outsider_client, event(event_id="globex-opus", occurred_at="2026-11-21T03:00:00Z", **opus)
+    )
     ModelPrice.objects.create(
-        provider="anthropic", model="claude-opus-9",
+        provider="anthropic",
+        model="claude-opus-9",
         effective_from=datetime(2024, 1, 1, tzinfo=UTC),
-        input_per_mtok=Decimal("15"), output_per_mtok=Decimal("75"),
+        input_per_mtok=Decimal("15"),
+        output_per_mtok=Decimal("75"),
     )
 
-    response = admin_client.post("/admin/costmon/tenant/", {
-        "action": "reprice_usage", "_selected_action": [acme.pk], "start": "2026-11-20",
-        "end": "2026-11-20", "only_unpriced": "on", "apply": "Re-price",
-    }, follow=True)
+    response = admin_client.post(
+        "/admin/costmon/tenant/",
+        {
+            "action": "reprice_usage",
+            "_selected_action": [acme.pk],
+            "start": "2026-11-20",
+            "end": "2026-11-20",
+            "only_unpriced": "on",
+            "apply": "Re-price",
+        },
+        follow=True,
+    )
 
     assert messages_of(response) == ["acme: 1 event re-priced of 1 examined; 0 still unpriced."]
-    costs = dict(
-        (e.event_id, (e.cost_usd, e.cost_source)) for e in UsageEvent.objects.unscoped()
-    )
+    costs = dict((e.event_id, (e.cost_usd, e.cost_source)) for e in UsageEvent.objects.unscoped())
     # 1000 input at $15 + 100 output at $75 per million = $0.0225
     assert costs == {
         "late-on-20th": (Decimal("0.022500000"), CostSource.COMPUTED),
         "early-on-21st": (Decimal("0E-9"), CostSource.UNPRICED),
         "globex-opus": (Decimal("0E-9"), CostSource.UNPRICED),
     }
-    hours = dict(
-        HourlyRollup.objects.for_tenant(acme).values_list("hour__hour", "cost_nanos")
-    )
+    hours = dict(HourlyRollup.objects.for_tenant(acme).values_list("hour__hour", "cost_nanos"))
     assert hours == {3: 22_500_000, 6: 0}
 
 
 def test_a_backwards_range_is_refused_and_nothing_is_repriced(admin_client, acme, ingest_client):
     post_usage(ingest_client, event(model="claude-opus-9"))
 
-    response = admin_client.post("/admin/costmon/tenant/", {
-        "action": "reprice_usage", "_selected_action": [acme.pk], "start": "2026-11-21",
-        "end": "2026-11-20", "apply": "Re-price",
-    })
+    response = admin_client.post(
+        "/admin/costmon/tenant/",
+        {
+            "action": "reprice_usage",
+            "_selected_action": [acme.pk],
+            "start": "2026-11-21",
+            "end": "2026-11-20",
+            "apply": "Re-price",
+        },
+    )
 
     assert response.status_code == 200
     assert response.context["form"].errors == {

@@ -75,7 +75,9 @@ def test_a_read_key_cannot_ingest_and_an_ingest_key_cannot_read(acme):
     from rest_framework.test import APIClient
 
     ingest = APIClient()
-    ingest.credentials(HTTP_AUTHORIZATION=f"Bearer {run('create_api_key', 'acme', '--scopes', 'ingest')[-1]}")
+    ingest.credentials(
+        HTTP_AUTHORIZATION=f"Bearer {run('create_api_key', 'acme', '--scopes', 'ingest')[-1]}"
+    )
     response = ingest.get("/api/v1/metrics/")
     assert response.status_code == 403
     assert "'read' scope" in response.json()["detail"]

@@ -36,9 +36,17 @@ def test_production_settings_need_a_secret_key(tmp_path):
     import subprocess
     import sys
 
-    env = {"DATABASE_URL": "postgres://x@127.0.0.1/x", "PATH": "/usr/bin:/bin", "COSTMON_VAR_DIR": str(tmp_path)}
+    env = {
+        "DATABASE_URL": "postgres://x@127.0.0.1/x",
+        "PATH": "/usr/bin:/bin",
+        "COSTMON_VAR_DIR": str(tmp_path),
+    }
     result = subprocess.run(
-        [sys.executable, "-c", "import costmon.settings"], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-c", "import costmon.settings"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode != 0
     assert "SECRET_KEY must be set" in result.stderr

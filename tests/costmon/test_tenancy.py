@@ -14,13 +14,22 @@ from tests.helpers import event, post_usage
 from usage.models import Dimension, HourlyRollup, UsageEvent
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
-postgres_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="row-level security is PostgreSQL's")
+postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="row-level security is PostgreSQL's"
+)
 
 
 @pytest.fixture
 def two_tenants_with_usage(ingest_client, outsider_client, acme, outsider):
-    assert post_usage(ingest_client, [event(event_id="a1"), event(event_id="a2", end_user="acme-user")]).status_code == 201
-    assert post_usage(outsider_client, event(event_id="g1", end_user="globex-ceo")).status_code == 201
+    assert (
+        post_usage(
+            ingest_client, [event(event_id="a1"), event(event_id="a2", end_user="acme-user")]
+        ).status_code
+        == 201
+    )
+    assert (
+        post_usage(outsider_client, event(event_id="g1", end_user="globex-ceo")).status_code == 201
+    )
     return acme, outsider
 
 
@@ -40,11 +49,16 @@ def test_scoped_managers_return_only_the_tenant_in_context(two_tenants_with_usag
 
 
 @postgres_only
-def test_an_orm_query_with_no_tenant_filter_returns_only_the_context_tenants_rows(two_tenants_with_usage):
+def test_an_orm_query_with_no_tenant_filter_returns_only_the_context_tenants_rows(
+    two_tenants_with_usage,
+):
     """The second wall: `unscoped()` skips the queryset filter, RLS still applies."""
-    acme, outsider = two_tenants_with_usage
+    acme, _ = two_tenants_with_usage
     with tenant_context(acme):
-        assert sorted(UsageEvent.objects.unscoped().values_list("event_id", flat=True)) == ["a1", "a2"]
+        assert sorted(UsageEvent.objects.unscoped().values_list("event_id", flat=True)) == [
+            "a1",
+            "a2",
+        ]
         assert set(HourlyRollup.objects.unscoped().values_list("tenant_id", flat=True)) == {acme.pk}
         assert "globex-ceo" not in set(Dimension.objects.unscoped().values_list("value", flat=True))
         assert set(ApiKey.objects.unscoped().values_list("tenant_id", flat=True)) == {acme.pk}
@@ -77,16 +91,27 @@ def test_the_app_does_not_act_as_a_superuser_so_rls_is_in_force():
     with connection.cursor() as cursor:
         cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         assert cursor.fetchone() == (False,)
-        cursor.execute("SELECT relname FROM pg_class WHERE relrowsecurity AND relforcerowsecurity ORDER BY 1")
+        cursor.execute(
+            "SELECT relname FROM pg_class WHERE relrowsecurity AND relforcerowsecurity ORDER BY 1"
+        )
         protected = {row[0] for row in cursor.fetchall()}
-    assert {"usage_usageevent", "usage_hourlyrollup", "usage_dimension", "usage_modelprice",
-            "usage_modelalias", "costmon_apikey", "costmon_membership"} <= protected
+    assert {
+        "usage_usageevent",
+        "usage_hourlyrollup",
+        "usage_dimension",
+        "usage_modelprice",
+        "usage_modelalias",
+        "costmon_apikey",
+        "costmon_membership",
+    } <= protected
 
 
 def test_an_outsiders_key_reads_none_of_acmes_usage(two_tenants_with_usage, outsider_client):
     events = outsider_client.get("/api/v1/usage/").json()["results"]
     assert [e["event_id"] for e in events] == ["g1"]
-    metrics = outsider_client.get("/api/v1/metrics/?start=2026-11-01&end=2026-11-30&group_by=end_user").json()
+    metrics = outsider_client.get(
+        "/api/v1/metrics/?start=2026-11-01&end=2026-11-30&group_by=end_user"
+    ).json()
     assert metrics["total"]["calls"] == 1
     assert [row["key"] for row in metrics["breakdown"]] == ["globex-ceo"]
 
@@ -99,14 +124,18 @@ def test_an_outsiders_key_cannot_change_acmes_usage(two_tenants_with_usage, outs
         assert UsageEvent.objects.get(event_id="a1").input_tokens == 450
 
 
-def test_a_member_of_another_tenant_gets_404_for_acme(client, two_tenants_with_usage, outsider_user):
+def test_a_member_of_another_tenant_gets_404_for_acme(
+    client, two_tenants_with_usage, outsider_user
+):
     client.force_login(outsider_user)
     assert client.get("/api/v1/metrics/?tenant=acme").status_code == 404
     mine = client.get("/api/v1/metrics/?tenant=globex&start=2026-11-01&end=2026-11-30").json()
     assert mine["total"]["calls"] == 1
 
 
-def test_a_member_reads_their_tenant_and_a_viewer_cannot_ingest(client, two_tenants_with_usage, viewer):
+def test_a_member_reads_their_tenant_and_a_viewer_cannot_ingest(
+    client, two_tenants_with_usage, viewer
+):
     client.force_login(viewer)
     metrics = client.get("/api/v1/metrics/?start=2026-11-01&end=2026-11-30").json()
     assert metrics["total"]["calls"] == 2

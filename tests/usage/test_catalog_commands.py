@@ -27,11 +27,26 @@ def test_the_shipped_catalog_loads_idempotently_and_prices_the_documented_exampl
     count = ModelPrice.objects.unscoped().count()
     assert count >= 60
     assert f"0 created, 0 updated, {count} unchanged" in run("load_prices")
-    response = post_usage(ingest_client, [
-        event(event_id="a", model="claude-haiku-4-5-20251001"),
-        event(event_id="b", provider="openai", model="text-embedding-3-large", input_tokens=1000, output_tokens=0),
-        event(event_id="c", provider="openai", model="gpt-4o-mini-2024-07-18", input_tokens=1500, output_tokens=500),
-    ])
+    response = post_usage(
+        ingest_client,
+        [
+            event(event_id="a", model="claude-haiku-4-5-20251001"),
+            event(
+                event_id="b",
+                provider="openai",
+                model="text-embedding-3-large",
+                input_tokens=1000,
+                output_tokens=0,
+            ),
+            event(
+                event_id="c",
+                provider="openai",
+                model="gpt-4o-mini-2024-07-18",
+                input_tokens=1500,
+                output_tokens=500,
+            ),
+        ],
+    )
     assert [e["cost_usd"] for e in response.json()["events"]] == ["0.00135", "0.00013", "0.000525"]
 
 
@@ -52,9 +67,18 @@ def test_a_csv_catalog_updates_a_price_and_a_tenant_override(tmp_path, acme):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"prices": [{"provider": "openai", "model": "m", "effective_from": "2024-01-01", "input_per_mtok": "abc"}]}', "not a decimal"),
-        ('{"prices": [{"provider": "openai", "model": "m", "input_per_mtok": "1"}]}', "effective_from is required"),
-        ('{"prices": [{"provider": "openai", "model": "m", "effective_from": "2024-01-01", "input_per_mtok": "-1"}]}', "non-negative"),
+        (
+            '{"prices": [{"provider": "openai", "model": "m", "effective_from": "2024-01-01", "input_per_mtok": "abc"}]}',
+            "not a decimal",
+        ),
+        (
+            '{"prices": [{"provider": "openai", "model": "m", "input_per_mtok": "1"}]}',
+            "effective_from is required",
+        ),
+        (
+            '{"prices": [{"provider": "openai", "model": "m", "effective_from": "2024-01-01", "input_per_mtok": "-1"}]}',
+            "non-negative",
+        ),
         ('{"prices": [{"provider": "", "model": "m"}]}', "provider is required"),
         ("{not json", "not valid JSON"),
     ],
@@ -69,30 +93,46 @@ def test_a_bad_catalog_file_is_refused_whole(tmp_path, content, message):
 
 def test_json_numbers_in_a_catalog_are_read_exactly(tmp_path):
     path = tmp_path / "prices.json"
-    path.write_text('[{"provider": "openai", "model": "m", "effective_from": "2024-01-01", '
-                    '"input_per_mtok": 0.1, "output_per_mtok": 0.3}]')
+    path.write_text(
+        '[{"provider": "openai", "model": "m", "effective_from": "2024-01-01", '
+        '"input_per_mtok": 0.1, "output_per_mtok": 0.3}]'
+    )
     run("load_prices", str(path))
     price = ModelPrice.objects.unscoped().get(model="m")
     assert (price.input_per_mtok, price.output_per_mtok) == (Decimal("0.1"), Decimal("0.3"))
 
 
-def test_repricing_a_range_after_a_correction_keeps_rollups_equal_to_events(ingest_client, acme, prices):
+def test_repricing_a_range_after_a_correction_keeps_rollups_equal_to_events(
+    ingest_client, acme, prices
+):
     with time_machine.travel("2026-11-21T12:00:00Z", tick=False):
-        batch = [event(event_id=f"e{i}", occurred_at=f"2026-11-{10 + i % 5:02d}T{i % 24:02d}:00:00Z",
-                       end_user=f"u{i % 3}") for i in range(50)]
+        batch = [
+            event(
+                event_id=f"e{i}",
+                occurred_at=f"2026-11-{10 + i % 5:02d}T{i % 24:02d}:00:00Z",
+                end_user=f"u{i % 3}",
+            )
+            for i in range(50)
+        ]
         batch.append(event(event_id="caller", occurred_at="2026-11-12T01:00:00Z", cost_usd="1"))
         assert post_usage(ingest_client, batch).status_code == 201
         haiku = ModelPrice.objects.unscoped().get(model="claude-haiku-4-5")
         haiku.output_per_mtok = Decimal(4)  # the list price was wrong: $4 per 1M output, not $5
         haiku.save()
-        out = run("reprice_usage", "--tenant", "acme", "--start", "2026-11-11", "--end", "2026-11-13")
+        out = run(
+            "reprice_usage", "--tenant", "acme", "--start", "2026-11-11", "--end", "2026-11-13"
+        )
     assert "20 re-priced" in out  # days 11 and 12 hold 10 events each; the caller's cost is kept
     with tenant_context(acme):
         events = UsageEvent.objects.aggregate(c=Sum("cost_nanos"))["c"]
         rollups = HourlyRollup.objects.aggregate(c=Sum("cost_nanos"))["c"]
         assert UsageEvent.objects.get(event_id="caller").cost_nanos == 1_000_000_000
-        assert UsageEvent.objects.get(event_id="e1").cost_nanos == 450_000 + 720_000  # 450*1 + 180*4
-        assert UsageEvent.objects.get(event_id="e0").cost_nanos == 1_350_000  # the 10th: out of range
+        assert (
+            UsageEvent.objects.get(event_id="e1").cost_nanos == 450_000 + 720_000
+        )  # 450*1 + 180*4
+        assert (
+            UsageEvent.objects.get(event_id="e0").cost_nanos == 1_350_000
+        )  # the 10th: out of range
     assert events == rollups == 30 * 1_350_000 + 20 * 1_170_000 + 1_000_000_000
 
 
@@ -108,8 +148,10 @@ def test_loading_a_missing_price_prices_waiting_events_through_the_task(
         post_usage(ingest_client, event(event_id="a", provider="newco", model="brainy-1-20261101"))
         post_usage(outsider_client, event(event_id="g", provider="newco", model="brainy-1"))
     path = tmp_path / "newco.json"
-    path.write_text('[{"provider": "newco", "model": "brainy-1", "effective_from": "2026-01-01", '
-                    '"input_per_mtok": "2", "output_per_mtok": "10"}]')
+    path.write_text(
+        '[{"provider": "newco", "model": "brainy-1", "effective_from": "2026-01-01", '
+        '"input_per_mtok": "2", "output_per_mtok": "10"}]'
+    )
     with django_capture_on_commit_callbacks(execute=True):
         run("load_prices", str(path))
     for tenant in (acme, outsider):

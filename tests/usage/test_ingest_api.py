@@ -24,29 +24,58 @@ def _frozen_clock():
 
 def rollup_totals(tenant):
     return HourlyRollup.objects.for_tenant(tenant).aggregate(
-        calls=Sum("calls"), cost=Sum("cost_nanos"), input=Sum("input_tokens"), output=Sum("output_tokens")
+        calls=Sum("calls"),
+        cost=Sum("cost_nanos"),
+        input=Sum("input_tokens"),
+        output=Sum("output_tokens"),
     )
 
 
 def test_it_prices_the_documented_examples_exactly(ingest_client, acme):
-    response = post_usage(ingest_client, [
-        event(event_id="a", input_tokens=450, output_tokens=180),
-        event(event_id="b", provider="openai", model="text-embedding-3-large", operation="embed",
-              input_tokens=1000, output_tokens=0),
-        event(event_id="c", provider="openai", model="gpt-4o-mini", input_tokens=1500, output_tokens=500),
-    ])
+    response = post_usage(
+        ingest_client,
+        [
+            event(event_id="a", input_tokens=450, output_tokens=180),
+            event(
+                event_id="b",
+                provider="openai",
+                model="text-embedding-3-large",
+                operation="embed",
+                input_tokens=1000,
+                output_tokens=0,
+            ),
+            event(
+                event_id="c",
+                provider="openai",
+                model="gpt-4o-mini",
+                input_tokens=1500,
+                output_tokens=500,
+            ),
+        ],
+    )
     assert response.status_code == 201, response.content
-    assert response.json() == {"events": [
-        {"event_id": "a", "cost_usd": "0.00135", "cost_source": "computed", "duplicate": False},
-        {"event_id": "b", "cost_usd": "0.00013", "cost_source": "computed", "duplicate": False},
-        {"event_id": "c", "cost_usd": "0.000525", "cost_source": "computed", "duplicate": False},
-    ]}
+    assert response.json() == {
+        "events": [
+            {"event_id": "a", "cost_usd": "0.00135", "cost_source": "computed", "duplicate": False},
+            {"event_id": "b", "cost_usd": "0.00013", "cost_source": "computed", "duplicate": False},
+            {
+                "event_id": "c",
+                "cost_usd": "0.000525",
+                "cost_source": "computed",
+                "duplicate": False,
+            },
+        ]
+    }
     assert UsageEvent.objects.for_tenant(acme).aggregate(c=Sum("cost_nanos"))["c"] == 2_005_000
 
 
 def test_a_single_object_is_accepted_and_dated_model_names_find_their_price(ingest_client):
-    response = post_usage(ingest_client, event(provider="openai", model="gpt-4o-mini-2024-07-18",
-                                               input_tokens=1500, output_tokens=500))
+    response = post_usage(
+        ingest_client,
+        event(
+            provider="openai", model="gpt-4o-mini-2024-07-18", input_tokens=1500, output_tokens=500
+        ),
+    )
     assert response.status_code == 201
     assert response.json()["events"][0]["cost_usd"] == "0.000525"
 
@@ -54,15 +83,22 @@ def test_a_single_object_is_accepted_and_dated_model_names_find_their_price(inge
 def test_cached_and_cache_write_tokens_are_parts_of_input_priced_at_their_rates(ingest_client):
     # haiku 4.5: 1000 input of which 600 cache reads ($0.10) and 200 cache writes ($1.25);
     # 200 plain at $1, 100 output at $5: 200*1 + 600*0.1 + 200*1.25 + 100*5 = 1010 -> $0.00101
-    response = post_usage(ingest_client, event(input_tokens=1000, cached_input_tokens=600,
-                                               cache_write_tokens=200, output_tokens=100))
+    response = post_usage(
+        ingest_client,
+        event(
+            input_tokens=1000, cached_input_tokens=600, cache_write_tokens=200, output_tokens=100
+        ),
+    )
     assert response.json()["events"][0]["cost_usd"] == "0.00101"
 
 
 def test_an_application_cache_hit_costs_nothing_and_counts_as_a_hit(ingest_client, acme):
     response = post_usage(ingest_client, event(cache_hit=True, input_tokens=450, output_tokens=180))
     assert response.json()["events"][0] == {
-        "event_id": "evt-1", "cost_usd": "0", "cost_source": "computed", "duplicate": False
+        "event_id": "evt-1",
+        "cost_usd": "0",
+        "cost_source": "computed",
+        "duplicate": False,
     }
     rollup = HourlyRollup.objects.for_tenant(acme).get()
     assert (rollup.calls, rollup.cache_hits, rollup.cost_nanos) == (1, 1, 0)
@@ -71,14 +107,18 @@ def test_an_application_cache_hit_costs_nothing_and_counts_as_a_hit(ingest_clien
 def test_a_callers_cost_is_kept_exactly_and_marked(ingest_client, acme):
     response = post_usage(ingest_client, event(cost_usd="0.123456789"))
     assert response.json()["events"][0] == {
-        "event_id": "evt-1", "cost_usd": "0.123456789", "cost_source": "caller", "duplicate": False
+        "event_id": "evt-1",
+        "cost_usd": "0.123456789",
+        "cost_source": "caller",
+        "duplicate": False,
     }
     assert UsageEvent.objects.for_tenant(acme).get().cost_source == CostSource.CALLER
 
 
 def test_a_json_number_cost_is_read_as_an_exact_decimal(ingest_client):
     response = ingest_client.post(
-        "/api/v1/usage/", data=b'{"provider":"openai","model":"x","cost_usd":0.1}',
+        "/api/v1/usage/",
+        data=b'{"provider":"openai","model":"x","cost_usd":0.1}',
         content_type="application/json",
     )
     assert response.json()["events"][0]["cost_usd"] == "0.1"
@@ -90,7 +130,9 @@ def test_duplicate_event_id_is_not_counted_twice(ingest_client, acme):
     again = post_usage(ingest_client, [*batch, event(event_id="c")])
     assert again.status_code == 201
     assert [(e["event_id"], e["duplicate"], e["cost_usd"]) for e in again.json()["events"]] == [
-        ("a", True, "0.00135"), ("b", True, "0.001"), ("c", False, "0.00135"),
+        ("a", True, "0.00135"),
+        ("b", True, "0.001"),
+        ("c", False, "0.00135"),
     ]
     assert UsageEvent.objects.for_tenant(acme).count() == 3
     assert rollup_totals(acme) == {"calls": 3, "cost": 3_700_000, "input": 1900, "output": 360}
@@ -126,21 +168,40 @@ def test_concurrent_retries_of_one_batch_are_counted_once(acme, prices):
         t.join()
     assert statuses == [201] * 4
     assert UsageEvent.objects.for_tenant(acme).count() == 200
-    assert rollup_totals(acme) == {"calls": 200, "cost": 200 * 1_350_000, "input": 200 * 450, "output": 200 * 180}
+    assert rollup_totals(acme) == {
+        "calls": 200,
+        "cost": 200 * 1_350_000,
+        "input": 200 * 450,
+        "output": 200 * 180,
+    }
 
 
 def test_rollups_equal_the_sum_of_their_events(ingest_client, acme):
     batch = [
-        event(event_id=f"e{i}", occurred_at=f"2026-11-20T{i % 24:02d}:{i % 60:02d}:00Z",
-              end_user=f"u{i % 5}", model=["claude-haiku-4-5", "gpt-4o-mini"][i % 2],
-              provider=["anthropic", "openai"][i % 2], input_tokens=100 + i, output_tokens=i,
-              latency_ms=100 + i, status="error" if i % 10 == 0 else "success")
+        event(
+            event_id=f"e{i}",
+            occurred_at=f"2026-11-20T{i % 24:02d}:{i % 60:02d}:00Z",
+            end_user=f"u{i % 5}",
+            model=["claude-haiku-4-5", "gpt-4o-mini"][i % 2],
+            provider=["anthropic", "openai"][i % 2],
+            input_tokens=100 + i,
+            output_tokens=i,
+            latency_ms=100 + i,
+            status="error" if i % 10 == 0 else "success",
+        )
         for i in range(300)
     ]
     assert post_usage(ingest_client, batch).status_code == 201
-    events = UsageEvent.objects.for_tenant(acme).aggregate(
-        calls=Sum(1), cost=Sum("cost_nanos"), input=Sum("input_tokens"), output=Sum("output_tokens")
-    ) if False else None
+    events = (
+        UsageEvent.objects.for_tenant(acme).aggregate(
+            calls=Sum(1),
+            cost=Sum("cost_nanos"),
+            input=Sum("input_tokens"),
+            output=Sum("output_tokens"),
+        )
+        if False
+        else None
+    )
     ev = UsageEvent.objects.for_tenant(acme)
     assert rollup_totals(acme) == {
         "calls": ev.count(),
@@ -148,80 +209,139 @@ def test_rollups_equal_the_sum_of_their_events(ingest_client, acme):
         "input": ev.aggregate(s=Sum("input_tokens"))["s"],
         "output": ev.aggregate(s=Sum("output_tokens"))["s"],
     }
-    assert HourlyRollup.objects.for_tenant(acme).aggregate(e=Sum("errors"), l=Sum("latency_ms_sum")) == {
-        "e": 30, "l": sum(100 + i for i in range(300)),
+    assert HourlyRollup.objects.for_tenant(acme).aggregate(
+        e=Sum("errors"), l=Sum("latency_ms_sum")
+    ) == {
+        "e": 30,
+        "l": sum(100 + i for i in range(300)),
     }
     assert events is None
 
 
 def test_an_unknown_model_is_stored_unpriced_and_priced_once_a_price_exists(ingest_client, acme):
-    response = post_usage(ingest_client, [event(event_id="x", provider="newco", model="brainy-1"),
-                                          event(event_id="y")])
+    response = post_usage(
+        ingest_client,
+        [event(event_id="x", provider="newco", model="brainy-1"), event(event_id="y")],
+    )
     assert response.json()["events"][0]["cost_source"] == "unpriced"
     assert HourlyRollup.objects.for_tenant(acme).aggregate(u=Sum("unpriced_calls"))["u"] == 1
 
-    ModelPrice.objects.create(provider="newco", model="brainy-1", effective_from="2026-01-01T00:00:00Z",
-                              input_per_mtok=Decimal(2), output_per_mtok=Decimal(10))
+    ModelPrice.objects.create(
+        provider="newco",
+        model="brainy-1",
+        effective_from="2026-01-01T00:00:00Z",
+        input_per_mtok=Decimal(2),
+        output_per_mtok=Decimal(10),
+    )
     from usage.services import usage_reprice_unpriced
 
     report = usage_reprice_unpriced(tenant=acme)
     assert (report.changed, report.still_unpriced) == (1, 0)
     priced = UsageEvent.objects.for_tenant(acme).get(event_id="x")
-    assert (priced.cost_nanos, priced.cost_source) == (2_700_000, CostSource.COMPUTED)  # 450*2 + 180*10
+    assert (priced.cost_nanos, priced.cost_source) == (
+        2_700_000,
+        CostSource.COMPUTED,
+    )  # 450*2 + 180*10
     assert rollup_totals(acme)["cost"] == 2_700_000 + 1_350_000
     assert HourlyRollup.objects.for_tenant(acme).aggregate(u=Sum("unpriced_calls"))["u"] == 0
 
 
 def test_an_event_is_priced_with_the_price_in_force_when_it_occurred(ingest_client):
-    ModelPrice.objects.create(provider="anthropic", model="claude-haiku-4-5",
-                              effective_from="2026-11-20T12:00:00Z",
-                              input_per_mtok=Decimal(2), output_per_mtok=Decimal(10))
-    response = post_usage(ingest_client, [
-        event(event_id="before", occurred_at="2026-11-20T11:59:59Z"),
-        event(event_id="after", occurred_at="2026-11-20T12:00:00Z"),
-    ])
+    ModelPrice.objects.create(
+        provider="anthropic",
+        model="claude-haiku-4-5",
+        effective_from="2026-11-20T12:00:00Z",
+        input_per_mtok=Decimal(2),
+        output_per_mtok=Decimal(10),
+    )
+    response = post_usage(
+        ingest_client,
+        [
+            event(event_id="before", occurred_at="2026-11-20T11:59:59Z"),
+            event(event_id="after", occurred_at="2026-11-20T12:00:00Z"),
+        ],
+    )
     assert [e["cost_usd"] for e in response.json()["events"]] == ["0.00135", "0.0027"]
 
 
-def test_a_tenant_override_and_alias_price_a_deployment_name(ingest_client, acme, outsider, outsider_client):
-    ModelPrice.objects.create(tenant=acme, provider="openai", model="gpt-4o",
-                              effective_from="2025-01-01T00:00:00Z",
-                              input_per_mtok=Decimal(2), output_per_mtok=Decimal(8))
-    ModelAlias.objects.create(tenant=acme, alias="prod-4o-eastus", provider="azure",
-                              target_provider="openai", target_model="gpt-4o")
-    deployment = event(provider="azure", model="prod-4o-eastus", input_tokens=1000, output_tokens=1000)
+def test_a_tenant_override_and_alias_price_a_deployment_name(
+    ingest_client, acme, outsider, outsider_client
+):
+    ModelPrice.objects.create(
+        tenant=acme,
+        provider="openai",
+        model="gpt-4o",
+        effective_from="2025-01-01T00:00:00Z",
+        input_per_mtok=Decimal(2),
+        output_per_mtok=Decimal(8),
+    )
+    ModelAlias.objects.create(
+        tenant=acme,
+        alias="prod-4o-eastus",
+        provider="azure",
+        target_provider="openai",
+        target_model="gpt-4o",
+    )
+    deployment = event(
+        provider="azure", model="prod-4o-eastus", input_tokens=1000, output_tokens=1000
+    )
     assert post_usage(ingest_client, deployment).json()["events"][0]["cost_usd"] == "0.01"
     # The outsider has neither the alias nor the negotiated rate.
     assert post_usage(outsider_client, deployment).json()["events"][0]["cost_source"] == "unpriced"
     plain = event(provider="openai", model="gpt-4o", input_tokens=1000, output_tokens=1000)
-    assert post_usage(outsider_client, {**plain, "event_id": "o2"}).json()["events"][0]["cost_usd"] == "0.0125"
+    assert (
+        post_usage(outsider_client, {**plain, "event_id": "o2"}).json()["events"][0]["cost_usd"]
+        == "0.0125"
+    )
 
 
 def test_the_long_context_tier_applies_above_its_threshold(ingest_client):
-    ModelPrice.objects.create(provider="anthropic", model="claude-sonnet-4-5",
-                              effective_from="2025-01-01T00:00:00Z",
-                              input_per_mtok=Decimal(3), output_per_mtok=Decimal(15),
-                              long_context_threshold=200_000, long_input_per_mtok=Decimal(6),
-                              long_output_per_mtok=Decimal("22.50"))
-    response = post_usage(ingest_client, [
-        event(event_id="short", model="claude-sonnet-4-5", input_tokens=200_000, output_tokens=1000),
-        event(event_id="long", model="claude-sonnet-4-5", input_tokens=200_001, output_tokens=1000),
-    ])
+    ModelPrice.objects.create(
+        provider="anthropic",
+        model="claude-sonnet-4-5",
+        effective_from="2025-01-01T00:00:00Z",
+        input_per_mtok=Decimal(3),
+        output_per_mtok=Decimal(15),
+        long_context_threshold=200_000,
+        long_input_per_mtok=Decimal(6),
+        long_output_per_mtok=Decimal("22.50"),
+    )
+    response = post_usage(
+        ingest_client,
+        [
+            event(
+                event_id="short",
+                model="claude-sonnet-4-5",
+                input_tokens=200_000,
+                output_tokens=1000,
+            ),
+            event(
+                event_id="long", model="claude-sonnet-4-5", input_tokens=200_001, output_tokens=1000
+            ),
+        ],
+    )
     assert [e["cost_usd"] for e in response.json()["events"]] == ["0.615", "1.222506"]
 
 
 def test_a_bad_batch_lists_every_error_and_stores_nothing(ingest_client, acme):
-    response = post_usage(ingest_client, [
-        event(event_id="ok"),
-        {"provider": "openai", "input_tokens": -5, "colour": "red"},
-        event(event_id="late", occurred_at="2026-11-23T12:00:00Z", output_tokens="many"),
-        "not an object",
-    ])
+    response = post_usage(
+        ingest_client,
+        [
+            event(event_id="ok"),
+            {"provider": "openai", "input_tokens": -5, "colour": "red"},
+            event(event_id="late", occurred_at="2026-11-23T12:00:00Z", output_tokens="many"),
+            "not an object",
+        ],
+    )
     assert response.status_code == 400
     errors = response.json()["errors"]
     assert {(e["index"], e["field"]) for e in errors} == {
-        (1, "model"), (1, "input_tokens"), (1, "colour"),
-        (2, "occurred_at"), (2, "output_tokens"), (3, None),
+        (1, "model"),
+        (1, "input_tokens"),
+        (1, "colour"),
+        (2, "occurred_at"),
+        (2, "output_tokens"),
+        (3, None),
     }
     assert all(e["message"] for e in errors)
     assert UsageEvent.objects.for_tenant(acme).count() == 0
@@ -249,7 +369,9 @@ def test_a_bad_batch_lists_every_error_and_stores_nothing(ingest_client, acme):
         ({"latency_ms": -1}, "latency_ms", "between"),
     ],
 )
-def test_each_bad_field_gets_a_message_a_person_can_act_on(ingest_client, overrides, field, fragment):
+def test_each_bad_field_gets_a_message_a_person_can_act_on(
+    ingest_client, overrides, field, fragment
+):
     response = post_usage(ingest_client, event(**overrides))
     assert response.status_code == 400
     [error] = response.json()["errors"]
@@ -263,7 +385,12 @@ def test_each_bad_field_gets_a_message_a_person_can_act_on(ingest_client, overri
         (b'{"provider": ', "application/json", 400, "Malformed JSON"),
         (b"[]", "application/json", 400, "at least one"),
         (b'"hello"', "application/json", 400, "JSON object"),
-        (b"provider=openai", "application/x-www-form-urlencoded", 400, "Content-Type: application/json"),
+        (
+            b"provider=openai",
+            "application/x-www-form-urlencoded",
+            400,
+            "Content-Type: application/json",
+        ),
     ],
 )
 def test_a_malformed_body_gets_a_clear_400(ingest_client, body, content_type, status, fragment):
@@ -287,7 +414,9 @@ def test_too_many_events_in_one_request_is_refused(ingest_client, settings):
 
 
 def test_a_batch_of_a_thousand_events_is_accepted(ingest_client, acme):
-    response = post_usage(ingest_client, [event(event_id=f"e{i}", end_user=f"u{i % 50}") for i in range(1000)])
+    response = post_usage(
+        ingest_client, [event(event_id=f"e{i}", end_user=f"u{i % 50}") for i in range(1000)]
+    )
     assert response.status_code == 201
     assert len(response.json()["events"]) == 1000
     assert rollup_totals(acme)["cost"] == 1000 * 1_350_000
@@ -303,7 +432,9 @@ def test_a_batch_of_a_thousand_events_is_accepted(ingest_client, acme):
 )
 def test_a_missing_or_wrong_key_gets_401(client, acme, header, fragment):
     kwargs = {"HTTP_AUTHORIZATION": header} if header else {}
-    response = client.post("/api/v1/usage/", data=event(), content_type="application/json", **kwargs)
+    response = client.post(
+        "/api/v1/usage/", data=event(), content_type="application/json", **kwargs
+    )
     assert response.status_code == 401
     assert fragment in response.json()["detail"]
 
@@ -327,7 +458,9 @@ def test_a_key_without_the_ingest_scope_gets_403(read_client):
     assert "ingest" in response.json()["detail"]
 
 
-def test_the_same_event_id_in_two_tenants_is_two_events(ingest_client, outsider_client, acme, outsider):
+def test_the_same_event_id_in_two_tenants_is_two_events(
+    ingest_client, outsider_client, acme, outsider
+):
     assert post_usage(ingest_client, event()).json()["events"][0]["duplicate"] is False
     assert post_usage(outsider_client, event()).json()["events"][0]["duplicate"] is False
     assert UsageEvent.objects.for_tenant(acme).count() == 1
@@ -348,11 +481,15 @@ def test_it_hides_other_tenants_events(ingest_client, outsider_client, acme, out
     assert "globex-ceo" not in csv_body and "mine" in csv_body
 
 
-def test_ingest_does_no_more_than_a_handful_of_queries(ingest_client, django_assert_max_num_queries, settings):
+def test_ingest_does_no_more_than_a_handful_of_queries(
+    ingest_client, django_assert_max_num_queries, settings
+):
     settings.COSTMON_CATALOG_TTL_SECONDS = 60
     post_usage(ingest_client, event(event_id="warm"))  # key and catalog now cached
     # dictionary lookup/insert (3), savepoint, lock, events, rollups, release
     with django_assert_max_num_queries(8):
-        response = post_usage(ingest_client, [event(event_id=f"e{i}", end_user=f"u{i}") for i in range(100)])
+        response = post_usage(
+            ingest_client, [event(event_id=f"e{i}", end_user=f"u{i}") for i in range(100)]
+        )
     assert response.status_code == 201
     assert connection.vendor in ("postgresql", "sqlite")

@@ -22,26 +22,77 @@ def _frozen_clock():
 def usage(ingest_client, outsider_client):
     batch = [
         # today: 2 haiku chats by u1 (one an error), 1 gpt-4o-mini summary by u2 (cache hit)
-        event(event_id="t1", occurred_at="2026-11-21T09:10:00Z", end_user="u1", session_id="s1",
-              tags={"team": "search"}, latency_ms=200),
-        event(event_id="t2", occurred_at="2026-11-21T11:30:00Z", end_user="u1", session_id="s1",
-              status="error", tags={"team": "search"}, latency_ms=400),
-        event(event_id="t3", occurred_at="2026-11-21T10:00:00Z", provider="openai", model="gpt-4o-mini",
-              operation="summarize", end_user="u2", input_tokens=1500, output_tokens=500, cache_hit=True),
+        event(
+            event_id="t1",
+            occurred_at="2026-11-21T09:10:00Z",
+            end_user="u1",
+            session_id="s1",
+            tags={"team": "search"},
+            latency_ms=200,
+        ),
+        event(
+            event_id="t2",
+            occurred_at="2026-11-21T11:30:00Z",
+            end_user="u1",
+            session_id="s1",
+            status="error",
+            tags={"team": "search"},
+            latency_ms=400,
+        ),
+        event(
+            event_id="t3",
+            occurred_at="2026-11-21T10:00:00Z",
+            provider="openai",
+            model="gpt-4o-mini",
+            operation="summarize",
+            end_user="u2",
+            input_tokens=1500,
+            output_tokens=500,
+            cache_hit=True,
+        ),
         # earlier this week (Monday 16th) and this month (2nd), and last month
-        event(event_id="w1", occurred_at="2026-11-16T08:00:00Z", provider="openai", model="gpt-4o-mini",
-              operation="summarize", end_user="u2", input_tokens=1500, output_tokens=500,
-              tags={"team": "ops"}),
-        event(event_id="m1", occurred_at="2026-11-02T08:00:00Z", provider="openai", model="text-embedding-3-large",
-              operation="embed", end_user="u3", input_tokens=1000, output_tokens=0),
+        event(
+            event_id="w1",
+            occurred_at="2026-11-16T08:00:00Z",
+            provider="openai",
+            model="gpt-4o-mini",
+            operation="summarize",
+            end_user="u2",
+            input_tokens=1500,
+            output_tokens=500,
+            tags={"team": "ops"},
+        ),
+        event(
+            event_id="m1",
+            occurred_at="2026-11-02T08:00:00Z",
+            provider="openai",
+            model="text-embedding-3-large",
+            operation="embed",
+            end_user="u3",
+            input_tokens=1000,
+            output_tokens=0,
+        ),
         event(event_id="old", occurred_at="2026-10-31T23:00:00Z", end_user="u1"),
-        event(event_id="unpriced", occurred_at="2026-11-21T08:00:00Z", provider="newco", model="x-1",
-              end_user="u3"),
+        event(
+            event_id="unpriced",
+            occurred_at="2026-11-21T08:00:00Z",
+            provider="newco",
+            model="x-1",
+            end_user="u3",
+        ),
     ]
     assert post_usage(ingest_client, batch).status_code == 201
     # The outsider spends a lot, on the same names; none of it may show up in acme's figures.
-    outsider = [event(event_id=f"o{i}", occurred_at="2026-11-21T09:00:00Z", end_user="u1",
-                      input_tokens=100_000, output_tokens=100_000) for i in range(5)]
+    outsider = [
+        event(
+            event_id=f"o{i}",
+            occurred_at="2026-11-21T09:00:00Z",
+            end_user="u1",
+            input_tokens=100_000,
+            output_tokens=100_000,
+        )
+        for i in range(5)
+    ]
     assert post_usage(outsider_client, outsider).status_code == 201
 
 
@@ -55,10 +106,21 @@ def test_day_totals_are_exact(read_client, usage):
     body = metrics(read_client, "period=day")
     assert (body["start"], body["end"]) == ("2026-11-21T00:00:00Z", "2026-11-22T00:00:00Z")
     assert body["total"] == {
-        "cost_usd": "0.0027", "calls": 4, "input_tokens": 450 * 3 + 1500, "output_tokens": 180 * 3 + 500,
-        "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
-        "cache_hits": 1, "cache_hit_rate": 0.25, "prompt_cache_rate": 0.0, "errors": 1, "error_rate": 0.25,
-        "unpriced_calls": 1, "avg_cost_usd": "0.000675", "avg_latency_ms": 300,
+        "cost_usd": "0.0027",
+        "calls": 4,
+        "input_tokens": 450 * 3 + 1500,
+        "output_tokens": 180 * 3 + 500,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "cache_hits": 1,
+        "cache_hit_rate": 0.25,
+        "prompt_cache_rate": 0.0,
+        "errors": 1,
+        "error_rate": 0.25,
+        "unpriced_calls": 1,
+        "avg_cost_usd": "0.000675",
+        "avg_latency_ms": 300,
     }
 
 
@@ -89,10 +151,20 @@ def test_periods_follow_the_tenants_time_zone(read_client, usage, acme):
 @pytest.mark.parametrize(
     ("group_by", "expected"),
     [
-        ("model", [("claude-haiku-4-5", "0.0027", 2), ("gpt-4o-mini", "0.000525", 2),
-                   ("text-embedding-3-large", "0.00013", 1), ("x-1", "0", 1)]),
+        (
+            "model",
+            [
+                ("claude-haiku-4-5", "0.0027", 2),
+                ("gpt-4o-mini", "0.000525", 2),
+                ("text-embedding-3-large", "0.00013", 1),
+                ("x-1", "0", 1),
+            ],
+        ),
         ("provider", [("anthropic", "0.0027", 2), ("openai", "0.000655", 3), ("newco", "0", 1)]),
-        ("operation", [("chat", "0.0027", 3), ("summarize", "0.000525", 2), ("embed", "0.00013", 1)]),
+        (
+            "operation",
+            [("chat", "0.0027", 3), ("summarize", "0.000525", 2), ("embed", "0.00013", 1)],
+        ),
         ("end_user", [("u1", "0.0027", 2), ("u2", "0.000525", 2), ("u3", "0.00013", 2)]),
         ("session_id", [("s1", "0.0027", 2), ("", "0.000655", 4)]),
         ("tag:team", [("search", "0.0027", 2), ("ops", "0.000525", 1), ("", "0.00013", 3)]),
@@ -122,7 +194,12 @@ def test_the_series_has_every_bucket_including_empty_ones(read_client, usage):
     assert month[20]["cost_usd"] == "0.0027"
     day = metrics(read_client, "period=day")["series"]
     assert len(day) == 24
-    assert [(s["bucket"][11:13], s["calls"]) for s in day if s["calls"]] == [("08", 1), ("09", 1), ("10", 1), ("11", 1)]
+    assert [(s["bucket"][11:13], s["calls"]) for s in day if s["calls"]] == [
+        ("08", 1),
+        ("09", 1),
+        ("10", 1),
+        ("11", 1),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,8 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from None
         scopes = ",".join(issued.api_key.scopes)
-        self.stdout.write(f"API key {issued.api_key.prefix} for {tenant.slug} with scopes {scopes}.")
+        self.stdout.write(
+            f"API key {issued.api_key.prefix} for {tenant.slug} with scopes {scopes}."
+        )
         self.stdout.write("Store it now: it is not shown again.")
         self.stdout.write(issued.secret)

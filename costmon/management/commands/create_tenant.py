@@ -18,7 +18,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            tenant = tenant_create(slug=options["slug"], name=options["name"], timezone_name=options["timezone"])
+            tenant = tenant_create(
+                slug=options["slug"], name=options["name"], timezone_name=options["timezone"]
+            )
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from None
-        self.stdout.write(f"Created tenant {tenant.slug} ({tenant.name}, time zone {tenant.timezone}).")
+        self.stdout.write(
+            f"Created tenant {tenant.slug} ({tenant.name}, time zone {tenant.timezone})."
+        )

@@ -64,7 +64,7 @@ class Command(BaseCommand):
                     "Send a usage event:",
                     f"  curl -X POST {base}/api/v1/usage/ -H 'Authorization: Bearer {credentials['api_key']}' \\",
                     "       -H 'Content-Type: application/json' \\",
-                    "       -d '{\"provider\": \"openai\", \"model\": \"gpt-4o-mini\", \"input_tokens\": 1500, \"output_tokens\": 500}'",
+                    '       -d \'{"provider": "openai", "model": "gpt-4o-mini", "input_tokens": 1500, "output_tokens": 500}\'',
                     f"Data lives in {settings.DATABASES['default']['NAME']}; press Ctrl+C to stop.",
                     "",
                 ]
@@ -77,7 +77,9 @@ class Command(BaseCommand):
     def _check_port(self, host: str, port: int) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:  # noqa: S104
-                raise CommandError(f"Port {port} is in use; stop what runs there or pass --port 8001.")
+                raise CommandError(
+                    f"Port {port} is in use; stop what runs there or pass --port 8001."
+                )
 
     def _credentials(self, tenant: Tenant) -> dict[str, str]:
         """The demo login and key, kept in var/ so a second run prints the same ones."""
@@ -85,10 +87,16 @@ class Command(BaseCommand):
         stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
         user_model = get_user_model()
         user = user_model.objects.filter(username=ADMIN_USER).first()
-        if user is None or not stored.get("password") or not user.check_password(stored["password"]):
+        if (
+            user is None
+            or not stored.get("password")
+            or not user.check_password(stored["password"])
+        ):
             stored["password"] = secrets.token_urlsafe(12)
             if user is None:
-                user = user_model.objects.create_superuser(ADMIN_USER, "admin@example.com", stored["password"])
+                user = user_model.objects.create_superuser(
+                    ADMIN_USER, "admin@example.com", stored["password"]
+                )
             else:
                 user.set_password(stored["password"])
                 user.save(update_fields=["password"])
@@ -97,24 +105,41 @@ class Command(BaseCommand):
         key_ok = False
         if stored.get("api_key"):
             prefix = "_".join(stored["api_key"].split("_", 2)[:2])
-            key_ok = ApiKey.objects.unscoped().filter(prefix=prefix, revoked_at=None, tenant=tenant).exists()
+            key_ok = (
+                ApiKey.objects.unscoped()
+                .filter(prefix=prefix, revoked_at=None, tenant=tenant)
+                .exists()
+            )
         if not key_ok:
-            stored["api_key"] = api_key_create(tenant=tenant, scopes="ingest,read,admin", name="demo").secret
+            stored["api_key"] = api_key_create(
+                tenant=tenant, scopes="ingest,read,admin", name="demo"
+            ).secret
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(stored, indent=2))
         path.chmod(0o600)
         return stored
 
     def _serve(self, host: str, port: int, workers: int) -> None:
-        gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or shutil.which("gunicorn")
+        gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or shutil.which(
+            "gunicorn"
+        )
         if gunicorn is None:
             raise CommandError("gunicorn is not installed; run `pip install -e .` first.")
         sys.stdout.flush()
-        os.execv(
+        os.execv(  # noqa: S606 - replaces this process with the server, no shell involved
             gunicorn,
             [
-                gunicorn, "costmon.wsgi:application", "--bind", f"{host}:{port}",
-                "--workers", str(workers), "--threads", "4", "--log-level", "warning",
-                "--chdir", str(settings.BASE_DIR),
+                gunicorn,
+                "costmon.wsgi:application",
+                "--bind",
+                f"{host}:{port}",
+                "--workers",
+                str(workers),
+                "--threads",
+                "4",
+                "--log-level",
+                "warning",
+                "--chdir",
+                str(settings.BASE_DIR),
             ],
         )

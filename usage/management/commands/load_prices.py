@@ -37,4 +37,6 @@ class Command(BaseCommand):
             f"Loaded {path} into {owner}: {report.created} created, {report.updated} updated, "
             f"{report.unchanged} unchanged."
         )
-        self.stdout.write("Events stored without a price are priced by a background task as prices appear.")
+        self.stdout.write(
+            "Events stored without a price are priced by a background task as prices appear."
+        )

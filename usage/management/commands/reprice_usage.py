@@ -38,7 +38,11 @@ class Command(BaseCommand):
                 tz = tenant_zone(tenant)
                 try:
                     start = parse_moment(options["start"], tz=tz, name="--start")
-                    end = parse_moment(options["end"], tz=tz, name="--end") if options["end"] else timezone.now()
+                    end = (
+                        parse_moment(options["end"], tz=tz, name="--end")
+                        if options["end"]
+                        else timezone.now()
+                    )
                 except DomainError as exc:
                     raise CommandError(exc.message) from None
 
@@ -46,7 +50,11 @@ class Command(BaseCommand):
                     self.stderr.write(f"  {slug}: {done:,}/{total:,} events")
 
                 report = usage_reprice(
-                    tenant=tenant, start=start, end=end, only_unpriced=options["unpriced"], progress=progress
+                    tenant=tenant,
+                    start=start,
+                    end=end,
+                    only_unpriced=options["unpriced"],
+                    progress=progress,
                 )
             self.stdout.write(
                 f"{tenant.slug}: {report.examined:,} examined, {report.changed:,} re-priced, "

@@ -1,0 +1,36 @@
+"""The shared cache (Redis in production) as an accelerator that may be away.
+
+Callers use these when the cache only speeds things up: a Redis outage must not fail a
+request that PostgreSQL can still answer. Failures are logged, never raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from django.core.cache import cache
+
+log = structlog.get_logger(__name__)
+
+
+def cache_get(key: str) -> Any:
+    try:
+        return cache.get(key)
+    except Exception as exc:  # noqa: BLE001 - any client error means "not cached"
+        log.warning("cache_unavailable", op="get", error=str(exc))
+        return None
+
+
+def cache_set(key: str, value: Any, timeout: float | None) -> None:
+    try:
+        cache.set(key, value, timeout)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cache_unavailable", op="set", error=str(exc))
+
+
+def cache_delete(key: str) -> None:
+    try:
+        cache.delete(key)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cache_unavailable", op="delete", error=str(exc))
