@@ -40,6 +40,7 @@ class Command(BaseCommand):
             self._check_port(host, port)
         self.stderr.write("Preparing the database…")
         call_command("migrate", verbosity=0, interactive=False)
+        call_command("collectstatic", verbosity=0, interactive=False)
         with unscoped():
             if not ModelPrice.objects.unscoped().filter(tenant__isnull=True).exists():
                 call_command("load_prices", stdout=self.stderr)
