@@ -34,3 +34,22 @@ def cache_delete(key: str) -> None:
         cache.delete(key)
     except Exception as exc:  # noqa: BLE001
         log.warning("cache_unavailable", op="delete", error=str(exc))
+
+
+def cache_get_many(keys: list[str]) -> tuple[Any, ...] | None:
+    """The values of `keys` in order (None for a missing one) in one round trip; None if the
+    cache is away."""
+    try:
+        found = cache.get_many(keys)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cache_unavailable", op="get_many", error=str(exc))
+        return None
+    return tuple(found.get(k) for k in keys)
+
+
+def cache_add(key: str, value: Any) -> None:
+    """Set `key` only if it is not set yet, without expiry."""
+    try:
+        cache.add(key, value, None)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cache_unavailable", op="add", error=str(exc))

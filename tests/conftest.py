@@ -81,8 +81,13 @@ def _clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None
     """Each test starts with empty caches, and test code (not requests) runs unscoped."""
     from django.core.cache import cache
 
-    cache.clear()
+    from budgets import config as budgets_config
+    from budgets import redis as budgets_redis
+
+    cache.clear()  # also empties the Redis database the counters live in
     catalog.clear_local()
+    budgets_config.clear_local()
+    budgets_redis.reset_breaker()
     tenancy.forget_rls_state(connection)
     with tenancy.unscoped():
         yield

@@ -158,7 +158,7 @@ class UsageApi(TenantAPIView):
         except (ValueError, UnicodeDecodeError) as exc:
             raise DomainError(f"Malformed JSON: {exc}") from None
         events = parse_batch(payload)
-        results = usage_record_batch(tenant=self.tenant, events=events)
+        results = usage_record_batch(tenant=self.tenant, events=events, api_key_id=self.api_key_id)
         return Response(
             {
                 "events": [

@@ -8,12 +8,13 @@ compares on its next batch (one cache GET), so a price edit applies everywhere a
 from __future__ import annotations
 
 import time
+import uuid
 from decimal import Decimal
 from threading import Lock
 
 from django.conf import settings
 
-from costmon.cache import cache_get, cache_set
+from costmon.cache import cache_add, cache_get, cache_set
 from costmon.tenancy import unscoped
 from usage.models import ModelAlias, ModelPrice
 from usage.pricing import Alias, Catalog, Price, Rates
@@ -29,7 +30,7 @@ def _version() -> object:
 
 def bump_version() -> None:
     """Tell every process that prices or aliases changed."""
-    cache_set(VERSION_KEY, time.time_ns(), None)
+    cache_set(VERSION_KEY, uuid.uuid4().hex, None)
     clear_local()
 
 
@@ -93,11 +94,17 @@ def load_catalog(tenant_id: int) -> Catalog:
 
 
 def catalog_for(tenant_id: int) -> Catalog:
+    """The tenant's catalog. With Redis, reloaded only when a price write bumped the shared
+    version (so pricing does no SQL); without it, every COSTMON_CATALOG_TTL_SECONDS."""
+    shared = bool(settings.REDIS_URL)
     version = _version()
+    if shared and version is None:
+        cache_add(VERSION_KEY, uuid.uuid4().hex)  # first use since Redis started
+        version = _version()
     now = time.monotonic()
     with _lock:
         hit = _local.get(tenant_id)
-    if hit is not None and hit[0] > now and hit[1] == version:
+    if hit is not None and hit[1] == version and (hit[0] > now or (shared and version is not None)):
         return hit[2]
     catalog = load_catalog(tenant_id)
     with _lock:

@@ -46,6 +46,7 @@ KNOWN_FIELDS = frozenset(
         "latency_ms",
         "status",
         "cache_hit",
+        "reservation_id",
         *TOKEN_FIELDS,
         *_STRING_FIELDS,
     }
@@ -72,6 +73,8 @@ class EventIn:
     latency_ms: int | None
     is_error: bool
     cache_hit: bool
+    # The pre-flight check's reservation this event settles (not stored).
+    reservation_id: str | None = None
 
 
 class _Errors:
@@ -236,6 +239,10 @@ def _parse_event(
     if not isinstance(cache_hit, bool):
         errors.add(index, "cache_hit", "Must be true or false.")
 
+    reservation_id = item.get("reservation_id")
+    if reservation_id is not None and (not isinstance(reservation_id, str) or len(reservation_id) > 64):
+        errors.add(index, "reservation_id", "Must be the reservation_id a check returned.")
+
     tags = item.get("tags")
     if tags is not None:
         if not isinstance(tags, dict):
@@ -269,5 +276,6 @@ def _parse_event(
         latency_ms=latency_ms,
         is_error=status == "error",
         cache_hit=cache_hit,
+        reservation_id=reservation_id or None,
         **tokens,
     )

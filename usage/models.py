@@ -196,6 +196,8 @@ class UsageEvent(models.Model):
     end_user = models.ForeignKey(
         Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
     )
+    # The API key that reported the event (0: reported another way); budgets per key count it.
+    api_key_id = models.BigIntegerField(default=0)
     session = models.ForeignKey(
         Dimension,
         on_delete=models.PROTECT,
@@ -251,6 +253,7 @@ class HourlyRollup(models.Model):
     end_user = models.ForeignKey(
         Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
     )
+    api_key_id = models.BigIntegerField(default=0)
     calls = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
     cache_hits = models.BigIntegerField(default=0)
@@ -269,7 +272,7 @@ class HourlyRollup(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["tenant", "hour", "provider", "model", "operation", "end_user"],
+                fields=["tenant", "hour", "provider", "model", "operation", "end_user", "api_key_id"],
                 name="hourlyrollup_unique_key",
             )
         ]

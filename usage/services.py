@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -107,49 +108,34 @@ def price_event(catalog: Catalog, event: EventIn) -> tuple[int, int]:
 
 # --- recording a batch -----------------------------------------------------------------------
 
-_EVENT_COLUMNS = (
-    "tenant_id",
-    "event_id",
-    "occurred_at",
-    "provider_id",
-    "model_id",
-    "operation_id",
-    "end_user_id",
-    "session_id",
-    "tags",
-    "input_tokens",
-    "output_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_nanos",
-    "cost_source",
-    "latency_ms",
-    "is_error",
-    "cache_hit",
+# (column, PostgreSQL type) of the bulk insert.
+_EVENT_COLUMN_TYPES = (
+    ("tenant_id", "bigint"),
+    ("event_id", "text"),
+    ("occurred_at", "timestamptz"),
+    ("provider_id", "bigint"),
+    ("model_id", "bigint"),
+    ("operation_id", "bigint"),
+    ("end_user_id", "bigint"),
+    ("session_id", "bigint"),
+    ("api_key_id", "bigint"),
+    ("tags", "jsonb"),
+    ("input_tokens", "integer"),
+    ("output_tokens", "integer"),
+    ("cached_input_tokens", "integer"),
+    ("cache_write_tokens", "integer"),
+    ("reasoning_tokens", "integer"),
+    ("cost_nanos", "bigint"),
+    ("cost_source", "smallint"),
+    ("latency_ms", "integer"),
+    ("is_error", "boolean"),
+    ("cache_hit", "boolean"),
 )
-_PG_EVENT_TYPES = (
-    "bigint",
-    "text",
-    "timestamptz",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
-    "jsonb",
-    "integer",
-    "integer",
-    "integer",
-    "integer",
-    "integer",
-    "bigint",
-    "smallint",
-    "integer",
-    "boolean",
-    "boolean",
+_EVENT_COLUMNS = tuple(c for c, _ in _EVENT_COLUMN_TYPES)
+_PG_EVENT_TYPES = tuple(t for _, t in _EVENT_COLUMN_TYPES)
+ROLLUP_KEY = (
+    "tenant_id", "hour", "provider_id", "model_id", "operation_id", "end_user_id", "api_key_id",
 )
-ROLLUP_KEY = ("tenant_id", "hour", "provider_id", "model_id", "operation_id", "end_user_id")
 ROLLUP_SUMS = (
     "calls",
     "errors",
@@ -164,17 +150,21 @@ ROLLUP_SUMS = (
     "latency_ms_sum",
     "latency_count",
 )
-# Called with (tenant_id, recorded rows) after the ingest transaction commits; the budgets app
-# registers its counter update here.
-after_record_hooks: list[Callable[[int, list[dict[str, Any]]], None]] = []
+# Called with (tenant, the rows just stored) after the ingest transaction commits, while the
+# tenant's shared ingest lock is still held: the budgets app updates its spend counters here,
+# and a counter rebuild (which takes the lock exclusively) never sees a batch half-counted.
+after_record_hooks: list[Callable[[Tenant, list[dict[str, Any]]], None]] = []
 
 
-def usage_record_batch(*, tenant: Tenant, events: Sequence[EventIn]) -> list[EventResult]:
+def usage_record_batch(
+    *, tenant: Tenant, events: Sequence[EventIn], api_key_id: int | None = None
+) -> list[EventResult]:
     """Price and store a validated batch; events already stored are reported as duplicates.
 
     One transaction holds the events and the rollup changes, so rollups always equal the sum
     of the events. Re-sending a batch (even concurrently) never counts an event twice: the
-    unique (tenant, event_id) index decides which copy is stored.
+    unique (tenant, event_id) index decides which copy is stored. `api_key_id` is the key that
+    reported the batch (budgets per key count its spend).
     """
     catalog = catalog_for(tenant.pk)
     priced: dict[str, tuple[EventIn, int, int]] = {}
@@ -182,23 +172,23 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[EventIn]) -> list[Eve
         if event.event_id not in priced:  # the same id twice in one batch: the first one counts
             priced[event.event_id] = (event, *price_event(catalog, event))
     first = {eid: i for i, eid in enumerate(priced)}
-    with tenant_context(tenant):
+    with tenant_context(tenant), _ingest_lock(tenant.pk):
         try:
             # One transaction, one commit: new dictionary entries, events and rollups.
             with transaction.atomic():
                 dims = dimension_ids(tenant=tenant, wanted=_dimension_keys(events))
                 rows = [
-                    _event_row(tenant.pk, e, dims, cost, source)
+                    _event_row(tenant.pk, e, dims, cost, source, api_key_id or 0)
                     for e, cost, source in priced.values()
                 ]
-                _lock_tenant(tenant.pk, shared=True)
                 inserted = _insert_events(rows)
                 fresh = [r for r in rows if r["event_id"] in inserted]
                 _upsert_rollups(_aggregate(fresh))
-                transaction.on_commit(lambda: _run_hooks(tenant.pk, fresh))
         except Exception:
             forget_rls_state(connection)
             raise
+        if fresh:
+            _run_hooks(tenant, fresh)
         stored = _stored_costs(
             tenant.pk, [r["event_id"] for r in rows if r["event_id"] not in inserted]
         )
@@ -217,10 +207,26 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[EventIn]) -> list[Eve
     return results
 
 
-def _run_hooks(tenant_id: int, rows: list[dict[str, Any]]) -> None:
+@contextlib.contextmanager
+def _ingest_lock(tenant_id: int) -> Iterator[None]:
+    """The tenant's ingest lock, shared, held across the commit and the after-commit hooks."""
+    if connection.vendor != "postgresql":
+        yield  # SQLite serialises writers already
+        return
+    key = [_LOCK_NAMESPACE, tenant_id % 2_000_000_000]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock_shared(%s, %s)", key)
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock_shared(%s, %s)", key)
+
+
+def _run_hooks(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
     for hook in after_record_hooks:
         try:
-            hook(tenant_id, rows)
+            hook(tenant, rows)
         except Exception:
             log.exception("after_record_hook_failed", hook=getattr(hook, "__name__", repr(hook)))
 
@@ -238,9 +244,18 @@ def _dimension_keys(events: Iterable[EventIn]) -> set[tuple[int, str]]:
 
 
 def _event_row(
-    tenant_id: int, e: EventIn, dims: dict[tuple[int, str], int], cost: int, source: int
+    tenant_id: int,
+    e: EventIn,
+    dims: dict[tuple[int, str], int],
+    cost: int,
+    source: int,
+    api_key_id: int,
 ) -> dict[str, Any]:
     return {
+        # Not stored: read by the after-record hooks (budgets match names, settle reservations).
+        "names": (e.provider, e.model, e.operation, e.end_user),
+        "reservation_id": e.reservation_id,
+        "api_key_id": api_key_id,
         "tenant_id": tenant_id,
         "event_id": e.event_id,
         "occurred_at": e.occurred_at,
@@ -333,6 +348,7 @@ def _aggregate(rows: Iterable[dict[str, Any]]) -> dict[tuple[Any, ...], list[int
             r["model_id"],
             r["operation_id"],
             r["end_user_id"],
+            r["api_key_id"],
         )
         acc = sums.get(key)
         if acc is None:
@@ -374,9 +390,7 @@ def _upsert_rollups(sums: dict[tuple[Any, ...], list[int]], *, replace: bool = F
         for key in keys:
             for i, value in enumerate((*key, *sums[key])):
                 arrays[i].append(value)
-        types = ["bigint", "timestamptz", "bigint", "bigint", "bigint", "bigint"] + [
-            "bigint"
-        ] * len(ROLLUP_SUMS)
+        types = ["bigint", "timestamptz"] + ["bigint"] * (len(columns) - 2)
         unnest = ", ".join(f"%b::{t}[]" for t in types)
         with raw_cursor(connection) as cursor:
             cursor.execute(
@@ -688,7 +702,7 @@ def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
             UsageEvent.objects.for_tenant(tenant)
             .filter(window)
             .annotate(bucket=TruncHour("occurred_at", tzinfo=UTC))
-            .values("bucket", "provider_id", "model_id", "operation_id", "end_user_id")
+            .values("bucket", "provider_id", "model_id", "operation_id", "end_user_id", "api_key_id")
             .annotate(
                 calls=Count("pk"),
                 errors=Count("pk", filter=Q(is_error=True)),
@@ -712,6 +726,7 @@ def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
                 r["model_id"],
                 r["operation_id"],
                 r["end_user_id"],
+                r["api_key_id"],
             ): [
                 r["calls"],
                 r["errors"],

@@ -1,0 +1,312 @@
+"""Budgets API: budgets, the pre-flight check, and the emergency stop."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from budgets.models import Budget, EmergencyStop
+from budgets.selectors import BudgetView, budget_views, emergency_stop_history
+from budgets.services import (
+    BudgetState,
+    CheckRequest,
+    CheckResult,
+    api_key_for_budget,
+    budget_check,
+    budget_create,
+    budget_delete,
+    budget_update,
+    emergency_stop_active,
+    emergency_stop_lift,
+    emergency_stop_trip,
+)
+from costmon.exceptions import BatchInvalid, DomainError, NotFound
+from costmon.models import ApiKey
+from costmon.scoping import TenantAPIView
+from usage.pricing import format_usd
+
+
+def _iso(moment: Any) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def state_json(state: BudgetState) -> dict[str, Any]:
+    spec = state.spec
+    data = {
+        "id": spec.id,
+        "name": spec.name,
+        "scope": spec.scope,
+        "scope_value": spec.value,
+        "period": spec.period,
+        "limit_usd": format_usd(spec.limit_nanos),
+        "used_usd": format_usd(state.spent),
+        "reserved_usd": format_usd(state.reserved),
+        "remaining_usd": format_usd(state.remaining),
+        "percent": float(state.percent),
+        "status": state.status,
+        "resets_at": _iso(state.window.end),
+        "enforcement": "hard" if spec.hard else "soft",
+    }
+    if spec.scope == "every_end_user":
+        data["end_user"] = state.end_user
+    return data
+
+
+def budget_json(view: BudgetView) -> dict[str, Any]:
+    budget = view.budget
+    data = state_json(view.state)
+    data.update(
+        {
+            "api_key": budget.api_key_id,
+            "rolling_days": budget.rolling_days,
+            "thresholds": budget.thresholds,
+            "suggested_model": budget.suggested_model,
+            "is_active": budget.is_active,
+            "projected_usd": format_usd(view.projected_nanos) if view.projected_nanos is not None else None,
+            "period_start": _iso(view.state.window.start),
+            "source": view.source,
+        }
+    )
+    return data
+
+
+class BudgetInput(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    scope = serializers.ChoiceField(choices=Budget.Scope.choices, default=Budget.Scope.TENANT)
+    scope_value = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    api_key = serializers.IntegerField(required=False, allow_null=True, default=None)
+    period = serializers.ChoiceField(choices=Budget.Period.choices, default=Budget.Period.MONTH)
+    rolling_days = serializers.IntegerField(required=False, allow_null=True, default=None)
+    limit_usd = serializers.DecimalField(max_digits=14, decimal_places=6)
+    thresholds = serializers.ListField(child=serializers.DecimalField(max_digits=6, decimal_places=3), required=False)
+    enforcement = serializers.ChoiceField(choices=Budget.Enforcement.choices, default=Budget.Enforcement.SOFT)
+    suggested_model = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    is_active = serializers.BooleanField(required=False, default=True)
+
+
+def _budget_data(view: TenantAPIView, validated: dict[str, Any]) -> dict[str, Any]:
+    data = dict(validated)
+    if "thresholds" in data:
+        data["thresholds"] = [int(t) if t == t.to_integral_value() else float(t) for t in data["thresholds"]]
+    if "api_key" in data:
+        data["api_key"] = api_key_for_budget(tenant=view.tenant, key_id=data["api_key"]) if data["api_key"] else None
+    return data
+
+
+class BudgetListApi(TenantAPIView):
+    method_scopes = {"GET": ApiKey.Scope.READ, "POST": ApiKey.Scope.ADMIN}
+
+    @extend_schema(summary="Budgets with their spend this period", responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> Response:
+        return Response({"results": [budget_json(v) for v in budget_views(tenant=self.tenant)]})
+
+    @extend_schema(summary="Create a budget", request=BudgetInput, responses={201: OpenApiTypes.OBJECT})
+    def post(self, request: Request) -> Response:
+        incoming = BudgetInput(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        budget = budget_create(tenant=self.tenant, data=_budget_data(self, incoming.validated_data))
+        [view] = budget_views(tenant=self.tenant, budgets=[budget])
+        return Response(budget_json(view), status=201)
+
+
+class BudgetDetailApi(TenantAPIView):
+    method_scopes = {"GET": ApiKey.Scope.READ, "PATCH": ApiKey.Scope.ADMIN, "DELETE": ApiKey.Scope.ADMIN}
+
+    def _budget(self, budget_id: int) -> Budget:
+        budget = Budget.objects.for_tenant(self.tenant).select_related("api_key").filter(pk=budget_id).first()
+        if budget is None:
+            raise NotFound(f"No budget {budget_id} in this tenant.")
+        return budget
+
+    @extend_schema(summary="One budget with its spend", responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request, budget_id: int) -> Response:
+        [view] = budget_views(tenant=self.tenant, budgets=[self._budget(budget_id)])
+        return Response(budget_json(view))
+
+    @extend_schema(summary="Change a budget", request=BudgetInput, responses={200: OpenApiTypes.OBJECT})
+    def patch(self, request: Request, budget_id: int) -> Response:
+        budget = self._budget(budget_id)
+        incoming = BudgetInput(data=request.data, partial=True)
+        incoming.is_valid(raise_exception=True)
+        given = {k: v for k, v in incoming.validated_data.items() if k in request.data}
+        budget = budget_update(budget=budget, data=_budget_data(self, given))
+        [view] = budget_views(tenant=self.tenant, budgets=[budget])
+        return Response(budget_json(view))
+
+    @extend_schema(summary="Delete a budget", responses={204: None})
+    def delete(self, request: Request, budget_id: int) -> Response:
+        budget_delete(budget=self._budget(budget_id))
+        return Response(status=204)
+
+
+# --- the pre-flight check ------------------------------------------------------------------------
+
+_CHECK_FIELDS = {
+    "end_user", "provider", "model", "operation", "tags", "estimated_input_tokens",
+    "estimated_output_tokens", "estimated_cost_usd", "reserve", "event_id",
+}
+
+
+def parse_check(body: bytes, *, api_key_id: int | None, client_ip: str) -> CheckRequest:
+    try:
+        data = json.loads(body or b"{}", parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DomainError(f"Malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise DomainError("Send the check as a JSON object.")
+    errors: list[dict[str, Any]] = []
+
+    def bad(field: str, message: str) -> None:
+        errors.append({"index": 0, "field": field, "message": message})
+
+    for name in sorted(data.keys() - _CHECK_FIELDS):
+        bad(name, f"Unknown field {name!r}. Known fields: {', '.join(sorted(_CHECK_FIELDS))}.")
+    strings: dict[str, str] = {}
+    for name in ("end_user", "provider", "model", "operation", "event_id"):
+        value = data.get(name) or ""
+        if not isinstance(value, str) or len(value) > 255:
+            bad(name, "Must be a string of at most 255 characters.")
+            value = ""
+        strings[name] = value.strip()
+    tokens: dict[str, int] = {}
+    for name in ("estimated_input_tokens", "estimated_output_tokens"):
+        value = data.get(name) or 0
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100_000_000:
+            bad(name, "Must be a whole number of tokens between 0 and 100,000,000.")
+            value = 0
+        tokens[name] = value
+    cost = data.get("estimated_cost_usd")
+    parsed_cost: Decimal | None = None
+    if cost is not None:
+        try:
+            if isinstance(cost, bool) or not isinstance(cost, str | int | Decimal):
+                raise InvalidOperation
+            parsed_cost = Decimal(cost)
+            if not parsed_cost.is_finite() or parsed_cost < 0 or parsed_cost > 100_000:
+                raise InvalidOperation
+        except (InvalidOperation, ValueError):
+            bad("estimated_cost_usd", 'Must be a decimal number of US dollars between 0 and 100000, e.g. "0.02".')
+    tags = data.get("tags") or {}
+    if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        bad("tags", "Must be an object of string keys to string values.")
+        tags = {}
+    reserve = data.get("reserve", False)
+    if not isinstance(reserve, bool):
+        bad("reserve", "Must be true or false.")
+    if errors:
+        raise BatchInvalid(errors)
+    return CheckRequest(
+        end_user=strings["end_user"],
+        provider=strings["provider"].lower(),
+        model=strings["model"],
+        operation=strings["operation"],
+        tags=tags,
+        estimated_input_tokens=tokens["estimated_input_tokens"],
+        estimated_output_tokens=tokens["estimated_output_tokens"],
+        estimated_cost_usd=parsed_cost,
+        reserve=bool(reserve),
+        event_id=strings["event_id"],
+        api_key_id=api_key_id,
+        client_ip=client_ip,
+    )
+
+
+def check_json(result: CheckResult) -> dict[str, Any]:
+    return {
+        "allowed": result.allowed,
+        "reasons": result.reasons,
+        "budgets": [state_json(s) for s in result.budgets],
+        "warnings": result.warnings,
+        "suggested_model": result.suggested_model,
+        "reservation_id": result.reservation_id,
+        "estimated_cost_usd": format_usd(result.estimate_nanos),
+        "source": result.source,
+    }
+
+
+class CheckApi(TenantAPIView):
+    """Ask before an LLM call whether it may spend."""
+
+    required_scope = ApiKey.Scope.INGEST
+    parser_classes: list[Any] = []
+
+    @extend_schema(summary="May this call spend?", request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, 429: OpenApiTypes.OBJECT})
+    def post(self, request: Request) -> Response:
+        req = parse_check(
+            request._request.body, api_key_id=self.api_key_id, client_ip=request.META.get("REMOTE_ADDR", "")
+        )
+        result = budget_check(tenant=self.tenant, req=req)
+        response = Response(check_json(result), status=429 if result.rate_limited else 200)
+        hit = result.rate_limit
+        if hit is not None:
+            response["X-RateLimit-Limit"] = str(hit.limit)
+            response["X-RateLimit-Remaining"] = str(hit.remaining)
+            response["X-RateLimit-Reset"] = str(hit.reset_seconds)
+        if result.rate_limited is not None:
+            response["Retry-After"] = str(result.rate_limited.retry_after)
+        return response
+
+
+# --- the emergency stop --------------------------------------------------------------------------
+
+
+def stop_json(stop: EmergencyStop) -> dict[str, Any]:
+    return {
+        "id": stop.pk,
+        "scope": "tenant" if stop.tenant_id else "global",
+        "reason": stop.reason,
+        "tripped_at": _iso(stop.tripped_at),
+        "tripped_by": stop.tripped_by.get_username() if stop.tripped_by else ("rule" if stop.rule_id else ("api key" if stop.tripped_by_key_id else None)),
+        "rule_id": stop.rule_id,
+        "spend_at_trip_usd": format_usd(stop.spend_at_trip_nanos) if stop.spend_at_trip_nanos is not None else None,
+        "expires_at": _iso(stop.expires_at),
+        "lifted_at": _iso(stop.lifted_at),
+        "lifted_by": stop.lifted_by.get_username() if stop.lifted_by else None,
+        "lift_reason": stop.lift_reason,
+        "active": stop.is_active_at(timezone.now()),
+    }
+
+
+class EmergencyStopInput(serializers.Serializer):
+    action = serializers.ChoiceField(choices=["trip", "lift"])
+    reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    duration_minutes = serializers.IntegerField(required=False, default=60, min_value=1, max_value=7 * 24 * 60)
+
+
+class EmergencyStopApi(TenantAPIView):
+    method_scopes = {"GET": ApiKey.Scope.READ, "POST": ApiKey.Scope.ADMIN}
+
+    def _reply(self) -> dict[str, Any]:
+        active = emergency_stop_active(tenant=self.tenant)
+        return {
+            "active": active is not None,
+            "stop": stop_json(active) if active else None,
+            "history": [stop_json(s) for s in emergency_stop_history(tenant=self.tenant)],
+        }
+
+    @extend_schema(summary="The emergency stop and its history", responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> Response:
+        return Response(self._reply())
+
+    @extend_schema(summary="Trip or lift the tenant's emergency stop", request=EmergencyStopInput, responses={200: OpenApiTypes.OBJECT})
+    def post(self, request: Request) -> Response:
+        incoming = EmergencyStopInput(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        data = incoming.validated_data
+        user = request.user if getattr(request.user, "pk", None) and not self.api_key_id else None
+        if data["action"] == "trip":
+            emergency_stop_trip(
+                tenant=self.tenant, reason=data["reason"] or "tripped through the API",
+                duration_minutes=data["duration_minutes"], user=user, api_key_id=self.api_key_id,
+            )
+        elif emergency_stop_lift(tenant=self.tenant, user=user, reason=data["reason"]) is None:
+            raise DomainError("There is no emergency stop to lift for this tenant.", field="action")
+        return Response(self._reply())

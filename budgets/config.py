@@ -1,0 +1,157 @@
+"""What a tenant has configured (budgets, rate limits, stop rules), as plain frozen data,
+kept per process and reloaded only when a write bumps the tenant's version in Redis.
+
+A pre-flight check must not touch the database, so it reads this instead of the models.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from threading import Lock
+from typing import Any
+
+from django.conf import settings
+
+from costmon.cache import cache_add, cache_get_many, cache_set
+from costmon.tenancy import unscoped
+from usage.pricing import usd_to_nanos
+
+_TTL_WITHOUT_VERSION = 5.0
+_lock = Lock()
+_local: dict[int, tuple[float, object, TenantConfig]] = {}
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    id: int
+    name: str
+    scope: str
+    value: str  # lowercased for provider and model scopes
+    api_key_id: int | None
+    period: str
+    rolling_days: int | None
+    limit_nanos: int
+    thresholds: tuple[Decimal, ...]  # ascending
+    hard: bool
+    suggested_model: str
+
+
+@dataclass(frozen=True)
+class RateLimitSpec:
+    id: int
+    scope: str
+    value: str
+    window_seconds: int
+    max_requests: int | None
+    max_tokens: int | None
+
+
+@dataclass(frozen=True)
+class StopRuleSpec:
+    id: int
+    tenant_id: int | None
+    window: str
+    threshold_nanos: int
+    duration_minutes: int
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    budgets: tuple[BudgetSpec, ...] = ()
+    rate_limits: tuple[RateLimitSpec, ...] = ()
+    stop_rules: tuple[StopRuleSpec, ...] = ()  # the tenant's and the global ones
+    tag_names: frozenset[str] = field(default_factory=frozenset)  # tags some budget counts
+
+
+def version_key(tenant_id: int | None) -> str:
+    return f"cm:{{{tenant_id}}}:cfgv" if tenant_id is not None else "cm:global:cfgv"
+
+
+def bump(tenant_id: int | None) -> None:
+    """Call after a write to budgets, rate limits or stop rules (None: a global rule)."""
+    cache_set(version_key(tenant_id), uuid.uuid4().hex, None)
+    with _lock:
+        if tenant_id is None:
+            _local.clear()
+        else:
+            _local.pop(tenant_id, None)
+
+
+def bump_now_and_after_commit(tenant_id: int | None) -> None:
+    """Bump at once (this process sees the write) and again once it commits (so no process
+    keeps a copy it loaded before the commit)."""
+    from django.db import transaction
+
+    bump(tenant_id)
+    transaction.on_commit(lambda: bump(tenant_id))
+
+
+def clear_local() -> None:
+    with _lock:
+        _local.clear()
+
+
+def spec_of(b: Any) -> BudgetSpec:
+    return BudgetSpec(
+        id=b.pk,
+        name=b.name,
+        scope=b.scope,
+        value=b.scope_value.strip().lower() if b.scope in ("provider", "model") else b.scope_value.strip(),
+        api_key_id=b.api_key_id,
+        period=b.period,
+        rolling_days=b.rolling_days,
+        limit_nanos=usd_to_nanos(b.limit_usd),
+        thresholds=tuple(b.sorted_thresholds),
+        hard=b.enforcement == "hard",
+        suggested_model=b.suggested_model,
+    )
+
+
+def load(tenant_id: int) -> TenantConfig:
+    from budgets.models import Budget, EmergencyStopRule, RateLimit
+
+    with unscoped():
+        budgets = tuple(
+            spec_of(b) for b in Budget.objects.for_tenant(tenant_id).filter(is_active=True).order_by("pk")
+        )
+        limits = tuple(
+            RateLimitSpec(r.pk, r.scope, r.value, r.window_seconds, r.max_requests, r.max_tokens)
+            for r in RateLimit.objects.for_tenant(tenant_id).order_by("pk")
+        )
+        rules = tuple(
+            StopRuleSpec(r.pk, r.tenant_id, r.window, usd_to_nanos(r.threshold_usd), r.duration_minutes)
+            for r in EmergencyStopRule.objects.unscoped()
+            .filter(is_active=True)
+            .filter(tenant_id__in=[tenant_id])
+            .order_by("pk")
+        )
+        global_rules = tuple(
+            StopRuleSpec(r.pk, None, r.window, usd_to_nanos(r.threshold_usd), r.duration_minutes)
+            for r in EmergencyStopRule.objects.unscoped().filter(is_active=True, tenant__isnull=True).order_by("pk")
+        )
+    tags = frozenset(b.value.split("=", 1)[0] for b in budgets if b.scope == "tag" and "=" in b.value)
+    return TenantConfig(budgets=budgets, rate_limits=limits, stop_rules=rules + global_rules, tag_names=tags)
+
+
+def for_tenant(tenant_id: int) -> TenantConfig:
+    """The tenant's configuration; no SQL unless it changed (or Redis is away)."""
+    shared = bool(settings.REDIS_URL)  # without Redis each process has its own cache: use a timer
+    version = cache_get_many([version_key(tenant_id), version_key(None)]) if shared else None
+    now = time.monotonic()
+    with _lock:
+        hit = _local.get(tenant_id)
+    if hit is not None and hit[1] == version and (hit[0] > now or (shared and version != (None, None))):
+        return hit[2]
+    config = load(tenant_id)
+    if shared and version is not None and None in version:
+        # First load since Redis started: stamp versions so the next reads can trust the
+        # local copy instead of a timer.
+        for tid in (tenant_id, None):
+            cache_add(version_key(tid), uuid.uuid4().hex)
+        version = cache_get_many([version_key(tenant_id), version_key(None)])
+    with _lock:
+        _local[tenant_id] = (now + _TTL_WITHOUT_VERSION, version, config)
+    return config

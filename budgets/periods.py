@@ -1,0 +1,46 @@
+"""Budget periods as calendar windows in the tenant's time zone. Pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime  # UTC, inclusive
+    end: datetime  # UTC, exclusive: when the budget resets
+    days: tuple[date, ...]  # the tenant's local days from start up to today
+
+    @property
+    def key(self) -> str:
+        """Names this period instance (reservations live under it)."""
+        return self.days[0].strftime("%Y%m%d")
+
+
+def _midnight(day: date, tz: tzinfo) -> datetime:
+    return datetime.combine(day, time(), tzinfo=tz).astimezone(UTC)
+
+
+def budget_window(*, period: str, rolling_days: int | None, now: datetime, tz: tzinfo) -> Window:
+    today = now.astimezone(tz).date()
+    if period == "day":
+        first, after = today, today + timedelta(days=1)
+    elif period == "week":
+        first = today - timedelta(days=today.weekday())
+        after = first + timedelta(days=7)
+    elif period == "month":
+        first = today.replace(day=1)
+        after = (first.replace(year=first.year + 1, month=1) if first.month == 12 else first.replace(month=first.month + 1))
+    elif period == "rolling":
+        span = rolling_days or 1
+        first, after = today - timedelta(days=span - 1), today + timedelta(days=1)
+    else:
+        raise ValueError(f"unknown period {period!r}")
+    days = tuple(first + timedelta(days=i) for i in range((today - first).days + 1))
+    return Window(start=_midnight(first, tz), end=_midnight(after, tz), days=days)
+
+
+def elapsed_fraction(window: Window, now: datetime) -> float:
+    total = (window.end - window.start).total_seconds()
+    return min(1.0, max(0.0, (now - window.start).total_seconds() / total))

@@ -1,0 +1,67 @@
+"""The Redis connection behind counters, rate limits and reservations.
+
+Redis only speeds things up: every caller has a PostgreSQL path for when this returns None
+(no Redis configured, or Redis failed in the last few seconds: the breaker keeps a dead Redis
+from costing a connection timeout on every request).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import redis
+import structlog
+from django.conf import settings
+
+log = structlog.get_logger(__name__)
+
+_BREAKER_SECONDS = 5.0
+_state = threading.local()
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+_down_until = 0.0
+
+RedisError = (redis.RedisError, OSError)
+
+
+def client() -> redis.Redis | None:
+    url = settings.REDIS_URL
+    if not url or time.monotonic() < _down_until:
+        return None
+    with _clients_lock:
+        found = _clients.get(url)
+        if found is None:
+            found = _clients[url] = redis.Redis.from_url(
+                url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30
+            )
+    return found
+
+
+def failed(exc: BaseException) -> None:
+    """Record a failure: Redis is skipped for a few seconds."""
+    global _down_until
+    _down_until = time.monotonic() + _BREAKER_SECONDS
+    log.warning("redis_unavailable", error=str(exc), retry_in_s=_BREAKER_SECONDS)
+
+
+def reset_breaker() -> None:
+    global _down_until
+    _down_until = 0.0
+
+
+def script(source: str) -> Any:
+    """A Lua script registered once per connection pool (EVALSHA, falling back to EVAL)."""
+
+    class _Script:
+        def __init__(self) -> None:
+            self._by_client: dict[int, Any] = {}
+
+        def __call__(self, r: redis.Redis, args: list[Any]) -> Any:
+            registered = self._by_client.get(id(r))
+            if registered is None:
+                registered = self._by_client[id(r)] = r.register_script(source)
+            return registered(args=args)
+
+    return _Script()

@@ -1,0 +1,101 @@
+"""Reads of the budgets app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Sum
+from django.utils import timezone
+
+from budgets import config as tenant_config
+from budgets import counters
+from budgets import redis as bredis
+from budgets.models import Budget, EmergencyStop
+from budgets.periods import elapsed_fraction
+from budgets.services import BudgetState, budget_window, spent_from_database
+from costmon.models import Tenant
+from usage.models import HourlyRollup
+from usage.selectors import tenant_zone
+
+
+@dataclass
+class BudgetView:
+    budget: Budget
+    state: BudgetState
+    projected_nanos: int | None
+    source: str
+
+
+def budget_views(*, tenant: Tenant, budgets: list[Budget] | None = None, now: datetime | None = None) -> list[BudgetView]:
+    """Each budget with its spend this period, status and projected end-of-period spend.
+
+    Spend comes from the Redis counters (constant time per budget) when they are trusted,
+    else from the rollups. For a budget on every end user, the figures are those of the end
+    user who spent most this period.
+    """
+    now = now or timezone.now()
+    tz = tenant_zone(tenant)
+    if budgets is None:
+        budgets = list(Budget.objects.for_tenant(tenant).select_related("api_key").order_by("name", "pk"))
+    states: list[BudgetState] = []
+    for budget in budgets:
+        spec = tenant_config.spec_of(budget)
+        window = budget_window(period=spec.period, rolling_days=spec.rolling_days, now=now, tz=tz)
+        end_user = _top_end_user(tenant, window.start) if spec.scope == "every_end_user" else ""
+        states.append(BudgetState(spec=spec, window=window, spent=0, end_user=end_user))
+    source = _fill_spend(tenant, states)
+    views = []
+    for budget, state in zip(budgets, states, strict=True):
+        projected = None
+        if state.spec.period != "rolling":
+            fraction = elapsed_fraction(state.window, now)
+            projected = int(state.spent / fraction) if fraction > 0 else state.spent
+        views.append(BudgetView(budget=budget, state=state, projected_nanos=projected, source=source))
+    return views
+
+
+def _top_end_user(tenant: Tenant, since: datetime) -> str:
+    row = (
+        HourlyRollup.objects.for_tenant(tenant)
+        .filter(hour__gte=since)
+        .exclude(end_user__value="")
+        .values("end_user__value")
+        .annotate(cost=Sum("cost_nanos"))
+        .order_by("-cost")
+        .first()
+    )
+    return row["end_user__value"] if row else ""
+
+
+def _fill_spend(tenant: Tenant, states: list[BudgetState]) -> str:
+    r = bredis.client()
+    if r is not None and states:
+        try:
+            if counters.counters_trusted(r, tenant.pk):
+                requests = [
+                    (
+                        [counters.day_key(tenant.pk, day) for day in s.window.days],
+                        counters.budget_field(s.spec.scope, s.spec.value, end_user=s.end_user, api_key_id=s.spec.api_key_id),
+                    )
+                    for s in states
+                ]
+                for state, spent in zip(states, counters.read_fields(r, requests), strict=True):
+                    state.spent = spent
+                return "redis"
+        except bredis.RedisError as exc:
+            bredis.failed(exc)
+    for state in states:
+        state.spent = spent_from_database(tenant=tenant, spec=state.spec, window=state.window, end_user=state.end_user)
+    return "database"
+
+
+def emergency_stop_history(*, tenant: Tenant, limit: int = 50) -> list[EmergencyStop]:
+    from django.db.models import Q
+
+    return list(
+        EmergencyStop.objects.unscoped()
+        .filter(Q(tenant=tenant) | Q(tenant__isnull=True))
+        .select_related("tripped_by", "lifted_by")
+        .order_by("-tripped_at")[:limit]
+    )

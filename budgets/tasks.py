@@ -1,0 +1,61 @@
+"""Celery tasks of the budgets app: pick tenants, call services."""
+
+from __future__ import annotations
+
+import structlog
+from celery import shared_task
+
+from budgets import counters
+from budgets import redis as bredis
+from budgets.models import CounterState, EmergencyStopRule
+from budgets.services import emergency_stop_check
+from costmon.models import Tenant
+from costmon.tenancy import tenant_context, unscoped
+
+log = structlog.get_logger(__name__)
+
+
+@shared_task(ignore_result=True)
+def reconcile_counters(tenant_id: int | None = None, only_stale: bool = False) -> int:
+    """Rebuild spend counters from PostgreSQL: one tenant, the stale ones, or all."""
+    with unscoped():
+        tenants = Tenant.objects.all()
+        if tenant_id is not None:
+            tenants = tenants.filter(pk=tenant_id)
+        elif only_stale:
+            tenants = tenants.filter(pk__in=CounterState.objects.unscoped().values("tenant_id"))
+        tenants = list(tenants)
+    corrected = 0
+    for tenant in tenants:
+        corrected += counters.counters_reconcile(tenant=tenant).corrected
+    counters.global_counters_reconcile()
+    return corrected
+
+
+def schedule_reconcile(tenant_id: int) -> None:
+    """Ask for a rebuild of one tenant's counters, at most once a minute."""
+    r = bredis.client()
+    if r is None:
+        return
+    try:
+        if r.set(f"cm:{{{tenant_id}}}:reconciling", 1, nx=True, ex=60):
+            reconcile_counters.delay(tenant_id)
+    except bredis.RedisError as exc:
+        bredis.failed(exc)
+
+
+@shared_task(ignore_result=True)
+def check_emergency_stop_rules() -> int:
+    """Trip stops whose rules' thresholds spend passed, for tenants with rules (or all, when a
+    global rule exists); ingest checks too, this catches spend that arrived while it could not."""
+    with unscoped():
+        has_global = EmergencyStopRule.objects.unscoped().filter(is_active=True, tenant__isnull=True).exists()
+        tenants = Tenant.objects.all()
+        if not has_global:
+            tenants = tenants.filter(pk__in=EmergencyStopRule.objects.unscoped().filter(is_active=True).values("tenant_id"))
+        tenants = list(tenants)
+    tripped = 0
+    for tenant in tenants:
+        with tenant_context(tenant):
+            tripped += len(emergency_stop_check(tenant=tenant))
+    return tripped
