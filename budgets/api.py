@@ -70,7 +70,9 @@ def budget_json(view: BudgetView) -> dict[str, Any]:
             "thresholds": budget.thresholds,
             "suggested_model": budget.suggested_model,
             "is_active": budget.is_active,
-            "projected_usd": format_usd(view.projected_nanos) if view.projected_nanos is not None else None,
+            "projected_usd": format_usd(view.projected_nanos)
+            if view.projected_nanos is not None
+            else None,
             "period_start": _iso(view.state.window.start),
             "source": view.source,
         }
@@ -81,34 +83,52 @@ def budget_json(view: BudgetView) -> dict[str, Any]:
 class BudgetInput(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     scope = serializers.ChoiceField(choices=Budget.Scope.choices, default=Budget.Scope.TENANT)
-    scope_value = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    scope_value = serializers.CharField(
+        max_length=255, required=False, allow_blank=True, default=""
+    )
     api_key = serializers.IntegerField(required=False, allow_null=True, default=None)
     period = serializers.ChoiceField(choices=Budget.Period.choices, default=Budget.Period.MONTH)
     rolling_days = serializers.IntegerField(required=False, allow_null=True, default=None)
     limit_usd = serializers.DecimalField(max_digits=14, decimal_places=6)
-    thresholds = serializers.ListField(child=serializers.DecimalField(max_digits=6, decimal_places=3), required=False)
-    enforcement = serializers.ChoiceField(choices=Budget.Enforcement.choices, default=Budget.Enforcement.SOFT)
-    suggested_model = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    thresholds = serializers.ListField(
+        child=serializers.DecimalField(max_digits=6, decimal_places=3), required=False
+    )
+    enforcement = serializers.ChoiceField(
+        choices=Budget.Enforcement.choices, default=Budget.Enforcement.SOFT
+    )
+    suggested_model = serializers.CharField(
+        max_length=200, required=False, allow_blank=True, default=""
+    )
     is_active = serializers.BooleanField(required=False, default=True)
 
 
 def _budget_data(view: TenantAPIView, validated: dict[str, Any]) -> dict[str, Any]:
     data = dict(validated)
     if "thresholds" in data:
-        data["thresholds"] = [int(t) if t == t.to_integral_value() else float(t) for t in data["thresholds"]]
+        data["thresholds"] = [
+            int(t) if t == t.to_integral_value() else float(t) for t in data["thresholds"]
+        ]
     if "api_key" in data:
-        data["api_key"] = api_key_for_budget(tenant=view.tenant, key_id=data["api_key"]) if data["api_key"] else None
+        data["api_key"] = (
+            api_key_for_budget(tenant=view.tenant, key_id=data["api_key"])
+            if data["api_key"]
+            else None
+        )
     return data
 
 
 class BudgetListApi(TenantAPIView):
     method_scopes = {"GET": ApiKey.Scope.READ, "POST": ApiKey.Scope.ADMIN}
 
-    @extend_schema(summary="Budgets with their spend this period", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        summary="Budgets with their spend this period", responses={200: OpenApiTypes.OBJECT}
+    )
     def get(self, request: Request) -> Response:
         return Response({"results": [budget_json(v) for v in budget_views(tenant=self.tenant)]})
 
-    @extend_schema(summary="Create a budget", request=BudgetInput, responses={201: OpenApiTypes.OBJECT})
+    @extend_schema(
+        summary="Create a budget", request=BudgetInput, responses={201: OpenApiTypes.OBJECT}
+    )
     def post(self, request: Request) -> Response:
         incoming = BudgetInput(data=request.data)
         incoming.is_valid(raise_exception=True)
@@ -118,10 +138,19 @@ class BudgetListApi(TenantAPIView):
 
 
 class BudgetDetailApi(TenantAPIView):
-    method_scopes = {"GET": ApiKey.Scope.READ, "PATCH": ApiKey.Scope.ADMIN, "DELETE": ApiKey.Scope.ADMIN}
+    method_scopes = {
+        "GET": ApiKey.Scope.READ,
+        "PATCH": ApiKey.Scope.ADMIN,
+        "DELETE": ApiKey.Scope.ADMIN,
+    }
 
     def _budget(self, budget_id: int) -> Budget:
-        budget = Budget.objects.for_tenant(self.tenant).select_related("api_key").filter(pk=budget_id).first()
+        budget = (
+            Budget.objects.for_tenant(self.tenant)
+            .select_related("api_key")
+            .filter(pk=budget_id)
+            .first()
+        )
         if budget is None:
             raise NotFound(f"No budget {budget_id} in this tenant.")
         return budget
@@ -131,7 +160,9 @@ class BudgetDetailApi(TenantAPIView):
         [view] = budget_views(tenant=self.tenant, budgets=[self._budget(budget_id)])
         return Response(budget_json(view))
 
-    @extend_schema(summary="Change a budget", request=BudgetInput, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        summary="Change a budget", request=BudgetInput, responses={200: OpenApiTypes.OBJECT}
+    )
     def patch(self, request: Request, budget_id: int) -> Response:
         budget = self._budget(budget_id)
         incoming = BudgetInput(data=request.data, partial=True)
@@ -150,8 +181,16 @@ class BudgetDetailApi(TenantAPIView):
 # --- the pre-flight check ------------------------------------------------------------------------
 
 _CHECK_FIELDS = {
-    "end_user", "provider", "model", "operation", "tags", "estimated_input_tokens",
-    "estimated_output_tokens", "estimated_cost_usd", "reserve", "event_id",
+    "end_user",
+    "provider",
+    "model",
+    "operation",
+    "tags",
+    "estimated_input_tokens",
+    "estimated_output_tokens",
+    "estimated_cost_usd",
+    "reserve",
+    "event_id",
 }
 
 
@@ -193,9 +232,14 @@ def parse_check(body: bytes, *, api_key_id: int | None, client_ip: str) -> Check
             if not parsed_cost.is_finite() or parsed_cost < 0 or parsed_cost > 100_000:
                 raise InvalidOperation
         except (InvalidOperation, ValueError):
-            bad("estimated_cost_usd", 'Must be a decimal number of US dollars between 0 and 100000, e.g. "0.02".')
+            bad(
+                "estimated_cost_usd",
+                'Must be a decimal number of US dollars between 0 and 100000, e.g. "0.02".',
+            )
     tags = data.get("tags") or {}
-    if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
         bad("tags", "Must be an object of string keys to string values.")
         tags = {}
     reserve = data.get("reserve", False)
@@ -238,10 +282,16 @@ class CheckApi(TenantAPIView):
     required_scope = ApiKey.Scope.INGEST
     parser_classes: list[Any] = []
 
-    @extend_schema(summary="May this call spend?", request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, 429: OpenApiTypes.OBJECT})
+    @extend_schema(
+        summary="May this call spend?",
+        request=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT, 429: OpenApiTypes.OBJECT},
+    )
     def post(self, request: Request) -> Response:
         req = parse_check(
-            request._request.body, api_key_id=self.api_key_id, client_ip=request.META.get("REMOTE_ADDR", "")
+            request._request.body,
+            api_key_id=self.api_key_id,
+            client_ip=request.META.get("REMOTE_ADDR", ""),
         )
         result = budget_check(tenant=self.tenant, req=req)
         response = Response(check_json(result), status=429 if result.rate_limited else 200)
@@ -264,9 +314,13 @@ def stop_json(stop: EmergencyStop) -> dict[str, Any]:
         "scope": "tenant" if stop.tenant_id else "global",
         "reason": stop.reason,
         "tripped_at": _iso(stop.tripped_at),
-        "tripped_by": stop.tripped_by.get_username() if stop.tripped_by else ("rule" if stop.rule_id else ("api key" if stop.tripped_by_key_id else None)),
+        "tripped_by": stop.tripped_by.get_username()
+        if stop.tripped_by
+        else ("rule" if stop.rule_id else ("api key" if stop.tripped_by_key_id else None)),
         "rule_id": stop.rule_id,
-        "spend_at_trip_usd": format_usd(stop.spend_at_trip_nanos) if stop.spend_at_trip_nanos is not None else None,
+        "spend_at_trip_usd": format_usd(stop.spend_at_trip_nanos)
+        if stop.spend_at_trip_nanos is not None
+        else None,
         "expires_at": _iso(stop.expires_at),
         "lifted_at": _iso(stop.lifted_at),
         "lifted_by": stop.lifted_by.get_username() if stop.lifted_by else None,
@@ -278,7 +332,9 @@ def stop_json(stop: EmergencyStop) -> dict[str, Any]:
 class EmergencyStopInput(serializers.Serializer):
     action = serializers.ChoiceField(choices=["trip", "lift"])
     reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
-    duration_minutes = serializers.IntegerField(required=False, default=60, min_value=1, max_value=7 * 24 * 60)
+    duration_minutes = serializers.IntegerField(
+        required=False, default=60, min_value=1, max_value=7 * 24 * 60
+    )
 
 
 class EmergencyStopApi(TenantAPIView):
@@ -292,11 +348,17 @@ class EmergencyStopApi(TenantAPIView):
             "history": [stop_json(s) for s in emergency_stop_history(tenant=self.tenant)],
         }
 
-    @extend_schema(summary="The emergency stop and its history", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        summary="The emergency stop and its history", responses={200: OpenApiTypes.OBJECT}
+    )
     def get(self, request: Request) -> Response:
         return Response(self._reply())
 
-    @extend_schema(summary="Trip or lift the tenant's emergency stop", request=EmergencyStopInput, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        summary="Trip or lift the tenant's emergency stop",
+        request=EmergencyStopInput,
+        responses={200: OpenApiTypes.OBJECT},
+    )
     def post(self, request: Request) -> Response:
         incoming = EmergencyStopInput(data=request.data)
         incoming.is_valid(raise_exception=True)
@@ -304,8 +366,11 @@ class EmergencyStopApi(TenantAPIView):
         user = request.user if getattr(request.user, "pk", None) and not self.api_key_id else None
         if data["action"] == "trip":
             emergency_stop_trip(
-                tenant=self.tenant, reason=data["reason"] or "tripped through the API",
-                duration_minutes=data["duration_minutes"], user=user, api_key_id=self.api_key_id,
+                tenant=self.tenant,
+                reason=data["reason"] or "tripped through the API",
+                duration_minutes=data["duration_minutes"],
+                user=user,
+                api_key_id=self.api_key_id,
             )
         elif emergency_stop_lift(tenant=self.tenant, user=user, reason=data["reason"]) is None:
             raise DomainError("There is no emergency stop to lift for this tenant.", field="action")

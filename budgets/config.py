@@ -99,7 +99,9 @@ def spec_of(b: Any) -> BudgetSpec:
         id=b.pk,
         name=b.name,
         scope=b.scope,
-        value=b.scope_value.strip().lower() if b.scope in ("provider", "model") else b.scope_value.strip(),
+        value=b.scope_value.strip().lower()
+        if b.scope in ("provider", "model")
+        else b.scope_value.strip(),
         api_key_id=b.api_key_id,
         period=b.period,
         rolling_days=b.rolling_days,
@@ -115,14 +117,17 @@ def load(tenant_id: int) -> TenantConfig:
 
     with unscoped():
         budgets = tuple(
-            spec_of(b) for b in Budget.objects.for_tenant(tenant_id).filter(is_active=True).order_by("pk")
+            spec_of(b)
+            for b in Budget.objects.for_tenant(tenant_id).filter(is_active=True).order_by("pk")
         )
         limits = tuple(
             RateLimitSpec(r.pk, r.scope, r.value, r.window_seconds, r.max_requests, r.max_tokens)
             for r in RateLimit.objects.for_tenant(tenant_id).order_by("pk")
         )
         rules = tuple(
-            StopRuleSpec(r.pk, r.tenant_id, r.window, usd_to_nanos(r.threshold_usd), r.duration_minutes)
+            StopRuleSpec(
+                r.pk, r.tenant_id, r.window, usd_to_nanos(r.threshold_usd), r.duration_minutes
+            )
             for r in EmergencyStopRule.objects.unscoped()
             .filter(is_active=True)
             .filter(tenant_id__in=[tenant_id])
@@ -130,10 +135,16 @@ def load(tenant_id: int) -> TenantConfig:
         )
         global_rules = tuple(
             StopRuleSpec(r.pk, None, r.window, usd_to_nanos(r.threshold_usd), r.duration_minutes)
-            for r in EmergencyStopRule.objects.unscoped().filter(is_active=True, tenant__isnull=True).order_by("pk")
+            for r in EmergencyStopRule.objects.unscoped()
+            .filter(is_active=True, tenant__isnull=True)
+            .order_by("pk")
         )
-    tags = frozenset(b.value.split("=", 1)[0] for b in budgets if b.scope == "tag" and "=" in b.value)
-    return TenantConfig(budgets=budgets, rate_limits=limits, stop_rules=rules + global_rules, tag_names=tags)
+    tags = frozenset(
+        b.value.split("=", 1)[0] for b in budgets if b.scope == "tag" and "=" in b.value
+    )
+    return TenantConfig(
+        budgets=budgets, rate_limits=limits, stop_rules=rules + global_rules, tag_names=tags
+    )
 
 
 def for_tenant(tenant_id: int) -> TenantConfig:
@@ -143,7 +154,11 @@ def for_tenant(tenant_id: int) -> TenantConfig:
     now = time.monotonic()
     with _lock:
         hit = _local.get(tenant_id)
-    if hit is not None and hit[1] == version and (hit[0] > now or (shared and version != (None, None))):
+    if (
+        hit is not None
+        and hit[1] == version
+        and (hit[0] > now or (shared and version != (None, None)))
+    ):
         return hit[2]
     config = load(tenant_id)
     if shared and version is not None and None in version:

@@ -58,7 +58,9 @@ def stop_key(tenant_id: int | None) -> str:
     return f"cm:{{{tenant_id}}}:estop" if tenant_id is not None else "cm:global:estop"
 
 
-def budget_field(scope: str, value: str, *, end_user: str = "", api_key_id: int | None = None) -> str:
+def budget_field(
+    scope: str, value: str, *, end_user: str = "", api_key_id: int | None = None
+) -> str:
     if scope == "tenant":
         return "t"
     if scope == "end_user":
@@ -90,7 +92,13 @@ def event_fields(
     local_hour: int,
 ) -> list[str]:
     """Every counter field one event adds to."""
-    fields = ["t", f"h:{local_hour:02d}", f"p:{provider.lower()}", f"o:{operation}", f"u:{end_user}"]
+    fields = [
+        "t",
+        f"h:{local_hour:02d}",
+        f"p:{provider.lower()}",
+        f"o:{operation}",
+        f"u:{end_user}",
+    ]
     if api_key_id:
         fields.append(f"k:{api_key_id}")
     fields.extend(f"m:{name}" for name in dict.fromkeys(candidate_names(model)))
@@ -162,8 +170,13 @@ def record_batch(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
             if cost:
                 fields = hashes[day_key(tenant.pk, local.date())]
                 for name in event_fields(
-                    provider=provider, model=model, operation=operation, end_user=end_user,
-                    api_key_id=row["api_key_id"], tags=row["tags"], tag_names=conf.tag_names,
+                    provider=provider,
+                    model=model,
+                    operation=operation,
+                    end_user=end_user,
+                    api_key_id=row["api_key_id"],
+                    tags=row["tags"],
+                    tag_names=conf.tag_names,
                     local_hour=local.hour,
                 ):
                     fields[name] += cost
@@ -195,7 +208,9 @@ def record_batch(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
 def mark_stale(tenant_id: int) -> None:
     from budgets.models import CounterState
 
-    CounterState.objects.update_or_create(tenant_id=tenant_id, defaults={"stale_since": timezone.now()})
+    CounterState.objects.update_or_create(
+        tenant_id=tenant_id, defaults={"stale_since": timezone.now()}
+    )
     r = bredis.client()
     if r is not None:
         with contextlib.suppress(*bredis.RedisError):
@@ -246,7 +261,9 @@ def _exclusive_ingest_lock(tenant_id: int) -> Iterator[None]:
             cursor.execute("SELECT pg_advisory_unlock(%s, %s)", key)
 
 
-def expected_counters(*, tenant: Tenant, since: date, tag_names: Iterable[str]) -> dict[str, dict[str, int]]:
+def expected_counters(
+    *, tenant: Tenant, since: date, tag_names: Iterable[str]
+) -> dict[str, dict[str, int]]:
     """What the day hashes should hold, computed from the rollups (and events, for tags)."""
     tz = tenant_zone(tenant)
     start = datetime.combine(since, datetime.min.time(), tzinfo=tz).astimezone(UTC)
@@ -254,15 +271,28 @@ def expected_counters(*, tenant: Tenant, since: date, tag_names: Iterable[str]) 
     rows = (
         HourlyRollup.objects.for_tenant(tenant)
         .filter(hour__gte=start, cost_nanos__gt=0)
-        .values_list("hour", "provider__value", "model__value", "operation__value", "end_user__value", "api_key_id")
+        .values_list(
+            "hour",
+            "provider__value",
+            "model__value",
+            "operation__value",
+            "end_user__value",
+            "api_key_id",
+        )
         .annotate(cost=Sum("cost_nanos"))
     )
     for hour, provider, model, operation, end_user, api_key_id, cost in rows:
         local = hour.astimezone(tz)
         fields = out[day_key(tenant.pk, local.date())]
         for name in event_fields(
-            provider=provider, model=model, operation=operation, end_user=end_user,
-            api_key_id=api_key_id, tags=None, tag_names=frozenset(), local_hour=local.hour,
+            provider=provider,
+            model=model,
+            operation=operation,
+            end_user=end_user,
+            api_key_id=api_key_id,
+            tags=None,
+            tag_names=frozenset(),
+            local_hour=local.hour,
         ):
             fields[name] += cost
     for name in tag_names:
@@ -272,7 +302,8 @@ def expected_counters(*, tenant: Tenant, since: date, tag_names: Iterable[str]) 
             .values_list("occurred_at", "tags", "cost_nanos")
         )
         for occurred_at, tags, cost in tagged.iterator(chunk_size=5000):
-            out[day_key(tenant.pk, occurred_at.astimezone(tz).date())][f"g:{name}={tags[name]}"] += cost
+            value = (tags or {}).get(name)
+            out[day_key(tenant.pk, occurred_at.astimezone(tz).date())][f"g:{name}={value}"] += cost
     return out
 
 
@@ -304,12 +335,14 @@ def counters_reconcile(*, tenant: Tenant) -> ReconcileReport:
             wrong = {name: amount for name, amount in want.items() if have.get(name) != amount}
             extra = [name for name in have if name not in want]
             report.corrected += len(wrong) + len(extra)
-            report.drift_nanos += sum(abs(amount - have.get(name, 0)) for name, amount in wrong.items())
+            report.drift_nanos += sum(
+                abs(amount - have.get(name, 0)) for name, amount in wrong.items()
+            )
             report.drift_nanos += sum(abs(have[name]) for name in extra)
             if extra:
                 pipe.hdel(key, *extra)
             if wrong:
-                pipe.hset(key, mapping=wrong)
+                pipe.hset(key, mapping=dict(wrong))  # type: ignore[arg-type]
                 pipe.expire(key, DAY_TTL_SECONDS)
         _restore_stops(pipe, tenant)
         pipe.set(ok_key(tenant.pk), 1)
@@ -329,7 +362,9 @@ def _restore_stops(pipe: Any, tenant: Tenant) -> None:
         open_stops = {
             s.tenant_id: s
             for s in EmergencyStop.objects.unscoped().filter(
-                Q(tenant=tenant) | Q(tenant__isnull=True), lifted_at__isnull=True, expires_at__gt=now
+                Q(tenant=tenant) | Q(tenant__isnull=True),
+                lifted_at__isnull=True,
+                expires_at__gt=now,
             )
         }
     for tenant_id in (tenant.pk, None):
@@ -353,7 +388,11 @@ def global_counters_reconcile(days: int = 35) -> int:
     r = bredis.client()
     if r is None:
         return 0
-    since = (timezone.now() - timedelta(days=days - 1)).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    since = (
+        (timezone.now() - timedelta(days=days - 1))
+        .astimezone(UTC)
+        .replace(hour=0, minute=0, second=0, microsecond=0)
+    )
     expected: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     with unscoped():
         rows = (
@@ -372,7 +411,7 @@ def global_counters_reconcile(days: int = 35) -> int:
         key = global_day_key((since + timedelta(days=i)).date())
         pipe.delete(key)
         if expected.get(key):
-            pipe.hset(key, mapping=dict(expected[key]))
+            pipe.hset(key, mapping=dict(expected[key]))  # type: ignore[arg-type]
             pipe.expire(key, DAY_TTL_SECONDS)
     pipe.execute()
     return len(expected)

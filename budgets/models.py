@@ -47,7 +47,9 @@ class Budget(models.Model):
         HARD = "hard", "hard (block)"
 
     # Scopes whose value names what they cover; the others have no value.
-    VALUE_SCOPES = frozenset({Scope.END_USER, Scope.PROVIDER, Scope.MODEL, Scope.OPERATION, Scope.TAG})
+    VALUE_SCOPES = frozenset(
+        {Scope.END_USER, Scope.PROVIDER, Scope.MODEL, Scope.OPERATION, Scope.TAG}
+    )
     MAX_ROLLING_DAYS = 90
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
@@ -79,7 +81,9 @@ class Budget(models.Model):
         max_length=4, choices=Enforcement.choices, default=Enforcement.SOFT
     )
     suggested_model = models.CharField(
-        max_length=200, blank=True, help_text="A cheaper model to suggest past the warning threshold."
+        max_length=200,
+        blank=True,
+        help_text="A cheaper model to suggest past the warning threshold.",
     )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -108,7 +112,9 @@ class Budget(models.Model):
     def clean(self) -> None:
         errors: dict[str, str] = {}
         if self.scope in self.VALUE_SCOPES and not self.scope_value.strip():
-            errors["scope_value"] = f"Say which {self.get_scope_display().split(' ', 1)[-1]} this budget covers."
+            errors["scope_value"] = (
+                f"Say which {self.get_scope_display().split(' ', 1)[-1]} this budget covers."
+            )
         if self.scope not in self.VALUE_SCOPES and self.scope_value:
             errors["scope_value"] = "Leave empty for this scope."
         if self.scope == self.Scope.TAG and "=" not in self.scope_value:
@@ -146,7 +152,9 @@ def threshold_problem(value: object) -> str | None:
         except ArithmeticError:
             return "Each threshold is a percentage between 0 and 100."
         if not number.is_finite() or not 0 < number <= 100:
-            return f"{item} is outside 0-100%: each threshold is a percentage above 0 and at most 100."
+            return (
+                f"{item} is outside 0-100%: each threshold is a percentage above 0 and at most 100."
+            )
     if len(set(map(str, value))) != len(value):
         return "Thresholds must differ from each other."
     return None
@@ -205,7 +213,11 @@ class EmergencyStopRule(models.Model):
         MONTH = "month", "this month"
 
     tenant = models.ForeignKey(
-        Tenant, on_delete=models.CASCADE, null=True, blank=True, db_index=False,
+        Tenant,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        db_index=False,
         help_text="Empty: a global rule over all tenants' spend (UTC calendar).",
     )
     window = models.CharField(max_length=5, choices=Window.choices, default=Window.DAY)
@@ -233,7 +245,11 @@ class EmergencyStop(models.Model):
     """One trip of the emergency stop and, once over, its lift: the history is these rows."""
 
     tenant = models.ForeignKey(
-        Tenant, on_delete=models.CASCADE, null=True, blank=True, db_index=False,
+        Tenant,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        db_index=False,
         help_text="Empty: a global stop for every tenant.",
     )
     reason = models.CharField(max_length=500)

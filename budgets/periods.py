@@ -31,7 +31,11 @@ def budget_window(*, period: str, rolling_days: int | None, now: datetime, tz: t
         after = first + timedelta(days=7)
     elif period == "month":
         first = today.replace(day=1)
-        after = (first.replace(year=first.year + 1, month=1) if first.month == 12 else first.replace(month=first.month + 1))
+        after = (
+            first.replace(year=first.year + 1, month=1)
+            if first.month == 12
+            else first.replace(month=first.month + 1)
+        )
     elif period == "rolling":
         span = rolling_days or 1
         first, after = today - timedelta(days=span - 1), today + timedelta(days=1)

@@ -27,7 +27,9 @@ class BudgetView:
     source: str
 
 
-def budget_views(*, tenant: Tenant, budgets: list[Budget] | None = None, now: datetime | None = None) -> list[BudgetView]:
+def budget_views(
+    *, tenant: Tenant, budgets: list[Budget] | None = None, now: datetime | None = None
+) -> list[BudgetView]:
     """Each budget with its spend this period, status and projected end-of-period spend.
 
     Spend comes from the Redis counters (constant time per budget) when they are trusted,
@@ -37,7 +39,9 @@ def budget_views(*, tenant: Tenant, budgets: list[Budget] | None = None, now: da
     now = now or timezone.now()
     tz = tenant_zone(tenant)
     if budgets is None:
-        budgets = list(Budget.objects.for_tenant(tenant).select_related("api_key").order_by("name", "pk"))
+        budgets = list(
+            Budget.objects.for_tenant(tenant).select_related("api_key").order_by("name", "pk")
+        )
     states: list[BudgetState] = []
     for budget in budgets:
         spec = tenant_config.spec_of(budget)
@@ -51,7 +55,9 @@ def budget_views(*, tenant: Tenant, budgets: list[Budget] | None = None, now: da
         if state.spec.period != "rolling":
             fraction = elapsed_fraction(state.window, now)
             projected = int(state.spent / fraction) if fraction > 0 else state.spent
-        views.append(BudgetView(budget=budget, state=state, projected_nanos=projected, source=source))
+        views.append(
+            BudgetView(budget=budget, state=state, projected_nanos=projected, source=source)
+        )
     return views
 
 
@@ -76,7 +82,12 @@ def _fill_spend(tenant: Tenant, states: list[BudgetState]) -> str:
                 requests = [
                     (
                         [counters.day_key(tenant.pk, day) for day in s.window.days],
-                        counters.budget_field(s.spec.scope, s.spec.value, end_user=s.end_user, api_key_id=s.spec.api_key_id),
+                        counters.budget_field(
+                            s.spec.scope,
+                            s.spec.value,
+                            end_user=s.end_user,
+                            api_key_id=s.spec.api_key_id,
+                        ),
                     )
                     for s in states
                 ]
@@ -86,7 +97,9 @@ def _fill_spend(tenant: Tenant, states: list[BudgetState]) -> str:
         except bredis.RedisError as exc:
             bredis.failed(exc)
     for state in states:
-        state.spent = spent_from_database(tenant=tenant, spec=state.spec, window=state.window, end_user=state.end_user)
+        state.spent = spent_from_database(
+            tenant=tenant, spec=state.spec, window=state.window, end_user=state.end_user
+        )
     return "database"
 
 

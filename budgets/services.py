@@ -28,7 +28,7 @@ from costmon.models import ApiKey, Tenant
 from costmon.tenancy import tenant_context, unscoped
 from usage.catalog import catalog_for
 from usage.models import Dimension, HourlyRollup, UsageEvent
-from usage.pricing import candidate_names, cost_nanos, usd_to_nanos
+from usage.pricing import candidate_names, cost_nanos, format_usd, usd_to_nanos
 from usage.selectors import tenant_zone
 
 log = structlog.get_logger(__name__)
@@ -41,8 +41,17 @@ stop_hooks: list[Callable[[EmergencyStop, str], None]] = []
 # --- budgets --------------------------------------------------------------------------------
 
 BUDGET_FIELDS = (
-    "name", "scope", "scope_value", "api_key", "period", "rolling_days", "limit_usd",
-    "thresholds", "enforcement", "suggested_model", "is_active",
+    "name",
+    "scope",
+    "scope_value",
+    "api_key",
+    "period",
+    "rolling_days",
+    "limit_usd",
+    "thresholds",
+    "enforcement",
+    "suggested_model",
+    "is_active",
 )
 
 
@@ -84,7 +93,11 @@ def _budget_save(budget: Budget, data: dict[str, Any]) -> Budget:
 
 
 def api_key_for_budget(*, tenant: Tenant, key_id: Any) -> ApiKey:
-    key = ApiKey.objects.for_tenant(tenant).filter(pk=key_id).first() if str(key_id).isdigit() else None
+    key = (
+        ApiKey.objects.for_tenant(tenant).filter(pk=key_id).first()
+        if str(key_id).isdigit()
+        else None
+    )
     if key is None:
         raise DomainError(f"No API key {key_id} in this tenant.", field="api_key")
     return key
@@ -146,16 +159,22 @@ def budget_applies(spec: BudgetSpec, req: CheckRequest) -> bool:
     return False
 
 
-def spent_from_database(*, tenant: Tenant, spec: BudgetSpec, window: Window, end_user: str = "") -> int:
+def spent_from_database(
+    *, tenant: Tenant, spec: BudgetSpec, window: Window, end_user: str = ""
+) -> int:
     """A budget's spend in its window from PostgreSQL: the fallback when Redis is away."""
     with tenant_context(tenant):
         if spec.scope == "tag":
             name, _, value = spec.value.partition("=")
             qs: Any = UsageEvent.objects.for_tenant(tenant).filter(
-                occurred_at__gte=window.start, occurred_at__lt=window.end, **{f"tags__{name}": value}
+                occurred_at__gte=window.start,
+                occurred_at__lt=window.end,
+                **{f"tags__{name}": value},
             )
         else:
-            qs = HourlyRollup.objects.for_tenant(tenant).filter(hour__gte=window.start, hour__lt=window.end)
+            qs = HourlyRollup.objects.for_tenant(tenant).filter(
+                hour__gte=window.start, hour__lt=window.end
+            )
             if spec.scope in ("end_user", "every_end_user"):
                 qs = qs.filter(end_user__value=end_user or spec.value)
             elif spec.scope == "api_key":
@@ -197,11 +216,16 @@ def emergency_stop_active(*, tenant: Tenant | None) -> EmergencyStop | None:
         )
 
 
+def _owner(tenant_id: int | None) -> Q:
+    """Rows of one tenant, or the global rows (no tenant)."""
+    return Q(tenant_id=tenant_id) if tenant_id is not None else Q(tenant__isnull=True)
+
+
 def _close_expired(tenant_id: int | None) -> None:
     now = timezone.now()
     with unscoped():
         expired = EmergencyStop.objects.unscoped().filter(
-            tenant_id=tenant_id, lifted_at__isnull=True, expires_at__lte=now
+            _owner(tenant_id), lifted_at__isnull=True, expires_at__lte=now
         )
         for stop in expired:
             stop.lifted_at = stop.expires_at
@@ -226,7 +250,9 @@ def emergency_stop_trip(
     if not reason.strip():
         raise DomainError("Say why the stop is tripped.", field="reason")
     if not 1 <= duration_minutes <= 7 * 24 * 60:
-        raise DomainError("duration_minutes must be between 1 and 10080 (a week).", field="duration_minutes")
+        raise DomainError(
+            "duration_minutes must be between 1 and 10080 (a week).", field="duration_minutes"
+        )
     tenant_id = tenant.pk if tenant is not None else None
     _close_expired(tenant_id)
     now = timezone.now()
@@ -236,7 +262,9 @@ def emergency_stop_trip(
                 stop = EmergencyStop.objects.create(
                     tenant=tenant,
                     reason=reason.strip()[:500],
-                    rule_id=rule.id if isinstance(rule, StopRuleSpec) else (rule.pk if rule else None),
+                    rule_id=rule.id
+                    if isinstance(rule, StopRuleSpec)
+                    else (rule.pk if rule else None),
                     tripped_at=now,
                     tripped_by=user if getattr(user, "pk", None) else None,
                     tripped_by_key_id=api_key_id,
@@ -244,33 +272,51 @@ def emergency_stop_trip(
                     expires_at=now + timedelta(minutes=duration_minutes),
                 )
         except IntegrityError:
-            open_stop = EmergencyStop.objects.unscoped().filter(tenant_id=tenant_id, lifted_at__isnull=True).first()
+            open_stop = (
+                EmergencyStop.objects.unscoped()
+                .filter(_owner(tenant_id), lifted_at__isnull=True)
+                .first()
+            )
             if open_stop is None:
                 raise
             return open_stop
     _publish_stop(tenant_id, stop)
-    log.warning("emergency_stop_tripped", tenant=tenant.slug if tenant else "global", reason=stop.reason)
+    log.warning(
+        "emergency_stop_tripped", tenant=tenant.slug if tenant else "global", reason=stop.reason
+    )
     transaction.on_commit(lambda: _run_stop_hooks(stop, "tripped"))
     return stop
 
 
-def emergency_stop_lift(*, tenant: Tenant | None, user: Any = None, reason: str = "") -> EmergencyStop | None:
+def emergency_stop_lift(
+    *, tenant: Tenant | None, user: Any = None, reason: str = ""
+) -> EmergencyStop | None:
+    """Lift the open stop; None when there was none (or another caller lifted it first)."""
     tenant_id = tenant.pk if tenant is not None else None
     _close_expired(tenant_id)
     with unscoped():
-        stop = EmergencyStop.objects.unscoped().filter(tenant_id=tenant_id, lifted_at__isnull=True).first()
+        stop = (
+            EmergencyStop.objects.unscoped()
+            .filter(_owner(tenant_id), lifted_at__isnull=True)
+            .first()
+        )
         if stop is None:
             return None
-        updated = EmergencyStop.objects.unscoped().filter(pk=stop.pk, lifted_at__isnull=True).update(
-            lifted_at=timezone.now(),
-            lifted_by=user if getattr(user, "pk", None) else None,
-            lift_reason=(reason or "lifted").strip()[:500],
+        updated = (
+            EmergencyStop.objects.unscoped()
+            .filter(pk=stop.pk, lifted_at__isnull=True)
+            .update(
+                lifted_at=timezone.now(),
+                lifted_by=user if getattr(user, "pk", None) else None,
+                lift_reason=(reason or "lifted").strip()[:500],
+            )
         )
         stop.refresh_from_db()
-    if updated:
-        _publish_stop(tenant_id, None)
-        log.warning("emergency_stop_lifted", tenant=tenant.slug if tenant else "global")
-        transaction.on_commit(lambda: _run_stop_hooks(stop, "lifted"))
+    if not updated:
+        return None  # someone else lifted it first
+    _publish_stop(tenant_id, None)
+    log.warning("emergency_stop_lifted", tenant=tenant.slug if tenant else "global")
+    transaction.on_commit(lambda: _run_stop_hooks(stop, "lifted"))
     return stop
 
 
@@ -299,7 +345,9 @@ def _run_stop_hooks(stop: EmergencyStop, what: str) -> None:
             log.exception("stop_hook_failed", hook=getattr(hook, "__name__", repr(hook)))
 
 
-def _rule_window(rule: StopRuleSpec, tenant: Tenant | None, now: datetime) -> tuple[str, list[str], str]:
+def _rule_window(
+    rule: StopRuleSpec, tenant: Tenant | None, now: datetime
+) -> tuple[str, list[str], str]:
     """(a name for the window instance, the day keys to sum, the field) for a stop rule."""
     if rule.tenant_id is None:
         local, key_of = now.astimezone(UTC), counters.global_day_key
@@ -335,7 +383,9 @@ def _rule_spend_from_database(rule: StopRuleSpec, tenant: Tenant, now: datetime)
         return int(qs.aggregate(s=Sum("cost_nanos"))["s"] or 0)
 
 
-def emergency_stop_check(*, tenant: Tenant, rules: Sequence[StopRuleSpec] | None = None) -> list[EmergencyStop]:
+def emergency_stop_check(
+    *, tenant: Tenant, rules: Sequence[StopRuleSpec] | None = None
+) -> list[EmergencyStop]:
     """Trip a stop for each rule whose window's spend passed its threshold.
 
     A rule trips at most once per window (hour, day or month): a stop staff lifted, or one
@@ -362,13 +412,21 @@ def emergency_stop_check(*, tenant: Tenant, rules: Sequence[StopRuleSpec] | None
     if spends is None:
         spends = [_rule_spend_from_database(rule, tenant, now) for rule in rules]
     trips = []
-    for rule, (instance, _, _), spend, flagged in zip(rules, windows, spends, tripped_flags, strict=True):
+    for rule, (instance, _, _), spend, flagged in zip(
+        rules, windows, spends, tripped_flags, strict=True
+    ):
         if spend <= rule.threshold_nanos or flagged:
             continue
         with unscoped():
-            rule_window_start_tripped = EmergencyStop.objects.unscoped().filter(
-                rule_id=rule.id, tenant_id=rule.tenant_id, tripped_at__gte=now - _window_length(rule.window)
-            ).exists()
+            rule_window_start_tripped = (
+                EmergencyStop.objects.unscoped()
+                .filter(
+                    _owner(rule.tenant_id),
+                    rule_id=rule.id,
+                    tripped_at__gte=now - _window_length(rule.window),
+                )
+                .exists()
+            )
         target = tenant if rule.tenant_id is not None else None
         if not rule_window_start_tripped:
             trips.append(
@@ -382,7 +440,11 @@ def emergency_stop_check(*, tenant: Tenant, rules: Sequence[StopRuleSpec] | None
             )
         if r is not None:
             with contextlib.suppress(*bredis.RedisError):
-                r.set(_tripped_key(rule, tenant, instance), 1, ex=int(_window_length(rule.window).total_seconds()) + 3600)
+                r.set(
+                    _tripped_key(rule, tenant, instance),
+                    1,
+                    ex=int(_window_length(rule.window).total_seconds()) + 3600,
+                )
     return trips
 
 
@@ -400,11 +462,11 @@ def _window_label(window: str) -> str:
 
 
 def _usd(nanos: int) -> str:
-    return f"${Decimal(nanos) / 10**9:.2f}"
+    return f"${format_usd(nanos)}"
 
 
 def _usd_plain(nanos: int) -> str:
-    return f"{(Decimal(nanos) / 10**9).normalize():f}"
+    return format_usd(nanos)
 
 
 # --- the pre-flight check --------------------------------------------------------------------
@@ -573,7 +635,9 @@ def estimate_nanos(*, tenant: Tenant, req: CheckRequest) -> tuple[int, str | Non
     ), None
 
 
-def _applicable_rate_limits(conf: TenantConfig, req: CheckRequest) -> list[tuple[RateLimitSpec, str]]:
+def _applicable_rate_limits(
+    conf: TenantConfig, req: CheckRequest
+) -> list[tuple[RateLimitSpec, str]]:
     """(limit, caller identity) pairs: per end user, per key, and per IP without an end user."""
     chosen = []
     callers = [("end_user", req.end_user), ("api_key", str(req.api_key_id or ""))]
@@ -603,7 +667,9 @@ def budget_check(*, tenant: Tenant, req: CheckRequest) -> CheckResult:
     states = [
         BudgetState(
             spec=spec,
-            window=budget_window(period=spec.period, rolling_days=spec.rolling_days, now=now, tz=tz),
+            window=budget_window(
+                period=spec.period, rolling_days=spec.rolling_days, now=now, tz=tz
+            ),
             spent=0,
             end_user=req.end_user if spec.scope == "every_end_user" else "",
         )
@@ -651,24 +717,45 @@ def _check_in_redis(
     res_id = uuid.uuid4().hex
     ttl_s = settings.COSTMON_RESERVATION_SECONDS
     args: list[Any] = [
-        now_ms, counters.stop_key(tenant.pk), counters.stop_key(None), counters.ok_key(tenant.pk),
-        len(limits), req.estimated_input_tokens + req.estimated_output_tokens,
+        now_ms,
+        counters.stop_key(tenant.pk),
+        counters.stop_key(None),
+        counters.ok_key(tenant.pk),
+        len(limits),
+        req.estimated_input_tokens + req.estimated_output_tokens,
     ]
     for spec, ident in limits:
         args += [
-            f"{prefix}:rl:{spec.id}:{ident}", spec.window_seconds * 1000,
+            f"{prefix}:rl:{spec.id}:{ident}",
+            spec.window_seconds * 1000,
             spec.max_requests if spec.max_requests is not None else -1,
             spec.max_tokens if spec.max_tokens is not None else -1,
         ]
     args += [
-        "1" if req.reserve else "0", res_id, estimate, now_ms + ttl_s * 1000,
-        (ttl_s + 3600) * 1000, prefix, req.event_id, len(states),
+        "1" if req.reserve else "0",
+        res_id,
+        estimate,
+        now_ms + ttl_s * 1000,
+        (ttl_s + 3600) * 1000,
+        prefix,
+        req.event_id,
+        len(states),
     ]
     for state in states:
-        spec = state.spec
-        name = counters.budget_field(spec.scope, spec.value, end_user=state.end_user, api_key_id=spec.api_key_id)
-        res_key = f"{prefix}:r:{spec.id}:{state.window.key}" + (f":{state.end_user}" if state.end_user else "")
-        args += [spec.limit_nanos, "1" if spec.hard else "0", name, res_key, len(state.window.days)]
+        bspec = state.spec
+        name = counters.budget_field(
+            bspec.scope, bspec.value, end_user=state.end_user, api_key_id=bspec.api_key_id
+        )
+        res_key = f"{prefix}:r:{bspec.id}:{state.window.key}" + (
+            f":{state.end_user}" if state.end_user else ""
+        )
+        args += [
+            bspec.limit_nanos,
+            "1" if bspec.hard else "0",
+            name,
+            res_key,
+            len(state.window.days),
+        ]
         args += [counters.day_key(tenant.pk, day) for day in state.window.days]
     reply = _CHECK(r, args)
     code = int(reply[0])
@@ -679,14 +766,21 @@ def _check_in_redis(
         stop = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
         result.allowed = False
         result.reasons.append("emergency_stop")
-        result.warnings.append({"code": "emergency_stop", "message": f"Emergency stop: {stop.split('|', 1)[-1]}"})
+        result.warnings.append(
+            {"code": "emergency_stop", "message": f"Emergency stop: {stop.split('|', 1)[-1]}"}
+        )
         return result
     if code == 2:
         index, kind, limit, used_milli, window_ms, into_ms, previous = reply[1:8]
         spec, _ = limits[int(index) - 1]
         hit = _rate_limit_hit(
-            spec, kind.decode() if isinstance(kind, bytes) else str(kind), int(limit), int(used_milli),
-            int(window_ms), int(into_ms), int(previous),
+            spec,
+            kind.decode() if isinstance(kind, bytes) else str(kind),
+            int(limit),
+            int(used_milli),
+            int(window_ms),
+            int(into_ms),
+            int(previous),
         )
         result.allowed = False
         result.reasons.append("rate_limited")
@@ -701,7 +795,9 @@ def _check_in_redis(
     if tail:
         index, limit, used_milli, window_ms, into_ms = (int(v) for v in tail)
         spec, _ = limits[index - 1]
-        result.rate_limit = _rate_limit_hit(spec, "requests", limit, used_milli + 1000, window_ms, into_ms, 0)
+        result.rate_limit = _rate_limit_hit(
+            spec, "requests", limit, used_milli + 1000, window_ms, into_ms, 0
+        )
     if code == 3:
         result.allowed = False
         result.reasons.append("budget_exceeded")
@@ -714,7 +810,13 @@ def _check_in_redis(
 
 
 def _rate_limit_hit(
-    spec: RateLimitSpec, kind: str, limit: int, used_milli: int, window_ms: int, into_ms: int, previous: int
+    spec: RateLimitSpec,
+    kind: str,
+    limit: int,
+    used_milli: int,
+    window_ms: int,
+    into_ms: int,
+    previous: int,
 ) -> RateLimitHit:
     used = used_milli / 1000
     reset = math.ceil((window_ms - into_ms) / 1000)
@@ -727,30 +829,55 @@ def _rate_limit_hit(
     else:
         retry = reset
     return RateLimitHit(
-        limit=limit, remaining=max(0, math.floor(limit - used)), reset_seconds=max(reset, 1),
-        retry_after=max(retry, 1), kind=kind, scope=spec.scope,
+        limit=limit,
+        remaining=max(0, math.floor(limit - used)),
+        reset_seconds=max(reset, 1),
+        retry_after=max(retry, 1),
+        kind=kind,
+        scope=spec.scope,
     )
 
 
-def _check_in_database(tenant: Tenant, req: CheckRequest, states: list[BudgetState], result: CheckResult, *, have_redis: bool) -> None:
+def _check_in_database(
+    tenant: Tenant,
+    req: CheckRequest,
+    states: list[BudgetState],
+    result: CheckResult,
+    *,
+    have_redis: bool,
+) -> None:
     result.source = "database"
     stop = emergency_stop_active(tenant=tenant)
     if stop is not None:
         result.allowed = False
         result.reasons.append("emergency_stop")
-        result.warnings.append({"code": "emergency_stop", "message": f"Emergency stop: {stop.reason}"})
+        result.warnings.append(
+            {"code": "emergency_stop", "message": f"Emergency stop: {stop.reason}"}
+        )
         return
     for state in states:
-        state.spent = spent_from_database(tenant=tenant, spec=state.spec, window=state.window, end_user=state.end_user)
-        if state.spec.hard and (state.spent >= state.spec.limit_nanos or state.spent + result.estimate_nanos > state.spec.limit_nanos):
+        state.spent = spent_from_database(
+            tenant=tenant, spec=state.spec, window=state.window, end_user=state.end_user
+        )
+        if state.spec.hard and (
+            state.spent >= state.spec.limit_nanos
+            or state.spent + result.estimate_nanos > state.spec.limit_nanos
+        ):
             result.allowed = False
             if "budget_exceeded" not in result.reasons:
                 result.reasons.append("budget_exceeded")
-    why = "Redis is unavailable" if not settings.REDIS_URL or have_redis is False else "the counters are being rebuilt"
+    why = (
+        "Redis is unavailable"
+        if not settings.REDIS_URL or have_redis is False
+        else "the counters are being rebuilt"
+    )
     if not settings.REDIS_URL:
         why = "no Redis is configured"
     result.warnings.append(
-        {"code": "counters_from_database", "message": f"Spend was read from the database ({why}); rate limits were not applied."}
+        {
+            "code": "counters_from_database",
+            "message": f"Spend was read from the database ({why}); rate limits were not applied.",
+        }
     )
     if req.reserve:
         result.warnings.append(
@@ -786,4 +913,3 @@ def _conclude(result: CheckResult, states: list[BudgetState], estimate: int) -> 
             )
     if worst is not None:
         result.suggested_model = worst[1]
-

@@ -19,12 +19,12 @@ log = structlog.get_logger(__name__)
 def reconcile_counters(tenant_id: int | None = None, only_stale: bool = False) -> int:
     """Rebuild spend counters from PostgreSQL: one tenant, the stale ones, or all."""
     with unscoped():
-        tenants = Tenant.objects.all()
+        query = Tenant.objects.all()
         if tenant_id is not None:
-            tenants = tenants.filter(pk=tenant_id)
+            query = query.filter(pk=tenant_id)
         elif only_stale:
-            tenants = tenants.filter(pk__in=CounterState.objects.unscoped().values("tenant_id"))
-        tenants = list(tenants)
+            query = query.filter(pk__in=CounterState.objects.unscoped().values("tenant_id"))
+        tenants = list(query)
     corrected = 0
     for tenant in tenants:
         corrected += counters.counters_reconcile(tenant=tenant).corrected
@@ -49,11 +49,19 @@ def check_emergency_stop_rules() -> int:
     """Trip stops whose rules' thresholds spend passed, for tenants with rules (or all, when a
     global rule exists); ingest checks too, this catches spend that arrived while it could not."""
     with unscoped():
-        has_global = EmergencyStopRule.objects.unscoped().filter(is_active=True, tenant__isnull=True).exists()
-        tenants = Tenant.objects.all()
+        has_global = (
+            EmergencyStopRule.objects.unscoped()
+            .filter(is_active=True, tenant__isnull=True)
+            .exists()
+        )
+        query = Tenant.objects.all()
         if not has_global:
-            tenants = tenants.filter(pk__in=EmergencyStopRule.objects.unscoped().filter(is_active=True).values("tenant_id"))
-        tenants = list(tenants)
+            query = query.filter(
+                pk__in=EmergencyStopRule.objects.unscoped()
+                .filter(is_active=True)
+                .values("tenant_id")
+            )
+        tenants = list(query)
     tripped = 0
     for tenant in tenants:
         with tenant_context(tenant):

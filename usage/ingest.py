@@ -240,7 +240,9 @@ def _parse_event(
         errors.add(index, "cache_hit", "Must be true or false.")
 
     reservation_id = item.get("reservation_id")
-    if reservation_id is not None and (not isinstance(reservation_id, str) or len(reservation_id) > 64):
+    if reservation_id is not None and (
+        not isinstance(reservation_id, str) or len(reservation_id) > 64
+    ):
         errors.add(index, "reservation_id", "Must be the reservation_id a check returned.")
 
     tags = item.get("tags")

@@ -272,7 +272,15 @@ class HourlyRollup(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["tenant", "hour", "provider", "model", "operation", "end_user", "api_key_id"],
+                fields=[
+                    "tenant",
+                    "hour",
+                    "provider",
+                    "model",
+                    "operation",
+                    "end_user",
+                    "api_key_id",
+                ],
                 name="hourlyrollup_unique_key",
             )
         ]

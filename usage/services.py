@@ -134,7 +134,13 @@ _EVENT_COLUMN_TYPES = (
 _EVENT_COLUMNS = tuple(c for c, _ in _EVENT_COLUMN_TYPES)
 _PG_EVENT_TYPES = tuple(t for _, t in _EVENT_COLUMN_TYPES)
 ROLLUP_KEY = (
-    "tenant_id", "hour", "provider_id", "model_id", "operation_id", "end_user_id", "api_key_id",
+    "tenant_id",
+    "hour",
+    "provider_id",
+    "model_id",
+    "operation_id",
+    "end_user_id",
+    "api_key_id",
 )
 ROLLUP_SUMS = (
     "calls",
@@ -702,7 +708,9 @@ def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
             UsageEvent.objects.for_tenant(tenant)
             .filter(window)
             .annotate(bucket=TruncHour("occurred_at", tzinfo=UTC))
-            .values("bucket", "provider_id", "model_id", "operation_id", "end_user_id", "api_key_id")
+            .values(
+                "bucket", "provider_id", "model_id", "operation_id", "end_user_id", "api_key_id"
+            )
             .annotate(
                 calls=Count("pk"),
                 errors=Count("pk", filter=Q(is_error=True)),

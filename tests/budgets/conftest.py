@@ -26,5 +26,5 @@ def ready(acme: Tenant, outsider: Tenant) -> None:
     counters.counters_reconcile(tenant=outsider)
 
 
-def check(client: APIClient, **body: Any) -> Any:
-    return client.post("/api/v1/check/", body, format="json")
+def check(client: APIClient, REMOTE_ADDR: str = "127.0.0.1", **body: Any) -> Any:
+    return client.post("/api/v1/check/", body, format="json", REMOTE_ADDR=REMOTE_ADDR)

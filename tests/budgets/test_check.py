@@ -27,16 +27,34 @@ def budget(tenant: Tenant, **data):
 def test_the_reply_has_every_documented_field_with_exact_figures(acme, ingest_client):
     b = budget(acme, name="Acme monthly", limit_usd="0.005", enforcement="hard")
     post_usage(ingest_client, [event(event_id="a"), event(event_id="b")])
-    body = check(ingest_client, end_user="user-1", provider="anthropic", model="claude-haiku-4-5",
-                 estimated_input_tokens=450, estimated_output_tokens=180).json()
+    body = check(
+        ingest_client,
+        end_user="user-1",
+        provider="anthropic",
+        model="claude-haiku-4-5",
+        estimated_input_tokens=450,
+        estimated_output_tokens=180,
+    ).json()
     assert body == {
         "allowed": True,
         "reasons": [],
-        "budgets": [{
-            "id": b.pk, "name": "Acme monthly", "scope": "tenant", "scope_value": "", "period": "month",
-            "limit_usd": "0.005", "used_usd": "0.0027", "reserved_usd": "0", "remaining_usd": "0.0023",
-            "percent": 54.0, "status": "ok", "resets_at": "2026-12-01T00:00:00Z", "enforcement": "hard",
-        }],
+        "budgets": [
+            {
+                "id": b.pk,
+                "name": "Acme monthly",
+                "scope": "tenant",
+                "scope_value": "",
+                "period": "month",
+                "limit_usd": "0.005",
+                "used_usd": "0.0027",
+                "reserved_usd": "0",
+                "remaining_usd": "0.0023",
+                "percent": 54.0,
+                "status": "ok",
+                "resets_at": "2026-12-01T00:00:00Z",
+                "enforcement": "hard",
+            }
+        ],
         "warnings": [],
         "suggested_model": None,
         "reservation_id": None,
@@ -57,11 +75,21 @@ def test_a_hard_budget_already_spent_blocks_even_a_free_call(acme, ingest_client
     budget(acme, limit_usd="0.0027", enforcement="hard")
     post_usage(ingest_client, [event(event_id="a"), event(event_id="b")])
     body = check(ingest_client).json()
-    assert (body["allowed"], body["budgets"][0]["status"], body["budgets"][0]["percent"]) == (False, "exceeded", 100.0)
+    assert (body["allowed"], body["budgets"][0]["status"], body["budgets"][0]["percent"]) == (
+        False,
+        "exceeded",
+        100.0,
+    )
 
 
 def test_a_soft_budget_warns_and_suggests_a_cheaper_model_but_allows(acme, ingest_client):
-    b = budget(acme, name="Soft", limit_usd="0.003", suggested_model="claude-haiku-4-5", thresholds=[50, 90])
+    b = budget(
+        acme,
+        name="Soft",
+        limit_usd="0.003",
+        suggested_model="claude-haiku-4-5",
+        thresholds=[50, 90],
+    )
     post_usage(ingest_client, [event(event_id="a"), event(event_id="b")])  # 90%
     body = check(ingest_client, estimated_cost_usd="0.01").json()
     assert body["allowed"] is True
@@ -76,21 +104,32 @@ def test_below_the_first_threshold_there_is_no_warning(acme, ingest_client):
     budget(acme, limit_usd="0.01", suggested_model="gpt-4o-mini")
     post_usage(ingest_client, event())  # 13.5%
     body = check(ingest_client).json()
-    assert (body["warnings"], body["suggested_model"], body["budgets"][0]["status"]) == ([], None, "ok")
+    assert (body["warnings"], body["suggested_model"], body["budgets"][0]["status"]) == (
+        [],
+        None,
+        "ok",
+    )
 
 
 def test_a_budget_created_mid_period_starts_from_the_periods_real_spend(acme, ingest_client):
-    post_usage(ingest_client, [event(event_id="a", occurred_at="2026-11-02T10:00:00Z"), event(event_id="b")])
+    post_usage(
+        ingest_client,
+        [event(event_id="a", occurred_at="2026-11-02T10:00:00Z"), event(event_id="b")],
+    )
     budget(acme, limit_usd="1")
     assert check(ingest_client).json()["budgets"][0]["used_usd"] == "0.0027"
 
 
-def test_a_day_budget_resets_exactly_at_midnight_in_the_tenants_time_zone(acme, ingest_client, _frozen_clock):
+def test_a_day_budget_resets_exactly_at_midnight_in_the_tenants_time_zone(
+    acme, ingest_client, _frozen_clock
+):
     Tenant.objects.filter(pk=acme.pk).update(timezone="Europe/Paris")
     acme.refresh_from_db()
     budget(acme, period="day", limit_usd="1")
     _frozen_clock.move_to("2026-11-21T22:59:59Z")
-    response = post_usage(ingest_client, event(event_id="late", occurred_at="2026-11-21T22:59:00Z"))  # 23:59 in Paris
+    response = post_usage(
+        ingest_client, event(event_id="late", occurred_at="2026-11-21T22:59:00Z")
+    )  # 23:59 in Paris
     assert response.status_code == 201
     body = check(ingest_client).json()["budgets"][0]
     assert (body["used_usd"], body["resets_at"]) == ("0.00135", "2026-11-21T23:00:00Z")
@@ -109,13 +148,20 @@ def test_a_day_budget_resets_exactly_at_midnight_in_the_tenants_time_zone(acme, 
         ("rolling", 30, 4, "2026-11-22T00:00:00Z"),
     ],
 )
-def test_each_period_counts_its_own_days(acme, ingest_client, period, rolling_days, expected_used, resets_at):
-    post_usage(ingest_client, [
-        event(event_id="today", occurred_at="2026-11-21T01:00:00Z"),
-        event(event_id="monday", occurred_at="2026-11-16T00:00:00Z"),
-        event(event_id="sunday", occurred_at="2026-11-15T23:59:59Z"),  # last week, 7 rolling days ago
-        event(event_id="october", occurred_at="2026-10-31T12:00:00Z"),
-    ])
+def test_each_period_counts_its_own_days(
+    acme, ingest_client, period, rolling_days, expected_used, resets_at
+):
+    post_usage(
+        ingest_client,
+        [
+            event(event_id="today", occurred_at="2026-11-21T01:00:00Z"),
+            event(event_id="monday", occurred_at="2026-11-16T00:00:00Z"),
+            event(
+                event_id="sunday", occurred_at="2026-11-15T23:59:59Z"
+            ),  # last week, 7 rolling days ago
+            event(event_id="october", occurred_at="2026-10-31T12:00:00Z"),
+        ],
+    )
     budget(acme, period=period, rolling_days=rolling_days, limit_usd="1")
     body = check(ingest_client).json()["budgets"][0]
     assert Decimal(body["used_usd"]) * 10**9 == expected_used * HAIKU
@@ -127,7 +173,11 @@ def test_every_end_user_budget_applies_to_each_user_separately(acme, ingest_clie
     post_usage(ingest_client, [event(event_id="a", end_user="heavy")])
     heavy = check(ingest_client, end_user="heavy", estimated_cost_usd="0.001").json()
     light = check(ingest_client, end_user="light", estimated_cost_usd="0.001").json()
-    assert (heavy["allowed"], heavy["budgets"][0]["end_user"], heavy["budgets"][0]["used_usd"]) == (False, "heavy", "0.00135")
+    assert (heavy["allowed"], heavy["budgets"][0]["end_user"], heavy["budgets"][0]["used_usd"]) == (
+        False,
+        "heavy",
+        "0.00135",
+    )
     assert (light["allowed"], light["budgets"][0]["used_usd"]) == (True, "0")
     assert check(ingest_client).json()["budgets"] == []  # no end user: the budget does not apply
 
@@ -136,22 +186,39 @@ def test_every_end_user_budget_applies_to_each_user_separately(acme, ingest_clie
     ("scope", "value", "matching", "other"),
     [
         ("end_user", "u1", {"end_user": "u1"}, {"end_user": "u2"}),
-        ("provider", "openai", {"provider": "openai", "model": "gpt-4o-mini"}, {"provider": "anthropic"}),
-        ("model", "gpt-4o-mini", {"provider": "openai", "model": "gpt-4o-mini-2024-07-18"}, {"provider": "openai", "model": "gpt-4o"}),
+        (
+            "provider",
+            "openai",
+            {"provider": "openai", "model": "gpt-4o-mini"},
+            {"provider": "anthropic"},
+        ),
+        (
+            "model",
+            "gpt-4o-mini",
+            {"provider": "openai", "model": "gpt-4o-mini-2024-07-18"},
+            {"provider": "openai", "model": "gpt-4o"},
+        ),
         ("operation", "summarize", {"operation": "summarize"}, {"operation": "chat"}),
         ("tag", "team=search", {"tags": {"team": "search"}}, {"tags": {"team": "ops"}}),
     ],
 )
-def test_scoped_budgets_count_and_apply_only_to_their_scope(acme, ingest_client, scope, value, matching, other):
+def test_scoped_budgets_count_and_apply_only_to_their_scope(
+    acme, ingest_client, scope, value, matching, other
+):
     b = budget(acme, scope=scope, scope_value=value, limit_usd="1")
-    post_usage(ingest_client, [
-        event(event_id="in", input_tokens=1000, output_tokens=0, **matching),
-        event(event_id="out", input_tokens=2000, output_tokens=0, **other),
-    ])
+    post_usage(
+        ingest_client,
+        [
+            event(event_id="in", input_tokens=1000, output_tokens=0, **matching),
+            event(event_id="out", input_tokens=2000, output_tokens=0, **other),
+        ],
+    )
     body = check(ingest_client, **matching).json()
     [state] = body["budgets"]
     assert state["id"] == b.pk
-    rate = {"gpt-4o-mini": Decimal("0.15")}.get(matching.get("model", "").split("-2024")[0], Decimal(1))
+    rate = {"gpt-4o-mini": Decimal("0.15")}.get(
+        matching.get("model", "").split("-2024")[0], Decimal(1)
+    )
     assert Decimal(state["used_usd"]) == rate * 1000 / 10**6
     assert check(ingest_client, **other).json()["budgets"] == []
 
@@ -173,10 +240,22 @@ def test_an_api_key_budget_counts_that_keys_spend_only(acme, ingest_client):
 def test_a_check_with_redis_up_does_no_sql(acme, ingest_client, django_assert_num_queries):
     budget(acme, limit_usd="1")
     budget(acme, scope="every_end_user", limit_usd="0.1", enforcement="hard")
-    check(ingest_client, end_user="u1", provider="anthropic", model="claude-haiku-4-5", estimated_input_tokens=10)
+    check(
+        ingest_client,
+        end_user="u1",
+        provider="anthropic",
+        model="claude-haiku-4-5",
+        estimated_input_tokens=10,
+    )
     with django_assert_num_queries(0):
-        body = check(ingest_client, end_user="u1", provider="anthropic", model="claude-haiku-4-5",
-                     estimated_input_tokens=1000, reserve=True).json()
+        body = check(
+            ingest_client,
+            end_user="u1",
+            provider="anthropic",
+            model="claude-haiku-4-5",
+            estimated_input_tokens=1000,
+            reserve=True,
+        ).json()
     assert body["source"] == "redis" and body["reservation_id"]
 
 
@@ -190,7 +269,11 @@ def test_a_reservation_holds_budget_until_the_event_settles_it(acme, ingest_clie
     # The call happened and cost $0.00135: the event settles the reservation.
     post_usage(ingest_client, event(event_id="x", reservation_id=first["reservation_id"]))
     after = check(ingest_client, estimated_cost_usd="0.0006").json()
-    assert (after["allowed"], after["budgets"][0]["used_usd"], after["budgets"][0]["reserved_usd"]) == (True, "0.00135", "0")
+    assert (
+        after["allowed"],
+        after["budgets"][0]["used_usd"],
+        after["budgets"][0]["reserved_usd"],
+    ) == (True, "0.00135", "0")
 
 
 def test_a_reservation_made_with_an_event_id_is_settled_by_that_event(acme, ingest_client):
@@ -243,7 +326,12 @@ def test_concurrent_reservations_never_overshoot_a_hard_budget(acme, outsider, p
         if body["allowed"]:
             admitted.append(body["reservation_id"])
             # Each admitted call really spends its estimate.
-            post_usage(client, event(event_id=f"call-{n}", cost_usd="0.0015", reservation_id=body["reservation_id"]))
+            post_usage(
+                client,
+                event(
+                    event_id=f"call-{n}", cost_usd="0.0015", reservation_id=body["reservation_id"]
+                ),
+            )
         connection.close()
 
     threads = [threading.Thread(target=caller, args=(n,)) for n in range(20)]
