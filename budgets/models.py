@@ -75,6 +75,7 @@ class Budget(models.Model):
     )
     thresholds = models.JSONField(
         default=default_thresholds,
+        blank=True,  # an empty list is refused by clean(), with a message that says what to send
         help_text="Percentages that warn (the lowest) and are critical (the highest), e.g. [80, 95].",
     )
     enforcement = models.CharField(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import uuid
 from collections.abc import Callable, Sequence
@@ -222,15 +223,30 @@ def _owner(tenant_id: int | None) -> Q:
 
 
 def _close_expired(tenant_id: int | None) -> None:
+    emergency_stops_close_expired(owner=_owner(tenant_id))
+
+
+def emergency_stops_close_expired(*, owner: Q | None = None) -> int:
+    """Record the lift of every stop past its expiry (checks already ignore them)."""
     now = timezone.now()
+    closed = 0
     with unscoped():
         expired = EmergencyStop.objects.unscoped().filter(
-            _owner(tenant_id), lifted_at__isnull=True, expires_at__lte=now
+            lifted_at__isnull=True, expires_at__lte=now
         )
+        if owner is not None:
+            expired = expired.filter(owner)
         for stop in expired:
-            stop.lifted_at = stop.expires_at
-            stop.lift_reason = "expired"
-            stop.save(update_fields=["lifted_at", "lift_reason"])
+            # Claimed with a conditional update: two workers never record (or announce) it twice.
+            if (
+                EmergencyStop.objects.unscoped()
+                .filter(pk=stop.pk, lifted_at__isnull=True)
+                .update(lifted_at=stop.expires_at, lift_reason="expired")
+            ):
+                stop.lifted_at, stop.lift_reason = stop.expires_at, "expired"
+                closed += 1
+                transaction.on_commit(functools.partial(_run_stop_hooks, stop, "lifted"))
+    return closed
 
 
 def emergency_stop_trip(

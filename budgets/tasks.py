@@ -8,7 +8,7 @@ from celery import shared_task
 from budgets import counters
 from budgets import redis as bredis
 from budgets.models import CounterState, EmergencyStopRule
-from budgets.services import emergency_stop_check
+from budgets.services import emergency_stop_check, emergency_stops_close_expired
 from costmon.models import Tenant
 from costmon.tenancy import tenant_context, unscoped
 
@@ -67,3 +67,8 @@ def check_emergency_stop_rules() -> int:
         with tenant_context(tenant):
             tripped += len(emergency_stop_check(tenant=tenant))
     return tripped
+
+
+@shared_task(ignore_result=True)
+def close_expired_emergency_stops() -> int:
+    return emergency_stops_close_expired()

@@ -5,9 +5,18 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import beat_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costmon.settings")
 
 app = Celery("costmon")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@beat_init.connect
+def _sync_schedule(sender: object, **kwargs: object) -> None:
+    """The beat process starts from the schedule in code (costmon/schedule.py)."""
+    from costmon.schedule import schedule_sync
+
+    schedule_sync()

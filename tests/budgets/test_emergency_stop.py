@@ -140,3 +140,27 @@ def test_bad_stop_requests_get_a_400(admin_client_key, body, field):
     response = admin_client_key.post("/api/v1/emergency-stop/", body, format="json")
     assert response.status_code == 400
     assert field in response.json()
+
+
+def test_expired_stops_are_recorded_as_lifted_once(
+    acme, _frozen_clock, django_capture_on_commit_callbacks
+):
+    from budgets.tasks import close_expired_emergency_stops
+
+    emergency_stop_trip(tenant=acme, reason="short", duration_minutes=5)
+    _frozen_clock.shift(301)
+    seen: list[str] = []
+    stop_hooks.append(lambda stop, what: seen.append(what))
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            assert close_expired_emergency_stops() == 1
+            assert close_expired_emergency_stops() == 0
+    finally:
+        stop_hooks.pop()
+    with unscoped():
+        stop = EmergencyStop.objects.get(tenant=acme)
+    assert (stop.lift_reason, stop.lifted_at.isoformat(), seen) == (
+        "expired",
+        "2026-11-21T12:05:00+00:00",
+        ["lifted"],
+    )

@@ -41,6 +41,7 @@ class Command(BaseCommand):
         self.stderr.write("Preparing the database…")
         call_command("migrate", verbosity=0, interactive=False)
         call_command("collectstatic", verbosity=0, interactive=False)
+        call_command("sync_schedule", stdout=self.stderr)
         with unscoped():
             if not ModelPrice.objects.unscoped().filter(tenant__isnull=True).exists():
                 call_command("load_prices", stdout=self.stderr)

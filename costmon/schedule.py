@@ -1,0 +1,111 @@
+"""Every periodic task in one list, each with why it runs that often.
+
+`schedule_sync()` writes the list into django-celery-beat's tables (the beat process runs it
+at start, and `manage.py sync_schedule` does it by hand), so staff can change an interval in
+Django admin; a sync never overwrites an interval staff changed, it only adds what is missing
+and disables what the code no longer has.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+
+
+@dataclass(frozen=True)
+class Periodic:
+    name: str
+    task: str
+    why: str
+    every: timedelta | None = None
+    cron: dict[str, str] | None = None  # minute, hour, day_of_week, day_of_month, month_of_year
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+SCHEDULE: list[Periodic] = [
+    Periodic(
+        "budgets: rebuild stale counters",
+        "budgets.tasks.reconcile_counters",
+        "A tenant whose counters missed an update while Redis was away must be correct again "
+        "within a minute; tenants not marked stale cost nothing.",
+        every=timedelta(minutes=1),
+        kwargs={"only_stale": True},
+    ),
+    Periodic(
+        "budgets: emergency stop rules",
+        "budgets.tasks.check_emergency_stop_rules",
+        "Ingest trips stops as spend arrives; this catches spend that arrived while a check "
+        "could not run. A minute is the longest a runaway may go unnoticed.",
+        every=timedelta(minutes=1),
+    ),
+    Periodic(
+        "budgets: close expired stops",
+        "budgets.tasks.close_expired_emergency_stops",
+        "Checks already ignore an expired stop; this records the lift in the history and tells "
+        "the alerts app within a minute.",
+        every=timedelta(minutes=1),
+    ),
+    Periodic(
+        "budgets: rebuild all counters",
+        "budgets.tasks.reconcile_counters",
+        "Nightly proof that Redis agrees with PostgreSQL; any drift corrected is logged.",
+        cron={"minute": "15", "hour": "3"},
+    ),
+    Periodic(
+        "usage: price unpriced events",
+        "usage.tasks.reprice_unpriced_usage",
+        "Loading a price already prices waiting events; this hourly pass catches prices edited "
+        "directly in the database.",
+        every=timedelta(hours=1),
+    ),
+]
+
+
+def schedule_sync(entries: list[Periodic] | None = None) -> dict[str, int]:
+    from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+
+    entries = SCHEDULE if entries is None else entries
+    report = {"created": 0, "updated": 0, "disabled": 0}
+    with transaction.atomic():
+        for entry in entries:
+            task = PeriodicTask.objects.filter(name=entry.name).first()
+            kwargs = json.dumps(entry.kwargs, sort_keys=True)
+            if task is None:
+                task = PeriodicTask(name=entry.name)
+                if entry.every is not None:
+                    task.interval, _ = IntervalSchedule.objects.get_or_create(
+                        every=int(entry.every.total_seconds()), period=IntervalSchedule.SECONDS
+                    )
+                else:
+                    task.crontab, _ = CrontabSchedule.objects.get_or_create(
+                        **(entry.cron or {}), timezone="UTC"
+                    )
+                report["created"] += 1
+            elif (task.task, task.kwargs, task.description, task.enabled) != (
+                entry.task,
+                kwargs,
+                entry.why,
+                True,
+            ):
+                report["updated"] += 1
+            else:
+                continue
+            task.task, task.kwargs, task.description, task.enabled = (
+                entry.task,
+                kwargs,
+                entry.why,
+                True,
+            )
+            task.save()
+        names = {e.name for e in entries}
+        stale = (
+            PeriodicTask.objects.filter(enabled=True, description__gt="")
+            .exclude(name__in=names)
+            .exclude(name__startswith="celery.")
+        )
+        report["disabled"] = stale.update(enabled=False)
+    return report
