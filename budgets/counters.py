@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from budgets import config as tenant_config
 from budgets import redis as bredis
+from budgets.periods import buckets_of_day, day_bucket
 from costmon.models import Tenant
 from costmon.tenancy import tenant_context, unscoped
 from usage.models import HourlyRollup, UsageEvent
@@ -42,8 +43,12 @@ RECONCILE_DAYS = 92
 _LOCK_NAMESPACE = 7401  # shared with usage.services: the tenant's ingest lock
 
 
+def bucket_key(tenant_id: int, bucket: str) -> str:
+    return f"cm:{{{tenant_id}}}:{bucket}"
+
+
 def day_key(tenant_id: int, day: date) -> str:
-    return f"cm:{{{tenant_id}}}:d:{day:%Y%m%d}"
+    return bucket_key(tenant_id, day_bucket(day))
 
 
 def global_day_key(day: date) -> str:
@@ -168,8 +173,7 @@ def record_batch(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
             local = row["occurred_at"].astimezone(tz)
             provider, model, operation, end_user = row["names"]
             if cost:
-                fields = hashes[day_key(tenant.pk, local.date())]
-                for name in event_fields(
+                names = event_fields(
                     provider=provider,
                     model=model,
                     operation=operation,
@@ -178,8 +182,15 @@ def record_batch(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
                     tags=row["tags"],
                     tag_names=conf.tag_names,
                     local_hour=local.hour,
-                ):
-                    fields[name] += cost
+                )
+                day, week, month = (
+                    hashes[bucket_key(tenant.pk, b)] for b in buckets_of_day(local.date())
+                )
+                for name in names:
+                    day[name] += cost
+                    if not name.startswith("h:"):  # hours only matter within a day
+                        week[name] += cost
+                        month[name] += cost
                 utc = row["occurred_at"].astimezone(UTC)
                 total = hashes[global_day_key(utc.date())]
                 total["t"] += cost
@@ -261,13 +272,44 @@ def _exclusive_ingest_lock(tenant_id: int) -> Iterator[None]:
             cursor.execute("SELECT pg_advisory_unlock(%s, %s)", key)
 
 
+def _complete_buckets(day: date, since: date) -> list[str]:
+    """The hashes of `day` whose whole period lies on or after `since` (a rebuild that starts
+    mid-week must not rewrite that week's hash from part of its days)."""
+    day_b, week_b, month_b = buckets_of_day(day)
+    out = [day_b]
+    if day - timedelta(days=day.weekday()) >= since:
+        out.append(week_b)
+    if day.replace(day=1) >= since:
+        out.append(month_b)
+    return out
+
+
+def reconcile_buckets(since: date, today: date) -> list[str]:
+    """Every hash a rebuild from `since` to `today` owns."""
+    buckets: dict[str, None] = {}
+    day = since
+    while day <= today:
+        for bucket in _complete_buckets(day, since):
+            buckets[bucket] = None
+        day += timedelta(days=1)
+    return list(buckets)
+
+
 def expected_counters(
     *, tenant: Tenant, since: date, tag_names: Iterable[str]
 ) -> dict[str, dict[str, int]]:
-    """What the day hashes should hold, computed from the rollups (and events, for tags)."""
+    """What the hashes should hold, computed from the rollups (and events, for tags)."""
     tz = tenant_zone(tenant)
     start = datetime.combine(since, datetime.min.time(), tzinfo=tz).astimezone(UTC)
     out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add(day: date, names: Iterable[str], cost: int) -> None:
+        for bucket in _complete_buckets(day, since):
+            fields = out[bucket_key(tenant.pk, bucket)]
+            for name in names:
+                if bucket.startswith("d:") or not name.startswith("h:"):
+                    fields[name] += cost
+
     rows = (
         HourlyRollup.objects.for_tenant(tenant)
         .filter(hour__gte=start, cost_nanos__gt=0)
@@ -283,8 +325,7 @@ def expected_counters(
     )
     for hour, provider, model, operation, end_user, api_key_id, cost in rows:
         local = hour.astimezone(tz)
-        fields = out[day_key(tenant.pk, local.date())]
-        for name in event_fields(
+        names = event_fields(
             provider=provider,
             model=model,
             operation=operation,
@@ -293,8 +334,8 @@ def expected_counters(
             tags=None,
             tag_names=frozenset(),
             local_hour=local.hour,
-        ):
-            fields[name] += cost
+        )
+        add(local.date(), names, cost)
     for name in tag_names:
         tagged = (
             UsageEvent.objects.for_tenant(tenant)
@@ -303,7 +344,7 @@ def expected_counters(
         )
         for occurred_at, tags, cost in tagged.iterator(chunk_size=5000):
             value = (tags or {}).get(name)
-            out[day_key(tenant.pk, occurred_at.astimezone(tz).date())][f"g:{name}={value}"] += cost
+            add(occurred_at.astimezone(tz).date(), [f"g:{name}={value}"], cost)
     return out
 
 
@@ -317,10 +358,11 @@ def counters_reconcile(*, tenant: Tenant) -> ReconcileReport:
         return report
     conf = tenant_config.for_tenant(tenant.pk)
     today = timezone.now().astimezone(tenant_zone(tenant)).date()
-    since = today - timedelta(days=RECONCILE_DAYS - 1)
+    # From the first of a month, so every month hash in range is rebuilt whole.
+    since = (today - timedelta(days=RECONCILE_DAYS - 1)).replace(day=1)
     with tenant_context(tenant), _exclusive_ingest_lock(tenant.pk):
         expected = expected_counters(tenant=tenant, since=since, tag_names=conf.tag_names)
-        keys = [day_key(tenant.pk, since + timedelta(days=i)) for i in range(RECONCILE_DAYS)]
+        keys = [bucket_key(tenant.pk, b) for b in reconcile_buckets(since, today)]
         pipe = r.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)

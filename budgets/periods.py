@@ -11,6 +11,7 @@ class Window:
     start: datetime  # UTC, inclusive
     end: datetime  # UTC, exclusive: when the budget resets
     days: tuple[date, ...]  # the tenant's local days from start up to today
+    buckets: tuple[str, ...]  # the counter hashes whose sum is the window's spend
 
     @property
     def key(self) -> str:
@@ -42,7 +43,33 @@ def budget_window(*, period: str, rolling_days: int | None, now: datetime, tz: t
     else:
         raise ValueError(f"unknown period {period!r}")
     days = tuple(first + timedelta(days=i) for i in range((today - first).days + 1))
-    return Window(start=_midnight(first, tz), end=_midnight(after, tz), days=days)
+    # Calendar periods have a hash of their own (one read); a rolling window sums its days.
+    if period == "day":
+        buckets: tuple[str, ...] = (day_bucket(today),)
+    elif period == "week":
+        buckets = (week_bucket(today),)
+    elif period == "month":
+        buckets = (month_bucket(today),)
+    else:
+        buckets = tuple(day_bucket(d) for d in days)
+    return Window(start=_midnight(first, tz), end=_midnight(after, tz), days=days, buckets=buckets)
+
+
+def day_bucket(day: date) -> str:
+    return f"d:{day:%Y%m%d}"
+
+
+def week_bucket(day: date) -> str:
+    return f"w:{day - timedelta(days=day.weekday()):%Y%m%d}"
+
+
+def month_bucket(day: date) -> str:
+    return f"m:{day:%Y%m}"
+
+
+def buckets_of_day(day: date) -> tuple[str, str, str]:
+    """Every hash an event of this local day adds to."""
+    return day_bucket(day), week_bucket(day), month_bucket(day)
 
 
 def elapsed_fraction(window: Window, now: datetime) -> float:

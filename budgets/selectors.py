@@ -81,7 +81,7 @@ def _fill_spend(tenant: Tenant, states: list[BudgetState]) -> str:
             if counters.counters_trusted(r, tenant.pk):
                 requests = [
                     (
-                        [counters.day_key(tenant.pk, day) for day in s.window.days],
+                        [counters.bucket_key(tenant.pk, b) for b in s.window.buckets],
                         counters.budget_field(
                             s.spec.scope,
                             s.spec.value,

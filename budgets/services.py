@@ -710,7 +710,7 @@ def budget_check(*, tenant: Tenant, req: CheckRequest) -> CheckResult:
         schedule_reconcile(tenant.pk)
         outcome = None
     if outcome is None:
-        _check_in_database(tenant, req, states, result, have_redis=r is not None)
+        _check_in_database(tenant, req, states, result, have_redis=r is not None, limits=limits)
     elif isinstance(outcome, CheckResult):
         outcome.warnings[:0] = result.warnings
         result = outcome
@@ -770,9 +770,9 @@ def _check_in_redis(
             "1" if bspec.hard else "0",
             name,
             res_key,
-            len(state.window.days),
+            len(state.window.buckets),
         ]
-        args += [counters.day_key(tenant.pk, day) for day in state.window.days]
+        args += [counters.bucket_key(tenant.pk, bucket) for bucket in state.window.buckets]
     reply = _CHECK(r, args)
     code = int(reply[0])
     if code == 4:
@@ -861,6 +861,7 @@ def _check_in_database(
     result: CheckResult,
     *,
     have_redis: bool,
+    limits: list[tuple[RateLimitSpec, str]],
 ) -> None:
     result.source = "database"
     stop = emergency_stop_active(tenant=tenant)
@@ -882,19 +883,21 @@ def _check_in_database(
             result.allowed = False
             if "budget_exceeded" not in result.reasons:
                 result.reasons.append("budget_exceeded")
-    why = (
-        "Redis is unavailable"
-        if not settings.REDIS_URL or have_redis is False
-        else "the counters are being rebuilt"
-    )
-    if not settings.REDIS_URL:
-        why = "no Redis is configured"
-    result.warnings.append(
-        {
-            "code": "counters_from_database",
-            "message": f"Spend was read from the database ({why}); rate limits were not applied.",
-        }
-    )
+    # Without Redis configured (the embedded default) this is the normal path, not a fault.
+    if settings.REDIS_URL:
+        why = "Redis is unavailable" if not have_redis else "the counters are being rebuilt"
+        result.warnings.append(
+            {
+                "code": "counters_from_database",
+                "message": f"Spend was read from the database ({why}).",
+            }
+        )
+    else:
+        why = "they need Redis, which is not configured"
+    if limits:
+        result.warnings.append(
+            {"code": "rate_limits_not_applied", "message": f"Rate limits were not applied ({why})."}
+        )
     if req.reserve:
         result.warnings.append(
             {"code": "reservation_unavailable", "message": f"No reservation was made ({why})."}

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import pytest
 from rest_framework.test import APIClient
 
 
@@ -22,3 +24,10 @@ def event(**overrides: Any) -> dict[str, Any]:
     }
     base.update(overrides)
     return base
+
+
+# Counters, rate limits and reservations live in Redis; the embedded default has none.
+requires_redis = pytest.mark.skipif(
+    os.environ.get("COSTMON_TEST_DB") == "sqlite",
+    reason="needs Redis (the embedded default has none)",
+)

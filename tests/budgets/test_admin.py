@@ -16,7 +16,7 @@ from budgets.models import Budget, CounterState, EmergencyStop, EmergencyStopRul
 from budgets.services import budget_create, emergency_stop_lift, emergency_stop_trip
 from costmon.services import api_key_create
 from tests.budgets.conftest import check
-from tests.helpers import event, post_usage
+from tests.helpers import event, post_usage, requires_redis
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready")]
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)  # the clock tests/budgets/conftest.py freezes
@@ -386,6 +386,7 @@ def test_a_rate_limit_saved_in_admin_bumps_its_tenant_after_commit(
     assert (limit.tenant_id, limit.max_requests) == (acme.pk, 1)
 
 
+@requires_redis
 def test_a_rate_limit_added_in_admin_limits_the_next_checks(
     admin_client, acme, ingest_client, django_capture_on_commit_callbacks
 ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from decimal import Decimal
 
@@ -11,7 +12,7 @@ from budgets.services import budget_create
 from costmon.models import Tenant
 from costmon.services import api_key_create
 from tests.budgets.conftest import check
-from tests.helpers import event, post_usage
+from tests.helpers import event, post_usage, requires_redis
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready")]
 
@@ -59,7 +60,7 @@ def test_the_reply_has_every_documented_field_with_exact_figures(acme, ingest_cl
         "suggested_model": None,
         "reservation_id": None,
         "estimated_cost_usd": "0.00135",
-        "source": "redis",
+        "source": "database" if os.environ.get("COSTMON_TEST_DB") == "sqlite" else "redis",
     }
 
 
@@ -237,6 +238,7 @@ def test_an_api_key_budget_counts_that_keys_spend_only(acme, ingest_client):
     assert check(ingest_client).json()["budgets"] == []
 
 
+@requires_redis
 def test_a_check_with_redis_up_does_no_sql(acme, ingest_client, django_assert_num_queries):
     budget(acme, limit_usd="1")
     budget(acme, scope="every_end_user", limit_usd="0.1", enforcement="hard")
@@ -259,6 +261,7 @@ def test_a_check_with_redis_up_does_no_sql(acme, ingest_client, django_assert_nu
     assert body["source"] == "redis" and body["reservation_id"]
 
 
+@requires_redis
 def test_a_reservation_holds_budget_until_the_event_settles_it(acme, ingest_client):
     budget(acme, limit_usd="0.002", enforcement="hard")
     first = check(ingest_client, estimated_cost_usd="0.0015", reserve=True).json()
@@ -276,6 +279,7 @@ def test_a_reservation_holds_budget_until_the_event_settles_it(acme, ingest_clie
     ) == (True, "0.00135", "0")
 
 
+@requires_redis
 def test_a_reservation_made_with_an_event_id_is_settled_by_that_event(acme, ingest_client):
     budget(acme, limit_usd="0.002", enforcement="hard")
     held = check(ingest_client, estimated_cost_usd="0.0015", reserve=True, event_id="call-7").json()
@@ -285,6 +289,7 @@ def test_a_reservation_made_with_an_event_id_is_settled_by_that_event(acme, inge
     assert (state["used_usd"], state["reserved_usd"]) == ("0.00135", "0")
 
 
+@requires_redis
 def test_an_unsettled_reservation_expires(acme, ingest_client, _frozen_clock, settings):
     settings.COSTMON_RESERVATION_SECONDS = 60
     budget(acme, limit_usd="0.002", enforcement="hard")
@@ -295,6 +300,7 @@ def test_an_unsettled_reservation_expires(acme, ingest_client, _frozen_clock, se
     assert (body["allowed"], body["budgets"][0]["reserved_usd"]) == (True, "0")
 
 
+@requires_redis
 def test_only_hard_budgets_are_reserved_and_soft_ones_only_warn(acme, ingest_client):
     budget(acme, name="soft", limit_usd="0.001")
     body = check(ingest_client, estimated_cost_usd="0.002", reserve=True).json()
@@ -302,6 +308,7 @@ def test_only_hard_budgets_are_reserved_and_soft_ones_only_warn(acme, ingest_cli
     assert [w["code"] for w in body["warnings"]] == ["soft_budget_would_exceed"]
 
 
+@requires_redis
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_reservations_never_overshoot_a_hard_budget(acme, outsider, prices):
     """20 callers race for a $0.01 budget with $0.0015 estimates: at most 6 may pass (0.009),

@@ -13,9 +13,9 @@ from budgets.models import CounterState
 from budgets.services import budget_create, emergency_stop_trip
 from budgets.tasks import reconcile_counters
 from tests.budgets.conftest import check
-from tests.helpers import event, post_usage
+from tests.helpers import event, post_usage, requires_redis
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready"), requires_redis]
 
 
 def hard_budget(tenant, limit="0.003"):

@@ -7,8 +7,9 @@ import pytest
 from budgets.config import bump
 from budgets.models import RateLimit
 from tests.budgets.conftest import check
+from tests.helpers import requires_redis
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready"), requires_redis]
 
 
 def limit(tenant, **fields) -> RateLimit:
