@@ -28,6 +28,20 @@ class Periodic:
 
 SCHEDULE: list[Periodic] = [
     Periodic(
+        "alerts: threshold rules",
+        "alerts.tasks.evaluate_frequent_rules",
+        "Spend, budget, rate and unpriced-model rules read rollups and counters, which cost "
+        "little: a minute is how late a person may hear that a threshold was crossed.",
+        every=timedelta(minutes=1),
+    ),
+    Periodic(
+        "alerts: projections and spikes",
+        "alerts.tasks.evaluate_hourly_rules",
+        "Spikes compare whole hours and projections move slowly: hourly, a few minutes after the "
+        "hour so the last hour's events are in.",
+        cron={"minute": "5"},
+    ),
+    Periodic(
         "budgets: rebuild stale counters",
         "budgets.tasks.reconcile_counters",
         "A tenant whose counters missed an update while Redis was away must be correct again "

@@ -171,6 +171,21 @@ COSTMON_FUTURE_SKEW_SECONDS = env_int("COSTMON_FUTURE_SKEW_SECONDS", 3600, minim
 COSTMON_RESERVATION_SECONDS = env_int("COSTMON_RESERVATION_SECONDS", 300, minimum=1)
 # How long a looked-up price catalog stays in a process before it is read again.
 COSTMON_CATALOG_TTL_SECONDS = env_int("COSTMON_CATALOG_TTL_SECONDS", 30, minimum=0)
+# Outbound webhooks to private or loopback addresses are refused unless this is on (tests).
+COSTMON_ALLOW_PRIVATE_WEBHOOKS = env_bool("COSTMON_ALLOW_PRIVATE_WEBHOOKS", False)
+DEFAULT_FROM_EMAIL = (
+    env_str("DEFAULT_FROM_EMAIL", "costmon <costmon@localhost>") or "costmon@localhost"
+)
+EMAIL_BACKEND = (
+    env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+    or "django.core.mail.backends.smtp.EmailBackend"
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost") or "localhost"
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "") or ""
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "") or ""
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -198,13 +213,27 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
-CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
-# Without a broker (the embedded default) tasks run in the web process.
-CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+if REDIS_URL:
+    CELERY_BROKER_URL = REDIS_URL
+else:
+    # The embedded default needs no broker server: queues are folders under var/, and
+    # `manage.py quickstart` runs a worker (with beat) beside the web server.
+    _broker = VAR_DIR / "broker"
+    for _folder in ("queue", "processed"):
+        (_broker / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker / "queue"),
+        "data_folder_out": str(_broker / "queue"),
+        "processed_folder": str(_broker / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 
 LOG_LEVEL = (env_str("LOG_LEVEL", "WARNING") or "WARNING").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

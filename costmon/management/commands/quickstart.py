@@ -6,8 +6,11 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -122,26 +125,63 @@ class Command(BaseCommand):
         return stored
 
     def _serve(self, host: str, port: int, workers: int) -> None:
-        gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or shutil.which(
-            "gunicorn"
-        )
-        if gunicorn is None:
-            raise CommandError("gunicorn is not installed; run `pip install -e .` first.")
+        """The web server and a Celery worker with beat (alerts, stop rules, reconciles)."""
+        bin_dir = Path(sys.executable).parent
+        gunicorn = shutil.which("gunicorn", path=str(bin_dir)) or shutil.which("gunicorn")
+        celery = shutil.which("celery", path=str(bin_dir)) or shutil.which("celery")
+        if gunicorn is None or celery is None:
+            raise CommandError(
+                "gunicorn and celery are not installed; run `pip install -e .` first."
+            )
         sys.stdout.flush()
-        os.execv(  # noqa: S606 - replaces this process with the server, no shell involved
-            gunicorn,
-            [
-                gunicorn,
-                "costmon.wsgi:application",
-                "--bind",
-                f"{host}:{port}",
-                "--workers",
-                str(workers),
-                "--threads",
-                "4",
-                "--log-level",
-                "warning",
-                "--chdir",
-                str(settings.BASE_DIR),
-            ],
-        )
+        base = str(settings.BASE_DIR)
+        processes = [
+            subprocess.Popen(  # noqa: S603 - fixed arguments, no shell
+                [
+                    celery,
+                    "-A",
+                    "costmon",
+                    "worker",
+                    "--beat",
+                    "--pool",
+                    "solo",
+                    "--loglevel",
+                    "WARNING",
+                ],
+                cwd=base,
+            ),
+            subprocess.Popen(  # noqa: S603
+                [
+                    gunicorn,
+                    "costmon.wsgi:application",
+                    "--bind",
+                    f"{host}:{port}",
+                    "--workers",
+                    str(workers),
+                    "--threads",
+                    "4",
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=base,
+            ),
+        ]
+        try:
+            while all(p.poll() is None for p in processes):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            for process in processes:
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        failed = [p for p in processes if p.returncode not in (0, -signal.SIGTERM, None)]
+        if failed:
+            raise CommandError(
+                f"A process stopped with exit code {failed[0].returncode}; see the messages above."
+            )

@@ -1,0 +1,344 @@
+"""Alerts API: rules, channels (with a test send), and the alerts themselves."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.db import transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from alerts.models import Alert, AlertRule, Channel, Notification
+from alerts.services import alert_acknowledge, channel_save, channel_send_test
+from costmon.exceptions import DomainError, NotFound
+from costmon.models import ApiKey
+from costmon.scoping import TenantAPIView
+
+
+def _iso(moment: Any) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def channel_json(channel: Channel) -> dict[str, Any]:
+    config = dict(channel.config)
+    if "secret" in config:
+        config["secret"] = config["secret"][:4] + "…"  # shown once, at creation
+    return {
+        "id": channel.pk,
+        "name": channel.name,
+        "kind": channel.kind,
+        "config": config,
+        "is_enabled": channel.is_enabled,
+        "disabled_reason": channel.disabled_reason,
+        "last_error": channel.last_error,
+        "last_error_at": _iso(channel.last_error_at),
+        "last_success_at": _iso(channel.last_success_at),
+    }
+
+
+RULE_FIELDS = (
+    "name",
+    "kind",
+    "severity",
+    "is_active",
+    "period",
+    "threshold_usd",
+    "threshold_percent",
+    "metric",
+    "multiplier",
+    "trailing_days",
+    "min_volume",
+    "provider",
+    "model",
+    "operation",
+    "end_user",
+    "tag",
+    "cooldown_minutes",
+    "notify_resolved",
+)
+
+
+def rule_json(rule: AlertRule) -> dict[str, Any]:
+    data: dict[str, Any] = {"id": rule.pk}
+    for name in RULE_FIELDS:
+        value = getattr(rule, name)
+        data[name] = (
+            str(value)
+            if value is not None
+            and name in ("threshold_usd", "threshold_percent", "multiplier", "min_volume")
+            else value
+        )
+    data["channels"] = [c.pk for c in rule.channels.all()]
+    return data
+
+
+def alert_json(alert: Alert) -> dict[str, Any]:
+    return {
+        "id": alert.pk,
+        "rule": alert.rule_id,
+        "rule_name": alert.rule.name,
+        "kind": alert.rule.kind,
+        "scope": alert.scope,
+        "period": alert.period,
+        "level": alert.level,
+        "severity": alert.severity,
+        "status": alert.status,
+        "title": alert.title,
+        "text": alert.text,
+        "figure": alert.figure,
+        "threshold": alert.threshold,
+        "link": alert.link,
+        "first_seen_at": _iso(alert.first_seen_at),
+        "last_seen_at": _iso(alert.last_seen_at),
+        "last_notified_at": _iso(alert.last_notified_at),
+        "notify_count": alert.notify_count,
+        "resolved_at": _iso(alert.resolved_at),
+        "acknowledged_at": _iso(alert.acknowledged_at),
+    }
+
+
+def notification_json(n: Notification) -> dict[str, Any]:
+    return {
+        "id": n.pk,
+        "channel": n.channel_id,
+        "kind": n.kind,
+        "status": n.status,
+        "attempts": n.attempts,
+        "response_code": n.response_code,
+        "error": n.error,
+        "duration_ms": n.duration_ms,
+        "created_at": _iso(n.created_at),
+        "sent_at": _iso(n.sent_at),
+    }
+
+
+class ChannelInput(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    kind = serializers.ChoiceField(choices=Channel.Kind.choices)
+    config = serializers.DictField()
+    is_enabled = serializers.BooleanField(required=False, default=True)
+
+
+class RuleInput(serializers.ModelSerializer):
+    channels = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
+
+    class Meta:
+        model = AlertRule
+        fields = [*RULE_FIELDS, "channels"]
+
+
+class _Crud(TenantAPIView):
+    method_scopes: ClassVar[dict[str, str]] = {
+        "GET": ApiKey.Scope.READ,
+        "POST": ApiKey.Scope.ADMIN,
+        "PATCH": ApiKey.Scope.ADMIN,
+        "DELETE": ApiKey.Scope.ADMIN,
+    }
+
+
+class ChannelListApi(_Crud):
+    @extend_schema(summary="Notification channels", responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> Response:
+        return Response(
+            {
+                "results": [
+                    channel_json(c)
+                    for c in Channel.objects.for_tenant(self.tenant).order_by("name")
+                ]
+            }
+        )
+
+    @extend_schema(
+        summary="Add a channel (slack: {url}; webhook: {url, secret?}; email: {to: [...]})",
+        request=ChannelInput,
+        responses={201: OpenApiTypes.OBJECT},
+    )
+    def post(self, request: Request) -> Response:
+        incoming = ChannelInput(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        channel = channel_save(channel=Channel(tenant=self.tenant, **incoming.validated_data))
+        data = channel_json(channel)
+        if "secret" in channel.config:
+            data["config"]["secret"] = channel.config["secret"]  # the only time it is shown
+        return Response(data, status=201)
+
+
+class ChannelDetailApi(_Crud):
+    def _channel(self, channel_id: int) -> Channel:
+        channel = Channel.objects.for_tenant(self.tenant).filter(pk=channel_id).first()
+        if channel is None:
+            raise NotFound(f"No channel {channel_id} in this tenant.")
+        return channel
+
+    @extend_schema(summary="One channel", responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request, channel_id: int) -> Response:
+        return Response(channel_json(self._channel(channel_id)))
+
+    @extend_schema(
+        summary="Change a channel", request=ChannelInput, responses={200: OpenApiTypes.OBJECT}
+    )
+    def patch(self, request: Request, channel_id: int) -> Response:
+        channel = self._channel(channel_id)
+        incoming = ChannelInput(data=request.data, partial=True)
+        incoming.is_valid(raise_exception=True)
+        for name, value in incoming.validated_data.items():
+            setattr(channel, name, value)
+        if incoming.validated_data.get("is_enabled"):
+            channel.disabled_reason = ""
+        return Response(channel_json(channel_save(channel=channel)))
+
+    @extend_schema(summary="Delete a channel", responses={204: None})
+    def delete(self, request: Request, channel_id: int) -> Response:
+        self._channel(channel_id).delete()
+        return Response(status=204)
+
+
+class ChannelTestApi(_Crud):
+    method_scopes: ClassVar[dict[str, str]] = {"POST": ApiKey.Scope.ADMIN}
+
+    @extend_schema(
+        summary="Send a test notification now", request=None, responses={200: OpenApiTypes.OBJECT}
+    )
+    def post(self, request: Request, channel_id: int) -> Response:
+        channel = Channel.objects.for_tenant(self.tenant).filter(pk=channel_id).first()
+        if channel is None:
+            raise NotFound(f"No channel {channel_id} in this tenant.")
+        notification = channel_send_test(channel=channel)
+        return Response(
+            notification_json(notification), status=200 if notification.status == "sent" else 502
+        )
+
+
+def _channels_of(tenant: Any, ids: list[int]) -> list[Channel]:
+    found = list(Channel.objects.for_tenant(tenant).filter(pk__in=ids))
+    missing = sorted(set(ids) - {c.pk for c in found})
+    if missing:
+        raise DomainError(
+            f"No channel {', '.join(map(str, missing))} in this tenant.", field="channels"
+        )
+    return found
+
+
+class RuleListApi(_Crud):
+    @extend_schema(summary="Alert rules", responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> Response:
+        rules = (
+            AlertRule.objects.for_tenant(self.tenant).prefetch_related("channels").order_by("name")
+        )
+        return Response({"results": [rule_json(r) for r in rules]})
+
+    @extend_schema(
+        summary="Add an alert rule", request=RuleInput, responses={201: OpenApiTypes.OBJECT}
+    )
+    def post(self, request: Request) -> Response:
+        incoming = RuleInput(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        data = dict(incoming.validated_data)
+        channels = _channels_of(self.tenant, data.pop("channels", []))
+        rule = AlertRule(tenant=self.tenant, **data)
+        rule_validate(rule)
+        with transaction.atomic():
+            rule.save()
+            rule.channels.set(channels)
+        return Response(rule_json(rule), status=201)
+
+
+class RuleDetailApi(_Crud):
+    def _rule(self, rule_id: int) -> AlertRule:
+        rule = AlertRule.objects.for_tenant(self.tenant).filter(pk=rule_id).first()
+        if rule is None:
+            raise NotFound(f"No alert rule {rule_id} in this tenant.")
+        return rule
+
+    @extend_schema(summary="One alert rule", responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request, rule_id: int) -> Response:
+        return Response(rule_json(self._rule(rule_id)))
+
+    @extend_schema(
+        summary="Change an alert rule", request=RuleInput, responses={200: OpenApiTypes.OBJECT}
+    )
+    def patch(self, request: Request, rule_id: int) -> Response:
+        rule = self._rule(rule_id)
+        incoming = RuleInput(rule, data=request.data, partial=True)
+        incoming.is_valid(raise_exception=True)
+        data = dict(incoming.validated_data)
+        channels = (
+            _channels_of(self.tenant, data.pop("channels")) if "channels" in request.data else None
+        )
+        for name, value in data.items():
+            setattr(rule, name, value)
+        rule_validate(rule)
+        with transaction.atomic():
+            rule.save()
+            if channels is not None:
+                rule.channels.set(channels)
+        return Response(rule_json(rule))
+
+    @extend_schema(summary="Delete an alert rule", responses={204: None})
+    def delete(self, request: Request, rule_id: int) -> Response:
+        self._rule(rule_id).delete()
+        return Response(status=204)
+
+
+def rule_validate(rule: AlertRule) -> None:
+    """What each kind needs, said in the caller's terms."""
+    needs = {
+        AlertRule.Kind.SPEND: ("threshold_usd", "a spend threshold in USD"),
+        AlertRule.Kind.PROJECTED: ("threshold_usd", "a projected month-end threshold in USD"),
+    }
+    if rule.kind in needs:
+        field, words = needs[AlertRule.Kind(rule.kind)]
+        if getattr(rule, field) is None:
+            raise DomainError(
+                f"A {rule.get_kind_display()} rule needs {words} ({field}).", field=field
+            )
+    if rule.tag and "=" not in rule.tag:
+        raise DomainError("Write the tag filter as name=value.", field="tag")
+    rule.full_clean(exclude=["tenant"])
+
+
+class AlertListApi(TenantAPIView):
+    required_scope = ApiKey.Scope.READ
+
+    @extend_schema(
+        summary="Alerts, newest first (filters: status, severity, kind, rule)",
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request) -> Response:
+        qs = Alert.objects.for_tenant(self.tenant).select_related("rule").order_by("-first_seen_at")
+        params = request.query_params
+        for name, lookup, allowed in (
+            ("status", "status", Alert.Status.values),
+            ("severity", "severity", AlertRule.Severity.values),
+            ("kind", "rule__kind", AlertRule.Kind.values),
+        ):
+            if value := params.get(name):
+                if value not in allowed:
+                    raise DomainError(f"{name} must be one of {', '.join(allowed)}.", field=name)
+                qs = qs.filter(**{lookup: value})
+        if rule := params.get("rule"):
+            if not rule.isdigit():
+                raise DomainError("rule must be a rule id.", field="rule")
+            qs = qs.filter(rule_id=int(rule))
+        if params.get("acknowledged") in ("true", "false"):
+            qs = qs.filter(acknowledged_at__isnull=params["acknowledged"] == "false")
+        return Response({"results": [alert_json(a) for a in qs[:200]]})
+
+
+class AlertAcknowledgeApi(TenantAPIView):
+    required_scope = ApiKey.Scope.ADMIN
+
+    @extend_schema(
+        summary="Acknowledge an alert", request=None, responses={200: OpenApiTypes.OBJECT}
+    )
+    def post(self, request: Request, alert_id: int) -> Response:
+        alert = (
+            Alert.objects.for_tenant(self.tenant).select_related("rule").filter(pk=alert_id).first()
+        )
+        if alert is None:
+            raise NotFound(f"No alert {alert_id} in this tenant.")
+        user = request.user if getattr(request.user, "pk", None) and not self.api_key_id else None
+        return Response(alert_json(alert_acknowledge(alert=alert, user=user)))

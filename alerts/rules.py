@@ -1,0 +1,367 @@
+"""What each kind of alert rule watches: one evaluator per kind, returning the conditions that
+hold now. Reads only (rollups, counters); raising and notifying is `alerts.services`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db.models import Sum
+from django.db.models.functions import Coalesce
+
+from alerts.models import AlertRule
+from budgets.models import Budget
+from budgets.selectors import budget_views
+from budgets.services import budget_status, budget_window
+from costmon.models import Tenant
+from usage.models import HourlyRollup
+from usage.pricing import format_usd, usd_to_nanos
+from usage.selectors import UsageFilters, period_range, tenant_zone, usage_metrics
+
+
+@dataclass(frozen=True)
+class Condition:
+    scope: str  # what the alert is about (dedup key part)
+    period: str  # which period instance (dedup key part)
+    level: str  # how bad (dedup key part): above, warning, critical, exceeded, ...
+    title: str
+    text: str
+    figure: str = ""
+    threshold: str = ""
+    link: str = ""
+    severity: str | None = None  # None: the rule's
+
+
+def dashboard_link(tenant: Tenant, path: str = "") -> str:
+    """Where the dashboard shows it (the dashboard keeps these paths)."""
+    return f"{settings.SITE_URL}/t/{tenant.slug}/{path}"
+
+
+def _money(nanos: int) -> str:
+    return f"${format_usd(nanos)}"
+
+
+def _percent(value: Decimal) -> str:
+    return f"{value.quantize(Decimal('0.1'))}%"
+
+
+def _filters(rule: AlertRule) -> UsageFilters:
+    tag = None
+    if rule.tag and "=" in rule.tag:
+        name, _, value = rule.tag.partition("=")
+        tag = (name, value)
+    return UsageFilters(
+        provider=rule.provider.lower() or None,
+        model=rule.model or None,
+        operation=rule.operation or None,
+        end_user=rule.end_user or None,
+        tag=tag,
+    )
+
+
+def _filter_label(rule: AlertRule) -> str:
+    parts = [
+        f"{name} {value}"
+        for name, value in (
+            ("provider", rule.provider),
+            ("model", rule.model),
+            ("operation", rule.operation),
+            ("end user", rule.end_user),
+            ("tag", rule.tag),
+        )
+        if value
+    ]
+    return f" for {', '.join(parts)}" if parts else ""
+
+
+def _scope(rule: AlertRule) -> str:
+    return (
+        "|".join([rule.provider, rule.model, rule.operation, rule.end_user, rule.tag]) or "tenant"
+    )
+
+
+_PERIOD_WORDS = {"day": "today", "week": "this week", "month": "this month"}
+
+
+def evaluate_spend(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
+    period = rule.period if rule.period in _PERIOD_WORDS else "day"
+    window = period_range(tenant=tenant, period=period, now=now)
+    totals = usage_metrics(tenant=tenant, time_range=window, filters=_filters(rule)).totals
+    spent = int(totals["cost_nanos"])
+    limit = usd_to_nanos(rule.threshold_usd or Decimal(0))
+    if spent <= limit:
+        return []
+    words = _PERIOD_WORDS[period]
+    return [
+        Condition(
+            scope=_scope(rule),
+            period=f"{window.start.astimezone(window.tz):%Y%m%d}",
+            level="above",
+            title=f"Spend {words}{_filter_label(rule)} is above {_money(limit)}",
+            text=f"{tenant.name} has spent {_money(spent)} {words}{_filter_label(rule)}, above the {_money(limit)} threshold.",
+            figure=_money(spent),
+            threshold=_money(limit),
+            link=dashboard_link(tenant),
+        )
+    ]
+
+
+_BUDGET_SEVERITY = {"warning": "warning", "critical": "critical", "exceeded": "critical"}
+
+
+def evaluate_budgets(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
+    """Each budget past a threshold, at the highest level it reached (each level alerts once a
+    period). A budget on every end user is watched for each end user separately."""
+    budgets = list(
+        Budget.objects.for_tenant(tenant).filter(is_active=True).select_related("api_key")
+    )
+    conditions = []
+    for view in budget_views(
+        tenant=tenant, budgets=[b for b in budgets if b.scope != "every_end_user"], now=now
+    ):
+        state = view.state
+        if state.status != "ok":
+            conditions.append(
+                _budget_condition(
+                    tenant,
+                    view.budget,
+                    state.status,
+                    state.percent,
+                    state.spent,
+                    state.window.key,
+                    "",
+                )
+            )
+    tz = tenant_zone(tenant)
+    for budget in (b for b in budgets if b.scope == "every_end_user"):
+        window = budget_window(
+            period=budget.period, rolling_days=budget.rolling_days, now=now, tz=tz
+        )
+        limit = usd_to_nanos(budget.limit_usd)
+        per_user = (
+            HourlyRollup.objects.for_tenant(tenant)
+            .filter(hour__gte=window.start, hour__lt=window.end)
+            .exclude(end_user__value="")
+            .values_list("end_user__value")
+            .annotate(cost=Sum("cost_nanos"))
+        )
+        for end_user, spent in per_user:
+            percent = (Decimal(spent) * 100 / limit).quantize(Decimal("0.01"))
+            status = budget_status(percent, budget.sorted_thresholds)
+            if status != "ok":
+                conditions.append(
+                    _budget_condition(tenant, budget, status, percent, spent, window.key, end_user)
+                )
+    return conditions
+
+
+def _budget_condition(
+    tenant: Tenant,
+    budget: Budget,
+    status: str,
+    percent: Decimal,
+    spent: int,
+    period: str,
+    end_user: str,
+) -> Condition:
+    who = f" for {end_user}" if end_user else ""
+    limit = usd_to_nanos(budget.limit_usd)
+    word = {
+        "warning": "passed its warning threshold",
+        "critical": "passed its critical threshold",
+        "exceeded": "is exhausted",
+    }[status]
+    return Condition(
+        scope=f"budget:{budget.pk}" + (f":{end_user}" if end_user else ""),
+        period=period,
+        level=status,
+        title=f"Budget '{budget.name}'{who} {word} ({_percent(percent)})",
+        text=(
+            f"Budget '{budget.name}'{who} has used {_money(spent)} of {_money(limit)} this "
+            f"{budget.get_period_display()} period ({_percent(percent)})."
+        ),
+        figure=_money(spent),
+        threshold=_money(limit),
+        link=dashboard_link(tenant, f"budgets/{budget.pk}/"),
+        severity=_BUDGET_SEVERITY[status],
+    )
+
+
+def evaluate_projection(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
+    window = period_range(tenant=tenant, period="month", now=now)
+    fraction = (now - window.start) / (window.end - window.start)
+    if fraction < 1 / 31:  # less than a day of data: a projection would be noise
+        return []
+    spent = int(
+        usage_metrics(tenant=tenant, time_range=window, filters=_filters(rule)).totals["cost_nanos"]
+    )
+    projected = int(spent / fraction)
+    limit = usd_to_nanos(rule.threshold_usd or Decimal(0))
+    if projected <= limit:
+        return []
+    month = f"{window.start.astimezone(window.tz):%B %Y}"
+    return [
+        Condition(
+            scope=_scope(rule),
+            period=f"{window.start.astimezone(window.tz):%Y%m}",
+            level="projected",
+            title=f"Spend{_filter_label(rule)} is on track for {_money(projected)} in {month}",
+            text=(
+                f"At the month-to-date rate ({_money(spent)} so far), {tenant.name} will spend about "
+                f"{_money(projected)} in {month}, above the {_money(limit)} threshold."
+            ),
+            figure=_money(projected),
+            threshold=_money(limit),
+            link=dashboard_link(tenant),
+        )
+    ]
+
+
+def evaluate_spike(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
+    """The last complete hour against the same hour of the trailing days."""
+    hour_end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    hour_start = hour_end - timedelta(hours=1)
+    field = "cost_nanos" if rule.metric == AlertRule.Metric.COST else "input_tokens"
+    base = HourlyRollup.objects.for_tenant(tenant)
+    flt = _filters(rule)
+    for name in ("provider", "model", "operation", "end_user"):
+        if getattr(flt, name):
+            base = base.filter(**{f"{name}__value": getattr(flt, name)})
+
+    def amount(start: datetime) -> int:
+        sums = base.filter(hour=start).aggregate(
+            a=Coalesce(Sum(field), 0), b=Coalesce(Sum("output_tokens"), 0)
+        )
+        return int(sums["a"]) + (int(sums["b"]) if rule.metric == AlertRule.Metric.TOKENS else 0)
+
+    current = amount(hour_start)
+    past = [amount(hour_start - timedelta(days=d)) for d in range(1, rule.trailing_days + 1)]
+    average = sum(past) / len(past)
+    minimum = (
+        usd_to_nanos(rule.min_volume)
+        if rule.metric == AlertRule.Metric.COST
+        else int(rule.min_volume)
+    )
+    if current < minimum or current <= average * float(rule.multiplier):
+        return []
+    show = _money if rule.metric == AlertRule.Metric.COST else (lambda n: f"{n:,} tokens")
+    ratio = f"{current / average:.1f}x" if average else "new"
+    local = hour_start.astimezone(tenant_zone(tenant))
+    return [
+        Condition(
+            scope=_scope(rule),
+            period=f"{hour_start:%Y%m%d%H}",
+            level="spike",
+            title=f"{rule.get_metric_display().capitalize()} spike{_filter_label(rule)}: {show(current)} in the hour from {local:%H:%M} ({ratio} usual)",
+            text=(
+                f"{show(current)} in the hour from {local:%Y-%m-%d %H:%M}, against {show(int(average))} on average "
+                f"at that hour over the last {rule.trailing_days} days (alert above {rule.multiplier}x)."
+            ),
+            figure=show(current),
+            threshold=f"{rule.multiplier}x {show(int(average))}",
+            link=dashboard_link(tenant),
+        )
+    ]
+
+
+def _rates(rule: AlertRule, tenant: Tenant, now: datetime) -> tuple[str, dict[str, int]]:
+    window = period_range(tenant=tenant, period="day", now=now)
+    return f"{window.start.astimezone(window.tz):%Y%m%d}", usage_metrics(
+        tenant=tenant, time_range=window, filters=_filters(rule)
+    ).totals
+
+
+def evaluate_cache_hit_rate(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
+    period, totals = _rates(rule, tenant, now)
+    calls = int(totals["calls"])
+    threshold = rule.threshold_percent if rule.threshold_percent is not None else Decimal(70)
+    if calls < int(rule.min_volume) or calls == 0:
+        return []
+    rate = Decimal(int(totals["cache_hits"]) * 100) / calls
+    if rate >= threshold:
+        return []
+    return [
+        Condition(
+            scope=_scope(rule),
+            period=period,
+            level="below",
+            title=f"Cache hit rate today{_filter_label(rule)} is {_percent(rate)}, below {_percent(threshold)}",
+            text=f"{totals['cache_hits']} of {calls} calls today were answered from the cache ({_percent(rate)}); the target is {_percent(threshold)}.",
+            figure=_percent(rate),
+            threshold=_percent(threshold),
+            link=dashboard_link(tenant),
+        )
+    ]
+
+
+def evaluate_error_rate(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
+    period, totals = _rates(rule, tenant, now)
+    calls = int(totals["calls"])
+    threshold = rule.threshold_percent if rule.threshold_percent is not None else Decimal(5)
+    if calls < int(rule.min_volume) or calls == 0:
+        return []
+    rate = Decimal(int(totals["errors"]) * 100) / calls
+    if rate <= threshold:
+        return []
+    return [
+        Condition(
+            scope=_scope(rule),
+            period=period,
+            level="above",
+            title=f"Error rate today{_filter_label(rule)} is {_percent(rate)}, above {_percent(threshold)}",
+            text=f"{totals['errors']} of {calls} calls today failed ({_percent(rate)}); the threshold is {_percent(threshold)}.",
+            figure=_percent(rate),
+            threshold=_percent(threshold),
+            link=dashboard_link(tenant),
+        )
+    ]
+
+
+def evaluate_unpriced(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
+    window = period_range(tenant=tenant, period="day", now=now)
+    rows = (
+        HourlyRollup.objects.for_tenant(tenant)
+        .filter(hour__gte=window.start, hour__lt=window.end, unpriced_calls__gt=0)
+        .values_list("provider__value", "model__value")
+        .annotate(calls=Sum("unpriced_calls"))
+    )
+    period = f"{window.start.astimezone(window.tz):%Y%m%d}"
+    return [
+        Condition(
+            scope=f"model:{provider}/{model}",
+            period=period,
+            level="seen",
+            title=f"Unpriced model seen: {provider}/{model}",
+            text=(
+                f"{calls} call(s) to {provider}/{model} today have no price in the catalog, so their cost "
+                "counts as $0. Add the price (admin, or load_prices) and they are priced at once."
+            ),
+            figure=f"{calls} calls",
+            link=dashboard_link(tenant, f"models/{model}/"),
+        )
+        for provider, model, calls in rows
+    ]
+
+
+EVALUATORS: dict[str, Callable[[AlertRule, Tenant, datetime], list[Condition]]] = {
+    AlertRule.Kind.SPEND: evaluate_spend,
+    AlertRule.Kind.BUDGET: evaluate_budgets,
+    AlertRule.Kind.PROJECTED: evaluate_projection,
+    AlertRule.Kind.SPIKE: evaluate_spike,
+    AlertRule.Kind.CACHE_HIT_RATE: evaluate_cache_hit_rate,
+    AlertRule.Kind.ERROR_RATE: evaluate_error_rate,
+    AlertRule.Kind.UNPRICED: evaluate_unpriced,
+}
+
+# Evaluated every minute; the others hourly (projections and spikes look at whole hours).
+FREQUENT_KINDS = (
+    AlertRule.Kind.SPEND,
+    AlertRule.Kind.BUDGET,
+    AlertRule.Kind.CACHE_HIT_RATE,
+    AlertRule.Kind.ERROR_RATE,
+    AlertRule.Kind.UNPRICED,
+)
+HOURLY_KINDS = (AlertRule.Kind.PROJECTED, AlertRule.Kind.SPIKE)

@@ -1,0 +1,413 @@
+"""Writes of the alerts app: raising and resolving alerts, delivering notifications.
+
+Exactly-once, the healthchecks way: an alert is unique per (rule, scope, period, level); a
+notification round is claimed with a conditional UPDATE on the alert (only one worker's update
+matches), and each delivery is claimed the same way on its Notification row, written before
+sending and updated after.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from alerts.models import Alert, AlertRule, Channel, Notification
+from alerts.rules import EVALUATORS, Condition, dashboard_link
+from alerts.transports import get_transport
+from alerts.transports.base import Message, TransportError
+from budgets.models import EmergencyStop
+from costmon.exceptions import DomainError
+from costmon.models import Tenant
+from costmon.tenancy import tenant_context, unscoped
+from usage.pricing import format_usd
+
+log = structlog.get_logger(__name__)
+
+MAX_ATTEMPTS = 5
+CLAIM_TIMEOUT = timedelta(minutes=5)  # a worker that died mid-send frees its claim after this
+
+
+# --- evaluating -------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationReport:
+    rules: int = 0
+    firing: int = 0
+    notified: int = 0
+    resolved: int = 0
+
+
+def alert_rules_evaluate(
+    *, kinds: tuple[str, ...] | list[str], now: datetime | None = None
+) -> EvaluationReport:
+    """Evaluate every active rule of these kinds, tenant by tenant (each in its own context)."""
+    now = now or timezone.now()
+    report = EvaluationReport()
+    with unscoped():
+        tenant_ids = list(
+            AlertRule.objects.unscoped()
+            .filter(is_active=True, kind__in=kinds)
+            .values_list("tenant_id", flat=True)
+            .distinct()
+        )
+        tenants = list(Tenant.objects.filter(pk__in=tenant_ids))
+    for tenant in tenants:
+        with tenant_context(tenant):
+            for rule in AlertRule.objects.for_tenant(tenant).filter(is_active=True, kind__in=kinds):
+                try:
+                    part = alert_rule_evaluate(rule=rule, now=now)
+                except Exception:
+                    # One broken rule must not stop the others; it is logged with its id.
+                    log.exception("alert_rule_failed", rule=rule.pk, tenant=tenant.slug)
+                    continue
+                report.rules += 1
+                report.firing += part.firing
+                report.notified += part.notified
+                report.resolved += part.resolved
+    return report
+
+
+def alert_rule_evaluate(*, rule: AlertRule, now: datetime | None = None) -> EvaluationReport:
+    now = now or timezone.now()
+    tenant = rule.tenant
+    report = EvaluationReport(rules=1)
+    conditions = EVALUATORS[rule.kind](rule, tenant, now)
+    holding: set[tuple[str, str]] = set()
+    for condition in conditions:
+        holding.add((condition.scope, condition.period))
+        report.firing += 1
+        if alert_raise(rule=rule, condition=condition, now=now):
+            report.notified += 1
+    # What fired before and no longer holds (or whose period is over) has cleared.
+    for alert in Alert.objects.for_tenant(tenant).filter(rule=rule, status=Alert.Status.FIRING):
+        if (alert.scope, alert.period) not in holding and alert_resolve(alert=alert, now=now):
+            report.resolved += 1
+    return report
+
+
+def alert_raise(*, rule: AlertRule, condition: Condition, now: datetime | None = None) -> bool:
+    """Record the condition; notify if nobody has for this alert within the rule's cooldown.
+    Returns whether this call claimed a notification round."""
+    now = now or timezone.now()
+    key = {
+        "tenant": rule.tenant,
+        "rule": rule,
+        "scope": condition.scope[:300],
+        "period": condition.period,
+        "level": condition.level,
+    }
+    fields = {
+        "severity": condition.severity or rule.severity,
+        "title": condition.title[:300],
+        "text": condition.text,
+        "figure": condition.figure[:50],
+        "threshold": condition.threshold[:50],
+        "link": condition.link[:500],
+        "last_seen_at": now,
+    }
+    with tenant_context(rule.tenant_id):
+        alert = Alert.objects.for_tenant(rule.tenant_id).filter(**key).first()
+        if alert is None:
+            try:
+                with transaction.atomic():
+                    alert = Alert.objects.create(**key, first_seen_at=now, **fields)
+            except IntegrityError:  # another worker created it first
+                alert = Alert.objects.for_tenant(rule.tenant_id).get(**key)
+        else:
+            Alert.objects.for_tenant(rule.tenant_id).filter(pk=alert.pk).update(
+                **fields, status=Alert.Status.FIRING, resolved_at=None
+            )
+        # The claim: only one evaluator's update matches, so only one notifies.
+        cooldown = now - timedelta(minutes=rule.cooldown_minutes)
+        claimed = (
+            Alert.objects.for_tenant(rule.tenant_id)
+            .filter(pk=alert.pk)
+            .filter(Q(last_notified_at__isnull=True) | Q(last_notified_at__lte=cooldown))
+            .update(last_notified_at=now, notify_count=F("notify_count") + 1)
+        )
+        if not claimed:
+            return False
+        alert.refresh_from_db()
+        kind = Notification.Kind.ALERT if alert.notify_count == 1 else Notification.Kind.REMINDER
+        _notify(alert=alert, rule=rule, kind=kind)
+    return True
+
+
+def alert_resolve(*, alert: Alert, now: datetime | None = None) -> bool:
+    now = now or timezone.now()
+    resolved = (
+        Alert.objects.for_tenant(alert.tenant_id)
+        .filter(pk=alert.pk, status=Alert.Status.FIRING)
+        .update(status=Alert.Status.RESOLVED, resolved_at=now)
+    )
+    if resolved and alert.rule.notify_resolved and alert.last_notified_at is not None:
+        alert.refresh_from_db()
+        _notify(alert=alert, rule=alert.rule, kind=Notification.Kind.RESOLVED)
+    return bool(resolved)
+
+
+def _notify(*, alert: Alert, rule: AlertRule, kind: str) -> list[Notification]:
+    channels = list(rule.channels.filter(is_enabled=True))
+    notifications = [
+        Notification.objects.create(
+            tenant_id=alert.tenant_id, alert=alert, channel=channel, kind=kind
+        )
+        for channel in channels
+    ]
+    from alerts.tasks import deliver_notification
+
+    # One task per channel, after the commit: a slow or failing channel delays no other.
+    for notification in notifications:
+        transaction.on_commit(lambda pk=notification.pk: deliver_notification.delay(pk))
+    return notifications
+
+
+# --- delivering --------------------------------------------------------------------------------
+
+
+def message_for(notification: Notification) -> Message:
+    alert = notification.alert
+    tenant = notification.channel.tenant
+    if alert is None:
+        return Message(
+            kind="test",
+            tenant=tenant.slug,
+            title="Test notification from costmon",
+            severity="info",
+            text=f"This channel ({notification.channel.name}) receives costmon alerts for {tenant.name}.",
+            link=dashboard_link(tenant),
+            occurred_at=timezone.now().isoformat(),
+        )
+    title = (
+        alert.title
+        if notification.kind != Notification.Kind.RESOLVED
+        else f"Resolved: {alert.title}"
+    )
+    return Message(
+        kind=str(notification.kind),
+        tenant=tenant.slug,
+        title=title,
+        severity="info" if notification.kind == Notification.Kind.RESOLVED else alert.severity,
+        text=alert.text
+        if notification.kind != Notification.Kind.RESOLVED
+        else f"It has cleared. {alert.text}",
+        figure=alert.figure or None,
+        threshold=alert.threshold or None,
+        period=alert.period or None,
+        link=alert.link or None,
+        alert_id=alert.pk,
+        rule=alert.rule.name,
+        occurred_at=alert.last_seen_at.isoformat(),
+        details={"level": alert.level, "scope": alert.scope, "status": alert.status},
+    )
+
+
+@dataclass
+class DeliveryOutcome:
+    status: str
+    retry_in: int | None = None  # seconds, for a transient failure with attempts left
+
+
+def notification_deliver(*, notification_id: int) -> DeliveryOutcome | None:
+    """Send one notification once. None when another worker holds it or it is done."""
+    now = timezone.now()
+    with unscoped():
+        claimed = (
+            Notification.objects.unscoped()
+            .filter(
+                pk=notification_id,
+                status__in=[Notification.Status.PENDING, Notification.Status.RETRYING],
+            )
+            .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lte=now - CLAIM_TIMEOUT))
+            .update(claimed_at=now, attempts=F("attempts") + 1)
+        )
+        if not claimed:
+            return None
+        notification = (
+            Notification.objects.unscoped()
+            .select_related("channel__tenant", "alert__rule")
+            .get(pk=notification_id)
+        )
+    channel = notification.channel
+    with tenant_context(channel.tenant_id):
+        if not channel.is_enabled:
+            _finish(
+                notification,
+                Notification.Status.FAILED,
+                error=f"Channel disabled: {channel.disabled_reason}",
+            )
+            return DeliveryOutcome(Notification.Status.FAILED)
+        started = time.monotonic()
+        try:
+            delivery = get_transport(channel.kind, channel.config).notify(message_for(notification))
+        except TransportError as exc:
+            duration = int((time.monotonic() - started) * 1000)
+            Channel.objects.for_tenant(channel.tenant_id).filter(pk=channel.pk).update(
+                last_error=exc.message[:1000], last_error_at=timezone.now()
+            )
+            if exc.permanent:
+                # The endpoint is gone or refuses us: stop sending until someone fixes it.
+                channel_disable(
+                    channel=channel, reason=f"{exc.message} (after notification {notification.pk})"
+                )
+                _finish(
+                    notification,
+                    Notification.Status.FAILED,
+                    error=exc.message,
+                    code=exc.response_code,
+                    duration=duration,
+                )
+                return DeliveryOutcome(Notification.Status.FAILED)
+            if notification.attempts >= MAX_ATTEMPTS:
+                _finish(
+                    notification,
+                    Notification.Status.FAILED,
+                    error=exc.message,
+                    code=exc.response_code,
+                    duration=duration,
+                )
+                return DeliveryOutcome(Notification.Status.FAILED)
+            _finish(
+                notification,
+                Notification.Status.RETRYING,
+                error=exc.message,
+                code=exc.response_code,
+                duration=duration,
+            )
+            return DeliveryOutcome(
+                Notification.Status.RETRYING, retry_in=30 * 2 ** (notification.attempts - 1)
+            )
+        _finish(
+            notification,
+            Notification.Status.SENT,
+            code=delivery.response_code,
+            duration=delivery.duration_ms,
+        )
+        Channel.objects.for_tenant(channel.tenant_id).filter(pk=channel.pk).update(
+            last_success_at=timezone.now()
+        )
+    return DeliveryOutcome(Notification.Status.SENT)
+
+
+def _finish(
+    notification: Notification,
+    status: str,
+    *,
+    error: str = "",
+    code: int | None = None,
+    duration: int | None = None,
+) -> None:
+    Notification.objects.unscoped().filter(pk=notification.pk).update(
+        status=status,
+        error=error[:1000],
+        response_code=code,
+        duration_ms=duration,
+        sent_at=timezone.now() if status == Notification.Status.SENT else None,
+        claimed_at=None,
+    )
+
+
+# --- channels, rules, alerts -----------------------------------------------------------------------
+
+
+def channel_validate(*, kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    try:
+        transport = get_transport(kind, {})
+    except ValueError as exc:
+        raise ValidationError({"kind": str(exc)}) from None
+    return type(transport).validate_config(dict(config or {}))
+
+
+def channel_save(*, channel: Channel) -> Channel:
+    channel.config = channel_validate(kind=channel.kind, config=channel.config)
+    channel.full_clean()
+    with tenant_context(channel.tenant_id):
+        channel.save()
+    return channel
+
+
+def channel_disable(*, channel: Channel, reason: str) -> None:
+    Channel.objects.unscoped().filter(pk=channel.pk).update(
+        is_enabled=False, disabled_reason=reason[:500]
+    )
+    log.warning("channel_disabled", channel=channel.pk, reason=reason)
+
+
+def channel_enable(*, channel: Channel) -> None:
+    Channel.objects.unscoped().filter(pk=channel.pk).update(is_enabled=True, disabled_reason="")
+
+
+def channel_send_test(*, channel: Channel) -> Notification:
+    """Send a test notification now (not through the queue) and return its record."""
+    if not channel.is_enabled:
+        raise DomainError(
+            f"The channel is disabled ({channel.disabled_reason or 'by staff'}); enable it first."
+        )
+    with tenant_context(channel.tenant_id):
+        notification = Notification.objects.create(
+            tenant_id=channel.tenant_id, channel=channel, kind=Notification.Kind.TEST
+        )
+    notification_deliver(notification_id=notification.pk)
+    notification.refresh_from_db()
+    return notification
+
+
+def alert_acknowledge(*, alert: Alert, user: Any = None) -> Alert:
+    Alert.objects.unscoped().filter(pk=alert.pk, acknowledged_at__isnull=True).update(
+        acknowledged_at=timezone.now(), acknowledged_by=user if getattr(user, "pk", None) else None
+    )
+    alert.refresh_from_db()
+    return alert
+
+
+# --- the emergency stop (a hook of the budgets app) ------------------------------------------------
+
+
+def on_emergency_stop(stop: EmergencyStop, what: str) -> None:
+    """A stop tripped or lifted: raise it on every tenant's emergency-stop rules it affects."""
+    with unscoped():
+        rules = (
+            AlertRule.objects.unscoped()
+            .filter(is_active=True, kind=AlertRule.Kind.EMERGENCY_STOP)
+            .select_related("tenant")
+        )
+        if stop.tenant_id is not None:
+            rules = rules.filter(tenant_id=stop.tenant_id)
+        rules = list(rules)
+    for rule in rules:
+        spend = (
+            f" Spend at that moment: ${format_usd(stop.spend_at_trip_nanos)}."
+            if stop.spend_at_trip_nanos is not None
+            else ""
+        )
+        scope = "global" if stop.tenant_id is None else "tenant"
+        if what == "tripped":
+            condition = Condition(
+                scope=f"stop:{stop.pk}",
+                period=f"{stop.tripped_at:%Y%m%d%H%M}",
+                level="tripped",
+                title=f"Emergency stop tripped ({scope}): every LLM call is refused",
+                text=f"{stop.reason}.{spend} It lifts at {stop.expires_at:%Y-%m-%d %H:%M} UTC unless lifted earlier.",
+                link=dashboard_link(rule.tenant),
+                severity=AlertRule.Severity.CRITICAL,
+            )
+        else:
+            condition = Condition(
+                scope=f"stop:{stop.pk}",
+                period=f"{stop.tripped_at:%Y%m%d%H%M}",
+                level="lifted",
+                title=f"Emergency stop lifted ({scope}): calls are allowed again",
+                text=f"The stop tripped at {stop.tripped_at:%Y-%m-%d %H:%M} UTC ({stop.reason}) is over: {stop.lift_reason or 'lifted'}.",
+                link=dashboard_link(rule.tenant),
+                severity=AlertRule.Severity.INFO,
+            )
+        alert_raise(rule=rule, condition=condition)

@@ -1,0 +1,29 @@
+"""Celery tasks of the alerts app: thin, each calls one service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from alerts.rules import FREQUENT_KINDS, HOURLY_KINDS
+from alerts.services import MAX_ATTEMPTS, alert_rules_evaluate, notification_deliver
+
+
+@shared_task(ignore_result=True)
+def evaluate_frequent_rules() -> int:
+    return alert_rules_evaluate(kinds=[str(k) for k in FREQUENT_KINDS]).notified
+
+
+@shared_task(ignore_result=True)
+def evaluate_hourly_rules() -> int:
+    return alert_rules_evaluate(kinds=[str(k) for k in HOURLY_KINDS]).notified
+
+
+@shared_task(bind=True, ignore_result=True, max_retries=MAX_ATTEMPTS)
+def deliver_notification(self: Any, notification_id: int) -> str | None:
+    outcome = notification_deliver(notification_id=notification_id)
+    if outcome is not None and outcome.retry_in is not None:
+        # Only transient failures come back here; permanent ones disabled the channel.
+        raise self.retry(countdown=outcome.retry_in)
+    return outcome.status if outcome else None
