@@ -176,10 +176,13 @@ COSTMON_ALLOW_PRIVATE_WEBHOOKS = env_bool("COSTMON_ALLOW_PRIVATE_WEBHOOKS", Fals
 DEFAULT_FROM_EMAIL = (
     env_str("DEFAULT_FROM_EMAIL", "costmon <costmon@localhost>") or "costmon@localhost"
 )
-EMAIL_BACKEND = (
-    env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
-    or "django.core.mail.backends.smtp.EmailBackend"
+# The embedded default has no mail server: alert emails are written to var/mail/ instead.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND") or (
+    "django.core.mail.backends.filebased.EmailBackend"
+    if EMBEDDED
+    else "django.core.mail.backends.smtp.EmailBackend"
 )
+EMAIL_FILE_PATH = str(VAR_DIR / "mail")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost") or "localhost"
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "") or ""

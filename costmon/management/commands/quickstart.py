@@ -54,6 +54,7 @@ class Command(BaseCommand):
                 call_command("seed_demo", "--days", "30", stdout=self.stderr)
                 tenant = Tenant.objects.get(slug=DEMO_TENANT)
             credentials = self._credentials(tenant)
+            self._default_alerting(tenant)
 
         base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104
         self.stdout.write(
@@ -70,7 +71,8 @@ class Command(BaseCommand):
                     f"  curl -X POST {base}/api/v1/usage/ -H 'Authorization: Bearer {credentials['api_key']}' \\",
                     "       -H 'Content-Type: application/json' \\",
                     '       -d \'{"provider": "openai", "model": "gpt-4o-mini", "input_tokens": 1500, "output_tokens": 500}\'',
-                    f"Data lives in {settings.DATABASES['default']['NAME']}; press Ctrl+C to stop.",
+                    f"Data lives in {settings.DATABASES['default']['NAME']}; alert emails in {settings.EMAIL_FILE_PATH}/.",
+                    "A Celery worker with beat runs alongside (alerts, stop rules). Press Ctrl+C to stop.",
                     "",
                 ]
             )
@@ -124,7 +126,37 @@ class Command(BaseCommand):
         path.chmod(0o600)
         return stored
 
-    def _serve(self, host: str, port: int, workers: int) -> None:
+    def _default_alerting(self, tenant: Tenant) -> None:
+        """The design notes' defaults, so alerts fire on a bare machine: $10 a day, $100 a
+        month, budget crossings and the emergency stop, by email (files in var/mail/ here)."""
+        from decimal import Decimal
+
+        from alerts.models import AlertRule, Channel
+        from alerts.services import channel_save
+        from budgets.models import Budget
+        from budgets.services import budget_create
+
+        if AlertRule.objects.for_tenant(tenant).exists():
+            return
+        channel = channel_save(
+            channel=Channel(tenant=tenant, name="Admin email", kind="email", config={"to": ["admin@example.com"]})
+        )
+        defaults = [
+            {"name": "Spend above $10 today", "kind": "spend", "period": "day", "threshold_usd": Decimal(10)},
+            {"name": "Spend above $100 this month", "kind": "spend", "period": "month", "threshold_usd": Decimal(100), "severity": "critical"},
+            {"name": "Budget thresholds", "kind": "budget"},
+            {"name": "Emergency stop", "kind": "emergency_stop", "severity": "critical"},
+            {"name": "Unpriced model", "kind": "unpriced", "severity": "info"},
+        ]
+        for fields in defaults:
+            rule = AlertRule.objects.create(tenant=tenant, **fields)
+            rule.channels.set([channel])
+        if not Budget.objects.for_tenant(tenant).exists():
+            budget_create(
+                tenant=tenant,
+                data={"name": "Monthly", "limit_usd": Decimal(150), "suggested_model": "claude-haiku-4-5"},
+            )
+self, host: str, port: int, workers: int) -> None:
         """The web server and a Celery worker with beat (alerts, stop rules, reconciles)."""
         bin_dir = Path(sys.executable).parent
         gunicorn = shutil.which("gunicorn", path=str(bin_dir)) or shutil.which("gunicorn")
