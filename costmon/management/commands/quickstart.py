@@ -139,11 +139,27 @@ class Command(BaseCommand):
         if AlertRule.objects.for_tenant(tenant).exists():
             return
         channel = channel_save(
-            channel=Channel(tenant=tenant, name="Admin email", kind="email", config={"to": ["admin@example.com"]})
+            channel=Channel(
+                tenant=tenant,
+                name="Admin email",
+                kind="email",
+                config={"to": ["admin@example.com"]},
+            )
         )
         defaults = [
-            {"name": "Spend above $10 today", "kind": "spend", "period": "day", "threshold_usd": Decimal(10)},
-            {"name": "Spend above $100 this month", "kind": "spend", "period": "month", "threshold_usd": Decimal(100), "severity": "critical"},
+            {
+                "name": "Spend above $10 today",
+                "kind": "spend",
+                "period": "day",
+                "threshold_usd": Decimal(10),
+            },
+            {
+                "name": "Spend above $100 this month",
+                "kind": "spend",
+                "period": "month",
+                "threshold_usd": Decimal(100),
+                "severity": "critical",
+            },
             {"name": "Budget thresholds", "kind": "budget"},
             {"name": "Emergency stop", "kind": "emergency_stop", "severity": "critical"},
             {"name": "Unpriced model", "kind": "unpriced", "severity": "info"},
@@ -154,9 +170,14 @@ class Command(BaseCommand):
         if not Budget.objects.for_tenant(tenant).exists():
             budget_create(
                 tenant=tenant,
-                data={"name": "Monthly", "limit_usd": Decimal(150), "suggested_model": "claude-haiku-4-5"},
+                data={
+                    "name": "Monthly",
+                    "limit_usd": Decimal(150),
+                    "suggested_model": "claude-haiku-4-5",
+                },
             )
-self, host: str, port: int, workers: int) -> None:
+
+    def _serve(self, host: str, port: int, workers: int) -> None:
         """The web server and a Celery worker with beat (alerts, stop rules, reconciles)."""
         bin_dir = Path(sys.executable).parent
         gunicorn = shutil.which("gunicorn", path=str(bin_dir)) or shutil.which("gunicorn")
