@@ -31,6 +31,7 @@ from alerts.services import (
     channel_save,
     channel_send_test,
     channel_validate,
+    rule_validate_fields,
 )
 from costmon.admin import TenantOwnedAdmin, plural
 from costmon.exceptions import DomainError
@@ -343,12 +344,6 @@ class AlertRuleForm(forms.ModelForm):
             "notify_resolved",
         )
 
-    # What each kind needs, as alerts.api.rule_validate says it to API callers.
-    NEEDS = {
-        AlertRule.Kind.SPEND: ("threshold_usd", "a spend threshold in USD"),
-        AlertRule.Kind.PROJECTED: ("threshold_usd", "a projected month-end threshold in USD"),
-    }
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         channels = (
@@ -360,19 +355,19 @@ class AlertRuleForm(forms.ModelForm):
         assert isinstance(field, ChannelChoiceField)
         field.queryset = channels
 
-    def clean_tag(self) -> str:
-        tag = self.cleaned_data.get("tag") or ""
-        if tag and "=" not in tag:
-            raise ValidationError("Write the tag filter as name=value.")
-        return tag
-
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        kind = data.get("kind")
-        if kind in self.NEEDS:
-            name, words = self.NEEDS[AlertRule.Kind(kind)]
-            if data.get(name) is None and name not in self.errors:
-                self.add_error(name, f"A {AlertRule.Kind(kind).label} rule needs {words}.")
+        # What each kind of rule needs: the same checks (and words) as the API's.
+        probe = AlertRule(
+            **{k: v for k, v in data.items() if k in self.Meta.fields and k != "channels"}
+        )
+        try:
+            rule_validate_fields(probe)
+        except ValidationError as exc:
+            for name, messages in exc.message_dict.items():
+                if name in self.fields and name not in self.errors:
+                    for message in messages:
+                        self.add_error(name, message)
         # On the change form the tenant is read-only, so not a field of this form.
         tenant = data.get("tenant") if "tenant" in self.fields else self.instance.tenant
         chosen = data.get("channels") or []

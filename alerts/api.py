@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from alerts.models import Alert, AlertRule, Channel, Notification
-from alerts.services import alert_acknowledge, channel_save, channel_send_test
+from alerts.services import alert_acknowledge, channel_save, channel_send_test, rule_validate
 from costmon.exceptions import DomainError, NotFound
 from costmon.models import ApiKey
 from costmon.scoping import TenantAPIView
@@ -281,23 +281,6 @@ class RuleDetailApi(_Crud):
     def delete(self, request: Request, rule_id: int) -> Response:
         self._rule(rule_id).delete()
         return Response(status=204)
-
-
-def rule_validate(rule: AlertRule) -> None:
-    """What each kind needs, said in the caller's terms."""
-    needs = {
-        AlertRule.Kind.SPEND: ("threshold_usd", "a spend threshold in USD"),
-        AlertRule.Kind.PROJECTED: ("threshold_usd", "a projected month-end threshold in USD"),
-    }
-    if rule.kind in needs:
-        field, words = needs[AlertRule.Kind(rule.kind)]
-        if getattr(rule, field) is None:
-            raise DomainError(
-                f"A {rule.get_kind_display()} rule needs {words} ({field}).", field=field
-            )
-    if rule.tag and "=" not in rule.tag:
-        raise DomainError("Write the tag filter as name=value.", field="tag")
-    rule.full_clean(exclude=["tenant"])
 
 
 class AlertListApi(TenantAPIView):

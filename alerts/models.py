@@ -141,6 +141,7 @@ class Alert(models.Model):
     rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="alerts")
     scope = models.CharField(max_length=300)  # what it is about: "tenant", "budget:3:user-7", ...
     period = models.CharField(max_length=20)  # which period: "20261121", "202611", "2026112114"
+    period_label = models.CharField(max_length=50, blank=True)  # the same, for people
     level = models.CharField(max_length=20)  # warning, critical, exceeded, fired, tripped...
     severity = models.CharField(max_length=10, choices=AlertRule.Severity.choices)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.FIRING)

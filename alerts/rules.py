@@ -33,6 +33,7 @@ class Condition:
     threshold: str = ""
     link: str = ""
     severity: str | None = None  # None: the rule's
+    period_label: str = ""  # "2026-11-21", "November 2026", for people
 
 
 def dashboard_link(tenant: Tenant, path: str = "") -> str:
@@ -41,7 +42,14 @@ def dashboard_link(tenant: Tenant, path: str = "") -> str:
 
 
 def _money(nanos: int) -> str:
+    """Exact below a dollar (where the digits matter), to the cent above (where they do not)."""
+    if abs(nanos) >= 1_000_000_000:
+        return f"${Decimal(nanos) / 10**9:,.2f}"
     return f"${format_usd(nanos)}"
+
+
+DEFAULT_CACHE_HIT_TARGET = Decimal(70)
+DEFAULT_ERROR_RATE = Decimal(5)
 
 
 def _percent(value: Decimal) -> str:
@@ -99,6 +107,7 @@ def evaluate_spend(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condi
         Condition(
             scope=_scope(rule),
             period=f"{window.start.astimezone(window.tz):%Y%m%d}",
+            period_label=_label(window.start.astimezone(window.tz), period),
             level="above",
             title=f"Spend {words}{_filter_label(rule)} is above {_money(limit)}",
             text=f"{tenant.name} has spent {_money(spent)} {words}{_filter_label(rule)}, above the {_money(limit)} threshold.",
@@ -169,6 +178,7 @@ def _budget_condition(
 ) -> Condition:
     who = f" for {end_user}" if end_user else ""
     limit = usd_to_nanos(budget.limit_usd)
+    period_label = f"{budget.get_period_display()} from {period[:4]}-{period[4:6]}-{period[6:]}"
     word = {
         "warning": "passed its warning threshold",
         "critical": "passed its critical threshold",
@@ -177,6 +187,7 @@ def _budget_condition(
     return Condition(
         scope=f"budget:{budget.pk}" + (f":{end_user}" if end_user else ""),
         period=period,
+        period_label=period_label,
         level=status,
         title=f"Budget '{budget.name}'{who} {word} ({_percent(percent)})",
         text=(
@@ -207,6 +218,7 @@ def evaluate_projection(rule: AlertRule, tenant: Tenant, now: datetime) -> list[
         Condition(
             scope=_scope(rule),
             period=f"{window.start.astimezone(window.tz):%Y%m}",
+            period_label=month,
             level="projected",
             title=f"Spend{_filter_label(rule)} is on track for {_money(projected)} in {month}",
             text=(
@@ -254,6 +266,7 @@ def evaluate_spike(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condi
         Condition(
             scope=_scope(rule),
             period=f"{hour_start:%Y%m%d%H}",
+            period_label=f"{local:%Y-%m-%d %H:00}",
             level="spike",
             title=f"{rule.get_metric_display().capitalize()} spike{_filter_label(rule)}: {show(current)} in the hour from {local:%H:%M} ({ratio} usual)",
             text=(
@@ -267,6 +280,14 @@ def evaluate_spike(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condi
     ]
 
 
+def _label(start: datetime, period: str) -> str:
+    if period == "month":
+        return f"{start:%B %Y}"
+    if period == "week":
+        return f"week of {start:%Y-%m-%d}"
+    return f"{start:%Y-%m-%d}"
+
+
 def _rates(rule: AlertRule, tenant: Tenant, now: datetime) -> tuple[str, dict[str, int]]:
     window = period_range(tenant=tenant, period="day", now=now)
     return f"{window.start.astimezone(window.tz):%Y%m%d}", usage_metrics(
@@ -277,7 +298,9 @@ def _rates(rule: AlertRule, tenant: Tenant, now: datetime) -> tuple[str, dict[st
 def evaluate_cache_hit_rate(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
     period, totals = _rates(rule, tenant, now)
     calls = int(totals["calls"])
-    threshold = rule.threshold_percent if rule.threshold_percent is not None else Decimal(70)
+    threshold = (
+        rule.threshold_percent if rule.threshold_percent is not None else DEFAULT_CACHE_HIT_TARGET
+    )
     if calls < int(rule.min_volume) or calls == 0:
         return []
     rate = Decimal(int(totals["cache_hits"]) * 100) / calls
@@ -287,6 +310,7 @@ def evaluate_cache_hit_rate(rule: AlertRule, tenant: Tenant, now: datetime) -> l
         Condition(
             scope=_scope(rule),
             period=period,
+            period_label=f"{period[:4]}-{period[4:6]}-{period[6:]}",
             level="below",
             title=f"Cache hit rate today{_filter_label(rule)} is {_percent(rate)}, below {_percent(threshold)}",
             text=f"{totals['cache_hits']} of {calls} calls today were answered from the cache ({_percent(rate)}); the target is {_percent(threshold)}.",
@@ -300,7 +324,7 @@ def evaluate_cache_hit_rate(rule: AlertRule, tenant: Tenant, now: datetime) -> l
 def evaluate_error_rate(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
     period, totals = _rates(rule, tenant, now)
     calls = int(totals["calls"])
-    threshold = rule.threshold_percent if rule.threshold_percent is not None else Decimal(5)
+    threshold = rule.threshold_percent if rule.threshold_percent is not None else DEFAULT_ERROR_RATE
     if calls < int(rule.min_volume) or calls == 0:
         return []
     rate = Decimal(int(totals["errors"]) * 100) / calls
@@ -310,6 +334,7 @@ def evaluate_error_rate(rule: AlertRule, tenant: Tenant, now: datetime) -> list[
         Condition(
             scope=_scope(rule),
             period=period,
+            period_label=f"{period[:4]}-{period[4:6]}-{period[6:]}",
             level="above",
             title=f"Error rate today{_filter_label(rule)} is {_percent(rate)}, above {_percent(threshold)}",
             text=f"{totals['errors']} of {calls} calls today failed ({_percent(rate)}); the threshold is {_percent(threshold)}.",
@@ -333,6 +358,7 @@ def evaluate_unpriced(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Co
         Condition(
             scope=f"model:{provider}/{model}",
             period=period,
+            period_label=f"{period[:4]}-{period[4:6]}-{period[6:]}",
             level="seen",
             title=f"Unpriced model seen: {provider}/{model}",
             text=(

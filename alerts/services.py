@@ -8,6 +8,7 @@ sending and updated after.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -112,6 +113,7 @@ def alert_raise(*, rule: AlertRule, condition: Condition, now: datetime | None =
         "figure": condition.figure[:50],
         "threshold": condition.threshold[:50],
         "link": condition.link[:500],
+        "period_label": condition.period_label[:50],
         "last_seen_at": now,
     }
     with tenant_context(rule.tenant_id):
@@ -167,7 +169,7 @@ def _notify(*, alert: Alert, rule: AlertRule, kind: str) -> list[Notification]:
 
     # One task per channel, after the commit: a slow or failing channel delays no other.
     for notification in notifications:
-        transaction.on_commit(lambda pk=notification.pk: deliver_notification.delay(pk))
+        transaction.on_commit(functools.partial(deliver_notification.delay, notification.pk))
     return notifications
 
 
@@ -202,7 +204,7 @@ def message_for(notification: Notification) -> Message:
         else f"It has cleared. {alert.text}",
         figure=alert.figure or None,
         threshold=alert.threshold or None,
-        period=alert.period or None,
+        period=alert.period_label or alert.period or None,
         link=alert.link or None,
         alert_id=alert.pk,
         rule=alert.rule.name,
@@ -331,8 +333,41 @@ def channel_save(*, channel: Channel) -> Channel:
     channel.config = channel_validate(kind=channel.kind, config=channel.config)
     channel.full_clean()
     with tenant_context(channel.tenant_id):
-        channel.save()
+        if channel.pk is None:
+            channel.save()
+        else:
+            # Only what a person edits: a worker may have recorded an error meanwhile.
+            channel.save(update_fields=["name", "kind", "config", "is_enabled", "disabled_reason"])
     return channel
+
+
+SPEND_PERIODS = ("day", "week", "month")
+
+
+def rule_validate(rule: AlertRule) -> None:
+    """What each kind of rule needs, then the model's own checks, as field errors."""
+    rule_validate_fields(rule)
+    rule.full_clean(exclude=["tenant"])
+
+
+def rule_validate_fields(rule: AlertRule) -> None:
+    """What each kind of rule needs (the API and the admin share these words)."""
+    errors: dict[str, str] = {}
+    if rule.kind in (AlertRule.Kind.SPEND, AlertRule.Kind.PROJECTED) and rule.threshold_usd is None:
+        words = (
+            "a spend threshold"
+            if rule.kind == AlertRule.Kind.SPEND
+            else "a projected month-end threshold"
+        )
+        errors["threshold_usd"] = f"A {rule.get_kind_display()} rule needs {words} in USD."
+    if rule.kind == AlertRule.Kind.SPEND and rule.period not in SPEND_PERIODS:
+        errors["period"] = (
+            "A spend rule watches a day, a week or a month (use a spike rule for hours)."
+        )
+    if rule.tag and "=" not in rule.tag:
+        errors["tag"] = "Write the tag filter as name=value, e.g. team=search."
+    if errors:
+        raise ValidationError(errors)
 
 
 def channel_disable(*, channel: Channel, reason: str) -> None:
@@ -356,7 +391,12 @@ def channel_send_test(*, channel: Channel) -> Notification:
         notification = Notification.objects.create(
             tenant_id=channel.tenant_id, channel=channel, kind=Notification.Kind.TEST
         )
-    notification_deliver(notification_id=notification.pk)
+    outcome = notification_deliver(notification_id=notification.pk)
+    if outcome is not None and outcome.status == Notification.Status.RETRYING:
+        # A test is sent once, now: report the failure instead of retrying later.
+        Notification.objects.unscoped().filter(pk=notification.pk).update(
+            status=Notification.Status.FAILED
+        )
     notification.refresh_from_db()
     return notification
 
@@ -382,8 +422,8 @@ def on_emergency_stop(stop: EmergencyStop, what: str) -> None:
         )
         if stop.tenant_id is not None:
             rules = rules.filter(tenant_id=stop.tenant_id)
-        rules = list(rules)
-    for rule in rules:
+        affected = list(rules)
+    for rule in affected:
         spend = (
             f" Spend at that moment: ${format_usd(stop.spend_at_trip_nanos)}."
             if stop.spend_at_trip_nanos is not None

@@ -498,7 +498,7 @@ def test_a_saved_rule_offers_only_its_tenants_channels(admin_client, rows):
                 ]
             },
         ),
-        ({"tag": "team"}, {"tag": ["Write the tag filter as name=value."]}),
+        ({"tag": "team"}, {"tag": ["Write the tag filter as name=value, e.g. team=search."]}),
     ],
 )
 def test_a_rule_missing_what_its_kind_needs_is_refused(admin_client, acme, changes, errors):

@@ -146,7 +146,7 @@ class Command(BaseCommand):
                 config={"to": ["admin@example.com"]},
             )
         )
-        defaults = [
+        defaults: list[dict[str, Any]] = [
             {
                 "name": "Spend above $10 today",
                 "kind": "spend",
