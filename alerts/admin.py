@@ -23,7 +23,7 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from alerts.models import Alert, AlertRule, Channel, Notification
+from alerts.models import RULE_FIELDS, Alert, AlertRule, Channel, Notification
 from alerts.services import (
     alert_acknowledge,
     channel_disable,
@@ -321,28 +321,7 @@ class AlertRuleForm(forms.ModelForm):
 
     class Meta:
         model = AlertRule
-        fields = (
-            "tenant",
-            "name",
-            "kind",
-            "severity",
-            "is_active",
-            "channels",
-            "period",
-            "threshold_usd",
-            "threshold_percent",
-            "metric",
-            "multiplier",
-            "trailing_days",
-            "min_volume",
-            "provider",
-            "model",
-            "operation",
-            "end_user",
-            "tag",
-            "cooldown_minutes",
-            "notify_resolved",
-        )
+        fields = ("tenant", *RULE_FIELDS[:4], "channels", *RULE_FIELDS[4:])
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -11,7 +11,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from alerts.models import Alert, AlertRule, Channel, Notification
+from alerts.models import RULE_FIELDS, Alert, AlertRule, Channel, Notification
 from alerts.services import alert_acknowledge, channel_save, channel_send_test, rule_validate
 from costmon.exceptions import DomainError, NotFound
 from costmon.models import ApiKey
@@ -37,28 +37,6 @@ def channel_json(channel: Channel) -> dict[str, Any]:
         "last_error_at": _iso(channel.last_error_at),
         "last_success_at": _iso(channel.last_success_at),
     }
-
-
-RULE_FIELDS = (
-    "name",
-    "kind",
-    "severity",
-    "is_active",
-    "period",
-    "threshold_usd",
-    "threshold_percent",
-    "metric",
-    "multiplier",
-    "trailing_days",
-    "min_volume",
-    "provider",
-    "model",
-    "operation",
-    "end_user",
-    "tag",
-    "cooldown_minutes",
-    "notify_resolved",
-)
 
 
 def rule_json(rule: AlertRule) -> dict[str, Any]:

@@ -130,6 +130,29 @@ class AlertRule(models.Model):
         return self.name
 
 
+# What a person sets on a rule (the API and the admin edit these).
+RULE_FIELDS = (
+    "name",
+    "kind",
+    "severity",
+    "is_active",
+    "period",
+    "threshold_usd",
+    "threshold_percent",
+    "metric",
+    "multiplier",
+    "trailing_days",
+    "min_volume",
+    "provider",
+    "model",
+    "operation",
+    "end_user",
+    "tag",
+    "cooldown_minutes",
+    "notify_resolved",
+)
+
+
 class Alert(models.Model):
     """One condition of one rule for one scope and period at one level: the unit of dedup."""
 

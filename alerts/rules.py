@@ -295,54 +295,48 @@ def _rates(rule: AlertRule, tenant: Tenant, now: datetime) -> tuple[str, dict[st
     ).totals
 
 
-def evaluate_cache_hit_rate(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
+def _rate_rule(
+    rule: AlertRule, tenant: Tenant, now: datetime, *, count: str, default: Decimal, low: bool
+) -> list[Condition]:
+    """Today's share of calls with `count` against the rule's percentage: alerting when it is
+    below (`low`) or above it, once there are at least `min_volume` calls."""
     period, totals = _rates(rule, tenant, now)
     calls = int(totals["calls"])
-    threshold = (
-        rule.threshold_percent if rule.threshold_percent is not None else DEFAULT_CACHE_HIT_TARGET
-    )
-    if calls < int(rule.min_volume) or calls == 0:
+    threshold = rule.threshold_percent if rule.threshold_percent is not None else default
+    if calls == 0 or calls < int(rule.min_volume):
         return []
-    rate = Decimal(int(totals["cache_hits"]) * 100) / calls
-    if rate >= threshold:
+    rate = Decimal(int(totals[count]) * 100) / calls
+    if (rate >= threshold) if low else (rate <= threshold):
         return []
+    if low:
+        title = f"Cache hit rate today{_filter_label(rule)} is {_percent(rate)}, below {_percent(threshold)}"
+        text = f"{totals[count]} of {calls} calls today were answered from the cache ({_percent(rate)}); the target is {_percent(threshold)}."
+    else:
+        title = f"Error rate today{_filter_label(rule)} is {_percent(rate)}, above {_percent(threshold)}"
+        text = f"{totals[count]} of {calls} calls today failed ({_percent(rate)}); the threshold is {_percent(threshold)}."
     return [
         Condition(
             scope=_scope(rule),
             period=period,
             period_label=f"{period[:4]}-{period[4:6]}-{period[6:]}",
-            level="below",
-            title=f"Cache hit rate today{_filter_label(rule)} is {_percent(rate)}, below {_percent(threshold)}",
-            text=f"{totals['cache_hits']} of {calls} calls today were answered from the cache ({_percent(rate)}); the target is {_percent(threshold)}.",
+            level="below" if low else "above",
+            title=title,
+            text=text,
             figure=_percent(rate),
             threshold=_percent(threshold),
             link=dashboard_link(tenant),
         )
     ]
+
+
+def evaluate_cache_hit_rate(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
+    return _rate_rule(
+        rule, tenant, now, count="cache_hits", default=DEFAULT_CACHE_HIT_TARGET, low=True
+    )
 
 
 def evaluate_error_rate(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
-    period, totals = _rates(rule, tenant, now)
-    calls = int(totals["calls"])
-    threshold = rule.threshold_percent if rule.threshold_percent is not None else DEFAULT_ERROR_RATE
-    if calls < int(rule.min_volume) or calls == 0:
-        return []
-    rate = Decimal(int(totals["errors"]) * 100) / calls
-    if rate <= threshold:
-        return []
-    return [
-        Condition(
-            scope=_scope(rule),
-            period=period,
-            period_label=f"{period[:4]}-{period[4:6]}-{period[6:]}",
-            level="above",
-            title=f"Error rate today{_filter_label(rule)} is {_percent(rate)}, above {_percent(threshold)}",
-            text=f"{totals['errors']} of {calls} calls today failed ({_percent(rate)}); the threshold is {_percent(threshold)}.",
-            figure=_percent(rate),
-            threshold=_percent(threshold),
-            link=dashboard_link(tenant),
-        )
-    ]
+    return _rate_rule(rule, tenant, now, count="errors", default=DEFAULT_ERROR_RATE, low=False)
 
 
 def evaluate_unpriced(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:

@@ -36,11 +36,9 @@ def is_unscoped() -> bool:
 
 
 @contextlib.contextmanager
-def tenant_context(tenant: Tenant | int) -> Iterator[None]:
-    """Run the block as `tenant`: scoped querysets and RLS see only its rows."""
-    tenant_id = tenant if isinstance(tenant, int) else tenant.pk
+def _context(tenant_id: int | None, bypass: bool) -> Iterator[None]:
     t1 = _tenant_id.set(tenant_id)
-    t2 = _bypass.set(False)
+    t2 = _bypass.set(bypass)
     try:
         yield
     finally:
@@ -48,28 +46,19 @@ def tenant_context(tenant: Tenant | int) -> Iterator[None]:
         _tenant_id.reset(t1)
 
 
-@contextlib.contextmanager
-def unscoped() -> Iterator[None]:
+def tenant_context(tenant: Tenant | int) -> contextlib.AbstractContextManager[None]:
+    """Run the block as `tenant`: scoped querysets and RLS see only its rows."""
+    return _context(tenant if isinstance(tenant, int) else tenant.pk, False)
+
+
+def unscoped() -> contextlib.AbstractContextManager[None]:
     """Read and write across tenants. For staff code, tasks and commands only."""
-    t1 = _tenant_id.set(None)
-    t2 = _bypass.set(True)
-    try:
-        yield
-    finally:
-        _bypass.reset(t2)
-        _tenant_id.reset(t1)
+    return _context(None, True)
 
 
-@contextlib.contextmanager
-def no_tenant() -> Iterator[None]:
+def no_tenant() -> contextlib.AbstractContextManager[None]:
     """Drop any context: nothing tenant-owned is visible (the state every request starts in)."""
-    t1 = _tenant_id.set(None)
-    t2 = _bypass.set(False)
-    try:
-        yield
-    finally:
-        _bypass.reset(t2)
-        _tenant_id.reset(t1)
+    return _context(None, False)
 
 
 def activate(tenant_id: int) -> None:
