@@ -451,3 +451,45 @@ def on_emergency_stop(stop: EmergencyStop, what: str) -> None:
                 severity=AlertRule.Severity.INFO,
             )
         alert_raise(rule=rule, condition=condition)
+
+
+# --- the daily cost report -------------------------------------------------------------------------
+
+
+def daily_report_send(*, tenant: Tenant, now: datetime | None = None) -> int:
+    """Email yesterday's cost report (the tenant's calendar day) to its enabled email channels.
+    Returns how many channels it went to."""
+    from django.core.mail import EmailMultiAlternatives
+    from django.utils.html import escape
+
+    from usage.reports import build_report, render_table
+    from usage.selectors import custom_range, tenant_zone
+
+    now = now or timezone.now()
+    yesterday = (now.astimezone(tenant_zone(tenant)) - timedelta(days=1)).date()
+    with tenant_context(tenant):
+        channels = list(
+            Channel.objects.for_tenant(tenant).filter(kind=Channel.Kind.EMAIL, is_enabled=True)
+        )
+        if not channels:
+            return 0
+        report = build_report(
+            tenant=tenant,
+            time_range=custom_range(
+                tenant=tenant, start=yesterday.isoformat(), end=yesterday.isoformat()
+            ),
+        )
+        text = render_table([report])
+    recipients = sorted(
+        {address for channel in channels for address in channel.config.get("to", [])}
+    )
+    message = EmailMultiAlternatives(
+        subject=f"[costmon] {tenant.name}: spend on {yesterday:%A %d %B %Y}",
+        body=f"{text}\n\nOpen in costmon: {dashboard_link(tenant)}\n",
+        to=recipients,
+    )
+    message.attach_alternative(
+        f"<pre style='font-family:monospace'>{escape(text)}</pre>", "text/html"
+    )
+    message.send()
+    return len(channels)

@@ -6,8 +6,14 @@ from typing import Any
 
 from celery import shared_task
 
+from alerts.models import Channel
 from alerts.rules import FREQUENT_KINDS, HOURLY_KINDS
-from alerts.services import MAX_ATTEMPTS, alert_rules_evaluate, notification_deliver
+from alerts.services import (
+    MAX_ATTEMPTS,
+    alert_rules_evaluate,
+    daily_report_send,
+    notification_deliver,
+)
 
 
 @shared_task(ignore_result=True)
@@ -27,3 +33,20 @@ def deliver_notification(self: Any, notification_id: int) -> str | None:
         # Only transient failures come back here; permanent ones disabled the channel.
         raise self.retry(countdown=outcome.retry_in)
     return outcome.status if outcome else None
+
+
+@shared_task(ignore_result=True)
+def send_daily_reports() -> int:
+    """Yesterday's cost report to every tenant's email channels."""
+    from costmon.models import Tenant
+    from costmon.tenancy import unscoped
+
+    with unscoped():
+        tenant_ids = list(
+            Channel.objects.unscoped()
+            .filter(kind="email", is_enabled=True)
+            .values_list("tenant_id", flat=True)
+            .distinct()
+        )
+        tenants = list(Tenant.objects.filter(pk__in=tenant_ids))
+    return sum(daily_report_send(tenant=tenant) for tenant in tenants)

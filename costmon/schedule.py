@@ -70,6 +70,20 @@ SCHEDULE: list[Periodic] = [
         cron={"minute": "15", "hour": "3"},
     ),
     Periodic(
+        "usage: retention",
+        "usage.tasks.apply_retention",
+        "Raw events past COSTMON_RETENTION_DAYS go at night, when ingest is lightest; rollups "
+        "(and every total built on them) stay.",
+        cron={"minute": "45", "hour": "3"},
+    ),
+    Periodic(
+        "alerts: daily cost report",
+        "alerts.tasks.send_daily_reports",
+        "Yesterday's spend in people's inboxes before the working day starts (07:00 UTC); one "
+        "email per tenant to its email channels.",
+        cron={"minute": "0", "hour": "7"},
+    ),
+    Periodic(
         "usage: price unpriced events",
         "usage.tasks.reprice_unpriced_usage",
         "Loading a price already prices waiting events; this hourly pass catches prices edited "

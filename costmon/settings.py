@@ -167,6 +167,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = COSTMON_MAX_BODY_BYTES
 COSTMON_MAX_BATCH_EVENTS = env_int("COSTMON_MAX_BATCH_EVENTS", 5000, minimum=1)
 # How far ahead of the server's clock an event's occurred_at may be (client clock skew).
 COSTMON_FUTURE_SKEW_SECONDS = env_int("COSTMON_FUTURE_SKEW_SECONDS", 3600, minimum=0)
+# Raw events older than this many days are deleted nightly (rollups, and so every total, stay);
+# 0 keeps them forever.
+COSTMON_RETENTION_DAYS = env_int("COSTMON_RETENTION_DAYS", 400, minimum=0)
 # How long a pre-flight check's reservation holds budget before it expires unsettled.
 COSTMON_RESERVATION_SECONDS = env_int("COSTMON_RESERVATION_SECONDS", 300, minimum=1)
 # How long a looked-up price catalog stays in a process before it is read again.

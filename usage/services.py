@@ -805,3 +805,30 @@ def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:
         end=bounds["last"] + timedelta(microseconds=1),
         only_unpriced=True,
     )
+
+
+def usage_events_purge(
+    *, before: datetime, batch_size: int = 10_000, progress: Callable[[int], None] | None = None
+) -> int:
+    """Delete raw events older than `before`, every tenant, in batches; rollups stay, so every
+    total and chart keeps its history. Staff code: runs unscoped."""
+    from costmon.tenancy import unscoped
+
+    deleted = 0
+    with unscoped():
+        while True:
+            ids = list(
+                UsageEvent.objects.unscoped()
+                .filter(occurred_at__lt=before)
+                .values_list("pk", flat=True)[:batch_size]
+            )
+            if not ids:
+                return deleted
+            with transaction.atomic():
+                deleted += (
+                    UsageEvent.objects.unscoped()
+                    .filter(pk__in=ids)
+                    ._raw_delete(UsageEvent.objects.db)
+                )
+            if progress:
+                progress(deleted)

@@ -41,3 +41,22 @@ def schedule_reprice_unpriced(tenant_id: int | None = None) -> None:
     from django.db import transaction
 
     transaction.on_commit(lambda: reprice_unpriced_usage.delay(tenant_id))
+
+
+@shared_task(ignore_result=True)
+def apply_retention() -> int:
+    """Delete raw events past COSTMON_RETENTION_DAYS (rollups stay)."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from usage.services import usage_events_purge
+
+    if not settings.COSTMON_RETENTION_DAYS:
+        return 0
+    deleted = usage_events_purge(
+        before=timezone.now() - timedelta(days=settings.COSTMON_RETENTION_DAYS)
+    )
+    log.info("retention_applied", deleted=deleted, days=settings.COSTMON_RETENTION_DAYS)
+    return deleted

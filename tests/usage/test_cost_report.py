@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from costmon.services import tenant_create
 from tests.helpers import event
 from usage.ingest import parse_batch
-from usage.management.commands.cost_report import align_money
+from usage.reports import align_money
 from usage.services import usage_record_batch
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
