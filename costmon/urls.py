@@ -7,6 +7,7 @@ from costmon import health, views
 urlpatterns = [
     path("", views.home, name="home"),
     path("admin/", admin.site.urls),
+    path("", include("usage.urls_dashboard")),
     path("api/v1/", include("usage.urls")),
     path("api/v1/", include("budgets.urls")),
     path("api/v1/", include("alerts.urls")),

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse
+
+from usage.views import dashboard_home
 
 
-def home(request: HttpRequest) -> HttpResponseRedirect:
-    # The dashboard (issue 5) will live here; until then, staff start in the admin.
-    return HttpResponseRedirect("/admin/")
+def home(request: HttpRequest) -> HttpResponse:
+    # The dashboard: the first of the user's tenants, or the login page.
+    return dashboard_home(request)

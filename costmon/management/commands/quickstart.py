@@ -62,8 +62,8 @@ class Command(BaseCommand):
                 [
                     "",
                     "costmon is ready.",
-                    f"  Open:      {base}/",
-                    f"  Admin:     {base}/admin/   (user {credentials['username']}, password {credentials['password']})",
+                    f"  Dashboard: {base}/   (log in as {credentials['username']}, password {credentials['password']})",
+                    f"  Admin:     {base}/admin/   (the same login)",
                     f"  API docs:  {base}/api/docs/",
                     f"  Demo key:  {credentials['api_key']}",
                     "",
