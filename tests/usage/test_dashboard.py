@@ -131,7 +131,7 @@ def page(client: Any, url: str) -> str:
 
 def card(html: str, card_id: str) -> str:
     match = re.search(
-        rf'id="card-{card_id}">\s*<div class="label">[^<]*</div>\s*<div class="value">([^<]*)</div>',
+        rf'id="card-{card_id}">\s*<div class="label">[^<]*</div>\s*<div class="value(?: long)?">([^<]*)</div>',
         html,
     )
     assert match, f"no card {card_id}"
