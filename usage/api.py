@@ -84,6 +84,7 @@ def event_json(e: UsageEvent) -> dict[str, Any]:
         "latency_ms": e.latency_ms,
         "status": "error" if e.is_error else "success",
         "cache_hit": e.cache_hit,
+        "prompt_hash": e.prompt_hash or "",
     }
 
 
@@ -106,6 +107,7 @@ CSV_COLUMNS = [
     "latency_ms",
     "status",
     "cache_hit",
+    "prompt_hash",
 ]
 
 

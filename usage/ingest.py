@@ -47,11 +47,13 @@ KNOWN_FIELDS = frozenset(
         "status",
         "cache_hit",
         "reservation_id",
+        "prompt_hash",
         *TOKEN_FIELDS,
         *_STRING_FIELDS,
     }
 )
 MAX_TAGS = 20
+MAX_PROMPT_HASH = 64  # a hex SHA-256
 
 
 @dataclass(slots=True)
@@ -75,6 +77,8 @@ class EventIn:
     cache_hit: bool
     # The pre-flight check's reservation this event settles (not stored).
     reservation_id: str | None = None
+    # The caller's hash of the prompt: identical requests are what a cache would have saved.
+    prompt_hash: str | None = None
 
 
 class _Errors:
@@ -245,6 +249,15 @@ def _parse_event(
     ):
         errors.add(index, "reservation_id", "Must be the reservation_id a check returned.")
 
+    prompt_hash = item.get("prompt_hash")
+    if prompt_hash is not None:
+        if not isinstance(prompt_hash, str):
+            errors.add(index, "prompt_hash", "Must be a string.")
+        elif len(prompt_hash.strip()) > MAX_PROMPT_HASH:
+            errors.add(index, "prompt_hash", f"At most {MAX_PROMPT_HASH} characters.")
+        else:
+            prompt_hash = prompt_hash.strip() or None
+
     tags = item.get("tags")
     if tags is not None:
         if not isinstance(tags, dict):
@@ -279,5 +292,6 @@ def _parse_event(
         is_error=status == "error",
         cache_hit=cache_hit,
         reservation_id=reservation_id or None,
+        prompt_hash=prompt_hash,
         **tokens,
     )

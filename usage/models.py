@@ -217,6 +217,11 @@ class UsageEvent(models.Model):
     latency_ms = models.IntegerField(null=True)
     is_error = models.BooleanField(default=False)
     cache_hit = models.BooleanField(default=False)
+    # Optional: the caller's hash of the prompt, for finding repeated identical requests. NULL
+    # (not "") when none was sent, so most events store nothing and "has a hash" is IS NOT NULL.
+    prompt_hash = models.CharField(  # noqa: DJ001
+        max_length=64, null=True, blank=True, db_index=False
+    )
 
     objects = TenantScopedManager["UsageEvent"]()
 

@@ -178,6 +178,16 @@ class Catalog:
                     found.append(self._exact[(scope, prov, target)])
         return found
 
+    def models_of(self, provider: str, when: datetime) -> list[Price]:
+        """The global list prices of one provider's models in force at `when` (tenant overrides
+        are left out: they price the models a tenant uses, not the ones it could switch to)."""
+        wanted = provider.lower()
+        found = []
+        for (scope, prov, _model), history in self._exact.items():
+            if scope == 1 and prov == wanted and (price := history.at(when)) is not None:
+                found.append(price)
+        return sorted(found, key=lambda p: p.model)
+
     def price_at(self, provider: str, model: str, when: datetime) -> Price | None:
         for history in self.histories(provider, model):
             if (price := history.at(when)) is not None:

@@ -130,6 +130,7 @@ _EVENT_COLUMN_TYPES = (
     ("latency_ms", "integer"),
     ("is_error", "boolean"),
     ("cache_hit", "boolean"),
+    ("prompt_hash", "text"),
 )
 _EVENT_COLUMNS = tuple(c for c, _ in _EVENT_COLUMN_TYPES)
 _PG_EVENT_TYPES = tuple(t for _, t in _EVENT_COLUMN_TYPES)
@@ -281,6 +282,7 @@ def _event_row(
         "latency_ms": e.latency_ms,
         "is_error": e.is_error,
         "cache_hit": e.cache_hit,
+        "prompt_hash": e.prompt_hash,
     }
 
 

@@ -28,6 +28,7 @@ from costmon.scoping import tenants_for_user
 from costmon.tenancy import tenant_context
 from usage import charts, dashboard
 from usage.charts import usd
+from usage.recommendations import recommendations
 from usage.selectors import (
     TimeRange,
     UsageFilters,
@@ -449,6 +450,16 @@ def _usage_page(
         groups=_group_links(request, q, GROUPS),
         no_data=cards.calls == 0,
     )
+    if kind == "overview":
+        # Always the last 30 days, whatever the filters: a saving is per month.
+        context["recommendations"] = [
+            {
+                "title": r.title,
+                "text": r.text,
+                "saving": usd(r.saving_nanos) if r.saving_nanos is not None else None,
+            }
+            for r in recommendations(tenant=tenant, now=timezone.now())
+        ]
     return render(request, "dashboard/overview.html", context)
 
 

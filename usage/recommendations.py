@@ -1,0 +1,237 @@
+"""Recommendations for the overview page: what the tenant could do about its spend, each with an
+estimated monthly saving, from the last 30 days of its own data.
+
+Money is integer nano-dollars throughout; the window is 30 days and a month counts as 30 days,
+so a 30-day saving is the monthly saving. Everything reads the hourly rollups except the
+repeated-prompt check: prompt hashes live on the events alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Count, F, Sum
+
+from costmon.models import Tenant
+from usage.catalog import catalog_for
+from usage.charts import usd
+from usage.models import HourlyRollup, UsageEvent
+from usage.pricing import Price, cost_nanos, usd_to_nanos
+
+WINDOW_DAYS = 30
+MONTH_DAYS = 30
+CACHE_TARGET_PERCENT = 70
+MIN_CALLS_FOR_CACHE_RATE = 100
+TOP_OPERATIONS = 3
+# An operation is worth moving to a cheaper model from $1 of 30-day cost or 20% of spend.
+MIN_OPERATION_NANOS = 1_000_000_000
+MIN_OPERATION_SHARE_PERCENT = 20
+
+KIND_CACHE_RATE = "cache_hit_rate"
+KIND_TOP_OPERATIONS = "top_operations"
+KIND_CHEAPER_MODEL = "cheaper_model"
+KIND_REPEATED_PROMPTS = "repeated_prompts"
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    kind: str
+    title: str
+    text: str
+    saving_nanos: int | None  # per month; None: informational, no saving estimated
+
+
+def _monthly(nanos: int) -> int:
+    return nanos * MONTH_DAYS // WINDOW_DAYS
+
+
+def _op_name(name: str | None) -> str:
+    return name or "(no operation)"
+
+
+def _percent(part: int, whole: int) -> Decimal:
+    return (Decimal(part) * 100 / whole).quantize(Decimal("0.1"))
+
+
+def recommendations(*, tenant: Tenant, now: datetime) -> list[Recommendation]:
+    """The tenant's recommendations for the 30 days before `now`, the largest saving first and
+    the informational ones (no saving) last."""
+    start = (now - timedelta(days=WINDOW_DAYS)).replace(minute=0, second=0, microsecond=0)
+    rollups = HourlyRollup.objects.for_tenant(tenant).filter(hour__gte=start, hour__lt=now)
+    found: list[Recommendation] = []
+    totals = rollups.aggregate(
+        calls=Sum("calls", default=0),
+        cache_hits=Sum("cache_hits", default=0),
+        cost=Sum("cost_nanos", default=0),
+    )
+    calls, hits, total = int(totals["calls"]), int(totals["cache_hits"]), int(totals["cost"])
+    if (rec := _cache_rate(calls=calls, hits=hits, cost=total)) is not None:
+        found.append(rec)
+    if total > 0:
+        if (rec := _top_operations(rollups, total)) is not None:
+            found.append(rec)
+        found.extend(_cheaper_models(tenant, rollups, total, now))
+    if (rec := _repeated_prompts(tenant, start, now)) is not None:
+        found.append(rec)
+    found.sort(key=lambda r: (r.saving_nanos is None, -(r.saving_nanos or 0)))
+    return found
+
+
+def _cache_rate(*, calls: int, hits: int, cost: int) -> Recommendation | None:
+    """Raising the cache hit rate to the target removes that share of the calls that missed.
+
+    A cache hit costs nothing (unless the caller reported a cost for it), so the cost of the
+    calls that missed is the period's cost. With rate r = hits / calls the saving is
+    cost x (0.70 - r) / (1 - r) = cost x (7 calls - 10 hits) / (10 (calls - hits)).
+    """
+    if calls < MIN_CALLS_FOR_CACHE_RATE or hits * 100 >= calls * CACHE_TARGET_PERCENT:
+        return None
+    target = CACHE_TARGET_PERCENT
+    saving = cost * (target * calls - 100 * hits) // (100 * (calls - hits))
+    return Recommendation(
+        kind=KIND_CACHE_RATE,
+        title="Cache hit rate below target",
+        text=(
+            f"{hits:,} of {calls:,} calls ({_percent(hits, calls)}%) were cache hits in the last "
+            f"30 days; raising that to {target}% would avoid paying for as many calls."
+        ),
+        saving_nanos=_monthly(saving),
+    )
+
+
+def _top_operations(rollups: Any, total: int) -> Recommendation | None:
+    rows = list(
+        rollups.values(name=F("operation__value"))
+        .annotate(cost=Sum("cost_nanos"))
+        .filter(cost__gt=0)
+        .order_by("-cost", "name")[:TOP_OPERATIONS]
+    )
+    if not rows:
+        return None
+    parts = [
+        f"{_op_name(r['name'])} {usd(int(r['cost']))} ({_percent(int(r['cost']), total)}%)"
+        for r in rows
+    ]
+    return Recommendation(
+        kind=KIND_TOP_OPERATIONS,
+        title="Most expensive operations",
+        text=(
+            f"Of {usd(total)} in the last 30 days: {', '.join(parts)}. Start looking for "
+            "savings there (for information: no saving is estimated)."
+        ),
+        saving_nanos=None,
+    )
+
+
+def _estimate(price: Price, row: dict[str, Any]) -> int:
+    """The row's tokens at `price`, summed: per call rates apply per call, and the long-context
+    tier (which depends on one call's size) cannot be told from sums, so it is left out."""
+    flat = replace(price, per_request=Decimal(0), long_context_threshold=None, long_rates=None)
+    return cost_nanos(
+        flat,
+        input_tokens=int(row["input_tokens"]),
+        output_tokens=int(row["output_tokens"]),
+        cached_input_tokens=int(row["cached_input_tokens"]),
+        cache_write_tokens=int(row["cache_write_tokens"]),
+    ) + usd_to_nanos(price.per_request * int(row["calls"]))
+
+
+def _cheaper_models(
+    tenant: Tenant, rollups: Any, total: int, now: datetime
+) -> list[Recommendation]:
+    """For each operation that matters, its costliest priced model against the cheapest model
+    of the same provider whose input and output list prices are both lower (no embedding
+    models): the operation's 30-day tokens priced both ways."""
+    rows = (
+        rollups.values(
+            op=F("operation__value"), prov=F("provider__value"), model_name=F("model__value")
+        )
+        .annotate(
+            cost=Sum("cost_nanos"),
+            calls=Sum("calls"),
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            cached_input_tokens=Sum("cached_input_tokens"),
+            cache_write_tokens=Sum("cache_write_tokens"),
+        )
+        .order_by("-cost", "op", "prov", "model_name")
+    )
+    catalog = catalog_for(tenant.pk)
+    op_cost: dict[str, int] = {}
+    top: dict[str, tuple[dict[str, Any], Price]] = {}
+    for row in rows:
+        op = row["op"] or ""
+        op_cost[op] = op_cost.get(op, 0) + int(row["cost"])
+        if op in top or int(row["cost"]) <= 0:
+            continue
+        price = catalog.price_at(row["prov"], row["model_name"], now)
+        if price is not None:
+            top[op] = (row, price)
+    found = []
+    for op, (row, price) in top.items():
+        cost = op_cost[op]
+        if cost < MIN_OPERATION_NANOS and cost * 100 < total * MIN_OPERATION_SHARE_PERCENT:
+            continue
+        options = [
+            (_estimate(c, row), c.model)
+            for c in catalog.models_of(price.provider, now)
+            if "embed" not in c.model.lower()
+            and c.rates.input < price.rates.input
+            and c.rates.output < price.rates.output
+        ]
+        if not options:
+            continue
+        cheaper, name = min(options)
+        saving = int(row["cost"]) - cheaper
+        if saving <= 0:
+            continue
+        found.append(
+            Recommendation(
+                kind=KIND_CHEAPER_MODEL,
+                title=f"A cheaper model for {_op_name(op)}",
+                text=(
+                    f"{_op_name(op)} spent {usd(int(row['cost']))} on {row['model_name']} in the "
+                    f"last 30 days; the same tokens on {name} ({price.provider}) would cost "
+                    f"{usd(cheaper)}. Check that its quality is enough for this operation."
+                ),
+                saving_nanos=_monthly(saving),
+            )
+        )
+    return found
+
+
+def _repeated_prompts(tenant: Tenant, start: datetime, now: datetime) -> Recommendation | None:
+    """Events that sent the same prompt hash more than once: every repeat after the first is
+    what a response cache would have saved.
+
+    This one reads the raw events in the 30-day range (filtered by tenant and by prompt_hash
+    not null, grouped in the database): the rollups do not keep prompt hashes.
+    """
+    groups = (
+        UsageEvent.objects.for_tenant(tenant)
+        .filter(occurred_at__gte=start, occurred_at__lt=now, prompt_hash__isnull=False)
+        .values("prompt_hash")
+        .annotate(n=Count("pk"), cost=Sum("cost_nanos"))
+        .filter(n__gt=1)
+        .order_by()
+    )
+    prompts = repeats = saving = 0
+    for g in groups:
+        n, cost = int(g["n"]), int(g["cost"])
+        prompts += 1
+        repeats += n - 1
+        saving += cost * (n - 1) // n
+    if not prompts:
+        return None
+    return Recommendation(
+        kind=KIND_REPEATED_PROMPTS,
+        title="Repeated identical requests",
+        text=(
+            f"{prompts:,} distinct prompts were sent more than once in the last 30 days "
+            f"({repeats:,} repeats); caching their responses would avoid paying for the repeats."
+        ),
+        saving_nanos=_monthly(saving),
+    )
