@@ -261,32 +261,13 @@ def notification_deliver(*, notification_id: int) -> DeliveryOutcome | None:
                 channel_disable(
                     channel=channel, reason=f"{exc.message} (after notification {notification.pk})"
                 )
-                _finish(
-                    notification,
-                    Notification.Status.FAILED,
-                    error=exc.message,
-                    code=exc.response_code,
-                    duration=duration,
-                )
-                return DeliveryOutcome(Notification.Status.FAILED)
-            if notification.attempts >= MAX_ATTEMPTS:
-                _finish(
-                    notification,
-                    Notification.Status.FAILED,
-                    error=exc.message,
-                    code=exc.response_code,
-                    duration=duration,
-                )
-                return DeliveryOutcome(Notification.Status.FAILED)
+            retry = not exc.permanent and notification.attempts < MAX_ATTEMPTS
+            status = Notification.Status.RETRYING if retry else Notification.Status.FAILED
             _finish(
-                notification,
-                Notification.Status.RETRYING,
-                error=exc.message,
-                code=exc.response_code,
-                duration=duration,
+                notification, status, error=exc.message, code=exc.response_code, duration=duration
             )
             return DeliveryOutcome(
-                Notification.Status.RETRYING, retry_in=30 * 2 ** (notification.attempts - 1)
+                status, retry_in=30 * 2 ** (notification.attempts - 1) if retry else None
             )
         _finish(
             notification,

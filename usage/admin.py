@@ -15,7 +15,7 @@ from costmon.admin import TenantOwnedAdmin
 from usage.catalog import bump_version
 from usage.models import Dimension, HourlyRollup, ModelAlias, ModelPrice, UsageEvent
 from usage.pricing import format_usd
-from usage.services import usage_events_delete
+from usage.services import PRICE_FIELDS, usage_events_delete
 
 
 def rate(value: Decimal | None) -> str:
@@ -62,25 +62,7 @@ class PriceOwnerFilter(admin.SimpleListFilter):
 class ModelPriceForm(forms.ModelForm):
     class Meta:
         model = ModelPrice
-        fields = (
-            "tenant",
-            "provider",
-            "model",
-            "match_pattern",
-            "effective_from",
-            "input_per_mtok",
-            "output_per_mtok",
-            "cached_input_per_mtok",
-            "cache_write_per_mtok",
-            "per_request",
-            "long_context_threshold",
-            "long_input_per_mtok",
-            "long_output_per_mtok",
-            "long_cached_input_per_mtok",
-            "long_cache_write_per_mtok",
-            "source",
-            "source_date",
-        )
+        fields = ("tenant", "provider", "model", "effective_from", *PRICE_FIELDS)
 
     source = forms.URLField(max_length=300, required=False, assume_scheme="https")
 

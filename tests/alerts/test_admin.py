@@ -51,7 +51,7 @@ def rows(acme, outsider, webhook):
             tenant=outsider,
             name="globex slack",
             kind="slack",
-            config={"url": "https://hooks.slack.com/services/T0/B0/globex"},
+            config={"url": "https://hooks.example.test/services/PLACEHOLDER/globex"},
         )
     )
     spend = make_rule(acme, [webhook], kind="spend", threshold_usd=Decimal("10"))
@@ -124,7 +124,7 @@ def channel_form(tenant, **changes) -> dict[str, str]:
         "name": "ops slack",
         "kind": "slack",
         "is_enabled": "on",
-        "config": json.dumps({"url": "https://hooks.slack.com/services/T0/B0/acme"}),
+        "config": json.dumps({"url": "https://hooks.example.test/services/PLACEHOLDER/acme"}),
     }
     data.update(changes)
     return data
@@ -224,7 +224,9 @@ def test_the_channel_list_says_how_each_channel_is_doing(admin_client, rows):
     assert '<td class="field-last_error_short"><span title="hooks.slack.com answered 503: y' in page
     assert "answered 503: " + "y" * 50 + "…</span>" not in page  # cut at 80 characters
     assert "answered 503: " + "y" * 49 + "…</span>" in page
-    assert "https://hooks.slack.com/services/T0/B0/globex" not in page  # config is not listed
+    assert (
+        "https://hooks.example.test/services/PLACEHOLDER/globex" not in page
+    )  # config is not listed
 
 
 def test_a_webhooks_secret_is_on_no_page(admin_client, rows):
@@ -295,14 +297,15 @@ def test_a_channel_added_in_admin_goes_through_the_transports_checks(admin_clien
     response = admin_client.post(
         "/admin/alerts/channel/add/",
         channel_form(
-            acme, config=json.dumps({"url": " https://hooks.slack.com/services/T0/B0/acme "})
+            acme,
+            config=json.dumps({"url": " https://hooks.example.test/services/PLACEHOLDER/acme "}),
         ),
     )
 
     assert response.status_code == 302
     channel = Channel.objects.unscoped().get()
     assert (channel.tenant_id, channel.kind, channel.is_enabled) == (acme.pk, "slack", True)
-    assert channel.config == {"url": "https://hooks.slack.com/services/T0/B0/acme"}
+    assert channel.config == {"url": "https://hooks.example.test/services/PLACEHOLDER/acme"}
 
 
 def test_a_webhook_added_without_a_secret_gets_one_that_is_not_shown(admin_client, acme, receiver):
@@ -323,7 +326,9 @@ def test_a_slack_channel_with_a_plain_http_url_is_refused(admin_client, acme, se
 
     response = admin_client.post(
         "/admin/alerts/channel/add/",
-        channel_form(acme, config=json.dumps({"url": "http://hooks.slack.com/services/T0/B0/x"})),
+        channel_form(
+            acme, config=json.dumps({"url": "http://hooks.example.test/services/PLACEHOLDER/x"})
+        ),
     )
 
     assert response.status_code == 200

@@ -348,7 +348,7 @@ def test_slack_header_shows_the_severity(severity: str, emoji: str) -> None:
 
 @pytest.mark.usefixtures("deny_private")
 def test_slack_config_requires_an_https_url() -> None:
-    url = "https://hooks.slack.com/services/T0/B0/x"
+    url = "https://hooks.example.test/services/PLACEHOLDER/x"
     assert SlackTransport.validate_config({"url": f"  {url} "}) == {"url": url}
     for bad in [
         {},
@@ -361,7 +361,7 @@ def test_slack_config_requires_an_https_url() -> None:
             SlackTransport.validate_config(bad)
         assert "url" in caught.value.message_dict
     with pytest.raises(ValidationError, match="https"):
-        SlackTransport.validate_config({"url": "http://hooks.slack.com/services/T0/B0/x"})
+        SlackTransport.validate_config({"url": "http://hooks.example.test/services/PLACEHOLDER/x"})
     with pytest.raises(ValidationError, match="private address"):
         SlackTransport.validate_config({"url": "https://10.0.0.5/hook"})
 
@@ -592,9 +592,9 @@ def test_refused_recipients_are_a_permanent_error(settings: Any, refusing_smtp: 
 def test_registry_knows_each_kind_by_its_own_name() -> None:
     assert sorted(TRANSPORTS) == ["email", "slack", "webhook"]
     assert all(kind == transport.kind for kind, transport in TRANSPORTS.items())
-    transport = get_transport("slack", {"url": "https://hooks.slack.com/services/T0/B0/x"})
+    transport = get_transport("slack", {"url": "https://hooks.example.test/services/PLACEHOLDER/x"})
     assert isinstance(transport, SlackTransport)
-    assert transport.config == {"url": "https://hooks.slack.com/services/T0/B0/x"}
+    assert transport.config == {"url": "https://hooks.example.test/services/PLACEHOLDER/x"}
 
 
 def test_an_unknown_kind_is_a_value_error() -> None:
