@@ -6,8 +6,11 @@ class BudgetsConfig(AppConfig):
 
     def ready(self) -> None:
         from budgets import counters
-        from usage import services
+        from usage import bulk, services
 
         # Spend counters follow every ingest commit.
         if counters.record_batch not in services.after_record_hooks:
             services.after_record_hooks.append(counters.record_batch)
+        # A bulk load (seeding, imports) rebuilds them once at the end instead.
+        if counters.bulk_loaded not in bulk.after_bulk_load_hooks:
+            bulk.after_bulk_load_hooks.append(counters.bulk_loaded)

@@ -24,7 +24,8 @@ from typing import Any
 
 import structlog
 from django.db import connection
-from django.db.models import Q, Sum
+from django.db.models import F, Q, Sum
+from django.db.models.functions import ExtractHour, Lower, TruncDate
 from django.utils import timezone
 
 from budgets import config as tenant_config
@@ -154,6 +155,11 @@ _RECORD = bredis.script(
     return settled
     """
 )
+
+
+def bulk_loaded(tenant: Tenant) -> None:
+    """After a bulk load: rebuild the tenant's counters from PostgreSQL in one pass."""
+    counters_reconcile(tenant=tenant, expected=True)
 
 
 def record_batch(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
@@ -310,32 +316,41 @@ def expected_counters(
                 if bucket.startswith("d:") or not name.startswith("h:"):
                     fields[name] += cost
 
-    rows = (
-        HourlyRollup.objects.for_tenant(tenant)
-        .filter(hour__gte=start, cost_nanos__gt=0)
-        .values_list(
-            "hour",
-            "provider__value",
-            "model__value",
-            "operation__value",
-            "end_user__value",
-            "api_key_id",
+    # One GROUP BY per field family (day and one dimension each) rather than every rollup row
+    # through Python: a tenant with millions of events is rebuilt in seconds.
+    rollups = HourlyRollup.objects.for_tenant(tenant).filter(hour__gte=start, cost_nanos__gt=0)
+    local_day = TruncDate("hour", tzinfo=tz)
+    families: dict[str, Any] = {
+        "t": None,
+        "h": ExtractHour("hour", tzinfo=tz),
+        "p": Lower("provider__value"),
+        "o": F("operation__value"),
+        "u": F("end_user__value"),
+        "k": F("api_key_id"),
+        "m": F("model__value"),
+    }
+    for prefix, expression in families.items():
+        rows = rollups.annotate(day=local_day)
+        if expression is None:
+            sums = rows.values_list("day").annotate(cost=Sum("cost_nanos"))
+            for day, cost in sums:
+                add(day, ["t"], cost)
+            continue
+        sums = (
+            rows.annotate(name=expression)
+            .values_list("day", "name")
+            .annotate(cost=Sum("cost_nanos"))
         )
-        .annotate(cost=Sum("cost_nanos"))
-    )
-    for hour, provider, model, operation, end_user, api_key_id, cost in rows:
-        local = hour.astimezone(tz)
-        names = event_fields(
-            provider=provider,
-            model=model,
-            operation=operation,
-            end_user=end_user,
-            api_key_id=api_key_id,
-            tags=None,
-            tag_names=frozenset(),
-            local_hour=local.hour,
-        )
-        add(local.date(), names, cost)
+        for day, name, cost in sums:
+            if prefix == "h":
+                add(day, [f"h:{name:02d}"], cost)
+            elif prefix == "k":
+                if name:
+                    add(day, [f"k:{name}"], cost)
+            elif prefix == "m":
+                add(day, [f"m:{n}" for n in dict.fromkeys(candidate_names(name))], cost)
+            else:
+                add(day, [f"{prefix}:{name}"], cost)
     for name in tag_names:
         tagged = (
             UsageEvent.objects.for_tenant(tenant)
@@ -348,8 +363,11 @@ def expected_counters(
     return out
 
 
-def counters_reconcile(*, tenant: Tenant) -> ReconcileReport:
-    """Rebuild the tenant's day hashes from PostgreSQL and say how much drift was corrected."""
+def counters_reconcile(*, tenant: Tenant, expected: bool = False) -> ReconcileReport:
+    """Rebuild the tenant's day hashes from PostgreSQL and say how much drift was corrected.
+
+    `expected`: the counters are known to be behind (after a bulk load), so a correction is
+    not worth a warning."""
     from budgets.models import CounterState
 
     r = bredis.client()
@@ -390,7 +408,7 @@ def counters_reconcile(*, tenant: Tenant) -> ReconcileReport:
         pipe.set(ok_key(tenant.pk), 1)
         pipe.execute()
         CounterState.objects.filter(tenant=tenant).delete()
-    if report.corrected:
+    if report.corrected and not expected:
         log.warning("counters_drift_corrected", tenant=tenant.slug, **report.__dict__)
     return report
 

@@ -42,3 +42,10 @@ def test_the_openapi_schema_and_docs_are_served_without_a_cdn(client):
     docs = client.get("/api/docs/")
     assert docs.status_code == 200
     assert b"cdn." not in docs.content and b"unpkg" not in docs.content
+
+
+def test_every_response_says_how_long_the_server_took(client):
+    response = client.get("/healthz")
+    name, _, duration = response["Server-Timing"].partition(";dur=")
+    assert name == "app"
+    assert float(duration) >= 0
