@@ -127,6 +127,14 @@ def _parse_event(
             index, name, f"Unknown field {name!r}. Known fields: {', '.join(sorted(KNOWN_FIELDS))}."
         )
 
+    # PostgreSQL text cannot hold NUL; refuse it here rather than fail at the insert.
+    for name, value in item.items():
+        nested = value.items() if isinstance(value, dict) else ()
+        if any(
+            isinstance(v, str) and "\x00" in v for v in (value, *(x for kv in nested for x in kv))
+        ):
+            errors.add(index, name, "Must not contain NUL (\\u0000) characters.")
+
     strings: dict[str, str] = {}
     for name, (max_len, required) in _STRING_FIELDS.items():
         value = item.get(name)

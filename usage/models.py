@@ -33,6 +33,8 @@ class Dimension(models.Model):
         END_USER = 4
         SESSION = 5
 
+    # 32-bit: five columns of every event and four of every rollup row refer to it.
+    id = models.AutoField(primary_key=True)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
     kind = models.SmallIntegerField(choices=Kind.choices)
     value = models.CharField(max_length=255)
