@@ -252,14 +252,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
     report = render(rows, context, scale, args)
-    print(report)
+    sys.stdout.write(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for name in (f"bench-{stamp}{'-smoke' if args.smoke else ''}.md", "latest.md"):
         (out / name).write_text(report)
     say(f"written to {out / 'latest.md'}")
+    if args.smoke:
+        drop_database(args.database)
     return 0
+
+
+def drop_database(name: str) -> None:
+    import psycopg
+    from django.db import connections
+
+    connections.close_all()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def prepare_database(name: str, scale: Scale, *, reuse: bool) -> bool:
