@@ -30,6 +30,7 @@ from budgets.services import (
 )
 from costmon.exceptions import BatchInvalid, DomainError, NotFound
 from costmon.models import ApiKey
+from costmon.prometheus import instruments
 from costmon.scoping import TenantAPIView
 from usage.pricing import format_usd
 
@@ -281,6 +282,10 @@ class CheckApi(TenantAPIView):
 
     required_scope = ApiKey.Scope.INGEST
     parser_classes: list[Any] = []
+
+    @instruments.timed(instruments.CHECK_SECONDS)
+    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().dispatch(request, *args, **kwargs)
 
     @extend_schema(
         summary="May this call spend?",

@@ -21,7 +21,8 @@ from usage.pricing import usd_to_nanos
 
 _TTL_WITHOUT_VERSION = 5.0
 _lock = Lock()
-_local: dict[int, tuple[float, object, TenantConfig]] = {}
+# tenant -> (expires, shared versions, config, when the versions were last checked)
+_local: dict[int, tuple[float, object, TenantConfig, float]] = {}
 
 
 @dataclass(frozen=True)
@@ -150,15 +151,19 @@ def load(tenant_id: int) -> TenantConfig:
 def for_tenant(tenant_id: int) -> TenantConfig:
     """The tenant's configuration; no SQL unless it changed (or Redis is away)."""
     shared = bool(settings.REDIS_URL)  # without Redis each process has its own cache: use a timer
-    version = cache_get_many([version_key(tenant_id), version_key(None)]) if shared else None
     now = time.monotonic()
     with _lock:
         hit = _local.get(tenant_id)
+    if shared and hit is not None and now - hit[3] < settings.COSTMON_SHARED_RECHECK_MS / 1000:
+        return hit[2]  # checked against the shared versions a moment ago
+    version = cache_get_many([version_key(tenant_id), version_key(None)]) if shared else None
     if (
         hit is not None
         and hit[1] == version
         and (hit[0] > now or (shared and version != (None, None)))
     ):
+        with _lock:
+            _local[tenant_id] = (hit[0], version, hit[2], now)
         return hit[2]
     config = load(tenant_id)
     if shared and version is not None and None in version:
@@ -168,5 +173,5 @@ def for_tenant(tenant_id: int) -> TenantConfig:
             cache_add(version_key(tid), uuid.uuid4().hex)
         version = cache_get_many([version_key(tenant_id), version_key(None)])
     with _lock:
-        _local[tenant_id] = (now + _TTL_WITHOUT_VERSION, version, config)
+        _local[tenant_id] = (now + _TTL_WITHOUT_VERSION, version, config, now)
     return config

@@ -14,3 +14,10 @@ class CostmonConfig(AppConfig):
         from costmon.tenancy import install_rls_wrapper
 
         connection_created.connect(install_rls_wrapper, dispatch_uid="costmon_rls")
+
+        from costmon.prometheus.totals import usage_recorded
+        from usage import services
+
+        # Prometheus's cached usage sums learn of events that land in hours they already hold.
+        if usage_recorded not in services.after_record_hooks:
+            services.after_record_hooks.append(usage_recorded)

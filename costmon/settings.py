@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -63,6 +64,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "costmon.middleware.ServerTimingMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "costmon.middleware.TenantContextMiddleware",
@@ -172,6 +174,30 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = COSTMON_MAX_BODY_BYTES
 COSTMON_MAX_BATCH_EVENTS = env_int("COSTMON_MAX_BATCH_EVENTS", 5000, minimum=1)
 # How far ahead of the server's clock an event's occurred_at may be (client clock skew).
 COSTMON_FUTURE_SKEW_SECONDS = env_int("COSTMON_FUTURE_SKEW_SECONDS", 3600, minimum=0)
+# OpenTelemetry ingest (POST /v1/traces), see docs/opentelemetry.md. Attributes are looked up on
+# the span, then on its resource; the first one present wins.
+COSTMON_OTLP_END_USER_ATTRIBUTES = env_list(
+    "COSTMON_OTLP_END_USER_ATTRIBUTES", ["user.id", "enduser.id", "gen_ai.request.user"]
+)
+COSTMON_OTLP_SESSION_ATTRIBUTES = env_list(
+    "COSTMON_OTLP_SESSION_ATTRIBUTES", ["session.id", "gen_ai.conversation.id"]
+)
+# Tags as `tag=attribute` (a bare attribute is its own tag name).
+COSTMON_OTLP_TAG_ATTRIBUTES = env_list(
+    "COSTMON_OTLP_TAG_ATTRIBUTES",
+    ["service=service.name", "environment=deployment.environment.name"],
+)
+for _entry in COSTMON_OTLP_TAG_ATTRIBUTES:
+    _tag, _sep, _attribute = _entry.partition("=")
+    if (_sep and not (_tag.strip() and _attribute.strip())) or len(_tag.strip()) > 64:
+        raise ImproperlyConfigured(
+            f"COSTMON_OTLP_TAG_ATTRIBUTES entries are tag=attribute (tag at most 64 characters), got {_entry!r}"
+        )
+# Agent and tool spans wrap model calls that have spans of their own: counting both counts twice.
+COSTMON_OTLP_IGNORED_OPERATIONS = env_list(
+    "COSTMON_OTLP_IGNORED_OPERATIONS",
+    ["invoke_agent", "create_agent", "execute_tool", "invoke_workflow"],
+)
 # Raw events older than this many days are deleted nightly (rollups, and so every total, stay);
 # 0 keeps them forever.
 COSTMON_RETENTION_DAYS = env_int("COSTMON_RETENTION_DAYS", 400, minimum=0)
@@ -179,8 +205,37 @@ COSTMON_RETENTION_DAYS = env_int("COSTMON_RETENTION_DAYS", 400, minimum=0)
 COSTMON_RESERVATION_SECONDS = env_int("COSTMON_RESERVATION_SECONDS", 300, minimum=1)
 # How long a looked-up price catalog stays in a process before it is read again.
 COSTMON_CATALOG_TTL_SECONDS = env_int("COSTMON_CATALOG_TTL_SECONDS", 30, minimum=0)
+# With Redis, a process trusts its copy of a tenant's prices and budget settings for this long
+# before it asks Redis whether they changed: changes reach every process within this time, and
+# the pre-flight check saves two round trips.
+COSTMON_SHARED_RECHECK_MS = env_int("COSTMON_SHARED_RECHECK_MS", 1000, minimum=0)
 # Outbound webhooks to private or loopback addresses are refused unless this is on (tests).
 COSTMON_ALLOW_PRIVATE_WEBHOOKS = env_bool("COSTMON_ALLOW_PRIVATE_WEBHOOKS", False)
+# GET /metrics for Prometheus (docs/prometheus.md) answers only to
+# `Authorization: Bearer <COSTMON_METRICS_TOKEN>`; while the token is empty it is off (404).
+COSTMON_METRICS_TOKEN = env_str("COSTMON_METRICS_TOKEN", "") or ""
+if COSTMON_METRICS_TOKEN and len(COSTMON_METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured(
+        "COSTMON_METRICS_TOKEN must be at least 16 characters (generate one with "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+    )
+# Each web process keeps its request metrics in files here, summed at every scrape; the folder
+# is emptied when the server starts (gunicorn -c python:costmon.gunicorn_conf, quickstart).
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR") or (
+    str(VAR_DIR / "prometheus") if COSTMON_METRICS_TOKEN else ""
+)
+if PROMETHEUS_MULTIPROC_DIR:
+    try:
+        Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"PROMETHEUS_MULTIPROC_DIR {PROMETHEUS_MULTIPROC_DIR!r} cannot be created ({exc}); "
+            "point it at a writable folder"
+        ) from None
+    # prometheus_client reads the variable itself, before its first metric is made.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+else:
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # an empty value would mean the cwd
 DEFAULT_FROM_EMAIL = (
     env_str("DEFAULT_FROM_EMAIL", "costmon <costmon@localhost>") or "costmon@localhost"
 )

@@ -3,6 +3,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from costmon import health, views
+from costmon.prometheus import views as prometheus_views
+from usage.otlp_api import OtlpTracesApi
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -13,6 +15,8 @@ urlpatterns = [
     path("api/v1/", include("alerts.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("v1/traces", OtlpTracesApi.as_view(), name="otlp-traces"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", prometheus_views.metrics, name="prometheus-metrics"),
 ]

@@ -1,7 +1,10 @@
 """Test settings: the real PostgreSQL and Redis of this machine (see README), unless
 COSTMON_TEST_DB=sqlite runs the suite on the embedded SQLite default."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 if os.environ.get("COSTMON_TEST_DB") == "sqlite":
     os.environ.pop("DATABASE_URL", None)
@@ -13,12 +16,19 @@ else:
     # The app acts as an ordinary role so row-level security applies, as in production.
     os.environ.setdefault("DATABASE_ROLE", "costmon_app")
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
+# This run's Prometheus request metrics (prometheus_client multiprocess files) in a folder of
+# its own; processes the tests start inherit it.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="costmon-test-prometheus-")
+    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], True)
 
 from costmon.settings import *
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Catalog edits made directly through the ORM in tests must be seen at once.
 COSTMON_CATALOG_TTL_SECONDS = 0
+# Changes made by another process (a worker, a live server) must be seen at once.
+COSTMON_SHARED_RECHECK_MS = 0
 CELERY_TASK_ALWAYS_EAGER = True
 STATIC_ROOT = None  # tests serve static files from the finders
 

@@ -19,6 +19,7 @@ from rest_framework.response import Response
 
 from costmon.exceptions import DomainError, PayloadTooLarge
 from costmon.models import ApiKey
+from costmon.prometheus import instruments
 from costmon.scoping import TenantAPIView
 from costmon.tenancy import tenant_context
 from usage.ingest import parse_batch
@@ -133,6 +134,10 @@ class UsageApi(TenantAPIView):
     method_scopes = {"POST": ApiKey.Scope.INGEST, "GET": ApiKey.Scope.READ}
     parser_classes: list[Any] = []  # the body is parsed here, with exact decimals
 
+    @instruments.timed(instruments.INGEST_SECONDS)
+    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().dispatch(request, *args, **kwargs)
+
     @extend_schema(
         summary="Report usage",
         description="One usage event or a list of them (see the README for the fields).",
@@ -161,6 +166,7 @@ class UsageApi(TenantAPIView):
             raise DomainError(f"Malformed JSON: {exc}") from None
         events = parse_batch(payload)
         results = usage_record_batch(tenant=self.tenant, events=events, api_key_id=self.api_key_id)
+        instruments.events_ingested(results)
         return Response(
             {
                 "events": [

@@ -21,7 +21,8 @@ from usage.pricing import Alias, Catalog, Price, Rates
 
 VERSION_KEY = "costmon:catalog-version"
 _lock = Lock()
-_local: dict[int, tuple[float, object, Catalog]] = {}
+# tenant -> (expires, shared version, catalog, when the version was last checked)
+_local: dict[int, tuple[float, object, Catalog, float]] = {}
 
 
 def _version() -> object:
@@ -97,16 +98,20 @@ def catalog_for(tenant_id: int) -> Catalog:
     """The tenant's catalog. With Redis, reloaded only when a price write bumped the shared
     version (so pricing does no SQL); without it, every COSTMON_CATALOG_TTL_SECONDS."""
     shared = bool(settings.REDIS_URL)
+    now = time.monotonic()
+    with _lock:
+        hit = _local.get(tenant_id)
+    if shared and hit is not None and now - hit[3] < settings.COSTMON_SHARED_RECHECK_MS / 1000:
+        return hit[2]  # checked against the shared version a moment ago
     version = _version()
     if shared and version is None:
         cache_add(VERSION_KEY, uuid.uuid4().hex)  # first use since Redis started
         version = _version()
-    now = time.monotonic()
-    with _lock:
-        hit = _local.get(tenant_id)
     if hit is not None and hit[1] == version and (hit[0] > now or (shared and version is not None)):
+        with _lock:
+            _local[tenant_id] = (hit[0], version, hit[2], now)
         return hit[2]
     catalog = load_catalog(tenant_id)
     with _lock:
-        _local[tenant_id] = (now + settings.COSTMON_CATALOG_TTL_SECONDS, version, catalog)
+        _local[tenant_id] = (now + settings.COSTMON_CATALOG_TTL_SECONDS, version, catalog, now)
     return catalog

@@ -572,3 +572,18 @@ def test_stops_are_history_never_edited_or_deleted(admin_client, two_tenants):
     assert (change.status_code, delete.status_code) == (403, 403)
     stop.refresh_from_db()
     assert (stop.reason, stop.lifted_at) == ("runaway agent", None)
+
+
+@requires_redis
+def test_another_process_change_reaches_this_one_within_the_recheck_window(acme, settings):
+    from costmon.cache import cache_set
+
+    settings.COSTMON_SHARED_RECHECK_MS = 60_000
+    config.clear_local()
+    assert config.for_tenant(acme.pk).budgets == ()
+    # Another process adds a budget: the row, then a new shared version (no local clear here).
+    Budget.objects.create(tenant=acme, name="month", limit_usd=Decimal(10))
+    cache_set(config.version_key(acme.pk), "changed-elsewhere", None)
+    assert config.for_tenant(acme.pk).budgets == ()  # trusted for up to a minute
+    settings.COSTMON_SHARED_RECHECK_MS = 0
+    assert [b.name for b in config.for_tenant(acme.pk).budgets] == ["month"]

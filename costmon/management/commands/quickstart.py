@@ -207,6 +207,9 @@ class Command(BaseCommand):
                 [
                     gunicorn,
                     "costmon.wsgi:application",
+                    # Server hooks: the Prometheus metrics of several workers (docs/prometheus.md).
+                    "--config",
+                    "python:costmon.gunicorn_conf",
                     "--bind",
                     f"{host}:{port}",
                     "--workers",
