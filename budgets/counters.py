@@ -159,7 +159,7 @@ _RECORD = bredis.script(
 
 def bulk_loaded(tenant: Tenant) -> None:
     """After a bulk load: rebuild the tenant's counters from PostgreSQL in one pass."""
-    counters_reconcile(tenant=tenant, expected=True)
+    counters_reconcile(tenant=tenant, known_behind=True)
 
 
 def record_batch(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
@@ -363,10 +363,10 @@ def expected_counters(
     return out
 
 
-def counters_reconcile(*, tenant: Tenant, expected: bool = False) -> ReconcileReport:
+def counters_reconcile(*, tenant: Tenant, known_behind: bool = False) -> ReconcileReport:
     """Rebuild the tenant's day hashes from PostgreSQL and say how much drift was corrected.
 
-    `expected`: the counters are known to be behind (after a bulk load), so a correction is
+    `known_behind`: the counters are known to be behind (after a bulk load), so a correction is
     not worth a warning."""
     from budgets.models import CounterState
 
@@ -408,7 +408,7 @@ def counters_reconcile(*, tenant: Tenant, expected: bool = False) -> ReconcileRe
         pipe.set(ok_key(tenant.pk), 1)
         pipe.execute()
         CounterState.objects.filter(tenant=tenant).delete()
-    if report.corrected and not expected:
+    if report.corrected and not known_behind:
         log.warning("counters_drift_corrected", tenant=tenant.slug, **report.__dict__)
     return report
 

@@ -35,7 +35,7 @@ ROWS = (
 @requires_redis
 def test_the_benchmark_runs_end_to_end_and_reports_every_row(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [
             sys.executable,
             str(ROOT / "tests" / "bench" / "run.py"),
