@@ -95,7 +95,12 @@ def usage_bulk_load(
         if progress:
             progress(len(part))
     for hook in after_bulk_load_hooks:
-        hook(tenant)
+        try:
+            hook(tenant)
+        except Exception:
+            # The events are stored; counters rebuild on their own later (nightly, or when a
+            # check finds them missing). A busy Redis must not fail a long load at its end.
+            log.exception("after_bulk_load_hook_failed", hook=getattr(hook, "__name__", repr(hook)))
     log.info("usage_bulk_loaded", tenant=tenant.slug, **report.__dict__)
     return report
 
