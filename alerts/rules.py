@@ -19,7 +19,7 @@ from budgets.services import budget_status, budget_window
 from costmon.models import Tenant
 from usage.models import HourlyRollup
 from usage.pricing import format_usd, usd_to_nanos
-from usage.selectors import UsageFilters, period_range, tenant_zone, usage_metrics
+from usage.selectors import UsageFilters, period_range, rollups_of, tenant_zone, usage_metrics
 
 
 @dataclass(frozen=True)
@@ -237,8 +237,8 @@ def evaluate_spike(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condi
     hour_end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     hour_start = hour_end - timedelta(hours=1)
     field = "cost_nanos" if rule.metric == AlertRule.Metric.COST else "input_tokens"
-    base = HourlyRollup.objects.for_tenant(tenant)
     flt = _filters(rule)
+    base = rollups_of(tenant, by_end_user=flt.end_user is not None)
     for name in ("provider", "model", "operation", "end_user"):
         if getattr(flt, name):
             base = base.filter(**{f"{name}__value": getattr(flt, name)})
@@ -342,7 +342,7 @@ def evaluate_error_rate(rule: AlertRule, tenant: Tenant, now: datetime) -> list[
 def evaluate_unpriced(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
     window = period_range(tenant=tenant, period="day", now=now)
     rows = (
-        HourlyRollup.objects.for_tenant(tenant)
+        rollups_of(tenant)
         .filter(hour__gte=window.start, hour__lt=window.end, unpriced_calls__gt=0)
         .values_list("provider__value", "model__value")
         .annotate(calls=Sum("unpriced_calls"))

@@ -15,7 +15,7 @@ from budgets.models import Budget, EmergencyStop
 from budgets.periods import elapsed_fraction
 from budgets.services import BudgetState, budget_window, spent_from_database
 from costmon.models import Tenant
-from usage.models import HourlyRollup
+from usage.models import Dimension, HourlyRollup
 from usage.selectors import tenant_zone
 
 
@@ -62,16 +62,31 @@ def budget_views(
 
 
 def _top_end_user(tenant: Tenant, since: datetime) -> str:
+    """The end user who spent most since `since` (calls without an end user do not count)."""
+    # Grouped by the dictionary id and named afterwards, with the empty name excluded by its
+    # id: a join to the names before grouping took ten times as long on a month of rollups.
+    unnamed = (
+        Dimension.objects.for_tenant(tenant)
+        .filter(kind=Dimension.Kind.END_USER, value="")
+        .values_list("pk", flat=True)
+        .first()
+    )
     row = (
         HourlyRollup.objects.for_tenant(tenant)
         .filter(hour__gte=since)
-        .exclude(end_user__value="")
-        .values("end_user__value")
+        .exclude(end_user_id=unnamed or 0)
+        .values("end_user_id")
         .annotate(cost=Sum("cost_nanos"))
-        .order_by("-cost")
+        .order_by("-cost", "end_user_id")
         .first()
     )
-    return row["end_user__value"] if row else ""
+    if row is None:
+        return ""
+    return str(
+        Dimension.objects.for_tenant(tenant)
+        .values_list("value", flat=True)
+        .get(pk=row["end_user_id"])
+    )
 
 
 def _fill_spend(tenant: Tenant, states: list[BudgetState]) -> str:

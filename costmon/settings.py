@@ -112,14 +112,20 @@ if EMBEDDED:
 else:
     DATABASES = {"default": dict(dj_database_url.parse(DATABASE_URL or "", conn_max_age=60))}
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Session settings: JIT compiles each big aggregate for ~25 ms, more than such a query
+    # takes without it; a month of rollups grouped by end user (about 100,000 rows) sorts in
+    # memory with 32 MB instead of spilling to disk with the default 4 MB.
+    _session = env_str("DATABASE_SESSION_OPTIONS", "-c jit=off -c work_mem=32MB") or ""
     # Row-level security is enforced for non-superuser roles only. When the login role is a
     # superuser (as on a developer machine), DATABASE_ROLE names the role the product acts as.
     _role = env_str("DATABASE_ROLE")
     if _role:
         if not _role.replace("_", "").isalnum():
             raise ImproperlyConfigured(f"DATABASE_ROLE must be a plain role name, got {_role!r}")
+        _session = f"{_session} -c role={_role}"
+    if _session.strip():
         _options: dict[str, object] = dict(DATABASES["default"].get("OPTIONS") or {})  # type: ignore[call-overload]
-        _options["options"] = f"-c role={_role}"
+        _options["options"] = _session.strip()
         DATABASES["default"]["OPTIONS"] = _options
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -23,11 +23,10 @@ from costmon.models import Tenant
 from costmon.tenancy import raw_cursor, tenant_context
 from usage.catalog import catalog_for
 from usage.ingest import EventIn
-from usage.models import HourlyRollup, UsageEvent
+from usage.models import UsageEvent
+from usage.rollups import rollups_sql
 from usage.services import (
     _EVENT_COLUMNS,
-    ROLLUP_KEY,
-    ROLLUP_SUMS,
     _dimension_keys,
     _event_row,
     _ingest_lock,
@@ -44,20 +43,6 @@ after_bulk_load_hooks: list[Callable[[Tenant], None]] = []
 CHUNK = 50_000
 
 # How each rollup sum is computed from the inserted rows.
-_ROLLUP_EXPRESSIONS = {
-    "calls": "count(*)",
-    "errors": "count(*) FILTER (WHERE is_error)",
-    "cache_hits": "count(*) FILTER (WHERE cache_hit)",
-    "unpriced_calls": "count(*) FILTER (WHERE cost_source = 2)",
-    "input_tokens": "sum(input_tokens)",
-    "output_tokens": "sum(output_tokens)",
-    "cached_input_tokens": "sum(cached_input_tokens)",
-    "cache_write_tokens": "sum(cache_write_tokens)",
-    "reasoning_tokens": "sum(reasoning_tokens)",
-    "cost_nanos": "sum(cost_nanos)",
-    "latency_ms_sum": "coalesce(sum(latency_ms), 0)",
-    "latency_count": "count(latency_ms)",
-}
 
 
 @dataclass
@@ -117,14 +102,8 @@ def _record_chunk(tenant: Tenant, part: list[EventIn], report: BulkReport) -> No
 def _load_chunk(tenant: Tenant, part: list[EventIn], report: BulkReport) -> None:
     catalog = catalog_for(tenant.pk)
     events = UsageEvent._meta.db_table
-    rollups = HourlyRollup._meta.db_table
     columns = ", ".join(_EVENT_COLUMNS)
     tags = _EVENT_COLUMNS.index("tags")
-    key = ", ".join(ROLLUP_KEY)
-    hour = "date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
-    group = ", ".join(hour if c == "hour" else c for c in ROLLUP_KEY)
-    sums = ", ".join(_ROLLUP_EXPRESSIONS[c] for c in ROLLUP_SUMS)
-    add = ", ".join(f"{c} = r.{c} + excluded.{c}" for c in ROLLUP_SUMS)
     with tenant_context(tenant), _ingest_lock(tenant.pk), transaction.atomic():
         dims = dimension_ids(tenant=tenant, wanted=_dimension_keys(part))
         with raw_cursor(connection) as cursor:
@@ -148,11 +127,7 @@ def _load_chunk(tenant: Tenant, part: list[EventIn], report: BulkReport) -> None
                 f"WITH fresh AS ("
                 f" INSERT INTO {events} ({columns}) SELECT {columns} FROM usage_bulk_stage"
                 f" ORDER BY occurred_at ON CONFLICT (tenant_id, event_id) DO NOTHING"
-                f" RETURNING *),"
-                f" added AS ("
-                f" INSERT INTO {rollups} AS r ({key}, {', '.join(ROLLUP_SUMS)})"
-                f" SELECT {group}, {sums} FROM fresh GROUP BY {group}"
-                f" ON CONFLICT ({key}) DO UPDATE SET {add})"
+                f" RETURNING *), {rollups_sql('fresh')}"
                 f" SELECT count(*), coalesce(sum(cost_nanos), 0),"
                 f" count(*) FILTER (WHERE cost_source = 2) FROM fresh"
             )

@@ -129,12 +129,13 @@ def spend_by_day(
         cells[row["bucket"]] = cells.get(row["bucket"], 0) + int(row["cost_nanos"])
     # The biggest spender at the bottom of each stack, where it is easiest to read.
     order = sorted(per_key, key=lambda k: (-sum(per_key[k].values()), k))
-    fig = go.Figure()
+    fig = go.Figure(_validate=False)
     x = [_naive(b) for b in buckets]
     for key in order:
         values = [per_key[key].get(b, 0) for b in buckets]
         fig.add_trace(
             go.Bar(
+                _validate=False,
                 name=_label(key),
                 x=x,
                 y=[_axis(v) for v in values],
@@ -165,7 +166,9 @@ def _breakdown_bars(
     shown = list(reversed(rows))
     names = [_label(str(r["key"])) for r in shown]
     fig = go.Figure(
-        go.Bar(
+        _validate=False,
+        data=go.Bar(
+            _validate=False,
             orientation="h",
             x=[_axis(int(r["cost_nanos"])) for r in shown],
             y=names,
@@ -173,7 +176,7 @@ def _breakdown_bars(
             marker_color=[colour_for(str(r["key"])) for r in shown] if coloured else ACCENT,
             hovertemplate="%{y}: %{customdata[0]} (%{customdata[1]} calls)<extra></extra>",
             name="Spend",
-        )
+        ),
     )
     _layout(fig, title, height=max(HEIGHT, 60 + 28 * len(shown)), showlegend=False)
     fig.update_xaxes(tickprefix="$", rangemode="tozero")
@@ -200,7 +203,9 @@ def spend_by_model(rows: Sequence[Mapping[str, Any]]) -> go.Figure:
 
 def cache_hits(hits: int, misses: int) -> go.Figure:
     fig = go.Figure(
-        go.Pie(
+        _validate=False,
+        data=go.Pie(
+            _validate=False,
             labels=["Cache hits", "Misses"],
             values=[hits, misses],
             hole=0.55,
@@ -208,7 +213,7 @@ def cache_hits(hits: int, misses: int) -> go.Figure:
             sort=False,
             textinfo="percent",
             hovertemplate="%{label}: %{value} calls<extra></extra>",
-        )
+        ),
     )
     _layout(fig, "Cache hits vs misses")
     if hits + misses == 0:
@@ -220,7 +225,9 @@ def heatmap(hour_weekday_matrix: Sequence[Sequence[int]]) -> go.Figure:
     """Spend by weekday (rows, Monday first) and hour of day (columns 0-23), in nano-dollars."""
     matrix = [list(row) for row in hour_weekday_matrix]
     fig = go.Figure(
-        go.Heatmap(
+        _validate=False,
+        data=go.Heatmap(
+            _validate=False,
             z=[[_axis(v) for v in row] for row in matrix],
             x=[f"{h:02d}" for h in range(24)],
             y=list(WEEKDAYS),
@@ -230,7 +237,7 @@ def heatmap(hour_weekday_matrix: Sequence[Sequence[int]]) -> go.Figure:
             colorbar={"tickprefix": "$", "thickness": 10},
             xgap=1,
             ygap=1,
-        )
+        ),
     )
     _layout(fig, "Spend by hour of day and weekday")
     fig.update_yaxes(autorange="reversed", type="category")
@@ -260,7 +267,9 @@ def budget_burndown(
         left -= int(spent)
         remaining.append(left)
     fig = go.Figure(
-        go.Scatter(
+        _validate=False,
+        data=go.Scatter(
+            _validate=False,
             name="Remaining",
             x=list(days),
             y=[_axis(v) for v in remaining],
@@ -268,12 +277,13 @@ def budget_burndown(
             mode="lines+markers",
             line={"color": ACCENT, "width": 3},
             hovertemplate="%{x|%b %d}: %{customdata} left<extra></extra>",
-        )
+        ),
     )
     if projected_nanos is not None and period_end is not None and days:
         end_left = limit_nanos - projected_nanos
         fig.add_trace(
             go.Scatter(
+                _validate=False,
                 name="Projected",
                 x=[days[-1], period_end],
                 y=[_axis(remaining[-1]), _axis(end_left)],

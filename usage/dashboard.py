@@ -1,6 +1,6 @@
-"""Reads for the dashboard pages. Every figure comes from the hourly rollups, aggregated in the
-database; only a tag filter (tags live on events alone) reads the events in range, as the
-metrics selectors do."""
+"""Reads for the dashboard pages. Every figure comes from the rollups (the small by-model ones
+unless end users matter: `usage.selectors.rollups_of`), aggregated in the database; only a tag
+filter (tags live on events alone) reads the events in range, as the metrics selectors do."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from budgets.models import Budget, EmergencyStop
 from budgets.selectors import BudgetView, budget_views
 from budgets.services import emergency_stop_active
 from costmon.models import Tenant
-from usage.models import Dimension, HourlyRollup, UsageEvent
+from usage.models import Dimension, UsageEvent
 from usage.pricing import candidate_names, usd_to_nanos
 from usage.selectors import (
     ROLLUP_DIMENSIONS,
@@ -30,6 +30,8 @@ from usage.selectors import (
     _filtered_rollups,
     _rollup_sums,
     period_range,
+    ranked_by_dimension,
+    rollups_of,
     tenant_zone,
 )
 
@@ -45,10 +47,13 @@ class _Source:
     time_field: str
 
 
-def _source(tenant: Tenant, tr: TimeRange, filters: UsageFilters) -> _Source:
+def _source(
+    tenant: Tenant, tr: TimeRange, filters: UsageFilters, *, by_end_user: bool = False
+) -> _Source:
     if filters.tag is not None:
         return _Source(_filtered_events(tenant, tr, filters), _event_sums(), "occurred_at")
-    return _Source(_filtered_rollups(tenant, tr, filters), _rollup_sums(), "hour")
+    rows = _filtered_rollups(tenant, tr, filters, by_end_user=by_end_user)
+    return _Source(rows, _rollup_sums(), "hour")
 
 
 def usage_totals(*, tenant: Tenant, time_range: TimeRange, filters: UsageFilters) -> dict[str, int]:
@@ -58,7 +63,7 @@ def usage_totals(*, tenant: Tenant, time_range: TimeRange, filters: UsageFilters
 
 def has_usage(*, tenant: Tenant) -> bool:
     """Whether the tenant ever reported anything (else the pages show how to start)."""
-    return HourlyRollup.objects.for_tenant(tenant).exists()
+    return rollups_of(tenant).exists()
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,7 @@ def spend_series(
     if group_by not in ROLLUP_DIMENSIONS:
         raise ValueError(f"cannot group the series by {group_by!r}")
     interval = chart_interval(time_range)
-    src = _source(tenant, time_range, filters)
+    src = _source(tenant, time_range, filters, by_end_user=group_by == "end_user")
     trunc = TruncHour if interval == "hour" else TruncDay
     rows = (
         src.rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
@@ -188,13 +193,16 @@ def breakdown(
     """The most expensive providers, models, operations or end users, sorted in the database."""
     if dimension not in ROLLUP_DIMENSIONS:
         raise ValueError(f"cannot break down by {dimension!r}")
-    src = _source(tenant, time_range, filters)
-    rows = (
+    src = _source(tenant, time_range, filters, by_end_user=dimension == "end_user")
+    if filters.tag is None:
+        rows = ranked_by_dimension(tenant, src.rows, dimension, src.sums, limit=limit)
+        return sorted(rows, key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))
+    events = (
         src.rows.values(key=F(f"{dimension}__value"))
         .annotate(**src.sums)
         .order_by("-cost_nanos", "-calls", "key")[:limit]
     )
-    return [{**r, "key": r["key"] or ""} for r in rows]
+    return [{**r, "key": r["key"] or ""} for r in events]
 
 
 def spend_heatmap(
@@ -254,7 +262,12 @@ def budget_daily_spend(*, tenant: Tenant, view: BudgetView) -> BurnDown:
         )
         time_field = "occurred_at"
     else:
-        qs = HourlyRollup.objects.for_tenant(tenant).filter(
+        by_end_user = spec.scope in (
+            Budget.Scope.END_USER,
+            Budget.Scope.EVERY_END_USER,
+            Budget.Scope.API_KEY,
+        )
+        qs = rollups_of(tenant, by_end_user=by_end_user).filter(
             hour__gte=window.start, hour__lt=window.end
         )
         time_field = "hour"

@@ -18,8 +18,9 @@ from django.db.models import Count, F, Sum
 from costmon.models import Tenant
 from usage.catalog import catalog_for
 from usage.charts import usd
-from usage.models import HourlyRollup, UsageEvent
+from usage.models import UsageEvent
 from usage.pricing import Price, cost_nanos, usd_to_nanos
+from usage.selectors import rollups_of
 
 WINDOW_DAYS = 30
 MONTH_DAYS = 30
@@ -60,7 +61,7 @@ def recommendations(*, tenant: Tenant, now: datetime) -> list[Recommendation]:
     """The tenant's recommendations for the 30 days before `now`, the largest saving first and
     the informational ones (no saving) last."""
     start = (now - timedelta(days=WINDOW_DAYS)).replace(minute=0, second=0, microsecond=0)
-    rollups = HourlyRollup.objects.for_tenant(tenant).filter(hour__gte=start, hour__lt=now)
+    rollups = rollups_of(tenant).filter(hour__gte=start, hour__lt=now)
     found: list[Recommendation] = []
     totals = rollups.aggregate(
         calls=Sum("calls", default=0),

@@ -18,26 +18,20 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from costmon.exceptions import DomainError
 from costmon.models import Tenant
-from usage.models import CostSource, HourlyRollup, UsageEvent
+from usage.models import (
+    CostSource,
+    Dimension,
+    HourlyRollup,
+    ModelHourlyRollup,
+    Rollup,
+    UsageEvent,
+)
+from usage.rollups import ROLLUP_SUMS
 
 ROLLUP_DIMENSIONS = ("provider", "model", "operation", "end_user")
 EVENT_DIMENSIONS = ("session_id",)
 FILTER_FIELDS = ("provider", "model", "operation", "end_user")
 PERIODS = ("day", "week", "month")
-_SUM_FIELDS = (
-    "calls",
-    "errors",
-    "cache_hits",
-    "unpriced_calls",
-    "input_tokens",
-    "output_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_nanos",
-    "latency_ms_sum",
-    "latency_count",
-)
 
 
 @dataclass(frozen=True)
@@ -147,10 +141,19 @@ def custom_range(*, tenant: Tenant, start: str, end: str | None) -> TimeRange:
     return TimeRange(start_at, end_at, "custom", tz)
 
 
+def rollups_of(tenant: Tenant | int, *, by_end_user: bool = False) -> QuerySet[Any]:
+    """The tenant's rollups to aggregate: by model (a few rows per hour) unless the question is
+    about end users or API keys, which only the full hourly rollups carry."""
+    model: type[Rollup] = HourlyRollup if by_end_user else ModelHourlyRollup
+    return model.objects.for_tenant(tenant)  # type: ignore[attr-defined,no-any-return]
+
+
 def _filtered_rollups(
-    tenant: Tenant, tr: TimeRange, filters: UsageFilters
-) -> QuerySet[HourlyRollup]:
-    qs = HourlyRollup.objects.for_tenant(tenant).filter(hour__gte=tr.start, hour__lt=tr.end)
+    tenant: Tenant, tr: TimeRange, filters: UsageFilters, *, by_end_user: bool = False
+) -> QuerySet[Any]:
+    qs = rollups_of(tenant, by_end_user=by_end_user or filters.end_user is not None).filter(
+        hour__gte=tr.start, hour__lt=tr.end
+    )
     for name in FILTER_FIELDS:
         value = getattr(filters, name)
         if value is not None:
@@ -190,7 +193,7 @@ def _event_sums() -> dict[str, Any]:
 
 
 def _rollup_sums() -> dict[str, Any]:
-    return {name: Coalesce(Sum(name), 0) for name in _SUM_FIELDS}
+    return {name: Coalesce(Sum(name), 0) for name in ROLLUP_SUMS}
 
 
 def usage_metrics(
@@ -232,7 +235,12 @@ def usage_metrics(
 
     if group_by:
         if group_by in ROLLUP_DIMENSIONS and not from_events:
-            rows = base.values(key=F(f"{group_by}__value")).annotate(**sums)
+            grouped = (
+                _filtered_rollups(tenant, tr, filters, by_end_user=True)
+                if group_by == "end_user"
+                else base
+            )
+            rows = ranked_by_dimension(tenant, grouped, group_by, sums, limit=limit)
         else:
             events = _filtered_events(tenant, tr, filters)
             if tag_group:
@@ -241,7 +249,7 @@ def usage_metrics(
                 key_expr = F("session__value")
             else:
                 key_expr = F(f"{group_by}__value")
-            rows = events.values(key=key_expr).annotate(**_event_sums())
+            rows = [dict(r) for r in events.values(key=key_expr).annotate(**_event_sums())]
         breakdown: list[dict[str, Any]] = [
             {**r, "key": r["key"] if r["key"] is not None else ""} for r in rows
         ]
@@ -264,6 +272,27 @@ def usage_metrics(
         for b in _bucket_starts(tr, interval)
     ]
     return metrics
+
+
+def ranked_by_dimension(
+    tenant: Tenant, rows: QuerySet[Any], dimension: str, sums: dict[str, Any], *, limit: int
+) -> list[dict[str, Any]]:
+    """`rows` (rollups) summed per provider, model, operation or end user, the most expensive
+    `limit` first, each with its name as `key`.
+
+    Grouped by the dictionary id, and only the rows kept are named afterwards: grouping a
+    month of per-user rollups by id takes a third of the time of grouping by the joined name.
+    """
+    column = f"{dimension}_id"
+    top = list(
+        rows.values(column).annotate(**sums).order_by("-cost_nanos", "-calls", column)[:limit]
+    )
+    names = dict(
+        Dimension.objects.for_tenant(tenant)
+        .filter(pk__in=[r[column] for r in top])
+        .values_list("pk", "value")
+    )
+    return [{"key": names.get(r.pop(column), ""), **r} for r in top]
 
 
 def _bucket_starts(tr: TimeRange, interval: str) -> list[datetime]:
@@ -368,7 +397,7 @@ def iter_usage_events(*, events: QuerySet[UsageEvent], chunk: int = 2000) -> Ite
 
 
 def unpriced_event_count(*, tenant: Tenant, time_range: TimeRange | None = None) -> int:
-    qs = HourlyRollup.objects.for_tenant(tenant)
+    qs = rollups_of(tenant)
     if time_range is not None:
         qs = qs.filter(hour__gte=time_range.start, hour__lt=time_range.end)
     return int(qs.aggregate(n=Coalesce(Sum("unpriced_calls"), 0))["n"])

@@ -13,10 +13,9 @@ from typing import Any
 
 import structlog
 from django.db import connection, transaction
-from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models import Max as models_max
 from django.db.models import Min as models_min
-from django.db.models.functions import TruncHour
+from django.db.models import Q, QuerySet
 from django.utils.dateparse import parse_datetime
 
 from costmon.exceptions import DomainError
@@ -24,8 +23,17 @@ from costmon.models import Tenant
 from costmon.tenancy import forget_rls_state, raw_cursor, tenant_context
 from usage.catalog import bump_version, catalog_for
 from usage.ingest import EventIn
-from usage.models import CostSource, Dimension, HourlyRollup, ModelAlias, ModelPrice, UsageEvent
+from usage.models import (
+    CostSource,
+    Dimension,
+    HourlyRollup,
+    ModelAlias,
+    ModelHourlyRollup,
+    ModelPrice,
+    UsageEvent,
+)
 from usage.pricing import Catalog, cost_nanos, usd_to_nanos
+from usage.rollups import aggregate, hour_of, rollups_add, rollups_rebuild, rollups_sql
 
 log = structlog.get_logger(__name__)
 
@@ -47,16 +55,38 @@ class EventResult:
 # --- dimensions ---------------------------------------------------------------------------
 
 
+# Dictionary ids this process has seen committed, per tenant: {(kind, value): id}. An entry,
+# once committed, stays for as long as its tenant (a usage reset keeps the dictionary), so a
+# known id never goes stale and a batch of known names needs no query at all.
+_known_ids: dict[int, dict[tuple[int, str], int]] = {}
+_KNOWN_PER_TENANT = 100_000  # past this (many end users), start the tenant's map over
+
+
+def forget_known_dimensions() -> None:
+    _known_ids.clear()
+
+
 def dimension_ids(
     *, tenant: Tenant | int, wanted: Iterable[tuple[int, str]]
 ) -> dict[tuple[int, str], int]:
     """Ids of the tenant's dictionary entries, creating the missing ones."""
     tenant_id = tenant if isinstance(tenant, int) else tenant.pk
-    wanted = sorted(set(wanted))  # a fixed order, so concurrent batches never deadlock
+    known = _known_ids.get(tenant_id, {})
     found: dict[tuple[int, str], int] = {}
+    unknown: list[tuple[int, str]] = []
+    for key in set(wanted):
+        pk = known.get(key)
+        if pk is None:
+            unknown.append(key)
+        else:
+            found[key] = pk
+    if not unknown:
+        return found
+    unknown.sort()  # a fixed order, so concurrent batches never deadlock
     by_kind: dict[int, list[str]] = defaultdict(list)
-    for kind, value in wanted:
+    for kind, value in unknown:
         by_kind[kind].append(value)
+    looked_up: dict[tuple[int, str], int] = {}
 
     def fetch() -> None:
         q = Q()
@@ -65,10 +95,10 @@ def dimension_ids(
         for pk, kind, value in (
             Dimension.objects.for_tenant(tenant_id).filter(q).values_list("pk", "kind", "value")
         ):
-            found[(kind, value)] = pk
+            looked_up[(kind, value)] = pk
 
     fetch()
-    missing = [key for key in wanted if key not in found]
+    missing = [key for key in unknown if key not in looked_up]
     if missing:
         Dimension.objects.bulk_create(
             [Dimension(tenant_id=tenant_id, kind=k, value=v) for k, v in missing],
@@ -78,6 +108,16 @@ def dimension_ids(
         for kind, value in missing:
             by_kind[kind].append(value)
         fetch()
+    found.update(looked_up)
+
+    def remember() -> None:
+        # Only once committed: entries created in a transaction that rolls back never existed.
+        mine = _known_ids.setdefault(tenant_id, {})
+        if len(mine) + len(looked_up) > _KNOWN_PER_TENANT:
+            mine.clear()
+        mine.update(looked_up)
+
+    transaction.on_commit(remember)
     return found
 
 
@@ -134,29 +174,6 @@ _EVENT_COLUMN_TYPES = (
 )
 _EVENT_COLUMNS = tuple(c for c, _ in _EVENT_COLUMN_TYPES)
 _PG_EVENT_TYPES = tuple(t for _, t in _EVENT_COLUMN_TYPES)
-ROLLUP_KEY = (
-    "tenant_id",
-    "hour",
-    "provider_id",
-    "model_id",
-    "operation_id",
-    "end_user_id",
-    "api_key_id",
-)
-ROLLUP_SUMS = (
-    "calls",
-    "errors",
-    "cache_hits",
-    "unpriced_calls",
-    "input_tokens",
-    "output_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_nanos",
-    "latency_ms_sum",
-    "latency_count",
-)
 # Called with (tenant, the rows just stored) after the ingest transaction commits, while the
 # tenant's shared ingest lock is still held: the budgets app updates its spend counters here,
 # and a counter rebuild (which takes the lock exclusively) never sees a batch half-counted.
@@ -190,7 +207,8 @@ def usage_record_batch(
                 ]
                 inserted = _insert_events(rows)
                 fresh = [r for r in rows if r["event_id"] in inserted]
-                _upsert_rollups(_aggregate(fresh))
+                if connection.vendor != "postgresql":  # there the insert added them
+                    rollups_add(aggregate(fresh))
         except Exception:
             forget_rls_state(connection)
             raise
@@ -295,7 +313,8 @@ def _lock_tenant(tenant_id: int, *, shared: bool) -> None:
 
 
 def _insert_events(rows: list[dict[str, Any]]) -> set[str]:
-    """Insert what is new; return the event ids that were inserted."""
+    """Insert what is new, and on PostgreSQL add it to the rollups in the same statement;
+    return the event ids that were inserted."""
     if not rows:
         return set()
     table = UsageEvent._meta.db_table
@@ -315,10 +334,12 @@ def _insert_events(rows: list[dict[str, Any]]) -> set[str]:
         unnest = ", ".join(f"%b::{t}[]" for t in _PG_EVENT_TYPES)
         with raw_cursor(connection) as cursor:
             cursor.execute(
-                f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({unnest}) "
-                f"ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id",
+                f"WITH fresh AS (INSERT INTO {table} ({columns}) SELECT * FROM unnest({unnest}) "
+                f"ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING *), "
+                f"{rollups_sql('fresh')} SELECT event_id FROM fresh",
                 arrays,
                 binary=True,
+                prepare=True,  # the same text every time: planned once per connection
             )
             inserted.update(r[0] for r in cursor.fetchall())
         return inserted
@@ -344,88 +365,6 @@ def _insert_events(rows: list[dict[str, Any]]) -> set[str]:
             )
             inserted.update(r[0] for r in cursor.fetchall())
     return inserted
-
-
-def _aggregate(rows: Iterable[dict[str, Any]]) -> dict[tuple[Any, ...], list[int]]:
-    sums: dict[tuple[Any, ...], list[int]] = {}
-    for r in rows:
-        key = (
-            r["tenant_id"],
-            hour_of(r["occurred_at"]),
-            r["provider_id"],
-            r["model_id"],
-            r["operation_id"],
-            r["end_user_id"],
-            r["api_key_id"],
-        )
-        acc = sums.get(key)
-        if acc is None:
-            acc = sums[key] = [0] * len(ROLLUP_SUMS)
-        acc[0] += 1
-        acc[1] += r["is_error"]
-        acc[2] += r["cache_hit"]
-        acc[3] += r["cost_source"] == CostSource.UNPRICED
-        acc[4] += r["input_tokens"]
-        acc[5] += r["output_tokens"]
-        acc[6] += r["cached_input_tokens"]
-        acc[7] += r["cache_write_tokens"]
-        acc[8] += r["reasoning_tokens"]
-        acc[9] += r["cost_nanos"]
-        if r["latency_ms"] is not None:
-            acc[10] += r["latency_ms"]
-            acc[11] += 1
-    return sums
-
-
-def hour_of(value: datetime) -> datetime:
-    """The UTC hour a moment falls in: the rollup bucket."""
-    return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def _upsert_rollups(sums: dict[tuple[Any, ...], list[int]], *, replace: bool = False) -> None:
-    """Add (or with `replace`, set) rollup sums in one statement per chunk, in key order."""
-    if not sums:
-        return
-    table = HourlyRollup._meta.db_table
-    columns = (*ROLLUP_KEY, *ROLLUP_SUMS)
-    if replace:
-        updates = ", ".join(f"{c} = excluded.{c}" for c in ROLLUP_SUMS)
-    else:
-        updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ROLLUP_SUMS)
-    keys = sorted(sums)
-    if connection.vendor == "postgresql":
-        arrays: list[list[Any]] = [[] for _ in columns]
-        for key in keys:
-            for i, value in enumerate((*key, *sums[key])):
-                arrays[i].append(value)
-        types = ["bigint", "timestamptz"] + ["bigint"] * (len(columns) - 2)
-        unnest = ", ".join(f"%b::{t}[]" for t in types)
-        with raw_cursor(connection) as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} AS r ({', '.join(columns)}) SELECT * FROM unnest({unnest}) "
-                f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET "
-                + (updates.replace(f"{table}.", "r.")),
-                arrays,
-                binary=True,
-            )
-        return
-    chunk = max(1, 30000 // len(columns))
-    ops = connection.ops
-    with connection.cursor() as cursor:
-        for start in range(0, len(keys), chunk):
-            part = keys[start : start + chunk]
-            params: list[Any] = []
-            for key in part:
-                tenant_id, hour, *rest = key
-                if connection.vendor != "postgresql":
-                    hour = ops.adapt_datetimefield_value(hour)
-                params.extend([tenant_id, hour, *rest, *sums[key]])
-            marks = "(" + ", ".join(["%s"] * len(columns)) + ")"
-            cursor.execute(
-                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([marks] * len(part))} "
-                f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {updates}",
-                params,
-            )
 
 
 def _stored_costs(tenant_id: int, event_ids: list[str]) -> dict[str, tuple[int, int]]:
@@ -695,69 +634,6 @@ def usage_reprice(
     return report
 
 
-def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
-    """Recompute the rollups of the given hours from the events. Call inside a transaction."""
-    if not hours:
-        return 0
-    rebuilt = 0
-    for i in range(0, len(hours), 500):
-        part = list(hours[i : i + 500])
-        HourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
-        window = Q()
-        for hour in part:
-            window |= Q(occurred_at__gte=hour, occurred_at__lt=hour + timedelta(hours=1))
-        rows = (
-            UsageEvent.objects.for_tenant(tenant)
-            .filter(window)
-            .annotate(bucket=TruncHour("occurred_at", tzinfo=UTC))
-            .values(
-                "bucket", "provider_id", "model_id", "operation_id", "end_user_id", "api_key_id"
-            )
-            .annotate(
-                calls=Count("pk"),
-                errors=Count("pk", filter=Q(is_error=True)),
-                cache_hits=Count("pk", filter=Q(cache_hit=True)),
-                unpriced_calls=Count("pk", filter=Q(cost_source=CostSource.UNPRICED)),
-                input_tokens_sum=Sum("input_tokens"),
-                output_tokens_sum=Sum("output_tokens"),
-                cached_input_tokens_sum=Sum("cached_input_tokens"),
-                cache_write_tokens_sum=Sum("cache_write_tokens"),
-                reasoning_tokens_sum=Sum("reasoning_tokens"),
-                cost_nanos_sum=Sum("cost_nanos"),
-                latency_ms_sum=Sum("latency_ms"),
-                latency_count=Count("latency_ms"),
-            )
-        )
-        sums = {
-            (
-                tenant.pk,
-                r["bucket"],
-                r["provider_id"],
-                r["model_id"],
-                r["operation_id"],
-                r["end_user_id"],
-                r["api_key_id"],
-            ): [
-                r["calls"],
-                r["errors"],
-                r["cache_hits"],
-                r["unpriced_calls"],
-                r["input_tokens_sum"] or 0,
-                r["output_tokens_sum"] or 0,
-                r["cached_input_tokens_sum"] or 0,
-                r["cache_write_tokens_sum"] or 0,
-                r["reasoning_tokens_sum"] or 0,
-                r["cost_nanos_sum"] or 0,
-                r["latency_ms_sum"] or 0,
-                r["latency_count"],
-            ]
-            for r in rows
-        }
-        _upsert_rollups(sums, replace=True)
-        rebuilt += len(part)
-    return rebuilt
-
-
 def usage_events_delete(*, events: QuerySet[UsageEvent]) -> int:
     """Delete events and rebuild the rollups of their hours, under each tenant's exclusive
     ingest lock, so rollups still equal the sum of their events. Staff code: runs unscoped."""
@@ -780,16 +656,20 @@ def usage_events_delete(*, events: QuerySet[UsageEvent]) -> int:
     return len(rows)
 
 
-def usage_tenant_reset(*, tenant: Tenant) -> tuple[int, int, int]:
-    """Delete all of a tenant's usage (events, rollups, dictionary), under its exclusive ingest
-    lock so no batch lands half-way. Returns the counts deleted."""
+def usage_tenant_reset(*, tenant: Tenant) -> tuple[int, int]:
+    """Delete all of a tenant's usage (events and rollups), under its exclusive ingest lock so
+    no batch lands half-way. Returns the counts deleted.
+
+    The dictionary of names stays: every process may hold its ids (`dimension_ids`), and a
+    name without usage shows nowhere.
+    """
     with tenant_context(tenant), transaction.atomic():
         _lock_tenant(tenant.pk, shared=False)
         # Raw deletes: no per-row signals or cascades to collect over millions of events.
         events = UsageEvent.objects.for_tenant(tenant)._raw_delete(UsageEvent.objects.db)
         rollups = HourlyRollup.objects.for_tenant(tenant)._raw_delete(HourlyRollup.objects.db)
-        dimensions = Dimension.objects.for_tenant(tenant)._raw_delete(Dimension.objects.db)
-    return events, rollups, dimensions
+        ModelHourlyRollup.objects.for_tenant(tenant)._raw_delete(ModelHourlyRollup.objects.db)
+    return events, rollups
 
 
 def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:

@@ -31,7 +31,7 @@ from django.utils import timezone
 from costmon.cache import cache_delete, cache_get, cache_set
 from costmon.models import Tenant
 from costmon.tenancy import unscoped
-from usage.models import HourlyRollup
+from usage.models import ModelHourlyRollup
 
 # Rollups of the current hour and the ones just before it still grow as events arrive.
 SETTLE_HOURS = 2
@@ -165,7 +165,7 @@ def _sum_rollups(
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> Sums:
-    query = HourlyRollup.objects.unscoped()
+    query = ModelHourlyRollup.objects.unscoped()
     if tenant_ids is not None:
         # Naming every tenant lets the (tenant, hour, ...) index serve a range of hours.
         query = query.filter(tenant_id__in=tenant_ids)

@@ -206,7 +206,7 @@ HAIKU = {"tenant": "acme", "provider": "anthropic", "model": "claude-haiku-4-5"}
 
 
 def rollup_sql(queries: CaptureQueriesContext) -> list[str]:
-    return [q["sql"] for q in queries if "usage_hourlyrollup" in q["sql"]]
+    return [q["sql"] for q in queries if "usage_modelhourlyrollup" in q["sql"]]
 
 
 def only_recent_hours_read(queries: CaptureQueriesContext) -> bool:

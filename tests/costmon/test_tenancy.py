@@ -11,7 +11,7 @@ from costmon.models import ApiKey, Membership
 from costmon.services import api_key_create
 from costmon.tenancy import no_tenant, tenant_context, unscoped
 from tests.helpers import event, post_usage
-from usage.models import Dimension, HourlyRollup, UsageEvent
+from usage.models import Dimension, HourlyRollup, ModelHourlyRollup, UsageEvent
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 postgres_only = pytest.mark.skipif(
@@ -37,6 +37,7 @@ def test_scoped_managers_return_nothing_outside_a_tenant_context(two_tenants_wit
     with no_tenant():
         assert list(UsageEvent.objects.all()) == []
         assert HourlyRollup.objects.count() == 0
+        assert ModelHourlyRollup.objects.count() == 0
         assert ApiKey.objects.count() == 0
 
 
@@ -60,6 +61,9 @@ def test_an_orm_query_with_no_tenant_filter_returns_only_the_context_tenants_row
             "a2",
         ]
         assert set(HourlyRollup.objects.unscoped().values_list("tenant_id", flat=True)) == {acme.pk}
+        assert set(ModelHourlyRollup.objects.unscoped().values_list("tenant_id", flat=True)) == {
+            acme.pk
+        }
         assert "globex-ceo" not in set(Dimension.objects.unscoped().values_list("value", flat=True))
         assert set(ApiKey.objects.unscoped().values_list("tenant_id", flat=True)) == {acme.pk}
         with connection.cursor() as cursor:

@@ -126,11 +126,8 @@ class Command(BaseCommand):
         return tenant
 
     def _reset(self, tenant: Tenant) -> None:
-        events, rollups, dimensions = usage_tenant_reset(tenant=tenant)
-        self.stdout.write(
-            f"{tenant.slug}: deleted {events:,} events, {rollups:,} rollup rows and "
-            f"{dimensions:,} dimensions."
-        )
+        events, rollups = usage_tenant_reset(tenant=tenant)
+        self.stdout.write(f"{tenant.slug}: deleted {events:,} events and {rollups:,} rollup rows.")
 
     def _seed(self, job: Job) -> None:
         started = last_report = time.monotonic()
