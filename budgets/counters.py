@@ -115,24 +115,28 @@ def event_fields(
 
 # --- the ingest hook ---------------------------------------------------------------------------
 
+# Separates the names and amounts packed into one argument: ingest refuses NUL in every name,
+# and one long argument costs redis-py a fraction of what thousands of short ones do.
+_SEP = "\x00"
 _RECORD = bredis.script(
     """
-    -- ARGV: ttl, n_hashes, then per hash: key, n_fields, field, amount, ...;
-    -- then n_reservations, then per reservation: kind ('r' id or 'e' event id), value, tenant prefix
+    -- ARGV: ttl, n_hashes, then per hash: key, "field\\0amount\\0..." (NUL-separated);
+    -- then the tenant prefix and "kind\\0value\\0..." for the reservations to settle
+    -- (kind 'r': a reservation id, 'e': an event id a reservation may carry)
     local ttl = tonumber(ARGV[1])
-    local i = 2
-    local n_hashes = tonumber(ARGV[i]); i = i + 1
+    local n_hashes = tonumber(ARGV[2])
+    local i = 3
     for h = 1, n_hashes do
-      local key = ARGV[i]; local n = tonumber(ARGV[i + 1]); i = i + 2
-      for f = 1, n do
-        redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1]); i = i + 2
+      local key = ARGV[i]
+      for field, amount in string.gmatch(ARGV[i + 1], '([^%z]+)%z([^%z]+)%z') do
+        redis.call('HINCRBY', key, field, amount)
       end
       redis.call('EXPIRE', key, ttl)
+      i = i + 2
     end
+    local prefix = ARGV[i]
     local settled = 0
-    local n_res = tonumber(ARGV[i]); i = i + 1
-    for r = 1, n_res do
-      local kind = ARGV[i]; local value = ARGV[i + 1]; local prefix = ARGV[i + 2]; i = i + 3
+    for kind, value in string.gmatch(ARGV[i + 1], '([^%z]+)%z([^%z]+)%z') do
       local res_id = value
       if kind == 'e' then res_id = redis.call('GET', prefix .. ':resev:' .. value) end
       if res_id then
@@ -174,6 +178,7 @@ def record_batch(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
         hashes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         reservations: list[str] = []
         prefix = f"cm:{{{tenant.pk}}}"
+        day_hashes: dict[date, tuple[dict[str, int], dict[str, int], dict[str, int]]] = {}
         for row in rows:
             cost = row["cost_nanos"]
             local = row["occurred_at"].astimezone(tz)
@@ -189,9 +194,15 @@ def record_batch(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
                     tag_names=conf.tag_names,
                     local_hour=local.hour,
                 )
-                day, week, month = (
-                    hashes[bucket_key(tenant.pk, b)] for b in buckets_of_day(local.date())
-                )
+                on = local.date()
+                if on not in day_hashes:  # a batch mostly spans a day or two
+                    d, w, m = buckets_of_day(on)
+                    day_hashes[on] = (
+                        hashes[bucket_key(tenant.pk, d)],
+                        hashes[bucket_key(tenant.pk, w)],
+                        hashes[bucket_key(tenant.pk, m)],
+                    )
+                day, week, month = day_hashes[on]
                 for name in names:
                     day[name] += cost
                     if not name.startswith("h:"):  # hours only matter within a day
@@ -202,15 +213,13 @@ def record_batch(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
                 total["t"] += cost
                 total[f"h:{utc.hour:02d}"] += cost
             if row["reservation_id"]:
-                reservations += ["r", row["reservation_id"], prefix]
+                reservations += ["r", row["reservation_id"]]
             else:
-                reservations += ["e", row["event_id"], prefix]
+                reservations += ["e", row["event_id"]]
         args: list[Any] = [DAY_TTL_SECONDS, len(hashes)]
         for key, fields in hashes.items():
-            args += [key, len(fields)]
-            for name, amount in fields.items():
-                args += [name, amount]
-        args += [len(reservations) // 3, *reservations]
+            args += [key, "".join(f"{name}{_SEP}{amount}{_SEP}" for name, amount in fields.items())]
+        args += [prefix, "".join(f"{part}{_SEP}" for part in reservations)]
         try:
             _RECORD(r, args)
         except bredis.RedisError as exc:

@@ -164,7 +164,7 @@ class UsageApi(TenantAPIView):
             payload = json.loads(body, parse_float=Decimal)
         except (ValueError, UnicodeDecodeError) as exc:
             raise DomainError(f"Malformed JSON: {exc}") from None
-        events = parse_batch(payload)
+        events = parse_batch(payload, may_hold_nul=b"\\u0000" in body)
         results = usage_record_batch(tenant=self.tenant, events=events, api_key_id=self.api_key_id)
         instruments.events_ingested(results)
         return Response(

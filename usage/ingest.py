@@ -89,8 +89,13 @@ class _Errors:
         self.items.append({"index": index, "field": field, "message": message})
 
 
-def parse_batch(payload: Any, *, now: datetime | None = None) -> list[EventIn]:
-    """Validate a decoded JSON body (one object or a list of them); raise BatchInvalid."""
+def parse_batch(
+    payload: Any, *, now: datetime | None = None, may_hold_nul: bool = True
+) -> list[EventIn]:
+    """Validate a decoded JSON body (one object or a list of them); raise BatchInvalid.
+
+    `may_hold_nul=False` skips the search for NUL characters, for a body known not to hold
+    any (JSON can only carry one as the escape \\u0000)."""
     if isinstance(payload, dict):
         items = [payload]
     elif isinstance(payload, list):
@@ -107,7 +112,7 @@ def parse_batch(payload: Any, *, now: datetime | None = None) -> list[EventIn]:
     errors = _Errors()
     events = []
     for index, item in enumerate(items):
-        event = _parse_event(index, item, errors, now=now, latest=latest)
+        event = _parse_event(index, item, errors, now=now, latest=latest, nul=may_hold_nul)
         if event is not None:
             events.append(event)
     if errors.items:
@@ -116,7 +121,7 @@ def parse_batch(payload: Any, *, now: datetime | None = None) -> list[EventIn]:
 
 
 def _parse_event(
-    index: int, item: Any, errors: _Errors, *, now: datetime, latest: datetime
+    index: int, item: Any, errors: _Errors, *, now: datetime, latest: datetime, nul: bool = True
 ) -> EventIn | None:
     if not isinstance(item, dict):
         errors.add(index, None, "Each event must be a JSON object.")
@@ -128,7 +133,7 @@ def _parse_event(
         )
 
     # PostgreSQL text cannot hold NUL; refuse it here rather than fail at the insert.
-    for name, value in item.items():
+    for name, value in item.items() if nul else ():
         nested = value.items() if isinstance(value, dict) else ()
         if any(
             isinstance(v, str) and "\x00" in v for v in (value, *(x for kv in nested for x in kv))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -90,6 +91,11 @@ class Alias:
 
 def candidate_names(model: str) -> list[str]:
     """The model's name, then the names left after stripping snapshot parts one at a time."""
+    return list(_candidate_names(model))
+
+
+@functools.lru_cache(maxsize=8192)  # a tenant uses a few dozen model names, on every event
+def _candidate_names(model: str) -> tuple[str, ...]:
     name = model.strip().lower()
     names = [name]
     changed = True
@@ -102,7 +108,7 @@ def candidate_names(model: str) -> list[str]:
                 names.append(name)
                 changed = True
                 break
-    return names
+    return tuple(names)
 
 
 class Catalog:
