@@ -19,7 +19,14 @@ from budgets.services import budget_status, budget_window
 from costmon.models import Tenant
 from usage.models import HourlyRollup
 from usage.pricing import format_usd, usd_to_nanos
-from usage.selectors import UsageFilters, period_range, rollups_of, tenant_zone, usage_metrics
+from usage.selectors import (
+    UsageFilters,
+    named,
+    period_range,
+    rollups_of,
+    tenant_zone,
+    usage_metrics,
+)
 
 
 @dataclass(frozen=True)
@@ -241,7 +248,7 @@ def evaluate_spike(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condi
     base = rollups_of(tenant, by_end_user=flt.end_user is not None)
     for name in ("provider", "model", "operation", "end_user"):
         if getattr(flt, name):
-            base = base.filter(**{f"{name}__value": getattr(flt, name)})
+            base = base.filter(named(tenant, name, getattr(flt, name)))
 
     def amount(start: datetime) -> int:
         sums = base.filter(hour=start).aggregate(

@@ -29,6 +29,7 @@ from usage.selectors import (
     _filtered_events,
     _filtered_rollups,
     _rollup_sums,
+    named,
     period_range,
     ranked_by_dimension,
     rollups_of,
@@ -272,7 +273,7 @@ def budget_daily_spend(*, tenant: Tenant, view: BudgetView) -> BurnDown:
         )
         time_field = "hour"
         if spec.scope in (Budget.Scope.END_USER, Budget.Scope.EVERY_END_USER):
-            qs = qs.filter(end_user__value=state.end_user or spec.value)
+            qs = qs.filter(named(tenant, "end_user", state.end_user or spec.value))
         elif spec.scope == Budget.Scope.API_KEY:
             qs = qs.filter(api_key_id=spec.api_key_id or 0)
         elif spec.scope == Budget.Scope.PROVIDER:

@@ -310,6 +310,10 @@ class HourlyRollup(Rollup):
                 name="hourlyrollup_unique_key",
             )
         ]
+        # One end user's rows (drill-down, per-user budgets) without reading everyone's.
+        indexes = [
+            models.Index(fields=["tenant", "end_user", "hour"], name="hourlyrollup_tenant_user")
+        ]
 
     def __str__(self) -> str:
         return f"{self.tenant_id} {self.hour:%Y-%m-%d %H}:00"
