@@ -6,10 +6,12 @@ import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -23,6 +25,7 @@ from budgets.services import (
     budget_check,
     budget_create,
     budget_delete,
+    budget_status,
     budget_update,
     emergency_stop_active,
     emergency_stop_lift,
@@ -41,6 +44,7 @@ def _iso(moment: Any) -> str | None:
 
 def state_json(state: BudgetState) -> dict[str, Any]:
     spec = state.spec
+    percent = state.percent
     data = {
         "id": spec.id,
         "name": spec.name,
@@ -51,8 +55,8 @@ def state_json(state: BudgetState) -> dict[str, Any]:
         "used_usd": format_usd(state.spent),
         "reserved_usd": format_usd(state.reserved),
         "remaining_usd": format_usd(state.remaining),
-        "percent": float(state.percent),
-        "status": state.status,
+        "percent": float(percent),
+        "status": budget_status(percent, spec.thresholds),
         "resets_at": _iso(state.window.end),
         "enforcement": "hard" if spec.hard else "soft",
     }
@@ -277,6 +281,18 @@ def check_json(result: CheckResult) -> dict[str, Any]:
     }
 
 
+def check_headers(result: CheckResult) -> dict[str, str]:
+    headers = {}
+    hit = result.rate_limit
+    if hit is not None:
+        headers["X-RateLimit-Limit"] = str(hit.limit)
+        headers["X-RateLimit-Remaining"] = str(hit.remaining)
+        headers["X-RateLimit-Reset"] = str(hit.reset_seconds)
+    if result.rate_limited is not None:
+        headers["Retry-After"] = str(result.rate_limited.retry_after)
+    return headers
+
+
 class CheckApi(TenantAPIView):
     """Ask before an LLM call whether it may spend."""
 
@@ -285,7 +301,52 @@ class CheckApi(TenantAPIView):
 
     @instruments.timed(instruments.CHECK_SECONDS)
     def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        return super().dispatch(request, *args, **kwargs)
+        response = self._answer_directly(request)
+        if response is None:
+            response = super().dispatch(request, *args, **kwargs)
+        return response
+
+    def _answer_directly(self, request: HttpRequest) -> HttpResponse | None:
+        """The common case without DRF's request machinery (about 0.2 ms of a check): a POST
+        with a valid key and a well-formed check, JSON accepted. The reply is the one `post`
+        gives, byte for byte. None: DRF answers, and words any error, as for any other view."""
+        if request.method != "POST" or request.META.get("HTTP_ACCEPT") not in _PLAIN_ACCEPT:
+            return None
+        if not self.enter_as_key(request):
+            return None
+        try:
+            req = parse_check(
+                request.body,
+                api_key_id=self.api_key_id,
+                client_ip=request.META.get("REMOTE_ADDR", ""),
+            )
+        except DomainError:
+            return None  # nothing happened yet: DRF parses again and gives the 400
+        try:
+            result = budget_check(tenant=self.tenant, req=req)
+        except Exception as exc:  # noqa: BLE001 - answered exactly as DRF's dispatch would
+            return self._drf_error(request, exc)
+        response = HttpResponse(
+            _RENDERER.render(check_json(result)),
+            content_type=_RENDERER.media_type,
+            status=429 if result.rate_limited else 200,
+        )
+        for name, value in check_headers(result).items():
+            response[name] = value
+        for name, value in self.default_response_headers.items():
+            response[name] = value
+        return response
+
+    def _drf_error(self, request: HttpRequest, exc: Exception) -> Any:
+        """What DRF's `dispatch` answers when the handler raises `exc`."""
+        self.args, self.format_kwarg = (), None
+        self.kwargs: dict[str, Any] = {}
+        drf_request = self.request = self.initialize_request(request)
+        self.headers = self.default_response_headers
+        drf_request.accepted_renderer, drf_request.accepted_media_type = (
+            self.perform_content_negotiation(drf_request)
+        )
+        return self.finalize_response(drf_request, self.handle_exception(exc))
 
     @extend_schema(
         summary="May this call spend?",
@@ -299,15 +360,17 @@ class CheckApi(TenantAPIView):
             client_ip=request.META.get("REMOTE_ADDR", ""),
         )
         result = budget_check(tenant=self.tenant, req=req)
-        response = Response(check_json(result), status=429 if result.rate_limited else 200)
-        hit = result.rate_limit
-        if hit is not None:
-            response["X-RateLimit-Limit"] = str(hit.limit)
-            response["X-RateLimit-Remaining"] = str(hit.remaining)
-            response["X-RateLimit-Reset"] = str(hit.reset_seconds)
-        if result.rate_limited is not None:
-            response["Retry-After"] = str(result.rate_limited.retry_after)
-        return response
+        return Response(
+            check_json(result),
+            status=429 if result.rate_limited else 200,
+            headers=check_headers(result),
+        )
+
+
+# What DRF's content negotiation answers with plain JSON (no Accept header is */*); any other
+# Accept header takes DRF's path, which may answer differently (406, or indented JSON).
+_PLAIN_ACCEPT = frozenset({None, "*/*", "application/json"})
+_RENDERER = JSONRenderer()
 
 
 # --- the emergency stop --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
@@ -13,7 +14,7 @@ class Window:
     days: tuple[date, ...]  # the tenant's local days from start up to today
     buckets: tuple[str, ...]  # the counter hashes whose sum is the window's spend
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Names this period instance (reservations live under it)."""
         return self.days[0].strftime("%Y%m%d")
@@ -24,7 +25,12 @@ def _midnight(day: date, tz: tzinfo) -> datetime:
 
 
 def budget_window(*, period: str, rolling_days: int | None, now: datetime, tz: tzinfo) -> Window:
-    today = now.astimezone(tz).date()
+    return _window(period, rolling_days, now.astimezone(tz).date(), tz)
+
+
+# A window depends only on the local day: every check of a day shares one (checks are hot).
+@functools.lru_cache(maxsize=1024)
+def _window(period: str, rolling_days: int | None, today: date, tz: tzinfo) -> Window:
     if period == "day":
         first, after = today, today + timedelta(days=1)
     elif period == "week":

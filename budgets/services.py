@@ -730,7 +730,7 @@ def _check_in_redis(
 ) -> CheckResult | str:
     prefix = f"cm:{{{tenant.pk}}}"
     now_ms = int(now.timestamp() * 1000)
-    res_id = uuid.uuid4().hex
+    res_id = uuid.uuid4().hex if req.reserve else ""  # the script reads it only to reserve
     ttl_s = settings.COSTMON_RESERVATION_SECONDS
     args: list[Any] = [
         now_ms,
@@ -909,15 +909,16 @@ def _conclude(result: CheckResult, states: list[BudgetState], estimate: int) -> 
     worst: tuple[int, str] | None = None
     order = {"ok": 0, "warning": 1, "critical": 2, "exceeded": 3}
     for state in states:
-        status = state.status
         spec = state.spec
+        percent = state.percent
+        status = budget_status(percent, spec.thresholds)
         if status != "ok":
             who = f" for {state.end_user}" if state.end_user else ""
             result.warnings.append(
                 {
                     "code": f"budget_{status}",
                     "budget_id": spec.id,
-                    "message": f"Budget '{spec.name}'{who} is at {state.percent}% of ${_usd_plain(spec.limit_nanos)} ({status}).",
+                    "message": f"Budget '{spec.name}'{who} is at {percent}% of ${_usd_plain(spec.limit_nanos)} ({status}).",
                 }
             )
             if spec.suggested_model and (worst is None or order[status] > worst[0]):

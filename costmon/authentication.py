@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hmac
+import time
 from dataclasses import dataclass
+from threading import Lock
 
 import structlog
+from django.conf import settings
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
@@ -16,6 +19,9 @@ from costmon.tenancy import unscoped
 
 log = structlog.get_logger(__name__)
 _CACHE_SECONDS = 60
+_lock = Lock()
+# secret digest -> (principal, when the shared cache last confirmed it)
+_local: dict[str, tuple[KeyPrincipal, float]] = {}
 
 
 @dataclass(frozen=True)
@@ -43,10 +49,21 @@ class KeyPrincipal:
 
 
 def principal_for_secret(secret: str) -> KeyPrincipal | str:
-    """The principal for a presented key, or the reason it is refused."""
+    """The principal for a presented key, or the reason it is refused.
+
+    With Redis, each process keeps the principals it has seen and asks Redis again only after
+    COSTMON_SHARED_RECHECK_MS: revoking deletes the shared entry, so a revoked key stops working
+    everywhere within that time (at once in the process that revoked it).
+    """
     digest = hash_secret(secret)
+    shared = bool(settings.REDIS_URL)  # without Redis the cache is this process's own already
+    now = time.monotonic()
+    hit = _local.get(digest)
+    if shared and hit is not None and now - hit[1] < settings.COSTMON_SHARED_RECHECK_MS / 1000:
+        return hit[0]
     cached = cache_get(auth_cache_key(digest))
     if isinstance(cached, KeyPrincipal):
+        _remember(digest, cached, now, shared)
         return cached
     parts = secret.split("_", 2)
     prefix = f"{parts[0]}_{parts[1]}" if len(parts) == 3 else ""
@@ -64,8 +81,34 @@ def principal_for_secret(secret: str) -> KeyPrincipal | str:
         key_id=key.pk, tenant=key.tenant, scopes=tuple(key.scopes), prefix=key.prefix
     )
     cache_set(auth_cache_key(digest), principal, _CACHE_SECONDS)
+    _remember(digest, principal, now, shared)
     api_key_touch(api_key_id=key.pk)
     return principal
+
+
+def _remember(digest: str, principal: KeyPrincipal, now: float, shared: bool) -> None:
+    if shared:
+        with _lock:
+            _local[digest] = (principal, now)
+
+
+def forget(secret_hash: str) -> None:
+    """Drop this process's copy of a key's principal (after revoking it)."""
+    with _lock:
+        _local.pop(secret_hash, None)
+
+
+def clear_local() -> None:
+    with _lock:
+        _local.clear()
+
+
+def bearer_secret(header: str) -> str | None:
+    """The key in an `Authorization: Bearer <key>` header; None for any other shape."""
+    parts = header.split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        return None
+    return parts[1]
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -75,12 +118,12 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
-        parts = header.split()
-        if len(parts) != 2 or parts[0].lower() != "bearer":
+        secret = bearer_secret(header)
+        if secret is None:
             raise exceptions.AuthenticationFailed(
                 "Send the API key as `Authorization: Bearer <key>`."
             )
-        result = principal_for_secret(parts[1])
+        result = principal_for_secret(secret)
         if isinstance(result, str):
             raise exceptions.AuthenticationFailed(result)
         return result, result

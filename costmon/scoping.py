@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from django.http import HttpRequest
 from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from costmon import tenancy
-from costmon.authentication import KeyPrincipal
+from costmon.authentication import KeyPrincipal, bearer_secret, principal_for_secret
 from costmon.models import ApiKey, Membership, Tenant
 
 # What each membership role may do through the API.
@@ -67,7 +68,7 @@ class TenantAPIView(APIView):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
-        scope = self.method_scopes.get(request.method or "", self.required_scope)
+        scope = self._scope(request)
         principal = request.user
         if isinstance(principal, KeyPrincipal):
             if not principal.has_scope(scope):
@@ -75,16 +76,36 @@ class TenantAPIView(APIView):
                     f"This API key lacks the '{scope}' scope. Create a key with "
                     f"`--scopes {scope}` for this call."
                 )
-            tenant = principal.tenant
-            self.api_key_id = principal.key_id
+            self._enter(principal.tenant, principal.key_id)
         else:
             tenant = self._tenant_for_user(request)
             if scope not in user_scopes(request.user, tenant):
                 raise exceptions.PermissionDenied(
                     f"Your role in {tenant.slug} does not allow this ({scope})."
                 )
-            self.api_key_id = None
+            self._enter(tenant, None)
+
+    def enter_as_key(self, request: HttpRequest) -> bool:
+        """For views that answer without DRF's request machinery (hot paths): when `request`
+        carries a valid API key with the scope it needs, act as that key (as `initial` does) and
+        return True. False otherwise, and then DRF must answer: its authentication and
+        permission checks give the caller the right error."""
+        secret = bearer_secret(request.META.get("HTTP_AUTHORIZATION", ""))
+        if secret is None:
+            return False
+        principal = principal_for_secret(secret)
+        if isinstance(principal, str) or not principal.has_scope(self._scope(request)):
+            return False
+        request.user = principal  # type: ignore[assignment]  # as DRF's authentication does
+        self._enter(principal.tenant, principal.key_id)
+        return True
+
+    def _scope(self, request: HttpRequest | Request) -> str:
+        return self.method_scopes.get(request.method or "", self.required_scope)
+
+    def _enter(self, tenant: Tenant, api_key_id: int | None) -> None:
         self.tenant = tenant
+        self.api_key_id = api_key_id
         # The request's context: the middleware resets it when the response is done.
         tenancy.activate(tenant.pk)
 

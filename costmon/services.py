@@ -97,8 +97,12 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
             revoked_at=timezone.now()
         )
         api_key.refresh_from_db()
-    # Authentication caches keys briefly; a revoked key must stop working at once.
+    # Authentication caches keys briefly; a revoked key must stop working at once here, and in
+    # other processes once they recheck the shared cache (COSTMON_SHARED_RECHECK_MS).
+    from costmon import authentication
+
     cache_delete(auth_cache_key(api_key.secret_hash))
+    authentication.forget(api_key.secret_hash)
     return api_key
 
 

@@ -211,9 +211,10 @@ COSTMON_RETENTION_DAYS = env_int("COSTMON_RETENTION_DAYS", 400, minimum=0)
 COSTMON_RESERVATION_SECONDS = env_int("COSTMON_RESERVATION_SECONDS", 300, minimum=1)
 # How long a looked-up price catalog stays in a process before it is read again.
 COSTMON_CATALOG_TTL_SECONDS = env_int("COSTMON_CATALOG_TTL_SECONDS", 30, minimum=0)
-# With Redis, a process trusts its copy of a tenant's prices and budget settings for this long
-# before it asks Redis whether they changed: changes reach every process within this time, and
-# the pre-flight check saves two round trips.
+# With Redis, a process trusts its copy of a tenant's prices and budget settings, and of the API
+# keys it has seen, for this long before it asks Redis whether they changed: changes (and key
+# revocations) reach every process within this time, and the pre-flight check saves three round
+# trips.
 COSTMON_SHARED_RECHECK_MS = env_int("COSTMON_SHARED_RECHECK_MS", 1000, minimum=0)
 # Outbound webhooks to private or loopback addresses are refused unless this is on (tests).
 COSTMON_ALLOW_PRIVATE_WEBHOOKS = env_bool("COSTMON_ALLOW_PRIVATE_WEBHOOKS", False)

@@ -7,11 +7,12 @@ import threading
 from decimal import Decimal
 
 import pytest
+from rest_framework.response import Response
 
 from budgets.services import budget_create
 from costmon.models import Tenant
 from costmon.services import api_key_create
-from tests.budgets.conftest import check
+from tests.budgets.conftest import THROUGH_DRF, check, reply_headers
 from tests.helpers import event, post_usage, requires_redis
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready")]
@@ -351,3 +352,27 @@ def test_concurrent_reservations_never_overshoot_a_hard_budget(acme, outsider, p
 
     spent = sum(e.cost_nanos for e in UsageEvent.objects.for_tenant(acme))
     assert spent == 6 * 1_500_000 <= 10_000_000 + 1_500_000
+
+
+def test_the_direct_reply_and_drfs_are_the_same_bytes_and_headers(acme, ingest_client):
+    budget(acme, name="soft", limit_usd="0.002", suggested_model="claude-haiku-4-5")
+    budget(acme, name="hard", scope="every_end_user", limit_usd="1", enforcement="hard")
+    post_usage(ingest_client, [event(event_id="a"), event(event_id="b")])
+    body = {
+        "end_user": "user-1",
+        "provider": "anthropic",
+        "model": "claude-haiku-4-5",
+        "estimated_input_tokens": 450,
+    }
+    direct = ingest_client.post("/api/v1/check/", body, format="json")
+    through_drf = ingest_client.post("/api/v1/check/", body, format="json", **THROUGH_DRF)
+    assert not isinstance(direct, Response) and isinstance(through_drf, Response)
+    assert direct.status_code == through_drf.status_code == 200
+    assert direct.content == through_drf.content
+    assert reply_headers(direct) == reply_headers(through_drf)
+    assert direct.json()["warnings"][0]["code"] == "budget_exceeded"
+
+
+def test_a_check_with_an_accept_header_drf_refuses_gets_406_as_before(ingest_client):
+    response = ingest_client.post("/api/v1/check/", {}, format="json", HTTP_ACCEPT="text/html")
+    assert response.status_code == 406

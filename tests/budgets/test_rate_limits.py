@@ -6,7 +6,7 @@ import pytest
 
 from budgets.config import bump
 from budgets.models import RateLimit
-from tests.budgets.conftest import check
+from tests.budgets.conftest import THROUGH_DRF, check, reply_headers
 from tests.helpers import requires_redis
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready"), requires_redis]
@@ -115,3 +115,23 @@ def test_one_tenants_limits_never_touch_anothers(acme, ingest_client, outsider, 
     assert check(ingest_client, end_user="u1").status_code == 200
     assert check(ingest_client, end_user="u1").status_code == 429
     assert [check(outsider_client, end_user="u1").status_code for _ in range(3)] == [200, 200, 200]
+
+
+def test_rate_limit_replies_are_the_same_with_or_without_drf(acme, ingest_client):
+    limit(acme, scope="end_user", window_seconds=60, max_requests=2)
+
+    def post(**extra):
+        return ingest_client.post("/api/v1/check/", {"end_user": "u1"}, format="json", **extra)
+
+    direct, through_drf = post(), post(**THROUGH_DRF)
+    assert (direct.status_code, through_drf.status_code) == (200, 200)
+    assert direct.content == through_drf.content
+    assert (direct["X-RateLimit-Remaining"], through_drf["X-RateLimit-Remaining"]) == ("1", "0")
+    del direct["X-RateLimit-Remaining"], through_drf["X-RateLimit-Remaining"]
+    assert reply_headers(direct) == reply_headers(through_drf)
+    # Refused calls do not count, so two refusals are the same reply.
+    direct, through_drf = post(), post(**THROUGH_DRF)
+    assert (direct.status_code, through_drf.status_code) == (429, 429)
+    assert direct.content == through_drf.content
+    assert reply_headers(direct) == reply_headers(through_drf)
+    assert direct["Retry-After"] == "60"

@@ -1,14 +1,20 @@
 from __future__ import annotations
 
 import io
+import time
+from typing import Any
 
 import pytest
 import time_machine
+from django.core.cache import cache
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
+from costmon.authentication import KeyPrincipal, principal_for_secret
+from costmon.cache import cache_delete
 from costmon.models import ApiKey, Tenant
-from costmon.services import hash_secret
-from tests.helpers import event, post_usage
+from costmon.services import api_key_create, api_key_revoke, auth_cache_key, hash_secret
+from tests.helpers import event, post_usage, requires_redis
 
 pytestmark = pytest.mark.django_db
 
@@ -81,3 +87,59 @@ def test_a_read_key_cannot_ingest_and_an_ingest_key_cannot_read(acme):
     response = ingest.get("/api/v1/metrics/")
     assert response.status_code == 403
     assert "'read' scope" in response.json()["detail"]
+
+
+def _key_client(secret: str) -> Any:
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+@requires_redis
+def test_a_key_revoked_by_another_process_is_refused_once_the_recheck_window_passes(
+    acme, outsider, settings
+):
+    # Each process trusts the keys it has seen for COSTMON_SHARED_RECHECK_MS, then asks Redis.
+    settings.COSTMON_SHARED_RECHECK_MS = 1000
+    issued = api_key_create(tenant=acme, scopes="read")
+    client = _key_client(issued.secret)
+    assert client.get("/api/v1/usage/").status_code == 200
+    # What api_key_revoke does in another process: the row and the shared cache change, this
+    # process's copy does not.
+    ApiKey.objects.unscoped().filter(pk=issued.api_key.pk).update(revoked_at=timezone.now())
+    cache_delete(auth_cache_key(issued.api_key.secret_hash))
+    assert client.get("/api/v1/usage/").status_code == 200  # within the window
+    time.sleep(1.05)
+    refused = client.get("/api/v1/usage/")
+    assert refused.status_code == 401
+    assert "revoked" in refused.json()["detail"]
+    # Another tenant's key, in the same window, is untouched.
+    outsider_client = _key_client(api_key_create(tenant=outsider, scopes="read").secret)
+    assert outsider_client.get("/api/v1/usage/").status_code == 200
+
+
+def test_revoking_a_key_refuses_it_at_once_in_the_revoking_process(acme, settings):
+    settings.COSTMON_SHARED_RECHECK_MS = 60_000
+    issued = api_key_create(tenant=acme, scopes="read")
+    client = _key_client(issued.secret)
+    assert client.get("/api/v1/usage/").status_code == 200
+    api_key_revoke(api_key=issued.api_key)
+    refused = client.get("/api/v1/usage/")
+    assert refused.status_code == 401
+    assert "revoked" in refused.json()["detail"]
+
+
+@requires_redis
+def test_a_known_key_is_checked_without_sql_or_redis_inside_the_window(
+    acme, settings, django_assert_num_queries
+):
+    settings.COSTMON_SHARED_RECHECK_MS = 60_000
+    issued = api_key_create(tenant=acme, scopes="ingest")
+    principal_for_secret(issued.secret)  # looked up once, then kept
+    cache.clear()  # Redis forgets the key: this process still trusts it until the window ends
+    with django_assert_num_queries(0):
+        principal = principal_for_secret(issued.secret)
+    assert isinstance(principal, KeyPrincipal)
+    assert (principal.key_id, principal.tenant.slug) == (issued.api_key.pk, "acme")
