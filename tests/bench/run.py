@@ -547,19 +547,23 @@ def storage_rows(context: Context) -> list[Row]:
     from django.db import connection
 
     from costmon.tenancy import unscoped
-    from usage.models import HourlyRollup, UsageEvent
+    from usage.models import HourlyRollup, ModelHourlyRollup, UsageEvent
 
     say("measuring storage")
-    events, rollups = UsageEvent._meta.db_table, HourlyRollup._meta.db_table
+    events = UsageEvent._meta.db_table
     with unscoped(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_total_relation_size(%s), pg_relation_size(%s), "
-            "pg_total_relation_size(%s), (SELECT count(*) FROM " + rollups + ")",
-            [events, events, rollups],
-        )
-        total, heap, rollup_bytes, rollup_rows = cursor.fetchone()
+        cursor.execute("SELECT pg_total_relation_size(%s), pg_relation_size(%s)", [events, events])
+        total, heap = cursor.fetchone()
+        rollups = []
+        for model in (HourlyRollup, ModelHourlyRollup):
+            table = model._meta.db_table
+            cursor.execute(
+                f"SELECT pg_total_relation_size(%s), (SELECT count(*) FROM {table})", [table]
+            )
+            rollups.append(cursor.fetchone())
     n = max(context.events_total, 1)
     per_event = total / n
+    (hourly_bytes, hourly_rows), (model_bytes, model_rows) = rollups
     return [
         Row(
             f"storage per raw event, indexes included ({n:,} events)",
@@ -569,8 +573,14 @@ def storage_rows(context: Context) -> list[Row]:
         ),
         Row("  of which the table itself", f"{heap / n:,.0f} bytes", "", None),
         Row(
-            "hourly rollups (what dashboards read)",
-            f"{rollup_rows:,} rows, {rollup_bytes / n:,.0f} bytes per event",
+            "hourly rollups, every dimension (budgets, per-user views)",
+            f"{hourly_rows:,} rows, {hourly_bytes / n:,.0f} bytes per event",
+            "",
+            None,
+        ),
+        Row(
+            "hourly rollups by model (dashboards, metrics API)",
+            f"{model_rows:,} rows, {model_bytes / n:,.0f} bytes per event",
             "",
             None,
         ),
