@@ -180,29 +180,30 @@ class UsageEvent(models.Model):
 
     The dictionary references carry no database foreign-key constraint: checking five of them
     for every inserted row would cost more than the insert itself, and dictionary entries are
-    only ever deleted together with the tenant's events.
+    only ever deleted together with the tenant's events (so Django does nothing on their
+    deletion either: the tenant's own cascade removes events, rollups and dictionary at once).
     """
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
     event_id = models.CharField(max_length=128)
     occurred_at = models.DateTimeField()
     provider = models.ForeignKey(
-        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
     )
     model = models.ForeignKey(
-        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
     )
     operation = models.ForeignKey(
-        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
     )
     end_user = models.ForeignKey(
-        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
     )
     # The API key that reported the event (0: reported another way); budgets per key count it.
     api_key_id = models.BigIntegerField(default=0)
     session = models.ForeignKey(
         Dimension,
-        on_delete=models.PROTECT,
+        on_delete=models.DO_NOTHING,
         related_name="+",
         null=True,
         db_index=False,
@@ -259,13 +260,13 @@ class Rollup(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
     hour = models.DateTimeField()
     provider = models.ForeignKey(
-        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
     )
     model = models.ForeignKey(
-        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
     )
     operation = models.ForeignKey(
-        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
     )
     calls = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
@@ -289,7 +290,7 @@ class HourlyRollup(Rollup):
     kept in the ingest transaction. Budgets and anything about end users read these."""
 
     end_user = models.ForeignKey(
-        Dimension, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
     )
     api_key_id = models.BigIntegerField(default=0)
 

@@ -7,7 +7,7 @@ import pytest
 from django.db import connection, transaction
 from django.db.utils import DatabaseError
 
-from costmon.models import ApiKey, Membership
+from costmon.models import ApiKey, Membership, Tenant
 from costmon.services import api_key_create
 from costmon.tenancy import no_tenant, tenant_context, unscoped
 from tests.helpers import event, post_usage
@@ -168,3 +168,13 @@ def test_memberships_and_keys_are_tenant_scoped(acme, outsider, owner, outsider_
     with tenant_context(acme):
         assert [m.user.username for m in Membership.objects.all()] == ["alice"]
         assert ApiKey.objects.count() == 0
+
+
+def test_deleting_a_tenant_deletes_its_usage_and_nothing_of_anyone_else(two_tenants_with_usage):
+    acme, outsider = two_tenants_with_usage
+    with unscoped():
+        Tenant.objects.filter(pk=acme.pk).delete()
+        for model in (UsageEvent, HourlyRollup, ModelHourlyRollup, Dimension, ApiKey):
+            assert not model.objects.unscoped().filter(tenant_id=acme.pk).exists()
+        assert list(UsageEvent.objects.unscoped().values_list("event_id", flat=True)) == ["g1"]
+        assert ModelHourlyRollup.objects.unscoped().filter(tenant=outsider).count() == 1
