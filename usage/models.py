@@ -188,16 +188,32 @@ class UsageEvent(models.Model):
     event_id = models.CharField(max_length=128)
     occurred_at = models.DateTimeField()
     provider = models.ForeignKey(
-        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
+        Dimension,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     model = models.ForeignKey(
-        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
+        Dimension,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     operation = models.ForeignKey(
-        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
+        Dimension,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     end_user = models.ForeignKey(
-        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
+        Dimension,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     # The API key that reported the event (0: reported another way); budgets per key count it.
     api_key_id = models.BigIntegerField(default=0)
@@ -260,13 +276,25 @@ class Rollup(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
     hour = models.DateTimeField()
     provider = models.ForeignKey(
-        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
+        Dimension,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     model = models.ForeignKey(
-        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
+        Dimension,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     operation = models.ForeignKey(
-        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
+        Dimension,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     calls = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
@@ -290,7 +318,11 @@ class HourlyRollup(Rollup):
     kept in the ingest transaction. Budgets and anything about end users read these."""
 
     end_user = models.ForeignKey(
-        Dimension, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
+        Dimension,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     api_key_id = models.BigIntegerField(default=0)
 
