@@ -28,9 +28,9 @@ from costmon.exceptions import DomainError
 from costmon.models import ApiKey, Tenant
 from costmon.tenancy import tenant_context, unscoped
 from usage.catalog import catalog_for
-from usage.models import Dimension, HourlyRollup, UsageEvent
+from usage.models import Dimension, ModelHourlyRollup, UsageEvent
 from usage.pricing import candidate_names, cost_nanos, format_usd, usd_to_nanos
-from usage.selectors import tenant_zone
+from usage.selectors import named, rollups_of, tenant_zone
 
 log = structlog.get_logger(__name__)
 
@@ -173,11 +173,13 @@ def spent_from_database(
                 **{f"tags__{name}": value},
             )
         else:
-            qs = HourlyRollup.objects.for_tenant(tenant).filter(
+            # End users and keys are in the full rollups only; the rest reads the by-model ones.
+            by_end_user = spec.scope in ("end_user", "every_end_user", "api_key")
+            qs = rollups_of(tenant, by_end_user=by_end_user).filter(
                 hour__gte=window.start, hour__lt=window.end
             )
             if spec.scope in ("end_user", "every_end_user"):
-                qs = qs.filter(end_user__value=end_user or spec.value)
+                qs = qs.filter(named(tenant, "end_user", end_user or spec.value))
             elif spec.scope == "api_key":
                 qs = qs.filter(api_key_id=spec.api_key_id)
             elif spec.scope == "provider":
@@ -393,7 +395,7 @@ def _rule_spend_from_database(rule: StopRuleSpec, tenant: Tenant, now: datetime)
     else:
         start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     with unscoped():
-        qs = HourlyRollup.objects.unscoped().filter(hour__gte=start)
+        qs = ModelHourlyRollup.objects.unscoped().filter(hour__gte=start)
         if rule.tenant_id is not None:
             qs = qs.filter(tenant=tenant)
         return int(qs.aggregate(s=Sum("cost_nanos"))["s"] or 0)
