@@ -24,7 +24,7 @@ from costmon.tenancy import raw_cursor, tenant_context
 from usage.catalog import catalog_for
 from usage.ingest import EventIn
 from usage.models import UsageEvent
-from usage.rollups import rollups_sql
+from usage.rollups import with_rollups
 from usage.services import (
     _EVENT_COLUMNS,
     _dimension_keys,
@@ -124,12 +124,12 @@ def _load_chunk(tenant: Tenant, part: list[EventIn], report: BulkReport) -> None
                         values[tags] = json.dumps(values[tags])
                     copy.write_row(values)
             cursor.execute(
-                f"WITH fresh AS ("
-                f" INSERT INTO {events} ({columns}) SELECT {columns} FROM usage_bulk_stage"
-                f" ORDER BY occurred_at ON CONFLICT (tenant_id, event_id) DO NOTHING"
-                f" RETURNING *), {rollups_sql('fresh')}"
-                f" SELECT count(*), coalesce(sum(cost_nanos), 0),"
-                f" count(*) FILTER (WHERE cost_source = 2) FROM fresh"
+                with_rollups(
+                    f"INSERT INTO {events} ({columns}) SELECT {columns} FROM usage_bulk_stage"
+                    f" ORDER BY occurred_at ON CONFLICT (tenant_id, event_id) DO NOTHING"
+                )
+                + " SELECT count(*), coalesce(sum(cost_nanos), 0),"
+                " count(*) FILTER (WHERE cost_source = 2) FROM fresh"
             )
             inserted, cost, unpriced = cursor.fetchone()
             cursor.execute("DROP TABLE usage_bulk_stage")  # inside an outer transaction too

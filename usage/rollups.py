@@ -4,7 +4,7 @@
 end users read it. `ModelHourlyRollup` has the same sums without end user and key: the
 dashboard's totals, series and model breakdowns read it, since with thousands of end users the
 first table holds nearly a row per event. Both are written together, in the transaction that
-stores or changes the events: by `rollups_sql` inside the insert statement on PostgreSQL
+stores or changes the events: by `with_rollups` inside the insert statement on PostgreSQL
 (ingest, bulk load), by `rollups_add` on SQLite, and by `rollups_rebuild` (re-pricing, deletes).
 """
 
@@ -171,26 +171,30 @@ def _upsert(model: type[Model], key: Sequence[str], sums: Sums, *, replace: bool
             )
 
 
-def rollups_sql(source: str) -> str:
-    """CTE parts that add the rows of `source` (event rows, e.g. an INSERT's RETURNING) to both
-    rollup tables within the statement that stores them: `WITH fresh AS (...), <these> ...`.
+def with_rollups(insert: str) -> str:
+    """`WITH fresh AS (<insert> RETURNING ...), ...`: the statement that stores events also adds
+    exactly the rows it inserted to both rollup tables. Follow it with a SELECT from `fresh`.
 
+    `insert` is an `INSERT INTO usage_usageevent ... ON CONFLICT DO NOTHING` without RETURNING.
     Rows go in key order, as `rollups_add` does, so concurrent batches lock them in the same
-    order and never deadlock."""
-    hour = "date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    order and never deadlock. The text stays under psycopg's 4 kB limit for caching a parsed
+    statement (a longer one is parsed again on every call, about 1 ms).
+    """
+    hour = "date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour"
     sums = ", ".join(ROLLUP_SQL[c] for c in ROLLUP_SUMS)
     add = ", ".join(f"{c} = r.{c} + excluded.{c}" for c in ROLLUP_SUMS)
-    parts = []
+    parts = [f"WITH fresh AS ({insert} RETURNING *, {hour})"]
     for name, model, key in (
-        ("added_hourly", HourlyRollup, ROLLUP_KEY),
-        ("added_by_model", ModelHourlyRollup, MODEL_ROLLUP_KEY),
+        ("hourly", HourlyRollup, ROLLUP_KEY),
+        ("by_model", ModelHourlyRollup, MODEL_ROLLUP_KEY),
     ):
-        group = ", ".join(hour if c == "hour" else c for c in key)
+        columns = ", ".join(key)
+        ordinals = ", ".join(str(i) for i in range(1, len(key) + 1))
         parts.append(
-            f"{name} AS (INSERT INTO {model._meta.db_table} AS r ({', '.join(key)}, "
-            f"{', '.join(ROLLUP_SUMS)}) SELECT {group}, {sums} FROM {source} GROUP BY {group} "
-            f"ORDER BY {group} "
-            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {add})"
+            f"{name} AS (INSERT INTO {model._meta.db_table} AS r ({columns}, "
+            f"{', '.join(ROLLUP_SUMS)}) SELECT {columns}, {sums} FROM fresh "
+            f"GROUP BY {ordinals} ORDER BY {ordinals} "
+            f"ON CONFLICT ({columns}) DO UPDATE SET {add})"
         )
     return ", ".join(parts)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,7 +34,7 @@ from usage.models import (
     UsageEvent,
 )
 from usage.pricing import Catalog, cost_nanos, usd_to_nanos
-from usage.rollups import aggregate, hour_of, rollups_add, rollups_rebuild, rollups_sql
+from usage.rollups import aggregate, hour_of, rollups_add, rollups_rebuild, with_rollups
 
 log = structlog.get_logger(__name__)
 
@@ -312,6 +313,20 @@ def _lock_tenant(tenant_id: int, *, shared: bool) -> None:
         cursor.execute(f"SELECT {fn}(%s, %s)", [_LOCK_NAMESPACE, tenant_id % 2_000_000_000])
 
 
+@functools.cache
+def insert_statement() -> str:
+    """PostgreSQL: one array parameter per column, new events added to the rollups in the same
+    statement; the ids of the events inserted come back."""
+    unnest = ", ".join(f"%b::{t}[]" for t in _PG_EVENT_TYPES)
+    return (
+        with_rollups(
+            f"INSERT INTO {UsageEvent._meta.db_table} ({', '.join(_EVENT_COLUMNS)}) "
+            f"SELECT * FROM unnest({unnest}) ON CONFLICT (tenant_id, event_id) DO NOTHING"
+        )
+        + " SELECT event_id FROM fresh"
+    )
+
+
 def _insert_events(rows: list[dict[str, Any]]) -> set[str]:
     """Insert what is new, and on PostgreSQL add it to the rollups in the same statement;
     return the event ids that were inserted."""
@@ -331,12 +346,9 @@ def _insert_events(rows: list[dict[str, Any]]) -> set[str]:
                 )
             else:
                 arrays.append([r[col] for r in rows])
-        unnest = ", ".join(f"%b::{t}[]" for t in _PG_EVENT_TYPES)
         with raw_cursor(connection) as cursor:
             cursor.execute(
-                f"WITH fresh AS (INSERT INTO {table} ({columns}) SELECT * FROM unnest({unnest}) "
-                f"ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING *), "
-                f"{rollups_sql('fresh')} SELECT event_id FROM fresh",
+                insert_statement(),
                 arrays,
                 binary=True,
                 prepare=True,  # the same text every time: planned once per connection

@@ -18,7 +18,12 @@ from usage.bulk import usage_bulk_load
 from usage.demo import demo_events
 from usage.models import HourlyRollup, ModelHourlyRollup, ModelPrice, UsageEvent
 from usage.rollups import ROLLUP_SUMS
-from usage.services import usage_events_delete, usage_reprice, usage_tenant_reset
+from usage.services import (
+    insert_statement,
+    usage_events_delete,
+    usage_reprice,
+    usage_tenant_reset,
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 NOW = "2026-11-21T12:00:00Z"
@@ -160,3 +165,10 @@ def test_the_migration_backfill_rebuilds_the_table_from_the_hourly_rollups(
     assert (by_model_rows(acme), by_model_rows(outsider)) == expected
     with tenant_context(outsider):
         assert sum(r[0] for r in by_model_rows(outsider).values()) == 1
+
+
+def test_the_insert_statement_is_short_enough_for_psycopg_to_keep_it_parsed():
+    # psycopg parses a longer statement again on every call (about 1 ms for this one).
+    from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
+
+    assert len(insert_statement().encode()) <= MAX_CACHED_STATEMENT_LENGTH
