@@ -7,6 +7,7 @@ database; prices are Decimal USD per million tokens as the providers publish the
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django.core.validators import MinValueValidator
 from django.db import models
@@ -48,6 +49,24 @@ class Dimension(models.Model):
 
     def __str__(self) -> str:
         return self.value
+
+
+def dictionary_reference(**options: Any) -> models.ForeignKey[Any, Any]:
+    """A reference to a dictionary entry (`Dimension`) from an event or a rollup row.
+
+    No index of its own and no database constraint: checking the reference on every inserted
+    row would cost more than the insert itself. Nothing is done on delete either: dictionary
+    entries are only deleted together with their tenant, whose own cascade removes the events
+    and rollups at the same time.
+    """
+    return models.ForeignKey(
+        Dimension,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
+        **options,
+    )
 
 
 class ModelPrice(models.Model):
@@ -178,53 +197,19 @@ class CostSource(models.IntegerChoices):
 class UsageEvent(models.Model):
     """One LLM call as an application reported it. Compact on purpose: there are millions.
 
-    The dictionary references carry no database foreign-key constraint: checking five of them
-    for every inserted row would cost more than the insert itself, and dictionary entries are
-    only ever deleted together with the tenant's events (so Django does nothing on their
-    deletion either: the tenant's own cascade removes events, rollups and dictionary at once).
+    Its names are dictionary references (`dictionary_reference`): 32-bit ids, no constraint.
     """
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
     event_id = models.CharField(max_length=128)
     occurred_at = models.DateTimeField()
-    provider = models.ForeignKey(
-        Dimension,
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_index=False,
-        db_constraint=False,
-    )
-    model = models.ForeignKey(
-        Dimension,
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_index=False,
-        db_constraint=False,
-    )
-    operation = models.ForeignKey(
-        Dimension,
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_index=False,
-        db_constraint=False,
-    )
-    end_user = models.ForeignKey(
-        Dimension,
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_index=False,
-        db_constraint=False,
-    )
+    provider = dictionary_reference()
+    model = dictionary_reference()
+    operation = dictionary_reference()
+    end_user = dictionary_reference()
     # The API key that reported the event (0: reported another way); budgets per key count it.
     api_key_id = models.BigIntegerField(default=0)
-    session = models.ForeignKey(
-        Dimension,
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        null=True,
-        db_index=False,
-        db_constraint=False,
-    )
+    session = dictionary_reference(null=True)
     tags = models.JSONField(null=True)
     input_tokens = models.IntegerField(default=0)
     output_tokens = models.IntegerField(default=0)
@@ -275,27 +260,9 @@ class Rollup(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
     hour = models.DateTimeField()
-    provider = models.ForeignKey(
-        Dimension,
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_index=False,
-        db_constraint=False,
-    )
-    model = models.ForeignKey(
-        Dimension,
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_index=False,
-        db_constraint=False,
-    )
-    operation = models.ForeignKey(
-        Dimension,
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_index=False,
-        db_constraint=False,
-    )
+    provider = dictionary_reference()
+    model = dictionary_reference()
+    operation = dictionary_reference()
     calls = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
     cache_hits = models.BigIntegerField(default=0)
@@ -317,13 +284,7 @@ class HourlyRollup(Rollup):
     """Sums of events per tenant, hour and every dimension (end user and API key included),
     kept in the ingest transaction. Budgets and anything about end users read these."""
 
-    end_user = models.ForeignKey(
-        Dimension,
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_index=False,
-        db_constraint=False,
-    )
+    end_user = dictionary_reference()
     api_key_id = models.BigIntegerField(default=0)
 
     objects = TenantScopedManager["HourlyRollup"]()
