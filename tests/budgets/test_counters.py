@@ -87,6 +87,7 @@ def test_redis_going_away_mid_test_falls_back_to_postgresql_and_ingest_goes_on(
     post_usage(ingest_client, event(event_id="a"))
     assert check(ingest_client).json()["source"] == "redis"
 
+    original = settings.REDIS_URL
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # Redis is gone
     stored = post_usage(ingest_client, event(event_id="b"))
     assert stored.status_code == 201  # ingestion is unaffected
@@ -103,7 +104,7 @@ def test_redis_going_away_mid_test_falls_back_to_postgresql_and_ingest_goes_on(
     }
     assert body["reservation_id"] is None
 
-    settings.REDIS_URL = "redis://127.0.0.1:6379/15"  # back, but it missed event b
+    settings.REDIS_URL = original  # back, but it missed event b
     bredis.reset_breaker()
     assert CounterState.objects.for_tenant(acme).exists()
     reconcile_counters(only_stale=True)  # what beat runs every minute
