@@ -709,6 +709,33 @@ def test_a_stale_or_unreviewed_override_is_refused(item, message):
         apply_overrides(small_list(), {"prices": [override(**item)]})
 
 
+def test_a_glob_override_sets_a_match_pattern_on_every_row_it_names():
+    result = parse_litellm(
+        {
+            "ft:gpt-4o-mini-2024-07-18": chat("openai", input_cost_per_token=3e-07),
+            "ft:davinci-002": {
+                "litellm_provider": "text-completion-openai",
+                "mode": "completion",
+                "input_cost_per_token": 1.2e-05,
+            },
+            "gpt-4o-mini": chat("openai", input_cost_per_token=1.5e-07),
+        }
+    )
+    done = apply_overrides(
+        result,
+        {"prices": [override(provider="openai", model="ft:*", set={"match_pattern": "{model}:*"})]},
+    )
+    assert [(r["model"], r.get("match_pattern"), r.get("source")) for r in result.rows] == [
+        ("ft:davinci-002", "ft:davinci-002:*", None),  # no price changed: its source stays
+        ("ft:gpt-4o-mini-2024-07-18", "ft:gpt-4o-mini-2024-07-18:*", None),
+        ("gpt-4o-mini", None, None),
+    ]
+    assert done == [
+        "set openai/ft:davinci-002 [standard] match_pattern=ft:davinci-002:*",
+        "set openai/ft:gpt-4o-mini-2024-07-18 [standard] match_pattern=ft:gpt-4o-mini-2024-07-18:*",
+    ]
+
+
 def test_an_alias_to_an_unpriced_model_is_refused():
     with pytest.raises(PriceSourceError, match="the target anthropic/claude-9 is not priced"):
         apply_overrides(

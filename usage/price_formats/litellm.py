@@ -235,7 +235,7 @@ def _litellm_entry_rows(
         if not tier_rates:
             continue
         if "input_per_mtok" not in tier_rates:
-            notes[f"{tier} tier without an input price: left out"] += 1
+            notes[f"{tier} rates without an input price for the tier: left out"] += 1
             continue
         row: dict[str, Any] = {**common, "service_tier": tier}
         row.update({k: decimal_text(v) for k, v in tier_rates.items()})
