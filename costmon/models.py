@@ -18,6 +18,12 @@ class Tenant(models.Model):
     name = models.CharField(max_length=200)
     # Calendar periods (a day, a month) are this zone's, as the people who pay see them.
     timezone = models.CharField(max_length=64, default="UTC")
+    prices_auto_apply = models.BooleanField(
+        "apply catalog price changes automatically",
+        default=True,
+        help_text="Off: price changes from the daily catalog sync wait for staff approval "
+        "(Price syncs in the admin) before this tenant's calls are charged at them.",
+    )
     created_at = models.DateTimeField(default=dj_timezone.now)
 
     class Meta:

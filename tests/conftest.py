@@ -156,11 +156,11 @@ def outsider_client(outsider: Tenant) -> APIClient:
 
 
 PRICES = [
-    # provider, model, input, output, cached input, cache write
-    ("anthropic", "claude-haiku-4-5", "1", "5", "0.10", "1.25"),
-    ("openai", "text-embedding-3-large", "0.13", "0", None, None),
-    ("openai", "gpt-4o-mini", "0.15", "0.60", "0.075", None),
-    ("openai", "gpt-4o", "2.50", "10", "1.25", None),
+    # provider, model, input, output, cached input, cache write, snapshots priced the same
+    ("anthropic", "claude-haiku-4-5", "1", "5", "0.10", "1.25", "claude-haiku-4-5-20??????"),
+    ("openai", "text-embedding-3-large", "0.13", "0", None, None, ""),
+    ("openai", "gpt-4o-mini", "0.15", "0.60", "0.075", None, "gpt-4o-mini-20??-??-??"),
+    ("openai", "gpt-4o", "2.50", "10", "1.25", None, "gpt-4o-20??-??-??"),
 ]
 
 
@@ -176,8 +176,9 @@ def prices(db: None) -> list[ModelPrice]:
             output_per_mtok=Decimal(o),
             cached_input_per_mtok=Decimal(c) if c else None,
             cache_write_per_mtok=Decimal(w) if w else None,
+            match_pattern=pattern,
         )
-        for p, m, i, o, c, w in PRICES
+        for p, m, i, o, c, w, pattern in PRICES
     ]
     catalog.clear_local()
     return rows

@@ -14,8 +14,9 @@ from django.http import HttpRequest
 from costmon.admin import TenantOwnedAdmin
 from usage.catalog import bump_version
 from usage.models import Dimension, HourlyRollup, ModelAlias, ModelPrice, UsageEvent
+from usage.prices import PRICE_FIELDS
 from usage.pricing import format_usd
-from usage.services import PRICE_FIELDS, usage_events_delete
+from usage.services import usage_events_delete
 
 
 def rate(value: Decimal | None) -> str:

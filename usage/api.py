@@ -22,7 +22,8 @@ from costmon.models import ApiKey
 from costmon.prometheus import instruments
 from costmon.scoping import TenantAPIView
 from costmon.tenancy import tenant_context
-from usage.ingest import parse_batch
+from usage.explanations import cost_explanation, explanation_json
+from usage.ingest import PART_FIELDS, parse_batch
 from usage.models import CostSource, UsageEvent
 from usage.pricing import format_usd
 from usage.selectors import (
@@ -80,6 +81,8 @@ def event_json(e: UsageEvent) -> dict[str, Any]:
         "cached_input_tokens": e.cached_input_tokens,
         "cache_write_tokens": e.cache_write_tokens,
         "reasoning_tokens": e.reasoning_tokens,
+        **{name: getattr(e, name) or 0 for name in PART_FIELDS},
+        "service_tier": e.tier,
         "cost_usd": format_usd(e.cost_nanos),
         "cost_source": _SOURCE_LABELS[e.cost_source],
         "latency_ms": e.latency_ms,
@@ -109,6 +112,9 @@ CSV_COLUMNS = [
     "status",
     "cache_hit",
     "prompt_hash",
+    # Added with the pricing rules: new columns go last, so readers by position keep working.
+    *PART_FIELDS,
+    "service_tier",
 ]
 
 
@@ -238,6 +244,22 @@ class UsageApi(TenantAPIView):
         response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{tenant.slug}-usage.csv"'
         return response
+
+
+class UsageEventApi(TenantAPIView):
+    required_scope = ApiKey.Scope.READ
+
+    @extend_schema(
+        summary="One usage event with its cost explained",
+        description="The event as the list shows it, plus `cost`: the catalog row used (its "
+        "provider, model, tier and start), whether the long-context rates applied, and one line "
+        "per token kind with its count, unit price and cost, so the figure can be recomputed "
+        "by hand.",
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request, event_id: str) -> Response:
+        explained = cost_explanation(tenant=self.tenant, event_id=event_id)
+        return Response({**event_json(explained.event), "cost": explanation_json(explained)})
 
 
 def _rate(part: int, whole: int) -> float | None:

@@ -117,8 +117,8 @@ def _load_chunk(tenant: Tenant, part: list[EventIn], report: BulkReport) -> None
                     if e.event_id in seen:
                         continue  # the same id twice in one load: the first one counts
                     seen.add(e.event_id)
-                    cost, source = price_event(catalog, e)
-                    row = _event_row(tenant.pk, e, dims, cost, source, 0)
+                    cost, source, price_id = price_event(catalog, e)
+                    row = _event_row(tenant.pk, e, dims, cost, source, 0, price_id)
                     values = [row[c] for c in _EVENT_COLUMNS]
                     if values[tags] is not None:
                         values[tags] = json.dumps(values[tags])

@@ -16,7 +16,7 @@ from django.conf import settings
 
 from costmon.cache import cache_add, cache_get, cache_set
 from costmon.tenancy import unscoped
-from usage.models import ModelAlias, ModelPrice
+from usage.models import CatalogAlias, ModelAlias, ModelPrice, PriceChangeHold, PriceSync
 from usage.pricing import Alias, Catalog, Price, Rates
 
 VERSION_KEY = "costmon:catalog-version"
@@ -41,29 +41,28 @@ def clear_local() -> None:
 
 
 def _rates(row: ModelPrice, long: bool = False) -> Rates:
+    """The row's rates as written; the fallbacks for empty ones live in `usage.pricing`."""
     if long:
-        base_in = row.long_input_per_mtok or Decimal(0)
         return Rates(
-            input=base_in,
-            output=row.long_output_per_mtok
-            if row.long_output_per_mtok is not None
-            else row.output_per_mtok,
-            cached_input=row.long_cached_input_per_mtok
-            if row.long_cached_input_per_mtok is not None
-            else base_in,
-            cache_write=row.long_cache_write_per_mtok
-            if row.long_cache_write_per_mtok is not None
-            else base_in,
+            input=row.long_input_per_mtok or Decimal(0),
+            output=(
+                row.long_output_per_mtok
+                if row.long_output_per_mtok is not None
+                else row.output_per_mtok
+            ),
+            cached_input=row.long_cached_input_per_mtok,
+            cache_write=row.long_cache_write_per_mtok,
         )
     return Rates(
         input=row.input_per_mtok,
         output=row.output_per_mtok,
-        cached_input=row.cached_input_per_mtok
-        if row.cached_input_per_mtok is not None
-        else row.input_per_mtok,
-        cache_write=row.cache_write_per_mtok
-        if row.cache_write_per_mtok is not None
-        else row.input_per_mtok,
+        cached_input=row.cached_input_per_mtok,
+        cache_write=row.cache_write_per_mtok,
+        cache_write_1h=row.cache_write_1h_per_mtok,
+        input_audio=row.input_audio_per_mtok,
+        output_audio=row.output_audio_per_mtok,
+        input_image=row.input_image_per_mtok,
+        output_image=row.output_image_per_mtok,
     )
 
 
@@ -79,19 +78,38 @@ def price_from_row(row: ModelPrice) -> Price:
         per_request=row.per_request,
         long_context_threshold=row.long_context_threshold,
         long_rates=_rates(row, long=True) if row.long_context_threshold is not None else None,
+        service_tier=row.service_tier,
+        per_output_image=row.per_output_image,
+        web_search_per_kcalls=row.web_search_per_kcalls,
+        mode=row.mode,
+        deprecation_date=row.deprecation_date,
+        source=row.source,
     )
 
 
 def load_catalog(tenant_id: int) -> Catalog:
+    """The tenant's catalog: its own rates, the global list (without the changes it holds for
+    staff approval), its aliases and the catalog's."""
     with unscoped():
+        # Changed prices wait for approval; models a sync added are priced at once.
+        held: set[int] = set()
+        for details in PriceSync.objects.filter(
+            holds__tenant_id=tenant_id,
+            holds__status__in=[PriceChangeHold.Status.PENDING, PriceChangeHold.Status.REJECTED],
+        ).values_list("details", flat=True):
+            held.update(change["price_id"] for change in details.get("changed", []))
         rows = list(ModelPrice.objects.unscoped().filter(tenant_id=tenant_id)) + list(
-            ModelPrice.objects.unscoped().filter(tenant__isnull=True)
+            ModelPrice.objects.unscoped().filter(tenant__isnull=True).exclude(pk__in=held)
         )
         aliases = [
             Alias(a.provider, a.alias, a.target_provider, a.target_model)
             for a in ModelAlias.objects.for_tenant(tenant_id)
         ]
-    return Catalog([price_from_row(r) for r in rows], aliases)
+        catalog_aliases = [
+            Alias(a.provider, a.alias, a.target_provider, a.target_model)
+            for a in CatalogAlias.objects.all()
+        ]
+    return Catalog([price_from_row(r) for r in rows], aliases, catalog_aliases)
 
 
 def catalog_for(tenant_id: int) -> Catalog:

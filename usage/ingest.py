@@ -29,6 +29,27 @@ TOKEN_FIELDS = (
     "cache_write_tokens",
     "reasoning_tokens",
 )
+# Optional counts priced apart where the provider does (see usage.pricing.Usage): parts of
+# input_tokens or output_tokens, web searches and generated images. Absent means 0.
+PART_FIELDS = (
+    "cache_write_1h_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "input_image_tokens",
+    "output_image_tokens",
+    "web_search_calls",
+    "output_images",
+)
+# Each group of parts with the total it is a part of, and how to say so.
+_PART_OF = (
+    (
+        "input_tokens",
+        ("cached_input_tokens", "cache_write_tokens", "input_audio_tokens", "input_image_tokens"),
+    ),
+    ("output_tokens", ("output_audio_tokens", "output_image_tokens")),
+    ("cache_write_tokens", ("cache_write_1h_tokens",)),
+)
+SERVICE_TIERS = ("standard", "batch", "flex", "priority")
 _STRING_FIELDS = {
     # field: (max length, required)
     "provider": (50, True),
@@ -48,7 +69,9 @@ KNOWN_FIELDS = frozenset(
         "cache_hit",
         "reservation_id",
         "prompt_hash",
+        "service_tier",
         *TOKEN_FIELDS,
+        *PART_FIELDS,
         *_STRING_FIELDS,
     }
 )
@@ -79,6 +102,14 @@ class EventIn:
     reservation_id: str | None = None
     # The caller's hash of the prompt: identical requests are what a cache would have saved.
     prompt_hash: str | None = None
+    service_tier: str = "standard"
+    cache_write_1h_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+    web_search_calls: int = 0
+    output_images: int = 0
 
 
 class _Errors:
@@ -189,16 +220,19 @@ def _parse_event(
             occurred_at = parsed
 
     tokens: dict[str, int] = {}
-    for name in TOKEN_FIELDS:
+    for name in (*TOKEN_FIELDS, *PART_FIELDS):
         value = item.get(name, 0)
         if value is None:
             value = 0
+        unit = "web searches" if name == "web_search_calls" else "tokens"
+        if name == "output_images":
+            unit = "images"
         if isinstance(value, bool) or not isinstance(value, int | Decimal):
-            errors.add(index, name, "Must be a whole number of tokens.")
+            errors.add(index, name, f"Must be a whole number of {unit}.")
             continue
         if isinstance(value, Decimal):
             if value != value.to_integral_value():
-                errors.add(index, name, "Must be a whole number of tokens.")
+                errors.add(index, name, f"Must be a whole number of {unit}.")
                 continue
             value = int(value)
         if value < 0:
@@ -207,18 +241,27 @@ def _parse_event(
             errors.add(
                 index,
                 name,
-                f"{value} tokens is more than {MAX_TOKENS:,} for one call; check the units.",
+                f"{value} {unit} is more than {MAX_TOKENS:,} for one call; check the units.",
             )
         tokens[name] = value
-    if len(tokens) == len(TOKEN_FIELDS) and len(errors.items) == before:
-        parts = tokens["cached_input_tokens"] + tokens["cache_write_tokens"]
-        if parts > tokens["input_tokens"]:
-            errors.add(
-                index,
-                "cached_input_tokens",
-                "cached_input_tokens + cache_write_tokens exceed input_tokens; input_tokens counts "
-                "all input tokens, cached and cache-write included.",
-            )
+    if len(tokens) == len(TOKEN_FIELDS) + len(PART_FIELDS) and len(errors.items) == before:
+        for total, parts in _PART_OF:
+            if sum(tokens[p] for p in parts) > tokens[total]:
+                given = [p for p in parts if tokens[p]]
+                errors.add(
+                    index,
+                    given[0],
+                    f"{' + '.join(given)} exceed {total}; {total} counts all of them "
+                    "(they are parts of it, priced at their own rates).",
+                )
+
+    service_tier = item.get("service_tier")
+    if service_tier is None or service_tier == "":
+        service_tier = "standard"
+    elif not isinstance(service_tier, str) or service_tier.strip().lower() not in SERVICE_TIERS:
+        errors.add(index, "service_tier", f"Must be one of {', '.join(SERVICE_TIERS)}.")
+    else:
+        service_tier = service_tier.strip().lower()
 
     cost_usd = None
     if (raw_cost := item.get("cost_usd")) is not None:
@@ -306,5 +349,6 @@ def _parse_event(
         cache_hit=cache_hit,
         reservation_id=reservation_id or None,
         prompt_hash=prompt_hash,
+        service_tier=service_tier,
         **tokens,
     )

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from costmon.models import Tenant
 from costmon.tenancy import TenantScopedManager
+from usage.pricing import Usage
 
 NANOS_PER_USD = 1_000_000_000
 
@@ -69,10 +70,83 @@ def dictionary_reference(**options: Any) -> models.ForeignKey[Any, Any]:
     )
 
 
+def _rate(**options: Any) -> models.DecimalField[Any, Any]:
+    """A price in USD (per million tokens unless its name says otherwise); never negative."""
+    return models.DecimalField(
+        max_digits=20, decimal_places=10, validators=[MinValueValidator(0)], **options
+    )
+
+
+def _optional_rate(help_text: str = "") -> models.DecimalField[Any, Any]:
+    return _rate(null=True, blank=True, help_text=help_text)
+
+
+class ServiceTier(models.IntegerChoices):
+    """How the provider served the call; stored on events as a small number (NULL: standard)."""
+
+    STANDARD = 0, "standard"
+    BATCH = 1, "batch"
+    FLEX = 2, "flex"
+    PRIORITY = 3, "priority"
+
+    @classmethod
+    def code(cls, name: str) -> int | None:
+        """The stored value of a tier name; standard is stored as NULL (free in a row)."""
+        value = {label: v for v, label in cls.choices}[name]
+        return value or None
+
+
+class PriceSync(models.Model):
+    """One load of a price list into the global catalog, and what it changed.
+
+    Staff read these in the admin; a tenant that does not take catalog changes automatically
+    (`Tenant.prices_auto_apply`) gets a `PriceChangeHold` per sync that changed prices.
+    """
+
+    class Status(models.TextChoices):
+        APPLIED = "applied"
+        UNCHANGED = "unchanged"
+        FAILED = "failed"
+
+    tenant = models.ForeignKey(
+        Tenant,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        help_text="Empty: the global catalog; set: a tenant's negotiated prices.",
+    )
+    started_at = models.DateTimeField(default=timezone.now)
+    source = models.CharField(max_length=500, help_text="File, URL or 'bundled catalog'.")
+    format = models.CharField(max_length=20)
+    catalog_version = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    added = models.PositiveIntegerField(default=0)
+    changed = models.PositiveIntegerField(default=0)
+    unchanged = models.PositiveIntegerField(default=0)
+    missing = models.PositiveIntegerField(
+        default=0, help_text="Catalog models the source no longer lists (their prices stay)."
+    )
+    aliases_added = models.PositiveIntegerField(default=0)
+    details = models.JSONField(
+        default=dict, blank=True, help_text="added and changed rows, with old and new prices"
+    )
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ("-started_at",)
+        indexes = [models.Index(fields=["-started_at"], name="pricesync_started")]
+
+    def __str__(self) -> str:
+        return f"{self.format} {self.catalog_version or self.source} at {self.started_at:%Y-%m-%d %H:%M}"
+
+
 class ModelPrice(models.Model):
-    """The price of one model from `effective_from` on; history is kept as separate rows.
+    """The price of one model in one service tier from `effective_from` on; history is kept as
+    separate rows (a change is a new row, never an edit of an old one).
 
     A row with no tenant is the global list price; a tenant's row overrides it (negotiated rates).
+    Empty optional rates fall back as `usage.pricing` documents (cache reads and writes to the
+    input rate, one-hour writes to the cache-write rate, audio and image to the text rates).
     """
 
     tenant = models.ForeignKey(
@@ -85,57 +159,60 @@ class ModelPrice(models.Model):
     )
     provider = models.CharField(max_length=50)
     model = models.CharField(max_length=200)
+    service_tier = models.CharField(
+        max_length=10,
+        choices=[(label, label) for _, label in ServiceTier.choices],
+        default="standard",
+        help_text="Batch, flex and priority rows price calls the provider served in that tier; "
+        "a tier without a row is charged at the standard rates.",
+    )
     match_pattern = models.CharField(
         max_length=200,
         blank=True,
-        help_text="Optional glob for other names priced the same (e.g. 'gpt-4o-2024-*'). "
-        "Dated names such as gpt-4o-2024-08-06 already find gpt-4o without one.",
+        help_text="Optional glob for other names this price applies to (e.g. "
+        "'claude-sonnet-4-5-20??????' for snapshots the catalog does not list). Without one, "
+        "a dated name is priced only by its own row.",
+    )
+    mode = models.CharField(max_length=20, blank=True, help_text="chat, responses, embedding, ...")
+    deprecation_date = models.DateField(
+        null=True, blank=True, help_text="From this day the provider retires the model."
     )
     effective_from = models.DateTimeField(default=timezone.now)
-    input_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, validators=[MinValueValidator(0)]
+    input_per_mtok = _rate()
+    output_per_mtok = _rate(default=Decimal(0))
+    cached_input_per_mtok = _optional_rate("Empty: cache reads are charged at the input rate.")
+    cache_write_per_mtok = _optional_rate(
+        "Cache writes (5-minute lifetime). Empty: charged at the input rate."
     )
-    output_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, default=Decimal(0), validators=[MinValueValidator(0)]
+    cache_write_1h_per_mtok = _optional_rate(
+        "Cache writes kept for one hour. Empty: charged at the cache-write rate."
     )
-    cached_input_per_mtok = models.DecimalField(
-        max_digits=14,
-        decimal_places=6,
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(0)],
-        help_text="Empty: cached input tokens are charged at the input rate.",
-    )
-    cache_write_per_mtok = models.DecimalField(
-        max_digits=14,
-        decimal_places=6,
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(0)],
-        help_text="Empty: cache writes are charged at the input rate.",
-    )
-    per_request = models.DecimalField(
-        max_digits=14, decimal_places=6, default=Decimal(0), validators=[MinValueValidator(0)]
-    )
+    input_audio_per_mtok = _optional_rate("Empty: audio input at the input rate.")
+    output_audio_per_mtok = _optional_rate("Empty: audio output at the output rate.")
+    input_image_per_mtok = _optional_rate("Empty: image input at the input rate.")
+    output_image_per_mtok = _optional_rate("Empty: image output at the output rate.")
+    per_request = _rate(default=Decimal(0), help_text="USD per call.")
+    per_output_image = _rate(default=Decimal(0), help_text="USD per generated image.")
+    web_search_per_kcalls = _rate(default=Decimal(0), help_text="USD per 1,000 web searches.")
     long_context_threshold = models.PositiveIntegerField(
         null=True,
         blank=True,
         help_text="Above this many input tokens the long-context rates apply to the whole call.",
     )
-    long_input_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
-    )
-    long_output_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
-    )
-    long_cached_input_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
-    )
-    long_cache_write_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
-    )
+    long_input_per_mtok = _optional_rate()
+    long_output_per_mtok = _optional_rate()
+    long_cached_input_per_mtok = _optional_rate()
+    long_cache_write_per_mtok = _optional_rate()
     source = models.URLField(max_length=300, blank=True)
     source_date = models.DateField(null=True, blank=True)
+    sync = models.ForeignKey(
+        PriceSync,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="prices",
+        help_text="The price list load that created this row.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = TenantScopedManager["ModelPrice"]()
@@ -143,26 +220,78 @@ class ModelPrice(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["provider", "model", "effective_from"],
+                fields=["provider", "model", "service_tier", "effective_from"],
                 condition=Q(tenant__isnull=True),
-                name="modelprice_unique_global",
+                name="modelprice_unique_global_tier",
             ),
             models.UniqueConstraint(
-                fields=["tenant", "provider", "model", "effective_from"],
+                fields=["tenant", "provider", "model", "service_tier", "effective_from"],
                 condition=Q(tenant__isnull=False),
-                name="modelprice_unique_tenant",
+                name="modelprice_unique_tenant_tier",
             ),
             models.CheckConstraint(
                 condition=Q(long_context_threshold__isnull=True)
                 | Q(long_input_per_mtok__isnull=False),
                 name="modelprice_long_context_has_rate",
             ),
+            models.CheckConstraint(
+                condition=Q(service_tier__in=["standard", "batch", "flex", "priority"]),
+                name="modelprice_known_tier",
+            ),
         ]
         indexes = [models.Index(fields=["tenant", "provider"], name="modelprice_tenant_provider")]
 
     def __str__(self) -> str:
         owner = self.tenant.slug if self.tenant is not None else "global"
-        return f"{self.provider}/{self.model} from {self.effective_from:%Y-%m-%d} ({owner})"
+        tier = "" if self.service_tier == "standard" else f" [{self.service_tier}]"
+        return f"{self.provider}/{self.model}{tier} from {self.effective_from:%Y-%m-%d} ({owner})"
+
+
+class CatalogAlias(models.Model):
+    """A provider's own alias in the global catalog: a `-latest` name pointing at the dated model
+    it serves today. Loaded with the catalog; a tenant's own names are `ModelAlias`."""
+
+    provider = models.CharField(max_length=50, blank=True, help_text="Empty: any provider.")
+    alias = models.CharField(max_length=255)
+    target_provider = models.CharField(max_length=50)
+    target_model = models.CharField(max_length=200)
+    reason = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        verbose_name_plural = "catalog aliases"
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "alias"], name="catalogalias_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alias} → {self.target_provider}/{self.target_model}"
+
+
+class PriceChangeHold(models.Model):
+    """A tenant that reviews catalog changes itself: the prices a sync changed wait here until
+    staff approve them for the tenant (its events keep the old price until then)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    sync = models.ForeignKey(PriceSync, on_delete=models.CASCADE, related_name="holds")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    decided_by = models.CharField(max_length=150, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantScopedManager["PriceChangeHold"]()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "sync"], name="pricechangehold_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sync} for {self.tenant_id}: {self.status}"
 
 
 class ModelAlias(models.Model):
@@ -186,6 +315,23 @@ class ModelAlias(models.Model):
 
     def __str__(self) -> str:
         return f"{self.alias} → {self.target_provider}/{self.target_model}"
+
+
+# The event columns pricing reads (`usage.pricing.Usage`'s fields).
+PRICED_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "input_image_tokens",
+    "output_image_tokens",
+    "reasoning_tokens",
+    "web_search_calls",
+    "output_images",
+)
 
 
 class CostSource(models.IntegerChoices):
@@ -216,8 +362,21 @@ class UsageEvent(models.Model):
     cached_input_tokens = models.IntegerField(default=0)
     cache_write_tokens = models.IntegerField(default=0)
     reasoning_tokens = models.IntegerField(default=0)
+    # Rarer parts of a call, NULL when not sent (a NULL costs a row nothing): the one-hour part
+    # of the cache writes, audio and image tokens (parts of input/output), web searches and
+    # generated images, and the service tier (NULL: standard).
+    cache_write_1h_tokens = models.IntegerField(null=True)
+    input_audio_tokens = models.IntegerField(null=True)
+    output_audio_tokens = models.IntegerField(null=True)
+    input_image_tokens = models.IntegerField(null=True)
+    output_image_tokens = models.IntegerField(null=True)
+    web_search_calls = models.IntegerField(null=True)
+    output_images = models.IntegerField(null=True)
+    service_tier = models.SmallIntegerField(choices=ServiceTier.choices, null=True)
     cost_nanos = models.BigIntegerField(default=0)
     cost_source = models.SmallIntegerField(choices=CostSource.choices, default=CostSource.COMPUTED)
+    # The catalog row the cost came from (NULL: unpriced, the caller's cost, or a cache hit).
+    price_id = models.IntegerField(null=True)
     latency_ms = models.IntegerField(null=True)
     is_error = models.BooleanField(default=False)
     cache_hit = models.BooleanField(default=False)
@@ -252,6 +411,15 @@ class UsageEvent(models.Model):
     @property
     def cost_usd(self) -> Decimal:
         return nanos_to_usd(self.cost_nanos)
+
+    @property
+    def tier(self) -> str:
+        return ServiceTier(self.service_tier or 0).label
+
+    @property
+    def usage(self) -> Usage:
+        """What the call consumed, as pricing reads it."""
+        return Usage(**{name: getattr(self, name) or 0 for name in PRICED_COLUMNS})
 
 
 class Rollup(models.Model):

@@ -8,8 +8,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -17,23 +16,22 @@ from django.db import connection, transaction
 from django.db.models import Max as models_max
 from django.db.models import Min as models_min
 from django.db.models import Q, QuerySet
-from django.utils.dateparse import parse_datetime
 
-from costmon.exceptions import DomainError
 from costmon.models import Tenant
 from costmon.tenancy import forget_rls_state, raw_cursor, tenant_context
 from usage.catalog import bump_version, catalog_for
 from usage.ingest import EventIn
 from usage.models import (
+    PRICED_COLUMNS,
     CostSource,
     Dimension,
     HourlyRollup,
     ModelAlias,
     ModelHourlyRollup,
-    ModelPrice,
+    ServiceTier,
     UsageEvent,
 )
-from usage.pricing import Catalog, cost_nanos, usd_to_nanos
+from usage.pricing import Catalog, Usage, breakdown, usd_to_nanos
 from usage.rollups import aggregate, hour_of, rollups_add, rollups_rebuild, with_rollups
 
 log = structlog.get_logger(__name__)
@@ -125,52 +123,71 @@ def dimension_ids(
 # --- pricing one event ----------------------------------------------------------------------
 
 
-def price_event(catalog: Catalog, event: EventIn) -> tuple[int, int]:
-    """(cost in nano-dollars, cost source) for one validated event."""
+def usage_of(event: EventIn) -> Usage:
+    """What the event says the call consumed, for pricing."""
+    return Usage(
+        input_tokens=event.input_tokens,
+        output_tokens=event.output_tokens,
+        cached_input_tokens=event.cached_input_tokens,
+        cache_write_tokens=event.cache_write_tokens,
+        cache_write_1h_tokens=event.cache_write_1h_tokens,
+        input_audio_tokens=event.input_audio_tokens,
+        output_audio_tokens=event.output_audio_tokens,
+        input_image_tokens=event.input_image_tokens,
+        output_image_tokens=event.output_image_tokens,
+        reasoning_tokens=event.reasoning_tokens,
+        web_search_calls=event.web_search_calls,
+        output_images=event.output_images,
+    )
+
+
+def price_event(catalog: Catalog, event: EventIn) -> tuple[int, int, int | None]:
+    """(cost in nano-dollars, cost source, catalog row used) for one validated event."""
     if event.cost_usd is not None:
-        return usd_to_nanos(event.cost_usd), CostSource.CALLER
+        return usd_to_nanos(event.cost_usd), CostSource.CALLER, None
     if event.cache_hit:
         # Served from the application's own cache: no API call, nothing to pay.
-        return 0, CostSource.COMPUTED
-    price = catalog.price_at(event.provider, event.model, event.occurred_at)
-    if price is None:
-        return 0, CostSource.UNPRICED
-    return (
-        cost_nanos(
-            price,
-            input_tokens=event.input_tokens,
-            output_tokens=event.output_tokens,
-            cached_input_tokens=event.cached_input_tokens,
-            cache_write_tokens=event.cache_write_tokens,
-        ),
-        CostSource.COMPUTED,
-    )
+        return 0, CostSource.COMPUTED, None
+    found = catalog.resolve(event.provider, event.model, event.occurred_at, event.service_tier)
+    if found is None:
+        return 0, CostSource.UNPRICED, None
+    return breakdown(found.price, usage_of(event)).nanos, CostSource.COMPUTED, found.price.id
 
 
 # --- recording a batch -----------------------------------------------------------------------
 
-# (column, PostgreSQL type) of the bulk insert.
+# (column, PostgreSQL type) of the bulk insert; short type names keep the statement under
+# psycopg's 4 kB parse cache (see `insert_statement`).
 _EVENT_COLUMN_TYPES = (
-    ("tenant_id", "bigint"),
+    ("tenant_id", "int8"),
     ("event_id", "text"),
     ("occurred_at", "timestamptz"),
-    ("provider_id", "integer"),
-    ("model_id", "integer"),
-    ("operation_id", "integer"),
-    ("end_user_id", "integer"),
-    ("session_id", "integer"),
-    ("api_key_id", "bigint"),
+    ("provider_id", "int4"),
+    ("model_id", "int4"),
+    ("operation_id", "int4"),
+    ("end_user_id", "int4"),
+    ("session_id", "int4"),
+    ("api_key_id", "int8"),
     ("tags", "jsonb"),
-    ("input_tokens", "integer"),
-    ("output_tokens", "integer"),
-    ("cached_input_tokens", "integer"),
-    ("cache_write_tokens", "integer"),
-    ("reasoning_tokens", "integer"),
-    ("cost_nanos", "bigint"),
-    ("cost_source", "smallint"),
-    ("latency_ms", "integer"),
-    ("is_error", "boolean"),
-    ("cache_hit", "boolean"),
+    ("input_tokens", "int4"),
+    ("output_tokens", "int4"),
+    ("cached_input_tokens", "int4"),
+    ("cache_write_tokens", "int4"),
+    ("reasoning_tokens", "int4"),
+    ("cache_write_1h_tokens", "int4"),
+    ("input_audio_tokens", "int4"),
+    ("output_audio_tokens", "int4"),
+    ("input_image_tokens", "int4"),
+    ("output_image_tokens", "int4"),
+    ("web_search_calls", "int4"),
+    ("output_images", "int4"),
+    ("service_tier", "int2"),
+    ("cost_nanos", "int8"),
+    ("cost_source", "int2"),
+    ("price_id", "int4"),
+    ("latency_ms", "int4"),
+    ("is_error", "bool"),
+    ("cache_hit", "bool"),
     ("prompt_hash", "text"),
 )
 _EVENT_COLUMNS = tuple(c for c, _ in _EVENT_COLUMN_TYPES)
@@ -192,7 +209,7 @@ def usage_record_batch(
     reported the batch (budgets per key count its spend).
     """
     catalog = catalog_for(tenant.pk)
-    priced: dict[str, tuple[EventIn, int, int]] = {}
+    priced: dict[str, tuple[EventIn, int, int, int | None]] = {}
     for event in events:
         if event.event_id not in priced:  # the same id twice in one batch: the first one counts
             priced[event.event_id] = (event, *price_event(catalog, event))
@@ -203,8 +220,8 @@ def usage_record_batch(
             with transaction.atomic():
                 dims = dimension_ids(tenant=tenant, wanted=_dimension_keys(events))
                 rows = [
-                    _event_row(tenant.pk, e, dims, cost, source, api_key_id or 0)
-                    for e, cost, source in priced.values()
+                    _event_row(tenant.pk, e, dims, cost, source, api_key_id or 0, price_id)
+                    for e, cost, source, price_id in priced.values()
                 ]
                 inserted = _insert_events(rows)
                 fresh = [r for r in rows if r["event_id"] in inserted]
@@ -276,6 +293,7 @@ def _event_row(
     cost: int,
     source: int,
     api_key_id: int,
+    price_id: int | None = None,
 ) -> dict[str, Any]:
     return {
         # Not stored: read by the after-record hooks (budgets match names, settle reservations).
@@ -296,8 +314,18 @@ def _event_row(
         "cached_input_tokens": e.cached_input_tokens,
         "cache_write_tokens": e.cache_write_tokens,
         "reasoning_tokens": e.reasoning_tokens,
+        # The rarer parts as NULL when zero: a NULL costs the row nothing.
+        "cache_write_1h_tokens": e.cache_write_1h_tokens or None,
+        "input_audio_tokens": e.input_audio_tokens or None,
+        "output_audio_tokens": e.output_audio_tokens or None,
+        "input_image_tokens": e.input_image_tokens or None,
+        "output_image_tokens": e.output_image_tokens or None,
+        "web_search_calls": e.web_search_calls or None,
+        "output_images": e.output_images or None,
+        "service_tier": ServiceTier.code(e.service_tier),
         "cost_nanos": cost,
         "cost_source": int(source),
+        "price_id": price_id,
         "latency_ms": e.latency_ms,
         "is_error": e.is_error,
         "cache_hit": e.cache_hit,
@@ -390,147 +418,7 @@ def _stored_costs(tenant_id: int, event_ids: list[str]) -> dict[str, tuple[int, 
     }
 
 
-# --- the price catalog ----------------------------------------------------------------------
-
-PRICE_FIELDS = (
-    "match_pattern",
-    "input_per_mtok",
-    "output_per_mtok",
-    "cached_input_per_mtok",
-    "cache_write_per_mtok",
-    "per_request",
-    "long_context_threshold",
-    "long_input_per_mtok",
-    "long_output_per_mtok",
-    "long_cached_input_per_mtok",
-    "long_cache_write_per_mtok",
-    "source",
-    "source_date",
-)
-_DECIMAL_FIELDS = {f for f in PRICE_FIELDS if f.endswith("_mtok") or f == "per_request"}
-
-
-@dataclass
-class LoadReport:
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0
-
-
-def _parse_price_row(index: int, raw: dict[str, Any]) -> dict[str, Any]:
-    from django.utils.dateparse import parse_date
-
-    def fail(message: str) -> DomainError:
-        return DomainError(
-            f"Price {index + 1} ({raw.get('provider')}/{raw.get('model')}): {message}"
-        )
-
-    row: dict[str, Any] = {}
-    for name in ("provider", "model"):
-        value = (raw.get(name) or "").strip()
-        if not value:
-            raise fail(f"{name} is required.")
-        row[name] = value.lower() if name == "provider" else value
-    effective = raw.get("effective_from")
-    if not effective:
-        raise fail("effective_from is required (YYYY-MM-DD).")
-    moment = parse_datetime(str(effective))
-    if moment is None:
-        day = parse_date(str(effective))
-        if day is None:
-            raise fail(f"effective_from {effective!r} is not a date.")
-        moment = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
-    elif moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    row["effective_from"] = moment
-    for name in PRICE_FIELDS:
-        value = raw.get(name)
-        if value in (None, ""):
-            row[name] = (
-                Decimal(0)
-                if name in ("output_per_mtok", "per_request")
-                else ("" if name in ("match_pattern", "source") else None)
-            )
-            continue
-        if name in _DECIMAL_FIELDS:
-            try:
-                parsed = Decimal(str(value))
-            except ArithmeticError:
-                raise fail(f"{name} {value!r} is not a decimal number.") from None
-            if not parsed.is_finite() or parsed < 0:
-                raise fail(f"{name} must be a non-negative number.")
-            row[name] = parsed
-        elif name == "long_context_threshold":
-            try:
-                row[name] = int(value)
-            except (TypeError, ValueError):
-                raise fail("long_context_threshold must be a whole number of tokens.") from None
-        elif name == "source_date":
-            day = parse_date(str(value))
-            if day is None:
-                raise fail(f"source_date {value!r} is not a date.")
-            row[name] = day
-        else:
-            row[name] = str(value)
-    if row["input_per_mtok"] is None:
-        raise fail("input_per_mtok is required.")
-    if row["long_context_threshold"] is not None and row["long_input_per_mtok"] is None:
-        raise fail("long_context_threshold needs long_input_per_mtok.")
-    return row
-
-
-def prices_load(*, rows: Sequence[dict[str, Any]], tenant: Tenant | None = None) -> LoadReport:
-    """Create or update catalog rows, keyed by (tenant, provider, model, effective_from).
-
-    All rows are checked before anything is written; loading the same file twice changes
-    nothing. Events stored unpriced are priced by a task enqueued when this commits.
-    """
-    parsed = [_parse_price_row(i, raw) for i, raw in enumerate(rows)]
-    report = LoadReport()
-    from costmon.tenancy import unscoped
-
-    with unscoped(), transaction.atomic():
-        for row in parsed:
-            key = {k: row.pop(k) for k in ("provider", "model", "effective_from")}
-            existing = ModelPrice.objects.unscoped().filter(tenant=tenant, **key).first()
-            if existing is None:
-                ModelPrice.objects.create(tenant=tenant, **key, **row)
-                report.created += 1
-            elif any(getattr(existing, k) != v for k, v in row.items()):
-                for k, v in row.items():
-                    setattr(existing, k, v)
-                existing.save()
-                report.updated += 1
-            else:
-                report.unchanged += 1
-        # Events that waited for a price get it once this commits.
-        from usage.tasks import schedule_reprice_unpriced
-
-        schedule_reprice_unpriced(tenant.pk if tenant else None)
-    bump_version()
-    return report
-
-
-def read_price_file(path: str) -> list[dict[str, Any]]:
-    """Rows from a catalog file: JSON ({"prices": [...]} or a list) or CSV with a header."""
-    import csv as csv_module
-
-    with open(path, encoding="utf-8") as handle:
-        if path.lower().endswith(".csv"):
-            return [dict(r) for r in csv_module.DictReader(handle)]
-        try:
-            data = json.load(handle, parse_float=Decimal)
-        except ValueError as exc:
-            raise DomainError(f"{path} is not valid JSON: {exc}") from None
-    if isinstance(data, dict):
-        data = data.get("prices")
-    if not isinstance(data, list):
-        raise DomainError(f"{path} must hold a list of prices (or an object with a 'prices' list).")
-    for raw in data:
-        for k, v in list(raw.items()):
-            if isinstance(v, Decimal):
-                raw[k] = str(v)
-    return data
+# --- aliases ------------------------------------------------------------------------------
 
 
 def model_alias_set(
@@ -596,48 +484,37 @@ def usage_reprice(
             .values_list("pk", "value")
         )
         for event in qs.only(
-            "pk",
-            "occurred_at",
-            "provider_id",
-            "model_id",
-            "input_tokens",
-            "output_tokens",
-            "cached_input_tokens",
-            "cache_write_tokens",
-            "cost_nanos",
-            "cost_source",
-            "cache_hit",
-        ).iterator(chunk_size=2000):
+            "pk", "occurred_at", "provider_id", "model_id", "service_tier", *PRICED_COLUMNS,
+            "cost_nanos", "cost_source", "price_id", "cache_hit",
+        ).iterator(chunk_size=2000):  # fmt: skip
             report.examined += 1
             if event.cache_hit:
                 continue
-            price = catalog.price_at(
-                names[event.provider_id], names[event.model_id], event.occurred_at
+            found = catalog.resolve(
+                names[event.provider_id], names[event.model_id], event.occurred_at, event.tier
             )
-            if price is None:
-                new_cost, new_source = 0, CostSource.UNPRICED
+            new: tuple[int, int, int | None]
+            if found is None:
+                new = (0, CostSource.UNPRICED, None)
                 report.still_unpriced += 1
             else:
-                new_cost = cost_nanos(
-                    price,
-                    input_tokens=event.input_tokens,
-                    output_tokens=event.output_tokens,
-                    cached_input_tokens=event.cached_input_tokens,
-                    cache_write_tokens=event.cache_write_tokens,
+                new = (
+                    breakdown(found.price, event.usage).nanos,
+                    CostSource.COMPUTED,
+                    found.price.id,
                 )
-                new_source = CostSource.COMPUTED
-            if (new_cost, new_source) != (event.cost_nanos, event.cost_source):
-                event.cost_nanos, event.cost_source = new_cost, new_source
+            if new != (event.cost_nanos, event.cost_source, event.price_id):
+                event.cost_nanos, event.cost_source, event.price_id = new
                 batch.append(event)
                 hours.add(hour_of(event.occurred_at))
             if len(batch) >= 1000:
-                UsageEvent.objects.bulk_update(batch, ["cost_nanos", "cost_source"])
+                UsageEvent.objects.bulk_update(batch, ["cost_nanos", "cost_source", "price_id"])
                 report.changed += len(batch)
                 batch = []
             if progress and report.examined % 10000 == 0:
                 progress(report.examined, total)
         if batch:
-            UsageEvent.objects.bulk_update(batch, ["cost_nanos", "cost_source"])
+            UsageEvent.objects.bulk_update(batch, ["cost_nanos", "cost_source", "price_id"])
             report.changed += len(batch)
         report.hours_rebuilt = rollups_rebuild(tenant=tenant, hours=sorted(hours))
     if progress:

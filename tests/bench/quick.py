@@ -56,13 +56,14 @@ def main() -> None:
     from costmon.services import api_key_create, tenant_create
     from costmon.tenancy import unscoped
     from usage import demo
-    from usage.services import prices_load, read_price_file, usage_record_batch
+    from usage.prices import prices_sync, read_price_file
+    from usage.services import usage_record_batch
 
     call_command("migrate", verbosity=0)
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
     with unscoped():
         tenant = tenant_create(slug="bench")
-        prices_load(rows=read_price_file(str(ROOT / "usage" / "data" / "prices.json")))
+        prices_sync(price_list=read_price_file(str(ROOT / "usage" / "data" / "prices.json")))
         now = datetime.now(UTC)
         events = list(demo.demo_events(count=11_000, days=3, end=now, seed=7))
         batches = [events[i : i + 1000] for i in range(0, len(events), 1000)]

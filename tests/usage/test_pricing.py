@@ -9,7 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from usage.pricing import Alias, Catalog, Price, Rates, candidate_names, cost_nanos, format_usd
+from usage.pricing import (
+    Alias,
+    Catalog,
+    Price,
+    Rates,
+    Usage,
+    breakdown,
+    candidate_names,
+    cost_nanos,
+    deployment_names,
+    format_usd,
+)
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -25,6 +36,7 @@ def price(
     when: datetime = T0,
     pattern: str = "",
     cached: str | None = None,
+    tier: str = "standard",
 ) -> Price:
     rate_in = Decimal(inp)
     return Price(
@@ -35,6 +47,7 @@ def price(
         match_pattern=pattern,
         effective_from=when,
         rates=Rates(rate_in, Decimal(out), Decimal(cached) if cached else rate_in, rate_in),
+        service_tier=tier,
     )
 
 
@@ -54,20 +67,68 @@ def price(
         ("gpt-3.5-turbo-0125", "gpt-3.5-turbo"),
     ],
 )
-def test_snapshot_and_deployment_names_reduce_to_the_catalog_name(name, expected):
+def test_family_names_group_snapshots_for_budgets_and_charts(name, expected):
     assert expected in candidate_names(name)
 
 
-def test_the_longest_matching_name_wins_so_mini_is_not_priced_as_4o():
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5-20250929"),
+        ("anthropic.claude-3-5-sonnet-20240620-v1:0", "claude-3-5-sonnet-20240620"),
+        ("claude-3-5-sonnet@20240620", "claude-3-5-sonnet-20240620"),
+        ("claude-opus-4-6@default", "claude-opus-4-6"),
+        ("models/gemini-2.5-flash", "gemini-2.5-flash"),
+    ],
+)
+def test_deployment_names_reduce_to_the_model_they_deploy_but_keep_the_snapshot(name, expected):
+    names = deployment_names(name)
+    assert expected in names
+    undated = expected.rsplit("-2024", 1)[0].rsplit("-2025", 1)[0]
+    assert undated == expected or undated not in names
+
+
+def test_a_dated_snapshot_with_its_own_price_never_takes_its_familys():
     catalog = Catalog(
         [
             price("openai", "gpt-4o", "2.50", "10", pid=1),
-            price("openai", "gpt-4o-mini", "0.15", "0.60", pid=2),
+            price("openai", "gpt-4o-2024-05-13", "5", "15", pid=2),
+            price("openai", "gpt-4o-mini", "0.15", "0.60", pid=3),
+        ]
+    )
+    assert catalog.price_at("openai", "gpt-4o-2024-05-13", T0).id == 2
+    assert catalog.price_at("openai", "gpt-4o", T0).id == 1
+    # Without the catalog saying the family's price applies, a snapshot is unpriced.
+    assert catalog.price_at("openai", "gpt-4o-2024-08-06", T0) is None
+    assert catalog.price_at("openai", "gpt-4o-mini-2024-07-18", T0) is None
+    assert catalog.price_at("openai", "gpt-4o-audio", T0) is None
+
+
+def test_a_family_pattern_prices_unlisted_snapshots_and_the_longest_pattern_wins():
+    catalog = Catalog(
+        [
+            price("openai", "gpt-4o", "2.50", "10", pid=1, pattern="gpt-4o-20??-??-??"),
+            price("openai", "gpt-4o-mini", "0.15", "0.60", pid=2, pattern="gpt-4o-mini-20??-??-??"),
+            price("openai", "gpt-4o-2024-05-13", "5", "15", pid=3),
         ]
     )
     assert catalog.price_at("openai", "gpt-4o-mini-2024-07-18", T0).id == 2
     assert catalog.price_at("openai", "gpt-4o-2024-08-06", T0).id == 1
-    assert catalog.price_at("openai", "gpt-4o-audio", T0) is None
+    assert catalog.price_at("openai", "gpt-4o-2024-05-13", T0).id == 3  # its own row first
+    found = catalog.resolve("openai", "gpt-4o-2024-08-06", T0)
+    assert (found.rule, found.name) == ("pattern", "gpt-4o")
+
+
+def test_a_latest_name_follows_the_catalog_alias_to_the_dated_model():
+    catalog = Catalog(
+        [
+            price("mistral", "mistral-large-2411", "2", "6", pid=1),
+            price("mistral", "mistral-large-2512", "0.5", "1.5", pid=2),
+        ],
+        catalog_aliases=[Alias("mistral", "mistral-large-latest", "mistral", "mistral-large-2512")],
+    )
+    found = catalog.resolve("mistral", "mistral-large-latest", T0)
+    assert (found.price.id, found.rule, found.name) == (2, "catalog_alias", "mistral-large-2512")
 
 
 def test_price_history_picks_the_price_in_force():
@@ -95,16 +156,23 @@ def test_a_tenant_override_comes_before_the_list_price_but_only_from_its_start()
     assert catalog.price_at("openai", "gpt-4o", datetime(2024, 6, 1, tzinfo=UTC)).id == 1
 
 
-def test_resellers_and_gateways_find_the_model_by_name():
+def test_resellers_take_their_own_price_first_then_the_first_party_price():
     catalog = Catalog(
         [
             price("openai", "gpt-4o", "2.50", "10", pid=1),
-            price("anthropic", "claude-haiku-4-5", "1", "5", pid=2),
+            price("azure", "gpt-4o", "2.75", "11", pid=3),
+            price("openai", "gpt-4.1", "2", "8", pid=4),
+            price("anthropic", "claude-haiku-4-5-20251001", "1", "5", pid=2),
         ]
     )
-    assert catalog.price_at("azure", "gpt-4o", T0).id == 1
-    assert catalog.price_at("openrouter", "gpt-4o", T0).id == 1
+    assert catalog.price_at("azure", "gpt-4o", T0).id == 3
+    assert catalog.price_at("azure_openai", "gpt-4.1", T0).id == 4
+    assert catalog.price_at("openrouter", "gpt-4.1", T0).id == 4  # one first-party seller
     assert catalog.price_at("bedrock", "anthropic.claude-haiku-4-5-20251001-v1:0", T0).id == 2
+    assert catalog.resolve("bedrock", "anthropic.claude-haiku-4-5-20251001-v1:0", T0).rule == (
+        "deployment_name"
+    )
+    assert catalog.price_at("vertex_ai", "claude-haiku-4-5@20251001", T0).id == 2
 
 
 def test_an_alias_maps_a_deployment_name_and_a_glob_pattern_matches_other_names():
@@ -116,8 +184,23 @@ def test_an_alias_maps_a_deployment_name_and_a_glob_pattern_matches_other_names(
         [Alias("azure", "prod-chat", "openai", "gpt-4o")],
     )
     assert catalog.price_at("azure", "prod-chat", T0).id == 1
+    assert catalog.resolve("azure", "prod-chat", T0).rule == "tenant_alias"
     assert catalog.price_at("openai", "prod-chat", T0) is None
     assert catalog.price_at("acme", "house-v2-large", T0).id == 2
+
+
+def test_a_tier_without_its_own_row_is_charged_at_standard_and_says_so():
+    catalog = Catalog(
+        [
+            price("openai", "gpt-4o-mini", "0.15", "0.60", pid=1),
+            price("openai", "gpt-4o-mini", "0.075", "0.30", pid=2, tier="batch"),
+        ]
+    )
+    batch = catalog.resolve("openai", "gpt-4o-mini", T0, "batch")
+    assert (batch.price.id, batch.tier_fallback) == (2, False)
+    flex = catalog.resolve("openai", "gpt-4o-mini", T0, "flex")
+    assert (flex.price.id, flex.tier_fallback) == (1, True)
+    assert catalog.price_at("openai", "gpt-4o-mini", T0).id == 1
 
 
 @pytest.mark.parametrize(
@@ -173,3 +256,110 @@ def test_the_shipped_catalog_has_the_documented_prices():
     )
     assert all(r["source"].startswith("https://") and r["source_date"] for r in data["prices"])
     assert {r["provider"] for r in data["prices"]} == {"openai", "anthropic", "google", "mistral"}
+
+
+def _full(**overrides: object) -> Price:
+    fields: dict[str, object] = {
+        "id": 1,
+        "tenant_id": None,
+        "provider": "p",
+        "model": "m",
+        "match_pattern": "",
+        "effective_from": T0,
+        "rates": Rates(
+            input=Decimal(3),
+            output=Decimal(15),
+            cached_input=Decimal("0.30"),
+            cache_write=Decimal("3.75"),
+            cache_write_1h=Decimal(6),
+        ),
+    }
+    fields.update(overrides)
+    return Price(**fields)  # type: ignore[arg-type]
+
+
+def test_cache_reads_and_writes_by_lifetime_are_priced_apart():
+    # 5,000 input: 3,000 cache reads, 1,000 five-minute writes, 500 one-hour writes, 500 plain.
+    usage = Usage(
+        input_tokens=5000,
+        output_tokens=500,
+        cached_input_tokens=3000,
+        cache_write_tokens=1500,
+        cache_write_1h_tokens=500,
+    )
+    lines = {line.kind: (line.quantity, line.nanos) for line in breakdown(_full(), usage).lines}
+    assert lines == {
+        "input": (500, Decimal(1_500_000)),
+        "cached_input": (3000, Decimal(900_000)),
+        "cache_write_5m": (1000, Decimal(3_750_000)),
+        "cache_write_1h": (500, Decimal(3_000_000)),
+        "output": (500, Decimal(7_500_000)),
+    }
+    assert breakdown(_full(), usage).nanos == 16_650_000
+
+
+def test_long_context_rates_apply_to_the_whole_call_above_the_threshold():
+    gemini = _full(
+        rates=Rates(Decimal("1.25"), Decimal(10), Decimal("0.125")),
+        long_context_threshold=200_000,
+        long_rates=Rates(Decimal("2.50"), Decimal(15), Decimal("0.25")),
+    )
+    below = breakdown(gemini, Usage(input_tokens=200_000, output_tokens=1000))
+    above = breakdown(gemini, Usage(input_tokens=250_000, output_tokens=1000))
+    assert (below.long_context, below.nanos) == (False, 250_000_000 + 10_000_000)
+    assert (above.long_context, above.nanos) == (True, 640_000_000)  # $0.64
+
+
+def test_audio_and_image_tokens_are_parts_priced_at_their_own_rates():
+    realtime = _full(
+        rates=Rates(
+            Decimal(4),
+            Decimal(16),
+            Decimal("0.4"),
+            input_audio=Decimal(32),
+            output_audio=Decimal(64),
+            input_image=Decimal(5),
+        )
+    )
+    usage = Usage(
+        input_tokens=1000,
+        output_tokens=1000,
+        input_audio_tokens=600,
+        input_image_tokens=100,
+        output_audio_tokens=800,
+    )
+    lines = {line.kind: line.nanos for line in breakdown(realtime, usage).lines}
+    assert lines == {
+        "input": Decimal(300 * 4000),
+        "input_audio": Decimal(600 * 32000),
+        "input_image": Decimal(100 * 5000),
+        "output": Decimal(200 * 16000),
+        "output_audio": Decimal(800 * 64000),
+    }
+    # Without their own rates, image output is charged as text output.
+    text_only = breakdown(_full(), Usage(output_tokens=100, output_image_tokens=100))
+    assert [(line.kind, line.unit_price) for line in text_only.lines] == [
+        ("output_image", Decimal(15))
+    ]
+
+
+def test_web_searches_images_and_requests_are_per_unit_prices():
+    p = _full(
+        web_search_per_kcalls=Decimal(10),
+        per_output_image=Decimal("0.04"),
+        per_request=Decimal("0.005"),
+    )
+    usage = Usage(input_tokens=1000, output_tokens=0, web_search_calls=3, output_images=2)
+    lines = {
+        line.kind: (line.quantity, line.unit, line.nanos) for line in breakdown(p, usage).lines
+    }
+    assert lines["web_search"] == (3, "1K calls", Decimal(30_000_000))
+    assert lines["images"] == (2, "image", Decimal(80_000_000))
+    assert lines["request"] == (1, "request", Decimal(5_000_000))
+    assert breakdown(p, usage).nanos == 3_000_000 + 30_000_000 + 80_000_000 + 5_000_000
+
+
+def test_reasoning_tokens_are_billed_as_output():
+    o4_mini = _full(rates=Rates(Decimal("1.10"), Decimal("4.40"), Decimal("0.275")))
+    usage = Usage(input_tokens=1000, output_tokens=3000, reasoning_tokens=2500)
+    assert format_usd(breakdown(o4_mini, usage).nanos) == "0.0143"

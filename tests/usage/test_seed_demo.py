@@ -16,7 +16,8 @@ from usage.demo import batches, demo_events
 from usage.ingest import EventIn, parse_batch
 from usage.management.commands.seed_demo import PRICE_FILE
 from usage.models import CostSource, Dimension, HourlyRollup, ModelPrice, UsageEvent
-from usage.services import read_price_file, usage_record_batch
+from usage.prices import read_price_file
+from usage.services import usage_record_batch
 
 pytestmark = pytest.mark.django_db
 NOW = "2026-11-21T12:00:00Z"
@@ -93,7 +94,7 @@ def test_a_small_run_records_exactly_the_events_asked_for(db):
     assert END - timedelta(days=3) <= first and last < END
     # The shipped catalog was loaded because the global catalog was empty.
     assert ModelPrice.objects.unscoped().filter(tenant=None, model="claude-sonnet-4-5").exists()
-    shipped = len(read_price_file(str(PRICE_FILE)))
+    shipped = len(read_price_file(str(PRICE_FILE)).rows)
     assert f"The price catalog was empty: loaded {shipped} prices from prices.json." in out
     assert "Created tenant demo." in out
     assert "demo: 500 events recorded (0 were already there)" in out

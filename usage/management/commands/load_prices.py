@@ -7,36 +7,71 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from costmon.exceptions import DomainError
 from costmon.models import Tenant
-from usage.services import prices_load, read_price_file
+from usage.prices import PriceList, price_sync_failed, prices_sync, read_price_file
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "data" / "prices.json"
+FORMATS = ("costmon", "litellm", "models.dev")
+
+
+def read_price_list(source: str, format: str) -> PriceList:
+    """A price list from a file or an http(s) URL, in costmon's format or a public one."""
+    if format == "costmon" and not source.startswith(("http://", "https://")):
+        if not Path(source).is_file():
+            raise DomainError(f"No file {source}.")
+        return read_price_file(source)
+    from usage.price_formats import read_price_source
+
+    return read_price_source(source, format=format)
 
 
 class Command(BaseCommand):
-    help = "Load or update the price catalog from a JSON or CSV file (the shipped one by default)."
+    help = (
+        "Load or sync the price catalog from a price list (the bundled catalog by default): "
+        "new models are added, a changed price becomes a new row from now on, nothing is "
+        "deleted, and the change record shows under Price syncs in the admin."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("file", nargs="?", default=str(DEFAULT_FILE))
+        parser.add_argument(
+            "source",
+            nargs="?",
+            default=str(DEFAULT_FILE),
+            help="a file or an http(s) URL (default: the bundled catalog)",
+        )
+        parser.add_argument(
+            "--format",
+            choices=FORMATS,
+            default="costmon",
+            help="costmon's JSON/CSV (default), LiteLLM's model_prices_and_context_window.json, "
+            "or models.dev's api.json",
+        )
         parser.add_argument("--tenant", help="load as this tenant's negotiated prices")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        path = options["file"]
-        if not Path(path).is_file():
-            raise CommandError(f"No file {path}.")
+        source, format = options["source"], options["format"]
         tenant = None
         if options["tenant"]:
             tenant = Tenant.objects.filter(slug=options["tenant"]).first()
             if tenant is None:
                 raise CommandError(f"No tenant {options['tenant']!r}.")
         try:
-            report = prices_load(rows=read_price_file(path), tenant=tenant)
+            price_list = read_price_list(source, format)
+            if source == str(DEFAULT_FILE):
+                price_list.source = "bundled catalog"
+            sync = prices_sync(price_list=price_list, tenant=tenant)
         except DomainError as exc:
+            if tenant is None:
+                price_sync_failed(source=source, format=format, error=exc.message)
             raise CommandError(exc.message) from None
         owner = f"tenant {tenant.slug}" if tenant else "the global catalog"
         self.stdout.write(
-            f"Loaded {path} into {owner}: {report.created} created, {report.updated} updated, "
-            f"{report.unchanged} unchanged."
+            f"Loaded {price_list.source} into {owner}: {sync.added} added, {sync.changed} "
+            f"changed, {sync.unchanged} unchanged, {sync.missing} no longer listed (kept)."
         )
-        self.stdout.write(
-            "Events stored without a price are priced by a background task as prices appear."
-        )
+        if sync.changed:
+            self.stdout.write(
+                "Changed prices apply from now on; earlier events keep the price they had. "
+                "The change record is under Price syncs in the admin."
+            )
+        if sync.added:
+            self.stdout.write("Events stored without a price are priced by a background task.")

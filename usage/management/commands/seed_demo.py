@@ -20,9 +20,10 @@ from costmon.tenancy import tenant_context, unscoped
 from usage.bulk import BulkReport, usage_bulk_load
 from usage.demo import demo_events
 from usage.models import HourlyRollup, ModelPrice, UsageEvent
+from usage.prices import prices_sync, read_price_file
 from usage.pricing import format_usd
 from usage.selectors import tenant_zone
-from usage.services import prices_load, read_price_file, usage_tenant_reset
+from usage.services import usage_tenant_reset
 
 PRICE_FILE = Path(__file__).resolve().parents[2] / "data" / "prices.json"
 
@@ -106,11 +107,11 @@ class Command(BaseCommand):
             if ModelPrice.objects.unscoped().filter(tenant__isnull=True).exists():
                 return
             try:
-                report = prices_load(rows=read_price_file(str(PRICE_FILE)))
+                sync = prices_sync(price_list=read_price_file(str(PRICE_FILE)))
             except DomainError as exc:
                 raise CommandError(exc.message) from None
         self.stdout.write(
-            f"The price catalog was empty: loaded {report.created} prices from {PRICE_FILE.name}."
+            f"The price catalog was empty: loaded {sync.added} prices from {PRICE_FILE.name}."
         )
 
     def _tenant(self, index: int) -> Tenant:
