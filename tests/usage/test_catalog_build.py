@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
+
+from usage.management.commands.catalog_build import DEFAULT_OUTPUT, PINNED_LITELLM_VERSION
 
 
 def run(*args: str) -> str:
@@ -219,3 +222,91 @@ def test_without_a_source_it_downloads_the_litellm_wheel_with_pip(files, tmp_pat
     assert document["generated_by"] == "python manage.py catalog_build --litellm-version 9.9.9"
     with pytest.raises(CommandError, match=r"pip could not download litellm==0.0.1"):
         run("--litellm-version", "0.0.1", "--output", str(files["output"]))
+
+
+# --- the bundled catalog ------------------------------------------------------------------------
+
+
+def bundled() -> tuple[dict[str, Any], dict[tuple[str, str, str], dict[str, Any]]]:
+    document = json.loads(DEFAULT_OUTPUT.read_text())
+    rows = {
+        (r["provider"], r["model"], r.get("service_tier", "standard")): r
+        for r in document["prices"]
+    }
+    return document, rows
+
+
+def rates(row: dict[str, Any], *names: str) -> tuple[str | int | None, ...]:
+    return tuple(row.get(name) for name in names)
+
+
+IN_OUT = ("input_per_mtok", "output_per_mtok")
+
+
+def test_the_bundled_catalog_names_its_source_and_how_it_was_built():
+    document, _ = bundled()
+    assert document["catalog_version"] == f"litellm-{PINNED_LITELLM_VERSION}"
+    assert document["generated_by"] == (
+        f"python manage.py catalog_build --litellm-version {PINNED_LITELLM_VERSION}"
+    )
+    assert (document["source"]["package"], document["source"]["license"]) == ("litellm", "MIT")
+    assert (document["currency"], document["unit"]) == ("USD", "per 1M tokens")
+    assert DEFAULT_OUTPUT.read_text().endswith("}\n")
+
+
+def test_the_bundled_catalog_has_the_prices_the_issue_names():
+    _, rows = bundled()
+    assert rates(rows["openai", "gpt-5", "standard"], *IN_OUT, "cached_input_per_mtok") == (
+        "1.25",
+        "10",
+        "0.125",
+    )
+    assert rates(rows["openai", "o4-mini", "standard"], *IN_OUT) == ("1.1", "4.4")
+    sonnet = rows["anthropic", "claude-sonnet-4-5", "standard"]
+    assert rates(
+        sonnet,
+        *IN_OUT,
+        "cached_input_per_mtok",
+        "cache_write_per_mtok",
+        "cache_write_1h_per_mtok",
+    ) == ("3", "15", "0.3", "3.75", "6")
+    for provider in ("google", "vertex"):
+        pro = rows[provider, "gemini-2.5-pro", "standard"]
+        assert rates(
+            pro, *IN_OUT, "long_context_threshold", "long_input_per_mtok", "long_output_per_mtok"
+        ) == ("1.25", "10", 200000, "2.5", "15")
+    assert rates(rows["openai", "gpt-4o-2024-05-13", "standard"], *IN_OUT) == ("5", "15")
+    assert rates(rows["openai", "gpt-4o-mini", "batch"], *IN_OUT) == ("0.075", "0.3")
+    assert rates(rows["deepseek", "deepseek-chat", "standard"], *IN_OUT) == ("0.28", "0.42")
+    assert rates(rows["mistral", "mistral-large-latest", "standard"], *IN_OUT) == ("0.5", "1.5")
+    for provider, model in [
+        ("anthropic", "claude-sonnet-4-6"),
+        ("google", "gemini-3.5-flash"),
+        ("xai", "grok-4.5"),
+        ("deepseek", "deepseek-v4-pro"),
+    ]:
+        assert Decimal(rows[provider, model, "standard"]["input_per_mtok"]) > 0
+
+
+def test_the_bundled_catalog_keeps_the_design_notes_figures_that_still_hold():
+    _, rows = bundled()
+    assert rates(rows["openai", "gpt-4o-mini", "standard"], *IN_OUT) == ("0.15", "0.6")
+    assert rates(rows["openai", "gpt-4o", "standard"], *IN_OUT) == ("2.5", "10")
+    assert rates(rows["openai", "gpt-3.5-turbo", "standard"], *IN_OUT) == ("0.5", "1.5")
+    assert rates(rows["anthropic", "claude-haiku-4-5", "standard"], *IN_OUT) == ("1", "5")
+    assert rows["openai", "text-embedding-3-large", "standard"]["input_per_mtok"] == "0.13"
+    # "Claude Haiku" at $0.25/$1.25 is Claude 3 Haiku's price, now listed on Vertex only.
+    assert rates(rows["vertex", "claude-3-haiku", "standard"], *IN_OUT) == ("0.25", "1.25")
+    # Opus 4.1 at $15/$75 (Bedrock; Anthropic's own list no longer has it): cache reads $1.50.
+    opus = rows["bedrock", "anthropic.claude-opus-4-1-20250805-v1:0", "standard"]
+    assert rates(opus, *IN_OUT, "cached_input_per_mtok") == ("15", "75", "1.5")
+
+
+def test_the_bundled_catalog_carries_the_reviewed_overrides():
+    _, rows = bundled()
+    light = rows["cohere", "embed-multilingual-light-v3.0", "standard"]
+    assert (light["input_per_mtok"], light["source"]) == ("0.1", "https://cohere.com/pricing")
+    assert ("cohere", "command-a-plus-05-2026", "standard") not in rows
+    assert rows["openai", "ft:gpt-4o-mini-2024-07-18", "standard"]["match_pattern"] == (
+        "ft:gpt-4o-mini-2024-07-18:*"
+    )

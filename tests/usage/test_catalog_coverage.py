@@ -39,7 +39,6 @@ def coverage(acme) -> dict[str, tuple[int, int]]:
     }
 
 
-@pytest.mark.xfail(strict=False, reason="needs the pricing engine")
 def test_the_bundled_catalog_prices_at_least_95_percent_of_its_source_per_provider(acme):
     figures = coverage(acme)
     assert set(figures) >= REQUIRED

@@ -5,16 +5,20 @@ Pure functions over JSON, plus `read_price_source` against files and a real loca
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from django.core.management import CommandError, call_command
 
+from usage.models import ModelPrice, PriceSync
 from usage.price_formats import (
     PriceSourceError,
     apply_overrides,
@@ -579,6 +583,89 @@ def test_a_url_is_fetched_and_a_500_a_timeout_or_bad_json_refuses_it(price_serve
     assert time.monotonic() - started < 1.9
     with pytest.raises(PriceSourceError, match=r"/html is not valid JSON"):
         read_price_source(f"{base}/html", format="litellm")
+
+
+def test_a_public_list_is_read_with_the_reviewed_overrides_unless_told_not_to(tmp_path):
+    path = tmp_path / "litellm.json"
+    path.write_text(
+        json.dumps(
+            {
+                "embed-multilingual-light-v3.0": {
+                    "litellm_provider": "cohere",
+                    "mode": "embedding",
+                    "input_cost_per_token": 0.0001,
+                },
+                "gpt-4o-mini": chat("openai", input_cost_per_token=1.5e-07),
+            }
+        )
+    )
+    result = read_price_source(path, format="litellm")
+    rows = rows_by_key(result)
+    # The bundled overrides' correction applies; those matching nothing here are passed over.
+    assert rows["cohere", "embed-multilingual-light-v3.0", "standard"]["input_per_mtok"] == "0.1"
+    assert (result.source, result.format) == (str(path), "litellm")
+    assert result.version.startswith("sha256-") and len(result.version) == 19
+    raw = read_price_source(path, format="litellm", overrides=None)
+    assert (
+        rows_by_key(raw)["cohere", "embed-multilingual-light-v3.0", "standard"]["input_per_mtok"]
+        == "100"
+    )
+
+
+def test_costmon_s_own_format_is_read_with_exact_decimals(price_server):
+    base, routes = price_server
+    routes["/prices.json"] = (
+        200,
+        b'{"catalog_version": "mine-3", "prices": [{"provider": "openai", "model": "m", '
+        b'"input_per_mtok": 0.1}], "aliases": []}',
+        0.0,
+    )
+    result = read_price_source(f"{base}/prices.json", format="costmon")
+    assert result.rows == [{"provider": "openai", "model": "m", "input_per_mtok": Decimal("0.1")}]
+    assert (result.version, result.format) == ("mine-3", "costmon")
+    routes["/bad.json"] = (200, b'{"prices": {"provider": "openai"}}', 0.0)
+    with pytest.raises(PriceSourceError, match="holds a list of prices"):
+        read_price_source(f"{base}/bad.json", format="costmon")
+
+
+@pytest.mark.django_db
+def test_load_prices_syncs_a_litellm_url_and_refuses_one_answering_500_whole(price_server):
+    base, routes = price_server
+    routes["/ok.json"] = (
+        200,
+        json.dumps(
+            {
+                "gpt-4o-mini": chat(
+                    "openai",
+                    input_cost_per_token=1.5e-07,
+                    output_cost_per_token=6e-07,
+                    input_cost_per_token_batches=7.5e-08,
+                    output_cost_per_token_batches=3e-07,
+                ),
+                "xai/grok-4.5": chat(
+                    "xai", input_cost_per_token=2e-06, output_cost_per_token=6e-06
+                ),
+            }
+        ).encode(),
+        0.0,
+    )
+    routes["/boom.json"] = (500, b"", 0.0)
+    out = io.StringIO()
+    call_command("load_prices", f"{base}/ok.json", "--format", "litellm", stdout=out)
+    assert "3 added, 0 changed, 0 unchanged" in out.getvalue()
+    loaded = {
+        (p.provider, p.model, p.service_tier): (p.input_per_mtok, p.output_per_mtok)
+        for p in ModelPrice.objects.unscoped()
+    }
+    assert loaded == {
+        ("openai", "gpt-4o-mini", "standard"): (Decimal("0.15"), Decimal("0.6")),
+        ("openai", "gpt-4o-mini", "batch"): (Decimal("0.075"), Decimal("0.3")),
+        ("xai", "grok-4.5", "standard"): (Decimal(2), Decimal(6)),
+    }
+    with pytest.raises(CommandError, match=r"/boom.json answered HTTP 500; nothing was loaded"):
+        call_command("load_prices", f"{base}/boom.json", "--format", "litellm", stdout=out)
+    assert ModelPrice.objects.unscoped().count() == 3
+    assert PriceSync.objects.filter(status="failed").get().error.endswith("nothing was loaded.")
 
 
 def test_a_url_nobody_answers_is_refused():

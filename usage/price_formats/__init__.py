@@ -14,10 +14,13 @@ is half-read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from decimal import Decimal
 from pathlib import Path
+from typing import cast
 
 import requests
 
@@ -54,6 +57,7 @@ __all__ = [
     "Skip",
     "apply_overrides",
     "decimal_text",
+    "parse_costmon",
     "parse_json",
     "parse_litellm",
     "parse_models_dev",
@@ -61,11 +65,32 @@ __all__ = [
     "row_sort_key",
 ]
 
-FORMATS = ("litellm", "models.dev")
+
+def parse_costmon(data: object) -> PriceList:
+    """costmon's own catalog (`{"prices": [...], "aliases": [...]}` or a list of rows), as is:
+    its rows are checked by the loader (`usage.prices`)."""
+    version, aliases = "", cast(object, [])
+    if isinstance(data, Mapping):
+        version = str(data.get("catalog_version") or "")
+        aliases = data.get("aliases") or []
+        data = data.get("prices")
+    if not isinstance(data, list) or not isinstance(aliases, list):
+        raise PriceSourceError(
+            "A costmon price list holds a list of prices (or an object with a 'prices' list); "
+            "nothing was loaded."
+        )
+    return PriceList(format="costmon", rows=data, aliases=aliases, version=version)
+
+
+FORMATS = ("costmon", "litellm", "models.dev")
 PARSERS: dict[str, Callable[[object], PriceList]] = {
+    "costmon": parse_costmon,
     "litellm": parse_litellm,
     "models.dev": parse_models_dev,
 }
+# The reviewed corrections the bundled catalog was built with; a sync from a public list
+# applies them too, so it does not undo them.
+BUNDLED_OVERRIDES = Path(__file__).resolve().parents[1] / "data" / "price_overrides.json"
 MAX_SOURCE_BYTES = 64 * 1024 * 1024
 FETCH_TIMEOUT_SECONDS = (5.0, 60.0)  # connect, read
 
@@ -106,8 +131,14 @@ def read_price_source(
     *,
     format: str,
     timeout: tuple[float, float] = FETCH_TIMEOUT_SECONDS,
+    overrides: str | Path | None = BUNDLED_OVERRIDES,
 ) -> PriceList:
-    """Read a public price list from a file or an http(s) URL, in `format` (see FORMATS)."""
+    """Read a price list from a file or an http(s) URL, in `format` (see FORMATS).
+
+    A public list (LiteLLM, models.dev) gets the reviewed `overrides` applied, leniently: one
+    that no longer matches the list is passed over (catalog_build, which is strict, reports
+    it). `overrides=None` reads the list as it is.
+    """
     parser = PARSERS.get(format)
     if parser is None:
         raise PriceSourceError(f"Unknown price list format {format!r}: use one of {FORMATS}.")
@@ -115,17 +146,32 @@ def read_price_source(
     if where.startswith(("http://", "https://")):
         text = fetch_text(where, timeout=timeout)
     else:
-        try:
-            text = Path(where).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise PriceSourceError(f"No file {where}.") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PriceSourceError(f"{where} could not be read: {exc}") from None
-    return parser(parse_json(text, where))
+        text = read_text(Path(where))
+    data = parse_json(text, where, decimals=format == "costmon")
+    result = parser(data)
+    result.source = where
+    result.version = result.version or f"sha256-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    if overrides is not None and format != "costmon":
+        path = Path(overrides)
+        apply_overrides(
+            result, parse_json(read_text(path), str(path)), where=path.name, strict=False
+        )
+    return result
 
 
-def parse_json(text: str, where: str) -> object:
+def read_text(path: Path) -> str:
     try:
-        return json.loads(text)
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PriceSourceError(f"No file {path}.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PriceSourceError(f"{path} could not be read: {exc}") from None
+
+
+def parse_json(text: str, where: str, *, decimals: bool = False) -> object:
+    """JSON, its numbers as floats (the public lists' per-token floats, converted through their
+    shortest repr) or, with `decimals`, as exact Decimals (costmon's own lists)."""
+    try:
+        return json.loads(text, parse_float=Decimal) if decimals else json.loads(text)
     except ValueError as exc:
         raise PriceSourceError(f"{where} is not valid JSON: {exc}; nothing was loaded.") from None

@@ -20,6 +20,11 @@ from usage.price_formats.rows import (
     row_sort_key,
 )
 
+
+class _Stale(Exception):
+    """An override that no longer matches the list."""
+
+
 _PRICE_KEYS = {
     "provider",
     "model",
@@ -35,7 +40,9 @@ _ALIAS_KEYS = {"provider", "alias", "target_provider", "target_model", "reason",
 _SETTABLE = {*RATE_KEYS, "long_context_threshold", "mode", "deprecation_date", "match_pattern"}
 
 
-def apply_overrides(result: PriceList, overrides: object, *, where: str = "overrides") -> list[str]:
+def apply_overrides(
+    result: PriceList, overrides: object, *, where: str = "overrides", strict: bool = True
+) -> list[str]:
     """Apply a reviewed overrides document to `result`; returns one line per change made.
 
     `{"prices": [...], "aliases": [...]}`. A price override names rows by provider, model (a
@@ -43,7 +50,8 @@ def apply_overrides(result: PriceList, overrides: object, *, where: str = "overr
     service_tier (default standard), and either `set`s fields of them, gives a whole new `row`,
     or `drop`s one; each carries the `reason`, the provider's price page `url` and `reviewed`
     (the date). A row whose price an override changes takes the url and date as its source. An
-    override that matches nothing is an error: the source changed, so it needs another look.
+    override that matches nothing is an error (the source changed, so it needs another look);
+    not `strict`, it is passed over and said so in the lines returned.
     """
     if not isinstance(overrides, Mapping):
         raise PriceSourceError(f"{where} must be a JSON object with 'prices' and 'aliases'.")
@@ -53,7 +61,12 @@ def apply_overrides(result: PriceList, overrides: object, *, where: str = "overr
     rows = {(r["provider"], r["model"], r.get("service_tier", "standard")): r for r in result.rows}
     done: list[str] = []
     for i, item in enumerate(overrides.get("prices", [])):
-        done.extend(_apply_price_override(rows, item, f"{where}: prices[{i}]"))
+        try:
+            done.extend(_apply_price_override(rows, item, f"{where}: prices[{i}]"))
+        except _Stale as exc:
+            if strict:
+                raise PriceSourceError(str(exc)) from None
+            done.append(f"passed over: {exc}")
     result.rows = sorted(rows.values(), key=row_sort_key)
     priced = result.priced()
     for i, item in enumerate(overrides.get("aliases", [])):
@@ -120,12 +133,12 @@ def _apply_price_override(
     name = f"{provider}/{model} [{tier}]"
     if actions == ["drop"]:
         if rows.pop(key, None) is None:
-            raise PriceSourceError(f"{label}: no {name} row to drop; the source changed.")
+            raise _Stale(f"{label}: no {name} row to drop; the source changed.")
         return [f"dropped {name}: {checked['reason']}"]
     if actions == ["row"]:
         new = _fields(checked["row"], label)
         if key in rows:
-            raise PriceSourceError(f"{label}: {name} is in the source now; use 'set' or remove.")
+            raise _Stale(f"{label}: {name} is in the source now; use 'set' or remove.")
         if "input_per_mtok" not in new:
             raise PriceSourceError(f"{label}: a new row needs input_per_mtok.")
         rows[key] = finish_row(
@@ -139,7 +152,7 @@ def _apply_price_override(
         if k[0] == provider and k[2] == tier and fnmatch.fnmatchcase(k[1], model)
     ]
     if not keys:
-        raise PriceSourceError(f"{label}: no {name} row to set; the source changed.")
+        raise _Stale(f"{label}: no {name} row to set; the source changed.")
     done = []
     for k in keys:
         row = rows[k]

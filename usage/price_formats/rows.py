@@ -106,6 +106,8 @@ class PriceList:
     format: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     aliases: list[dict[str, str]] = field(default_factory=list)
+    source: str = ""  # the file or URL it was read from
+    version: str = ""  # the list's own version, else a digest of its text
     # Per costmon provider, every in-scope model name of the source, priced or not.
     source_models: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[Skip] = field(default_factory=list)

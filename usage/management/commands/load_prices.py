@@ -21,7 +21,14 @@ def read_price_list(source: str, format: str) -> PriceList:
         return read_price_file(source)
     from usage.price_formats import read_price_source
 
-    return read_price_source(source, format=format)
+    read = read_price_source(source, format=format)
+    return PriceList(
+        rows=read.rows,
+        aliases=read.aliases,
+        source=read.source,
+        format=format,
+        version=read.version,
+    )
 
 
 class Command(BaseCommand):
