@@ -4,6 +4,7 @@ the price_changed alert."""
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -106,7 +107,7 @@ def test_a_sync_adds_a_model_changes_a_price_and_keeps_everything_equal(
         cheaper = {**GPT, "input_per_mtok": "2.00", "output_per_mtok": "8"}
         with django_capture_on_commit_callbacks(execute=True):
             call_command(
-                "load_prices", write(tmp_path, cheaper, MINI, NEW), stdout=open("/dev/null", "w")
+                "load_prices", write(tmp_path, cheaper, MINI, NEW), stdout=io.StringIO()
             )
         # History is kept: the old price still prices yesterday, the new one from now on.
         rows = list(
