@@ -51,6 +51,7 @@ class AlertRule(models.Model):
         ERROR_RATE = "error_rate", "error rate above a threshold"
         UNPRICED = "unpriced", "unpriced model seen"
         EMERGENCY_STOP = "emergency_stop", "emergency stop tripped or lifted"
+        PRICE_CHANGED = "price_changed", "catalog prices changed"
 
     class Severity(models.TextChoices):
         INFO = "info"

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Sum
@@ -21,8 +22,11 @@ from usage.models import HourlyRollup
 from usage.pricing import format_usd, usd_to_nanos
 from usage.selectors import (
     UsageFilters,
+    held_syncs,
+    models_used,
     named,
     period_range,
+    price_syncs_since,
     rollups_of,
     tenant_zone,
     usage_metrics,
@@ -373,6 +377,62 @@ def evaluate_unpriced(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Co
     ]
 
 
+def _rate_change(change: dict[str, Any]) -> str:
+    old, new = change.get("old", {}), change["new"]
+    parts = []
+    for name, label in (("input_per_mtok", "input"), ("output_per_mtok", "output")):
+        if old.get(name) != new.get(name) or not old:
+            before = f"${old[name]} → " if old.get(name) is not None else ""
+            parts.append(f"{label} {before}${new.get(name) or 0}")
+    tier = "" if change["service_tier"] == "standard" else f" ({change['service_tier']})"
+    what = ", ".join(parts) or "other rates"
+    return f"{change['provider']}/{change['model']}{tier}: {what} per 1M tokens"
+
+
+def evaluate_price_changed(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
+    """One alert per catalog load of the last day that added or changed prices (since the rule
+    exists), naming the models the tenant used in the last 30 days first."""
+    since = max(now - timedelta(days=1), rule.created_at)
+    used = models_used(tenant=tenant, since=now - timedelta(days=30))
+    held = held_syncs(tenant=tenant)
+    conditions = []
+    for sync in price_syncs_since(tenant=tenant, since=since):
+        changes = [*sync.details.get("changed", []), *sync.details.get("added", [])]
+        mine = [c for c in changes if (c["provider"], c["model"]) in used]
+        lines = [_rate_change(c) for c in mine + [c for c in changes if c not in mine]]
+        shown = "\n".join(f"- {line}" for line in lines[:15])
+        more = (
+            f"\n… and {len(lines) - 15} more (Price syncs in the admin)." if len(lines) > 15 else ""
+        )
+        waiting = (
+            "\nThese changes wait for staff approval before they apply to this tenant."
+            if sync.pk in held
+            else ""
+        )
+        day = sync.started_at.astimezone(tenant_zone(tenant))
+        conditions.append(
+            Condition(
+                scope=f"prices:{sync.pk}",
+                period=f"{day:%Y%m%d}",
+                period_label=f"{day:%Y-%m-%d}",
+                level="changed",
+                title=(
+                    f"Prices changed: {sync.changed} changed, {sync.added} added"
+                    f" ({len(mine)} of them models you use)"
+                ),
+                text=(
+                    f"The price catalog was updated from {sync.source} "
+                    f"({sync.catalog_version or sync.format}). New prices apply to calls "
+                    f"from {day:%Y-%m-%d %H:%M} on; earlier calls keep theirs.\n{shown}{more}"
+                    f"{waiting}"
+                ),
+                figure=f"{sync.changed + sync.added} prices",
+                link=dashboard_link(tenant),
+            )
+        )
+    return conditions
+
+
 EVALUATORS: dict[str, Callable[[AlertRule, Tenant, datetime], list[Condition]]] = {
     AlertRule.Kind.SPEND: evaluate_spend,
     AlertRule.Kind.BUDGET: evaluate_budgets,
@@ -381,6 +441,7 @@ EVALUATORS: dict[str, Callable[[AlertRule, Tenant, datetime], list[Condition]]] 
     AlertRule.Kind.CACHE_HIT_RATE: evaluate_cache_hit_rate,
     AlertRule.Kind.ERROR_RATE: evaluate_error_rate,
     AlertRule.Kind.UNPRICED: evaluate_unpriced,
+    AlertRule.Kind.PRICE_CHANGED: evaluate_price_changed,
 }
 
 # Evaluated every minute; the others hourly (projections and spikes look at whole hours).
@@ -390,5 +451,6 @@ FREQUENT_KINDS = (
     AlertRule.Kind.CACHE_HIT_RATE,
     AlertRule.Kind.ERROR_RATE,
     AlertRule.Kind.UNPRICED,
+    AlertRule.Kind.PRICE_CHANGED,
 )
 HOURLY_KINDS = (AlertRule.Kind.PROJECTED, AlertRule.Kind.SPIKE)

@@ -5,7 +5,7 @@ class BudgetsConfig(AppConfig):
     name = "budgets"
 
     def ready(self) -> None:
-        from budgets import counters
+        from budgets import counters, receivers  # noqa: F401  (connects the receivers)
         from usage import bulk, services
 
         # Spend counters follow every ingest commit.

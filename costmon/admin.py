@@ -46,7 +46,7 @@ class TenantOwnedAdmin(admin.ModelAdmin):
 class TenantForm(forms.ModelForm):
     class Meta:
         model = Tenant
-        fields = ("slug", "name", "timezone")
+        fields = ("slug", "name", "timezone", "prices_auto_apply")
 
     def clean_timezone(self) -> str:
         name = self.cleaned_data["timezone"].strip()
@@ -92,7 +92,7 @@ def local_days(tenant: Tenant, first: date, last: date) -> tuple[datetime, datet
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     form = TenantForm
-    list_display = ("slug", "name", "timezone", "created_at")
+    list_display = ("slug", "name", "timezone", "prices_auto_apply", "created_at")
     search_fields = ("slug", "name")
     readonly_fields = ("created_at",)
     actions = ("reprice_usage",)

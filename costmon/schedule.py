@@ -90,6 +90,14 @@ SCHEDULE: list[Periodic] = [
         "directly in the database.",
         every=timedelta(hours=1),
     ),
+    Periodic(
+        "usage: sync the price catalog",
+        "usage.tasks.sync_prices",
+        "Providers change prices and add models every week; a daily sync from "
+        "COSTMON_PRICES_URL (when set) keeps new models from arriving unpriced. Early morning "
+        "UTC, before the day's report is built; it does nothing without the setting.",
+        cron={"minute": "30", "hour": "5"},
+    ),
 ]
 
 

@@ -211,6 +211,18 @@ COSTMON_RETENTION_DAYS = env_int("COSTMON_RETENTION_DAYS", 400, minimum=0)
 COSTMON_RESERVATION_SECONDS = env_int("COSTMON_RESERVATION_SECONDS", 300, minimum=1)
 # How long a looked-up price catalog stays in a process before it is read again.
 COSTMON_CATALOG_TTL_SECONDS = env_int("COSTMON_CATALOG_TTL_SECONDS", 30, minimum=0)
+# A public price list to sync the global catalog from every day (where the deployment has
+# internet); empty: no sync, the bundled catalog and staff's edits are the catalog.
+COSTMON_PRICES_URL = env_str("COSTMON_PRICES_URL", "") or ""
+COSTMON_PRICES_FORMAT = env_str("COSTMON_PRICES_FORMAT", "litellm") or "litellm"
+if COSTMON_PRICES_FORMAT not in ("costmon", "litellm", "models.dev"):
+    raise ImproperlyConfigured(
+        f"COSTMON_PRICES_FORMAT must be costmon, litellm or models.dev, got {COSTMON_PRICES_FORMAT!r}"
+    )
+if COSTMON_PRICES_URL and not COSTMON_PRICES_URL.startswith(("https://", "http://")):
+    raise ImproperlyConfigured(
+        f"COSTMON_PRICES_URL must be an http(s) URL, got {COSTMON_PRICES_URL!r}"
+    )
 # With Redis, a process trusts its copy of a tenant's prices and budget settings, and of the API
 # keys it has seen, for this long before it asks Redis whether they changed: changes (and key
 # revocations) reach every process within this time, and the pre-flight check saves three round

@@ -6,16 +6,30 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils.html import format_html, format_html_join
 
-from costmon.admin import TenantOwnedAdmin
+from costmon.admin import TenantOwnedAdmin, plural
+from costmon.models import Tenant
 from usage.catalog import bump_version
-from usage.models import Dimension, HourlyRollup, ModelAlias, ModelPrice, UsageEvent
-from usage.prices import PRICE_FIELDS
+from usage.models import (
+    CatalogAlias,
+    Dimension,
+    HourlyRollup,
+    ModelAlias,
+    ModelPrice,
+    PriceChangeHold,
+    PriceSync,
+    UsageEvent,
+)
+from usage.prices import PRICE_FIELDS, price_hold_decide
 from usage.pricing import format_usd
+from usage.selectors import name_resolutions
 from usage.services import usage_events_delete
 
 
@@ -63,7 +77,7 @@ class PriceOwnerFilter(admin.SimpleListFilter):
 class ModelPriceForm(forms.ModelForm):
     class Meta:
         model = ModelPrice
-        fields = ("tenant", "provider", "model", "effective_from", *PRICE_FIELDS)
+        fields = ("tenant", "provider", "model", "service_tier", "effective_from", *PRICE_FIELDS)
 
     source = forms.URLField(max_length=300, required=False, assume_scheme="https")
 
@@ -77,7 +91,7 @@ class ModelPriceForm(forms.ModelForm):
             self.add_error(
                 "long_input_per_mtok", "Give the long-context input rate, or clear the threshold."
             )
-        key = {k: data.get(k) for k in ("provider", "model", "effective_from")}
+        key = {k: data.get(k) for k in ("provider", "model", "service_tier", "effective_from")}
         if all(key.values()):
             clash = ModelPrice.objects.unscoped().filter(tenant=data.get("tenant"), **key)
             if clash.exclude(pk=self.instance.pk).exists():
@@ -85,8 +99,9 @@ class ModelPriceForm(forms.ModelForm):
                 owner = f"Tenant {data['tenant'].slug}" if data.get("tenant") else "The global list"
                 self.add_error(
                     "effective_from",
-                    f"{owner} already has a price for {key['provider']}/{key['model']} from this "
-                    "moment; edit that row, or pick another start.",
+                    f"{owner} already has a {key['service_tier']} price for "
+                    f"{key['provider']}/{key['model']} from this moment; edit that row, or pick "
+                    "another start.",
                 )
         return data
 
@@ -94,9 +109,11 @@ class ModelPriceForm(forms.ModelForm):
 @admin.register(ModelPrice)
 class ModelPriceAdmin(TenantOwnedAdmin):
     form = ModelPriceForm
+    change_list_template = "admin/usage/modelprice/change_list.html"
     list_display = (
         "provider",
         "model",
+        "service_tier",
         "owner",
         "effective_from",
         "input_rate",
@@ -106,14 +123,28 @@ class ModelPriceAdmin(TenantOwnedAdmin):
         "long_context_threshold",
         "source_date",
     )
-    list_filter = ("provider", PriceOwnerFilter)
+    list_filter = ("provider", "service_tier", "mode", PriceOwnerFilter)
     search_fields = ("model", "match_pattern")
     list_select_related = ("tenant",)
     autocomplete_fields = ("tenant",)
     ordering = ("provider", "model", "-effective_from")
-    readonly_fields = ("updated_at",)
+    readonly_fields = ("sync", "updated_at")
     fieldsets = (
-        (None, {"fields": ("tenant", "provider", "model", "match_pattern", "effective_from")}),
+        (
+            None,
+            {
+                "fields": (
+                    "tenant",
+                    "provider",
+                    "model",
+                    "service_tier",
+                    "match_pattern",
+                    "effective_from",
+                    "mode",
+                    "deprecation_date",
+                )
+            },
+        ),
         (
             "USD per million tokens",
             {
@@ -122,9 +153,24 @@ class ModelPriceAdmin(TenantOwnedAdmin):
                     "output_per_mtok",
                     "cached_input_per_mtok",
                     "cache_write_per_mtok",
-                    "per_request",
+                    "cache_write_1h_per_mtok",
                 )
             },
+        ),
+        (
+            "Audio and images (USD per million tokens; empty: the text rate)",
+            {
+                "fields": (
+                    "input_audio_per_mtok",
+                    "output_audio_per_mtok",
+                    "input_image_per_mtok",
+                    "output_image_per_mtok",
+                )
+            },
+        ),
+        (
+            "Per unit (USD)",
+            {"fields": ("per_request", "per_output_image", "web_search_per_kcalls")},
         ),
         (
             "Long context",
@@ -138,8 +184,35 @@ class ModelPriceAdmin(TenantOwnedAdmin):
                 )
             },
         ),
-        ("Source", {"fields": ("source", "source_date", "updated_at")}),
+        ("Source", {"fields": ("source", "source_date", "sync", "updated_at")}),
     )
+
+    def get_urls(self) -> list[Any]:
+        urls = [
+            path(
+                "resolution/",
+                self.admin_site.admin_view(self.resolution_view),
+                name="usage_modelprice_resolution",
+            )
+        ]
+        return urls + super().get_urls()
+
+    def resolution_view(self, request: HttpRequest) -> HttpResponse:
+        """Which names each tenant's calls used in the last 30 days, and how each resolved."""
+        tenants = list(Tenant.objects.order_by("slug"))
+        chosen = request.GET.get("tenant") or (tenants[0].slug if tenants else "")
+        tenant = next((t for t in tenants if t.slug == chosen), None)
+        rows = name_resolutions(tenant=tenant) if tenant is not None else []
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Model names in use and how they are priced",
+            "opts": self.opts,
+            "tenants": tenants,
+            "tenant": tenant,
+            "rows": rows,
+            "unpriced": sum(1 for r in rows if r.price is None),
+        }
+        return TemplateResponse(request, "admin/usage/modelprice/resolution.html", context)
 
     @admin.display(description="tenant", ordering="tenant__slug")
     def owner(self, obj: ModelPrice) -> str:
@@ -215,6 +288,181 @@ class ModelAliasAdmin(TenantOwnedAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelAlias]) -> None:
         super().delete_queryset(request, queryset)
         bump_catalog_after_commit()
+
+
+@admin.register(CatalogAlias)
+class CatalogAliasAdmin(admin.ModelAdmin):
+    list_display = ("alias", "provider_or_any", "target", "reason")
+    list_filter = ("target_provider",)
+    search_fields = ("alias", "target_model")
+    ordering = ("provider", "alias")
+
+    @admin.display(description="provider", ordering="provider")
+    def provider_or_any(self, obj: CatalogAlias) -> str:
+        return obj.provider or "any"
+
+    @admin.display(description="priced as")
+    def target(self, obj: CatalogAlias) -> str:
+        return f"{obj.target_provider}/{obj.target_model}"
+
+    def save_model(self, request: HttpRequest, obj: CatalogAlias, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        bump_catalog_after_commit()
+
+    def delete_model(self, request: HttpRequest, obj: CatalogAlias) -> None:
+        super().delete_model(request, obj)
+        bump_catalog_after_commit()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[CatalogAlias]) -> None:
+        super().delete_queryset(request, queryset)
+        bump_catalog_after_commit()
+
+
+class PriceChangeHoldInline(admin.TabularInline):
+    model = PriceChangeHold
+    fields = ("tenant", "status", "decided_by", "decided_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PriceChangeHold]:
+        return PriceChangeHold.objects.unscoped().select_related("tenant")
+
+
+@admin.register(PriceSync)
+class PriceSyncAdmin(admin.ModelAdmin):
+    """The change record of every catalog load: what was added and changed (old and new
+    prices), and the tenants that wait to approve the changes."""
+
+    list_display = (
+        "started_at",
+        "owner",
+        "source",
+        "catalog_version",
+        "status",
+        "added",
+        "changed",
+        "unchanged",
+        "missing",
+        "waiting",
+    )
+    list_filter = ("status", "format")
+    inlines = (PriceChangeHoldInline,)
+    fields = (
+        "started_at",
+        "tenant",
+        "source",
+        "format",
+        "catalog_version",
+        "status",
+        "added",
+        "changed",
+        "unchanged",
+        "missing",
+        "aliases_added",
+        "error",
+        "changes",
+    )
+    readonly_fields = fields
+    ordering = ("-started_at",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="tenant")
+    def owner(self, obj: PriceSync) -> str:
+        return obj.tenant.slug if obj.tenant_id else "global"  # type: ignore[union-attr]
+
+    @admin.display(description="awaiting approval")
+    def waiting(self, obj: PriceSync) -> int:
+        return (
+            PriceChangeHold.objects.unscoped()
+            .filter(sync=obj, status=PriceChangeHold.Status.PENDING)
+            .count()
+        )
+
+    @admin.display(description="changes")
+    def changes(self, obj: PriceSync) -> str:
+        rows = [("changed", c) for c in obj.details.get("changed", [])] + [
+            ("added", c) for c in obj.details.get("added", [])
+        ]
+        if not rows:
+            return "—"
+        return format_html(
+            "<table><thead><tr><th>what</th><th>model</th><th>tier</th><th>before</th>"
+            "<th>after (USD per 1M tokens)</th></tr></thead><tbody>{}</tbody></table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (
+                        what,
+                        c["provider"],
+                        c["model"],
+                        c["service_tier"],
+                        _rates_text(c.get("old")),
+                        _rates_text(c["new"]),
+                    )
+                    for what, c in rows[:500]
+                ),
+            ),
+        )
+
+
+def _rates_text(rates: dict[str, str | None] | None) -> str:
+    if not rates:
+        return "—"
+    return ", ".join(
+        f"{name.removesuffix('_per_mtok')} {value}"
+        for name, value in rates.items()
+        if value not in (None, "0")
+    )
+
+
+@admin.register(PriceChangeHold)
+class PriceChangeHoldAdmin(TenantOwnedAdmin):
+    """Changed catalog prices waiting for approval by tenants that review changes first."""
+
+    list_display = ("tenant", "sync", "status", "decided_by", "decided_at", "created_at")
+    list_filter = ("status", "tenant")
+    list_select_related = ("tenant", "sync")
+    actions = ("approve", "reject")
+    fields = ("tenant", "sync", "status", "decided_by", "decided_at", "created_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(
+        description="Approve: charge these tenants the new prices", permissions=["change"]
+    )
+    def approve(self, request: HttpRequest, queryset: QuerySet[PriceChangeHold]) -> None:
+        self._decide(request, queryset, approve=True)
+
+    @admin.action(description="Reject: keep the old prices", permissions=["change"])
+    def reject(self, request: HttpRequest, queryset: QuerySet[PriceChangeHold]) -> None:
+        self._decide(request, queryset, approve=False)
+
+    def _decide(
+        self, request: HttpRequest, queryset: QuerySet[PriceChangeHold], *, approve: bool
+    ) -> None:
+        done = sum(
+            price_hold_decide(hold=hold, approve=approve, by=request.user.get_username())
+            for hold in queryset.select_related("tenant", "sync")
+        )
+        verb = "approved" if approve else "rejected"
+        self.message_user(
+            request,
+            f"{plural(done, 'change set')} {verb}"
+            + ("; their events since each sync were priced again." if approve and done else "."),
+            messages.SUCCESS,
+        )
 
 
 # --- usage data (read-only) -------------------------------------------------------------------

@@ -55,7 +55,7 @@ def cost_explanation(*, tenant: Tenant, event_id: str) -> CostExplanation:
 
 
 def _usd(nanos: Decimal | int) -> str:
-    return format(Decimal(nanos) / _NANOS_PER_USD, "f") if nanos else "0"
+    return format((Decimal(nanos) / _NANOS_PER_USD).normalize(), "f") if nanos else "0"
 
 
 def explanation_json(explained: CostExplanation) -> dict[str, Any]:

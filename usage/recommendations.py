@@ -19,7 +19,7 @@ from costmon.models import Tenant
 from usage.catalog import catalog_for
 from usage.charts import usd
 from usage.models import UsageEvent
-from usage.pricing import Price, cost_nanos, usd_to_nanos
+from usage.pricing import Price, candidate_names, cost_nanos, format_rate, usd_to_nanos
 from usage.selectors import rollups_of
 
 WINDOW_DAYS = 30
@@ -140,6 +140,26 @@ def _estimate(price: Price, row: dict[str, Any]) -> int:
     ) + usd_to_nanos(price.per_request * int(row["calls"]))
 
 
+def _alternatives(prices: list[Price], current: Price, now: datetime) -> list[Price]:
+    """Models one could switch to: current (not past their deprecation date), of the same mode
+    as the model in use (no embedding model for chat), and not a dated snapshot of a family the
+    list also has (suggest the family's name)."""
+    names = {p.model.lower() for p in prices}
+    return [
+        p
+        for p in prices
+        if p.is_current(now.date())
+        and _modality(p) == _modality(current)
+        and not any(family in names for family in candidate_names(p.model)[1:])
+    ]
+
+
+def _modality(price: Price) -> str:
+    if price.mode == "embedding" or "embed" in price.model.lower():
+        return "embedding"
+    return "text" if price.mode in ("", "chat", "responses", "completion") else price.mode
+
+
 def _cheaper_models(
     tenant: Tenant, rollups: Any, total: int, now: datetime
 ) -> list[Recommendation]:
@@ -177,15 +197,13 @@ def _cheaper_models(
         if cost < MIN_OPERATION_NANOS and cost * 100 < total * MIN_OPERATION_SHARE_PERCENT:
             continue
         options = [
-            (_estimate(c, row), c.model)
-            for c in catalog.models_of(price.provider, now)
-            if "embed" not in c.model.lower()
-            and c.rates.input < price.rates.input
-            and c.rates.output < price.rates.output
+            (_estimate(c, row), c.model, c)
+            for c in _alternatives(catalog.models_of(price.provider, now), price, now)
+            if c.rates.input < price.rates.input and c.rates.output < price.rates.output
         ]
         if not options:
             continue
-        cheaper, name = min(options)
+        cheaper, name, chosen = min(options, key=lambda o: (o[0], o[1]))
         saving = int(row["cost"]) - cheaper
         if saving <= 0:
             continue
@@ -196,7 +214,9 @@ def _cheaper_models(
                 text=(
                     f"{_op_name(op)} spent {usd(int(row['cost']))} on {row['model_name']} in the "
                     f"last 30 days; the same tokens on {name} ({price.provider}) would cost "
-                    f"{usd(cheaper)}. Check that its quality is enough for this operation."
+                    f"{usd(cheaper)} at its list price of ${format_rate(chosen.rates.input)} in / "
+                    f"${format_rate(chosen.rates.output)} out per 1M tokens (catalog row "
+                    f"#{chosen.id}). Check that its quality is enough for this operation."
                 ),
                 saving_nanos=_monthly(saving),
             )

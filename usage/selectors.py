@@ -23,9 +23,12 @@ from usage.models import (
     Dimension,
     HourlyRollup,
     ModelHourlyRollup,
+    PriceChangeHold,
+    PriceSync,
     Rollup,
     UsageEvent,
 )
+from usage.pricing import Price
 from usage.rollups import ROLLUP_SUMS
 
 ROLLUP_DIMENSIONS = ("provider", "model", "operation", "end_user")
@@ -419,3 +422,79 @@ def unpriced_event_count(*, tenant: Tenant, time_range: TimeRange | None = None)
 
 def today(tenant: Tenant) -> date:
     return timezone.now().astimezone(tenant_zone(tenant)).date()
+
+
+def price_syncs_since(*, tenant: Tenant, since: datetime) -> list[PriceSync]:
+    """Loads since `since` that added or changed prices the tenant is charged: the global
+    catalog's and the tenant's own, oldest first."""
+    return list(
+        PriceSync.objects.filter(
+            Q(tenant__isnull=True) | Q(tenant=tenant),
+            started_at__gte=since,
+            status=PriceSync.Status.APPLIED,
+        )
+        .filter(Q(added__gt=0) | Q(changed__gt=0))
+        .order_by("started_at")
+    )
+
+
+def models_used(*, tenant: Tenant, since: datetime) -> set[tuple[str, str]]:
+    """(provider, model) names the tenant's events used since `since` (from rollups)."""
+    return set(
+        rollups_of(tenant)
+        .filter(hour__gte=since)
+        .values_list("provider__value", "model__value")
+        .distinct()
+    )
+
+
+def held_syncs(*, tenant: Tenant) -> set[int]:
+    """Syncs whose price changes wait for staff approval before they apply to the tenant."""
+    return set(
+        PriceChangeHold.objects.for_tenant(tenant)
+        .filter(status=PriceChangeHold.Status.PENDING)
+        .values_list("sync_id", flat=True)
+    )
+
+
+@dataclass(frozen=True)
+class NameResolution:
+    provider: str
+    model: str
+    calls: int
+    unpriced_calls: int
+    rule: str  # how the name finds its price today (usage.pricing.Resolution.rule), or ""
+    catalog_name: str
+    price: Price | None
+
+
+def name_resolutions(*, tenant: Tenant, days: int = 30) -> list[NameResolution]:
+    """Every (provider, model) the tenant's calls named in the last `days`, busiest first, with
+    the catalog row it resolves to now and the rule that got it there."""
+    from usage.catalog import load_catalog
+
+    now = timezone.now()
+    catalog = load_catalog(tenant.pk)
+    rows = (
+        rollups_of(tenant)
+        .filter(hour__gte=now - timedelta(days=days))
+        .values("provider__value", "model__value")
+        .annotate(calls=Sum("calls"), unpriced=Sum("unpriced_calls"))
+        .order_by("-calls")
+    )
+    found = []
+    for row in rows:
+        provider, model = row["provider__value"], row["model__value"]
+        resolution = catalog.resolve(provider, model, now)
+        found.append(
+            NameResolution(
+                provider=provider,
+                model=model,
+                calls=row["calls"],
+                unpriced_calls=row["unpriced"],
+                rule=resolution.rule if resolution else "",
+                catalog_name=resolution.name if resolution else "",
+                price=resolution.price if resolution else None,
+            )
+        )
+    return found

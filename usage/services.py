@@ -33,6 +33,7 @@ from usage.models import (
 )
 from usage.pricing import Catalog, Usage, breakdown, usd_to_nanos
 from usage.rollups import aggregate, hour_of, rollups_add, rollups_rebuild, with_rollups
+from usage.signals import usage_rewritten
 
 log = structlog.get_logger(__name__)
 
@@ -517,6 +518,8 @@ def usage_reprice(
             UsageEvent.objects.bulk_update(batch, ["cost_nanos", "cost_source", "price_id"])
             report.changed += len(batch)
         report.hours_rebuilt = rollups_rebuild(tenant=tenant, hours=sorted(hours))
+        if report.changed:
+            _rewritten(tenant.pk)
     if progress:
         progress(report.examined, report.examined)
     log.info("usage_repriced", tenant=tenant.slug, **report.__dict__)
@@ -542,6 +545,7 @@ def usage_events_delete(*, events: QuerySet[UsageEvent]) -> int:
                 _lock_tenant(tenant.pk, shared=False)
                 UsageEvent.objects.for_tenant(tenant).filter(pk__in=pks).delete()
                 rollups_rebuild(tenant=tenant, hours=sorted(hours))
+            _rewritten(tenant.pk)
     return len(rows)
 
 
@@ -558,7 +562,15 @@ def usage_tenant_reset(*, tenant: Tenant) -> tuple[int, int]:
         events = UsageEvent.objects.for_tenant(tenant)._raw_delete(UsageEvent.objects.db)
         rollups = HourlyRollup.objects.for_tenant(tenant)._raw_delete(HourlyRollup.objects.db)
         ModelHourlyRollup.objects.for_tenant(tenant)._raw_delete(ModelHourlyRollup.objects.db)
+        _rewritten(tenant.pk)
     return events, rollups
+
+
+def _rewritten(tenant_id: int) -> None:
+    """Tell the apps above, once this commits, that the tenant's stored usage changed."""
+    transaction.on_commit(
+        lambda: usage_rewritten.send(sender=UsageEvent, tenant_id=tenant_id), robust=True
+    )
 
 
 def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:

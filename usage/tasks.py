@@ -60,3 +60,25 @@ def apply_retention() -> int:
     )
     log.info("retention_applied", deleted=deleted, days=settings.COSTMON_RETENTION_DAYS)
     return deleted
+
+
+@shared_task(ignore_result=True)
+def sync_prices() -> int | None:
+    """Sync the global catalog from COSTMON_PRICES_URL (daily). A failure is recorded where
+    staff look (Price syncs in the admin) and tried again the next day; the catalog keeps its
+    prices meanwhile."""
+    from django.conf import settings
+
+    from costmon.exceptions import DomainError
+    from usage.management.commands.load_prices import read_price_list
+    from usage.prices import price_sync_failed, prices_sync
+
+    url, format = settings.COSTMON_PRICES_URL, settings.COSTMON_PRICES_FORMAT
+    if not url:
+        return None
+    try:
+        sync = prices_sync(price_list=read_price_list(url, format))
+    except DomainError as exc:
+        price_sync_failed(source=url, format=format, error=exc.message)
+        return None
+    return sync.pk

@@ -82,7 +82,10 @@ def price_form(price: ModelPrice, **changes: str) -> dict[str, str]:
         "tenant": str(price.tenant_id or ""),
         "provider": price.provider,
         "model": price.model,
+        "service_tier": price.service_tier,
         "match_pattern": price.match_pattern,
+        "mode": price.mode,
+        "deprecation_date": "",
         "effective_from_0": f"{price.effective_from:%Y-%m-%d}",
         "effective_from_1": f"{price.effective_from:%H:%M:%S}",
         "source": price.source,
@@ -94,7 +97,14 @@ def price_form(price: ModelPrice, **changes: str) -> dict[str, str]:
         "output_per_mtok",
         "cached_input_per_mtok",
         "cache_write_per_mtok",
+        "cache_write_1h_per_mtok",
+        "input_audio_per_mtok",
+        "output_audio_per_mtok",
+        "input_image_per_mtok",
+        "output_image_per_mtok",
         "per_request",
+        "per_output_image",
+        "web_search_per_kcalls",
         "long_input_per_mtok",
         "long_output_per_mtok",
         "long_cached_input_per_mtok",
@@ -337,7 +347,7 @@ def test_a_second_price_from_the_same_moment_is_refused_with_a_form_error(admin_
 
     assert response.context["adminform"].form.errors == {
         "effective_from": [
-            "The global list already has a price for anthropic/claude-haiku-4-5 from this moment; "
+            "The global list already has a standard price for anthropic/claude-haiku-4-5 from this moment; "
             "edit that row, or pick another start."
         ]
     }

@@ -8,7 +8,8 @@ costs $0.00135 = 1,350,000 nano-dollars.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ import time_machine
 
 from costmon.models import Tenant
 from tests.helpers import event, post_usage
-from usage.models import UsageEvent
+from usage import catalog
+from usage.models import ModelPrice, UsageEvent
 from usage.recommendations import (
     KIND_CACHE_RATE,
     KIND_CHEAPER_MODEL,
@@ -109,7 +111,30 @@ def test_an_operation_on_gpt_4o_is_offered_gpt_4o_mini_with_the_exact_saving(ing
     assert rec.saving_nanos == 3_250_000_000 - 195_000_000
     assert rec.title == "A cheaper model for summarize"
     assert "on gpt-4o-mini (openai) would cost $0.195" in rec.text
+    mini = ModelPrice.objects.unscoped().get(model="gpt-4o-mini")
+    assert f"list price of $0.15 in / $0.6 out per 1M tokens (catalog row #{mini.pk})" in rec.text
     assert "embedding" not in rec.text
+
+
+def test_retired_models_snapshots_and_other_modes_are_never_suggested(ingest_client, acme):
+    def add(model: str, **fields: object) -> None:
+        ModelPrice.objects.create(
+            provider="openai",
+            model=model,
+            effective_from=datetime(2024, 1, 1, tzinfo=UTC),
+            input_per_mtok=Decimal("0.01"),
+            output_per_mtok=Decimal("0.01"),
+            **fields,
+        )
+
+    add("gpt-3.5-turbo", deprecation_date=date(2026, 9, 1))  # retired before NOW
+    add("gpt-4o-mini-2024-07-18")  # a snapshot of gpt-4o-mini, which the list also has
+    add("gpt-image-cheap", mode="image_generation")
+    add("text-embedding-cheap", mode="embedding")
+    catalog.clear_local()
+    gpt4o_usage(ingest_client)
+    (rec,) = by_kind(recommendations(tenant=acme, now=NOW))[KIND_CHEAPER_MODEL]
+    assert "on gpt-4o-mini (openai)" in rec.text
 
 
 def test_a_small_operation_qualifies_by_its_share_of_spend(ingest_client, acme):
