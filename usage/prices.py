@@ -257,6 +257,12 @@ def prices_sync(
         existing = _latest_rows(tenant)
         for row in rows:
             _sync_row(sync, tenant, row, existing, now, added, changed)
+        new_rows = [entry.pop("row") for entry in added if "row" in entry]
+        ModelPrice.objects.bulk_create(new_rows, batch_size=500)
+        fresh = iter(new_rows)
+        for entry in added:
+            if entry["price_id"] is None:
+                entry["price_id"] = next(fresh).pk
         listed = {(r["provider"], r["model"].lower()) for r in rows}
         sync.missing = len({(p, m) for p, m, _ in existing} - listed)
         sync.aliases_added = _sync_aliases(tenant, aliases)
@@ -322,8 +328,9 @@ def _sync_row(
             return
         latest = current
     elif latest is None:
-        price = ModelPrice.objects.create(tenant=tenant, sync=sync, effective_from=EPOCH, **row)
-        added.append({**label, "price_id": price.pk, "new": _snapshot(row)})
+        # Created in bulk by the caller (a first load adds a thousand rows); the id follows.
+        price = ModelPrice(tenant=tenant, sync=sync, effective_from=EPOCH, **row)
+        added.append({**label, "price_id": None, "new": _snapshot(row), "row": price})
         return
     old, new = _snapshot(latest), _snapshot(row)
     if old == new:
