@@ -156,11 +156,11 @@ def test_the_node_client_passes_its_tests_against_a_real_costmon(
     # node's spec reporter ends with lines such as "<U+2139> pass 41".
     summary = dict(re.findall("^\u2139 (tests|pass|fail|skipped|todo) (\\d+)$", output, re.M))
     assert summary.get("fail") == "0" and int(summary.get("pass", "0")) > 0, output[-5000:]
-    if files != ["test/"]:
-        return
-    assert int(summary["pass"]) >= 30, output[-5000:]
     assert summary.get("skipped") == "0" and summary.get("todo") == "0", output[-5000:]
     print(output)  # pytest -s shows the Node run, with the measured overhead
+    if files != ["test/"]:
+        return
+    assert int(summary["pass"]) >= 50, output[-5000:]
     # Behind the API: what each tenant's key reported is that tenant's alone.
     acme_events = UsageEvent.objects.for_tenant(acme)
     assert acme_events.count() > 30

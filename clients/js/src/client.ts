@@ -11,6 +11,7 @@ import {
   newEventId,
   withContext,
 } from "./events.js";
+import { type AiSdkMiddleware, type AiSdkOptions, aiSdkMiddleware } from "./integrations/ai-sdk.js";
 import type { Recorder } from "./integrations/base.js";
 import { wrapClient } from "./integrations/index.js";
 import { type Logger, consoleLogger, say } from "./log.js";
@@ -202,6 +203,18 @@ export class Costmon implements Recorder {
   wrap<T extends object>(client: T, options: WrapOptions = {}): T {
     const { provider, ...attributes } = options;
     return wrapClient(this, client, { provider, attributes: { ...attributes } });
+  }
+
+  /**
+   * A middleware for the Vercel AI SDK that records the usage of any provider's model:
+   *
+   * ```ts
+   * const model = wrapLanguageModel({ model: openai("gpt-4o"), middleware: costmon.aiSdkMiddleware() });
+   * ```
+   * Per call, `providerOptions: { costmon: { endUser, operation, sessionId, tags } }`.
+   */
+  aiSdkMiddleware(options: AiSdkOptions = {}): AiSdkMiddleware {
+    return aiSdkMiddleware(this, options);
   }
 
   /** Report one call to any provider; returns its event id. Never waits for costmon. */

@@ -13,6 +13,7 @@
  */
 export { Costmon, costmonOptions } from "./client.js";
 export type { CheckRequest, CostmonOptions, OnUnreachable, TrackEvent, WrapOptions } from "./client.js";
+export type { AiSdkMiddleware, AiSdkOptions } from "./integrations/ai-sdk.js";
 export type { BudgetStatus, CheckResult, CheckWarning } from "./check.js";
 export {
   BudgetExceededError,

@@ -23,12 +23,3 @@ export function say(logger: Logger | null, level: Level, message: string): void 
     // A logger that throws must not break the application's call either.
   }
 }
-
-export function describe(error: unknown): string {
-  if (error instanceof Error) {
-    const cause = (error as { cause?: { code?: unknown; message?: unknown } }).cause;
-    const detail = cause?.code ?? cause?.message;
-    return detail ? `${error.name}: ${error.message} (${String(detail)})` : `${error.name}: ${error.message}`;
-  }
-  return String(error);
-}

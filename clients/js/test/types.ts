@@ -54,3 +54,16 @@ export async function serverless(): Promise<boolean> {
   void stats.dropped;
   return (await costmon.flush()) && (await costmon.shutdown(1000));
 }
+
+// The AI SDK middleware fits wrapLanguageModel.
+import { createOpenAI } from "@ai-sdk/openai";
+import { generateText, wrapLanguageModel } from "ai";
+
+export async function aiSdk(): Promise<string> {
+  const model = wrapLanguageModel({
+    model: createOpenAI({ apiKey: "sk-test" }).chat("gpt-4o-mini"),
+    middleware: costmon.aiSdkMiddleware({ operation: "summarize" }),
+  });
+  const { text } = await generateText({ model, prompt: "Hi", providerOptions: { costmon: { endUser: "user-42" } } });
+  return text;
+}
