@@ -67,3 +67,9 @@ export async function aiSdk(): Promise<string> {
   const { text } = await generateText({ model, prompt: "Hi", providerOptions: { costmon: { endUser: "user-42" } } });
   return text;
 }
+
+export async function untyped(): Promise<void> {
+  // Without costmonOptions(), TypeScript refuses the names the SDK's parameter types do not know.
+  // @ts-expect-error costmonEndUser is not an OpenAI parameter
+  await openai.chat.completions.create({ model: "gpt-4o", messages: [], costmonEndUser: "u" });
+}
