@@ -43,13 +43,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "clients" / "js"
 STAMP = PACKAGE / "node_modules" / ".costmon-lock-sha256"
 NODE_TIMEOUT = 600  # seconds; the suite takes well under a minute
 
-# provider, model, input, output, cached input, cache write (USD per million tokens): the
-# figures the Node tests' exact costs are computed from.
+# provider, model, input, output, cached input, cache write (USD per million tokens), and the
+# snapshots the row also prices (the fake provider answers with dated names, as the real ones
+# do): the figures the Node tests' exact costs are computed from.
 PRICES = [
-    ("openai", "gpt-4o-mini", "0.15", "0.60", "0.075", None),
-    ("openai", "o4-mini", "1.10", "4.40", "0.275", None),
-    ("openai", "text-embedding-3-large", "0.13", "0", None, None),
-    ("anthropic", "claude-haiku-4-5", "1", "5", "0.10", "1.25"),
+    ("openai", "gpt-4o-mini", "0.15", "0.60", "0.075", None, "gpt-4o-mini-20??-??-??"),
+    ("openai", "o4-mini", "1.10", "4.40", "0.275", None, "o4-mini-20??-??-??"),
+    ("openai", "text-embedding-3-large", "0.13", "0", None, None, ""),
+    ("anthropic", "claude-haiku-4-5", "1", "5", "0.10", "1.25", "claude-haiku-4-5-20??????"),
 ]
 RATE_LIMITED_USER = "rate-limited-user"  # one check a minute (test/check.test.mjs)
 
@@ -108,10 +109,11 @@ def _key(tenant: Tenant, scopes: str) -> str:
 
 @pytest.fixture
 def node_prices(db: None) -> None:
-    for provider, model, i, o, c, w in PRICES:
+    for provider, model, i, o, c, w, pattern in PRICES:
         ModelPrice.objects.create(
             provider=provider,
             model=model,
+            match_pattern=pattern,
             effective_from=datetime(2024, 1, 1, tzinfo=UTC),
             input_per_mtok=Decimal(i),
             output_per_mtok=Decimal(o),
