@@ -7,13 +7,16 @@ at once and never a half-written one.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -81,12 +84,54 @@ class ConfigAdmin(TenantOwnedAdmin):
 # --- budgets ----------------------------------------------------------------------------------
 
 
+class ThresholdsField(forms.Field):
+    """Percentages typed as a list, "80, 95", stored as the model's list of numbers. Whether
+    each one makes sense (above 0, at most 100, all different) is Budget.clean()'s rule."""
+
+    widget = forms.TextInput
+    default_error_messages = {
+        "required": "Give at least one percentage, e.g. 80, 95.",
+        "invalid": "“%(item)s” is not a number: give percentages separated by commas, e.g. 80, 95.",
+    }
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return ", ".join(str(item) for item in value)
+        return value
+
+    def to_python(self, value: Any) -> list[int | float]:
+        if isinstance(value, list):
+            return value
+        numbers: list[int | float] = []
+        # Brackets allowed: "[80, 95]" is how the field used to be typed (JSON).
+        for item in re.split(
+            r"[\s,;]+", str(value or "").strip().removeprefix("[").removesuffix("]")
+        ):
+            if not item:
+                continue
+            try:
+                number = Decimal(item.removesuffix("%"))
+            except ArithmeticError:
+                number = None
+            if number is None or not number.is_finite():
+                raise ValidationError(
+                    self.error_messages["invalid"], code="invalid", params={"item": item}
+                )
+            # As the API stores them: whole numbers as integers.
+            numbers.append(int(number) if number == number.to_integral_value() else float(number))
+        return sorted(numbers)
+
+
 class ApiKeyChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, obj: Any) -> str:
         return f"{obj.tenant.slug}: {obj}"
 
 
 class BudgetForm(forms.ModelForm):
+    thresholds = ThresholdsField(
+        help_text="Percentages of the limit, separated by commas: the lowest warns, the highest "
+        "is critical (e.g. 80, 95).",
+    )
     api_key = ApiKeyChoiceField(
         queryset=ApiKey.objects.none(),
         required=False,

@@ -1,4 +1,6 @@
 from django.contrib import admin
+from django.shortcuts import redirect
+from django.templatetags.static import static
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -19,4 +21,6 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", prometheus_views.metrics, name="prometheus-metrics"),
+    # Browsers ask for /favicon.ico where a page names no icon (JSON read in a browser).
+    path("favicon.ico", lambda request: redirect(static("costmon/favicon.svg")), name="favicon"),
 ]

@@ -25,7 +25,6 @@ import json
 import multiprocessing
 import os
 import platform
-import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from costmon.management.launcher import ChildExited, ProcessGroup, StopRequested  # noqa: E402
+
 PYTHON = sys.executable
 PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
 
@@ -173,8 +174,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(env: dict[str, str], *, workers: int, port: int) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen(
+def start_server(children: ProcessGroup, env: dict[str, str], *, workers: int, port: int) -> None:
+    """gunicorn in the group of `children`: a stop signal or an error stops it with the run."""
+    children.start(
+        "gunicorn",
         [
             str(Path(PYTHON).with_name("gunicorn")),
             "costmon.wsgi",
@@ -200,10 +203,10 @@ def start_server(env: dict[str, str], *, workers: int, port: int) -> subprocess.
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/healthz")
             if conn.getresponse().status == 200:
-                return server
+                return
         except OSError:
-            time.sleep(0.2)
-    server.kill()
+            pass
+        children.wait(0.2)  # raises ChildExited if gunicorn ended
     raise SystemExit("gunicorn did not answer /healthz within 60 s")
 
 
@@ -245,12 +248,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows += ratio_rows(context)
     port = free_port()
     say(f"starting gunicorn: {args.workers} workers on port {port}")
-    server = start_server(dict(os.environ), workers=args.workers, port=port)
+    # gunicorn, master and workers, stops with this run however it ends (an error, Ctrl+C,
+    # SIGTERM or SIGHUP): it must not keep the port and the scratch database busy.
     try:
-        rows += http_rows(context, scale, port=port, clients=args.clients)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        with ProcessGroup(grace=30) as children:
+            start_server(children, dict(os.environ), workers=args.workers, port=port)
+            rows += http_rows(context, scale, port=port, clients=args.clients)
+    except StopRequested as stop:
+        say(f"stopped: {stop.name} received; gunicorn is stopped")
+        return 128 + stop.signum
+    except ChildExited as exited:
+        say(f"stopped: {exited}")
+        return 1
     report = render(rows, context, scale, args)
     sys.stdout.write(report)
     out = Path(args.out)

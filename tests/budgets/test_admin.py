@@ -83,7 +83,7 @@ def budget_form(tenant, **changes) -> dict[str, str]:
         "period": "month",
         "rolling_days": "",
         "limit_usd": "10",
-        "thresholds": "[80, 95]",
+        "thresholds": "80, 95",
         "enforcement": "hard",
         "suggested_model": "",
     }
@@ -210,7 +210,7 @@ def test_a_budget_added_in_admin_is_seen_by_the_next_check(
     ("changes", "errors"),
     [
         (
-            {"thresholds": "[120]"},
+            {"thresholds": "120"},
             {
                 "thresholds": [
                     "120 is outside 0-100%: each threshold is a percentage above 0 and at most 100."
@@ -236,6 +236,69 @@ def test_a_bad_budget_is_refused_with_a_form_error(admin_client, acme, changes, 
     assert form_errors(response) == errors
     assert Budget.objects.unscoped().count() == 0
     assert versions(acme.pk) == before
+
+
+# --- thresholds, typed as a list ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("80, 95", [80, 95]),
+        ("95,80", [80, 95]),  # in order, whatever order they were typed in
+        ("50 75 90", [50, 75, 90]),
+        ("80.5%; 100%", [80.5, 100]),
+        ("60, 90,", [60, 90]),
+        ("[80, 95]", [80, 95]),  # as the field was typed when it took JSON
+    ],
+)
+def test_thresholds_are_typed_as_a_list_of_percentages(admin_client, acme, outsider, typed, stored):
+    response = admin_client.post("/admin/budgets/budget/add/", budget_form(acme, thresholds=typed))
+
+    assert response.status_code == 302
+    assert Budget.objects.unscoped().get().thresholds == stored
+    assert not Budget.objects.unscoped().filter(tenant=outsider).exists()
+
+
+@pytest.mark.parametrize(
+    ("typed", "error"),
+    [
+        ("", "Give at least one percentage, e.g. 80, 95."),
+        (
+            "80, nine-five",
+            "“nine-five” is not a number: give percentages separated by commas, e.g. 80, 95.",
+        ),
+        ("80, (95)", "“(95)” is not a number: give percentages separated by commas, e.g. 80, 95."),
+        ("80, NaN", "“NaN” is not a number: give percentages separated by commas, e.g. 80, 95."),
+        ("0, 95", "0 is outside 0-100%: each threshold is a percentage above 0 and at most 100."),
+        ("80, 80.0", "Thresholds must differ from each other."),
+    ],
+)
+def test_a_threshold_that_is_not_a_percentage_is_refused_by_name(admin_client, acme, typed, error):
+    response = admin_client.post("/admin/budgets/budget/add/", budget_form(acme, thresholds=typed))
+
+    assert response.status_code == 200
+    assert form_errors(response) == {"thresholds": [error]}
+    assert Budget.objects.unscoped().count() == 0
+
+
+def test_a_budgets_thresholds_are_shown_and_changed_as_a_list(admin_client, acme, outsider):
+    budget = budget_create(
+        tenant=acme,
+        data={"name": "Acme monthly", "limit_usd": Decimal("10"), "thresholds": [50, 80.5]},
+    )
+    other = budget_create(tenant=outsider, data={"name": "Globex", "limit_usd": Decimal("1")})
+    page = f"/admin/budgets/budget/{budget.pk}/change/"
+
+    shown = admin_client.get(page).content.decode()
+    assert 'name="thresholds" value="50, 80.5"' in shown
+
+    form = budget_form(acme, thresholds="70, 90, 100", limit_usd="10")
+    del form["tenant"]  # read-only once saved
+    assert admin_client.post(page, form).status_code == 302
+    budget.refresh_from_db()
+    other.refresh_from_db()
+    assert (budget.thresholds, other.thresholds) == ([70, 90, 100], [80, 95])
 
 
 def test_another_tenants_api_key_is_refused_on_the_key_field(admin_client, acme, outsider):

@@ -507,3 +507,43 @@ def test_a_backwards_range_is_refused_and_nothing_is_repriced(admin_client, acme
         "end": ["The last day must not be before the first day."]
     }
     assert UsageEvent.objects.unscoped().get().cost_source == CostSource.UNPRICED
+
+
+# --- the icon ----------------------------------------------------------------------------------
+
+
+FAVICON = '<link rel="icon" href="/static/costmon/favicon.svg" type="image/svg+xml">'
+
+
+def test_every_admin_page_names_costmons_icon(admin_client, client, acme, outsider):
+    from budgets.services import budget_create
+
+    key = api_key_create(tenant=acme, scopes="ingest").api_key
+    budget = budget_create(tenant=acme, data={"name": "Monthly", "limit_usd": Decimal("5")})
+    pages = [
+        "/admin/",
+        "/admin/costmon/apikey/",
+        f"/admin/costmon/apikey/{key.pk}/change/",
+        f"/admin/budgets/budget/{budget.pk}/delete/",
+        "/admin/budgets/budget/add/",
+        "/admin/auth/user/add/",
+        "/admin/django_celery_beat/periodictask/",
+        "/admin/password_change/",
+    ]
+    for page in pages:
+        response = admin_client.get(page)
+        assert response.status_code == 200, page
+        assert FAVICON in response.content.decode(), page
+    assert FAVICON in client.get("/admin/login/").content.decode()
+    for page in ("/login/", "/t/acme/"):  # the dashboard's own pages
+        assert (
+            'rel="icon" href="/static/costmon/favicon.svg"'
+            in admin_client.get(page, follow=True).content.decode()
+        )
+
+
+def test_favicon_ico_leads_to_the_icon(client):
+    response = client.get("/favicon.ico")
+
+    assert (response.status_code, response["Location"]) == (302, "/static/costmon/favicon.svg")
+    assert client.get(response["Location"]).status_code == 200
