@@ -92,8 +92,10 @@ class ServiceTier(models.IntegerChoices):
     @classmethod
     def code(cls, name: str) -> int | None:
         """The stored value of a tier name; standard is stored as NULL (free in a row)."""
-        value = {label: v for v, label in cls.choices}[name]
-        return value or None
+        return _TIER_CODES[name]
+
+
+_TIER_CODES: dict[str, int | None] = {label: value or None for value, label in ServiceTier.choices}
 
 
 class PriceSync(models.Model):

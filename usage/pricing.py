@@ -25,6 +25,8 @@ import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import NamedTuple
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -120,6 +122,15 @@ class Price:
 
     def is_current(self, on: date) -> bool:
         return self.deprecation_date is None or self.deprecation_date > on
+
+    @cached_property
+    def standard_rates(self) -> dict[str, Decimal]:
+        """Every rate a line needs, fallbacks applied (worked out once per price row)."""
+        return _effective(self.rates)
+
+    @cached_property
+    def long_context_rates(self) -> dict[str, Decimal]:
+        return _effective(self.long_rates, self.rates) if self.long_rates else self.standard_rates
 
 
 @dataclass(frozen=True)
@@ -343,8 +354,7 @@ class Catalog:
 # --- exact arithmetic ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     """What one call consumed. `input_tokens` counts every input token: cache reads, cache
     writes, audio and image tokens are parts of it; `output_tokens` likewise counts reasoning,
     audio and image output. `cache_write_1h_tokens` is the part of the cache writes kept for an
@@ -364,8 +374,7 @@ class Usage:
     output_images: int = 0
 
 
-@dataclass(frozen=True)
-class Line:
+class Line(NamedTuple):
     """One line of a cost: a quantity times a unit price."""
 
     kind: str
@@ -431,11 +440,7 @@ def breakdown(price: Price, usage: Usage) -> Breakdown:
         and price.long_rates is not None
         and usage.input_tokens > price.long_context_threshold
     )
-    rates = (
-        _effective(price.long_rates, price.rates)
-        if long and price.long_rates
-        else _effective(price.rates)
-    )
+    rates = price.long_context_rates if long else price.standard_rates
     five_minute_writes = usage.cache_write_tokens - usage.cache_write_1h_tokens
     text_input = (
         usage.input_tokens

@@ -367,14 +367,15 @@ def _insert_events(rows: list[dict[str, Any]]) -> set[str]:
     if connection.vendor == "postgresql":
         # One statement, one array parameter per column: the fastest bulk path short of COPY,
         # and unlike COPY it can skip duplicates.
-        arrays = []
+        arrays: list[list[Any] | None] = []
         for col in _EVENT_COLUMNS:
             if col == "tags":
-                arrays.append(
-                    [json.dumps(r["tags"]) if r["tags"] is not None else None for r in rows]
-                )
+                values = [json.dumps(r["tags"]) if r["tags"] is not None else None for r in rows]
             else:
-                arrays.append([r[col] for r in rows])
+                values = [r[col] for r in rows]
+            # A column with no value in the batch (the rarer token kinds, usually) goes as a
+            # NULL array, which unnest pads with NULLs: nothing to encode per row.
+            arrays.append(values if any(v is not None for v in values) else None)
         with raw_cursor(connection) as cursor:
             cursor.execute(
                 insert_statement(),
