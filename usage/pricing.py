@@ -25,10 +25,10 @@ import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import NamedTuple
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cached_property
+from typing import NamedTuple
 
 # (USD per million tokens) * tokens * 1000 = nano-dollars.
 _NANOS_PER_USD_PER_MTOK = Decimal(1000)
