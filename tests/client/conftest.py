@@ -11,9 +11,17 @@ from costmon_client import Costmon
 
 from costmon.models import Tenant
 from costmon.services import api_key_create
+from tests.client.prices import add_tier_prices
 from tests.client.servers import FakeProvider, Gate
 from usage.api import event_json
-from usage.models import UsageEvent
+from usage.models import ModelPrice, UsageEvent
+
+
+@pytest.fixture
+def tier_prices(prices: list[ModelPrice]) -> list[ModelPrice]:
+    """The `prices` fixture's rows with rates for one-hour cache writes and web searches, plus
+    rows for other tiers, audio and images (tests/client/prices.py)."""
+    return [*prices, *add_tier_prices()]
 
 
 @pytest.fixture

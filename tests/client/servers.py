@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 OPENAI_MODEL = "gpt-4o-mini-2024-07-18"  # a dated snapshot: costmon prices it as gpt-4o-mini
+AUDIO_MODEL = "gpt-4o-mini-audio-preview-2024-12-17"  # answers a chat that asks for audio
 ANTHROPIC_MODEL = "claude-haiku-4-5-20251001"
 EMBEDDING_MODEL = "text-embedding-3-large"
 FAILING_MODEL = "boom"  # the fake provider answers 500 for this model
@@ -34,6 +35,20 @@ CHAT_STREAM_USAGE = {
     "prompt_tokens_details": {"cached_tokens": 0},
     "completion_tokens_details": {"reasoning_tokens": 0},
 }
+# A chat that asked for audio: 1,500 prompt tokens (1,000 of them audio, 200 cached), 600
+# completion tokens (400 of them audio).
+AUDIO_CHAT_USAGE = {
+    "prompt_tokens": 1500,
+    "completion_tokens": 600,
+    "total_tokens": 2100,
+    "prompt_tokens_details": {
+        "cached_tokens": 200,
+        "audio_tokens": 1000,
+        "text_tokens": 500,
+        "image_tokens": 0,
+    },
+    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 400, "text_tokens": 200},
+}
 RESPONSES_USAGE = {
     "input_tokens": 800,
     "input_tokens_details": {"cached_tokens": 200, "cache_write_tokens": 0},
@@ -47,7 +62,40 @@ ANTHROPIC_USAGE = {
     "cache_read_input_tokens": 2000,
     "cache_creation_input_tokens": 500,
     "output_tokens": 300,
+    "cache_creation": {"ephemeral_5m_input_tokens": 500, "ephemeral_1h_input_tokens": 0},
+    "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
+    "service_tier": "standard",
 }
+# Of the 500 cache writes, 300 for an hour when the request asked for a one-hour cache.
+ONE_HOUR_WRITES = {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 300}
+WEB_SEARCHES = {"openai": 2, "anthropic": 3}  # searches made when the request offers the tool
+
+
+def openai_tier(body: dict[str, Any]) -> str:
+    """The tier OpenAI says served a request: what it asked for, else its default."""
+    return {"flex": "flex", "priority": "priority", "fast": "priority"}.get(
+        body.get("service_tier") or "", "default"
+    )
+
+
+def offers_web_search(body: dict[str, Any]) -> bool:
+    return any(
+        str(tool.get("type", "")).startswith("web_search") for tool in body.get("tools") or []
+    )
+
+
+def anthropic_usage(body: dict[str, Any], *, searches: int | None = None) -> dict[str, Any]:
+    """Anthropic's usage for a request: one-hour cache writes when a block asked for them, web
+    searches when the tool was offered, and the priority tier for `service_tier: auto` (as for
+    an organisation with Priority Tier capacity)."""
+    usage = dict(ANTHROPIC_USAGE)
+    if '"ttl": "1h"' in json.dumps(body):
+        usage["cache_creation"] = ONE_HOUR_WRITES
+    if searches is None:
+        searches = WEB_SEARCHES["anthropic"] if offers_web_search(body) else 0
+    usage["server_tool_use"] = {"web_search_requests": searches, "web_fetch_requests": 0}
+    usage["service_tier"] = "priority" if body.get("service_tier") == "auto" else "standard"
+    return usage
 
 
 def free_port() -> int:
@@ -167,20 +215,33 @@ class FakeProvider(_Server):
     # OpenAI
 
     def chat(self, body: dict[str, Any], stream: bool) -> Any:
-        base = {"id": "chatcmpl-1", "created": 1_764_000_000, "model": OPENAI_MODEL}
+        audio = "audio" in (body.get("modalities") or [])
+        base = {
+            "id": "chatcmpl-1",
+            "created": 1_764_000_000,
+            "model": AUDIO_MODEL if audio else OPENAI_MODEL,
+            "service_tier": openai_tier(body),
+        }
         if not stream:
+            message: dict[str, Any] = {"role": "assistant", "content": "Hello there"}
+            if audio:
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "audio": {
+                        "id": "audio_1",
+                        "data": "UklGRg==",
+                        "expires_at": 1_764_003_600,
+                        "transcript": "Hello there",
+                    },
+                }
             return {
                 **base,
                 "object": "chat.completion",
                 "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "Hello there"},
-                        "finish_reason": "stop",
-                        "logprobs": None,
-                    }
+                    {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
                 ],
-                "usage": CHAT_USAGE,
+                "usage": AUDIO_CHAT_USAGE if audio else CHAT_USAGE,
             }
         chunk = {**base, "object": "chat.completion.chunk"}
         parts = ["Hel", "lo ", "there"]
@@ -213,7 +274,8 @@ class FakeProvider(_Server):
         )
         if (body.get("stream_options") or {}).get("include_usage"):
             # As OpenAI does: only when asked, a last chunk with no choices and the usage.
-            events.append((None, {**chunk, "choices": [], "usage": CHAT_STREAM_USAGE}))
+            usage = AUDIO_CHAT_USAGE if audio else CHAT_STREAM_USAGE
+            events.append((None, {**chunk, "choices": [], "usage": usage}))
         events.append((None, "[DONE]"))
         return sse(events)
 
@@ -226,29 +288,66 @@ class FakeProvider(_Server):
         }
 
     def responses(self, body: dict[str, Any], stream: bool) -> Any:
+        searches = WEB_SEARCHES["openai"] if offers_web_search(body) else 0
+        # Searches, and a page opened (not a billed search), before the answer.
+        search_calls = [
+            {
+                "type": "web_search_call",
+                "id": f"ws_{n}",
+                "status": "completed",
+                "action": {"type": "search", "query": "costmon"},
+            }
+            for n in range(searches)
+        ]
+        if searches:
+            search_calls.append(
+                {
+                    "type": "web_search_call",
+                    "id": "ws_open",
+                    "status": "completed",
+                    "action": {"type": "open_page", "url": "https://example.com/"},
+                }
+            )
+        # As OpenAI reports hosted tools' billable use; an older API version does not.
+        omit_tool_usage = (body.get("metadata") or {}).get("fake") == "no_tool_usage"
+
         def response(status: str, usage: Any) -> dict[str, Any]:
-            return {
+            done = status == "completed"
+            reply: dict[str, Any] = {
                 "id": "resp_1",
                 "object": "response",
                 "created_at": 1_764_000_000,
                 "status": status,
                 "model": OPENAI_MODEL,
+                "service_tier": openai_tier(body) if done else (body.get("service_tier") or "auto"),
                 "output": [
+                    *search_calls,
                     {
                         "type": "message",
                         "id": "msg_1",
                         "status": "completed",
                         "role": "assistant",
                         "content": [{"type": "output_text", "text": "Hi", "annotations": []}],
-                    }
+                    },
                 ]
-                if status == "completed"
+                if done
                 else [],
                 "parallel_tool_calls": True,
                 "tool_choice": "auto",
                 "tools": [],
                 "usage": usage,
             }
+            if done and not omit_tool_usage:
+                reply["tool_usage"] = {
+                    "web_search": {"num_requests": searches},
+                    "image_gen": {
+                        "input_tokens": 0,
+                        "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+                        "output_tokens": 0,
+                        "total_tokens": 0,
+                    },
+                }
+            return reply
 
         if not stream:
             return response("completed", RESPONSES_USAGE)
@@ -300,9 +399,11 @@ class FakeProvider(_Server):
                 **message,
                 "content": [{"type": "text", "text": "Hello there"}],
                 "stop_reason": "end_turn",
-                "usage": ANTHROPIC_USAGE,
+                "usage": anthropic_usage(body),
             }
-        start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
+        # The searches are counted by message_delta (cumulative); message_start has none yet.
+        start_usage = {**anthropic_usage(body, searches=0), "output_tokens": 1}
+        end_usage = anthropic_usage(body)
         events: list[tuple[str | None, Any]] = [
             (
                 "message_start",
@@ -353,7 +454,10 @@ class FakeProvider(_Server):
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                    "usage": {"output_tokens": ANTHROPIC_USAGE["output_tokens"]},
+                    "usage": {
+                        "output_tokens": end_usage["output_tokens"],
+                        "server_tool_use": end_usage["server_tool_use"],
+                    },
                 },
             ),
             ("message_stop", {"type": "message_stop"}),

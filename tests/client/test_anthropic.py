@@ -20,6 +20,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 NANOS = 2_425_000
+# A system prompt cached for an hour, and the web search tool: of the 500 cache writes 300 are
+# one-hour writes ($2 per Mtok at the standard tier) and the model makes 3 searches ($10 per
+# 1,000): 100 x 1 + 2,000 x 0.10 + 200 x 1.25 + 300 x 2 + 300 x 5 = 2,650 USD per Mtok, plus
+# $0.03.
+SYSTEM = [
+    {
+        "type": "text",
+        "text": "You answer support questions.",
+        "cache_control": {"type": "ephemeral", "ttl": "1h"},
+    }
+]
+WEB_SEARCH = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]
+SEARCH_NANOS = 2_650_000 + 30_000_000
+# The same served by the priority tier ($2 / $10, $0.20 cache reads, $2.50 and $4 cache writes):
+# 100 x 2 + 2,000 x 0.20 + 200 x 2.50 + 300 x 4 + 300 x 10 = 5,300 USD per Mtok, plus $0.03.
+PRIORITY_SEARCH_NANOS = 5_300_000 + 30_000_000
 
 
 def sdk(provider: FakeProvider) -> anthropic.Anthropic:
@@ -158,3 +174,106 @@ def test_the_wrapped_client_is_still_an_anthropic_client(provider, costmon):
 
     assert isinstance(client, anthropic.Anthropic)
     assert client.messages.count_tokens.__name__ == "count_tokens"  # passed through untouched
+
+
+def priced_parts(event: dict) -> tuple:
+    return (
+        event["service_tier"],
+        event["cache_write_tokens"],
+        event["cache_write_1h_tokens"],
+        event["web_search_calls"],
+        event["cost_nanos"],
+    )
+
+
+def test_one_hour_cache_writes_and_web_searches_are_priced_at_their_rates(
+    acme, outsider, tier_prices, provider, costmon
+):
+    client = costmon.wrap(sdk(provider))
+
+    client.messages.create(
+        model="claude-haiku-4-5", max_tokens=500, system=SYSTEM, tools=WEB_SEARCH, messages=HELLO
+    )
+    # Without them, the same reply's zero counts change nothing.
+    client.messages.create(model="claude-haiku-4-5", max_tokens=500, messages=HELLO)
+
+    assert costmon.flush(10)
+    events = sorted(recorded(acme).values(), key=lambda e: e["cost_nanos"])
+    assert [tokens(e) for e in events] == [
+        (2600, 2000, 500, 300, NANOS),
+        (2600, 2000, 500, 300, SEARCH_NANOS),
+    ]
+    assert [priced_parts(e) for e in events] == [
+        ("standard", 500, 0, 0, NANOS),
+        ("standard", 500, 300, 3, SEARCH_NANOS),
+    ]
+    assert events[1]["cost_usd"] == "0.03265"
+    assert recorded(outsider) == {}
+
+
+def test_a_priority_stream_is_priced_from_message_start_and_message_deltas_counts(
+    acme, outsider, tier_prices, provider, costmon, outsider_client
+):
+    client = costmon.wrap(sdk(provider))
+    request = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 500,
+        "system": SYSTEM,
+        "tools": WEB_SEARCH,
+        "messages": HELLO,
+        "service_tier": "auto",  # the organisation has Priority Tier capacity
+    }
+
+    raw = client.messages.create(**request, stream=True)
+    starts = [event.message.usage for event in raw if event.type == "message_start"]
+    with client.messages.stream(**request) as helper:
+        final = helper.get_final_message()
+
+    # message_start says 0 searches and the tier; message_delta's cumulative 3 wins.
+    assert [(u.service_tier, u.server_tool_use.web_search_requests) for u in starts] == [
+        ("priority", 0)
+    ]
+    assert final.usage.server_tool_use.web_search_requests == 3
+    assert costmon.flush(10)
+    events = list(recorded(acme).values())
+    assert [priced_parts(e) for e in events] == [
+        ("priority", 500, 300, 3, PRIORITY_SEARCH_NANOS)
+    ] * 2
+    assert [e["cost_usd"] for e in events] == ["0.0353"] * 2
+    assert recorded(outsider) == {}
+    total = outsider_client.get("/api/v1/metrics/", {"period": "day"}).json()["total"]
+    assert (total["calls"], total["cost_usd"]) == (0, "0")
+
+
+def test_the_async_client_reports_one_hour_writes_searches_and_the_tier(
+    acme, outsider, tier_prices, provider, costmon
+):
+    client = costmon.wrap(async_sdk(provider))
+
+    async def calls() -> None:
+        await client.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=500,
+            system=SYSTEM,
+            tools=WEB_SEARCH,
+            messages=HELLO,
+            service_tier="auto",
+        )
+        stream = await client.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=500,
+            system=SYSTEM,
+            tools=WEB_SEARCH,
+            messages=HELLO,
+            stream=True,
+        )
+        [event async for event in stream]
+        await client.close()
+
+    asyncio.run(calls())
+    assert costmon.flush(10)
+    assert sorted(priced_parts(e) for e in recorded(acme).values()) == [
+        ("priority", 500, 300, 3, PRIORITY_SEARCH_NANOS),
+        ("standard", 500, 300, 3, SEARCH_NANOS),
+    ]
+    assert recorded(outsider) == {}

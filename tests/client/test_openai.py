@@ -13,6 +13,7 @@ import pytest
 
 from tests.client.conftest import only_event, recorded
 from tests.client.servers import (
+    AUDIO_MODEL,
     EMBEDDING_MODEL,
     FAILING_MODEL,
     OPENAI_MODEL,
@@ -27,6 +28,19 @@ HELLO = [{"role": "user", "content": "Say hello"}]
 CHAT_NANOS = 285_000
 # Streamed: 2,000 prompt tokens, 500 completion: 2,000 x 0.15 + 500 x 0.60 = 600.
 STREAM_NANOS = 600_000
+# The same calls served by the flex tier, at half the rates (tier_prices):
+# 200 x 0.075 + 1,000 x 0.0375 + 300 x 0.30 = 142.5, and 2,000 x 0.075 + 500 x 0.30 = 300.
+FLEX_CHAT_NANOS = 142_500
+FLEX_STREAM_NANOS = 300_000
+# Audio: 1,500 prompt tokens of which 1,000 audio and 200 cached, 600 completion tokens of which
+# 400 audio, at gpt-4o-mini-audio-preview's $0.15 / $0.60 text, $10 / $20 audio, $0.075 cached:
+# 300 x 0.15 + 200 x 0.075 + 1,000 x 10 + 200 x 0.60 + 400 x 20 = 18,180 USD per Mtok.
+AUDIO_NANOS = 18_180_000
+# Responses (800 input of which 200 cached, 100 output) with 2 billable web searches at $10 per
+# 1,000: on the priority tier 600 x 0.25 + 200 x 0.125 + 100 x 1 = 275 USD per Mtok, plus
+# $0.02; on the standard tier 165 plus $0.02.
+PRIORITY_SEARCH_NANOS = 275_000 + 20_000_000
+STANDARD_SEARCH_NANOS = 165_000 + 20_000_000
 
 
 def sdk(provider: FakeProvider) -> openai.OpenAI:
@@ -272,3 +286,178 @@ def test_the_async_client_is_recorded_plain_streamed_and_embedded(acme, prices, 
     assert {e["operation"] for e in events} == {"async-job"}
     total = sum(Decimal(e["cost_usd"]) for e in events)
     assert total == Decimal("0.001015")
+
+
+def parts(event: dict) -> dict:
+    """The event's new pricing fields, and its exact cost."""
+    names = (
+        "service_tier",
+        "cache_write_1h_tokens",
+        "input_audio_tokens",
+        "input_image_tokens",
+        "output_audio_tokens",
+        "output_image_tokens",
+        "web_search_calls",
+        "output_images",
+        "cost_nanos",
+    )
+    return {name: event[name] for name in names}
+
+
+NO_PARTS = {
+    "service_tier": "standard",
+    "cache_write_1h_tokens": 0,
+    "input_audio_tokens": 0,
+    "input_image_tokens": 0,
+    "output_audio_tokens": 0,
+    "output_image_tokens": 0,
+    "web_search_calls": 0,
+    "output_images": 0,
+}
+
+
+def test_a_call_served_by_the_flex_tier_is_priced_at_flex_rates_plain_and_streamed(
+    acme, outsider, tier_prices, provider, costmon
+):
+    client = costmon.wrap(sdk(provider), end_user="flex-user")
+
+    client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, service_tier="flex")
+    list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=HELLO, service_tier="flex", stream=True
+        )
+    )
+    with client.chat.completions.stream(
+        model="gpt-4o-mini", messages=HELLO, service_tier="flex"
+    ) as helper:
+        helper.get_final_completion()
+    # The provider answers "default" when no tier was asked for: the standard rates.
+    client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+
+    assert costmon.flush(10)
+    events = sorted(recorded(acme).values(), key=lambda e: e["cost_nanos"])
+    assert [(e["service_tier"], e["input_tokens"], e["cost_nanos"]) for e in events] == [
+        ("flex", 1200, FLEX_CHAT_NANOS),
+        ("standard", 1200, CHAT_NANOS),
+        ("flex", 2000, FLEX_STREAM_NANOS),
+        ("flex", 2000, FLEX_STREAM_NANOS),
+    ]
+    assert sum(e["cost_nanos"] for e in events) == 1_027_500
+    assert recorded(outsider) == {}
+
+
+def test_a_priority_reply_is_priced_at_the_priority_rates(
+    acme, outsider, tier_prices, provider, costmon
+):
+    client = costmon.wrap(sdk(provider))
+
+    # OpenAI's fast mode is its priority tier, and says so in the reply.
+    client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, service_tier="fast")
+
+    assert costmon.flush(10)
+    # 200 x 0.25 + 1,000 x 0.125 + 300 x 1 = 475 USD per Mtok.
+    assert parts(only_event(acme)) == {
+        **NO_PARTS,
+        "service_tier": "priority",
+        "cost_nanos": 475_000,
+    }
+    assert recorded(outsider) == {}
+
+
+def test_audio_tokens_are_priced_at_the_audio_rates_plain_and_streamed(
+    acme, outsider, tier_prices, provider, costmon
+):
+    client = costmon.wrap(sdk(provider))
+    audio = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"}}
+
+    reply = client.chat.completions.create(
+        model="gpt-4o-mini-audio-preview", messages=HELLO, **audio
+    )
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini-audio-preview", messages=HELLO, stream=True, **audio
+    )
+    chunks = list(stream)
+
+    assert reply.choices[0].message.audio.transcript == "Hello there"
+    assert all(chunk.choices for chunk in chunks)  # the usage chunk stays hidden
+    assert costmon.flush(10)
+    events = list(recorded(acme).values())
+    assert [
+        (e["model"], e["input_tokens"], e["cached_input_tokens"], e["output_tokens"])
+        for e in events
+    ] == [(AUDIO_MODEL, 1500, 200, 600)] * 2
+    expected = {
+        **NO_PARTS,
+        "input_audio_tokens": 1000,
+        "output_audio_tokens": 400,
+        "cost_nanos": AUDIO_NANOS,
+    }
+    assert [parts(e) for e in events] == [expected] * 2
+    assert [e["cost_usd"] for e in events] == ["0.01818"] * 2
+    assert recorded(outsider) == {}
+
+
+def test_the_responses_api_reports_its_web_searches_and_tier_plain_and_streamed(
+    acme, outsider, tier_prices, provider, costmon, outsider_client
+):
+    client = costmon.wrap(sdk(provider))
+    search = [{"type": "web_search"}]
+
+    plain = client.responses.create(
+        model="gpt-4o-mini", input="Hi", tools=search, service_tier="priority"
+    )
+    streamed = list(
+        client.responses.create(
+            model="gpt-4o-mini", input="Hi", tools=search, service_tier="priority", stream=True
+        )
+    )
+    # A reply without tool_usage: its web_search_call items that searched are counted (the
+    # page it opened is not a billed search).
+    older = client.responses.create(
+        model="gpt-4o-mini", input="Hi", tools=search, metadata={"fake": "no_tool_usage"}
+    )
+
+    assert plain.tool_usage.web_search.num_requests == 2
+    assert streamed[-1].response.service_tier == "priority"
+    assert older.tool_usage is None and len(older.output) == 4
+    assert costmon.flush(10)
+    events = sorted(recorded(acme).values(), key=lambda e: -e["cost_nanos"])
+    assert [parts(e) for e in events] == [
+        {**NO_PARTS, "service_tier": "priority", "web_search_calls": 2, "cost_nanos": n}
+        for n in (PRIORITY_SEARCH_NANOS, PRIORITY_SEARCH_NANOS)
+    ] + [{**NO_PARTS, "web_search_calls": 2, "cost_nanos": STANDARD_SEARCH_NANOS}]
+    assert [e["cost_usd"] for e in events] == ["0.020275", "0.020275", "0.020165"]
+    assert recorded(outsider) == {}
+    listed = outsider_client.get("/api/v1/usage/", {"period": "day"}).json()
+    assert listed["results"] == []
+
+
+def test_the_async_client_reports_the_tier_and_audio_too(
+    acme, outsider, tier_prices, provider, costmon
+):
+    client = costmon.wrap(async_sdk(provider))
+
+    async def calls() -> None:
+        await client.chat.completions.create(
+            model="gpt-4o-mini", messages=HELLO, service_tier="flex"
+        )
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini-audio-preview",
+            messages=HELLO,
+            modalities=["text", "audio"],
+            audio={"voice": "alloy", "format": "pcm16"},
+            stream=True,
+        )
+        [chunk async for chunk in stream]
+        await client.close()
+
+    asyncio.run(calls())
+    assert costmon.flush(10)
+    events = recorded(acme).values()
+    assert sorted(
+        (e["service_tier"], e["input_audio_tokens"], e["cost_nanos"]) for e in events
+    ) == [
+        ("flex", 0, FLEX_CHAT_NANOS),
+        ("standard", 1000, AUDIO_NANOS),
+    ]
+    assert recorded(outsider) == {}

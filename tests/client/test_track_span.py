@@ -172,3 +172,184 @@ def test_an_async_span_and_the_module_level_functions(acme, acme_key, prices, li
     assert {events[span_id]["end_user"], events[track_id]["end_user"]} == {"ctx-user"}
     assert events[span_id]["operation"] == "batch-job"
     assert (events[span_id]["output_tokens"], events[track_id]["cost_nanos"]) == (7, 150_000)
+
+
+PRICING_FIELDS = (
+    "service_tier",
+    "cache_write_1h_tokens",
+    "input_audio_tokens",
+    "input_image_tokens",
+    "output_audio_tokens",
+    "output_image_tokens",
+    "web_search_calls",
+    "output_images",
+)
+
+
+def pricing(event: dict) -> dict:
+    return {name: event[name] for name in (*PRICING_FIELDS, "cost_nanos", "cost_usd")}
+
+
+def test_track_reports_tiers_cache_lifetimes_modalities_searches_and_images(
+    acme, outsider, tier_prices, costmon, outsider_client
+):
+    priority = costmon.track(
+        "anthropic",
+        "claude-haiku-4-5",
+        input_tokens=3000,
+        cached_input_tokens=2000,
+        cache_write_tokens=400,
+        cache_write_1h_tokens=100,
+        output_tokens=200,
+        web_search_calls=4,
+        service_tier="priority",
+    )
+    images = costmon.track(
+        "openai",
+        "gpt-image-1",
+        input_tokens=1000,
+        input_image_tokens=600,
+        output_tokens=4000,
+        output_image_tokens=4000,
+        output_images=1,
+    )
+    audio = costmon.track(
+        "openai",
+        "gpt-4o-mini-audio-preview",
+        input_tokens=1500,
+        input_audio_tokens=1000,
+        output_tokens=600,
+        output_audio_tokens=400,
+    )
+    batch = costmon.track(
+        "openai", "gpt-4o-mini", input_tokens=1000, output_tokens=1000, service_tier="Batch"
+    )
+    # OpenAI's own name for its standard tier is read as costmon's.
+    default = costmon.track("openai", "gpt-4o-mini", input_tokens=1000, service_tier="default")
+
+    assert costmon.flush(10)
+    events = recorded(acme)
+    none = dict.fromkeys(PRICING_FIELDS[1:], 0)
+    assert {key: pricing(events[key]) for key in (priority, images, audio, batch, default)} == {
+        # 600 x 2 + 2,000 x 0.20 + 300 x 2.50 + 100 x 4 + 200 x 10 = 4,750 USD per Mtok at
+        # the priority tier, plus 4 searches at $10 per 1,000.
+        priority: {
+            **none,
+            "service_tier": "priority",
+            "cache_write_1h_tokens": 100,
+            "web_search_calls": 4,
+            "cost_nanos": 44_750_000,
+            "cost_usd": "0.04475",
+        },
+        # 400 x 5 + 600 x 10 (image input) + 4,000 x 40 (image output) = 168,000 USD per Mtok,
+        # plus 1 image at $0.01.
+        images: {
+            **none,
+            "service_tier": "standard",
+            "input_image_tokens": 600,
+            "output_image_tokens": 4000,
+            "output_images": 1,
+            "cost_nanos": 178_000_000,
+            "cost_usd": "0.178",
+        },
+        # 500 x 0.15 + 1,000 x 10 + 200 x 0.60 + 400 x 20 = 18,195 USD per Mtok.
+        audio: {
+            **none,
+            "service_tier": "standard",
+            "input_audio_tokens": 1000,
+            "output_audio_tokens": 400,
+            "cost_nanos": 18_195_000,
+            "cost_usd": "0.018195",
+        },
+        # gpt-4o-mini's batch price: 1,000 x 0.075 + 1,000 x 0.30.
+        batch: {**none, "service_tier": "batch", "cost_nanos": 375_000, "cost_usd": "0.000375"},
+        default: {**none, "service_tier": "standard", "cost_nanos": 150_000, "cost_usd": "0.00015"},
+    }
+    assert recorded(outsider) == {}
+    assert outsider_client.get("/api/v1/usage/", {"period": "day"}).json()["results"] == []
+
+
+def test_a_span_takes_the_new_fields_with_its_usage(acme, tier_prices, costmon):
+    with costmon.span("openai", "gpt-4o-mini") as span:
+        span.usage(input_tokens=1200, cached_input_tokens=1000, output_tokens=300)
+        span.usage(service_tier="flex", web_search_calls=1)
+
+    assert costmon.flush(10)
+    event = recorded(acme)[span.event_id]
+    # Flex: 200 x 0.075 + 1,000 x 0.0375 + 300 x 0.30 = 142.5 USD per Mtok; gpt-4o-mini's flex
+    # row has no search rate, so the search is not charged.
+    assert (event["service_tier"], event["web_search_calls"], event["cost_nanos"]) == (
+        "flex",
+        1,
+        142_500,
+    )
+
+
+def test_parts_that_overlap_are_trimmed_so_costmon_never_refuses_the_batch(
+    acme, tier_prices, costmon
+):
+    # 1,000 audio tokens of which OpenAI also counted 1,200 cached: more parts than input.
+    overlapping = costmon.track(
+        "openai",
+        "gpt-4o-mini-audio-preview",
+        input_tokens=1500,
+        cached_input_tokens=1200,
+        input_audio_tokens=1000,
+        output_tokens=100,
+        output_audio_tokens=300,
+    )
+    # One-hour writes reported beside the writes rather than as a part of them.
+    apart = costmon.track(
+        "anthropic",
+        "claude-haiku-4-5",
+        input_tokens=1000,
+        cache_write_tokens=0,
+        cache_write_1h_tokens=400,
+    )
+
+    assert costmon.flush(10)
+    events = recorded(acme)
+    assert costmon.stats().rejected == 0
+    trimmed = events[overlapping]
+    # The audio left is what the cache did not cover: 1,200 x 0.075 + 300 x 10 + 100 x 20.
+    assert (
+        trimmed["input_audio_tokens"],
+        trimmed["output_audio_tokens"],
+        trimmed["cost_nanos"],
+    ) == (300, 100, 5_090_000)
+    # A total is never less than its part: 600 x 1 + 400 x 2.
+    assert (
+        events[apart]["cache_write_tokens"],
+        events[apart]["cache_write_1h_tokens"],
+        events[apart]["cost_nanos"],
+    ) == (400, 400, 1_400_000)
+
+
+def test_an_unknown_service_tier_is_the_callers_bug_and_is_said_at_once(acme, prices, costmon):
+    with pytest.raises(ValueError, match="service_tier must be one of standard, batch"):
+        costmon.track("openai", "gpt-4o-mini", input_tokens=10, service_tier="ultrafast")
+    with (
+        pytest.raises(ValueError, match="service_tier"),
+        costmon.span("openai", "gpt-4o-mini") as s,
+    ):
+        s.usage(service_tier="turbo")
+
+    assert costmon.flush(10)
+    # The span still reports its call (the block raised), at the standard tier.
+    assert [e["service_tier"] for e in recorded(acme).values()] == ["standard"]
+
+
+def test_events_without_the_new_fields_are_sent_as_an_older_costmon_takes_them(
+    acme, prices, gate, make_costmon
+):
+    costmon = make_costmon(url=gate.url, batch_size=2)
+    costmon.track("openai", "gpt-4o-mini", input_tokens=10, service_tier="default")
+    costmon.track("openai", "gpt-4o-mini", input_tokens=10, web_search_calls=2, service_tier="flex")
+
+    assert costmon.flush(10)
+    [plain, searched] = [e for p in gate.passages if p.path == "/api/v1/usage/" for e in p.json]
+    assert not set(PRICING_FIELDS) & set(plain)
+    assert {k: searched[k] for k in set(PRICING_FIELDS) & set(searched)} == {
+        "service_tier": "flex",
+        "web_search_calls": 2,
+    }

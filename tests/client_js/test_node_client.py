@@ -27,6 +27,7 @@ from budgets.counters import counters_reconcile
 from budgets.models import RateLimit
 from costmon.models import Tenant
 from costmon.services import api_key_create, tenant_create
+from tests.client.prices import add_tier_prices
 from usage import catalog
 from usage.models import ModelPrice, UsageEvent
 
@@ -45,7 +46,8 @@ NODE_TIMEOUT = 600  # seconds; the suite takes well under a minute
 
 # provider, model, input, output, cached input, cache write (USD per million tokens), and the
 # snapshots the row also prices (the fake provider answers with dated names, as the real ones
-# do): the figures the Node tests' exact costs are computed from.
+# do): the figures the Node tests' exact costs are computed from, with the Python client tests'
+# rows for tiers, one-hour cache writes, audio, images and web searches (tests/client/prices.py).
 PRICES = [
     ("openai", "gpt-4o-mini", "0.15", "0.60", "0.075", None, "gpt-4o-mini-20??-??-??"),
     ("openai", "o4-mini", "1.10", "4.40", "0.275", None, "o4-mini-20??-??-??"),
@@ -120,6 +122,7 @@ def node_prices(db: None) -> None:
             cached_input_per_mtok=Decimal(c) if c else None,
             cache_write_per_mtok=Decimal(w) if w else None,
         )
+    add_tier_prices()
     catalog.clear_local()
 
 

@@ -4,7 +4,9 @@ import { ConfigurationError } from "./errors.js";
 import {
   type Attributes,
   type EventFields,
+  type ServiceTier,
   buildEvent,
+  checkedTier,
   currentContext,
   decimalText,
   merged,
@@ -82,6 +84,21 @@ export interface TrackEvent {
   cacheWriteTokens?: number;
   /** The part of `outputTokens` spent reasoning. */
   reasoningTokens?: number;
+  /** The part of `cacheWriteTokens` written with a one-hour lifetime (priced above 5-minute writes). */
+  cacheWrite1hTokens?: number;
+  /** The parts of `inputTokens` that were audio or images (priced at the model's audio or image rate). */
+  inputAudioTokens?: number;
+  inputImageTokens?: number;
+  /** The parts of `outputTokens` that were audio or images. */
+  outputAudioTokens?: number;
+  outputImageTokens?: number;
+  /** Web searches the call made (priced per 1,000). */
+  webSearchCalls?: number;
+  /** Images the call generated (priced per image). */
+  outputImages?: number;
+  /** "standard" (the default), "batch", "flex" or "priority" (OpenAI's "default", "auto",
+   * "scale" and "fast" are read as costmon's): the tier's rates price the call. */
+  serviceTier?: ServiceTier | "default" | "auto" | "scale" | "fast";
   latencyMs?: number;
   status?: "success" | "error";
   endUser?: string;
@@ -223,6 +240,7 @@ export class Costmon implements Recorder {
       throw new TypeError("track() needs at least { provider, model } as strings");
     }
     if (event.costUsd !== undefined) decimalText(event.costUsd); // a fractional number is the caller's bug: say so now
+    const serviceTier = checkedTier(event.serviceTier); // so is a tier costmon does not have
     const eventId = event.eventId || newEventId();
     const attributes = this.attributesFor(
       {},
@@ -241,6 +259,7 @@ export class Costmon implements Recorder {
       cacheHit: event.cacheHit,
       reservationId: event.reservationId,
       promptHash: event.promptHash,
+      serviceTier,
     });
     return eventId;
   }

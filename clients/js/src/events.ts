@@ -28,10 +28,26 @@ const MAX_TAG_VALUE = 200;
 const MAX_EVENT_ID = 128;
 const DECIMAL = /^\d+(\.\d+)?$/;
 
+/** costmon's service tiers: the rates a call was served at. */
+export type ServiceTier = "standard" | "batch" | "flex" | "priority";
+export const SERVICE_TIERS: readonly ServiceTier[] = ["standard", "batch", "flex", "priority"];
+// The providers' names for costmon's tiers. OpenAI serves "default" (and "auto", "scale") at the
+// standard rates and reports its fast mode as "priority".
+const TIER_NAMES = new Map<string, ServiceTier>([
+  ...SERVICE_TIERS.map((tier) => [tier, tier] as const),
+  ["default", "standard"],
+  ["auto", "standard"],
+  ["scale", "standard"],
+  ["fast", "priority"],
+]);
+
 /**
  * Tokens of one call by kind, in costmon's terms: `inputTokens` counts every input token, cached
  * reads and cache writes included; `cachedInputTokens` and `cacheWriteTokens` say which part of
- * it was which. `reasoningTokens` is the part of `outputTokens` spent reasoning.
+ * it was which, `cacheWrite1hTokens` the part of the writes kept for an hour, `inputAudioTokens`
+ * and `inputImageTokens` the audio and image parts. `reasoningTokens`, `outputAudioTokens` and
+ * `outputImageTokens` are parts of `outputTokens`. `webSearchCalls` and `outputImages` count the
+ * searches the call made and the images it generated.
  */
 export interface TokenUsage {
   inputTokens?: number;
@@ -39,6 +55,13 @@ export interface TokenUsage {
   cachedInputTokens?: number;
   cacheWriteTokens?: number;
   reasoningTokens?: number;
+  cacheWrite1hTokens?: number;
+  inputAudioTokens?: number;
+  inputImageTokens?: number;
+  outputAudioTokens?: number;
+  outputImageTokens?: number;
+  webSearchCalls?: number;
+  outputImages?: number;
 }
 
 /** Who and what a call was for. */
@@ -60,6 +83,16 @@ export interface WireEvent {
   cached_input_tokens: number;
   cache_write_tokens: number;
   reasoning_tokens: number;
+  // Sent only when not 0 (or not standard), so an event without them stays as an older costmon
+  // takes it.
+  cache_write_1h_tokens?: number;
+  input_audio_tokens?: number;
+  input_image_tokens?: number;
+  output_audio_tokens?: number;
+  output_image_tokens?: number;
+  web_search_calls?: number;
+  output_images?: number;
+  service_tier?: ServiceTier;
   status: "success" | "error";
   operation?: string;
   end_user?: string;
@@ -146,6 +179,24 @@ function count(name: string, value: unknown, logger: Logger | null): number {
   return Math.min(Math.max(Math.trunc(number), 0), MAX_TOKENS);
 }
 
+/** costmon's tier for a tier name of costmon's or a provider's ("flex", OpenAI's "default");
+ * undefined for anything else. */
+export function tierOf(value: unknown): ServiceTier | undefined {
+  return typeof value === "string" ? TIER_NAMES.get(value.trim().toLowerCase()) : undefined;
+}
+
+/** A tier given by the application: undefined stays undefined, an unknown name is its bug. */
+export function checkedTier(value: unknown): ServiceTier | undefined {
+  if (value === undefined || value === null) return undefined;
+  const tier = tierOf(value);
+  if (tier === undefined) {
+    throw new TypeError(
+      `serviceTier must be one of ${SERVICE_TIERS.join(", ")} (or OpenAI's default, auto, scale, fast), not ${String(value)}`,
+    );
+  }
+  return tier;
+}
+
 function cleanTags(value: Record<string, unknown> | null | undefined, logger: Logger | null) {
   if (!value) return undefined;
   const tags: Record<string, string> = {};
@@ -186,7 +237,30 @@ export interface EventFields {
   cacheHit?: boolean;
   reservationId?: string | null;
   promptHash?: string | null;
+  /** costmon's tier or a provider's name for it; anything else is recorded as standard. */
+  serviceTier?: string | null;
 }
+
+type Counts = Record<
+  | "input_tokens"
+  | "output_tokens"
+  | "cached_input_tokens"
+  | "cache_write_tokens"
+  | "reasoning_tokens"
+  | (typeof PART_FIELDS)[number][0],
+  number
+>;
+
+// Counts priced apart where the provider does: the wire name and the TokenUsage name.
+const PART_FIELDS = [
+  ["cache_write_1h_tokens", "cacheWrite1hTokens"],
+  ["input_audio_tokens", "inputAudioTokens"],
+  ["input_image_tokens", "inputImageTokens"],
+  ["output_audio_tokens", "outputAudioTokens"],
+  ["output_image_tokens", "outputImageTokens"],
+  ["web_search_calls", "webSearchCalls"],
+  ["output_images", "outputImages"],
+] as const;
 
 /** One event, valid for costmon whatever the caller passed. */
 export function buildEvent(fields: EventFields, logger: Logger | null): WireEvent {
@@ -197,25 +271,30 @@ export function buildEvent(fields: EventFields, logger: Logger | null): WireEven
     cached_input_tokens: count("cachedInputTokens", usage.cachedInputTokens, logger),
     cache_write_tokens: count("cacheWriteTokens", usage.cacheWriteTokens, logger),
     reasoning_tokens: count("reasoningTokens", usage.reasoningTokens, logger),
-  };
-  const parts = tokens.cached_input_tokens + tokens.cache_write_tokens;
-  if (parts > tokens.input_tokens) {
-    // costmon's input_tokens counts cached and cache-write tokens too: the caller reported the
-    // uncached part only. Count the parts into the total rather than lose them.
-    tokens.input_tokens = Math.min(parts, MAX_TOKENS);
-    tokens.cache_write_tokens = Math.min(
-      tokens.cache_write_tokens,
-      tokens.input_tokens - tokens.cached_input_tokens,
-    );
-  }
+  } as Counts;
+  for (const [wire, name] of PART_FIELDS) tokens[wire] = count(name, usage[name], logger);
+  fitParts(tokens, logger);
+  const { input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens } = tokens;
   const event: WireEvent = {
     event_id: cut(fields.eventId || newEventId(), MAX_EVENT_ID),
     occurred_at: isoTime(fields.occurredAt, logger),
     provider: text("provider", fields.provider ?? "", logger).toLowerCase() || "unknown",
     model: text("model", fields.model ?? "", logger) || "unknown",
-    ...tokens,
+    input_tokens,
+    output_tokens,
+    cached_input_tokens,
+    cache_write_tokens,
+    reasoning_tokens,
     status: fields.error ? "error" : "success",
   };
+  for (const [wire] of PART_FIELDS) {
+    if (tokens[wire]) event[wire] = tokens[wire];
+  }
+  const tier = tierOf(fields.serviceTier);
+  if (tier === undefined && fields.serviceTier !== undefined && fields.serviceTier !== null) {
+    say(logger, "warn", `serviceTier=${String(fields.serviceTier)} is not a tier; recorded as standard`);
+  }
+  if (tier !== undefined && tier !== "standard") event.service_tier = tier;
   const { operation, endUser, sessionId, tags } = fields.attributes;
   if (operation) event.operation = text("operation", operation, logger);
   if (endUser) event.end_user = text("end_user", endUser, logger);
@@ -230,4 +309,35 @@ export function buildEvent(fields: EventFields, logger: Logger | null): WireEven
   if (fields.reservationId) event.reservation_id = text("reservation_id", fields.reservationId, logger);
   if (fields.promptHash) event.prompt_hash = text("prompt_hash", fields.promptHash, logger);
   return event;
+}
+
+/** Make every part fit in its total, as costmon requires (it refuses the batch otherwise). */
+function fitParts(tokens: Counts, logger: Logger | null): void {
+  if (tokens.cache_write_1h_tokens > tokens.cache_write_tokens) {
+    // A part is never more than its total: the caller counted the one-hour writes apart.
+    tokens.cache_write_tokens = tokens.cache_write_1h_tokens;
+  }
+  const cache = tokens.cached_input_tokens + tokens.cache_write_tokens;
+  if (cache > tokens.input_tokens) {
+    // costmon's input_tokens counts cached and cache-write tokens too: the caller reported the
+    // uncached part only. Count the parts into the total rather than lose them.
+    tokens.input_tokens = Math.min(cache, MAX_TOKENS);
+    tokens.cache_write_tokens = Math.min(tokens.cache_write_tokens, tokens.input_tokens - tokens.cached_input_tokens);
+    tokens.cache_write_1h_tokens = Math.min(tokens.cache_write_1h_tokens, tokens.cache_write_tokens);
+  }
+  // Audio and image tokens the provider also counted as cached (OpenAI's cached_tokens can
+  // include cached audio) would exceed the input: the part left uncached is the most they are.
+  const room = tokens.input_tokens - tokens.cached_input_tokens - tokens.cache_write_tokens;
+  trim(tokens, room, ["input_audio_tokens", "input_image_tokens"], logger);
+  trim(tokens, tokens.output_tokens, ["output_audio_tokens", "output_image_tokens"], logger);
+}
+
+function trim(tokens: Counts, room: number, names: (keyof Counts)[], logger: Logger | null): void {
+  for (const name of names) {
+    if (tokens[name] > room) {
+      say(logger, "debug", `${name} cut to ${Math.max(room, 0)} to fit in the total`);
+      tokens[name] = Math.max(room, 0);
+    }
+    room -= tokens[name];
+  }
 }

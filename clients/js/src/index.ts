@@ -25,7 +25,7 @@ export {
   RateLimitedError,
 } from "./errors.js";
 export { withContext, currentContext } from "./events.js";
-export type { Attributes, TokenUsage } from "./events.js";
+export type { Attributes, ServiceTier, TokenUsage } from "./events.js";
 export type { Logger } from "./log.js";
 export type { SenderStats } from "./sender.js";
 export { VERSION } from "./version.js";

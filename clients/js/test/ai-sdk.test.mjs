@@ -8,7 +8,7 @@ import { createOpenAI } from "@ai-sdk/openai";
 import { generateText, streamText, wrapLanguageModel } from "ai";
 
 import { withContext } from "../dist/esm/index.js";
-import { ANTHROPIC_MODEL, FAILING_MODEL, FakeProvider, OPENAI_MODEL, events, makeCostmon, nanos, onlyEvent, started, uniqueId } from "./helpers.mjs";
+import { ANTHROPIC_MODEL, FAILING_MODEL, FakeProvider, OPENAI_MODEL, env, events, makeCostmon, nanos, onlyEvent, started, uniqueId } from "./helpers.mjs";
 
 const provider = await started(new FakeProvider());
 const openai = createOpenAI({ baseURL: `${provider.url}/v1`, apiKey: "sk-test" });
@@ -85,5 +85,44 @@ describe("ai sdk", () => {
     assert.ok(await costmon.flush(10_000));
     const event = await onlyEvent({ session_id: sessionId });
     assert.deepEqual([event.status, event.model, event.cost_usd], ["error", FAILING_MODEL, "0"]);
+  });
+
+  test("Anthropic's one-hour cache writes, web searches and tier, and OpenAI's tier, are priced exactly", async () => {
+    const { sessionId, costmon, middleware } = session();
+    const claude = wrapLanguageModel({ model: anthropic("claude-haiku-4-5"), middleware });
+    const gpt = wrapLanguageModel({ model: openai("gpt-4o-mini"), middleware });
+    const cached = {
+      messages: [
+        {
+          role: "system",
+          content: "You answer support questions.",
+          providerOptions: { anthropic: { cacheControl: { type: "ephemeral", ttl: "1h" } } },
+        },
+        { role: "user", content: "Hi" },
+      ],
+      tools: { web_search: anthropic.tools.webSearch_20250305({ maxUses: 5 }) },
+    };
+    const priority = { prompt: "Hi", providerOptions: { openai: { serviceTier: "priority" } } };
+
+    await generateText({ model: claude, ...cached });
+    for await (const _ of streamText({ model: claude, ...cached }).textStream);
+    await generateText({ model: gpt, ...priority });
+    for await (const _ of streamText({ model: gpt, ...priority }).textStream);
+
+    assert.ok(await costmon.flush(10_000));
+    const found = await events({ session_id: sessionId });
+    // Claude: 100 x 1 + 2,000 x 0.10 + 200 x 1.25 + 300 x 2 (one-hour writes) + 300 x 5 = 2,650
+    // USD per Mtok, plus 3 searches at $10 per 1,000. GPT on the priority tier:
+    // 600 x 0.25 + 200 x 0.125 + 100 x 1 = 275.
+    assert.deepEqual(
+      found.map((e) => [e.provider, e.service_tier, e.cache_write_1h_tokens, e.web_search_calls, nanos(e.cost_usd)]),
+      [
+        ["anthropic", "standard", 300, 3, 32_650_000n],
+        ["anthropic", "standard", 300, 3, 32_650_000n],
+        ["openai", "priority", 0, 0, 275_000n],
+        ["openai", "priority", 0, 0, 275_000n],
+      ],
+    );
+    assert.deepEqual(await events({ session_id: sessionId }, env.outsiderKey), []);
   });
 });

@@ -14,6 +14,7 @@ import {
   FAILING_MODEL,
   FakeProvider,
   HELLO,
+  env,
   events,
   makeCostmon,
   nanos,
@@ -23,6 +24,15 @@ import {
 } from "./helpers.mjs";
 
 const NANOS = 2_425_000n;
+// A system prompt cached for an hour, and the web search tool: of the 500 cache writes 300 are
+// one-hour writes ($2 per Mtok at the standard tier) and the model makes 3 searches ($10 per
+// 1,000): 100 x 1 + 2,000 x 0.10 + 200 x 1.25 + 300 x 2 + 300 x 5 = 2,650 USD per Mtok, plus $0.03.
+const SYSTEM = [{ type: "text", text: "You answer support questions.", cache_control: { type: "ephemeral", ttl: "1h" } }];
+const WEB_SEARCH = [{ type: "web_search_20250305", name: "web_search", max_uses: 5 }];
+const SEARCH_NANOS = 2_650_000n + 30_000_000n;
+// The same served by the priority tier ($2 / $10, $0.20 cache reads, $2.50 and $4 cache writes):
+// 100 x 2 + 2,000 x 0.20 + 200 x 2.50 + 300 x 4 + 300 x 10 = 5,300 USD per Mtok, plus $0.03.
+const PRIORITY_SEARCH_NANOS = 5_300_000n + 30_000_000n;
 
 const provider = await started(new FakeProvider());
 
@@ -36,6 +46,7 @@ function session() {
 }
 
 const tokens = (e) => [e.input_tokens, e.cached_input_tokens, e.cache_write_tokens, e.output_tokens, nanos(e.cost_usd)];
+const pricedParts = (e) => [e.service_tier, e.cache_write_tokens, e.cache_write_1h_tokens, e.web_search_calls, nanos(e.cost_usd)];
 
 describe("anthropic", () => {
   test("a message counts cache reads and writes into the input, each at its price", async () => {
@@ -149,5 +160,49 @@ describe("anthropic", () => {
     assert.equal(client, original);
     assert.ok(client instanceof Anthropic);
     assert.equal(client.messages.countTokens.name, "countTokens"); // passed through untouched
+  });
+
+  test("one-hour cache writes and web searches are priced at their rates", async () => {
+    const { sessionId, costmon } = session();
+    const client = costmon.wrap(sdk());
+
+    await client.messages.create({ model: "claude-haiku-4-5", max_tokens: 500, system: SYSTEM, tools: WEB_SEARCH, messages: HELLO });
+    // Without them, the same reply's zero counts change nothing.
+    await client.messages.create({ model: "claude-haiku-4-5", max_tokens: 500, messages: HELLO });
+
+    assert.ok(await costmon.flush(10_000));
+    const found = await events({ session_id: sessionId });
+    assert.deepEqual(found.map(tokens), [
+      [2600, 2000, 500, 300, SEARCH_NANOS],
+      [2600, 2000, 500, 300, NANOS],
+    ]);
+    assert.deepEqual(found.map(pricedParts), [
+      ["standard", 500, 300, 3, SEARCH_NANOS],
+      ["standard", 500, 0, 0, NANOS],
+    ]);
+    assert.equal(found[0].cost_usd, "0.03265");
+    assert.deepEqual(await events({ session_id: sessionId }, env.outsiderKey), []);
+  });
+
+  test("a priority stream is priced from message_start's tier and message_delta's search count, raw and through the helper", async () => {
+    const { sessionId, costmon } = session();
+    const client = costmon.wrap(sdk());
+    // service_tier "auto": the organisation has Priority Tier capacity.
+    const request = { model: "claude-haiku-4-5", max_tokens: 500, system: SYSTEM, tools: WEB_SEARCH, messages: HELLO, service_tier: "auto" };
+
+    const starts = [];
+    for await (const event of await client.messages.create({ ...request, stream: true })) {
+      if (event.type === "message_start") starts.push(event.message.usage);
+    }
+    const final = await client.messages.stream(request).finalMessage();
+
+    // message_start says 0 searches and the tier; message_delta's cumulative 3 wins.
+    assert.deepEqual(starts.map((u) => [u.service_tier, u.server_tool_use.web_search_requests]), [["priority", 0]]);
+    assert.equal(final.usage.server_tool_use.web_search_requests, 3);
+    assert.ok(await costmon.flush(10_000));
+    const found = await events({ session_id: sessionId });
+    assert.deepEqual(found.map(pricedParts), Array(2).fill(["priority", 500, 300, 3, PRIORITY_SEARCH_NANOS]));
+    assert.deepEqual(found.map((e) => e.cost_usd), ["0.0353", "0.0353"]);
+    assert.deepEqual(await events({ session_id: sessionId }, env.outsiderKey), []);
   });
 });

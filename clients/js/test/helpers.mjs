@@ -31,6 +31,7 @@ export const env = {
 };
 
 export const OPENAI_MODEL = "gpt-4o-mini-2024-07-18"; // a dated snapshot: costmon prices it as gpt-4o-mini
+export const AUDIO_MODEL = "gpt-4o-mini-audio-preview-2024-12-17"; // answers a chat that asks for audio
 export const REASONING_MODEL = "o4-mini-2025-04-16";
 export const ANTHROPIC_MODEL = "claude-haiku-4-5-20251001";
 export const EMBEDDING_MODEL = "text-embedding-3-large";
@@ -58,6 +59,15 @@ export const REASONING_USAGE = {
   prompt_tokens_details: { cached_tokens: 1024 },
   completion_tokens_details: { reasoning_tokens: 2048 },
 };
+// A chat that asked for audio: 1,500 prompt tokens (1,000 of them audio, 200 cached), 600
+// completion tokens (400 of them audio).
+export const AUDIO_CHAT_USAGE = {
+  prompt_tokens: 1500,
+  completion_tokens: 600,
+  total_tokens: 2100,
+  prompt_tokens_details: { cached_tokens: 200, audio_tokens: 1000, text_tokens: 500, image_tokens: 0 },
+  completion_tokens_details: { reasoning_tokens: 0, audio_tokens: 400, text_tokens: 200 },
+};
 export const RESPONSES_USAGE = {
   input_tokens: 800,
   input_tokens_details: { cached_tokens: 200 },
@@ -71,7 +81,36 @@ export const ANTHROPIC_USAGE = {
   cache_read_input_tokens: 2000,
   cache_creation_input_tokens: 500,
   output_tokens: 300,
+  cache_creation: { ephemeral_5m_input_tokens: 500, ephemeral_1h_input_tokens: 0 },
+  server_tool_use: { web_search_requests: 0, web_fetch_requests: 0 },
+  service_tier: "standard",
 };
+// Of the 500 cache writes, 300 for an hour when the request asked for a one-hour cache.
+export const ONE_HOUR_WRITES = { ephemeral_5m_input_tokens: 200, ephemeral_1h_input_tokens: 300 };
+export const WEB_SEARCHES = { openai: 2, anthropic: 3 }; // searches made when the request offers the tool
+
+/** The tier OpenAI says served a request: what it asked for, else its default. */
+function openaiTier(body) {
+  return { flex: "flex", priority: "priority", fast: "priority" }[body.service_tier] ?? "default";
+}
+
+function offersWebSearch(body) {
+  return (body.tools ?? []).some((tool) => String(tool.type ?? "").startsWith("web_search"));
+}
+
+/**
+ * Anthropic's usage for a request: one-hour cache writes when a block asked for them, web
+ * searches when the tool was offered, and the priority tier for `service_tier: "auto"` (as for
+ * an organisation with Priority Tier capacity).
+ */
+function anthropicUsage(body, searches = offersWebSearch(body) ? WEB_SEARCHES.anthropic : 0) {
+  return {
+    ...ANTHROPIC_USAGE,
+    cache_creation: JSON.stringify(body).includes('"ttl":"1h"') ? ONE_HOUR_WRITES : ANTHROPIC_USAGE.cache_creation,
+    server_tool_use: { web_search_requests: searches, web_fetch_requests: 0 },
+    service_tier: body.service_tier === "auto" ? "priority" : "standard",
+  };
+}
 
 export const HELLO = [{ role: "user", content: "Say hello" }];
 
@@ -250,13 +289,23 @@ export class FakeProvider {
 
   chat(body) {
     const reasoning = String(body.model).startsWith("o4-mini");
-    const base = { id: "chatcmpl-1", created: 1_764_000_000, model: reasoning ? REASONING_MODEL : OPENAI_MODEL };
+    const audio = (body.modalities ?? []).includes("audio");
+    const base = {
+      id: "chatcmpl-1",
+      created: 1_764_000_000,
+      model: reasoning ? REASONING_MODEL : audio ? AUDIO_MODEL : OPENAI_MODEL,
+      service_tier: openaiTier(body),
+    };
+    const usage = reasoning ? REASONING_USAGE : audio ? AUDIO_CHAT_USAGE : null;
     if (body.stream !== true) {
+      const message = audio
+        ? { role: "assistant", content: null, refusal: null, audio: { id: "audio_1", data: "UklGRg==", expires_at: 1_764_003_600, transcript: "Hello there" } }
+        : { role: "assistant", content: "Hello there", refusal: null };
       return {
         ...base,
         object: "chat.completion",
-        choices: [{ index: 0, message: { role: "assistant", content: "Hello there", refusal: null }, finish_reason: "stop", logprobs: null }],
-        usage: reasoning ? REASONING_USAGE : CHAT_USAGE,
+        choices: [{ index: 0, message, finish_reason: "stop", logprobs: null }],
+        usage: usage ?? CHAT_USAGE,
       };
     }
     const chunk = { ...base, object: "chat.completion.chunk" };
@@ -267,7 +316,7 @@ export class FakeProvider {
     events.push([null, { ...chunk, choices: [{ index: 0, delta: {}, finish_reason: "stop" }], usage: null }]);
     if (body.stream_options?.include_usage) {
       // As OpenAI does: only when asked, a last chunk with no choices and the usage.
-      events.push([null, { ...chunk, choices: [], usage: reasoning ? REASONING_USAGE : CHAT_STREAM_USAGE }]);
+      events.push([null, { ...chunk, choices: [], usage: usage ?? CHAT_STREAM_USAGE }]);
     }
     events.push([null, "[DONE]"]);
     return sse(events);
@@ -283,21 +332,45 @@ export class FakeProvider {
   }
 
   responses(body) {
-    const response = (status, usage) => ({
-      id: "resp_1",
-      object: "response",
-      created_at: 1_764_000_000,
-      status,
-      model: OPENAI_MODEL,
-      output:
-        status === "completed"
-          ? [{ type: "message", id: "msg_1", status: "completed", role: "assistant", content: [{ type: "output_text", text: "Hi", annotations: [] }] }]
+    const searches = offersWebSearch(body) ? WEB_SEARCHES.openai : 0;
+    // Searches, and a page opened (not a billed search), before the answer.
+    const searchCalls = Array.from({ length: searches }, (_, n) => ({
+      type: "web_search_call",
+      id: `ws_${n}`,
+      status: "completed",
+      action: { type: "search", query: "costmon" },
+    }));
+    if (searches) {
+      searchCalls.push({ type: "web_search_call", id: "ws_open", status: "completed", action: { type: "open_page", url: "https://example.com/" } });
+    }
+    // As OpenAI reports hosted tools' billable use; an older API version does not.
+    const omitToolUsage = body.metadata?.fake === "no_tool_usage";
+    const response = (status, usage) => {
+      const done = status === "completed";
+      return {
+        id: "resp_1",
+        object: "response",
+        created_at: 1_764_000_000,
+        status,
+        model: OPENAI_MODEL,
+        service_tier: done ? openaiTier(body) : (body.service_tier ?? "auto"),
+        output: done
+          ? [...searchCalls, { type: "message", id: "msg_1", status: "completed", role: "assistant", content: [{ type: "output_text", text: "Hi", annotations: [] }] }]
           : [],
-      parallel_tool_calls: true,
-      tool_choice: "auto",
-      tools: [],
-      usage,
-    });
+        parallel_tool_calls: true,
+        tool_choice: "auto",
+        tools: [],
+        usage,
+        ...(done && !omitToolUsage
+          ? {
+              tool_usage: {
+                web_search: { num_requests: searches },
+                image_gen: { input_tokens: 0, input_tokens_details: { image_tokens: 0, text_tokens: 0 }, output_tokens: 0, total_tokens: 0 },
+              },
+            }
+          : {}),
+      };
+    };
     if (body.stream !== true) return response("completed", RESPONSES_USAGE);
     const item = { type: "message", id: "msg_1", status: "in_progress", role: "assistant", content: [] };
     const part = { type: "output_text", text: "", annotations: [] };
@@ -319,10 +392,13 @@ export class FakeProvider {
   messages(body) {
     const message = { id: "msg_1", type: "message", role: "assistant", model: ANTHROPIC_MODEL, stop_sequence: null };
     if (body.stream !== true) {
-      return { ...message, content: [{ type: "text", text: "Hello there" }], stop_reason: "end_turn", usage: ANTHROPIC_USAGE };
+      return { ...message, content: [{ type: "text", text: "Hello there" }], stop_reason: "end_turn", usage: anthropicUsage(body) };
     }
+    // The searches are counted by message_delta (cumulative); message_start has none yet.
+    const startUsage = { ...anthropicUsage(body, 0), output_tokens: 1 };
+    const endUsage = anthropicUsage(body);
     const events = [
-      ["message_start", { type: "message_start", message: { ...message, content: [], stop_reason: null, usage: { ...ANTHROPIC_USAGE, output_tokens: 1 } } }],
+      ["message_start", { type: "message_start", message: { ...message, content: [], stop_reason: null, usage: startUsage } }],
       ["content_block_start", { type: "content_block_start", index: 0, content_block: { type: "text", text: "" } }],
       ["ping", { type: "ping" }],
     ];
@@ -336,7 +412,7 @@ export class FakeProvider {
     }
     events.push(
       ["content_block_stop", { type: "content_block_stop", index: 0 }],
-      ["message_delta", { type: "message_delta", delta: { stop_reason: "end_turn", stop_sequence: null }, usage: { output_tokens: ANTHROPIC_USAGE.output_tokens } }],
+      ["message_delta", { type: "message_delta", delta: { stop_reason: "end_turn", stop_sequence: null }, usage: { output_tokens: endUsage.output_tokens, server_tool_use: endUsage.server_tool_use } }],
       ["message_stop", { type: "message_stop" }],
     );
     return sse(events);

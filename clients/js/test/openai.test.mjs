@@ -8,12 +8,14 @@ import OpenAI from "openai";
 
 import { costmonOptions, withContext } from "../dist/esm/index.js";
 import {
+  AUDIO_MODEL,
   EMBEDDING_MODEL,
   FAILING_MODEL,
   FakeProvider,
   HELLO,
   OPENAI_MODEL,
   REASONING_MODEL,
+  env,
   events,
   makeCostmon,
   nanos,
@@ -33,6 +35,45 @@ const REASONING_NANOS = 11_805_200n;
 // Responses: 800 input of which 200 cached, 100 output (20 reasoning):
 // 600 x 0.15 + 200 x 0.075 + 100 x 0.60 = 165.
 const RESPONSES_NANOS = 165_000n;
+// The chat calls served by the flex tier, at half the rates (tests/client/prices.py):
+// 200 x 0.075 + 1,000 x 0.0375 + 300 x 0.30 = 142.5, and 2,000 x 0.075 + 500 x 0.30 = 300.
+const FLEX_CHAT_NANOS = 142_500n;
+const FLEX_STREAM_NANOS = 300_000n;
+// Audio: 1,500 prompt tokens of which 1,000 audio and 200 cached, 600 completion tokens of which
+// 400 audio, at gpt-4o-mini-audio-preview's $0.15 / $0.60 text, $10 / $20 audio, $0.075 cached:
+// 300 x 0.15 + 200 x 0.075 + 1,000 x 10 + 200 x 0.60 + 400 x 20 = 18,180 USD per Mtok.
+const AUDIO_NANOS = 18_180_000n;
+// Responses with 2 billable web searches at $10 per 1,000: on the priority tier
+// 600 x 0.25 + 200 x 0.125 + 100 x 1 = 275 USD per Mtok, plus $0.02; standard: 165 plus $0.02.
+const PRIORITY_SEARCH_NANOS = 275_000n + 20_000_000n;
+const STANDARD_SEARCH_NANOS = 165_000n + 20_000_000n;
+const AUDIO = { modalities: ["text", "audio"], audio: { voice: "alloy", format: "pcm16" } };
+
+/** The event's new pricing fields, and its exact cost. */
+function parts(e) {
+  return {
+    service_tier: e.service_tier,
+    cache_write_1h_tokens: e.cache_write_1h_tokens,
+    input_audio_tokens: e.input_audio_tokens,
+    input_image_tokens: e.input_image_tokens,
+    output_audio_tokens: e.output_audio_tokens,
+    output_image_tokens: e.output_image_tokens,
+    web_search_calls: e.web_search_calls,
+    output_images: e.output_images,
+    nanos: nanos(e.cost_usd),
+  };
+}
+
+const NO_PARTS = {
+  service_tier: "standard",
+  cache_write_1h_tokens: 0,
+  input_audio_tokens: 0,
+  input_image_tokens: 0,
+  output_audio_tokens: 0,
+  output_image_tokens: 0,
+  web_search_calls: 0,
+  output_images: 0,
+};
 
 const provider = await started(new FakeProvider());
 
@@ -301,5 +342,89 @@ describe("openai", () => {
     assert.ok(await costmon.flush(10_000));
     const found = await events({ session_id: sessionId });
     assert.deepEqual(found.map((e) => e.operation).sort(), ["chat", "rewrapped"]);
+  });
+
+  test("a call served by the flex tier is priced at flex rates, plain, streamed and through the helper", async () => {
+    const { sessionId, costmon } = session();
+    const client = costmon.wrap(sdk());
+    const flex = { model: "gpt-4o-mini", messages: HELLO, service_tier: "flex" };
+
+    await client.chat.completions.create(flex);
+    for await (const chunk of await client.chat.completions.create({ ...flex, stream: true })) assert.ok(chunk.choices.length > 0);
+    await client.chat.completions.stream(flex).finalChatCompletion();
+    // The provider answers "default" when no tier was asked for: the standard rates.
+    await client.chat.completions.create({ model: "gpt-4o-mini", messages: HELLO });
+
+    assert.ok(await costmon.flush(10_000));
+    const found = await events({ session_id: sessionId });
+    assert.deepEqual(
+      found.map((e) => [e.service_tier, e.input_tokens, nanos(e.cost_usd)]),
+      [
+        ["flex", 1200, FLEX_CHAT_NANOS],
+        ["flex", 2000, FLEX_STREAM_NANOS],
+        ["flex", 2000, FLEX_STREAM_NANOS],
+        ["standard", 1200, CHAT_NANOS],
+      ],
+    );
+    assert.deepEqual(await events({ session_id: sessionId }, env.outsiderKey), []);
+  });
+
+  test("OpenAI's fast mode is its priority tier, priced at the priority rates", async () => {
+    const { sessionId, costmon } = session();
+    const client = costmon.wrap(sdk());
+
+    await client.chat.completions.create({ model: "gpt-4o-mini", messages: HELLO, service_tier: "fast" });
+
+    assert.ok(await costmon.flush(10_000));
+    // 200 x 0.25 + 1,000 x 0.125 + 300 x 1 = 475 USD per Mtok.
+    assert.deepEqual(parts(await onlyEvent({ session_id: sessionId })), { ...NO_PARTS, service_tier: "priority", nanos: 475_000n });
+  });
+
+  test("audio tokens are priced at the audio rates, plain and streamed", async () => {
+    const { sessionId, costmon } = session();
+    const client = costmon.wrap(sdk());
+
+    const reply = await client.chat.completions.create({ model: "gpt-4o-mini-audio-preview", messages: HELLO, ...AUDIO });
+    const chunks = [];
+    for await (const chunk of await client.chat.completions.create({ model: "gpt-4o-mini-audio-preview", messages: HELLO, stream: true, ...AUDIO })) {
+      chunks.push(chunk);
+    }
+
+    assert.equal(reply.choices[0].message.audio.transcript, "Hello there");
+    assert.ok(chunks.every((chunk) => chunk.choices.length > 0)); // the usage chunk stays hidden
+    assert.ok(await costmon.flush(10_000));
+    const found = await events({ session_id: sessionId });
+    assert.deepEqual(
+      found.map((e) => [e.model, e.input_tokens, e.cached_input_tokens, e.output_tokens, e.cost_usd]),
+      Array(2).fill([AUDIO_MODEL, 1500, 200, 600, "0.01818"]),
+    );
+    assert.deepEqual(found.map(parts), Array(2).fill({ ...NO_PARTS, input_audio_tokens: 1000, output_audio_tokens: 400, nanos: AUDIO_NANOS }));
+    assert.deepEqual(await events({ session_id: sessionId }, env.outsiderKey), []);
+  });
+
+  test("the Responses API reports its billable web searches and its tier, plain, streamed and through the helper", async () => {
+    const { sessionId, costmon } = session();
+    const client = costmon.wrap(sdk());
+    const request = { model: "gpt-4o-mini", input: "Hi", tools: [{ type: "web_search" }], service_tier: "priority" };
+
+    const plain = await client.responses.create(request);
+    const streamed = [];
+    for await (const event of await client.responses.create({ ...request, stream: true })) streamed.push(event);
+    await client.responses.stream(request).finalResponse();
+    // A reply without tool_usage: its web_search_call items that searched are counted (the page
+    // it opened is not a billed search).
+    const older = await client.responses.create({ ...request, service_tier: undefined, metadata: { fake: "no_tool_usage" } });
+
+    assert.equal(plain.tool_usage.web_search.num_requests, 2);
+    assert.equal(streamed.at(-1).response.service_tier, "priority");
+    assert.deepEqual([older.tool_usage, older.output.length], [undefined, 4]);
+    assert.ok(await costmon.flush(10_000));
+    const found = await events({ session_id: sessionId });
+    assert.deepEqual(found.map(parts), [
+      ...Array(3).fill({ ...NO_PARTS, service_tier: "priority", web_search_calls: 2, nanos: PRIORITY_SEARCH_NANOS }),
+      { ...NO_PARTS, web_search_calls: 2, nanos: STANDARD_SEARCH_NANOS },
+    ]);
+    assert.deepEqual(found.map((e) => e.cost_usd), ["0.020275", "0.020275", "0.020275", "0.020165"]);
+    assert.deepEqual(await events({ session_id: sessionId }, env.outsiderKey), []);
   });
 });

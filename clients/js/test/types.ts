@@ -49,6 +49,18 @@ export async function check(): Promise<void> {
 
 export async function serverless(): Promise<boolean> {
   const id: string = costmon.track({ provider: "mistral", model: "mistral-large", inputTokens: 10, costUsd: "0.001" });
+  costmon.track({
+    provider: "anthropic",
+    model: "claude-haiku-4-5",
+    inputTokens: 900,
+    cacheWriteTokens: 500,
+    cacheWrite1hTokens: 300,
+    webSearchCalls: 2,
+    serviceTier: "priority",
+  });
+  costmon.track({ provider: "openai", model: "gpt-4o-audio-preview", inputAudioTokens: 10, outputImages: 1, serviceTier: "default" });
+  // @ts-expect-error a tier costmon does not have
+  costmon.track({ provider: "openai", model: "gpt-4o", serviceTier: "turbo" });
   await withContext({ endUser: id }, () => calls());
   const stats: SenderStats = costmon.stats();
   void stats.dropped;

@@ -21,6 +21,7 @@ from costmon_client.events import (
     Attributes,
     TokenUsage,
     build_event,
+    checked_tier,
     current_context,
     decimal_text,
     new_event_id,
@@ -134,6 +135,14 @@ class Costmon:
         cached_input_tokens: int = 0,
         cache_write_tokens: int = 0,
         reasoning_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
+        input_audio_tokens: int = 0,
+        input_image_tokens: int = 0,
+        output_audio_tokens: int = 0,
+        output_image_tokens: int = 0,
+        web_search_calls: int = 0,
+        output_images: int = 0,
+        service_tier: str | None = None,
         latency_ms: float | None = None,
         status: Literal["success", "error"] = "success",
         end_user: str | None = None,
@@ -149,11 +158,17 @@ class Costmon:
     ) -> str:
         """Report one call to any provider; returns its event id. Never blocks on costmon.
 
-        `input_tokens` counts all input tokens, cached ones included. `cost_usd` (a Decimal or
-        decimal string, never a float) overrides costmon's own pricing.
+        `input_tokens` counts all input tokens, cached ones included; `cached_input_tokens`,
+        `cache_write_tokens` (of which `cache_write_1h_tokens` kept for an hour),
+        `input_audio_tokens` and `input_image_tokens` are parts of it, as `reasoning_tokens`,
+        `output_audio_tokens` and `output_image_tokens` are parts of `output_tokens`.
+        `service_tier` is `standard` (the default), `batch`, `flex` or `priority` (OpenAI's
+        names `default`, `auto`, `scale` and `fast` are read as costmon's). `cost_usd` (a Decimal
+        or decimal string, never a float) overrides costmon's own pricing.
         """
         if cost_usd is not None:
             decimal_text(cost_usd)  # a float or a negative amount is the caller's bug: say so now
+        tier = checked_tier(service_tier)
         event_id = event_id or new_event_id()
         attributes = self.attributes_for(
             Attributes(),
@@ -170,6 +185,13 @@ class Costmon:
                 cached_input_tokens=cached_input_tokens,
                 cache_write_tokens=cache_write_tokens,
                 reasoning_tokens=reasoning_tokens,
+                cache_write_1h_tokens=cache_write_1h_tokens,
+                input_audio_tokens=input_audio_tokens,
+                input_image_tokens=input_image_tokens,
+                output_audio_tokens=output_audio_tokens,
+                output_image_tokens=output_image_tokens,
+                web_search_calls=web_search_calls,
+                output_images=output_images,
             ),
             attributes=attributes,
             event_id=event_id,
@@ -180,6 +202,7 @@ class Costmon:
             cache_hit=cache_hit,
             reservation_id=reservation_id,
             prompt_hash=prompt_hash,
+            service_tier=tier,
         )
         return event_id
 
@@ -377,6 +400,7 @@ class Span:
         self._attributes = attributes
         self._usage = TokenUsage()
         self._cost_usd: Decimal | int | str | None = None
+        self._service_tier: str | None = None
         self._cache_hit = False
         self._error = False
         self._reservation_id = reservation_id
@@ -396,17 +420,35 @@ class Span:
         model: str | None = None,
         cost_usd: Decimal | int | str | None = None,
         cache_hit: bool | None = None,
+        cache_write_1h_tokens: int | None = None,
+        input_audio_tokens: int | None = None,
+        input_image_tokens: int | None = None,
+        output_audio_tokens: int | None = None,
+        output_image_tokens: int | None = None,
+        web_search_calls: int | None = None,
+        output_images: int | None = None,
+        service_tier: str | None = None,
     ) -> None:
-        """Set what the response said (the values given replace earlier ones)."""
+        """Set what the response said (the values given replace earlier ones); the fields mean
+        what they mean for `Costmon.track`."""
         for name, value in (
             ("input_tokens", input_tokens),
             ("output_tokens", output_tokens),
             ("cached_input_tokens", cached_input_tokens),
             ("cache_write_tokens", cache_write_tokens),
             ("reasoning_tokens", reasoning_tokens),
+            ("cache_write_1h_tokens", cache_write_1h_tokens),
+            ("input_audio_tokens", input_audio_tokens),
+            ("input_image_tokens", input_image_tokens),
+            ("output_audio_tokens", output_audio_tokens),
+            ("output_image_tokens", output_image_tokens),
+            ("web_search_calls", web_search_calls),
+            ("output_images", output_images),
         ):
             if value is not None:
                 setattr(self._usage, name, value)
+        if service_tier is not None:
+            self._service_tier = checked_tier(service_tier)
         if model:
             self.model = model
         if cost_usd is not None:
@@ -477,4 +519,5 @@ class Span:
             cache_hit=self._cache_hit,
             reservation_id=self._reservation_id,
             prompt_hash=self._prompt_hash,
+            service_tier=self._service_tier,
         )

@@ -42,6 +42,27 @@ TOKEN_FIELDS = (
     "cache_write_tokens",
     "reasoning_tokens",
 )
+# Counts priced apart where the provider does; sent only when not 0, so an event that has none
+# stays as an older costmon takes it.
+PART_FIELDS = (
+    "cache_write_1h_tokens",
+    "input_audio_tokens",
+    "input_image_tokens",
+    "output_audio_tokens",
+    "output_image_tokens",
+    "web_search_calls",
+    "output_images",
+)
+SERVICE_TIERS = ("standard", "batch", "flex", "priority")
+# The providers' names for costmon's tiers. OpenAI serves "default" (and "auto", "scale") at the
+# standard rates and reports its fast mode as "priority".
+_TIER_NAMES = {
+    **{tier: tier for tier in SERVICE_TIERS},
+    "default": "standard",
+    "auto": "standard",
+    "scale": "standard",
+    "fast": "priority",
+}
 
 
 @dataclass
@@ -49,7 +70,10 @@ class TokenUsage:
     """Tokens of one call by kind, in costmon's terms.
 
     `input_tokens` counts every input token, cached reads and cache writes included;
-    `cached_input_tokens` and `cache_write_tokens` say which part of it was which.
+    `cached_input_tokens` and `cache_write_tokens` say which part of it was which, and
+    `cache_write_1h_tokens` the part of the writes kept for an hour. Audio and image tokens are
+    parts of `input_tokens` and `output_tokens` too; `web_search_calls` and `output_images`
+    count searches made and images generated.
     """
 
     input_tokens: int = 0
@@ -57,6 +81,13 @@ class TokenUsage:
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    input_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    output_audio_tokens: int = 0
+    output_image_tokens: int = 0
+    web_search_calls: int = 0
+    output_images: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,6 +191,27 @@ def _count(name: str, value: Any) -> int:
     return min(max(number, 0), MAX_TOKENS)
 
 
+def tier_of(value: Any) -> str | None:
+    """costmon's tier for a tier name of costmon's or a provider's (`"flex"`, OpenAI's
+    `"default"`); None for anything else."""
+    if not isinstance(value, str):
+        return None
+    return _TIER_NAMES.get(value.strip().lower())
+
+
+def checked_tier(value: str | None) -> str | None:
+    """A tier given by the application: None stays None, an unknown name is its bug."""
+    if value is None:
+        return None
+    tier = tier_of(value)
+    if tier is None:
+        raise ValueError(
+            f"service_tier must be one of {', '.join(SERVICE_TIERS)} (or OpenAI's default, "
+            f"auto, scale, fast), not {value!r}"
+        )
+    return tier
+
+
 def _tags(value: Mapping[str, Any] | None) -> dict[str, str] | None:
     if not value:
         return None
@@ -189,6 +241,7 @@ def build_event(
     cache_hit: bool = False,
     reservation_id: str | None = None,
     prompt_hash: str | None = None,
+    service_tier: str | None = None,
 ) -> dict[str, Any]:
     """One event as a JSON-ready dict, valid for costmon whatever the caller passed."""
     event: dict[str, Any] = {
@@ -197,16 +250,15 @@ def build_event(
         "provider": _text("provider", provider).lower() or "unknown",
         "model": _text("model", model) or "unknown",
     }
-    tokens = {name: _count(name, getattr(usage, name)) for name in TOKEN_FIELDS}
-    parts = tokens["cached_input_tokens"] + tokens["cache_write_tokens"]
-    if parts > tokens["input_tokens"]:
-        # costmon's input_tokens counts cached and cache-write tokens too: the caller reported
-        # the uncached part only. Count the parts into the total rather than lose them.
-        tokens["input_tokens"] = min(parts, MAX_TOKENS)
-        tokens["cache_write_tokens"] = min(
-            tokens["cache_write_tokens"], tokens["input_tokens"] - tokens["cached_input_tokens"]
-        )
-    event.update(tokens)
+    tokens = {name: _count(name, getattr(usage, name, 0)) for name in (*TOKEN_FIELDS, *PART_FIELDS)}
+    _fit_parts(tokens)
+    event.update({name: tokens[name] for name in TOKEN_FIELDS})
+    event.update({name: tokens[name] for name in PART_FIELDS if tokens[name]})
+    tier = tier_of(service_tier)
+    if tier is None and service_tier is not None:
+        logger.warning("costmon: service_tier=%r is not a tier; recorded as standard", service_tier)
+    if tier is not None and tier != "standard":
+        event["service_tier"] = tier
     for name in ("operation", "end_user", "session_id"):
         value = getattr(attributes, name)
         if value:
@@ -225,3 +277,34 @@ def build_event(
     if prompt_hash:
         event["prompt_hash"] = _text("prompt_hash", prompt_hash)
     return event
+
+
+def _fit_parts(tokens: dict[str, int]) -> None:
+    """Make every part fit in its total, as costmon requires (it refuses the batch otherwise)."""
+    if tokens["cache_write_1h_tokens"] > tokens["cache_write_tokens"]:
+        # A part is never more than its total: the caller counted the one-hour writes apart.
+        tokens["cache_write_tokens"] = tokens["cache_write_1h_tokens"]
+    cache = tokens["cached_input_tokens"] + tokens["cache_write_tokens"]
+    if cache > tokens["input_tokens"]:
+        # costmon's input_tokens counts cached and cache-write tokens too: the caller reported
+        # the uncached part only. Count the parts into the total rather than lose them.
+        tokens["input_tokens"] = min(cache, MAX_TOKENS)
+        tokens["cache_write_tokens"] = min(
+            tokens["cache_write_tokens"], tokens["input_tokens"] - tokens["cached_input_tokens"]
+        )
+        tokens["cache_write_1h_tokens"] = min(
+            tokens["cache_write_1h_tokens"], tokens["cache_write_tokens"]
+        )
+    # Audio and image tokens the provider also counted as cached (OpenAI's cached_tokens can
+    # include cached audio) would exceed the input: the part left uncached is the most they are.
+    room = tokens["input_tokens"] - tokens["cached_input_tokens"] - tokens["cache_write_tokens"]
+    _trim(tokens, room, ("input_audio_tokens", "input_image_tokens"))
+    _trim(tokens, tokens["output_tokens"], ("output_audio_tokens", "output_image_tokens"))
+
+
+def _trim(tokens: dict[str, int], room: int, names: tuple[str, ...]) -> None:
+    for name in names:
+        if tokens[name] > room:
+            logger.debug("costmon: %s cut to %d to fit in the total", name, max(room, 0))
+            tokens[name] = max(room, 0)
+        room -= tokens[name]

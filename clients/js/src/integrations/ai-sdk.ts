@@ -5,11 +5,16 @@
  *
  * Usage comes in the SDK's own terms: `inputTokens.total` counts all input (cache reads and
  * writes included), `cacheRead` and `cacheWrite` say which part, `outputTokens.reasoning` is the
- * reasoning part of the output. (The flat numbers of AI SDK 5 are read too.) Per call,
+ * reasoning part of the output. (The flat numbers of AI SDK 5 are read too.) What the SDK's
+ * counts leave out is read from the provider's own usage it passes on (`usage.raw`): Anthropic's
+ * one-hour cache writes, web searches and service tier, OpenAI's audio and image tokens; and
+ * the tier OpenAI's Responses API reports (`providerMetadata.openai.serviceTier`). Per call,
  * `providerOptions: { costmon: { endUser, operation, sessionId, tags } }` attributes it.
  */
-import type { TokenUsage } from "../events.js";
+import { type ServiceTier, type TokenUsage, tierOf } from "../events.js";
+import { messageUsage } from "./anthropic.js";
 import { Call, type Json, type Reading, type Recorder, count, get, isObject } from "./base.js";
+import { completionUsage, responsesUsage } from "./openai.js";
 
 /** What `wrapLanguageModel` accepts as a middleware (typed loosely: `ai` is not a dependency). */
 export interface AiSdkMiddleware {
@@ -63,6 +68,7 @@ export function aiUsage(usage: unknown): TokenUsage | null {
       cachedInputTokens: cacheRead,
       cacheWriteTokens: cacheWrite,
       reasoningTokens: count(get(output, "reasoning")),
+      ...rawParts(usage.raw),
     };
   }
   return {
@@ -71,6 +77,31 @@ export function aiUsage(usage: unknown): TokenUsage | null {
     cachedInputTokens: count(usage.cachedInputTokens),
     reasoningTokens: count(usage.reasoningTokens),
   };
+}
+
+/** The parts the provider's own usage tells and the SDK's counts do not. */
+function rawParts(raw: unknown): TokenUsage {
+  if (!isObject(raw)) return {};
+  let usage: TokenUsage | null = null;
+  if ("prompt_tokens" in raw) usage = completionUsage(raw); // OpenAI's chat
+  else if ("input_tokens_details" in raw) usage = responsesUsage(raw); // OpenAI's Responses
+  else if ("input_tokens" in raw) usage = messageUsage(raw); // Anthropic's
+  if (!usage) return {};
+  const { cacheWrite1hTokens, inputAudioTokens, inputImageTokens, outputAudioTokens, outputImageTokens, webSearchCalls } =
+    usage;
+  return { cacheWrite1hTokens, inputAudioTokens, inputImageTokens, outputAudioTokens, outputImageTokens, webSearchCalls };
+}
+
+/** The tier that served a call: Anthropic's usage says it, OpenAI's provider metadata does. */
+export function aiTier(usage: unknown, providerMetadata: unknown): ServiceTier | undefined {
+  const fromUsage = tierOf(get(get(usage, "raw"), "service_tier"));
+  if (fromUsage) return fromUsage;
+  if (!isObject(providerMetadata)) return undefined;
+  for (const metadata of Object.values(providerMetadata)) {
+    const tier = tierOf(get(metadata, "serviceTier"));
+    if (tier) return tier;
+  }
+  return undefined;
 }
 
 function callOptions(params: unknown): Json {
@@ -119,7 +150,15 @@ export function aiSdkMiddleware(costmon: Recorder, options: AiSdkOptions = {}): 
         call.finish(null, true);
         throw error;
       }
-      call.finish({ model: text(get(get(result, "response"), "modelId")), usage: aiUsage(get(result, "usage")) }, false);
+      const usage = get(result, "usage");
+      call.finish(
+        {
+          model: text(get(get(result, "response"), "modelId")),
+          usage: aiUsage(usage),
+          serviceTier: aiTier(usage, get(result, "providerMetadata")),
+        },
+        false,
+      );
       return result;
     },
 
@@ -143,7 +182,10 @@ export function aiSdkMiddleware(costmon: Recorder, options: AiSdkOptions = {}): 
         transform(part, controller) {
           const kind = get(part, "type");
           if (kind === "response-metadata") reading.model = text(get(part, "modelId")) ?? reading.model;
-          else if (kind === "finish") reading.usage = aiUsage(get(part, "usage"));
+          else if (kind === "finish") {
+            reading.usage = aiUsage(get(part, "usage"));
+            reading.serviceTier = aiTier(get(part, "usage"), get(part, "providerMetadata"));
+          }
           else if (kind === "error") failed = true;
           controller.enqueue(part);
         },

@@ -7,7 +7,7 @@
  * is tracked once, whichever way the application made it. Whatever happens while reading usage
  * is logged and swallowed; whatever the SDK throws reaches the application unchanged.
  */
-import type { Attributes, EventFields, TokenUsage } from "../events.js";
+import type { Attributes, EventFields, ServiceTier, TokenUsage } from "../events.js";
 import { type Logger, say } from "../log.js";
 
 /** The part of `Costmon` the wrappers use. */
@@ -20,10 +20,12 @@ export interface Recorder {
   record(fields: EventFields): void;
 }
 
-/** What a response (or the stream so far) says: the model that answered and its usage. */
+/** What a response (or the stream so far) says: the model that answered, its usage and the
+ * service tier that served it (costmon's name; none: standard). */
 export interface Reading {
   model?: string | null;
   usage?: TokenUsage | null;
+  serviceTier?: ServiceTier | null;
 }
 
 export interface StreamObserver {
@@ -123,6 +125,7 @@ export class Call {
       latencyMs: performance.now() - this.t0,
       error,
       reservationId: this.reservationId,
+      serviceTier: reading?.serviceTier,
     });
   }
 

@@ -3,12 +3,18 @@
  * helpers, which call `create`), legacy completions, embeddings and the Responses API.
  *
  * Usage fields: `prompt_tokens` counts all input, cached included, as costmon does;
- * `prompt_tokens_details.cached_tokens` is the cached part and
- * `completion_tokens_details.reasoning_tokens` the reasoning part of the output. A streamed chat
- * gets `stream_options: { include_usage: true }`, so the last chunk carries the usage; when the
- * application had not asked for that chunk, it is read here and not passed on.
+ * `prompt_tokens_details.cached_tokens` is the cached part, its `audio_tokens` and `image_tokens`
+ * the audio and image parts, and `completion_tokens_details.reasoning_tokens` and `audio_tokens`
+ * the reasoning and audio parts of the output (the Responses API's `input_tokens_details` and
+ * `output_tokens_details` likewise). The response's `service_tier` says the rates it was served
+ * at: `default` (also `auto`, `scale`) is costmon's standard, `flex` and `priority` (OpenAI's fast
+ * mode) are priced at their own. A Responses call's billable web searches are its
+ * `tool_usage.web_search.num_requests`.
+ *
+ * A streamed chat gets `stream_options: { include_usage: true }`, so the last chunk carries the
+ * usage; when the application had not asked for that chunk, it is read here and not passed on.
  */
-import type { TokenUsage } from "../events.js";
+import { type TokenUsage, tierOf } from "../events.js";
 import { type Json, type Reading, type Route, type StreamObserver, count, get, isObject, modelOf } from "./base.js";
 
 export function providerFor(client: object): string {
@@ -35,6 +41,10 @@ export function completionUsage(usage: unknown): TokenUsage | null {
     cachedInputTokens: count(get(prompt, "cached_tokens")),
     cacheWriteTokens: count(get(prompt, "cache_write_tokens")),
     reasoningTokens: count(get(completion, "reasoning_tokens")),
+    inputAudioTokens: count(get(prompt, "audio_tokens")),
+    inputImageTokens: count(get(prompt, "image_tokens")),
+    outputAudioTokens: count(get(completion, "audio_tokens")),
+    outputImageTokens: count(get(completion, "image_tokens")),
   };
 }
 
@@ -49,11 +59,35 @@ export function responsesUsage(usage: unknown): TokenUsage | null {
     cachedInputTokens: count(get(detailsIn, "cached_tokens")),
     cacheWriteTokens: count(get(detailsIn, "cache_write_tokens")),
     reasoningTokens: count(get(detailsOut, "reasoning_tokens")),
+    inputAudioTokens: count(get(detailsIn, "audio_tokens")),
+    inputImageTokens: count(get(detailsIn, "image_tokens")),
+    outputAudioTokens: count(get(detailsOut, "audio_tokens")),
+    outputImageTokens: count(get(detailsOut, "image_tokens")),
   };
 }
 
+/**
+ * A Responses call's billable web searches: `tool_usage.web_search.num_requests`; from a
+ * response without `tool_usage`, its `web_search_call` items that searched (opening or reading a
+ * page is not a billed search).
+ */
+export function webSearches(response: unknown): number {
+  const toolUsage = get(response, "tool_usage");
+  if (isObject(toolUsage)) return count(get(toolUsage.web_search, "num_requests"));
+  const output = get(response, "output");
+  if (!Array.isArray(output)) return 0;
+  return output.filter((item) => {
+    const action = get(get(item, "action"), "type");
+    return get(item, "type") === "web_search_call" && (action === undefined || action === null || action === "search");
+  }).length;
+}
+
 function readCompletion(response: unknown): Reading {
-  return { model: modelOf(response), usage: completionUsage(get(response, "usage")) };
+  return {
+    model: modelOf(response),
+    usage: completionUsage(get(response, "usage")),
+    serviceTier: tierOf(get(response, "service_tier")),
+  };
 }
 
 function readEmbeddings(response: unknown): Reading {
@@ -65,7 +99,10 @@ function readEmbeddings(response: unknown): Reading {
 }
 
 function readResponse(response: unknown): Reading {
-  return { model: modelOf(response), usage: responsesUsage(get(response, "usage")) };
+  let usage = responsesUsage(get(response, "usage"));
+  const searches = webSearches(response);
+  if (searches) usage = { ...usage, webSearchCalls: searches };
+  return { model: modelOf(response), usage, serviceTier: tierOf(get(response, "service_tier")) };
 }
 
 /** Chunks of a streamed (chat) completion: the model on each, the usage on the last. */
@@ -77,6 +114,8 @@ class CompletionObserver implements StreamObserver {
   observe(chunk: unknown): boolean {
     const model = modelOf(chunk);
     if (model) this.current.model = model;
+    const tier = tierOf(get(chunk, "service_tier"));
+    if (tier) this.current.serviceTier = tier;
     const usage = get(chunk, "usage");
     if (!isObject(usage)) return false;
     this.current.usage = completionUsage(usage);
@@ -98,9 +137,10 @@ class ResponsesObserver implements StreamObserver {
   observe(event: unknown): boolean {
     const response = get(event, "response");
     if (isObject(response)) {
-      const model = modelOf(response);
-      if (model) this.current.model = model;
-      if (isObject(response.usage)) this.current.usage = responsesUsage(response.usage);
+      const read = readResponse(response);
+      if (read.model) this.current.model = read.model;
+      if (read.serviceTier) this.current.serviceTier = read.serviceTier;
+      if (read.usage) this.current.usage = read.usage;
     }
     return false;
   }

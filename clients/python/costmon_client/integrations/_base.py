@@ -49,10 +49,12 @@ def count(value: Any) -> int:
 
 @dataclass
 class Reading:
-    """What a response (or the stream so far) says: the model that answered and its usage."""
+    """What a response (or the stream so far) says: the model that answered, its usage and the
+    service tier that served it (costmon's name; None: standard)."""
 
     model: str | None = None
     usage: TokenUsage | None = None
+    service_tier: str | None = None
 
 
 class StreamObserver(Protocol):
@@ -186,6 +188,7 @@ class Call:
                 latency_ms=latency_ms,
                 error=error,
                 reservation_id=self.reservation_id,
+                service_tier=reading.service_tier,
             )
             self._costmon.enqueue(event)
         except Exception:

@@ -4,17 +4,21 @@
 Anthropic's `input_tokens` counts only the input that was neither read from nor written to the
 prompt cache; costmon's `input_tokens` counts all of it. So costmon's input is
 `input_tokens + cache_read_input_tokens + cache_creation_input_tokens`, of which the cache reads
-are `cached_input_tokens` and the cache writes `cache_write_tokens`.
+are `cached_input_tokens` and the cache writes `cache_write_tokens`, of which
+`cache_creation.ephemeral_1h_input_tokens` were written for an hour (`cache_write_1h_tokens`,
+priced above five-minute writes). `server_tool_use.web_search_requests` is `web_search_calls`;
+`usage.service_tier` (`standard`, `priority`, `batch`) is the event's tier.
 
 A stream tells the usage in two events: `message_start` (input and cache counts, the first
-output tokens) and `message_delta` (cumulative counts: the output, and input fields when given).
+output tokens) and `message_delta` (cumulative counts: the output, the server tools' requests,
+and input fields when given).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from costmon_client.events import TokenUsage
+from costmon_client.events import TokenUsage, tier_of
 from costmon_client.integrations._base import Reading, Route, count, get
 
 _USAGE_FIELDS = (
@@ -22,6 +26,10 @@ _USAGE_FIELDS = (
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
     "output_tokens",
+    "output_tokens_details",
+    "cache_creation",
+    "server_tool_use",
+    "service_tier",
 )
 
 
@@ -39,14 +47,24 @@ def message_usage(usage: Any) -> TokenUsage | None:
         return None
     uncached = count(get(usage, "input_tokens"))
     read = count(get(usage, "cache_read_input_tokens"))
-    written = count(get(usage, "cache_creation_input_tokens"))
+    by_lifetime = get(usage, "cache_creation")
+    one_hour = count(get(by_lifetime, "ephemeral_1h_input_tokens"))
+    five_minutes = count(get(by_lifetime, "ephemeral_5m_input_tokens"))
+    # The two lifetimes add up to the writes; should a reply disagree, the larger count stands.
+    written = max(count(get(usage, "cache_creation_input_tokens")), one_hour + five_minutes)
     return TokenUsage(
         input_tokens=uncached + read + written,
         output_tokens=count(get(usage, "output_tokens")),
         cached_input_tokens=read,
         cache_write_tokens=written,
         reasoning_tokens=count(get(get(usage, "output_tokens_details"), "thinking_tokens")),
+        cache_write_1h_tokens=one_hour,
+        web_search_calls=count(get(get(usage, "server_tool_use"), "web_search_requests")),
     )
+
+
+def usage_tier(usage: Any) -> str | None:
+    return tier_of(get(usage, "service_tier"))
 
 
 def _model(obj: Any) -> str | None:
@@ -55,7 +73,10 @@ def _model(obj: Any) -> str | None:
 
 
 def read_message(message: Any) -> Reading:
-    return Reading(model=_model(message), usage=message_usage(get(message, "usage")))
+    usage = get(message, "usage")
+    return Reading(
+        model=_model(message), usage=message_usage(usage), service_tier=usage_tier(usage)
+    )
 
 
 def read_message_stream(stream: Any) -> Reading:
@@ -73,7 +94,6 @@ class MessageObserver:
     def __init__(self, _state: object = None) -> None:
         self._model: str | None = None
         self._usage: dict[str, Any] = {}
-        self._details: Any = None
 
     def observe(self, event: Any) -> bool:
         kind = get(event, "type")
@@ -92,15 +112,15 @@ class MessageObserver:
             value = get(usage, name)
             if value is not None:  # message_delta's counts are cumulative: the latest wins
                 self._usage[name] = value
-        details = get(usage, "output_tokens_details")
-        if details is not None:
-            self._details = details
 
     def reading(self) -> Reading:
-        usage = None
-        if self._usage:
-            usage = message_usage({**self._usage, "output_tokens_details": self._details})
-        return Reading(model=self._model, usage=usage)
+        if not self._usage:
+            return Reading(model=self._model)
+        return Reading(
+            model=self._model,
+            usage=message_usage(self._usage),
+            service_tier=usage_tier(self._usage),
+        )
 
 
 def end_user(kwargs: dict[str, Any]) -> str | None:

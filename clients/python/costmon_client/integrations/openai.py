@@ -2,17 +2,23 @@
 the Responses API (create, parse), sync and async.
 
 Usage fields: `prompt_tokens` counts all input, cached included, as costmon does;
-`prompt_tokens_details.cached_tokens` is the cached part and `completion_tokens_details.
-reasoning_tokens` the reasoning part of the output. A streamed call gets
-`stream_options={"include_usage": True}`, so the last chunk carries the usage; when the
-application had not asked for that chunk, it is read here and not passed on.
+`prompt_tokens_details.cached_tokens` is the cached part, its `audio_tokens` and `image_tokens`
+the audio and image parts, and `completion_tokens_details.reasoning_tokens` and `audio_tokens`
+the reasoning and audio parts of the output (the Responses API's `input_tokens_details` and
+`output_tokens_details` likewise). The response's `service_tier` says the rates it was served
+at: `default` (also `auto`, `scale`) is costmon's standard, `flex` and `priority` (OpenAI's fast
+mode) are priced at their own. A Responses call's billable web searches are its
+`tool_usage.web_search.num_requests`.
+
+A streamed call gets `stream_options={"include_usage": True}`, so the last chunk carries the
+usage; when the application had not asked for that chunk, it is read here and not passed on.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from costmon_client.events import TokenUsage
+from costmon_client.events import TokenUsage, tier_of
 from costmon_client.integrations._base import Reading, Route, count, get
 
 
@@ -33,6 +39,10 @@ def completion_usage(usage: Any) -> TokenUsage | None:
         cached_input_tokens=count(get(prompt, "cached_tokens")),
         cache_write_tokens=count(get(prompt, "cache_write_tokens")),
         reasoning_tokens=count(get(completion, "reasoning_tokens")),
+        input_audio_tokens=count(get(prompt, "audio_tokens")),
+        input_image_tokens=count(get(prompt, "image_tokens")),
+        output_audio_tokens=count(get(completion, "audio_tokens")),
+        output_image_tokens=count(get(completion, "image_tokens")),
     )
 
 
@@ -48,6 +58,28 @@ def responses_usage(usage: Any) -> TokenUsage | None:
         cached_input_tokens=count(get(details_in, "cached_tokens")),
         cache_write_tokens=count(get(details_in, "cache_write_tokens")),
         reasoning_tokens=count(get(details_out, "reasoning_tokens")),
+        input_audio_tokens=count(get(details_in, "audio_tokens")),
+        input_image_tokens=count(get(details_in, "image_tokens")),
+        output_audio_tokens=count(get(details_out, "audio_tokens")),
+        output_image_tokens=count(get(details_out, "image_tokens")),
+    )
+
+
+def web_searches(response: Any) -> int:
+    """A Responses call's billable web searches: `tool_usage.web_search.num_requests`; from a
+    response without `tool_usage`, its `web_search_call` items that searched (opening or
+    reading a page is not a billed search)."""
+    tool_usage = get(response, "tool_usage")
+    if tool_usage is not None:
+        return count(get(get(tool_usage, "web_search"), "num_requests"))
+    output = get(response, "output")
+    if not isinstance(output, list):
+        return 0
+    return sum(
+        1
+        for item in output
+        if get(item, "type") == "web_search_call"
+        and get(get(item, "action"), "type") in (None, "search")
     )
 
 
@@ -57,7 +89,11 @@ def _model(obj: Any) -> str | None:
 
 
 def read_completion(response: Any) -> Reading:
-    return Reading(model=_model(response), usage=completion_usage(get(response, "usage")))
+    return Reading(
+        model=_model(response),
+        usage=completion_usage(get(response, "usage")),
+        service_tier=tier_of(get(response, "service_tier")),
+    )
 
 
 def read_embeddings(response: Any) -> Reading:
@@ -69,7 +105,13 @@ def read_embeddings(response: Any) -> Reading:
 
 
 def read_response(response: Any) -> Reading:
-    return Reading(model=_model(response), usage=responses_usage(get(response, "usage")))
+    usage = responses_usage(get(response, "usage"))
+    if searches := web_searches(response):
+        usage = usage or TokenUsage()
+        usage.web_search_calls = searches
+    return Reading(
+        model=_model(response), usage=usage, service_tier=tier_of(get(response, "service_tier"))
+    )
 
 
 def read_chat_stream(stream: Any) -> Reading:
@@ -91,6 +133,8 @@ class CompletionObserver:
     def observe(self, chunk: Any) -> bool:
         if model := _model(chunk):
             self._reading.model = model
+        if tier := tier_of(get(chunk, "service_tier")):
+            self._reading.service_tier = tier
         usage = get(chunk, "usage")
         if usage is None:
             return False
@@ -112,10 +156,11 @@ class ResponsesObserver:
     def observe(self, event: Any) -> bool:
         response = get(event, "response")
         if response is not None:
-            if model := _model(response):
-                self._reading.model = model
-            if (usage := get(response, "usage")) is not None:
-                self._reading.usage = responses_usage(usage)
+            read = read_response(response)
+            self._reading.model = read.model or self._reading.model
+            self._reading.service_tier = read.service_tier or self._reading.service_tier
+            if read.usage is not None:
+                self._reading.usage = read.usage
         return False
 
     def reading(self) -> Reading:
