@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -32,6 +31,14 @@ from budgets.services import (
     emergency_stop_trip,
 )
 from costmon.exceptions import BatchInvalid, DomainError, NotFound
+from costmon.inputs import (
+    DeferredJsonParser,
+    field_name,
+    load_json,
+    may_hold_refused,
+    strings_in,
+    text_problem,
+)
 from costmon.models import ApiKey
 from costmon.prometheus import instruments
 from costmon.scoping import TenantAPIView
@@ -200,17 +207,18 @@ _CHECK_FIELDS = {
 
 
 def parse_check(body: bytes, *, api_key_id: int | None, client_ip: str) -> CheckRequest:
-    try:
-        data = json.loads(body or b"{}", parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DomainError(f"Malformed JSON: {exc}") from None
+    data = load_json(body or b"{}", strings_checked=True)
     if not isinstance(data, dict):
         raise DomainError("Send the check as a JSON object.")
     errors: list[dict[str, Any]] = []
 
     def bad(field: str, message: str) -> None:
-        errors.append({"index": 0, "field": field, "message": message})
+        errors.append({"index": 0, "field": field_name(field), "message": message})
 
+    # The same names as usage events: no control characters, no lone surrogates.
+    for where, string, _ in strings_in(data) if may_hold_refused(body) else ():
+        if (problem := text_problem(string)) is not None:
+            bad(where, problem)
     for name in sorted(data.keys() - _CHECK_FIELDS):
         bad(name, f"Unknown field {name!r}. Known fields: {', '.join(sorted(_CHECK_FIELDS))}.")
     strings: dict[str, str] = {}
@@ -297,7 +305,7 @@ class CheckApi(TenantAPIView):
     """Ask before an LLM call whether it may spend."""
 
     required_scope = ApiKey.Scope.INGEST
-    parser_classes: list[Any] = []
+    parser_classes: list[Any] = [DeferredJsonParser]  # parse_check reads the body itself
 
     @instruments.timed(instruments.CHECK_SECONDS)
     def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
@@ -407,6 +415,7 @@ class EmergencyStopInput(serializers.Serializer):
 
 class EmergencyStopApi(TenantAPIView):
     method_scopes = {"GET": ApiKey.Scope.READ, "POST": ApiKey.Scope.ADMIN}
+    free_text_fields = ("reason",)  # may hold line breaks and tabs (costmon.inputs)
 
     def _reply(self) -> dict[str, Any]:
         active = emergency_stop_active(tenant=self.tenant)

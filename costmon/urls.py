@@ -20,3 +20,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", prometheus_views.metrics, name="prometheus-metrics"),
 ]
+
+# Errors outside any view, and unknown URLs under the API, in the API's JSON error shape.
+handler404 = "costmon.views.not_found"
+handler500 = "costmon.views.server_error"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -18,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from costmon.exceptions import DomainError, PayloadTooLarge
+from costmon.inputs import DeferredJsonParser, load_json, may_hold_refused
 from costmon.models import ApiKey
 from costmon.prometheus import instruments
 from costmon.scoping import TenantAPIView
@@ -132,7 +132,8 @@ def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
 
 class UsageApi(TenantAPIView):
     method_scopes = {"POST": ApiKey.Scope.INGEST, "GET": ApiKey.Scope.READ}
-    parser_classes: list[Any] = []  # the body is parsed here, with exact decimals
+    # The body is parsed here, as a whole batch with exact decimals.
+    parser_classes: list[Any] = [DeferredJsonParser]
 
     @instruments.timed(instruments.INGEST_SECONDS)
     def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
@@ -160,11 +161,10 @@ class UsageApi(TenantAPIView):
         content_type = request.content_type.split(";")[0].strip()
         if content_type and content_type != "application/json":
             raise DomainError("Send the usage as JSON with Content-Type: application/json.")
-        try:
-            payload = json.loads(body, parse_float=Decimal)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DomainError(f"Malformed JSON: {exc}") from None
-        events = parse_batch(payload, may_hold_nul=b"\\u0000" in body)
+        # parse_batch accepts nothing deeper than list > event > tags (no depth count needed),
+        # and checks every string.
+        payload = load_json(body, max_depth=None, strings_checked=True)
+        events = parse_batch(payload, may_hold_refused=may_hold_refused(body))
         results = usage_record_batch(tenant=self.tenant, events=events, api_key_id=self.api_key_id)
         instruments.events_ingested(results)
         return Response(

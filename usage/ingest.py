@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from costmon.exceptions import BatchInvalid, DomainError
+from costmon.inputs import field_name, impossible_date_reason, strings_in, text_problem
 
 MAX_TOKENS = 100_000_000  # more than any context window times any sane batch of calls
 MAX_COST_USD = Decimal(100_000)
@@ -81,21 +82,40 @@ class EventIn:
     prompt_hash: str | None = None
 
 
+def _parse_time(raw: Any, *, now: datetime, latest: datetime) -> tuple[datetime | None, str | None]:
+    """(occurred_at in UTC, None) or (None, why it cannot be one)."""
+    try:
+        parsed = parse_datetime(raw) if isinstance(raw, str) else None
+    except ValueError as exc:
+        # Well-formed but impossible: February 30th, second 60, an offset of 25 hours.
+        return None, f"{raw} is not a valid date-time ({impossible_date_reason(exc)})."
+    if parsed is None:
+        return None, "Must be an ISO 8601 date-time, e.g. 2026-11-23T14:05:00Z."
+    if timezone.is_naive(parsed):
+        parsed = parsed.replace(tzinfo=UTC)  # documented: naive times are UTC
+    if parsed > latest:
+        return None, f"{raw} is in the future (server time is {now:%Y-%m-%dT%H:%M:%SZ})."
+    if parsed < EARLIEST:
+        return None, "Must be after 2000-01-01."
+    return parsed, None
+
+
 class _Errors:
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
 
     def add(self, index: int, field: str | None, message: str) -> None:
-        self.items.append({"index": index, "field": field, "message": message})
+        named = field_name(field) if field is not None else None
+        self.items.append({"index": index, "field": named, "message": message})
 
 
 def parse_batch(
-    payload: Any, *, now: datetime | None = None, may_hold_nul: bool = True
+    payload: Any, *, now: datetime | None = None, may_hold_refused: bool = True
 ) -> list[EventIn]:
     """Validate a decoded JSON body (one object or a list of them); raise BatchInvalid.
 
-    `may_hold_nul=False` skips the search for NUL characters, for a body known not to hold
-    any (JSON can only carry one as the escape \\u0000)."""
+    `may_hold_refused=False` skips the look for control characters and lone surrogates in
+    every string, for a body known not to hold any (`costmon.inputs.may_hold_refused`)."""
     if isinstance(payload, dict):
         items = [payload]
     elif isinstance(payload, list):
@@ -112,7 +132,7 @@ def parse_batch(
     errors = _Errors()
     events = []
     for index, item in enumerate(items):
-        event = _parse_event(index, item, errors, now=now, latest=latest, nul=may_hold_nul)
+        event = _parse_event(index, item, errors, now=now, latest=latest, text=may_hold_refused)
         if event is not None:
             events.append(event)
     if errors.items:
@@ -121,7 +141,7 @@ def parse_batch(
 
 
 def _parse_event(
-    index: int, item: Any, errors: _Errors, *, now: datetime, latest: datetime, nul: bool = True
+    index: int, item: Any, errors: _Errors, *, now: datetime, latest: datetime, text: bool = True
 ) -> EventIn | None:
     if not isinstance(item, dict):
         errors.add(index, None, "Each event must be a JSON object.")
@@ -132,13 +152,13 @@ def _parse_event(
             index, name, f"Unknown field {name!r}. Known fields: {', '.join(sorted(KNOWN_FIELDS))}."
         )
 
-    # PostgreSQL text cannot hold NUL; refuse it here rather than fail at the insert.
-    for name, value in item.items() if nul else ():
-        nested = value.items() if isinstance(value, dict) else ()
-        if any(
-            isinstance(v, str) and "\x00" in v for v in (value, *(x for kv in nested for x in kv))
-        ):
-            errors.add(index, name, "Must not contain NUL (\\u0000) characters.")
+    # Every string of an event is a name or an id: none may hold a control character or a
+    # lone surrogate, whatever its field (costmon.inputs). One error per field.
+    refused: set[str] = set()
+    for where, string, _ in strings_in(item) if text else ():
+        if where not in refused and (problem := text_problem(string)) is not None:
+            refused.add(where)
+            errors.add(index, where, problem)
 
     strings: dict[str, str] = {}
     for name, (max_len, required) in _STRING_FIELDS.items():
@@ -170,22 +190,10 @@ def _parse_event(
     occurred_at = now
     raw_time = item.get("occurred_at")
     if raw_time is not None:
-        parsed = parse_datetime(raw_time) if isinstance(raw_time, str) else None
-        if parsed is None:
-            errors.add(
-                index, "occurred_at", "Must be an ISO 8601 date-time, e.g. 2026-11-23T14:05:00Z."
-            )
-        else:
-            if timezone.is_naive(parsed):
-                parsed = parsed.replace(tzinfo=UTC)  # documented: naive times are UTC
-            if parsed > latest:
-                errors.add(
-                    index,
-                    "occurred_at",
-                    f"{raw_time} is in the future (server time is {now:%Y-%m-%dT%H:%M:%SZ}).",
-                )
-            elif parsed < EARLIEST:
-                errors.add(index, "occurred_at", "Must be after 2000-01-01.")
+        parsed, problem = _parse_time(raw_time, now=now, latest=latest)
+        if problem is not None:
+            errors.add(index, "occurred_at", problem)
+        elif parsed is not None:
             occurred_at = parsed
 
     tokens: dict[str, int] = {}
@@ -196,11 +204,9 @@ def _parse_event(
         if isinstance(value, bool) or not isinstance(value, int | Decimal):
             errors.add(index, name, "Must be a whole number of tokens.")
             continue
-        if isinstance(value, Decimal):
-            if value != value.to_integral_value():
-                errors.add(index, name, "Must be a whole number of tokens.")
-                continue
-            value = int(value)
+        if isinstance(value, Decimal) and value != value.to_integral_value():
+            errors.add(index, name, "Must be a whole number of tokens.")
+            continue
         if value < 0:
             errors.add(index, name, "Must not be negative.")
         elif value > MAX_TOKENS:
@@ -209,7 +215,8 @@ def _parse_event(
                 name,
                 f"{value} tokens is more than {MAX_TOKENS:,} for one call; check the units.",
             )
-        tokens[name] = value
+        else:
+            tokens[name] = int(value)  # in range: int() of 1e999999999 would take a while
     if len(tokens) == len(TOKEN_FIELDS) and len(errors.items) == before:
         parts = tokens["cached_input_tokens"] + tokens["cache_write_tokens"]
         if parts > tokens["input_tokens"]:

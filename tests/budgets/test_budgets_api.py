@@ -109,9 +109,11 @@ def test_a_budget_for_another_tenants_key_is_refused(admin_client_key, outsider)
     foreign = api_key_create(tenant=outsider, scopes="ingest").api_key
     response = create(admin_client_key, scope="api_key", api_key=foreign.pk)
     assert response.status_code == 400
+    message = f"No API key {foreign.pk} in this tenant."
     assert response.json() == {
-        "detail": f"No API key {foreign.pk} in this tenant.",
+        "detail": message,
         "field": "api_key",
+        "errors": [{"field": "api_key", "message": message}],
     }
 
 
