@@ -15,11 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import structlog
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+
+log = structlog.get_logger(__name__)
 
 # How long a client should wait before trying again when the database is unreachable (a
 # restart or a fail-over takes a few seconds).
@@ -125,6 +128,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, Http404):
         return Response(error_body("Not found."), status=404)
     if isinstance(exc, UNAVAILABLE_ERRORS):
+        log.warning("database_unavailable", error=f"{exc.__class__.__name__}: {exc}")
         return unavailable_response()
     # Imported here: rest_framework.views reads the parser setting, whose parser imports this.
     from rest_framework.views import exception_handler

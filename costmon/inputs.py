@@ -1,7 +1,8 @@
 """What the API accepts: JSON request bodies, and the characters names may hold.
 
-Every API decodes its JSON body with `load_json` (DRF views through `JsonBodyParser`), so one set
-of rules holds everywhere:
+Every API decodes its JSON body with `load_json` (DRF views through `JsonBodyParser`), and checks
+the characters of names with `text_problem` (the usage batch and the check for every string, DRF
+views in their fields: costmon.fields.StrictCharField), so one set of rules holds everywhere:
 - the body is UTF-8 JSON (RFC 8259): no NaN or Infinity, no lone surrogate (`"\\ud800"`), at most
   `MAX_DEPTH` levels of arrays and objects;
 - names (end users, models, operations, providers, tags, event and session ids, and the names
@@ -25,6 +26,12 @@ from rest_framework.parsers import BaseParser
 from costmon.exceptions import DomainError
 
 MAX_DEPTH = 32
+# An amount as text: digits with an optional fraction (no sign, exponent, spaces or `_`, which
+# Decimal() would take); a leading `-` is read only to say "Must not be negative".
+DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+# The JSON Schema pattern of such an amount of US dollars from 0 to 100,000 (the most one call
+# may cost or be estimated at).
+USD_TEXT_PATTERN = r"^0*([0-9]{1,5}(\.[0-9]+)?|100000(\.0+)?)$"
 
 # Characters no name may hold. Surrogates cannot be encoded (UTF-8 has no form for them):
 # JSON can carry one only as a lone `\ud800`-style escape.
@@ -107,18 +114,6 @@ def strings_in(value: Any, path: str = "") -> Iterator[tuple[str, str, bool]]:
             stack.extend((f"{where}.{i}" if where else str(i), item) for i, item in enumerate(node))
 
 
-def first_text_problem(
-    value: Any, *, multiline_fields: frozenset[str] = frozenset()
-) -> tuple[str, str] | None:
-    """(field path, problem) of the first refused string in a decoded JSON value, or None.
-    The values of the top-level fields named in `multiline_fields` are free text."""
-    for where, text, is_key in strings_in(value):
-        multiline = not is_key and where in multiline_fields
-        if (problem := text_problem(text, multiline=multiline)) is not None:
-            return where, problem
-    return None
-
-
 def impossible_date_reason(exc: ValueError) -> str:
     """Why a well-formed date-time does not exist (February 30th, second 60, offset +25:00),
     from the ValueError Python raised for it, in a person's words."""
@@ -192,9 +187,8 @@ def load_json(
 
 
 class JsonBodyParser(BaseParser):
-    """DRF's JSON parser with costmon's rules: `load_json`, then every string of the body must
-    be a name (control characters refused, naming the field), except in the view's
-    `free_text_fields`, which may also hold tabs and line breaks."""
+    """DRF's JSON parser with costmon's rules (`load_json`). The characters of each field are
+    the serializer's to check (costmon.fields.StrictCharField), so a refusal names the field."""
 
     media_type = "application/json"
 
@@ -204,15 +198,7 @@ class JsonBodyParser(BaseParser):
         media_type: str | None = None,
         parser_context: Mapping[str, Any] | None = None,
     ) -> Any:
-        body = stream.read() if stream is not None else b""
-        data = load_json(body)
-        view = (parser_context or {}).get("view")
-        free_text = frozenset(getattr(view, "free_text_fields", ()))
-        if may_hold_refused(body):
-            found = first_text_problem(data, multiline_fields=free_text)
-            if found is not None:
-                raise DomainError(found[1], field=found[0])
-        return data
+        return load_json(stream.read() if stream is not None else b"")
 
 
 class DeferredJsonParser(BaseParser):

@@ -17,7 +17,13 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from costmon.exceptions import BatchInvalid, DomainError
-from costmon.inputs import field_name, impossible_date_reason, strings_in, text_problem
+from costmon.inputs import (
+    DECIMAL_TEXT,
+    field_name,
+    impossible_date_reason,
+    strings_in,
+    text_problem,
+)
 
 MAX_TOKENS = 100_000_000  # more than any context window times any sane batch of calls
 MAX_COST_USD = Decimal(100_000)
@@ -171,9 +177,9 @@ def _parse_event(
         if not isinstance(value, str):
             errors.add(index, name, "Must be a string.")
             continue
-        value = value.strip()
-        if len(value) > max_len:
+        if len(value) > max_len:  # as sent, as the schema says; surrounding spaces are trimmed
             errors.add(index, name, f"At most {max_len} characters.")
+        value = value.strip()
         if required and not value:
             errors.add(index, name, "This field is required.")
         strings[name] = value
@@ -232,13 +238,15 @@ def _parse_event(
         try:
             if isinstance(raw_cost, bool):
                 raise InvalidOperation
+            if isinstance(raw_cost, str) and not DECIMAL_TEXT.fullmatch(raw_cost):
+                raise InvalidOperation
             cost_usd = Decimal(raw_cost) if isinstance(raw_cost, str | int | Decimal) else None
             if cost_usd is None or not cost_usd.is_finite():
                 raise InvalidOperation
         except (InvalidOperation, ValueError):
             errors.add(index, "cost_usd", 'Must be a decimal number of US dollars, e.g. "0.00135".')
         else:
-            if cost_usd < 0:
+            if cost_usd < 0 or (isinstance(raw_cost, str) and raw_cost.startswith("-")):
                 errors.add(index, "cost_usd", "Must not be negative.")
             elif cost_usd > MAX_COST_USD:
                 errors.add(
@@ -273,7 +281,7 @@ def _parse_event(
     if prompt_hash is not None:
         if not isinstance(prompt_hash, str):
             errors.add(index, "prompt_hash", "Must be a string.")
-        elif len(prompt_hash.strip()) > MAX_PROMPT_HASH:
+        elif len(prompt_hash) > MAX_PROMPT_HASH:
             errors.add(index, "prompt_hash", f"At most {MAX_PROMPT_HASH} characters.")
         else:
             prompt_hash = prompt_hash.strip() or None

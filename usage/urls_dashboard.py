@@ -6,6 +6,7 @@ goes in the query string (`/t/<slug>/models/?name=...`)."""
 from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
+from costmon import converters
 from usage import views
 
 
@@ -23,6 +24,7 @@ class AnyTextConverter:
 
 
 register_converter(AnyTextConverter, "anytext")
+converters.register()
 
 urlpatterns = [
     # Members log in here (the admin's login page accepts staff only).
@@ -42,5 +44,5 @@ urlpatterns = [
         views.end_user_detail,
         name="dashboard-end-user",
     ),
-    path("t/<slug:slug>/budgets/<int:budget_id>/", views.budget_detail, name="dashboard-budget"),
+    path("t/<slug:slug>/budgets/<id:budget_id>/", views.budget_detail, name="dashboard-budget"),
 ]

@@ -82,7 +82,7 @@ def test_a_new_budget_applies_to_the_next_check_at_once(admin_client_key, ingest
     [
         ({"scope": "galaxy"}, "scope", "not a valid choice"),
         ({"limit_usd": "-5"}, "limit_usd", "greater than or equal to 0.000001"),
-        ({"limit_usd": "lots"}, "limit_usd", "valid number"),
+        ({"limit_usd": "lots"}, "limit_usd", "decimal number"),
         ({"thresholds": [80, 120]}, "thresholds", "outside 0-100%"),
         ({"thresholds": [0]}, "thresholds", "outside 0-100%"),
         ({"thresholds": []}, "thresholds", "list of percentages"),

@@ -61,7 +61,7 @@ def test_a_refused_body_lists_each_field_and_keeps_its_old_keys(admin_client_key
     data = response.json()
     assert data["name"] == ["This field is required."]  # as before
     assert sorted(data["errors"], key=lambda e: e["field"]) == [
-        {"field": "limit_usd", "message": "A valid number is required."},
+        {"field": "limit_usd", "message": 'Must be a decimal number, e.g. "10.50".'},
         {"field": "name", "message": "This field is required."},
         {"field": "period", "message": '"year" is not a valid choice.'},
     ]
