@@ -22,5 +22,7 @@ urlpatterns = [
 ]
 
 # Errors outside any view, and unknown URLs under the API, in the API's JSON error shape.
+handler400 = "costmon.views.bad_request"
+handler403 = "costmon.views.permission_denied"
 handler404 = "costmon.views.not_found"
 handler500 = "costmon.views.server_error"

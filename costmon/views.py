@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sys
 
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 
@@ -24,6 +25,25 @@ def server_error(request: HttpRequest) -> HttpResponse:
     if is_api_path(request.path):
         return internal_error(request)
     return defaults.server_error(request)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """handler400: a request Django refuses before any view (a Host not in ALLOWED_HOSTS)."""
+    if is_api_path(request.path):
+        message = (
+            "The Host header names no host this costmon serves (ALLOWED_HOSTS)."
+            if isinstance(exception, DisallowedHost)
+            else "Bad request."
+        )
+        return JsonResponse(error_body(message), status=400)
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """handler403, for API paths in the API's JSON error shape."""
+    if is_api_path(request.path):
+        return JsonResponse(error_body(str(exception) or "Forbidden."), status=403)
+    return defaults.permission_denied(request, exception)
 
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:

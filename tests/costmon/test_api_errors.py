@@ -35,6 +35,15 @@ def test_an_unknown_api_url_is_a_json_404(read_client):
     assert response.json() == shape("No API endpoint at /api/v1/nothing-here/; see /api/docs/.")
 
 
+def test_a_host_not_allowed_is_a_json_400_under_the_api(client, settings):
+    response = client.get("/api/v1/metrics/", HTTP_HOST="evil.example")
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == shape(
+        "The Host header names no host this costmon serves (ALLOWED_HOSTS)."
+    )
+
+
 def test_refusals_of_authentication_and_method_share_the_shape(client, read_client, acme):
     response = client.get("/api/v1/metrics/")
     assert response.status_code == 401
