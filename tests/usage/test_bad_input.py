@@ -517,3 +517,64 @@ def test_a_tag_filter_matches_the_tag_by_its_exact_name(
     assert [e["event_id"] for e in results] == ["hit"]
     metrics = read_client.get("/api/v1/metrics/", {"period": "month", "tag": f"{tag}:("}).json()
     assert metrics["total"]["calls"] == 1
+
+
+# --- OpenTelemetry: the same rules, span by span ------------------------------------------
+
+
+def test_an_otlp_span_whose_names_hold_control_characters_is_rejected_with_its_reason(
+    ingest_client, read_client
+):
+    from tests.usage.test_otlp import TRACE, haiku, json_export, json_span, post_json
+
+    body = json_export(
+        json_span("0000000000000001", haiku()),
+        json_span("0000000000000002", haiku(**{"gen_ai.request.model": "claude\nhaiku"})),
+        json_span("0000000000000003", haiku(**{"user.id": "ann\tlee"})),
+    )
+    response = post_json(ingest_client, body)
+    assert response.status_code == 200, response.content
+    partial = response.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "2"
+    message = partial["errorMessage"]
+    assert (
+        "gen_ai.response.model / gen_ai.request.model: Must not contain control characters or "
+        "line breaks: a line feed (U+000A) at position 6" in message
+    )
+    assert "end_user: Must not contain control characters or line breaks: a tab" in message
+    assert [e["event_id"] for e in read_client.get("/api/v1/usage/").json()["results"]] == [
+        f"otel-{TRACE}-0000000000000001"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('{"resourceSpans": ' + "[" * 2000 + "]" * 2000 + "}", "Malformed JSON"),
+        (b'{"resourceSpans": "caf\xe9"}', "Malformed JSON"),
+    ],
+)
+def test_an_otlp_json_body_too_deep_or_not_utf8_is_a_400(ingest_client, body, message):
+    from tests.usage.test_otlp import post_json
+
+    response = post_json(ingest_client, body if isinstance(body, bytes) else body.encode())
+    assert response.status_code == 400
+    assert response.json()["message"].startswith(message)
+
+
+def test_an_otlp_lone_surrogate_is_a_400_naming_where_it_is(ingest_client, read_client):
+    # Protobuf strings are UTF-8: such an export is not an ExportTraceServiceRequest at all.
+    from tests.usage.test_otlp import haiku, json_export, json_span, post_json
+
+    body = json.dumps(
+        json_export(
+            json_span("0000000000000001", haiku()),
+            json_span("0000000000000002", haiku(**{"gen_ai.request.model": "x\ud800"})),
+        )
+    )
+    response = post_json(ingest_client, body.encode())
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert "Unpaired surrogate at ExportTraceServiceRequest.resourceSpans[0]" in message
+    assert "spans[1].attributes[2].value.stringValue" in message
+    assert read_client.get("/api/v1/usage/").json()["results"] == []
