@@ -50,8 +50,7 @@ from costmon.inputs import (
     field_name,
     load_json,
     may_hold_refused,
-    strings_in,
-    text_problem,
+    text_problems,
 )
 from costmon.models import ApiKey
 from costmon.openapi import Error
@@ -241,9 +240,8 @@ def parse_check(body: bytes, *, api_key_id: int | None, client_ip: str) -> Check
         errors.append({"index": 0, "field": field_name(field), "message": message})
 
     # The same names as usage events: no control characters, no lone surrogates.
-    for where, string, _ in strings_in(data) if may_hold_refused(body) else ():
-        if (problem := text_problem(string)) is not None:
-            bad(where, problem)
+    for where, problem in text_problems(data) if may_hold_refused(body) else ():
+        bad(where, problem)
     for name in sorted(data.keys() - _CHECK_FIELDS):
         bad(name, f"Unknown field {name!r}. Known fields: {', '.join(sorted(_CHECK_FIELDS))}.")
     strings: dict[str, str] = {}

@@ -46,14 +46,21 @@ _CHARACTER_NAMES = {
     "\u2029": "a paragraph separator",
 }
 # A JSON body can hold a refused character only as an escape (raw control characters are
-# invalid JSON) or as DEL or the UTF-8 bytes of a C1 control or of U+2028/U+2029: bodies without any
-# of these (nearly all) need no look at their strings.
-_MAY_HOLD_REFUSED = re.compile(
-    rb"\\(?:[btnfr]|u00[01]|u007[fF]|u00[89]|u202[89]|u[dD][89a-fA-F])|\x7f|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]"
+# invalid JSON: `\n`, `\u001b`, a lone `\ud800`), or as DEL or the UTF-8 bytes of a C1 control or
+# of U+2028/U+2029. Bodies with none of these (nearly all, emoji sent as escaped surrogate
+# pairs included) need no look at their strings.
+_NOT_REFUSED_ESCAPES = re.compile(  # an escaped backslash; an escaped surrogate pair (an emoji)
+    rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 )
-
-
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_MAY_HOLD_REFUSED = re.compile(
+    rb"\\(?:[btnfr]|u00[01][0-9a-fA-F]|u007[fF]|u00[89][0-9a-fA-F]|u202[89]|u[dD][89a-fA-F])"
+    rb"|\x7f|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]"
+)
+# A surrogate escape not in a pair: a high one with no low one after it, or a low one alone.
+_SURROGATE_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -85,7 +92,7 @@ def may_hold_refused(body: bytes) -> bool:
         and b"\xe2\x80" not in body
     ):
         return False
-    return _MAY_HOLD_REFUSED.search(body) is not None
+    return _MAY_HOLD_REFUSED.search(_NOT_REFUSED_ESCAPES.sub(b"", body)) is not None
 
 
 def field_name(name: Any) -> str:
@@ -121,6 +128,36 @@ def impossible_date_reason(exc: ValueError) -> str:
     if reason.startswith("offset must be"):
         return "a UTC offset must be less than 24 hours"
     return reason
+
+
+def text_problems(value: Any) -> Iterator[tuple[str, str]]:
+    """(field path, problem) of every string in a decoded JSON value, object keys included,
+    that cannot be a name; quick where none is (a path is only made for a refused string)."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    search = _NAME_REFUSED.search
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, str):
+            if search(node):
+                yield where, text_problem(node) or ""
+            continue
+        if isinstance(node, dict):
+            items: Any = node.items()
+        elif isinstance(node, list):
+            items = enumerate(node)
+        else:
+            continue
+        for key, item in items:
+            if isinstance(key, str) and search(key):
+                inner = field_name(key)
+                yield (f"{where}.{inner}" if where else inner), text_problem(key) or ""
+            if isinstance(item, str):
+                if search(item):
+                    inner = field_name(key)
+                    yield (f"{where}.{inner}" if where else inner), text_problem(item) or ""
+            elif isinstance(item, dict | list):
+                inner = field_name(key)
+                stack.append((f"{where}.{inner}" if where else inner, item))
 
 
 def _refuse_constant(name: str) -> Any:

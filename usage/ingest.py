@@ -21,8 +21,7 @@ from costmon.inputs import (
     DECIMAL_TEXT,
     field_name,
     impossible_date_reason,
-    strings_in,
-    text_problem,
+    text_problems,
 )
 
 MAX_TOKENS = 100_000_000  # more than any context window times any sane batch of calls
@@ -161,10 +160,10 @@ def _parse_event(
     # Every string of an event is a name or an id: none may hold a control character or a
     # lone surrogate, whatever its field (costmon.inputs). One error per field.
     refused: set[str] = set()
-    for where, string, _ in strings_in(item) if text else ():
-        if where not in refused and (problem := text_problem(string)) is not None:
+    for where, why in text_problems(item) if text else ():
+        if where not in refused:
             refused.add(where)
-            errors.add(index, where, problem)
+            errors.add(index, where, why)
 
     strings: dict[str, str] = {}
     for name, (max_len, required) in _STRING_FIELDS.items():
