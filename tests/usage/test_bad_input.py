@@ -578,3 +578,30 @@ def test_an_otlp_lone_surrogate_is_a_400_naming_where_it_is(ingest_client, read_
     assert "Unpaired surrogate at ExportTraceServiceRequest.resourceSpans[0]" in message
     assert "spans[1].attributes[2].value.stringValue" in message
     assert read_client.get("/api/v1/usage/").json()["results"] == []
+
+
+@pytest.mark.parametrize(
+    ("end_user", "status"),
+    [
+        ("C:\\new\\table", 201),  # backslashes before n and t: no line feed, no tab
+        ("fox 🦊 and 🚀", 201),  # escaped surrogate pairs
+        ("fox 🦊\\", 201),
+        ("fox 🦊\n", 400),
+        ("\\\n", 400),  # a backslash, then a line feed
+    ],
+)
+def test_escapes_are_read_as_json_reads_them(ingest_client, end_user, status):
+    body = json.dumps([event(end_user=end_user)])  # ensure_ascii, as the Python client sends
+    response = raw_post(ingest_client, "/api/v1/usage/", body)
+    assert response.status_code == status, response.content
+    if status == 201:
+        assert UsageEvent.objects.unscoped().get().end_user.value == end_user.strip()
+
+
+def test_a_lone_low_surrogate_after_a_pair_is_refused(ingest_client):
+    body = json.dumps([event()]).replace('"user-1"', '"\\ud83e\\udd8a\\udc00"')
+    error = only_error(raw_post(ingest_client, "/api/v1/usage/", body))
+    assert (error["field"], error["message"]) == (
+        "end_user",
+        "Must be valid Unicode: a lone surrogate (U+DC00) at position 1 is not a character.",
+    )
