@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from django.db import transaction
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from alerts.models import RULE_FIELDS, Alert, AlertRule, Channel, Notification
+from alerts.openapi import (
+    AlertList,
+    AlertOut,
+    ChannelList,
+    ChannelOut,
+    NotificationOut,
+    RuleList,
+    RuleOut,
+)
 from alerts.services import alert_acknowledge, channel_save, channel_send_test, rule_validate
 from costmon.exceptions import DomainError, NotFound
+from costmon.fields import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictChoiceField,
+    StrictIntegerField,
+    StrictModelSerializer,
+)
 from costmon.models import ApiKey
 from costmon.scoping import TenantAPIView
 
@@ -94,14 +110,16 @@ def notification_json(n: Notification) -> dict[str, Any]:
 
 
 class ChannelInput(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
-    kind = serializers.ChoiceField(choices=Channel.Kind.choices)
-    config = serializers.DictField()
-    is_enabled = serializers.BooleanField(required=False, default=True)
+    name = StrictCharField(max_length=100)
+    kind = StrictChoiceField(choices=Channel.Kind.choices)
+    config = serializers.DictField(
+        help_text="slack: {url}; webhook: {url, secret?}; email: {to: [addresses]}"
+    )
+    is_enabled = StrictBooleanField(required=False, default=True)
 
 
-class RuleInput(serializers.ModelSerializer):
-    channels = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
+class RuleInput(StrictModelSerializer):
+    channels = serializers.ListField(child=StrictIntegerField(), required=False, default=list)
 
     class Meta:
         model = AlertRule
@@ -118,7 +136,9 @@ class _Crud(TenantAPIView):
 
 
 class ChannelListApi(_Crud):
-    @extend_schema(summary="Notification channels", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        operation_id="channels_list", summary="Notification channels", responses={200: ChannelList}
+    )
     def get(self, request: Request) -> Response:
         return Response(
             {
@@ -130,9 +150,10 @@ class ChannelListApi(_Crud):
         )
 
     @extend_schema(
+        operation_id="channels_create",
         summary="Add a channel (slack: {url}; webhook: {url, secret?}; email: {to: [...]})",
         request=ChannelInput,
-        responses={201: OpenApiTypes.OBJECT},
+        responses={201: ChannelOut},
     )
     def post(self, request: Request) -> Response:
         incoming = ChannelInput(data=request.data)
@@ -151,12 +172,15 @@ class ChannelDetailApi(_Crud):
             raise NotFound(f"No channel {channel_id} in this tenant.")
         return channel
 
-    @extend_schema(summary="One channel", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(operation_id="channels_read", summary="One channel", responses={200: ChannelOut})
     def get(self, request: Request, channel_id: int) -> Response:
         return Response(channel_json(self._channel(channel_id)))
 
     @extend_schema(
-        summary="Change a channel", request=ChannelInput, responses={200: OpenApiTypes.OBJECT}
+        operation_id="channels_update",
+        summary="Change a channel",
+        request=ChannelInput,
+        responses={200: ChannelOut},
     )
     def patch(self, request: Request, channel_id: int) -> Response:
         channel = self._channel(channel_id)
@@ -168,7 +192,9 @@ class ChannelDetailApi(_Crud):
             channel.disabled_reason = ""
         return Response(channel_json(channel_save(channel=channel)))
 
-    @extend_schema(summary="Delete a channel", responses={204: None})
+    @extend_schema(
+        operation_id="channels_delete", summary="Delete a channel", responses={204: None}
+    )
     def delete(self, request: Request, channel_id: int) -> Response:
         self._channel(channel_id).delete()
         return Response(status=204)
@@ -178,7 +204,16 @@ class ChannelTestApi(_Crud):
     method_scopes: ClassVar[dict[str, str]] = {"POST": ApiKey.Scope.ADMIN}
 
     @extend_schema(
-        summary="Send a test notification now", request=None, responses={200: OpenApiTypes.OBJECT}
+        operation_id="channels_test",
+        summary="Send a test notification now",
+        request=None,
+        responses={
+            200: NotificationOut,
+            502: OpenApiResponse(
+                NotificationOut,
+                description="The channel's own server refused or failed: the record says why.",
+            ),
+        },
     )
     def post(self, request: Request, channel_id: int) -> Response:
         channel = Channel.objects.for_tenant(self.tenant).filter(pk=channel_id).first()
@@ -201,7 +236,7 @@ def _channels_of(tenant: Any, ids: list[int]) -> list[Channel]:
 
 
 class RuleListApi(_Crud):
-    @extend_schema(summary="Alert rules", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(operation_id="rules_list", summary="Alert rules", responses={200: RuleList})
     def get(self, request: Request) -> Response:
         rules = (
             AlertRule.objects.for_tenant(self.tenant).prefetch_related("channels").order_by("name")
@@ -209,7 +244,10 @@ class RuleListApi(_Crud):
         return Response({"results": [rule_json(r) for r in rules]})
 
     @extend_schema(
-        summary="Add an alert rule", request=RuleInput, responses={201: OpenApiTypes.OBJECT}
+        operation_id="rules_create",
+        summary="Add an alert rule",
+        request=RuleInput,
+        responses={201: RuleOut},
     )
     def post(self, request: Request) -> Response:
         incoming = RuleInput(data=request.data)
@@ -231,12 +269,15 @@ class RuleDetailApi(_Crud):
             raise NotFound(f"No alert rule {rule_id} in this tenant.")
         return rule
 
-    @extend_schema(summary="One alert rule", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(operation_id="rules_read", summary="One alert rule", responses={200: RuleOut})
     def get(self, request: Request, rule_id: int) -> Response:
         return Response(rule_json(self._rule(rule_id)))
 
     @extend_schema(
-        summary="Change an alert rule", request=RuleInput, responses={200: OpenApiTypes.OBJECT}
+        operation_id="rules_update",
+        summary="Change an alert rule",
+        request=RuleInput,
+        responses={200: RuleOut},
     )
     def patch(self, request: Request, rule_id: int) -> Response:
         rule = self._rule(rule_id)
@@ -255,7 +296,9 @@ class RuleDetailApi(_Crud):
                 rule.channels.set(channels)
         return Response(rule_json(rule))
 
-    @extend_schema(summary="Delete an alert rule", responses={204: None})
+    @extend_schema(
+        operation_id="rules_delete", summary="Delete an alert rule", responses={204: None}
+    )
     def delete(self, request: Request, rule_id: int) -> Response:
         self._rule(rule_id).delete()
         return Response(status=204)
@@ -265,8 +308,16 @@ class AlertListApi(TenantAPIView):
     required_scope = ApiKey.Scope.READ
 
     @extend_schema(
-        summary="Alerts, newest first (filters: status, severity, kind, rule)",
-        responses={200: OpenApiTypes.OBJECT},
+        operation_id="alerts_list",
+        summary="Alerts, newest first (at most 200)",
+        parameters=[
+            OpenApiParameter("status", str, enum=["", *Alert.Status.values]),
+            OpenApiParameter("severity", str, enum=["", *AlertRule.Severity.values]),
+            OpenApiParameter("kind", str, enum=["", *AlertRule.Kind.values]),
+            OpenApiParameter("rule", str, pattern="^[0-9]{0,18}$", description="A rule's id"),
+            OpenApiParameter("acknowledged", str, enum=["", "true", "false"]),
+        ],
+        responses={200: AlertList},
     )
     def get(self, request: Request) -> Response:
         qs = Alert.objects.for_tenant(self.tenant).select_related("rule").order_by("-first_seen_at")
@@ -281,11 +332,13 @@ class AlertListApi(TenantAPIView):
                     raise DomainError(f"{name} must be one of {', '.join(allowed)}.", field=name)
                 qs = qs.filter(**{lookup: value})
         if rule := params.get("rule"):
-            if not rule.isdigit():
+            if not re.fullmatch("[0-9]{1,18}", rule):
                 raise DomainError("rule must be a rule id.", field="rule")
             qs = qs.filter(rule_id=int(rule))
-        if params.get("acknowledged") in ("true", "false"):
-            qs = qs.filter(acknowledged_at__isnull=params["acknowledged"] == "false")
+        if acknowledged := params.get("acknowledged"):
+            if acknowledged not in ("true", "false"):
+                raise DomainError("acknowledged must be true or false.", field="acknowledged")
+            qs = qs.filter(acknowledged_at__isnull=acknowledged == "false")
         return Response({"results": [alert_json(a) for a in qs[:200]]})
 
 
@@ -293,7 +346,10 @@ class AlertAcknowledgeApi(TenantAPIView):
     required_scope = ApiKey.Scope.ADMIN
 
     @extend_schema(
-        summary="Acknowledge an alert", request=None, responses={200: OpenApiTypes.OBJECT}
+        operation_id="alerts_acknowledge",
+        summary="Acknowledge an alert",
+        request=None,
+        responses={200: AlertOut},
     )
     def post(self, request: Request, alert_id: int) -> Response:
         alert = (

@@ -18,6 +18,7 @@ from budgets.models import Budget
 from budgets.selectors import budget_views
 from budgets.services import budget_status, budget_window
 from costmon.models import Tenant
+from usage.links import drilldown_url
 from usage.models import HourlyRollup
 from usage.pricing import format_usd, usd_to_nanos
 from usage.selectors import (
@@ -371,7 +372,8 @@ def evaluate_unpriced(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Co
                 "counts as $0. Add the price (admin, or load_prices) and they are priced at once."
             ),
             figure=f"{calls} calls",
-            link=dashboard_link(tenant, f"models/{model}/"),
+            # Any model name that was ever accepted has its page (usage.links).
+            link=f"{settings.SITE_URL}{drilldown_url(tenant.slug, 'model', model)}",
         )
         for provider, model, calls in rows
     ]

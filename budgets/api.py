@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from budgets.models import Budget, EmergencyStop
+from budgets.openapi import (
+    BudgetList,
+    BudgetOut,
+    CheckReply,
+    EmergencyStopReply,
+    check_request_schema,
+)
 from budgets.selectors import BudgetView, budget_views, emergency_stop_history
 from budgets.services import (
     BudgetState,
@@ -31,8 +36,24 @@ from budgets.services import (
     emergency_stop_lift,
     emergency_stop_trip,
 )
-from costmon.exceptions import BatchInvalid, DomainError, NotFound
+from costmon.exceptions import BatchInvalid, Conflict, DomainError, NotFound
+from costmon.fields import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictChoiceField,
+    StrictDecimalField,
+    StrictIntegerField,
+)
+from costmon.inputs import (
+    DECIMAL_TEXT,
+    DeferredJsonParser,
+    field_name,
+    load_json,
+    may_hold_refused,
+    text_problems,
+)
 from costmon.models import ApiKey
+from costmon.openapi import Error
 from costmon.prometheus import instruments
 from costmon.scoping import TenantAPIView
 from usage.pricing import format_usd
@@ -86,25 +107,21 @@ def budget_json(view: BudgetView) -> dict[str, Any]:
 
 
 class BudgetInput(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
-    scope = serializers.ChoiceField(choices=Budget.Scope.choices, default=Budget.Scope.TENANT)
-    scope_value = serializers.CharField(
-        max_length=255, required=False, allow_blank=True, default=""
-    )
-    api_key = serializers.IntegerField(required=False, allow_null=True, default=None)
-    period = serializers.ChoiceField(choices=Budget.Period.choices, default=Budget.Period.MONTH)
-    rolling_days = serializers.IntegerField(required=False, allow_null=True, default=None)
-    limit_usd = serializers.DecimalField(max_digits=14, decimal_places=6)
+    name = StrictCharField(max_length=100)
+    scope = StrictChoiceField(choices=Budget.Scope.choices, default=Budget.Scope.TENANT)
+    scope_value = StrictCharField(max_length=255, required=False, allow_blank=True, default="")
+    api_key = StrictIntegerField(required=False, allow_null=True, default=None)
+    period = StrictChoiceField(choices=Budget.Period.choices, default=Budget.Period.MONTH)
+    rolling_days = StrictIntegerField(required=False, allow_null=True, default=None)
+    limit_usd = StrictDecimalField(max_digits=14, decimal_places=6)
     thresholds = serializers.ListField(
-        child=serializers.DecimalField(max_digits=6, decimal_places=3), required=False
+        child=StrictDecimalField(max_digits=6, decimal_places=3), required=False
     )
-    enforcement = serializers.ChoiceField(
+    enforcement = StrictChoiceField(
         choices=Budget.Enforcement.choices, default=Budget.Enforcement.SOFT
     )
-    suggested_model = serializers.CharField(
-        max_length=200, required=False, allow_blank=True, default=""
-    )
-    is_active = serializers.BooleanField(required=False, default=True)
+    suggested_model = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+    is_active = StrictBooleanField(required=False, default=True)
 
 
 def _budget_data(view: TenantAPIView, validated: dict[str, Any]) -> dict[str, Any]:
@@ -126,13 +143,18 @@ class BudgetListApi(TenantAPIView):
     method_scopes = {"GET": ApiKey.Scope.READ, "POST": ApiKey.Scope.ADMIN}
 
     @extend_schema(
-        summary="Budgets with their spend this period", responses={200: OpenApiTypes.OBJECT}
+        operation_id="budgets_list",
+        summary="Budgets with their spend this period",
+        responses={200: BudgetList},
     )
     def get(self, request: Request) -> Response:
         return Response({"results": [budget_json(v) for v in budget_views(tenant=self.tenant)]})
 
     @extend_schema(
-        summary="Create a budget", request=BudgetInput, responses={201: OpenApiTypes.OBJECT}
+        operation_id="budgets_create",
+        summary="Create a budget (admin scope)",
+        request=BudgetInput,
+        responses={201: BudgetOut},
     )
     def post(self, request: Request) -> Response:
         incoming = BudgetInput(data=request.data)
@@ -160,13 +182,18 @@ class BudgetDetailApi(TenantAPIView):
             raise NotFound(f"No budget {budget_id} in this tenant.")
         return budget
 
-    @extend_schema(summary="One budget with its spend", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        operation_id="budgets_read", summary="One budget with its spend", responses={200: BudgetOut}
+    )
     def get(self, request: Request, budget_id: int) -> Response:
         [view] = budget_views(tenant=self.tenant, budgets=[self._budget(budget_id)])
         return Response(budget_json(view))
 
     @extend_schema(
-        summary="Change a budget", request=BudgetInput, responses={200: OpenApiTypes.OBJECT}
+        operation_id="budgets_update",
+        summary="Change a budget (admin scope)",
+        request=BudgetInput,
+        responses={200: BudgetOut},
     )
     def patch(self, request: Request, budget_id: int) -> Response:
         budget = self._budget(budget_id)
@@ -177,7 +204,11 @@ class BudgetDetailApi(TenantAPIView):
         [view] = budget_views(tenant=self.tenant, budgets=[budget])
         return Response(budget_json(view))
 
-    @extend_schema(summary="Delete a budget", responses={204: None})
+    @extend_schema(
+        operation_id="budgets_delete",
+        summary="Delete a budget (admin scope)",
+        responses={204: None},
+    )
     def delete(self, request: Request, budget_id: int) -> Response:
         budget_delete(budget=self._budget(budget_id))
         return Response(status=204)
@@ -200,48 +231,60 @@ _CHECK_FIELDS = {
 
 
 def parse_check(body: bytes, *, api_key_id: int | None, client_ip: str) -> CheckRequest:
-    try:
-        data = json.loads(body or b"{}", parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DomainError(f"Malformed JSON: {exc}") from None
+    data = load_json(body or b"{}", strings_checked=True)
     if not isinstance(data, dict):
         raise DomainError("Send the check as a JSON object.")
     errors: list[dict[str, Any]] = []
 
     def bad(field: str, message: str) -> None:
-        errors.append({"index": 0, "field": field, "message": message})
+        errors.append({"index": 0, "field": field_name(field), "message": message})
 
+    # The same names as usage events: no control characters, no lone surrogates.
+    for where, problem in text_problems(data) if may_hold_refused(body) else ():
+        bad(where, problem)
     for name in sorted(data.keys() - _CHECK_FIELDS):
         bad(name, f"Unknown field {name!r}. Known fields: {', '.join(sorted(_CHECK_FIELDS))}.")
     strings: dict[str, str] = {}
     for name in ("end_user", "provider", "model", "operation", "event_id"):
-        value = data.get(name) or ""
+        value = data.get(name)
+        if value is None:
+            value = ""
         if not isinstance(value, str) or len(value) > 255:
             bad(name, "Must be a string of at most 255 characters.")
             value = ""
         strings[name] = value.strip()
     tokens: dict[str, int] = {}
     for name in ("estimated_input_tokens", "estimated_output_tokens"):
-        value = data.get(name) or 0
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100_000_000:
+        value = data.get(name)
+        if value is None:
+            value = 0
+        whole = isinstance(value, int) or (
+            isinstance(value, Decimal) and value == value.to_integral_value()
+        )
+        if isinstance(value, bool) or not whole or not 0 <= value <= 100_000_000:
             bad(name, "Must be a whole number of tokens between 0 and 100,000,000.")
             value = 0
-        tokens[name] = value
+        tokens[name] = int(value)
     cost = data.get("estimated_cost_usd")
     parsed_cost: Decimal | None = None
     if cost is not None:
         try:
             if isinstance(cost, bool) or not isinstance(cost, str | int | Decimal):
                 raise InvalidOperation
+            if isinstance(cost, str) and not DECIMAL_TEXT.fullmatch(cost):
+                raise InvalidOperation
             parsed_cost = Decimal(cost)
-            if not parsed_cost.is_finite() or parsed_cost < 0 or parsed_cost > 100_000:
+            negative = parsed_cost < 0 or (isinstance(cost, str) and cost.startswith("-"))
+            if not parsed_cost.is_finite() or negative or parsed_cost > 100_000:
                 raise InvalidOperation
         except (InvalidOperation, ValueError):
             bad(
                 "estimated_cost_usd",
                 'Must be a decimal number of US dollars between 0 and 100000, e.g. "0.02".',
             )
-    tags = data.get("tags") or {}
+    tags = data.get("tags")
+    if tags is None:
+        tags = {}
     if not isinstance(tags, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
     ):
@@ -293,11 +336,35 @@ def check_headers(result: CheckResult) -> dict[str, str]:
     return headers
 
 
+RATE_LIMIT_HEADERS = [
+    OpenApiParameter(
+        name,
+        int,
+        location=OpenApiParameter.HEADER,
+        response=[200, 429],
+        description=description,
+    )
+    for name, description in (
+        ("X-RateLimit-Limit", "The tightest rate limit that applied (with request limits)."),
+        ("X-RateLimit-Remaining", "What is left of it in this window."),
+        ("X-RateLimit-Reset", "Seconds until the window ends."),
+    )
+] + [
+    OpenApiParameter(
+        "Retry-After",
+        int,
+        location=OpenApiParameter.HEADER,
+        response=[429],
+        description="Seconds to wait before asking again.",
+    )
+]
+
+
 class CheckApi(TenantAPIView):
     """Ask before an LLM call whether it may spend."""
 
     required_scope = ApiKey.Scope.INGEST
-    parser_classes: list[Any] = []
+    parser_classes: list[Any] = [DeferredJsonParser]  # parse_check reads the body itself
 
     @instruments.timed(instruments.CHECK_SECONDS)
     def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
@@ -314,6 +381,8 @@ class CheckApi(TenantAPIView):
             return None
         if not self.enter_as_key(request):
             return None
+        if "%00" in request.META.get("QUERY_STRING", ""):
+            return None  # DRF refuses a NUL in any parameter (TenantAPIView.initial)
         try:
             req = parse_check(
                 request.body,
@@ -349,9 +418,16 @@ class CheckApi(TenantAPIView):
         return self.finalize_response(drf_request, self.handle_exception(exc))
 
     @extend_schema(
-        summary="May this call spend?",
-        request=OpenApiTypes.OBJECT,
-        responses={200: OpenApiTypes.OBJECT, 429: OpenApiTypes.OBJECT},
+        operation_id="check",
+        summary="May this call spend? (ingest scope)",
+        request={"application/json": check_request_schema()},
+        responses={
+            200: CheckReply,
+            429: OpenApiResponse(
+                CheckReply, description="Rate-limited: `Retry-After` says when to ask again."
+            ),
+        },
+        parameters=RATE_LIMIT_HEADERS,
     )
     def post(self, request: Request) -> Response:
         req = parse_check(
@@ -398,9 +474,11 @@ def stop_json(stop: EmergencyStop) -> dict[str, Any]:
 
 
 class EmergencyStopInput(serializers.Serializer):
-    action = serializers.ChoiceField(choices=["trip", "lift"])
-    reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
-    duration_minutes = serializers.IntegerField(
+    action = StrictChoiceField(choices=["trip", "lift"])
+    reason = StrictCharField(
+        multiline=True, max_length=500, required=False, allow_blank=True, default=""
+    )
+    duration_minutes = StrictIntegerField(
         required=False, default=60, min_value=1, max_value=7 * 24 * 60
     )
 
@@ -417,15 +495,21 @@ class EmergencyStopApi(TenantAPIView):
         }
 
     @extend_schema(
-        summary="The emergency stop and its history", responses={200: OpenApiTypes.OBJECT}
+        operation_id="emergency_stop_read",
+        summary="The emergency stop and its history",
+        responses={200: EmergencyStopReply},
     )
     def get(self, request: Request) -> Response:
         return Response(self._reply())
 
     @extend_schema(
-        summary="Trip or lift the tenant's emergency stop",
+        operation_id="emergency_stop_change",
+        summary="Trip or lift the tenant's emergency stop (admin scope)",
         request=EmergencyStopInput,
-        responses={200: OpenApiTypes.OBJECT},
+        responses={
+            200: EmergencyStopReply,
+            409: OpenApiResponse(Error, description="A lift with no stop to lift."),
+        },
     )
     def post(self, request: Request) -> Response:
         incoming = EmergencyStopInput(data=request.data)
@@ -441,5 +525,5 @@ class EmergencyStopApi(TenantAPIView):
                 api_key_id=self.api_key_id,
             )
         elif emergency_stop_lift(tenant=self.tenant, user=user, reason=data["reason"]) is None:
-            raise DomainError("There is no emergency stop to lift for this tenant.", field="action")
+            raise Conflict("There is no emergency stop to lift for this tenant.", field="action")
         return Response(self._reply())

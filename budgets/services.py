@@ -30,7 +30,7 @@ from costmon.tenancy import tenant_context, unscoped
 from usage.catalog import catalog_for
 from usage.models import Dimension, ModelHourlyRollup, UsageEvent
 from usage.pricing import candidate_names, cost_nanos, format_usd, usd_to_nanos
-from usage.selectors import named, rollups_of, tenant_zone
+from usage.selectors import named, rollups_of, tenant_zone, with_tag
 
 log = structlog.get_logger(__name__)
 
@@ -167,10 +167,11 @@ def spent_from_database(
     with tenant_context(tenant):
         if spec.scope == "tag":
             name, _, value = spec.value.partition("=")
-            qs: Any = UsageEvent.objects.for_tenant(tenant).filter(
-                occurred_at__gte=window.start,
-                occurred_at__lt=window.end,
-                **{f"tags__{name}": value},
+            qs: Any = with_tag(
+                UsageEvent.objects.for_tenant(tenant).filter(
+                    occurred_at__gte=window.start, occurred_at__lt=window.end
+                ),
+                (name, value),
             )
         else:
             # End users and keys are in the full rollups only; the rest reads the by-model ones.

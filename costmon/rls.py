@@ -75,6 +75,69 @@ class EnableRowLevelSecurity(Operation):
         return f"Enable row-level security on {self.table}"
 
 
+def link_policy_sql(table: str, parents: dict[str, str]) -> list[str]:
+    """Statements that (re)create the isolation policy of a quoted link table with no tenant
+    column of its own (a many-to-many table): a row is visible when its first parent is the
+    tenant's, and may be written only when every parent is. `parents` maps each foreign key
+    column to its (quoted) table, which has a `tenant_id`. Named apart from `tenant_isolation`,
+    which `refresh_policies` rewrites for tables with a tenant column."""
+
+    def owned(column: str, parent: str) -> str:
+        # Quoted identifiers from a migration, never input.
+        return f"EXISTS (SELECT 1 FROM {parent} p WHERE p.id = {column} AND p.{_TENANT})"  # noqa: S608
+
+    checks = [owned(column, parent) for column, parent in parents.items()]
+    return [
+        f"DROP POLICY IF EXISTS tenant_isolation_by_parent ON {table}",
+        f"CREATE POLICY tenant_isolation_by_parent ON {table} "
+        f"USING ({_BYPASS} OR {checks[0]}) "
+        f"WITH CHECK ({_BYPASS} OR ({' AND '.join(checks)}))",
+    ]
+
+
+class EnableLinkRowLevelSecurity(Operation):
+    """Row-level security for a link table between tenant-owned tables (see link_policy_sql)."""
+
+    reduces_to_sql = True
+    reversible = True
+
+    def __init__(self, table: str, parents: dict[str, str]) -> None:
+        self.table = table
+        self.parents = parents
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        return (self.__class__.__qualname__, [], {"table": self.table, "parents": self.parents})
+
+    def state_forwards(self, app_label: str, state: Any) -> None:
+        pass
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        quote = schema_editor.quote_name
+        table = quote(self.table)
+        schema_editor.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        schema_editor.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+        parents = {quote(column): quote(parent) for column, parent in self.parents.items()}
+        for statement in link_policy_sql(table, parents):
+            schema_editor.execute(statement)
+
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        table = schema_editor.quote_name(self.table)
+        schema_editor.execute(f"DROP POLICY IF EXISTS tenant_isolation_by_parent ON {table}")
+        schema_editor.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
+        schema_editor.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
+
+    def describe(self) -> str:
+        return f"Enable row-level security on {self.table} through its parents"
+
+
 def refresh_policies(apps: Any, schema_editor: Any) -> None:
     """Data migration: recreate every tenant isolation policy in the current form."""
     if schema_editor.connection.vendor != "postgresql":

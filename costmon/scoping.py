@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from costmon import tenancy
 from costmon.authentication import KeyPrincipal, bearer_secret, principal_for_secret
+from costmon.exceptions import DomainError
 from costmon.models import ApiKey, Membership, Tenant
 
 # What each membership role may do through the API.
@@ -68,6 +69,14 @@ class TenantAPIView(APIView):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
+        for name, values in request.query_params.lists():
+            # No stored name holds NUL (PostgreSQL text cannot): a filter with one is a mistake.
+            if "\x00" in name or any("\x00" in value for value in values):
+                raise DomainError(
+                    f"The {name.replace(chr(0), '%00')} parameter holds a NUL character (%00), "
+                    "which no name can hold.",
+                    field=name.replace("\x00", ""),
+                )
         scope = self._scope(request)
         principal = request.user
         if isinstance(principal, KeyPrincipal):

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "costmon.middleware.ServerTimingMiddleware",
+    "costmon.middleware.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "costmon.middleware.TenantContextMiddleware",
@@ -279,8 +280,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # UTF-8 JSON only, nesting and characters checked (costmon/inputs.py).
+    "DEFAULT_PARSER_CLASSES": ["costmon.inputs.JsonBodyParser"],
+    "DEFAULT_SCHEMA_CLASS": "costmon.openapi.CostmonAutoSchema",
     "EXCEPTION_HANDLER": "costmon.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
     # ?format=csv is handled by the views that export, not by content negotiation.
@@ -296,6 +298,15 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # JSON Schema as it is (nullable types as ["string", "null"]), which fuzzers and
+    # generated clients read exactly.
+    "OAS_VERSION": "3.1.0",
+    # Enums stay inline (each field says its values); costmon's character rules as patterns.
+    "POSTPROCESSING_HOOKS": ["costmon.openapi.patterns_hook"],
+    # Object ids in paths (costmon.converters.IdConverter).
+    "PATH_CONVERTER_OVERRIDES": {
+        "id": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+    },
 }
 
 CELERY_RESULT_BACKEND = None

@@ -24,3 +24,9 @@ urlpatterns = [
     # Browsers ask for /favicon.ico where a page names no icon (JSON read in a browser).
     path("favicon.ico", lambda request: redirect(static("costmon/favicon.svg")), name="favicon"),
 ]
+
+# Errors outside any view, and unknown URLs under the API, in the API's JSON error shape.
+handler400 = "costmon.views.bad_request"
+handler403 = "costmon.views.permission_denied"
+handler404 = "costmon.views.not_found"
+handler500 = "costmon.views.server_error"

@@ -5,26 +5,33 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from costmon.exceptions import DomainError, PayloadTooLarge
+from costmon.inputs import DeferredJsonParser, load_json, may_hold_refused
 from costmon.models import ApiKey
+from costmon.openapi import ERRORS, Error
 from costmon.prometheus import instruments
 from costmon.scoping import TenantAPIView
 from costmon.tenancy import tenant_context
 from usage.explanations import cost_explanation, explanation_json
 from usage.ingest import PART_FIELDS, parse_batch
 from usage.models import CostSource, UsageEvent
+from usage.openapi import (
+    MetricsReply,
+    UsageEventExplained,
+    UsageEventPage,
+    UsageRecorded,
+    usage_batch_schema,
+)
 from usage.pricing import format_usd
 from usage.selectors import (
     FILTER_FIELDS,
@@ -41,6 +48,20 @@ from usage.selectors import (
 from usage.services import usage_record_batch
 
 _SOURCE_LABELS = dict(CostSource.choices)
+FILTER_PARAMETERS = [
+    *(OpenApiParameter(name, str, description=f"Only this {name}") for name in FILTER_FIELDS),
+    OpenApiParameter("tag", str, pattern=r"^([^:]+:.*)?$", description="name:value"),
+]
+RANGE_PARAMETERS = [
+    OpenApiParameter(
+        "start",
+        str,
+        description="A date (2026-11-01: midnight in the tenant's time zone) or an ISO 8601 "
+        "date-time, from 2000-01-01 to 2099-12-31; instead of period",
+    ),
+    OpenApiParameter("end", str, description="As start (a date includes that day); default now"),
+]
+GROUP_BY_PATTERN = r"^(|provider|model|operation|end_user|session_id|tag:.+)$"
 
 
 def time_range_from(
@@ -127,10 +148,9 @@ def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise DomainError(f"{name} must be a whole number.", field=name) from None
+    if not raw.isascii() or not raw.isdigit():  # int() would also take " 5", "+5" and other digits
+        raise DomainError(f"{name} must be a whole number.", field=name)
+    value = int(raw)
     if not 1 <= value <= maximum:
         raise DomainError(f"{name} must be between 1 and {maximum}.", field=name)
     return value
@@ -138,17 +158,23 @@ def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
 
 class UsageApi(TenantAPIView):
     method_scopes = {"POST": ApiKey.Scope.INGEST, "GET": ApiKey.Scope.READ}
-    parser_classes: list[Any] = []  # the body is parsed here, with exact decimals
+    # The body is parsed here, as a whole batch with exact decimals.
+    parser_classes: list[Any] = [DeferredJsonParser]
 
     @instruments.timed(instruments.INGEST_SECONDS)
     def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         return super().dispatch(request, *args, **kwargs)
 
     @extend_schema(
+        operation_id="usage_record",
         summary="Report usage",
-        description="One usage event or a list of them (see the README for the fields).",
-        request=OpenApiTypes.OBJECT,
-        responses={201: inline_serializer("UsageRecorded", {"events": serializers.ListField()})},
+        description="One usage event or a list of them (see the README for the fields). "
+        "Events are priced, stored and counted once each (by event_id).",
+        request={"application/json": usage_batch_schema()},
+        responses={
+            201: UsageRecorded,
+            413: OpenApiResponse(Error, description=ERRORS[413]),
+        },
     )
     def post(self, request: Request) -> Response:
         length = request.META.get("CONTENT_LENGTH") or "0"
@@ -166,11 +192,10 @@ class UsageApi(TenantAPIView):
         content_type = request.content_type.split(";")[0].strip()
         if content_type and content_type != "application/json":
             raise DomainError("Send the usage as JSON with Content-Type: application/json.")
-        try:
-            payload = json.loads(body, parse_float=Decimal)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DomainError(f"Malformed JSON: {exc}") from None
-        events = parse_batch(payload, may_hold_nul=b"\\u0000" in body)
+        # parse_batch accepts nothing deeper than list > event > tags (no depth count needed),
+        # and checks every string.
+        payload = load_json(body, max_depth=None, strings_checked=True)
+        events = parse_batch(payload, may_hold_refused=may_hold_refused(body))
         results = usage_record_batch(tenant=self.tenant, events=events, api_key_id=self.api_key_id)
         instruments.events_ingested(results)
         return Response(
@@ -189,26 +214,32 @@ class UsageApi(TenantAPIView):
         )
 
     @extend_schema(
-        summary="List raw usage events",
+        operation_id="usage_list",
+        summary="List raw usage events, newest first (or all of them as CSV)",
         parameters=[
-            OpenApiParameter(name, str, description=f"Only events with this {name}")
-            for name in (*FILTER_FIELDS, "session_id", "status", "cost_source", "tag")
-        ]
-        + [
-            OpenApiParameter("period", str, enum=["day", "week", "month"]),
-            OpenApiParameter("start", str),
-            OpenApiParameter("end", str),
-            OpenApiParameter("limit", int),
-            OpenApiParameter("cursor", str),
+            *FILTER_PARAMETERS,
+            OpenApiParameter("session_id", str, description="Only events of this session"),
+            OpenApiParameter("status", str, enum=["", "success", "error"]),
+            OpenApiParameter("cost_source", str, enum=["", "computed", "caller", "unpriced"]),
+            *RANGE_PARAMETERS,
+            OpenApiParameter("period", str, enum=["", "day", "week", "month"]),
+            OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+            OpenApiParameter("cursor", str, description="next_cursor of the previous page"),
             OpenApiParameter("format", str, enum=["json", "csv"]),
         ],
-        responses={200: OpenApiTypes.OBJECT},
+        responses={
+            (200, "application/json"): UsageEventPage,
+            (200, "text/csv"): OpenApiResponse(
+                OpenApiTypes.STR, description="With format=csv: every matching event."
+            ),
+        },
     )
     def get(self, request: Request) -> Any:
         params = request.query_params
         fmt = params.get("format", "json")
         if fmt not in ("json", "csv"):
             raise DomainError("format must be json or csv.", field="format")
+        limit = _int_param(request, "limit", 100, 1000)  # checked for CSV too, which ignores it
         events = usage_events(
             tenant=self.tenant,
             time_range=time_range_from(request, self.tenant, default=params.get("period")),
@@ -222,7 +253,7 @@ class UsageApi(TenantAPIView):
         page = usage_event_page(
             events=events,
             cursor=params.get("cursor"),
-            limit=_int_param(request, "limit", 100, 1000),
+            limit=limit,
         )
         return Response(
             {"results": [event_json(e) for e in page.events], "next_cursor": page.next_cursor}
@@ -255,7 +286,7 @@ class UsageEventApi(TenantAPIView):
         "provider, model, tier and start), whether the long-context rates applied, and one line "
         "per token kind with its count, unit price and cost, so the figure can be recomputed "
         "by hand.",
-        responses={200: OpenApiTypes.OBJECT},
+        responses={200: UsageEventExplained},
     )
     def get(self, request: Request, event_id: str) -> Response:
         explained = cost_explanation(tenant=self.tenant, event_id=event_id)
@@ -314,21 +345,26 @@ class MetricsApi(TenantAPIView):
     required_scope = ApiKey.Scope.READ
 
     @extend_schema(
+        operation_id="metrics_read",
         summary="Aggregated usage: totals, a breakdown and a time series",
         parameters=[
-            OpenApiParameter("period", str, enum=["day", "week", "month"]),
-            OpenApiParameter("start", str),
-            OpenApiParameter("end", str),
+            OpenApiParameter("period", str, enum=["", "day", "week", "month"]),
+            *RANGE_PARAMETERS,
             OpenApiParameter(
                 "group_by",
                 str,
+                pattern=GROUP_BY_PATTERN,
                 description="provider, model, operation, end_user, session_id or tag:<name>",
             ),
-            OpenApiParameter("interval", str, enum=["hour", "day"]),
-            OpenApiParameter("tag", str, description="name:value"),
-            *[OpenApiParameter(name, str) for name in FILTER_FIELDS],
+            OpenApiParameter("interval", str, enum=["", "hour", "day"]),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 1000},
+                description="Rows of the breakdown",
+            ),
+            *FILTER_PARAMETERS,
         ],
-        responses={200: OpenApiTypes.OBJECT},
+        responses={200: MetricsReply},
     )
     def get(self, request: Request) -> Response:
         params = request.query_params

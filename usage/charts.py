@@ -6,6 +6,7 @@ exact in every label and hover text; it becomes a float only as an axis value, a
 
 from __future__ import annotations
 
+import html
 import zlib
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
@@ -14,6 +15,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from usage.links import shown
 from usage.pricing import format_usd
 
 # One palette for every page (Tableau 10 and two more): readable on white, distinct in print.
@@ -72,7 +74,8 @@ def _axis(nanos: int) -> float:
 
 
 def _label(name: str) -> str:
-    return name or NO_NAME
+    # plotly reads tags (`<b>`, `<br>`) in labels: a name is shown as the text it is.
+    return html.escape(shown(name), quote=False) if name else NO_NAME
 
 
 _AXIS = {"gridcolor": "#eeeeee", "zerolinecolor": "#cccccc", "automargin": True}

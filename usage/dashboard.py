@@ -34,6 +34,7 @@ from usage.selectors import (
     ranked_by_dimension,
     rollups_of,
     tenant_zone,
+    with_tag,
 )
 
 OUTLOOK_ON_TRACK = "on track"
@@ -258,8 +259,11 @@ def budget_daily_spend(*, tenant: Tenant, view: BudgetView) -> BurnDown:
     qs: QuerySet[Any]
     if spec.scope == Budget.Scope.TAG:
         name, _, value = spec.value.partition("=")
-        qs = UsageEvent.objects.for_tenant(tenant).filter(
-            occurred_at__gte=window.start, occurred_at__lt=window.end, **{f"tags__{name}": value}
+        qs = with_tag(
+            UsageEvent.objects.for_tenant(tenant).filter(
+                occurred_at__gte=window.start, occurred_at__lt=window.end
+            ),
+            (name, value),
         )
         time_field = "occurred_at"
     else:

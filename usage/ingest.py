@@ -17,6 +17,12 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from costmon.exceptions import BatchInvalid, DomainError
+from costmon.inputs import (
+    DECIMAL_TEXT,
+    field_name,
+    impossible_date_reason,
+    text_problems,
+)
 
 MAX_TOKENS = 100_000_000  # more than any context window times any sane batch of calls
 MAX_COST_USD = Decimal(100_000)
@@ -112,21 +118,40 @@ class EventIn:
     output_images: int = 0
 
 
+def _parse_time(raw: Any, *, now: datetime, latest: datetime) -> tuple[datetime | None, str | None]:
+    """(occurred_at in UTC, None) or (None, why it cannot be one)."""
+    try:
+        parsed = parse_datetime(raw) if isinstance(raw, str) else None
+    except ValueError as exc:
+        # Well-formed but impossible: February 30th, second 60, an offset of 25 hours.
+        return None, f"{raw} is not a valid date-time ({impossible_date_reason(exc)})."
+    if parsed is None:
+        return None, "Must be an ISO 8601 date-time, e.g. 2026-11-23T14:05:00Z."
+    if timezone.is_naive(parsed):
+        parsed = parsed.replace(tzinfo=UTC)  # documented: naive times are UTC
+    if parsed > latest:
+        return None, f"{raw} is in the future (server time is {now:%Y-%m-%dT%H:%M:%SZ})."
+    if parsed < EARLIEST:
+        return None, "Must be after 2000-01-01."
+    return parsed, None
+
+
 class _Errors:
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
 
     def add(self, index: int, field: str | None, message: str) -> None:
-        self.items.append({"index": index, "field": field, "message": message})
+        named = field_name(field) if field is not None else None
+        self.items.append({"index": index, "field": named, "message": message})
 
 
 def parse_batch(
-    payload: Any, *, now: datetime | None = None, may_hold_nul: bool = True
+    payload: Any, *, now: datetime | None = None, may_hold_refused: bool = True
 ) -> list[EventIn]:
     """Validate a decoded JSON body (one object or a list of them); raise BatchInvalid.
 
-    `may_hold_nul=False` skips the search for NUL characters, for a body known not to hold
-    any (JSON can only carry one as the escape \\u0000)."""
+    `may_hold_refused=False` skips the look for control characters and lone surrogates in
+    every string, for a body known not to hold any (`costmon.inputs.may_hold_refused`)."""
     if isinstance(payload, dict):
         items = [payload]
     elif isinstance(payload, list):
@@ -143,7 +168,7 @@ def parse_batch(
     errors = _Errors()
     events = []
     for index, item in enumerate(items):
-        event = _parse_event(index, item, errors, now=now, latest=latest, nul=may_hold_nul)
+        event = _parse_event(index, item, errors, now=now, latest=latest, text=may_hold_refused)
         if event is not None:
             events.append(event)
     if errors.items:
@@ -152,7 +177,7 @@ def parse_batch(
 
 
 def _parse_event(
-    index: int, item: Any, errors: _Errors, *, now: datetime, latest: datetime, nul: bool = True
+    index: int, item: Any, errors: _Errors, *, now: datetime, latest: datetime, text: bool = True
 ) -> EventIn | None:
     if not isinstance(item, dict):
         errors.add(index, None, "Each event must be a JSON object.")
@@ -163,13 +188,13 @@ def _parse_event(
             index, name, f"Unknown field {name!r}. Known fields: {', '.join(sorted(KNOWN_FIELDS))}."
         )
 
-    # PostgreSQL text cannot hold NUL; refuse it here rather than fail at the insert.
-    for name, value in item.items() if nul else ():
-        nested = value.items() if isinstance(value, dict) else ()
-        if any(
-            isinstance(v, str) and "\x00" in v for v in (value, *(x for kv in nested for x in kv))
-        ):
-            errors.add(index, name, "Must not contain NUL (\\u0000) characters.")
+    # Every string of an event is a name or an id: none may hold a control character or a
+    # lone surrogate, whatever its field (costmon.inputs). One error per field.
+    refused: set[str] = set()
+    for where, why in text_problems(item) if text else ():
+        if where not in refused:
+            refused.add(where)
+            errors.add(index, where, why)
 
     strings: dict[str, str] = {}
     for name, (max_len, required) in _STRING_FIELDS.items():
@@ -182,9 +207,9 @@ def _parse_event(
         if not isinstance(value, str):
             errors.add(index, name, "Must be a string.")
             continue
-        value = value.strip()
-        if len(value) > max_len:
+        if len(value) > max_len:  # as sent, as the schema says; surrounding spaces are trimmed
             errors.add(index, name, f"At most {max_len} characters.")
+        value = value.strip()
         if required and not value:
             errors.add(index, name, "This field is required.")
         strings[name] = value
@@ -201,22 +226,10 @@ def _parse_event(
     occurred_at = now
     raw_time = item.get("occurred_at")
     if raw_time is not None:
-        parsed = parse_datetime(raw_time) if isinstance(raw_time, str) else None
-        if parsed is None:
-            errors.add(
-                index, "occurred_at", "Must be an ISO 8601 date-time, e.g. 2026-11-23T14:05:00Z."
-            )
-        else:
-            if timezone.is_naive(parsed):
-                parsed = parsed.replace(tzinfo=UTC)  # documented: naive times are UTC
-            if parsed > latest:
-                errors.add(
-                    index,
-                    "occurred_at",
-                    f"{raw_time} is in the future (server time is {now:%Y-%m-%dT%H:%M:%SZ}).",
-                )
-            elif parsed < EARLIEST:
-                errors.add(index, "occurred_at", "Must be after 2000-01-01.")
+        parsed, problem = _parse_time(raw_time, now=now, latest=latest)
+        if problem is not None:
+            errors.add(index, "occurred_at", problem)
+        elif parsed is not None:
             occurred_at = parsed
 
     tokens: dict[str, int] = {}
@@ -230,11 +243,9 @@ def _parse_event(
         if isinstance(value, bool) or not isinstance(value, int | Decimal):
             errors.add(index, name, f"Must be a whole number of {unit}.")
             continue
-        if isinstance(value, Decimal):
-            if value != value.to_integral_value():
-                errors.add(index, name, f"Must be a whole number of {unit}.")
-                continue
-            value = int(value)
+        if isinstance(value, Decimal) and value != value.to_integral_value():
+            errors.add(index, name, f"Must be a whole number of {unit}.")
+            continue
         if value < 0:
             errors.add(index, name, "Must not be negative.")
         elif value > MAX_TOKENS:
@@ -243,7 +254,8 @@ def _parse_event(
                 name,
                 f"{value} {unit} is more than {MAX_TOKENS:,} for one call; check the units.",
             )
-        tokens[name] = value
+        else:
+            tokens[name] = int(value)  # in range: int() of 1e999999999 would take a while
     if len(tokens) == len(TOKEN_FIELDS) + len(PART_FIELDS) and len(errors.items) == before:
         for total, parts in _PART_OF:
             if sum(tokens[p] for p in parts) > tokens[total]:
@@ -258,15 +270,15 @@ def _parse_event(
     service_tier = item.get("service_tier")
     if service_tier is None or service_tier == "":
         service_tier = "standard"
-    elif not isinstance(service_tier, str) or service_tier.strip().lower() not in SERVICE_TIERS:
+    elif service_tier not in SERVICE_TIERS:
         errors.add(index, "service_tier", f"Must be one of {', '.join(SERVICE_TIERS)}.")
-    else:
-        service_tier = service_tier.strip().lower()
 
     cost_usd = None
     if (raw_cost := item.get("cost_usd")) is not None:
         try:
             if isinstance(raw_cost, bool):
+                raise InvalidOperation
+            if isinstance(raw_cost, str) and not DECIMAL_TEXT.fullmatch(raw_cost):
                 raise InvalidOperation
             cost_usd = Decimal(raw_cost) if isinstance(raw_cost, str | int | Decimal) else None
             if cost_usd is None or not cost_usd.is_finite():
@@ -274,7 +286,7 @@ def _parse_event(
         except (InvalidOperation, ValueError):
             errors.add(index, "cost_usd", 'Must be a decimal number of US dollars, e.g. "0.00135".')
         else:
-            if cost_usd < 0:
+            if cost_usd < 0 or (isinstance(raw_cost, str) and raw_cost.startswith("-")):
                 errors.add(index, "cost_usd", "Must not be negative.")
             elif cost_usd > MAX_COST_USD:
                 errors.add(
@@ -309,7 +321,7 @@ def _parse_event(
     if prompt_hash is not None:
         if not isinstance(prompt_hash, str):
             errors.add(index, "prompt_hash", "Must be a string.")
-        elif len(prompt_hash.strip()) > MAX_PROMPT_HASH:
+        elif len(prompt_hash) > MAX_PROMPT_HASH:
             errors.add(index, "prompt_hash", f"At most {MAX_PROMPT_HASH} characters.")
         else:
             prompt_hash = prompt_hash.strip() or None

@@ -503,13 +503,16 @@ def status_response(http_status: int, message: str, *, media: str) -> bytes:
     """A google.rpc.Status, as OTLP/HTTP wants for every 4xx and 5xx, in the request's encoding.
 
     Encoded by hand (two fields) so the product needs no googleapis dependency; the JSON form
-    also carries `detail`, as every other costmon API error does.
+    also carries `detail` and `errors`, as every other costmon API error does.
     """
     code = _GRPC_CODES.get(http_status, 13 if http_status >= 500 else 2)
     if media in MEDIA_TYPES and media != JSON:
         text = message.encode()
         return b"\x08" + _varint(code) + b"\x12" + _varint(len(text)) + text
-    return json.dumps({"code": code, "message": message, "detail": message}).encode()
+    errors = [{"field": None, "message": message}]
+    return json.dumps(
+        {"code": code, "message": message, "detail": message, "errors": errors}
+    ).encode()
 
 
 def _varint(value: int) -> bytes:

@@ -8,7 +8,8 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -16,8 +17,25 @@ from rest_framework.response import Response
 
 from costmon.exceptions import PayloadTooLarge
 from costmon.models import ApiKey
+from costmon.openapi import ERRORS, ErrorItem
 from costmon.scoping import TenantAPIView
 from usage import otlp
+
+
+class PartialSuccess(serializers.Serializer):
+    rejectedSpans = serializers.CharField(help_text="A count (int64 as a JSON string).")
+    errorMessage = serializers.CharField()
+
+
+class ExportReply(serializers.Serializer):
+    partialSuccess = PartialSuccess(required=False)
+
+
+class OtlpStatus(serializers.Serializer):
+    code = serializers.IntegerField(help_text="A google.rpc.Code.")
+    message = serializers.CharField()
+    detail = serializers.CharField()
+    errors = ErrorItem(many=True)
 
 
 class _IgnoreAccept(BaseContentNegotiation):
@@ -39,6 +57,7 @@ class OtlpTracesApi(TenantAPIView):
     content_negotiation_class = _IgnoreAccept
 
     @extend_schema(
+        operation_id="usage_record_traces",
         summary="Report usage as OpenTelemetry GenAI spans (OTLP/HTTP)",
         tags=["opentelemetry"],
         description=(
@@ -50,7 +69,22 @@ class OtlpTracesApi(TenantAPIView):
             "application/x-protobuf": OpenApiTypes.BINARY,
             "application/json": OpenApiTypes.OBJECT,
         },
-        responses={200: OpenApiTypes.OBJECT},
+        responses={
+            (200, "application/json"): OpenApiResponse(
+                ExportReply, description="An ExportTraceServiceResponse (OTLP/JSON)."
+            ),
+            (200, "application/x-protobuf"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="An ExportTraceServiceResponse (protobuf)."
+            ),
+            **{
+                (code, media): OpenApiResponse(
+                    OtlpStatus if media == otlp.JSON else OpenApiTypes.BINARY,
+                    description=f"{ERRORS[code]} A google.rpc.Status, as OTLP/HTTP wants.",
+                )
+                for code in (400, 401, 403, 404, 413, 415, 503)
+                for media in (otlp.JSON, otlp.PROTOBUF)
+            },
+        },
     )
     def post(self, request: Request) -> HttpResponse:
         media = otlp.media_type(request.META.get("CONTENT_TYPE", ""))

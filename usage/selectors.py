@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from django.db.models import Count, F, Q, QuerySet, Sum
-from django.db.models.fields.json import KeyTextTransform
+from django.db.models import Count, F, Func, Q, QuerySet, Sum, TextField, Value
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from costmon.exceptions import DomainError
+from costmon.inputs import impossible_date_reason
 from costmon.models import Tenant
 from usage.models import (
     CostSource,
@@ -41,6 +41,10 @@ _KINDS = {
 EVENT_DIMENSIONS = ("session_id",)
 FILTER_FIELDS = ("provider", "model", "operation", "end_user")
 PERIODS = ("day", "week", "month")
+# Ranges are read between these: no event can be older (ingest refuses them), and dates near
+# year 9999 cannot have a day added.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -116,19 +120,24 @@ def is_date_only(value: str) -> bool:
 def parse_moment(value: str, *, tz: zoneinfo.ZoneInfo, name: str) -> datetime:
     """A date (midnight in the tenant's zone) or an ISO 8601 date-time (naive: tenant's zone)."""
     value = value.strip()
+    problem = ""
     try:
         parsed = (
             datetime.combine(parse_date(value), time(), tzinfo=tz)  # type: ignore[arg-type]
             if is_date_only(value)
             else parse_datetime(value)
         )
-    except ValueError:
-        parsed = None
+    except ValueError as exc:  # well-formed but impossible: 2026-02-30, second 60, +25:00
+        parsed, problem = None, f" ({value} is not one: {impossible_date_reason(exc)})"
     if parsed is None:
         raise DomainError(
-            f"{name} must be a date (2026-11-01) or an ISO 8601 date-time.", field=name
+            f"{name} must be a date (2026-11-01) or an ISO 8601 date-time{problem}.", field=name
         )
-    elif timezone.is_naive(parsed):
+    if not EARLIEST.year <= parsed.year < LATEST.year:
+        raise DomainError(
+            f"{name} must be between {EARLIEST:%Y-%m-%d} and {LATEST.year - 1}-12-31.", field=name
+        )
+    if timezone.is_naive(parsed):
         parsed = parsed.replace(tzinfo=tz)
     return parsed.astimezone(UTC)
 
@@ -186,9 +195,43 @@ def _filtered_events(tenant: Tenant, tr: TimeRange, filters: UsageFilters) -> Qu
         value = getattr(filters, name)
         if value is not None:
             qs = qs.filter(**{f"{name}__value": value})
-    if filters.tag is not None:
-        qs = qs.filter(**{f"tags__{filters.tag[0]}": filters.tag[1]})
-    return qs
+    return with_tag(qs, filters.tag)
+
+
+class TagValue(Func):
+    """The value of an event's tag `name`, for any name: `tags__<name>` and KeyTextTransform
+    read `__` as a lookup and a number as an array index, and SQLite's JSON paths cannot name
+    a key with a quote (nor a non-ASCII key, as Django stores them escaped)."""
+
+    output_field = TextField()
+
+    def __init__(self, name: str) -> None:
+        super().__init__(F("tags"), Value(name))
+
+    def as_sql(
+        self,
+        compiler: Any,
+        connection: Any,
+        function: str | None = None,
+        template: str | None = None,
+        arg_joiner: str | None = None,
+        **extra_context: Any,
+    ) -> tuple[str, tuple[Any, ...]]:
+        tags_sql, tags_params = compiler.compile(self.source_expressions[0])
+        name_sql, name_params = compiler.compile(self.source_expressions[1])
+        params = (*tags_params, *name_params)
+        if connection.vendor == "postgresql":
+            return f"({tags_sql} ->> ({name_sql})::text)", params
+        # Compiled SQL of a column and a parameter placeholder; the name is a parameter.
+        sql = f"(SELECT j.value FROM json_each({tags_sql}) AS j WHERE j.key = {name_sql})"  # noqa: S608
+        return sql, params
+
+
+def with_tag(qs: QuerySet[UsageEvent], tag: tuple[str, str] | None) -> QuerySet[UsageEvent]:
+    """Events whose tag `name` is `value`."""
+    if tag is None:
+        return qs
+    return qs.alias(tag_filter=TagValue(tag[0])).filter(tag_filter=tag[1])
 
 
 def _event_sums() -> dict[str, Any]:
@@ -261,7 +304,7 @@ def usage_metrics(
         else:
             events = _filtered_events(tenant, tr, filters)
             if tag_group:
-                key_expr: Any = KeyTextTransform(tag_group, "tags")
+                key_expr: Any = TagValue(tag_group)
             elif group_by == "session_id":
                 key_expr = F("session__value")
             else:
@@ -347,8 +390,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         moment, pk = raw.split("|")
-        parsed = datetime.fromisoformat(moment)
-        return parsed, int(pk)
+        parsed, number = datetime.fromisoformat(moment), int(pk)
+        if timezone.is_naive(parsed) or not EARLIEST <= parsed < LATEST or not 0 < number < 2**63:
+            raise ValueError(raw)
+        return parsed, number
     except (ValueError, UnicodeDecodeError):
         raise DomainError(
             "The cursor is not valid; use next_cursor from a previous page.", field="cursor"
@@ -373,8 +418,7 @@ def usage_events(
         value = getattr(filters, name)
         if value is not None:
             qs = qs.filter(**{f"{name}__value": value})
-    if filters.tag is not None:
-        qs = qs.filter(**{f"tags__{filters.tag[0]}": filters.tag[1]})
+    qs = with_tag(qs, filters.tag)
     if session_id is not None:
         qs = qs.filter(session__value=session_id)
     if status is not None:

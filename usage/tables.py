@@ -19,6 +19,7 @@ from budgets.selectors import BudgetView
 from costmon.models import Tenant
 from usage.charts import NO_NAME, usd
 from usage.dashboard import BurnDown
+from usage.links import shown
 from usage.pricing import format_usd
 
 DASH = "\u2013"  # shown for a figure that does not exist (no calls, no end)
@@ -58,7 +59,8 @@ class Table:
 
     def csv(self) -> str:
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        # RFC 4180 line ends: the writer then quotes a name holding a carriage return too.
+        writer = csv.writer(buffer, lineterminator="\r\n")
         writer.writerow([f"{c.key}_usd" if c.kind == "money" else c.key for c in self.columns])
         for row in self.rows:
             writer.writerow([_csv_cell(col, row.get(col.key)) for col in self.columns])
@@ -74,7 +76,7 @@ def _html_cell(col: Column, value: Any) -> str:
         return f"{int(value):,}"
     if col.kind == "percent":
         return f"{value}%"
-    return str(value) if value != "" else NO_NAME
+    return shown(str(value)) if value != "" else NO_NAME
 
 
 def _csv_cell(col: Column, value: Any) -> str:

@@ -7,19 +7,16 @@ view can be shared; a bad value is shown on the page and the default used instea
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
-from django.urls import reverse
 from django.utils import timezone
 
 from costmon.exceptions import DomainError
@@ -28,6 +25,14 @@ from costmon.scoping import tenants_for_user
 from costmon.tenancy import tenant_context
 from usage import charts, dashboard
 from usage.charts import usd
+from usage.links import (
+    NAME_PARAM,
+    budget_url,
+    drilldown_url,
+    hidden_input_value,
+    shown,
+    tenant_url,
+)
 from usage.recommendations import recommendations
 from usage.selectors import (
     TimeRange,
@@ -60,7 +65,7 @@ TEXT_FILTERS = ("provider", "model", "operation", "end_user")
 MAX_FILTER_LENGTH = 255
 TABLE_ROWS = 25  # a table (and its CSV) lists this many; its chart shows the first ten
 CHART_ROWS = 10
-_TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NUL = "\x00"
 
 
 # --- tenant ----------------------------------------------------------------------------------
@@ -81,7 +86,7 @@ def dashboard_home(request: HttpRequest) -> HttpResponse:
         return redirect_to_login(request.get_full_path())
     allowed = tenants_for_user(request.user)
     if allowed:
-        return HttpResponseRedirect(reverse("dashboard-overview", args=[allowed[0].slug]))
+        return HttpResponseRedirect(tenant_url(allowed[0].slug))
     return render(request, "dashboard/no_tenant.html", {"tenants": []}, status=200)
 
 
@@ -153,12 +158,16 @@ def parse_query(
         value = params.get(name, "").strip()
         if len(value) > MAX_FILTER_LENGTH:
             errors.append(f"The {name} filter is longer than {MAX_FILTER_LENGTH} characters.")
+        elif NUL in value:
+            errors.append(f"The {name} filter holds a NUL character (%00), which no name can hold.")
         elif value:
             values[name] = value
     if tag := params.get("tag", "").strip():
         name, sep, value = tag.partition(":")
-        if not sep or not _TAG_NAME.match(name) or "__" in name:
+        if not sep or not name:
             errors.append("Write the tag filter as name:value, e.g. team:search.")
+        elif NUL in tag:
+            errors.append("The tag filter holds a NUL character (%00), which no tag can hold.")
         else:
             values["tag"] = (name, value)
     values.update(fixed or {})
@@ -176,13 +185,6 @@ def parse_query(
         group_by=group_by,
         errors=errors,
     )
-
-
-def _carry(request: HttpRequest, *names: str, **extra: str) -> str:
-    """A query string keeping some of the current parameters (e.g. the period on a link)."""
-    pairs = {n: request.GET[n] for n in names if request.GET.get(n)}
-    pairs.update({k: v for k, v in extra.items() if v})
-    return f"?{urlencode(pairs)}" if pairs else ""
 
 
 PERIOD_PARAMS = ("period", "start", "end")
@@ -217,11 +219,18 @@ def _with_export_links(request: HttpRequest, tables: list[Table]) -> list[Table]
 def _switcher(
     request: HttpRequest, allowed: list[Tenant], tenant: Tenant, url_for: Callable[[Tenant], str]
 ) -> list[dict[str, Any]]:
+    """The same page in each of the user's tenants, with the same filters."""
     query = request.GET.copy()
-    query.pop("export", None)
-    suffix = f"?{query.urlencode()}" if query else ""
+    for name in ("export", NAME_PARAM):  # url_for carries the page's own name
+        query.pop(name, None)
+    extra = query.urlencode()
+
+    def url(t: Tenant) -> str:
+        base = url_for(t)
+        return f"{base}{'&' if '?' in base else '?'}{extra}" if extra else base
+
     return [
-        {"slug": t.slug, "name": t.name, "url": url_for(t) + suffix, "current": t.pk == tenant.pk}
+        {"slug": t.slug, "name": t.name, "url": url(t), "current": t.pk == tenant.pk}
         for t in allowed
     ]
 
@@ -299,13 +308,16 @@ def _base_context(
         "tenant": tenant,
         "tenants": _switcher(request, allowed, tenant, url_for),
         "site_url": settings.SITE_URL,
-        "overview_url": reverse("dashboard-overview", args=[tenant.slug]),
+        "overview_url": tenant_url(tenant.slug),
     }
 
 
-def _filter_form(q: PageQuery, fixed: dict[str, str]) -> dict[str, Any]:
+def _filter_form(q: PageQuery, fixed: dict[str, str], request: HttpRequest) -> dict[str, Any]:
     f = q.filters
+    name = request.GET.get(NAME_PARAM)
     return {
+        # A drill-down whose name travels in the query string keeps it when the form is sent.
+        "name_param": hidden_input_value(name) if name is not None else None,
         "periods": list(PERIODS.items()),
         "period": q.period,
         "start": q.start,
@@ -359,18 +371,18 @@ def _usage_page(
         heading=heading,
         kind=kind,
         query=q,
-        form=_filter_form(q, fixed),
+        form=_filter_form(q, fixed, request),
         problems=q.errors,
-        clear_url=request.path,
+        clear_url=url_for(tenant),
     )
     tr, flt = q.time_range, q.filters
-    carry = _carry(request, *PERIOD_PARAMS)
+    carry = {n: request.GET[n] for n in PERIOD_PARAMS if request.GET.get(n)}
 
     def model_url(name: str) -> str:
-        return reverse("dashboard-model", args=[tenant.slug, name]) + carry
+        return drilldown_url(tenant.slug, "model", name, carry)
 
     def user_url(name: str) -> str:
-        return reverse("dashboard-end-user", args=[tenant.slug, name]) + carry
+        return drilldown_url(tenant.slug, "end_user", name, carry)
 
     users = dashboard.breakdown(
         tenant=tenant, time_range=tr, filters=flt, dimension="end_user", limit=TABLE_ROWS
@@ -390,9 +402,7 @@ def _usage_page(
     views = []
     if kind == "overview":
         views = dashboard.dashboard_budgets(tenant=tenant)
-        tables.append(
-            budgets_table(views, lambda pk: reverse("dashboard-budget", args=[tenant.slug, pk]))
-        )
+        tables.append(budgets_table(views, lambda pk: budget_url(tenant.slug, pk)))
         tables.append(alerts_table(dashboard.recent_alerts(tenant=tenant), tr.tz))
     if (response := _export(request, tenant, tables)) is not None:
         return response
@@ -472,43 +482,47 @@ def overview(request: HttpRequest, slug: str) -> HttpResponse:
             tenant,
             allowed,
             fixed={},
-            url_for=lambda t: reverse("dashboard-overview", args=[t.slug]),
+            url_for=lambda t: tenant_url(t.slug),
             heading="Overview",
             kind="overview",
         )
 
 
-@login_required
-def model_detail(request: HttpRequest, slug: str, name: str) -> HttpResponse:
+def _drilldown(request: HttpRequest, slug: str, kind: str, name: str | None) -> HttpResponse:
+    """The page of one model or end user, named in the path or (`name=`) the query string."""
     tenant, allowed = _tenant_or_404(request, slug)
+    if name is None:
+        raise Http404("Name the model or end user: add ?name=<name>.")
+    if NUL in name:
+        return HttpResponse(
+            "No name holds a NUL character (%00).\n",
+            status=400,
+            content_type="text/plain; charset=utf-8",
+        )
+    label = "Model" if kind == "model" else "End user"
     with tenant_context(tenant):
         return _usage_page(
             request,
             tenant,
             allowed,
-            fixed={"model": name},
-            url_for=lambda t: reverse("dashboard-model", args=[t.slug, name]),
-            heading=f"Model {name}",
-            kind="model",
+            fixed={kind: name},
+            url_for=lambda t: drilldown_url(t.slug, kind, name),
+            heading=f"{label} {shown(name)}",
+            kind=kind,
         )
 
 
 @login_required
-def end_user_detail(request: HttpRequest, slug: str, end_user: str) -> HttpResponse:
-    tenant, allowed = _tenant_or_404(request, slug)
-    with tenant_context(tenant):
-        return _usage_page(
-            request,
-            tenant,
-            allowed,
-            fixed={"end_user": end_user},
-            url_for=lambda t: reverse("dashboard-end-user", args=[t.slug, end_user]),
-            heading=f"End user {end_user}",
-            kind="end_user",
-        )
+def model_detail(request: HttpRequest, slug: str, name: str | None = None) -> HttpResponse:
+    return _drilldown(request, slug, "model", name or request.GET.get(NAME_PARAM))
 
 
-_SCOPE_PAGES = {"model": "dashboard-model", "end_user": "dashboard-end-user"}
+@login_required
+def end_user_detail(request: HttpRequest, slug: str, end_user: str | None = None) -> HttpResponse:
+    return _drilldown(request, slug, "end_user", end_user or request.GET.get(NAME_PARAM))
+
+
+_SCOPE_PAGES = {"model": "model", "end_user": "end_user"}
 
 
 @login_required
@@ -535,14 +549,12 @@ def budget_detail(request: HttpRequest, slug: str, budget_id: int) -> HttpRespon
         scope_link = None
         page = _SCOPE_PAGES.get(spec.scope)
         if page and spec.value:
-            scope_link = reverse(page, args=[tenant.slug, spec.value])
+            scope_link = drilldown_url(tenant.slug, page, spec.value)
         elif spec.scope == "every_end_user" and state.end_user:
-            scope_link = reverse("dashboard-end-user", args=[tenant.slug, state.end_user])
+            scope_link = drilldown_url(tenant.slug, "end_user", state.end_user)
         projected = view.projected_nanos
         # Another tenant has no such budget: the switcher leads to its overview.
-        context = _base_context(
-            request, tenant, allowed, lambda t: reverse("dashboard-overview", args=[t.slug])
-        )
+        context = _base_context(request, tenant, allowed, lambda t: tenant_url(t.slug))
         for entry in context["tenants"]:
             if entry["current"]:
                 entry["url"] = request.path

@@ -82,7 +82,7 @@ def test_a_new_budget_applies_to_the_next_check_at_once(admin_client_key, ingest
     [
         ({"scope": "galaxy"}, "scope", "not a valid choice"),
         ({"limit_usd": "-5"}, "limit_usd", "greater than or equal to 0.000001"),
-        ({"limit_usd": "lots"}, "limit_usd", "valid number"),
+        ({"limit_usd": "lots"}, "limit_usd", "decimal number"),
         ({"thresholds": [80, 120]}, "thresholds", "outside 0-100%"),
         ({"thresholds": [0]}, "thresholds", "outside 0-100%"),
         ({"thresholds": []}, "thresholds", "list of percentages"),
@@ -109,9 +109,11 @@ def test_a_budget_for_another_tenants_key_is_refused(admin_client_key, outsider)
     foreign = api_key_create(tenant=outsider, scopes="ingest").api_key
     response = create(admin_client_key, scope="api_key", api_key=foreign.pk)
     assert response.status_code == 400
+    message = f"No API key {foreign.pk} in this tenant."
     assert response.json() == {
-        "detail": f"No API key {foreign.pk} in this tenant.",
+        "detail": message,
         "field": "api_key",
+        "errors": [{"field": "api_key", "message": message}],
     }
 
 

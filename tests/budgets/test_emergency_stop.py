@@ -113,7 +113,7 @@ def test_an_outsider_neither_sees_nor_lifts_acmes_stop(
     mine = outsider_client.get("/api/v1/emergency-stop/").json()
     assert (mine["active"], mine["history"]) == (False, [])
     response = outsider_client.post("/api/v1/emergency-stop/", {"action": "lift"}, format="json")
-    assert response.status_code == 400
+    assert response.status_code == 409
     assert "no emergency stop to lift" in response.json()["detail"]
     assert check(ingest_client).json()["allowed"] is False
     assert check(outsider_client).json()["allowed"] is True

@@ -8,6 +8,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -473,11 +474,13 @@ class Passage:
     path: str
     json: Any
     answered: int  # the status the client got
+    at: float = field(default_factory=time.monotonic)  # when the request reached the gate
 
 
 @dataclass
 class _Plan:
     fail: int = 0  # answer 503 without asking costmon
+    fail_headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After on those 503s
     lose_answer: int = 0  # ask costmon, then answer 503 as if its reply was lost
     passages: list[Passage] = field(default_factory=list)
 
@@ -501,7 +504,7 @@ class _GateHandler(_Handler):
             else:
                 action = "pass"
         if action == "fail":
-            status, reply, headers = 503, b'{"detail": "maintenance"}', {}
+            status, reply, headers = 503, b'{"detail": "maintenance"}', dict(plan.fail_headers)
         else:
             status, reply, headers = gate.forward(self.path, body, dict(self.headers))
             if action == "lose":

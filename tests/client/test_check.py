@@ -4,6 +4,7 @@ own answer (allow or deny) when costmon cannot be asked."""
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal
 
 import openai
@@ -189,3 +190,25 @@ def test_a_costmon_error_answer_counts_as_unreachable(acme, gate, make_costmon):
     assert (result.allowed, result.unreachable) == (True, True)
     assert result.warnings[0]["message"] == "costmon answered 503 to the check"
     assert costmon.check().unreachable is False  # the next one reaches costmon
+
+
+def test_a_503_with_retry_after_answers_from_the_policy_without_asking_until_then(
+    acme, gate, make_costmon
+):
+    costmon = make_costmon(url=gate.url, on_unreachable="deny")
+    gate.plan.fail = 1
+    gate.plan.fail_headers = {"Retry-After": "1"}
+
+    first = costmon.check()
+    second = costmon.check()
+
+    assert (first.allowed, first.unreachable) == (False, True)
+    assert first.warnings[0]["message"] == (
+        "costmon answered 503 to the check (it asks to retry in 1 s)"
+    )
+    assert (second.allowed, second.unreachable) == (False, True)
+    assert second.warnings[0]["message"] == "costmon answered 503 and asked to retry later"
+    assert gate.arrivals == 1  # the second check did not ask
+    time.sleep(1.05)
+    assert costmon.check().unreachable is False
+    assert gate.arrivals == 2

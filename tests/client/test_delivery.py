@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import openai
 import pytest
+from costmon_client._http import retry_after_seconds
 
 from budgets.services import budget_create
 from costmon.services import api_key_create
@@ -125,6 +126,40 @@ def test_503s_are_retried_until_costmon_takes_the_batch(acme, prices, gate, make
     assert [p.answered for p in gate.passages] == [503, 503, 503, 201]
     assert list(iter_usage_ids(gate.passages)) == [ids] * 4
     assert sorted(recorded(acme)) == sorted(ids)
+
+
+def test_a_503_with_retry_after_is_sent_again_no_sooner_than_costmon_asked(
+    acme, prices, gate, make_costmon
+):
+    # As costmon answers while its database restarts: 503 with Retry-After.
+    costmon = make_costmon(url=gate.url, max_retry_delay=5)
+    gate.plan.fail = 1
+    gate.plan.fail_headers = {"Retry-After": "1"}
+
+    ids = haiku(costmon, 2)
+
+    assert costmon.flush(10)
+    first, second = gate.passages
+    assert (first.answered, second.answered) == (503, 201)
+    assert second.at - first.at >= 1.0  # its own backoff alone would be about 0.02 s
+    assert sorted(recorded(acme)) == sorted(ids)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("5", 5.0),
+        ("0", 0.0),
+        ("-3", 0.0),
+        ("Wed, 21 Oct 2026 07:28:30 GMT", 30.0),  # an HTTP date: 30 s after "now"
+        ("Wed, 21 Oct 2026 07:27:00 GMT", 0.0),  # already past
+        ("soon", None),
+        ("", None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_an_http_date(header, seconds):
+    now = datetime(2026, 10, 21, 7, 28, tzinfo=UTC).timestamp()
+    assert retry_after_seconds({"retry-after": header}, now=now) == seconds
 
 
 def test_an_event_costmon_refuses_is_dropped_and_the_rest_of_its_batch_is_stored(

@@ -178,3 +178,47 @@ def test_deleting_a_tenant_deletes_its_usage_and_nothing_of_anyone_else(two_tena
             assert not model.objects.unscoped().filter(tenant_id=acme.pk).exists()
         assert list(UsageEvent.objects.unscoped().values_list("event_id", flat=True)) == ["g1"]
         assert ModelHourlyRollup.objects.unscoped().filter(tenant=outsider).count() == 1
+
+
+@postgres_only
+def test_rule_channel_links_are_behind_row_level_security(acme, outsider):
+    from alerts.models import AlertRule, Channel
+
+    def rule_with_channel(tenant: Tenant) -> tuple[AlertRule, Channel]:
+        channel = Channel.objects.create(tenant=tenant, name="ops", kind="email", config={})
+        rule = AlertRule.objects.create(tenant=tenant, name="spend", kind="spend")
+        rule.channels.add(channel)
+        return rule, channel
+
+    acme_rule, acme_channel = rule_with_channel(acme)
+    their_rule, their_channel = rule_with_channel(outsider)
+    links = AlertRule.channels.through
+
+    def visible() -> set[tuple[int, int]]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT alertrule_id, channel_id FROM alerts_alertrule_channels")
+            return set(cursor.fetchall())
+
+    with tenant_context(acme):
+        assert visible() == {(acme_rule.pk, acme_channel.pk)}
+        # A link from acme's rule to another tenant's channel is refused by the database.
+        with pytest.raises(DatabaseError, match="row-level security"), transaction.atomic():
+            links.objects.create(alertrule_id=acme_rule.pk, channel_id=their_channel.pk)
+        # Another tenant's links can be neither changed nor deleted.
+        assert links.objects.filter(alertrule_id=their_rule.pk).delete()[0] == 0
+        assert (
+            links.objects.filter(channel_id=their_channel.pk).update(channel_id=acme_channel.pk)
+            == 0
+        )
+    with tenant_context(outsider):
+        assert visible() == {(their_rule.pk, their_channel.pk)}
+    with no_tenant():
+        assert visible() == set()
+    with unscoped():
+        assert len(visible()) == 2
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relrowsecurity AND relforcerowsecurity FROM pg_class "
+            "WHERE relname = 'alerts_alertrule_channels'"
+        )
+        assert cursor.fetchone() == (True,)

@@ -369,7 +369,7 @@ def test_a_bad_batch_lists_every_error_and_stores_nothing(ingest_client, acme):
         ({"latency_ms": -1}, "latency_ms", "between"),
         ({"end_user": "user\x00-1"}, "end_user", "NUL"),
         ({"event_id": "evt\x00"}, "event_id", "NUL"),
-        ({"tags": {"team": "a\x00"}}, "tags", "NUL"),
+        ({"tags": {"team": "a\x00"}}, "tags.team", "NUL"),
     ],
 )
 def test_each_bad_field_gets_a_message_a_person_can_act_on(

@@ -6,10 +6,12 @@ background sender and the application's `check()` calls never wait for each othe
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import json
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +33,25 @@ _STALE_CONNECTION = (
     BrokenPipeError,
     http.client.CannotSendRequest,
 )
+
+
+def retry_after_seconds(headers: dict[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait that a `Retry-After` header asks for (delta-seconds or an HTTP date),
+    or None without a usable one."""
+    value = headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
 @dataclass(frozen=True)

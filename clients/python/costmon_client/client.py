@@ -14,7 +14,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from costmon_client._http import NETWORK_ERRORS, Transport
+from costmon_client._http import NETWORK_ERRORS, Transport, retry_after_seconds
 from costmon_client.check import CheckResult
 from costmon_client.errors import ConfigurationError
 from costmon_client.events import (
@@ -34,6 +34,8 @@ CHECK_PATH = "/api/v1/check/"
 # After a check timed out, the next checks answer from the policy at once for this long,
 # rather than each making the application wait for the timeout again.
 _CHECK_QUIET_AFTER_TIMEOUT = 5.0
+# The longest a 503's Retry-After keeps checks from asking costmon.
+_CHECK_QUIET_MAX_RETRY_AFTER = 60.0
 
 OnUnreachable = Literal["allow", "deny"]
 T = TypeVar("T")
@@ -94,6 +96,7 @@ class Costmon:
             shutdown_timeout=shutdown_timeout,
         )
         self._check_quiet_until = 0.0
+        self._check_quiet_reason = ""
         self._check_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -344,13 +347,12 @@ class Costmon:
     def _ask(self, body: dict[str, Any], timeout: float) -> CheckResult:
         """costmon's answer, or a placeholder with `unreachable` set and the problem."""
         if time.monotonic() < self._check_quiet_until:
-            return CheckResult.fallback(allowed=True, problem="costmon timed out recently")
+            return CheckResult.fallback(allowed=True, problem=self._check_quiet_reason)
         try:
             response = self._transport.post_json(CHECK_PATH, body, timeout=timeout)
         except NETWORK_ERRORS as exc:
             if isinstance(exc, TimeoutError):
-                with self._check_lock:
-                    self._check_quiet_until = time.monotonic() + _CHECK_QUIET_AFTER_TIMEOUT
+                self._quiet_checks(_CHECK_QUIET_AFTER_TIMEOUT, "costmon timed out recently")
             problem = f"costmon unreachable: {exc.__class__.__name__}: {exc}"
             logger.warning("costmon: check failed (%s); answering from on_unreachable", problem)
             return CheckResult.fallback(allowed=True, problem=problem)
@@ -361,6 +363,17 @@ class Costmon:
                 data = None
             if isinstance(data, dict) and "allowed" in data:
                 return CheckResult.from_json(data, retry_after=_retry_after(response.headers))
+        wait = retry_after_seconds(response.headers) if response.status in (502, 503, 504) else None
+        if wait is not None:
+            # costmon is briefly unable to answer (its database restarting, say) and said when
+            # to come back: until then checks answer from the policy without asking.
+            wait = min(wait, _CHECK_QUIET_MAX_RETRY_AFTER)
+            self._quiet_checks(wait, f"costmon answered {response.status} and asked to retry later")
+            problem = (
+                f"costmon answered {response.status} to the check (it asks to retry in {wait:g} s)"
+            )
+            logger.warning("costmon: %s; answering from on_unreachable until then", problem)
+            return CheckResult.fallback(allowed=True, problem=problem)
         level = logging.ERROR if response.status in (400, 401, 403) else logging.WARNING
         logger.log(
             level,
@@ -371,6 +384,11 @@ class Costmon:
         return CheckResult.fallback(
             allowed=True, problem=f"costmon answered {response.status} to the check"
         )
+
+    def _quiet_checks(self, seconds: float, reason: str) -> None:
+        with self._check_lock:
+            self._check_quiet_until = time.monotonic() + seconds
+            self._check_quiet_reason = reason
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from costmon_client._http import NETWORK_ERRORS, HttpResponse, Transport
+from costmon_client._http import NETWORK_ERRORS, HttpResponse, Transport, retry_after_seconds
 
 logger = logging.getLogger("costmon_client")
 
@@ -358,11 +358,7 @@ class Sender:
 
 
 def _retry_after(response: HttpResponse) -> float | None:
-    value = response.headers.get("retry-after", "")
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None
+    return retry_after_seconds(response.headers)
 
 
 # --- process-wide: flush at exit, forget the parent's state after fork ---------------------------

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('alerts', '0002_row_level_security'),
+        ('alerts', '0003_rule_channels_row_level_security'),
     ]
 
     operations = [
