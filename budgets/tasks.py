@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 from celery import shared_task
 
-from budgets import counters
+from budgets import counters, drift, reservations, updates
 from budgets import redis as bredis
 from budgets.models import CounterState, EmergencyStopRule
 from budgets.services import emergency_stop_check, emergency_stops_close_expired
@@ -30,6 +30,22 @@ def reconcile_counters(tenant_id: int | None = None, only_stale: bool = False) -
         corrected += counters.counters_reconcile(tenant=tenant).corrected
     counters.global_counters_reconcile()
     return corrected
+
+
+@shared_task(ignore_result=True)
+def sweep_counter_updates() -> int:
+    """Apply the counter updates of batches whose process died right after its commit, and
+    drop expired reservation holds."""
+    report = updates.counter_updates_sweep()
+    with unscoped():
+        reservations.holds_expire()
+    return report.applied
+
+
+@shared_task(ignore_result=True)
+def sample_counter_drift() -> int:
+    """Compare recently active tenants' counters with PostgreSQL; rebuild those that drifted."""
+    return sum(1 for sample in drift.counters_sample_drift() if sample.differing)
 
 
 def schedule_reconcile(tenant_id: int) -> None:

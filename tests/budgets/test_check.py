@@ -55,6 +55,7 @@ def test_the_reply_has_every_documented_field_with_exact_figures(acme, ingest_cl
                 "status": "ok",
                 "resets_at": "2026-12-01T00:00:00Z",
                 "enforcement": "hard",
+                "fail_mode": "closed",
             }
         ],
         "warnings": [],
@@ -62,6 +63,7 @@ def test_the_reply_has_every_documented_field_with_exact_figures(acme, ingest_cl
         "reservation_id": None,
         "estimated_cost_usd": "0.00135",
         "source": "database" if os.environ.get("COSTMON_TEST_DB") == "sqlite" else "redis",
+        "fail_mode": None,
     }
 
 
