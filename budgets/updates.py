@@ -93,7 +93,6 @@ def update_of(tenant: Tenant, rows: list[dict[str, Any]]) -> Update:
     tz = tenant_zone(tenant)
     days: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     utc_days: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    settle: list[str] = []
     for row in rows:
         cost = row["cost_nanos"]
         if cost:
@@ -115,15 +114,23 @@ def update_of(tenant: Tenant, rows: list[dict[str, Any]]) -> Update:
             total = utc_days[utc.date()]
             total["t"] += cost
             total[f"h:{utc.hour:02d}"] += cost
+    return Update(
+        days={d: dict(f) for d, f in days.items()},
+        utc_days={d: dict(f) for d, f in utc_days.items()},
+        settle=_settled_by(rows),
+    )
+
+
+def _settled_by(rows: list[dict[str, Any]]) -> list[str]:
+    """The reservations these events settle: "r", reservation id, or "e", the event id a
+    check may have been given."""
+    settle: list[str] = []
+    for row in rows:
         if row["reservation_id"]:
             settle += ["r", row["reservation_id"]]
         else:
             settle += ["e", row["event_id"]]
-    return Update(
-        days={d: dict(f) for d, f in days.items()},
-        utc_days={d: dict(f) for d, f in utc_days.items()},
-        settle=settle,
-    )
+    return settle
 
 
 def expand(tenant_id: int, update: Update) -> dict[str, dict[str, int]]:
@@ -211,13 +218,16 @@ def record_batch(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
             # Usage is stored and its update waits in PostgreSQL; until the counters are
             # rebuilt (within a minute), checks read PostgreSQL.
             counters.mark_stale(tenant.pk)
-        if applied is None or not applied.trusted:
-            # Reservations made while the counters could not be used are held in PostgreSQL.
-            reservations.holds_settle(
-                tenant_id=tenant.pk,
-                reservation_ids=update.reservation_ids(),
-                event_ids=update.event_ids(),
-            )
+        # Reservations made while the counters could not be used are held in PostgreSQL.
+        settle_in_database = applied is None or not applied.trusted
+    else:  # no counters: every reservation is held in the database
+        update, settle_in_database = Update(settle=_settled_by(rows)), True
+    if settle_in_database:
+        reservations.holds_settle(
+            tenant_id=tenant.pk,
+            reservation_ids=update.reservation_ids(),
+            event_ids=update.event_ids(),
+        )
     if conf.stop_rules:
         emergency_stop_check(tenant=tenant, rules=conf.stop_rules)
 
