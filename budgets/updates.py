@@ -91,29 +91,46 @@ def update_of(tenant: Tenant, rows: list[dict[str, Any]]) -> Update:
     """The counters' share of freshly stored rows (as `usage_record_batch` passes them)."""
     conf = tenant_config.for_tenant(tenant.pk)
     tz = tenant_zone(tenant)
-    days: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    utc_days: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    tag_names = sorted(conf.tag_names)
+    # Events of a batch share a few hours and names: sum them per group first, then name the
+    # counter fields once per group.
+    groups: dict[tuple[Any, ...], int] = defaultdict(int)
     for row in rows:
         cost = row["cost_nanos"]
         if cost:
+            tags = row["tags"] or {}
             local = row["occurred_at"].astimezone(tz)
-            provider, model, operation, end_user = row["names"]
-            fields = days[local.date()]
-            for name in counters.event_fields(
-                provider=provider,
-                model=model,
-                operation=operation,
-                end_user=end_user,
-                api_key_id=row["api_key_id"],
-                tags=row["tags"],
-                tag_names=conf.tag_names,
-                local_hour=local.hour,
-            ):
-                fields[name] += cost
             utc = row["occurred_at"].astimezone(UTC)
-            total = utc_days[utc.date()]
-            total["t"] += cost
-            total[f"h:{utc.hour:02d}"] += cost
+            groups[
+                (
+                    local.date(),
+                    local.hour,
+                    utc.date(),
+                    utc.hour,
+                    row["names"],
+                    row["api_key_id"],
+                    tuple(tags.get(name) for name in tag_names),
+                )
+            ] += cost
+    days: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    utc_days: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for (day, hour, utc_day, utc_hour, names, api_key_id, tag_values), cost in groups.items():
+        provider, model, operation, end_user = names
+        fields = days[day]
+        for name in counters.event_fields(
+            provider=provider,
+            model=model,
+            operation=operation,
+            end_user=end_user,
+            api_key_id=api_key_id,
+            tags={n: v for n, v in zip(tag_names, tag_values, strict=True) if v is not None},
+            tag_names=conf.tag_names,
+            local_hour=hour,
+        ):
+            fields[name] += cost
+        total = utc_days[utc_day]
+        total["t"] += cost
+        total[f"h:{utc_hour:02d}"] += cost
     return Update(
         days={d: dict(f) for d, f in days.items()},
         utc_days={d: dict(f) for d, f in utc_days.items()},
