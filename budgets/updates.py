@@ -99,8 +99,10 @@ def update_of(tenant: Tenant, rows: list[dict[str, Any]]) -> Update:
         cost = row["cost_nanos"]
         if cost:
             tags = row["tags"] or {}
-            local = row["occurred_at"].astimezone(tz)
-            utc = row["occurred_at"].astimezone(UTC)
+            # By the hour of the rollup the event lands in, as a rebuild from the rollups and
+            # the database's answers count it (they differ only in zones with half hours).
+            utc = row["occurred_at"].astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+            local = utc.astimezone(tz)
             groups[
                 (
                     local.date(),

@@ -136,3 +136,20 @@ def test_the_nightly_rebuild_records_drift_it_corrects(acme, outsider, active):
     reconcile_counters()
     [correction] = CounterCorrection.objects.for_tenant(acme)
     assert (correction.cause, correction.drift_nanos) == ("rebuild", 7)
+
+
+def test_a_zone_with_half_hours_counts_as_the_rollups_do_so_is_not_drift(
+    acme, outsider, ingest_client
+):
+    """18:45 UTC is 00:15 the next day in Kolkata, but it lands in the 18:00 UTC rollup, which
+    begins at 23:30 there: the counters, the database and a rebuild all count it on the 21st."""
+    from costmon.models import Tenant
+
+    Tenant.objects.filter(pk=acme.pk).update(timezone="Asia/Kolkata")
+    acme.refresh_from_db()
+    counters.counters_reconcile(tenant=acme)
+    post_usage(ingest_client, event(event_id="late", occurred_at="2026-11-20T18:45:00Z"))
+    counter_updates_sweep(min_age_seconds=0)
+    day = counters.day_key(acme.pk, date(2026, 11, 20))
+    assert (int(r().hget(day, "t")), r().hget(day, "h:23")) == (HAIKU, str(HAIKU).encode())
+    assert counters.counters_reconcile(tenant=acme).corrected == 0
