@@ -8,9 +8,10 @@ counts), and `h:<HH>` (the tenant's spend per local hour). A period's spend is t
 days, so a budget created mid-period starts from the period's real spend with nothing to seed.
 All tenants together: `cm:global:d:<YYYYMMDD>` (UTC days).
 
-PostgreSQL rollups stay the truth: `counters_reconcile` rebuilds the hashes from them and
-reports the drift it corrected; until a tenant's counters have been rebuilt once since Redis
-started (`cm:{<tenant>}:ok`), checks read PostgreSQL.
+Each ingest batch adds to them exactly once (`budgets.updates`). PostgreSQL rollups stay the
+truth: `counters_reconcile` rebuilds the hashes from them and reports the drift it corrected;
+until a tenant's counters have been rebuilt since Redis started or since they missed an update
+(`cm:{<tenant>}:ok`, holding when they were rebuilt), checks read PostgreSQL.
 """
 
 from __future__ import annotations
