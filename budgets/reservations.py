@@ -126,19 +126,27 @@ def holds_settle(
     *, tenant_id: int, reservation_ids: Sequence[str], event_ids: Sequence[str]
 ) -> int:
     """Delete the holds these usage events settle (by reservation id, or by the event id the
-    check was given); the number of rows deleted."""
+    check was given); the number of rows deleted. Call in the tenant's context."""
     if not reservation_ids and not event_ids:
+        return 0
+    holds = ReservationHold.objects.for_tenant(tenant_id)
+    if connection.vendor == "postgresql":
+        # Two array parameters: a batch of thousands of events costs one short statement.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"DELETE FROM {ReservationHold._meta.db_table} WHERE tenant_id = %s "  # noqa: S608
+                "AND (reservation_id = ANY(%s) OR event_id = ANY(%s))",
+                [tenant_id, list(reservation_ids), list(event_ids)],
+            )
+            return int(cursor.rowcount)
+    if not holds.exists():  # the usual case: nothing held, nothing to match
         return 0
     q = Q()
     if reservation_ids:
         q |= Q(reservation_id__in=list(reservation_ids))
     if event_ids:
         q |= Q(event_id__in=list(event_ids))
-    return (
-        ReservationHold.objects.for_tenant(tenant_id)
-        .filter(q)
-        ._raw_delete(ReservationHold.objects.db)
-    )
+    return holds.filter(q)._raw_delete(ReservationHold.objects.db)
 
 
 def holds_expire(*, now: datetime | None = None) -> int:
