@@ -163,18 +163,22 @@ def mark_stale(tenant_id: int) -> None:
     rebuild runs every minute)."""
     from budgets.models import CounterState
 
-    CounterState.objects.bulk_create(
-        [CounterState(tenant_id=tenant_id, stale_since=timezone.now())], ignore_conflicts=True
-    )
+    # Untrust first: if PostgreSQL is away too, no check trusts these counters meanwhile (and
+    # the first check that finds them untrusted asks for the rebuild).
     r = bredis.client()
+    untrusted = False
     if r is not None:
         try:
             r.delete(ok_key(tenant_id))
-            return
+            untrusted = True
         except bredis.RedisError as exc:
             bredis.failed(exc)
-    with _untrust_lock:
-        _untrust_later[tenant_id] = _now_ms()
+    if not untrusted:
+        with _untrust_lock:
+            _untrust_later[tenant_id] = _now_ms()
+    CounterState.objects.bulk_create(
+        [CounterState(tenant_id=tenant_id, stale_since=timezone.now())], ignore_conflicts=True
+    )
 
 
 # --- reading ----------------------------------------------------------------------------------

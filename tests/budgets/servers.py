@@ -148,7 +148,14 @@ class Gunicorn:
     """costmon behind gunicorn (gthread workers), as deployed."""
 
     def __init__(
-        self, *, database_url: str, redis_url: str, workers: int = 2, threads: int = 8, **env: str
+        self,
+        *,
+        database_url: str,
+        redis_url: str,
+        workers: int = 2,
+        threads: int = 8,
+        log: Path | None = None,
+        **env: str,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -172,9 +179,13 @@ class Gunicorn:
             *["--bind", f"127.0.0.1:{self.port}", "--log-level", "warning"],
         ]
         self.process: subprocess.Popen[bytes] | None = None
+        self.log = log
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.args, cwd=ROOT, env=self.env)  # noqa: S603
+        output = self.log.open("ab") if self.log is not None else None
+        self.process = subprocess.Popen(  # noqa: S603
+            self.args, cwd=ROOT, env=self.env, stdout=output, stderr=output
+        )
         wait_for(
             lambda: requests.get(f"{self.base}/healthz", timeout=5).status_code == 200,
             60,

@@ -99,6 +99,7 @@ class Stack:
     env: dict[str, str]
     worker: subprocess.Popen[bytes]
     worker_log: Path
+    web_log: Path
     keys: dict[str, str]
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -112,10 +113,10 @@ class Stack:
         return json.loads(run_python(["-c", COMPARE], self.env).strip().splitlines()[-1])
 
 
-def worker_events(stack: Stack, name: str) -> list[dict[str, Any]]:
-    """The Celery worker's log lines (JSON) for one event."""
+def worker_events(stack: Stack, name: str, log: Path | None = None) -> list[dict[str, Any]]:
+    """The Celery worker's (or gunicorn's) log lines (JSON) for one event."""
     found = []
-    for line in stack.worker_log.read_text().splitlines():
+    for line in (log or stack.worker_log).read_text().splitlines():
         if line.startswith("{") and f'"{name}"' in line:
             found.append(json.loads(line))
     return found
@@ -161,8 +162,13 @@ def stack() -> Iterator[Stack]:
                 ["manage.py", "create_api_key", slug, "--scopes", "ingest,read,admin"], env
             )
             keys[slug] = out.strip().splitlines()[-1]
+        web_log = tmp_path / "web.log"
         web = Gunicorn(
-            database_url=pg.url(DATABASE), redis_url=redis_server.url, workers=3, threads=4
+            database_url=pg.url(DATABASE),
+            redis_url=redis_server.url,
+            workers=3,
+            threads=4,
+            log=web_log,
         )
         web.start()
         worker_log = tmp_path / "worker.log"
@@ -178,7 +184,7 @@ def stack() -> Iterator[Stack]:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        stack = Stack(pg, redis_server, web, env, worker, worker_log, keys)
+        stack = Stack(pg, redis_server, web, env, worker, worker_log, web_log, keys)
         # Beat writes its schedule into the database as it starts.
         wait_for(
             lambda: stack.sql("SELECT count(*) FROM django_celery_beat_periodictask")[0][0] > 5,
@@ -391,6 +397,12 @@ def test_a_bounded_load_survives_redis_postgresql_and_worker_faults(stack: Stack
         ),
         "drift_corrected_in_trusted_counters": len(
             worker_events(stack, "counters_drift_corrected")
+        ),
+        "web_workers_finding_redis_unavailable": len(
+            worker_events(stack, "redis_unavailable", stack.web_log)
+        ),
+        "counter_updates_the_web_workers_could_not_finish": len(
+            worker_events(stack, "after_record_hook_failed", stack.web_log)
         ),
         "comparison": comparison,
     }
