@@ -24,7 +24,15 @@ from django.urls import reverse
 from django.utils import timezone
 
 from budgets.config import bump
-from budgets.models import Budget, CounterState, EmergencyStop, EmergencyStopRule, RateLimit
+from budgets.models import (
+    Budget,
+    BudgetDefaults,
+    CounterCorrection,
+    CounterState,
+    EmergencyStop,
+    EmergencyStopRule,
+    RateLimit,
+)
 from budgets.selectors import BudgetView, budget_views
 from budgets.services import (
     BUDGET_FIELDS,
@@ -195,7 +203,7 @@ class BudgetAdmin(TenantOwnedAdmin):
         "enforcement",
         "is_active",
     )
-    list_filter = ("tenant", "scope", "period", "enforcement", "is_active")
+    list_filter = ("tenant", "scope", "period", "enforcement", "fail_mode", "is_active")
     search_fields = ("name", "scope_value")
     list_select_related = ("tenant", "api_key")
     autocomplete_fields = ("tenant",)
@@ -207,6 +215,7 @@ class BudgetAdmin(TenantOwnedAdmin):
         "limit_usd",
         "thresholds",
         "enforcement",
+        "fail_mode",
         "suggested_model",
     )
 
@@ -283,6 +292,20 @@ class BudgetAdmin(TenantOwnedAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Budget]) -> None:
         for budget in queryset:
             budget_delete(budget=budget)
+
+
+@admin.register(BudgetDefaults)
+class BudgetDefaultsAdmin(ConfigAdmin):
+    """A tenant's defaults for the budgets that set none (fail mode)."""
+
+    list_display = ("tenant", "fail_mode_text")
+    list_select_related = ("tenant",)
+    autocomplete_fields = ("tenant",)
+    ordering = ("tenant__slug",)
+
+    @admin.display(description="fail mode", ordering="fail_mode")
+    def fail_mode_text(self, obj: BudgetDefaults) -> str:
+        return obj.fail_mode or "closed for hard budgets, open for soft ones"
 
 
 # --- rate limits ------------------------------------------------------------------------------
@@ -373,12 +396,12 @@ class EmergencyStopAdmin(TenantOwnedAdmin):
         "spend_at_trip",
         "expires_at",
         "lifted_at",
-        "lifted_by",
+        "lifted_by_text",
         "active",
     )
     list_filter = (ActiveStopFilter, "tenant")
     search_fields = ("reason", "tenant__slug")
-    list_select_related = ("tenant", "tripped_by", "tripped_by_key", "lifted_by")
+    list_select_related = ("tenant", "tripped_by", "tripped_by_key", "lifted_by", "lifted_by_key")
     autocomplete_fields = ("tenant",)
     ordering = ("-tripped_at", "-pk")
     actions = ("lift_stops",)
@@ -393,7 +416,7 @@ class EmergencyStopAdmin(TenantOwnedAdmin):
         "spend_at_trip",
         "expires_at",
         "lifted_at",
-        "lifted_by",
+        "lifted_by_text",
         "lift_reason",
         "active",
     )
@@ -411,6 +434,14 @@ class EmergencyStopAdmin(TenantOwnedAdmin):
         if obj.tripped_by_key is not None:
             return f"API key {obj.tripped_by_key}"
         return "-"
+
+    @admin.display(description="lifted by")
+    def lifted_by_text(self, obj: EmergencyStop) -> str:
+        if obj.lifted_by is not None:
+            return obj.lifted_by.get_username()
+        if obj.lifted_by_key is not None:
+            return f"API key {obj.lifted_by_key}"
+        return obj.lift_reason if obj.lift_reason == "expired" else "-"
 
     @admin.display(description="spend at trip", ordering="spend_at_trip_nanos")
     def spend_at_trip(self, obj: EmergencyStop) -> str:
@@ -520,6 +551,30 @@ class CounterStateAdmin(TenantOwnedAdmin):
     list_display = ("tenant", "stale_since")
     list_select_related = ("tenant",)
     ordering = ("stale_since",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(CounterCorrection)
+class CounterCorrectionAdmin(TenantOwnedAdmin):
+    """Drift found in counters checks were trusting, corrected from PostgreSQL (Prometheus:
+    costmon_counter_drift_corrected_usd_total)."""
+
+    list_display = ("tenant", "corrected_at", "cause", "fields", "drift")
+    list_filter = ("tenant", "cause")
+    list_select_related = ("tenant",)
+    ordering = ("-corrected_at",)
+
+    @admin.display(description="drift", ordering="drift_nanos")
+    def drift(self, obj: CounterCorrection) -> str:
+        return usd(obj.drift_nanos)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

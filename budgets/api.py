@@ -13,6 +13,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from budgets.check import CheckRequest, CheckResult, budget_check
 from budgets.models import Budget, EmergencyStop
 from budgets.openapi import (
     BudgetList,
@@ -24,10 +25,7 @@ from budgets.openapi import (
 from budgets.selectors import BudgetView, budget_views, emergency_stop_history
 from budgets.services import (
     BudgetState,
-    CheckRequest,
-    CheckResult,
     api_key_for_budget,
-    budget_check,
     budget_create,
     budget_delete,
     budget_status,
@@ -80,6 +78,7 @@ def state_json(state: BudgetState) -> dict[str, Any]:
         "status": budget_status(percent, spec.thresholds),
         "resets_at": _iso(state.window.end),
         "enforcement": "hard" if spec.hard else "soft",
+        "fail_mode": spec.fail_mode,
     }
     if spec.scope == "every_end_user":
         data["end_user"] = state.end_user
@@ -96,6 +95,7 @@ def budget_json(view: BudgetView) -> dict[str, Any]:
             "thresholds": budget.thresholds,
             "suggested_model": budget.suggested_model,
             "is_active": budget.is_active,
+            "fail_mode_inherited": not budget.fail_mode,
             "projected_usd": format_usd(view.projected_nanos)
             if view.projected_nanos is not None
             else None,
@@ -121,11 +121,22 @@ class BudgetInput(serializers.Serializer):
         choices=Budget.Enforcement.choices, default=Budget.Enforcement.SOFT
     )
     suggested_model = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+    fail_mode = StrictChoiceField(
+        choices=["closed", "open"],
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        default="",
+        help_text="When spend cannot be known at all: closed refuses calls, open allows them "
+        "with a warning. Empty or null: the tenant's default (closed for a hard budget).",
+    )
     is_active = StrictBooleanField(required=False, default=True)
 
 
 def _budget_data(view: TenantAPIView, validated: dict[str, Any]) -> dict[str, Any]:
     data = dict(validated)
+    if "fail_mode" in data:
+        data["fail_mode"] = data["fail_mode"] or ""
     if "thresholds" in data:
         data["thresholds"] = [
             int(t) if t == t.to_integral_value() else float(t) for t in data["thresholds"]
@@ -321,6 +332,7 @@ def check_json(result: CheckResult) -> dict[str, Any]:
         "reservation_id": result.reservation_id,
         "estimated_cost_usd": format_usd(result.estimate_nanos),
         "source": result.source,
+        "fail_mode": result.fail_mode,
     }
 
 
@@ -467,7 +479,11 @@ def stop_json(stop: EmergencyStop) -> dict[str, Any]:
         else None,
         "expires_at": _iso(stop.expires_at),
         "lifted_at": _iso(stop.lifted_at),
-        "lifted_by": stop.lifted_by.get_username() if stop.lifted_by else None,
+        "lifted_by": stop.lifted_by.get_username()
+        if stop.lifted_by
+        else ("api key" if stop.lifted_by_key_id else None),
+        "tripped_by_key": stop.tripped_by_key.prefix if stop.tripped_by_key else None,
+        "lifted_by_key": stop.lifted_by_key.prefix if stop.lifted_by_key else None,
         "lift_reason": stop.lift_reason,
         "active": stop.is_active_at(timezone.now()),
     }
@@ -524,6 +540,11 @@ class EmergencyStopApi(TenantAPIView):
                 user=user,
                 api_key_id=self.api_key_id,
             )
-        elif emergency_stop_lift(tenant=self.tenant, user=user, reason=data["reason"]) is None:
+        elif (
+            emergency_stop_lift(
+                tenant=self.tenant, user=user, api_key_id=self.api_key_id, reason=data["reason"]
+            )
+            is None
+        ):
             raise Conflict("There is no emergency stop to lift for this tenant.", field="action")
         return Response(self._reply())

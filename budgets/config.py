@@ -14,6 +14,7 @@ from threading import Lock
 from typing import Any
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from costmon.cache import cache_add, cache_get_many, cache_set
 from costmon.tenancy import unscoped
@@ -38,6 +39,7 @@ class BudgetSpec:
     thresholds: tuple[Decimal, ...]  # ascending
     hard: bool
     suggested_model: str
+    fail_mode: str = "closed"  # closed | open: when spend cannot be known at all
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class TenantConfig:
     rate_limits: tuple[RateLimitSpec, ...] = ()
     stop_rules: tuple[StopRuleSpec, ...] = ()  # the tenant's and the global ones
     tag_names: frozenset[str] = field(default_factory=frozenset)  # tags some budget counts
+    default_fail_mode: str = ""  # the tenant's default for budgets that set none
 
 
 def version_key(tenant_id: int | None) -> str:
@@ -95,7 +98,10 @@ def clear_local() -> None:
         _local.clear()
 
 
-def spec_of(b: Any) -> BudgetSpec:
+def spec_of(b: Any, *, default_fail_mode: str = "") -> BudgetSpec:
+    from budgets.models import effective_fail_mode
+
+    hard = b.enforcement == "hard"
     return BudgetSpec(
         id=b.pk,
         name=b.name,
@@ -108,17 +114,22 @@ def spec_of(b: Any) -> BudgetSpec:
         rolling_days=b.rolling_days,
         limit_nanos=usd_to_nanos(b.limit_usd),
         thresholds=tuple(b.sorted_thresholds),
-        hard=b.enforcement == "hard",
+        hard=hard,
         suggested_model=b.suggested_model,
+        fail_mode=effective_fail_mode(own=b.fail_mode, tenant_default=default_fail_mode, hard=hard),
     )
 
 
 def load(tenant_id: int) -> TenantConfig:
-    from budgets.models import Budget, EmergencyStopRule, RateLimit
+    from budgets.models import Budget, BudgetDefaults, EmergencyStopRule, RateLimit
 
     with unscoped():
+        default_fail_mode = (
+            BudgetDefaults.objects.for_tenant(tenant_id).values_list("fail_mode", flat=True).first()
+            or ""
+        )
         budgets = tuple(
-            spec_of(b)
+            spec_of(b, default_fail_mode=default_fail_mode)
             for b in Budget.objects.for_tenant(tenant_id).filter(is_active=True).order_by("pk")
         )
         limits = tuple(
@@ -144,7 +155,11 @@ def load(tenant_id: int) -> TenantConfig:
         b.value.split("=", 1)[0] for b in budgets if b.scope == "tag" and "=" in b.value
     )
     return TenantConfig(
-        budgets=budgets, rate_limits=limits, stop_rules=rules + global_rules, tag_names=tags
+        budgets=budgets,
+        rate_limits=limits,
+        stop_rules=rules + global_rules,
+        tag_names=tags,
+        default_fail_mode=default_fail_mode,
     )
 
 
@@ -165,7 +180,14 @@ def for_tenant(tenant_id: int) -> TenantConfig:
         with _lock:
             _local[tenant_id] = (hit[0], version, hit[2], now)
         return hit[2]
-    config = load(tenant_id)
+    try:
+        config = load(tenant_id)
+    except (OperationalError, InterfaceError):
+        if hit is None:
+            raise
+        # PostgreSQL is away: the copy this process has is better than no answer (checks
+        # then decide by each budget's fail mode).
+        return hit[2]
     if shared and version is not None and None in version:
         # First load since Redis started: stamp versions so the next reads can trust the
         # local copy instead of a timer.

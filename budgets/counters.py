@@ -8,14 +8,16 @@ counts), and `h:<HH>` (the tenant's spend per local hour). A period's spend is t
 days, so a budget created mid-period starts from the period's real spend with nothing to seed.
 All tenants together: `cm:global:d:<YYYYMMDD>` (UTC days).
 
-PostgreSQL rollups stay the truth: `counters_reconcile` rebuilds the hashes from them and
-reports the drift it corrected; until a tenant's counters have been rebuilt once since Redis
-started (`cm:{<tenant>}:ok`), checks read PostgreSQL.
+Each ingest batch adds to them exactly once (`budgets.updates`). PostgreSQL rollups stay the
+truth: `counters_reconcile` rebuilds the hashes from them and reports the drift it corrected;
+until a tenant's counters have been rebuilt since Redis started or since they missed an update
+(`cm:{<tenant>}:ok`, holding when they were rebuilt), checks read PostgreSQL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -113,52 +115,7 @@ def event_fields(
     return fields
 
 
-# --- the ingest hook ---------------------------------------------------------------------------
-
-# Separates the names and amounts packed into one argument: ingest refuses NUL in every name,
-# and one long argument costs redis-py a fraction of what thousands of short ones do.
-_SEP = "\x00"
-_RECORD = bredis.script(
-    """
-    -- ARGV: ttl, n_hashes, then per hash: key, "field\\0amount\\0..." (NUL-separated);
-    -- then the tenant prefix and "kind\\0value\\0..." for the reservations to settle
-    -- (kind 'r': a reservation id, 'e': an event id a reservation may carry)
-    local ttl = tonumber(ARGV[1])
-    local n_hashes = tonumber(ARGV[2])
-    local i = 3
-    for h = 1, n_hashes do
-      local key = ARGV[i]
-      for field, amount in string.gmatch(ARGV[i + 1], '([^%z]+)%z([^%z]+)%z') do
-        redis.call('HINCRBY', key, field, amount)
-      end
-      redis.call('EXPIRE', key, ttl)
-      i = i + 2
-    end
-    local prefix = ARGV[i]
-    local settled = 0
-    for kind, value in string.gmatch(ARGV[i + 1], '([^%z]+)%z([^%z]+)%z') do
-      local res_id = value
-      if kind == 'e' then res_id = redis.call('GET', prefix .. ':resev:' .. value) end
-      if res_id then
-        local record = redis.call('GET', prefix .. ':res:' .. res_id)
-        if record then
-          local amount = nil
-          for part in string.gmatch(record, '[^|]+') do
-            if amount == nil then
-              amount = part
-            elseif redis.call('ZREM', part, res_id .. ':' .. amount) == 1 then
-              redis.call('DECRBY', part .. ':sum', amount)
-            end
-          end
-          redis.call('DEL', prefix .. ':res:' .. res_id)
-          settled = settled + 1
-        end
-        if kind == 'e' then redis.call('DEL', prefix .. ':resev:' .. value) end
-      end
-    end
-    return settled
-    """
-)
+# --- the ingest hook (see budgets.updates) ------------------------------------------------------
 
 
 def bulk_loaded(tenant: Tenant) -> None:
@@ -166,81 +123,62 @@ def bulk_loaded(tenant: Tenant) -> None:
     counters_reconcile(tenant=tenant, known_behind=True)
 
 
-def record_batch(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
-    """After an ingest commit: add the batch's spend to the counters, settle the reservations
-    its events carry, and trip the emergency stop if a rule's threshold is now passed."""
-    from budgets.services import emergency_stop_check
+# Tenants marked stale while Redis could not be reached, and when: this process deletes their
+# "trusted" keys as soon as it reaches Redis again, unless they were rebuilt since, so no check
+# trusts counters that missed an update (or that do not see reservations held in PostgreSQL
+# meanwhile) until they are rebuilt.
+_untrust_later: dict[int, int] = {}
+_untrust_lock = threading.Lock()
 
-    conf = tenant_config.for_tenant(tenant.pk)
-    r = bredis.client()
-    if r is not None:
-        tz = tenant_zone(tenant)
-        hashes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        reservations: list[str] = []
-        prefix = f"cm:{{{tenant.pk}}}"
-        day_hashes: dict[date, tuple[dict[str, int], dict[str, int], dict[str, int]]] = {}
-        for row in rows:
-            cost = row["cost_nanos"]
-            local = row["occurred_at"].astimezone(tz)
-            provider, model, operation, end_user = row["names"]
-            if cost:
-                names = event_fields(
-                    provider=provider,
-                    model=model,
-                    operation=operation,
-                    end_user=end_user,
-                    api_key_id=row["api_key_id"],
-                    tags=row["tags"],
-                    tag_names=conf.tag_names,
-                    local_hour=local.hour,
-                )
-                on = local.date()
-                if on not in day_hashes:  # a batch mostly spans a day or two
-                    d, w, m = buckets_of_day(on)
-                    day_hashes[on] = (
-                        hashes[bucket_key(tenant.pk, d)],
-                        hashes[bucket_key(tenant.pk, w)],
-                        hashes[bucket_key(tenant.pk, m)],
-                    )
-                day, week, month = day_hashes[on]
-                for name in names:
-                    day[name] += cost
-                    if not name.startswith("h:"):  # hours only matter within a day
-                        week[name] += cost
-                        month[name] += cost
-                utc = row["occurred_at"].astimezone(UTC)
-                total = hashes[global_day_key(utc.date())]
-                total["t"] += cost
-                total[f"h:{utc.hour:02d}"] += cost
-            if row["reservation_id"]:
-                reservations += ["r", row["reservation_id"]]
-            else:
-                reservations += ["e", row["event_id"]]
-        args: list[Any] = [DAY_TTL_SECONDS, len(hashes)]
-        for key, fields in hashes.items():
-            args += [key, "".join(f"{name}{_SEP}{amount}{_SEP}" for name, amount in fields.items())]
-        args += [prefix, "".join(f"{part}{_SEP}" for part in reservations)]
-        try:
-            _RECORD(r, args)
-        except bredis.RedisError as exc:
-            # Usage is stored; the counters are behind until rebuilt. Mark the tenant so the
-            # next reconcile (every minute) rebuilds them, and checks read PostgreSQL meanwhile.
-            bredis.failed(exc)
-            mark_stale(tenant.pk)
-    if conf.stop_rules:
-        emergency_stop_check(tenant=tenant, rules=conf.stop_rules)
+
+def _now_ms() -> int:
+    return int(timezone.now().timestamp() * 1000)
+
+
+def untrust_after_outage(r: Any) -> None:
+    """Call before using Redis: cheap unless this process has tenants to untrust."""
+    if not _untrust_later:
+        return
+    with _untrust_lock:
+        marked = dict(_untrust_later)
+        _untrust_later.clear()
+    try:
+        rebuilt = r.mget([ok_key(t) for t in marked])
+        stale = [
+            ok_key(t)
+            for (t, when), at in zip(marked.items(), rebuilt, strict=True)
+            if at is not None and int(at) < when
+        ]
+        if stale:
+            r.delete(*stale)
+    except bredis.RedisError:
+        with _untrust_lock:
+            for t, when in marked.items():
+                _untrust_later[t] = max(when, _untrust_later.get(t, 0))
+        raise
 
 
 def mark_stale(tenant_id: int) -> None:
+    """The tenant's counters must be rebuilt before checks trust them again (the stale
+    rebuild runs every minute)."""
     from budgets.models import CounterState
 
-    CounterState.objects.update_or_create(
-        tenant_id=tenant_id, defaults={"stale_since": timezone.now()}
-    )
+    # Untrust first: if PostgreSQL is away too, no check trusts these counters meanwhile (and
+    # the first check that finds them untrusted asks for the rebuild).
     r = bredis.client()
+    untrusted = False
     if r is not None:
-        with contextlib.suppress(*bredis.RedisError):
+        try:
             r.delete(ok_key(tenant_id))
+            untrusted = True
+        except bredis.RedisError as exc:
+            bredis.failed(exc)
+    if not untrusted:
+        with _untrust_lock:
+            _untrust_later[tenant_id] = _now_ms()
+    CounterState.objects.bulk_create(
+        [CounterState(tenant_id=tenant_id, stale_since=timezone.now())], ignore_conflicts=True
+    )
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -272,19 +210,22 @@ class ReconcileReport:
 
 
 @contextlib.contextmanager
-def _exclusive_ingest_lock(tenant_id: int) -> Iterator[None]:
-    """No batch of this tenant is between its commit and its counter update meanwhile."""
+def ingest_lock(tenant_id: int, *, shared: bool) -> Iterator[None]:
+    """The tenant's ingest lock (usage.services holds it shared from before a batch's
+    transaction until its counter update is applied). Exclusive: no batch of this tenant is
+    between its commit and its counter update meanwhile."""
     if connection.vendor != "postgresql":
         yield
         return
     key = [_LOCK_NAMESPACE, tenant_id % 2_000_000_000]
+    kind = "_shared" if shared else ""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(%s, %s)", key)
+        cursor.execute(f"SELECT pg_advisory_lock{kind}(%s, %s)", key)
     try:
         yield
     finally:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", key)
+            cursor.execute(f"SELECT pg_advisory_unlock{kind}(%s, %s)", key)
 
 
 def _complete_buckets(day: date, since: date) -> list[str]:
@@ -374,28 +315,48 @@ def expected_counters(
     return out
 
 
-def counters_reconcile(*, tenant: Tenant, known_behind: bool = False) -> ReconcileReport:
+def counters_reconcile(
+    *, tenant: Tenant, known_behind: bool = False, cause: str = "rebuild"
+) -> ReconcileReport:
     """Rebuild the tenant's day hashes from PostgreSQL and say how much drift was corrected.
 
-    `known_behind`: the counters are known to be behind (after a bulk load), so a correction is
-    not worth a warning."""
-    from budgets.models import CounterState
+    Under the tenant's exclusive ingest lock: the pending counter updates (`budgets.updates`)
+    are absorbed (PostgreSQL has their batches), and the reservations held in PostgreSQL while
+    the counters could not be used move into Redis, under the reservation lock, in the same
+    transaction that marks the counters trusted.
+
+    Drift is what was corrected in counters checks were trusting (not a rebuild after Redis
+    restarted or after a missed update): it is logged and recorded (`CounterCorrection`, which
+    Prometheus exports). `known_behind`: the counters are known to be behind (after a bulk
+    load), so a correction is not drift. `cause`: what asked for the rebuild."""
+    from budgets import reservations
+    from budgets.models import CounterCorrection, CounterState, CounterUpdate
+    from budgets.updates import Update, marker_key
 
     r = bredis.client()
     report = ReconcileReport()
     if r is None:
         return report
     conf = tenant_config.for_tenant(tenant.pk)
-    today = timezone.now().astimezone(tenant_zone(tenant)).date()
+    now = timezone.now()
+    today = now.astimezone(tenant_zone(tenant)).date()
     # From the first of a month, so every month hash in range is rebuilt whole.
     since = (today - timedelta(days=RECONCILE_DAYS - 1)).replace(day=1)
-    with tenant_context(tenant), _exclusive_ingest_lock(tenant.pk):
+    with tenant_context(tenant), ingest_lock(tenant.pk, shared=False):
+        was_trusted = counters_trusted(r, tenant.pk)
+        pending = list(
+            CounterUpdate.objects.for_tenant(tenant).order_by("id").values_list("id", "payload")
+        )
         expected = expected_counters(tenant=tenant, since=since, tag_names=conf.tag_names)
         keys = [bucket_key(tenant.pk, b) for b in reconcile_buckets(since, today)]
         pipe = r.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
-        actual_by_key = dict(zip(keys, pipe.execute(), strict=True))
+        for update_id, _ in pending:
+            pipe.exists(marker_key(tenant.pk, update_id))
+        found = pipe.execute()
+        actual_by_key = dict(zip(keys, found[: len(keys)], strict=True))
+        applied = found[len(keys) :]
         pipe = r.pipeline(transaction=True)
         for key in keys:
             want = expected.get(key, {})
@@ -415,12 +376,38 @@ def counters_reconcile(*, tenant: Tenant, known_behind: bool = False) -> Reconci
             if wrong:
                 pipe.hset(key, mapping=dict(wrong))  # type: ignore[arg-type]
                 pipe.expire(key, DAY_TTL_SECONDS)
+        # Updates not applied yet: the tenant's hashes have them now; the all-tenants hashes
+        # get their share here, and the marker says they are done.
+        for (update_id, payload), done in zip(pending, applied, strict=True):
+            if done:
+                continue
+            for day, fields in Update.from_json(payload).utc_days.items():
+                for name, amount in fields.items():
+                    pipe.hincrby(global_day_key(day), name, amount)
+                pipe.expire(global_day_key(day), DAY_TTL_SECONDS)
+            pipe.set(marker_key(tenant.pk, update_id), 1, ex=3600)
         _restore_stops(pipe, tenant)
-        pipe.set(ok_key(tenant.pk), 1)
-        pipe.execute()
+        with reservations.reservation_lock_held(tenant.pk):
+            moved = reservations.queue_holds_into_redis(r, pipe, tenant_id=tenant.pk, now=now)
+            pipe.set(ok_key(tenant.pk), _now_ms())  # when: see untrust_after_outage
+            pipe.execute()
+            reservations.holds_delete(tenant_id=tenant.pk, ids=moved)
+        if pending:
+            CounterUpdate.objects.for_tenant(tenant).filter(
+                pk__in=[i for i, _ in pending]
+            )._raw_delete(CounterUpdate.objects.db)
+            r.delete(*[marker_key(tenant.pk, i) for i, _ in pending])
         CounterState.objects.filter(tenant=tenant).delete()
-    if report.corrected and not known_behind:
-        log.warning("counters_drift_corrected", tenant=tenant.slug, **report.__dict__)
+        if report.corrected and was_trusted and not known_behind:
+            log.warning(
+                "counters_drift_corrected", tenant=tenant.slug, cause=cause, **report.__dict__
+            )
+            CounterCorrection.objects.create(
+                tenant=tenant,
+                cause=cause,
+                fields=report.corrected,
+                drift_nanos=report.drift_nanos,
+            )
     return report
 
 

@@ -46,6 +46,11 @@ class Budget(models.Model):
         SOFT = "soft", "soft (warn and alert)"
         HARD = "hard", "hard (block)"
 
+    class FailMode(models.TextChoices):
+        DEFAULT = "", "the tenant's default"
+        CLOSED = "closed", "closed (refuse calls while spend cannot be known)"
+        OPEN = "open", "open (allow calls, with a warning)"
+
     # Scopes whose value names what they cover; the others have no value.
     VALUE_SCOPES = frozenset(
         {Scope.END_USER, Scope.PROVIDER, Scope.MODEL, Scope.OPERATION, Scope.TAG}
@@ -85,6 +90,14 @@ class Budget(models.Model):
         max_length=200,
         blank=True,
         help_text="A cheaper model to suggest past the warning threshold.",
+    )
+    fail_mode = models.CharField(
+        max_length=6,
+        choices=FailMode.choices,
+        blank=True,
+        default=FailMode.DEFAULT,
+        help_text="When neither Redis nor PostgreSQL can say what was spent. Empty: the "
+        "tenant's default (budget defaults), else closed for a hard budget and open for a soft one.",
     )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -140,6 +153,32 @@ class Budget(models.Model):
     @property
     def sorted_thresholds(self) -> list[Decimal]:
         return sorted(Decimal(str(t)) for t in self.thresholds)
+
+
+def effective_fail_mode(*, own: str, tenant_default: str, hard: bool) -> str:
+    """The budget's own mode, else the tenant's default, else closed for a hard budget."""
+    return own or tenant_default or ("closed" if hard else "open")
+
+
+class BudgetDefaults(models.Model):
+    """A tenant's defaults for its budgets (one row per tenant, none: the built-in defaults)."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, primary_key=True)
+    fail_mode = models.CharField(
+        max_length=6,
+        choices=Budget.FailMode.choices,
+        blank=True,
+        default=Budget.FailMode.DEFAULT,
+        help_text="For budgets that set none. Empty: closed for hard budgets, open for soft ones.",
+    )
+
+    objects = TenantScopedManager["BudgetDefaults"]()
+
+    class Meta:
+        verbose_name_plural = "budget defaults"
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}: fail mode {self.fail_mode or 'by enforcement'}"
 
 
 def threshold_problem(value: object) -> str | None:
@@ -268,6 +307,9 @@ class EmergencyStop(models.Model):
     lifted_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    lifted_by_key = models.ForeignKey(
+        ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     lift_reason = models.CharField(max_length=500, blank=True)
 
     objects = TenantScopedManager["EmergencyStop"]()
@@ -304,3 +346,85 @@ class CounterState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant_id} stale since {self.stale_since:%Y-%m-%d %H:%M}"
+
+
+class ReservationHold(models.Model):
+    """Budget held by a check's reservation while the Redis counters cannot be used (Redis
+    away, or its counters not rebuilt yet): one row per hard budget the reservation holds.
+
+    Checks that reserve through PostgreSQL take the tenant's reservation lock, so they cannot
+    overshoot together; the usage event that follows deletes the rows, and rows past
+    `expires_at` no longer count. When the counters are rebuilt, the rows move into Redis.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    reservation_id = models.CharField(max_length=32)
+    event_id = models.CharField(max_length=255, blank=True)
+    # "<budget id>:<period start YYYYMMDD>[:<end user>]": what Redis names the same hold.
+    hold = models.TextField()
+    amount_nanos = models.BigIntegerField()
+    expires_at = models.DateTimeField()
+
+    objects = TenantScopedManager["ReservationHold"]()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "hold", "expires_at"], name="reshold_tenant_hold"),
+            models.Index(fields=["tenant", "reservation_id"], name="reshold_tenant_res"),
+            models.Index(
+                fields=["tenant", "event_id"],
+                name="reshold_tenant_event",
+                condition=~Q(event_id=""),
+            ),
+            models.Index(fields=["expires_at"], name="reshold_expires"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reservation_id} holds {self.amount_nanos} on {self.hold}"
+
+
+class CounterUpdate(models.Model):
+    """What one ingest batch adds to the Redis counters, written in the batch's transaction.
+
+    The process that committed the batch applies it right after the commit; if it died in
+    between, the sweeper applies it (Redis remembers which ids it applied, so never twice)."""
+
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    payload = models.TextField()  # JSON: see budgets.outbox
+
+    objects = TenantScopedManager["CounterUpdate"]()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "id"], name="counterupdate_tenant"),
+            models.Index(fields=["created_at"], name="counterupdate_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"update {self.pk} of tenant {self.tenant_id}"
+
+
+class CounterCorrection(models.Model):
+    """Drift found in counters that checks were trusting, and corrected from PostgreSQL."""
+
+    class Cause(models.TextChoices):
+        SAMPLE = "sample", "periodic drift sample"
+        REBUILD = "rebuild", "rebuild (nightly or after a missed update)"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    corrected_at = models.DateTimeField(default=timezone.now)
+    cause = models.CharField(max_length=10, choices=Cause.choices)
+    fields = models.PositiveIntegerField(help_text="Counter fields that were wrong.")
+    drift_nanos = models.BigIntegerField(help_text="Sum of the absolute differences corrected.")
+
+    objects = TenantScopedManager["CounterCorrection"]()
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-corrected_at"], name="countercorr_tenant_time")]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.tenant_id}: {self.drift_nanos} nano-USD at {self.corrected_at:%Y-%m-%d %H:%M}"
+        )

@@ -67,6 +67,10 @@ class BudgetState(serializers.Serializer):
     status = serializers.ChoiceField(choices=["ok", "warning", "critical", "exceeded"])
     resets_at = serializers.DateTimeField(allow_null=True)
     enforcement = serializers.ChoiceField(choices=["soft", "hard"])
+    fail_mode = serializers.ChoiceField(
+        choices=["closed", "open"],
+        help_text="When spend cannot be known at all: closed refuses calls, open allows them.",
+    )
     end_user = serializers.CharField(
         required=False, allow_null=True, help_text="every_end_user budgets: the end user."
     )
@@ -78,6 +82,9 @@ class BudgetOut(BudgetState):
     thresholds = serializers.ListField(child=serializers.FloatField())
     suggested_model = serializers.CharField()
     is_active = serializers.BooleanField()
+    fail_mode_inherited = serializers.BooleanField(
+        help_text="The fail mode comes from the tenant's default (none set on the budget)."
+    )
     projected_usd = serializers.CharField(allow_null=True)
     period_start = serializers.DateTimeField(allow_null=True)
     source = serializers.CharField()
@@ -100,7 +107,16 @@ class CheckReply(serializers.Serializer):
     suggested_model = serializers.CharField(allow_null=True)
     reservation_id = serializers.CharField(allow_null=True)
     estimated_cost_usd = serializers.CharField()
-    source = serializers.CharField(help_text="redis, or database when Redis is away.")
+    source = serializers.ChoiceField(
+        choices=["redis", "database", "none"],
+        help_text="Where spend was read: Redis counters, PostgreSQL while the counters cannot "
+        "be used, or none when spend could not be known at all.",
+    )
+    fail_mode = serializers.ChoiceField(
+        choices=["closed", "open"],
+        allow_null=True,
+        help_text="Null while spend was known; otherwise the fail mode that decided the call.",
+    )
 
 
 class Stop(serializers.Serializer):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -65,3 +66,8 @@ def script(source: str) -> Any:
             return registered(args=args)
 
     return _Script()
+
+
+def script_file(name: str) -> Any:
+    """`script()` of `budgets/lua/<name>.lua` (its KEYS, ARGV and reply are documented there)."""
+    return script((Path(__file__).parent / "lua" / f"{name}.lua").read_text(encoding="utf-8"))

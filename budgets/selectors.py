@@ -43,8 +43,9 @@ def budget_views(
             Budget.objects.for_tenant(tenant).select_related("api_key").order_by("name", "pk")
         )
     states: list[BudgetState] = []
+    default_fail_mode = tenant_config.for_tenant(tenant.pk).default_fail_mode
     for budget in budgets:
-        spec = tenant_config.spec_of(budget)
+        spec = tenant_config.spec_of(budget, default_fail_mode=default_fail_mode)
         window = budget_window(period=spec.period, rolling_days=spec.rolling_days, now=now, tz=tz)
         end_user = _top_end_user(tenant, window.start) if spec.scope == "every_end_user" else ""
         states.append(BudgetState(spec=spec, window=window, spent=0, end_user=end_user))
@@ -124,6 +125,6 @@ def emergency_stop_history(*, tenant: Tenant, limit: int = 50) -> list[Emergency
     return list(
         EmergencyStop.objects.unscoped()
         .filter(Q(tenant=tenant) | Q(tenant__isnull=True))
-        .select_related("tripped_by", "lifted_by")
+        .select_related("tripped_by", "lifted_by", "tripped_by_key", "lifted_by_key")
         .order_by("-tripped_at")[:limit]
     )

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import structlog
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
@@ -21,15 +18,15 @@ from django.utils import timezone
 from budgets import config as tenant_config
 from budgets import counters
 from budgets import redis as bredis
-from budgets.config import BudgetSpec, RateLimitSpec, StopRuleSpec, TenantConfig
+from budgets.config import BudgetSpec, StopRuleSpec
 from budgets.models import Budget, EmergencyStop, EmergencyStopRule
-from budgets.periods import Window, budget_window
+from budgets.periods import Window
+from budgets.periods import budget_window as budget_window  # alerts and selectors import it here
 from costmon.exceptions import DomainError
 from costmon.models import ApiKey, Tenant
 from costmon.tenancy import tenant_context, unscoped
-from usage.catalog import catalog_for
 from usage.models import Dimension, ModelHourlyRollup, UsageEvent
-from usage.pricing import candidate_names, cost_nanos, format_usd, usd_to_nanos
+from usage.pricing import candidate_names, format_usd
 from usage.selectors import named, rollups_of, tenant_zone, with_tag
 
 log = structlog.get_logger(__name__)
@@ -52,6 +49,7 @@ BUDGET_FIELDS = (
     "thresholds",
     "enforcement",
     "suggested_model",
+    "fail_mode",
     "is_active",
 )
 
@@ -136,28 +134,6 @@ def budget_status(percent: Decimal, thresholds: Sequence[Decimal]) -> str:
     if thresholds and percent >= thresholds[0]:
         return "warning"
     return "ok"
-
-
-def budget_applies(spec: BudgetSpec, req: CheckRequest) -> bool:
-    scope = spec.scope
-    if scope == "tenant":
-        return True
-    if scope == "end_user":
-        return req.end_user == spec.value
-    if scope == "every_end_user":
-        return bool(req.end_user)
-    if scope == "api_key":
-        return req.api_key_id is not None and req.api_key_id == spec.api_key_id
-    if scope == "provider":
-        return req.provider.lower() == spec.value
-    if scope == "model":
-        return spec.value in candidate_names(req.model)
-    if scope == "operation":
-        return req.operation == spec.value
-    if scope == "tag":
-        name, _, value = spec.value.partition("=")
-        return req.tags.get(name) == value
-    return False
 
 
 def spent_from_database(
@@ -308,7 +284,7 @@ def emergency_stop_trip(
 
 
 def emergency_stop_lift(
-    *, tenant: Tenant | None, user: Any = None, reason: str = ""
+    *, tenant: Tenant | None, user: Any = None, api_key_id: int | None = None, reason: str = ""
 ) -> EmergencyStop | None:
     """Lift the open stop; None when there was none (or another caller lifted it first)."""
     tenant_id = tenant.pk if tenant is not None else None
@@ -327,6 +303,7 @@ def emergency_stop_lift(
             .update(
                 lifted_at=timezone.now(),
                 lifted_by=user if getattr(user, "pk", None) else None,
+                lifted_by_key_id=api_key_id,
                 lift_reason=(reason or "lifted").strip()[:500],
             )
         )
@@ -486,453 +463,3 @@ def _usd(nanos: int) -> str:
 
 def _usd_plain(nanos: int) -> str:
     return format_usd(nanos)
-
-
-# --- the pre-flight check --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckRequest:
-    end_user: str = ""
-    provider: str = ""
-    model: str = ""
-    operation: str = ""
-    tags: dict[str, str] = field(default_factory=dict)
-    estimated_input_tokens: int = 0
-    estimated_output_tokens: int = 0
-    estimated_cost_usd: Decimal | None = None
-    reserve: bool = False
-    event_id: str = ""
-    api_key_id: int | None = None
-    client_ip: str = ""
-
-
-@dataclass
-class RateLimitHit:
-    limit: int
-    remaining: int
-    reset_seconds: int
-    retry_after: int
-    kind: str  # requests | tokens
-    scope: str
-
-
-@dataclass
-class CheckResult:
-    allowed: bool
-    reasons: list[str] = field(default_factory=list)
-    budgets: list[BudgetState] = field(default_factory=list)
-    warnings: list[dict[str, Any]] = field(default_factory=list)
-    suggested_model: str | None = None
-    reservation_id: str | None = None
-    rate_limited: RateLimitHit | None = None
-    rate_limit: RateLimitHit | None = None  # the tightest limit that applied, for headers
-    source: str = "redis"
-    estimate_nanos: int = 0
-
-
-_CHECK = bredis.script(
-    """
-    local now = tonumber(ARGV[1])
-    local i = 2
-    local function arg() local v = ARGV[i]; i = i + 1; return v end
-    -- 1. emergency stop, tenant's or global
-    for s = 1, 2 do
-      local stop = redis.call('GET', arg())
-      if stop and tonumber(string.match(stop, '^(%d+)|')) > now then return {1, stop} end
-    end
-    if redis.call('EXISTS', arg()) == 0 then return {4} end
-    -- 2. rate limits: sliding window counters (the previous window weighted by its overlap)
-    local n_rl = tonumber(arg())
-    local est_tokens = tonumber(arg())
-    local rl = {}
-    local tightest = {}
-    for r = 1, n_rl do
-      local prefix = arg(); local window = tonumber(arg())
-      local max_req = tonumber(arg()); local max_tok = tonumber(arg())
-      local idx = math.floor(now / window)
-      local into = now - idx * window
-      local weight = 1 - into / window
-      local q = tonumber(redis.call('GET', prefix .. ':q:' .. idx) or '0')
-      local pq = tonumber(redis.call('GET', prefix .. ':q:' .. (idx - 1)) or '0')
-      local t = tonumber(redis.call('GET', prefix .. ':t:' .. idx) or '0')
-      local pt = tonumber(redis.call('GET', prefix .. ':t:' .. (idx - 1)) or '0')
-      local used_q = pq * weight + q
-      local used_t = pt * weight + t
-      if max_req >= 0 and used_q + 1 > max_req then
-        return {2, r, 'requests', max_req, math.floor(used_q * 1000), window, into, pq}
-      end
-      if max_tok >= 0 and used_t + est_tokens > max_tok then
-        return {2, r, 'tokens', max_tok, math.floor(used_t * 1000), window, into, pt}
-      end
-      rl[#rl + 1] = {prefix, idx, window}
-      if max_req >= 0 then
-        tightest[#tightest + 1] = {r, max_req, math.floor(used_q * 1000), window, into}
-      end
-    end
-    -- 3. budgets
-    local reserve = arg() == '1'
-    local res_id = arg(); local estimate = tonumber(arg())
-    local expiry = tonumber(arg()); local res_ttl = tonumber(arg())
-    local prefix = arg(); local event_id = arg()
-    local n_b = tonumber(arg())
-    local out = {}
-    local denied = 0
-    local holds = {}
-    for b = 1, n_b do
-      local limit = tonumber(arg()); local hard = arg() == '1'
-      local field = arg(); local res_key = arg(); local n_days = tonumber(arg())
-      local spent = 0
-      for d = 1, n_days do spent = spent + tonumber(redis.call('HGET', arg(), field) or '0') end
-      local expired = redis.call('ZRANGEBYSCORE', res_key, '-inf', now)
-      if #expired > 0 then
-        local gone = 0
-        for _, member in ipairs(expired) do gone = gone + tonumber(string.match(member, ':(%d+)$')) end
-        redis.call('ZREMRANGEBYSCORE', res_key, '-inf', now)
-        redis.call('DECRBY', res_key .. ':sum', gone)
-      end
-      local reserved = tonumber(redis.call('GET', res_key .. ':sum') or '0')
-      if reserved < 0 then reserved = 0 end
-      if hard and (spent >= limit or spent + reserved + estimate > limit) then denied = 1 end
-      out[#out + 1] = spent
-      out[#out + 1] = reserved
-      if hard then holds[#holds + 1] = res_key end
-    end
-    if denied == 1 then
-      table.insert(out, 1, 0); table.insert(out, 1, 3)
-      return out
-    end
-    for _, s in ipairs(rl) do
-      redis.call('INCR', s[1] .. ':q:' .. s[2])
-      redis.call('PEXPIRE', s[1] .. ':q:' .. s[2], 2 * s[3])
-      if est_tokens > 0 then
-        redis.call('INCRBY', s[1] .. ':t:' .. s[2], est_tokens)
-        redis.call('PEXPIRE', s[1] .. ':t:' .. s[2], 2 * s[3])
-      end
-    end
-    local reserved_flag = 0
-    if reserve and #holds > 0 and estimate > 0 then
-      local member = res_id .. ':' .. estimate
-      for _, key in ipairs(holds) do
-        redis.call('ZADD', key, expiry, member)
-        redis.call('INCRBY', key .. ':sum', estimate)
-        redis.call('PEXPIRE', key, res_ttl)
-        redis.call('PEXPIRE', key .. ':sum', res_ttl)
-      end
-      redis.call('SET', prefix .. ':res:' .. res_id, estimate .. '|' .. table.concat(holds, '|'), 'PX', res_ttl)
-      if event_id ~= '' then
-        redis.call('SET', prefix .. ':resev:' .. event_id, res_id, 'PX', res_ttl)
-      end
-      reserved_flag = 1
-    end
-    table.insert(out, 1, reserved_flag); table.insert(out, 1, 0)
-    -- the tightest request limit, for the X-RateLimit headers
-    local best = nil
-    for _, t in ipairs(tightest) do
-      if best == nil or (t[2] * 1000 - t[3]) < (best[2] * 1000 - best[3]) then best = t end
-    end
-    if best then
-      out[#out + 1] = best[1]; out[#out + 1] = best[2]; out[#out + 1] = best[3]
-      out[#out + 1] = best[4]; out[#out + 1] = best[5]
-    end
-    return out
-    """
-)
-
-
-def estimate_nanos(*, tenant: Tenant, req: CheckRequest) -> tuple[int, str | None]:
-    """The call's expected cost, and a warning when it cannot be priced."""
-    if req.estimated_cost_usd is not None:
-        return usd_to_nanos(req.estimated_cost_usd), None
-    if not (req.estimated_input_tokens or req.estimated_output_tokens):
-        return 0, None
-    price = catalog_for(tenant.pk).price_at(req.provider, req.model, timezone.now())
-    if price is None:
-        return 0, f"No price for {req.provider}/{req.model}: the estimate counts as $0."
-    return cost_nanos(
-        price, input_tokens=req.estimated_input_tokens, output_tokens=req.estimated_output_tokens
-    ), None
-
-
-def _applicable_rate_limits(
-    conf: TenantConfig, req: CheckRequest
-) -> list[tuple[RateLimitSpec, str]]:
-    """(limit, caller identity) pairs: per end user, per key, and per IP without an end user."""
-    chosen = []
-    callers = [("end_user", req.end_user), ("api_key", str(req.api_key_id or ""))]
-    if not req.end_user:
-        callers.append(("ip", req.client_ip))
-    for scope, ident in callers:
-        if not ident:
-            continue
-        specific = [r for r in conf.rate_limits if r.scope == scope and r.value == ident]
-        default = [r for r in conf.rate_limits if r.scope == scope and r.value == ""]
-        for spec in specific or default:
-            chosen.append((spec, ident))
-    return chosen
-
-
-def budget_check(*, tenant: Tenant, req: CheckRequest) -> CheckResult:
-    """May this call spend? Emergency stop, then rate limits, then every applicable budget.
-
-    With Redis up this reads only Redis (one script, atomic, so reservations cannot overshoot
-    a hard budget under concurrency). Without it, PostgreSQL answers the budget question and
-    the reply says that rate limits and reservations were not available.
-    """
-    conf = tenant_config.for_tenant(tenant.pk)
-    estimate, price_warning = estimate_nanos(tenant=tenant, req=req)
-    now = timezone.now()
-    tz = tenant_zone(tenant)
-    states = [
-        BudgetState(
-            spec=spec,
-            window=budget_window(
-                period=spec.period, rolling_days=spec.rolling_days, now=now, tz=tz
-            ),
-            spent=0,
-            end_user=req.end_user if spec.scope == "every_end_user" else "",
-        )
-        for spec in conf.budgets
-        if budget_applies(spec, req)
-    ]
-    limits = _applicable_rate_limits(conf, req)
-    result = CheckResult(allowed=True, estimate_nanos=estimate)
-    if price_warning:
-        result.warnings.append({"code": "unpriced_model", "message": price_warning})
-
-    r = bredis.client()
-    outcome = None
-    if r is not None:
-        try:
-            outcome = _check_in_redis(r, tenant, req, states, limits, estimate, now)
-        except bredis.RedisError as exc:
-            bredis.failed(exc)
-    if outcome == "untrusted":
-        from budgets.tasks import schedule_reconcile
-
-        schedule_reconcile(tenant.pk)
-        outcome = None
-    if outcome is None:
-        _check_in_database(tenant, req, states, result, have_redis=r is not None, limits=limits)
-    elif isinstance(outcome, CheckResult):
-        outcome.warnings[:0] = result.warnings
-        result = outcome
-        result.estimate_nanos = estimate
-    _conclude(result, states, estimate)
-    return result
-
-
-def _check_in_redis(
-    r: Any,
-    tenant: Tenant,
-    req: CheckRequest,
-    states: list[BudgetState],
-    limits: list[tuple[RateLimitSpec, str]],
-    estimate: int,
-    now: datetime,
-) -> CheckResult | str:
-    prefix = f"cm:{{{tenant.pk}}}"
-    now_ms = int(now.timestamp() * 1000)
-    res_id = uuid.uuid4().hex if req.reserve else ""  # the script reads it only to reserve
-    ttl_s = settings.COSTMON_RESERVATION_SECONDS
-    args: list[Any] = [
-        now_ms,
-        counters.stop_key(tenant.pk),
-        counters.stop_key(None),
-        counters.ok_key(tenant.pk),
-        len(limits),
-        req.estimated_input_tokens + req.estimated_output_tokens,
-    ]
-    for spec, ident in limits:
-        args += [
-            f"{prefix}:rl:{spec.id}:{ident}",
-            spec.window_seconds * 1000,
-            spec.max_requests if spec.max_requests is not None else -1,
-            spec.max_tokens if spec.max_tokens is not None else -1,
-        ]
-    args += [
-        "1" if req.reserve else "0",
-        res_id,
-        estimate,
-        now_ms + ttl_s * 1000,
-        (ttl_s + 3600) * 1000,
-        prefix,
-        req.event_id,
-        len(states),
-    ]
-    for state in states:
-        bspec = state.spec
-        name = counters.budget_field(
-            bspec.scope, bspec.value, end_user=state.end_user, api_key_id=bspec.api_key_id
-        )
-        res_key = f"{prefix}:r:{bspec.id}:{state.window.key}" + (
-            f":{state.end_user}" if state.end_user else ""
-        )
-        args += [
-            bspec.limit_nanos,
-            "1" if bspec.hard else "0",
-            name,
-            res_key,
-            len(state.window.buckets),
-        ]
-        args += [counters.bucket_key(tenant.pk, bucket) for bucket in state.window.buckets]
-    reply = _CHECK(r, args)
-    code = int(reply[0])
-    if code == 4:
-        return "untrusted"
-    result = CheckResult(allowed=True)
-    if code == 1:
-        stop = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-        result.allowed = False
-        result.reasons.append("emergency_stop")
-        result.warnings.append(
-            {"code": "emergency_stop", "message": f"Emergency stop: {stop.split('|', 1)[-1]}"}
-        )
-        return result
-    if code == 2:
-        index, kind, limit, used_milli, window_ms, into_ms, previous = reply[1:8]
-        spec, _ = limits[int(index) - 1]
-        hit = _rate_limit_hit(
-            spec,
-            kind.decode() if isinstance(kind, bytes) else str(kind),
-            int(limit),
-            int(used_milli),
-            int(window_ms),
-            int(into_ms),
-            int(previous),
-        )
-        result.allowed = False
-        result.reasons.append("rate_limited")
-        result.rate_limited = hit
-        result.rate_limit = hit
-        return result
-    reserved_flag = int(reply[1])
-    values = [int(v) for v in reply[2 : 2 + 2 * len(states)]]
-    for n, state in enumerate(states):
-        state.spent, state.reserved = values[2 * n], values[2 * n + 1]
-    tail = reply[2 + 2 * len(states) :]
-    if tail:
-        index, limit, used_milli, window_ms, into_ms = (int(v) for v in tail)
-        spec, _ = limits[index - 1]
-        result.rate_limit = _rate_limit_hit(
-            spec, "requests", limit, used_milli + 1000, window_ms, into_ms, 0
-        )
-    if code == 3:
-        result.allowed = False
-        result.reasons.append("budget_exceeded")
-    elif reserved_flag:
-        result.reservation_id = res_id
-        for state in states:
-            if state.spec.hard:
-                state.reserved += estimate  # now held for this call
-    return result
-
-
-def _rate_limit_hit(
-    spec: RateLimitSpec,
-    kind: str,
-    limit: int,
-    used_milli: int,
-    window_ms: int,
-    into_ms: int,
-    previous: int,
-) -> RateLimitHit:
-    used = used_milli / 1000
-    reset = math.ceil((window_ms - into_ms) / 1000)
-    if used + 1 <= limit:
-        retry = 0
-    elif previous > 0:
-        # The previous window's weight falls linearly; wait until enough of it has gone.
-        excess = used + 1 - limit
-        retry = min(reset, math.ceil(excess / previous * window_ms / 1000))
-    else:
-        retry = reset
-    return RateLimitHit(
-        limit=limit,
-        remaining=max(0, math.floor(limit - used)),
-        reset_seconds=max(reset, 1),
-        retry_after=max(retry, 1),
-        kind=kind,
-        scope=spec.scope,
-    )
-
-
-def _check_in_database(
-    tenant: Tenant,
-    req: CheckRequest,
-    states: list[BudgetState],
-    result: CheckResult,
-    *,
-    have_redis: bool,
-    limits: list[tuple[RateLimitSpec, str]],
-) -> None:
-    result.source = "database"
-    stop = emergency_stop_active(tenant=tenant)
-    if stop is not None:
-        result.allowed = False
-        result.reasons.append("emergency_stop")
-        result.warnings.append(
-            {"code": "emergency_stop", "message": f"Emergency stop: {stop.reason}"}
-        )
-        return
-    for state in states:
-        state.spent = spent_from_database(
-            tenant=tenant, spec=state.spec, window=state.window, end_user=state.end_user
-        )
-        if state.spec.hard and (
-            state.spent >= state.spec.limit_nanos
-            or state.spent + result.estimate_nanos > state.spec.limit_nanos
-        ):
-            result.allowed = False
-            if "budget_exceeded" not in result.reasons:
-                result.reasons.append("budget_exceeded")
-    # Without Redis configured (the embedded default) this is the normal path, not a fault.
-    if settings.REDIS_URL:
-        why = "Redis is unavailable" if not have_redis else "the counters are being rebuilt"
-        result.warnings.append(
-            {
-                "code": "counters_from_database",
-                "message": f"Spend was read from the database ({why}).",
-            }
-        )
-    else:
-        why = "they need Redis, which is not configured"
-    if limits:
-        result.warnings.append(
-            {"code": "rate_limits_not_applied", "message": f"Rate limits were not applied ({why})."}
-        )
-    if req.reserve:
-        result.warnings.append(
-            {"code": "reservation_unavailable", "message": f"No reservation was made ({why})."}
-        )
-
-
-def _conclude(result: CheckResult, states: list[BudgetState], estimate: int) -> None:
-    result.budgets = states
-    worst: tuple[int, str] | None = None
-    order = {"ok": 0, "warning": 1, "critical": 2, "exceeded": 3}
-    for state in states:
-        spec = state.spec
-        percent = state.percent
-        status = budget_status(percent, spec.thresholds)
-        if status != "ok":
-            who = f" for {state.end_user}" if state.end_user else ""
-            result.warnings.append(
-                {
-                    "code": f"budget_{status}",
-                    "budget_id": spec.id,
-                    "message": f"Budget '{spec.name}'{who} is at {percent}% of ${_usd_plain(spec.limit_nanos)} ({status}).",
-                }
-            )
-            if spec.suggested_model and (worst is None or order[status] > worst[0]):
-                worst = (order[status], spec.suggested_model)
-        elif spec.hard is False and state.spent + estimate > spec.limit_nanos:
-            result.warnings.append(
-                {
-                    "code": "soft_budget_would_exceed",
-                    "budget_id": spec.id,
-                    "message": f"This call would take soft budget '{spec.name}' past its limit.",
-                }
-            )
-    if worst is not None:
-        result.suggested_model = worst[1]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import structlog
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
+from kombu.exceptions import OperationalError as KombuOperationalError
 
-from budgets import counters
+from budgets import counters, drift, reservations, updates
 from budgets import redis as bredis
 from budgets.models import CounterState, EmergencyStopRule
 from budgets.services import emergency_stop_check, emergency_stops_close_expired
@@ -15,7 +19,15 @@ from costmon.tenancy import tenant_context, unscoped
 log = structlog.get_logger(__name__)
 
 
-@shared_task(ignore_result=True)
+# A rebuild that PostgreSQL could not serve (restarting) is tried again shortly: until it
+# runs, the tenant's checks read PostgreSQL.
+@shared_task(
+    ignore_result=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=2,
+    retry_backoff_max=30,
+    max_retries=8,
+)
 def reconcile_counters(tenant_id: int | None = None, only_stale: bool = False) -> int:
     """Rebuild spend counters from PostgreSQL: one tenant, the stale ones, or all."""
     with unscoped():
@@ -29,7 +41,37 @@ def reconcile_counters(tenant_id: int | None = None, only_stale: bool = False) -
     for tenant in tenants:
         corrected += counters.counters_reconcile(tenant=tenant).corrected
     counters.global_counters_reconcile()
+    if tenant_id is not None:
+        _reconciled(tenant_id)
     return corrected
+
+
+def _reconciling_key(tenant_id: int) -> str:
+    return f"cm:{{{tenant_id}}}:reconciling"
+
+
+def _reconciled(tenant_id: int) -> None:
+    """The rebuild asked for is done: the next loss of trust may ask again at once."""
+    r = bredis.client()
+    if r is not None:
+        with contextlib.suppress(*bredis.RedisError):
+            r.delete(_reconciling_key(tenant_id))
+
+
+@shared_task(ignore_result=True)
+def sweep_counter_updates() -> int:
+    """Apply the counter updates of batches whose process died right after its commit, and
+    drop expired reservation holds."""
+    report = updates.counter_updates_sweep()
+    with unscoped():
+        reservations.holds_expire()
+    return report.applied
+
+
+@shared_task(ignore_result=True)
+def sample_counter_drift() -> int:
+    """Compare recently active tenants' counters with PostgreSQL; rebuild those that drifted."""
+    return sum(1 for sample in drift.counters_sample_drift() if sample.differing)
 
 
 def schedule_reconcile(tenant_id: int) -> None:
@@ -38,10 +80,15 @@ def schedule_reconcile(tenant_id: int) -> None:
     if r is None:
         return
     try:
-        if r.set(f"cm:{{{tenant_id}}}:reconciling", 1, nx=True, ex=60):
+        if r.set(_reconciling_key(tenant_id), 1, nx=True, ex=60):
             reconcile_counters.delay(tenant_id)
     except bredis.RedisError as exc:
         bredis.failed(exc)
+    except KombuOperationalError as exc:
+        # The broker refused the task (Redis restarting): a later check asks again.
+        log.warning("reconcile_not_scheduled", tenant_id=tenant_id, error=str(exc))
+        with contextlib.suppress(*bredis.RedisError):
+            r.delete(_reconciling_key(tenant_id))
 
 
 @shared_task(ignore_result=True)

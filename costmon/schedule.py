@@ -50,6 +50,22 @@ SCHEDULE: list[Periodic] = [
         kwargs={"only_stale": True},
     ),
     Periodic(
+        "budgets: sweep counter updates",
+        "budgets.tasks.sweep_counter_updates",
+        "A batch whose process died between its commit and its counter update must reach the "
+        "counters within a minute: every 20 seconds, updates older than 5 seconds that were "
+        "never applied are applied (once), and expired reservation holds go.",
+        every=timedelta(seconds=20),
+    ),
+    Periodic(
+        "budgets: sample counter drift",
+        "budgets.tasks.sample_counter_drift",
+        "Counters that drift for any other reason (a re-pricing, a bug, a hand edit) are found "
+        "within five minutes for tenants with recent ingest, rather than at the nightly rebuild; "
+        "a sample is a few reads per tenant, and only a tenant that drifted is rebuilt.",
+        every=timedelta(minutes=5),
+    ),
+    Periodic(
         "budgets: emergency stop rules",
         "budgets.tasks.check_emergency_stop_rules",
         "Ingest trips stops as spend arrives; this catches spend that arrived while a check "

@@ -197,6 +197,10 @@ _PG_EVENT_TYPES = tuple(t for _, t in _EVENT_COLUMN_TYPES)
 # tenant's shared ingest lock is still held: the budgets app updates its spend counters here,
 # and a counter rebuild (which takes the lock exclusively) never sees a batch half-counted.
 after_record_hooks: list[Callable[[Tenant, list[dict[str, Any]]], None]] = []
+# Called with the same arguments inside the ingest transaction, just before it commits: the
+# budgets app writes the batch's counter update there, so a process that dies between the
+# commit and the hooks above leaves a record that its update is still to be applied.
+before_commit_hooks: list[Callable[[Tenant, list[dict[str, Any]]], None]] = []
 
 
 def usage_record_batch(
@@ -228,6 +232,9 @@ def usage_record_batch(
                 fresh = [r for r in rows if r["event_id"] in inserted]
                 if connection.vendor != "postgresql":  # there the insert added them
                     rollups_add(aggregate(fresh))
+                if fresh:
+                    for hook in before_commit_hooks:
+                        hook(tenant, fresh)
         except Exception:
             forget_rls_state(connection)
             raise

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import Count, Sum
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,7 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from alerts.models import Channel, Notification
-from budgets.models import Budget, EmergencyStop
+from budgets.models import Budget, CounterCorrection, EmergencyStop
 from budgets.selectors import budget_views
 from costmon.models import Tenant
 from costmon.prometheus import instruments
@@ -73,6 +73,7 @@ class DatabaseCollector(Collector):
                 *budget_metrics(tenants, now=now),
                 *alert_metrics(tenants),
                 emergency_stop_metric(tenants, now=now),
+                counter_drift_metric(tenants),
             ]
         metrics.append(
             GaugeMetricFamily(
@@ -223,3 +224,23 @@ def emergency_stop_metric(tenants: dict[int, Tenant], *, now: datetime) -> Metri
     for tenant_id, tenant in tenants.items():
         stops.add_metric(["tenant", tenant.slug], 1 if tenant_id in active else 0)
     return stops
+
+
+def counter_drift_metric(tenants: dict[int, Tenant]) -> Metric:
+    """Drift corrected in Redis counters that checks were trusting (`CounterCorrection` rows,
+    written by the periodic drift sample and by rebuilds)."""
+    drift = CounterMetricFamily(
+        "costmon_counter_drift_corrected_usd",
+        "USD of difference corrected between the Redis spend counters and PostgreSQL while "
+        "checks trusted the counters (sum of absolute differences per counter field).",
+        labels=["tenant"],
+    )
+    sums = dict(
+        CounterCorrection.objects.unscoped()
+        .values_list("tenant_id")
+        .annotate(total=Sum("drift_nanos"))
+        .order_by()
+    )
+    for tenant_id, tenant in tenants.items():  # every tenant from 0, so increase() works
+        drift.add_metric([tenant.slug], usd(int(sums.get(tenant_id) or 0)))
+    return drift

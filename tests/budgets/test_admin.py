@@ -12,7 +12,15 @@ from django.core.cache import cache
 
 from budgets import admin as budgets_admin
 from budgets import config
-from budgets.models import Budget, CounterState, EmergencyStop, EmergencyStopRule, RateLimit
+from budgets.models import (
+    Budget,
+    BudgetDefaults,
+    CounterCorrection,
+    CounterState,
+    EmergencyStop,
+    EmergencyStopRule,
+    RateLimit,
+)
 from budgets.services import budget_create, emergency_stop_lift, emergency_stop_trip
 from costmon.services import api_key_create
 from tests.budgets.conftest import check
@@ -28,6 +36,8 @@ CHANGELISTS = {
     "budgets/emergencystoprule": lambda row: row.tenant.slug if row.tenant_id else "all tenants",
     "budgets/emergencystop": lambda row: row.tenant.slug if row.tenant_id else "global",
     "budgets/counterstate": lambda row: row.tenant.slug,
+    "budgets/budgetdefaults": lambda row: row.tenant.slug,
+    "budgets/countercorrection": lambda row: row.tenant.slug,
 }
 EXPECTED_OWNERS = {"budgets/emergencystoprule": {"acme", "globex", "all tenants"}}
 
@@ -68,6 +78,10 @@ def two_tenants(acme, outsider, admin_user):
     emergency_stop_lift(tenant=outsider, reason="checked")
     CounterState.objects.create(tenant=acme, stale_since=NOW)
     CounterState.objects.create(tenant=outsider, stale_since=NOW - timedelta(minutes=5))
+    BudgetDefaults.objects.create(tenant=acme, fail_mode="open")
+    BudgetDefaults.objects.create(tenant=outsider)
+    CounterCorrection.objects.create(tenant=acme, cause="sample", fields=2, drift_nanos=5_070)
+    CounterCorrection.objects.create(tenant=outsider, cause="rebuild", fields=1, drift_nanos=7)
     return acme, outsider
 
 
@@ -117,7 +131,13 @@ def test_staff_see_every_tenants_rows_in_each_list(admin_client, two_tenants, pa
 
 @pytest.mark.parametrize(
     "path",
-    ["budgets/budget", "budgets/ratelimit", "budgets/emergencystoprule", "budgets/emergencystop"],
+    [
+        "budgets/budget",
+        "budgets/ratelimit",
+        "budgets/emergencystoprule",
+        "budgets/emergencystop",
+        "budgets/budgetdefaults",
+    ],
 )
 def test_each_add_page_opens(admin_client, two_tenants, path):
     assert admin_client.get(f"/admin/{path}/add/").status_code == 200
@@ -134,7 +154,16 @@ def test_counter_states_cannot_be_added_changed_or_deleted(admin_client, two_ten
 
 
 @pytest.mark.parametrize(
-    "model", [Budget, RateLimit, EmergencyStopRule, EmergencyStop, CounterState]
+    "model",
+    [
+        Budget,
+        RateLimit,
+        EmergencyStopRule,
+        EmergencyStop,
+        CounterState,
+        BudgetDefaults,
+        CounterCorrection,
+    ],
 )
 def test_every_row_opens(admin_client, two_tenants, model):
     for row in model.objects.unscoped():
@@ -650,3 +679,47 @@ def test_another_process_change_reaches_this_one_within_the_recheck_window(acme,
     assert config.for_tenant(acme.pk).budgets == ()  # trusted for up to a minute
     settings.COSTMON_SHARED_RECHECK_MS = 0
     assert [b.name for b in config.for_tenant(acme.pk).budgets] == ["month"]
+
+
+# --- fail modes and counter corrections --------------------------------------------------------
+
+
+def test_a_tenants_default_fail_mode_set_in_admin_reaches_its_budgets(
+    admin_client, acme, outsider, ingest_client, django_capture_on_commit_callbacks
+):
+    budget_create(
+        tenant=acme, data={"name": "cap", "limit_usd": Decimal("1"), "enforcement": "hard"}
+    )
+    assert check(ingest_client).json()["budgets"][0]["fail_mode"] == "closed"
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            "/admin/budgets/budgetdefaults/add/", {"tenant": str(acme.pk), "fail_mode": "open"}
+        )
+    assert response.status_code == 302, response.content
+    assert check(ingest_client).json()["budgets"][0]["fail_mode"] == "open"
+    assert not BudgetDefaults.objects.for_tenant(outsider).exists()
+
+
+def test_a_budgets_own_fail_mode_is_set_in_its_form(admin_client, acme, ingest_client):
+    response = admin_client.post(
+        "/admin/budgets/budget/add/", budget_form(acme, enforcement="soft", fail_mode="closed")
+    )
+    assert response.status_code == 302, form_errors(response)
+    assert Budget.objects.for_tenant(acme).get().fail_mode == "closed"
+    assert check(ingest_client).json()["budgets"][0]["fail_mode"] == "closed"
+
+
+def test_counter_corrections_are_listed_with_their_drift_and_never_edited(
+    admin_client, two_tenants
+):
+    page = admin_client.get("/admin/budgets/countercorrection/").content.decode()
+    assert '<td class="field-drift">$0.00000507</td>' in page
+    assert admin_client.get("/admin/budgets/countercorrection/add/").status_code == 403
+
+
+def test_a_stop_lifted_through_the_api_names_the_key_in_the_list(admin_client, acme):
+    key = api_key_create(tenant=acme, scopes="admin", name="ops").api_key
+    emergency_stop_trip(tenant=acme, reason="loop")
+    emergency_stop_lift(tenant=acme, api_key_id=key.pk, reason="fixed")
+    page = admin_client.get("/admin/budgets/emergencystop/").content.decode()
+    assert f'<td class="field-lifted_by_text">API key {key}</td>' in page

@@ -55,6 +55,7 @@ def test_the_reply_has_every_documented_field_with_exact_figures(acme, ingest_cl
                 "status": "ok",
                 "resets_at": "2026-12-01T00:00:00Z",
                 "enforcement": "hard",
+                "fail_mode": "closed",
             }
         ],
         "warnings": [],
@@ -62,6 +63,7 @@ def test_the_reply_has_every_documented_field_with_exact_figures(acme, ingest_cl
         "reservation_id": None,
         "estimated_cost_usd": "0.00135",
         "source": "database" if os.environ.get("COSTMON_TEST_DB") == "sqlite" else "redis",
+        "fail_mode": None,
     }
 
 
@@ -376,3 +378,25 @@ def test_the_direct_reply_and_drfs_are_the_same_bytes_and_headers(acme, ingest_c
 def test_a_check_with_an_accept_header_drf_refuses_gets_406_as_before(ingest_client):
     response = ingest_client.post("/api/v1/check/", {}, format="json", HTTP_ACCEPT="text/html")
     assert response.status_code == 406
+
+
+def test_without_usable_counters_a_reservation_is_held_in_the_database(
+    acme, outsider, ingest_client, settings
+):
+    """Redis away (or, on the embedded default, not configured): PostgreSQL holds it."""
+    if settings.REDIS_URL:
+        settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    budget(acme, limit_usd="0.002", enforcement="hard")
+    first = check(ingest_client, estimated_cost_usd="0.0015", reserve=True).json()
+    assert (first["source"], first["allowed"]) == ("database", True)
+    assert first["reservation_id"] and first["budgets"][0]["reserved_usd"] == "0.0015"
+    refused = check(ingest_client, estimated_cost_usd="0.001", reserve=True).json()
+    assert (refused["allowed"], refused["reasons"]) == (False, ["budget_exceeded"])
+    post_usage(ingest_client, event(event_id="x", reservation_id=first["reservation_id"]))
+    after = check(ingest_client, estimated_cost_usd="0.0006").json()
+    assert (
+        after["allowed"],
+        after["budgets"][0]["used_usd"],
+        after["budgets"][0]["reserved_usd"],
+    ) == (True, "0.00135", "0")
+    assert "reservation_unavailable" not in {w["code"] for w in first["warnings"]}

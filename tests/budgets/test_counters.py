@@ -98,11 +98,8 @@ def test_redis_going_away_mid_test_falls_back_to_postgresql_and_ingest_goes_on(
         ["budget_exceeded"],
     )
     assert body["budgets"][0]["used_usd"] == "0.0027"  # still correct
-    assert {w["code"] for w in body["warnings"]} >= {
-        "counters_from_database",
-        "reservation_unavailable",
-    }
-    assert body["reservation_id"] is None
+    assert "counters_from_database" in {w["code"] for w in body["warnings"]}
+    assert body["reservation_id"] is None  # refused: nothing held
 
     settings.REDIS_URL = original  # back, but it missed event b
     bredis.reset_breaker()

@@ -106,9 +106,7 @@ def test_a_sync_adds_a_model_changes_a_price_and_keeps_everything_equal(
         # The list now says gpt-4o costs $2.00 / $8.00 and names a new model.
         cheaper = {**GPT, "input_per_mtok": "2.00", "output_per_mtok": "8"}
         with django_capture_on_commit_callbacks(execute=True):
-            call_command(
-                "load_prices", write(tmp_path, cheaper, MINI, NEW), stdout=io.StringIO()
-            )
+            call_command("load_prices", write(tmp_path, cheaper, MINI, NEW), stdout=io.StringIO())
         # History is kept: the old price still prices yesterday, the new one from now on.
         rows = list(
             ModelPrice.objects.unscoped()

@@ -1,0 +1,343 @@
+"""Counter updates: what each ingest batch adds to the Redis spend counters, exactly once.
+
+The batch's own transaction writes a `CounterUpdate` row with the amounts (`batch_pending`,
+called before the commit). Right after the commit the same process applies them
+(`record_batch`). The script that adds the amounts also sets a marker for the update's id
+(`cm:{<tenant>}:cu:<id>`) and changes nothing when the marker is already there, so an update
+is never counted twice. If the process dies between the commit and the apply, the row is still
+there: the sweeper (`counter_updates_sweep`, every 20 seconds) applies the rows whose marker is
+missing and deletes the rows (then the markers) that are done. A counter rebuild absorbs the
+pending rows instead, since its figures come from PostgreSQL, which holds the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, timedelta
+from typing import Any
+
+import structlog
+from django.conf import settings
+from django.utils import timezone
+
+from budgets import config as tenant_config
+from budgets import counters, reservations
+from budgets import redis as bredis
+from budgets.periods import buckets_of_day
+from costmon.models import Tenant
+from costmon.tenancy import tenant_context, unscoped
+from usage.selectors import tenant_zone
+
+log = structlog.get_logger(__name__)
+
+MARKER_TTL_SECONDS = 3600
+# An update older than this is not applied from its row any more (its marker may have
+# expired): the tenant's counters are rebuilt from PostgreSQL instead.
+REBUILD_AFTER = timedelta(minutes=30)
+ACTIVE_KEY = "cm:active"  # tenants whose updates the sweeper saw, scored by when (epoch s)
+
+_SEP = "\x00"  # see record.lua
+_RECORD = bredis.script_file("record")
+_pending = threading.local()
+
+
+def marker_key(tenant_id: int, update_id: int) -> str:
+    return f"cm:{{{tenant_id}}}:cu:{update_id}"
+
+
+@dataclass
+class Update:
+    """One batch's amounts (nano-USD): per tenant-local day and counter field, per UTC day for
+    the all-tenants hashes, and the reservations its events settle ("r"/"e", value pairs)."""
+
+    days: dict[date, dict[str, int]] = field(default_factory=dict)
+    utc_days: dict[date, dict[str, int]] = field(default_factory=dict)
+    settle: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "d": {f"{d:%Y%m%d}": f for d, f in self.days.items()},
+                "g": {f"{d:%Y%m%d}": f for d, f in self.utc_days.items()},
+                "s": self.settle,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Update:
+        data = json.loads(text)
+
+        def day(s: str) -> date:
+            return date(int(s[:4]), int(s[4:6]), int(s[6:]))
+
+        return cls(
+            days={day(k): v for k, v in data["d"].items()},
+            utc_days={day(k): v for k, v in data["g"].items()},
+            settle=data["s"],
+        )
+
+    def reservation_ids(self) -> list[str]:
+        return [v for k, v in zip(self.settle[::2], self.settle[1::2], strict=True) if k == "r"]
+
+    def event_ids(self) -> list[str]:
+        return [v for k, v in zip(self.settle[::2], self.settle[1::2], strict=True) if k == "e"]
+
+
+def update_of(tenant: Tenant, rows: list[dict[str, Any]]) -> Update:
+    """The counters' share of freshly stored rows (as `usage_record_batch` passes them)."""
+    conf = tenant_config.for_tenant(tenant.pk)
+    tz = tenant_zone(tenant)
+    tag_names = sorted(conf.tag_names)
+    # Events of a batch share a few hours and names: sum them per group first, then name the
+    # counter fields once per group.
+    groups: dict[tuple[Any, ...], int] = defaultdict(int)
+    for row in rows:
+        cost = row["cost_nanos"]
+        if cost:
+            tags = row["tags"] or {}
+            # By the hour of the rollup the event lands in, as a rebuild from the rollups and
+            # the database's answers count it (they differ only in zones with half hours).
+            utc = row["occurred_at"].astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+            local = utc.astimezone(tz)
+            groups[
+                (
+                    local.date(),
+                    local.hour,
+                    utc.date(),
+                    utc.hour,
+                    row["names"],
+                    row["api_key_id"],
+                    tuple(tags.get(name) for name in tag_names),
+                )
+            ] += cost
+    days: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    utc_days: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for (day, hour, utc_day, utc_hour, names, api_key_id, tag_values), cost in groups.items():
+        provider, model, operation, end_user = names
+        fields = days[day]
+        for name in counters.event_fields(
+            provider=provider,
+            model=model,
+            operation=operation,
+            end_user=end_user,
+            api_key_id=api_key_id,
+            tags={n: v for n, v in zip(tag_names, tag_values, strict=True) if v is not None},
+            tag_names=conf.tag_names,
+            local_hour=hour,
+        ):
+            fields[name] += cost
+        total = utc_days[utc_day]
+        total["t"] += cost
+        total[f"h:{utc_hour:02d}"] += cost
+    return Update(
+        days={d: dict(f) for d, f in days.items()},
+        utc_days={d: dict(f) for d, f in utc_days.items()},
+        settle=_settled_by(rows),
+    )
+
+
+def _settled_by(rows: list[dict[str, Any]]) -> list[str]:
+    """The reservations these events settle: "r", reservation id, or "e", the event id a
+    check may have been given."""
+    settle: list[str] = []
+    for row in rows:
+        if row["reservation_id"]:
+            settle += ["r", row["reservation_id"]]
+        else:
+            settle += ["e", row["event_id"]]
+    return settle
+
+
+def expand(tenant_id: int, update: Update) -> dict[str, dict[str, int]]:
+    """The amounts per counter hash: each local day into its day, week and month hashes (hours
+    only into the day), each UTC day into the all-tenants hash."""
+    hashes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for day, fields in update.days.items():
+        day_b, week_b, month_b = buckets_of_day(day)
+        day_h = hashes[counters.bucket_key(tenant_id, day_b)]
+        week_h = hashes[counters.bucket_key(tenant_id, week_b)]
+        month_h = hashes[counters.bucket_key(tenant_id, month_b)]
+        for name, amount in fields.items():
+            day_h[name] += amount
+            if not name.startswith("h:"):
+                week_h[name] += amount
+                month_h[name] += amount
+    for day, fields in update.utc_days.items():
+        total = hashes[counters.global_day_key(day)]
+        for name, amount in fields.items():
+            total[name] += amount
+    return hashes
+
+
+@dataclass(frozen=True)
+class Applied:
+    applied: bool  # False: the update's marker said it was applied before
+    settled: int  # reservations settled in Redis
+    trusted: bool  # the tenant's counters were trusted (rebuilt since Redis started)
+
+
+def apply_update(r: Any, tenant_id: int, update: Update, update_id: int | None) -> Applied:
+    """Add an update to the counters and settle its reservations, in one script; at most
+    once per `update_id`."""
+    hashes = expand(tenant_id, update)
+    args: list[Any] = [
+        counters.DAY_TTL_SECONDS,
+        marker_key(tenant_id, update_id) if update_id is not None else "",
+        MARKER_TTL_SECONDS,
+        counters.ok_key(tenant_id),
+        len(hashes),
+    ]
+    for key, fields in hashes.items():
+        args += [key, "".join(f"{name}{_SEP}{amount}{_SEP}" for name, amount in fields.items())]
+    args += [f"cm:{{{tenant_id}}}", "".join(f"{part}{_SEP}" for part in update.settle)]
+    applied, settled, trusted = _RECORD(r, args)
+    return Applied(bool(applied), int(settled), bool(trusted))
+
+
+# --- the ingest hooks -----------------------------------------------------------------------
+
+
+def batch_pending(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
+    """In the ingest transaction, before it commits: write the batch's counter update, so a
+    process that dies right after the commit leaves it for the sweeper."""
+    if not settings.REDIS_URL:
+        return  # no counters (the embedded default)
+    from budgets.models import CounterUpdate
+
+    update = update_of(tenant, rows)
+    row = CounterUpdate.objects.create(tenant=tenant, payload=update.to_json())
+    _pending.value = (rows, row.pk, update)
+
+
+def record_batch(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
+    """After an ingest commit: add the batch's spend to the counters, settle the reservations
+    its events carry, and trip the emergency stop if a rule's threshold is now passed."""
+    from budgets.services import emergency_stop_check
+
+    conf = tenant_config.for_tenant(tenant.pk)
+    if settings.REDIS_URL:
+        pending, _pending.value = getattr(_pending, "value", None), None
+        if pending is not None and pending[0] is rows:
+            update_id, update = pending[1], pending[2]
+        else:
+            update_id, update = None, update_of(tenant, rows)
+        applied = None
+        r = bredis.client()
+        if r is not None:
+            try:
+                counters.untrust_after_outage(r)
+                applied = apply_update(r, tenant.pk, update, update_id)
+            except bredis.RedisError as exc:
+                bredis.failed(exc)
+        if applied is None:
+            # Usage is stored and its update waits in PostgreSQL; until the counters are
+            # rebuilt (within a minute), checks read PostgreSQL.
+            counters.mark_stale(tenant.pk)
+        # Reservations made while the counters could not be used are held in PostgreSQL.
+        settle_in_database = applied is None or not applied.trusted
+    else:  # no counters: every reservation is held in the database
+        update, settle_in_database = Update(settle=_settled_by(rows)), True
+    if settle_in_database:
+        reservations.holds_settle(
+            tenant_id=tenant.pk,
+            reservation_ids=update.reservation_ids(),
+            event_ids=update.event_ids(),
+        )
+    if conf.stop_rules:
+        emergency_stop_check(tenant=tenant, rules=conf.stop_rules)
+
+
+# --- the sweeper ----------------------------------------------------------------------------
+
+
+@dataclass
+class SweepReport:
+    applied: int = 0  # updates whose process died before applying them
+    removed: int = 0  # rows done with
+    tenants: int = 0
+
+
+def counter_updates_sweep(*, min_age_seconds: float = 5, limit: int = 5000) -> SweepReport:
+    """Apply the counter updates whose process died between its commit and the apply, and
+    delete the rows of those done.
+
+    Each tenant is swept holding its ingest lock exclusively: no batch is then between its
+    commit and its apply, so an update without a marker is one whose process died. Rows
+    younger than `min_age_seconds` are left alone (their process is about to apply them)."""
+    report = SweepReport()
+    r = bredis.client()
+    if r is None:
+        return report
+    cutoff = timezone.now() - timedelta(seconds=min_age_seconds)
+    from budgets.models import CounterUpdate
+
+    with unscoped():
+        found = list(
+            CounterUpdate.objects.unscoped()
+            .filter(created_at__lte=cutoff)
+            .order_by("id")
+            .values_list("tenant_id", "id")[:limit]
+        )
+    by_tenant: dict[int, list[int]] = defaultdict(list)
+    for tenant_id, update_id in found:
+        by_tenant[tenant_id].append(update_id)
+    try:
+        for tenant_id, ids in by_tenant.items():
+            with tenant_context(tenant_id), counters.ingest_lock(tenant_id, shared=False):
+                applied, removed = settle_updates(r, tenant_id, ids)
+            report.applied += applied
+            report.removed += removed
+            report.tenants += 1
+        if by_tenant:
+            now = timezone.now().timestamp()
+            r.zadd(ACTIVE_KEY, {str(t): now for t in by_tenant})
+    except bredis.RedisError as exc:
+        bredis.failed(exc)
+    if report.applied:
+        log.warning("counter_updates_recovered", **report.__dict__)
+    return report
+
+
+def settle_updates(r: Any, tenant_id: int, ids: list[int] | None = None) -> tuple[int, int]:
+    """Apply the tenant's updates `ids` (all pending ones if None) that are not applied yet,
+    then delete their rows and markers; (applied now, rows removed). Call in the tenant's
+    context, holding its ingest lock exclusively (see `counter_updates_sweep`)."""
+    from budgets.models import CounterUpdate
+
+    rows = CounterUpdate.objects.for_tenant(tenant_id)
+    if ids is None:
+        ids = list(rows.order_by("id").values_list("id", flat=True))
+    if not ids:
+        return 0, 0
+    pipe = r.pipeline(transaction=False)
+    for update_id in ids:
+        pipe.exists(marker_key(tenant_id, update_id))
+    done = [i for i, marked in zip(ids, pipe.execute(), strict=True) if marked]
+    missing = [i for i in ids if i not in set(done)]
+    applied = 0
+    old = timezone.now() - REBUILD_AFTER
+    for update_id, payload, created_at in rows.filter(pk__in=missing).values_list(
+        "id", "payload", "created_at"
+    ):
+        if created_at < old:
+            counters.mark_stale(tenant_id)  # the rebuild absorbs it
+            continue
+        update = Update.from_json(payload)
+        result = apply_update(r, tenant_id, update, update_id)
+        if not result.trusted:
+            reservations.holds_settle(
+                tenant_id=tenant_id,
+                reservation_ids=update.reservation_ids(),
+                event_ids=update.event_ids(),
+            )
+        applied += int(result.applied)
+        done.append(update_id)
+    removed = rows.filter(pk__in=done).delete()[0] if done else 0
+    # Markers go after their rows: a marker without its row is harmless, not the reverse.
+    if done:
+        r.delete(*[marker_key(tenant_id, i) for i in done])
+    return applied, removed
