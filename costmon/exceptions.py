@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import structlog
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
@@ -35,7 +36,14 @@ INTERNAL_ERROR_MESSAGE = (
 )
 # Errors that mean the database is unreachable or went away mid-request (a restart, a
 # fail-over, a lost connection): worth retrying, not a bug.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+# psycopg's own classes come from statements run on a raw cursor (the bulk ingest path), which
+# Django does not wrap.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 
 
 class DomainError(Exception):
