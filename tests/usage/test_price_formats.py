@@ -838,3 +838,26 @@ def test_an_alias_to_an_unpriced_model_is_refused():
                 ]
             },
         )
+
+
+@pytest.mark.django_db
+def test_the_daily_sync_reads_costmon_prices_url_and_records_a_failure(price_server, settings):
+    from usage.tasks import sync_prices
+
+    base, routes = price_server
+    routes["/list.json"] = (
+        200,
+        json.dumps({"xai/grok-4.5": chat("xai", input_cost_per_token=2e-06)}).encode(),
+        0.0,
+    )
+    settings.COSTMON_PRICES_URL = ""
+    assert sync_prices() is None  # not configured: nothing happens
+    assert not PriceSync.objects.exists()
+    settings.COSTMON_PRICES_URL, settings.COSTMON_PRICES_FORMAT = f"{base}/list.json", "litellm"
+    synced = PriceSync.objects.get(pk=sync_prices())
+    assert (synced.status, synced.added, synced.source) == ("applied", 1, f"{base}/list.json")
+    routes["/list.json"] = (503, b"", 0.0)
+    assert sync_prices() is None
+    failed = PriceSync.objects.get(status="failed")
+    assert "HTTP 503" in failed.error
+    assert ModelPrice.objects.unscoped().get().model == "grok-4.5"  # the catalog kept its prices
