@@ -33,9 +33,9 @@ from alerts.services import (
     channel_validate,
     rule_validate_fields,
 )
-from costmon.admin import TenantOwnedAdmin, plural
-from costmon.exceptions import DomainError
-from usage.pricing import format_usd, usd_to_nanos
+from costmon.core.admin import TenantOwnedAdmin, plural
+from costmon.core.exceptions import DomainError
+from costmon.core.money import format_money, usd_to_nanos
 
 SHORT_TEXT_CHARS = 80
 
@@ -265,7 +265,7 @@ def _number(value: Decimal) -> str:
 
 
 def _usd(value: Decimal | None) -> str:
-    return f"${format_usd(usd_to_nanos(value))}" if value is not None else "(no threshold)"
+    return format_money(usd_to_nanos(value), exact=True) if value is not None else "(no threshold)"
 
 
 def rule_condition(rule: AlertRule) -> str:

@@ -22,16 +22,16 @@ from alerts.openapi import (
     RuleOut,
 )
 from alerts.services import alert_acknowledge, channel_save, channel_send_test, rule_validate
-from costmon.exceptions import DomainError, NotFound
-from costmon.fields import (
+from costmon.core.exceptions import DomainError, NotFound
+from costmon.core.fields import (
     StrictBooleanField,
     StrictCharField,
     StrictChoiceField,
     StrictIntegerField,
     StrictModelSerializer,
 )
-from costmon.models import ApiKey
-from costmon.scoping import TenantAPIView
+from costmon.core.models import ApiKey
+from costmon.core.scoping import TenantAPIView
 
 
 def _iso(moment: Any) -> str | None:

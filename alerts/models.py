@@ -9,8 +9,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from costmon.models import Tenant
-from costmon.tenancy import TenantScopedManager
+from costmon.core.models import Tenant
+from costmon.core.tenancy import TenantScopedManager
 
 
 class Channel(models.Model):

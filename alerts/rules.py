@@ -17,10 +17,10 @@ from alerts.models import AlertRule
 from budgets.models import Budget
 from budgets.selectors import budget_views
 from budgets.services import budget_status, budget_window
-from costmon.models import Tenant
+from costmon.core.models import Tenant
+from costmon.core.money import format_money, usd_to_nanos
 from usage.links import drilldown_url
 from usage.models import HourlyRollup
-from usage.pricing import format_usd, usd_to_nanos
 from usage.selectors import (
     UsageFilters,
     held_syncs,
@@ -51,13 +51,6 @@ class Condition:
 def dashboard_link(tenant: Tenant, path: str = "") -> str:
     """Where the dashboard shows it (the dashboard keeps these paths)."""
     return f"{settings.SITE_URL}/t/{tenant.slug}/{path}"
-
-
-def _money(nanos: int) -> str:
-    """Exact below a dollar (where the digits matter), to the cent above (where they do not)."""
-    if abs(nanos) >= 1_000_000_000:
-        return f"${Decimal(nanos) / 10**9:,.2f}"
-    return f"${format_usd(nanos)}"
 
 
 DEFAULT_CACHE_HIT_TARGET = Decimal(70)
@@ -121,10 +114,10 @@ def evaluate_spend(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condi
             period=f"{window.start.astimezone(window.tz):%Y%m%d}",
             period_label=_label(window.start.astimezone(window.tz), period),
             level="above",
-            title=f"Spend {words}{_filter_label(rule)} is above {_money(limit)}",
-            text=f"{tenant.name} has spent {_money(spent)} {words}{_filter_label(rule)}, above the {_money(limit)} threshold.",
-            figure=_money(spent),
-            threshold=_money(limit),
+            title=f"Spend {words}{_filter_label(rule)} is above {format_money(limit)}",
+            text=f"{tenant.name} has spent {format_money(spent)} {words}{_filter_label(rule)}, above the {format_money(limit)} threshold.",
+            figure=format_money(spent),
+            threshold=format_money(limit),
             link=dashboard_link(tenant),
         )
     ]
@@ -203,11 +196,11 @@ def _budget_condition(
         level=status,
         title=f"Budget '{budget.name}'{who} {word} ({_percent(percent)})",
         text=(
-            f"Budget '{budget.name}'{who} has used {_money(spent)} of {_money(limit)} this "
+            f"Budget '{budget.name}'{who} has used {format_money(spent)} of {format_money(limit)} this "
             f"{budget.get_period_display()} period ({_percent(percent)})."
         ),
-        figure=_money(spent),
-        threshold=_money(limit),
+        figure=format_money(spent),
+        threshold=format_money(limit),
         link=dashboard_link(tenant, f"budgets/{budget.pk}/"),
         severity=_BUDGET_SEVERITY[status],
     )
@@ -232,13 +225,13 @@ def evaluate_projection(rule: AlertRule, tenant: Tenant, now: datetime) -> list[
             period=f"{window.start.astimezone(window.tz):%Y%m}",
             period_label=month,
             level="projected",
-            title=f"Spend{_filter_label(rule)} is on track for {_money(projected)} in {month}",
+            title=f"Spend{_filter_label(rule)} is on track for {format_money(projected)} in {month}",
             text=(
-                f"At the month-to-date rate ({_money(spent)} so far), {tenant.name} will spend about "
-                f"{_money(projected)} in {month}, above the {_money(limit)} threshold."
+                f"At the month-to-date rate ({format_money(spent)} so far), {tenant.name} will spend about "
+                f"{format_money(projected)} in {month}, above the {format_money(limit)} threshold."
             ),
-            figure=_money(projected),
-            threshold=_money(limit),
+            figure=format_money(projected),
+            threshold=format_money(limit),
             link=dashboard_link(tenant),
         )
     ]
@@ -271,7 +264,7 @@ def evaluate_spike(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condi
     )
     if current < minimum or current <= average * float(rule.multiplier):
         return []
-    show = _money if rule.metric == AlertRule.Metric.COST else (lambda n: f"{n:,} tokens")
+    show = format_money if rule.metric == AlertRule.Metric.COST else (lambda n: f"{n:,} tokens")
     ratio = f"{current / average:.1f}x" if average else "new"
     local = hour_start.astimezone(tenant_zone(tenant))
     return [

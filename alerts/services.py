@@ -25,10 +25,10 @@ from alerts.rules import EVALUATORS, Condition, dashboard_link
 from alerts.transports import get_transport
 from alerts.transports.base import Message, TransportError
 from budgets.models import EmergencyStop
-from costmon.exceptions import DomainError
-from costmon.models import Tenant
-from costmon.tenancy import tenant_context, unscoped
-from usage.pricing import format_usd
+from costmon.core.exceptions import DomainError
+from costmon.core.models import Tenant
+from costmon.core.money import format_usd
+from costmon.core.tenancy import tenant_context, unscoped
 
 log = structlog.get_logger(__name__)
 

@@ -38,8 +38,8 @@ def deliver_notification(self: Any, notification_id: int) -> str | None:
 @shared_task(ignore_result=True)
 def send_daily_reports() -> int:
     """Yesterday's cost report to every tenant's email channels."""
-    from costmon.models import Tenant
-    from costmon.tenancy import unscoped
+    from costmon.core.models import Tenant
+    from costmon.core.tenancy import unscoped
 
     with unscoped():
         tenant_ids = list(

@@ -42,13 +42,9 @@ from budgets.services import (
     emergency_stop_lift,
     emergency_stop_trip,
 )
-from costmon.admin import TenantOwnedAdmin, plural
-from costmon.models import ApiKey
-from usage.pricing import format_usd, usd_to_nanos
-
-
-def usd(nanos: int) -> str:
-    return f"${format_usd(nanos)}"
+from costmon.core.admin import TenantOwnedAdmin, plural
+from costmon.core.models import ApiKey
+from costmon.core.money import format_money, usd_to_nanos
 
 
 def bump_after_commit(*tenant_ids: int | None) -> None:
@@ -260,14 +256,14 @@ class BudgetAdmin(TenantOwnedAdmin):
 
     @admin.display(description="limit", ordering="limit_usd")
     def limit(self, obj: Budget) -> str:
-        return usd(usd_to_nanos(obj.limit_usd))
+        return format_money(usd_to_nanos(obj.limit_usd))
 
     @admin.display(description="spent this period")
     def spent(self, obj: Budget) -> str:
         state = view_of(obj).state
         if state.end_user:
-            return f"{usd(state.spent)} (top end user: {state.end_user})"
-        return usd(state.spent)
+            return f"{format_money(state.spent)} (top end user: {state.end_user})"
+        return format_money(state.spent)
 
     @admin.display(description="percent")
     def percent(self, obj: Budget) -> str:
@@ -346,7 +342,7 @@ class EmergencyStopRuleAdmin(ConfigAdmin):
 
     @admin.display(description="threshold", ordering="threshold_usd")
     def threshold(self, obj: EmergencyStopRule) -> str:
-        return usd(usd_to_nanos(obj.threshold_usd))
+        return format_money(usd_to_nanos(obj.threshold_usd))
 
     @admin.display(description="duration", ordering="duration_minutes")
     def duration(self, obj: EmergencyStopRule) -> str:
@@ -445,7 +441,7 @@ class EmergencyStopAdmin(TenantOwnedAdmin):
 
     @admin.display(description="spend at trip", ordering="spend_at_trip_nanos")
     def spend_at_trip(self, obj: EmergencyStop) -> str:
-        return usd(obj.spend_at_trip_nanos) if obj.spend_at_trip_nanos is not None else "-"
+        return format_money(obj.spend_at_trip_nanos) if obj.spend_at_trip_nanos is not None else "-"
 
     @admin.display(description="active", boolean=True)
     def active(self, obj: EmergencyStop) -> bool:
@@ -574,7 +570,7 @@ class CounterCorrectionAdmin(TenantOwnedAdmin):
 
     @admin.display(description="drift", ordering="drift_nanos")
     def drift(self, obj: CounterCorrection) -> str:
-        return usd(obj.drift_nanos)
+        return format_money(obj.drift_nanos)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

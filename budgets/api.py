@@ -34,15 +34,16 @@ from budgets.services import (
     emergency_stop_lift,
     emergency_stop_trip,
 )
-from costmon.exceptions import BatchInvalid, Conflict, DomainError, NotFound
-from costmon.fields import (
+from costmon.core import instruments
+from costmon.core.exceptions import BatchInvalid, Conflict, DomainError, NotFound
+from costmon.core.fields import (
     StrictBooleanField,
     StrictCharField,
     StrictChoiceField,
     StrictDecimalField,
     StrictIntegerField,
 )
-from costmon.inputs import (
+from costmon.core.inputs import (
     DECIMAL_TEXT,
     DeferredJsonParser,
     field_name,
@@ -50,11 +51,10 @@ from costmon.inputs import (
     may_hold_refused,
     text_problems,
 )
-from costmon.models import ApiKey
-from costmon.openapi import Error
-from costmon.prometheus import instruments
-from costmon.scoping import TenantAPIView
-from usage.pricing import format_usd
+from costmon.core.models import ApiKey
+from costmon.core.money import format_usd
+from costmon.core.openapi import Error
+from costmon.core.scoping import TenantAPIView
 
 
 def _iso(moment: Any) -> str | None:

@@ -37,10 +37,11 @@ from budgets.services import (
     emergency_stop_active,
     spent_from_database,
 )
-from costmon.models import Tenant
-from costmon.tenancy import tenant_context
+from costmon.core.models import Tenant
+from costmon.core.money import format_usd, usd_to_nanos
+from costmon.core.tenancy import tenant_context
 from usage.catalog import catalog_for
-from usage.pricing import candidate_names, cost_nanos, format_usd, usd_to_nanos
+from usage.pricing import candidate_names, cost_nanos
 from usage.selectors import tenant_zone
 
 # PostgreSQL could not be reached (restarting, a network cut): spend cannot be read there.

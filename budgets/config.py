@@ -16,9 +16,9 @@ from typing import Any
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from costmon.cache import cache_add, cache_get_many, cache_set
-from costmon.tenancy import unscoped
-from usage.pricing import usd_to_nanos
+from costmon.core.cache import cache_add, cache_get_many, cache_set
+from costmon.core.money import usd_to_nanos
+from costmon.core.tenancy import unscoped
 
 _TTL_WITHOUT_VERSION = 5.0
 _lock = Lock()

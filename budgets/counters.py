@@ -33,8 +33,8 @@ from django.utils import timezone
 from budgets import config as tenant_config
 from budgets import redis as bredis
 from budgets.periods import buckets_of_day, day_bucket
-from costmon.models import Tenant
-from costmon.tenancy import tenant_context, unscoped
+from costmon.core.models import Tenant
+from costmon.core.tenancy import tenant_context, unscoped
 from usage.models import ModelHourlyRollup, UsageEvent
 from usage.pricing import candidate_names
 from usage.selectors import rollups_of, tenant_zone

@@ -22,8 +22,8 @@ from budgets import config as tenant_config
 from budgets import counters
 from budgets import redis as bredis
 from budgets.periods import buckets_of_day
-from costmon.models import Tenant
-from costmon.tenancy import tenant_context, unscoped
+from costmon.core.models import Tenant
+from costmon.core.tenancy import tenant_context, unscoped
 from usage.selectors import rollups_of, tenant_zone
 
 log = structlog.get_logger(__name__)

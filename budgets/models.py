@@ -17,8 +17,8 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from costmon.models import ApiKey, Tenant
-from costmon.tenancy import TenantScopedManager
+from costmon.core.models import ApiKey, Tenant
+from costmon.core.tenancy import TenantScopedManager
 
 
 def default_thresholds() -> list[int]:

@@ -9,8 +9,8 @@ from typing import Any
 from rest_framework import serializers
 
 from budgets.models import Budget
-from costmon.inputs import USD_TEXT_PATTERN
-from costmon.openapi import NAME_PATTERN
+from costmon.core.inputs import USD_TEXT_PATTERN
+from costmon.core.openapi import NAME_PATTERN
 
 _NAME = {"type": "string", "maxLength": 255, "pattern": NAME_PATTERN}
 

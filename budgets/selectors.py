@@ -14,7 +14,7 @@ from budgets import redis as bredis
 from budgets.models import Budget, EmergencyStop
 from budgets.periods import elapsed_fraction
 from budgets.services import BudgetState, budget_window, spent_from_database
-from costmon.models import Tenant
+from costmon.core.models import Tenant
 from usage.models import Dimension, HourlyRollup
 from usage.selectors import tenant_zone
 

@@ -22,11 +22,12 @@ from budgets.config import BudgetSpec, StopRuleSpec
 from budgets.models import Budget, EmergencyStop, EmergencyStopRule
 from budgets.periods import Window
 from budgets.periods import budget_window as budget_window  # alerts and selectors import it here
-from costmon.exceptions import DomainError
-from costmon.models import ApiKey, Tenant
-from costmon.tenancy import tenant_context, unscoped
+from costmon.core.exceptions import DomainError
+from costmon.core.models import ApiKey, Tenant
+from costmon.core.money import format_money
+from costmon.core.tenancy import tenant_context, unscoped
 from usage.models import Dimension, ModelHourlyRollup, UsageEvent
-from usage.pricing import candidate_names, format_usd
+from usage.pricing import candidate_names
 from usage.selectors import named, rollups_of, tenant_zone, with_tag
 
 log = structlog.get_logger(__name__)
@@ -428,7 +429,7 @@ def emergency_stop_check(
             trips.append(
                 emergency_stop_trip(
                     tenant=target,
-                    reason=f"Spend {_usd(spend)} passed ${_usd_plain(rule.threshold_nanos)} {_window_label(rule.window)}",
+                    reason=f"Spend {format_money(spend, exact=True)} passed {format_money(rule.threshold_nanos, exact=True)} {_window_label(rule.window)}",
                     duration_minutes=rule.duration_minutes,
                     rule=rule,
                     spend_nanos=spend,
@@ -455,11 +456,3 @@ def _window_length(window: str) -> timedelta:
 
 def _window_label(window: str) -> str:
     return {"hour": "this hour", "day": "today"}.get(window, "this month")
-
-
-def _usd(nanos: int) -> str:
-    return f"${format_usd(nanos)}"
-
-
-def _usd_plain(nanos: int) -> str:
-    return format_usd(nanos)

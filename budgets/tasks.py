@@ -13,8 +13,8 @@ from budgets import counters, drift, reservations, updates
 from budgets import redis as bredis
 from budgets.models import CounterState, EmergencyStopRule
 from budgets.services import emergency_stop_check, emergency_stops_close_expired
-from costmon.models import Tenant
-from costmon.tenancy import tenant_context, unscoped
+from costmon.core.models import Tenant
+from costmon.core.tenancy import tenant_context, unscoped
 
 log = structlog.get_logger(__name__)
 

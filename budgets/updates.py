@@ -27,8 +27,8 @@ from budgets import config as tenant_config
 from budgets import counters, reservations
 from budgets import redis as bredis
 from budgets.periods import buckets_of_day
-from costmon.models import Tenant
-from costmon.tenancy import tenant_context, unscoped
+from costmon.core.models import Tenant
+from costmon.core.tenancy import tenant_context, unscoped
 from usage.selectors import tenant_zone
 
 log = structlog.get_logger(__name__)

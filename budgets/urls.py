@@ -1,7 +1,7 @@
 from django.urls import path
 
 from budgets import api
-from costmon import converters
+from costmon.core import converters
 
 converters.register()
 

@@ -15,12 +15,12 @@ from typing import Any
 def on_starting(server: Any) -> None:
     # The master reads the settings for the folder's path (as costmon.wsgi would).
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costmon.settings")
-    from costmon.prometheus.multiproc import multiproc_dir_reset
+    from costmon.web.prometheus.multiproc import multiproc_dir_reset
 
     multiproc_dir_reset()
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    from costmon.prometheus.multiproc import multiproc_process_dead
+    from costmon.web.prometheus.multiproc import multiproc_process_dead
 
     multiproc_process_dead(worker.pid)

@@ -9,7 +9,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from costmon.env import env_bool, env_int, env_list, env_str
+from costmon.core.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("COSTMON_VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var")
@@ -57,23 +57,24 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
-    "costmon",
+    "costmon.core.apps.CostmonConfig",
     "usage",
     "budgets",
     "alerts",
+    "costmon.web.apps.WebConfig",
 ]
 
 MIDDLEWARE = [
-    "costmon.middleware.ServerTimingMiddleware",
-    "costmon.middleware.ApiErrorMiddleware",
+    "costmon.core.middleware.ServerTimingMiddleware",
+    "costmon.core.middleware.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "costmon.middleware.TenantContextMiddleware",
+    "costmon.core.middleware.TenantContextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "costmon.middleware.StaffAdminMiddleware",
+    "costmon.core.middleware.StaffAdminMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -275,15 +276,15 @@ EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "costmon.authentication.ApiKeyAuthentication",
+        "costmon.core.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # UTF-8 JSON only, nesting and characters checked (costmon/inputs.py).
-    "DEFAULT_PARSER_CLASSES": ["costmon.inputs.JsonBodyParser"],
-    "DEFAULT_SCHEMA_CLASS": "costmon.openapi.CostmonAutoSchema",
-    "EXCEPTION_HANDLER": "costmon.exceptions.api_exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["costmon.core.inputs.JsonBodyParser"],
+    "DEFAULT_SCHEMA_CLASS": "costmon.core.openapi.CostmonAutoSchema",
+    "EXCEPTION_HANDLER": "costmon.core.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
     # ?format=csv is handled by the views that export, not by content negotiation.
     "URL_FORMAT_OVERRIDE": None,
@@ -302,8 +303,8 @@ SPECTACULAR_SETTINGS = {
     # generated clients read exactly.
     "OAS_VERSION": "3.1.0",
     # Enums stay inline (each field says its values); costmon's character rules as patterns.
-    "POSTPROCESSING_HOOKS": ["costmon.openapi.patterns_hook"],
-    # Object ids in paths (costmon.converters.IdConverter).
+    "POSTPROCESSING_HOOKS": ["costmon.core.openapi.patterns_hook"],
+    # Object ids in paths (costmon.core.converters.IdConverter).
     "PATH_CONVERTER_OVERRIDES": {
         "id": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
     },
@@ -343,12 +344,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "structured": {"()": "costmon.logging.structured_formatter"},
+        "structured": {"()": "costmon.core.logging.structured_formatter"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }
 
-from costmon.logging import configure_structlog  # noqa: E402
+from costmon.core.logging import configure_structlog  # noqa: E402
 
 configure_structlog()

@@ -4,14 +4,15 @@ from django.templatetags.static import static
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from costmon import health, views
-from costmon.prometheus import views as prometheus_views
+from costmon.core import health
+from costmon.web.dashboard import views as dashboard_views
+from costmon.web.prometheus import views as prometheus_views
 from usage.otlp_api import OtlpTracesApi
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", dashboard_views.dashboard_home, name="home"),
     path("admin/", admin.site.urls),
-    path("", include("usage.urls_dashboard")),
+    path("", include("costmon.web.dashboard.urls")),
     path("api/v1/", include("usage.urls")),
     path("api/v1/", include("budgets.urls")),
     path("api/v1/", include("alerts.urls")),
@@ -26,7 +27,7 @@ urlpatterns = [
 ]
 
 # Errors outside any view, and unknown URLs under the API, in the API's JSON error shape.
-handler400 = "costmon.views.bad_request"
-handler403 = "costmon.views.permission_denied"
-handler404 = "costmon.views.not_found"
-handler500 = "costmon.views.server_error"
+handler400 = "costmon.core.views.bad_request"
+handler403 = "costmon.core.views.permission_denied"
+handler404 = "costmon.core.views.not_found"
+handler500 = "costmon.core.views.server_error"

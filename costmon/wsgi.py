@@ -10,7 +10,7 @@ application = get_wsgi_application()
 # serves then costs what the next ones do.
 from django.urls import reverse  # noqa: E402
 
-from usage.charts import warm_up  # noqa: E402
+from costmon.web.dashboard.charts import warm_up  # noqa: E402
 
 reverse("dashboard-overview", args=["warm-up"])
 warm_up()

@@ -17,9 +17,9 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
-from costmon import tenancy
-from costmon.models import Membership, Tenant
-from costmon.services import api_key_create, membership_add, tenant_create
+from costmon.core import tenancy
+from costmon.core.models import Membership, Tenant
+from costmon.core.services import api_key_create, membership_add, tenant_create
 from tests.factories import UserFactory
 from usage import catalog
 from usage.models import ModelPrice
@@ -83,7 +83,7 @@ def _clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None
 
     from budgets import config as budgets_config
     from budgets import redis as budgets_redis
-    from costmon import authentication
+    from costmon.core import authentication
     from usage import services as usage_services
 
     cache.clear()  # also empties the Redis database the counters live in

@@ -15,13 +15,14 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from costmon.exceptions import DomainError, PayloadTooLarge
-from costmon.inputs import DeferredJsonParser, load_json, may_hold_refused
-from costmon.models import ApiKey
-from costmon.openapi import ERRORS, Error
-from costmon.prometheus import instruments
-from costmon.scoping import TenantAPIView
-from costmon.tenancy import tenant_context
+from costmon.core import instruments
+from costmon.core.exceptions import DomainError, PayloadTooLarge
+from costmon.core.inputs import DeferredJsonParser, load_json, may_hold_refused
+from costmon.core.models import ApiKey
+from costmon.core.money import format_usd
+from costmon.core.openapi import ERRORS, Error
+from costmon.core.scoping import TenantAPIView
+from costmon.core.tenancy import tenant_context
 from usage.explanations import cost_explanation, explanation_json
 from usage.ingest import PART_FIELDS, parse_batch
 from usage.models import CostSource, UsageEvent
@@ -32,7 +33,6 @@ from usage.openapi import (
     UsageRecorded,
     usage_batch_schema,
 )
-from usage.pricing import format_usd
 from usage.selectors import (
     FILTER_FIELDS,
     Metrics,

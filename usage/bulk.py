@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import structlog
 from django.db import connection, transaction
 
-from costmon.models import Tenant
-from costmon.tenancy import raw_cursor, tenant_context
+from costmon.core.models import Tenant
+from costmon.core.tenancy import raw_cursor, tenant_context
 from usage.catalog import catalog_for
 from usage.ingest import EventIn
 from usage.models import UsageEvent

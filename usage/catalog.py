@@ -14,8 +14,8 @@ from threading import Lock
 
 from django.conf import settings
 
-from costmon.cache import cache_add, cache_get, cache_set
-from costmon.tenancy import unscoped
+from costmon.core.cache import cache_add, cache_get, cache_set
+from costmon.core.tenancy import unscoped
 from usage.models import CatalogAlias, ModelAlias, ModelPrice, PriceChangeHold, PriceSync
 from usage.pricing import Alias, Catalog, Price, Rates
 

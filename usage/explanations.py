@@ -9,14 +9,13 @@ from typing import Any
 
 from django.db.models import Q
 
-from costmon.exceptions import NotFound
-from costmon.models import Tenant
-from costmon.tenancy import unscoped
+from costmon.core.exceptions import NotFound
+from costmon.core.models import Tenant
+from costmon.core.money import format_usd
+from costmon.core.tenancy import unscoped
 from usage.catalog import load_catalog, price_from_row
 from usage.models import CostSource, ModelPrice, UsageEvent
-from usage.pricing import Breakdown, Resolution, breakdown, format_rate, format_usd
-
-_NANOS_PER_USD = Decimal(1_000_000_000)
+from usage.pricing import Breakdown, Resolution, breakdown, format_rate
 
 
 @dataclass(frozen=True)
@@ -52,10 +51,6 @@ def cost_explanation(*, tenant: Tenant, event_id: str) -> CostExplanation:
             event.provider.value, event.model.value, event.occurred_at, event.tier
         )
     return CostExplanation(event, row, lines, resolution)
-
-
-def _usd(nanos: Decimal | int) -> str:
-    return format((Decimal(nanos) / _NANOS_PER_USD).normalize(), "f") if nanos else "0"
 
 
 def explanation_json(explained: CostExplanation) -> dict[str, Any]:
@@ -97,11 +92,13 @@ def explanation_json(explained: CostExplanation) -> dict[str, Any]:
                         "quantity": line.quantity,
                         "unit": line.unit,
                         "unit_price_usd": format_rate(line.unit_price),
-                        "cost_usd": _usd(line.nanos),
+                        "cost_usd": format_usd(line.nanos),
                     }
                     for line in lines.lines
                 ],
-                "exact_total_usd": _usd(sum((line.nanos for line in lines.lines), Decimal(0))),
+                "exact_total_usd": format_usd(
+                    sum((line.nanos for line in lines.lines), Decimal(0))
+                ),
                 "recomputed_cost_usd": format_usd(recomputed),
                 "matches_stored_cost": recomputed == event.cost_nanos,
             }

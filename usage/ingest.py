@@ -16,8 +16,8 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from costmon.exceptions import BatchInvalid, DomainError
-from costmon.inputs import (
+from costmon.core.exceptions import BatchInvalid, DomainError
+from costmon.core.inputs import (
     DECIMAL_TEXT,
     field_name,
     impossible_date_reason,
@@ -151,7 +151,7 @@ def parse_batch(
     """Validate a decoded JSON body (one object or a list of them); raise BatchInvalid.
 
     `may_hold_refused=False` skips the look for control characters and lone surrogates in
-    every string, for a body known not to hold any (`costmon.inputs.may_hold_refused`)."""
+    every string, for a body known not to hold any (`costmon.core.inputs.may_hold_refused`)."""
     if isinstance(payload, dict):
         items = [payload]
     elif isinstance(payload, list):
@@ -189,7 +189,7 @@ def _parse_event(
         )
 
     # Every string of an event is a name or an id: none may hold a control character or a
-    # lone surrogate, whatever its field (costmon.inputs). One error per field.
+    # lone surrogate, whatever its field (costmon.core.inputs). One error per field.
     refused: set[str] = set()
     for where, why in text_problems(item) if text else ():
         if where not in refused:

@@ -14,11 +14,10 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from costmon.models import Tenant
-from costmon.tenancy import TenantScopedManager
+from costmon.core.models import Tenant
+from costmon.core.money import nanos_to_usd
+from costmon.core.tenancy import TenantScopedManager
 from usage.pricing import Usage
-
-NANOS_PER_USD = 1_000_000_000
 
 
 class Dimension(models.Model):
@@ -505,7 +504,3 @@ class ModelHourlyRollup(Rollup):
 
     def __str__(self) -> str:
         return f"{self.tenant_id} {self.hour:%Y-%m-%d %H}:00 (by model)"
-
-
-def nanos_to_usd(nanos: int) -> Decimal:
-    return (Decimal(nanos) / NANOS_PER_USD).quantize(Decimal("0.000000001"))

@@ -9,8 +9,8 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from costmon.inputs import USD_TEXT_PATTERN
-from costmon.openapi import NAME_PATTERN
+from costmon.core.inputs import USD_TEXT_PATTERN
+from costmon.core.openapi import NAME_PATTERN
 from usage import ingest
 
 # A name that must hold something besides spaces (the ingest trims them): a character that is

@@ -32,8 +32,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from rest_framework import status
 
-from costmon.exceptions import BatchInvalid, DomainError, PayloadTooLarge
-from costmon.models import Tenant
+from costmon.core.exceptions import BatchInvalid, DomainError, PayloadTooLarge
+from costmon.core.models import Tenant
 from usage.ingest import MAX_LATENCY_MS, MAX_TAGS, EventIn, parse_batch
 from usage.services import usage_record_batch
 

@@ -15,10 +15,10 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from costmon.exceptions import PayloadTooLarge
-from costmon.models import ApiKey
-from costmon.openapi import ERRORS, ErrorItem
-from costmon.scoping import TenantAPIView
+from costmon.core.exceptions import PayloadTooLarge
+from costmon.core.models import ApiKey
+from costmon.core.openapi import ERRORS, ErrorItem
+from costmon.core.scoping import TenantAPIView
 from usage import otlp
 
 

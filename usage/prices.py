@@ -22,9 +22,9 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from costmon.exceptions import DomainError
-from costmon.models import Tenant
-from costmon.tenancy import tenant_context, unscoped
+from costmon.core.exceptions import DomainError
+from costmon.core.models import Tenant
+from costmon.core.tenancy import tenant_context, unscoped
 from usage.catalog import bump_version
 from usage.models import CatalogAlias, ModelAlias, ModelPrice, PriceChangeHold, PriceSync
 from usage.pricing import SERVICE_TIERS, format_rate, normalise_provider

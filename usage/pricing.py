@@ -502,17 +502,6 @@ def cost_nanos(
     return breakdown(price, usage).nanos
 
 
-def usd_to_nanos(usd: Decimal) -> int:
-    return int((usd * _NANOS_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
-def format_usd(nanos: int) -> str:
-    """A decimal string without exponent or trailing zeros: 1350000 -> '0.00135'."""
-    value = (Decimal(nanos) / _NANOS_PER_USD).normalize()
-    text = format(value, "f")
-    return text
-
-
 def format_rate(value: Decimal) -> str:
     """A price as a plain decimal string: Decimal('2.500000') -> '2.5'."""
     return format(value.normalize(), "f") if value else "0"

@@ -15,11 +15,11 @@ from typing import Any
 
 from django.db.models import Count, F, Sum
 
-from costmon.models import Tenant
+from costmon.core.models import Tenant
+from costmon.core.money import format_money, usd_to_nanos
 from usage.catalog import catalog_for
-from usage.charts import usd
 from usage.models import UsageEvent
-from usage.pricing import Price, candidate_names, cost_nanos, format_rate, usd_to_nanos
+from usage.pricing import Price, candidate_names, cost_nanos, format_rate
 from usage.selectors import rollups_of
 
 WINDOW_DAYS = 30
@@ -113,14 +113,14 @@ def _top_operations(rollups: Any, total: int) -> Recommendation | None:
     if not rows:
         return None
     parts = [
-        f"{_op_name(r['name'])} {usd(int(r['cost']))} ({_percent(int(r['cost']), total)}%)"
+        f"{_op_name(r['name'])} {format_money(int(r['cost']))} ({_percent(int(r['cost']), total)}%)"
         for r in rows
     ]
     return Recommendation(
         kind=KIND_TOP_OPERATIONS,
         title="Most expensive operations",
         text=(
-            f"Of {usd(total)} in the last 30 days: {', '.join(parts)}. Start looking for "
+            f"Of {format_money(total)} in the last 30 days: {', '.join(parts)}. Start looking for "
             "savings there (for information: no saving is estimated)."
         ),
         saving_nanos=None,
@@ -212,9 +212,9 @@ def _cheaper_models(
                 kind=KIND_CHEAPER_MODEL,
                 title=f"A cheaper model for {_op_name(op)}",
                 text=(
-                    f"{_op_name(op)} spent {usd(int(row['cost']))} on {row['model_name']} in the "
+                    f"{_op_name(op)} spent {format_money(int(row['cost']))} on {row['model_name']} in the "
                     f"last 30 days; the same tokens on {name} ({price.provider}) would cost "
-                    f"{usd(cheaper)} at its list price of ${format_rate(chosen.rates.input)} in / "
+                    f"{format_money(cheaper)} at its list price of ${format_rate(chosen.rates.input)} in / "
                     f"${format_rate(chosen.rates.output)} out per 1M tokens (catalog row "
                     f"#{chosen.id}). Check that its quality is enough for this operation."
                 ),

@@ -13,10 +13,10 @@ from typing import Any
 
 from django.utils import timezone
 
-from costmon.models import Tenant
-from costmon.tenancy import tenant_context
+from costmon.core.models import Tenant
+from costmon.core.money import format_money, format_usd
+from costmon.core.tenancy import tenant_context
 from usage.api import totals_json
-from usage.pricing import format_usd
 from usage.selectors import TimeRange, usage_metrics
 
 FORMATS = ("table", "csv", "json")
@@ -204,10 +204,6 @@ class _Lines:
 # --- table ----------------------------------------------------------------------------------
 
 
-def _usd(nanos: int) -> str:
-    return f"${format_usd(nanos)}"
-
-
 def _percent(part: int, whole: int) -> str:
     value = share(part, whole)
     if value is None:
@@ -254,14 +250,14 @@ def render_tenant(report: TenantReport) -> list[str]:
     period = "" if report.range.period == "custom" else f"this {report.range.period}, "
     lines = [f"{tenant.slug} ({tenant.name}): {period}{describe_range(report.range)}", ""]
     summary = [
-        ("Cost", _usd(total_cost)),
+        ("Cost", format_money(total_cost, exact=True)),
         ("Calls", f"{calls:,}"),
         ("Input tokens", f"{totals['input_tokens']:,}"),
         ("Output tokens", f"{totals['output_tokens']:,}"),
         ("Cache hit rate", _percent(totals["cache_hits"], calls)),
         ("Errors", f"{totals['errors']:,}"),
         ("Unpriced calls", f"{totals['unpriced_calls']:,}"),
-        ("Avg cost per call", _usd(total_cost // calls) if calls else "-"),
+        ("Avg cost per call", format_money(total_cost // calls, exact=True) if calls else "-"),
     ]
     lines += [f"  {name:<18} {value}" for name, value in summary]
 
@@ -271,7 +267,7 @@ def render_tenant(report: TenantReport) -> list[str]:
         [
             [
                 s["bucket"].date().isoformat(),
-                _usd(s["cost_nanos"]),
+                format_money(s["cost_nanos"], exact=True),
                 _percent(s["cost_nanos"], total_cost),
                 f"{s['calls']:,}",
             ]
@@ -290,7 +286,7 @@ def render_tenant(report: TenantReport) -> list[str]:
             [
                 [
                     row["key"] or "(none)",
-                    _usd(row["cost_nanos"]),
+                    format_money(row["cost_nanos"], exact=True),
                     _percent(row["cost_nanos"], total_cost),
                     f"{row['calls']:,}",
                     f"{row['input_tokens']:,}",

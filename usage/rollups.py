@@ -18,8 +18,8 @@ from django.db import connection
 from django.db.models import Count, Model, Q, Sum
 from django.db.models.functions import TruncHour
 
-from costmon.models import Tenant
-from costmon.tenancy import raw_cursor
+from costmon.core.models import Tenant
+from costmon.core.tenancy import raw_cursor
 from usage.models import CostSource, HourlyRollup, ModelHourlyRollup, UsageEvent
 
 ROLLUP_KEY = (

@@ -15,9 +15,9 @@ from django.db.models.functions import Coalesce, TruncDay, TruncHour
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from costmon.exceptions import DomainError
-from costmon.inputs import impossible_date_reason
-from costmon.models import Tenant
+from costmon.core.exceptions import DomainError
+from costmon.core.inputs import impossible_date_reason
+from costmon.core.models import Tenant
 from usage.models import (
     CostSource,
     Dimension,

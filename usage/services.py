@@ -17,8 +17,9 @@ from django.db.models import Max as models_max
 from django.db.models import Min as models_min
 from django.db.models import Q, QuerySet
 
-from costmon.models import Tenant
-from costmon.tenancy import forget_rls_state, raw_cursor, tenant_context
+from costmon.core.models import Tenant
+from costmon.core.money import usd_to_nanos
+from costmon.core.tenancy import forget_rls_state, raw_cursor, tenant_context
 from usage.catalog import bump_version, catalog_for
 from usage.ingest import EventIn
 from usage.models import (
@@ -31,7 +32,7 @@ from usage.models import (
     ServiceTier,
     UsageEvent,
 )
-from usage.pricing import Catalog, Usage, breakdown, usd_to_nanos
+from usage.pricing import Catalog, Usage, breakdown
 from usage.rollups import aggregate, hour_of, rollups_add, rollups_rebuild, with_rollups
 from usage.signals import usage_rewritten
 
@@ -537,7 +538,7 @@ def usage_reprice(
 def usage_events_delete(*, events: QuerySet[UsageEvent]) -> int:
     """Delete events and rebuild the rollups of their hours, under each tenant's exclusive
     ingest lock, so rollups still equal the sum of their events. Staff code: runs unscoped."""
-    from costmon.tenancy import unscoped
+    from costmon.core.tenancy import unscoped
 
     with unscoped():
         rows = list(events.values_list("pk", "tenant_id", "occurred_at"))
@@ -603,7 +604,7 @@ def usage_events_purge(
 ) -> int:
     """Delete raw events older than `before`, every tenant, in batches; rollups stay, so every
     total and chart keeps its history. Staff code: runs unscoped."""
-    from costmon.tenancy import unscoped
+    from costmon.core.tenancy import unscoped
 
     deleted = 0
     with unscoped():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import structlog
 from celery import shared_task
 
-from costmon.models import Tenant
-from costmon.tenancy import unscoped
+from costmon.core.models import Tenant
+from costmon.core.tenancy import unscoped
 from usage.models import CostSource, UsageEvent
 from usage.services import usage_reprice_unpriced
 
@@ -69,7 +69,7 @@ def sync_prices() -> int | None:
     prices meanwhile."""
     from django.conf import settings
 
-    from costmon.exceptions import DomainError
+    from costmon.core.exceptions import DomainError
     from usage.management.commands.load_prices import read_price_list
     from usage.prices import price_sync_failed, prices_sync
 

@@ -1,6 +1,6 @@
 from django.db import migrations
 
-from costmon.rls import EnableLinkRowLevelSecurity
+from costmon.core.rls import EnableLinkRowLevelSecurity
 
 
 class Migration(migrations.Migration):

@@ -1,6 +1,6 @@
 from django.db import migrations
 
-from costmon.rls import EnableRowLevelSecurity
+from costmon.core.rls import EnableRowLevelSecurity
 
 
 class Migration(migrations.Migration):

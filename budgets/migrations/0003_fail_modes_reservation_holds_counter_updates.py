@@ -4,7 +4,7 @@ import django.db.models.deletion
 import django.utils.timezone
 from django.db import migrations, models
 
-from costmon.rls import EnableRowLevelSecurity
+from costmon.core.rls import EnableRowLevelSecurity
 
 
 class Migration(migrations.Migration):

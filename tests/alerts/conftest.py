@@ -12,7 +12,7 @@ import time_machine
 
 from alerts.models import AlertRule, Channel
 from alerts.services import channel_save
-from costmon.models import Tenant
+from costmon.core.models import Tenant
 
 NOW = "2026-11-21T12:00:00Z"  # Saturday
 

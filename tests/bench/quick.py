@@ -53,8 +53,8 @@ def main() -> None:
     from budgets import config, counters
     from budgets.models import RateLimit
     from budgets.services import budget_create
-    from costmon.services import api_key_create, tenant_create
-    from costmon.tenancy import unscoped
+    from costmon.core.services import api_key_create, tenant_create
+    from costmon.core.tenancy import unscoped
     from usage import demo
     from usage.prices import prices_sync, read_price_file
     from usage.services import usage_record_batch

@@ -38,7 +38,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from costmon.management.launcher import ChildExited, ProcessGroup, StopRequested  # noqa: E402
+from costmon.web.management.launcher import ChildExited, ProcessGroup, StopRequested  # noqa: E402
 
 PYTHON = sys.executable
 PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -328,9 +328,9 @@ def setup_data(scale: Scale, *, fresh: bool, jobs: int) -> Context:
     from budgets import config, counters
     from budgets.models import RateLimit
     from budgets.services import budget_create
-    from costmon.models import Tenant
-    from costmon.services import api_key_create, membership_add, tenant_create
-    from costmon.tenancy import unscoped
+    from costmon.core.models import Tenant
+    from costmon.core.services import api_key_create, membership_add, tenant_create
+    from costmon.core.tenancy import unscoped
     from usage.models import UsageEvent
 
     seed_seconds = None
@@ -449,7 +449,7 @@ def measure_ratios(bench: Any) -> dict[str, float]:
     """events/s of the naive baseline, of `usage_record_batch`, and of COPY, same rows."""
     from django.db import connection, transaction
 
-    from costmon.tenancy import raw_cursor, tenant_context
+    from costmon.core.tenancy import raw_cursor, tenant_context
     from usage import services
     from usage.models import Dimension, UsageEvent
 
@@ -555,7 +555,7 @@ def ratio_rows(context: Context) -> list[Row]:
 def storage_rows(context: Context) -> list[Row]:
     from django.db import connection
 
-    from costmon.tenancy import unscoped
+    from costmon.core.tenancy import unscoped
     from usage.models import HourlyRollup, ModelHourlyRollup, UsageEvent
 
     say("measuring storage")

@@ -7,7 +7,7 @@ import time_machine
 from rest_framework.test import APIClient
 
 from budgets import counters
-from costmon.models import Tenant
+from costmon.core.models import Tenant
 
 # Saturday 21 November 2026, 12:00 UTC
 NOW = "2026-11-21T12:00:00Z"

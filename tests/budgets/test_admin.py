@@ -22,7 +22,7 @@ from budgets.models import (
     RateLimit,
 )
 from budgets.services import budget_create, emergency_stop_lift, emergency_stop_trip
-from costmon.services import api_key_create
+from costmon.core.services import api_key_create
 from tests.budgets.conftest import check
 from tests.helpers import event, post_usage, requires_redis
 
@@ -179,13 +179,13 @@ def test_the_lists_say_what_each_row_covers(admin_client, two_tenants):
 
     assert '<td class="field-covers">a model: gpt-4o</td>' in budgets
     assert '<td class="field-period_text">rolling 7 days</td>' in budgets
-    assert '<td class="field-limit">$10</td>' in budgets
+    assert '<td class="field-limit">$10.00</td>' in budgets
     assert '<td class="field-value_or_each">each</td>' in limits
     assert '<td class="field-value_or_each">10.0.0.1</td>' in limits
     assert re.search(r'<th class="field-tenant_or_all"><a href="[^"]+">all tenants</a></th>', rules)
-    assert '<td class="field-threshold">$1000</td>' in rules
+    assert '<td class="field-threshold">$1,000.00</td>' in rules
     assert '<td class="field-tripped_by_text">rule</td>' in stops
-    assert '<td class="field-spend_at_trip">$1000.5</td>' in stops
+    assert '<td class="field-spend_at_trip">$1,000.50</td>' in stops
     assert '<td class="field-tripped_by_text">admin</td>' in stops
 
 
@@ -377,7 +377,7 @@ def test_the_budget_list_shows_the_exact_spend_this_period(
         '<td class="field-percent">90.00%</td><td class="field-status">warning</td>'
     ) in body
     assert (
-        '<td class="field-limit">$1</td><td class="field-spent">$0</td>'
+        '<td class="field-limit">$1.00</td><td class="field-spent">$0</td>'
         '<td class="field-percent">0.00%</td><td class="field-status">ok</td>'
     ) in body
 
@@ -668,7 +668,7 @@ def test_stops_are_history_never_edited_or_deleted(admin_client, two_tenants):
 
 @requires_redis
 def test_another_process_change_reaches_this_one_within_the_recheck_window(acme, settings):
-    from costmon.cache import cache_set
+    from costmon.core.cache import cache_set
 
     settings.COSTMON_SHARED_RECHECK_MS = 60_000
     config.clear_local()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from budgets.models import Budget
-from costmon.services import api_key_create
+from costmon.core.services import api_key_create
 from tests.budgets.conftest import check
 from tests.helpers import event, post_usage
 

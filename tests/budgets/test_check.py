@@ -10,8 +10,8 @@ import pytest
 from rest_framework.response import Response
 
 from budgets.services import budget_create
-from costmon.models import Tenant
-from costmon.services import api_key_create
+from costmon.core.models import Tenant
+from costmon.core.services import api_key_create
 from tests.budgets.conftest import THROUGH_DRF, check, reply_headers
 from tests.helpers import event, post_usage, requires_redis
 

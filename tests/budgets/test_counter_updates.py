@@ -46,8 +46,8 @@ import json, os, signal, sys
 import django
 django.setup()
 from budgets import updates
-from costmon.models import Tenant
-from costmon.tenancy import unscoped
+from costmon.core.models import Tenant
+from costmon.core.tenancy import unscoped
 from usage import services
 from usage.ingest import parse_batch
 

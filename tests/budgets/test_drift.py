@@ -143,7 +143,7 @@ def test_a_zone_with_half_hours_counts_as_the_rollups_do_so_is_not_drift(
 ):
     """18:45 UTC is 00:15 the next day in Kolkata, but it lands in the 18:00 UTC rollup, which
     begins at 23:30 there: the counters, the database and a rebuild all count it on the 21st."""
-    from costmon.models import Tenant
+    from costmon.core.models import Tenant
 
     Tenant.objects.filter(pk=acme.pk).update(timezone="Asia/Kolkata")
     acme.refresh_from_db()

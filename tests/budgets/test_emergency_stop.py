@@ -8,7 +8,7 @@ from budgets.config import bump
 from budgets.models import EmergencyStop, EmergencyStopRule
 from budgets.services import emergency_stop_lift, emergency_stop_trip, stop_hooks
 from budgets.tasks import check_emergency_stop_rules
-from costmon.tenancy import unscoped
+from costmon.core.tenancy import unscoped
 from tests.budgets.conftest import check
 from tests.helpers import event as any_event
 from tests.helpers import post_usage

@@ -15,7 +15,7 @@ from budgets import counters
 from budgets import redis as bredis
 from budgets.models import BudgetDefaults, EmergencyStop
 from budgets.services import budget_create, emergency_stop_trip
-from costmon.services import api_key_create
+from costmon.core.services import api_key_create
 from tests.budgets.conftest import check
 from tests.budgets.servers import free_port
 from tests.helpers import event, post_usage, requires_redis

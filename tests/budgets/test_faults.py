@@ -51,8 +51,8 @@ from django.utils import timezone
 from budgets import config, counters
 from budgets import redis as bredis
 from budgets.models import CounterUpdate
-from costmon.models import Tenant
-from costmon.tenancy import tenant_context, unscoped
+from costmon.core.models import Tenant
+from costmon.core.tenancy import tenant_context, unscoped
 from usage.selectors import tenant_zone
 
 r = bredis.client()

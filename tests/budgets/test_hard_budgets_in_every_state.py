@@ -24,7 +24,7 @@ from budgets import counters
 from budgets import redis as bredis
 from budgets.models import ReservationHold
 from budgets.services import budget_create
-from costmon.services import api_key_create
+from costmon.core.services import api_key_create
 from tests.budgets.servers import Gunicorn, RedisServer
 from tests.helpers import requires_redis
 from usage.models import UsageEvent

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from costmon_client import Costmon
 
-from costmon.models import Tenant
-from costmon.services import api_key_create
+from costmon.core.models import Tenant
+from costmon.core.services import api_key_create
 from tests.client.prices import add_tier_prices
 from tests.client.servers import FakeProvider, Gate
 from usage.api import event_json

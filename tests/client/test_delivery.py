@@ -16,7 +16,7 @@ import pytest
 from costmon_client._http import retry_after_seconds
 
 from budgets.services import budget_create
-from costmon.services import api_key_create
+from costmon.core.services import api_key_create
 from tests.client.conftest import recorded
 from tests.client.servers import FakeProvider, free_port, iter_usage_ids
 

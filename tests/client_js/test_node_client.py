@@ -25,8 +25,8 @@ import pytest
 from budgets.config import bump
 from budgets.counters import counters_reconcile
 from budgets.models import RateLimit
-from costmon.models import Tenant
-from costmon.services import api_key_create, tenant_create
+from costmon.core.models import Tenant
+from costmon.core.services import api_key_create, tenant_create
 from tests.client.prices import add_tier_prices
 from usage import catalog
 from usage.models import ModelPrice, UsageEvent

@@ -12,8 +12,8 @@ import pytest
 from django.db import OperationalError, connection
 from django.test import Client, RequestFactory
 
-from costmon.exceptions import INTERNAL_ERROR_MESSAGE, UNAVAILABLE_MESSAGE
-from costmon.views import server_error
+from costmon.core.exceptions import INTERNAL_ERROR_MESSAGE, UNAVAILABLE_MESSAGE
+from costmon.core.views import server_error
 from tests.helpers import event
 from usage.models import UsageEvent
 

@@ -23,8 +23,8 @@ from rest_framework.test import APIClient
 from alerts.models import Channel, Notification
 from budgets.services import emergency_stop_lift, emergency_stop_trip
 from costmon import gunicorn_conf
-from costmon.prometheus import totals
-from costmon.services import api_key_create
+from costmon.core.services import api_key_create
+from costmon.web.prometheus import totals
 from tests.helpers import event, post_usage, requires_redis
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
@@ -474,7 +474,7 @@ def test_values_written_by_another_process_are_summed(acme, ingest_client):
     post_usage(ingest_client, event())
     script = textwrap.dedent(
         """
-        from costmon.prometheus import instruments
+        from costmon.core import instruments
         instruments.INGEST_SECONDS.labels(code="201").observe(20.0)
         instruments.INGEST_SECONDS.labels(code="201").observe(25.0)
         instruments.EVENTS_INGESTED.labels(outcome="recorded").inc(7)
@@ -530,7 +530,7 @@ def test_gunicorn_with_two_workers_serves_the_sum_of_both(transactional_db, tmp_
     import requests
     from django.conf import settings
 
-    from costmon.services import tenant_create
+    from costmon.core.services import tenant_create
 
     tenant = tenant_create(slug="acme")
     secret = api_key_create(tenant=tenant, scopes="ingest").secret

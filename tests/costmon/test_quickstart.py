@@ -435,7 +435,7 @@ def test_verbose_shows_what_the_steps_and_the_servers_print(serve, prepared):
 LAUNCHER = f"""
 import sys, time
 sys.path.insert(0, {str(ROOT)!r})
-from costmon.management.launcher import ProcessGroup, StopRequested
+from costmon.web.management.launcher import ProcessGroup, StopRequested
 """
 
 

@@ -24,8 +24,8 @@ from schemathesis.config import SchemathesisConfig
 from alerts.models import AlertRule, Channel
 from budgets.models import Budget
 from budgets.services import budget_create, emergency_stop_trip
-from costmon.models import Tenant
-from costmon.services import api_key_create
+from costmon.core.models import Tenant
+from costmon.core.services import api_key_create
 from tests.helpers import event, post_usage
 from usage.models import UsageEvent
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from costmon.env import env_bool, env_decimal, env_int, env_list
+from costmon.core.env import env_bool, env_decimal, env_int, env_list
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import pytest
 from django.db import connection, transaction
 from django.db.utils import DatabaseError
 
-from costmon.models import ApiKey, Membership, Tenant
-from costmon.services import api_key_create
-from costmon.tenancy import no_tenant, tenant_context, unscoped
+from costmon.core.models import ApiKey, Membership, Tenant
+from costmon.core.services import api_key_create
+from costmon.core.tenancy import no_tenant, tenant_context, unscoped
 from tests.helpers import event, post_usage
 from usage.models import Dimension, HourlyRollup, ModelHourlyRollup, UsageEvent
 

@@ -14,8 +14,8 @@ from urllib.parse import urlparse
 import pytest
 from django.utils import timezone
 
-from costmon.models import Membership
-from costmon.services import membership_add
+from costmon.core.models import Membership
+from costmon.core.services import membership_add
 from tests.factories import UserFactory
 from tests.helpers import event, post_usage
 

@@ -488,7 +488,7 @@ def test_an_out_of_range_dashboard_period_shows_a_message(client, owner):
 
 def post_usage_direct() -> None:
     """One event for acme, so dashboard pages are not in their empty state."""
-    from costmon.models import Tenant
+    from costmon.core.models import Tenant
     from usage.ingest import parse_batch
     from usage.services import usage_record_batch
 

@@ -8,7 +8,7 @@ import time_machine
 from django.core.management import CommandError, call_command
 from django.db.models import Sum
 
-from costmon.tenancy import tenant_context
+from costmon.core.tenancy import tenant_context
 from tests.helpers import event, post_usage
 from usage.models import CostSource, HourlyRollup, ModelPrice, PriceSync, UsageEvent
 

@@ -9,7 +9,7 @@ import pytest
 import time_machine
 from django.core.management import CommandError, call_command
 
-from costmon.services import tenant_create
+from costmon.core.services import tenant_create
 from tests.helpers import event
 from usage.ingest import parse_batch
 from usage.reports import align_money

@@ -16,12 +16,12 @@ import time_machine
 from alerts.models import Alert, AlertRule
 from budgets.models import Budget
 from budgets.services import budget_create, emergency_stop_trip
-from costmon.models import Membership, Tenant
-from costmon.services import membership_add, tenant_create
+from costmon.core.models import Membership, Tenant
+from costmon.core.services import membership_add, tenant_create
+from costmon.web.dashboard import charts
+from costmon.web.dashboard.pages import spend_heatmap
 from tests.factories import UserFactory
 from tests.helpers import event, post_usage
-from usage import charts
-from usage.dashboard import spend_heatmap
 from usage.selectors import UsageFilters, custom_range
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]

@@ -20,8 +20,8 @@ from alerts.models import Alert, AlertRule
 from alerts.rules import EVALUATORS
 from budgets.models import Budget
 from budgets.services import budget_create
-from costmon.models import Membership, Tenant
-from costmon.services import membership_add
+from costmon.core.models import Membership, Tenant
+from costmon.core.services import membership_add
 from tests.factories import UserFactory
 from tests.helpers import event, post_usage
 from usage.ingest import parse_batch

@@ -7,7 +7,7 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from costmon.tenancy import tenant_context
+from costmon.core.tenancy import tenant_context
 from usage.models import Dimension
 from usage.services import dimension_ids
 

@@ -8,7 +8,7 @@ import time_machine
 from django.db import connection
 from django.db.models import Sum
 
-from costmon.services import api_key_create, api_key_revoke
+from costmon.core.services import api_key_create, api_key_revoke
 from tests.helpers import event, post_usage
 from usage.models import CostSource, HourlyRollup, ModelAlias, ModelPrice, UsageEvent
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import time_machine
 
-from costmon.models import Tenant
+from costmon.core.models import Tenant
 from tests.helpers import event, post_usage
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]

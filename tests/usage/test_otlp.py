@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
-from costmon.services import api_key_create
+from costmon.core.services import api_key_create
 from usage.models import HourlyRollup, UsageEvent
 
 pytestmark = [pytest.mark.usefixtures("prices")]

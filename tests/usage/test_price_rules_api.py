@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from django.db.models import Sum
 
-from costmon.tenancy import tenant_context
+from costmon.core.tenancy import tenant_context
 from tests.helpers import event, post_usage
 from usage.models import HourlyRollup, ModelPrice, UsageEvent
 

@@ -18,7 +18,7 @@ from alerts.models import Alert, AlertRule
 from alerts.services import alert_rules_evaluate
 from budgets import counters
 from budgets import redis as bredis
-from costmon.tenancy import tenant_context
+from costmon.core.tenancy import tenant_context
 from tests.helpers import event, post_usage, requires_redis
 from usage.models import (
     CostSource,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from costmon.core.money import format_usd
 from usage.pricing import (
     Alias,
     Catalog,
@@ -19,7 +20,6 @@ from usage.pricing import (
     candidate_names,
     cost_nanos,
     deployment_names,
-    format_usd,
 )
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

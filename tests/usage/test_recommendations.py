@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import time_machine
 
-from costmon.models import Tenant
+from costmon.core.models import Tenant
 from tests.helpers import event, post_usage
 from usage import catalog
 from usage.models import ModelPrice, UsageEvent

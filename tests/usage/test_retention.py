@@ -4,7 +4,7 @@ import pytest
 import time_machine
 from django.db.models import Sum
 
-from costmon.tenancy import tenant_context
+from costmon.core.tenancy import tenant_context
 from tests.helpers import event, post_usage
 from usage.models import HourlyRollup, UsageEvent
 from usage.tasks import apply_retention

@@ -12,7 +12,7 @@ import pytest
 import time_machine
 from django.db import connection, transaction
 
-from costmon.tenancy import tenant_context, unscoped
+from costmon.core.tenancy import tenant_context, unscoped
 from tests.helpers import event, post_usage
 from usage.bulk import usage_bulk_load
 from usage.demo import demo_events

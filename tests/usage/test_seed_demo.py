@@ -10,7 +10,7 @@ import time_machine
 from django.core.management import CommandError, call_command
 from django.db.models import Count, Q, Sum
 
-from costmon.models import Tenant
+from costmon.core.models import Tenant
 from tests.helpers import event
 from usage.demo import batches, demo_events
 from usage.ingest import EventIn, parse_batch

@@ -3,7 +3,7 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-from costmon.rls import EnableRowLevelSecurity
+from costmon.core.rls import EnableRowLevelSecurity
 
 _SUMS = (
     "calls, errors, cache_hits, unpriced_calls, input_tokens, output_tokens, "

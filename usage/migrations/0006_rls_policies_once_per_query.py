@@ -1,6 +1,6 @@
 from django.db import migrations
 
-from costmon.rls import refresh_policies
+from costmon.core.rls import refresh_policies
 
 
 class Migration(migrations.Migration):

@@ -6,7 +6,7 @@ import django.utils.timezone
 from decimal import Decimal
 from django.db import migrations, models
 
-from costmon.rls import EnableRowLevelSecurity
+from costmon.core.rls import EnableRowLevelSecurity
 
 
 class Migration(migrations.Migration):

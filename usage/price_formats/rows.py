@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from costmon.exceptions import DomainError
+from costmon.core.exceptions import DomainError
 
 PROVIDERS = (
     "openai",

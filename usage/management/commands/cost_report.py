@@ -5,8 +5,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from costmon.exceptions import DomainError
-from costmon.models import Tenant
+from costmon.core.exceptions import DomainError
+from costmon.core.models import Tenant
 from usage.reports import (
     FORMATS,
     build_report,

@@ -5,8 +5,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from costmon.exceptions import DomainError
-from costmon.models import Tenant
+from costmon.core.exceptions import DomainError
+from costmon.core.models import Tenant
 from usage.selectors import parse_moment, tenant_zone
 from usage.services import usage_reprice, usage_reprice_unpriced
 

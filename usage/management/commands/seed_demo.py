@@ -13,15 +13,15 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django.utils import timezone
 
-from costmon.exceptions import DomainError
-from costmon.models import Tenant
-from costmon.services import tenant_create
-from costmon.tenancy import tenant_context, unscoped
+from costmon.core.exceptions import DomainError
+from costmon.core.models import Tenant
+from costmon.core.money import format_usd
+from costmon.core.services import tenant_create
+from costmon.core.tenancy import tenant_context, unscoped
 from usage.bulk import BulkReport, usage_bulk_load
 from usage.demo import demo_events
 from usage.models import HourlyRollup, ModelPrice, UsageEvent
 from usage.prices import prices_sync, read_price_file
-from usage.pricing import format_usd
 from usage.selectors import tenant_zone
 from usage.services import usage_tenant_reset
 

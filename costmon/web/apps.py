@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class WebConfig(AppConfig):
+    """The top layer: the dashboard's pages, Prometheus, and the commands that start the whole
+    product (`quickstart`, `sync_schedule`). It may use every app; no app uses it."""
+
+    name = "costmon.web"
+    label = "web"
+    verbose_name = "costmon web"
+
+    def ready(self) -> None:
+        from costmon.web.prometheus.totals import usage_recorded
+        from usage import services
+
+        # Prometheus's cached usage sums learn of events that land in hours they already hold.
+        if usage_recorded not in services.after_record_hooks:
+            services.after_record_hooks.append(usage_recorded)

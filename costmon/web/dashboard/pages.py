@@ -1,0 +1,306 @@
+"""Reads for the dashboard pages. Every figure comes from the rollups (the small by-model ones
+unless end users matter: `usage.selectors.rollups_of`), aggregated in the database; only a tag
+filter (tags live on events alone) reads the events in range, as the metrics selectors do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import F, QuerySet, Sum
+from django.db.models.functions import Coalesce, ExtractHour, ExtractWeekDay, TruncDay, TruncHour
+from django.utils import timezone
+
+from alerts.models import Alert
+from budgets.models import Budget, EmergencyStop
+from budgets.selectors import BudgetView, budget_views
+from budgets.services import emergency_stop_active
+from costmon.core.models import Tenant
+from costmon.core.money import usd_to_nanos
+from usage.models import Dimension, UsageEvent
+from usage.pricing import candidate_names
+from usage.selectors import (
+    ROLLUP_DIMENSIONS,
+    TimeRange,
+    UsageFilters,
+    _bucket_starts,
+    _event_sums,
+    _filtered_events,
+    _filtered_rollups,
+    _rollup_sums,
+    named,
+    period_range,
+    ranked_by_dimension,
+    rollups_of,
+    tenant_zone,
+    with_tag,
+)
+
+OUTLOOK_ON_TRACK = "on track"
+OUTLOOK_AT_RISK = "at risk"
+OUTLOOK_OVER = "over"
+
+
+@dataclass(frozen=True)
+class _Source:
+    rows: QuerySet[Any]
+    sums: dict[str, Any]
+    time_field: str
+
+
+def _source(
+    tenant: Tenant, tr: TimeRange, filters: UsageFilters, *, by_end_user: bool = False
+) -> _Source:
+    if filters.tag is not None:
+        return _Source(_filtered_events(tenant, tr, filters), _event_sums(), "occurred_at")
+    rows = _filtered_rollups(tenant, tr, filters, by_end_user=by_end_user)
+    return _Source(rows, _rollup_sums(), "hour")
+
+
+def usage_totals(*, tenant: Tenant, time_range: TimeRange, filters: UsageFilters) -> dict[str, int]:
+    src = _source(tenant, time_range, filters)
+    return {k: int(v) for k, v in src.rows.aggregate(**src.sums).items()}
+
+
+def has_usage(*, tenant: Tenant) -> bool:
+    """Whether the tenant ever reported anything (else the pages show how to start)."""
+    return rollups_of(tenant).exists()
+
+
+@dataclass(frozen=True)
+class Cards:
+    today_nanos: int
+    month_nanos: int
+    projected_nanos: int
+    budget: Budget | None  # the tenant's monthly budget, when there is one and no filter
+    budget_limit_nanos: int | None
+    outlook: str | None  # on track, at risk, over
+    period_nanos: int
+    calls: int
+    errors: int
+    cache_hits: int
+    unpriced_calls: int
+    emergency_stop: EmergencyStop | None
+
+    @property
+    def avg_cost_nanos(self) -> int | None:
+        return self.period_nanos // self.calls if self.calls else None
+
+    @property
+    def cache_hit_percent(self) -> Decimal | None:
+        if not self.calls:
+            return None
+        return (Decimal(self.cache_hits) * 100 / self.calls).quantize(Decimal("0.1"))
+
+
+def projected_month_end(*, spent_nanos: int, month: TimeRange, now: datetime) -> int:
+    """Month-to-date spend carried on at the same pace to the month's end (integer arithmetic)."""
+    step = timedelta(microseconds=1)
+    elapsed = (min(max(now, month.start), month.end) - month.start) // step
+    if elapsed <= 0:
+        return spent_nanos
+    return spent_nanos * ((month.end - month.start) // step) // elapsed
+
+
+def monthly_tenant_budget(*, tenant: Tenant) -> Budget | None:
+    """The strictest active monthly budget on the whole tenant."""
+    return (
+        Budget.objects.for_tenant(tenant)
+        .filter(scope=Budget.Scope.TENANT, period=Budget.Period.MONTH, is_active=True)
+        .order_by("limit_usd", "pk")
+        .first()
+    )
+
+
+def dashboard_cards(
+    *,
+    tenant: Tenant,
+    time_range: TimeRange,
+    filters: UsageFilters,
+    now: datetime | None = None,
+) -> Cards:
+    """Spend today and this month (with the filters), the month-end projection against the
+    tenant's monthly budget (only unfiltered: a budget covers the whole tenant), and the
+    selected period's calls, cache hits and unpriced events."""
+    now = now or timezone.now()
+    day = period_range(tenant=tenant, period="day", now=now)
+    month = period_range(tenant=tenant, period="month", now=now)
+    today_nanos = usage_totals(tenant=tenant, time_range=day, filters=filters)["cost_nanos"]
+    month_nanos = usage_totals(tenant=tenant, time_range=month, filters=filters)["cost_nanos"]
+    projected = projected_month_end(spent_nanos=month_nanos, month=month, now=now)
+    period = usage_totals(tenant=tenant, time_range=time_range, filters=filters)
+    budget = monthly_tenant_budget(tenant=tenant) if filters.is_empty() else None
+    limit = usd_to_nanos(budget.limit_usd) if budget is not None else None
+    outlook = None
+    if limit is not None:
+        if month_nanos >= limit:
+            outlook = OUTLOOK_OVER
+        elif projected > limit:
+            outlook = OUTLOOK_AT_RISK
+        else:
+            outlook = OUTLOOK_ON_TRACK
+    return Cards(
+        today_nanos=today_nanos,
+        month_nanos=month_nanos,
+        projected_nanos=projected,
+        budget=budget,
+        budget_limit_nanos=limit,
+        outlook=outlook,
+        period_nanos=period["cost_nanos"],
+        calls=period["calls"],
+        errors=period["errors"],
+        cache_hits=period["cache_hits"],
+        unpriced_calls=period["unpriced_calls"],
+        emergency_stop=emergency_stop_active(tenant=tenant),
+    )
+
+
+def chart_interval(time_range: TimeRange) -> str:
+    """Hourly bars up to two days (today, the last 48 hours), daily beyond."""
+    return "hour" if time_range.end - time_range.start <= timedelta(hours=49) else "day"
+
+
+def spend_series(
+    *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters, group_by: str
+) -> tuple[list[datetime], list[dict[str, Any]], str]:
+    """Spend per bucket and per provider, model, operation or end user: (every bucket of the
+    range, the non-empty {bucket, key, cost_nanos} cells, the interval)."""
+    if group_by not in ROLLUP_DIMENSIONS:
+        raise ValueError(f"cannot group the series by {group_by!r}")
+    interval = chart_interval(time_range)
+    src = _source(tenant, time_range, filters, by_end_user=group_by == "end_user")
+    trunc = TruncHour if interval == "hour" else TruncDay
+    rows = (
+        src.rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
+        .values("bucket", key=F(f"{group_by}__value"))
+        .annotate(cost_nanos=src.sums["cost_nanos"])
+        .order_by("bucket", "key")
+    )
+    cells = [
+        {"bucket": r["bucket"], "key": r["key"] or "", "cost_nanos": int(r["cost_nanos"])}
+        for r in rows
+    ]
+    return _bucket_starts(time_range, interval), cells, interval
+
+
+def breakdown(
+    *,
+    tenant: Tenant,
+    time_range: TimeRange,
+    filters: UsageFilters,
+    dimension: str,
+    limit: int = 10,
+) -> list[dict[str, Any]]:
+    """The most expensive providers, models, operations or end users, sorted in the database."""
+    if dimension not in ROLLUP_DIMENSIONS:
+        raise ValueError(f"cannot break down by {dimension!r}")
+    src = _source(tenant, time_range, filters, by_end_user=dimension == "end_user")
+    if filters.tag is None:
+        rows = ranked_by_dimension(tenant, src.rows, dimension, src.sums, limit=limit)
+        return sorted(rows, key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))
+    events = (
+        src.rows.values(key=F(f"{dimension}__value"))
+        .annotate(**src.sums)
+        .order_by("-cost_nanos", "-calls", "key")[:limit]
+    )
+    return [{**r, "key": r["key"] or ""} for r in events]
+
+
+def spend_heatmap(
+    *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters
+) -> list[list[int]]:
+    """Spend by weekday (Monday first) x hour of day in the tenant's time zone, grouped in the
+    database."""
+    src = _source(tenant, time_range, filters)
+    tz = time_range.tz
+    rows = (
+        src.rows.annotate(
+            h=ExtractHour(src.time_field, tzinfo=tz), wd=ExtractWeekDay(src.time_field, tzinfo=tz)
+        )
+        .values("h", "wd")
+        .annotate(cost_nanos=src.sums["cost_nanos"])
+    )
+    matrix = [[0] * 24 for _ in range(7)]
+    for r in rows:
+        # ExtractWeekDay counts from Sunday = 1; the chart starts its week on Monday.
+        matrix[(int(r["wd"]) + 5) % 7][int(r["h"])] += int(r["cost_nanos"])
+    return matrix
+
+
+def recent_alerts(*, tenant: Tenant, limit: int = 10) -> list[Alert]:
+    return list(
+        Alert.objects.for_tenant(tenant).select_related("rule").order_by("-first_seen_at")[:limit]
+    )
+
+
+def dashboard_budgets(*, tenant: Tenant, budget_id: int | None = None) -> list[BudgetView]:
+    """Active budgets with spend, status and projection (one budget when `budget_id` is given,
+    none when it is not this tenant's)."""
+    qs = Budget.objects.for_tenant(tenant).select_related("api_key").order_by("name", "pk")
+    qs = qs.filter(pk=budget_id) if budget_id is not None else qs.filter(is_active=True)
+    budgets = list(qs)
+    return budget_views(tenant=tenant, budgets=budgets) if budgets else []
+
+
+@dataclass(frozen=True)
+class BurnDown:
+    days: list[date]
+    daily_nanos: list[int]
+    period_end: date  # the window's last local day
+
+
+def budget_daily_spend(*, tenant: Tenant, view: BudgetView) -> BurnDown:
+    """What the budget's scope spent on each local day of its window so far."""
+    state = view.state
+    spec = state.spec
+    window = state.window
+    tz = tenant_zone(tenant)
+    qs: QuerySet[Any]
+    if spec.scope == Budget.Scope.TAG:
+        name, _, value = spec.value.partition("=")
+        qs = with_tag(
+            UsageEvent.objects.for_tenant(tenant).filter(
+                occurred_at__gte=window.start, occurred_at__lt=window.end
+            ),
+            (name, value),
+        )
+        time_field = "occurred_at"
+    else:
+        by_end_user = spec.scope in (
+            Budget.Scope.END_USER,
+            Budget.Scope.EVERY_END_USER,
+            Budget.Scope.API_KEY,
+        )
+        qs = rollups_of(tenant, by_end_user=by_end_user).filter(
+            hour__gte=window.start, hour__lt=window.end
+        )
+        time_field = "hour"
+        if spec.scope in (Budget.Scope.END_USER, Budget.Scope.EVERY_END_USER):
+            qs = qs.filter(named(tenant, "end_user", state.end_user or spec.value))
+        elif spec.scope == Budget.Scope.API_KEY:
+            qs = qs.filter(api_key_id=spec.api_key_id or 0)
+        elif spec.scope == Budget.Scope.PROVIDER:
+            qs = qs.filter(provider__value=spec.value)
+        elif spec.scope == Budget.Scope.OPERATION:
+            qs = qs.filter(operation__value=spec.value)
+        elif spec.scope == Budget.Scope.MODEL:
+            # As the budget counts: every dated name of the model.
+            models = [
+                pk
+                for pk, model in Dimension.objects.for_tenant(tenant)
+                .filter(kind=Dimension.Kind.MODEL)
+                .values_list("pk", "value")
+                if spec.value in candidate_names(model)
+            ]
+            qs = qs.filter(model_id__in=models)
+    per_day = {
+        r["day"].date(): int(r["cost"])
+        for r in qs.annotate(day=TruncDay(time_field, tzinfo=tz))
+        .values("day")
+        .annotate(cost=Coalesce(Sum("cost_nanos"), 0))
+    }
+    days = list(window.days)
+    last = (window.end.astimezone(tz) - timedelta(microseconds=1)).date()
+    return BurnDown(days=days, daily_nanos=[per_day.get(d, 0) for d in days], period_end=last)
