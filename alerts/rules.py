@@ -19,6 +19,7 @@ from budgets.selectors import budget_views
 from budgets.services import budget_status, budget_window
 from costmon.core.models import Tenant
 from costmon.core.money import format_money, usd_to_nanos
+from costmon.core.periods import elapsed_share, period_range, project, tenant_zone
 from usage.links import drilldown_url
 from usage.models import HourlyRollup
 from usage.selectors import (
@@ -26,10 +27,8 @@ from usage.selectors import (
     held_syncs,
     models_used,
     named,
-    period_range,
     price_syncs_since,
     rollups_of,
-    tenant_zone,
     usage_metrics,
 )
 
@@ -208,13 +207,13 @@ def _budget_condition(
 
 def evaluate_projection(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
     window = period_range(tenant=tenant, period="month", now=now)
-    fraction = (now - window.start) / (window.end - window.start)
-    if fraction < 1 / 31:  # less than a day of data: a projection would be noise
+    elapsed, total = elapsed_share(start=window.start, end=window.end, now=now)
+    if elapsed * 31 < total:  # less than a day of data: a projection would be noise
         return []
     spent = int(
         usage_metrics(tenant=tenant, time_range=window, filters=_filters(rule)).totals["cost_nanos"]
     )
-    projected = int(spent / fraction)
+    projected = project(spent, start=window.start, end=window.end, now=now)
     limit = usd_to_nanos(rule.threshold_usd or Decimal(0))
     if projected <= limit:
         return []

@@ -443,8 +443,8 @@ def daily_report_send(*, tenant: Tenant, now: datetime | None = None) -> int:
     from django.core.mail import EmailMultiAlternatives
     from django.utils.html import escape
 
+    from costmon.core.periods import custom_range, tenant_zone
     from usage.reports import build_report, render_table
-    from usage.selectors import custom_range, tenant_zone
 
     now = now or timezone.now()
     yesterday = (now.astimezone(tenant_zone(tenant)) - timedelta(days=1)).date()

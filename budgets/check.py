@@ -39,10 +39,10 @@ from budgets.services import (
 )
 from costmon.core.models import Tenant
 from costmon.core.money import format_usd, usd_to_nanos
+from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context
 from usage.catalog import catalog_for
 from usage.pricing import candidate_names, cost_nanos
-from usage.selectors import tenant_zone
 
 # PostgreSQL could not be reached (restarting, a network cut): spend cannot be read there.
 DATABASE_DOWN = (OperationalError, InterfaceError)

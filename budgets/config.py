@@ -6,24 +6,17 @@ A pre-flight check must not touch the database, so it reads this instead of the 
 
 from __future__ import annotations
 
-import time
-import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from threading import Lock
 from typing import Any
 
-from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from costmon.core.cache import cache_add, cache_get_many, cache_set
+from costmon.core.cache import VersionedCache
 from costmon.core.money import usd_to_nanos
 from costmon.core.tenancy import unscoped
 
 _TTL_WITHOUT_VERSION = 5.0
-_lock = Lock()
-# tenant -> (expires, shared versions, config, when the versions were last checked)
-_local: dict[int, tuple[float, object, TenantConfig, float]] = {}
 
 
 @dataclass(frozen=True)
@@ -76,12 +69,7 @@ def version_key(tenant_id: int | None) -> str:
 
 def bump(tenant_id: int | None) -> None:
     """Call after a write to budgets, rate limits or stop rules (None: a global rule)."""
-    cache_set(version_key(tenant_id), uuid.uuid4().hex, None)
-    with _lock:
-        if tenant_id is None:
-            _local.clear()
-        else:
-            _local.pop(tenant_id, None)
+    _configs.bump(version_key(tenant_id))
 
 
 def bump_now_and_after_commit(tenant_id: int | None) -> None:
@@ -94,8 +82,7 @@ def bump_now_and_after_commit(tenant_id: int | None) -> None:
 
 
 def clear_local() -> None:
-    with _lock:
-        _local.clear()
+    _configs.forget()
 
 
 def spec_of(b: Any, *, default_fail_mode: str = "") -> BudgetSpec:
@@ -164,36 +151,15 @@ def load(tenant_id: int) -> TenantConfig:
 
 
 def for_tenant(tenant_id: int) -> TenantConfig:
-    """The tenant's configuration; no SQL unless it changed (or Redis is away)."""
-    shared = bool(settings.REDIS_URL)  # without Redis each process has its own cache: use a timer
-    now = time.monotonic()
-    with _lock:
-        hit = _local.get(tenant_id)
-    if shared and hit is not None and now - hit[3] < settings.COSTMON_SHARED_RECHECK_MS / 1000:
-        return hit[2]  # checked against the shared versions a moment ago
-    version = cache_get_many([version_key(tenant_id), version_key(None)]) if shared else None
-    if (
-        hit is not None
-        and hit[1] == version
-        and (hit[0] > now or (shared and version != (None, None)))
-    ):
-        with _lock:
-            _local[tenant_id] = (hit[0], version, hit[2], now)
-        return hit[2]
-    try:
-        config = load(tenant_id)
-    except (OperationalError, InterfaceError):
-        if hit is None:
-            raise
-        # PostgreSQL is away: the copy this process has is better than no answer (checks
-        # then decide by each budget's fail mode).
-        return hit[2]
-    if shared and version is not None and None in version:
-        # First load since Redis started: stamp versions so the next reads can trust the
-        # local copy instead of a timer.
-        for tid in (tenant_id, None):
-            cache_add(version_key(tid), uuid.uuid4().hex)
-        version = cache_get_many([version_key(tenant_id), version_key(None)])
-    with _lock:
-        _local[tenant_id] = (now + _TTL_WITHOUT_VERSION, version, config, now)
-    return config
+    """The tenant's configuration; no SQL unless it changed (or Redis is away). While
+    PostgreSQL is away the copy this process has is better than no answer (checks then decide
+    by each budget's fail mode)."""
+    return _configs.get(tenant_id)
+
+
+_configs: VersionedCache[int, TenantConfig] = VersionedCache(
+    version_keys=lambda tenant_id: (version_key(tenant_id), version_key(None)),
+    load=load,
+    ttl=lambda: _TTL_WITHOUT_VERSION,
+    keep_on=(OperationalError, InterfaceError),
+)

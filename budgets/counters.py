@@ -34,10 +34,11 @@ from budgets import config as tenant_config
 from budgets import redis as bredis
 from budgets.periods import buckets_of_day, day_bucket
 from costmon.core.models import Tenant
+from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
 from usage.models import ModelHourlyRollup, UsageEvent
 from usage.pricing import candidate_names
-from usage.selectors import rollups_of, tenant_zone
+from usage.selectors import rollups_of
 
 log = structlog.get_logger(__name__)
 

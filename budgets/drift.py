@@ -23,8 +23,9 @@ from budgets import counters
 from budgets import redis as bredis
 from budgets.periods import buckets_of_day
 from costmon.core.models import Tenant
+from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
-from usage.selectors import rollups_of, tenant_zone
+from usage.selectors import rollups_of
 
 log = structlog.get_logger(__name__)
 

@@ -12,11 +12,10 @@ from budgets import config as tenant_config
 from budgets import counters
 from budgets import redis as bredis
 from budgets.models import Budget, EmergencyStop
-from budgets.periods import elapsed_fraction
 from budgets.services import BudgetState, budget_window, spent_from_database
 from costmon.core.models import Tenant
+from costmon.core.periods import project, tenant_zone
 from usage.models import Dimension, HourlyRollup
-from usage.selectors import tenant_zone
 
 
 @dataclass
@@ -54,8 +53,9 @@ def budget_views(
     for budget, state in zip(budgets, states, strict=True):
         projected = None
         if state.spec.period != "rolling":
-            fraction = elapsed_fraction(state.window, now)
-            projected = int(state.spent / fraction) if fraction > 0 else state.spent
+            projected = project(
+                state.spent, start=state.window.start, end=state.window.end, now=now
+            )
         views.append(
             BudgetView(budget=budget, state=state, projected_nanos=projected, source=source)
         )

@@ -25,10 +25,11 @@ from budgets.periods import budget_window as budget_window  # alerts and selecto
 from costmon.core.exceptions import DomainError
 from costmon.core.models import ApiKey, Tenant
 from costmon.core.money import format_money
+from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
 from usage.models import Dimension, ModelHourlyRollup, UsageEvent
 from usage.pricing import candidate_names
-from usage.selectors import named, rollups_of, tenant_zone, with_tag
+from usage.selectors import named, rollups_of, with_tag
 
 log = structlog.get_logger(__name__)
 

@@ -28,8 +28,8 @@ from budgets import counters, reservations
 from budgets import redis as bredis
 from budgets.periods import buckets_of_day
 from costmon.core.models import Tenant
+from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
-from usage.selectors import tenant_zone
 
 log = structlog.get_logger(__name__)
 

@@ -83,12 +83,12 @@ def _clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None
 
     from budgets import config as budgets_config
     from budgets import redis as budgets_redis
-    from costmon.core import authentication
+    from costmon.core import keys
     from usage import services as usage_services
 
     cache.clear()  # also empties the Redis database the counters live in
     catalog.clear_local()
-    authentication.clear_local()
+    keys.clear_local()
     usage_services.forget_known_dimensions()
     budgets_config.clear_local()
     budgets_redis.reset_breaker()

@@ -20,6 +20,7 @@ from costmon.core.admin import TenantAdmin as CoreTenantAdmin
 from costmon.core.admin import TenantOwnedAdmin, plural
 from costmon.core.models import Tenant
 from costmon.core.money import format_usd
+from costmon.core.periods import tenant_zone
 from usage.catalog import bump_version
 from usage.models import (
     CatalogAlias,
@@ -32,7 +33,7 @@ from usage.models import (
     UsageEvent,
 )
 from usage.prices import PRICE_FIELDS, price_hold_decide
-from usage.selectors import name_resolutions, tenant_zone
+from usage.selectors import name_resolutions
 from usage.services import usage_events_delete, usage_reprice
 
 

@@ -21,6 +21,7 @@ from costmon.core.inputs import DeferredJsonParser, load_json, may_hold_refused
 from costmon.core.models import ApiKey
 from costmon.core.money import format_usd
 from costmon.core.openapi import ERRORS, Error
+from costmon.core.periods import TimeRange, custom_range, period_range
 from costmon.core.scoping import TenantAPIView
 from costmon.core.tenancy import tenant_context
 from usage.explanations import cost_explanation, explanation_json
@@ -36,11 +37,8 @@ from usage.openapi import (
 from usage.selectors import (
     FILTER_FIELDS,
     Metrics,
-    TimeRange,
     UsageFilters,
-    custom_range,
     iter_usage_events,
-    period_range,
     usage_event_page,
     usage_events,
     usage_metrics,

@@ -7,37 +7,25 @@ compares on its next batch (one cache GET), so a price edit applies everywhere a
 
 from __future__ import annotations
 
-import time
-import uuid
 from decimal import Decimal
-from threading import Lock
 
 from django.conf import settings
 
-from costmon.core.cache import cache_add, cache_get, cache_set
+from costmon.core.cache import VersionedCache
 from costmon.core.tenancy import unscoped
 from usage.models import CatalogAlias, ModelAlias, ModelPrice, PriceChangeHold, PriceSync
 from usage.pricing import Alias, Catalog, Price, Rates
 
 VERSION_KEY = "costmon:catalog-version"
-_lock = Lock()
-# tenant -> (expires, shared version, catalog, when the version was last checked)
-_local: dict[int, tuple[float, object, Catalog, float]] = {}
-
-
-def _version() -> object:
-    return cache_get(VERSION_KEY)  # without the cache the TTL alone bounds staleness
 
 
 def bump_version() -> None:
     """Tell every process that prices or aliases changed."""
-    cache_set(VERSION_KEY, uuid.uuid4().hex, None)
-    clear_local()
+    _catalogs.bump(VERSION_KEY)
 
 
 def clear_local() -> None:
-    with _lock:
-        _local.clear()
+    _catalogs.forget()
 
 
 def _rates(row: ModelPrice, long: bool = False) -> Rates:
@@ -115,21 +103,12 @@ def load_catalog(tenant_id: int) -> Catalog:
 def catalog_for(tenant_id: int) -> Catalog:
     """The tenant's catalog. With Redis, reloaded only when a price write bumped the shared
     version (so pricing does no SQL); without it, every COSTMON_CATALOG_TTL_SECONDS."""
-    shared = bool(settings.REDIS_URL)
-    now = time.monotonic()
-    with _lock:
-        hit = _local.get(tenant_id)
-    if shared and hit is not None and now - hit[3] < settings.COSTMON_SHARED_RECHECK_MS / 1000:
-        return hit[2]  # checked against the shared version a moment ago
-    version = _version()
-    if shared and version is None:
-        cache_add(VERSION_KEY, uuid.uuid4().hex)  # first use since Redis started
-        version = _version()
-    if hit is not None and hit[1] == version and (hit[0] > now or (shared and version is not None)):
-        with _lock:
-            _local[tenant_id] = (hit[0], version, hit[2], now)
-        return hit[2]
-    catalog = load_catalog(tenant_id)
-    with _lock:
-        _local[tenant_id] = (now + settings.COSTMON_CATALOG_TTL_SECONDS, version, catalog, now)
-    return catalog
+    return _catalogs.get(tenant_id)
+
+
+# One shared version for every tenant's catalog: most rows are the global list.
+_catalogs: VersionedCache[int, Catalog] = VersionedCache(
+    version_keys=lambda tenant_id: (VERSION_KEY,),
+    load=load_catalog,
+    ttl=lambda: settings.COSTMON_CATALOG_TTL_SECONDS,
+)

@@ -15,9 +15,10 @@ from django.utils import timezone
 
 from costmon.core.models import Tenant
 from costmon.core.money import format_money, format_usd
+from costmon.core.periods import TimeRange
 from costmon.core.tenancy import tenant_context
 from usage.api import totals_json
-from usage.selectors import TimeRange, usage_metrics
+from usage.selectors import usage_metrics
 
 FORMATS = ("table", "csv", "json")
 TOP_END_USERS = 10

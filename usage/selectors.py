@@ -4,7 +4,6 @@ for the two dimensions rollups do not carry (session and tag), which read the ev
 from __future__ import annotations
 
 import base64
-import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -13,11 +12,15 @@ from typing import Any
 from django.db.models import Count, F, Func, Q, QuerySet, Sum, TextField, Value
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
 
 from costmon.core.exceptions import DomainError
-from costmon.core.inputs import impossible_date_reason
 from costmon.core.models import Tenant
+from costmon.core.periods import (
+    EARLIEST,
+    LATEST,
+    TimeRange,
+    tenant_zone,
+)
 from usage.models import (
     CostSource,
     Dimension,
@@ -40,19 +43,6 @@ _KINDS = {
 }
 EVENT_DIMENSIONS = ("session_id",)
 FILTER_FIELDS = ("provider", "model", "operation", "end_user")
-PERIODS = ("day", "week", "month")
-# Ranges are read between these: no event can be older (ingest refuses them), and dates near
-# year 9999 cannot have a day added.
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-LATEST = datetime(2100, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class TimeRange:
-    start: datetime
-    end: datetime  # exclusive
-    period: str  # day, week, month or custom
-    tz: zoneinfo.ZoneInfo
 
 
 @dataclass(frozen=True)
@@ -75,88 +65,6 @@ class Metrics:
     series: list[dict[str, Any]] = field(default_factory=list)
     group_by: str | None = None
     interval: str = "day"
-
-
-def tenant_zone(tenant: Tenant) -> zoneinfo.ZoneInfo:
-    try:
-        return zoneinfo.ZoneInfo(tenant.timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return zoneinfo.ZoneInfo("UTC")
-
-
-def period_range(*, tenant: Tenant, period: str, now: datetime | None = None) -> TimeRange:
-    """The current calendar day, week (from Monday) or month in the tenant's time zone."""
-    tz = tenant_zone(tenant)
-    local = (now or timezone.now()).astimezone(tz)
-    today = datetime.combine(local.date(), time(), tzinfo=tz)
-    if period == "day":
-        start, end = today, _add_days(today, 1, tz)
-    elif period == "week":
-        start = _add_days(today, -local.weekday(), tz)
-        end = _add_days(start, 7, tz)
-    elif period == "month":
-        start = today.replace(day=1)
-        end = (
-            start.replace(year=start.year + 1, month=1)
-            if start.month == 12
-            else start.replace(month=start.month + 1)
-        )
-    else:
-        raise DomainError(
-            f"Unknown period {period!r}; use day, week or month (or start and end).", field="period"
-        )
-    return TimeRange(start.astimezone(UTC), end.astimezone(UTC), period, tz)
-
-
-def _add_days(moment: datetime, days: int, tz: zoneinfo.ZoneInfo) -> datetime:
-    # Wall-clock arithmetic, so a day is a calendar day across daylight-saving changes.
-    return datetime.combine(moment.date() + timedelta(days=days), time(), tzinfo=tz)
-
-
-def is_date_only(value: str) -> bool:
-    return len(value.strip()) == 10 and parse_date(value.strip()) is not None
-
-
-def parse_moment(value: str, *, tz: zoneinfo.ZoneInfo, name: str) -> datetime:
-    """A date (midnight in the tenant's zone) or an ISO 8601 date-time (naive: tenant's zone)."""
-    value = value.strip()
-    problem = ""
-    try:
-        parsed = (
-            datetime.combine(parse_date(value), time(), tzinfo=tz)  # type: ignore[arg-type]
-            if is_date_only(value)
-            else parse_datetime(value)
-        )
-    except ValueError as exc:  # well-formed but impossible: 2026-02-30, second 60, +25:00
-        parsed, problem = None, f" ({value} is not one: {impossible_date_reason(exc)})"
-    if parsed is None:
-        raise DomainError(
-            f"{name} must be a date (2026-11-01) or an ISO 8601 date-time{problem}.", field=name
-        )
-    if not EARLIEST.year <= parsed.year < LATEST.year:
-        raise DomainError(
-            f"{name} must be between {EARLIEST:%Y-%m-%d} and {LATEST.year - 1}-12-31.", field=name
-        )
-    if timezone.is_naive(parsed):
-        parsed = parsed.replace(tzinfo=tz)
-    return parsed.astimezone(UTC)
-
-
-def custom_range(*, tenant: Tenant, start: str, end: str | None) -> TimeRange:
-    tz = tenant_zone(tenant)
-    start_at = parse_moment(start, tz=tz, name="start")
-    if end:
-        end_at = parse_moment(end, tz=tz, name="end")
-        if is_date_only(end):
-            # A date as end includes that whole (local) day.
-            end_at = _add_days(end_at.astimezone(tz), 1, tz).astimezone(UTC)
-    else:
-        end_at = timezone.now()
-    if end_at <= start_at:
-        raise DomainError("end must be after start.", field="end")
-    if end_at - start_at > timedelta(days=800):
-        raise DomainError("A range may span at most 800 days.", field="end")
-    return TimeRange(start_at, end_at, "custom", tz)
 
 
 def rollups_of(tenant: Tenant | int, *, by_end_user: bool = False) -> QuerySet[Any]:

@@ -1,4 +1,5 @@
-"""The shared cache (Redis in production) as an accelerator that may be away.
+"""The shared cache (Redis in production) as an accelerator that may be away, and the one
+per-process cache checked against versions kept there (`VersionedCache`).
 
 Callers use these when the cache only speeds things up: a Redis outage must not fail a
 request that PostgreSQL can still answer. Failures are logged, never raised.
@@ -6,12 +7,20 @@ request that PostgreSQL can still answer. Failures are logged, never raised.
 
 from __future__ import annotations
 
-from typing import Any
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from threading import Lock
+from typing import Any, Generic, TypeVar
 
 import structlog
+from django.conf import settings
 from django.core.cache import cache
 
 log = structlog.get_logger(__name__)
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def cache_get(key: str) -> Any:
@@ -53,3 +62,93 @@ def cache_add(key: str, value: Any) -> None:
         cache.add(key, value, None)
     except Exception as exc:  # noqa: BLE001
         log.warning("cache_unavailable", op="add", error=str(exc))
+
+
+@dataclass
+class _Entry(Generic[V]):
+    value: V
+    versions: tuple[Any, ...] | None  # the shared versions it was loaded under
+    expires: float  # without the shared cache: when to load again
+    checked: float  # when the shared versions were last compared
+
+
+class VersionedCache(Generic[K, V]):
+    """Values kept per process (a tenant's prices, its budget settings, an API key's principal)
+    that a write anywhere can invalidate at once.
+
+    Each value is loaded under the current versions of its `version_keys` in the shared cache
+    (Redis); a write calls `bump`, which stamps new versions. A process trusts its copy for
+    COSTMON_SHARED_RECHECK_MS, then compares versions in one round trip and loads again only
+    if they moved. Without a shared cache (the embedded default) a copy lives `ttl()` seconds.
+    Versions missing from the shared cache (first use, or Redis restarted empty) are stamped,
+    so every process agrees from then on. If loading fails with an error in `keep_on`, the
+    process keeps answering with the copy it has (a database outage), if it has one.
+    """
+
+    def __init__(
+        self,
+        *,
+        version_keys: Callable[[K], Sequence[str]],
+        load: Callable[[K], V],
+        ttl: Callable[[], float],
+        keep_on: tuple[type[BaseException], ...] = (),
+        max_entries: int = 100_000,
+    ) -> None:
+        self._version_keys = version_keys
+        self._load = load
+        self._ttl = ttl
+        self._keep_on = keep_on
+        self._max_entries = max_entries
+        self._lock = Lock()
+        self._local: dict[K, _Entry[V]] = {}
+
+    def get(self, key: K) -> V:
+        shared = bool(settings.REDIS_URL)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._local.get(key)
+        if (
+            shared
+            and hit is not None
+            and now - hit.checked < settings.COSTMON_SHARED_RECHECK_MS / 1000
+        ):
+            return hit.value  # compared with the shared versions a moment ago
+        keys = list(self._version_keys(key))
+        versions = cache_get_many(keys) if shared else None
+        if versions is not None and None in versions:
+            for name, version in zip(keys, versions, strict=True):
+                if version is None:
+                    cache_add(name, uuid.uuid4().hex)
+            versions = cache_get_many(keys)
+        if (
+            hit is not None
+            and hit.versions == versions
+            and (hit.expires > now or versions is not None)
+        ):
+            hit.checked = now
+            return hit.value
+        try:
+            value = self._load(key)
+        except self._keep_on:
+            if hit is None:
+                raise
+            return hit.value
+        with self._lock:
+            if len(self._local) >= self._max_entries:
+                self._local.clear()
+            self._local[key] = _Entry(value, versions, now + self._ttl(), now)
+        return value
+
+    def bump(self, *version_keys: str) -> None:
+        """After a write: new versions for these shared keys, and this process forgets its
+        copies at once (other processes reload within COSTMON_SHARED_RECHECK_MS)."""
+        for name in version_keys:
+            cache_set(name, uuid.uuid4().hex, None)
+        self.forget()
+
+    def forget(self, key: K | None = None) -> None:
+        with self._lock:
+            if key is None:
+                self._local.clear()
+            else:
+                self._local.pop(key, None)

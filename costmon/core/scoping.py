@@ -16,8 +16,9 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from costmon.core import tenancy
-from costmon.core.authentication import KeyPrincipal, bearer_secret, principal_for_secret
+from costmon.core.authentication import bearer_secret
 from costmon.core.exceptions import DomainError
+from costmon.core.keys import KeyPrincipal, principal_for_secret
 from costmon.core.models import ApiKey, Membership, Tenant
 
 # What each membership role may do through the API.

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from costmon.core.cache import cache_delete
+from costmon.core.keys import hash_secret, principal_forget
 from costmon.core.models import ApiKey, Membership, Tenant, slug_validator
 from costmon.core.tenancy import unscoped
 
@@ -24,16 +22,6 @@ _PREFIX_CHARS = 8
 class IssuedKey:
     api_key: ApiKey
     secret: str  # shown once, never stored
-
-
-def hash_secret(secret: str) -> str:
-    # Keys are 256 random bits, so a fast hash is enough (as for GitHub tokens): no dictionary
-    # attack can work, and authentication stays fast.
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def auth_cache_key(secret_hash: str) -> str:
-    return f"costmon:apikey:{secret_hash}"
 
 
 def tenant_create(*, slug: str, name: str = "", timezone_name: str = "UTC") -> Tenant:
@@ -97,19 +85,7 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
             revoked_at=timezone.now()
         )
         api_key.refresh_from_db()
-    # Authentication caches keys briefly; a revoked key must stop working at once here, and in
-    # other processes once they recheck the shared cache (COSTMON_SHARED_RECHECK_MS).
-    from costmon.core import authentication
-
-    cache_delete(auth_cache_key(api_key.secret_hash))
-    authentication.forget(api_key.secret_hash)
+    # Authentication keeps keys per process; a revoked key must stop working at once here, and
+    # in other processes once they recheck the shared cache (COSTMON_SHARED_RECHECK_MS).
+    principal_forget(api_key.secret_hash)
     return api_key
-
-
-def api_key_touch(*, api_key_id: int) -> None:
-    """Record use at most once a minute per key: one conditional UPDATE, no read."""
-    now = timezone.now()
-    with unscoped():
-        ApiKey.objects.unscoped().filter(pk=api_key_id).exclude(
-            last_used_at__gt=now - timedelta(minutes=1)
-        ).update(last_used_at=now)

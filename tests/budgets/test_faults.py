@@ -53,7 +53,7 @@ from budgets import redis as bredis
 from budgets.models import CounterUpdate
 from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context, unscoped
-from usage.selectors import tenant_zone
+from costmon.core.periods import tenant_zone
 
 r = bredis.client()
 out = {"tenants": {}}

@@ -11,8 +11,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
+from costmon.core.keys import hash_secret
 from costmon.core.models import ApiKey
-from costmon.core.services import api_key_create, hash_secret
+from costmon.core.services import api_key_create
 from tests.factories import UserFactory
 from tests.helpers import event, post_usage
 from usage import catalog

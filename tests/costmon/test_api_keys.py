@@ -10,10 +10,10 @@ from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from costmon.core.authentication import KeyPrincipal, principal_for_secret
 from costmon.core.cache import cache_delete
+from costmon.core.keys import KeyPrincipal, auth_cache_key, hash_secret, principal_for_secret
 from costmon.core.models import ApiKey, Tenant
-from costmon.core.services import api_key_create, api_key_revoke, auth_cache_key, hash_secret
+from costmon.core.services import api_key_create, api_key_revoke
 from tests.helpers import event, post_usage, requires_redis
 
 pytestmark = pytest.mark.django_db

@@ -17,12 +17,13 @@ from alerts.models import Alert, AlertRule
 from budgets.models import Budget
 from budgets.services import budget_create, emergency_stop_trip
 from costmon.core.models import Membership, Tenant
+from costmon.core.periods import custom_range
 from costmon.core.services import membership_add, tenant_create
 from costmon.web.dashboard import charts
 from costmon.web.dashboard.pages import spend_heatmap
 from tests.factories import UserFactory
 from tests.helpers import event, post_usage
-from usage.selectors import UsageFilters, custom_range
+from usage.selectors import UsageFilters
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 

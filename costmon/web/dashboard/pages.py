@@ -19,11 +19,11 @@ from budgets.selectors import BudgetView, budget_views
 from budgets.services import emergency_stop_active
 from costmon.core.models import Tenant
 from costmon.core.money import usd_to_nanos
+from costmon.core.periods import TimeRange, period_range, project, tenant_zone
 from usage.models import Dimension, UsageEvent
 from usage.pricing import candidate_names
 from usage.selectors import (
     ROLLUP_DIMENSIONS,
-    TimeRange,
     UsageFilters,
     _bucket_starts,
     _event_sums,
@@ -31,10 +31,8 @@ from usage.selectors import (
     _filtered_rollups,
     _rollup_sums,
     named,
-    period_range,
     ranked_by_dimension,
     rollups_of,
-    tenant_zone,
     with_tag,
 )
 
@@ -95,15 +93,6 @@ class Cards:
         return (Decimal(self.cache_hits) * 100 / self.calls).quantize(Decimal("0.1"))
 
 
-def projected_month_end(*, spent_nanos: int, month: TimeRange, now: datetime) -> int:
-    """Month-to-date spend carried on at the same pace to the month's end (integer arithmetic)."""
-    step = timedelta(microseconds=1)
-    elapsed = (min(max(now, month.start), month.end) - month.start) // step
-    if elapsed <= 0:
-        return spent_nanos
-    return spent_nanos * ((month.end - month.start) // step) // elapsed
-
-
 def monthly_tenant_budget(*, tenant: Tenant) -> Budget | None:
     """The strictest active monthly budget on the whole tenant."""
     return (
@@ -129,7 +118,7 @@ def dashboard_cards(
     month = period_range(tenant=tenant, period="month", now=now)
     today_nanos = usage_totals(tenant=tenant, time_range=day, filters=filters)["cost_nanos"]
     month_nanos = usage_totals(tenant=tenant, time_range=month, filters=filters)["cost_nanos"]
-    projected = projected_month_end(spent_nanos=month_nanos, month=month, now=now)
+    projected = project(month_nanos, start=month.start, end=month.end, now=now)
     period = usage_totals(tenant=tenant, time_range=time_range, filters=filters)
     budget = monthly_tenant_budget(tenant=tenant) if filters.is_empty() else None
     limit = usd_to_nanos(budget.limit_usd) if budget is not None else None

@@ -8,8 +8,8 @@ view can be shared; a bad value is shown on the page and the default used instea
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +22,7 @@ from django.utils import timezone
 from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
 from costmon.core.money import format_money
+from costmon.core.periods import TimeRange, custom_range, recent_range, tenant_zone
 from costmon.core.scoping import tenants_for_user
 from costmon.core.tenancy import tenant_context
 from costmon.web.dashboard import charts
@@ -44,13 +45,7 @@ from usage.links import (
     tenant_url,
 )
 from usage.recommendations import recommendations
-from usage.selectors import (
-    TimeRange,
-    UsageFilters,
-    custom_range,
-    period_range,
-    tenant_zone,
-)
+from usage.selectors import UsageFilters
 
 PERIODS = {
     "today": "Today",
@@ -113,22 +108,6 @@ class PageQuery:
         return PERIODS[self.period]
 
 
-def _relative_range(tenant: Tenant, period: str, now: datetime) -> TimeRange:
-    tz = tenant_zone(tenant)
-    if period == "today":
-        return replace(period_range(tenant=tenant, period="day", now=now), period=period)
-    if period == "month":
-        return period_range(tenant=tenant, period="month", now=now)
-    if period == "48h":
-        end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-        return TimeRange(end - timedelta(hours=48), end, period, tz)
-    days = 7 if period == "7d" else 30
-    today = now.astimezone(tz).date()
-    first = today - timedelta(days=days - 1)
-    span = custom_range(tenant=tenant, start=first.isoformat(), end=today.isoformat())
-    return replace(span, period=period)
-
-
 def parse_query(
     request: HttpRequest, tenant: Tenant, *, fixed: dict[str, str] | None = None
 ) -> PageQuery:
@@ -152,7 +131,7 @@ def parse_query(
             errors.append(f"{exc.message} Showing {PERIODS[DEFAULT_PERIOD].lower()}.")
             period = DEFAULT_PERIOD
     if time_range is None:
-        time_range = _relative_range(tenant, period, now)
+        time_range = recent_range(tenant=tenant, period=period, now=now)
 
     values: dict[str, Any] = {}
     for name in TEXT_FILTERS:

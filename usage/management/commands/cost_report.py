@@ -7,6 +7,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
+from costmon.core.periods import CALENDAR_PERIODS as PERIODS
+from costmon.core.periods import custom_range, period_range
 from usage.reports import (
     FORMATS,
     build_report,
@@ -14,7 +16,6 @@ from usage.reports import (
     render_table,
     write_csv,
 )
-from usage.selectors import PERIODS, custom_range, period_range
 
 
 class Command(BaseCommand):

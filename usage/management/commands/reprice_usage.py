@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
-from usage.selectors import parse_moment, tenant_zone
+from costmon.core.periods import parse_moment, tenant_zone
 from usage.services import usage_reprice, usage_reprice_unpriced
 
 

@@ -16,13 +16,13 @@ from django.utils import timezone
 from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
 from costmon.core.money import format_usd
+from costmon.core.periods import tenant_zone
 from costmon.core.services import tenant_create
 from costmon.core.tenancy import tenant_context, unscoped
 from usage.bulk import BulkReport, usage_bulk_load
 from usage.demo import demo_events
 from usage.models import HourlyRollup, ModelPrice, UsageEvent
 from usage.prices import prices_sync, read_price_file
-from usage.selectors import tenant_zone
 from usage.services import usage_tenant_reset
 
 PRICE_FILE = Path(__file__).resolve().parents[2] / "data" / "prices.json"

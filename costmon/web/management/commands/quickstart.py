@@ -35,8 +35,9 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.db.models import Sum
 
+from costmon.core.keys import hash_secret
 from costmon.core.models import ApiKey, Membership, Tenant
-from costmon.core.services import api_key_create, hash_secret, membership_add
+from costmon.core.services import api_key_create, membership_add
 from costmon.core.tenancy import unscoped
 from costmon.web.management.launcher import ChildExited, ProcessGroup, StopRequested
 from usage.models import ModelPrice, UsageEvent
