@@ -33,7 +33,7 @@ from alerts.services import (
     channel_validate,
     rule_validate_fields,
 )
-from costmon.core.admin import TenantOwnedAdmin, plural
+from costmon.core.admin import ReadOnlyAdminMixin, TenantOwnedAdmin, plural
 from costmon.core.exceptions import DomainError
 from costmon.core.money import format_money, usd_to_nanos
 
@@ -452,7 +452,7 @@ class RuleKindFilter(admin.SimpleListFilter):
         return queryset
 
 
-class NotificationInline(admin.TabularInline):
+class NotificationInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Notification
     fk_name = "alert"
     fields = (
@@ -478,19 +478,11 @@ class NotificationInline(admin.TabularInline):
     def duration(self, obj: Notification) -> str:
         return duration_text(obj)
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(Alert)
-class AlertAdmin(TenantOwnedAdmin):
-    """Read-only: alerts are raised and resolved by the evaluators; staff only acknowledge."""
+class AlertAdmin(ReadOnlyAdminMixin, TenantOwnedAdmin):
+    """Read-only: alerts are raised and resolved by the evaluators; staff only acknowledge. Never
+    deleted: an alert is the dedup record, and without it the same condition would notify again."""
 
     list_display = (
         "title",
@@ -537,16 +529,6 @@ class AlertAdmin(TenantOwnedAdmin):
     def acknowledged(self, obj: Alert) -> bool:
         return obj.acknowledged_at is not None
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # An alert is the dedup record: deleted, the same condition would notify again.
-        return False
-
     def has_acknowledge_permission(self, request: HttpRequest) -> bool:
         return has_change_perm(request, self)
 
@@ -565,7 +547,7 @@ class AlertAdmin(TenantOwnedAdmin):
 
 
 @admin.register(Notification)
-class NotificationAdmin(TenantOwnedAdmin):
+class NotificationAdmin(ReadOnlyAdminMixin, TenantOwnedAdmin):
     """Every delivery attempt's outcome: written by the delivery service only."""
 
     list_display = (
@@ -605,12 +587,3 @@ class NotificationAdmin(TenantOwnedAdmin):
     @admin.display(description="duration", ordering="duration_ms")
     def duration(self, obj: Notification) -> str:
         return duration_text(obj)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

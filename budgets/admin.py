@@ -42,7 +42,7 @@ from budgets.services import (
     emergency_stop_lift,
     emergency_stop_trip,
 )
-from costmon.core.admin import TenantOwnedAdmin, plural
+from costmon.core.admin import ReadOnlyAdminMixin, TenantOwnedAdmin, plural
 from costmon.core.models import ApiKey
 from costmon.core.money import format_money, usd_to_nanos
 
@@ -379,9 +379,11 @@ class EmergencyStopTripForm(forms.ModelForm):
 
 
 @admin.register(EmergencyStop)
-class EmergencyStopAdmin(TenantOwnedAdmin):
+class EmergencyStopAdmin(ReadOnlyAdminMixin, TenantOwnedAdmin):
     """The history of stops. Rows change only through the services: the add form trips a stop
     and the action lifts one, so Redis (where checks look) always follows."""
+
+    allow_add = True  # the add form trips a stop; the history is never edited
 
     form = EmergencyStopTripForm
     list_display = (
@@ -452,13 +454,6 @@ class EmergencyStopAdmin(TenantOwnedAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: EmergencyStop | None = None) -> Any:
         return () if obj is None else self._view_fields
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # The history is the record of who stopped spending and when.
-        return False
 
     def has_lift_permission(self, request: HttpRequest) -> bool:
         opts = self.opts
@@ -541,25 +536,16 @@ class EmergencyStopAdmin(TenantOwnedAdmin):
 
 
 @admin.register(CounterState)
-class CounterStateAdmin(TenantOwnedAdmin):
+class CounterStateAdmin(ReadOnlyAdminMixin, TenantOwnedAdmin):
     """Tenants whose Redis counters missed an update; the next reconcile rebuilds them."""
 
     list_display = ("tenant", "stale_since")
     list_select_related = ("tenant",)
     ordering = ("stale_since",)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(CounterCorrection)
-class CounterCorrectionAdmin(TenantOwnedAdmin):
+class CounterCorrectionAdmin(ReadOnlyAdminMixin, TenantOwnedAdmin):
     """Drift found in counters checks were trusting, corrected from PostgreSQL (Prometheus:
     costmon_counter_drift_corrected_usd_total)."""
 
@@ -571,12 +557,3 @@ class CounterCorrectionAdmin(TenantOwnedAdmin):
     @admin.display(description="drift", ordering="drift_nanos")
     def drift(self, obj: CounterCorrection) -> str:
         return format_money(obj.drift_nanos)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

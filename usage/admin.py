@@ -16,8 +16,8 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html, format_html_join
 
+from costmon.core.admin import ReadOnlyAdminMixin, TenantOwnedAdmin, plural
 from costmon.core.admin import TenantAdmin as CoreTenantAdmin
-from costmon.core.admin import TenantOwnedAdmin, plural
 from costmon.core.models import Tenant
 from costmon.core.money import format_usd
 from costmon.core.periods import tenant_zone
@@ -398,24 +398,23 @@ class CatalogAliasAdmin(admin.ModelAdmin):
         bump_catalog_after_commit()
 
 
-class PriceChangeHoldInline(admin.TabularInline):
+class PriceChangeHoldInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = PriceChangeHold
     fields = ("tenant", "status", "decided_by", "decided_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     def get_queryset(self, request: HttpRequest) -> QuerySet[PriceChangeHold]:
         return PriceChangeHold.objects.unscoped().select_related("tenant")
 
 
 @admin.register(PriceSync)
-class PriceSyncAdmin(admin.ModelAdmin):
+class PriceSyncAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """The change record of every catalog load: what was added and changed (old and new
     prices), and the tenants that wait to approve the changes."""
+
+    allow_delete = True
 
     list_display = (
         "started_at",
@@ -448,12 +447,6 @@ class PriceSyncAdmin(admin.ModelAdmin):
     )
     readonly_fields = fields
     ordering = ("-started_at",)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="tenant")
     def owner(self, obj: PriceSync) -> str:
@@ -506,8 +499,10 @@ def _rates_text(rates: dict[str, str | None] | None) -> str:
 
 
 @admin.register(PriceChangeHold)
-class PriceChangeHoldAdmin(TenantOwnedAdmin):
+class PriceChangeHoldAdmin(ReadOnlyAdminMixin, TenantOwnedAdmin):
     """Changed catalog prices waiting for approval by tenants that review changes first."""
+
+    allow_change = True  # approve and reject
 
     list_display = ("tenant", "sync", "status", "decided_by", "decided_at", "created_at")
     list_filter = ("status", "tenant")
@@ -515,9 +510,6 @@ class PriceChangeHoldAdmin(TenantOwnedAdmin):
     actions = ("approve", "reject")
     fields = ("tenant", "sync", "status", "decided_by", "decided_at", "created_at")
     readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
     @admin.action(
         description="Approve: charge these tenants the new prices", permissions=["change"]
@@ -548,7 +540,7 @@ class PriceChangeHoldAdmin(TenantOwnedAdmin):
 # --- usage data (read-only) -------------------------------------------------------------------
 
 
-class ReadOnlyAdmin(TenantOwnedAdmin):
+class ReadOnlyAdmin(ReadOnlyAdminMixin, TenantOwnedAdmin):
     """Rows written only by ingest, millions of them: lists show the newest rows first by
     primary key (an index scan, not a sort), and are never counted in full or faceted."""
 
@@ -556,15 +548,6 @@ class ReadOnlyAdmin(TenantOwnedAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # a count per filter choice over every row
     list_per_page = 50
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(UsageEvent)

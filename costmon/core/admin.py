@@ -36,6 +36,29 @@ class TenantOwnedAdmin(admin.ModelAdmin):
         return qs.order_by(*ordering) if ordering else qs
 
 
+class ReadOnlyAdminMixin:
+    """For rows only services write (alerts, notifications, syncs, counter records): staff
+    read them, and add, change and delete are off unless the admin turns one back on with
+    `allow_add`, `allow_change` or `allow_delete` (then the usual permissions apply)."""
+
+    allow_add = False
+    allow_change = False
+    allow_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if not self.allow_add:
+            return False
+        if isinstance(self, admin.options.InlineModelAdmin):
+            return bool(super().has_add_permission(request, obj))  # type: ignore[misc]
+        return bool(super().has_add_permission(request))  # type: ignore[misc]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.allow_change and bool(super().has_change_permission(request, obj))  # type: ignore[misc]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.allow_delete and bool(super().has_delete_permission(request, obj))  # type: ignore[misc]
+
+
 # --- tenants ----------------------------------------------------------------------------------
 
 
