@@ -474,7 +474,7 @@ def measure_ratios(bench: Any) -> dict[str, float]:
                 dims[kind], _ = Dimension.objects.get_or_create(
                     tenant=bench, kind=kind, value=value
                 )
-            cost, source = services.price_event(catalog, e)
+            cost, source, price_id = services.price_event(catalog, e)
             UsageEvent.objects.create(
                 tenant=bench,
                 event_id=e.event_id,
@@ -491,6 +491,7 @@ def measure_ratios(bench: Any) -> dict[str, float]:
                 reasoning_tokens=e.reasoning_tokens,
                 cost_nanos=cost,
                 cost_source=source,
+                price_id=price_id,
                 latency_ms=e.latency_ms,
                 is_error=e.is_error,
                 cache_hit=e.cache_hit,
@@ -511,8 +512,8 @@ def measure_ratios(bench: Any) -> dict[str, float]:
             tenant=bench, wanted=services._dimension_keys([e for b in batches[4:] for e in b])
         )
         for e in (e for b in batches[4:] for e in b):
-            cost, source = services.price_event(catalog, e)
-            row = services._event_row(bench.pk, e, dims_all, cost, source, 0)
+            cost, source, price_id = services.price_event(catalog, e)
+            row = services._event_row(bench.pk, e, dims_all, cost, source, 0, price_id)
             values = [row[c] for c in columns]
             values[columns.index("tags")] = json.dumps(row["tags"])
             rows.append(values)
