@@ -27,6 +27,7 @@ from costmon.core.scoping import tenants_for_user
 from costmon.core.tenancy import tenant_context
 from costmon.web.dashboard import charts
 from costmon.web.dashboard import pages as dashboard
+from costmon.web.dashboard.statements import end_user_statement_url, statement_url
 from costmon.web.dashboard.tables import (
     DASH,
     Table,
@@ -354,6 +355,12 @@ def _usage_page(
         form=_filter_form(q, fixed, request),
         problems=q.errors,
         clear_url=url_for(tenant),
+    )
+    # Chargeback statements: this end user's for the month, or the statement page.
+    context["statement_url"] = (
+        end_user_statement_url(tenant.slug, fixed["end_user"])
+        if kind == "end_user"
+        else statement_url(tenant.slug)
     )
     tr, flt = q.time_range, q.filters
     carry = {n: request.GET[n] for n in PERIOD_PARAMS if request.GET.get(n)}
