@@ -27,6 +27,7 @@ from costmon.core.scoping import tenants_for_user
 from costmon.core.tenancy import tenant_context
 from costmon.web.dashboard import charts
 from costmon.web.dashboard import pages as dashboard
+from costmon.web.dashboard.anomalies import hourly_band
 from costmon.web.dashboard.statements import end_user_statement_url, statement_url
 from costmon.web.dashboard.tables import (
     DASH,
@@ -413,6 +414,10 @@ def _usage_page(
             ),
         ),
     ]
+    if interval == "hour":  # the usual range of each hour of the week, and what left it
+        charts.add_anomaly_band(
+            figures[0][1], hourly_band(tenant=tenant, time_range=tr, filters=flt)
+        )
     if kind != "end_user":
         figures.append(("chart-end-users", charts.top_end_users(users[:CHART_ROWS])))
     else:
