@@ -46,7 +46,7 @@ def end_user_statement_url(slug: str, end_user: str, month: str = "") -> str:
     return statement_url(slug, f"{END_USER}={end_user}", month)
 
 
-def _tenant_or_404(request: HttpRequest, slug: str) -> tuple[Tenant, list[Tenant]]:
+def member_tenant_or_404(request: HttpRequest, slug: str) -> tuple[Tenant, list[Tenant]]:
     allowed = tenants_for_user(request.user)
     for tenant in allowed:
         if tenant.slug == slug:
@@ -93,7 +93,7 @@ def _totals(st: Statement) -> dict[str, str]:
 
 @login_required
 def statement(request: HttpRequest, slug: str) -> HttpResponse:
-    tenant, allowed = _tenant_or_404(request, slug)
+    tenant, allowed = member_tenant_or_404(request, slug)
     subject_text = request.GET.get("subject", "").strip()
     month_text = request.GET.get("month", "").strip()
     fmt = request.GET.get("format", "html") or "html"

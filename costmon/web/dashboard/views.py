@@ -27,6 +27,7 @@ from costmon.core.scoping import tenants_for_user
 from costmon.core.tenancy import tenant_context
 from costmon.web.dashboard import charts
 from costmon.web.dashboard import pages as dashboard
+from costmon.web.dashboard.alerts import open_alerts
 from costmon.web.dashboard.anomalies import hourly_band
 from costmon.web.dashboard.statements import end_user_statement_url, statement_url
 from costmon.web.dashboard.tables import (
@@ -453,6 +454,7 @@ def _usage_page(
         no_data=cards.calls == 0,
     )
     if kind == "overview":
+        context["open_alerts"] = open_alerts(request, tenant)
         # Always the last 30 days, whatever the filters: a saving is per month.
         context["recommendations"] = [
             {
