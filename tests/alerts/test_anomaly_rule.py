@@ -117,3 +117,17 @@ def test_an_anomaly_rule_needs_two_whole_weeks_of_history(acme):
     ]
     rule.trailing_days = 28
     rule_validate(rule)
+
+
+def test_the_api_creates_anomaly_rules_and_says_what_a_short_history_needs(acme, admin_client_key):
+    body = {"name": "odd hours", "kind": "anomaly", "multiplier": "2", "min_volume": "0.05"}
+    short = admin_client_key.post(
+        "/api/v1/alert-rules/", {**body, "trailing_days": 7}, format="json"
+    )
+    assert short.status_code == 400
+    assert "set trailing_days to 14 to 56" in short.content.decode()
+    made = admin_client_key.post(
+        "/api/v1/alert-rules/", {**body, "trailing_days": 28}, format="json"
+    )
+    assert made.status_code == 201, made.content
+    assert (made.json()["kind"], made.json()["trailing_days"]) == ("anomaly", 28)
