@@ -415,6 +415,11 @@ def test_an_end_users_drilldown_links_to_their_statement(usage, client):
     assert "$0.005911" in statement.content.decode()
     overview = client.get("/t/acme/").content.decode()
     assert 'href="/t/acme/statements/"' in overview
+    tagged_view = client.get("/t/acme/", {"tag": "customer:acme-corp"}).content.decode()
+    assert (
+        '<a class="statement-link" href="/t/acme/statements/?subject=customer%3Dacme-corp">'
+        "Statement for customer=acme-corp</a>"
+    ) in tagged_view
 
 
 def test_without_a_subject_the_page_explains_what_to_enter(usage, client):

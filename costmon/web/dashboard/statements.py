@@ -46,6 +46,19 @@ def end_user_statement_url(slug: str, end_user: str, month: str = "") -> str:
     return statement_url(slug, f"{END_USER}={end_user}", month)
 
 
+def statement_link(
+    slug: str, *, end_user: str | None, tag: tuple[str, str] | None
+) -> dict[str, str] | None:
+    """The link a usage page offers: an end user's statement for this month on their page, the
+    tag value's when the page is filtered by one, else the statement page itself."""
+    if end_user is not None:
+        return {"url": end_user_statement_url(slug, end_user), "label": "Statement for this month"}
+    if tag is not None and tag[0] != END_USER:
+        subject = f"{tag[0]}={tag[1]}"
+        return {"url": statement_url(slug, subject), "label": f"Statement for {shown(subject)}"}
+    return {"url": statement_url(slug), "label": "Statements"}
+
+
 def member_tenant_or_404(request: HttpRequest, slug: str) -> tuple[Tenant, list[Tenant]]:
     allowed = tenants_for_user(request.user)
     for tenant in allowed:

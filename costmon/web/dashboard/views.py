@@ -29,7 +29,7 @@ from costmon.web.dashboard import charts
 from costmon.web.dashboard import pages as dashboard
 from costmon.web.dashboard.alerts import open_alerts
 from costmon.web.dashboard.anomalies import hourly_band
-from costmon.web.dashboard.statements import end_user_statement_url, statement_url
+from costmon.web.dashboard.statements import statement_link
 from costmon.web.dashboard.tables import (
     DASH,
     Table,
@@ -358,12 +358,11 @@ def _usage_page(
         problems=q.errors,
         clear_url=url_for(tenant),
     )
-    # Chargeback statements: this end user's for the month, or the statement page.
-    context["statement_url"] = (
-        end_user_statement_url(tenant.slug, fixed["end_user"])
-        if kind == "end_user"
-        else statement_url(tenant.slug)
-    )
+    # Chargeback statements: the end user's or the tag value's, or the statement page.
+    if kind in ("overview", "end_user"):
+        context["statement_link"] = statement_link(
+            tenant.slug, end_user=fixed.get("end_user"), tag=q.filters.tag
+        )
     tr, flt = q.time_range, q.filters
     carry = {n: request.GET[n] for n in PERIOD_PARAMS if request.GET.get(n)}
 
