@@ -19,7 +19,7 @@ from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from django.db.models import Count, F, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
 from costmon.core.exceptions import DomainError
@@ -27,7 +27,7 @@ from costmon.core.models import Tenant
 from costmon.core.money import format_money, format_usd
 from costmon.core.periods import TimeRange, calendar_bounds, local_midnight, tenant_zone
 from costmon.core.tenancy import tenant_context
-from usage.models import HourlyRollup, UsageEvent
+from usage.models import CostSource, HourlyRollup, UsageEvent
 from usage.reports import align_money, table
 from usage.selectors import named, with_tag
 
@@ -40,6 +40,7 @@ CSV_COLUMNS = (
     "provider",
     "model",
     "calls",
+    "unpriced_calls",
     "input_tokens",
     "output_tokens",
     "cached_input_tokens",
@@ -117,6 +118,7 @@ class StatementLine:
     cached_input_tokens: int
     cost_nanos: int
     markup_nanos: int
+    unpriced_calls: int = 0  # calls with no price in the catalog: $0 here
 
     @property
     def total_nanos(self) -> int:
@@ -140,6 +142,18 @@ class Statement:
     def month_label(self) -> str:
         return f"{self.month:%Y-%m}"
 
+    @property
+    def unpriced_warning(self) -> str:
+        """What a reader must know when some calls had no price (they count as $0)."""
+        unpriced = self.total("unpriced_calls")
+        if not unpriced:
+            return ""
+        models = ", ".join(f"{x.provider}/{x.model}" for x in self.lines if x.unpriced_calls)
+        return (
+            f"{unpriced:,} call(s) had no price in the catalog and count as $0 ({models}): add "
+            "their prices (admin, Model prices), re-price, and issue the statement again."
+        )
+
 
 def _rows(tenant: Tenant, subject: Subject, tr: TimeRange) -> QuerySet[Any]:
     if subject.is_end_user:
@@ -157,11 +171,18 @@ def statement_for(*, tenant: Tenant, subject: Subject, month: date) -> Statement
     tr = month_range(tenant=tenant, first=month)
     with tenant_context(tenant):
         rows = _rows(tenant, subject, tr)
-        calls: Any = Sum("calls") if subject.is_end_user else Count("pk")
+        counts: dict[str, Any] = (
+            {"calls": Sum("calls"), "unpriced_calls": Sum("unpriced_calls")}
+            if subject.is_end_user
+            else {
+                "calls": Count("pk"),
+                "unpriced_calls": Count("pk", filter=Q(cost_source=CostSource.UNPRICED)),
+            }
+        )
         grouped = list(
             rows.values(provider_name=F("provider__value"), model_name=F("model__value"))
             .annotate(
-                calls=Coalesce(calls, 0),
+                **{name: Coalesce(count, 0) for name, count in counts.items()},
                 **{name: Coalesce(Sum(name), 0) for name in SUMS if name != "calls"},
             )
             .order_by("-cost_nanos", "provider_name", "model_name")
@@ -173,6 +194,7 @@ def statement_for(*, tenant: Tenant, subject: Subject, month: date) -> Statement
             model=r["model_name"],
             **{name: int(r[name]) for name in SUMS},
             markup_nanos=markup_of(int(r["cost_nanos"]), percent),
+            unpriced_calls=int(r["unpriced_calls"]),
         )
         for r in grouped
     ]
@@ -196,6 +218,7 @@ def _line_csv(st: Statement, provider: str, model: str, sums: dict[str, int]) ->
         "provider": provider,
         "model": model,
         "calls": sums["calls"],
+        "unpriced_calls": sums["unpriced_calls"],
         "input_tokens": sums["input_tokens"],
         "output_tokens": sums["output_tokens"],
         "cached_input_tokens": sums["cached_input_tokens"],
@@ -206,7 +229,7 @@ def _line_csv(st: Statement, provider: str, model: str, sums: dict[str, int]) ->
     }
 
 
-_LINE_SUMS = (*SUMS, "markup_nanos", "total_nanos")
+_LINE_SUMS = (*SUMS, "unpriced_calls", "markup_nanos", "total_nanos")
 
 
 def write_csv(statements: list[Statement], out: Any, *, line_end: str = "\r\n") -> None:
@@ -226,6 +249,7 @@ def statement_json(st: Statement) -> dict[str, Any]:
         get = source if callable(source) else lambda name: getattr(source, name)
         return {
             "calls": get("calls"),
+            "unpriced_calls": get("unpriced_calls"),
             "input_tokens": get("input_tokens"),
             "output_tokens": get("output_tokens"),
             "cached_input_tokens": get("cached_input_tokens"),
@@ -257,6 +281,8 @@ def render_text(st: Statement) -> str:
     ]
     if not st.lines:
         return "\n".join([*header, "  (no usage)"])
+    if st.unpriced_warning:
+        header[-1:] = [f"  Warning: {st.unpriced_warning}", ""]
     rows = [
         [
             f"{line.provider}/{line.model}",

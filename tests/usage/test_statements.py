@@ -235,6 +235,46 @@ def test_the_outsider_sees_only_its_own_usage_of_the_same_tag(usage, acme, outsi
     assert "openai/gpt-4o" not in [row[0] for row in line_tuples(mine)]
 
 
+def test_unpriced_calls_are_counted_and_the_statement_says_so(usage, acme, owner):
+    unpriced = tagged(
+        "acme-corp",
+        event_id="c8",
+        occurred_at="2026-11-20T10:00:00Z",
+        provider="newco",
+        model="x-1",
+        input_tokens=700,
+        output_tokens=70,
+    )
+    with tenancy.unscoped():
+        usage_record_batch(tenant=acme, events=parse_batch([unpriced]))
+    with tenancy.tenant_context(acme):
+        st = statement_for(tenant=acme, subject=ACME_CORP, month=NOVEMBER)
+    assert line_tuples(st)[-1] == ("newco/x-1", 1, 700, 70, 0, 0, 0, 0)
+    assert (st.lines[-1].unpriced_calls, st.total("unpriced_calls"), st.total("calls")) == (1, 1, 5)
+    warning = (
+        "1 call(s) had no price in the catalog and count as $0 (newco/x-1): add their prices "
+        "(admin, Model prices), re-price, and issue the statement again."
+    )
+    assert st.unpriced_warning == warning
+    assert f"Warning: {warning}" in command(
+        "--statement", "customer=acme-corp", "--month", "2026-11"
+    )
+    client = Client()
+    client.force_login(owner)
+    page = client.get(URL, {"subject": "customer=acme-corp", "month": "2026-11"})
+    assert warning in page.content.decode()
+    rows = list(
+        csv.DictReader(
+            io.StringIO(
+                client.get(
+                    URL, {"subject": "customer=acme-corp", "month": "2026-11", "format": "csv"}
+                ).content.decode()
+            )
+        )
+    )
+    assert [(r["model"], r["unpriced_calls"]) for r in rows][-2:] == [("x-1", "1"), ("", "1")]
+
+
 # --- input -----------------------------------------------------------------------------------
 
 
@@ -328,6 +368,7 @@ def test_cost_report_statement_json_for_an_end_user(usage):
     assert st["subject"] == "end_user=u1" and st["time_zone"] == "Europe/Paris"
     assert st["total"] == {
         "calls": 2,
+        "unpriced_calls": 0,
         "input_tokens": 2000,
         "output_tokens": 300,
         "cached_input_tokens": 400,

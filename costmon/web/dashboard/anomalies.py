@@ -26,7 +26,8 @@ def hourly_band(
     )
     return [
         {
-            "bucket": p.hour.astimezone(time_range.tz),
+            # The local hour the bars put it in (a UTC hour is 15:30 in Kolkata: the 15:00 bar).
+            "bucket": p.hour.astimezone(time_range.tz).replace(minute=0),
             "value": p.value,
             "lower": p.baseline.lower if p.baseline else None,
             "upper": p.baseline.upper if p.baseline else None,

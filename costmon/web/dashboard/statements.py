@@ -163,6 +163,7 @@ def statement(request: HttpRequest, slug: str) -> HttpResponse:
         markup=percent_label(st.markup_percent),
         has_markup=st.markup_percent != 0,
         lines=_lines(st),
+        unpriced_warning=st.unpriced_warning,
         totals=_totals(st),
         csv_url=f"{statement_url(tenant.slug, str(subject), month)}&format=csv",
         print_url=f"{statement_url(tenant.slug, str(subject), month)}&format=print",
