@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 
+from alerts.admin import rule_condition
 from alerts.models import Alert, AlertRule
 from alerts.rules import HOURLY_KINDS, evaluate_anomaly
 from alerts.services import alert_rules_evaluate, rule_validate
@@ -131,3 +132,10 @@ def test_the_api_creates_anomaly_rules_and_says_what_a_short_history_needs(acme,
     )
     assert made.status_code == 201, made.content
     assert (made.json()["kind"], made.json()["trailing_days"]) == ("anomaly", 28)
+
+
+def test_the_admin_describes_anomaly_and_price_rules_as_what_they_are(acme):
+    anomaly = AlertRule(tenant=acme, kind="anomaly", multiplier=Decimal("2.5"), trailing_days=28)
+    prices = AlertRule(tenant=acme, kind="price_changed")
+    assert rule_condition(anomaly) == "above the hour-of-week band (2.5x, 4 weeks)"
+    assert rule_condition(prices) == "catalog prices changed"
