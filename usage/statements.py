@@ -49,8 +49,8 @@ CSV_COLUMNS = (
     "markup_usd",
     "total_usd",
 )
-_MONTH = re.compile(r"(\d{4})-(\d{2})")
-# As ingest accepts them: tag keys of 1 to 64 characters, values up to 200.
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
+# As ingest accepts them: tag keys of 1 to 64 characters; values (end user ids) up to 255.
 MAX_TAG_KEY, MAX_VALUE = 64, 255
 
 
