@@ -39,6 +39,7 @@ from costmon.core.tenancy import tenant_context, unscoped
 from usage.models import ModelHourlyRollup, UsageEvent
 from usage.pricing import candidate_names
 from usage.selectors import rollups_of
+from usage.signals import BulkLoaded
 
 log = structlog.get_logger(__name__)
 
@@ -116,12 +117,12 @@ def event_fields(
     return fields
 
 
-# --- the ingest hook (see budgets.updates) ------------------------------------------------------
+# --- the bulk-load receiver (ingest's are in budgets.updates) -------------------------------
 
 
-def bulk_loaded(tenant: Tenant) -> None:
-    """After a bulk load: rebuild the tenant's counters from PostgreSQL in one pass."""
-    counters_reconcile(tenant=tenant, known_behind=True)
+def bulk_loaded(sender: Any, *, load: BulkLoaded, **kwargs: Any) -> None:
+    """`usage.signals.bulk_loaded`: rebuild the tenant's counters from PostgreSQL in one pass."""
+    counters_reconcile(tenant=load.tenant, known_behind=True)
 
 
 # Tenants marked stale while Redis could not be reached, and when: this process deletes their

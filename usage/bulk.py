@@ -4,7 +4,7 @@ The rows are priced and mapped to the tenant's dictionary in Python, COPYed into
 table, then moved into the events table with `ON CONFLICT DO NOTHING`, and the rollups of the
 rows that really went in are added in the same statement. So a bulk load keeps the two promises
 of the ingest API: loading the same events again adds nothing, and the rollups always equal the
-sum of the events. Spend counters are rebuilt once at the end by the `after_bulk_load_hooks`.
+sum of the events. Spend counters are rebuilt once at the end, by the receivers of `usage.signals.bulk_loaded`.
 
 On SQLite (the embedded default) the same events go through `usage_record_batch`.
 """
@@ -34,11 +34,9 @@ from usage.services import (
     price_event,
     usage_record_batch,
 )
+from usage.signals import BulkLoaded, bulk_loaded
 
 log = structlog.get_logger(__name__)
-
-# Called with the tenant once a bulk load has finished (the budgets app rebuilds its counters).
-after_bulk_load_hooks: list[Callable[[Tenant], None]] = []
 
 CHUNK = 50_000
 
@@ -79,13 +77,21 @@ def usage_bulk_load(
         report.examined += len(part)
         if progress:
             progress(len(part))
-    for hook in after_bulk_load_hooks:
-        try:
-            hook(tenant)
-        except Exception:
+    loaded = BulkLoaded(
+        tenant=tenant,
+        examined=report.examined,
+        inserted=report.inserted,
+        cost_nanos=report.cost_nanos,
+    )
+    for receiver, result in bulk_loaded.send_robust(sender=UsageEvent, load=loaded):
+        if isinstance(result, Exception):
             # The events are stored; counters rebuild on their own later (nightly, or when a
             # check finds them missing). A busy Redis must not fail a long load at its end.
-            log.exception("after_bulk_load_hook_failed", hook=getattr(hook, "__name__", repr(hook)))
+            log.error(
+                "after_bulk_load_hook_failed",
+                hook=getattr(receiver, "__name__", repr(receiver)),
+                exc_info=result,
+            )
     log.info("usage_bulk_loaded", tenant=tenant.slug, **report.__dict__)
     return report
 

@@ -34,7 +34,13 @@ from usage.models import (
 )
 from usage.pricing import Catalog, Usage, breakdown
 from usage.rollups import aggregate, hour_of, rollups_add, rollups_rebuild, with_rollups
-from usage.signals import usage_rewritten
+from usage.signals import (
+    RecordedBatch,
+    RecordedRow,
+    batch_committing,
+    batch_recorded,
+    usage_rewritten,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -194,14 +200,6 @@ _EVENT_COLUMN_TYPES = (
 )
 _EVENT_COLUMNS = tuple(c for c, _ in _EVENT_COLUMN_TYPES)
 _PG_EVENT_TYPES = tuple(t for _, t in _EVENT_COLUMN_TYPES)
-# Called with (tenant, the rows just stored) after the ingest transaction commits, while the
-# tenant's shared ingest lock is still held: the budgets app updates its spend counters here,
-# and a counter rebuild (which takes the lock exclusively) never sees a batch half-counted.
-after_record_hooks: list[Callable[[Tenant, list[dict[str, Any]]], None]] = []
-# Called with the same arguments inside the ingest transaction, just before it commits: the
-# budgets app writes the batch's counter update there, so a process that dies between the
-# commit and the hooks above leaves a record that its update is still to be applied.
-before_commit_hooks: list[Callable[[Tenant, list[dict[str, Any]]], None]] = []
 
 
 def usage_record_batch(
@@ -233,14 +231,14 @@ def usage_record_batch(
                 fresh = [r for r in rows if r["event_id"] in inserted]
                 if connection.vendor != "postgresql":  # there the insert added them
                     rollups_add(aggregate(fresh))
-                if fresh:
-                    for hook in before_commit_hooks:
-                        hook(tenant, fresh)
+                batch = _recorded_batch(tenant, fresh, priced) if fresh else None
+                if batch is not None:
+                    batch_committing.send(sender=UsageEvent, batch=batch)
         except Exception:
             forget_rls_state(connection)
             raise
-        if fresh:
-            _run_hooks(tenant, fresh)
+        if batch is not None:
+            _send_recorded(batch)
         stored = _stored_costs(
             tenant.pk, [r["event_id"] for r in rows if r["event_id"] not in inserted]
         )
@@ -261,7 +259,7 @@ def usage_record_batch(
 
 @contextlib.contextmanager
 def _ingest_lock(tenant_id: int) -> Iterator[None]:
-    """The tenant's ingest lock, shared, held across the commit and the after-commit hooks."""
+    """The tenant's ingest lock, shared, held across the commit and `batch_recorded`."""
     if connection.vendor != "postgresql":
         yield  # SQLite serialises writers already
         return
@@ -275,12 +273,42 @@ def _ingest_lock(tenant_id: int) -> Iterator[None]:
             cursor.execute("SELECT pg_advisory_unlock_shared(%s, %s)", key)
 
 
-def _run_hooks(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
-    for hook in after_record_hooks:
-        try:
-            hook(tenant, rows)
-        except Exception:
-            log.exception("after_record_hook_failed", hook=getattr(hook, "__name__", repr(hook)))
+def _recorded_batch(
+    tenant: Tenant,
+    fresh: list[dict[str, Any]],
+    priced: dict[str, tuple[EventIn, int, int, int | None]],
+) -> RecordedBatch:
+    rows = []
+    for r in fresh:
+        e = priced[r["event_id"]][0]
+        rows.append(
+            RecordedRow(
+                event_id=e.event_id,
+                occurred_at=e.occurred_at,
+                provider=e.provider,
+                model=e.model,
+                operation=e.operation,
+                end_user=e.end_user,
+                api_key_id=r["api_key_id"],
+                tags=e.tags,
+                cost_nanos=r["cost_nanos"],
+                cost_source=r["cost_source"],
+                reservation_id=e.reservation_id,
+            )
+        )
+    return RecordedBatch(
+        tenant=tenant, rows=tuple(rows), hours=frozenset(hour_of(r.occurred_at) for r in rows)
+    )
+
+
+def _send_recorded(batch: RecordedBatch) -> None:
+    for receiver, result in batch_recorded.send_robust(sender=UsageEvent, batch=batch):
+        if isinstance(result, Exception):
+            log.error(
+                "after_record_hook_failed",
+                hook=getattr(receiver, "__name__", repr(receiver)),
+                exc_info=result,
+            )
 
 
 def _dimension_keys(events: Iterable[EventIn]) -> set[tuple[int, str]]:
@@ -305,10 +333,6 @@ def _event_row(
     price_id: int | None = None,
 ) -> dict[str, Any]:
     return {
-        # Not stored: read by the after-record hooks (budgets match names, settle reservations).
-        "names": (e.provider, e.model, e.operation, e.end_user),
-        "reservation_id": e.reservation_id,
-        "api_key_id": api_key_id,
         "tenant_id": tenant_id,
         "event_id": e.event_id,
         "occurred_at": e.occurred_at,
@@ -317,6 +341,7 @@ def _event_row(
         "operation_id": dims[(Kind.OPERATION, e.operation)],
         "end_user_id": dims[(Kind.END_USER, e.end_user)],
         "session_id": dims[(Kind.SESSION, e.session_id)] if e.session_id else None,
+        "api_key_id": api_key_id,
         "tags": e.tags,
         "input_tokens": e.input_tokens,
         "output_tokens": e.output_tokens,
