@@ -22,6 +22,7 @@ from costmon.core.models import Tenant
 from costmon.core.money import format_usd
 from costmon.core.periods import tenant_zone
 from usage.catalog import bump_version
+from usage.maintenance import usage_events_delete, usage_reprice
 from usage.models import (
     CatalogAlias,
     Dimension,
@@ -34,7 +35,6 @@ from usage.models import (
 )
 from usage.prices import PRICE_FIELDS, price_hold_decide
 from usage.selectors import name_resolutions
-from usage.services import usage_events_delete, usage_reprice
 
 
 def rate(value: Decimal | None) -> str:
