@@ -30,7 +30,8 @@ from usage.models import (
     ModelHourlyRollup,
     UsageEvent,
 )
-from usage.pricing import Catalog, breakdown
+from usage.price_lookup import Catalog
+from usage.pricing import breakdown
 from usage.rollups import hour_of
 from usage.signals import usage_rewritten
 from usage.storage import rewrite_lock, rollups_add

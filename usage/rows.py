@@ -7,7 +7,8 @@ from typing import Any
 from costmon.core.money import usd_to_nanos
 from usage.ingest import EventIn
 from usage.models import CostSource, Dimension, ServiceTier
-from usage.pricing import Catalog, Usage, breakdown
+from usage.price_lookup import Catalog
+from usage.pricing import Usage, breakdown
 
 Kind = Dimension.Kind
 

@@ -424,7 +424,7 @@ class NameResolution:
     model: str
     calls: int
     unpriced_calls: int
-    rule: str  # how the name finds its price today (usage.pricing.Resolution.rule), or ""
+    rule: str  # how the name finds its price today (usage.price_lookup.Resolution.rule), or ""
     catalog_name: str
     price: Price | None
 
