@@ -23,7 +23,7 @@ from usage.dimensions import dimension_ids, dimension_keys
 from usage.ingest import EventIn
 from usage.models import ModelAlias, UsageEvent
 from usage.repricing import schedule_reprice_unpriced
-from usage.rollups import hour_of
+from usage.rollups import hours_of
 from usage.rows import Priced, event_row, price_event
 from usage.signals import (
     RecordedBatch,
@@ -116,7 +116,7 @@ def _recorded_batch(
         if e.event_id in inserted
     )
     return RecordedBatch(
-        tenant=tenant, rows=recorded, hours=frozenset(hour_of(r.occurred_at) for r in recorded)
+        tenant=tenant, rows=recorded, hours=hours_of(r.occurred_at for r in recorded)
     )
 
 
