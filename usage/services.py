@@ -24,7 +24,7 @@ from usage.ingest import EventIn
 from usage.models import ModelAlias, UsageEvent
 from usage.repricing import schedule_reprice_unpriced
 from usage.rollups import hours_of
-from usage.rows import Priced, event_row, price_event
+from usage.rows import event_row, price_event
 from usage.signals import (
     RecordedBatch,
     RecordedRow,
@@ -55,10 +55,11 @@ def usage_record_batch(
     reported the batch (budgets per key count its spend).
     """
     catalog = catalog_for(tenant.pk)
-    priced: dict[str, tuple[EventIn, Priced]] = {}
+    firsts: dict[str, EventIn] = {}
     for event in events:
-        if event.event_id not in priced:  # the same id twice in one batch: the first one counts
-            priced[event.event_id] = (event, price_event(catalog, event))
+        if event.event_id not in firsts:  # the same id twice in one batch: the first one counts
+            firsts[event.event_id] = event
+    prices = [price_event(catalog, e) for e in firsts.values()]
     # The ingest lock (shared) is held until the receivers of `batch_recorded` are done: a
     # counter rebuild, which takes it exclusively, never sees a batch half-counted.
     with tenant_context(tenant), ingest_lock(tenant.pk, shared=True):
@@ -74,10 +75,10 @@ def usage_record_batch(
                         priced=p,
                         api_key_id=api_key_id or 0,
                     )
-                    for e, p in priced.values()
+                    for e, p in zip(firsts.values(), prices, strict=True)
                 ]
                 inserted = events_insert(rows)
-                batch = _recorded_batch(tenant, rows, priced, inserted)
+                batch = _recorded_batch(tenant, firsts, rows, inserted)
                 if batch.rows:
                     # What must commit with the events (budgets: the pending counter update).
                     batch_committing.send(sender=UsageEvent, batch=batch)
@@ -88,14 +89,14 @@ def usage_record_batch(
             # Committed: budgets update the spend counters, settle reservations and may trip
             # the emergency stop; Prometheus marks its cached sums stale.
             _send_recorded(batch)
-        stored = _stored_costs(tenant.pk, [eid for eid in priced if eid not in inserted])
-    return _results(events, priced, inserted, stored)
+        stored = _stored_costs(tenant.pk, [eid for eid in firsts if eid not in inserted])
+    return _results(events, rows, inserted, stored)
 
 
 def _recorded_batch(
     tenant: Tenant,
+    firsts: dict[str, EventIn],
     rows: list[dict[str, Any]],
-    priced: dict[str, tuple[EventIn, Priced]],
     inserted: set[str],
 ) -> RecordedBatch:
     recorded = tuple(
@@ -112,7 +113,7 @@ def _recorded_batch(
             cost_source=row["cost_source"],
             reservation_id=e.reservation_id,
         )
-        for (e, _), row in zip(priced.values(), rows, strict=True)
+        for e, row in zip(firsts.values(), rows, strict=True)
         if e.event_id in inserted
     )
     return RecordedBatch(
@@ -143,22 +144,23 @@ def _stored_costs(tenant_id: int, event_ids: list[str]) -> dict[str, tuple[int, 
 
 def _results(
     events: Sequence[EventIn],
-    priced: dict[str, tuple[EventIn, Priced]],
+    rows: list[dict[str, Any]],
     inserted: set[str],
     stored: dict[str, tuple[int, int]],
 ) -> list[EventResult]:
-    """One result per event sent, in order."""
+    """One result per event sent, in order (`rows` holds the first of each id)."""
+    row_of = {row["event_id"]: row for row in rows}
     results = []
     reported: set[str] = set()
     for event in events:
         eid = event.event_id
-        cost, source, _ = priced[eid][1]
+        row = row_of[eid]
         if eid in inserted and eid not in reported:
             reported.add(eid)
-            results.append(EventResult(eid, cost, int(source), False))
+            results.append(EventResult(eid, row["cost_nanos"], row["cost_source"], False))
         else:
             # Stored earlier (report what was stored then), or repeated within this batch.
-            cost, source = stored.get(eid, (cost, int(source)))
+            cost, source = stored.get(eid, (row["cost_nanos"], row["cost_source"]))
             results.append(EventResult(eid, cost, source, True))
     return results
 
