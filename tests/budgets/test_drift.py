@@ -18,8 +18,8 @@ from budgets.tasks import sample_counter_drift
 from budgets.updates import counter_updates_sweep
 from tests.costmon.test_prometheus import TOKEN, parse, value
 from tests.helpers import event, post_usage, requires_redis
+from usage.maintenance import usage_reprice
 from usage.models import ModelPrice
-from usage.services import usage_reprice
 
 pytestmark = [
     pytest.mark.django_db,
