@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -98,6 +98,8 @@ class PageQuery:
     filters: UsageFilters
     group_by: str
     errors: list[str] = field(default_factory=list)
+    # One clock for the whole page: every window on it ends at the same moment.
+    now: datetime = field(default_factory=timezone.now)
 
     @property
     def period_label(self) -> str:
@@ -164,6 +166,7 @@ def parse_query(
         filters=UsageFilters(**values),
         group_by=group_by,
         errors=errors,
+        now=now,
     )
 
 
@@ -390,7 +393,7 @@ def _usage_page(
         context["empty"] = True
         return render(request, "dashboard/overview.html", context)
 
-    cards = dashboard.dashboard_cards(tenant=tenant, time_range=tr, filters=flt)
+    cards = dashboard.dashboard_cards(tenant=tenant, time_range=tr, filters=flt, now=q.now)
     buckets, cells, interval = dashboard.spend_series(
         tenant=tenant, time_range=tr, filters=flt, group_by=q.group_by
     )
@@ -441,14 +444,16 @@ def _usage_page(
         no_data=cards.calls == 0,
     )
     if kind == "overview":
-        # Always the last 30 days, whatever the filters: a saving is per month.
+        # Always the last 30 days, whatever the filters (a saving is per month), and the same
+        # 30 days as the page's "last 30 days": one window, one set of figures.
+        last_30 = recent_range(tenant=tenant, period="30d", now=q.now)
         context["recommendations"] = [
             {
                 "title": r.title,
                 "text": r.text,
                 "saving": format_money(r.saving_nanos) if r.saving_nanos is not None else None,
             }
-            for r in recommendations(tenant=tenant, now=timezone.now())
+            for r in recommendations(tenant=tenant, now=q.now, time_range=last_30)
         ]
     return render(request, "dashboard/overview.html", context)
 
