@@ -132,7 +132,7 @@ def page(client: Any, url: str) -> str:
 
 def card(html: str, card_id: str) -> str:
     match = re.search(
-        rf'id="card-{card_id}">\s*<div class="label">[^<]*</div>\s*<div class="value(?: long)?">([^<]*)</div>',
+        rf'id="card-{card_id}">\s*<div class="label">[^<]*</div>\s*<div class="value(?: long)?"(?: title="[^"]*")?>([^<]*)</div>',
         html,
     )
     assert match, f"no card {card_id}"
@@ -240,19 +240,75 @@ def test_a_budget_of_another_tenant_is_404(member, outsider, usage):
 def test_the_overview_cards_show_exact_figures(member, usage, monthly_budget):
     html = page(member, "/t/acme/")
     assert card(html, "today") == "$0.0027"
-    assert card(html, "month") == "$0.003355"
+    assert card(html, "month") == "$0.00336"
     # 20.5 of November's 30 days gone: 3,355,000 nanos * 30 / 20.5, rounded down.
-    assert card(html, "projected") == "$0.004909756"
+    assert card(html, "projected") == "$0.00491"
     assert card_note(html, "projected") == "at risk against the $0.004 monthly budget"
     # The default period: the last 30 days, 23 October to today (the 31 October call counts).
-    assert card(html, "period") == "$0.004705"
+    assert card(html, "period") == "$0.00471"
     assert card(html, "calls") == "7"
     assert card_note(html, "calls") == "1 errors"
-    assert card(html, "avg") == "$0.000672142"
+    assert card(html, "avg") == "$0.000672"
     assert card(html, "cache") == "14.3%"
     assert card(html, "unpriced") == "1"
     assert card(html, "stop") == "off"
     assert not any(name in html for name in ("globex-ceo", "$3.00"))
+
+
+MONEY = re.compile(r"-?\$-?[\d,]*\.?\d+")
+
+
+def badly_shown_money(html: str) -> list[str]:
+    """Dollar figures outside tooltips that break the rule: cents from $1 ("$12.50"), at most
+    three significant digits below ("$0.0985", "$0.50"), "$0" for nothing."""
+    bad = []
+    for figure in MONEY.findall(re.sub(r'title="[^"]*"', "", html)):
+        digits = figure.replace("-", "").replace("$", "").replace(",", "")
+        cents = digits.partition(".")[2]
+        if digits == "0":
+            continue
+        if Decimal(digits) >= 1:
+            ok = len(cents) == 2
+        else:
+            ok = len(cents) >= 2 and len(cents.lstrip("0")) <= 3
+        if not ok:
+            bad.append(figure)
+    return bad
+
+
+def test_every_money_figure_follows_the_one_rule_with_the_exact_amount_as_tooltip(
+    member, usage, monthly_budget, ingest_client
+):
+    # Amounts with many digits on either side of a dollar: 2 x $1.234567891 and $0.006694667.
+    batch = [
+        event(event_id=f"big{i}", occurred_at="2026-11-20T10:00:00Z", cost_usd="1.234567891")
+        for i in range(2)
+    ] + [event(event_id="odd", occurred_at="2026-11-19T10:00:00Z", cost_usd="0.006694667")]
+    assert post_usage(ingest_client, batch).status_code == 201
+    pages = [
+        page(member, url)
+        for url in (
+            "/t/acme/",
+            "/t/acme/?period=48h&by=model",
+            "/t/acme/models/claude-haiku-4-5/",
+            "/t/acme/users/acme-ann/",
+            f"/t/acme/budgets/{monthly_budget.pk}/",
+        )
+    ]
+    for html in pages:
+        assert MONEY.findall(html)  # there is money to check
+        assert badly_shown_money(html) == []
+    overview = pages[0]
+    assert card(overview, "period") == "$2.48"  # 2.469135782 + 0.006694667 + 0.004705
+    assert 'title="$2.480535449">$2.48<' in overview
+    # The table cell shows three digits and carries the exact amount.
+    assert '<td class="money" title="$0.006694667">$0.00669</td>' in page(
+        member, "/t/acme/?period=custom&start=2026-11-19&end=2026-11-19"
+    )
+    # Hover labels are the same strings, pre-formatted on the server.
+    assert '"$2.47"' in overview and "$1.234567891" not in overview.replace(
+        'title="$1.234567891"', ""
+    )
 
 
 @pytest.mark.parametrize(
@@ -284,8 +340,8 @@ def test_an_active_emergency_stop_shows_on_the_overview(member, usage, acme):
     [
         ("period=today", "$0.0027", "4", "25.0%"),
         ("period=48h", "$0.0027", "4", "25.0%"),
-        ("period=7d", "$0.003225", "5", "20.0%"),
-        ("period=month", "$0.003355", "6", "16.7%"),
+        ("period=7d", "$0.00323", "5", "20.0%"),
+        ("period=month", "$0.00336", "6", "16.7%"),
         ("period=custom&start=2026-10-31&end=2026-11-02", "$0.00148", "2", "0.0%"),
         ("provider=openai", "$0.000655", "3", "33.3%"),
         ("model=claude-haiku-4-5", "$0.00405", "3", "0.0%"),
@@ -501,11 +557,11 @@ def test_the_budget_page_shows_the_burn_down_and_its_days(member, usage, monthly
     html = page(member, url)
     assert "Budget Acme monthly" in html
     assert (card(html, "spent"), card(html, "limit"), card(html, "used")) == (
-        "$0.003355",
+        "$0.00336",
         "$0.004",
         "83.88%",
     )
-    assert card(html, "projected") == "$0.004909756"
+    assert card(html, "projected") == "$0.00491"
     assert card(html, "resets") == "2026-12-01 00:00"
     assert '<div id="chart-burndown"' in html
     days = csv_rows(member, f"{url}?export=days")
@@ -645,7 +701,7 @@ def test_the_burn_down_projects_to_the_period_end():
     assert (remaining.name, list(remaining.customdata)) == ("Remaining", ["$0.003", "$0.0025"])
     assert projected.name == "Projected"
     assert list(projected.x) == [date(2026, 11, 2), date(2026, 11, 30)]
-    assert list(projected.customdata) == ["$0.0025", "$-0.001"]
+    assert list(projected.customdata) == ["$0.0025", "-$0.001"]
     assert projected.line.color == charts.LIMIT_COLOUR  # the projection ends over budget
     rolling = charts.budget_burndown(
         name="Rolling", limit_nanos=1, days=[date(2026, 11, 1)], daily_nanos=[0]

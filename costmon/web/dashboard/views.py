@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
-from costmon.core.money import format_money
+from costmon.core.money import format_money, money_title
 from costmon.core.periods import TimeRange, custom_range, recent_range, tenant_zone
 from costmon.core.scoping import tenants_for_user
 from costmon.core.tenancy import tenant_context
@@ -218,6 +218,11 @@ def _switcher(
     ]
 
 
+def _money(nanos: int) -> dict[str, str]:
+    """A card's figure by the one money rule, the exact amount in its tooltip."""
+    return {"value": format_money(nanos), "title": money_title(nanos)}
+
+
 def _cards(c: dashboard.Cards, q: PageQuery) -> list[dict[str, str]]:
     projection = "No monthly budget on the whole tenant."
     if c.budget_limit_nanos is not None and c.outlook is not None:
@@ -225,19 +230,19 @@ def _cards(c: dashboard.Cards, q: PageQuery) -> list[dict[str, str]]:
     elif not q.filters.is_empty():
         projection = "At the month-to-date pace, for these filters."
     cards = [
-        {"id": "today", "label": "Spend today", "value": format_money(c.today_nanos), "note": ""},
-        {"id": "month", "label": "Month to date", "value": format_money(c.month_nanos), "note": ""},
+        {"id": "today", "label": "Spend today", **_money(c.today_nanos), "note": ""},
+        {"id": "month", "label": "Month to date", **_money(c.month_nanos), "note": ""},
         {
             "id": "projected",
             "label": "Projected month end",
-            "value": format_money(c.projected_nanos),
+            **_money(c.projected_nanos),
             "note": projection,
             "status": (c.outlook or "").replace(" ", "-"),
         },
         {
             "id": "period",
             "label": f"Spend, {q.period_label.lower()}",
-            "value": format_money(c.period_nanos),
+            **_money(c.period_nanos),
             "note": "",
         },
         {
@@ -249,7 +254,7 @@ def _cards(c: dashboard.Cards, q: PageQuery) -> list[dict[str, str]]:
         {
             "id": "avg",
             "label": "Average cost per call",
-            "value": format_money(c.avg_cost_nanos) if c.avg_cost_nanos is not None else DASH,
+            **(_money(c.avg_cost_nanos) if c.avg_cost_nanos is not None else {"value": DASH}),
             "note": "",
         },
         {
@@ -451,7 +456,7 @@ def _usage_page(
             {
                 "title": r.title,
                 "text": r.text,
-                "saving": format_money(r.saving_nanos) if r.saving_nanos is not None else None,
+                "saving": _money(r.saving_nanos) if r.saving_nanos is not None else None,
             }
             for r in recommendations(tenant=tenant, now=q.now, time_range=last_30)
         ]
@@ -549,8 +554,8 @@ def budget_detail(request: HttpRequest, slug: str, budget_id: int) -> HttpRespon
             budget=view.budget,
             scope_link=scope_link,
             cards=[
-                {"id": "spent", "label": "Spent this period", "value": format_money(state.spent)},
-                {"id": "limit", "label": "Limit", "value": format_money(spec.limit_nanos)},
+                {"id": "spent", "label": "Spent this period", **_money(state.spent)},
+                {"id": "limit", "label": "Limit", **_money(spec.limit_nanos)},
                 {
                     "id": "used",
                     "label": "Used",
@@ -561,7 +566,7 @@ def budget_detail(request: HttpRequest, slug: str, budget_id: int) -> HttpRespon
                 {
                     "id": "projected",
                     "label": "Projected at period end",
-                    "value": format_money(projected) if projected is not None else DASH,
+                    **(_money(projected) if projected is not None else {"value": DASH}),
                     "note": "" if projected is not None else "A rolling window has no end.",
                 },
                 {
