@@ -733,3 +733,129 @@ def test_a_wrong_password_is_refused_with_a_message(client, viewer):
     response = client.post("/login/", {"username": "bob", "password": "nope"})
     assert response.status_code == 200
     assert b"did not match" in response.content
+
+
+# --- readable charts -------------------------------------------------------------------------
+
+
+def test_series_shown_together_never_share_a_colour_and_keep_theirs_where_they_can():
+    names = [
+        "fireworks",
+        "azure",
+        "gpt-4o",
+        "text-embedding-3-small",
+        "mistral-small",
+        "gpt-4o-mini",
+        "openai",
+        "anthropic",
+        *(f"op-{i}" for i in range(12)),
+    ]
+    colours = charts.colours_for(names)
+    assert len(set(colours.values())) == len(names)
+    assert set(colours.values()) <= set(charts.PALETTE)
+    # The big providers keep their own colour whatever their rank.
+    assert (colours["openai"], colours["anthropic"], colours["azure"]) == (
+        charts.FIXED_COLOURS["openai"],
+        charts.FIXED_COLOURS["anthropic"],
+        charts.FIXED_COLOURS["azure"],
+    )
+    # The biggest series that is no provider keeps its own colour; alone, every name does.
+    assert colours["fireworks"] == charts.colour_for("fireworks")
+    assert charts.colours_for(["mistral-small"]) == {
+        "mistral-small": charts.colour_for("mistral-small")
+    }
+    # A stacked chart and a bar chart take their colours the same way.
+    d = datetime(2026, 11, 1)
+    fig = charts.spend_by_day(
+        [{"bucket": d, "key": n, "cost_nanos": 100 - i} for i, n in enumerate(names)], buckets=[d]
+    )
+    assert len({t.marker.color for t in fig.data}) == len(names)
+    bars = charts.spend_by_operation(
+        [{"key": n, "cost_nanos": 100 - i, "calls": 1} for i, n in enumerate(names)]
+    )
+    assert len(set(bars.data[0].marker.color)) == len(names)
+
+
+def luminance(colour: str) -> float:
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_the_heat_maps_scale_runs_from_light_at_zero_to_dark_at_the_most():
+    matrix = [[0] * 24 for _ in range(7)]
+    matrix[0][9], matrix[4][15] = 1_000_000, 9_000_000
+    cells = charts.heatmap(matrix).data[0]
+    assert cells.zmin == 0
+    stops = [colour for _, colour in cells.colorscale]
+    shades = [luminance(c) for c in stops]
+    assert shades == sorted(shades, reverse=True)  # each stop darker than the one before
+    assert shades[0] > 240  # $0 is nearly white
+
+
+@pytest.fixture
+def snapshots(ingest_client: Any) -> None:
+    batch = [
+        event(
+            event_id=f"s{i}",
+            occurred_at="2026-11-20T10:00:00Z",
+            provider="openai",
+            model=model,
+            operation="chat",
+            end_user="acme-dee",
+            cost_usd=cost,
+        )
+        for i, (model, cost) in enumerate(
+            [("gpt-4o", "0.25"), ("gpt-4o-2024-08-06", "0.5"), ("gpt-4o-mini-2024-07-18", "0.125")]
+        )
+    ]
+    assert post_usage(ingest_client, batch).status_code == 201
+
+
+def test_dated_snapshots_are_counted_under_their_family_unless_split(member, snapshots):
+    assert csv_rows(member, "/t/acme/?export=models")[1:] == [
+        ["gpt-4o", "0.75", "2", "0.375", "0", "0"],
+        ["gpt-4o-mini", "0.125", "1", "0.125", "0", "0"],
+    ]
+    assert csv_rows(member, "/t/acme/?export=models&snapshots=split")[1:] == [
+        ["gpt-4o-2024-08-06", "0.5", "1", "0.5", "0", "0"],
+        ["gpt-4o", "0.25", "1", "0.25", "0", "0"],
+        ["gpt-4o-mini-2024-07-18", "0.125", "1", "0.125", "0", "0"],
+    ]
+    html = page(member, "/t/acme/?by=model")
+    series = re.findall(r'"name":"([^"]+)","x"', html.replace(": ", ":").replace(", ", ","))
+    assert series == ["gpt-4o", "gpt-4o-mini"]
+    split = page(member, "/t/acme/?by=model&snapshots=split")
+    assert 'href="?by=model"' in split and "snapshots=split" in split
+    # The family's page counts its snapshots; a dated name's page counts that name only.
+    assert card(page(member, "/t/acme/models/gpt-4o/"), "period") == "$0.75"
+    assert card(page(member, "/t/acme/models/gpt-4o/?snapshots=split"), "period") == "$0.25"
+    assert card(page(member, "/t/acme/models/gpt-4o-2024-08-06/"), "period") == "$0.50"
+    assert card(page(member, "/t/acme/?model=gpt-4o"), "period") == "$0.75"
+
+
+def test_the_date_fields_show_the_selected_periods_days(member, usage):
+    def dates(html: str) -> tuple[str, str]:
+        found = re.search(r'name="start" value="([^"]*)".*?name="end" value="([^"]*)"', html, re.S)
+        assert found
+        return found.group(1), found.group(2)
+
+    assert dates(page(member, "/t/acme/")) == ("2026-10-23", "2026-11-21")
+    assert dates(page(member, "/t/acme/?period=month")) == ("2026-11-01", "2026-11-30")
+    assert dates(page(member, "/t/acme/?period=today")) == ("2026-11-21", "2026-11-21")
+    custom = page(member, "/t/acme/?period=custom&start=2026-11-02&end=2026-11-05")
+    assert dates(custom) == ("2026-11-02", "2026-11-05")
+
+
+def test_an_end_users_page_offers_no_stacking_by_end_user(member, usage):
+    html = page(member, "/t/acme/users/acme-bob/")
+    switch = html.split('class="switch"')[1].split("</div>")[0]
+    assert ">end user<" not in switch and ">model<" in switch
+    forced = page(member, "/t/acme/users/acme-bob/?by=end_user")
+    assert "Spend per day by model" in forced
+    assert ">end user<" in page(member, "/t/acme/").split('class="switch"')[1].split("</div>")[0]
+
+
+def test_the_toolbar_is_hidden_on_narrow_screens(member):
+    css = b"".join(member.get("/static/costmon/dashboard.css").streaming_content).decode()
+    narrow = css.split("@media (max-width: 600px)")[1]
+    assert ".modebar-container { display: none !important; }" in narrow

@@ -18,34 +18,59 @@ import plotly.graph_objects as go
 from costmon.core.money import format_money
 from usage.links import shown
 
-# One palette for every page (Tableau 10 and two more): readable on white, distinct in print.
+# One large palette for every page, readable on white: Tableau 10 (its grey left to the cache
+# chart's misses) and twelve more of clearly different hue or lightness. A chart takes a colour
+# per series from it by rank (`colours_for`), so series shown together never share one.
 PALETTE = (
-    "#4E79A7",
-    "#F28E2B",
-    "#E15759",
-    "#76B7B2",
-    "#59A14F",
-    "#EDC948",
-    "#B07AA1",
-    "#FF9DA7",
-    "#9C755F",
-    "#2F4B7C",
-    "#A05195",
-    "#7F7F7F",
+    "#4E79A7",  # blue
+    "#F28E2B",  # orange
+    "#E15759",  # red
+    "#76B7B2",  # teal
+    "#59A14F",  # green
+    "#EDC948",  # yellow
+    "#B07AA1",  # purple
+    "#FF9DA7",  # pink
+    "#9C755F",  # brown
+    "#17BECF",  # cyan
+    "#BCBD22",  # olive
+    "#393B79",  # indigo
+    "#E377C2",  # magenta
+    "#843C39",  # maroon
+    "#98DF8A",  # light green
+    "#FFBB78",  # light orange
+    "#AEC7E8",  # light blue
+    "#637939",  # dark olive
+    "#C5B0D5",  # lavender
+    "#8C6D31",  # ochre
+    "#7B4173",  # plum
+    "#7F7F7F",  # grey
 )
-# The big providers get a colour of their own, so the main chart never shows two of them alike.
+# The big providers' own colours, which they keep whenever they are on a chart.
 FIXED_COLOURS = {
     "openai": "#59A14F",
     "anthropic": "#F28E2B",
     "google": "#4E79A7",
     "mistral": "#E15759",
-    "azure": "#2F4B7C",
+    "azure": "#393B79",
     "bedrock": "#EDC948",
 }
 HIT_COLOUR = "#59A14F"
 MISS_COLOUR = "#BAB0AC"
 LIMIT_COLOUR = "#E15759"
+PREVIOUS_COLOUR = "#1F2933"
 ACCENT = PALETTE[0]
+# Sequential, light to dark and cool to warm (ColorBrewer YlOrRd): $0 is the lightest cell.
+HEAT_SCALE = (
+    (0.0, "#FFFFE5"),
+    (0.125, "#FFF7BC"),
+    (0.25, "#FEE391"),
+    (0.375, "#FEC44F"),
+    (0.5, "#FE9929"),
+    (0.625, "#EC7014"),
+    (0.75, "#CC4C02"),
+    (0.875, "#993404"),
+    (1.0, "#662506"),
+)
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 CONFIG = {"responsive": True, "displaylogo": False}
 HEIGHT = 340
@@ -53,12 +78,38 @@ NO_NAME = "(none)"
 
 
 def colour_for(name: str) -> str:
-    """The colour of a provider, model or operation: the same name has the same colour on every
-    page and in every process (crc32, not Python's salted hash)."""
+    """The colour a provider, model or operation prefers: the same on every page and in every
+    process (crc32, not Python's salted hash). A chart may give it another (`colours_for`)."""
     key = name.strip().lower()
     if key in FIXED_COLOURS:
         return FIXED_COLOURS[key]
     return PALETTE[zlib.crc32(key.encode()) % len(PALETTE)]
+
+
+def colours_for(names: Sequence[str]) -> dict[str, str]:
+    """Each name's colour in one chart, `names` ranked (biggest first): a name gets its own
+    colour when no bigger one took it, else the next free one, so no two share a colour (until
+    the palette runs out, beyond 22 series). Providers with a fixed colour always keep it."""
+    taken: set[str] = set()
+    found: dict[str, str] = {}
+    fixed = {
+        n: FIXED_COLOURS[n.strip().lower()] for n in names if n.strip().lower() in FIXED_COLOURS
+    }
+    taken.update(fixed.values())
+    found.update(fixed)
+    for name in names:
+        if name in found:
+            continue
+        start = PALETTE.index(colour_for(name))
+        for step in range(len(PALETTE)):
+            colour = PALETTE[(start + step) % len(PALETTE)]
+            if colour not in taken:
+                break
+        else:
+            colour = PALETTE[start]
+        taken.add(colour)
+        found[name] = colour
+    return found
 
 
 def _axis(nanos: int) -> float:
@@ -149,6 +200,7 @@ def spend_by_day(
     # The biggest spender at the bottom of each stack, where it is easiest to read.
     order = sorted(per_key, key=lambda k: (-sum(per_key[k].values()), k))
     x = [_naive(b) for b in buckets]
+    colours = colours_for(order)
     traces = []
     for key in order:
         values = [per_key[key].get(b, 0) for b in buckets]
@@ -159,7 +211,7 @@ def spend_by_day(
                 x=x,
                 y=[_axis(v) for v in values],
                 customdata=[format_money(v) for v in values],
-                marker_color=colour_for(key),
+                marker_color=colours[key],
                 hovertemplate="%{fullData.name}: %{customdata}<extra></extra>",
             )
         )
@@ -182,13 +234,14 @@ def _breakdown_bars(
     # Largest at the top: horizontal bars list from the bottom up.
     shown = list(reversed(rows))
     names = [_label(str(r["key"])) for r in shown]
+    colours = colours_for([str(r["key"]) for r in rows])
     bars = go.Bar(
         _validate=False,
         orientation="h",
         x=[_axis(int(r["cost_nanos"])) for r in shown],
         y=names,
         customdata=[[format_money(int(r["cost_nanos"])), r.get("calls", 0)] for r in shown],
-        marker_color=[colour_for(str(r["key"])) for r in shown] if coloured else ACCENT,
+        marker_color=[colours[str(r["key"])] for r in shown] if coloured else ACCENT,
         hovertemplate="%{y}: %{customdata[0]} (%{customdata[1]} calls)<extra></extra>",
         name="Spend",
     )
@@ -243,7 +296,8 @@ def heatmap(hour_weekday_matrix: Sequence[Sequence[int]]) -> go.Figure:
         x=[f"{h:02d}" for h in range(24)],
         y=list(WEEKDAYS),
         customdata=[[format_money(v) for v in row] for row in matrix],
-        colorscale="Blues",
+        colorscale=[list(stop) for stop in HEAT_SCALE],
+        zmin=0,
         hovertemplate="%{y} %{x}:00: %{customdata}<extra></extra>",
         colorbar={"tickprefix": "$", "thickness": 10},
         xgap=1,

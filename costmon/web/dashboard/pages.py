@@ -1,10 +1,15 @@
 """Reads for the dashboard pages. Every figure comes from the rollups (the small by-model ones
 unless end users matter: `usage.selectors.rollups_of`), aggregated in the database; only a tag
-filter (tags live on events alone) reads the events in range, as the metrics selectors do."""
+filter (tags live on events alone) reads the events in range, as the metrics selectors do.
+
+`families=True` (the pages' default) counts a model's dated snapshots under its family name
+(`gpt-4o-2024-08-06` under `gpt-4o`): in breakdowns and series by model, and in a model filter.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -39,6 +44,7 @@ from usage.selectors import (
 OUTLOOK_ON_TRACK = "on track"
 OUTLOOK_AT_RISK = "at risk"
 OUTLOOK_OVER = "over"
+MAX_MODEL_NAMES = 1000  # model names summed before merging them into families
 
 
 @dataclass(frozen=True)
@@ -48,17 +54,54 @@ class _Source:
     time_field: str
 
 
+# A dated snapshot's suffix: -2024-08-06 (OpenAI), -20241022 (Anthropic), -2411 or -0613.
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
+
+
+def family_of(model: str) -> str:
+    """The model's name without its snapshot date: `gpt-4o-2024-08-06` -> `gpt-4o`."""
+    family = _SNAPSHOT.sub("", model)
+    return family or model
+
+
+def _family_ids(tenant: Tenant, family: str) -> list[int]:
+    """The dictionary ids of the tenant's model names in `family` (the name itself included)."""
+    return [
+        pk
+        for pk, value in Dimension.objects.for_tenant(tenant)
+        .filter(kind=Dimension.Kind.MODEL, value__startswith=family)
+        .values_list("pk", "value")
+        if family_of(value) == family or value == family
+    ]
+
+
 def _source(
-    tenant: Tenant, tr: TimeRange, filters: UsageFilters, *, by_end_user: bool = False
+    tenant: Tenant,
+    tr: TimeRange,
+    filters: UsageFilters,
+    *,
+    by_end_user: bool = False,
+    families: bool = False,
 ) -> _Source:
+    family = None
+    if families and filters.model is not None:
+        family, filters = filters.model, replace(filters, model=None)
+    src: _Source
     if filters.tag is not None:
-        return _Source(_filtered_events(tenant, tr, filters), _event_sums(), "occurred_at")
-    rows = _filtered_rollups(tenant, tr, filters, by_end_user=by_end_user)
-    return _Source(rows, _rollup_sums(), "hour")
+        src = _Source(_filtered_events(tenant, tr, filters), _event_sums(), "occurred_at")
+    else:
+        rows = _filtered_rollups(tenant, tr, filters, by_end_user=by_end_user)
+        src = _Source(rows, _rollup_sums(), "hour")
+    if family is not None:
+        ids = _family_ids(tenant, family)
+        src = _Source(src.rows.filter(model_id__in=ids), src.sums, src.time_field)
+    return src
 
 
-def usage_totals(*, tenant: Tenant, time_range: TimeRange, filters: UsageFilters) -> dict[str, int]:
-    src = _source(tenant, time_range, filters)
+def usage_totals(
+    *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters, families: bool = False
+) -> dict[str, int]:
+    src = _source(tenant, time_range, filters, families=families)
     return {k: int(v) for k, v in src.rows.aggregate(**src.sums).items()}
 
 
@@ -109,6 +152,7 @@ def dashboard_cards(
     time_range: TimeRange,
     filters: UsageFilters,
     now: datetime | None = None,
+    families: bool = False,
 ) -> Cards:
     """Spend today and this month (with the filters), the month-end projection against the
     tenant's monthly budget (only unfiltered: a budget covers the whole tenant), and the
@@ -116,10 +160,14 @@ def dashboard_cards(
     now = now or timezone.now()
     day = period_range(tenant=tenant, period="day", now=now)
     month = period_range(tenant=tenant, period="month", now=now)
-    today_nanos = usage_totals(tenant=tenant, time_range=day, filters=filters)["cost_nanos"]
-    month_nanos = usage_totals(tenant=tenant, time_range=month, filters=filters)["cost_nanos"]
+
+    def totals(tr: TimeRange) -> dict[str, int]:
+        return usage_totals(tenant=tenant, time_range=tr, filters=filters, families=families)
+
+    today_nanos = totals(day)["cost_nanos"]
+    month_nanos = totals(month)["cost_nanos"]
     projected = project(month_nanos, start=month.start, end=month.end, now=now)
-    period = usage_totals(tenant=tenant, time_range=time_range, filters=filters)
+    period = totals(time_range)
     budget = monthly_tenant_budget(tenant=tenant) if filters.is_empty() else None
     limit = usd_to_nanos(budget.limit_usd) if budget is not None else None
     outlook = None
@@ -152,14 +200,21 @@ def chart_interval(time_range: TimeRange) -> str:
 
 
 def spend_series(
-    *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters, group_by: str
+    *,
+    tenant: Tenant,
+    time_range: TimeRange,
+    filters: UsageFilters,
+    group_by: str,
+    families: bool = False,
 ) -> tuple[list[datetime], list[dict[str, Any]], str]:
     """Spend per bucket and per provider, model, operation or end user: (every bucket of the
     range, the non-empty {bucket, key, cost_nanos} cells, the interval)."""
     if group_by not in ROLLUP_DIMENSIONS:
         raise ValueError(f"cannot group the series by {group_by!r}")
     interval = chart_interval(time_range)
-    src = _source(tenant, time_range, filters, by_end_user=group_by == "end_user")
+    src = _source(
+        tenant, time_range, filters, by_end_user=group_by == "end_user", families=families
+    )
     trunc = TruncHour if interval == "hour" else TruncDay
     rows = (
         src.rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
@@ -171,6 +226,12 @@ def spend_series(
         {"bucket": r["bucket"], "key": r["key"] or "", "cost_nanos": int(r["cost_nanos"])}
         for r in rows
     ]
+    if families and group_by == "model":
+        merged: dict[tuple[datetime, str], int] = {}
+        for c in cells:
+            key = (c["bucket"], family_of(c["key"]))
+            merged[key] = merged.get(key, 0) + c["cost_nanos"]
+        cells = [{"bucket": b, "key": k, "cost_nanos": v} for (b, k), v in merged.items()]
     return _bucket_starts(time_range, interval), cells, interval
 
 
@@ -181,28 +242,48 @@ def breakdown(
     filters: UsageFilters,
     dimension: str,
     limit: int = 10,
+    families: bool = False,
 ) -> list[dict[str, Any]]:
-    """The most expensive providers, models, operations or end users, sorted in the database."""
+    """The most expensive providers, models, operations or end users, sorted in the database
+    (by model family: every model summed, a tenant uses tens of names, then merged)."""
     if dimension not in ROLLUP_DIMENSIONS:
         raise ValueError(f"cannot break down by {dimension!r}")
-    src = _source(tenant, time_range, filters, by_end_user=dimension == "end_user")
-    if filters.tag is None:
-        rows = ranked_by_dimension(tenant, src.rows, dimension, src.sums, limit=limit)
-        return sorted(rows, key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))
-    events = (
-        src.rows.values(key=F(f"{dimension}__value"))
-        .annotate(**src.sums)
-        .order_by("-cost_nanos", "-calls", "key")[:limit]
+    src = _source(
+        tenant, time_range, filters, by_end_user=dimension == "end_user", families=families
     )
-    return [{**r, "key": r["key"] or ""} for r in events]
+    merge = families and dimension == "model"
+    wanted = MAX_MODEL_NAMES if merge else limit
+    rows: list[dict[str, Any]]
+    if filters.tag is None:
+        rows = ranked_by_dimension(tenant, src.rows, dimension, src.sums, limit=wanted)
+    else:
+        events = (
+            src.rows.values(key=F(f"{dimension}__value"))
+            .annotate(**src.sums)
+            .order_by("-cost_nanos", "-calls", "key")[:wanted]
+        )
+        rows = [{**r, "key": r["key"] or ""} for r in events]
+    if merge:
+        merged: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            family = family_of(r["key"])
+            if family in merged:
+                acc = merged[family]
+                for name, value in r.items():
+                    if name != "key":
+                        acc[name] = int(acc[name]) + int(value)
+            else:
+                merged[family] = {**r, "key": family}
+        rows = list(merged.values())
+    return sorted(rows, key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))[:limit]
 
 
 def spend_heatmap(
-    *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters
+    *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters, families: bool = False
 ) -> list[list[int]]:
     """Spend by weekday (Monday first) x hour of day in the tenant's time zone, grouped in the
     database."""
-    src = _source(tenant, time_range, filters)
+    src = _source(tenant, time_range, filters, families=families)
     tz = time_range.tz
     rows = (
         src.rows.annotate(

@@ -62,6 +62,7 @@ MAX_FILTER_LENGTH = 255
 TABLE_ROWS = 25  # a table (and its CSV) lists this many; its chart shows the first ten
 CHART_ROWS = 10
 NUL = "\x00"
+SNAPSHOTS_PARAM = "snapshots"  # "split": each dated snapshot of a model on its own
 
 
 # --- tenant ----------------------------------------------------------------------------------
@@ -98,6 +99,8 @@ class PageQuery:
     filters: UsageFilters
     group_by: str
     errors: list[str] = field(default_factory=list)
+    # Dated snapshots (gpt-4o-2024-08-06) counted under their family (gpt-4o) unless split.
+    split_snapshots: bool = False
     # One clock for the whole page: every window on it ends at the same moment.
     now: datetime = field(default_factory=timezone.now)
 
@@ -158,7 +161,9 @@ def parse_query(
     if group_by not in GROUPS:
         errors.append(f"Unknown grouping {group_by!r}; use one of {', '.join(GROUPS)}.")
         group_by = "provider"
+    split = params.get(SNAPSHOTS_PARAM, "") == "split"
     return PageQuery(
+        split_snapshots=split,
         period=period,
         start=start,
         end=end,
@@ -170,7 +175,7 @@ def parse_query(
     )
 
 
-PERIOD_PARAMS = ("period", "start", "end")
+PERIOD_PARAMS = ("period", "start", "end", "snapshots")
 
 
 # --- pages -----------------------------------------------------------------------------------
@@ -303,14 +308,21 @@ def _base_context(
 def _filter_form(q: PageQuery, fixed: dict[str, str], request: HttpRequest) -> dict[str, Any]:
     f = q.filters
     name = request.GET.get(NAME_PARAM)
+    start, end = q.start, q.end
+    if q.period != "custom":
+        # A preset shows the days it covers, so the dates never look filled in by mistake.
+        tr = q.time_range
+        start = f"{tr.start.astimezone(tr.tz):%Y-%m-%d}"
+        end = f"{tr.end.astimezone(tr.tz) - timedelta(microseconds=1):%Y-%m-%d}"
     return {
         # A drill-down whose name travels in the query string keeps it when the form is sent.
         "name_param": hidden_input_value(name) if name is not None else None,
         "periods": list(PERIODS.items()),
         "period": q.period,
-        "start": q.start,
-        "end": q.end,
+        "start": start,
+        "end": end,
         "by": q.group_by,
+        "snapshots": "split" if q.split_snapshots else "",
         "fields": [
             {"name": name, "label": name.replace("_", " "), "value": getattr(f, name) or ""}
             for name in TEXT_FILTERS
@@ -338,6 +350,25 @@ def _group_links(
     return out
 
 
+def _snapshot_links(request: HttpRequest, q: PageQuery) -> list[dict[str, Any]]:
+    """The toggle between dated snapshots grouped under their model family and split."""
+    out = []
+    for value, label in (("", "grouped"), ("split", "split")):
+        query = request.GET.copy()
+        query.pop("export", None)
+        query.pop(SNAPSHOTS_PARAM, None)
+        if value:
+            query[SNAPSHOTS_PARAM] = value
+        out.append(
+            {
+                "label": label,
+                "url": f"?{query.urlencode()}",
+                "current": q.split_snapshots == bool(value),
+            }
+        )
+    return out
+
+
 def _usage_page(
     request: HttpRequest,
     tenant: Tenant,
@@ -352,8 +383,8 @@ def _usage_page(
     q = parse_query(request, tenant, fixed=fixed)
     if kind == "model" and "by" not in request.GET:
         q.group_by = "operation"
-    elif kind == "end_user" and "by" not in request.GET:
-        q.group_by = "model"
+    elif kind == "end_user" and ("by" not in request.GET or q.group_by == "end_user"):
+        q.group_by = "model"  # one end user's page has nothing to stack by end user
     context = _base_context(request, tenant, allowed, url_for)
     context.update(
         heading=heading,
@@ -364,6 +395,7 @@ def _usage_page(
         clear_url=url_for(tenant),
     )
     tr, flt = q.time_range, q.filters
+    families = not q.split_snapshots
     carry = {n: request.GET[n] for n in PERIOD_PARAMS if request.GET.get(n)}
 
     def model_url(name: str) -> str:
@@ -373,13 +405,28 @@ def _usage_page(
         return drilldown_url(tenant.slug, "end_user", name, carry)
 
     users = dashboard.breakdown(
-        tenant=tenant, time_range=tr, filters=flt, dimension="end_user", limit=TABLE_ROWS
+        tenant=tenant,
+        time_range=tr,
+        filters=flt,
+        dimension="end_user",
+        limit=TABLE_ROWS,
+        families=families,
     )
     operations = dashboard.breakdown(
-        tenant=tenant, time_range=tr, filters=flt, dimension="operation", limit=TABLE_ROWS
+        tenant=tenant,
+        time_range=tr,
+        filters=flt,
+        dimension="operation",
+        limit=TABLE_ROWS,
+        families=families,
     )
     models = dashboard.breakdown(
-        tenant=tenant, time_range=tr, filters=flt, dimension="model", limit=TABLE_ROWS
+        tenant=tenant,
+        time_range=tr,
+        filters=flt,
+        dimension="model",
+        limit=TABLE_ROWS,
+        families=families,
     )
     tables = [
         breakdown_table("models", "Spend by model", "Model", models, model_url),
@@ -398,9 +445,11 @@ def _usage_page(
         context["empty"] = True
         return render(request, "dashboard/overview.html", context)
 
-    cards = dashboard.dashboard_cards(tenant=tenant, time_range=tr, filters=flt, now=q.now)
+    cards = dashboard.dashboard_cards(
+        tenant=tenant, time_range=tr, filters=flt, now=q.now, families=families
+    )
     buckets, cells, interval = dashboard.spend_series(
-        tenant=tenant, time_range=tr, filters=flt, group_by=q.group_by
+        tenant=tenant, time_range=tr, filters=flt, group_by=q.group_by, families=families
     )
     totals = cards.calls, cards.cache_hits
     figures = [
@@ -423,7 +472,11 @@ def _usage_page(
     figures.append(
         (
             "chart-heatmap",
-            charts.heatmap(dashboard.spend_heatmap(tenant=tenant, time_range=tr, filters=flt)),
+            charts.heatmap(
+                dashboard.spend_heatmap(
+                    tenant=tenant, time_range=tr, filters=flt, families=families
+                )
+            ),
         )
     )
     burndowns = []
@@ -445,7 +498,10 @@ def _usage_page(
         charts=[charts.to_div(fig, div_id) for div_id, fig in figures],
         burndowns=burndowns,
         tables=_with_export_links(request, tables),
-        groups=_group_links(request, q, GROUPS),
+        groups=_group_links(
+            request, q, [g for g in GROUPS if not (kind == "end_user" and g == "end_user")]
+        ),
+        snapshots=_snapshot_links(request, q),
         no_data=cards.calls == 0,
     )
     if kind == "overview":
