@@ -8,6 +8,7 @@ import io
 import re
 from datetime import date, datetime
 from decimal import Decimal
+from html import unescape
 from typing import Any
 
 import pytest
@@ -859,3 +860,77 @@ def test_the_toolbar_is_hidden_on_narrow_screens(member):
     css = b"".join(member.get("/static/costmon/dashboard.css").streaming_content).decode()
     narrow = css.split("@media (max-width: 600px)")[1]
     assert ".modebar-container { display: none !important; }" in narrow
+
+
+# --- comparisons with the previous period ----------------------------------------------------
+
+
+def change(html: str, card_id: str) -> str:
+    match = re.search(
+        rf'id="card-{card_id}">(?:(?!id="card-).)*?<div class="change[^"]*">([^<]*)</div>',
+        html,
+        re.S,
+    )
+    assert match, f"no change on card {card_id}"
+    return unescape(match.group(1))
+
+
+@pytest.fixture
+def earlier(usage: None, ingest_client: Any) -> None:
+    """Calls in the periods the cards compare with: 10 October (last month's same days and the
+    previous 30 days), and yesterday before and after this time of day."""
+    batch = [
+        event(event_id="p1", occurred_at="2026-10-10T10:00:00Z", cost_usd="0.001"),
+        event(event_id="p2", occurred_at="2026-10-10T11:00:00Z", cost_usd="0.002", cache_hit=True),
+        event(event_id="y1", occurred_at="2026-11-20T09:00:00Z", cost_usd="0.0018"),
+        event(event_id="y2", occurred_at="2026-11-20T13:00:00Z", cost_usd="0.0042"),
+    ]
+    assert post_usage(ingest_client, batch).status_code == 201
+
+
+def test_every_card_shows_its_change_against_the_previous_period(member, earlier):
+    html = page(member, "/t/acme/")
+    # Today $0.0027 against yesterday up to 12:00 ($0.0018; the 13:00 call is later).
+    assert change(html, "today") == "+50% vs same time yesterday ($0.0018)"
+    # 1 to 21 November 12:00 ($0.009355) against 1 to 21 October 12:00 ($0.003).
+    assert change(html, "month") == "+212% vs same days last month ($0.003)"
+    # $0.013690243 projected against October's $0.00435.
+    assert change(html, "projected") == "+215% vs last month ($0.00435)"
+    # The last 30 days ($0.010705, 9 calls, 1 hit) against the 30 before ($0.003, 2, 1 hit).
+    assert change(html, "period") == "+257% vs previous 30 days ($0.003)"
+    assert change(html, "calls") == "+350% vs previous 30 days (2)"
+    assert change(html, "avg") == "-21% vs previous 30 days ($0.0015)"
+    assert change(html, "cache") == "-38.9 pts vs previous 30 days (50.0%)"
+    assert change(html, "unpriced") == "new vs previous 30 days (0)"
+    week = page(member, "/t/acme/?period=7d")
+    assert change(week, "period") == "new vs previous 7 days ($0)"
+    month = page(member, "/t/acme/?period=month")
+    assert change(month, "period") == "+212% vs same days last month ($0.003)"
+    custom = page(member, "/t/acme/?period=custom&start=2026-10-10&end=2026-10-11")
+    assert change(custom, "calls") == "new vs previous 2 days (0)"
+    assert "Previous period" not in html
+
+
+def test_the_spend_chart_can_draw_the_previous_period_over_this_one(member, earlier):
+    html = page(member, "/t/acme/?compare=previous")
+    assert '"name":"Previous period"' in html
+    # 10 October is the 18th day of the previous 30 (23 September on): drawn over 9 November.
+    assert '["$0.003","Oct 10"]' in html
+    assert 'href="?"' in html  # the toggle turns it off again
+
+
+def test_the_previous_period_line_is_aligned_bucket_by_bucket():
+    days = [datetime(2026, 11, d) for d in (1, 2, 3)]
+    before = [datetime(2026, 10, d) for d in (1, 2, 3, 4)]
+    fig = charts.spend_by_day(
+        [{"bucket": days[0], "key": "openai", "cost_nanos": 1}],
+        buckets=days,
+        previous=(before, [0, 2_500_000_000, 7, 9]),
+    )
+    line = fig.data[-1]
+    assert (line.name, line.mode, list(line.x)) == ("Previous period", "lines", days)
+    assert [list(c) for c in line.customdata] == [
+        ["$0", "Oct 01"],
+        ["$2.50", "Oct 02"],
+        ["$0.000000007", "Oct 03"],
+    ]

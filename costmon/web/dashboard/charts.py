@@ -185,6 +185,7 @@ def spend_by_day(
     buckets: Sequence[datetime] | None = None,
     interval: str = "day",
     group_label: str = "provider",
+    previous: tuple[Sequence[datetime], Sequence[int]] | None = None,
 ) -> go.Figure:
     """Stacked bars of spend per bucket, one trace per value of `group_key`.
 
@@ -215,6 +216,24 @@ def spend_by_day(
                 hovertemplate="%{fullData.name}: %{customdata}<extra></extra>",
             )
         )
+    if previous is not None:
+        # The previous period's total, bucket by bucket, drawn over the same x positions.
+        then, values = previous[0][: len(x)], list(previous[1][: len(x)])
+        when = "%H:%M %b %d" if interval == "hour" else "%b %d"
+        traces.append(
+            go.Scatter(
+                _validate=False,
+                name="Previous period",
+                x=x[: len(values)],
+                y=[_axis(v) for v in values],
+                customdata=[
+                    [format_money(v), f"{b:{when}}"] for v, b in zip(values, then, strict=True)
+                ],
+                mode="lines",
+                line={"color": PREVIOUS_COLOUR, "width": 2, "dash": "dot"},
+                hovertemplate="Previous period (%{customdata[1]}): %{customdata[0]}<extra></extra>",
+            )
+        )
     per = "hour" if interval == "hour" else "day"
     return _figure(
         traces,
@@ -224,7 +243,7 @@ def spend_by_day(
         bargap=0.15,
         yaxis={"tickprefix": "$", "rangemode": "tozero"},
         xaxis={"tickformat": "%H:%M\n%b %d" if interval == "hour" else "%b %d"},
-        empty=None if order else "No spend in this period",
+        empty=None if order or previous is not None else "No spend in this period",
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -124,6 +124,11 @@ class Cards:
     cache_hits: int
     unpriced_calls: int
     emergency_stop: EmergencyStop | None
+    # The same figures for the periods they are compared with (`comparison_range`).
+    previous_today_nanos: int = 0  # yesterday up to this time of day
+    previous_month_nanos: int = 0  # the same days of last month
+    last_month_nanos: int = 0  # the whole of last month, against the projection
+    previous: dict[str, int] | None = None  # the selected period's comparison totals
 
     @property
     def avg_cost_nanos(self) -> int | None:
@@ -134,6 +139,24 @@ class Cards:
         if not self.calls:
             return None
         return (Decimal(self.cache_hits) * 100 / self.calls).quantize(Decimal("0.1"))
+
+
+def comparison_range(time_range: TimeRange, now: datetime) -> TimeRange:
+    """What a period is compared with: a calendar day or month still running (today, this
+    month) against the same stretch of the one before (yesterday to this time, the same days
+    of last month, in wall-clock time and never past its end); any other range against the
+    equal length of time just before it."""
+    previous = time_range.previous()
+    if time_range.period not in ("today", "day", "month", "week") or now >= time_range.end:
+        return previous
+    tz = time_range.tz
+
+    def wall(moment: datetime) -> datetime:
+        return moment.astimezone(tz).replace(tzinfo=None)
+
+    elapsed = wall(max(now, time_range.start)) - wall(time_range.start)
+    end = (wall(previous.start) + elapsed).replace(tzinfo=tz).astimezone(UTC)
+    return replace(previous, end=min(end, previous.end))
 
 
 def monthly_tenant_budget(*, tenant: Tenant) -> Budget | None:
@@ -168,6 +191,7 @@ def dashboard_cards(
     month_nanos = totals(month)["cost_nanos"]
     projected = project(month_nanos, start=month.start, end=month.end, now=now)
     period = totals(time_range)
+    previous = totals(comparison_range(time_range, now))
     budget = monthly_tenant_budget(tenant=tenant) if filters.is_empty() else None
     limit = usd_to_nanos(budget.limit_usd) if budget is not None else None
     outlook = None
@@ -191,6 +215,10 @@ def dashboard_cards(
         cache_hits=period["cache_hits"],
         unpriced_calls=period["unpriced_calls"],
         emergency_stop=emergency_stop_active(tenant=tenant),
+        previous_today_nanos=totals(comparison_range(day, now))["cost_nanos"],
+        previous_month_nanos=totals(comparison_range(month, now))["cost_nanos"],
+        last_month_nanos=totals(month.previous())["cost_nanos"],
+        previous=previous,
     )
 
 
@@ -233,6 +261,28 @@ def spend_series(
             merged[key] = merged.get(key, 0) + c["cost_nanos"]
         cells = [{"bucket": b, "key": k, "cost_nanos": v} for (b, k), v in merged.items()]
     return _bucket_starts(time_range, interval), cells, interval
+
+
+def spend_per_bucket(
+    *,
+    tenant: Tenant,
+    time_range: TimeRange,
+    filters: UsageFilters,
+    interval: str,
+    families: bool = False,
+) -> tuple[list[datetime], list[int]]:
+    """Total spend in each hour or day of the range, empty ones included (the previous
+    period's line on the spend chart)."""
+    src = _source(tenant, time_range, filters, families=families)
+    trunc = TruncHour if interval == "hour" else TruncDay
+    found = {
+        r["bucket"]: int(r["cost_nanos"])
+        for r in src.rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
+        .values("bucket")
+        .annotate(cost_nanos=src.sums["cost_nanos"])
+    }
+    buckets = _bucket_starts(time_range, interval)
+    return buckets, [found.get(b, 0) for b in buckets]
 
 
 def breakdown(

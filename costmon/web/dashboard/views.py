@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.conf import settings
@@ -63,6 +64,7 @@ TABLE_ROWS = 25  # a table (and its CSV) lists this many; its chart shows the fi
 CHART_ROWS = 10
 NUL = "\x00"
 SNAPSHOTS_PARAM = "snapshots"  # "split": each dated snapshot of a model on its own
+COMPARE_PARAM = "compare"  # "previous": the previous period over the spend chart
 
 
 # --- tenant ----------------------------------------------------------------------------------
@@ -101,6 +103,7 @@ class PageQuery:
     errors: list[str] = field(default_factory=list)
     # Dated snapshots (gpt-4o-2024-08-06) counted under their family (gpt-4o) unless split.
     split_snapshots: bool = False
+    compare_previous: bool = False  # the previous period's line over the spend chart
     # One clock for the whole page: every window on it ends at the same moment.
     now: datetime = field(default_factory=timezone.now)
 
@@ -164,6 +167,7 @@ def parse_query(
     split = params.get(SNAPSHOTS_PARAM, "") == "split"
     return PageQuery(
         split_snapshots=split,
+        compare_previous=params.get(COMPARE_PARAM, "") == "previous",
         period=period,
         start=start,
         end=end,
@@ -228,45 +232,131 @@ def _money(nanos: int) -> dict[str, str]:
     return {"value": format_money(nanos), "title": money_title(nanos)}
 
 
+COMPARED_WITH = {
+    "today": "same time yesterday",
+    "month": "same days last month",
+    "48h": "previous 48 hours",
+    "7d": "previous 7 days",
+    "30d": "previous 30 days",
+}
+
+
+def _compared_with(q: PageQuery) -> str:
+    if q.period in COMPARED_WITH:
+        return COMPARED_WITH[q.period]
+    span = q.time_range.end - q.time_range.start
+    if span % timedelta(days=1):
+        hours = span // timedelta(hours=1)
+        return f"previous {hours} hour{'s' if hours != 1 else ''}"
+    days = span.days
+    return f"previous {days} day{'s' if days != 1 else ''}"
+
+
+def _change(
+    current: int, previous: int, against: str, shown: Callable[[int], str]
+) -> dict[str, str]:
+    """ "+12% vs previous 30 days ($116.20)": the change in whole percent, half up, exactly."""
+    then = f"vs {against} ({shown(previous)})"
+    if current == previous:
+        return {"change": f"no change {then}", "change_dir": ""}
+    if previous == 0:
+        return {"change": f"new {then}", "change_dir": "up"}
+    percent = (Decimal(current - previous) * 100 / previous).quantize(
+        Decimal(1), rounding=ROUND_HALF_UP
+    )
+    return {
+        "change": f"{'+' if percent > 0 else ''}{percent}% {then}",
+        "change_dir": "up" if current > previous else "down",
+    }
+
+
+def _rate_change(c: dashboard.Cards, before: dict[str, int], against: str) -> dict[str, str]:
+    """The cache hit rate's change in percentage points."""
+    if not c.calls or not before["calls"]:
+        return {}
+    rate = Decimal(c.cache_hits) * 100 / c.calls
+    then = Decimal(before["cache_hits"]) * 100 / before["calls"]
+    points = (rate - then).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+    shown = f"{then.quantize(Decimal('0.1'), rounding=ROUND_HALF_UP)}%"
+    if not points:
+        return {"change": f"no change vs {against} ({shown})", "change_dir": ""}
+    return {
+        "change": f"{'+' if points > 0 else ''}{points} pts vs {against} ({shown})",
+        "change_dir": "up" if points > 0 else "down",
+    }
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
 def _cards(c: dashboard.Cards, q: PageQuery) -> list[dict[str, str]]:
     projection = "No monthly budget on the whole tenant."
     if c.budget_limit_nanos is not None and c.outlook is not None:
         projection = f"{c.outlook} against the {format_money(c.budget_limit_nanos)} monthly budget"
     elif not q.filters.is_empty():
         projection = "At the month-to-date pace, for these filters."
+    before = c.previous or {}
+    against = _compared_with(q)
+    prev_avg = before["cost_nanos"] // before["calls"] if before.get("calls") else None
+
+    def versus(current: int, key: str, shown: Callable[[int], str]) -> dict[str, str]:
+        return _change(current, before[key], against, shown) if before else {}
+
     cards = [
-        {"id": "today", "label": "Spend today", **_money(c.today_nanos), "note": ""},
-        {"id": "month", "label": "Month to date", **_money(c.month_nanos), "note": ""},
+        {
+            "id": "today",
+            "label": "Spend today",
+            **_money(c.today_nanos),
+            "note": "",
+            **_change(c.today_nanos, c.previous_today_nanos, COMPARED_WITH["today"], format_money),
+        },
+        {
+            "id": "month",
+            "label": "Month to date",
+            **_money(c.month_nanos),
+            "note": "",
+            **_change(c.month_nanos, c.previous_month_nanos, COMPARED_WITH["month"], format_money),
+        },
         {
             "id": "projected",
             "label": "Projected month end",
             **_money(c.projected_nanos),
             "note": projection,
             "status": (c.outlook or "").replace(" ", "-"),
+            **_change(c.projected_nanos, c.last_month_nanos, "last month", format_money),
         },
         {
             "id": "period",
             "label": f"Spend, {q.period_label.lower()}",
             **_money(c.period_nanos),
             "note": "",
+            **versus(c.period_nanos, "cost_nanos", format_money),
         },
         {
             "id": "calls",
             "label": "Calls",
             "value": f"{c.calls:,}",
             "note": f"{c.errors:,} errors" if c.errors else "",
+            **versus(c.calls, "calls", _count),
         },
         {
             "id": "avg",
             "label": "Average cost per call",
             **(_money(c.avg_cost_nanos) if c.avg_cost_nanos is not None else {"value": DASH}),
             "note": "",
+            **(
+                _change(c.avg_cost_nanos, prev_avg, against, format_money)
+                if c.avg_cost_nanos is not None and prev_avg is not None
+                else {}
+            ),
         },
         {
             "id": "cache",
             "label": "Cache hit rate",
             "value": f"{c.cache_hit_percent}%" if c.cache_hit_percent is not None else DASH,
             "note": f"{c.cache_hits:,} of {c.calls:,} calls" if c.calls else "",
+            **(_rate_change(c, before, against) if before else {}),
         },
         {
             "id": "unpriced",
@@ -276,6 +366,7 @@ def _cards(c: dashboard.Cards, q: PageQuery) -> list[dict[str, str]]:
             if c.unpriced_calls
             else "",
             "status": "at-risk" if c.unpriced_calls else "",
+            **versus(c.unpriced_calls, "unpriced_calls", _count),
         },
     ]
     stop = c.emergency_stop
@@ -323,6 +414,7 @@ def _filter_form(q: PageQuery, fixed: dict[str, str], request: HttpRequest) -> d
         "end": end,
         "by": q.group_by,
         "snapshots": "split" if q.split_snapshots else "",
+        "compare": "previous" if q.compare_previous else "",
         "fields": [
             {"name": name, "label": name.replace("_", " "), "value": getattr(f, name) or ""}
             for name in TEXT_FILTERS
@@ -350,21 +442,19 @@ def _group_links(
     return out
 
 
-def _snapshot_links(request: HttpRequest, q: PageQuery) -> list[dict[str, Any]]:
-    """The toggle between dated snapshots grouped under their model family and split."""
+def _toggle(
+    request: HttpRequest, param: str, on: str, labels: tuple[str, str], current: bool
+) -> list[dict[str, Any]]:
+    """Two links that set or clear `param=on`, the rest of the query kept."""
     out = []
-    for value, label in (("", "grouped"), ("split", "split")):
+    for value, label in (("", labels[0]), (on, labels[1])):
         query = request.GET.copy()
         query.pop("export", None)
-        query.pop(SNAPSHOTS_PARAM, None)
+        query.pop(param, None)
         if value:
-            query[SNAPSHOTS_PARAM] = value
+            query[param] = value
         out.append(
-            {
-                "label": label,
-                "url": f"?{query.urlencode()}",
-                "current": q.split_snapshots == bool(value),
-            }
+            {"label": label, "url": f"?{query.urlencode()}", "current": current == bool(value)}
         )
     return out
 
@@ -452,6 +542,15 @@ def _usage_page(
         tenant=tenant, time_range=tr, filters=flt, group_by=q.group_by, families=families
     )
     totals = cards.calls, cards.cache_hits
+    previous = None
+    if q.compare_previous:
+        previous = dashboard.spend_per_bucket(
+            tenant=tenant,
+            time_range=tr.previous(),
+            filters=flt,
+            interval=interval,
+            families=families,
+        )
     figures = [
         (
             "chart-spend",
@@ -460,6 +559,7 @@ def _usage_page(
                 buckets=buckets,
                 interval=interval,
                 group_label=q.group_by.replace("_", " "),
+                previous=previous,
             ),
         ),
     ]
@@ -501,7 +601,12 @@ def _usage_page(
         groups=_group_links(
             request, q, [g for g in GROUPS if not (kind == "end_user" and g == "end_user")]
         ),
-        snapshots=_snapshot_links(request, q),
+        snapshots=_toggle(
+            request, SNAPSHOTS_PARAM, "split", ("grouped", "split"), q.split_snapshots
+        ),
+        compare=_toggle(
+            request, COMPARE_PARAM, "previous", ("off", "previous period"), q.compare_previous
+        ),
         no_data=cards.calls == 0,
     )
     if kind == "overview":
