@@ -126,7 +126,8 @@ def _load_chunk(tenant: Tenant, part: list[EventIn], report: BulkReport) -> None
             cursor.execute(
                 with_rollups(
                     f"INSERT INTO {events} ({columns}) SELECT {columns} FROM usage_bulk_stage"
-                    f" ORDER BY occurred_at ON CONFLICT (tenant_id, event_id) DO NOTHING"
+                    f" ORDER BY occurred_at ON CONFLICT (tenant_id, event_id) DO NOTHING",
+                    tags=True,
                 )
                 + " SELECT count(*), coalesce(sum(cost_nanos), 0),"
                 " count(*) FILTER (WHERE cost_source = 2) FROM fresh"

@@ -1,4 +1,4 @@
-"""The two rollup tables, kept equal to the sum of the events in the transaction that stores them.
+"""The rollup tables, kept equal to the sum of the events in the transaction that stores them.
 
 `HourlyRollup` has every dimension (end user and API key included): budgets and anything about
 end users read it. `ModelHourlyRollup` has the same sums without end user and key: the
@@ -6,6 +6,9 @@ dashboard's totals, series and model breakdowns read it, since with thousands of
 first table holds nearly a row per event. Both are written together, in the transaction that
 stores or changes the events: by `with_rollups` inside the insert statement on PostgreSQL
 (ingest, bulk load), by `rollups_add` on SQLite, and by `rollups_rebuild` (re-pricing, deletes).
+
+`TagHourlyRollup` has the by-model sums once per tag of the events (name and value), written in
+the same three places: the overview's spend by tag reads it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from django.db.models.functions import TruncHour
 
 from costmon.core.models import Tenant
 from costmon.core.tenancy import raw_cursor
-from usage.models import CostSource, HourlyRollup, ModelHourlyRollup, UsageEvent
+from usage.models import CostSource, HourlyRollup, ModelHourlyRollup, TagHourlyRollup, UsageEvent
 
 ROLLUP_KEY = (
     "tenant_id",
@@ -32,6 +35,8 @@ ROLLUP_KEY = (
     "api_key_id",
 )
 MODEL_ROLLUP_KEY = ROLLUP_KEY[:5]
+TAG_ROLLUP_KEY = (*MODEL_ROLLUP_KEY, "tag_name", "tag_value")
+_PG_TYPES = {"hour": "timestamptz", "tag_name": "text", "tag_value": "text"}
 ROLLUP_SUMS = (
     "calls",
     "errors",
@@ -63,6 +68,23 @@ ROLLUP_SQL = {
 }
 
 Sums = dict[tuple[Any, ...], list[int]]
+# What `aggregate_tags` reads of an event besides its tenant and time.
+_TAG_EVENT_FIELDS = (
+    "provider_id",
+    "model_id",
+    "operation_id",
+    "tags",
+    "is_error",
+    "cache_hit",
+    "cost_source",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+    "latency_ms",
+)
 
 
 def hour_of(value: datetime) -> datetime:
@@ -83,23 +105,45 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> Sums:
             r["end_user_id"],
             r["api_key_id"],
         )
-        acc = sums.get(key)
-        if acc is None:
-            acc = sums[key] = [0] * len(ROLLUP_SUMS)
-        acc[0] += 1
-        acc[1] += r["is_error"]
-        acc[2] += r["cache_hit"]
-        acc[3] += r["cost_source"] == CostSource.UNPRICED
-        acc[4] += r["input_tokens"]
-        acc[5] += r["output_tokens"]
-        acc[6] += r["cached_input_tokens"]
-        acc[7] += r["cache_write_tokens"]
-        acc[8] += r["reasoning_tokens"]
-        acc[9] += r["cost_nanos"]
-        if r["latency_ms"] is not None:
-            acc[10] += r["latency_ms"]
-            acc[11] += 1
+        _add(sums, key, r)
     return sums
+
+
+def aggregate_tags(rows: Iterable[dict[str, Any]]) -> Sums:
+    """Event rows (as stored) summed by the tag rollup's key, once per tag of each event."""
+    sums: Sums = {}
+    for r in rows:
+        for name, value in (r["tags"] or {}).items():
+            key = (
+                r["tenant_id"],
+                hour_of(r["occurred_at"]),
+                r["provider_id"],
+                r["model_id"],
+                r["operation_id"],
+                name,
+                value,
+            )
+            _add(sums, key, r)
+    return sums
+
+
+def _add(sums: Sums, key: tuple[Any, ...], r: dict[str, Any]) -> None:
+    acc = sums.get(key)
+    if acc is None:
+        acc = sums[key] = [0] * len(ROLLUP_SUMS)
+    acc[0] += 1
+    acc[1] += r["is_error"]
+    acc[2] += r["cache_hit"]
+    acc[3] += r["cost_source"] == CostSource.UNPRICED
+    acc[4] += r["input_tokens"]
+    acc[5] += r["output_tokens"]
+    acc[6] += r["cached_input_tokens"]
+    acc[7] += r["cache_write_tokens"]
+    acc[8] += r["reasoning_tokens"]
+    acc[9] += r["cost_nanos"]
+    if r["latency_ms"] is not None:
+        acc[10] += r["latency_ms"]
+        acc[11] += 1
 
 
 def by_model(sums: Sums) -> Sums:
@@ -116,13 +160,22 @@ def by_model(sums: Sums) -> Sums:
     return folded
 
 
-def rollups_add(sums: Sums, *, replace: bool = False) -> None:
-    """Add (or with `replace`, set) full-key sums to both rollup tables. Call in a transaction.
+def rollups_add(sums: Sums, *, replace: bool = False, tags: Sums | None = None) -> None:
+    """Add (or with `replace`, set) full-key sums to both rollup tables, and `tags` (sums by
+    the tag key, `aggregate_tags`) to the tag rollups. Call in a transaction.
 
     `replace` is only right when `sums` holds every row of its hours (a rebuild).
     """
     _upsert(HourlyRollup, ROLLUP_KEY, sums, replace=replace)
     _upsert(ModelHourlyRollup, MODEL_ROLLUP_KEY, by_model(sums), replace=replace)
+    if tags:
+        _upsert(TagHourlyRollup, TAG_ROLLUP_KEY, tags, replace=replace)
+
+
+def tag_rollups_add(rows: Sequence[dict[str, Any]]) -> None:
+    """Add event rows just stored (as `aggregate` reads them) to the tag rollups, once per tag.
+    Call in the transaction that stored them; nothing to do for events without tags."""
+    _upsert(TagHourlyRollup, TAG_ROLLUP_KEY, aggregate_tags(rows), replace=False)
 
 
 def _upsert(model: type[Model], key: Sequence[str], sums: Sums, *, replace: bool) -> None:
@@ -140,7 +193,7 @@ def _upsert(model: type[Model], key: Sequence[str], sums: Sums, *, replace: bool
         for k in keys:
             for i, value in enumerate((*k, *sums[k])):
                 arrays[i].append(value)
-        types = ["bigint", "timestamptz"] + ["bigint"] * (len(columns) - 2)
+        types = [_PG_TYPES.get(c, "bigint") for c in columns]
         unnest = ", ".join(f"%b::{t}[]" for t in types)
         with raw_cursor(connection) as cursor:
             cursor.execute(
@@ -171,9 +224,10 @@ def _upsert(model: type[Model], key: Sequence[str], sums: Sums, *, replace: bool
             )
 
 
-def with_rollups(insert: str) -> str:
+def with_rollups(insert: str, *, tags: bool = False) -> str:
     """`WITH fresh AS (<insert> RETURNING ...), ...`: the statement that stores events also adds
-    exactly the rows it inserted to both rollup tables. Follow it with a SELECT from `fresh`.
+    exactly the rows it inserted to both rollup tables (and with `tags`, to the tag rollups;
+    ingest adds those with `tag_rollups_add`). Follow it with a SELECT from `fresh`.
 
     `insert` is an `INSERT INTO usage_usageevent ... ON CONFLICT DO NOTHING` without RETURNING.
     Rows go in key order, as `rollups_add` does, so concurrent batches lock them in the same
@@ -196,6 +250,18 @@ def with_rollups(insert: str) -> str:
             f"GROUP BY {ordinals} ORDER BY {ordinals} "
             f"ON CONFLICT ({columns}) DO UPDATE SET {add})"
         )
+    if not tags:
+        return ", ".join(parts)
+    # `tags=True` (the bulk loader: one statement per chunk, its length does not matter):
+    # the tag rollups too, once per tag of each event; an event without tags yields none.
+    tag_columns = ", ".join(TAG_ROLLUP_KEY)
+    parts.append(
+        f"by_tag AS (INSERT INTO {TagHourlyRollup._meta.db_table} AS r ({tag_columns}, "
+        f"{', '.join(ROLLUP_SUMS)}) SELECT {tag_columns}, {sums} FROM fresh, "
+        "jsonb_each_text(fresh.tags) AS t(tag_name, tag_value) "
+        "GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7 "
+        f"ON CONFLICT ({tag_columns}) DO UPDATE SET {add})"
+    )
     return ", ".join(parts)
 
 
@@ -209,9 +275,16 @@ def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
         part = list(hours[i : i + 500])
         HourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
         ModelHourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
+        TagHourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
         window = Q()
         for hour in part:
             window |= Q(occurred_at__gte=hour, occurred_at__lt=hour + timedelta(hours=1))
+        # Tags live in each event's JSON: the tagged events of these hours, summed per tag.
+        tagged = (
+            UsageEvent.objects.for_tenant(tenant)
+            .filter(window, tags__isnull=False)
+            .values("tenant_id", "occurred_at", *_TAG_EVENT_FIELDS)
+        )
         rows = (
             UsageEvent.objects.for_tenant(tenant)
             .filter(window)
@@ -259,6 +332,6 @@ def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
             ]
             for r in rows
         }
-        rollups_add(sums, replace=True)
+        rollups_add(sums, replace=True, tags=aggregate_tags(tagged.iterator(chunk_size=5000)))
         rebuilt += len(part)
     return rebuilt

@@ -30,10 +30,18 @@ from usage.models import (
     ModelAlias,
     ModelHourlyRollup,
     ServiceTier,
+    TagHourlyRollup,
     UsageEvent,
 )
 from usage.pricing import Catalog, Usage, breakdown
-from usage.rollups import aggregate, hour_of, rollups_add, rollups_rebuild, with_rollups
+from usage.rollups import (
+    aggregate,
+    hour_of,
+    rollups_add,
+    rollups_rebuild,
+    tag_rollups_add,
+    with_rollups,
+)
 from usage.signals import usage_rewritten
 
 log = structlog.get_logger(__name__)
@@ -233,6 +241,7 @@ def usage_record_batch(
                 fresh = [r for r in rows if r["event_id"] in inserted]
                 if connection.vendor != "postgresql":  # there the insert added them
                     rollups_add(aggregate(fresh))
+                tag_rollups_add(fresh)  # on every database: not in the insert statement
                 if fresh:
                     for hook in before_commit_hooks:
                         hook(tenant, fresh)
@@ -571,6 +580,7 @@ def usage_tenant_reset(*, tenant: Tenant) -> tuple[int, int]:
         events = UsageEvent.objects.for_tenant(tenant)._raw_delete(UsageEvent.objects.db)
         rollups = HourlyRollup.objects.for_tenant(tenant)._raw_delete(HourlyRollup.objects.db)
         ModelHourlyRollup.objects.for_tenant(tenant)._raw_delete(ModelHourlyRollup.objects.db)
+        TagHourlyRollup.objects.for_tenant(tenant)._raw_delete(TagHourlyRollup.objects.db)
         _rewritten(tenant.pk)
     return events, rollups
 

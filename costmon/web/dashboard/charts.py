@@ -58,6 +58,7 @@ HIT_COLOUR = "#59A14F"
 MISS_COLOUR = "#BAB0AC"
 LIMIT_COLOUR = "#E15759"
 PREVIOUS_COLOUR = "#1F2933"
+PROJECTED_COLOUR = "#F28E2B"
 ACCENT = PALETTE[0]
 # Sequential, light to dark and cool to warm (ColorBrewer YlOrRd): $0 is the lightest cell.
 HEAT_SCALE = (
@@ -237,7 +238,7 @@ def spend_by_day(
     per = "hour" if interval == "hour" else "day"
     return _figure(
         traces,
-        f"Spend per {per} by {group_label}",
+        f"Spend per {per} by {html.escape(group_label, quote=False)}",
         barmode="stack",
         hovermode="x unified",
         bargap=0.15,
@@ -372,7 +373,8 @@ def budget_burndown(
                 y=[_axis(remaining[-1]), _axis(end_left)],
                 customdata=[format_money(remaining[-1]), format_money(end_left)],
                 mode="lines",
-                line={"color": LIMIT_COLOUR if end_left < 0 else ACCENT, "dash": "dash"},
+                # Never the remaining line's colour: two series of a chart never share one.
+                line={"color": LIMIT_COLOUR if end_left < 0 else PROJECTED_COLOUR, "dash": "dash"},
                 hovertemplate="%{x|%b %d}: %{customdata} left (projected)<extra></extra>",
             )
         )

@@ -25,10 +25,11 @@ from budgets.services import emergency_stop_active
 from costmon.core.models import Tenant
 from costmon.core.money import usd_to_nanos
 from costmon.core.periods import TimeRange, period_range, project, tenant_zone
-from usage.models import Dimension, UsageEvent
+from usage.models import Dimension, TagHourlyRollup, UsageEvent
 from usage.pricing import candidate_names
 from usage.selectors import (
     ROLLUP_DIMENSIONS,
+    TagValue,
     UsageFilters,
     _bucket_starts,
     _event_sums,
@@ -237,9 +238,13 @@ def spend_series(
 ) -> tuple[list[datetime], list[dict[str, Any]], str]:
     """Spend per bucket and per provider, model, operation or end user: (every bucket of the
     range, the non-empty {bucket, key, cost_nanos} cells, the interval)."""
+    interval = chart_interval(time_range)
+    if group_by.startswith(TAG_PREFIX) and len(group_by) > len(TAG_PREFIX):
+        name = group_by[len(TAG_PREFIX) :]
+        cells = _tag_series(tenant, time_range, filters, name, interval, families)
+        return _bucket_starts(time_range, interval), cells, interval
     if group_by not in ROLLUP_DIMENSIONS:
         raise ValueError(f"cannot group the series by {group_by!r}")
-    interval = chart_interval(time_range)
     src = _source(
         tenant, time_range, filters, by_end_user=group_by == "end_user", families=families
     )
@@ -261,6 +266,83 @@ def spend_series(
             merged[key] = merged.get(key, 0) + c["cost_nanos"]
         cells = [{"bucket": b, "key": k, "cost_nanos": v} for (b, k), v in merged.items()]
     return _bucket_starts(time_range, interval), cells, interval
+
+
+TAG_PREFIX = "tag:"
+MAX_TAG_NAMES = 20
+
+
+def tag_names(*, tenant: Tenant, time_range: TimeRange) -> list[str]:
+    """The tag names the tenant's calls carried in the range (from the tag rollups)."""
+    return list(
+        TagHourlyRollup.objects.for_tenant(tenant)
+        .filter(hour__gte=time_range.start, hour__lt=time_range.end)
+        .values_list("tag_name", flat=True)
+        .distinct()
+        .order_by("tag_name")[:MAX_TAG_NAMES]
+    )
+
+
+def _tag_series(
+    tenant: Tenant,
+    tr: TimeRange,
+    filters: UsageFilters,
+    name: str,
+    interval: str,
+    families: bool,
+) -> list[dict[str, Any]]:
+    """{bucket, key, cost_nanos} per value of tag `name`, and the calls without that tag as
+    key "": from the tag rollups, or (an end user or tag filter, which those rows do not
+    carry) from the events."""
+    trunc = TruncHour if interval == "hour" else TruncDay
+    rows: QuerySet[Any]
+    tagged: QuerySet[Any]
+    if filters.end_user is None and filters.tag is None:
+        rows = TagHourlyRollup.objects.for_tenant(tenant).filter(
+            tag_name=name, hour__gte=tr.start, hour__lt=tr.end
+        )
+        for dimension in ("provider", "operation", "model"):
+            value = getattr(filters, dimension)
+            if value is None:
+                continue
+            if dimension == "model" and families:
+                rows = rows.filter(model_id__in=_family_ids(tenant, value))
+            else:
+                rows = rows.filter(named(tenant, dimension, value))
+        tagged = (
+            rows.annotate(bucket=trunc("hour", tzinfo=tr.tz))
+            .values("bucket", key=F("tag_value"))
+            .annotate(cost_nanos=Sum("cost_nanos"))
+        )
+    else:
+        family = filters.model if families else None
+        events = _filtered_events(
+            tenant, tr, replace(filters, model=None) if family is not None else filters
+        )
+        if family is not None:
+            events = events.filter(model_id__in=_family_ids(tenant, family))
+        tagged = (
+            events.alias(tag_key=TagValue(name))
+            .filter(tag_key__isnull=False)
+            .annotate(bucket=trunc("occurred_at", tzinfo=tr.tz))
+            .values("bucket", key=F("tag_key"))
+            .annotate(cost_nanos=Sum("cost_nanos"))
+        )
+    cells = [
+        {"bucket": r["bucket"], "key": r["key"], "cost_nanos": int(r["cost_nanos"])}
+        for r in tagged.order_by("bucket", "key")
+    ]
+    # Whatever the tagged calls leave of each bucket's total is spend without the tag.
+    buckets, totals = spend_per_bucket(
+        tenant=tenant, time_range=tr, filters=filters, interval=interval, families=families
+    )
+    per_bucket: dict[datetime, int] = {}
+    for c in cells:
+        per_bucket[c["bucket"]] = per_bucket.get(c["bucket"], 0) + c["cost_nanos"]
+    for bucket, total in zip(buckets, totals, strict=True):
+        if rest := total - per_bucket.get(bucket, 0):
+            cells.append({"bucket": bucket, "key": "", "cost_nanos": rest})
+    return cells
 
 
 def spend_per_bucket(

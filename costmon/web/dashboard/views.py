@@ -60,6 +60,7 @@ DEFAULT_PERIOD = "30d"
 GROUPS = ("provider", "model", "operation", "end_user")
 TEXT_FILTERS = ("provider", "model", "operation", "end_user")
 MAX_FILTER_LENGTH = 255
+MAX_TAG_NAME = 64  # as ingest accepts tag names
 TABLE_ROWS = 25  # a table (and its CSV) lists this many; its chart shows the first ten
 CHART_ROWS = 10
 NUL = "\x00"
@@ -161,8 +162,17 @@ def parse_query(
     values.update(fixed or {})
 
     group_by = params.get("by") or "provider"
-    if group_by not in GROUPS:
-        errors.append(f"Unknown grouping {group_by!r}; use one of {', '.join(GROUPS)}.")
+    if group_by.startswith(dashboard.TAG_PREFIX):
+        tag_name = group_by[len(dashboard.TAG_PREFIX) :]
+        if not tag_name or len(tag_name) > MAX_TAG_NAME or NUL in tag_name:
+            errors.append(
+                f"Name the tag to stack by as tag:<name> (1 to {MAX_TAG_NAME} characters)."
+            )
+            group_by = "provider"
+    elif group_by not in GROUPS:
+        errors.append(
+            f"Unknown grouping {group_by!r}; use one of {', '.join(GROUPS)} or tag:<name>."
+        )
         group_by = "provider"
     split = params.get(SNAPSHOTS_PARAM, "") == "split"
     return PageQuery(
@@ -424,6 +434,13 @@ def _filter_form(q: PageQuery, fixed: dict[str, str], request: HttpRequest) -> d
     }
 
 
+def _group_label(group_by: str) -> str:
+    """ "end user", or "tag team" for `tag:team`."""
+    if group_by.startswith(dashboard.TAG_PREFIX):
+        return f"tag {shown(group_by[len(dashboard.TAG_PREFIX) :])}"
+    return group_by.replace("_", " ")
+
+
 def _group_links(
     request: HttpRequest, q: PageQuery, choices: Sequence[str]
 ) -> list[dict[str, Any]]:
@@ -434,7 +451,7 @@ def _group_links(
         query["by"] = choice
         out.append(
             {
-                "label": choice.replace("_", " "),
+                "label": _group_label(choice),
                 "url": f"?{query.urlencode()}",
                 "current": choice == q.group_by,
             }
@@ -558,7 +575,7 @@ def _usage_page(
                 cells,
                 buckets=buckets,
                 interval=interval,
-                group_label=q.group_by.replace("_", " "),
+                group_label=_group_label(q.group_by),
                 previous=previous,
             ),
         ),
@@ -599,7 +616,13 @@ def _usage_page(
         burndowns=burndowns,
         tables=_with_export_links(request, tables),
         groups=_group_links(
-            request, q, [g for g in GROUPS if not (kind == "end_user" and g == "end_user")]
+            request,
+            q,
+            [g for g in GROUPS if not (kind == "end_user" and g == "end_user")]
+            + [
+                f"{dashboard.TAG_PREFIX}{name}"
+                for name in dashboard.tag_names(tenant=tenant, time_range=tr)
+            ],
         ),
         snapshots=_toggle(
             request, SNAPSHOTS_PARAM, "split", ("grouped", "split"), q.split_snapshots
