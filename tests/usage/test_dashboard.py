@@ -17,10 +17,11 @@ import time_machine
 from alerts.models import Alert, AlertRule
 from budgets.models import Budget
 from budgets.services import budget_create, emergency_stop_trip
+from costmon.core import tenancy
 from costmon.core.models import Membership, Tenant
-from costmon.core.periods import custom_range
+from costmon.core.periods import custom_range, recent_range
 from costmon.core.services import membership_add, tenant_create
-from costmon.web.dashboard import charts
+from costmon.web.dashboard import charts, pages
 from costmon.web.dashboard.pages import spend_heatmap
 from tests.factories import UserFactory
 from tests.helpers import event, post_usage
@@ -934,3 +935,41 @@ def test_the_previous_period_line_is_aligned_bucket_by_bucket():
         ["$2.50", "Oct 02"],
         ["$0.000000007", "Oct 03"],
     ]
+
+
+# --- many series -----------------------------------------------------------------------------
+
+
+def test_a_stacked_chart_shows_the_ten_biggest_and_sums_the_rest_as_others(
+    member, ingest_client, acme
+):
+    # 14 end users on 20 November: user-k spends $0.0k1 ... the smallest four make "(others)".
+    batch = [
+        event(
+            event_id=f"u{k}",
+            occurred_at="2026-11-20T10:00:00Z",
+            end_user=f"user-{k:02d}",
+            operation=f"op-{k:02d}",
+            cost_usd=f"0.{k:02d}1",
+        )
+        for k in range(1, 15)
+    ]
+    assert post_usage(ingest_client, batch).status_code == 201
+    for by in ("end_user", "operation"):
+        with tenancy.tenant_context(acme):
+            _, cells, _ = pages.spend_series(
+                tenant=acme,
+                time_range=recent_range(tenant=acme, period="7d"),
+                filters=UsageFilters(),
+                group_by=by,
+                top=[f"user-{k:02d}" for k in range(14, 0, -1)] if by == "end_user" else None,
+            )
+        spend = {c["key"]: c["cost_nanos"] for c in cells}
+        prefix = "user" if by == "end_user" else "op"
+        assert spend == {
+            **{f"{prefix}-{k:02d}": (k * 10 + 1) * 1_000_000 for k in range(5, 15)},
+            pages.OTHERS: (11 + 21 + 31 + 41) * 1_000_000,
+        }, by
+    html = page(member, "/t/acme/?period=7d&by=end_user")
+    series = re.findall(r'"name":"([^"]+)","x"', html)
+    assert series[-1] == "(others)" and len(series) == 11

@@ -76,6 +76,10 @@ WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 CONFIG = {"responsive": True, "displaylogo": False}
 HEIGHT = 340
 NO_NAME = "(none)"
+# The key a series gets for everything beyond a chart's biggest ones (no name holds a NUL).
+OTHERS = "\x00others"
+OTHERS_LABEL = "(others)"
+OTHERS_COLOUR = "#BAB0AC"  # grey, outside the palette
 
 
 def colour_for(name: str) -> str:
@@ -91,8 +95,8 @@ def colours_for(names: Sequence[str]) -> dict[str, str]:
     """Each name's colour in one chart, `names` ranked (biggest first): a name gets its own
     colour when no bigger one took it, else the next free one, so no two share a colour (until
     the palette runs out, beyond 22 series). Providers with a fixed colour always keep it."""
-    taken: set[str] = set()
-    found: dict[str, str] = {}
+    taken: set[str] = {OTHERS_COLOUR}
+    found: dict[str, str] = {OTHERS: OTHERS_COLOUR} if OTHERS in names else {}
     fixed = {
         n: FIXED_COLOURS[n.strip().lower()] for n in names if n.strip().lower() in FIXED_COLOURS
     }
@@ -120,6 +124,8 @@ def _axis(nanos: int) -> float:
 
 def _label(name: str) -> str:
     # plotly reads tags (`<b>`, `<br>`) in labels: a name is shown as the text it is.
+    if name == OTHERS:
+        return OTHERS_LABEL
     return html.escape(shown(name), quote=False) if name else NO_NAME
 
 
@@ -200,7 +206,8 @@ def spend_by_day(
         cells = per_key.setdefault(str(row[group_key] or ""), {})
         cells[row["bucket"]] = cells.get(row["bucket"], 0) + int(row["cost_nanos"])
     # The biggest spender at the bottom of each stack, where it is easiest to read.
-    order = sorted(per_key, key=lambda k: (-sum(per_key[k].values()), k))
+    # ... and everything else, summed, at the top.
+    order = sorted(per_key, key=lambda k: (k == OTHERS, -sum(per_key[k].values()), k))
     x = [_naive(b) for b in buckets]
     colours = colours_for(order)
     traces = []

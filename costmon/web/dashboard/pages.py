@@ -9,6 +9,7 @@ filter (tags live on events alone) reads the events in range, as the metrics sel
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -228,6 +229,10 @@ def chart_interval(time_range: TimeRange) -> str:
     return "hour" if time_range.end - time_range.start <= timedelta(hours=49) else "day"
 
 
+MAX_SERIES = 10  # a stacked chart shows the ten biggest; the rest is one series, "others"
+OTHERS = "\x00others"  # the key of that series: no stored name holds a NUL
+
+
 def spend_series(
     *,
     tenant: Tenant,
@@ -235,29 +240,42 @@ def spend_series(
     filters: UsageFilters,
     group_by: str,
     families: bool = False,
+    top: Sequence[str] | None = None,
 ) -> tuple[list[datetime], list[dict[str, Any]], str]:
-    """Spend per bucket and per provider, model, operation or end user: (every bucket of the
-    range, the non-empty {bucket, key, cost_nanos} cells, the interval)."""
+    """Spend per bucket and per provider, model, operation, end user or tag value: (every
+    bucket of the range, the non-empty {bucket, key, cost_nanos} cells, the interval). The
+    `MAX_SERIES` biggest keys keep their own cells, the rest is summed as `OTHERS`.
+
+    `top`: the end users already known to spend most (the page's table), so the series reads
+    only their rows, and the others are the bucket's total less theirs."""
     interval = chart_interval(time_range)
+    buckets = _bucket_starts(time_range, interval)
     if group_by.startswith(TAG_PREFIX) and len(group_by) > len(TAG_PREFIX):
         name = group_by[len(TAG_PREFIX) :]
         cells = _tag_series(tenant, time_range, filters, name, interval, families)
-        return _bucket_starts(time_range, interval), cells, interval
+        return buckets, _fold(cells), interval
     if group_by not in ROLLUP_DIMENSIONS:
         raise ValueError(f"cannot group the series by {group_by!r}")
     src = _source(
         tenant, time_range, filters, by_end_user=group_by == "end_user", families=families
     )
+    rows = src.rows
+    narrowed = group_by == "end_user" and top is not None
+    if narrowed:
+        ids = Dimension.objects.for_tenant(tenant).filter(
+            kind=Dimension.Kind.END_USER, value__in=list(top or ())[:MAX_SERIES]
+        )
+        rows = rows.filter(end_user_id__in=ids.values("pk"))
     trunc = TruncHour if interval == "hour" else TruncDay
-    rows = (
-        src.rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
+    found = (
+        rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
         .values("bucket", key=F(f"{group_by}__value"))
         .annotate(cost_nanos=src.sums["cost_nanos"])
         .order_by("bucket", "key")
     )
     cells = [
         {"bucket": r["bucket"], "key": r["key"] or "", "cost_nanos": int(r["cost_nanos"])}
-        for r in rows
+        for r in found
     ]
     if families and group_by == "model":
         merged: dict[tuple[datetime, str], int] = {}
@@ -265,7 +283,50 @@ def spend_series(
             key = (c["bucket"], family_of(c["key"]))
             merged[key] = merged.get(key, 0) + c["cost_nanos"]
         cells = [{"bucket": b, "key": k, "cost_nanos": v} for (b, k), v in merged.items()]
-    return _bucket_starts(time_range, interval), cells, interval
+    if narrowed:
+        _, totals = spend_per_bucket(
+            tenant=tenant,
+            time_range=time_range,
+            filters=filters,
+            interval=interval,
+            families=families,
+        )
+        cells.extend(_rest(cells, buckets, totals, OTHERS))
+        return buckets, cells, interval
+    return buckets, _fold(cells), interval
+
+
+def _rest(
+    cells: list[dict[str, Any]], buckets: Sequence[datetime], totals: Sequence[int], key: str
+) -> list[dict[str, Any]]:
+    """Cells `key` holding what `cells` leave of each bucket's total."""
+    per_bucket: dict[datetime, int] = {}
+    for c in cells:
+        per_bucket[c["bucket"]] = per_bucket.get(c["bucket"], 0) + c["cost_nanos"]
+    return [
+        {"bucket": bucket, "key": key, "cost_nanos": rest}
+        for bucket, total in zip(buckets, totals, strict=True)
+        if (rest := total - per_bucket.get(bucket, 0))
+    ]
+
+
+def _fold(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `MAX_SERIES` biggest keys' cells, and the others' summed per bucket as `OTHERS`
+    (calls without the tag, key "", always stay apart)."""
+    spend: dict[str, int] = {}
+    for c in cells:
+        spend[c["key"]] = spend.get(c["key"], 0) + c["cost_nanos"]
+    ranked = sorted((k for k in spend if k), key=lambda k: (-spend[k], k))
+    if len(ranked) <= MAX_SERIES:
+        return cells
+    keep = {"", *ranked[:MAX_SERIES]}
+    out = [c for c in cells if c["key"] in keep]
+    others: dict[datetime, int] = {}
+    for c in cells:
+        if c["key"] not in keep:
+            others[c["bucket"]] = others.get(c["bucket"], 0) + c["cost_nanos"]
+    out.extend({"bucket": b, "key": OTHERS, "cost_nanos": v} for b, v in others.items())
+    return out
 
 
 TAG_PREFIX = "tag:"
@@ -336,13 +397,7 @@ def _tag_series(
     buckets, totals = spend_per_bucket(
         tenant=tenant, time_range=tr, filters=filters, interval=interval, families=families
     )
-    per_bucket: dict[datetime, int] = {}
-    for c in cells:
-        per_bucket[c["bucket"]] = per_bucket.get(c["bucket"], 0) + c["cost_nanos"]
-    for bucket, total in zip(buckets, totals, strict=True):
-        if rest := total - per_bucket.get(bucket, 0):
-            cells.append({"bucket": bucket, "key": "", "cost_nanos": rest})
-    return cells
+    return cells + _rest(cells, buckets, totals, "")
 
 
 def spend_per_bucket(
