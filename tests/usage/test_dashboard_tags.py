@@ -250,3 +250,22 @@ def test_an_end_user_or_tag_filter_stacks_by_tag_from_the_events(member, ingest_
         "f3": ["$0.0081"],
     }
     assert "Name the tag to stack by" in page(member, "/t/acme/?by=tag:")
+
+
+def test_stacking_by_a_tag_adds_its_table_with_exact_figures(member, ingest_client):
+    plain = event(event_id="plain", occurred_at="2026-11-20T10:59:00Z", cost_usd="0.5")
+    assert post_usage(ingest_client, [*tagged(), plain]).status_code == 201
+    response = member.get("/t/acme/?period=7d&by=tag:team&export=tag")
+    assert response.status_code == 200
+    assert response.content.decode().splitlines() == [
+        "name,cost_usd,calls,avg_cost_usd,errors,cache_hits",
+        ",0.5108,9,0.056755555,0,0",
+        "ads,0.0108,8,0.00135,0,0",
+        "search,0.0108,8,0.00135,0,0",
+    ]
+    html = page(member, "/t/acme/?period=7d&by=tag:team")
+    assert 'id="table-tag"' in html and "Spend by tag team" in html
+    # Read from the events when an end user is named: every call here is user-1's.
+    narrowed = member.get("/t/acme/?period=7d&by=tag:team&end_user=user-1&export=tag")
+    assert narrowed.content == response.content
+    assert member.get("/t/acme/?period=7d&export=tag").status_code == 400  # no tag stacking

@@ -344,22 +344,21 @@ def tag_names(*, tenant: Tenant, time_range: TimeRange) -> list[str]:
     )
 
 
-def _tag_series(
-    tenant: Tenant,
-    tr: TimeRange,
-    filters: UsageFilters,
-    name: str,
-    interval: str,
-    families: bool,
-) -> list[dict[str, Any]]:
-    """{bucket, key, cost_nanos} per value of tag `name`, and the calls without that tag as
-    key "": from the tag rollups, or (an end user or tag filter, which those rows do not
-    carry) from the events."""
-    trunc = TruncHour if interval == "hour" else TruncDay
-    rows: QuerySet[Any]
-    tagged: QuerySet[Any]
+@dataclass(frozen=True)
+class _Tagged:
+    rows: QuerySet[Any]  # tag rollups, or events carrying the tag
+    time_field: str
+    sums: dict[str, Any]
+    value: Any  # the tag's value, as an expression
+
+
+def _tagged(
+    tenant: Tenant, tr: TimeRange, filters: UsageFilters, name: str, families: bool
+) -> _Tagged:
+    """The calls carrying tag `name`: from the tag rollups, or (an end user or tag filter,
+    which those rows do not carry) from the events."""
     if filters.end_user is None and filters.tag is None:
-        rows = TagHourlyRollup.objects.for_tenant(tenant).filter(
+        rows: QuerySet[Any] = TagHourlyRollup.objects.for_tenant(tenant).filter(
             tag_name=name, hour__gte=tr.start, hour__lt=tr.end
         )
         for dimension in ("provider", "operation", "model"):
@@ -370,25 +369,34 @@ def _tag_series(
                 rows = rows.filter(model_id__in=_family_ids(tenant, value))
             else:
                 rows = rows.filter(named(tenant, dimension, value))
-        tagged = (
-            rows.annotate(bucket=trunc("hour", tzinfo=tr.tz))
-            .values("bucket", key=F("tag_value"))
-            .annotate(cost_nanos=Sum("cost_nanos"))
-        )
-    else:
-        family = filters.model if families else None
-        events = _filtered_events(
-            tenant, tr, replace(filters, model=None) if family is not None else filters
-        )
-        if family is not None:
-            events = events.filter(model_id__in=_family_ids(tenant, family))
-        tagged = (
-            events.alias(tag_key=TagValue(name))
-            .filter(tag_key__isnull=False)
-            .annotate(bucket=trunc("occurred_at", tzinfo=tr.tz))
-            .values("bucket", key=F("tag_key"))
-            .annotate(cost_nanos=Sum("cost_nanos"))
-        )
+        return _Tagged(rows, "hour", _rollup_sums(), F("tag_value"))
+    family = filters.model if families else None
+    events = _filtered_events(
+        tenant, tr, replace(filters, model=None) if family is not None else filters
+    )
+    if family is not None:
+        events = events.filter(model_id__in=_family_ids(tenant, family))
+    events = events.alias(tag_key=TagValue(name)).filter(tag_key__isnull=False)
+    return _Tagged(events, "occurred_at", _event_sums(), F("tag_key"))
+
+
+def _tag_series(
+    tenant: Tenant,
+    tr: TimeRange,
+    filters: UsageFilters,
+    name: str,
+    interval: str,
+    families: bool,
+) -> list[dict[str, Any]]:
+    """{bucket, key, cost_nanos} per value of tag `name`, and the calls without that tag as
+    key ""."""
+    trunc = TruncHour if interval == "hour" else TruncDay
+    src = _tagged(tenant, tr, filters, name, families)
+    tagged = (
+        src.rows.annotate(bucket=trunc(src.time_field, tzinfo=tr.tz))
+        .values("bucket", key=src.value)
+        .annotate(cost_nanos=src.sums["cost_nanos"])
+    )
     cells = [
         {"bucket": r["bucket"], "key": r["key"], "cost_nanos": int(r["cost_nanos"])}
         for r in tagged.order_by("bucket", "key")
@@ -398,6 +406,31 @@ def _tag_series(
         tenant=tenant, time_range=tr, filters=filters, interval=interval, families=families
     )
     return cells + _rest(cells, buckets, totals, "")
+
+
+def tag_breakdown(
+    *,
+    tenant: Tenant,
+    time_range: TimeRange,
+    filters: UsageFilters,
+    name: str,
+    limit: int = 10,
+    families: bool = False,
+) -> list[dict[str, Any]]:
+    """The values of tag `name` that cost most, as `breakdown` rows, and a row with key ""
+    for the calls without the tag (the period's totals less the tagged calls')."""
+    src = _tagged(tenant, time_range, filters, name, families)
+    rows = list(
+        src.rows.values(key=src.value)
+        .annotate(**src.sums)
+        .order_by("-cost_nanos", "-calls", "key")[:limit]
+    )
+    tagged = src.rows.aggregate(**src.sums)
+    total = usage_totals(tenant=tenant, time_range=time_range, filters=filters, families=families)
+    rest = {k: int(total[k]) - int(tagged[k]) for k in total}
+    if rest["calls"] or rest["cost_nanos"]:
+        rows.append({**rest, "key": ""})
+    return sorted(rows, key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))
 
 
 def spend_per_bucket(

@@ -541,6 +541,17 @@ def _usage_page(
     ]
     if kind != "end_user":
         tables.insert(0, breakdown_table("end_users", "Top end users", "End user", users, user_url))
+    if q.group_by.startswith(dashboard.TAG_PREFIX):
+        tag = q.group_by[len(dashboard.TAG_PREFIX) :]
+        by_tag = dashboard.tag_breakdown(
+            tenant=tenant,
+            time_range=tr,
+            filters=flt,
+            name=tag,
+            limit=TABLE_ROWS,
+            families=families,
+        )
+        tables.append(breakdown_table("tag", f"Spend by tag {shown(tag)}", shown(tag), by_tag))
     views = []
     if kind == "overview":
         views = dashboard.dashboard_budgets(tenant=tenant)
