@@ -141,7 +141,8 @@ for (const gd of document.querySelectorAll('.js-plotly-plot')) {
     } else if (t.type === 'pie') {
       colours.push(...t.marker.colors);
     } else if (t.type === 'scatter') {
-      colours.push(t.line.color);
+      if (t.mode === 'markers') colours.push(t.marker.color);
+      else if (t.line.width > 0) colours.push(t.line.color);  // not a band's invisible edge
     }
   }
   out[gd.id] = colours.map(c => String(c).toLowerCase());
