@@ -295,6 +295,7 @@ def test_every_money_figure_follows_the_one_rule_with_the_exact_amount_as_toolti
             "/t/acme/models/claude-haiku-4-5/",
             "/t/acme/users/acme-ann/",
             f"/t/acme/budgets/{monthly_budget.pk}/",
+            "/t/acme/statements/?subject=end_user%3Dacme-ann&month=2026-11",
         )
     ]
     for html in pages:
