@@ -27,7 +27,7 @@ from alerts.transports.base import Message, TransportError
 from budgets.models import EmergencyStop
 from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
-from costmon.core.money import format_usd
+from costmon.core.money import format_money
 from costmon.core.tenancy import tenant_context, unscoped
 
 log = structlog.get_logger(__name__)
@@ -411,7 +411,7 @@ def on_emergency_stop(stop: EmergencyStop, what: str) -> None:
         affected = list(rules)
     for rule in affected:
         spend = (
-            f" Spend at that moment: ${format_usd(stop.spend_at_trip_nanos)}."
+            f" Spend at that moment: {format_money(stop.spend_at_trip_nanos)}."
             if stop.spend_at_trip_nanos is not None
             else ""
         )

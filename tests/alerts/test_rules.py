@@ -140,9 +140,10 @@ def test_a_projection_above_the_threshold_alerts(
     post_usage(ingest_client, today(event_id="c"))  # $0.00405 -> $0.005926829
     evaluate(django_capture_on_commit_callbacks)
     [received] = receiver.requests
+    # Shown by the one money rule: three significant digits below a dollar.
     assert (received.json["title"], received.json["figure"]) == (
-        "Spend is on track for $0.005926829 in November 2026",
-        "$0.005926829",
+        "Spend is on track for $0.00593 in November 2026",
+        "$0.00593",
     )
 
 
