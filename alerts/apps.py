@@ -5,9 +5,11 @@ class AlertsConfig(AppConfig):
     name = "alerts"
 
     def ready(self) -> None:
-        from alerts import services
-        from budgets import services as budgets_services
+        # Imported once the models are loaded (Django's app loading), hence here.
+        from alerts import receivers
+        from budgets.signals import emergency_stop_changed
 
         # An emergency stop tripped or lifted is announced at once, not at the next evaluation.
-        if services.on_emergency_stop not in budgets_services.stop_hooks:
-            budgets_services.stop_hooks.append(services.on_emergency_stop)
+        emergency_stop_changed.connect(
+            receivers.announce_emergency_stop, dispatch_uid="alerts.announce_emergency_stop"
+        )

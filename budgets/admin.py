@@ -24,6 +24,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from budgets.config import bump
+from budgets.emergency_stop import emergency_stop_lift, emergency_stop_trip
 from budgets.models import (
     Budget,
     BudgetDefaults,
@@ -39,8 +40,6 @@ from budgets.services import (
     budget_create,
     budget_delete,
     budget_update,
-    emergency_stop_lift,
-    emergency_stop_trip,
 )
 from costmon.core.admin import ReadOnlyAdminMixin, TenantOwnedAdmin, plural
 from costmon.core.models import ApiKey

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from budgets.check import CheckRequest, CheckResult, budget_check
+from budgets.emergency_stop import emergency_stop_active, emergency_stop_lift, emergency_stop_trip
 from budgets.models import Budget, EmergencyStop
 from budgets.openapi import (
     BudgetList,
@@ -30,9 +31,6 @@ from budgets.services import (
     budget_delete,
     budget_status,
     budget_update,
-    emergency_stop_active,
-    emergency_stop_lift,
-    emergency_stop_trip,
 )
 from costmon.core import instruments
 from costmon.core.exceptions import BatchInvalid, Conflict, DomainError, NotFound
