@@ -15,8 +15,9 @@ from django.db.models.functions import Coalesce
 
 from alerts.models import AlertRule
 from budgets.models import Budget
+from budgets.periods import budget_window
 from budgets.selectors import budget_views
-from budgets.services import budget_status, budget_window
+from budgets.standing import budget_status
 from costmon.core.models import Tenant
 from costmon.core.money import format_money, usd_to_nanos
 from costmon.core.periods import elapsed_share, period_range, project, tenant_zone

@@ -23,15 +23,10 @@ from budgets.openapi import (
     EmergencyStopReply,
     check_request_schema,
 )
+from budgets.scopes import SCOPES
 from budgets.selectors import BudgetView, budget_views, emergency_stop_history
-from budgets.services import (
-    BudgetState,
-    api_key_for_budget,
-    budget_create,
-    budget_delete,
-    budget_status,
-    budget_update,
-)
+from budgets.services import api_key_for_budget, budget_create, budget_delete, budget_update
+from budgets.standing import BudgetState, budget_status
 from costmon.core import instruments
 from costmon.core.exceptions import BatchInvalid, Conflict, DomainError, NotFound
 from costmon.core.fields import (
@@ -78,7 +73,7 @@ def state_json(state: BudgetState) -> dict[str, Any]:
         "enforcement": "hard" if spec.hard else "soft",
         "fail_mode": spec.fail_mode,
     }
-    if spec.scope == "every_end_user":
+    if SCOPES[spec.scope].per_end_user:
         data["end_user"] = state.end_user
     return data
 

@@ -36,39 +36,18 @@ from budgets.check_script import (
     ScriptReply,
     run_check_script,
 )
-from budgets.config import BudgetSpec, RateLimitSpec, TenantConfig
+from budgets.config import RateLimitSpec, TenantConfig
 from budgets.periods import budget_window
-from budgets.services import BudgetState, budget_status
+from budgets.scopes import budget_applies, end_user_of
+from budgets.standing import BudgetState, budget_status
 from budgets.tasks import schedule_reconcile
 from costmon.core.models import Tenant
 from costmon.core.money import format_usd, usd_to_nanos
 from costmon.core.periods import tenant_zone
 from usage.catalog import catalog_for
-from usage.pricing import candidate_names, cost_nanos
+from usage.pricing import cost_nanos
 
-__all__ = ["CheckRequest", "CheckResult", "RateLimitHit", "budget_applies", "budget_check"]
-
-
-def budget_applies(spec: BudgetSpec, req: CheckRequest) -> bool:
-    scope = spec.scope
-    if scope == "tenant":
-        return True
-    if scope == "end_user":
-        return req.end_user == spec.value
-    if scope == "every_end_user":
-        return bool(req.end_user)
-    if scope == "api_key":
-        return req.api_key_id is not None and req.api_key_id == spec.api_key_id
-    if scope == "provider":
-        return req.provider.lower() == spec.value
-    if scope == "model":
-        return spec.value in candidate_names(req.model)
-    if scope == "operation":
-        return req.operation == spec.value
-    if scope == "tag":
-        name, _, value = spec.value.partition("=")
-        return req.tags.get(name) == value
-    return False
+__all__ = ["CheckRequest", "CheckResult", "RateLimitHit", "budget_check"]
 
 
 def estimate_nanos(*, tenant: Tenant, req: CheckRequest) -> tuple[int, str | None]:
@@ -137,7 +116,7 @@ def _applicable_states(
                 period=spec.period, rolling_days=spec.rolling_days, now=now, tz=tz
             ),
             spent=0,
-            end_user=req.end_user if spec.scope == "every_end_user" else "",
+            end_user=end_user_of(spec, req.end_user),
         )
         for spec in conf.budgets
         if budget_applies(spec, req)
@@ -221,9 +200,7 @@ def _script_budget(state: BudgetState) -> ScriptBudget:
     return ScriptBudget(
         limit_nanos=spec.limit_nanos,
         hard=spec.hard,
-        counter_field=counters.budget_field(
-            spec.scope, spec.value, end_user=state.end_user, api_key_id=spec.api_key_id
-        ),
+        counter_field=counters.budget_field(spec, end_user=state.end_user),
         hold_name=reservations.hold_name(spec.id, state.window.key, state.end_user),
         buckets=state.window.buckets,
     )

@@ -17,7 +17,7 @@ from budgets import redis as bredis
 from budgets.check_result import CheckRequest, CheckResult
 from budgets.config import RateLimitSpec, TenantConfig
 from budgets.emergency_stop import emergency_stop_active
-from budgets.services import BudgetState, spent_from_database
+from budgets.standing import BudgetState, spent_from_database
 from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context
 

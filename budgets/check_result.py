@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from budgets.services import BudgetState
+from budgets.standing import BudgetState
 
 
 @dataclass(frozen=True)

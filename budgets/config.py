@@ -12,6 +12,7 @@ from typing import Any
 
 from django.db import InterfaceError, OperationalError
 
+from budgets.scopes import normalized_value, tag_name
 from costmon.core.cache import VersionedCache
 from costmon.core.money import usd_to_nanos
 from costmon.core.tenancy import unscoped
@@ -93,9 +94,7 @@ def spec_of(b: Any, *, default_fail_mode: str = "") -> BudgetSpec:
         id=b.pk,
         name=b.name,
         scope=b.scope,
-        value=b.scope_value.strip().lower()
-        if b.scope in ("provider", "model")
-        else b.scope_value.strip(),
+        value=normalized_value(b.scope, b.scope_value),
         api_key_id=b.api_key_id,
         period=b.period,
         rolling_days=b.rolling_days,
@@ -138,9 +137,7 @@ def load(tenant_id: int) -> TenantConfig:
             .filter(is_active=True, tenant__isnull=True)
             .order_by("pk")
         )
-    tags = frozenset(
-        b.value.split("=", 1)[0] for b in budgets if b.scope == "tag" and "=" in b.value
-    )
+    tags = frozenset(name for name in map(tag_name, budgets) if name is not None)
     return TenantConfig(
         budgets=budgets,
         rate_limits=limits,

@@ -35,6 +35,7 @@ from budgets import redis as bredis
 from budgets import reservations
 from budgets.models import CounterCorrection, CounterState, CounterUpdate, EmergencyStop
 from budgets.periods import buckets_of_day, day_bucket
+from budgets.scopes import SCOPES, BudgetSpec
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
@@ -75,26 +76,12 @@ def stop_value(stop: EmergencyStop) -> str:
     return f"{int(stop.expires_at.timestamp() * 1000)}|{stop.reason}"
 
 
-def budget_field(
-    scope: str, value: str, *, end_user: str = "", api_key_id: int | None = None
-) -> str:
-    if scope == "tenant":
-        return "t"
-    if scope == "end_user":
-        return f"u:{value}"
-    if scope == "every_end_user":
-        return f"u:{end_user}"
-    if scope == "api_key":
-        return f"k:{api_key_id}"
-    if scope == "provider":
-        return f"p:{value.lower()}"
-    if scope == "model":
-        return f"m:{value.lower()}"
-    if scope == "operation":
-        return f"o:{value}"
-    if scope == "tag":
-        return f"g:{value}"
-    raise ValueError(f"unknown scope {scope!r}")
+def budget_field(spec: BudgetSpec, *, end_user: str = "") -> str:
+    """The field holding a budget's spend (its scope says which: budgets.scopes)."""
+    scope = SCOPES.get(spec.scope)
+    if scope is None:
+        raise ValueError(f"unknown scope {spec.scope!r}")
+    return scope.counter_field(spec.value, end_user, spec.api_key_id)
 
 
 def event_fields(
