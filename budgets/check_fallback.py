@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from budgets import counters, reservations
+from budgets import counters, reservations, storage
 from budgets import redis as bredis
 from budgets.check_result import CheckRequest, CheckResult
 from budgets.config import RateLimitSpec, TenantConfig
@@ -85,7 +85,7 @@ def _decide(
     stop = emergency_stop_active(tenant=tenant)
     reserving = bool(req.reserve and stop is None and hard and estimate > 0)
     # The lock is released when the transaction ends, after the hold rows are written.
-    locked = reservations.locked_transaction(tenant.pk)
+    locked = storage.reservation_locked_transaction(tenant.pk)
     with locked if reserving else contextlib.nullcontext():
         if reserving and may_retry and r is not None and _trusted_now(r, tenant):
             return True

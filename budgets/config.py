@@ -10,8 +10,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, transaction
 
+from budgets.models import (
+    Budget,
+    BudgetDefaults,
+    EmergencyStopRule,
+    RateLimit,
+    effective_fail_mode,
+)
 from budgets.scopes import normalized_value, tag_name
 from costmon.core.cache import VersionedCache
 from costmon.core.money import usd_to_nanos
@@ -76,8 +83,6 @@ def bump(tenant_id: int | None) -> None:
 def bump_now_and_after_commit(tenant_id: int | None) -> None:
     """Bump at once (this process sees the write) and again once it commits (so no process
     keeps a copy it loaded before the commit)."""
-    from django.db import transaction
-
     bump(tenant_id)
     transaction.on_commit(lambda: bump(tenant_id))
 
@@ -87,8 +92,6 @@ def clear_local() -> None:
 
 
 def spec_of(b: Any, *, default_fail_mode: str = "") -> BudgetSpec:
-    from budgets.models import effective_fail_mode
-
     hard = b.enforcement == "hard"
     return BudgetSpec(
         id=b.pk,
@@ -107,8 +110,6 @@ def spec_of(b: Any, *, default_fail_mode: str = "") -> BudgetSpec:
 
 
 def load(tenant_id: int) -> TenantConfig:
-    from budgets.models import Budget, BudgetDefaults, EmergencyStopRule, RateLimit
-
     with unscoped():
         default_fail_mode = (
             BudgetDefaults.objects.for_tenant(tenant_id).values_list("fail_mode", flat=True).first()

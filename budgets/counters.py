@@ -16,26 +16,25 @@ until a tenant's counters have been rebuilt since Redis started or since they mi
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import structlog
-from django.db import connection
 from django.db.models import F, Q, Sum
 from django.db.models.functions import ExtractHour, Lower, TruncDate
 from django.utils import timezone
 
 from budgets import config as tenant_config
 from budgets import redis as bredis
-from budgets import reservations
+from budgets import reservations, storage
 from budgets.models import CounterCorrection, CounterState, CounterUpdate, EmergencyStop
 from budgets.periods import buckets_of_day, day_bucket
 from budgets.scopes import SCOPES, BudgetSpec
+from budgets.storage import ingest_lock as ingest_lock  # budgets.updates and drift use it here
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
@@ -47,7 +46,6 @@ log = structlog.get_logger(__name__)
 
 DAY_TTL_SECONDS = 100 * 86400  # the longest period read (rolling 90 days) and then some
 RECONCILE_DAYS = 92
-_LOCK_NAMESPACE = 7401  # shared with usage.services: the tenant's ingest lock
 
 
 def bucket_key(tenant_id: int, bucket: str) -> str:
@@ -201,25 +199,6 @@ class ReconcileReport:
     fields: int = 0
     corrected: int = 0
     drift_nanos: int = 0
-
-
-@contextlib.contextmanager
-def ingest_lock(tenant_id: int, *, shared: bool) -> Iterator[None]:
-    """The tenant's ingest lock (usage.services holds it shared from before a batch's
-    transaction until its counter update is applied). Exclusive: no batch of this tenant is
-    between its commit and its counter update meanwhile."""
-    if connection.vendor != "postgresql":
-        yield
-        return
-    key = [_LOCK_NAMESPACE, tenant_id % 2_000_000_000]
-    kind = "_shared" if shared else ""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT pg_advisory_lock{kind}(%s, %s)", key)
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT pg_advisory_unlock{kind}(%s, %s)", key)
 
 
 def _complete_buckets(day: date, since: date) -> list[str]:
@@ -380,7 +359,7 @@ def counters_reconcile(
                 pipe.expire(global_day_key(day), DAY_TTL_SECONDS)
             pipe.set(marker_key(tenant.pk, update_id), 1, ex=3600)
         _restore_stops(pipe, tenant)
-        with reservations.reservation_lock_held(tenant.pk):
+        with storage.reservation_lock_held(tenant.pk):
             moved = reservations.queue_holds_into_redis(r, pipe, tenant_id=tenant.pk, now=now)
             pipe.set(ok_key(tenant.pk), _now_ms())  # when: see untrust_after_outage
             pipe.execute()

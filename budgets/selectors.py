@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from budgets import config as tenant_config
@@ -117,8 +117,6 @@ def _fill_spend(tenant: Tenant, states: list[BudgetState]) -> str:
 
 
 def emergency_stop_history(*, tenant: Tenant, limit: int = 50) -> list[EmergencyStop]:
-    from django.db.models import Q
-
     return list(
         EmergencyStop.objects.unscoped()
         .filter(Q(tenant=tenant) | Q(tenant__isnull=True))
