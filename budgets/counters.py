@@ -303,7 +303,7 @@ def counters_reconcile(
     Prometheus exports). `known_behind`: the counters are known to be behind (after a bulk
     load), so a correction is not drift. `cause`: what asked for the rebuild."""
     # Imported here: budgets.updates (another engineer's, being reworked) imports this module.
-    from budgets.updates import Update, marker_key
+    from budgets.updates import marker_key
 
     r = bredis.client()
     report = ReconcileReport()
@@ -331,33 +331,8 @@ def counters_reconcile(
         applied = found[len(keys) :]
         pipe = r.pipeline(transaction=True)
         for key in keys:
-            want = expected.get(key, {})
-            have = {k.decode(): int(v) for k, v in actual_by_key[key].items()}
-            if want:
-                report.days += 1
-                report.fields += len(want)
-            wrong = {name: amount for name, amount in want.items() if have.get(name) != amount}
-            extra = [name for name in have if name not in want]
-            report.corrected += len(wrong) + len(extra)
-            report.drift_nanos += sum(
-                abs(amount - have.get(name, 0)) for name, amount in wrong.items()
-            )
-            report.drift_nanos += sum(abs(have[name]) for name in extra)
-            if extra:
-                pipe.hdel(key, *extra)
-            if wrong:
-                pipe.hset(key, mapping=dict(wrong))  # type: ignore[arg-type]
-                pipe.expire(key, DAY_TTL_SECONDS)
-        # Updates not applied yet: the tenant's hashes have them now; the all-tenants hashes
-        # get their share here, and the marker says they are done.
-        for (update_id, payload), done in zip(pending, applied, strict=True):
-            if done:
-                continue
-            for day, fields in Update.from_json(payload).utc_days.items():
-                for name, amount in fields.items():
-                    pipe.hincrby(global_day_key(day), name, amount)
-                pipe.expire(global_day_key(day), DAY_TTL_SECONDS)
-            pipe.set(marker_key(tenant.pk, update_id), 1, ex=3600)
+            _queue_corrections(pipe, key, expected.get(key, {}), actual_by_key[key], report)
+        _queue_pending_updates(pipe, tenant.pk, pending, applied)
         _restore_stops(pipe, tenant)
         with storage.reservation_lock_held(tenant.pk):
             moved = reservations.queue_holds_into_redis(r, pipe, tenant_id=tenant.pk, now=now)
@@ -381,6 +356,44 @@ def counters_reconcile(
                 drift_nanos=report.drift_nanos,
             )
     return report
+
+
+def _queue_corrections(
+    pipe: Any, key: str, want: dict[str, int], found: dict[bytes, bytes], report: ReconcileReport
+) -> None:
+    """Queue what makes one hash hold `want`, and count it in `report`."""
+    have = {k.decode(): int(v) for k, v in found.items()}
+    if want:
+        report.days += 1
+        report.fields += len(want)
+    wrong = {name: amount for name, amount in want.items() if have.get(name) != amount}
+    extra = [name for name in have if name not in want]
+    report.corrected += len(wrong) + len(extra)
+    report.drift_nanos += sum(abs(amount - have.get(name, 0)) for name, amount in wrong.items())
+    report.drift_nanos += sum(abs(have[name]) for name in extra)
+    if extra:
+        pipe.hdel(key, *extra)
+    if wrong:
+        pipe.hset(key, mapping=dict(wrong))  # type: ignore[arg-type]
+        pipe.expire(key, DAY_TTL_SECONDS)
+
+
+def _queue_pending_updates(
+    pipe: Any, tenant_id: int, pending: list[tuple[int, str]], applied: list[Any]
+) -> None:
+    """Updates not applied yet: the tenant's hashes have them now (rebuilt from PostgreSQL);
+    the all-tenants hashes get their share here, and the marker says they are done."""
+    # Imported here: budgets.updates (another engineer's, being reworked) imports this module.
+    from budgets.updates import Update, marker_key
+
+    for (update_id, payload), done in zip(pending, applied, strict=True):
+        if done:
+            continue
+        for day, fields in Update.from_json(payload).utc_days.items():
+            for name, amount in fields.items():
+                pipe.hincrby(global_day_key(day), name, amount)
+            pipe.expire(global_day_key(day), DAY_TTL_SECONDS)
+        pipe.set(marker_key(tenant_id, update_id), 1, ex=3600)
 
 
 def _restore_stops(pipe: Any, tenant: Tenant) -> None:

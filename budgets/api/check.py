@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -45,6 +46,9 @@ _CHECK_FIELDS = {
 }
 
 
+Bad = Callable[[str, str], None]  # (field, message): records one problem
+
+
 def parse_check(body: bytes, *, api_key_id: int | None, client_ip: str) -> CheckRequest:
     data = load_json(body or b"{}", strings_checked=True)
     if not isinstance(data, dict):
@@ -59,44 +63,15 @@ def parse_check(body: bytes, *, api_key_id: int | None, client_ip: str) -> Check
         bad(where, problem)
     for name in sorted(data.keys() - _CHECK_FIELDS):
         bad(name, f"Unknown field {name!r}. Known fields: {', '.join(sorted(_CHECK_FIELDS))}.")
-    strings: dict[str, str] = {}
-    for name in ("end_user", "provider", "model", "operation", "event_id"):
-        value = data.get(name)
-        if value is None:
-            value = ""
-        if not isinstance(value, str) or len(value) > 255:
-            bad(name, "Must be a string of at most 255 characters.")
-            value = ""
-        strings[name] = value.strip()
-    tokens: dict[str, int] = {}
-    for name in ("estimated_input_tokens", "estimated_output_tokens"):
-        value = data.get(name)
-        if value is None:
-            value = 0
-        whole = isinstance(value, int) or (
-            isinstance(value, Decimal) and value == value.to_integral_value()
-        )
-        if isinstance(value, bool) or not whole or not 0 <= value <= 100_000_000:
-            bad(name, "Must be a whole number of tokens between 0 and 100,000,000.")
-            value = 0
-        tokens[name] = int(value)
-    cost = data.get("estimated_cost_usd")
-    parsed_cost: Decimal | None = None
-    if cost is not None:
-        try:
-            if isinstance(cost, bool) or not isinstance(cost, str | int | Decimal):
-                raise InvalidOperation
-            if isinstance(cost, str) and not DECIMAL_TEXT.fullmatch(cost):
-                raise InvalidOperation
-            parsed_cost = Decimal(cost)
-            negative = parsed_cost < 0 or (isinstance(cost, str) and cost.startswith("-"))
-            if not parsed_cost.is_finite() or negative or parsed_cost > 100_000:
-                raise InvalidOperation
-        except (InvalidOperation, ValueError):
-            bad(
-                "estimated_cost_usd",
-                'Must be a decimal number of US dollars between 0 and 100000, e.g. "0.02".',
-            )
+    strings = {
+        name: _string(data.get(name), name, bad)
+        for name in ("end_user", "provider", "model", "operation", "event_id")
+    }
+    tokens = {
+        name: _tokens(data.get(name), name, bad)
+        for name in ("estimated_input_tokens", "estimated_output_tokens")
+    }
+    parsed_cost = _cost(data.get("estimated_cost_usd"), bad)
     tags = data.get("tags")
     if tags is None:
         tags = {}
@@ -124,6 +99,48 @@ def parse_check(body: bytes, *, api_key_id: int | None, client_ip: str) -> Check
         api_key_id=api_key_id,
         client_ip=client_ip,
     )
+
+
+def _string(value: Any, name: str, bad: Bad) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str) or len(value) > 255:
+        bad(name, "Must be a string of at most 255 characters.")
+        value = ""
+    return value.strip()
+
+
+def _tokens(value: Any, name: str, bad: Bad) -> int:
+    if value is None:
+        value = 0
+    whole = isinstance(value, int) or (
+        isinstance(value, Decimal) and value == value.to_integral_value()
+    )
+    if isinstance(value, bool) or not whole or not 0 <= value <= 100_000_000:
+        bad(name, "Must be a whole number of tokens between 0 and 100,000,000.")
+        value = 0
+    return int(value)
+
+
+def _cost(cost: Any, bad: Bad) -> Decimal | None:
+    if cost is None:
+        return None
+    try:
+        if isinstance(cost, bool) or not isinstance(cost, str | int | Decimal):
+            raise InvalidOperation
+        if isinstance(cost, str) and not DECIMAL_TEXT.fullmatch(cost):
+            raise InvalidOperation
+        parsed = Decimal(cost)
+        negative = parsed < 0 or (isinstance(cost, str) and cost.startswith("-"))
+        if not parsed.is_finite() or negative or parsed > 100_000:
+            raise InvalidOperation
+    except (InvalidOperation, ValueError):
+        bad(
+            "estimated_cost_usd",
+            'Must be a decimal number of US dollars between 0 and 100000, e.g. "0.02".',
+        )
+        return None
+    return parsed
 
 
 def check_json(result: CheckResult) -> dict[str, Any]:
