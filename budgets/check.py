@@ -10,6 +10,11 @@ Three ways to answer, by what can be trusted:
   `closed` refusing the call and `open` allowing it with a warning.
 The reply says which answered: `source` (redis, database or none) and `fail_mode` (null while
 spend was known).
+
+The call chain: `budget_check` -> the budgets and rate limits that apply (`budgets.scopes`) ->
+`_check_in_redis` -> `budgets.check_script.run_check_script` (`budgets/lua/check.lua`, its ARGV
+and reply documented there) -> `_result_of`; or `budgets.check_fallback.check_in_database` ->
+`_conclude` (statuses and warnings). The request and reply types are in `budgets.check_result`.
 """
 
 from __future__ import annotations

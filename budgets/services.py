@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
 from django.db import transaction
 
 from budgets import config as tenant_config
@@ -20,10 +19,6 @@ from budgets.models import Budget
 from costmon.core.exceptions import DomainError
 from costmon.core.models import ApiKey, Tenant
 from costmon.core.tenancy import tenant_context
-
-log = structlog.get_logger(__name__)
-
-# --- budgets --------------------------------------------------------------------------------
 
 BUDGET_FIELDS = (
     "name",

@@ -29,8 +29,6 @@ from alerts.services import (
 from costmon.core.admin import TenantOwnedAdmin, plural
 from costmon.core.exceptions import DomainError
 
-# --- channels ---------------------------------------------------------------------------------
-
 
 def config_messages(exc: ValidationError) -> Iterator[str]:
     """A transport's ValidationError({"url": ...}) as lines naming the config key."""

@@ -19,8 +19,6 @@ from alerts.services import (
 )
 from costmon.core.admin import ReadOnlyAdminMixin, TenantOwnedAdmin, plural
 
-# --- alerts -----------------------------------------------------------------------------------
-
 
 class AcknowledgedFilter(admin.SimpleListFilter):
     title = "acknowledged"

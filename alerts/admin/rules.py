@@ -19,8 +19,6 @@ from alerts.services import (
 from costmon.core.admin import TenantOwnedAdmin
 from costmon.core.money import format_money, usd_to_nanos
 
-# --- rules ------------------------------------------------------------------------------------
-
 # What the evaluators in alerts.rules use when a rate rule has no threshold_percent.
 DEFAULT_PERCENT = {
     AlertRule.Kind.CACHE_HIT_RATE: Decimal(70),

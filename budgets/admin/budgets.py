@@ -30,8 +30,6 @@ from costmon.core.admin import TenantOwnedAdmin, plural
 from costmon.core.models import ApiKey
 from costmon.core.money import format_money, usd_to_nanos
 
-# --- budgets ----------------------------------------------------------------------------------
-
 
 class ThresholdsField(forms.Field):
     """Percentages typed as a list, "80, 95", stored as the model's list of numbers. Whether

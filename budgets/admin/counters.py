@@ -11,8 +11,6 @@ from budgets.models import (
 from costmon.core.admin import ReadOnlyAdminMixin, TenantOwnedAdmin
 from costmon.core.money import format_money
 
-# --- counters ---------------------------------------------------------------------------------
-
 
 @admin.register(CounterState)
 class CounterStateAdmin(ReadOnlyAdminMixin, TenantOwnedAdmin):

@@ -21,8 +21,6 @@ from budgets.models import (
 from costmon.core.admin import ReadOnlyAdminMixin, TenantOwnedAdmin, plural
 from costmon.core.money import format_money, usd_to_nanos
 
-# --- the emergency stop -----------------------------------------------------------------------
-
 
 @admin.register(EmergencyStopRule)
 class EmergencyStopRuleAdmin(ConfigAdmin):
