@@ -264,12 +264,14 @@ def prices_sync(
             if entry["price_id"] is None:
                 entry["price_id"] = next(fresh).pk
         listed = {(r["provider"], r["model"].lower()) for r in rows}
-        sync.missing = len({(p, m) for p, m, _ in existing} - listed)
+        missing = sorted({(p, m) for p, m, _ in existing} - listed)
+        sync.missing = len(missing)
         sync.aliases_added = _sync_aliases(tenant, aliases)
         sync.added, sync.changed = len(added), len(changed)
         if added or changed or sync.aliases_added:
             sync.status = PriceSync.Status.APPLIED
-        sync.details = {"added": added, "changed": changed}
+        # Which models the list no longer has: recommendations stop suggesting them.
+        sync.details = {"added": added, "changed": changed, "missing": [list(m) for m in missing]}
         sync.save()
         if changed and tenant is None:
             _hold_for_reviewing_tenants(sync)
