@@ -406,7 +406,7 @@ def alert_acknowledge(*, alert: Alert, user: Any = None) -> Alert:
     return alert
 
 
-# --- the emergency stop (a hook of the budgets app) ------------------------------------------------
+# --- the emergency stop (budgets.signals.emergency_stop_changed, received in alerts.receivers) -----
 
 
 def on_emergency_stop(stop: EmergencyStop, what: str) -> None:

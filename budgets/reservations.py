@@ -2,9 +2,9 @@
 
 While the counters are trusted, the check script holds a reservation in Redis by itself. While
 they are not (Redis away, or its counters not rebuilt since it started), a check that reserves
-takes the tenant's reservation lock in PostgreSQL, counts what is held (rows here, and holds
-still in Redis when Redis answers) and then the spend (rollups), and writes one row per hard
-budget. Such checks of one tenant run one at a time, so together they cannot overshoot a hard
+takes the tenant's reservation lock in PostgreSQL (`budgets.storage`), counts what is held
+(rows here, and holds still in Redis when Redis answers) and then the spend (rollups), and
+writes one row per hard budget. Such checks of one tenant run one at a time, so together they cannot overshoot a hard
 budget by more than one estimate. The usage event that follows deletes the rows; rows past
 their expiry no longer count; the counter rebuild moves the live rows into Redis, under the
 same lock, before checks trust the counters again.
