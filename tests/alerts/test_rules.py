@@ -9,7 +9,8 @@ import pytest
 from alerts.models import Alert, Notification
 from alerts.services import alert_rules_evaluate
 from alerts.transports.webhook import verify_signature
-from budgets.services import budget_create, emergency_stop_lift, emergency_stop_trip
+from budgets.emergency_stop import emergency_stop_lift, emergency_stop_trip
+from budgets.services import budget_create
 from tests.alerts.conftest import make_rule
 from tests.helpers import event, post_usage
 

@@ -9,8 +9,9 @@ import pytest
 
 from budgets import counters
 from budgets import redis as bredis
+from budgets.emergency_stop import emergency_stop_trip
 from budgets.models import CounterState
-from budgets.services import budget_create, emergency_stop_trip
+from budgets.services import budget_create
 from budgets.tasks import reconcile_counters
 from tests.budgets.conftest import check
 from tests.helpers import event, post_usage, requires_redis
