@@ -31,6 +31,7 @@ from django.utils import timezone
 from budgets import config as tenant_config
 from budgets import redis as bredis
 from budgets import reservations, storage
+from budgets.counter_update import Update, marker_key
 from budgets.models import CounterCorrection, CounterState, CounterUpdate, EmergencyStop
 from budgets.periods import buckets_of_day, day_bucket
 from budgets.scopes import SCOPES, BudgetSpec
@@ -303,9 +304,6 @@ def counters_reconcile(
     restarted or after a missed update): it is logged and recorded (`CounterCorrection`, which
     Prometheus exports). `known_behind`: the counters are known to be behind (after a bulk
     load), so a correction is not drift. `cause`: what asked for the rebuild."""
-    # Imported here: budgets.updates (another engineer's, being reworked) imports this module.
-    from budgets.updates import marker_key
-
     r = bredis.client()
     report = ReconcileReport()
     if r is None:
@@ -384,9 +382,6 @@ def _queue_pending_updates(
 ) -> None:
     """Updates not applied yet: the tenant's hashes have them now (rebuilt from PostgreSQL);
     the all-tenants hashes get their share here, and the marker says they are done."""
-    # Imported here: budgets.updates (another engineer's, being reworked) imports this module.
-    from budgets.updates import Update, marker_key
-
     for (update_id, payload), done in zip(pending, applied, strict=True):
         if done:
             continue

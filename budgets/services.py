@@ -8,13 +8,6 @@ from typing import Any
 from django.db import transaction
 
 from budgets import config as tenant_config
-
-# Moved to budgets.emergency_stop; named here too until the callers outside budgets and alerts
-# (budgets.updates, the dashboard, a few tests) import them from there.
-from budgets.emergency_stop import emergency_stop_active as emergency_stop_active
-from budgets.emergency_stop import emergency_stop_check as emergency_stop_check
-from budgets.emergency_stop import emergency_stop_lift as emergency_stop_lift
-from budgets.emergency_stop import emergency_stop_trip as emergency_stop_trip
 from budgets.models import Budget
 from costmon.core.exceptions import DomainError
 from costmon.core.models import ApiKey, Tenant

@@ -12,11 +12,10 @@ pending rows instead, since its figures come from PostgreSQL, which holds the ba
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, timedelta
 from typing import Any
 
@@ -27,6 +26,9 @@ from django.utils import timezone
 from budgets import config as tenant_config
 from budgets import counters, reservations
 from budgets import redis as bredis
+from budgets.counter_update import Update, marker_key
+from budgets.emergency_stop import emergency_stop_check
+from budgets.models import CounterUpdate
 from budgets.periods import buckets_of_day
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
@@ -44,49 +46,6 @@ ACTIVE_KEY = "cm:active"  # tenants whose updates the sweeper saw, scored by whe
 _SEP = "\x00"  # see record.lua
 _RECORD = bredis.script_file("record")
 _pending = threading.local()
-
-
-def marker_key(tenant_id: int, update_id: int) -> str:
-    return f"cm:{{{tenant_id}}}:cu:{update_id}"
-
-
-@dataclass
-class Update:
-    """One batch's amounts (nano-USD): per tenant-local day and counter field, per UTC day for
-    the all-tenants hashes, and the reservations its events settle ("r"/"e", value pairs)."""
-
-    days: dict[date, dict[str, int]] = field(default_factory=dict)
-    utc_days: dict[date, dict[str, int]] = field(default_factory=dict)
-    settle: list[str] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "d": {f"{d:%Y%m%d}": f for d, f in self.days.items()},
-                "g": {f"{d:%Y%m%d}": f for d, f in self.utc_days.items()},
-                "s": self.settle,
-            },
-            separators=(",", ":"),
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Update:
-        data = json.loads(text)
-
-        def day(s: str) -> date:
-            return date(int(s[:4]), int(s[4:6]), int(s[6:]))
-
-        return cls(
-            days={day(k): v for k, v in data["d"].items()},
-            utc_days={day(k): v for k, v in data["g"].items()},
-            settle=data["s"],
-        )
-
-    def reservation_ids(self) -> list[str]:
-        return [v for k, v in zip(self.settle[::2], self.settle[1::2], strict=True) if k == "r"]
-
-    def event_ids(self) -> list[str]:
-        return [v for k, v in zip(self.settle[::2], self.settle[1::2], strict=True) if k == "e"]
 
 
 def update_of(tenant: Tenant, rows: Sequence[RecordedRow]) -> Update:
@@ -208,8 +167,6 @@ def batch_pending(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
     counter update, so a process that dies right after the commit leaves it for the sweeper."""
     if not settings.REDIS_URL:
         return  # no counters (the embedded default)
-    from budgets.models import CounterUpdate
-
     update = update_of(batch.tenant, batch.rows)
     row = CounterUpdate.objects.create(tenant=batch.tenant, payload=update.to_json())
     _pending.value = (batch, row.pk, update)
@@ -219,8 +176,6 @@ def record_batch(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
     """`batch_recorded`: after an ingest commit, add the batch's spend to the counters, settle
     the reservations its events carry, and trip the emergency stop if a rule's threshold is now
     passed."""
-    from budgets.services import emergency_stop_check
-
     tenant, rows = batch.tenant, batch.rows
     conf = tenant_config.for_tenant(tenant.pk)
     if settings.REDIS_URL:
@@ -277,8 +232,6 @@ def counter_updates_sweep(*, min_age_seconds: float = 5, limit: int = 5000) -> S
     if r is None:
         return report
     cutoff = timezone.now() - timedelta(seconds=min_age_seconds)
-    from budgets.models import CounterUpdate
-
     with unscoped():
         found = list(
             CounterUpdate.objects.unscoped()
@@ -310,8 +263,6 @@ def settle_updates(r: Any, tenant_id: int, ids: list[int] | None = None) -> tupl
     """Apply the tenant's updates `ids` (all pending ones if None) that are not applied yet,
     then delete their rows and markers; (applied now, rows removed). Call in the tenant's
     context, holding its ingest lock exclusively (see `counter_updates_sweep`)."""
-    from budgets.models import CounterUpdate
-
     rows = CounterUpdate.objects.for_tenant(tenant_id)
     if ids is None:
         ids = list(rows.order_by("id").values_list("id", flat=True))

@@ -21,10 +21,11 @@ from django.utils import timezone
 
 from budgets import counters
 from budgets import redis as bredis
+from budgets.counter_update import marker_key
 from budgets.models import CounterState, CounterUpdate
 from budgets.services import budget_create
 from budgets.tasks import reconcile_counters, sweep_counter_updates
-from budgets.updates import counter_updates_sweep, marker_key
+from budgets.updates import counter_updates_sweep
 from costmon.schedule import SCHEDULE
 from tests.budgets.conftest import check
 from tests.helpers import event, post_usage, requires_redis

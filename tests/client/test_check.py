@@ -19,8 +19,9 @@ from costmon_client import (
 
 from budgets.config import bump
 from budgets.counters import counters_reconcile
+from budgets.emergency_stop import emergency_stop_trip
 from budgets.models import RateLimit
-from budgets.services import budget_create, emergency_stop_trip
+from budgets.services import budget_create
 from tests.client.servers import FakeProvider, free_port
 from tests.helpers import requires_redis
 

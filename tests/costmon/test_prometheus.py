@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from alerts.models import Channel, Notification
-from budgets.services import emergency_stop_lift, emergency_stop_trip
+from budgets.emergency_stop import emergency_stop_lift, emergency_stop_trip
 from costmon import gunicorn_conf
 from costmon.core.services import api_key_create
 from costmon.web.prometheus import totals

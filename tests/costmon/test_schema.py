@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
 from alerts.models import AlertRule, Channel
+from budgets.emergency_stop import emergency_stop_trip
 from budgets.models import Budget
-from budgets.services import budget_create, emergency_stop_trip
+from budgets.services import budget_create
 from costmon.core.models import Tenant
 from costmon.core.services import api_key_create
 from tests.helpers import event, post_usage

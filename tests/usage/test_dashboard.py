@@ -15,8 +15,9 @@ import pytest
 import time_machine
 
 from alerts.models import Alert, AlertRule
+from budgets.emergency_stop import emergency_stop_trip
 from budgets.models import Budget
-from budgets.services import budget_create, emergency_stop_trip
+from budgets.services import budget_create
 from costmon.core import tenancy
 from costmon.core.models import Membership, Tenant
 from costmon.core.periods import custom_range, recent_range

@@ -20,9 +20,9 @@ from django.db.models.functions import Coalesce, ExtractHour, ExtractWeekDay, Tr
 from django.utils import timezone
 
 from alerts.models import Alert
+from budgets.emergency_stop import emergency_stop_active
 from budgets.models import Budget, EmergencyStop
 from budgets.selectors import BudgetView, budget_views
-from budgets.services import emergency_stop_active
 from costmon.core.models import Tenant
 from costmon.core.money import usd_to_nanos
 from costmon.core.periods import TimeRange, period_range, project, tenant_zone
