@@ -77,7 +77,7 @@ def _filters(rule: AlertRule) -> UsageFilters:
     )
 
 
-def _filter_label(rule: AlertRule) -> str:
+def filter_label(rule: AlertRule) -> str:
     parts = [
         f"{name} {value}"
         for name, value in (
@@ -116,8 +116,8 @@ def evaluate_spend(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condi
             period=f"{window.start.astimezone(window.tz):%Y%m%d}",
             period_label=_label(window.start.astimezone(window.tz), period),
             level="above",
-            title=f"Spend {words}{_filter_label(rule)} is above {format_money(limit)}",
-            text=f"{tenant.name} has spent {format_money(spent)} {words}{_filter_label(rule)}, above the {format_money(limit)} threshold.",
+            title=f"Spend {words}{filter_label(rule)} is above {format_money(limit)}",
+            text=f"{tenant.name} has spent {format_money(spent)} {words}{filter_label(rule)}, above the {format_money(limit)} threshold.",
             figure=format_money(spent),
             threshold=format_money(limit),
             link=dashboard_link(tenant),
@@ -227,7 +227,7 @@ def evaluate_projection(rule: AlertRule, tenant: Tenant, now: datetime) -> list[
             period=f"{window.start.astimezone(window.tz):%Y%m}",
             period_label=month,
             level="projected",
-            title=f"Spend{_filter_label(rule)} is on track for {format_money(projected)} in {month}",
+            title=f"Spend{filter_label(rule)} is on track for {format_money(projected)} in {month}",
             text=(
                 f"At the month-to-date rate ({format_money(spent)} so far), {tenant.name} will spend about "
                 f"{format_money(projected)} in {month}, above the {format_money(limit)} threshold."
@@ -275,7 +275,7 @@ def evaluate_spike(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condi
             period=f"{hour_start:%Y%m%d%H}",
             period_label=f"{local:%Y-%m-%d %H:00}",
             level="spike",
-            title=f"{rule.get_metric_display().capitalize()} spike{_filter_label(rule)}: {show(current)} in the hour from {local:%H:%M} ({ratio} usual)",
+            title=f"{rule.get_metric_display().capitalize()} spike{filter_label(rule)}: {show(current)} in the hour from {local:%H:%M} ({ratio} usual)",
             text=(
                 f"{show(current)} in the hour from {local:%Y-%m-%d %H:%M}, against {show(int(average))} on average "
                 f"at that hour over the last {rule.trailing_days} days (alert above {rule.multiplier}x)."
@@ -326,7 +326,7 @@ def evaluate_anomaly(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Con
             period_label=f"{local:%Y-%m-%d %H:00}",
             level="anomaly",
             title=(
-                f"Unusual {rule.get_metric_display().lower()}{_filter_label(rule)}: {show(point.value)} in "
+                f"Unusual {rule.get_metric_display().lower()}{filter_label(rule)}: {show(point.value)} in "
                 f"the hour from {local:%a %H:%M}, usually {show(usual)}"
             ),
             text=(
@@ -370,10 +370,12 @@ def _rate_rule(
     if (rate >= threshold) if low else (rate <= threshold):
         return []
     if low:
-        title = f"Cache hit rate today{_filter_label(rule)} is {_percent(rate)}, below {_percent(threshold)}"
+        title = f"Cache hit rate today{filter_label(rule)} is {_percent(rate)}, below {_percent(threshold)}"
         text = f"{totals[count]} of {calls} calls today were answered from the cache ({_percent(rate)}); the target is {_percent(threshold)}."
     else:
-        title = f"Error rate today{_filter_label(rule)} is {_percent(rate)}, above {_percent(threshold)}"
+        title = (
+            f"Error rate today{filter_label(rule)} is {_percent(rate)}, above {_percent(threshold)}"
+        )
         text = f"{totals[count]} of {calls} calls today failed ({_percent(rate)}); the threshold is {_percent(threshold)}."
     return [
         Condition(

@@ -30,6 +30,7 @@ from usage.catalog import bump_version
 from usage.maintenance import usage_reprice
 from usage.models import CatalogAlias, ModelAlias, ModelPrice, PriceChangeHold, PriceSync
 from usage.price_formats import read_price_source
+from usage.price_formats.rows import RATE_FIELDS
 from usage.pricing import SERVICE_TIERS, format_rate, normalise_provider
 from usage.repricing import schedule_reprice_unpriced
 
@@ -39,25 +40,6 @@ log = structlog.get_logger(__name__)
 # and an event stored unpriced before the model appeared in the list should get its price.
 EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 
-RATE_FIELDS = (
-    "input_per_mtok",
-    "output_per_mtok",
-    "cached_input_per_mtok",
-    "cache_write_per_mtok",
-    "cache_write_1h_per_mtok",
-    "input_audio_per_mtok",
-    "output_audio_per_mtok",
-    "input_image_per_mtok",
-    "output_image_per_mtok",
-    "per_request",
-    "per_output_image",
-    "web_search_per_kcalls",
-    "long_context_threshold",
-    "long_input_per_mtok",
-    "long_output_per_mtok",
-    "long_cached_input_per_mtok",
-    "long_cache_write_per_mtok",
-)
 # What describes a row without changing what a call costs: updated in place.
 INFO_FIELDS = ("match_pattern", "mode", "deprecation_date", "source", "source_date")
 PRICE_FIELDS = ("match_pattern", *RATE_FIELDS, "mode", "deprecation_date", "source", "source_date")

@@ -13,6 +13,7 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
 from alerts.models import RULE_FIELDS, AlertRule, Channel
+from alerts.rules import filter_label
 from alerts.services import (
     rule_validate_fields,
 )
@@ -66,18 +67,7 @@ def rule_condition(rule: AlertRule) -> str:
         text = "catalog prices changed"
     else:
         text = "a stop tripped or lifted"
-    filters = [
-        f"{name} {value}"
-        for name, value in (
-            ("provider", rule.provider),
-            ("model", rule.model),
-            ("operation", rule.operation),
-            ("end user", rule.end_user),
-            ("tag", rule.tag),
-        )
-        if value
-    ]
-    return f"{text} for {', '.join(filters)}" if filters else text
+    return text + filter_label(rule)
 
 
 class ChannelChoiceField(forms.ModelMultipleChoiceField):

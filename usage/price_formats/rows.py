@@ -29,15 +29,8 @@ PROVIDERS = (
 MODES = ("chat", "responses", "embedding", "completion")
 TIERS = ("standard", "batch", "flex", "priority")
 
-# Every key a catalog row may hold, in the order rows are written.
-ROW_KEYS = (
-    "provider",
-    "model",
-    "service_tier",
-    "mode",
-    "deprecation_date",
-    "match_pattern",
-    "effective_from",
+# The rates of a catalog row: what a call costs (a change is a new price row).
+RATE_FIELDS = (
     "input_per_mtok",
     "output_per_mtok",
     "cached_input_per_mtok",
@@ -55,6 +48,17 @@ ROW_KEYS = (
     "long_output_per_mtok",
     "long_cached_input_per_mtok",
     "long_cache_write_per_mtok",
+)
+# Every key a catalog row may hold, in the order rows are written.
+ROW_KEYS = (
+    "provider",
+    "model",
+    "service_tier",
+    "mode",
+    "deprecation_date",
+    "match_pattern",
+    "effective_from",
+    *RATE_FIELDS,
     "source",
     "source_date",
 )
