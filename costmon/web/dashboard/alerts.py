@@ -83,3 +83,9 @@ def acknowledge(request: HttpRequest, slug: str, alert_id: int) -> HttpResponse:
     ):
         back = tenant_url(tenant.slug)
     return HttpResponseRedirect(f"{back.split('#')[0]}{ANCHOR}")
+
+
+def recent_alerts(*, tenant: Tenant, limit: int = 10) -> list[Alert]:
+    return list(
+        Alert.objects.for_tenant(tenant).select_related("rule").order_by("-first_seen_at")[:limit]
+    )

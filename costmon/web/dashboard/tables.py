@@ -18,8 +18,8 @@ from django.http import HttpResponse
 from budgets.selectors import BudgetView
 from costmon.core.models import Tenant
 from costmon.core.money import format_money, format_usd, money_title
+from costmon.web.dashboard.burndown import BurnDown
 from costmon.web.dashboard.charts import NO_NAME
-from costmon.web.dashboard.pages import BurnDown
 from usage.links import shown
 
 DASH = "\u2013"  # shown for a figure that does not exist (no calls, no end)

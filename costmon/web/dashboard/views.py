@@ -7,10 +7,7 @@ view can be shared; a bad value is shown on the page and the default used instea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -18,18 +15,30 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
-from django.utils import timezone
 
-from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
-from costmon.core.money import format_money, money_title
-from costmon.core.periods import TimeRange, custom_range, recent_range, tenant_zone
+from costmon.core.periods import recent_range, tenant_zone
 from costmon.core.scoping import tenants_for_user
 from costmon.core.tenancy import tenant_context
-from costmon.web.dashboard import charts
+from costmon.web.dashboard import burndown, charts
 from costmon.web.dashboard import pages as dashboard
-from costmon.web.dashboard.alerts import open_alerts
+from costmon.web.dashboard.alerts import open_alerts, recent_alerts
 from costmon.web.dashboard.anomalies import hourly_band
+from costmon.web.dashboard.cards import money_figure, overview_cards
+from costmon.web.dashboard.query import (
+    CHART_ROWS,
+    COMPARE_PARAM,
+    GROUPS,
+    NUL,
+    PERIOD_PARAMS,
+    SNAPSHOTS_PARAM,
+    TABLE_ROWS,
+    filter_form,
+    group_label,
+    group_links,
+    parse_query,
+    toggle,
+)
 from costmon.web.dashboard.statements import statement_link
 from costmon.web.dashboard.tables import (
     DASH,
@@ -44,32 +53,10 @@ from usage.links import (
     NAME_PARAM,
     budget_url,
     drilldown_url,
-    hidden_input_value,
     shown,
     tenant_url,
 )
 from usage.recommendations import recommendations
-from usage.selectors import UsageFilters
-
-PERIODS = {
-    "today": "Today",
-    "48h": "Last 48 hours",
-    "7d": "Last 7 days",
-    "30d": "Last 30 days",
-    "month": "This month",
-    "custom": "Custom",
-}
-DEFAULT_PERIOD = "30d"
-GROUPS = ("provider", "model", "operation", "end_user")
-TEXT_FILTERS = ("provider", "model", "operation", "end_user")
-MAX_FILTER_LENGTH = 255
-MAX_TAG_NAME = 64  # as ingest accepts tag names
-TABLE_ROWS = 25  # a table (and its CSV) lists this many; its chart shows the first ten
-CHART_ROWS = 10
-NUL = "\x00"
-SNAPSHOTS_PARAM = "snapshots"  # "split": each dated snapshot of a model on its own
-COMPARE_PARAM = "compare"  # "previous": the previous period over the spend chart
-
 
 # --- tenant ----------------------------------------------------------------------------------
 
@@ -91,111 +78,6 @@ def dashboard_home(request: HttpRequest) -> HttpResponse:
     if allowed:
         return HttpResponseRedirect(tenant_url(allowed[0].slug))
     return render(request, "dashboard/no_tenant.html", {"tenants": []}, status=200)
-
-
-# --- the query string ------------------------------------------------------------------------
-
-
-@dataclass
-class PageQuery:
-    period: str
-    start: str
-    end: str
-    time_range: TimeRange
-    filters: UsageFilters
-    group_by: str
-    errors: list[str] = field(default_factory=list)
-    # Dated snapshots (gpt-4o-2024-08-06) counted under their family (gpt-4o) unless split.
-    split_snapshots: bool = False
-    compare_previous: bool = False  # the previous period's line over the spend chart
-    # One clock for the whole page: every window on it ends at the same moment.
-    now: datetime = field(default_factory=timezone.now)
-
-    @property
-    def period_label(self) -> str:
-        if self.period == "custom":
-            tz = self.time_range.tz
-            last = self.time_range.end.astimezone(tz) - timedelta(microseconds=1)
-            return f"{self.time_range.start.astimezone(tz):%b %d, %Y} to {last:%b %d, %Y}"
-        return PERIODS[self.period]
-
-
-def parse_query(
-    request: HttpRequest, tenant: Tenant, *, fixed: dict[str, str] | None = None
-) -> PageQuery:
-    """Period, filters and grouping from the query string; `fixed` filters come from the path
-    (the model or end user of a drill-down) and win over the query string's."""
-    params = request.GET
-    errors: list[str] = []
-    now = timezone.now()
-    period = params.get("period") or DEFAULT_PERIOD
-    start, end = params.get("start", "").strip(), params.get("end", "").strip()
-    if period not in PERIODS:
-        errors.append(f"Unknown period {period!r}; showing {PERIODS[DEFAULT_PERIOD].lower()}.")
-        period = DEFAULT_PERIOD
-    time_range = None
-    if period == "custom":
-        try:
-            if not start:
-                raise DomainError("A custom period needs a start date.")
-            time_range = custom_range(tenant=tenant, start=start, end=end or None)
-        except DomainError as exc:
-            errors.append(f"{exc.message} Showing {PERIODS[DEFAULT_PERIOD].lower()}.")
-            period = DEFAULT_PERIOD
-    if time_range is None:
-        time_range = recent_range(tenant=tenant, period=period, now=now)
-
-    values: dict[str, Any] = {}
-    for name in TEXT_FILTERS:
-        value = params.get(name, "").strip()
-        if len(value) > MAX_FILTER_LENGTH:
-            errors.append(f"The {name} filter is longer than {MAX_FILTER_LENGTH} characters.")
-        elif NUL in value:
-            errors.append(f"The {name} filter holds a NUL character (%00), which no name can hold.")
-        elif value:
-            values[name] = value
-    if tag := params.get("tag", "").strip():
-        name, sep, value = tag.partition(":")
-        if not sep or not name:
-            errors.append("Write the tag filter as name:value, e.g. team:search.")
-        elif NUL in tag:
-            errors.append("The tag filter holds a NUL character (%00), which no tag can hold.")
-        else:
-            values["tag"] = (name, value)
-    values.update(fixed or {})
-
-    group_by = params.get("by") or "provider"
-    if group_by.startswith(dashboard.TAG_PREFIX):
-        tag_name = group_by[len(dashboard.TAG_PREFIX) :]
-        if NUL in tag_name:
-            errors.append("The tag to stack by holds a NUL character (%00), which no tag can hold.")
-            group_by = "provider"
-        elif not tag_name or len(tag_name) > MAX_TAG_NAME:
-            errors.append(
-                f"Name the tag to stack by as tag:<name> (1 to {MAX_TAG_NAME} characters)."
-            )
-            group_by = "provider"
-    elif group_by not in GROUPS:
-        errors.append(
-            f"Unknown grouping {group_by!r}; use one of {', '.join(GROUPS)} or tag:<name>."
-        )
-        group_by = "provider"
-    split = params.get(SNAPSHOTS_PARAM, "") == "split"
-    return PageQuery(
-        split_snapshots=split,
-        compare_previous=params.get(COMPARE_PARAM, "") == "previous",
-        period=period,
-        start=start,
-        end=end,
-        time_range=time_range,
-        filters=UsageFilters(**values),
-        group_by=group_by,
-        errors=errors,
-        now=now,
-    )
-
-
-PERIOD_PARAMS = ("period", "start", "end", "snapshots")
 
 
 # --- pages -----------------------------------------------------------------------------------
@@ -243,161 +125,6 @@ def _switcher(
     ]
 
 
-def _money(nanos: int) -> dict[str, str]:
-    """A card's figure by the one money rule, the exact amount in its tooltip."""
-    return {"value": format_money(nanos), "title": money_title(nanos)}
-
-
-COMPARED_WITH = {
-    "today": "same time yesterday",
-    "month": "same days last month",
-    "48h": "previous 48 hours",
-    "7d": "previous 7 days",
-    "30d": "previous 30 days",
-}
-
-
-def _compared_with(q: PageQuery) -> str:
-    if q.period in COMPARED_WITH:
-        return COMPARED_WITH[q.period]
-    span = q.time_range.end - q.time_range.start
-    if span % timedelta(days=1):
-        hours = span // timedelta(hours=1)
-        return f"previous {hours} hour{'s' if hours != 1 else ''}"
-    days = span.days
-    return f"previous {days} day{'s' if days != 1 else ''}"
-
-
-def _change(
-    current: int, previous: int, against: str, shown: Callable[[int], str]
-) -> dict[str, str]:
-    """ "+12% vs previous 30 days ($116.20)": the change in whole percent, half up, exactly."""
-    then = f"vs {against} ({shown(previous)})"
-    if current == previous:
-        return {"change": f"no change {then}", "change_dir": ""}
-    if previous == 0:
-        return {"change": f"new {then}", "change_dir": "up"}
-    percent = (Decimal(current - previous) * 100 / previous).quantize(
-        Decimal(1), rounding=ROUND_HALF_UP
-    )
-    return {
-        "change": f"{'+' if percent > 0 else ''}{percent}% {then}",
-        "change_dir": "up" if current > previous else "down",
-    }
-
-
-def _rate_change(c: dashboard.Cards, before: dict[str, int], against: str) -> dict[str, str]:
-    """The cache hit rate's change in percentage points."""
-    if not c.calls or not before["calls"]:
-        return {}
-    rate = Decimal(c.cache_hits) * 100 / c.calls
-    then = Decimal(before["cache_hits"]) * 100 / before["calls"]
-    points = (rate - then).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
-    shown = f"{then.quantize(Decimal('0.1'), rounding=ROUND_HALF_UP)}%"
-    if not points:
-        return {"change": f"no change vs {against} ({shown})", "change_dir": ""}
-    return {
-        "change": f"{'+' if points > 0 else ''}{points} pts vs {against} ({shown})",
-        "change_dir": "up" if points > 0 else "down",
-    }
-
-
-def _count(n: int) -> str:
-    return f"{n:,}"
-
-
-def _cards(c: dashboard.Cards, q: PageQuery) -> list[dict[str, str]]:
-    projection = "No monthly budget on the whole tenant."
-    if c.budget_limit_nanos is not None and c.outlook is not None:
-        projection = f"{c.outlook} against the {format_money(c.budget_limit_nanos)} monthly budget"
-    elif not q.filters.is_empty():
-        projection = "At the month-to-date pace, for these filters."
-    before = c.previous or {}
-    against = _compared_with(q)
-    prev_avg = before["cost_nanos"] // before["calls"] if before.get("calls") else None
-
-    def versus(current: int, key: str, shown: Callable[[int], str]) -> dict[str, str]:
-        return _change(current, before[key], against, shown) if before else {}
-
-    cards = [
-        {
-            "id": "today",
-            "label": "Spend today",
-            **_money(c.today_nanos),
-            "note": "",
-            **_change(c.today_nanos, c.previous_today_nanos, COMPARED_WITH["today"], format_money),
-        },
-        {
-            "id": "month",
-            "label": "Month to date",
-            **_money(c.month_nanos),
-            "note": "",
-            **_change(c.month_nanos, c.previous_month_nanos, COMPARED_WITH["month"], format_money),
-        },
-        {
-            "id": "projected",
-            "label": "Projected month end",
-            **_money(c.projected_nanos),
-            "note": projection,
-            "status": (c.outlook or "").replace(" ", "-"),
-            **_change(c.projected_nanos, c.last_month_nanos, "last month", format_money),
-        },
-        {
-            "id": "period",
-            "label": f"Spend, {q.period_label.lower()}",
-            **_money(c.period_nanos),
-            "note": "",
-            **versus(c.period_nanos, "cost_nanos", format_money),
-        },
-        {
-            "id": "calls",
-            "label": "Calls",
-            "value": f"{c.calls:,}",
-            "note": f"{c.errors:,} errors" if c.errors else "",
-            **versus(c.calls, "calls", _count),
-        },
-        {
-            "id": "avg",
-            "label": "Average cost per call",
-            **(_money(c.avg_cost_nanos) if c.avg_cost_nanos is not None else {"value": DASH}),
-            "note": "",
-            **(
-                _change(c.avg_cost_nanos, prev_avg, against, format_money)
-                if c.avg_cost_nanos is not None and prev_avg is not None
-                else {}
-            ),
-        },
-        {
-            "id": "cache",
-            "label": "Cache hit rate",
-            "value": f"{c.cache_hit_percent}%" if c.cache_hit_percent is not None else DASH,
-            "note": f"{c.cache_hits:,} of {c.calls:,} calls" if c.calls else "",
-            **(_rate_change(c, before, against) if before else {}),
-        },
-        {
-            "id": "unpriced",
-            "label": "Unpriced events",
-            "value": f"{c.unpriced_calls:,}",
-            "note": "Add their prices in the admin (Model prices), then re-price."
-            if c.unpriced_calls
-            else "",
-            "status": "at-risk" if c.unpriced_calls else "",
-            **versus(c.unpriced_calls, "unpriced_calls", _count),
-        },
-    ]
-    stop = c.emergency_stop
-    cards.append(
-        {
-            "id": "stop",
-            "label": "Emergency stop",
-            "value": "ACTIVE" if stop else "off",
-            "note": f"{stop.reason} (until {stop.expires_at:%Y-%m-%d %H:%M} UTC)" if stop else "",
-            "status": "over" if stop else "",
-        }
-    )
-    return cards
-
-
 def _base_context(
     request: HttpRequest,
     tenant: Tenant,
@@ -410,76 +137,6 @@ def _base_context(
         "site_url": settings.SITE_URL,
         "overview_url": tenant_url(tenant.slug),
     }
-
-
-def _filter_form(q: PageQuery, fixed: dict[str, str], request: HttpRequest) -> dict[str, Any]:
-    f = q.filters
-    name = request.GET.get(NAME_PARAM)
-    start, end = q.start, q.end
-    if q.period != "custom":
-        # A preset shows the days it covers, so the dates never look filled in by mistake.
-        tr = q.time_range
-        start = f"{tr.start.astimezone(tr.tz):%Y-%m-%d}"
-        end = f"{tr.end.astimezone(tr.tz) - timedelta(microseconds=1):%Y-%m-%d}"
-    return {
-        # A drill-down whose name travels in the query string keeps it when the form is sent.
-        "name_param": hidden_input_value(name) if name is not None else None,
-        "periods": list(PERIODS.items()),
-        "period": q.period,
-        "start": start,
-        "end": end,
-        "by": q.group_by,
-        "snapshots": "split" if q.split_snapshots else "",
-        "compare": "previous" if q.compare_previous else "",
-        "fields": [
-            {"name": name, "label": name.replace("_", " "), "value": getattr(f, name) or ""}
-            for name in TEXT_FILTERS
-            if name not in fixed
-        ],
-        "tag": f"{f.tag[0]}:{f.tag[1]}" if f.tag else "",
-    }
-
-
-def _group_label(group_by: str) -> str:
-    """ "end user", or "tag team" for `tag:team`."""
-    if group_by.startswith(dashboard.TAG_PREFIX):
-        return f"tag {shown(group_by[len(dashboard.TAG_PREFIX) :])}"
-    return group_by.replace("_", " ")
-
-
-def _group_links(
-    request: HttpRequest, q: PageQuery, choices: Sequence[str]
-) -> list[dict[str, Any]]:
-    out = []
-    for choice in choices:
-        query = request.GET.copy()
-        query.pop("export", None)
-        query["by"] = choice
-        out.append(
-            {
-                "label": _group_label(choice),
-                "url": f"?{query.urlencode()}",
-                "current": choice == q.group_by,
-            }
-        )
-    return out
-
-
-def _toggle(
-    request: HttpRequest, param: str, on: str, labels: tuple[str, str], current: bool
-) -> list[dict[str, Any]]:
-    """Two links that set or clear `param=on`, the rest of the query kept."""
-    out = []
-    for value, label in (("", labels[0]), (on, labels[1])):
-        query = request.GET.copy()
-        query.pop("export", None)
-        query.pop(param, None)
-        if value:
-            query[param] = value
-        out.append(
-            {"label": label, "url": f"?{query.urlencode()}", "current": current == bool(value)}
-        )
-    return out
 
 
 def _usage_page(
@@ -503,7 +160,7 @@ def _usage_page(
         heading=heading,
         kind=kind,
         query=q,
-        form=_filter_form(q, fixed, request),
+        form=filter_form(q, fixed, request),
         problems=q.errors,
         clear_url=url_for(tenant),
     )
@@ -565,9 +222,9 @@ def _usage_page(
         tables.append(breakdown_table("tag", f"Spend by tag {shown(tag)}", shown(tag), by_tag))
     views = []
     if kind == "overview":
-        views = dashboard.dashboard_budgets(tenant=tenant)
+        views = burndown.dashboard_budgets(tenant=tenant)
         tables.append(budgets_table(views, lambda pk: budget_url(tenant.slug, pk)))
-        tables.append(alerts_table(dashboard.recent_alerts(tenant=tenant), tr.tz))
+        tables.append(alerts_table(recent_alerts(tenant=tenant), tr.tz))
     if (response := _export(request, tenant, tables)) is not None:
         return response
     if not dashboard.has_usage(tenant=tenant):
@@ -603,7 +260,7 @@ def _usage_page(
                 cells,
                 buckets=buckets,
                 interval=interval,
-                group_label=_group_label(q.group_by),
+                group_label=group_label(q.group_by),
                 previous=previous,
             ),
         ),
@@ -632,7 +289,7 @@ def _usage_page(
     for view in views:
         if not view.budget.is_active:
             continue
-        burn = dashboard.budget_daily_spend(tenant=tenant, view=view)
+        burn = burndown.budget_daily_spend(tenant=tenant, view=view)
         fig = charts.budget_burndown(
             name=view.budget.name,
             limit_nanos=view.state.spec.limit_nanos,
@@ -643,11 +300,11 @@ def _usage_page(
         )
         burndowns.append(charts.to_div(fig, f"chart-budget-{view.budget.pk}"))
     context.update(
-        cards=_cards(cards, q),
+        cards=overview_cards(cards, q),
         charts=[charts.to_div(fig, div_id) for div_id, fig in figures],
         burndowns=burndowns,
         tables=_with_export_links(request, tables),
-        groups=_group_links(
+        groups=group_links(
             request,
             q,
             [g for g in GROUPS if not (kind == "end_user" and g == "end_user")]
@@ -656,10 +313,10 @@ def _usage_page(
                 for name in dashboard.tag_names(tenant=tenant, time_range=tr)
             ],
         ),
-        snapshots=_toggle(
+        snapshots=toggle(
             request, SNAPSHOTS_PARAM, "split", ("grouped", "split"), q.split_snapshots
         ),
-        compare=_toggle(
+        compare=toggle(
             request, COMPARE_PARAM, "previous", ("off", "previous period"), q.compare_previous
         ),
         no_data=cards.calls == 0,
@@ -673,7 +330,7 @@ def _usage_page(
             {
                 "title": r.title,
                 "text": r.text,
-                "saving": _money(r.saving_nanos) if r.saving_nanos is not None else None,
+                "saving": money_figure(r.saving_nanos) if r.saving_nanos is not None else None,
             }
             for r in recommendations(tenant=tenant, now=q.now, time_range=last_30)
         ]
@@ -736,11 +393,11 @@ _SCOPE_PAGES = {"model": "model", "end_user": "end_user"}
 def budget_detail(request: HttpRequest, slug: str, budget_id: int) -> HttpResponse:
     tenant, allowed = _tenant_or_404(request, slug)
     with tenant_context(tenant):
-        views = dashboard.dashboard_budgets(tenant=tenant, budget_id=budget_id)
+        views = burndown.dashboard_budgets(tenant=tenant, budget_id=budget_id)
         if not views:
             raise Http404("No such budget in this tenant.")
         view = views[0]
-        burn = dashboard.budget_daily_spend(tenant=tenant, view=view)
+        burn = burndown.budget_daily_spend(tenant=tenant, view=view)
         state, spec = view.state, view.state.spec
         table = budget_days_table(burn, spec.limit_nanos)
         if (response := _export(request, tenant, [table])) is not None:
@@ -771,8 +428,8 @@ def budget_detail(request: HttpRequest, slug: str, budget_id: int) -> HttpRespon
             budget=view.budget,
             scope_link=scope_link,
             cards=[
-                {"id": "spent", "label": "Spent this period", **_money(state.spent)},
-                {"id": "limit", "label": "Limit", **_money(spec.limit_nanos)},
+                {"id": "spent", "label": "Spent this period", **money_figure(state.spent)},
+                {"id": "limit", "label": "Limit", **money_figure(spec.limit_nanos)},
                 {
                     "id": "used",
                     "label": "Used",
@@ -783,7 +440,7 @@ def budget_detail(request: HttpRequest, slug: str, budget_id: int) -> HttpRespon
                 {
                     "id": "projected",
                     "label": "Projected at period end",
-                    **(_money(projected) if projected is not None else {"value": DASH}),
+                    **(money_figure(projected) if projected is not None else {"value": DASH}),
                     "note": "" if projected is not None else "A rolling window has no end.",
                 },
                 {
