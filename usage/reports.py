@@ -245,20 +245,23 @@ def describe_range(tr: TimeRange) -> str:
     return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} ({tr.tz}, end excluded)"
 
 
-def render_tenant(report: TenantReport) -> list[str]:
+def render_tenant(report: TenantReport, *, exact: bool = False) -> list[str]:
+    """The report as text lines. Money by the one display rule (cents from $1, three
+    significant digits below); `exact` writes every amount to the nano-dollar (the
+    `cost_report` command, whose CSV and JSON are exact too)."""
     totals, tenant = report.totals, report.tenant
     total_cost, calls = totals["cost_nanos"], totals["calls"]
     period = "" if report.range.period == "custom" else f"this {report.range.period}, "
     lines = [f"{tenant.slug} ({tenant.name}): {period}{describe_range(report.range)}", ""]
     summary = [
-        ("Cost", format_money(total_cost, exact=True)),
+        ("Cost", format_money(total_cost, exact=exact)),
         ("Calls", f"{calls:,}"),
         ("Input tokens", f"{totals['input_tokens']:,}"),
         ("Output tokens", f"{totals['output_tokens']:,}"),
         ("Cache hit rate", _percent(totals["cache_hits"], calls)),
         ("Errors", f"{totals['errors']:,}"),
         ("Unpriced calls", f"{totals['unpriced_calls']:,}"),
-        ("Avg cost per call", format_money(total_cost // calls, exact=True) if calls else "-"),
+        ("Avg cost per call", format_money(total_cost // calls, exact=exact) if calls else "-"),
     ]
     lines += [f"  {name:<18} {value}" for name, value in summary]
 
@@ -268,7 +271,7 @@ def render_tenant(report: TenantReport) -> list[str]:
         [
             [
                 s["bucket"].date().isoformat(),
-                format_money(s["cost_nanos"], exact=True),
+                format_money(s["cost_nanos"], exact=exact),
                 _percent(s["cost_nanos"], total_cost),
                 f"{s['calls']:,}",
             ]
@@ -287,7 +290,7 @@ def render_tenant(report: TenantReport) -> list[str]:
             [
                 [
                     row["key"] or "(none)",
-                    format_money(row["cost_nanos"], exact=True),
+                    format_money(row["cost_nanos"], exact=exact),
                     _percent(row["cost_nanos"], total_cost),
                     f"{row['calls']:,}",
                     f"{row['input_tokens']:,}",
@@ -301,5 +304,5 @@ def render_tenant(report: TenantReport) -> list[str]:
     return lines
 
 
-def render_table(reports: list[TenantReport]) -> str:
-    return "\n\n\n".join("\n".join(render_tenant(r)) for r in reports)
+def render_table(reports: list[TenantReport], *, exact: bool = False) -> str:
+    return "\n\n\n".join("\n".join(render_tenant(r, exact=exact)) for r in reports)

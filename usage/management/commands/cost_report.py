@@ -102,7 +102,7 @@ class Command(BaseCommand):
         elif fmt == "csv":
             write_csv(reports, self.stdout)
         else:
-            self.stdout.write(render_table(reports) if reports else "No tenants.")
+            self.stdout.write(render_table(reports, exact=True) if reports else "No tenants.")
 
     def _statements(self, subject_text: str, month: str | None, slug: str | None, fmt: str) -> None:
         """Every named tenant's statement; without --tenant, those of the tenants where the
