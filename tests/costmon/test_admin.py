@@ -20,7 +20,7 @@ from usage import catalog
 from usage.models import CostSource, HourlyRollup, ModelAlias, ModelPrice, UsageEvent
 from usage.services import model_alias_set
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "unscoped")]
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 CHANGELISTS = {

@@ -29,7 +29,7 @@ from costmon.core.services import api_key_create
 from tests.helpers import event, post_usage
 from usage.models import UsageEvent
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "unscoped")]
 
 EXAMPLES = int(os.environ.get("COSTMON_SCHEMATHESIS_EXAMPLES", "15"))
 SEED = os.environ.get("COSTMON_SCHEMATHESIS_SEED")

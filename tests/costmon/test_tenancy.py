@@ -185,9 +185,10 @@ def test_rule_channel_links_are_behind_row_level_security(acme, outsider):
     from alerts.models import AlertRule, Channel
 
     def rule_with_channel(tenant: Tenant) -> tuple[AlertRule, Channel]:
-        channel = Channel.objects.create(tenant=tenant, name="ops", kind="email", config={})
-        rule = AlertRule.objects.create(tenant=tenant, name="spend", kind="spend")
-        rule.channels.add(channel)
+        with unscoped():
+            channel = Channel.objects.create(tenant=tenant, name="ops", kind="email", config={})
+            rule = AlertRule.objects.create(tenant=tenant, name="spend", kind="spend")
+            rule.channels.add(channel)
         return rule, channel
 
     acme_rule, acme_channel = rule_with_channel(acme)
