@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import io
 from datetime import date
 from decimal import Decimal
 
 import pytest
+from django.core.management import call_command
 
 from budgets import counters
 from budgets import redis as bredis
 from budgets.models import CounterState
 from budgets.services import budget_create, emergency_stop_trip
 from budgets.tasks import reconcile_counters
+from costmon.core.tenancy import unscoped
 from tests.budgets.conftest import check
 from tests.helpers import event, post_usage, requires_redis
+from usage.models import ModelPrice
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready"), requires_redis]
 
@@ -124,3 +128,24 @@ def test_the_budget_list_reads_counters_and_projects_the_month(acme, read_client
     )
     assert row["projected_usd"] == "0.003951219"
     assert row["source"] == "redis"
+
+
+def test_a_reprice_from_the_command_line_rebuilds_the_counters(
+    acme, ingest_client, django_capture_on_commit_callbacks
+):
+    # The command (and the task, and admin) run with no tenant context; marking the counters
+    # stale after the commit must not need one.
+    post_usage(ingest_client, event(event_id="a"))
+    day = counters.day_key(acme.pk, date(2026, 11, 20))
+    assert int(bredis.client().hget(day, "t")) == 1_350_000
+    with unscoped():
+        haiku = ModelPrice.objects.unscoped().get(model="claude-haiku-4-5")
+        haiku.output_per_mtok = Decimal(4)
+        haiku.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command(
+            "reprice_usage", "--tenant", "acme", "--start", "2026-11-20", "--end", "2026-11-21",
+            stdout=io.StringIO(),
+        )  # fmt: skip
+    assert int(bredis.client().hget(day, "t")) == 450_000 + 180 * 4_000
+    assert check(ingest_client).json()["source"] == "redis"
