@@ -28,7 +28,7 @@ from usage.ingest import parse_batch
 from usage.links import drilldown_url, shown
 from usage.services import usage_record_batch
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "unscoped")]
 
 NOW = "2026-11-21T12:00:00Z"
 # Accepted by the API today.

@@ -12,7 +12,7 @@ from costmon.core.services import api_key_create, api_key_revoke
 from tests.helpers import event, post_usage
 from usage.models import CostSource, HourlyRollup, ModelAlias, ModelPrice, UsageEvent
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "unscoped")]
 NOW = "2026-11-21T12:00:00Z"
 
 
