@@ -26,7 +26,7 @@ from costmon.core.services import api_key_create
 from tests.budgets.conftest import check
 from tests.helpers import event, post_usage, requires_redis
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready", "unscoped")]
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)  # the clock tests/budgets/conftest.py freezes
 
 CHANGELISTS = {
