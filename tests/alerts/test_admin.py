@@ -20,7 +20,7 @@ from alerts.services import channel_disable, channel_save
 from tests.alerts.conftest import make_rule
 from tests.factories import UserFactory
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("unscoped")]
 
 SECRET = "s3cret-s3cret-s3cret"  # the `webhook` fixture's
 SEEN = datetime(2026, 11, 21, 11, 0, tzinfo=UTC)
