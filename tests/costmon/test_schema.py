@@ -155,6 +155,7 @@ def snapshot(tenant: Tenant) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # schemathesis: hundreds of generated requests
 @schema.parametrize()
 @settings(
     deadline=None,
