@@ -17,6 +17,7 @@ import contextvars
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import psycopg
 from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
 
@@ -150,8 +151,6 @@ def rls_execute_wrapper(
 def raw_cursor(connection: BaseDatabaseWrapper) -> Any:
     """A psycopg cursor with server-side binding, for bulk statements that send whole arrays
     as parameters; the RLS settings are brought in line first, as for every ORM query."""
-    import psycopg
-
     connection.ensure_connection()
     cursor = psycopg.Cursor(connection.connection)
     _sync(connection, cursor)
