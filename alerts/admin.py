@@ -290,6 +290,12 @@ def rule_condition(rule: AlertRule) -> str:
         text = "a budget threshold crossed"
     elif kind == AlertRule.Kind.UNPRICED:
         text = "an unpriced model seen"
+    elif kind == AlertRule.Kind.ANOMALY:
+        text = f"above the hour-of-week band ({_number(rule.multiplier)}x, {rule.trailing_days // 7} weeks)"
+        if rule.metric == AlertRule.Metric.TOKENS:
+            text += " (tokens)"
+    elif kind == AlertRule.Kind.PRICE_CHANGED:
+        text = "catalog prices changed"
     else:
         text = "a stop tripped or lifted"
     filters = [

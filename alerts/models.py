@@ -52,6 +52,7 @@ class AlertRule(models.Model):
         UNPRICED = "unpriced", "unpriced model seen"
         EMERGENCY_STOP = "emergency_stop", "emergency stop tripped or lifted"
         PRICE_CHANGED = "price_changed", "catalog prices changed"
+        ANOMALY = "anomaly", "spike against the hour-of-week baseline (median and MAD)"
 
     class Severity(models.TextChoices):
         INFO = "info"

@@ -20,6 +20,7 @@ from budgets.services import budget_status, budget_window
 from costmon.core.models import Tenant
 from costmon.core.money import format_money, usd_to_nanos
 from costmon.core.periods import elapsed_share, period_range, project, tenant_zone
+from usage.anomalies import HIGH, anomaly_band
 from usage.links import drilldown_url
 from usage.models import HourlyRollup
 from usage.selectors import (
@@ -284,6 +285,60 @@ def evaluate_spike(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condi
     ]
 
 
+def anomaly_weeks(rule: AlertRule) -> int:
+    """An anomaly rule learns from the whole weeks in its trailing days (28 days: 4 weeks)."""
+    return rule.trailing_days // 7
+
+
+def evaluate_anomaly(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
+    """The last complete hour against the band learned from the same hour of the week in the
+    rule's last whole weeks (usage.anomalies): alerts when above it, with `multiplier` as the
+    sensitivity and `min_volume` as the least amount that may alert."""
+    hour_end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    hour_start = hour_end - timedelta(hours=1)
+    cost = rule.metric == AlertRule.Metric.COST
+    minimum = usd_to_nanos(rule.min_volume) if cost else int(rule.min_volume)
+    weeks = anomaly_weeks(rule)
+    if weeks < 1:
+        return []
+    (point,) = anomaly_band(
+        tenant=tenant,
+        start=hour_start,
+        end=hour_end,
+        filters=_filters(rule),
+        metric="cost" if cost else "tokens",
+        weeks=weeks,
+        sensitivity=rule.multiplier,
+        floor=minimum,
+    )
+    baseline = point.baseline
+    if point.flag != HIGH or baseline is None or point.value < minimum:
+        return []
+    show = format_money if cost else (lambda n: f"{n:,} tokens")
+    usual = baseline.usual
+    local = hour_start.astimezone(tenant_zone(tenant))
+    return [
+        Condition(
+            scope=_scope(rule),
+            period=f"{hour_start:%Y%m%d%H}",
+            period_label=f"{local:%Y-%m-%d %H:00}",
+            level="anomaly",
+            title=(
+                f"Unusual {rule.get_metric_display().lower()}{_filter_label(rule)}: {show(point.value)} in "
+                f"the hour from {local:%a %H:%M}, usually {show(usual)}"
+            ),
+            text=(
+                f"{show(point.value)} in the hour from {local:%Y-%m-%d %H:%M}, above the usual "
+                f"band for {local:%A} {local:%H}:00 (median {show(usual)}, up to "
+                f"{show(baseline.upper)}, learned from the last {baseline.weeks} weeks)."
+            ),
+            figure=show(point.value),
+            threshold=show(baseline.upper),
+            link=dashboard_link(tenant),
+        )
+    ]
+
+
 def _label(start: datetime, period: str) -> str:
     if period == "month":
         return f"{start:%B %Y}"
@@ -436,6 +491,7 @@ EVALUATORS: dict[str, Callable[[AlertRule, Tenant, datetime], list[Condition]]] 
     AlertRule.Kind.ERROR_RATE: evaluate_error_rate,
     AlertRule.Kind.UNPRICED: evaluate_unpriced,
     AlertRule.Kind.PRICE_CHANGED: evaluate_price_changed,
+    AlertRule.Kind.ANOMALY: evaluate_anomaly,
 }
 
 # Evaluated every minute; the others hourly (projections and spikes look at whole hours).
@@ -447,4 +503,4 @@ FREQUENT_KINDS = (
     AlertRule.Kind.UNPRICED,
     AlertRule.Kind.PRICE_CHANGED,
 )
-HOURLY_KINDS = (AlertRule.Kind.PROJECTED, AlertRule.Kind.SPIKE)
+HOURLY_KINDS = (AlertRule.Kind.PROJECTED, AlertRule.Kind.SPIKE, AlertRule.Kind.ANOMALY)

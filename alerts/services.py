@@ -347,6 +347,11 @@ def rule_validate_fields(rule: AlertRule) -> None:
         )
     if rule.tag and "=" not in rule.tag:
         errors["tag"] = "Write the tag filter as name=value, e.g. team=search."
+    if rule.kind == AlertRule.Kind.ANOMALY and rule.trailing_days < 14:
+        errors["trailing_days"] = (
+            "An anomaly rule learns from the same hour of the last whole weeks: set "
+            "trailing_days to 14 to 56 (28 is four weeks)."
+        )
     if errors:
         raise ValidationError(errors)
 

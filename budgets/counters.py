@@ -19,13 +19,12 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import structlog
-from django.db import connection
 from django.db.models import F, Q, Sum
 from django.db.models.functions import ExtractHour, Lower, TruncDate
 from django.utils import timezone
@@ -36,15 +35,16 @@ from budgets.periods import buckets_of_day, day_bucket
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
+from usage import storage
 from usage.models import ModelHourlyRollup, UsageEvent
 from usage.pricing import candidate_names
 from usage.selectors import rollups_of
+from usage.signals import BulkLoaded
 
 log = structlog.get_logger(__name__)
 
 DAY_TTL_SECONDS = 100 * 86400  # the longest period read (rolling 90 days) and then some
 RECONCILE_DAYS = 92
-_LOCK_NAMESPACE = 7401  # shared with usage.services: the tenant's ingest lock
 
 
 def bucket_key(tenant_id: int, bucket: str) -> str:
@@ -116,12 +116,12 @@ def event_fields(
     return fields
 
 
-# --- the ingest hook (see budgets.updates) ------------------------------------------------------
+# --- the bulk-load receiver (ingest's are in budgets.updates) -------------------------------
 
 
-def bulk_loaded(tenant: Tenant) -> None:
-    """After a bulk load: rebuild the tenant's counters from PostgreSQL in one pass."""
-    counters_reconcile(tenant=tenant, known_behind=True)
+def bulk_loaded(sender: Any, *, load: BulkLoaded, **kwargs: Any) -> None:
+    """`usage.signals.bulk_loaded`: rebuild the tenant's counters from PostgreSQL in one pass."""
+    counters_reconcile(tenant=load.tenant, known_behind=True)
 
 
 # Tenants marked stale while Redis could not be reached, and when: this process deletes their
@@ -213,23 +213,11 @@ class ReconcileReport:
     drift_nanos: int = 0
 
 
-@contextlib.contextmanager
-def ingest_lock(tenant_id: int, *, shared: bool) -> Iterator[None]:
-    """The tenant's ingest lock (usage.services holds it shared from before a batch's
+def ingest_lock(tenant_id: int, *, shared: bool) -> contextlib.AbstractContextManager[None]:
+    """The tenant's ingest lock (usage.storage; ingest holds it shared from before a batch's
     transaction until its counter update is applied). Exclusive: no batch of this tenant is
     between its commit and its counter update meanwhile."""
-    if connection.vendor != "postgresql":
-        yield
-        return
-    key = [_LOCK_NAMESPACE, tenant_id % 2_000_000_000]
-    kind = "_shared" if shared else ""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT pg_advisory_lock{kind}(%s, %s)", key)
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT pg_advisory_unlock{kind}(%s, %s)", key)
+    return storage.ingest_lock(tenant_id, shared=shared)
 
 
 def _complete_buckets(day: date, since: date) -> list[str]:

@@ -1,8 +1,8 @@
 """Counter updates: what each ingest batch adds to the Redis spend counters, exactly once.
 
 The batch's own transaction writes a `CounterUpdate` row with the amounts (`batch_pending`,
-called before the commit). Right after the commit the same process applies them
-(`record_batch`). The script that adds the amounts also sets a marker for the update's id
+receiving `usage.signals.batch_committing`). Right after the commit the same process applies them
+(`record_batch`, receiving `usage.signals.batch_recorded`). The script that adds the amounts also sets a marker for the update's id
 (`cm:{<tenant>}:cu:<id>`) and changes nothing when the marker is already there, so an update
 is never counted twice. If the process dies between the commit and the apply, the row is still
 there: the sweeper (`counter_updates_sweep`, every 20 seconds) applies the rows whose marker is
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, timedelta
 from typing import Any
@@ -30,6 +31,7 @@ from budgets.periods import buckets_of_day
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
+from usage.signals import RecordedBatch, RecordedRow
 
 log = structlog.get_logger(__name__)
 
@@ -87,8 +89,8 @@ class Update:
         return [v for k, v in zip(self.settle[::2], self.settle[1::2], strict=True) if k == "e"]
 
 
-def update_of(tenant: Tenant, rows: list[dict[str, Any]]) -> Update:
-    """The counters' share of freshly stored rows (as `usage_record_batch` passes them)."""
+def update_of(tenant: Tenant, rows: Sequence[RecordedRow]) -> Update:
+    """The counters' share of freshly stored rows (a `RecordedBatch`'s)."""
     conf = tenant_config.for_tenant(tenant.pk)
     tz = tenant_zone(tenant)
     tag_names = sorted(conf.tag_names)
@@ -96,12 +98,12 @@ def update_of(tenant: Tenant, rows: list[dict[str, Any]]) -> Update:
     # counter fields once per group.
     groups: dict[tuple[Any, ...], int] = defaultdict(int)
     for row in rows:
-        cost = row["cost_nanos"]
+        cost = row.cost_nanos
         if cost:
-            tags = row["tags"] or {}
+            tags = row.tags or {}
             # By the hour of the rollup the event lands in, as a rebuild from the rollups and
             # the database's answers count it (they differ only in zones with half hours).
-            utc = row["occurred_at"].astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+            utc = row.occurred_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
             local = utc.astimezone(tz)
             groups[
                 (
@@ -109,8 +111,8 @@ def update_of(tenant: Tenant, rows: list[dict[str, Any]]) -> Update:
                     local.hour,
                     utc.date(),
                     utc.hour,
-                    row["names"],
-                    row["api_key_id"],
+                    (row.provider, row.model, row.operation, row.end_user),
+                    row.api_key_id,
                     tuple(tags.get(name) for name in tag_names),
                 )
             ] += cost
@@ -140,15 +142,15 @@ def update_of(tenant: Tenant, rows: list[dict[str, Any]]) -> Update:
     )
 
 
-def _settled_by(rows: list[dict[str, Any]]) -> list[str]:
+def _settled_by(rows: Sequence[RecordedRow]) -> list[str]:
     """The reservations these events settle: "r", reservation id, or "e", the event id a
     check may have been given."""
     settle: list[str] = []
     for row in rows:
-        if row["reservation_id"]:
-            settle += ["r", row["reservation_id"]]
+        if row.reservation_id:
+            settle += ["r", row.reservation_id]
         else:
-            settle += ["e", row["event_id"]]
+            settle += ["e", row.event_id]
     return settle
 
 
@@ -198,30 +200,32 @@ def apply_update(r: Any, tenant_id: int, update: Update, update_id: int | None) 
     return Applied(bool(applied), int(settled), bool(trusted))
 
 
-# --- the ingest hooks -----------------------------------------------------------------------
+# --- the ingest receivers (connected in BudgetsConfig.ready) ---------------------------------
 
 
-def batch_pending(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
-    """In the ingest transaction, before it commits: write the batch's counter update, so a
-    process that dies right after the commit leaves it for the sweeper."""
+def batch_pending(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
+    """`batch_committing`: in the ingest transaction, before it commits, write the batch's
+    counter update, so a process that dies right after the commit leaves it for the sweeper."""
     if not settings.REDIS_URL:
         return  # no counters (the embedded default)
     from budgets.models import CounterUpdate
 
-    update = update_of(tenant, rows)
-    row = CounterUpdate.objects.create(tenant=tenant, payload=update.to_json())
-    _pending.value = (rows, row.pk, update)
+    update = update_of(batch.tenant, batch.rows)
+    row = CounterUpdate.objects.create(tenant=batch.tenant, payload=update.to_json())
+    _pending.value = (batch, row.pk, update)
 
 
-def record_batch(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
-    """After an ingest commit: add the batch's spend to the counters, settle the reservations
-    its events carry, and trip the emergency stop if a rule's threshold is now passed."""
+def record_batch(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
+    """`batch_recorded`: after an ingest commit, add the batch's spend to the counters, settle
+    the reservations its events carry, and trip the emergency stop if a rule's threshold is now
+    passed."""
     from budgets.services import emergency_stop_check
 
+    tenant, rows = batch.tenant, batch.rows
     conf = tenant_config.for_tenant(tenant.pk)
     if settings.REDIS_URL:
         pending, _pending.value = getattr(_pending, "value", None), None
-        if pending is not None and pending[0] is rows:
+        if pending is not None and pending[0] is batch:
             update_id, update = pending[1], pending[2]
         else:
             update_id, update = None, update_of(tenant, rows)

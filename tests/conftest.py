@@ -85,12 +85,12 @@ def _clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None
     from budgets import config as budgets_config
     from budgets import redis as budgets_redis
     from costmon.core import keys
-    from usage import services as usage_services
+    from usage import dimensions as usage_dimensions
 
     cache.clear()  # also empties the Redis database the counters live in
     catalog.clear_local()
     keys.clear_local()
-    usage_services.forget_known_dimensions()
+    usage_dimensions.forget_known_dimensions()
     budgets_config.clear_local()
     budgets_redis.reset_breaker()
     tenancy.forget_rls_state(connection)

@@ -4,7 +4,8 @@ The rows are priced and mapped to the tenant's dictionary in Python, COPYed into
 table, then moved into the events table with `ON CONFLICT DO NOTHING`, and the rollups of the
 rows that really went in are added in the same statement. So a bulk load keeps the two promises
 of the ingest API: loading the same events again adds nothing, and the rollups always equal the
-sum of the events. Spend counters are rebuilt once at the end by the `after_bulk_load_hooks`.
+sum of the events. Spend counters are rebuilt once at the end, by the receivers of
+`usage.signals.bulk_loaded`.
 
 On SQLite (the embedded default) the same events go through `usage_record_batch`.
 """
@@ -12,37 +13,26 @@ On SQLite (the embedded default) the same events go through `usage_record_batch`
 from __future__ import annotations
 
 import itertools
-import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import structlog
-from django.db import connection, transaction
+from django.db import transaction
 
 from costmon.core.models import Tenant
-from costmon.core.tenancy import raw_cursor, tenant_context
+from costmon.core.tenancy import tenant_context
 from usage.catalog import catalog_for
+from usage.dimensions import dimension_ids, dimension_keys
 from usage.ingest import EventIn
-from usage.models import UsageEvent
-from usage.rollups import with_rollups
-from usage.services import (
-    _EVENT_COLUMNS,
-    _dimension_keys,
-    _event_row,
-    _ingest_lock,
-    dimension_ids,
-    price_event,
-    usage_record_batch,
-)
+from usage.models import CostSource, UsageEvent
+from usage.rows import event_row, price_event
+from usage.services import usage_record_batch
+from usage.signals import BulkLoaded, bulk_loaded
+from usage.storage import copy_supported, events_copy, ingest_lock
 
 log = structlog.get_logger(__name__)
 
-# Called with the tenant once a bulk load has finished (the budgets app rebuilds its counters).
-after_bulk_load_hooks: list[Callable[[Tenant], None]] = []
-
 CHUNK = 50_000
-
-# How each rollup sum is computed from the inserted rows.
 
 
 @dataclass
@@ -72,20 +62,28 @@ def usage_bulk_load(
     report = BulkReport()
     iterator = iter(events)
     while part := list(itertools.islice(iterator, chunk)):
-        if connection.vendor == "postgresql":
+        if copy_supported():
             _load_chunk(tenant, part, report)
         else:
             _record_chunk(tenant, part, report)
         report.examined += len(part)
         if progress:
             progress(len(part))
-    for hook in after_bulk_load_hooks:
-        try:
-            hook(tenant)
-        except Exception:
+    loaded = BulkLoaded(
+        tenant=tenant,
+        examined=report.examined,
+        inserted=report.inserted,
+        cost_nanos=report.cost_nanos,
+    )
+    for receiver, result in bulk_loaded.send_robust(sender=UsageEvent, load=loaded):
+        if isinstance(result, Exception):
             # The events are stored; counters rebuild on their own later (nightly, or when a
             # check finds them missing). A busy Redis must not fail a long load at its end.
-            log.exception("after_bulk_load_hook_failed", hook=getattr(hook, "__name__", repr(hook)))
+            log.error(
+                "after_bulk_load_hook_failed",
+                hook=getattr(receiver, "__name__", repr(receiver)),
+                exc_info=result,
+            )
     log.info("usage_bulk_loaded", tenant=tenant.slug, **report.__dict__)
     return report
 
@@ -96,43 +94,33 @@ def _record_chunk(tenant: Tenant, part: list[EventIn], report: BulkReport) -> No
             if not result.duplicate:
                 report.inserted += 1
                 report.cost_nanos += result.cost_nanos
-                report.unpriced += result.cost_source == 2
+                report.unpriced += result.cost_source == CostSource.UNPRICED
 
 
 def _load_chunk(tenant: Tenant, part: list[EventIn], report: BulkReport) -> None:
     catalog = catalog_for(tenant.pk)
-    events = UsageEvent._meta.db_table
-    columns = ", ".join(_EVENT_COLUMNS)
-    tags = _EVENT_COLUMNS.index("tags")
-    with tenant_context(tenant), _ingest_lock(tenant.pk), transaction.atomic():
-        dims = dimension_ids(tenant=tenant, wanted=_dimension_keys(part))
-        with raw_cursor(connection) as cursor:
-            cursor.execute(
-                f"CREATE TEMP TABLE usage_bulk_stage ON COMMIT DROP AS "
-                f"SELECT {columns} FROM {events} WITH NO DATA"
+    with tenant_context(tenant), ingest_lock(tenant.pk, shared=True), transaction.atomic():
+        dims = dimension_ids(tenant=tenant, wanted=dimension_keys(part))
+        rows = (
+            event_row(
+                tenant_id=tenant.pk,
+                event=e,
+                dims=dims,
+                priced=price_event(catalog, e),
+                api_key_id=0,
             )
-            with cursor.copy(f"COPY usage_bulk_stage ({columns}) FROM STDIN") as copy:
-                seen: set[str] = set()
-                for e in part:
-                    if e.event_id in seen:
-                        continue  # the same id twice in one load: the first one counts
-                    seen.add(e.event_id)
-                    cost, source, price_id = price_event(catalog, e)
-                    row = _event_row(tenant.pk, e, dims, cost, source, 0, price_id)
-                    values = [row[c] for c in _EVENT_COLUMNS]
-                    if values[tags] is not None:
-                        values[tags] = json.dumps(values[tags])
-                    copy.write_row(values)
-            cursor.execute(
-                with_rollups(
-                    f"INSERT INTO {events} ({columns}) SELECT {columns} FROM usage_bulk_stage"
-                    f" ORDER BY occurred_at ON CONFLICT (tenant_id, event_id) DO NOTHING"
-                )
-                + " SELECT count(*), coalesce(sum(cost_nanos), 0),"
-                " count(*) FILTER (WHERE cost_source = 2) FROM fresh"
-            )
-            inserted, cost, unpriced = cursor.fetchone()
-            cursor.execute("DROP TABLE usage_bulk_stage")  # inside an outer transaction too
+            for e in _first_of_each_id(part)
+        )
+        inserted, cost, unpriced = events_copy(rows)
     report.inserted += inserted
-    report.cost_nanos += int(cost)
+    report.cost_nanos += cost
     report.unpriced += unpriced
+
+
+def _first_of_each_id(part: list[EventIn]) -> Iterator[EventIn]:
+    """The same id twice in one load: the first one counts."""
+    seen: set[str] = set()
+    for e in part:
+        if e.event_id not in seen:
+            seen.add(e.event_id)
+            yield e

@@ -14,7 +14,8 @@ from django.conf import settings
 from costmon.core.cache import VersionedCache
 from costmon.core.tenancy import unscoped
 from usage.models import CatalogAlias, ModelAlias, ModelPrice, PriceChangeHold, PriceSync
-from usage.pricing import Alias, Catalog, Price, Rates
+from usage.price_lookup import Alias, Catalog
+from usage.pricing import Price, Rates
 
 VERSION_KEY = "costmon:catalog-version"
 

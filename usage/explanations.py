@@ -15,7 +15,8 @@ from costmon.core.money import format_usd
 from costmon.core.tenancy import unscoped
 from usage.catalog import load_catalog, price_from_row
 from usage.models import CostSource, ModelPrice, UsageEvent
-from usage.pricing import Breakdown, Resolution, breakdown, format_rate
+from usage.price_lookup import Resolution
+from usage.pricing import Breakdown, breakdown, format_rate
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ milliseconds, and every message says what to send instead.
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -81,6 +83,8 @@ KNOWN_FIELDS = frozenset(
         *_STRING_FIELDS,
     }
 )
+# The unit a count's messages name, when not tokens.
+_UNITS = {"web_search_calls": "web searches", "output_images": "images"}
 MAX_TAGS = 20
 MAX_PROMPT_HASH = 64  # a hex SHA-256
 
@@ -176,6 +180,9 @@ def parse_batch(
     return events
 
 
+Add = Callable[[str | None, str], None]  # (field, message): one error of the event at hand
+
+
 def _parse_event(
     index: int, item: Any, errors: _Errors, *, now: datetime, latest: datetime, text: bool = True
 ) -> EventIn | None:
@@ -183,167 +190,34 @@ def _parse_event(
         errors.add(index, None, "Each event must be a JSON object.")
         return None
     before = len(errors.items)
-    for name in item.keys() - KNOWN_FIELDS:
-        errors.add(
-            index, name, f"Unknown field {name!r}. Known fields: {', '.join(sorted(KNOWN_FIELDS))}."
-        )
-
-    # Every string of an event is a name or an id: none may hold a control character or a
-    # lone surrogate, whatever its field (costmon.core.inputs). One error per field.
-    refused: set[str] = set()
-    for where, why in text_problems(item) if text else ():
-        if where not in refused:
-            refused.add(where)
-            errors.add(index, where, why)
-
-    strings: dict[str, str] = {}
-    for name, (max_len, required) in _STRING_FIELDS.items():
-        value = item.get(name)
-        if value is None or value == "":
-            if required:
-                errors.add(index, name, "This field is required.")
-            strings[name] = ""
-            continue
-        if not isinstance(value, str):
-            errors.add(index, name, "Must be a string.")
-            continue
-        if len(value) > max_len:  # as sent, as the schema says; surrounding spaces are trimmed
-            errors.add(index, name, f"At most {max_len} characters.")
-        value = value.strip()
-        if required and not value:
-            errors.add(index, name, "This field is required.")
-        strings[name] = value
-
-    event_id = item.get("event_id")
-    if event_id is None:
-        # Without an event id a retried request cannot be recognised; the README says so.
-        event_id = str(uuid.uuid4())
-    elif not isinstance(event_id, str) or not event_id.strip():
-        errors.add(index, "event_id", "Must be a non-empty string (a UUID is best).")
-    elif len(event_id) > 128:
-        errors.add(index, "event_id", "At most 128 characters.")
-
-    occurred_at = now
-    raw_time = item.get("occurred_at")
-    if raw_time is not None:
-        parsed, problem = _parse_time(raw_time, now=now, latest=latest)
-        if problem is not None:
-            errors.add(index, "occurred_at", problem)
-        elif parsed is not None:
-            occurred_at = parsed
-
-    tokens: dict[str, int] = {}
-    for name in (*TOKEN_FIELDS, *PART_FIELDS):
-        value = item.get(name, 0)
-        if value is None:
-            value = 0
-        unit = "web searches" if name == "web_search_calls" else "tokens"
-        if name == "output_images":
-            unit = "images"
-        if isinstance(value, bool) or not isinstance(value, int | Decimal):
-            errors.add(index, name, f"Must be a whole number of {unit}.")
-            continue
-        if isinstance(value, Decimal) and value != value.to_integral_value():
-            errors.add(index, name, f"Must be a whole number of {unit}.")
-            continue
-        if value < 0:
-            errors.add(index, name, "Must not be negative.")
-        elif value > MAX_TOKENS:
-            errors.add(
-                index,
-                name,
-                f"{value} {unit} is more than {MAX_TOKENS:,} for one call; check the units.",
-            )
-        else:
-            tokens[name] = int(value)  # in range: int() of 1e999999999 would take a while
+    add: Add = functools.partial(errors.add, index)
+    _check_field_names(item, add)
+    if text:
+        _check_text(item, add)
+    strings = _strings(item, add)
+    event_id = _event_id(item, add)
+    occurred_at = _occurred_at(item, add, now=now, latest=latest)
+    tokens = _tokens(item, add)
     if len(tokens) == len(TOKEN_FIELDS) + len(PART_FIELDS) and len(errors.items) == before:
-        for total, parts in _PART_OF:
-            if sum(tokens[p] for p in parts) > tokens[total]:
-                given = [p for p in parts if tokens[p]]
-                errors.add(
-                    index,
-                    given[0],
-                    f"{' + '.join(given)} exceed {total}; {total} counts all of them "
-                    "(they are parts of it, priced at their own rates).",
-                )
-
-    service_tier = item.get("service_tier")
-    if service_tier is None or service_tier == "":
-        service_tier = "standard"
-    elif service_tier not in SERVICE_TIERS:
-        errors.add(index, "service_tier", f"Must be one of {', '.join(SERVICE_TIERS)}.")
-
-    cost_usd = None
-    if (raw_cost := item.get("cost_usd")) is not None:
-        try:
-            if isinstance(raw_cost, bool):
-                raise InvalidOperation
-            if isinstance(raw_cost, str) and not DECIMAL_TEXT.fullmatch(raw_cost):
-                raise InvalidOperation
-            cost_usd = Decimal(raw_cost) if isinstance(raw_cost, str | int | Decimal) else None
-            if cost_usd is None or not cost_usd.is_finite():
-                raise InvalidOperation
-        except (InvalidOperation, ValueError):
-            errors.add(index, "cost_usd", 'Must be a decimal number of US dollars, e.g. "0.00135".')
-        else:
-            if cost_usd < 0 or (isinstance(raw_cost, str) and raw_cost.startswith("-")):
-                errors.add(index, "cost_usd", "Must not be negative.")
-            elif cost_usd > MAX_COST_USD:
-                errors.add(
-                    index, "cost_usd", f"More than ${MAX_COST_USD} for one call; check the units."
-                )
-
-    latency_ms = None
-    if (raw_latency := item.get("latency_ms")) is not None:
-        if isinstance(raw_latency, bool) or not isinstance(raw_latency, int | Decimal):
-            errors.add(index, "latency_ms", "Must be a number of milliseconds.")
-        elif raw_latency < 0 or raw_latency > MAX_LATENCY_MS:
-            errors.add(index, "latency_ms", f"Must be between 0 and {MAX_LATENCY_MS} milliseconds.")
-        else:
-            latency_ms = int(raw_latency)
-
+        _check_parts(tokens, add)
+    service_tier = _service_tier(item, add)
+    cost_usd = _cost_usd(item, add)
+    latency_ms = _latency_ms(item, add)
     status = item.get("status", "success")
     if status not in ("success", "error"):
-        errors.add(index, "status", 'Must be "success" or "error".')
+        add("status", 'Must be "success" or "error".')
     cache_hit = item.get("cache_hit", False)
     if cache_hit is None:
         cache_hit = False
     if not isinstance(cache_hit, bool):
-        errors.add(index, "cache_hit", "Must be true or false.")
-
+        add("cache_hit", "Must be true or false.")
     reservation_id = item.get("reservation_id")
     if reservation_id is not None and (
         not isinstance(reservation_id, str) or len(reservation_id) > 64
     ):
-        errors.add(index, "reservation_id", "Must be the reservation_id a check returned.")
-
-    prompt_hash = item.get("prompt_hash")
-    if prompt_hash is not None:
-        if not isinstance(prompt_hash, str):
-            errors.add(index, "prompt_hash", "Must be a string.")
-        elif len(prompt_hash) > MAX_PROMPT_HASH:
-            errors.add(index, "prompt_hash", f"At most {MAX_PROMPT_HASH} characters.")
-        else:
-            prompt_hash = prompt_hash.strip() or None
-
-    tags = item.get("tags")
-    if tags is not None:
-        if not isinstance(tags, dict):
-            errors.add(index, "tags", "Must be an object of string keys to string values.")
-            tags = None
-        elif len(tags) > MAX_TAGS:
-            errors.add(index, "tags", f"At most {MAX_TAGS} tags per event.")
-        else:
-            for key, value in tags.items():
-                if not isinstance(value, str) or len(key) > 64 or len(value) > 200 or not key:
-                    errors.add(
-                        index,
-                        f"tags.{key}",
-                        "Tag keys (1-64 chars) and values (up to 200 chars) must be strings.",
-                    )
-                    break
-            tags = tags or None
-
+        add("reservation_id", "Must be the reservation_id a check returned.")
+    prompt_hash = _prompt_hash(item, add)
+    tags = _tags(item, add)
     if len(errors.items) != before:
         return None
     return EventIn(
@@ -364,3 +238,173 @@ def _parse_event(
         service_tier=service_tier,
         **tokens,
     )
+
+
+def _check_field_names(item: dict[str, Any], add: Add) -> None:
+    for name in item.keys() - KNOWN_FIELDS:
+        add(name, f"Unknown field {name!r}. Known fields: {', '.join(sorted(KNOWN_FIELDS))}.")
+
+
+def _check_text(item: dict[str, Any], add: Add) -> None:
+    """Every string of an event is a name or an id: none may hold a control character or a
+    lone surrogate, whatever its field (costmon.core.inputs). One error per field."""
+    refused: set[str] = set()
+    for where, why in text_problems(item):
+        if where not in refused:
+            refused.add(where)
+            add(where, why)
+
+
+def _strings(item: dict[str, Any], add: Add) -> dict[str, str]:
+    """The names, trimmed ("" when absent); a field sent with the wrong type is left out."""
+    strings: dict[str, str] = {}
+    for name, (max_len, required) in _STRING_FIELDS.items():
+        value = item.get(name)
+        if value is None or value == "":
+            if required:
+                add(name, "This field is required.")
+            strings[name] = ""
+            continue
+        if not isinstance(value, str):
+            add(name, "Must be a string.")
+            continue
+        if len(value) > max_len:  # as sent, as the schema says; surrounding spaces are trimmed
+            add(name, f"At most {max_len} characters.")
+        value = value.strip()
+        if required and not value:
+            add(name, "This field is required.")
+        strings[name] = value
+    return strings
+
+
+def _event_id(item: dict[str, Any], add: Add) -> Any:
+    event_id = item.get("event_id")
+    if event_id is None:
+        # Without an event id a retried request cannot be recognised; the README says so.
+        return str(uuid.uuid4())
+    if not isinstance(event_id, str) or not event_id.strip():
+        add("event_id", "Must be a non-empty string (a UUID is best).")
+    elif len(event_id) > 128:
+        add("event_id", "At most 128 characters.")
+    return event_id
+
+
+def _occurred_at(item: dict[str, Any], add: Add, *, now: datetime, latest: datetime) -> datetime:
+    raw_time = item.get("occurred_at")
+    if raw_time is None:
+        return now
+    parsed, problem = _parse_time(raw_time, now=now, latest=latest)
+    if problem is not None:
+        add("occurred_at", problem)
+    return parsed if parsed is not None else now
+
+
+def _tokens(item: dict[str, Any], add: Add) -> dict[str, int]:
+    """The counts sent (absent: 0); a count that is not a whole number in range is left out."""
+    tokens: dict[str, int] = {}
+    for name in (*TOKEN_FIELDS, *PART_FIELDS):
+        value = item.get(name, 0)
+        if value is None:
+            value = 0
+        unit = _UNITS.get(name, "tokens")
+        if isinstance(value, bool) or not isinstance(value, int | Decimal):
+            add(name, f"Must be a whole number of {unit}.")
+            continue
+        if isinstance(value, Decimal) and value != value.to_integral_value():
+            add(name, f"Must be a whole number of {unit}.")
+            continue
+        if value < 0:
+            add(name, "Must not be negative.")
+        elif value > MAX_TOKENS:
+            add(name, f"{value} {unit} is more than {MAX_TOKENS:,} for one call; check the units.")
+        else:
+            tokens[name] = int(value)  # in range: int() of 1e999999999 would take a while
+    return tokens
+
+
+def _check_parts(tokens: dict[str, int], add: Add) -> None:
+    for total, parts in _PART_OF:
+        if sum(tokens[p] for p in parts) > tokens[total]:
+            given = [p for p in parts if tokens[p]]
+            add(
+                given[0],
+                f"{' + '.join(given)} exceed {total}; {total} counts all of them "
+                "(they are parts of it, priced at their own rates).",
+            )
+
+
+def _service_tier(item: dict[str, Any], add: Add) -> Any:
+    service_tier = item.get("service_tier")
+    if service_tier is None or service_tier == "":
+        return "standard"
+    if service_tier not in SERVICE_TIERS:
+        add("service_tier", f"Must be one of {', '.join(SERVICE_TIERS)}.")
+    return service_tier
+
+
+def _cost_usd(item: dict[str, Any], add: Add) -> Decimal | None:
+    raw_cost = item.get("cost_usd")
+    if raw_cost is None:
+        return None
+    try:
+        if isinstance(raw_cost, bool):
+            raise InvalidOperation
+        if isinstance(raw_cost, str) and not DECIMAL_TEXT.fullmatch(raw_cost):
+            raise InvalidOperation
+        cost_usd = Decimal(raw_cost) if isinstance(raw_cost, str | int | Decimal) else None
+        if cost_usd is None or not cost_usd.is_finite():
+            raise InvalidOperation
+    except (InvalidOperation, ValueError):
+        add("cost_usd", 'Must be a decimal number of US dollars, e.g. "0.00135".')
+        return None
+    if cost_usd < 0 or (isinstance(raw_cost, str) and raw_cost.startswith("-")):
+        add("cost_usd", "Must not be negative.")
+    elif cost_usd > MAX_COST_USD:
+        add("cost_usd", f"More than ${MAX_COST_USD} for one call; check the units.")
+    return cost_usd
+
+
+def _latency_ms(item: dict[str, Any], add: Add) -> int | None:
+    raw_latency = item.get("latency_ms")
+    if raw_latency is None:
+        return None
+    if isinstance(raw_latency, bool) or not isinstance(raw_latency, int | Decimal):
+        add("latency_ms", "Must be a number of milliseconds.")
+    elif raw_latency < 0 or raw_latency > MAX_LATENCY_MS:
+        add("latency_ms", f"Must be between 0 and {MAX_LATENCY_MS} milliseconds.")
+    else:
+        return int(raw_latency)
+    return None
+
+
+def _prompt_hash(item: dict[str, Any], add: Add) -> Any:
+    prompt_hash = item.get("prompt_hash")
+    if prompt_hash is None:
+        return None
+    if not isinstance(prompt_hash, str):
+        add("prompt_hash", "Must be a string.")
+    elif len(prompt_hash) > MAX_PROMPT_HASH:
+        add("prompt_hash", f"At most {MAX_PROMPT_HASH} characters.")
+    else:
+        return prompt_hash.strip() or None
+    return prompt_hash
+
+
+def _tags(item: dict[str, Any], add: Add) -> Any:
+    tags = item.get("tags")
+    if tags is None:
+        return None
+    if not isinstance(tags, dict):
+        add("tags", "Must be an object of string keys to string values.")
+        return None
+    if len(tags) > MAX_TAGS:
+        add("tags", f"At most {MAX_TAGS} tags per event.")
+        return tags
+    for key, value in tags.items():
+        if not isinstance(value, str) or len(key) > 64 or len(value) > 200 or not key:
+            add(
+                f"tags.{key}",
+                "Tag keys (1-64 chars) and values (up to 200 chars) must be strings.",
+            )
+            break
+    return tags or None

@@ -19,7 +19,7 @@ from costmon.core.exceptions import PayloadTooLarge
 from costmon.core.models import ApiKey
 from costmon.core.openapi import ERRORS, ErrorItem
 from costmon.core.scoping import TenantAPIView
-from usage import otlp
+from usage import otlp, otlp_wire
 
 
 class PartialSuccess(serializers.Serializer):
@@ -78,16 +78,16 @@ class OtlpTracesApi(TenantAPIView):
             ),
             **{
                 (code, media): OpenApiResponse(
-                    OtlpStatus if media == otlp.JSON else OpenApiTypes.BINARY,
+                    OtlpStatus if media == otlp_wire.JSON else OpenApiTypes.BINARY,
                     description=f"{ERRORS[code]} A google.rpc.Status, as OTLP/HTTP wants.",
                 )
                 for code in (400, 401, 403, 404, 413, 415, 503)
-                for media in (otlp.JSON, otlp.PROTOBUF)
+                for media in (otlp_wire.JSON, otlp_wire.PROTOBUF)
             },
         },
     )
     def post(self, request: Request) -> HttpResponse:
-        media = otlp.media_type(request.META.get("CONTENT_TYPE", ""))
+        media = otlp_wire.media_type(request.META.get("CONTENT_TYPE", ""))
         limit = settings.COSTMON_MAX_BODY_BYTES
         length = request.META.get("CONTENT_LENGTH") or "0"
         if length.isdigit() and int(length) > limit:
@@ -101,13 +101,13 @@ class OtlpTracesApi(TenantAPIView):
             raise PayloadTooLarge(
                 f"Send at most {limit:,} bytes per request (export smaller batches)."
             ) from None
-        export = otlp.decode_export(
+        export = otlp_wire.decode_export(
             body, media=media, content_encoding=request.META.get("HTTP_CONTENT_ENCODING", "")
         )
         outcome = otlp.otlp_traces_record(
             tenant=self.tenant, export=export, api_key_id=self.api_key_id
         )
-        return HttpResponse(otlp.export_response(outcome, media=media), content_type=media)
+        return HttpResponse(otlp_wire.export_response(outcome, media=media), content_type=media)
 
     def handle_exception(self, exc: Exception) -> HttpResponse:
         """Errors as OTLP/HTTP wants them: a google.rpc.Status in the request's encoding."""
@@ -120,11 +120,11 @@ class OtlpTracesApi(TenantAPIView):
         else:
             message = str(data)
         request = getattr(self, "request", None)
-        media = otlp.media_type(request.META.get("CONTENT_TYPE", "") if request else "")
-        if media not in otlp.MEDIA_TYPES:
-            media = otlp.JSON
+        media = otlp_wire.media_type(request.META.get("CONTENT_TYPE", "") if request else "")
+        if media not in otlp_wire.MEDIA_TYPES:
+            media = otlp_wire.JSON
         reply = HttpResponse(
-            otlp.status_response(response.status_code, message, media=media),
+            otlp_wire.status_response(response.status_code, message, media=media),
             status=response.status_code,
             content_type=media,
         )

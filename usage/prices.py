@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -26,8 +27,11 @@ from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context, unscoped
 from usage.catalog import bump_version
+from usage.maintenance import usage_reprice
 from usage.models import CatalogAlias, ModelAlias, ModelPrice, PriceChangeHold, PriceSync
+from usage.price_formats import read_price_source
 from usage.pricing import SERVICE_TIERS, format_rate, normalise_provider
+from usage.repricing import schedule_reprice_unpriced
 
 log = structlog.get_logger(__name__)
 
@@ -191,6 +195,22 @@ def read_price_file(path: str) -> PriceList:
     return price_list_from_json(data, source=path)
 
 
+def read_price_list(source: str, format: str) -> PriceList:
+    """A price list from a file or an http(s) URL, in costmon's format or a public one."""
+    if format == "costmon" and not source.startswith(("http://", "https://")):
+        if not Path(source).is_file():
+            raise DomainError(f"No file {source}.")
+        return read_price_file(source)
+    read = read_price_source(source, format=format)
+    return PriceList(
+        rows=read.rows,
+        aliases=read.aliases,
+        source=read.source,
+        format=format,
+        version=read.version,
+    )
+
+
 def price_list_from_json(data: Any, *, source: str) -> PriceList:
     version = ""
     aliases: Any = []
@@ -264,18 +284,18 @@ def prices_sync(
             if entry["price_id"] is None:
                 entry["price_id"] = next(fresh).pk
         listed = {(r["provider"], r["model"].lower()) for r in rows}
-        sync.missing = len({(p, m) for p, m, _ in existing} - listed)
+        missing = sorted({(p, m) for p, m, _ in existing} - listed)
+        sync.missing = len(missing)
         sync.aliases_added = _sync_aliases(tenant, aliases)
         sync.added, sync.changed = len(added), len(changed)
         if added or changed or sync.aliases_added:
             sync.status = PriceSync.Status.APPLIED
-        sync.details = {"added": added, "changed": changed}
+        # Which models the list no longer has: recommendations stop suggesting them.
+        sync.details = {"added": added, "changed": changed, "missing": [list(m) for m in missing]}
         sync.save()
         if changed and tenant is None:
             _hold_for_reviewing_tenants(sync)
         # Events that waited for a price get it once this commits.
-        from usage.tasks import schedule_reprice_unpriced
-
         schedule_reprice_unpriced(tenant.pk if tenant else None)
         transaction.on_commit(bump_version)
     log.info(
@@ -414,7 +434,5 @@ def price_hold_decide(*, hold: PriceChangeHold, approve: bool, by: str = "") -> 
         hold.refresh_from_db()
     bump_version()
     if approve:
-        from usage.services import usage_reprice
-
         usage_reprice(tenant=hold.tenant, start=hold.sync.started_at, end=timezone.now())
     return True

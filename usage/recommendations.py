@@ -18,7 +18,7 @@ from django.db.models import Count, F, Sum
 from costmon.core.models import Tenant
 from costmon.core.money import format_money, usd_to_nanos
 from usage.catalog import catalog_for
-from usage.models import UsageEvent
+from usage.models import ModelPrice, PriceSync, UsageEvent
 from usage.pricing import Price, candidate_names, cost_nanos, format_rate
 from usage.selectors import rollups_of
 
@@ -140,18 +140,57 @@ def _estimate(price: Price, row: dict[str, Any]) -> int:
     ) + usd_to_nanos(price.per_request * int(row["calls"]))
 
 
-def _alternatives(prices: list[Price], current: Price, now: datetime) -> list[Price]:
-    """Models one could switch to: current (not past their deprecation date), of the same mode
-    as the model in use (no embedding model for chat), and not a dated snapshot of a family the
-    list also has (suggest the family's name)."""
+def _alternatives(prices: list[Price], current: Price) -> list[Price]:
+    """Models one could switch to: current (no retirement announced: no deprecation date, past
+    or future, and still listed by the price list their row came from), of the same mode as the
+    model in use (no embedding model for chat), and not a dated snapshot of a family the list
+    also has (suggest the family's name)."""
     names = {p.model.lower() for p in prices}
-    return [
+    same_mode = [
         p
         for p in prices
-        if p.is_current(now.date())
+        if p.deprecation_date is None
         and _modality(p) == _modality(current)
         and not any(family in names for family in candidate_names(p.model)[1:])
     ]
+    dropped = dropped_from_their_list([p.id for p in same_mode])
+    return [p for p in same_mode if p.id not in dropped]
+
+
+def dropped_from_their_list(price_ids: list[int]) -> set[int]:
+    """Of these global price rows, those whose model the newest load of the same price list (the
+    one that created the row) no longer lists: a retired model's row stays, for the events it
+    priced, but it is not current. Only the same list counts, so loading a small overrides file
+    does not retire the rest of the catalog; rows staff added by hand are never dropped."""
+    rows = list(
+        ModelPrice.objects.unscoped()
+        .filter(pk__in=price_ids, tenant__isnull=True, sync__isnull=False)
+        .values_list("pk", "provider", "model", "sync__source")
+    )
+    if not rows:
+        return set()
+    newest: dict[str, int] = {}
+    for pk, source in (
+        PriceSync.objects.filter(
+            tenant__isnull=True,
+            source__in={r[3] for r in rows},
+            status__in=[PriceSync.Status.APPLIED, PriceSync.Status.UNCHANGED],
+        )
+        .order_by("-started_at", "-pk")
+        .values_list("pk", "source")
+    ):
+        newest.setdefault(source, pk)
+    missing: dict[str, set[tuple[str, str]]] = {
+        source: {(p, m) for p, m in details.get("missing", [])}
+        for source, details in PriceSync.objects.filter(pk__in=newest.values()).values_list(
+            "source", "details"
+        )
+    }
+    return {
+        pk
+        for pk, provider, model, source in rows
+        if (provider, model.lower()) in missing.get(source, set())
+    }
 
 
 def _modality(price: Price) -> str:
@@ -198,7 +237,7 @@ def _cheaper_models(
             continue
         options = [
             (_estimate(c, row), c.model, c)
-            for c in _alternatives(catalog.models_of(price.provider, now), price, now)
+            for c in _alternatives(catalog.models_of(price.provider, now), price)
             if c.rates.input < price.rates.input and c.rates.output < price.rates.output
         ]
         if not options:

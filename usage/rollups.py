@@ -4,23 +4,19 @@
 end users read it. `ModelHourlyRollup` has the same sums without end user and key: the
 dashboard's totals, series and model breakdowns read it, since with thousands of end users the
 first table holds nearly a row per event. Both are written together, in the transaction that
-stores or changes the events: by `with_rollups` inside the insert statement on PostgreSQL
-(ingest, bulk load), by `rollups_add` on SQLite, and by `rollups_rebuild` (re-pricing, deletes).
+stores or changes the events: by `usage.storage` (inside the insert statement on PostgreSQL, by
+`rollups_add` on SQLite) and by `usage.maintenance.rollups_rebuild` (re-pricing, deletes).
+
+This module holds what the rollups are (keys and sums) and how rows are summed in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connection
-from django.db.models import Count, Model, Q, Sum
-from django.db.models.functions import TruncHour
-
-from costmon.core.models import Tenant
-from costmon.core.tenancy import raw_cursor
-from usage.models import CostSource, HourlyRollup, ModelHourlyRollup, UsageEvent
+from usage.models import CostSource
 
 ROLLUP_KEY = (
     "tenant_id",
@@ -70,6 +66,14 @@ def hour_of(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
+def hours_of(moments: Iterable[datetime]) -> frozenset[datetime]:
+    """The distinct UTC hours the moments fall in (three times faster than `hour_of` on each:
+    ingest calls it per batch)."""
+    return frozenset(
+        datetime.fromtimestamp(h * 3600, UTC) for h in {int(m.timestamp()) // 3600 for m in moments}
+    )
+
+
 def aggregate(rows: Iterable[dict[str, Any]]) -> Sums:
     """Event rows (as stored) summed by the full rollup key."""
     sums: Sums = {}
@@ -114,151 +118,3 @@ def by_model(sums: Sums) -> Sums:
             for i, v in enumerate(values):
                 acc[i] += v
     return folded
-
-
-def rollups_add(sums: Sums, *, replace: bool = False) -> None:
-    """Add (or with `replace`, set) full-key sums to both rollup tables. Call in a transaction.
-
-    `replace` is only right when `sums` holds every row of its hours (a rebuild).
-    """
-    _upsert(HourlyRollup, ROLLUP_KEY, sums, replace=replace)
-    _upsert(ModelHourlyRollup, MODEL_ROLLUP_KEY, by_model(sums), replace=replace)
-
-
-def _upsert(model: type[Model], key: Sequence[str], sums: Sums, *, replace: bool) -> None:
-    """One statement per chunk, rows in key order (concurrent batches never deadlock)."""
-    if not sums:
-        return
-    table = model._meta.db_table
-    columns = (*key, *ROLLUP_SUMS)
-    keys = sorted(sums)
-    if connection.vendor == "postgresql":
-        updates = ", ".join(
-            f"{c} = excluded.{c}" if replace else f"{c} = r.{c} + excluded.{c}" for c in ROLLUP_SUMS
-        )
-        arrays: list[list[Any]] = [[] for _ in columns]
-        for k in keys:
-            for i, value in enumerate((*k, *sums[k])):
-                arrays[i].append(value)
-        types = ["bigint", "timestamptz"] + ["bigint"] * (len(columns) - 2)
-        unnest = ", ".join(f"%b::{t}[]" for t in types)
-        with raw_cursor(connection) as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} AS r ({', '.join(columns)}) SELECT * FROM unnest({unnest}) "
-                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
-                arrays,
-                binary=True,
-            )
-        return
-    updates = ", ".join(
-        f"{c} = excluded.{c}" if replace else f"{c} = {table}.{c} + excluded.{c}"
-        for c in ROLLUP_SUMS
-    )
-    chunk = max(1, 30000 // len(columns))
-    ops = connection.ops
-    marks = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    with connection.cursor() as cursor:
-        for start in range(0, len(keys), chunk):
-            part = keys[start : start + chunk]
-            params: list[Any] = []
-            for k in part:
-                tenant_id, hour, *rest = k
-                params.extend([tenant_id, ops.adapt_datetimefield_value(hour), *rest, *sums[k]])
-            cursor.execute(
-                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([marks] * len(part))} "
-                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
-                params,
-            )
-
-
-def with_rollups(insert: str) -> str:
-    """`WITH fresh AS (<insert> RETURNING ...), ...`: the statement that stores events also adds
-    exactly the rows it inserted to both rollup tables. Follow it with a SELECT from `fresh`.
-
-    `insert` is an `INSERT INTO usage_usageevent ... ON CONFLICT DO NOTHING` without RETURNING.
-    Rows go in key order, as `rollups_add` does, so concurrent batches lock them in the same
-    order and never deadlock. The text stays under psycopg's 4 kB limit for caching a parsed
-    statement (a longer one is parsed again on every call, about 1 ms).
-    """
-    hour = "date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour"
-    sums = ", ".join(ROLLUP_SQL[c] for c in ROLLUP_SUMS)
-    add = ", ".join(f"{c} = r.{c} + excluded.{c}" for c in ROLLUP_SUMS)
-    parts = [f"WITH fresh AS ({insert} RETURNING *, {hour})"]
-    for name, model, key in (
-        ("hourly", HourlyRollup, ROLLUP_KEY),
-        ("by_model", ModelHourlyRollup, MODEL_ROLLUP_KEY),
-    ):
-        columns = ", ".join(key)
-        ordinals = ", ".join(str(i) for i in range(1, len(key) + 1))
-        parts.append(
-            f"{name} AS (INSERT INTO {model._meta.db_table} AS r ({columns}, "
-            f"{', '.join(ROLLUP_SUMS)}) SELECT {columns}, {sums} FROM fresh "
-            f"GROUP BY {ordinals} ORDER BY {ordinals} "
-            f"ON CONFLICT ({columns}) DO UPDATE SET {add})"
-        )
-    return ", ".join(parts)
-
-
-def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
-    """Recompute both rollup tables for the given hours from the events. Call inside a
-    transaction that holds the tenant's exclusive ingest lock."""
-    if not hours:
-        return 0
-    rebuilt = 0
-    for i in range(0, len(hours), 500):
-        part = list(hours[i : i + 500])
-        HourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
-        ModelHourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
-        window = Q()
-        for hour in part:
-            window |= Q(occurred_at__gte=hour, occurred_at__lt=hour + timedelta(hours=1))
-        rows = (
-            UsageEvent.objects.for_tenant(tenant)
-            .filter(window)
-            .annotate(bucket=TruncHour("occurred_at", tzinfo=UTC))
-            .values(
-                "bucket", "provider_id", "model_id", "operation_id", "end_user_id", "api_key_id"
-            )
-            .annotate(
-                calls=Count("pk"),
-                errors=Count("pk", filter=Q(is_error=True)),
-                cache_hits=Count("pk", filter=Q(cache_hit=True)),
-                unpriced_calls=Count("pk", filter=Q(cost_source=CostSource.UNPRICED)),
-                input_tokens_sum=Sum("input_tokens"),
-                output_tokens_sum=Sum("output_tokens"),
-                cached_input_tokens_sum=Sum("cached_input_tokens"),
-                cache_write_tokens_sum=Sum("cache_write_tokens"),
-                reasoning_tokens_sum=Sum("reasoning_tokens"),
-                cost_nanos_sum=Sum("cost_nanos"),
-                latency_ms_sum=Sum("latency_ms"),
-                latency_count=Count("latency_ms"),
-            )
-        )
-        sums = {
-            (
-                tenant.pk,
-                r["bucket"],
-                r["provider_id"],
-                r["model_id"],
-                r["operation_id"],
-                r["end_user_id"],
-                r["api_key_id"],
-            ): [
-                r["calls"],
-                r["errors"],
-                r["cache_hits"],
-                r["unpriced_calls"],
-                r["input_tokens_sum"] or 0,
-                r["output_tokens_sum"] or 0,
-                r["cached_input_tokens_sum"] or 0,
-                r["cache_write_tokens_sum"] or 0,
-                r["reasoning_tokens_sum"] or 0,
-                r["cost_nanos_sum"] or 0,
-                r["latency_ms_sum"] or 0,
-                r["latency_count"],
-            ]
-            for r in rows
-        }
-        rollups_add(sums, replace=True)
-        rebuilt += len(part)
-    return rebuilt

@@ -21,6 +21,7 @@ from costmon.core.periods import (
     TimeRange,
     tenant_zone,
 )
+from usage.catalog import load_catalog
 from usage.models import (
     CostSource,
     Dimension,
@@ -125,14 +126,22 @@ class TagValue(Func):
         arg_joiner: str | None = None,
         **extra_context: Any,
     ) -> tuple[str, tuple[Any, ...]]:
-        tags_sql, tags_params = compiler.compile(self.source_expressions[0])
-        name_sql, name_params = compiler.compile(self.source_expressions[1])
-        params = (*tags_params, *name_params)
-        if connection.vendor == "postgresql":
-            return f"({tags_sql} ->> ({name_sql})::text)", params
+        """SQLite (Django picks `as_postgresql` on PostgreSQL)."""
+        tags_sql, name_sql, params = self._compiled(compiler)
         # Compiled SQL of a column and a parameter placeholder; the name is a parameter.
         sql = f"(SELECT j.value FROM json_each({tags_sql}) AS j WHERE j.key = {name_sql})"  # noqa: S608
         return sql, params
+
+    def as_postgresql(
+        self, compiler: Any, connection: Any, **extra_context: Any
+    ) -> tuple[str, tuple[Any, ...]]:
+        tags_sql, name_sql, params = self._compiled(compiler)
+        return f"({tags_sql} ->> ({name_sql})::text)", params
+
+    def _compiled(self, compiler: Any) -> tuple[str, str, tuple[Any, ...]]:
+        tags_sql, tags_params = compiler.compile(self.source_expressions[0])
+        name_sql, name_params = compiler.compile(self.source_expressions[1])
+        return tags_sql, name_sql, (*tags_params, *name_params)
 
 
 def with_tag(qs: QuerySet[UsageEvent], tag: tuple[str, str] | None) -> QuerySet[UsageEvent]:
@@ -415,7 +424,7 @@ class NameResolution:
     model: str
     calls: int
     unpriced_calls: int
-    rule: str  # how the name finds its price today (usage.pricing.Resolution.rule), or ""
+    rule: str  # how the name finds its price today (usage.price_lookup.Resolution.rule), or ""
     catalog_name: str
     price: Price | None
 
@@ -423,8 +432,6 @@ class NameResolution:
 def name_resolutions(*, tenant: Tenant, days: int = 30) -> list[NameResolution]:
     """Every (provider, model) the tenant's calls named in the last `days`, busiest first, with
     the catalog row it resolves to now and the rule that got it there."""
-    from usage.catalog import load_catalog
-
     now = timezone.now()
     catalog = load_catalog(tenant.pk)
     rows = (

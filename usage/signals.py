@@ -1,8 +1,75 @@
-"""What the usage app tells the apps above it, sent after the change commits."""
+"""What the usage app tells the apps above it. Each signal carries one frozen dataclass.
+
+The ingest service (`usage.services.usage_record_batch`) sends two signals per batch that stored
+new events, at the two points where it calls them in its body; the bulk loader sends one at the
+end of a load. Receivers live in the app that reacts and connect in its `AppConfig.ready()`
+(budgets: spend counters, reservations, the emergency stop; costmon.web: Prometheus sums).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
 from django.dispatch import Signal
+
+from costmon.core.models import Tenant
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRow:
+    """One event a batch stored (duplicates are not in a batch's rows)."""
+
+    event_id: str
+    occurred_at: datetime  # timezone-aware
+    provider: str  # lower case, as stored in the dictionary
+    model: str
+    operation: str
+    end_user: str
+    api_key_id: int  # the key that reported it; 0 when none did
+    tags: Mapping[str, str] | None
+    cost_nanos: int
+    cost_source: int  # usage.models.CostSource
+    # Reported, not stored: the pre-flight check's reservation this event settles.
+    reservation_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedBatch:
+    """The events one ingest batch stored for a tenant, and the UTC hours they fell in."""
+
+    tenant: Tenant
+    rows: tuple[RecordedRow, ...]
+    hours: frozenset[datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class BulkLoaded:
+    """A bulk load (seeding, imports) finished for a tenant."""
+
+    tenant: Tenant
+    examined: int
+    inserted: int
+    cost_nanos: int  # of the inserted events
+
+
+# Sent with `batch` (a RecordedBatch) inside the ingest transaction, just before it commits,
+# holding the tenant's ingest lock shared. A receiver that raises rolls the whole batch back and
+# its exception reaches the caller of `usage_record_batch` (a 500 for the API): use it only for
+# writes that must commit with the events (budgets: the batch's pending counter update).
+batch_committing = Signal()
+
+# Sent with the same `batch` right after the ingest transaction commits, still holding the
+# tenant's ingest lock shared (so a counter rebuild, which takes it exclusively, never sees a
+# batch half-counted). Sent robustly: a receiver that raises is logged
+# (`after_record_hook_failed`) and the others still run; the events are stored either way and
+# the caller gets its answer.
+batch_recorded = Signal()
+
+# Sent with `load` (a BulkLoaded) once a bulk load has stored all its events. Sent robustly: a
+# receiver that raises is logged (`after_bulk_load_hook_failed`); the load still succeeds.
+bulk_loaded = Signal()
 
 # A tenant's stored usage changed other than by ingest: events were re-priced, deleted or reset.
 # Sent with `tenant_id` once the change has committed; anything kept beside the events (the

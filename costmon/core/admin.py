@@ -65,7 +65,7 @@ class ReadOnlyAdminMixin:
 class TenantForm(forms.ModelForm):
     class Meta:
         model = Tenant
-        fields = ("slug", "name", "timezone", "prices_auto_apply")
+        fields = ("slug", "name", "timezone", "prices_auto_apply", "statement_markup_percent")
 
     def clean_timezone(self) -> str:
         name = self.cleaned_data["timezone"].strip()

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone as dj_timezone
 
@@ -23,6 +25,14 @@ class Tenant(models.Model):
         default=True,
         help_text="Off: price changes from the daily catalog sync wait for staff approval "
         "(Price syncs in the admin) before this tenant's calls are charged at them.",
+    )
+    statement_markup_percent = models.DecimalField(
+        "statement markup (%)",
+        max_digits=7,
+        decimal_places=3,
+        default=Decimal(0),
+        validators=[MinValueValidator(Decimal(0)), MaxValueValidator(Decimal(1000))],
+        help_text="Added to the cost on chargeback statements (15 for 15%); 0: no markup.",
     )
     created_at = models.DateTimeField(default=dj_timezone.now)
 

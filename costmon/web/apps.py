@@ -13,8 +13,9 @@ class WebConfig(AppConfig):
 
     def ready(self) -> None:
         from costmon.web.prometheus.totals import usage_recorded
-        from usage import services
+        from usage import signals
 
         # Prometheus's cached usage sums learn of events that land in hours they already hold.
-        if usage_recorded not in services.after_record_hooks:
-            services.after_record_hooks.append(usage_recorded)
+        signals.batch_recorded.connect(
+            usage_recorded, dispatch_uid="web.prometheus_sums_after_batch"
+        )

@@ -450,7 +450,7 @@ def measure_ratios(bench: Any) -> dict[str, float]:
     from django.db import connection, transaction
 
     from costmon.core.tenancy import raw_cursor, tenant_context
-    from usage import services
+    from usage import dimensions, rows, services
     from usage.models import Dimension, UsageEvent
 
     say("in-process ratios: naive ORM baseline, the ingest service, raw COPY")
@@ -474,7 +474,7 @@ def measure_ratios(bench: Any) -> dict[str, float]:
                 dims[kind], _ = Dimension.objects.get_or_create(
                     tenant=bench, kind=kind, value=value
                 )
-            cost, source, price_id = services.price_event(catalog, e)
+            cost, source, price_id = rows.price_event(catalog, e)
             UsageEvent.objects.create(
                 tenant=bench,
                 event_id=e.event_id,
@@ -506,26 +506,31 @@ def measure_ratios(bench: Any) -> dict[str, float]:
 
         # Raw COPY of the same rows into a copy of the events table with the same indexes.
         table = UsageEvent._meta.db_table
-        columns = services._EVENT_COLUMNS
-        rows: list[list[Any]] = []
-        dims_all = services.dimension_ids(
-            tenant=bench, wanted=services._dimension_keys([e for b in batches[4:] for e in b])
+        columns = rows.EVENT_COLUMNS
+        copied: list[list[Any]] = []
+        dims_all = dimensions.dimension_ids(
+            tenant=bench, wanted=dimensions.dimension_keys([e for b in batches[4:] for e in b])
         )
         for e in (e for b in batches[4:] for e in b):
-            cost, source, price_id = services.price_event(catalog, e)
-            row = services._event_row(bench.pk, e, dims_all, cost, source, 0, price_id)
+            row = rows.event_row(
+                tenant_id=bench.pk,
+                event=e,
+                dims=dims_all,
+                priced=rows.price_event(catalog, e),
+                api_key_id=0,
+            )
             values = [row[c] for c in columns]
             values[columns.index("tags")] = json.dumps(row["tags"])
-            rows.append(values)
+            copied.append(values)
         with transaction.atomic(), raw_cursor(connection) as cursor:
             cursor.execute(
                 f"CREATE TEMP TABLE bench_copy (LIKE {table} INCLUDING ALL) ON COMMIT DROP"
             )
             started = time.perf_counter()
             with cursor.copy(f"COPY bench_copy ({', '.join(columns)}) FROM STDIN") as copy:
-                for values in rows:
+                for values in copied:
                     copy.write_row(values)
-            out["copy"] = len(rows) / (time.perf_counter() - started)
+            out["copy"] = len(copied) / (time.perf_counter() - started)
     return out
 
 

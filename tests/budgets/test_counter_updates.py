@@ -46,17 +46,17 @@ KILLED_AFTER_COMMIT = """
 import json, os, signal, sys
 import django
 django.setup()
-from budgets import updates
 from costmon.core.models import Tenant
 from costmon.core.tenancy import unscoped
 from usage import services
 from usage.ingest import parse_batch
+from usage.signals import batch_recorded
 
-def killed(tenant, rows):
+def killed(sender, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-hooks = services.after_record_hooks
-hooks[hooks.index(updates.record_batch)] = killed
+assert batch_recorded.disconnect(dispatch_uid="budgets.counter_update_apply")
+batch_recorded.connect(killed, dispatch_uid="tests.killed_after_commit")
 with unscoped():
     tenant = Tenant.objects.get(slug=sys.argv[1])
 services.usage_record_batch(tenant=tenant, events=parse_batch(json.loads(sys.argv[2])))

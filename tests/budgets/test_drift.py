@@ -19,8 +19,8 @@ from budgets.updates import counter_updates_sweep
 from costmon.core.tenancy import unscoped
 from tests.costmon.test_prometheus import TOKEN, parse, value
 from tests.helpers import event, post_usage, requires_redis
+from usage.maintenance import usage_reprice
 from usage.models import ModelPrice
-from usage.services import usage_reprice
 
 pytestmark = [
     pytest.mark.django_db,

@@ -8,8 +8,8 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from costmon.core.tenancy import tenant_context
+from usage.dimensions import dimension_ids
 from usage.models import Dimension
-from usage.services import dimension_ids
 
 pytestmark = pytest.mark.django_db(transaction=True)
 KIND = Dimension.Kind

@@ -222,7 +222,7 @@ def test_an_unknown_model_is_stored_unpriced_and_priced_once_a_price_exists(inge
         input_per_mtok=Decimal(2),
         output_per_mtok=Decimal(10),
     )
-    from usage.services import usage_reprice_unpriced
+    from usage.maintenance import usage_reprice_unpriced
 
     report = usage_reprice_unpriced(tenant=acme)
     assert (report.changed, report.still_unpriced) == (1, 0)

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from costmon.core.money import format_usd
+from usage.price_lookup import Alias, Catalog
 from usage.pricing import (
-    Alias,
-    Catalog,
     Price,
     Rates,
     Usage,

@@ -16,14 +16,10 @@ from costmon.core.tenancy import tenant_context, unscoped
 from tests.helpers import event, post_usage
 from usage.bulk import usage_bulk_load
 from usage.demo import demo_events
+from usage.maintenance import usage_events_delete, usage_reprice, usage_tenant_reset
 from usage.models import HourlyRollup, ModelHourlyRollup, ModelPrice, UsageEvent
 from usage.rollups import ROLLUP_SUMS
-from usage.services import (
-    insert_statement,
-    usage_events_delete,
-    usage_reprice,
-    usage_tenant_reset,
-)
+from usage.storage import insert_statement
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 NOW = "2026-11-21T12:00:00Z"

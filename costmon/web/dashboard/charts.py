@@ -315,6 +315,76 @@ def budget_burndown(
     )
 
 
+BAND_FILL = "rgba(127, 127, 127, 0.18)"
+
+
+def add_anomaly_band(fig: go.Figure, rows: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """The usual range of each hour (learned from the same hour of the last weeks) as a grey
+    band behind the bars, and a ring on each hour outside it.
+
+    rows: {"bucket": local datetime, "value": int, "lower": int | None, "upper": int | None,
+    "flag": "high" | "low" | ""}; lower/upper None where there is too little history.
+    """
+    if not any(r["upper"] is not None for r in rows):
+        return fig
+    x = [_naive(r["bucket"]) for r in rows]
+
+    def axis(values: Sequence[int | None]) -> list[float | None]:
+        return [_axis(v) if v is not None else None for v in values]
+
+    usual = [
+        f"{format_money(r['lower'])} to {format_money(r['upper'])}"
+        if r["upper"] is not None
+        else ""
+        for r in rows
+    ]
+    outside = [r for r in rows if r["flag"]]
+    traces = [
+        go.Scatter(
+            _validate=False,
+            name="Usual range (low)",
+            x=x,
+            y=axis([r["lower"] for r in rows]),
+            mode="lines",
+            line={"width": 0},
+            hoverinfo="skip",
+            showlegend=False,
+        ),
+        go.Scatter(
+            _validate=False,
+            name="Usual range",
+            x=x,
+            y=axis([r["upper"] for r in rows]),
+            mode="lines",
+            line={"width": 0},
+            fill="tonexty",
+            fillcolor=BAND_FILL,
+            customdata=usual,
+            hovertemplate="usual: %{customdata}<extra></extra>",
+        ),
+        go.Scatter(
+            _validate=False,
+            name="Outside the usual range",
+            x=[_naive(r["bucket"]) for r in outside],
+            y=[_axis(r["value"]) for r in outside],
+            mode="markers",
+            marker={
+                "symbol": "circle-open",
+                "size": 12,
+                "color": LIMIT_COLOUR,
+                "line": {"width": 2, "color": LIMIT_COLOUR},
+            },
+            customdata=[
+                f"{format_money(r['value'])}, {'above' if r['flag'] == 'high' else 'below'} usual"
+                for r in outside
+            ],
+            hovertemplate="%{customdata}<extra></extra>",
+        ),
+    ]
+    fig.add_traces(traces)
+    return fig
+
+
 def to_div(fig: go.Figure, div_id: str) -> str:
     """The figure as an HTML fragment; plotly.js itself comes from our static files."""
     return str(

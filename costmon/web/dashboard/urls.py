@@ -7,7 +7,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
 from costmon.core import converters
-from costmon.web.dashboard import views
+from costmon.web.dashboard import alerts, statements, views
 
 
 class AnyTextConverter:
@@ -45,4 +45,10 @@ urlpatterns = [
         name="dashboard-end-user",
     ),
     path("t/<slug:slug>/budgets/<id:budget_id>/", views.budget_detail, name="dashboard-budget"),
+    path("t/<slug:slug>/statements/", statements.statement, name="dashboard-statement"),
+    path(
+        "t/<slug:slug>/alerts/<id:alert_id>/acknowledge/",
+        alerts.acknowledge,
+        name="dashboard-alert-acknowledge",
+    ),
 ]

@@ -27,6 +27,9 @@ from costmon.core.scoping import tenants_for_user
 from costmon.core.tenancy import tenant_context
 from costmon.web.dashboard import charts
 from costmon.web.dashboard import pages as dashboard
+from costmon.web.dashboard.alerts import open_alerts
+from costmon.web.dashboard.anomalies import hourly_band
+from costmon.web.dashboard.statements import statement_link
 from costmon.web.dashboard.tables import (
     DASH,
     Table,
@@ -355,6 +358,11 @@ def _usage_page(
         problems=q.errors,
         clear_url=url_for(tenant),
     )
+    # Chargeback statements: the end user's or the tag value's, or the statement page.
+    if kind in ("overview", "end_user"):
+        context["statement_link"] = statement_link(
+            tenant.slug, end_user=fixed.get("end_user"), tag=q.filters.tag
+        )
     tr, flt = q.time_range, q.filters
     carry = {n: request.GET[n] for n in PERIOD_PARAMS if request.GET.get(n)}
 
@@ -406,6 +414,10 @@ def _usage_page(
             ),
         ),
     ]
+    if interval == "hour":  # the usual range of each hour of the week, and what left it
+        charts.add_anomaly_band(
+            figures[0][1], hourly_band(tenant=tenant, time_range=tr, filters=flt)
+        )
     if kind != "end_user":
         figures.append(("chart-end-users", charts.top_end_users(users[:CHART_ROWS])))
     else:
@@ -441,6 +453,7 @@ def _usage_page(
         no_data=cards.calls == 0,
     )
     if kind == "overview":
+        context["open_alerts"] = open_alerts(request, tenant)
         # Always the last 30 days, whatever the filters: a saving is per month.
         context["recommendations"] = [
             {

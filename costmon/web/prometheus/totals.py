@@ -7,12 +7,12 @@ the hour turns, folds the hours that settled into the cached sums.
 
 A settled hour can still change: a late event (a client that retried for hours, an import of
 old usage), a re-pricing, a tenant's reset. So the cached sums are summed again from scratch
-every `RESUM_SECONDS`, and `STALE_RESUM_SECONDS` after the after-record hook saw an event land
+every `RESUM_SECONDS`, and `STALE_RESUM_SECONDS` after `usage_recorded` saw an event land
 in a settled hour. With a shared cache (Redis) that full sum runs in a Celery worker while the
 scrapes keep answering from the previous sums; without one (the embedded default: every
 process has its own cache, and little data) it runs in the scrape.
 
-This module does not import prometheus_client: the hook runs in every ingesting process.
+This module does not import prometheus_client: its receiver runs in every ingesting process.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from costmon.core.cache import cache_delete, cache_get, cache_set
 from costmon.core.models import Tenant
 from costmon.core.tenancy import unscoped
 from usage.models import ModelHourlyRollup
+from usage.signals import RecordedBatch
 
 # Rollups of the current hour and the ones just before it still grow as events arrive.
 SETTLE_HOURS = 2
@@ -89,10 +90,10 @@ def usage_totals(*, now: datetime | None = None) -> Sums:
     return totals
 
 
-def usage_recorded(tenant: Tenant, rows: list[dict[str, Any]]) -> None:
-    """After-record hook: events that landed in a settled hour make the cached sums stale."""
-    before = settled_before(timezone.now())
-    if any(row["occurred_at"] < before for row in rows):
+def usage_recorded(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
+    """`usage.signals.batch_recorded`: events that landed in a settled hour make the cached sums
+    stale."""
+    if min(batch.hours) < settled_before(timezone.now()):
         cache_set(_STALE_KEY, True, RESUM_SECONDS)
 
 

@@ -7,28 +7,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
-from usage.prices import PriceList, price_sync_failed, prices_sync, read_price_file
+from usage.prices import price_sync_failed, prices_sync, read_price_list
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "data" / "prices.json"
 FORMATS = ("costmon", "litellm", "models.dev")
-
-
-def read_price_list(source: str, format: str) -> PriceList:
-    """A price list from a file or an http(s) URL, in costmon's format or a public one."""
-    if format == "costmon" and not source.startswith(("http://", "https://")):
-        if not Path(source).is_file():
-            raise DomainError(f"No file {source}.")
-        return read_price_file(source)
-    from usage.price_formats import read_price_source
-
-    read = read_price_source(source, format=format)
-    return PriceList(
-        rows=read.rows,
-        aliases=read.aliases,
-        source=read.source,
-        format=format,
-        version=read.version,
-    )
 
 
 class Command(BaseCommand):

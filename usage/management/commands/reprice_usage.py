@@ -8,7 +8,7 @@ from django.utils import timezone
 from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
 from costmon.core.periods import parse_moment, tenant_zone
-from usage.services import usage_reprice, usage_reprice_unpriced
+from usage.maintenance import usage_reprice, usage_reprice_unpriced
 
 
 class Command(BaseCommand):

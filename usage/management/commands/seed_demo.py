@@ -21,9 +21,10 @@ from costmon.core.services import tenant_create
 from costmon.core.tenancy import tenant_context, unscoped
 from usage.bulk import BulkReport, usage_bulk_load
 from usage.demo import demo_events
-from usage.models import HourlyRollup, ModelPrice, UsageEvent
+from usage.maintenance import usage_tenant_reset
+from usage.models import ModelPrice
 from usage.prices import prices_sync, read_price_file
-from usage.services import usage_tenant_reset
+from usage.storage import parallel_writers_supported, usage_analyze
 
 PRICE_FILE = Path(__file__).resolve().parents[2] / "data" / "prices.json"
 
@@ -90,17 +91,13 @@ class Command(BaseCommand):
                 )
             )
         jobs = min(options["jobs"], tenants)
-        if jobs > 1 and connections["default"].vendor == "postgresql":
+        if jobs > 1 and parallel_writers_supported():
             self._seed_parallel(plan, jobs=jobs)
         else:
             for job in plan:
                 self._seed(job)
-        if connections["default"].vendor == "postgresql":
-            # Fresh statistics, so the first queries over the new rows get good plans.
-            with connections["default"].cursor() as cursor:
-                cursor.execute(
-                    f"ANALYZE {UsageEvent._meta.db_table}, {HourlyRollup._meta.db_table}"
-                )
+        # Fresh statistics, so the first queries over the new rows get good plans.
+        usage_analyze()
 
     def _load_catalog_if_empty(self) -> None:
         with unscoped():

@@ -1,0 +1,119 @@
+"""Usage data in the admin, read-only: events, hourly rollups and the name dictionary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from costmon.core.admin import ReadOnlyAdminMixin, TenantOwnedAdmin
+from costmon.core.money import format_usd
+from usage.maintenance import usage_events_delete
+from usage.models import (
+    HourlyRollup,
+    UsageEvent,
+)
+
+# --- usage data (read-only) -------------------------------------------------------------------
+
+
+class ReadOnlyAdmin(ReadOnlyAdminMixin, TenantOwnedAdmin):
+    """Rows written only by ingest, millions of them: lists show the newest rows first by
+    primary key (an index scan, not a sort), and are never counted in full or faceted."""
+
+    ordering = ("-pk",)
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # a count per filter choice over every row
+    list_per_page = 50
+
+
+class UsageEventAdmin(ReadOnlyAdmin):
+    list_display = (
+        "event_id",
+        "tenant",
+        "occurred_at",
+        "provider",
+        "model",
+        "end_user",
+        "tokens",
+        "cost",
+        "cost_source",
+        "status",
+    )
+    list_filter = ("tenant", "cost_source", "is_error")
+    list_select_related = ("tenant", "provider", "model", "end_user")
+    search_fields = ("=event_id",)
+    # No date_hierarchy: its year/month links aggregate over every row.
+    sortable_by = ("occurred_at",)
+    fields = (
+        "event_id",
+        "tenant",
+        "occurred_at",
+        "provider",
+        "model",
+        "operation",
+        "end_user",
+        "session",
+        "tags",
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "cost",
+        "cost_source",
+        "latency_ms",
+        "is_error",
+        "cache_hit",
+    )
+    readonly_fields = ("cost",)
+
+    @admin.display(description="tokens in / out")
+    def tokens(self, obj: UsageEvent) -> str:
+        return f"{obj.input_tokens:,} / {obj.output_tokens:,}"
+
+    @admin.display(description="cost (USD)")
+    def cost(self, obj: UsageEvent) -> str:
+        return format_usd(obj.cost_nanos)
+
+    @admin.display(description="status")
+    def status(self, obj: UsageEvent) -> str:
+        return "error" if obj.is_error else "success"
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_superuser)
+
+    def delete_model(self, request: HttpRequest, obj: UsageEvent) -> None:
+        usage_events_delete(events=UsageEvent.objects.unscoped().filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[UsageEvent]) -> None:
+        usage_events_delete(events=queryset)
+
+
+class HourlyRollupAdmin(ReadOnlyAdmin):
+    list_display = (
+        "hour",
+        "tenant",
+        "provider",
+        "model",
+        "operation",
+        "end_user",
+        "calls",
+        "cost",
+    )
+    list_filter = ("tenant",)
+    list_select_related = ("tenant", "provider", "model", "operation", "end_user")
+    sortable_by = ("hour",)
+
+    @admin.display(description="cost (USD)")
+    def cost(self, obj: HourlyRollup) -> str:
+        return format_usd(obj.cost_nanos)
+
+
+class DimensionAdmin(ReadOnlyAdmin):
+    list_display = ("tenant", "kind", "value")
+    list_filter = ("kind", "tenant")
+    search_fields = ("value",)
+    list_select_related = ("tenant",)

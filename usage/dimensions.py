@@ -1,0 +1,94 @@
+"""The tenant's dictionary of names: providers, models, operations, end users and sessions are
+stored once per tenant and events hold their ids."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from django.db import transaction
+from django.db.models import Q
+
+from costmon.core.models import Tenant
+from usage.ingest import EventIn
+from usage.models import Dimension
+
+Kind = Dimension.Kind
+
+# Dictionary ids this process has seen committed, per tenant: {(kind, value): id}. An entry,
+# once committed, stays for as long as its tenant (a usage reset keeps the dictionary), so a
+# known id never goes stale and a batch of known names needs no query at all.
+_known_ids: dict[int, dict[tuple[int, str], int]] = {}
+_KNOWN_PER_TENANT = 100_000  # past this (many end users), start the tenant's map over
+
+
+def forget_known_dimensions() -> None:
+    _known_ids.clear()
+
+
+def dimension_ids(
+    *, tenant: Tenant | int, wanted: Iterable[tuple[int, str]]
+) -> dict[tuple[int, str], int]:
+    """Ids of the tenant's dictionary entries, creating the missing ones."""
+    tenant_id = tenant if isinstance(tenant, int) else tenant.pk
+    known = _known_ids.get(tenant_id, {})
+    found: dict[tuple[int, str], int] = {}
+    unknown: list[tuple[int, str]] = []
+    for key in set(wanted):
+        pk = known.get(key)
+        if pk is None:
+            unknown.append(key)
+        else:
+            found[key] = pk
+    if not unknown:
+        return found
+    unknown.sort()  # a fixed order, so concurrent batches never deadlock
+    by_kind: dict[int, list[str]] = defaultdict(list)
+    for kind, value in unknown:
+        by_kind[kind].append(value)
+    looked_up: dict[tuple[int, str], int] = {}
+
+    def fetch() -> None:
+        q = Q()
+        for kind, values in by_kind.items():
+            q |= Q(kind=kind, value__in=values)
+        for pk, kind, value in (
+            Dimension.objects.for_tenant(tenant_id).filter(q).values_list("pk", "kind", "value")
+        ):
+            looked_up[(kind, value)] = pk
+
+    fetch()
+    missing = [key for key in unknown if key not in looked_up]
+    if missing:
+        Dimension.objects.bulk_create(
+            [Dimension(tenant_id=tenant_id, kind=k, value=v) for k, v in missing],
+            ignore_conflicts=True,
+        )
+        by_kind = defaultdict(list)
+        for kind, value in missing:
+            by_kind[kind].append(value)
+        fetch()
+    found.update(looked_up)
+
+    def remember() -> None:
+        # Only once committed: entries created in a transaction that rolls back never existed.
+        mine = _known_ids.setdefault(tenant_id, {})
+        if len(mine) + len(looked_up) > _KNOWN_PER_TENANT:
+            mine.clear()
+        mine.update(looked_up)
+
+    transaction.on_commit(remember)
+    return found
+
+
+def dimension_keys(events: Iterable[EventIn]) -> set[tuple[int, str]]:
+    """The dictionary entries (kind, name) the events name."""
+    keys: set[tuple[int, str]] = set()
+    for e in events:
+        keys.add((Kind.PROVIDER, e.provider))
+        keys.add((Kind.MODEL, e.model))
+        keys.add((Kind.OPERATION, e.operation))
+        keys.add((Kind.END_USER, e.end_user))
+        if e.session_id:
+            keys.add((Kind.SESSION, e.session_id))
+    return keys

@@ -1,0 +1,287 @@
+"""Rewrites of stored usage: re-pricing, deleting events, resetting a tenant, and retention.
+
+Each keeps the rollups equal to the sum of the events (the hours touched are rebuilt in the same
+transaction, under the tenant's exclusive ingest lock) and tells the apps above, once it commits,
+that the tenant's usage changed (`usage.signals.usage_rewritten`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from django.db import transaction
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Max as models_max
+from django.db.models import Min as models_min
+from django.db.models.functions import TruncHour
+
+from costmon.core.models import Tenant
+from costmon.core.tenancy import tenant_context, unscoped
+from usage.catalog import load_catalog
+from usage.models import (
+    PRICED_COLUMNS,
+    CostSource,
+    Dimension,
+    HourlyRollup,
+    ModelHourlyRollup,
+    UsageEvent,
+)
+from usage.price_lookup import Catalog
+from usage.pricing import breakdown
+from usage.rollups import hour_of
+from usage.signals import usage_rewritten
+from usage.storage import rewrite_lock, rollups_add
+
+log = structlog.get_logger(__name__)
+
+Kind = Dimension.Kind
+
+
+@dataclass
+class RepriceReport:
+    examined: int = 0
+    changed: int = 0
+    still_unpriced: int = 0
+    hours_rebuilt: int = 0
+
+
+def usage_reprice(
+    *,
+    tenant: Tenant,
+    start: datetime,
+    end: datetime,
+    only_unpriced: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> RepriceReport:
+    """Price a tenant's events in [start, end) again with the catalog as it is now.
+
+    Caller-supplied costs are kept. The rollups of every hour touched are rebuilt from the
+    events in the same transaction, under the tenant's exclusive ingest lock, so rollups stay
+    equal to the sum of their events.
+    """
+    catalog = load_catalog(tenant.pk)
+    report = RepriceReport()
+    with tenant_context(tenant), transaction.atomic():
+        rewrite_lock(tenant.pk)
+        qs = UsageEvent.objects.for_tenant(tenant).filter(
+            occurred_at__gte=start, occurred_at__lt=end
+        )
+        qs = qs.exclude(cost_source=CostSource.CALLER)
+        if only_unpriced:
+            qs = qs.filter(cost_source=CostSource.UNPRICED)
+        total = qs.count()
+        hours: set[datetime] = set()
+        batch: list[UsageEvent] = []
+        names: dict[int, str] = dict(
+            Dimension.objects.for_tenant(tenant)
+            .filter(kind__in=[Kind.PROVIDER, Kind.MODEL])
+            .values_list("pk", "value")
+        )
+        for event in qs.only(
+            "pk", "occurred_at", "provider_id", "model_id", "service_tier", *PRICED_COLUMNS,
+            "cost_nanos", "cost_source", "price_id", "cache_hit",
+        ).iterator(chunk_size=2000):  # fmt: skip
+            report.examined += 1
+            if _price_again(catalog, names, event, report):
+                batch.append(event)
+                hours.add(hour_of(event.occurred_at))
+            if len(batch) >= 1000:
+                _save_prices(batch, report)
+                batch = []
+            if progress and report.examined % 10000 == 0:
+                progress(report.examined, total)
+        _save_prices(batch, report)
+        report.hours_rebuilt = rollups_rebuild(tenant=tenant, hours=sorted(hours))
+        if report.changed:
+            _rewritten(tenant.pk)
+    if progress:
+        progress(report.examined, report.examined)
+    log.info("usage_repriced", tenant=tenant.slug, **report.__dict__)
+    return report
+
+
+def _price_again(
+    catalog: Catalog, names: dict[int, str], event: UsageEvent, report: RepriceReport
+) -> bool:
+    """Set the event's price from the catalog; whether it changed."""
+    if event.cache_hit:
+        return False
+    found = catalog.resolve(
+        names[event.provider_id], names[event.model_id], event.occurred_at, event.tier
+    )
+    new: tuple[int, int, int | None]
+    if found is None:
+        new = (0, CostSource.UNPRICED, None)
+        report.still_unpriced += 1
+    else:
+        new = (breakdown(found.price, event.usage).nanos, CostSource.COMPUTED, found.price.id)
+    if new == (event.cost_nanos, event.cost_source, event.price_id):
+        return False
+    event.cost_nanos, event.cost_source, event.price_id = new
+    return True
+
+
+def _save_prices(events: list[UsageEvent], report: RepriceReport) -> None:
+    if events:
+        UsageEvent.objects.bulk_update(events, ["cost_nanos", "cost_source", "price_id"])
+        report.changed += len(events)
+
+
+def usage_events_delete(*, events: QuerySet[UsageEvent]) -> int:
+    """Delete events and rebuild the rollups of their hours, under each tenant's exclusive
+    ingest lock, so rollups still equal the sum of their events. Staff code: runs unscoped."""
+    with unscoped():
+        rows = list(events.values_list("pk", "tenant_id", "occurred_at"))
+        by_tenant: dict[int, tuple[list[int], set[datetime]]] = defaultdict(lambda: ([], set()))
+        for pk, tenant_id, occurred_at in rows:
+            by_tenant[tenant_id][0].append(pk)
+            by_tenant[tenant_id][1].add(hour_of(occurred_at))
+        tenants = list(Tenant.objects.filter(pk__in=by_tenant).order_by("pk"))
+    with transaction.atomic():
+        for tenant in tenants:
+            pks, hours = by_tenant[tenant.pk]
+            with tenant_context(tenant):
+                rewrite_lock(tenant.pk)
+                UsageEvent.objects.for_tenant(tenant).filter(pk__in=pks).delete()
+                rollups_rebuild(tenant=tenant, hours=sorted(hours))
+            _rewritten(tenant.pk)
+    return len(rows)
+
+
+def usage_tenant_reset(*, tenant: Tenant) -> tuple[int, int]:
+    """Delete all of a tenant's usage (events and rollups), under its exclusive ingest lock so
+    no batch lands half-way. Returns the counts deleted.
+
+    The dictionary of names stays: every process may hold its ids (`dimension_ids`), and a
+    name without usage shows nowhere.
+    """
+    with tenant_context(tenant), transaction.atomic():
+        rewrite_lock(tenant.pk)
+        # Raw deletes: no per-row signals or cascades to collect over millions of events.
+        events = UsageEvent.objects.for_tenant(tenant)._raw_delete(UsageEvent.objects.db)
+        rollups = HourlyRollup.objects.for_tenant(tenant)._raw_delete(HourlyRollup.objects.db)
+        ModelHourlyRollup.objects.for_tenant(tenant)._raw_delete(ModelHourlyRollup.objects.db)
+        _rewritten(tenant.pk)
+    return events, rollups
+
+
+def _rewritten(tenant_id: int) -> None:
+    """Tell the apps above, once this commits, that the tenant's stored usage changed."""
+    transaction.on_commit(
+        lambda: usage_rewritten.send(sender=UsageEvent, tenant_id=tenant_id), robust=True
+    )
+
+
+def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:
+    """Price the tenant's unpriced events for which a price now exists (whole history)."""
+    with tenant_context(tenant):  # the task calls it with no context: RLS would hide every row
+        bounds = (
+            UsageEvent.objects.for_tenant(tenant)
+            .filter(cost_source=CostSource.UNPRICED)
+            .aggregate(first=models_min("occurred_at"), last=models_max("occurred_at"))
+        )
+    if bounds["first"] is None:
+        return RepriceReport()
+    return usage_reprice(
+        tenant=tenant,
+        start=bounds["first"],
+        end=bounds["last"] + timedelta(microseconds=1),
+        only_unpriced=True,
+    )
+
+
+def usage_events_purge(
+    *, before: datetime, batch_size: int = 10_000, progress: Callable[[int], None] | None = None
+) -> int:
+    """Delete raw events older than `before`, every tenant, in batches; rollups stay, so every
+    total and chart keeps its history. Staff code: runs unscoped."""
+    deleted = 0
+    with unscoped():
+        while True:
+            ids = list(
+                UsageEvent.objects.unscoped()
+                .filter(occurred_at__lt=before)
+                .values_list("pk", flat=True)[:batch_size]
+            )
+            if not ids:
+                return deleted
+            with transaction.atomic():
+                deleted += (
+                    UsageEvent.objects.unscoped()
+                    .filter(pk__in=ids)
+                    ._raw_delete(UsageEvent.objects.db)
+                )
+            if progress:
+                progress(deleted)
+
+
+# --- rollups -------------------------------------------------------------------------------
+
+
+def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
+    """Recompute both rollup tables for the given hours from the events. Call inside a
+    transaction that holds the tenant's exclusive ingest lock."""
+    if not hours:
+        return 0
+    rebuilt = 0
+    for i in range(0, len(hours), 500):
+        part = list(hours[i : i + 500])
+        HourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
+        ModelHourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
+        window = Q()
+        for hour in part:
+            window |= Q(occurred_at__gte=hour, occurred_at__lt=hour + timedelta(hours=1))
+        rows = (
+            UsageEvent.objects.for_tenant(tenant)
+            .filter(window)
+            .annotate(bucket=TruncHour("occurred_at", tzinfo=UTC))
+            .values(
+                "bucket", "provider_id", "model_id", "operation_id", "end_user_id", "api_key_id"
+            )
+            .annotate(
+                calls=Count("pk"),
+                errors=Count("pk", filter=Q(is_error=True)),
+                cache_hits=Count("pk", filter=Q(cache_hit=True)),
+                unpriced_calls=Count("pk", filter=Q(cost_source=CostSource.UNPRICED)),
+                input_tokens_sum=Sum("input_tokens"),
+                output_tokens_sum=Sum("output_tokens"),
+                cached_input_tokens_sum=Sum("cached_input_tokens"),
+                cache_write_tokens_sum=Sum("cache_write_tokens"),
+                reasoning_tokens_sum=Sum("reasoning_tokens"),
+                cost_nanos_sum=Sum("cost_nanos"),
+                latency_ms_sum=Sum("latency_ms"),
+                latency_count=Count("latency_ms"),
+            )
+        )
+        sums = {
+            (
+                tenant.pk,
+                r["bucket"],
+                r["provider_id"],
+                r["model_id"],
+                r["operation_id"],
+                r["end_user_id"],
+                r["api_key_id"],
+            ): [
+                r["calls"],
+                r["errors"],
+                r["cache_hits"],
+                r["unpriced_calls"],
+                r["input_tokens_sum"] or 0,
+                r["output_tokens_sum"] or 0,
+                r["cached_input_tokens_sum"] or 0,
+                r["cache_write_tokens_sum"] or 0,
+                r["reasoning_tokens_sum"] or 0,
+                r["cost_nanos_sum"] or 0,
+                r["latency_ms_sum"] or 0,
+                r["latency_count"],
+            ]
+            for r in rows
+        }
+        rollups_add(sums, replace=True)
+        rebuilt += len(part)
+    return rebuilt

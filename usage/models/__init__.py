@@ -1,0 +1,43 @@
+"""Usage data: the pricing catalog, raw events, and the hourly rollups every read is served from.
+
+Money is stored as integer nano-dollars (1 USD = 10^9) so that sums are exact on every
+database; prices are Decimal USD per million tokens as the providers publish them.
+"""
+
+from __future__ import annotations
+
+from usage.models.catalog import (
+    CatalogAlias,
+    ModelAlias,
+    ModelPrice,
+    PriceChangeHold,
+    PriceSync,
+    ServiceTier,
+)
+from usage.models.events import (
+    PRICED_COLUMNS,
+    CostSource,
+    Dimension,
+    HourlyRollup,
+    ModelHourlyRollup,
+    Rollup,
+    UsageEvent,
+    dictionary_reference,
+)
+
+__all__ = [
+    "PRICED_COLUMNS",
+    "CatalogAlias",
+    "CostSource",
+    "Dimension",
+    "HourlyRollup",
+    "ModelAlias",
+    "ModelHourlyRollup",
+    "ModelPrice",
+    "PriceChangeHold",
+    "PriceSync",
+    "Rollup",
+    "ServiceTier",
+    "UsageEvent",
+    "dictionary_reference",
+]

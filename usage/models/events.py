@@ -1,0 +1,254 @@
+"""Usage as stored: the tenant's dictionary of names, raw events, and the hourly rollups.
+
+Money is stored as integer nano-dollars (1 USD = 10^9) so that sums are exact on every database.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+
+from costmon.core.models import Tenant
+from costmon.core.money import nanos_to_usd
+from costmon.core.tenancy import TenantScopedManager
+from usage.models.catalog import ServiceTier
+from usage.pricing import Usage
+
+
+class Dimension(models.Model):
+    """A tenant's dictionary of names (providers, models, operations, end users, sessions).
+
+    Events and rollups store the integer id instead of the text, which keeps a raw event row
+    small and makes grouping cheap.
+    """
+
+    class Kind(models.IntegerChoices):
+        PROVIDER = 1
+        MODEL = 2
+        OPERATION = 3
+        END_USER = 4
+        SESSION = 5
+
+    # 32-bit: five columns of every event and four of every rollup row refer to it.
+    id = models.AutoField(primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    kind = models.SmallIntegerField(choices=Kind.choices)
+    value = models.CharField(max_length=255)
+
+    objects = TenantScopedManager["Dimension"]()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "kind", "value"], name="dimension_unique")
+        ]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def dictionary_reference(**options: Any) -> models.ForeignKey[Any, Any]:
+    """A reference to a dictionary entry (`Dimension`) from an event or a rollup row.
+
+    No index of its own and no database constraint: checking the reference on every inserted
+    row would cost more than the insert itself. Nothing is done on delete either: dictionary
+    entries are only deleted together with their tenant, whose own cascade removes the events
+    and rollups at the same time.
+    """
+    return models.ForeignKey(
+        Dimension,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
+        **options,
+    )
+
+
+PRICED_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "input_image_tokens",
+    "output_image_tokens",
+    "reasoning_tokens",
+    "web_search_calls",
+    "output_images",
+)
+
+
+class CostSource(models.IntegerChoices):
+    COMPUTED = 0, "computed"
+    CALLER = 1, "caller"
+    UNPRICED = 2, "unpriced"
+
+
+class UsageEvent(models.Model):
+    """One LLM call as an application reported it. Compact on purpose: there are millions.
+
+    Its names are dictionary references (`dictionary_reference`): 32-bit ids, no constraint.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    event_id = models.CharField(max_length=128)
+    occurred_at = models.DateTimeField()
+    provider = dictionary_reference()
+    model = dictionary_reference()
+    operation = dictionary_reference()
+    end_user = dictionary_reference()
+    # The API key that reported the event (0: reported another way); budgets per key count it.
+    api_key_id = models.BigIntegerField(default=0)
+    session = dictionary_reference(null=True)
+    tags = models.JSONField(null=True)
+    input_tokens = models.IntegerField(default=0)
+    output_tokens = models.IntegerField(default=0)
+    cached_input_tokens = models.IntegerField(default=0)
+    cache_write_tokens = models.IntegerField(default=0)
+    reasoning_tokens = models.IntegerField(default=0)
+    # Rarer parts of a call, NULL when not sent (a NULL costs a row nothing): the one-hour part
+    # of the cache writes, audio and image tokens (parts of input/output), web searches and
+    # generated images, and the service tier (NULL: standard).
+    cache_write_1h_tokens = models.IntegerField(null=True)
+    input_audio_tokens = models.IntegerField(null=True)
+    output_audio_tokens = models.IntegerField(null=True)
+    input_image_tokens = models.IntegerField(null=True)
+    output_image_tokens = models.IntegerField(null=True)
+    web_search_calls = models.IntegerField(null=True)
+    output_images = models.IntegerField(null=True)
+    service_tier = models.SmallIntegerField(choices=ServiceTier.choices, null=True)
+    cost_nanos = models.BigIntegerField(default=0)
+    cost_source = models.SmallIntegerField(choices=CostSource.choices, default=CostSource.COMPUTED)
+    # The catalog row the cost came from (NULL: unpriced, the caller's cost, or a cache hit).
+    price_id = models.IntegerField(null=True)
+    latency_ms = models.IntegerField(null=True)
+    is_error = models.BooleanField(default=False)
+    cache_hit = models.BooleanField(default=False)
+    # Optional: the caller's hash of the prompt, for finding repeated identical requests. NULL
+    # (not "") when none was sent, so most events store nothing and "has a hash" is IS NOT NULL.
+    prompt_hash = models.CharField(  # noqa: DJ001
+        max_length=64, null=True, blank=True, db_index=False
+    )
+
+    objects = TenantScopedManager["UsageEvent"]()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "event_id"], name="usageevent_unique_event_id"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "occurred_at"], name="usageevent_tenant_time"),
+            # Only events that carry a prompt hash (the repeated-prompts recommendation reads
+            # them): small when few do, and free for events without one.
+            models.Index(
+                fields=["tenant", "occurred_at"],
+                condition=Q(prompt_hash__isnull=False),
+                name="usageevent_prompt_hash_time",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.event_id
+
+    @property
+    def cost_usd(self) -> Decimal:
+        return nanos_to_usd(self.cost_nanos)
+
+    @property
+    def tier(self) -> str:
+        return ServiceTier(self.service_tier or 0).label
+
+    @property
+    def usage(self) -> Usage:
+        """What the call consumed, as pricing reads it."""
+        return Usage(**{name: getattr(self, name) or 0 for name in PRICED_COLUMNS})
+
+
+class Rollup(models.Model):
+    """What both rollup tables keep: sums of events per tenant, UTC hour, provider, model and
+    operation (and, in `HourlyRollup`, end user and API key)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    hour = models.DateTimeField()
+    provider = dictionary_reference()
+    model = dictionary_reference()
+    operation = dictionary_reference()
+    calls = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    cache_hits = models.BigIntegerField(default=0)
+    unpriced_calls = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    cost_nanos = models.BigIntegerField(default=0)
+    latency_ms_sum = models.BigIntegerField(default=0)
+    latency_count = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class HourlyRollup(Rollup):
+    """Sums of events per tenant, hour and every dimension (end user and API key included),
+    kept in the ingest transaction. Budgets and anything about end users read these."""
+
+    end_user = dictionary_reference()
+    api_key_id = models.BigIntegerField(default=0)
+
+    objects = TenantScopedManager["HourlyRollup"]()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "tenant",
+                    "hour",
+                    "provider",
+                    "model",
+                    "operation",
+                    "end_user",
+                    "api_key_id",
+                ],
+                name="hourlyrollup_unique_key",
+            )
+        ]
+        # One end user's rows (drill-down, per-user budgets) without reading everyone's.
+        indexes = [
+            models.Index(fields=["tenant", "end_user", "hour"], name="hourlyrollup_tenant_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.hour:%Y-%m-%d %H}:00"
+
+
+class ModelHourlyRollup(Rollup):
+    """The same sums per tenant, hour, provider, model and operation only: the hourly rollups
+    without end user and API key, kept in the same transaction.
+
+    With thousands of end users almost every event has an hourly rollup row of its own; without
+    them an hour holds one row per model and operation in use, so the dashboard's totals,
+    series and model breakdowns over a month read a few thousand rows instead of a hundred
+    thousand. Reads that filter or group by end user use `HourlyRollup`.
+    """
+
+    objects = TenantScopedManager["ModelHourlyRollup"]()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "hour", "provider", "model", "operation"],
+                name="modelhourlyrollup_unique_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.hour:%Y-%m-%d %H}:00 (by model)"

@@ -1,0 +1,47 @@
+"""Pricing unpriced events later: the Celery task, and the helper that enqueues it after commit.
+
+The price catalog's writes (`usage.prices`, `usage.services.model_alias_set`) enqueue it, so it
+lives below them; `usage.tasks` (the tasks beat runs, which call those writes) is above them.
+It keeps its registered name, `usage.tasks.reprice_unpriced_usage`, for the schedule.
+"""
+
+from __future__ import annotations
+
+import structlog
+from celery import shared_task
+from django.db import transaction
+
+from costmon.core.models import Tenant
+from costmon.core.tenancy import unscoped
+from usage.maintenance import usage_reprice_unpriced
+from usage.models import CostSource, UsageEvent
+
+log = structlog.get_logger(__name__)
+
+
+@shared_task(name="usage.tasks.reprice_unpriced_usage", ignore_result=True)
+def reprice_unpriced_usage(tenant_id: int | None = None) -> int:
+    """Price events stored without a price, for one tenant or every tenant that has some."""
+    with unscoped():
+        tenant_ids = (
+            [tenant_id]
+            if tenant_id is not None
+            else list(
+                UsageEvent.objects.unscoped()
+                .filter(cost_source=CostSource.UNPRICED)
+                .values_list("tenant_id", flat=True)
+                .distinct()
+            )
+        )
+        tenants = list(Tenant.objects.filter(pk__in=tenant_ids))
+    changed = 0
+    for tenant in tenants:
+        # The service runs in the tenant's own context: RLS applies as for a request.
+        changed += usage_reprice_unpriced(tenant=tenant).changed
+    log.info("unpriced_usage_repriced", tenants=len(tenants), changed=changed)
+    return changed
+
+
+def schedule_reprice_unpriced(tenant_id: int | None = None) -> None:
+    """Enqueue after the current transaction commits, so the task sees the new prices."""
+    transaction.on_commit(lambda: reprice_unpriced_usage.delay(tenant_id))

@@ -1,0 +1,299 @@
+"""The statements that store usage, for PostgreSQL and for SQLite, behind one set of functions.
+
+This is the only module of the usage app that asks which database it talks to. PostgreSQL (the
+production store) gets array parameters, COPY and advisory locks; SQLite (the embedded default)
+gets multi-row INSERTs and needs no locks, as it serialises writers already.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from django.db import connection
+from django.db.models import Model
+
+from costmon.core.tenancy import raw_cursor
+from usage.models import CostSource, HourlyRollup, ModelHourlyRollup, UsageEvent
+from usage.rollups import (
+    MODEL_ROLLUP_KEY,
+    ROLLUP_KEY,
+    ROLLUP_SQL,
+    ROLLUP_SUMS,
+    Sums,
+    aggregate,
+    by_model,
+)
+from usage.rows import EVENT_COLUMNS, EVENT_TYPES
+
+# The tenant's ingest lock: (INGEST_LOCK_NAMESPACE, tenant id) as a PostgreSQL advisory lock.
+# Ingest holds it shared; re-pricing, deletes and the budgets app's counter rebuild hold it
+# exclusively, so they never see a batch half-way.
+INGEST_LOCK_NAMESPACE = 7401
+
+# SQLite's limit on parameters per statement, with room to spare.
+_SQLITE_PARAMS = 30_000
+
+
+def _postgresql() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _lock_key(tenant_id: int) -> list[int]:
+    return [INGEST_LOCK_NAMESPACE, tenant_id % 2_000_000_000]
+
+
+# --- locks ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ingest_lock(tenant_id: int, *, shared: bool) -> Iterator[None]:
+    """The tenant's ingest lock for this session, across transactions: ingest holds it shared
+    from before a batch's transaction until `batch_recorded` has been sent; exclusive, no batch
+    of the tenant is between its commit and its receivers meanwhile."""
+    if not _postgresql():
+        yield  # SQLite serialises writers already
+        return
+    kind = "_shared" if shared else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT pg_advisory_lock{kind}(%s, %s)", _lock_key(tenant_id))
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT pg_advisory_unlock{kind}(%s, %s)", _lock_key(tenant_id))
+
+
+def rewrite_lock(tenant_id: int) -> None:
+    """Take the tenant's ingest lock exclusively until the current transaction ends (re-pricing,
+    deletes, resets: rewrites of stored usage)."""
+    if not _postgresql():
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _lock_key(tenant_id))
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+def events_insert(rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Insert the rows whose (tenant, event id) is new and add exactly those to the rollups, in
+    the current transaction; return the event ids inserted."""
+    if not rows:
+        return set()
+    if _postgresql():
+        return _insert_postgresql(rows)
+    inserted = _insert_sqlite(rows)
+    rollups_add(aggregate(r for r in rows if r["event_id"] in inserted))
+    return inserted
+
+
+@functools.cache
+def insert_statement() -> str:
+    """PostgreSQL: one array parameter per column, new events added to the rollups in the same
+    statement; the ids of the events inserted come back."""
+    unnest = ", ".join(f"%b::{t}[]" for t in EVENT_TYPES)
+    return (
+        with_rollups(
+            f"INSERT INTO {UsageEvent._meta.db_table} ({', '.join(EVENT_COLUMNS)}) "
+            f"SELECT * FROM unnest({unnest}) ON CONFLICT (tenant_id, event_id) DO NOTHING"
+        )
+        + " SELECT event_id FROM fresh"
+    )
+
+
+def _insert_postgresql(rows: Sequence[dict[str, Any]]) -> set[str]:
+    # One statement, one array parameter per column: the fastest bulk path short of COPY, and
+    # unlike COPY it can skip duplicates.
+    arrays: list[list[Any] | None] = []
+    for col in EVENT_COLUMNS:
+        if col == "tags":
+            values = [json.dumps(r["tags"]) if r["tags"] is not None else None for r in rows]
+        else:
+            values = [r[col] for r in rows]
+        # A column with no value in the batch (the rarer token kinds, usually) goes as a NULL
+        # array, which unnest pads with NULLs: nothing to encode per row.
+        arrays.append(values if any(v is not None for v in values) else None)
+    with raw_cursor(connection) as cursor:
+        cursor.execute(
+            insert_statement(),
+            arrays,
+            binary=True,
+            prepare=True,  # the same text every time: planned once per connection
+        )
+        return {r[0] for r in cursor.fetchall()}
+
+
+def _insert_sqlite(rows: Sequence[dict[str, Any]]) -> set[str]:
+    table = UsageEvent._meta.db_table
+    columns = ", ".join(EVENT_COLUMNS)
+    marks = "(" + ", ".join(["%s"] * len(EVENT_COLUMNS)) + ")"
+    ops = connection.ops
+    chunk = max(1, _SQLITE_PARAMS // len(EVENT_COLUMNS))
+    inserted: set[str] = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            params: list[Any] = []
+            for r in part:
+                for col in EVENT_COLUMNS:
+                    value = r[col]
+                    if col == "occurred_at":
+                        value = ops.adapt_datetimefield_value(value)
+                    elif col == "tags":
+                        value = json.dumps(value) if value is not None else None
+                    params.append(value)
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([marks] * len(part))} "
+                f"ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id",
+                params,
+            )
+            inserted.update(r[0] for r in cursor.fetchall())
+    return inserted
+
+
+def copy_supported() -> bool:
+    """Whether `events_copy` can be used (PostgreSQL); elsewhere load through ingest."""
+    return _postgresql()
+
+
+def events_copy(rows: Iterable[dict[str, Any]]) -> tuple[int, int, int]:
+    """PostgreSQL only, in a transaction: COPY the rows into a temporary table, then move the new
+    ones into the events table and the rollups in one statement. Returns (events inserted, their
+    cost in nano-dollars, how many of them are unpriced)."""
+    events = UsageEvent._meta.db_table
+    columns = ", ".join(EVENT_COLUMNS)
+    tags = EVENT_COLUMNS.index("tags")
+    with raw_cursor(connection) as cursor:
+        cursor.execute(
+            f"CREATE TEMP TABLE usage_bulk_stage ON COMMIT DROP AS "
+            f"SELECT {columns} FROM {events} WITH NO DATA"
+        )
+        with cursor.copy(f"COPY usage_bulk_stage ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                values = [row[c] for c in EVENT_COLUMNS]
+                if values[tags] is not None:
+                    values[tags] = json.dumps(values[tags])
+                copy.write_row(values)
+        cursor.execute(
+            with_rollups(
+                f"INSERT INTO {events} ({columns}) SELECT {columns} FROM usage_bulk_stage"
+                f" ORDER BY occurred_at ON CONFLICT (tenant_id, event_id) DO NOTHING"
+            )
+            + " SELECT count(*), coalesce(sum(cost_nanos), 0),"
+            f" count(*) FILTER (WHERE cost_source = {CostSource.UNPRICED}) FROM fresh"
+        )
+        inserted, cost, unpriced = cursor.fetchone()
+        cursor.execute("DROP TABLE usage_bulk_stage")  # inside an outer transaction too
+    return int(inserted), int(cost), int(unpriced)
+
+
+def parallel_writers_supported() -> bool:
+    """Whether several processes can write usage at once (not SQLite's one writer)."""
+    return _postgresql()
+
+
+def usage_analyze() -> None:
+    """Fresh planner statistics after a large load (PostgreSQL; SQLite needs none)."""
+    if not _postgresql():
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {UsageEvent._meta.db_table}, {HourlyRollup._meta.db_table}")
+
+
+# --- rollups --------------------------------------------------------------------------------
+
+
+def rollups_add(sums: Sums, *, replace: bool = False) -> None:
+    """Add (or with `replace`, set) full-key sums to both rollup tables. Call in a transaction.
+
+    `replace` is only right when `sums` holds every row of its hours (a rebuild).
+    """
+    _upsert(HourlyRollup, ROLLUP_KEY, sums, replace=replace)
+    _upsert(ModelHourlyRollup, MODEL_ROLLUP_KEY, by_model(sums), replace=replace)
+
+
+def _upsert(model: type[Model], key: Sequence[str], sums: Sums, *, replace: bool) -> None:
+    """One statement per chunk, rows in key order (concurrent batches never deadlock)."""
+    if not sums:
+        return
+    if _postgresql():
+        _upsert_postgresql(model._meta.db_table, key, sums, replace=replace)
+    else:
+        _upsert_sqlite(model._meta.db_table, key, sums, replace=replace)
+
+
+def _upsert_postgresql(table: str, key: Sequence[str], sums: Sums, *, replace: bool) -> None:
+    columns = (*key, *ROLLUP_SUMS)
+    updates = ", ".join(
+        f"{c} = excluded.{c}" if replace else f"{c} = r.{c} + excluded.{c}" for c in ROLLUP_SUMS
+    )
+    arrays: list[list[Any]] = [[] for _ in columns]
+    for k in sorted(sums):
+        for i, value in enumerate((*k, *sums[k])):
+            arrays[i].append(value)
+    types = ["bigint", "timestamptz"] + ["bigint"] * (len(columns) - 2)
+    unnest = ", ".join(f"%b::{t}[]" for t in types)
+    with raw_cursor(connection) as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} AS r ({', '.join(columns)}) SELECT * FROM unnest({unnest}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
+            arrays,
+            binary=True,
+        )
+
+
+def _upsert_sqlite(table: str, key: Sequence[str], sums: Sums, *, replace: bool) -> None:
+    columns = (*key, *ROLLUP_SUMS)
+    updates = ", ".join(
+        f"{c} = excluded.{c}" if replace else f"{c} = {table}.{c} + excluded.{c}"
+        for c in ROLLUP_SUMS
+    )
+    keys = sorted(sums)
+    chunk = max(1, _SQLITE_PARAMS // len(columns))
+    ops = connection.ops
+    marks = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    with connection.cursor() as cursor:
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            params: list[Any] = []
+            for k in part:
+                tenant_id, hour, *rest = k
+                params.extend([tenant_id, ops.adapt_datetimefield_value(hour), *rest, *sums[k]])
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([marks] * len(part))} "
+                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
+                params,
+            )
+
+
+def with_rollups(insert: str) -> str:
+    """PostgreSQL: `WITH fresh AS (<insert> RETURNING ...), ...`: the statement that stores
+    events also adds exactly the rows it inserted to both rollup tables. Follow it with a SELECT
+    from `fresh`.
+
+    `insert` is an `INSERT INTO usage_usageevent ... ON CONFLICT DO NOTHING` without RETURNING.
+    Rows go in key order, as `rollups_add` does, so concurrent batches lock them in the same
+    order and never deadlock. The text stays under psycopg's 4 kB limit for caching a parsed
+    statement (a longer one is parsed again on every call, about 1 ms).
+    """
+    hour = "date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour"
+    sums = ", ".join(ROLLUP_SQL[c] for c in ROLLUP_SUMS)
+    add = ", ".join(f"{c} = r.{c} + excluded.{c}" for c in ROLLUP_SUMS)
+    parts = [f"WITH fresh AS ({insert} RETURNING *, {hour})"]
+    for name, model, key in (
+        ("hourly", HourlyRollup, ROLLUP_KEY),
+        ("by_model", ModelHourlyRollup, MODEL_ROLLUP_KEY),
+    ):
+        columns = ", ".join(key)
+        ordinals = ", ".join(str(i) for i in range(1, len(key) + 1))
+        parts.append(
+            f"{name} AS (INSERT INTO {model._meta.db_table} AS r ({columns}, "
+            f"{', '.join(ROLLUP_SUMS)}) SELECT {columns}, {sums} FROM fresh "
+            f"GROUP BY {ordinals} ORDER BY {ordinals} "
+            f"ON CONFLICT ({columns}) DO UPDATE SET {add})"
+        )
+    return ", ".join(parts)
