@@ -15,8 +15,10 @@ from django.db.models.functions import Coalesce
 
 from alerts.models import AlertRule
 from budgets.models import Budget
+from budgets.periods import budget_window
+from budgets.scopes import SCOPES
 from budgets.selectors import budget_views
-from budgets.services import budget_status, budget_window
+from budgets.standing import budget_status
 from costmon.core.models import Tenant
 from costmon.core.money import format_money, usd_to_nanos
 from costmon.core.periods import elapsed_share, period_range, project, tenant_zone
@@ -134,7 +136,7 @@ def evaluate_budgets(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Con
     )
     conditions = []
     for view in budget_views(
-        tenant=tenant, budgets=[b for b in budgets if b.scope != "every_end_user"], now=now
+        tenant=tenant, budgets=[b for b in budgets if not SCOPES[b.scope].per_end_user], now=now
     ):
         state = view.state
         if state.status != "ok":
@@ -150,7 +152,7 @@ def evaluate_budgets(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Con
                 )
             )
     tz = tenant_zone(tenant)
-    for budget in (b for b in budgets if b.scope == "every_end_user"):
+    for budget in (b for b in budgets if SCOPES[b.scope].per_end_user):
         window = budget_window(
             period=budget.period, rolling_days=budget.rolling_days, now=now, tz=tz
         )

@@ -15,10 +15,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from celery import current_app
 from django.core.exceptions import ValidationError
+from django.core.mail import EmailMultiAlternatives
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.html import escape
 
 from alerts.models import Alert, AlertRule, Channel, Notification
 from alerts.rules import EVALUATORS, Condition, dashboard_link
@@ -27,10 +30,15 @@ from alerts.transports.base import Message, TransportError
 from budgets.models import EmergencyStop
 from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
-from costmon.core.money import format_usd
+from costmon.core.money import format_money
+from costmon.core.periods import custom_range, tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
+from usage.reports import build_report, render_table
 
 log = structlog.get_logger(__name__)
+
+# The task that delivers one notification (alerts.tasks.deliver_notification).
+DELIVER_NOTIFICATION_TASK = "alerts.tasks.deliver_notification"
 
 MAX_ATTEMPTS = 5
 CLAIM_TIMEOUT = timedelta(minutes=5)  # a worker that died mid-send frees its claim after this
@@ -165,12 +173,15 @@ def _notify(*, alert: Alert, rule: AlertRule, kind: str) -> list[Notification]:
         )
         for channel in channels
     ]
-    from alerts.tasks import deliver_notification
-
     # One task per channel, after the commit: a slow or failing channel delays no other.
     for notification in notifications:
-        transaction.on_commit(functools.partial(deliver_notification.delay, notification.pk))
+        transaction.on_commit(functools.partial(_enqueue_delivery, notification.pk))
     return notifications
+
+
+def _enqueue_delivery(notification_id: int) -> None:
+    # Named, not imported: alerts.tasks calls this module's services.
+    current_app.signature(DELIVER_NOTIFICATION_TASK, args=(notification_id,)).delay()
 
 
 # --- delivering --------------------------------------------------------------------------------
@@ -395,7 +406,7 @@ def alert_acknowledge(*, alert: Alert, user: Any = None) -> Alert:
     return alert
 
 
-# --- the emergency stop (a hook of the budgets app) ------------------------------------------------
+# --- the emergency stop (budgets.signals.emergency_stop_changed, received in alerts.receivers) -----
 
 
 def on_emergency_stop(stop: EmergencyStop, what: str) -> None:
@@ -411,7 +422,7 @@ def on_emergency_stop(stop: EmergencyStop, what: str) -> None:
         affected = list(rules)
     for rule in affected:
         spend = (
-            f" Spend at that moment: ${format_usd(stop.spend_at_trip_nanos)}."
+            f" Spend at that moment: {format_money(stop.spend_at_trip_nanos)}."
             if stop.spend_at_trip_nanos is not None
             else ""
         )
@@ -445,12 +456,6 @@ def on_emergency_stop(stop: EmergencyStop, what: str) -> None:
 def daily_report_send(*, tenant: Tenant, now: datetime | None = None) -> int:
     """Email yesterday's cost report (the tenant's calendar day) to its enabled email channels.
     Returns how many channels it went to."""
-    from django.core.mail import EmailMultiAlternatives
-    from django.utils.html import escape
-
-    from costmon.core.periods import custom_range, tenant_zone
-    from usage.reports import build_report, render_table
-
     now = now or timezone.now()
     yesterday = (now.astimezone(tenant_zone(tenant)) - timedelta(days=1)).date()
     with tenant_context(tenant):

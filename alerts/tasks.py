@@ -9,11 +9,14 @@ from celery import shared_task
 from alerts.models import Channel
 from alerts.rules import FREQUENT_KINDS, HOURLY_KINDS
 from alerts.services import (
+    DELIVER_NOTIFICATION_TASK,
     MAX_ATTEMPTS,
     alert_rules_evaluate,
     daily_report_send,
     notification_deliver,
 )
+from costmon.core.models import Tenant
+from costmon.core.tenancy import unscoped
 
 
 @shared_task(ignore_result=True)
@@ -26,7 +29,9 @@ def evaluate_hourly_rules() -> int:
     return alert_rules_evaluate(kinds=[str(k) for k in HOURLY_KINDS]).notified
 
 
-@shared_task(bind=True, ignore_result=True, max_retries=MAX_ATTEMPTS)
+@shared_task(
+    bind=True, ignore_result=True, max_retries=MAX_ATTEMPTS, name=DELIVER_NOTIFICATION_TASK
+)
 def deliver_notification(self: Any, notification_id: int) -> str | None:
     outcome = notification_deliver(notification_id=notification_id)
     if outcome is not None and outcome.retry_in is not None:
@@ -38,9 +43,6 @@ def deliver_notification(self: Any, notification_id: int) -> str | None:
 @shared_task(ignore_result=True)
 def send_daily_reports() -> int:
     """Yesterday's cost report to every tenant's email channels."""
-    from costmon.core.models import Tenant
-    from costmon.core.tenancy import unscoped
-
     with unscoped():
         tenant_ids = list(
             Channel.objects.unscoped()

@@ -10,8 +10,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, transaction
 
+from budgets.models import (
+    Budget,
+    BudgetDefaults,
+    EmergencyStopRule,
+    RateLimit,
+    effective_fail_mode,
+)
+from budgets.scopes import normalized_value, tag_name
 from costmon.core.cache import VersionedCache
 from costmon.core.money import usd_to_nanos
 from costmon.core.tenancy import unscoped
@@ -75,8 +83,6 @@ def bump(tenant_id: int | None) -> None:
 def bump_now_and_after_commit(tenant_id: int | None) -> None:
     """Bump at once (this process sees the write) and again once it commits (so no process
     keeps a copy it loaded before the commit)."""
-    from django.db import transaction
-
     bump(tenant_id)
     transaction.on_commit(lambda: bump(tenant_id))
 
@@ -86,16 +92,12 @@ def clear_local() -> None:
 
 
 def spec_of(b: Any, *, default_fail_mode: str = "") -> BudgetSpec:
-    from budgets.models import effective_fail_mode
-
     hard = b.enforcement == "hard"
     return BudgetSpec(
         id=b.pk,
         name=b.name,
         scope=b.scope,
-        value=b.scope_value.strip().lower()
-        if b.scope in ("provider", "model")
-        else b.scope_value.strip(),
+        value=normalized_value(b.scope, b.scope_value),
         api_key_id=b.api_key_id,
         period=b.period,
         rolling_days=b.rolling_days,
@@ -108,8 +110,6 @@ def spec_of(b: Any, *, default_fail_mode: str = "") -> BudgetSpec:
 
 
 def load(tenant_id: int) -> TenantConfig:
-    from budgets.models import Budget, BudgetDefaults, EmergencyStopRule, RateLimit
-
     with unscoped():
         default_fail_mode = (
             BudgetDefaults.objects.for_tenant(tenant_id).values_list("fail_mode", flat=True).first()
@@ -138,9 +138,7 @@ def load(tenant_id: int) -> TenantConfig:
             .filter(is_active=True, tenant__isnull=True)
             .order_by("pk")
         )
-    tags = frozenset(
-        b.value.split("=", 1)[0] for b in budgets if b.scope == "tag" and "=" in b.value
-    )
+    tags = frozenset(name for name in map(tag_name, budgets) if name is not None)
     return TenantConfig(
         budgets=budgets,
         rate_limits=limits,

@@ -16,7 +16,6 @@ until a tenant's counters have been rebuilt since Redis started or since they mi
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import defaultdict
 from collections.abc import Iterable
@@ -31,11 +30,14 @@ from django.utils import timezone
 
 from budgets import config as tenant_config
 from budgets import redis as bredis
+from budgets import reservations, storage
+from budgets.models import CounterCorrection, CounterState, CounterUpdate, EmergencyStop
 from budgets.periods import buckets_of_day, day_bucket
+from budgets.scopes import SCOPES, BudgetSpec
+from budgets.storage import ingest_lock as ingest_lock  # budgets.updates and drift use it here
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
-from usage import storage
 from usage.models import ModelHourlyRollup, UsageEvent
 from usage.pricing import candidate_names
 from usage.selectors import rollups_of
@@ -67,26 +69,18 @@ def stop_key(tenant_id: int | None) -> str:
     return f"cm:{{{tenant_id}}}:estop" if tenant_id is not None else "cm:global:estop"
 
 
-def budget_field(
-    scope: str, value: str, *, end_user: str = "", api_key_id: int | None = None
-) -> str:
-    if scope == "tenant":
-        return "t"
-    if scope == "end_user":
-        return f"u:{value}"
-    if scope == "every_end_user":
-        return f"u:{end_user}"
-    if scope == "api_key":
-        return f"k:{api_key_id}"
-    if scope == "provider":
-        return f"p:{value.lower()}"
-    if scope == "model":
-        return f"m:{value.lower()}"
-    if scope == "operation":
-        return f"o:{value}"
-    if scope == "tag":
-        return f"g:{value}"
-    raise ValueError(f"unknown scope {scope!r}")
+def stop_value(stop: EmergencyStop) -> str:
+    """What checks find at `stop_key`: the expiry (epoch ms) first, compared with the app's
+    clock, then the reason."""
+    return f"{int(stop.expires_at.timestamp() * 1000)}|{stop.reason}"
+
+
+def budget_field(spec: BudgetSpec, *, end_user: str = "") -> str:
+    """The field holding a budget's spend (its scope says which: budgets.scopes)."""
+    scope = SCOPES.get(spec.scope)
+    if scope is None:
+        raise ValueError(f"unknown scope {spec.scope!r}")
+    return scope.counter_field(spec.value, end_user, spec.api_key_id)
 
 
 def event_fields(
@@ -162,8 +156,6 @@ def untrust_after_outage(r: Any) -> None:
 def mark_stale(tenant_id: int) -> None:
     """The tenant's counters must be rebuilt before checks trust them again (the stale
     rebuild runs every minute)."""
-    from budgets.models import CounterState
-
     # Untrust first: if PostgreSQL is away too, no check trusts these counters meanwhile (and
     # the first check that finds them untrusted asks for the rebuild).
     r = bredis.client()
@@ -211,13 +203,6 @@ class ReconcileReport:
     fields: int = 0
     corrected: int = 0
     drift_nanos: int = 0
-
-
-def ingest_lock(tenant_id: int, *, shared: bool) -> contextlib.AbstractContextManager[None]:
-    """The tenant's ingest lock (usage.storage; ingest holds it shared from before a batch's
-    transaction until its counter update is applied). Exclusive: no batch of this tenant is
-    between its commit and its counter update meanwhile."""
-    return storage.ingest_lock(tenant_id, shared=shared)
 
 
 def _complete_buckets(day: date, since: date) -> list[str]:
@@ -321,9 +306,8 @@ def counters_reconcile(
     restarted or after a missed update): it is logged and recorded (`CounterCorrection`, which
     Prometheus exports). `known_behind`: the counters are known to be behind (after a bulk
     load), so a correction is not drift. `cause`: what asked for the rebuild."""
-    from budgets import reservations
-    from budgets.models import CounterCorrection, CounterState, CounterUpdate
-    from budgets.updates import Update, marker_key
+    # Imported here: budgets.updates (another engineer's, being reworked) imports this module.
+    from budgets.updates import marker_key
 
     r = bredis.client()
     report = ReconcileReport()
@@ -351,35 +335,10 @@ def counters_reconcile(
         applied = found[len(keys) :]
         pipe = r.pipeline(transaction=True)
         for key in keys:
-            want = expected.get(key, {})
-            have = {k.decode(): int(v) for k, v in actual_by_key[key].items()}
-            if want:
-                report.days += 1
-                report.fields += len(want)
-            wrong = {name: amount for name, amount in want.items() if have.get(name) != amount}
-            extra = [name for name in have if name not in want]
-            report.corrected += len(wrong) + len(extra)
-            report.drift_nanos += sum(
-                abs(amount - have.get(name, 0)) for name, amount in wrong.items()
-            )
-            report.drift_nanos += sum(abs(have[name]) for name in extra)
-            if extra:
-                pipe.hdel(key, *extra)
-            if wrong:
-                pipe.hset(key, mapping=dict(wrong))  # type: ignore[arg-type]
-                pipe.expire(key, DAY_TTL_SECONDS)
-        # Updates not applied yet: the tenant's hashes have them now; the all-tenants hashes
-        # get their share here, and the marker says they are done.
-        for (update_id, payload), done in zip(pending, applied, strict=True):
-            if done:
-                continue
-            for day, fields in Update.from_json(payload).utc_days.items():
-                for name, amount in fields.items():
-                    pipe.hincrby(global_day_key(day), name, amount)
-                pipe.expire(global_day_key(day), DAY_TTL_SECONDS)
-            pipe.set(marker_key(tenant.pk, update_id), 1, ex=3600)
+            _queue_corrections(pipe, key, expected.get(key, {}), actual_by_key[key], report)
+        _queue_pending_updates(pipe, tenant.pk, pending, applied)
         _restore_stops(pipe, tenant)
-        with reservations.reservation_lock_held(tenant.pk):
+        with storage.reservation_lock_held(tenant.pk):
             moved = reservations.queue_holds_into_redis(r, pipe, tenant_id=tenant.pk, now=now)
             pipe.set(ok_key(tenant.pk), _now_ms())  # when: see untrust_after_outage
             pipe.execute()
@@ -403,10 +362,46 @@ def counters_reconcile(
     return report
 
 
+def _queue_corrections(
+    pipe: Any, key: str, want: dict[str, int], found: dict[bytes, bytes], report: ReconcileReport
+) -> None:
+    """Queue what makes one hash hold `want`, and count it in `report`."""
+    have = {k.decode(): int(v) for k, v in found.items()}
+    if want:
+        report.days += 1
+        report.fields += len(want)
+    wrong = {name: amount for name, amount in want.items() if have.get(name) != amount}
+    extra = [name for name in have if name not in want]
+    report.corrected += len(wrong) + len(extra)
+    report.drift_nanos += sum(abs(amount - have.get(name, 0)) for name, amount in wrong.items())
+    report.drift_nanos += sum(abs(have[name]) for name in extra)
+    if extra:
+        pipe.hdel(key, *extra)
+    if wrong:
+        pipe.hset(key, mapping=dict(wrong))  # type: ignore[arg-type]
+        pipe.expire(key, DAY_TTL_SECONDS)
+
+
+def _queue_pending_updates(
+    pipe: Any, tenant_id: int, pending: list[tuple[int, str]], applied: list[Any]
+) -> None:
+    """Updates not applied yet: the tenant's hashes have them now (rebuilt from PostgreSQL);
+    the all-tenants hashes get their share here, and the marker says they are done."""
+    # Imported here: budgets.updates (another engineer's, being reworked) imports this module.
+    from budgets.updates import Update, marker_key
+
+    for (update_id, payload), done in zip(pending, applied, strict=True):
+        if done:
+            continue
+        for day, fields in Update.from_json(payload).utc_days.items():
+            for name, amount in fields.items():
+                pipe.hincrby(global_day_key(day), name, amount)
+            pipe.expire(global_day_key(day), DAY_TTL_SECONDS)
+        pipe.set(marker_key(tenant_id, update_id), 1, ex=3600)
+
+
 def _restore_stops(pipe: Any, tenant: Tenant) -> None:
     """Put the open emergency stops (the tenant's and the global one) back where checks look."""
-    from budgets.models import EmergencyStop
-
     now = timezone.now()
     with unscoped():
         open_stops = {
@@ -423,8 +418,6 @@ def _restore_stops(pipe: Any, tenant: Tenant) -> None:
             pipe.delete(stop_key(tenant_id))
         else:
             ttl_ms = max(1, int((stop.expires_at - now).total_seconds() * 1000))
-            from budgets.services import stop_value
-
             pipe.set(stop_key(tenant_id), stop_value(stop), px=ttl_ms + 60_000)
 
 

@@ -22,6 +22,7 @@ from budgets import config as tenant_config
 from budgets import counters
 from budgets import redis as bredis
 from budgets.periods import buckets_of_day
+from budgets.updates import ACTIVE_KEY, settle_updates
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
@@ -43,8 +44,6 @@ class DriftSample:
 def counters_sample(*, tenant: Tenant) -> DriftSample | None:
     """Compare one tenant's counters with PostgreSQL and rebuild them if they differ; None
     when there is nothing to compare (no Redis, or counters not trusted: a rebuild is due)."""
-    from budgets.updates import settle_updates
-
     r = bredis.client()
     if r is None:
         return None
@@ -92,8 +91,6 @@ def _spent_since(tenant: Tenant, day: date, tz: tzinfo) -> int:
 
 def counters_sample_drift(*, max_tenants: int = 200) -> list[DriftSample]:
     """Sample the tenants whose ingest the sweeper saw in the last 15 minutes."""
-    from budgets.updates import ACTIVE_KEY
-
     r = bredis.client()
     if r is None:
         return []

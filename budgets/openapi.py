@@ -1,5 +1,5 @@
 """The budgets API's request and reply schemas, for the OpenAPI document only (the views build
-their replies with `budgets.api.budget_json` and friends; tests/costmon/test_schema.py checks
+their replies with `budgets.api.budgets.budget_json` and friends; tests/costmon/test_schema.py checks
 the two agree)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ _NAME = {"type": "string", "maxLength": 255, "pattern": NAME_PATTERN}
 
 
 def check_request_schema() -> dict[str, Any]:
-    """`POST /api/v1/check/` as `budgets.api.parse_check` takes it."""
+    """`POST /api/v1/check/` as `budgets.api.check.parse_check` takes it."""
     tokens = {"type": ["integer", "null"], "minimum": 0, "maximum": 100_000_000}
     return {
         "type": "object",

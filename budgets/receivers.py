@@ -6,6 +6,8 @@ from typing import Any
 
 from django.dispatch import receiver
 
+from budgets import counters
+from budgets.tasks import reconcile_counters
 from usage.signals import usage_rewritten
 
 
@@ -13,8 +15,5 @@ from usage.signals import usage_rewritten
 def rebuild_counters_after_rewrite(sender: Any, *, tenant_id: int, **kwargs: Any) -> None:
     """Re-priced or deleted events change what was spent: checks read PostgreSQL until the
     counters are rebuilt, which starts at once."""
-    from budgets import counters
-    from budgets.tasks import reconcile_counters
-
     counters.mark_stale(tenant_id)
     reconcile_counters.delay(tenant_id)

@@ -2,9 +2,9 @@
 
 While the counters are trusted, the check script holds a reservation in Redis by itself. While
 they are not (Redis away, or its counters not rebuilt since it started), a check that reserves
-takes the tenant's reservation lock in PostgreSQL, counts what is held (rows here, and holds
-still in Redis when Redis answers) and then the spend (rollups), and writes one row per hard
-budget. Such checks of one tenant run one at a time, so together they cannot overshoot a hard
+takes the tenant's reservation lock in PostgreSQL (`budgets.storage`), counts what is held
+(rows here, and holds still in Redis when Redis answers) and then the spend (rollups), and
+writes one row per hard budget. Such checks of one tenant run one at a time, so together they cannot overshoot a hard
 budget by more than one estimate. The usage event that follows deletes the rows; rows past
 their expiry no longer count; the counter rebuild moves the live rows into Redis, under the
 same lock, before checks trust the counters again.
@@ -15,22 +15,17 @@ twice (refusing too much for a moment), never not at all.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import Q, Sum
+from django.db.models import Sum
 from django.utils import timezone
 
+from budgets import storage
 from budgets.models import ReservationHold
-
-LOCK_NAMESPACE = 7402  # budgets.counters' ingest lock is 7401
-_local_lock = threading.Lock()  # SQLite: serialises this process's checks (one writer anyway)
 
 
 def hold_name(budget_id: int, window_key: str, end_user: str = "") -> str:
@@ -40,39 +35,6 @@ def hold_name(budget_id: int, window_key: str, end_user: str = "") -> str:
 
 def redis_hold_key(tenant_id: int, name: str) -> str:
     return f"cm:{{{tenant_id}}}:r:{name}"
-
-
-def _key(tenant_id: int) -> list[int]:
-    return [LOCK_NAMESPACE, tenant_id % 2_000_000_000]
-
-
-@contextlib.contextmanager
-def locked_transaction(tenant_id: int) -> Iterator[None]:
-    """A transaction holding the tenant's reservation lock until it ends."""
-    if connection.vendor != "postgresql":
-        with _local_lock, transaction.atomic():
-            yield
-        return
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _key(tenant_id))
-        yield
-
-
-@contextlib.contextmanager
-def reservation_lock_held(tenant_id: int) -> Iterator[None]:
-    """The same lock outside a transaction, for as long as the block runs (the rebuild)."""
-    if connection.vendor != "postgresql":
-        with _local_lock:
-            yield
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(%s, %s)", _key(tenant_id))
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", _key(tenant_id))
 
 
 def held_in_database(*, tenant_id: int, names: Sequence[str], now: datetime) -> dict[str, int]:
@@ -129,24 +91,9 @@ def holds_settle(
     check was given); the number of rows deleted. Call in the tenant's context."""
     if not reservation_ids and not event_ids:
         return 0
-    holds = ReservationHold.objects.for_tenant(tenant_id)
-    if connection.vendor == "postgresql":
-        # Two array parameters: a batch of thousands of events costs one short statement.
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"DELETE FROM {ReservationHold._meta.db_table} WHERE tenant_id = %s "  # noqa: S608
-                "AND (reservation_id = ANY(%s) OR event_id = ANY(%s))",
-                [tenant_id, list(reservation_ids), list(event_ids)],
-            )
-            return int(cursor.rowcount)
-    if not holds.exists():  # the usual case: nothing held, nothing to match
-        return 0
-    q = Q()
-    if reservation_ids:
-        q |= Q(reservation_id__in=list(reservation_ids))
-    if event_ids:
-        q |= Q(event_id__in=list(event_ids))
-    return holds.filter(q)._raw_delete(ReservationHold.objects.db)
+    return storage.holds_delete_settled(
+        tenant_id=tenant_id, reservation_ids=reservation_ids, event_ids=event_ids
+    )
 
 
 def holds_expire(*, now: datetime | None = None) -> int:

@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from budgets import config as tenant_config
 from budgets import counters
 from budgets import redis as bredis
 from budgets.models import Budget, EmergencyStop
-from budgets.services import BudgetState, budget_window, spent_from_database
+from budgets.periods import budget_window
+from budgets.scopes import SCOPES
+from budgets.standing import BudgetState, spent_from_database
 from costmon.core.models import Tenant
 from costmon.core.periods import project, tenant_zone
 from usage.models import Dimension, HourlyRollup
@@ -46,7 +48,7 @@ def budget_views(
     for budget in budgets:
         spec = tenant_config.spec_of(budget, default_fail_mode=default_fail_mode)
         window = budget_window(period=spec.period, rolling_days=spec.rolling_days, now=now, tz=tz)
-        end_user = _top_end_user(tenant, window.start) if spec.scope == "every_end_user" else ""
+        end_user = _top_end_user(tenant, window.start) if SCOPES[spec.scope].per_end_user else ""
         states.append(BudgetState(spec=spec, window=window, spent=0, end_user=end_user))
     source = _fill_spend(tenant, states)
     views = []
@@ -98,12 +100,7 @@ def _fill_spend(tenant: Tenant, states: list[BudgetState]) -> str:
                 requests = [
                     (
                         [counters.bucket_key(tenant.pk, b) for b in s.window.buckets],
-                        counters.budget_field(
-                            s.spec.scope,
-                            s.spec.value,
-                            end_user=s.end_user,
-                            api_key_id=s.spec.api_key_id,
-                        ),
+                        counters.budget_field(s.spec, end_user=s.end_user),
                     )
                     for s in states
                 ]
@@ -120,8 +117,6 @@ def _fill_spend(tenant: Tenant, states: list[BudgetState]) -> str:
 
 
 def emergency_stop_history(*, tenant: Tenant, limit: int = 50) -> list[EmergencyStop]:
-    from django.db.models import Q
-
     return list(
         EmergencyStop.objects.unscoped()
         .filter(Q(tenant=tenant) | Q(tenant__isnull=True))

@@ -11,8 +11,8 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from budgets import counters, drift, reservations, updates
 from budgets import redis as bredis
+from budgets.emergency_stop import emergency_stop_check, emergency_stops_close_expired
 from budgets.models import CounterState, EmergencyStopRule
-from budgets.services import emergency_stop_check, emergency_stops_close_expired
 from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context, unscoped
 

@@ -23,7 +23,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", prometheus_views.metrics, name="prometheus-metrics"),
     # Browsers ask for /favicon.ico where a page names no icon (JSON read in a browser).
-    path("favicon.ico", lambda request: redirect(static("costmon/favicon.svg")), name="favicon"),
+    path("favicon.ico", lambda request: redirect(static("costmon/favicon.ico")), name="favicon"),
 ]
 
 # Errors outside any view, and unknown URLs under the API, in the API's JSON error shape.

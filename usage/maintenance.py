@@ -28,13 +28,32 @@ from usage.models import (
     Dimension,
     HourlyRollup,
     ModelHourlyRollup,
+    TagHourlyRollup,
     UsageEvent,
 )
 from usage.price_lookup import Catalog
 from usage.pricing import breakdown
-from usage.rollups import hour_of
+from usage.rollups import aggregate_tags, hour_of
 from usage.signals import usage_rewritten
 from usage.storage import rewrite_lock, rollups_add
+
+# What `aggregate_tags` reads of an event besides its tenant and time (a rollup rebuild).
+_TAG_EVENT_FIELDS = (
+    "provider_id",
+    "model_id",
+    "operation_id",
+    "tags",
+    "is_error",
+    "cache_hit",
+    "cost_source",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+    "latency_ms",
+)
 
 log = structlog.get_logger(__name__)
 
@@ -165,6 +184,7 @@ def usage_tenant_reset(*, tenant: Tenant) -> tuple[int, int]:
         events = UsageEvent.objects.for_tenant(tenant)._raw_delete(UsageEvent.objects.db)
         rollups = HourlyRollup.objects.for_tenant(tenant)._raw_delete(HourlyRollup.objects.db)
         ModelHourlyRollup.objects.for_tenant(tenant)._raw_delete(ModelHourlyRollup.objects.db)
+        TagHourlyRollup.objects.for_tenant(tenant)._raw_delete(TagHourlyRollup.objects.db)
         _rewritten(tenant.pk)
     return events, rollups
 
@@ -223,7 +243,7 @@ def usage_events_purge(
 
 
 def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
-    """Recompute both rollup tables for the given hours from the events. Call inside a
+    """Recompute the rollup tables for the given hours from the events. Call inside a
     transaction that holds the tenant's exclusive ingest lock."""
     if not hours:
         return 0
@@ -232,9 +252,16 @@ def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
         part = list(hours[i : i + 500])
         HourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
         ModelHourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
+        TagHourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
         window = Q()
         for hour in part:
             window |= Q(occurred_at__gte=hour, occurred_at__lt=hour + timedelta(hours=1))
+        # Tags live in each event's JSON: the tagged events of these hours, summed per tag.
+        tagged = (
+            UsageEvent.objects.for_tenant(tenant)
+            .filter(window, tags__isnull=False)
+            .values("tenant_id", "occurred_at", *_TAG_EVENT_FIELDS)
+        )
         rows = (
             UsageEvent.objects.for_tenant(tenant)
             .filter(window)
@@ -282,6 +309,6 @@ def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
             ]
             for r in rows
         }
-        rollups_add(sums, replace=True)
+        rollups_add(sums, replace=True, tags=aggregate_tags(tagged.iterator(chunk_size=5000)))
         rebuilt += len(part)
     return rebuilt

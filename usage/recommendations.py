@@ -17,6 +17,7 @@ from django.db.models import Count, F, Sum
 
 from costmon.core.models import Tenant
 from costmon.core.money import format_money, usd_to_nanos
+from costmon.core.periods import TimeRange
 from usage.catalog import catalog_for
 from usage.models import ModelPrice, PriceSync, UsageEvent
 from usage.pricing import Price, candidate_names, cost_nanos, format_rate
@@ -57,11 +58,17 @@ def _percent(part: int, whole: int) -> Decimal:
     return (Decimal(part) * 100 / whole).quantize(Decimal("0.1"))
 
 
-def recommendations(*, tenant: Tenant, now: datetime) -> list[Recommendation]:
+def recommendations(
+    *, tenant: Tenant, now: datetime, time_range: TimeRange | None = None
+) -> list[Recommendation]:
     """The tenant's recommendations for the 30 days before `now`, the largest saving first and
-    the informational ones (no saving) last."""
+    the informational ones (no saving) last. `time_range` (30 days long) replaces that window:
+    the overview passes its own "last 30 days", so both show the same figures."""
     start = (now - timedelta(days=WINDOW_DAYS)).replace(minute=0, second=0, microsecond=0)
-    rollups = rollups_of(tenant).filter(hour__gte=start, hour__lt=now)
+    end = now
+    if time_range is not None:
+        start, end = time_range.start, time_range.end
+    rollups = rollups_of(tenant).filter(hour__gte=start, hour__lt=end)
     found: list[Recommendation] = []
     totals = rollups.aggregate(
         calls=Sum("calls", default=0),
@@ -75,7 +82,7 @@ def recommendations(*, tenant: Tenant, now: datetime) -> list[Recommendation]:
         if (rec := _top_operations(rollups, total)) is not None:
             found.append(rec)
         found.extend(_cheaper_models(tenant, rollups, total, now))
-    if (rec := _repeated_prompts(tenant, start, now)) is not None:
+    if (rec := _repeated_prompts(tenant, start, end)) is not None:
         found.append(rec)
     found.sort(key=lambda r: (r.saving_nanos is None, -(r.saving_nanos or 0)))
     return found

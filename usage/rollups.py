@@ -1,4 +1,4 @@
-"""The two rollup tables, kept equal to the sum of the events in the transaction that stores them.
+"""The rollup tables, kept equal to the sum of the events in the transaction that stores them.
 
 `HourlyRollup` has every dimension (end user and API key included): budgets and anything about
 end users read it. `ModelHourlyRollup` has the same sums without end user and key: the
@@ -6,6 +6,9 @@ dashboard's totals, series and model breakdowns read it, since with thousands of
 first table holds nearly a row per event. Both are written together, in the transaction that
 stores or changes the events: by `usage.storage` (inside the insert statement on PostgreSQL, by
 `rollups_add` on SQLite) and by `usage.maintenance.rollups_rebuild` (re-pricing, deletes).
+
+`TagHourlyRollup` has the by-model sums once per tag of the events (name and value), written in
+the same places: the overview's spend by tag reads it.
 
 This module holds what the rollups are (keys and sums) and how rows are summed in memory.
 """
@@ -28,6 +31,7 @@ ROLLUP_KEY = (
     "api_key_id",
 )
 MODEL_ROLLUP_KEY = ROLLUP_KEY[:5]
+TAG_ROLLUP_KEY = (*MODEL_ROLLUP_KEY, "tag_name", "tag_value")
 ROLLUP_SUMS = (
     "calls",
     "errors",
@@ -87,23 +91,45 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> Sums:
             r["end_user_id"],
             r["api_key_id"],
         )
-        acc = sums.get(key)
-        if acc is None:
-            acc = sums[key] = [0] * len(ROLLUP_SUMS)
-        acc[0] += 1
-        acc[1] += r["is_error"]
-        acc[2] += r["cache_hit"]
-        acc[3] += r["cost_source"] == CostSource.UNPRICED
-        acc[4] += r["input_tokens"]
-        acc[5] += r["output_tokens"]
-        acc[6] += r["cached_input_tokens"]
-        acc[7] += r["cache_write_tokens"]
-        acc[8] += r["reasoning_tokens"]
-        acc[9] += r["cost_nanos"]
-        if r["latency_ms"] is not None:
-            acc[10] += r["latency_ms"]
-            acc[11] += 1
+        _add(sums, key, r)
     return sums
+
+
+def aggregate_tags(rows: Iterable[dict[str, Any]]) -> Sums:
+    """Event rows (as stored) summed by the tag rollup's key, once per tag of each event."""
+    sums: Sums = {}
+    for r in rows:
+        for name, value in (r["tags"] or {}).items():
+            key = (
+                r["tenant_id"],
+                hour_of(r["occurred_at"]),
+                r["provider_id"],
+                r["model_id"],
+                r["operation_id"],
+                name,
+                value,
+            )
+            _add(sums, key, r)
+    return sums
+
+
+def _add(sums: Sums, key: tuple[Any, ...], r: dict[str, Any]) -> None:
+    acc = sums.get(key)
+    if acc is None:
+        acc = sums[key] = [0] * len(ROLLUP_SUMS)
+    acc[0] += 1
+    acc[1] += r["is_error"]
+    acc[2] += r["cache_hit"]
+    acc[3] += r["cost_source"] == CostSource.UNPRICED
+    acc[4] += r["input_tokens"]
+    acc[5] += r["output_tokens"]
+    acc[6] += r["cached_input_tokens"]
+    acc[7] += r["cache_write_tokens"]
+    acc[8] += r["reasoning_tokens"]
+    acc[9] += r["cost_nanos"]
+    if r["latency_ms"] is not None:
+        acc[10] += r["latency_ms"]
+        acc[11] += 1
 
 
 def by_model(sums: Sums) -> Sums:

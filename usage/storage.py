@@ -17,14 +17,16 @@ from django.db import connection
 from django.db.models import Model
 
 from costmon.core.tenancy import raw_cursor
-from usage.models import CostSource, HourlyRollup, ModelHourlyRollup, UsageEvent
+from usage.models import CostSource, HourlyRollup, ModelHourlyRollup, TagHourlyRollup, UsageEvent
 from usage.rollups import (
     MODEL_ROLLUP_KEY,
     ROLLUP_KEY,
     ROLLUP_SQL,
     ROLLUP_SUMS,
+    TAG_ROLLUP_KEY,
     Sums,
     aggregate,
+    aggregate_tags,
     by_model,
 )
 from usage.rows import EVENT_COLUMNS, EVENT_TYPES
@@ -36,6 +38,8 @@ INGEST_LOCK_NAMESPACE = 7401
 
 # SQLite's limit on parameters per statement, with room to spare.
 _SQLITE_PARAMS = 30_000
+# PostgreSQL array types of rollup key columns that are not bigint.
+_PG_TYPES = {"hour": "timestamptz", "tag_name": "text", "tag_value": "text"}
 
 
 def _postgresql() -> bool:
@@ -85,9 +89,13 @@ def events_insert(rows: Sequence[dict[str, Any]]) -> set[str]:
     if not rows:
         return set()
     if _postgresql():
-        return _insert_postgresql(rows)
-    inserted = _insert_sqlite(rows)
-    rollups_add(aggregate(r for r in rows if r["event_id"] in inserted))
+        inserted = _insert_postgresql(rows)
+    else:
+        inserted = _insert_sqlite(rows)
+        rollups_add(aggregate(r for r in rows if r["event_id"] in inserted))
+    tagged = [r for r in rows if r["tags"] and r["event_id"] in inserted]
+    if tagged:
+        tag_rollups_add(tagged)
     return inserted
 
 
@@ -181,7 +189,8 @@ def events_copy(rows: Iterable[dict[str, Any]]) -> tuple[int, int, int]:
         cursor.execute(
             with_rollups(
                 f"INSERT INTO {events} ({columns}) SELECT {columns} FROM usage_bulk_stage"
-                f" ORDER BY occurred_at ON CONFLICT (tenant_id, event_id) DO NOTHING"
+                f" ORDER BY occurred_at ON CONFLICT (tenant_id, event_id) DO NOTHING",
+                tags=True,
             )
             + " SELECT count(*), coalesce(sum(cost_nanos), 0),"
             f" count(*) FILTER (WHERE cost_source = {CostSource.UNPRICED}) FROM fresh"
@@ -207,13 +216,23 @@ def usage_analyze() -> None:
 # --- rollups --------------------------------------------------------------------------------
 
 
-def rollups_add(sums: Sums, *, replace: bool = False) -> None:
-    """Add (or with `replace`, set) full-key sums to both rollup tables. Call in a transaction.
+def rollups_add(sums: Sums, *, replace: bool = False, tags: Sums | None = None) -> None:
+    """Add (or with `replace`, set) full-key sums to both rollup tables, and `tags` (sums by
+    the tag key, `aggregate_tags`) to the tag rollups. Call in a transaction.
 
     `replace` is only right when `sums` holds every row of its hours (a rebuild).
     """
     _upsert(HourlyRollup, ROLLUP_KEY, sums, replace=replace)
     _upsert(ModelHourlyRollup, MODEL_ROLLUP_KEY, by_model(sums), replace=replace)
+    if tags:
+        _upsert(TagHourlyRollup, TAG_ROLLUP_KEY, tags, replace=replace)
+
+
+def tag_rollups_add(rows: Sequence[dict[str, Any]]) -> None:
+    """Add event rows just stored to the tag rollups, once per tag. Call in the transaction
+    that stored them, on every database: ingest's insert statement does not write them (it
+    stays under psycopg's 4 kB parse cache). Nothing to do for events without tags."""
+    _upsert(TagHourlyRollup, TAG_ROLLUP_KEY, aggregate_tags(rows), replace=False)
 
 
 def _upsert(model: type[Model], key: Sequence[str], sums: Sums, *, replace: bool) -> None:
@@ -235,7 +254,7 @@ def _upsert_postgresql(table: str, key: Sequence[str], sums: Sums, *, replace: b
     for k in sorted(sums):
         for i, value in enumerate((*k, *sums[k])):
             arrays[i].append(value)
-    types = ["bigint", "timestamptz"] + ["bigint"] * (len(columns) - 2)
+    types = [_PG_TYPES.get(c, "bigint") for c in columns]
     unnest = ", ".join(f"%b::{t}[]" for t in types)
     with raw_cursor(connection) as cursor:
         cursor.execute(
@@ -270,10 +289,10 @@ def _upsert_sqlite(table: str, key: Sequence[str], sums: Sums, *, replace: bool)
             )
 
 
-def with_rollups(insert: str) -> str:
+def with_rollups(insert: str, *, tags: bool = False) -> str:
     """PostgreSQL: `WITH fresh AS (<insert> RETURNING ...), ...`: the statement that stores
-    events also adds exactly the rows it inserted to both rollup tables. Follow it with a SELECT
-    from `fresh`.
+    events also adds exactly the rows it inserted to both rollup tables (and with `tags`, to the
+    tag rollups; ingest adds those with `tag_rollups_add`). Follow it with a SELECT from `fresh`.
 
     `insert` is an `INSERT INTO usage_usageevent ... ON CONFLICT DO NOTHING` without RETURNING.
     Rows go in key order, as `rollups_add` does, so concurrent batches lock them in the same
@@ -296,4 +315,16 @@ def with_rollups(insert: str) -> str:
             f"GROUP BY {ordinals} ORDER BY {ordinals} "
             f"ON CONFLICT ({columns}) DO UPDATE SET {add})"
         )
+    if not tags:
+        return ", ".join(parts)
+    # `tags=True` (the bulk loader: one statement per chunk, its length does not matter): the
+    # tag rollups too, once per tag of each event; an event without tags yields none.
+    tag_columns = ", ".join(TAG_ROLLUP_KEY)
+    parts.append(
+        f"by_tag AS (INSERT INTO {TagHourlyRollup._meta.db_table} AS r ({tag_columns}, "
+        f"{', '.join(ROLLUP_SUMS)}) SELECT {tag_columns}, {sums} FROM fresh, "
+        "jsonb_each_text(fresh.tags) AS t(tag_name, tag_value) "
+        "GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7 "
+        f"ON CONFLICT ({tag_columns}) DO UPDATE SET {add})"
+    )
     return ", ".join(parts)

@@ -1,22 +1,52 @@
 -- The pre-flight check, atomically: emergency stop, rate limits, budgets, and the reservation.
--- Built by budgets.services._check_in_redis. No KEYS (the keys are read from ARGV in order).
--- ARGV:
---   now (epoch ms), the tenant's stop key, the global stop key, the tenant's "counters
---   trusted" key,
---   n_rl, the estimate in tokens, then n_rl times: prefix, window ms, max requests (-1: none),
---   max tokens (-1: none),
---   reserve ('1'/'0'), reservation id, estimate (nano-USD), reservation expiry (epoch ms),
---   reservation ttl (ms), tenant prefix, event id ('' for none),
---   n_b, then n_b times: limit (nano-USD), hard ('1'/'0'), counter field, reservation key,
---   n_days, then n_days counter hash keys.
--- Returns {outcome, ...}:
---   ALLOWED:      {0, reserved (1/0), spent_1, reserved_1, ..., [the tightest request limit:
---                  index, limit, used * 1000, window ms, ms into the window]}
---   STOPPED:      {1, stop value, spent_1, reserved_1, ...} (no figures when not trusted)
---   RATE_LIMITED: {2, index, 'requests'|'tokens', limit, used * 1000, window ms, ms into the
---                  window, previous window's count}
---   OVER_BUDGET:  {3, 0, spent_1, reserved_1, ...}
---   UNTRUSTED:    {4}: the counters are not rebuilt since Redis started; ask PostgreSQL
+-- ARGV is built by budgets.check_script.script_args (the one place), the reply read by
+-- budgets.check_script.decode_reply. No KEYS: the keys are read from ARGV in order (all of one
+-- tenant's keys share the hash tag `{<tenant>}`, the global stop key excepted).
+--
+-- ARGV, in order (ms: milliseconds; nano-USD: integer nano-dollars):
+--   1  now                  epoch ms, the app's clock (stops and windows are compared with it)
+--   2  tenant stop key      cm:{<tenant>}:estop, value "<expiry epoch ms>|<reason>"
+--   3  global stop key      cm:global:estop, same value
+--   4  trusted key          cm:{<tenant>}:ok, present once the counters are rebuilt
+--   5  n_rl                 how many rate limits follow
+--   6  estimate tokens      input + output, counted by token limits
+--   then n_rl times, one per rate limit:
+--      prefix               cm:{<tenant>}:rl:<limit id>:<caller>; windows at <prefix>:q:<n>
+--                           (requests) and <prefix>:t:<n> (tokens)
+--      window               ms
+--      max requests         -1: none
+--      max tokens           -1: none
+--   then:
+--      reserve              '1' to hold the estimate on every hard budget, else '0'
+--      reservation id       read only to reserve
+--      estimate             nano-USD
+--      reservation expiry   epoch ms
+--      reservation ttl      ms, of the hold keys
+--      tenant prefix        cm:{<tenant>}
+--      event id             '' for none: a usage event with it settles the reservation
+--      n_b                  how many budgets follow
+--   then n_b times, one per budget:
+--      limit                nano-USD
+--      hard                 '1' / '0'
+--      counter field        the field of the hashes below (t, u:<end user>, m:<model>, ...)
+--      hold key             cm:{<tenant>}:r:<hold name>: a sorted set of "<res id>:<amount>"
+--                           scored by expiry, with its total at <hold key>:sum
+--      n_buckets            then n_buckets counter hash keys, summed
+--
+-- Reply {outcome, ...}; outcome is one of (budgets.check_script.Outcome, same numbers):
+--   0 ALLOWED       {0, reserved (1/0), spent_1, reserved_1, ..., spent_n, reserved_n,
+--                    [the tightest request limit: index, limit, used * 1000, window ms,
+--                    ms into the window]}
+--   1 STOPPED       {1, stop value, spent_1, reserved_1, ...}; no figures when the counters
+--                   are not trusted
+--   2 RATE_LIMITED  {2, index (1-based), 'requests'|'tokens', limit, used * 1000, window ms,
+--                    ms into the window, the previous window's count}
+--   3 OVER_BUDGET   {3, 0, spent_1, reserved_1, ...}
+--   4 UNTRUSTED     {4}: the counters are not rebuilt since Redis started; ask PostgreSQL
+-- spent_i, reserved_i: nano-USD of budget i (reserved: held by other calls, this one not
+-- included). Only ALLOWED counts the call in the rate-limit windows and adds the holds;
+-- every outcome that reads the budgets (ALLOWED, OVER_BUDGET, a trusted STOPPED) first drops
+-- their expired holds.
 local ALLOWED, STOPPED, RATE_LIMITED, OVER_BUDGET, UNTRUSTED = 0, 1, 2, 3, 4
 
 local now = tonumber(ARGV[1])

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 
-from alerts.admin import rule_condition
+from alerts.admin.rules import rule_condition
 from alerts.models import Alert, AlertRule
 from alerts.rules import HOURLY_KINDS, evaluate_anomaly
 from alerts.services import alert_rules_evaluate, rule_validate

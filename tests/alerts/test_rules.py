@@ -9,7 +9,8 @@ import pytest
 from alerts.models import Alert, Notification
 from alerts.services import alert_rules_evaluate
 from alerts.transports.webhook import verify_signature
-from budgets.services import budget_create, emergency_stop_lift, emergency_stop_trip
+from budgets.emergency_stop import emergency_stop_lift, emergency_stop_trip
+from budgets.services import budget_create
 from costmon.core.tenancy import unscoped
 from tests.alerts.conftest import make_rule
 from tests.helpers import event, post_usage
@@ -142,9 +143,10 @@ def test_a_projection_above_the_threshold_alerts(
     post_usage(ingest_client, today(event_id="c"))  # $0.00405 -> $0.005926829
     evaluate(django_capture_on_commit_callbacks)
     [received] = receiver.requests
+    # Shown by the one money rule: three significant digits below a dollar.
     assert (received.json["title"], received.json["figure"]) == (
-        "Spend is on track for $0.005926829 in November 2026",
-        "$0.005926829",
+        "Spend is on track for $0.00593 in November 2026",
+        "$0.00593",
     )
 
 

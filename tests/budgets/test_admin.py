@@ -11,8 +11,9 @@ import pytest
 from django.core.cache import cache
 from django.utils.html import escape
 
-from budgets import admin as budgets_admin
 from budgets import config
+from budgets.admin import budgets as budgets_admin
+from budgets.emergency_stop import emergency_stop_lift, emergency_stop_trip
 from budgets.models import (
     Budget,
     BudgetDefaults,
@@ -22,7 +23,7 @@ from budgets.models import (
     EmergencyStopRule,
     RateLimit,
 )
-from budgets.services import budget_create, emergency_stop_lift, emergency_stop_trip
+from budgets.services import budget_create
 from costmon.core.services import api_key_create
 from tests.budgets.conftest import check
 from tests.helpers import event, post_usage, requires_redis

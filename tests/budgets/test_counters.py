@@ -11,8 +11,9 @@ from django.core.management import call_command
 
 from budgets import counters
 from budgets import redis as bredis
+from budgets.emergency_stop import emergency_stop_trip
 from budgets.models import CounterState
-from budgets.services import budget_create, emergency_stop_trip
+from budgets.services import budget_create
 from budgets.tasks import reconcile_counters
 from costmon.core.tenancy import unscoped
 from tests.budgets.conftest import check

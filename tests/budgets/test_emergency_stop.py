@@ -5,8 +5,9 @@ from decimal import Decimal
 import pytest
 
 from budgets.config import bump
+from budgets.emergency_stop import emergency_stop_lift, emergency_stop_trip
 from budgets.models import EmergencyStop, EmergencyStopRule
-from budgets.services import emergency_stop_lift, emergency_stop_trip, stop_hooks
+from budgets.signals import EmergencyStopChanged, emergency_stop_changed
 from budgets.tasks import check_emergency_stop_rules
 from costmon.core.tenancy import unscoped
 from tests.budgets.conftest import check
@@ -70,13 +71,17 @@ def test_a_stop_expires_on_its_own(acme, ingest_client, _frozen_clock):
 def test_spend_past_a_rule_trips_the_stop_on_ingest_once(acme, ingest_client):
     rule(acme, "0.002")
     fired: list[str] = []
-    stop_hooks.append(lambda stop, what: fired.append(what))
+
+    def listen(sender, *, event: EmergencyStopChanged, **kwargs) -> None:
+        fired.append(event.change)
+
+    emergency_stop_changed.connect(listen)
     try:
         post_usage(ingest_client, event(event_id="a"))
         assert check(ingest_client).json()["allowed"] is True
         post_usage(ingest_client, event(event_id="b"))  # $0.0027 > $0.002
     finally:
-        stop_hooks.pop()
+        emergency_stop_changed.disconnect(listen)
     body = check(ingest_client).json()
     assert body["reasons"] == ["emergency_stop"]
     with unscoped():
@@ -151,13 +156,17 @@ def test_expired_stops_are_recorded_as_lifted_once(
     emergency_stop_trip(tenant=acme, reason="short", duration_minutes=5)
     _frozen_clock.shift(301)
     seen: list[str] = []
-    stop_hooks.append(lambda stop, what: seen.append(what))
+
+    def listen(sender, *, event: EmergencyStopChanged, **kwargs) -> None:
+        seen.append(event.change)
+
+    emergency_stop_changed.connect(listen)
     try:
         with django_capture_on_commit_callbacks(execute=True):
             assert close_expired_emergency_stops() == 1
             assert close_expired_emergency_stops() == 0
     finally:
-        stop_hooks.pop()
+        emergency_stop_changed.disconnect(listen)
     with unscoped():
         stop = EmergencyStop.objects.get(tenant=acme)
     assert (stop.lift_reason, stop.lifted_at.isoformat(), seen) == (
@@ -165,3 +174,32 @@ def test_expired_stops_are_recorded_as_lifted_once(
         "2026-11-21T12:05:00+00:00",
         ["lifted"],
     )
+
+
+def test_a_failing_receiver_does_not_undo_the_trip_nor_silence_the_others(
+    acme, outsider, ingest_client, outsider_client, django_capture_on_commit_callbacks
+):
+    heard: list[tuple[int | None, str]] = []
+
+    def broken(sender, *, event: EmergencyStopChanged, **kwargs) -> None:
+        raise RuntimeError("receiver down")
+
+    def listen(sender, *, event: EmergencyStopChanged, **kwargs) -> None:
+        heard.append((event.stop.tenant_id, event.change))
+
+    emergency_stop_changed.connect(broken)
+    emergency_stop_changed.connect(listen)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            emergency_stop_trip(tenant=acme, reason="runaway")
+        with django_capture_on_commit_callbacks(execute=True):
+            emergency_stop_lift(tenant=acme, reason="fixed")
+    finally:
+        emergency_stop_changed.disconnect(broken)
+        emergency_stop_changed.disconnect(listen)
+    assert heard == [(acme.pk, "tripped"), (acme.pk, "lifted")]
+    with unscoped():
+        assert [(s.reason, s.lift_reason) for s in EmergencyStop.objects.unscoped().all()] == [
+            ("runaway", "fixed")
+        ]
+    assert check(outsider_client).json()["allowed"] is True

@@ -13,8 +13,9 @@ from django.db import connection
 
 from budgets import counters
 from budgets import redis as bredis
+from budgets.emergency_stop import emergency_stop_trip
 from budgets.models import BudgetDefaults, EmergencyStop
-from budgets.services import budget_create, emergency_stop_trip
+from budgets.services import budget_create
 from costmon.core.services import api_key_create
 from tests.budgets.conftest import check
 from tests.budgets.servers import free_port

@@ -8,6 +8,7 @@ import io
 import re
 from datetime import date, datetime
 from decimal import Decimal
+from html import unescape
 from typing import Any
 
 import pytest
@@ -16,10 +17,11 @@ import time_machine
 from alerts.models import Alert, AlertRule
 from budgets.models import Budget
 from budgets.services import budget_create, emergency_stop_trip
+from costmon.core import tenancy
 from costmon.core.models import Membership, Tenant
-from costmon.core.periods import custom_range
+from costmon.core.periods import custom_range, recent_range
 from costmon.core.services import membership_add, tenant_create
-from costmon.web.dashboard import charts
+from costmon.web.dashboard import charts, pages
 from costmon.web.dashboard.pages import spend_heatmap
 from tests.factories import UserFactory
 from tests.helpers import event, post_usage
@@ -132,7 +134,7 @@ def page(client: Any, url: str) -> str:
 
 def card(html: str, card_id: str) -> str:
     match = re.search(
-        rf'id="card-{card_id}">\s*<div class="label">[^<]*</div>\s*<div class="value(?: long)?">([^<]*)</div>',
+        rf'id="card-{card_id}">\s*<div class="label">[^<]*</div>\s*<div class="value(?: long)?"(?: title="[^"]*")?>([^<]*)</div>',
         html,
     )
     assert match, f"no card {card_id}"
@@ -240,19 +242,76 @@ def test_a_budget_of_another_tenant_is_404(member, outsider, usage):
 def test_the_overview_cards_show_exact_figures(member, usage, monthly_budget):
     html = page(member, "/t/acme/")
     assert card(html, "today") == "$0.0027"
-    assert card(html, "month") == "$0.003355"
+    assert card(html, "month") == "$0.00336"
     # 20.5 of November's 30 days gone: 3,355,000 nanos * 30 / 20.5, rounded down.
-    assert card(html, "projected") == "$0.004909756"
+    assert card(html, "projected") == "$0.00491"
     assert card_note(html, "projected") == "at risk against the $0.004 monthly budget"
     # The default period: the last 30 days, 23 October to today (the 31 October call counts).
-    assert card(html, "period") == "$0.004705"
+    assert card(html, "period") == "$0.00471"
     assert card(html, "calls") == "7"
     assert card_note(html, "calls") == "1 errors"
-    assert card(html, "avg") == "$0.000672142"
+    assert card(html, "avg") == "$0.000672"
     assert card(html, "cache") == "14.3%"
     assert card(html, "unpriced") == "1"
     assert card(html, "stop") == "off"
     assert not any(name in html for name in ("globex-ceo", "$3.00"))
+
+
+MONEY = re.compile(r"-?\$-?[\d,]*\.?\d+")
+
+
+def badly_shown_money(html: str) -> list[str]:
+    """Dollar figures outside tooltips that break the rule: cents from $1 ("$12.50"), at most
+    three significant digits below ("$0.0985", "$0.50"), "$0" for nothing."""
+    bad = []
+    for figure in MONEY.findall(re.sub(r'title="[^"]*"', "", html)):
+        digits = figure.replace("-", "").replace("$", "").replace(",", "")
+        cents = digits.partition(".")[2]
+        if digits == "0":
+            continue
+        if Decimal(digits) >= 1:
+            ok = len(cents) == 2
+        else:
+            ok = len(cents) >= 2 and len(cents.lstrip("0")) <= 3
+        if not ok:
+            bad.append(figure)
+    return bad
+
+
+def test_every_money_figure_follows_the_one_rule_with_the_exact_amount_as_tooltip(
+    member, usage, monthly_budget, ingest_client
+):
+    # Amounts with many digits on either side of a dollar: 2 x $1.234567891 and $0.006694667.
+    batch = [
+        event(event_id=f"big{i}", occurred_at="2026-11-20T10:00:00Z", cost_usd="1.234567891")
+        for i in range(2)
+    ] + [event(event_id="odd", occurred_at="2026-11-19T10:00:00Z", cost_usd="0.006694667")]
+    assert post_usage(ingest_client, batch).status_code == 201
+    pages = [
+        page(member, url)
+        for url in (
+            "/t/acme/",
+            "/t/acme/?period=48h&by=model",
+            "/t/acme/models/claude-haiku-4-5/",
+            "/t/acme/users/acme-ann/",
+            f"/t/acme/budgets/{monthly_budget.pk}/",
+            "/t/acme/statements/?subject=end_user%3Dacme-ann&month=2026-11",
+        )
+    ]
+    for html in pages:
+        assert MONEY.findall(html)  # there is money to check
+        assert badly_shown_money(html) == []
+    overview = pages[0]
+    assert card(overview, "period") == "$2.48"  # 2.469135782 + 0.006694667 + 0.004705
+    assert 'title="$2.480535449">$2.48<' in overview
+    # The table cell shows three digits and carries the exact amount.
+    assert '<td class="money" title="$0.006694667">$0.00669</td>' in page(
+        member, "/t/acme/?period=custom&start=2026-11-19&end=2026-11-19"
+    )
+    # Hover labels are the same strings, pre-formatted on the server.
+    assert '"$2.47"' in overview and "$1.234567891" not in overview.replace(
+        'title="$1.234567891"', ""
+    )
 
 
 @pytest.mark.parametrize(
@@ -284,8 +343,8 @@ def test_an_active_emergency_stop_shows_on_the_overview(member, usage, acme):
     [
         ("period=today", "$0.0027", "4", "25.0%"),
         ("period=48h", "$0.0027", "4", "25.0%"),
-        ("period=7d", "$0.003225", "5", "20.0%"),
-        ("period=month", "$0.003355", "6", "16.7%"),
+        ("period=7d", "$0.00323", "5", "20.0%"),
+        ("period=month", "$0.00336", "6", "16.7%"),
         ("period=custom&start=2026-10-31&end=2026-11-02", "$0.00148", "2", "0.0%"),
         ("provider=openai", "$0.000655", "3", "33.3%"),
         ("model=claude-haiku-4-5", "$0.00405", "3", "0.0%"),
@@ -501,11 +560,11 @@ def test_the_budget_page_shows_the_burn_down_and_its_days(member, usage, monthly
     html = page(member, url)
     assert "Budget Acme monthly" in html
     assert (card(html, "spent"), card(html, "limit"), card(html, "used")) == (
-        "$0.003355",
+        "$0.00336",
         "$0.004",
         "83.88%",
     )
-    assert card(html, "projected") == "$0.004909756"
+    assert card(html, "projected") == "$0.00491"
     assert card(html, "resets") == "2026-12-01 00:00"
     assert '<div id="chart-burndown"' in html
     days = csv_rows(member, f"{url}?export=days")
@@ -645,7 +704,7 @@ def test_the_burn_down_projects_to_the_period_end():
     assert (remaining.name, list(remaining.customdata)) == ("Remaining", ["$0.003", "$0.0025"])
     assert projected.name == "Projected"
     assert list(projected.x) == [date(2026, 11, 2), date(2026, 11, 30)]
-    assert list(projected.customdata) == ["$0.0025", "$-0.001"]
+    assert list(projected.customdata) == ["$0.0025", "-$0.001"]
     assert projected.line.color == charts.LIMIT_COLOUR  # the projection ends over budget
     rolling = charts.budget_burndown(
         name="Rolling", limit_nanos=1, days=[date(2026, 11, 1)], daily_nanos=[0]
@@ -677,3 +736,241 @@ def test_a_wrong_password_is_refused_with_a_message(client, viewer):
     response = client.post("/login/", {"username": "bob", "password": "nope"})
     assert response.status_code == 200
     assert b"did not match" in response.content
+
+
+# --- readable charts -------------------------------------------------------------------------
+
+
+def test_series_shown_together_never_share_a_colour_and_keep_theirs_where_they_can():
+    names = [
+        "fireworks",
+        "azure",
+        "gpt-4o",
+        "text-embedding-3-small",
+        "mistral-small",
+        "gpt-4o-mini",
+        "openai",
+        "anthropic",
+        *(f"op-{i}" for i in range(12)),
+    ]
+    colours = charts.colours_for(names)
+    assert len(set(colours.values())) == len(names)
+    assert set(colours.values()) <= set(charts.PALETTE)
+    # The big providers keep their own colour whatever their rank.
+    assert (colours["openai"], colours["anthropic"], colours["azure"]) == (
+        charts.FIXED_COLOURS["openai"],
+        charts.FIXED_COLOURS["anthropic"],
+        charts.FIXED_COLOURS["azure"],
+    )
+    # The biggest series that is no provider keeps its own colour; alone, every name does.
+    assert colours["fireworks"] == charts.colour_for("fireworks")
+    assert charts.colours_for(["mistral-small"]) == {
+        "mistral-small": charts.colour_for("mistral-small")
+    }
+    # A stacked chart and a bar chart take their colours the same way.
+    d = datetime(2026, 11, 1)
+    fig = charts.spend_by_day(
+        [{"bucket": d, "key": n, "cost_nanos": 100 - i} for i, n in enumerate(names)], buckets=[d]
+    )
+    assert len({t.marker.color for t in fig.data}) == len(names)
+    bars = charts.spend_by_operation(
+        [{"key": n, "cost_nanos": 100 - i, "calls": 1} for i, n in enumerate(names)]
+    )
+    assert len(set(bars.data[0].marker.color)) == len(names)
+
+
+def luminance(colour: str) -> float:
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_the_heat_maps_scale_runs_from_light_at_zero_to_dark_at_the_most():
+    matrix = [[0] * 24 for _ in range(7)]
+    matrix[0][9], matrix[4][15] = 1_000_000, 9_000_000
+    cells = charts.heatmap(matrix).data[0]
+    assert cells.zmin == 0
+    stops = [colour for _, colour in cells.colorscale]
+    shades = [luminance(c) for c in stops]
+    assert shades == sorted(shades, reverse=True)  # each stop darker than the one before
+    assert shades[0] > 240  # $0 is nearly white
+
+
+@pytest.fixture
+def snapshots(ingest_client: Any) -> None:
+    batch = [
+        event(
+            event_id=f"s{i}",
+            occurred_at="2026-11-20T10:00:00Z",
+            provider="openai",
+            model=model,
+            operation="chat",
+            end_user="acme-dee",
+            cost_usd=cost,
+        )
+        for i, (model, cost) in enumerate(
+            [("gpt-4o", "0.25"), ("gpt-4o-2024-08-06", "0.5"), ("gpt-4o-mini-2024-07-18", "0.125")]
+        )
+    ]
+    assert post_usage(ingest_client, batch).status_code == 201
+
+
+def test_dated_snapshots_are_counted_under_their_family_unless_split(member, snapshots):
+    assert csv_rows(member, "/t/acme/?export=models")[1:] == [
+        ["gpt-4o", "0.75", "2", "0.375", "0", "0"],
+        ["gpt-4o-mini", "0.125", "1", "0.125", "0", "0"],
+    ]
+    assert csv_rows(member, "/t/acme/?export=models&snapshots=split")[1:] == [
+        ["gpt-4o-2024-08-06", "0.5", "1", "0.5", "0", "0"],
+        ["gpt-4o", "0.25", "1", "0.25", "0", "0"],
+        ["gpt-4o-mini-2024-07-18", "0.125", "1", "0.125", "0", "0"],
+    ]
+    html = page(member, "/t/acme/?by=model")
+    series = re.findall(r'"name":"([^"]+)","x"', html.replace(": ", ":").replace(", ", ","))
+    assert series == ["gpt-4o", "gpt-4o-mini"]
+    split = page(member, "/t/acme/?by=model&snapshots=split")
+    assert 'href="?by=model"' in split and "snapshots=split" in split
+    # The family's page counts its snapshots; a dated name's page counts that name only.
+    assert card(page(member, "/t/acme/models/gpt-4o/"), "period") == "$0.75"
+    assert card(page(member, "/t/acme/models/gpt-4o/?snapshots=split"), "period") == "$0.25"
+    assert card(page(member, "/t/acme/models/gpt-4o-2024-08-06/"), "period") == "$0.50"
+    assert card(page(member, "/t/acme/?model=gpt-4o"), "period") == "$0.75"
+
+
+def test_the_date_fields_show_the_selected_periods_days(member, usage):
+    def dates(html: str) -> tuple[str, str]:
+        found = re.search(r'name="start" value="([^"]*)".*?name="end" value="([^"]*)"', html, re.S)
+        assert found
+        return found.group(1), found.group(2)
+
+    assert dates(page(member, "/t/acme/")) == ("2026-10-23", "2026-11-21")
+    assert dates(page(member, "/t/acme/?period=month")) == ("2026-11-01", "2026-11-30")
+    assert dates(page(member, "/t/acme/?period=today")) == ("2026-11-21", "2026-11-21")
+    custom = page(member, "/t/acme/?period=custom&start=2026-11-02&end=2026-11-05")
+    assert dates(custom) == ("2026-11-02", "2026-11-05")
+
+
+def test_an_end_users_page_offers_no_stacking_by_end_user(member, usage):
+    html = page(member, "/t/acme/users/acme-bob/")
+    switch = html.split('class="switch"')[1].split("</div>")[0]
+    assert ">end user<" not in switch and ">model<" in switch
+    forced = page(member, "/t/acme/users/acme-bob/?by=end_user")
+    assert "Spend per day by model" in forced
+    assert ">end user<" in page(member, "/t/acme/").split('class="switch"')[1].split("</div>")[0]
+
+
+def test_the_toolbar_is_hidden_on_narrow_screens(member):
+    css = b"".join(member.get("/static/costmon/dashboard.css").streaming_content).decode()
+    narrow = css.split("@media (max-width: 600px)")[1]
+    assert ".modebar-container { display: none !important; }" in narrow
+
+
+# --- comparisons with the previous period ----------------------------------------------------
+
+
+def change(html: str, card_id: str) -> str:
+    match = re.search(
+        rf'id="card-{card_id}">(?:(?!id="card-).)*?<div class="change[^"]*">([^<]*)</div>',
+        html,
+        re.S,
+    )
+    assert match, f"no change on card {card_id}"
+    return unescape(match.group(1))
+
+
+@pytest.fixture
+def earlier(usage: None, ingest_client: Any) -> None:
+    """Calls in the periods the cards compare with: 10 October (last month's same days and the
+    previous 30 days), and yesterday before and after this time of day."""
+    batch = [
+        event(event_id="p1", occurred_at="2026-10-10T10:00:00Z", cost_usd="0.001"),
+        event(event_id="p2", occurred_at="2026-10-10T11:00:00Z", cost_usd="0.002", cache_hit=True),
+        event(event_id="y1", occurred_at="2026-11-20T09:00:00Z", cost_usd="0.0018"),
+        event(event_id="y2", occurred_at="2026-11-20T13:00:00Z", cost_usd="0.0042"),
+    ]
+    assert post_usage(ingest_client, batch).status_code == 201
+
+
+def test_every_card_shows_its_change_against_the_previous_period(member, earlier):
+    html = page(member, "/t/acme/")
+    # Today $0.0027 against yesterday up to 12:00 ($0.0018; the 13:00 call is later).
+    assert change(html, "today") == "+50% vs same time yesterday ($0.0018)"
+    # 1 to 21 November 12:00 ($0.009355) against 1 to 21 October 12:00 ($0.003).
+    assert change(html, "month") == "+212% vs same days last month ($0.003)"
+    # $0.013690243 projected against October's $0.00435.
+    assert change(html, "projected") == "+215% vs last month ($0.00435)"
+    # The last 30 days ($0.010705, 9 calls, 1 hit) against the 30 before ($0.003, 2, 1 hit).
+    assert change(html, "period") == "+257% vs previous 30 days ($0.003)"
+    assert change(html, "calls") == "+350% vs previous 30 days (2)"
+    assert change(html, "avg") == "-21% vs previous 30 days ($0.0015)"
+    assert change(html, "cache") == "-38.9 pts vs previous 30 days (50.0%)"
+    assert change(html, "unpriced") == "new vs previous 30 days (0)"
+    week = page(member, "/t/acme/?period=7d")
+    assert change(week, "period") == "new vs previous 7 days ($0)"
+    month = page(member, "/t/acme/?period=month")
+    assert change(month, "period") == "+212% vs same days last month ($0.003)"
+    custom = page(member, "/t/acme/?period=custom&start=2026-10-10&end=2026-10-11")
+    assert change(custom, "calls") == "new vs previous 2 days (0)"
+    assert "Previous period" not in html
+
+
+def test_the_spend_chart_can_draw_the_previous_period_over_this_one(member, earlier):
+    html = page(member, "/t/acme/?compare=previous")
+    assert '"name":"Previous period"' in html
+    # 10 October is the 18th day of the previous 30 (23 September on): drawn over 9 November.
+    assert '["$0.003","Oct 10"]' in html
+    assert 'href="?"' in html  # the toggle turns it off again
+
+
+def test_the_previous_period_line_is_aligned_bucket_by_bucket():
+    days = [datetime(2026, 11, d) for d in (1, 2, 3)]
+    before = [datetime(2026, 10, d) for d in (1, 2, 3, 4)]
+    fig = charts.spend_by_day(
+        [{"bucket": days[0], "key": "openai", "cost_nanos": 1}],
+        buckets=days,
+        previous=(before, [0, 2_500_000_000, 7, 9]),
+    )
+    line = fig.data[-1]
+    assert (line.name, line.mode, list(line.x)) == ("Previous period", "lines", days)
+    assert [list(c) for c in line.customdata] == [
+        ["$0", "Oct 01"],
+        ["$2.50", "Oct 02"],
+        ["$0.000000007", "Oct 03"],
+    ]
+
+
+# --- many series -----------------------------------------------------------------------------
+
+
+def test_a_stacked_chart_shows_the_ten_biggest_and_sums_the_rest_as_others(
+    member, ingest_client, acme
+):
+    # 14 end users on 20 November: user-k spends $0.0k1 ... the smallest four make "(others)".
+    batch = [
+        event(
+            event_id=f"u{k}",
+            occurred_at="2026-11-20T10:00:00Z",
+            end_user=f"user-{k:02d}",
+            operation=f"op-{k:02d}",
+            cost_usd=f"0.{k:02d}1",
+        )
+        for k in range(1, 15)
+    ]
+    assert post_usage(ingest_client, batch).status_code == 201
+    for by in ("end_user", "operation"):
+        with tenancy.tenant_context(acme):
+            _, cells, _ = pages.spend_series(
+                tenant=acme,
+                time_range=recent_range(tenant=acme, period="7d"),
+                filters=UsageFilters(),
+                group_by=by,
+                top=[f"user-{k:02d}" for k in range(14, 0, -1)] if by == "end_user" else None,
+            )
+        spend = {c["key"]: c["cost_nanos"] for c in cells}
+        prefix = "user" if by == "end_user" else "op"
+        assert spend == {
+            **{f"{prefix}-{k:02d}": (k * 10 + 1) * 1_000_000 for k in range(5, 15)},
+            pages.OTHERS: (11 + 21 + 31 + 41) * 1_000_000,
+        }, by
+    html = page(member, "/t/acme/?period=7d&by=end_user")
+    series = re.findall(r'"name":"([^"]+)","x"', html)
+    assert series[-1] == "(others)" and len(series) == 11

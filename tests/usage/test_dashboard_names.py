@@ -107,7 +107,7 @@ def get(client: Any, url: str) -> str:
 
 def card(html: str, card_id: str) -> str:
     match = re.search(
-        rf'id="card-{card_id}">\s*<div class="label">[^<]*</div>\s*<div class="value(?: long)?">([^<]*)</div>',
+        rf'id="card-{card_id}">\s*<div class="label">[^<]*</div>\s*<div class="value(?: long)?"(?: title="[^"]*")?>([^<]*)</div>',
         html,
     )
     assert match, f"no card {card_id}"

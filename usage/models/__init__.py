@@ -21,6 +21,7 @@ from usage.models.events import (
     HourlyRollup,
     ModelHourlyRollup,
     Rollup,
+    TagHourlyRollup,
     UsageEvent,
     dictionary_reference,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "PriceSync",
     "Rollup",
     "ServiceTier",
+    "TagHourlyRollup",
     "UsageEvent",
     "dictionary_reference",
 ]

@@ -252,3 +252,35 @@ class ModelHourlyRollup(Rollup):
 
     def __str__(self) -> str:
         return f"{self.tenant_id} {self.hour:%Y-%m-%d %H}:00 (by model)"
+
+
+class TagHourlyRollup(Rollup):
+    """The same sums per tenant, hour, provider, model, operation and one tag (its name and
+    value), kept in the same transaction: an event with two tags counts in two rows, one per
+    tag name, and an event without tags in none. The overview's spend "by tag" reads these
+    instead of the events (tags live in each event's JSON)."""
+
+    tag_name = models.CharField(max_length=64)
+    tag_value = models.CharField(max_length=200)
+
+    objects = TenantScopedManager["TagHourlyRollup"]()
+
+    class Meta:
+        constraints = [
+            # Led by the tag's name: one tag's rows in a range, without reading the others'.
+            models.UniqueConstraint(
+                fields=[
+                    "tenant",
+                    "tag_name",
+                    "hour",
+                    "provider",
+                    "model",
+                    "operation",
+                    "tag_value",
+                ],
+                name="taghourlyrollup_unique_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.hour:%Y-%m-%d %H}:00 ({self.tag_name})"

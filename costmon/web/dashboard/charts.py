@@ -18,47 +18,105 @@ import plotly.graph_objects as go
 from costmon.core.money import format_money
 from usage.links import shown
 
-# One palette for every page (Tableau 10 and two more): readable on white, distinct in print.
+# One large palette for every page, readable on white: Tableau 10 (its grey left to the cache
+# chart's misses) and twelve more of clearly different hue or lightness. A chart takes a colour
+# per series from it by rank (`colours_for`), so series shown together never share one.
 PALETTE = (
-    "#4E79A7",
-    "#F28E2B",
-    "#E15759",
-    "#76B7B2",
-    "#59A14F",
-    "#EDC948",
-    "#B07AA1",
-    "#FF9DA7",
-    "#9C755F",
-    "#2F4B7C",
-    "#A05195",
-    "#7F7F7F",
+    "#4E79A7",  # blue
+    "#F28E2B",  # orange
+    "#E15759",  # red
+    "#76B7B2",  # teal
+    "#59A14F",  # green
+    "#EDC948",  # yellow
+    "#B07AA1",  # purple
+    "#FF9DA7",  # pink
+    "#9C755F",  # brown
+    "#17BECF",  # cyan
+    "#BCBD22",  # olive
+    "#393B79",  # indigo
+    "#E377C2",  # magenta
+    "#843C39",  # maroon
+    "#98DF8A",  # light green
+    "#FFBB78",  # light orange
+    "#AEC7E8",  # light blue
+    "#637939",  # dark olive
+    "#C5B0D5",  # lavender
+    "#8C6D31",  # ochre
+    "#7B4173",  # plum
+    "#7F7F7F",  # grey
 )
-# The big providers get a colour of their own, so the main chart never shows two of them alike.
+# The big providers' own colours, which they keep whenever they are on a chart.
 FIXED_COLOURS = {
     "openai": "#59A14F",
     "anthropic": "#F28E2B",
     "google": "#4E79A7",
     "mistral": "#E15759",
-    "azure": "#2F4B7C",
+    "azure": "#393B79",
     "bedrock": "#EDC948",
 }
 HIT_COLOUR = "#59A14F"
 MISS_COLOUR = "#BAB0AC"
 LIMIT_COLOUR = "#E15759"
+PREVIOUS_COLOUR = "#1F2933"
+PROJECTED_COLOUR = "#F28E2B"
+# The rings on hours outside their usual range: black, a colour no stacked series can have.
+OUTSIDE_COLOUR = "#000000"
 ACCENT = PALETTE[0]
+# Sequential, light to dark and cool to warm (ColorBrewer YlOrRd): $0 is the lightest cell.
+HEAT_SCALE = (
+    (0.0, "#FFFFE5"),
+    (0.125, "#FFF7BC"),
+    (0.25, "#FEE391"),
+    (0.375, "#FEC44F"),
+    (0.5, "#FE9929"),
+    (0.625, "#EC7014"),
+    (0.75, "#CC4C02"),
+    (0.875, "#993404"),
+    (1.0, "#662506"),
+)
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 CONFIG = {"responsive": True, "displaylogo": False}
 HEIGHT = 340
 NO_NAME = "(none)"
+# The key a series gets for everything beyond a chart's biggest ones (no name holds a NUL).
+OTHERS = "\x00others"
+OTHERS_LABEL = "(others)"
+OTHERS_COLOUR = "#BAB0AC"  # grey, outside the palette
 
 
 def colour_for(name: str) -> str:
-    """The colour of a provider, model or operation: the same name has the same colour on every
-    page and in every process (crc32, not Python's salted hash)."""
+    """The colour a provider, model or operation prefers: the same on every page and in every
+    process (crc32, not Python's salted hash). A chart may give it another (`colours_for`)."""
     key = name.strip().lower()
     if key in FIXED_COLOURS:
         return FIXED_COLOURS[key]
     return PALETTE[zlib.crc32(key.encode()) % len(PALETTE)]
+
+
+def colours_for(names: Sequence[str]) -> dict[str, str]:
+    """Each name's colour in one chart, `names` ranked (biggest first): a name gets its own
+    colour when no bigger one took it, else the next free one, so no two share a colour (until
+    the palette runs out, beyond 22 series). Providers with a fixed colour always keep it."""
+    taken: set[str] = {OTHERS_COLOUR}
+    found: dict[str, str] = {OTHERS: OTHERS_COLOUR} if OTHERS in names else {}
+    fixed = {
+        n: FIXED_COLOURS[n.strip().lower()] for n in names if n.strip().lower() in FIXED_COLOURS
+    }
+    taken.update(fixed.values())
+    found.update(fixed)
+    for name in names:
+        if name in found:
+            continue
+        start = PALETTE.index(colour_for(name))
+        for step in range(len(PALETTE)):
+            colour = PALETTE[(start + step) % len(PALETTE)]
+            if colour not in taken:
+                break
+        else:
+            colour = PALETTE[start]
+        taken.add(colour)
+        found[name] = colour
+    return found
 
 
 def _axis(nanos: int) -> float:
@@ -68,6 +126,8 @@ def _axis(nanos: int) -> float:
 
 def _label(name: str) -> str:
     # plotly reads tags (`<b>`, `<br>`) in labels: a name is shown as the text it is.
+    if name == OTHERS:
+        return OTHERS_LABEL
     return html.escape(shown(name), quote=False) if name else NO_NAME
 
 
@@ -134,6 +194,7 @@ def spend_by_day(
     buckets: Sequence[datetime] | None = None,
     interval: str = "day",
     group_label: str = "provider",
+    previous: tuple[Sequence[datetime], Sequence[int]] | None = None,
 ) -> go.Figure:
     """Stacked bars of spend per bucket, one trace per value of `group_key`.
 
@@ -147,8 +208,10 @@ def spend_by_day(
         cells = per_key.setdefault(str(row[group_key] or ""), {})
         cells[row["bucket"]] = cells.get(row["bucket"], 0) + int(row["cost_nanos"])
     # The biggest spender at the bottom of each stack, where it is easiest to read.
-    order = sorted(per_key, key=lambda k: (-sum(per_key[k].values()), k))
+    # ... and everything else, summed, at the top.
+    order = sorted(per_key, key=lambda k: (k == OTHERS, -sum(per_key[k].values()), k))
     x = [_naive(b) for b in buckets]
+    colours = colours_for(order)
     traces = []
     for key in order:
         values = [per_key[key].get(b, 0) for b in buckets]
@@ -159,20 +222,38 @@ def spend_by_day(
                 x=x,
                 y=[_axis(v) for v in values],
                 customdata=[format_money(v) for v in values],
-                marker_color=colour_for(key),
+                marker_color=colours[key],
                 hovertemplate="%{fullData.name}: %{customdata}<extra></extra>",
+            )
+        )
+    if previous is not None:
+        # The previous period's total, bucket by bucket, drawn over the same x positions.
+        then, values = previous[0][: len(x)], list(previous[1][: len(x)])
+        when = "%H:%M %b %d" if interval == "hour" else "%b %d"
+        traces.append(
+            go.Scatter(
+                _validate=False,
+                name="Previous period",
+                x=x[: len(values)],
+                y=[_axis(v) for v in values],
+                customdata=[
+                    [format_money(v), f"{b:{when}}"] for v, b in zip(values, then, strict=True)
+                ],
+                mode="lines",
+                line={"color": PREVIOUS_COLOUR, "width": 2, "dash": "dot"},
+                hovertemplate="Previous period (%{customdata[1]}): %{customdata[0]}<extra></extra>",
             )
         )
     per = "hour" if interval == "hour" else "day"
     return _figure(
         traces,
-        f"Spend per {per} by {group_label}",
+        f"Spend per {per} by {html.escape(group_label, quote=False)}",
         barmode="stack",
         hovermode="x unified",
         bargap=0.15,
         yaxis={"tickprefix": "$", "rangemode": "tozero"},
         xaxis={"tickformat": "%H:%M\n%b %d" if interval == "hour" else "%b %d"},
-        empty=None if order else "No spend in this period",
+        empty=None if order or previous is not None else "No spend in this period",
     )
 
 
@@ -182,13 +263,14 @@ def _breakdown_bars(
     # Largest at the top: horizontal bars list from the bottom up.
     shown = list(reversed(rows))
     names = [_label(str(r["key"])) for r in shown]
+    colours = colours_for([str(r["key"]) for r in rows])
     bars = go.Bar(
         _validate=False,
         orientation="h",
         x=[_axis(int(r["cost_nanos"])) for r in shown],
         y=names,
         customdata=[[format_money(int(r["cost_nanos"])), r.get("calls", 0)] for r in shown],
-        marker_color=[colour_for(str(r["key"])) for r in shown] if coloured else ACCENT,
+        marker_color=[colours[str(r["key"])] for r in shown] if coloured else ACCENT,
         hovertemplate="%{y}: %{customdata[0]} (%{customdata[1]} calls)<extra></extra>",
         name="Spend",
     )
@@ -243,7 +325,8 @@ def heatmap(hour_weekday_matrix: Sequence[Sequence[int]]) -> go.Figure:
         x=[f"{h:02d}" for h in range(24)],
         y=list(WEEKDAYS),
         customdata=[[format_money(v) for v in row] for row in matrix],
-        colorscale="Blues",
+        colorscale=[list(stop) for stop in HEAT_SCALE],
+        zmin=0,
         hovertemplate="%{y} %{x}:00: %{customdata}<extra></extra>",
         colorbar={"tickprefix": "$", "thickness": 10},
         xgap=1,
@@ -299,7 +382,8 @@ def budget_burndown(
                 y=[_axis(remaining[-1]), _axis(end_left)],
                 customdata=[format_money(remaining[-1]), format_money(end_left)],
                 mode="lines",
-                line={"color": LIMIT_COLOUR if end_left < 0 else ACCENT, "dash": "dash"},
+                # Never the remaining line's colour: two series of a chart never share one.
+                line={"color": LIMIT_COLOUR if end_left < 0 else PROJECTED_COLOUR, "dash": "dash"},
                 hovertemplate="%{x|%b %d}: %{customdata} left (projected)<extra></extra>",
             )
         )
@@ -371,8 +455,8 @@ def add_anomaly_band(fig: go.Figure, rows: Sequence[Mapping[str, Any]]) -> go.Fi
             marker={
                 "symbol": "circle-open",
                 "size": 12,
-                "color": LIMIT_COLOUR,
-                "line": {"width": 2, "color": LIMIT_COLOUR},
+                "color": OUTSIDE_COLOUR,
+                "line": {"width": 2, "color": OUTSIDE_COLOUR},
             },
             customdata=[
                 f"{format_money(r['value'])}, {'above' if r['flag'] == 'high' else 'below'} usual"

@@ -1,11 +1,17 @@
 """Reads for the dashboard pages. Every figure comes from the rollups (the small by-model ones
 unless end users matter: `usage.selectors.rollups_of`), aggregated in the database; only a tag
-filter (tags live on events alone) reads the events in range, as the metrics selectors do."""
+filter (tags live on events alone) reads the events in range, as the metrics selectors do.
+
+`families=True` (the pages' default) counts a model's dated snapshots under its family name
+(`gpt-4o-2024-08-06` under `gpt-4o`): in breakdowns and series by model, and in a model filter.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,10 +26,11 @@ from budgets.services import emergency_stop_active
 from costmon.core.models import Tenant
 from costmon.core.money import usd_to_nanos
 from costmon.core.periods import TimeRange, period_range, project, tenant_zone
-from usage.models import Dimension, UsageEvent
+from usage.models import Dimension, TagHourlyRollup, UsageEvent
 from usage.pricing import candidate_names
 from usage.selectors import (
     ROLLUP_DIMENSIONS,
+    TagValue,
     UsageFilters,
     _bucket_starts,
     _event_sums,
@@ -39,6 +46,7 @@ from usage.selectors import (
 OUTLOOK_ON_TRACK = "on track"
 OUTLOOK_AT_RISK = "at risk"
 OUTLOOK_OVER = "over"
+MAX_MODEL_NAMES = 1000  # model names summed before merging them into families
 
 
 @dataclass(frozen=True)
@@ -48,17 +56,54 @@ class _Source:
     time_field: str
 
 
+# A dated snapshot's suffix: -2024-08-06 (OpenAI), -20241022 (Anthropic), -2411 or -0613.
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
+
+
+def family_of(model: str) -> str:
+    """The model's name without its snapshot date: `gpt-4o-2024-08-06` -> `gpt-4o`."""
+    family = _SNAPSHOT.sub("", model)
+    return family or model
+
+
+def _family_ids(tenant: Tenant, family: str) -> list[int]:
+    """The dictionary ids of the tenant's model names in `family` (the name itself included)."""
+    return [
+        pk
+        for pk, value in Dimension.objects.for_tenant(tenant)
+        .filter(kind=Dimension.Kind.MODEL, value__startswith=family)
+        .values_list("pk", "value")
+        if family_of(value) == family or value == family
+    ]
+
+
 def _source(
-    tenant: Tenant, tr: TimeRange, filters: UsageFilters, *, by_end_user: bool = False
+    tenant: Tenant,
+    tr: TimeRange,
+    filters: UsageFilters,
+    *,
+    by_end_user: bool = False,
+    families: bool = False,
 ) -> _Source:
+    family = None
+    if families and filters.model is not None:
+        family, filters = filters.model, replace(filters, model=None)
+    src: _Source
     if filters.tag is not None:
-        return _Source(_filtered_events(tenant, tr, filters), _event_sums(), "occurred_at")
-    rows = _filtered_rollups(tenant, tr, filters, by_end_user=by_end_user)
-    return _Source(rows, _rollup_sums(), "hour")
+        src = _Source(_filtered_events(tenant, tr, filters), _event_sums(), "occurred_at")
+    else:
+        rows = _filtered_rollups(tenant, tr, filters, by_end_user=by_end_user)
+        src = _Source(rows, _rollup_sums(), "hour")
+    if family is not None:
+        ids = _family_ids(tenant, family)
+        src = _Source(src.rows.filter(model_id__in=ids), src.sums, src.time_field)
+    return src
 
 
-def usage_totals(*, tenant: Tenant, time_range: TimeRange, filters: UsageFilters) -> dict[str, int]:
-    src = _source(tenant, time_range, filters)
+def usage_totals(
+    *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters, families: bool = False
+) -> dict[str, int]:
+    src = _source(tenant, time_range, filters, families=families)
     return {k: int(v) for k, v in src.rows.aggregate(**src.sums).items()}
 
 
@@ -81,6 +126,11 @@ class Cards:
     cache_hits: int
     unpriced_calls: int
     emergency_stop: EmergencyStop | None
+    # The same figures for the periods they are compared with (`comparison_range`).
+    previous_today_nanos: int = 0  # yesterday up to this time of day
+    previous_month_nanos: int = 0  # the same days of last month
+    last_month_nanos: int = 0  # the whole of last month, against the projection
+    previous: dict[str, int] | None = None  # the selected period's comparison totals
 
     @property
     def avg_cost_nanos(self) -> int | None:
@@ -91,6 +141,24 @@ class Cards:
         if not self.calls:
             return None
         return (Decimal(self.cache_hits) * 100 / self.calls).quantize(Decimal("0.1"))
+
+
+def comparison_range(time_range: TimeRange, now: datetime) -> TimeRange:
+    """What a period is compared with: a calendar day or month still running (today, this
+    month) against the same stretch of the one before (yesterday to this time, the same days
+    of last month, in wall-clock time and never past its end); any other range against the
+    equal length of time just before it."""
+    previous = time_range.previous()
+    if time_range.period not in ("today", "day", "month", "week") or now >= time_range.end:
+        return previous
+    tz = time_range.tz
+
+    def wall(moment: datetime) -> datetime:
+        return moment.astimezone(tz).replace(tzinfo=None)
+
+    elapsed = wall(max(now, time_range.start)) - wall(time_range.start)
+    end = (wall(previous.start) + elapsed).replace(tzinfo=tz).astimezone(UTC)
+    return replace(previous, end=min(end, previous.end))
 
 
 def monthly_tenant_budget(*, tenant: Tenant) -> Budget | None:
@@ -109,6 +177,7 @@ def dashboard_cards(
     time_range: TimeRange,
     filters: UsageFilters,
     now: datetime | None = None,
+    families: bool = False,
 ) -> Cards:
     """Spend today and this month (with the filters), the month-end projection against the
     tenant's monthly budget (only unfiltered: a budget covers the whole tenant), and the
@@ -116,10 +185,15 @@ def dashboard_cards(
     now = now or timezone.now()
     day = period_range(tenant=tenant, period="day", now=now)
     month = period_range(tenant=tenant, period="month", now=now)
-    today_nanos = usage_totals(tenant=tenant, time_range=day, filters=filters)["cost_nanos"]
-    month_nanos = usage_totals(tenant=tenant, time_range=month, filters=filters)["cost_nanos"]
+
+    def totals(tr: TimeRange) -> dict[str, int]:
+        return usage_totals(tenant=tenant, time_range=tr, filters=filters, families=families)
+
+    today_nanos = totals(day)["cost_nanos"]
+    month_nanos = totals(month)["cost_nanos"]
     projected = project(month_nanos, start=month.start, end=month.end, now=now)
-    period = usage_totals(tenant=tenant, time_range=time_range, filters=filters)
+    period = totals(time_range)
+    previous = totals(comparison_range(time_range, now))
     budget = monthly_tenant_budget(tenant=tenant) if filters.is_empty() else None
     limit = usd_to_nanos(budget.limit_usd) if budget is not None else None
     outlook = None
@@ -143,6 +217,10 @@ def dashboard_cards(
         cache_hits=period["cache_hits"],
         unpriced_calls=period["unpriced_calls"],
         emergency_stop=emergency_stop_active(tenant=tenant),
+        previous_today_nanos=totals(comparison_range(day, now))["cost_nanos"],
+        previous_month_nanos=totals(comparison_range(month, now))["cost_nanos"],
+        last_month_nanos=totals(month.previous())["cost_nanos"],
+        previous=previous,
     )
 
 
@@ -151,27 +229,230 @@ def chart_interval(time_range: TimeRange) -> str:
     return "hour" if time_range.end - time_range.start <= timedelta(hours=49) else "day"
 
 
+MAX_SERIES = 10  # a stacked chart shows the ten biggest; the rest is one series, "others"
+OTHERS = "\x00others"  # the key of that series: no stored name holds a NUL
+
+
 def spend_series(
-    *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters, group_by: str
+    *,
+    tenant: Tenant,
+    time_range: TimeRange,
+    filters: UsageFilters,
+    group_by: str,
+    families: bool = False,
+    top: Sequence[str] | None = None,
 ) -> tuple[list[datetime], list[dict[str, Any]], str]:
-    """Spend per bucket and per provider, model, operation or end user: (every bucket of the
-    range, the non-empty {bucket, key, cost_nanos} cells, the interval)."""
+    """Spend per bucket and per provider, model, operation, end user or tag value: (every
+    bucket of the range, the non-empty {bucket, key, cost_nanos} cells, the interval). The
+    `MAX_SERIES` biggest keys keep their own cells, the rest is summed as `OTHERS`.
+
+    `top`: the end users already known to spend most (the page's table), so the series reads
+    only their rows, and the others are the bucket's total less theirs."""
+    interval = chart_interval(time_range)
+    buckets = _bucket_starts(time_range, interval)
+    if group_by.startswith(TAG_PREFIX) and len(group_by) > len(TAG_PREFIX):
+        name = group_by[len(TAG_PREFIX) :]
+        cells = _tag_series(tenant, time_range, filters, name, interval, families)
+        return buckets, _fold(cells), interval
     if group_by not in ROLLUP_DIMENSIONS:
         raise ValueError(f"cannot group the series by {group_by!r}")
-    interval = chart_interval(time_range)
-    src = _source(tenant, time_range, filters, by_end_user=group_by == "end_user")
+    src = _source(
+        tenant, time_range, filters, by_end_user=group_by == "end_user", families=families
+    )
+    rows = src.rows
+    narrowed = group_by == "end_user" and top is not None
+    if narrowed:
+        ids = Dimension.objects.for_tenant(tenant).filter(
+            kind=Dimension.Kind.END_USER, value__in=list(top or ())[:MAX_SERIES]
+        )
+        rows = rows.filter(end_user_id__in=ids.values("pk"))
     trunc = TruncHour if interval == "hour" else TruncDay
-    rows = (
-        src.rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
+    found = (
+        rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
         .values("bucket", key=F(f"{group_by}__value"))
         .annotate(cost_nanos=src.sums["cost_nanos"])
         .order_by("bucket", "key")
     )
     cells = [
         {"bucket": r["bucket"], "key": r["key"] or "", "cost_nanos": int(r["cost_nanos"])}
-        for r in rows
+        for r in found
     ]
-    return _bucket_starts(time_range, interval), cells, interval
+    if families and group_by == "model":
+        merged: dict[tuple[datetime, str], int] = {}
+        for c in cells:
+            key = (c["bucket"], family_of(c["key"]))
+            merged[key] = merged.get(key, 0) + c["cost_nanos"]
+        cells = [{"bucket": b, "key": k, "cost_nanos": v} for (b, k), v in merged.items()]
+    if narrowed:
+        _, totals = spend_per_bucket(
+            tenant=tenant,
+            time_range=time_range,
+            filters=filters,
+            interval=interval,
+            families=families,
+        )
+        cells.extend(_rest(cells, buckets, totals, OTHERS))
+        return buckets, cells, interval
+    return buckets, _fold(cells), interval
+
+
+def _rest(
+    cells: list[dict[str, Any]], buckets: Sequence[datetime], totals: Sequence[int], key: str
+) -> list[dict[str, Any]]:
+    """Cells `key` holding what `cells` leave of each bucket's total."""
+    per_bucket: dict[datetime, int] = {}
+    for c in cells:
+        per_bucket[c["bucket"]] = per_bucket.get(c["bucket"], 0) + c["cost_nanos"]
+    return [
+        {"bucket": bucket, "key": key, "cost_nanos": rest}
+        for bucket, total in zip(buckets, totals, strict=True)
+        if (rest := total - per_bucket.get(bucket, 0))
+    ]
+
+
+def _fold(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `MAX_SERIES` biggest keys' cells, and the others' summed per bucket as `OTHERS`
+    (calls without the tag, key "", always stay apart)."""
+    spend: dict[str, int] = {}
+    for c in cells:
+        spend[c["key"]] = spend.get(c["key"], 0) + c["cost_nanos"]
+    ranked = sorted((k for k in spend if k), key=lambda k: (-spend[k], k))
+    if len(ranked) <= MAX_SERIES:
+        return cells
+    keep = {"", *ranked[:MAX_SERIES]}
+    out = [c for c in cells if c["key"] in keep]
+    others: dict[datetime, int] = {}
+    for c in cells:
+        if c["key"] not in keep:
+            others[c["bucket"]] = others.get(c["bucket"], 0) + c["cost_nanos"]
+    out.extend({"bucket": b, "key": OTHERS, "cost_nanos": v} for b, v in others.items())
+    return out
+
+
+TAG_PREFIX = "tag:"
+MAX_TAG_NAMES = 20
+
+
+def tag_names(*, tenant: Tenant, time_range: TimeRange) -> list[str]:
+    """The tag names the tenant's calls carried in the range (from the tag rollups)."""
+    return list(
+        TagHourlyRollup.objects.for_tenant(tenant)
+        .filter(hour__gte=time_range.start, hour__lt=time_range.end)
+        .values_list("tag_name", flat=True)
+        .distinct()
+        .order_by("tag_name")[:MAX_TAG_NAMES]
+    )
+
+
+@dataclass(frozen=True)
+class _Tagged:
+    rows: QuerySet[Any]  # tag rollups, or events carrying the tag
+    time_field: str
+    sums: dict[str, Any]
+    value: Any  # the tag's value, as an expression
+
+
+def _tagged(
+    tenant: Tenant, tr: TimeRange, filters: UsageFilters, name: str, families: bool
+) -> _Tagged:
+    """The calls carrying tag `name`: from the tag rollups, or (an end user or tag filter,
+    which those rows do not carry) from the events."""
+    if filters.end_user is None and filters.tag is None:
+        rows: QuerySet[Any] = TagHourlyRollup.objects.for_tenant(tenant).filter(
+            tag_name=name, hour__gte=tr.start, hour__lt=tr.end
+        )
+        for dimension in ("provider", "operation", "model"):
+            value = getattr(filters, dimension)
+            if value is None:
+                continue
+            if dimension == "model" and families:
+                rows = rows.filter(model_id__in=_family_ids(tenant, value))
+            else:
+                rows = rows.filter(named(tenant, dimension, value))
+        return _Tagged(rows, "hour", _rollup_sums(), F("tag_value"))
+    family = filters.model if families else None
+    events = _filtered_events(
+        tenant, tr, replace(filters, model=None) if family is not None else filters
+    )
+    if family is not None:
+        events = events.filter(model_id__in=_family_ids(tenant, family))
+    events = events.alias(tag_key=TagValue(name)).filter(tag_key__isnull=False)
+    return _Tagged(events, "occurred_at", _event_sums(), F("tag_key"))
+
+
+def _tag_series(
+    tenant: Tenant,
+    tr: TimeRange,
+    filters: UsageFilters,
+    name: str,
+    interval: str,
+    families: bool,
+) -> list[dict[str, Any]]:
+    """{bucket, key, cost_nanos} per value of tag `name`, and the calls without that tag as
+    key ""."""
+    trunc = TruncHour if interval == "hour" else TruncDay
+    src = _tagged(tenant, tr, filters, name, families)
+    tagged = (
+        src.rows.annotate(bucket=trunc(src.time_field, tzinfo=tr.tz))
+        .values("bucket", key=src.value)
+        .annotate(cost_nanos=src.sums["cost_nanos"])
+    )
+    cells = [
+        {"bucket": r["bucket"], "key": r["key"], "cost_nanos": int(r["cost_nanos"])}
+        for r in tagged.order_by("bucket", "key")
+    ]
+    # Whatever the tagged calls leave of each bucket's total is spend without the tag.
+    buckets, totals = spend_per_bucket(
+        tenant=tenant, time_range=tr, filters=filters, interval=interval, families=families
+    )
+    return cells + _rest(cells, buckets, totals, "")
+
+
+def tag_breakdown(
+    *,
+    tenant: Tenant,
+    time_range: TimeRange,
+    filters: UsageFilters,
+    name: str,
+    limit: int = 10,
+    families: bool = False,
+) -> list[dict[str, Any]]:
+    """The values of tag `name` that cost most, as `breakdown` rows, and a row with key ""
+    for the calls without the tag (the period's totals less the tagged calls')."""
+    src = _tagged(tenant, time_range, filters, name, families)
+    rows = list(
+        src.rows.values(key=src.value)
+        .annotate(**src.sums)
+        .order_by("-cost_nanos", "-calls", "key")[:limit]
+    )
+    tagged = src.rows.aggregate(**src.sums)
+    total = usage_totals(tenant=tenant, time_range=time_range, filters=filters, families=families)
+    rest = {k: int(total[k]) - int(tagged[k]) for k in total}
+    if rest["calls"] or rest["cost_nanos"]:
+        rows.append({**rest, "key": ""})
+    return sorted(rows, key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))
+
+
+def spend_per_bucket(
+    *,
+    tenant: Tenant,
+    time_range: TimeRange,
+    filters: UsageFilters,
+    interval: str,
+    families: bool = False,
+) -> tuple[list[datetime], list[int]]:
+    """Total spend in each hour or day of the range, empty ones included (the previous
+    period's line on the spend chart)."""
+    src = _source(tenant, time_range, filters, families=families)
+    trunc = TruncHour if interval == "hour" else TruncDay
+    found = {
+        r["bucket"]: int(r["cost_nanos"])
+        for r in src.rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
+        .values("bucket")
+        .annotate(cost_nanos=src.sums["cost_nanos"])
+    }
+    buckets = _bucket_starts(time_range, interval)
+    return buckets, [found.get(b, 0) for b in buckets]
 
 
 def breakdown(
@@ -181,28 +462,48 @@ def breakdown(
     filters: UsageFilters,
     dimension: str,
     limit: int = 10,
+    families: bool = False,
 ) -> list[dict[str, Any]]:
-    """The most expensive providers, models, operations or end users, sorted in the database."""
+    """The most expensive providers, models, operations or end users, sorted in the database
+    (by model family: every model summed, a tenant uses tens of names, then merged)."""
     if dimension not in ROLLUP_DIMENSIONS:
         raise ValueError(f"cannot break down by {dimension!r}")
-    src = _source(tenant, time_range, filters, by_end_user=dimension == "end_user")
-    if filters.tag is None:
-        rows = ranked_by_dimension(tenant, src.rows, dimension, src.sums, limit=limit)
-        return sorted(rows, key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))
-    events = (
-        src.rows.values(key=F(f"{dimension}__value"))
-        .annotate(**src.sums)
-        .order_by("-cost_nanos", "-calls", "key")[:limit]
+    src = _source(
+        tenant, time_range, filters, by_end_user=dimension == "end_user", families=families
     )
-    return [{**r, "key": r["key"] or ""} for r in events]
+    merge = families and dimension == "model"
+    wanted = MAX_MODEL_NAMES if merge else limit
+    rows: list[dict[str, Any]]
+    if filters.tag is None:
+        rows = ranked_by_dimension(tenant, src.rows, dimension, src.sums, limit=wanted)
+    else:
+        events = (
+            src.rows.values(key=F(f"{dimension}__value"))
+            .annotate(**src.sums)
+            .order_by("-cost_nanos", "-calls", "key")[:wanted]
+        )
+        rows = [{**r, "key": r["key"] or ""} for r in events]
+    if merge:
+        merged: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            family = family_of(r["key"])
+            if family in merged:
+                acc = merged[family]
+                for name, value in r.items():
+                    if name != "key":
+                        acc[name] = int(acc[name]) + int(value)
+            else:
+                merged[family] = {**r, "key": family}
+        rows = list(merged.values())
+    return sorted(rows, key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))[:limit]
 
 
 def spend_heatmap(
-    *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters
+    *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters, families: bool = False
 ) -> list[list[int]]:
     """Spend by weekday (Monday first) x hour of day in the tenant's time zone, grouped in the
     database."""
-    src = _source(tenant, time_range, filters)
+    src = _source(tenant, time_range, filters, families=families)
     tz = time_range.tz
     rows = (
         src.rows.annotate(

@@ -83,7 +83,9 @@ def _lines(st: Statement) -> list[dict[str, Any]]:
             "cost": format_money(line.cost_nanos),
             "cost_exact": format_money(line.cost_nanos, exact=True),
             "markup": format_money(line.markup_nanos),
+            "markup_exact": format_money(line.markup_nanos, exact=True),
             "total": format_money(line.total_nanos),
+            "total_exact": format_money(line.total_nanos, exact=True),
         }
         for line in st.lines
     ]
@@ -99,6 +101,7 @@ def _totals(st: Statement) -> dict[str, str]:
         "cost": format_money(st.total("cost_nanos")),
         "cost_exact": format_money(st.total("cost_nanos"), exact=True),
         "markup": format_money(st.total("markup_nanos")),
+        "markup_exact": format_money(st.total("markup_nanos"), exact=True),
         "total": format_money(st.total("total_nanos")),
         "total_exact": format_money(st.total("total_nanos"), exact=True),
     }

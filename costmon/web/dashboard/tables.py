@@ -1,7 +1,7 @@
 """Dashboard tables: what each page lists, as HTML cells and as CSV (`?export=<name>`).
 
-Rows hold raw values (money in nano-dollars); a column's kind says how to show it: `$` and
-cents from a dollar on the page, the exact decimal in the CSV.
+Rows hold raw values (money in nano-dollars); a column's kind says how to show it: the one money
+rule on the page (the exact amount in a tooltip), the exact decimal in the CSV.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from django.http import HttpResponse
 
 from budgets.selectors import BudgetView
 from costmon.core.models import Tenant
-from costmon.core.money import format_money, format_usd
+from costmon.core.money import format_money, format_usd, money_title
 from costmon.web.dashboard.charts import NO_NAME
 from costmon.web.dashboard.pages import BurnDown
 from usage.links import shown
@@ -51,6 +51,10 @@ class Table:
                     "text": _html_cell(col, row.get(col.key)),
                     "href": link if n == 0 else None,
                     "kind": col.kind,
+                    # Money is shown by the one rule; its exact amount is the tooltip.
+                    "title": money_title(int(row[col.key]))
+                    if col.kind == "money" and row.get(col.key) is not None
+                    else "",
                 }
                 for n, col in enumerate(self.columns)
             ]

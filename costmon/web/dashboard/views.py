@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.conf import settings
@@ -21,7 +22,7 @@ from django.utils import timezone
 
 from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
-from costmon.core.money import format_money
+from costmon.core.money import format_money, money_title
 from costmon.core.periods import TimeRange, custom_range, recent_range, tenant_zone
 from costmon.core.scoping import tenants_for_user
 from costmon.core.tenancy import tenant_context
@@ -62,9 +63,12 @@ DEFAULT_PERIOD = "30d"
 GROUPS = ("provider", "model", "operation", "end_user")
 TEXT_FILTERS = ("provider", "model", "operation", "end_user")
 MAX_FILTER_LENGTH = 255
+MAX_TAG_NAME = 64  # as ingest accepts tag names
 TABLE_ROWS = 25  # a table (and its CSV) lists this many; its chart shows the first ten
 CHART_ROWS = 10
 NUL = "\x00"
+SNAPSHOTS_PARAM = "snapshots"  # "split": each dated snapshot of a model on its own
+COMPARE_PARAM = "compare"  # "previous": the previous period over the spend chart
 
 
 # --- tenant ----------------------------------------------------------------------------------
@@ -101,6 +105,11 @@ class PageQuery:
     filters: UsageFilters
     group_by: str
     errors: list[str] = field(default_factory=list)
+    # Dated snapshots (gpt-4o-2024-08-06) counted under their family (gpt-4o) unless split.
+    split_snapshots: bool = False
+    compare_previous: bool = False  # the previous period's line over the spend chart
+    # One clock for the whole page: every window on it ends at the same moment.
+    now: datetime = field(default_factory=timezone.now)
 
     @property
     def period_label(self) -> str:
@@ -156,10 +165,25 @@ def parse_query(
     values.update(fixed or {})
 
     group_by = params.get("by") or "provider"
-    if group_by not in GROUPS:
-        errors.append(f"Unknown grouping {group_by!r}; use one of {', '.join(GROUPS)}.")
+    if group_by.startswith(dashboard.TAG_PREFIX):
+        tag_name = group_by[len(dashboard.TAG_PREFIX) :]
+        if NUL in tag_name:
+            errors.append("The tag to stack by holds a NUL character (%00), which no tag can hold.")
+            group_by = "provider"
+        elif not tag_name or len(tag_name) > MAX_TAG_NAME:
+            errors.append(
+                f"Name the tag to stack by as tag:<name> (1 to {MAX_TAG_NAME} characters)."
+            )
+            group_by = "provider"
+    elif group_by not in GROUPS:
+        errors.append(
+            f"Unknown grouping {group_by!r}; use one of {', '.join(GROUPS)} or tag:<name>."
+        )
         group_by = "provider"
+    split = params.get(SNAPSHOTS_PARAM, "") == "split"
     return PageQuery(
+        split_snapshots=split,
+        compare_previous=params.get(COMPARE_PARAM, "") == "previous",
         period=period,
         start=start,
         end=end,
@@ -167,10 +191,11 @@ def parse_query(
         filters=UsageFilters(**values),
         group_by=group_by,
         errors=errors,
+        now=now,
     )
 
 
-PERIOD_PARAMS = ("period", "start", "end")
+PERIOD_PARAMS = ("period", "start", "end", "snapshots")
 
 
 # --- pages -----------------------------------------------------------------------------------
@@ -218,45 +243,136 @@ def _switcher(
     ]
 
 
+def _money(nanos: int) -> dict[str, str]:
+    """A card's figure by the one money rule, the exact amount in its tooltip."""
+    return {"value": format_money(nanos), "title": money_title(nanos)}
+
+
+COMPARED_WITH = {
+    "today": "same time yesterday",
+    "month": "same days last month",
+    "48h": "previous 48 hours",
+    "7d": "previous 7 days",
+    "30d": "previous 30 days",
+}
+
+
+def _compared_with(q: PageQuery) -> str:
+    if q.period in COMPARED_WITH:
+        return COMPARED_WITH[q.period]
+    span = q.time_range.end - q.time_range.start
+    if span % timedelta(days=1):
+        hours = span // timedelta(hours=1)
+        return f"previous {hours} hour{'s' if hours != 1 else ''}"
+    days = span.days
+    return f"previous {days} day{'s' if days != 1 else ''}"
+
+
+def _change(
+    current: int, previous: int, against: str, shown: Callable[[int], str]
+) -> dict[str, str]:
+    """ "+12% vs previous 30 days ($116.20)": the change in whole percent, half up, exactly."""
+    then = f"vs {against} ({shown(previous)})"
+    if current == previous:
+        return {"change": f"no change {then}", "change_dir": ""}
+    if previous == 0:
+        return {"change": f"new {then}", "change_dir": "up"}
+    percent = (Decimal(current - previous) * 100 / previous).quantize(
+        Decimal(1), rounding=ROUND_HALF_UP
+    )
+    return {
+        "change": f"{'+' if percent > 0 else ''}{percent}% {then}",
+        "change_dir": "up" if current > previous else "down",
+    }
+
+
+def _rate_change(c: dashboard.Cards, before: dict[str, int], against: str) -> dict[str, str]:
+    """The cache hit rate's change in percentage points."""
+    if not c.calls or not before["calls"]:
+        return {}
+    rate = Decimal(c.cache_hits) * 100 / c.calls
+    then = Decimal(before["cache_hits"]) * 100 / before["calls"]
+    points = (rate - then).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+    shown = f"{then.quantize(Decimal('0.1'), rounding=ROUND_HALF_UP)}%"
+    if not points:
+        return {"change": f"no change vs {against} ({shown})", "change_dir": ""}
+    return {
+        "change": f"{'+' if points > 0 else ''}{points} pts vs {against} ({shown})",
+        "change_dir": "up" if points > 0 else "down",
+    }
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
 def _cards(c: dashboard.Cards, q: PageQuery) -> list[dict[str, str]]:
     projection = "No monthly budget on the whole tenant."
     if c.budget_limit_nanos is not None and c.outlook is not None:
         projection = f"{c.outlook} against the {format_money(c.budget_limit_nanos)} monthly budget"
     elif not q.filters.is_empty():
         projection = "At the month-to-date pace, for these filters."
+    before = c.previous or {}
+    against = _compared_with(q)
+    prev_avg = before["cost_nanos"] // before["calls"] if before.get("calls") else None
+
+    def versus(current: int, key: str, shown: Callable[[int], str]) -> dict[str, str]:
+        return _change(current, before[key], against, shown) if before else {}
+
     cards = [
-        {"id": "today", "label": "Spend today", "value": format_money(c.today_nanos), "note": ""},
-        {"id": "month", "label": "Month to date", "value": format_money(c.month_nanos), "note": ""},
+        {
+            "id": "today",
+            "label": "Spend today",
+            **_money(c.today_nanos),
+            "note": "",
+            **_change(c.today_nanos, c.previous_today_nanos, COMPARED_WITH["today"], format_money),
+        },
+        {
+            "id": "month",
+            "label": "Month to date",
+            **_money(c.month_nanos),
+            "note": "",
+            **_change(c.month_nanos, c.previous_month_nanos, COMPARED_WITH["month"], format_money),
+        },
         {
             "id": "projected",
             "label": "Projected month end",
-            "value": format_money(c.projected_nanos),
+            **_money(c.projected_nanos),
             "note": projection,
             "status": (c.outlook or "").replace(" ", "-"),
+            **_change(c.projected_nanos, c.last_month_nanos, "last month", format_money),
         },
         {
             "id": "period",
             "label": f"Spend, {q.period_label.lower()}",
-            "value": format_money(c.period_nanos),
+            **_money(c.period_nanos),
             "note": "",
+            **versus(c.period_nanos, "cost_nanos", format_money),
         },
         {
             "id": "calls",
             "label": "Calls",
             "value": f"{c.calls:,}",
             "note": f"{c.errors:,} errors" if c.errors else "",
+            **versus(c.calls, "calls", _count),
         },
         {
             "id": "avg",
             "label": "Average cost per call",
-            "value": format_money(c.avg_cost_nanos) if c.avg_cost_nanos is not None else DASH,
+            **(_money(c.avg_cost_nanos) if c.avg_cost_nanos is not None else {"value": DASH}),
             "note": "",
+            **(
+                _change(c.avg_cost_nanos, prev_avg, against, format_money)
+                if c.avg_cost_nanos is not None and prev_avg is not None
+                else {}
+            ),
         },
         {
             "id": "cache",
             "label": "Cache hit rate",
             "value": f"{c.cache_hit_percent}%" if c.cache_hit_percent is not None else DASH,
             "note": f"{c.cache_hits:,} of {c.calls:,} calls" if c.calls else "",
+            **(_rate_change(c, before, against) if before else {}),
         },
         {
             "id": "unpriced",
@@ -266,6 +382,7 @@ def _cards(c: dashboard.Cards, q: PageQuery) -> list[dict[str, str]]:
             if c.unpriced_calls
             else "",
             "status": "at-risk" if c.unpriced_calls else "",
+            **versus(c.unpriced_calls, "unpriced_calls", _count),
         },
     ]
     stop = c.emergency_stop
@@ -298,14 +415,22 @@ def _base_context(
 def _filter_form(q: PageQuery, fixed: dict[str, str], request: HttpRequest) -> dict[str, Any]:
     f = q.filters
     name = request.GET.get(NAME_PARAM)
+    start, end = q.start, q.end
+    if q.period != "custom":
+        # A preset shows the days it covers, so the dates never look filled in by mistake.
+        tr = q.time_range
+        start = f"{tr.start.astimezone(tr.tz):%Y-%m-%d}"
+        end = f"{tr.end.astimezone(tr.tz) - timedelta(microseconds=1):%Y-%m-%d}"
     return {
         # A drill-down whose name travels in the query string keeps it when the form is sent.
         "name_param": hidden_input_value(name) if name is not None else None,
         "periods": list(PERIODS.items()),
         "period": q.period,
-        "start": q.start,
-        "end": q.end,
+        "start": start,
+        "end": end,
         "by": q.group_by,
+        "snapshots": "split" if q.split_snapshots else "",
+        "compare": "previous" if q.compare_previous else "",
         "fields": [
             {"name": name, "label": name.replace("_", " "), "value": getattr(f, name) or ""}
             for name in TEXT_FILTERS
@@ -313,6 +438,13 @@ def _filter_form(q: PageQuery, fixed: dict[str, str], request: HttpRequest) -> d
         ],
         "tag": f"{f.tag[0]}:{f.tag[1]}" if f.tag else "",
     }
+
+
+def _group_label(group_by: str) -> str:
+    """ "end user", or "tag team" for `tag:team`."""
+    if group_by.startswith(dashboard.TAG_PREFIX):
+        return f"tag {shown(group_by[len(dashboard.TAG_PREFIX) :])}"
+    return group_by.replace("_", " ")
 
 
 def _group_links(
@@ -325,10 +457,27 @@ def _group_links(
         query["by"] = choice
         out.append(
             {
-                "label": choice.replace("_", " "),
+                "label": _group_label(choice),
                 "url": f"?{query.urlencode()}",
                 "current": choice == q.group_by,
             }
+        )
+    return out
+
+
+def _toggle(
+    request: HttpRequest, param: str, on: str, labels: tuple[str, str], current: bool
+) -> list[dict[str, Any]]:
+    """Two links that set or clear `param=on`, the rest of the query kept."""
+    out = []
+    for value, label in (("", labels[0]), (on, labels[1])):
+        query = request.GET.copy()
+        query.pop("export", None)
+        query.pop(param, None)
+        if value:
+            query[param] = value
+        out.append(
+            {"label": label, "url": f"?{query.urlencode()}", "current": current == bool(value)}
         )
     return out
 
@@ -347,8 +496,8 @@ def _usage_page(
     q = parse_query(request, tenant, fixed=fixed)
     if kind == "model" and "by" not in request.GET:
         q.group_by = "operation"
-    elif kind == "end_user" and "by" not in request.GET:
-        q.group_by = "model"
+    elif kind == "end_user" and ("by" not in request.GET or q.group_by == "end_user"):
+        q.group_by = "model"  # one end user's page has nothing to stack by end user
     context = _base_context(request, tenant, allowed, url_for)
     context.update(
         heading=heading,
@@ -364,6 +513,7 @@ def _usage_page(
             tenant.slug, end_user=fixed.get("end_user"), tag=q.filters.tag
         )
     tr, flt = q.time_range, q.filters
+    families = not q.split_snapshots
     carry = {n: request.GET[n] for n in PERIOD_PARAMS if request.GET.get(n)}
 
     def model_url(name: str) -> str:
@@ -373,13 +523,28 @@ def _usage_page(
         return drilldown_url(tenant.slug, "end_user", name, carry)
 
     users = dashboard.breakdown(
-        tenant=tenant, time_range=tr, filters=flt, dimension="end_user", limit=TABLE_ROWS
+        tenant=tenant,
+        time_range=tr,
+        filters=flt,
+        dimension="end_user",
+        limit=TABLE_ROWS,
+        families=families,
     )
     operations = dashboard.breakdown(
-        tenant=tenant, time_range=tr, filters=flt, dimension="operation", limit=TABLE_ROWS
+        tenant=tenant,
+        time_range=tr,
+        filters=flt,
+        dimension="operation",
+        limit=TABLE_ROWS,
+        families=families,
     )
     models = dashboard.breakdown(
-        tenant=tenant, time_range=tr, filters=flt, dimension="model", limit=TABLE_ROWS
+        tenant=tenant,
+        time_range=tr,
+        filters=flt,
+        dimension="model",
+        limit=TABLE_ROWS,
+        families=families,
     )
     tables = [
         breakdown_table("models", "Spend by model", "Model", models, model_url),
@@ -387,6 +552,17 @@ def _usage_page(
     ]
     if kind != "end_user":
         tables.insert(0, breakdown_table("end_users", "Top end users", "End user", users, user_url))
+    if q.group_by.startswith(dashboard.TAG_PREFIX):
+        tag = q.group_by[len(dashboard.TAG_PREFIX) :]
+        by_tag = dashboard.tag_breakdown(
+            tenant=tenant,
+            time_range=tr,
+            filters=flt,
+            name=tag,
+            limit=TABLE_ROWS,
+            families=families,
+        )
+        tables.append(breakdown_table("tag", f"Spend by tag {shown(tag)}", shown(tag), by_tag))
     views = []
     if kind == "overview":
         views = dashboard.dashboard_budgets(tenant=tenant)
@@ -398,11 +574,28 @@ def _usage_page(
         context["empty"] = True
         return render(request, "dashboard/overview.html", context)
 
-    cards = dashboard.dashboard_cards(tenant=tenant, time_range=tr, filters=flt)
+    cards = dashboard.dashboard_cards(
+        tenant=tenant, time_range=tr, filters=flt, now=q.now, families=families
+    )
     buckets, cells, interval = dashboard.spend_series(
-        tenant=tenant, time_range=tr, filters=flt, group_by=q.group_by
+        tenant=tenant,
+        time_range=tr,
+        filters=flt,
+        group_by=q.group_by,
+        families=families,
+        # The end users table's top rows: the series need not rank every end user again.
+        top=[r["key"] for r in users] if q.group_by == "end_user" else None,
     )
     totals = cards.calls, cards.cache_hits
+    previous = None
+    if q.compare_previous:
+        previous = dashboard.spend_per_bucket(
+            tenant=tenant,
+            time_range=tr.previous(),
+            filters=flt,
+            interval=interval,
+            families=families,
+        )
     figures = [
         (
             "chart-spend",
@@ -410,7 +603,8 @@ def _usage_page(
                 cells,
                 buckets=buckets,
                 interval=interval,
-                group_label=q.group_by.replace("_", " "),
+                group_label=_group_label(q.group_by),
+                previous=previous,
             ),
         ),
     ]
@@ -427,7 +621,11 @@ def _usage_page(
     figures.append(
         (
             "chart-heatmap",
-            charts.heatmap(dashboard.spend_heatmap(tenant=tenant, time_range=tr, filters=flt)),
+            charts.heatmap(
+                dashboard.spend_heatmap(
+                    tenant=tenant, time_range=tr, filters=flt, families=families
+                )
+            ),
         )
     )
     burndowns = []
@@ -449,19 +647,35 @@ def _usage_page(
         charts=[charts.to_div(fig, div_id) for div_id, fig in figures],
         burndowns=burndowns,
         tables=_with_export_links(request, tables),
-        groups=_group_links(request, q, GROUPS),
+        groups=_group_links(
+            request,
+            q,
+            [g for g in GROUPS if not (kind == "end_user" and g == "end_user")]
+            + [
+                f"{dashboard.TAG_PREFIX}{name}"
+                for name in dashboard.tag_names(tenant=tenant, time_range=tr)
+            ],
+        ),
+        snapshots=_toggle(
+            request, SNAPSHOTS_PARAM, "split", ("grouped", "split"), q.split_snapshots
+        ),
+        compare=_toggle(
+            request, COMPARE_PARAM, "previous", ("off", "previous period"), q.compare_previous
+        ),
         no_data=cards.calls == 0,
     )
     if kind == "overview":
         context["open_alerts"] = open_alerts(request, tenant)
-        # Always the last 30 days, whatever the filters: a saving is per month.
+        # Always the last 30 days, whatever the filters (a saving is per month), and the same
+        # 30 days as the page's "last 30 days": one window, one set of figures.
+        last_30 = recent_range(tenant=tenant, period="30d", now=q.now)
         context["recommendations"] = [
             {
                 "title": r.title,
                 "text": r.text,
-                "saving": format_money(r.saving_nanos) if r.saving_nanos is not None else None,
+                "saving": _money(r.saving_nanos) if r.saving_nanos is not None else None,
             }
-            for r in recommendations(tenant=tenant, now=timezone.now())
+            for r in recommendations(tenant=tenant, now=q.now, time_range=last_30)
         ]
     return render(request, "dashboard/overview.html", context)
 
@@ -557,8 +771,8 @@ def budget_detail(request: HttpRequest, slug: str, budget_id: int) -> HttpRespon
             budget=view.budget,
             scope_link=scope_link,
             cards=[
-                {"id": "spent", "label": "Spent this period", "value": format_money(state.spent)},
-                {"id": "limit", "label": "Limit", "value": format_money(spec.limit_nanos)},
+                {"id": "spent", "label": "Spent this period", **_money(state.spent)},
+                {"id": "limit", "label": "Limit", **_money(spec.limit_nanos)},
                 {
                     "id": "used",
                     "label": "Used",
@@ -569,7 +783,7 @@ def budget_detail(request: HttpRequest, slug: str, budget_id: int) -> HttpRespon
                 {
                     "id": "projected",
                     "label": "Projected at period end",
-                    "value": format_money(projected) if projected is not None else DASH,
+                    **(_money(projected) if projected is not None else {"value": DASH}),
                     "note": "" if projected is not None else "A rolling window has no end.",
                 },
                 {

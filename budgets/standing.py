@@ -1,0 +1,71 @@
+"""Where a budget stands: its spend, reservations and status in a window (plain data), and its
+spend read from PostgreSQL when the counters cannot be used."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Sum
+
+from budgets.config import BudgetSpec
+from budgets.periods import Window
+from budgets.scopes import SCOPES
+from costmon.core.models import Tenant
+from costmon.core.tenancy import tenant_context
+from usage.models import UsageEvent
+from usage.selectors import rollups_of
+
+
+@dataclass
+class BudgetState:
+    spec: BudgetSpec
+    window: Window
+    spent: int
+    reserved: int = 0
+    end_user: str = ""
+
+    @property
+    def percent(self) -> Decimal:
+        return (Decimal(self.spent) * 100 / self.spec.limit_nanos).quantize(Decimal("0.01"))
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.spec.limit_nanos - self.spent - self.reserved)
+
+    @property
+    def status(self) -> str:
+        return budget_status(self.percent, self.spec.thresholds)
+
+
+def budget_status(percent: Decimal, thresholds: Sequence[Decimal]) -> str:
+    if percent >= 100:
+        return "exceeded"
+    if len(thresholds) > 1 and percent >= thresholds[-1]:
+        return "critical"
+    if thresholds and percent >= thresholds[0]:
+        return "warning"
+    return "ok"
+
+
+def spent_from_database(
+    *, tenant: Tenant, spec: BudgetSpec, window: Window, end_user: str = ""
+) -> int:
+    """A budget's spend in its window from PostgreSQL: the fallback when Redis is away."""
+    scope = SCOPES[spec.scope]
+    with tenant_context(tenant):
+        rows: Any
+        if scope.spend_rows == "events":
+            rows = UsageEvent.objects.for_tenant(tenant).filter(
+                occurred_at__gte=window.start, occurred_at__lt=window.end
+            )
+        else:
+            # End users and keys are in the full rollups only; the rest reads the by-model ones.
+            by_end_user = scope.spend_rows == "rollups_by_end_user"
+            rows = rollups_of(tenant, by_end_user=by_end_user).filter(
+                hour__gte=window.start, hour__lt=window.end
+            )
+        rows = scope.narrow(tenant, spec, end_user, rows)
+        return int(rows.aggregate(s=Sum("cost_nanos"))["s"] or 0)
