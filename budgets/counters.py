@@ -170,9 +170,12 @@ def mark_stale(tenant_id: int) -> None:
     if not untrusted:
         with _untrust_lock:
             _untrust_later[tenant_id] = _now_ms()
-    CounterState.objects.bulk_create(
-        [CounterState(tenant_id=tenant_id, stale_since=timezone.now())], ignore_conflicts=True
-    )
+    # In the tenant's context: this runs after commit, from tasks and staff code too, where no
+    # context is left and row-level security would refuse the row.
+    with tenant_context(tenant_id):
+        CounterState.objects.bulk_create(
+            [CounterState(tenant_id=tenant_id, stale_since=timezone.now())], ignore_conflicts=True
+        )
 
 
 # --- reading ----------------------------------------------------------------------------------

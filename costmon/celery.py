@@ -17,6 +17,8 @@ app.autodiscover_tasks()
 @beat_init.connect
 def _sync_schedule(sender: object, **kwargs: object) -> None:
     """The beat process starts from the schedule in code (costmon/schedule.py)."""
+    # Imported here: this module loads with the costmon package, before Django's app registry
+    # is ready, and the schedule imports django-celery-beat's models.
     from costmon.schedule import schedule_sync
 
     schedule_sync()

@@ -15,6 +15,7 @@ from typing import Any
 def on_starting(server: Any) -> None:
     # The master reads the settings for the folder's path (as costmon.wsgi would).
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costmon.settings")
+    # Imported in the hooks: gunicorn loads this file before the settings module is chosen.
     from costmon.web.prometheus.multiproc import multiproc_dir_reset
 
     multiproc_dir_reset()

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,6 @@ SCHEDULE: list[Periodic] = [
 
 
 def schedule_sync(entries: list[Periodic] | None = None) -> dict[str, int]:
-    from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
-
     entries = SCHEDULE if entries is None else entries
     report = {"created": 0, "updated": 0, "disabled": 0}
     with transaction.atomic():

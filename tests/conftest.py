@@ -78,7 +78,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(autouse=True)
 def _clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None]:
-    """Each test starts with empty caches, and test code (not requests) runs unscoped."""
+    """Each test starts with empty caches and, as production code does, with no tenant context:
+    a test that needs one asks for it (`unscoped`, `in_acme`, or a `with` block)."""
     from django.core.cache import cache
 
     from budgets import config as budgets_config
@@ -93,9 +94,23 @@ def _clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None
     budgets_config.clear_local()
     budgets_redis.reset_breaker()
     tenancy.forget_rls_state(connection)
-    with tenancy.unscoped():
+    with tenancy.no_tenant():
         yield
     tenancy.forget_rls_state(connection)
+
+
+@pytest.fixture
+def unscoped() -> Iterator[None]:
+    """The test body reads and writes across tenants, as staff code and set-up do."""
+    with tenancy.unscoped():
+        yield
+
+
+@pytest.fixture
+def in_acme(acme: Tenant) -> Iterator[Tenant]:
+    """The test body runs in acme's tenant context, as a request or task for acme would."""
+    with tenancy.tenant_context(acme):
+        yield acme
 
 
 @pytest.fixture
@@ -167,18 +182,19 @@ PRICES = [
 @pytest.fixture
 def prices(db: None) -> list[ModelPrice]:
     """The list prices the tests' exact figures use, in force since 2024."""
-    rows = [
-        ModelPrice.objects.create(
-            provider=p,
-            model=m,
-            effective_from=datetime(2024, 1, 1, tzinfo=UTC),
-            input_per_mtok=Decimal(i),
-            output_per_mtok=Decimal(o),
-            cached_input_per_mtok=Decimal(c) if c else None,
-            cache_write_per_mtok=Decimal(w) if w else None,
-            match_pattern=pattern,
-        )
-        for p, m, i, o, c, w, pattern in PRICES
-    ]
+    with tenancy.unscoped():  # global catalog rows: only unscoped code may write them
+        rows = [
+            ModelPrice.objects.create(
+                provider=p,
+                model=m,
+                effective_from=datetime(2024, 1, 1, tzinfo=UTC),
+                input_per_mtok=Decimal(i),
+                output_per_mtok=Decimal(o),
+                cached_input_per_mtok=Decimal(c) if c else None,
+                cache_write_per_mtok=Decimal(w) if w else None,
+                match_pattern=pattern,
+            )
+            for p, m, i, o, c, w, pattern in PRICES
+        ]
     catalog.clear_local()
     return rows

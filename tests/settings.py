@@ -30,7 +30,7 @@ COSTMON_CATALOG_TTL_SECONDS = 0
 # Changes made by another process (a worker, a live server) must be seen at once.
 COSTMON_SHARED_RECHECK_MS = 0
 CELERY_TASK_ALWAYS_EAGER = True
-STATIC_ROOT = None  # tests serve static files from the finders
+STATIC_ROOT = None  # type: ignore[assignment]  # tests serve static files from the finders
 
 if os.environ.get("COSTMON_TEST_DB") == "sqlite":
     # A file, as the embedded default uses (an in-memory database locks whole tables).

@@ -198,11 +198,12 @@ def _rewritten(tenant_id: int) -> None:
 
 def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:
     """Price the tenant's unpriced events for which a price now exists (whole history)."""
-    bounds = (
-        UsageEvent.objects.for_tenant(tenant)
-        .filter(cost_source=CostSource.UNPRICED)
-        .aggregate(first=models_min("occurred_at"), last=models_max("occurred_at"))
-    )
+    with tenant_context(tenant):  # the task calls it with no context: RLS would hide every row
+        bounds = (
+            UsageEvent.objects.for_tenant(tenant)
+            .filter(cost_source=CostSource.UNPRICED)
+            .aggregate(first=models_min("occurred_at"), last=models_max("occurred_at"))
+        )
     if bounds["first"] is None:
         return RepriceReport()
     return usage_reprice(

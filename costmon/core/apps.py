@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.db.backends.signals import connection_created
+
+from costmon.core.tenancy import install_rls_wrapper
 
 
 class CostmonConfig(AppConfig):
@@ -12,9 +15,7 @@ class CostmonConfig(AppConfig):
     verbose_name = "costmon"
 
     def ready(self) -> None:
-        from django.db.backends.signals import connection_created
-
+        # Imported when the app registry is ready, as Django asks of system checks.
         from costmon.core import checks  # noqa: F401  (registers system checks)
-        from costmon.core.tenancy import install_rls_wrapper
 
         connection_created.connect(install_rls_wrapper, dispatch_uid="costmon_rls")

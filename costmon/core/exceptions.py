@@ -22,6 +22,13 @@ from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from costmon.core.errors import BatchInvalid as BatchInvalid
+from costmon.core.errors import Conflict as Conflict
+from costmon.core.errors import DomainError as DomainError
+from costmon.core.errors import NotFound as NotFound
+from costmon.core.errors import PayloadTooLarge as PayloadTooLarge
 
 log = structlog.get_logger(__name__)
 
@@ -44,37 +51,6 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,
     psycopg.InterfaceError,
 )
-
-
-class DomainError(Exception):
-    """A request that cannot be done as asked; `message` is shown to the caller as is."""
-
-    status_code = status.HTTP_400_BAD_REQUEST
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-
-
-class NotFound(DomainError):
-    status_code = status.HTTP_404_NOT_FOUND
-
-
-class Conflict(DomainError):
-    status_code = status.HTTP_409_CONFLICT
-
-
-class BatchInvalid(DomainError):
-    """A usage batch with errors: each one is {index, field, message}; nothing was stored."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__(f"{len(errors)} invalid field(s); nothing was stored.")
-        self.errors = errors
-
-
-class PayloadTooLarge(DomainError):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 
 def error_body(message: str, *, field: str | None = None) -> dict[str, Any]:
@@ -138,9 +114,6 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, UNAVAILABLE_ERRORS):
         log.warning("database_unavailable", error=f"{exc.__class__.__name__}: {exc}")
         return unavailable_response()
-    # Imported here: rest_framework.views reads the parser setting, whose parser imports this.
-    from rest_framework.views import exception_handler
-
     response = exception_handler(exc, context)
     if response is None:
         return None  # unexpected: costmon.core.middleware.ApiErrorMiddleware answers (500)

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
+from django_redis import get_redis_connection
 
 
 @require_GET
@@ -24,8 +25,6 @@ def readyz(request: HttpRequest) -> JsonResponse:
         checks["database"] = f"error: {exc.__class__.__name__}: {exc}"
     if settings.REDIS_URL:
         try:
-            from django_redis import get_redis_connection
-
             get_redis_connection("default").ping()
             checks["redis"] = "ok"
         except Exception as exc:  # noqa: BLE001

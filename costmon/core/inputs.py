@@ -23,7 +23,7 @@ from typing import Any
 
 from rest_framework.parsers import BaseParser
 
-from costmon.core.exceptions import DomainError
+from costmon.core.errors import DomainError
 
 MAX_DEPTH = 32
 # An amount as text: digits with an optional fraction (no sign, exponent, spaces or `_`, which

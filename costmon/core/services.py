@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import zoneinfo
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +29,6 @@ def tenant_create(*, slug: str, name: str = "", timezone_name: str = "UTC") -> T
     slug_validator(slug)
     if Tenant.objects.filter(slug=slug).exists():
         raise ValidationError(f"A tenant with slug {slug!r} already exists.")
-    import zoneinfo
-
     try:
         zoneinfo.ZoneInfo(timezone_name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):

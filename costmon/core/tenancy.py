@@ -17,6 +17,7 @@ import contextvars
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import psycopg
 from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
 
@@ -106,36 +107,53 @@ class TenantScopedManager(models.Manager[M], Generic[M]):
 # --- the second wall: row-level security on PostgreSQL ------------------------------------------
 
 _STATE_ATTR = "_costmon_rls_state"
+# psycopg.pq.TransactionStatus: in a transaction between statements; in a failed one.
+_INTRANS, _INERROR = 2, 3
 
 
-def _sync(raw: Any, cursor: Any) -> None:
+def _in_force(connection: BaseDatabaseWrapper, raw: Any, where: tuple[str, ...] | None) -> bool:
+    """Whether settings made at `where` still hold. Set in autocommit mode (None) they last for
+    the session; set inside a transaction (or savepoint) they are undone if it rolls back, so
+    they are trusted only while that transaction and savepoint are still open."""
+    if where is None:
+        return True
+    return (
+        raw.info.transaction_status == _INTRANS
+        and tuple(connection.savepoint_ids[: len(where)]) == where
+    )
+
+
+def _sync(connection: BaseDatabaseWrapper, cursor: Any) -> None:
+    raw = connection.connection
+    if raw.info.transaction_status == _INERROR:
+        return  # only its rollback can run now; the next statement after it syncs
     wanted = ("on" if _bypass.get() else "off", str(_tenant_id.get() or ""))
-    if getattr(raw, _STATE_ATTR, None) != wanted:
-        cursor.execute(
-            "SELECT set_config('costmon.rls_bypass', %s, false), "
-            "set_config('costmon.tenant_id', %s, false)",
-            wanted,
-        )
-        setattr(raw, _STATE_ATTR, wanted)
+    state = getattr(raw, _STATE_ATTR, None)
+    if state is not None and state[0] == wanted and _in_force(connection, raw, state[1]):
+        return
+    cursor.execute(
+        "SELECT set_config('costmon.rls_bypass', %s, false), "
+        "set_config('costmon.tenant_id', %s, false)",
+        wanted,
+    )
+    in_transaction = raw.info.transaction_status == _INTRANS
+    setattr(raw, _STATE_ATTR, (wanted, tuple(connection.savepoint_ids) if in_transaction else None))
 
 
 def rls_execute_wrapper(
     execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
 ) -> Any:
     # The raw cursor, so the settings statement does not pass through the wrappers again.
-    _sync(context["connection"].connection, context["cursor"].cursor)
+    _sync(context["connection"], context["cursor"].cursor)
     return execute(sql, params, many, context)
 
 
 def raw_cursor(connection: BaseDatabaseWrapper) -> Any:
     """A psycopg cursor with server-side binding, for bulk statements that send whole arrays
     as parameters; the RLS settings are brought in line first, as for every ORM query."""
-    import psycopg
-
     connection.ensure_connection()
-    raw = connection.connection
-    cursor = psycopg.Cursor(raw)
-    _sync(raw, cursor)
+    cursor = psycopg.Cursor(connection.connection)
+    _sync(connection, cursor)
     return cursor
 
 

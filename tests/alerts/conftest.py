@@ -13,6 +13,7 @@ import time_machine
 from alerts.models import AlertRule, Channel
 from alerts.services import channel_save
 from costmon.core.models import Tenant
+from costmon.core.tenancy import unscoped
 
 NOW = "2026-11-21T12:00:00Z"  # Saturday
 
@@ -70,18 +71,20 @@ def frozen() -> Iterator[Any]:
 
 @pytest.fixture
 def webhook(acme: Tenant, receiver: Receiver) -> Channel:
-    return channel_save(
-        channel=Channel(
-            tenant=acme,
-            name="ops hook",
-            kind="webhook",
-            config={"url": receiver.url, "secret": "s3cret-s3cret-s3cret"},
+    with unscoped():  # set-up, as staff would in admin
+        return channel_save(
+            channel=Channel(
+                tenant=acme,
+                name="ops hook",
+                kind="webhook",
+                config={"url": receiver.url, "secret": "s3cret-s3cret-s3cret"},
+            )
         )
-    )
 
 
 def make_rule(tenant: Tenant, channels: list[Channel], **fields: Any) -> AlertRule:
     fields.setdefault("name", f"{fields['kind']} rule")
-    rule = AlertRule.objects.create(tenant=tenant, **fields)
-    rule.channels.set(channels)
+    with unscoped():
+        rule = AlertRule.objects.create(tenant=tenant, **fields)
+        rule.channels.set(channels)
     return rule

@@ -20,7 +20,7 @@ from alerts.services import channel_disable, channel_save
 from tests.alerts.conftest import make_rule
 from tests.factories import UserFactory
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("unscoped")]
 
 SECRET = "s3cret-s3cret-s3cret"  # the `webhook` fixture's
 SEEN = datetime(2026, 11, 21, 11, 0, tzinfo=UTC)
@@ -170,7 +170,12 @@ def test_staff_see_every_tenants_rows_in_each_list(admin_client, rows, path):
 
 @pytest.mark.parametrize("path", ["alerts/channel", "alerts/alertrule"])
 def test_each_add_page_opens(admin_client, rows, path):
-    assert admin_client.get(f"/admin/{path}/add/").status_code == 200
+    response = admin_client.get(f"/admin/{path}/add/")
+
+    assert response.status_code == 200
+    # The empty add form of that model, not a redirect or another page.
+    assert response.context["title"] == f"Add {response.context['opts'].verbose_name}"
+    assert response.context["adminform"].form.instance.pk is None
 
 
 @pytest.mark.parametrize("path", ["alerts/alert", "alerts/notification"])
@@ -183,9 +188,15 @@ def test_alerts_and_notifications_cannot_be_added_or_deleted(admin_client, rows,
 
 @pytest.mark.parametrize("model", [Channel, AlertRule, Alert, Notification])
 def test_every_row_opens(admin_client, rows, model):
-    for row in model.objects.unscoped():
+    rows = list(model.objects.unscoped())
+    assert rows  # the fixture made some: an empty loop would prove nothing
+    for row in rows:
         path = f"/admin/alerts/{model._meta.model_name}/{row.pk}/change/"
-        assert admin_client.get(path).status_code == 200, path
+        response = admin_client.get(path)
+        assert response.status_code == 200, path
+        # The page shows that row, by the name staff know it by.
+        assert response.context["original"].pk == row.pk, path
+        assert escape(str(row)) in response.content.decode(), path
 
 
 @pytest.mark.parametrize("path", LISTS)

@@ -9,7 +9,7 @@ from alerts.services import alert_rules_evaluate
 from tests.alerts.conftest import make_rule
 from tests.helpers import event, post_usage
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "frozen")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "frozen", "unscoped")]
 
 
 def test_an_admin_key_manages_channels_and_rules(admin_client_key, receiver, acme):

@@ -11,6 +11,7 @@ from alerts.services import alert_rules_evaluate
 from alerts.transports.webhook import verify_signature
 from budgets.emergency_stop import emergency_stop_lift, emergency_stop_trip
 from budgets.services import budget_create
+from costmon.core.tenancy import unscoped
 from tests.alerts.conftest import make_rule
 from tests.helpers import event, post_usage
 
@@ -61,7 +62,8 @@ def test_a_spend_threshold_alerts_once_with_a_signed_webhook(
     # The condition still holds a minute later: no second notification within the cooldown.
     assert evaluate(django_capture_on_commit_callbacks).notified == 0
     assert len(receiver.requests) == 1
-    notification = Notification.objects.for_tenant(acme).get()
+    with unscoped():
+        notification = Notification.objects.for_tenant(acme).get()
     assert (notification.status, notification.attempts, notification.response_code) == (
         "sent",
         1,
@@ -254,7 +256,8 @@ def test_a_cleared_condition_resolves_and_optionally_says_so(
         "costmon.alert",
         "costmon.alert.resolved",
     ]
-    assert Alert.objects.for_tenant(acme).get().status == "resolved"
+    with unscoped():
+        assert Alert.objects.for_tenant(acme).get().status == "resolved"
 
 
 def test_rules_of_other_tenants_never_see_acmes_spend(

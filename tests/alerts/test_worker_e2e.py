@@ -25,7 +25,7 @@ from costmon.celery import app
 from tests.alerts.conftest import make_rule
 from tests.helpers import event, post_usage, requires_redis
 
-pytestmark = [pytest.mark.slow, requires_redis]
+pytestmark = [pytest.mark.slow, requires_redis, pytest.mark.usefixtures("unscoped")]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.cache import cache
+from django.utils.html import escape
 
 from budgets import config
 from budgets.admin import budgets as budgets_admin
@@ -27,7 +28,7 @@ from costmon.core.services import api_key_create
 from tests.budgets.conftest import check
 from tests.helpers import event, post_usage, requires_redis
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready", "unscoped")]
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)  # the clock tests/budgets/conftest.py freezes
 
 CHANGELISTS = {
@@ -141,7 +142,12 @@ def test_staff_see_every_tenants_rows_in_each_list(admin_client, two_tenants, pa
     ],
 )
 def test_each_add_page_opens(admin_client, two_tenants, path):
-    assert admin_client.get(f"/admin/{path}/add/").status_code == 200
+    response = admin_client.get(f"/admin/{path}/add/")
+
+    assert response.status_code == 200
+    # The empty add form of that model, not a redirect or another page.
+    assert response.context["title"] == f"Add {response.context['opts'].verbose_name}"
+    assert response.context["adminform"].form.instance.pk is None
 
 
 def test_counter_states_cannot_be_added_changed_or_deleted(admin_client, two_tenants):
@@ -167,9 +173,15 @@ def test_counter_states_cannot_be_added_changed_or_deleted(admin_client, two_ten
     ],
 )
 def test_every_row_opens(admin_client, two_tenants, model):
-    for row in model.objects.unscoped():
+    rows = list(model.objects.unscoped())
+    assert rows  # the fixture made some: an empty loop would prove nothing
+    for row in rows:
         path = f"/admin/budgets/{model._meta.model_name}/{row.pk}/change/"
-        assert admin_client.get(path).status_code == 200, path
+        response = admin_client.get(path)
+        assert response.status_code == 200, path
+        # The page shows that row, by the name staff know it by.
+        assert response.context["original"].pk == row.pk, path
+        assert escape(str(row)) in response.content.decode(), path
 
 
 def test_the_lists_say_what_each_row_covers(admin_client, two_tenants):

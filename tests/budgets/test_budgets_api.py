@@ -7,7 +7,7 @@ from costmon.core.services import api_key_create
 from tests.budgets.conftest import check
 from tests.helpers import event, post_usage
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready", "unscoped")]
 
 
 def create(client, **body):

@@ -15,7 +15,7 @@ from costmon.core.services import api_key_create
 from tests.budgets.conftest import THROUGH_DRF, check, reply_headers
 from tests.helpers import event, post_usage, requires_redis
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready", "unscoped")]
 
 HAIKU = 1_350_000  # nano-dollars of the default test event: 450 in + 180 out at $1/$5
 

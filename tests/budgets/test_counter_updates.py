@@ -26,6 +26,7 @@ from budgets.models import CounterState, CounterUpdate
 from budgets.services import budget_create
 from budgets.tasks import reconcile_counters, sweep_counter_updates
 from budgets.updates import counter_updates_sweep
+from costmon.core.tenancy import unscoped
 from costmon.schedule import SCHEDULE
 from tests.budgets.conftest import check
 from tests.helpers import event, post_usage, requires_redis
@@ -106,7 +107,8 @@ def global_day_total() -> int:
 
 
 def stored_total(tenant) -> int:
-    return sum(UsageEvent.objects.for_tenant(tenant).values_list("cost_nanos", flat=True))
+    with unscoped():
+        return sum(UsageEvent.objects.for_tenant(tenant).values_list("cost_nanos", flat=True))
 
 
 @pytest.fixture
@@ -133,7 +135,8 @@ def test_a_batch_whose_process_was_killed_after_the_commit_is_counted_by_the_nex
 
     assert stored_total(acme) == 4 * HAIKU  # committed
     assert day_total(acme) == HAIKU  # the process died before counting it
-    assert CounterUpdate.objects.for_tenant(acme).count() == 2  # its update, and "before"'s
+    with unscoped():
+        assert CounterUpdate.objects.for_tenant(acme).count() == 2  # its update, and "before"'s
     assert check(ingest_client).json()["budgets"][0]["reserved_usd"] == "0.5"
 
     time.sleep(5)  # the sweeper leaves updates younger than 5 s to their own process
@@ -145,7 +148,8 @@ def test_a_batch_whose_process_was_killed_after_the_commit_is_counted_by_the_nex
     assert global_day_total() == 5 * HAIKU  # acme's four and the outsider's one
     state = check(ingest_client).json()["budgets"][0]
     assert (state["used_usd"], state["reserved_usd"]) == ("0.0054", "0")  # settled too
-    assert not CounterUpdate.objects.unscoped().exists()
+    with unscoped():
+        assert not CounterUpdate.objects.unscoped().exists()
     assert counters.counters_reconcile(tenant=acme).corrected == 0  # nothing left to correct
 
     sweep_counter_updates()  # exactly once: a second sweep changes nothing
@@ -166,7 +170,8 @@ def test_a_rebuild_absorbs_an_update_its_process_never_applied(acme, outsider, t
 
     assert report.corrected > 0
     assert (day_total(acme), global_day_total()) == (HAIKU, HAIKU)
-    assert not CounterUpdate.objects.unscoped().exists()
+    with unscoped():
+        assert not CounterUpdate.objects.unscoped().exists()
     assert counter_updates_sweep(min_age_seconds=0).applied == 0
     assert (day_total(acme), global_day_total()) == (HAIKU, HAIKU)
 
@@ -175,7 +180,8 @@ def test_an_update_applied_by_its_process_is_not_applied_again(
     acme, outsider, ingest_client, trusted
 ):
     post_usage(ingest_client, event(event_id="a", occurred_at=now_iso()))
-    [update] = CounterUpdate.objects.for_tenant(acme)
+    with unscoped():
+        [update] = CounterUpdate.objects.for_tenant(acme)
     assert bredis.client().exists(marker_key(acme.pk, update.pk))
     report = counter_updates_sweep(min_age_seconds=0)
     assert (report.applied, report.removed) == (0, 1)
@@ -191,7 +197,8 @@ def test_an_update_that_failed_to_reach_redis_is_counted_once_when_redis_is_back
     assert post_usage(ingest_client, event(event_id="a", occurred_at=now_iso())).status_code == 201
     settings.REDIS_URL = original
     bredis.reset_breaker()
-    assert CounterState.objects.for_tenant(acme).exists()
+    with unscoped():
+        assert CounterState.objects.for_tenant(acme).exists()
     # Back in Redis, this process first withdraws its trust in acme's counters (they missed
     # the batch): the check reads PostgreSQL and asks for a rebuild.
     assert check(ingest_client).json()["source"] == "database"
@@ -206,13 +213,16 @@ def test_an_update_that_failed_to_reach_redis_is_counted_once_when_redis_is_back
 
 def test_an_update_left_pending_too_long_is_rebuilt_instead_of_applied(acme, outsider, trusted):
     ingest_and_die("acme", [event(event_id="lost", occurred_at=now_iso())])
-    CounterUpdate.objects.unscoped().update(created_at=timezone.now() - timedelta(minutes=31))
+    with unscoped():
+        CounterUpdate.objects.unscoped().update(created_at=timezone.now() - timedelta(minutes=31))
     # Its marker may have expired by now: applying it could count it twice.
     assert counter_updates_sweep().applied == 0
-    assert CounterState.objects.for_tenant(acme).exists()
+    with unscoped():
+        assert CounterState.objects.for_tenant(acme).exists()
     reconcile_counters(only_stale=True)
     assert day_total(acme) == HAIKU
-    assert not CounterUpdate.objects.unscoped().exists()
+    with unscoped():
+        assert not CounterUpdate.objects.unscoped().exists()
 
 
 def test_a_sweep_records_the_tenants_it_saw_as_active(acme, outsider, ingest_client, trusted):

@@ -16,6 +16,7 @@ from budgets.drift import counters_sample, counters_sample_drift
 from budgets.models import CounterCorrection
 from budgets.tasks import sample_counter_drift
 from budgets.updates import counter_updates_sweep
+from costmon.core.tenancy import unscoped
 from tests.costmon.test_prometheus import TOKEN, parse, value
 from tests.helpers import event, post_usage, requires_redis
 from usage.maintenance import usage_reprice
@@ -66,9 +67,10 @@ def test_drift_in_trusted_counters_is_found_corrected_logged_and_exported(
 
     assert int(r().hget(day, "t")) == 2 * HAIKU  # corrected
     assert int(r().hget(day, "u:user-1")) == 2 * HAIKU
-    [correction] = CounterCorrection.objects.for_tenant(acme)
-    assert (correction.cause, correction.fields, correction.drift_nanos) == ("sample", 2, 5_070)
-    assert not CounterCorrection.objects.for_tenant(outsider).exists()
+    with unscoped():
+        [correction] = CounterCorrection.objects.for_tenant(acme)
+        assert (correction.cause, correction.fields, correction.drift_nanos) == ("sample", 2, 5_070)
+        assert not CounterCorrection.objects.for_tenant(outsider).exists()
     assert any("counters_drift_corrected" in record.getMessage() for record in caplog.records)
     samples = metrics(settings)
     assert value(samples, "costmon_counter_drift_corrected_usd_total", tenant="acme") == 5.07e-06
@@ -79,7 +81,8 @@ def test_counters_that_agree_are_compared_and_left_alone(acme, outsider, active)
     samples = {s.tenant: s for s in counters_sample_drift()}
     assert set(samples) == {"acme", "globex"}
     assert samples["acme"].compared > 5 and samples["acme"].differing == 0
-    assert not CounterCorrection.objects.unscoped().exists()
+    with unscoped():
+        assert not CounterCorrection.objects.unscoped().exists()
 
 
 def test_drift_only_in_the_months_total_is_found(acme, outsider, active):
@@ -91,7 +94,8 @@ def test_drift_only_in_the_months_total_is_found(acme, outsider, active):
 
 
 def test_a_repricing_the_counters_missed_is_found_by_the_next_sample(acme, outsider, active):
-    ModelPrice.objects.filter(model="claude-haiku-4-5").update(input_per_mtok=Decimal(2))
+    with unscoped():
+        ModelPrice.objects.filter(model="claude-haiku-4-5").update(input_per_mtok=Decimal(2))
     from usage import catalog
 
     catalog.clear_local()
@@ -104,8 +108,9 @@ def test_a_repricing_the_counters_missed_is_found_by_the_next_sample(acme, outsi
     assert sample is not None and sample.differing
     repriced = 450 * 2_000 + 180 * 5_000  # 1,800,000 nano-USD an event now
     assert int(r().hget(counters.day_key(acme.pk, TODAY), "t")) == 2 * repriced
-    [correction] = CounterCorrection.objects.for_tenant(acme)
-    assert correction.drift_nanos > 0
+    with unscoped():
+        [correction] = CounterCorrection.objects.for_tenant(acme)
+        assert correction.drift_nanos > 0
 
 
 def test_only_recently_active_tenants_are_sampled(acme, outsider, active, _frozen_clock):
@@ -119,14 +124,16 @@ def test_counters_being_rebuilt_are_not_drift(acme, outsider, active):
     r().hincrby(counters.day_key(acme.pk, TODAY), "t", 1)
     assert counters_sample(tenant=acme) is None
     counters.counters_reconcile(tenant=acme)  # the rebuild that is due
-    assert not CounterCorrection.objects.unscoped().exists()
+    with unscoped():
+        assert not CounterCorrection.objects.unscoped().exists()
 
 
 def test_a_rebuild_after_a_flush_is_not_drift(acme, outsider, active):
     r().flushdb()
     counters.counters_reconcile(tenant=acme)
     assert int(r().hget(counters.day_key(acme.pk, TODAY), "t")) == 2 * HAIKU
-    assert not CounterCorrection.objects.unscoped().exists()
+    with unscoped():
+        assert not CounterCorrection.objects.unscoped().exists()
 
 
 def test_the_nightly_rebuild_records_drift_it_corrects(acme, outsider, active):
@@ -134,8 +141,9 @@ def test_the_nightly_rebuild_records_drift_it_corrects(acme, outsider, active):
     from budgets.tasks import reconcile_counters
 
     reconcile_counters()
-    [correction] = CounterCorrection.objects.for_tenant(acme)
-    assert (correction.cause, correction.drift_nanos) == ("rebuild", 7)
+    with unscoped():
+        [correction] = CounterCorrection.objects.for_tenant(acme)
+        assert (correction.cause, correction.drift_nanos) == ("rebuild", 7)
 
 
 def test_a_zone_with_half_hours_counts_as_the_rollups_do_so_is_not_drift(

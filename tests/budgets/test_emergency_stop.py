@@ -23,9 +23,10 @@ def event(**fields):
 
 
 def rule(tenant, threshold: str, window: str = "day", minutes: int = 60) -> EmergencyStopRule:
-    row = EmergencyStopRule.objects.create(
-        tenant=tenant, window=window, threshold_usd=Decimal(threshold), duration_minutes=minutes
-    )
+    with unscoped():
+        row = EmergencyStopRule.objects.create(
+            tenant=tenant, window=window, threshold_usd=Decimal(threshold), duration_minutes=minutes
+        )
     bump(tenant.pk if tenant else None)
     return row
 

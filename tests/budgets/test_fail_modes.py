@@ -21,7 +21,7 @@ from tests.budgets.conftest import check
 from tests.budgets.servers import free_port
 from tests.helpers import event, post_usage, requires_redis
 
-pytestmark = [pytest.mark.usefixtures("prices")]
+pytestmark = [pytest.mark.usefixtures("prices", "unscoped")]
 
 TODAY = "2026-11-21T11:00:00Z"
 

@@ -29,7 +29,12 @@ from tests.budgets.servers import Gunicorn, RedisServer
 from tests.helpers import requires_redis
 from usage.models import UsageEvent
 
-pytestmark = [requires_redis, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    requires_redis,
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("unscoped"),
+]
 
 CALLERS = 50
 LIMIT = Decimal("1.00")

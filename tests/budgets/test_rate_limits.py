@@ -9,7 +9,11 @@ from budgets.models import RateLimit
 from tests.budgets.conftest import THROUGH_DRF, check, reply_headers
 from tests.helpers import requires_redis
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "ready"), requires_redis]
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.usefixtures("prices", "ready", "unscoped"),
+    requires_redis,
+]
 
 
 def limit(tenant, **fields) -> RateLimit:

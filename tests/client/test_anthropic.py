@@ -16,7 +16,11 @@ import pytest
 from tests.client.conftest import only_event, recorded
 from tests.client.servers import ANTHROPIC_MODEL, FAILING_MODEL, FakeProvider
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("unscoped"),
+]
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 NANOS = 2_425_000

@@ -25,7 +25,11 @@ from budgets.services import budget_create
 from tests.client.servers import FakeProvider, free_port
 from tests.helpers import requires_redis
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("unscoped"),
+]
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 

@@ -20,7 +20,11 @@ from costmon.core.services import api_key_create
 from tests.client.conftest import recorded
 from tests.client.servers import FakeProvider, free_port, iter_usage_ids
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("unscoped"),
+]
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 

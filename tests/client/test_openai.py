@@ -20,7 +20,11 @@ from tests.client.servers import (
     FakeProvider,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("unscoped"),
+]
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 # 1,200 prompt tokens of which 1,000 cached, 300 completion tokens (64 of them reasoning):

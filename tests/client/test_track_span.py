@@ -11,7 +11,11 @@ import pytest
 
 from tests.client.conftest import only_event, recorded
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("unscoped"),
+]
 
 
 class ProviderDown(Exception):

@@ -34,6 +34,7 @@ from usage.models import ModelPrice, UsageEvent
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("unscoped"),  # set-up and reads; the Node client goes through HTTP
     pytest.mark.skipif(
         os.environ.get("COSTMON_TEST_DB") == "sqlite",
         reason="the Node client's tests need PostgreSQL and Redis: they run in the PostgreSQL pass",

@@ -20,7 +20,7 @@ from usage import catalog
 from usage.models import CostSource, HourlyRollup, ModelAlias, ModelPrice, UsageEvent
 from usage.services import model_alias_set
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "unscoped")]
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 CHANGELISTS = {
@@ -186,7 +186,12 @@ def test_the_event_list_costs_the_same_queries_for_two_events_or_twelve(
     ],
 )
 def test_each_add_page_opens(admin_client, two_tenants, path):
-    assert admin_client.get(f"/admin/{path}/add/").status_code == 200
+    response = admin_client.get(f"/admin/{path}/add/")
+
+    assert response.status_code == 200
+    # The empty add form of that model, not a redirect or another page.
+    assert response.context["title"] == f"Add {response.context['opts'].verbose_name}"
+    assert response.context["adminform"].form.instance.pk is None
 
 
 @pytest.mark.parametrize("path", ["usage/usageevent", "usage/hourlyrollup", "usage/dimension"])

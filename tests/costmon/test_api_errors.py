@@ -135,7 +135,7 @@ def database(transactional_db: None) -> Iterator[Database]:
         db.back()
 
 
-@pytest.mark.usefixtures("prices")
+@pytest.mark.usefixtures("prices", "in_acme")
 def test_the_api_answers_503_with_retry_after_while_the_database_is_away(
     acme, ingest_client, read_client, database
 ):
@@ -192,7 +192,7 @@ def browser(owner: Any) -> Client:
     return browser
 
 
-@pytest.mark.usefixtures("prices")
+@pytest.mark.usefixtures("prices", "in_acme")
 def test_a_member_posts_usage_and_checks_as_json_with_the_csrf_token(browser, acme):
     token = browser.cookies["csrftoken"].value
     headers = {"HTTP_X_CSRFTOKEN": token, "HTTP_ORIGIN": "http://testserver"}
@@ -213,7 +213,7 @@ def test_a_member_posts_usage_and_checks_as_json_with_the_csrf_token(browser, ac
     assert response.status_code == 201, response.content
 
 
-@pytest.mark.usefixtures("prices")
+@pytest.mark.usefixtures("prices", "in_acme")
 @pytest.mark.parametrize(
     "headers",
     [{}, {"HTTP_ORIGIN": "http://evil.example"}],

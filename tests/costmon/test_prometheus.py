@@ -363,6 +363,7 @@ def test_budget_gauges_equal_the_api(acme, outsider, ingest_client, admin_client
     assert len(used) == 2  # the paused budget is not exported; one series per budget
 
 
+@pytest.mark.usefixtures("unscoped")
 def test_alert_counters_count_sent_and_failed_deliveries_by_tenant_and_channel(acme, outsider):
     hook = Channel.objects.create(tenant=acme, name="hook", kind="webhook", config={})
     mail = Channel.objects.create(tenant=acme, name="mail", kind="email", config={})

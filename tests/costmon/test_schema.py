@@ -30,7 +30,7 @@ from costmon.core.services import api_key_create
 from tests.helpers import event, post_usage
 from usage.models import UsageEvent
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "unscoped")]
 
 EXAMPLES = int(os.environ.get("COSTMON_SCHEMATHESIS_EXAMPLES", "15"))
 SEED = os.environ.get("COSTMON_SCHEMATHESIS_SEED")
@@ -156,6 +156,7 @@ def snapshot(tenant: Tenant) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # schemathesis: hundreds of generated requests
 @schema.parametrize()
 @settings(
     deadline=None,

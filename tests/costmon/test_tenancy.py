@@ -185,9 +185,10 @@ def test_rule_channel_links_are_behind_row_level_security(acme, outsider):
     from alerts.models import AlertRule, Channel
 
     def rule_with_channel(tenant: Tenant) -> tuple[AlertRule, Channel]:
-        channel = Channel.objects.create(tenant=tenant, name="ops", kind="email", config={})
-        rule = AlertRule.objects.create(tenant=tenant, name="spend", kind="spend")
-        rule.channels.add(channel)
+        with unscoped():
+            channel = Channel.objects.create(tenant=tenant, name="ops", kind="email", config={})
+            rule = AlertRule.objects.create(tenant=tenant, name="spend", kind="spend")
+            rule.channels.add(channel)
         return rule, channel
 
     acme_rule, acme_channel = rule_with_channel(acme)
@@ -222,3 +223,20 @@ def test_rule_channel_links_are_behind_row_level_security(acme, outsider):
             "WHERE relname = 'alerts_alertrule_channels'"
         )
         assert cursor.fetchone() == (True,)
+
+
+class Abort(Exception):
+    pass
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_transaction_leaves_the_next_query_in_its_tenant(acme):
+    # Tenant settings made inside a transaction are undone by its rollback; the next query in
+    # that tenant's context (a task retrying, say) must set them again, not run with none.
+    with pytest.raises(Abort), tenant_context(acme), transaction.atomic():
+        assert not Dimension.objects.exists()  # acme's settings, made inside the transaction
+        raise Abort
+    with tenant_context(acme):
+        Dimension.objects.create(tenant=acme, kind=Dimension.Kind.END_USER, value="after")
+        assert list(Dimension.objects.values_list("value", flat=True)) == ["after"]

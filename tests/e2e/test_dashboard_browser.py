@@ -26,6 +26,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.browser,
     pytest.mark.skipif(
         not (CHROMIUM and CHROMEDRIVER),
         reason="needs Debian's chromium and chromium-driver (the README's test command installs them)",

@@ -16,7 +16,7 @@ from budgets.models import Budget, EmergencyStop
 from tests.helpers import event, post_usage
 from usage.models import UsageEvent
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "unscoped")]
 
 NOW = "2026-11-21T12:00:00Z"
 DEEP_LIST = "[" * 1000 + "]" * 1000

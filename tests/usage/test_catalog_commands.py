@@ -8,7 +8,7 @@ import time_machine
 from django.core.management import CommandError, call_command
 from django.db.models import Sum
 
-from costmon.core.tenancy import tenant_context
+from costmon.core.tenancy import tenant_context, unscoped
 from tests.helpers import event, post_usage
 from usage.models import CostSource, HourlyRollup, ModelPrice, PriceSync, UsageEvent
 
@@ -63,7 +63,8 @@ def test_a_csv_catalog_with_dates_writes_its_rows_and_a_tenant_override(tmp_path
     assert "1 changed" in run("load_prices", str(path))
     assert ModelPrice.objects.unscoped().get(model="gpt-4o").input_per_mtok == Decimal("2.40")
     assert "tenant acme: 1 added" in run("load_prices", str(path), "--tenant", "acme")
-    assert ModelPrice.objects.for_tenant(acme).count() == 1
+    with unscoped():
+        assert ModelPrice.objects.for_tenant(acme).count() == 1
 
 
 @pytest.mark.parametrize(
@@ -130,9 +131,10 @@ def test_repricing_a_range_after_a_correction_keeps_rollups_equal_to_events(
         ]
         batch.append(event(event_id="caller", occurred_at="2026-11-12T01:00:00Z", cost_usd="1"))
         assert post_usage(ingest_client, batch).status_code == 201
-        haiku = ModelPrice.objects.unscoped().get(model="claude-haiku-4-5")
-        haiku.output_per_mtok = Decimal(4)  # the list price was wrong: $4 per 1M output, not $5
-        haiku.save()
+        with unscoped():
+            haiku = ModelPrice.objects.unscoped().get(model="claude-haiku-4-5")
+            haiku.output_per_mtok = Decimal(4)  # the list price was wrong: $4 per 1M output
+            haiku.save()
         out = run(
             "reprice_usage", "--tenant", "acme", "--start", "2026-11-11", "--end", "2026-11-13"
         )

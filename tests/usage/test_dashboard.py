@@ -28,7 +28,7 @@ from tests.factories import UserFactory
 from tests.helpers import event, post_usage
 from usage.selectors import UsageFilters
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "unscoped")]
 
 # Saturday 21 November 2026, 12:00 UTC
 NOW = "2026-11-21T12:00:00Z"

@@ -28,7 +28,7 @@ from usage.ingest import parse_batch
 from usage.links import drilldown_url, shown
 from usage.services import usage_record_batch
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "unscoped")]
 
 NOW = "2026-11-21T12:00:00Z"
 # Accepted by the API today.
@@ -136,6 +136,7 @@ def test_the_overview_and_its_exports_show_every_name_exactly(member, usage):
         assert {row[0]: row[1] for row in rows[1:]} == {n: cost(i) for i, n in enumerate(ALL)}
 
 
+@pytest.mark.slow  # follows every link of the overview: about 10 s each
 @pytest.mark.parametrize("kind", ["end_user", "model"])
 def test_every_link_from_the_overview_opens_that_names_page(member, usage, kind):
     html = get(member, "/t/acme/?period=today")
@@ -183,6 +184,7 @@ def test_names_that_are_clean_path_segments_keep_their_path(member, usage):
     assert card(get(member, "/t/acme/models/what%3F/?period=today"), "period") == "$0.101"
 
 
+@pytest.mark.slow  # about 10 s
 def test_budget_pages_link_to_their_scopes_page_for_any_name(member, usage, acme):
     for i, name in enumerate(ALL):
         for scope in ("end_user", "model"):

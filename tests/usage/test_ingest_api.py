@@ -5,14 +5,13 @@ from decimal import Decimal
 
 import pytest
 import time_machine
-from django.db import connection
 from django.db.models import Sum
 
 from costmon.core.services import api_key_create, api_key_revoke
 from tests.helpers import event, post_usage
 from usage.models import CostSource, HourlyRollup, ModelAlias, ModelPrice, UsageEvent
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "unscoped")]
 NOW = "2026-11-21T12:00:00Z"
 
 
@@ -192,17 +191,8 @@ def test_rollups_equal_the_sum_of_their_events(ingest_client, acme):
         for i in range(300)
     ]
     assert post_usage(ingest_client, batch).status_code == 201
-    events = (
-        UsageEvent.objects.for_tenant(acme).aggregate(
-            calls=Sum(1),
-            cost=Sum("cost_nanos"),
-            input=Sum("input_tokens"),
-            output=Sum("output_tokens"),
-        )
-        if False
-        else None
-    )
     ev = UsageEvent.objects.for_tenant(acme)
+    assert ev.count() == 300
     assert rollup_totals(acme) == {
         "calls": ev.count(),
         "cost": ev.aggregate(s=Sum("cost_nanos"))["s"],
@@ -215,7 +205,6 @@ def test_rollups_equal_the_sum_of_their_events(ingest_client, acme):
         "e": 30,
         "l": sum(100 + i for i in range(300)),
     }
-    assert events is None
 
 
 def test_an_unknown_model_is_stored_unpriced_and_priced_once_a_price_exists(ingest_client, acme):
@@ -495,4 +484,3 @@ def test_ingest_does_no_more_than_a_handful_of_queries(
             ingest_client, [event(event_id=f"e{i}", end_user=f"u{i}") for i in range(100)]
         )
     assert response.status_code == 201
-    assert connection.vendor in ("postgresql", "sqlite")

@@ -33,7 +33,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from costmon.core.services import api_key_create
 from usage.models import HourlyRollup, UsageEvent
 
-pytestmark = [pytest.mark.usefixtures("prices")]
+pytestmark = [pytest.mark.usefixtures("prices", "unscoped")]
 
 TRACE = "5b8efff798038103d269b633813fc60c"
 # 2026-11-21T11:00:00Z and two seconds later, in Unix nanoseconds.

@@ -13,7 +13,7 @@ from costmon.core.tenancy import tenant_context
 from tests.helpers import event, post_usage
 from usage.models import HourlyRollup, ModelPrice, UsageEvent
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("unscoped")]
 SINCE = datetime(2024, 1, 1, tzinfo=UTC)
 
 

@@ -18,7 +18,7 @@ from alerts.models import Alert, AlertRule
 from alerts.services import alert_rules_evaluate
 from budgets import counters
 from budgets import redis as bredis
-from costmon.core.tenancy import tenant_context
+from costmon.core.tenancy import tenant_context, unscoped
 from tests.helpers import event, post_usage, requires_redis
 from usage.models import (
     CostSource,
@@ -182,7 +182,8 @@ def test_a_tenant_that_reviews_changes_keeps_old_prices_until_staff_approve(
         prices_sync(price_list=price_list(GPT))
     with time_machine.travel(NOW, tick=False):
         sync = prices_sync(price_list=price_list({**GPT, "input_per_mtok": "2"}))
-        hold = PriceChangeHold.objects.unscoped().get()
+        with unscoped():
+            hold = PriceChangeHold.objects.unscoped().get()
         assert (hold.tenant_id, hold.sync_id, hold.status) == (acme.pk, sync.pk, "pending")
         later = event(
             event_id="later", provider="openai", model="gpt-4o", occurred_at="2026-11-21T12:30:00Z"
@@ -253,8 +254,9 @@ def test_a_price_changed_rule_alerts_once_per_sync_naming_the_models_used(
 ):
     with time_machine.travel(datetime(2026, 11, 1, tzinfo=UTC), tick=False):
         prices_sync(price_list=price_list(GPT, MINI))
-        rule = AlertRule.objects.create(tenant=acme, name="prices", kind="price_changed")
-        other = AlertRule.objects.create(tenant=outsider, name="prices", kind="price_changed")
+        with unscoped():
+            rule = AlertRule.objects.create(tenant=acme, name="prices", kind="price_changed")
+            other = AlertRule.objects.create(tenant=outsider, name="prices", kind="price_changed")
     with time_machine.travel(NOW, tick=False):
         post_usage(
             ingest_client,
@@ -270,11 +272,12 @@ def test_a_price_changed_rule_alerts_once_per_sync_naming_the_models_used(
         )
         alert_rules_evaluate(kinds=["price_changed"], now=NOW)
         alert_rules_evaluate(kinds=["price_changed"], now=NOW)
-    (alert,) = Alert.objects.for_tenant(acme).filter(rule=rule)
+    with unscoped():
+        (alert,) = Alert.objects.for_tenant(acme).filter(rule=rule)
+        (theirs,) = Alert.objects.for_tenant(outsider).filter(rule=other)
     assert alert.title == "Prices changed: 1 changed, 1 added (1 of them models you use)"
     assert "- openai/gpt-4o-mini: output $0.6 → $0.5 per 1M tokens" in alert.text
     assert alert.text.index("gpt-4o-mini") < alert.text.index("brainy-1")
     assert alert.notify_count == 1
     # The outsider hears of the same catalog change, but nothing of acme's usage.
-    (theirs,) = Alert.objects.for_tenant(outsider).filter(rule=other)
     assert theirs.title == "Prices changed: 1 changed, 1 added (0 of them models you use)"

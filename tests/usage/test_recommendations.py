@@ -28,7 +28,7 @@ from usage.recommendations import (
     recommendations,
 )
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "unscoped")]
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 HAIKU_CALL = 1_350_000

@@ -10,6 +10,7 @@ import time_machine
 from django.core.management import CommandError, call_command
 from django.db.models import Count, Q, Sum
 
+from costmon.core import tenancy
 from costmon.core.models import Tenant
 from tests.helpers import event
 from usage.demo import batches, demo_events
@@ -19,7 +20,8 @@ from usage.models import CostSource, Dimension, HourlyRollup, ModelPrice, UsageE
 from usage.prices import read_price_file
 from usage.services import usage_record_batch
 
-pytestmark = pytest.mark.django_db
+# The test bodies read across tenants; the command itself runs with no context (see seed).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("unscoped")]
 NOW = "2026-11-21T12:00:00Z"
 END = datetime(2026, 11, 21, 12, tzinfo=UTC)
 SUMS = (
@@ -40,7 +42,8 @@ def _frozen_clock():
 
 def seed(*args: str) -> tuple[str, str]:
     out, err = io.StringIO(), io.StringIO()
-    call_command("seed_demo", *args, stdout=out, stderr=err)
+    with tenancy.no_tenant():  # as from a shell: no tenant context
+        call_command("seed_demo", *args, stdout=out, stderr=err)
     return out.getvalue(), err.getvalue()
 
 

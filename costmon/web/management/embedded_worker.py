@@ -14,6 +14,10 @@ import os
 import sys
 import warnings
 
+from celery.exceptions import SecurityWarning
+
+from costmon.celery import app
+
 
 def main(argv: list[str]) -> int:
     verbose = "--verbose" in argv
@@ -22,13 +26,9 @@ def main(argv: list[str]) -> int:
         # Celery warns whenever a worker runs as root, which is how a newcomer on a container or
         # a fresh VM starts the quickstart; costmon's Celery accepts JSON only (no pickle), the
         # case Celery itself lets through with that warning.
-        from celery.exceptions import SecurityWarning
-
         warnings.filterwarnings(
             "ignore", message="You're running the worker with superuser", category=SecurityWarning
         )
-    from costmon.celery import app
-
     level = "INFO" if verbose else "WARNING"
     options = ["--beat", "--pool", "solo", "--loglevel", level]
     code = app.start([*([] if verbose else ["--quiet"]), "worker", *options])

@@ -32,6 +32,9 @@ def multiproc_process_dead(pid: int) -> None:
     """A worker exited: drop its live-gauge files (its counters and histograms stay summed)."""
     folder = multiproc_dir()
     if folder is not None:
+        # Imported here: the gunicorn master runs this, and prometheus_client picks its value
+        # class (multi-process or not) once, when first imported; workers forked from a master
+        # that imported it before the folder was set would keep the wrong one.
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid, str(folder))

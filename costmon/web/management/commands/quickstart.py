@@ -29,12 +29,17 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.staticfiles import finders
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.db.models import Sum
 
+from alerts.models import AlertRule, Channel
+from alerts.services import channel_save
+from budgets.models import Budget
+from budgets.services import budget_create
 from costmon.core.keys import hash_secret
 from costmon.core.models import ApiKey, Membership, Tenant
 from costmon.core.services import api_key_create, membership_add
@@ -74,8 +79,6 @@ class Credentials:
 def _static_sources(root: Path) -> str | None:
     """A fingerprint of the static files collectstatic would copy to `root` (name, size, time),
     or None where a storage has no local files to look at."""
-    from django.contrib.staticfiles import finders
-
     digest = hashlib.sha256(str(root).encode())
     try:
         for finder in finders.get_finders():
@@ -278,11 +281,6 @@ class Command(BaseCommand):
         """The design notes' defaults, so alerts fire on a bare machine: $10 a day, $100 a
         month, budget crossings and the emergency stop, by email (files in var/mail/ here).
         False when the tenant has alert rules already."""
-        from alerts.models import AlertRule, Channel
-        from alerts.services import channel_save
-        from budgets.models import Budget
-        from budgets.services import budget_create
-
         if AlertRule.objects.for_tenant(tenant).exists():
             return False
         channel = channel_save(
