@@ -147,11 +147,12 @@ def _estimate(price: Price, row: dict[str, Any]) -> int:
     ) + usd_to_nanos(price.per_request * int(row["calls"]))
 
 
-def _alternatives(prices: list[Price], current: Price) -> list[Price]:
+def _alternatives(prices: list[Price], current: Price, dropped: set[int]) -> list[Price]:
     """Models one could switch to: current (no retirement announced: no deprecation date, past
     or future, and still listed by the price list their row came from), of the same mode as the
     model in use (no embedding model for chat), and not a dated snapshot of a family the list
-    also has (suggest the family's name)."""
+    also has (suggest the family's name). `dropped`: `dropped_from_their_list` of the
+    candidates, asked once for all operations."""
     names = {p.model.lower() for p in prices}
     same_mode = [
         p
@@ -160,7 +161,6 @@ def _alternatives(prices: list[Price], current: Price) -> list[Price]:
         and _modality(p) == _modality(current)
         and not any(family in names for family in candidate_names(p.model)[1:])
     ]
-    dropped = dropped_from_their_list([p.id for p in same_mode])
     return [p for p in same_mode if p.id not in dropped]
 
 
@@ -237,6 +237,10 @@ def _cheaper_models(
         price = catalog.price_at(row["prov"], row["model_name"], now)
         if price is not None:
             top[op] = (row, price)
+    models_of = {
+        price.provider: catalog.models_of(price.provider, now) for _, price in top.values()
+    }
+    dropped = dropped_from_their_list([p.id for prices in models_of.values() for p in prices])
     found = []
     for op, (row, price) in top.items():
         cost = op_cost[op]
@@ -244,7 +248,7 @@ def _cheaper_models(
             continue
         options = [
             (_estimate(c, row), c.model, c)
-            for c in _alternatives(catalog.models_of(price.provider, now), price)
+            for c in _alternatives(models_of[price.provider], price, dropped)
             if c.rates.input < price.rates.input and c.rates.output < price.rates.output
         ]
         if not options:
