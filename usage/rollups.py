@@ -96,20 +96,39 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> Sums:
 
 
 def aggregate_tags(rows: Iterable[dict[str, Any]]) -> Sums:
-    """Event rows (as stored) summed by the tag rollup's key, once per tag of each event."""
-    sums: Sums = {}
+    """Event rows (as stored) summed by the tag rollup's key, once per tag of each event.
+
+    Events are first summed by their model key and whole tag set (most events of a batch share
+    a few tag sets), then each group is spread over its tags: one addition per event, not one
+    per tag."""
+    grouped: Sums = {}
+    hours: dict[int, datetime] = {}
     for r in rows:
-        for name, value in (r["tags"] or {}).items():
+        tags = r["tags"]
+        if tags:
+            number = int(r["occurred_at"].timestamp()) // 3600
+            hour = hours.get(number)
+            if hour is None:
+                hour = hours[number] = datetime.fromtimestamp(number * 3600, UTC)
             key = (
                 r["tenant_id"],
-                hour_of(r["occurred_at"]),
+                hour,
                 r["provider_id"],
                 r["model_id"],
                 r["operation_id"],
-                name,
-                value,
+                tuple(tags.items()),
             )
-            _add(sums, key, r)
+            _add(grouped, key, r)
+    sums: Sums = {}
+    for (tenant_id, hour, provider_id, model_id, operation_id, items), acc in grouped.items():
+        for name, value in items:
+            tag_key = (tenant_id, hour, provider_id, model_id, operation_id, name, value)
+            total = sums.get(tag_key)
+            if total is None:
+                sums[tag_key] = list(acc)
+            else:
+                for i, amount in enumerate(acc):
+                    total[i] += amount
     return sums
 
 
