@@ -1,0 +1,80 @@
+"""Server time of every overview view (stacked by provider, model, operation, end user and a
+tag; 30 and 90 days) on one tenant, in process through Django's test client.
+
+Seed a tenant of the benchmark set's shape first, into a scratch database:
+
+    export DATABASE_URL=postgres://postgres@127.0.0.1:5432/costmon_dash SECRET_KEY=bench
+    .venv/bin/python manage.py migrate && .venv/bin/python manage.py load_prices
+    .venv/bin/python manage.py seed_demo --events 500000 --users 5000 --days 90
+    .venv/bin/python tests/bench/dashboard_views.py
+
+Prints the first view and the median of the next three for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costmon.settings")
+os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tenant", default="demo", help="the seeded tenant's slug")
+    parser.add_argument("--tag", default="team", help="the tag name to stack by")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+    from django.utils import timezone
+
+    from costmon.core.models import Tenant
+    from costmon.core.periods import tenant_zone
+    from costmon.core.tenancy import unscoped
+
+    with unscoped():
+        tenant = Tenant.objects.get(slug=args.tenant)
+    user_model = get_user_model()
+    user = user_model.objects.filter(username="bench-dashboard").first()
+    if user is None:
+        user = user_model.objects.create_superuser("bench-dashboard", "bench@example.test", None)
+    client = Client(HTTP_HOST="127.0.0.1")
+    client.force_login(user)
+
+    today = timezone.now().astimezone(tenant_zone(tenant)).date()
+    periods = {
+        "30 days": "period=30d",
+        "90 days": f"period=custom&start={today - timedelta(days=89)}&end={today}",
+    }
+    for label, query in periods.items():
+        for by in ("provider", "model", "operation", "end_user", f"tag:{args.tag}"):
+            url = f"/t/{tenant.slug}/?{query}&by={by}"
+            times = []
+            for _ in range(args.repeat + 1):
+                started = time.perf_counter()
+                response = client.get(url)
+                times.append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200:
+                    raise SystemExit(f"{url} answered {response.status_code}")
+            print(
+                f"{label}, stacked by {by:<12} first {times[0]:6.0f} ms, "
+                f"median of {args.repeat} more {statistics.median(times[1:]):6.0f} ms",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
