@@ -35,7 +35,7 @@ from usage.price_lookup import Catalog
 from usage.pricing import breakdown
 from usage.rollups import aggregate_tags, hour_of
 from usage.signals import usage_rewritten
-from usage.storage import rewrite_lock, rollups_add
+from usage.storage import events_drop_before, rewrite_lock, rollups_add
 
 # What `aggregate_tags` reads of an event besides its tenant and time (a rollup rebuild).
 _TAG_EVENT_FIELDS = (
@@ -217,10 +217,20 @@ def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:
 def usage_events_purge(
     *, before: datetime, batch_size: int = 10_000, progress: Callable[[int], None] | None = None
 ) -> int:
-    """Delete raw events older than `before`, every tenant, in batches; rollups stay, so every
-    total and chart keeps its history. Staff code: runs unscoped."""
+    """Remove raw events older than `before`, every tenant; rollups stay, so every total and
+    chart keeps its history. Returns the number of events removed. Staff code: runs unscoped.
+
+    PostgreSQL: whole monthly partitions that end at or before `before` are dropped (no row
+    is deleted; a month that ends later is kept entirely, so retention works in whole months).
+    SQLite: the rows are deleted, in batches.
+    """
     deleted = 0
     with unscoped():
+        dropped = events_drop_before(before)
+        if dropped is not None:
+            for name, rows in dropped:
+                log.info("events_partition_dropped", partition=name, events=rows)
+            return sum(rows for _, rows in dropped)
         while True:
             ids = list(
                 UsageEvent.objects.unscoped()
