@@ -232,6 +232,28 @@ def _insert_sqlite(rows: Sequence[dict[str, Any]]) -> set[str]:
     return inserted
 
 
+def events_set_prices(events: Sequence[UsageEvent]) -> None:
+    """Write the events' cost, cost source and catalog row (re-pricing). PostgreSQL: one
+    statement matched on the key (tenant, time, id), which finds each row in its partition by
+    the primary key; `id` has no index there. SQLite: by primary key."""
+    if not events:
+        return
+    if not _postgresql():
+        UsageEvent.objects.bulk_update(list(events), ["cost_nanos", "cost_source", "price_id"])
+        return
+    columns = ("tenant_id", "occurred_at", "event_id", "cost_nanos", "cost_source", "price_id")
+    arrays = [[getattr(e, c) for e in events] for c in columns]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {UsageEvent._meta.db_table} e SET cost_nanos = v.cost_nanos, "
+            "cost_source = v.cost_source, price_id = v.price_id FROM unnest(%s::int8[], "
+            "%s::timestamptz[], %s::text[], %s::int8[], %s::int2[], %s::int4[]) "
+            f"AS v({', '.join(columns)}) WHERE e.tenant_id = v.tenant_id "
+            "AND e.occurred_at = v.occurred_at AND e.event_id = v.event_id",
+            arrays,
+        )
+
+
 def copy_supported() -> bool:
     """Whether `events_copy` can be used (PostgreSQL); elsewhere load through ingest."""
     return _postgresql()

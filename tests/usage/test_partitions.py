@@ -128,13 +128,19 @@ def test_a_resend_is_counted_once_after_the_next_months_partition_exists(
 def test_the_same_id_at_another_time_is_another_event(acme, outsider, ingest_client):
     """The idempotency key is (event id, occurred_at): a resend carries both unchanged."""
     one = event(event_id="same", occurred_at="2026-10-31T10:00:00Z")
-    other = event(event_id="same", occurred_at="2026-11-01T10:00:00Z")
-    assert post_usage(ingest_client, one).json()["events"][0]["duplicate"] is False
-    assert post_usage(ingest_client, other).json()["events"][0]["duplicate"] is False
-    assert post_usage(ingest_client, [one]).json()["events"][0]["duplicate"] is True
-    assert post_usage(ingest_client, [other]).json()["events"][0]["duplicate"] is True
+    other = event(event_id="same", occurred_at="2026-11-01T10:00:00Z", input_tokens=900)
+    first = post_usage(ingest_client, one).json()["events"][0]
+    second = post_usage(ingest_client, other).json()["events"][0]
+    assert (first["duplicate"], second["duplicate"]) == (False, False)
+    assert first["cost_usd"] != second["cost_usd"]
+    # Each resend is a duplicate of its own stored event, and reports that event's cost.
+    assert post_usage(ingest_client, [one]).json()["events"][0] == {**first, "duplicate": True}
+    assert post_usage(ingest_client, [other]).json()["events"][0] == {**second, "duplicate": True}
+    # Within one request an id counts once, whatever the times: the first copy.
+    again = post_usage(ingest_client, [other, one]).json()["events"]
+    assert again == [{**second, "duplicate": True}, {**second, "duplicate": True}]
     assert [e for e, _ in stored(acme)] == ["same", "same"]
-    assert rollup_cost(acme) == (2, 2 * COST)
+    assert rollup_cost(acme)[0] == 2
     assert stored(outsider) == []
 
 
