@@ -91,26 +91,34 @@ def partitions(cursor: Any) -> list[tuple[str, datetime]]:
     return sorted((name, month) for name, month in found if month is not None)
 
 
-def drop_partitions_before(cursor: Any, cutoff: datetime) -> list[tuple[str, int]]:
+def drop_partitions_before(
+    cursor: Any, cutoff: datetime, *, concurrently: bool
+) -> list[tuple[str, int]]:
     """Drop every partition whose month ends at or before `cutoff`: (name, rows) of each.
 
-    Whole months only: a month that ends after the cutoff is kept entirely. Run unscoped
-    (row-level security would hide the rows counted).
+    Whole months only: a month that ends after the cutoff is kept entirely. The rows are
+    counted first (for the log; run unscoped, as row-level security would hide them), then each
+    partition is detached and dropped. `concurrently` (outside a transaction only): DETACH ...
+    CONCURRENTLY, which never blocks reads or inserts on the events table; otherwise a plain
+    DETACH, which holds the table exclusively until the transaction ends (brief: no rows move).
     """
-    dropped = []
-    # Rows written earlier in this transaction (tests, a caller's own transaction) have their
-    # deferred foreign key checks pending, and a table with pending checks cannot be dropped:
-    # run them now, then defer again (Django's foreign keys are all INITIALLY DEFERRED).
-    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-    for name, month in partitions(cursor):
-        if next_month(month) > cutoff:
-            continue
+    old = [name for name, month in partitions(cursor) if next_month(month) <= cutoff]
+    counts = []
+    for name in old:
         cursor.execute(f"SELECT count(*) FROM {name}")  # noqa: S608 - our own partition name
-        rows = cursor.fetchone()[0]
+        counts.append((name, int(cursor.fetchone()[0])))
+    if not concurrently:
+        # Rows written earlier in this transaction (tests, a caller's own transaction) have
+        # their deferred foreign key checks pending, and a table with pending checks cannot be
+        # dropped: run them now, then defer again (Django's foreign keys are INITIALLY DEFERRED).
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    how = " CONCURRENTLY" if concurrently else ""
+    for name in old:
+        cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}{how}")
         cursor.execute(f"DROP TABLE {name}")
-        dropped.append((name, int(rows)))
-    cursor.execute("SET CONSTRAINTS ALL DEFERRED")
-    return dropped
+    if not concurrently:
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+    return counts
 
 
 class KnownMonths:

@@ -137,8 +137,11 @@ def events_drop_before(before: datetime) -> list[tuple[str, int]] | None:
     one. SQLite: None, as its events table has no partitions (the caller deletes rows)."""
     if not _postgresql():
         return None
-    with transaction.atomic(), connection.cursor() as cursor:
-        dropped = drop_partitions_before(cursor, before)
+    # Outside a transaction (the nightly task) each partition is detached concurrently: ingest
+    # and reads go on meanwhile. Inside one (a caller's, tests) plainly, in that transaction.
+    concurrently = not connection.in_atomic_block
+    with connection.cursor() as cursor:
+        dropped = drop_partitions_before(cursor, before, concurrently=concurrently)
     _known_months.forget()
     return dropped
 

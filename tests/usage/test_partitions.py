@@ -232,3 +232,37 @@ def test_concurrent_resends_across_a_new_month_count_once(acme, outsider, ingest
     assert rollup_cost(acme) == (50, 50 * COST)
     assert stored(outsider) == []
     assert "usage_usageevent_p202406" in months()
+
+
+@PG
+@pytest.mark.django_db(transaction=True)
+def test_the_nightly_task_detaches_concurrently_outside_a_transaction(
+    acme, outsider, ingest_client, outsider_client, settings
+):
+    settings.COSTMON_RETENTION_DAYS = 30
+    with time_machine.travel("2024-09-21T12:00:00Z", tick=False):
+        post_usage(
+            ingest_client,
+            [
+                event(event_id="jul", occurred_at="2024-07-31T23:59:59Z"),
+                event(event_id="aug", occurred_at="2024-08-01T00:00:00Z"),
+            ],
+        )
+        post_usage(outsider_client, event(event_id="jul", occurred_at="2024-07-10T00:00:00Z"))
+        statements: list[str] = []
+
+        def record(execute, sql, params, many, context):
+            statements.append(sql)
+            return execute(sql, params, many, context)
+
+        with connection.execute_wrapper(record):
+            assert apply_retention() == 2
+    assert [e for e, _ in stored(acme)] == ["aug"]
+    assert stored(outsider) == []
+    assert rollup_cost(acme) == (2, 2 * COST)
+    assert "usage_usageevent_p202407" not in months()
+    assert "usage_usageevent_p202408" in months()
+    assert any(
+        s.endswith("DETACH PARTITION usage_usageevent_p202407 CONCURRENTLY") for s in statements
+    )
+    assert not [s for s in statements if s.lstrip().upper().startswith("DELETE")]
