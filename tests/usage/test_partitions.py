@@ -18,7 +18,7 @@ from tests.helpers import event, post_usage
 from usage.bulk import usage_bulk_load
 from usage.ingest import parse_batch
 from usage.models import HourlyRollup, ModelHourlyRollup, TagHourlyRollup, UsageEvent
-from usage.partitions import partition_name, partitions
+from usage.partitions import KnownMonths, partition_name, partitions
 from usage.tasks import apply_retention, create_event_partitions
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
@@ -266,3 +266,20 @@ def test_the_nightly_task_detaches_concurrently_outside_a_transaction(
         s.endswith("DETACH PARTITION usage_usageevent_p202407 CONCURRENTLY") for s in statements
     )
     assert not [s for s in statements if s.lstrip().upper().startswith("DELETE")]
+
+
+def test_a_month_is_trusted_only_until_retention_could_drop_it():
+    known = KnownMonths()
+    march = datetime(2030, 3, 1, tzinfo=UTC)
+    with time_machine.travel("2030-03-15T00:00:00Z", tick=False):
+        assert known.missing([march]) == [march]
+        known.remember(march, 30)
+        assert known.missing([march]) == []
+    # Retention (30 days) may drop March from 2030-05-01 on: checked again from then.
+    with time_machine.travel("2030-04-30T23:59:59Z", tick=False):
+        assert known.missing([march]) == []
+    with time_machine.travel("2030-05-01T00:00:00Z", tick=False):
+        assert known.missing([march]) == [march]
+        known.remember(march, 0)  # retention off: for good
+    with time_machine.travel("2090-01-01T00:00:00Z", tick=False):
+        assert known.missing([march]) == []
