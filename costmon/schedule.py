@@ -94,6 +94,14 @@ SCHEDULE: list[Periodic] = [
         cron={"minute": "45", "hour": "3"},
     ),
     Periodic(
+        "usage: event partitions ahead",
+        "usage.tasks.create_event_partitions",
+        "PostgreSQL keeps raw events in monthly partitions: this month's and the next two exist "
+        "before their first event, so live ingest never creates one (a backfill of an old month "
+        "creates its own). Daily, so a missed run or a new database is covered within a day.",
+        cron={"minute": "40", "hour": "3"},
+    ),
+    Periodic(
         "alerts: daily cost report",
         "alerts.tasks.send_daily_reports",
         "Yesterday's spend in people's inboxes before the working day starts (07:00 UTC); one "

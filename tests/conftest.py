@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from rest_framework.test import APIClient
 
 from costmon.core import tenancy
@@ -23,6 +23,7 @@ from costmon.core.services import api_key_create, membership_add, tenant_create
 from tests.factories import UserFactory
 from usage import catalog
 from usage.models import ModelPrice
+from usage.storage import events_partitions_ensure, events_partitions_forget
 
 PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 REDIS_START = (
@@ -74,6 +75,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         sys.stderr.write(problem + "\n")
         sys.stderr.flush()
         os._exit(3)
+
+
+# The months whose events partitions the test database has (PostgreSQL), as beat keeps them
+# ahead in production: tests of on-demand creation use months outside these.
+TEST_PARTITION_MONTHS = [
+    datetime(y, m, 1, tzinfo=UTC) for y in (2025, 2026, 2027) for m in range(1, 13)
+]
+
+
+def restore_test_partitions() -> None:
+    """Create the test database's events partitions (after a test that rebuilt the table)."""
+    events_partitions_forget()
+    with transaction.atomic():
+        events_partitions_ensure(TEST_PARTITION_MONTHS)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> None:
+    with django_db_blocker.unblock():
+        restore_test_partitions()
 
 
 @pytest.fixture(autouse=True)

@@ -35,7 +35,7 @@ from usage.price_lookup import Catalog
 from usage.pricing import breakdown
 from usage.rollups import aggregate_tags, hour_of
 from usage.signals import usage_rewritten
-from usage.storage import rewrite_lock, rollups_add
+from usage.storage import events_drop_before, events_set_prices, rewrite_lock, rollups_add
 
 # What `aggregate_tags` reads of an event besides its tenant and time (a rollup rebuild).
 _TAG_EVENT_FIELDS = (
@@ -101,7 +101,7 @@ def usage_reprice(
             .values_list("pk", "value")
         )
         for event in qs.only(
-            "pk", "occurred_at", "provider_id", "model_id", "service_tier", *PRICED_COLUMNS,
+            "pk", "tenant_id", "event_id", "occurred_at", "provider_id", "model_id", "service_tier", *PRICED_COLUMNS,
             "cost_nanos", "cost_source", "price_id", "cache_hit",
         ).iterator(chunk_size=2000):  # fmt: skip
             report.examined += 1
@@ -146,7 +146,7 @@ def _price_again(
 
 def _save_prices(events: list[UsageEvent], report: RepriceReport) -> None:
     if events:
-        UsageEvent.objects.bulk_update(events, ["cost_nanos", "cost_source", "price_id"])
+        events_set_prices(events)
         report.changed += len(events)
 
 
@@ -154,18 +154,26 @@ def usage_events_delete(*, events: QuerySet[UsageEvent]) -> int:
     """Delete events and rebuild the rollups of their hours, under each tenant's exclusive
     ingest lock, so rollups still equal the sum of their events. Staff code: runs unscoped."""
     with unscoped():
-        rows = list(events.values_list("pk", "tenant_id", "occurred_at"))
+        rows = list(events.values_list("pk", "tenant_id", "occurred_at", "event_id"))
         by_tenant: dict[int, tuple[list[int], set[datetime]]] = defaultdict(lambda: ([], set()))
-        for pk, tenant_id, occurred_at in rows:
+        keys: dict[int, tuple[set[datetime], set[str]]] = defaultdict(lambda: (set(), set()))
+        for pk, tenant_id, occurred_at, event_id in rows:
             by_tenant[tenant_id][0].append(pk)
             by_tenant[tenant_id][1].add(hour_of(occurred_at))
+            keys[tenant_id][0].add(occurred_at)
+            keys[tenant_id][1].add(event_id)
         tenants = list(Tenant.objects.filter(pk__in=by_tenant).order_by("pk"))
     with transaction.atomic():
         for tenant in tenants:
             pks, hours = by_tenant[tenant.pk]
             with tenant_context(tenant):
                 rewrite_lock(tenant.pk)
-                UsageEvent.objects.for_tenant(tenant).filter(pk__in=pks).delete()
+                # By id, narrowed by time and event id so PostgreSQL finds the rows through
+                # the key (tenant, occurred_at, event_id): `id` has no index there.
+                times, ids = keys[tenant.pk]
+                UsageEvent.objects.for_tenant(tenant).filter(
+                    pk__in=pks, occurred_at__in=times, event_id__in=ids
+                ).delete()
                 rollups_rebuild(tenant=tenant, hours=sorted(hours))
             _rewritten(tenant.pk)
     return len(rows)
@@ -217,10 +225,20 @@ def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:
 def usage_events_purge(
     *, before: datetime, batch_size: int = 10_000, progress: Callable[[int], None] | None = None
 ) -> int:
-    """Delete raw events older than `before`, every tenant, in batches; rollups stay, so every
-    total and chart keeps its history. Staff code: runs unscoped."""
+    """Remove raw events older than `before`, every tenant; rollups stay, so every total and
+    chart keeps its history. Returns the number of events removed. Staff code: runs unscoped.
+
+    PostgreSQL: whole monthly partitions that end at or before `before` are dropped (no row
+    is deleted; a month that ends later is kept entirely, so retention works in whole months).
+    SQLite: the rows are deleted, in batches.
+    """
     deleted = 0
     with unscoped():
+        dropped = events_drop_before(before)
+        if dropped is not None:
+            for name, rows in dropped:
+                log.info("events_partition_dropped", partition=name, events=rows)
+            return sum(rows for _, rows in dropped)
         while True:
             ids = list(
                 UsageEvent.objects.unscoped()

@@ -51,7 +51,7 @@ def usage_record_batch(
 
     One transaction holds the events and the rollup changes, so rollups always equal the sum
     of the events. Re-sending a batch (even concurrently) never counts an event twice: the
-    unique (tenant, event_id) index decides which copy is stored. `api_key_id` is the key that
+    key (tenant, occurred_at, event_id) decides which copy is stored. `api_key_id` is the key that
     reported the batch (budgets per key count its spend).
     """
     catalog = catalog_for(tenant.pk)
@@ -89,7 +89,7 @@ def usage_record_batch(
             # Committed: budgets update the spend counters, settle reservations and may trip
             # the emergency stop; Prometheus marks its cached sums stale.
             _send_recorded(batch)
-        stored = _stored_costs(tenant.pk, [eid for eid in firsts if eid not in inserted])
+        stored = _stored_costs(tenant.pk, [e for eid, e in firsts.items() if eid not in inserted])
     return _results(events, rows, inserted, stored)
 
 
@@ -131,14 +131,18 @@ def _send_recorded(batch: RecordedBatch) -> None:
             )
 
 
-def _stored_costs(tenant_id: int, event_ids: list[str]) -> dict[str, tuple[int, int]]:
-    if not event_ids:
+def _stored_costs(tenant_id: int, events: list[EventIn]) -> dict[str, tuple[int, int]]:
+    """What was stored for events sent before, by their key (id and time): the time also lets
+    the lookup use the events table's key instead of reading all of the tenant's ids."""
+    if not events:
         return {}
+    times = {e.event_id: e.occurred_at for e in events}
     return {
         eid: (cost, source)
-        for eid, cost, source in UsageEvent.objects.for_tenant(tenant_id)
-        .filter(event_id__in=event_ids)
-        .values_list("event_id", "cost_nanos", "cost_source")
+        for eid, at, cost, source in UsageEvent.objects.for_tenant(tenant_id)
+        .filter(event_id__in=list(times), occurred_at__in=set(times.values()))
+        .values_list("event_id", "occurred_at", "cost_nanos", "cost_source")
+        if times[eid] == at
     }
 
 

@@ -11,13 +11,23 @@ import contextlib
 import functools
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connection
+from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import Model
 
 from costmon.core.tenancy import raw_cursor
 from usage.models import CostSource, HourlyRollup, ModelHourlyRollup, TagHourlyRollup, UsageEvent
+from usage.partitions import (
+    KnownMonths,
+    create_partition,
+    drop_partitions_before,
+    month_start,
+    next_month,
+    partition_exists,
+)
 from usage.rollups import (
     MODEL_ROLLUP_KEY,
     ROLLUP_KEY,
@@ -38,6 +48,9 @@ INGEST_LOCK_NAMESPACE = 7401
 
 # SQLite's limit on parameters per statement, with room to spare.
 _SQLITE_PARAMS = 30_000
+# The events table's key: a resend (same tenant, time and id) is counted once. On PostgreSQL it
+# is the primary key of the partitioned table (a unique key must hold the partition key).
+EVENT_KEY = "tenant_id, occurred_at, event_id"
 # PostgreSQL array types of rollup key columns that are not bigint.
 _PG_TYPES = {"hour": "timestamptz", "tag_name": "text", "tag_value": "text"}
 
@@ -80,15 +93,74 @@ def rewrite_lock(tenant_id: int) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _lock_key(tenant_id))
 
 
+# --- partitions -----------------------------------------------------------------------------
+
+_known_months = KnownMonths()
+
+
+def events_partitions_ensure(months: Iterable[datetime]) -> list[datetime]:
+    """PostgreSQL: create the monthly partitions of the events table that the given months
+    (UTC month starts) lack, in the current transaction; return those created. Months this
+    process has seen already cost nothing. SQLite: nothing to do."""
+    if not _postgresql():
+        return []
+    missing = _known_months.missing(months)
+    if not missing:
+        return []
+    created = []
+    days = settings.COSTMON_RETENTION_DAYS
+    with connection.cursor() as cursor:
+        for month in missing:
+            if month not in _known_months.created_here and partition_exists(cursor, month):
+                _known_months.remember(month, days)  # committed: no transaction of ours made it
+            elif create_partition(cursor, month):
+                created.append(month)
+                _known_months.created_here.add(month)
+                # Trusted once this commits: a rollback also undoes the partition.
+                transaction.on_commit(functools.partial(_known_months.remember, month, days))
+    return created
+
+
+def events_partitions_ahead(now: datetime, months: int = 3) -> list[datetime]:
+    """PostgreSQL: make sure the partitions of `now`'s month and the following ones exist
+    (`months` in all); return those created."""
+    wanted = [month_start(now)]
+    while len(wanted) < months:
+        wanted.append(next_month(wanted[-1]))
+    with transaction.atomic():
+        return events_partitions_ensure(wanted)
+
+
+def events_drop_before(before: datetime) -> list[tuple[str, int]] | None:
+    """PostgreSQL: drop the events table's monthly partitions that end at or before `before`
+    (whole months; rollups stay) and return (partition, rows) of each; no row is deleted one by
+    one. SQLite: None, as its events table has no partitions (the caller deletes rows)."""
+    if not _postgresql():
+        return None
+    # Outside a transaction (the nightly task) each partition is detached concurrently: ingest
+    # and reads go on meanwhile. Inside one (a caller's, tests) plainly, in that transaction.
+    concurrently = not connection.in_atomic_block
+    with connection.cursor() as cursor:
+        dropped = drop_partitions_before(cursor, before, concurrently=concurrently)
+    _known_months.forget()
+    return dropped
+
+
+def events_partitions_forget() -> None:
+    """Forget which partitions exist (after dropping some, and in tests)."""
+    _known_months.forget()
+
+
 # --- events ---------------------------------------------------------------------------------
 
 
 def events_insert(rows: Sequence[dict[str, Any]]) -> set[str]:
-    """Insert the rows whose (tenant, event id) is new and add exactly those to the rollups, in
-    the current transaction; return the event ids inserted."""
+    """Insert the rows whose (tenant, time, event id) is new and add exactly those to the
+    rollups, in the current transaction; return the event ids inserted."""
     if not rows:
         return set()
     if _postgresql():
+        events_partitions_ensure({month_start(r["occurred_at"]) for r in rows})
         inserted = _insert_postgresql(rows)
     else:
         inserted = _insert_sqlite(rows)
@@ -107,7 +179,7 @@ def insert_statement() -> str:
     return (
         with_rollups(
             f"INSERT INTO {UsageEvent._meta.db_table} ({', '.join(EVENT_COLUMNS)}) "
-            f"SELECT * FROM unnest({unnest}) ON CONFLICT (tenant_id, event_id) DO NOTHING"
+            f"SELECT * FROM unnest({unnest}) ON CONFLICT ({EVENT_KEY}) DO NOTHING"
         )
         + " SELECT event_id FROM fresh"
     )
@@ -156,11 +228,33 @@ def _insert_sqlite(rows: Sequence[dict[str, Any]]) -> set[str]:
                     params.append(value)
             cursor.execute(
                 f"INSERT INTO {table} ({columns}) VALUES {', '.join([marks] * len(part))} "
-                f"ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id",
+                f"ON CONFLICT ({EVENT_KEY}) DO NOTHING RETURNING event_id",
                 params,
             )
             inserted.update(r[0] for r in cursor.fetchall())
     return inserted
+
+
+def events_set_prices(events: Sequence[UsageEvent]) -> None:
+    """Write the events' cost, cost source and catalog row (re-pricing). PostgreSQL: one
+    statement matched on the key (tenant, time, id), which finds each row in its partition by
+    the primary key; `id` has no index there. SQLite: by primary key."""
+    if not events:
+        return
+    if not _postgresql():
+        UsageEvent.objects.bulk_update(list(events), ["cost_nanos", "cost_source", "price_id"])
+        return
+    columns = ("tenant_id", "occurred_at", "event_id", "cost_nanos", "cost_source", "price_id")
+    arrays = [[getattr(e, c) for e in events] for c in columns]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {UsageEvent._meta.db_table} e SET cost_nanos = v.cost_nanos, "
+            "cost_source = v.cost_source, price_id = v.price_id FROM unnest(%s::int8[], "
+            "%s::timestamptz[], %s::text[], %s::int8[], %s::int2[], %s::int4[]) "
+            f"AS v({', '.join(columns)}) WHERE e.tenant_id = v.tenant_id "
+            "AND e.occurred_at = v.occurred_at AND e.event_id = v.event_id",
+            arrays,
+        )
 
 
 def copy_supported() -> bool:
@@ -187,9 +281,15 @@ def events_copy(rows: Iterable[dict[str, Any]]) -> tuple[int, int, int]:
                     values[tags] = json.dumps(values[tags])
                 copy.write_row(values)
         cursor.execute(
+            "SELECT DISTINCT date_trunc('month', occurred_at AT TIME ZONE 'UTC') "
+            "FROM usage_bulk_stage"
+        )
+        months = [m.replace(tzinfo=UTC) for (m,) in cursor.fetchall()]
+        events_partitions_ensure(months)
+        cursor.execute(
             with_rollups(
                 f"INSERT INTO {events} ({columns}) SELECT {columns} FROM usage_bulk_stage"
-                f" ORDER BY occurred_at ON CONFLICT (tenant_id, event_id) DO NOTHING",
+                f" ORDER BY occurred_at ON CONFLICT ({EVENT_KEY}) DO NOTHING",
                 tags=True,
             )
             + " SELECT count(*), coalesce(sum(cost_nanos), 0),"

@@ -17,15 +17,26 @@ from costmon.core.exceptions import DomainError
 from usage.maintenance import usage_events_purge
 from usage.prices import price_sync_failed, prices_sync, read_price_list
 from usage.repricing import reprice_unpriced_usage
+from usage.storage import events_partitions_ahead
 
-__all__ = ["apply_retention", "reprice_unpriced_usage", "sync_prices"]
+__all__ = ["apply_retention", "create_event_partitions", "reprice_unpriced_usage", "sync_prices"]
 
 log = structlog.get_logger(__name__)
 
 
 @shared_task(ignore_result=True)
+def create_event_partitions() -> int:
+    """PostgreSQL: this month's events partition and the next two's, ahead of their events."""
+    created = events_partitions_ahead(timezone.now())
+    if created:
+        log.info("events_partitions_created", months=[f"{m:%Y-%m}" for m in created])
+    return len(created)
+
+
+@shared_task(ignore_result=True)
 def apply_retention() -> int:
-    """Delete raw events past COSTMON_RETENTION_DAYS (rollups stay)."""
+    """Remove raw events past COSTMON_RETENTION_DAYS (rollups stay): on PostgreSQL whole
+    monthly partitions, so a month goes once all of it is past the cutoff."""
     if not settings.COSTMON_RETENTION_DAYS:
         return 0
     deleted = usage_events_purge(

@@ -567,8 +567,14 @@ def storage_rows(context: Context) -> list[Row]:
     say("measuring storage")
     events = UsageEvent._meta.db_table
     with unscoped(), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_total_relation_size(%s), pg_relation_size(%s)", [events, events])
-        total, heap = cursor.fetchone()
+        # Over the partition tree: on PostgreSQL the events live in monthly partitions, and a
+        # partitioned table's own size is 0 (a plain table is its own tree).
+        cursor.execute(
+            "SELECT sum(pg_total_relation_size(relid)), sum(pg_relation_size(relid)) "
+            "FROM pg_partition_tree(%s)",
+            [events],
+        )
+        total, heap = (int(v or 0) for v in cursor.fetchone())
         rollups = []
         for model in (HourlyRollup, ModelHourlyRollup):
             table = model._meta.db_table

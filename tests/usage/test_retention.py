@@ -19,10 +19,10 @@ def test_old_raw_events_go_and_rollups_stay(
     with time_machine.travel("2026-11-21T12:00:00Z", tick=False):
         post_usage(
             ingest_client,
-            [event(event_id="old", occurred_at="2026-10-01T10:00:00Z"), event(event_id="new")],
+            [event(event_id="old", occurred_at="2026-09-30T10:00:00Z"), event(event_id="new")],
         )
         post_usage(
-            outsider_client, event(event_id="theirs-old", occurred_at="2026-10-01T10:00:00Z")
+            outsider_client, event(event_id="theirs-old", occurred_at="2026-09-30T10:00:00Z")
         )
         assert apply_retention() == 2
     with tenant_context(acme):

@@ -115,12 +115,14 @@ def test_a_second_run_adds_nothing_and_reports_duplicates(db):
     assert rollup_sums(demo()) == before
 
 
-def test_the_same_seed_gives_the_same_data_on_another_day(db):
+def test_the_same_seed_on_another_day_adds_that_days_window(db):
+    """Events are keyed by (id, occurred_at): the same seed's ids at other times (the window
+    ends at the run's time) are other events. `--reset` starts over instead."""
     seed("--events", "300", "--days", "2")
     with time_machine.travel("2026-11-24T08:00:00Z", tick=False):
         out, _ = seed("--events", "300", "--days", "2")
-    assert "0 events recorded (300 were already there)" in out
-    assert UsageEvent.objects.for_tenant(demo()).count() == 300
+    assert "300 events recorded (0 were already there)" in out
+    assert UsageEvent.objects.for_tenant(demo()).count() == 600
 
 
 def test_reset_starts_the_tenant_over(db):

@@ -42,6 +42,9 @@ class UsageEventAdmin(ReadOnlyAdmin):
         "cost_source",
         "status",
     )
+    # Newest first by time: filtered by tenant, a scan of the key (tenant, occurred_at,
+    # event_id) backwards; `id` has no index on PostgreSQL (monthly partitions).
+    ordering = ("-occurred_at",)
     list_filter = ("tenant", "cost_source", "is_error")
     list_select_related = ("tenant", "provider", "model", "end_user")
     search_fields = ("=event_id",)

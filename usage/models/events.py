@@ -139,12 +139,15 @@ class UsageEvent(models.Model):
 
     class Meta:
         constraints = [
+            # The idempotency key: a resend (same time and id) is counted once; the same id
+            # with another time is another event. On PostgreSQL it is the primary key of the
+            # monthly partitioned table (migration 0012; `id` is then a plain column without
+            # an index, kept for the admin), and the index of a tenant's time-range reads.
             models.UniqueConstraint(
-                fields=["tenant", "event_id"], name="usageevent_unique_event_id"
+                fields=["tenant", "occurred_at", "event_id"], name="usageevent_key"
             )
         ]
         indexes = [
-            models.Index(fields=["tenant", "occurred_at"], name="usageevent_tenant_time"),
             # Only events that carry a prompt hash (the repeated-prompts recommendation reads
             # them): small when few do, and free for events without one.
             models.Index(
