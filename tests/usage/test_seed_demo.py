@@ -105,24 +105,24 @@ def test_a_small_run_records_exactly_the_events_asked_for(db):
     assert "events/s" in err
 
 
-def test_a_second_run_adds_nothing_and_reports_duplicates(db):
+def test_a_second_run_keeps_the_tenant_as_it_is(db):
     seed("--events", "500", "--days", "3")
     before = event_sums(demo())
     out, _ = seed("--events", "500", "--days", "3")
-    assert "demo: 0 events recorded (500 were already there), $0 of spend" in out
+    assert "demo: already has 500 events, kept (--reset starts it over)." in out
     assert "loaded" not in out and "Created" not in out
     assert event_sums(demo()) == before
     assert rollup_sums(demo()) == before
 
 
-def test_the_same_seed_on_another_day_adds_that_days_window(db):
-    """Events are keyed by (id, occurred_at): the same seed's ids at other times (the window
-    ends at the run's time) are other events. `--reset` starts over instead."""
+def test_a_run_on_another_day_adds_no_shifted_copy(db):
+    """Events are keyed by (id, occurred_at) and the window ends at the run's time: a second
+    run on another day must not add the same stream again at other times."""
     seed("--events", "300", "--days", "2")
     with time_machine.travel("2026-11-24T08:00:00Z", tick=False):
         out, _ = seed("--events", "300", "--days", "2")
-    assert "300 events recorded (0 were already there)" in out
-    assert UsageEvent.objects.for_tenant(demo()).count() == 600
+    assert "demo: already has 300 events, kept" in out
+    assert UsageEvent.objects.for_tenant(demo()).count() == 300
 
 
 def test_reset_starts_the_tenant_over(db):

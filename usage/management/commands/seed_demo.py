@@ -22,7 +22,7 @@ from costmon.core.tenancy import tenant_context, unscoped
 from usage.bulk import BulkReport, usage_bulk_load
 from usage.demo import demo_events
 from usage.maintenance import usage_tenant_reset
-from usage.models import ModelPrice
+from usage.models import ModelPrice, UsageEvent
 from usage.prices import prices_sync, read_price_file
 from usage.storage import parallel_writers_supported, usage_analyze
 
@@ -34,8 +34,8 @@ _progress: Any = None
 
 class Command(BaseCommand):
     help = (
-        "Fill demo tenants (demo, demo-2, ...) with realistic usage. Deterministic: running it "
-        "again with the same --seed adds nothing; --reset starts the tenants over."
+        "Fill demo tenants (demo, demo-2, ...) with realistic usage, deterministic for a --seed. "
+        "A tenant that already has usage is kept as it is; --reset starts the tenants over."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -79,6 +79,13 @@ class Command(BaseCommand):
             if options["reset"]:
                 with tenant_context(tenant):
                     self._reset(tenant)
+            elif kept := self._events_kept(tenant):
+                # Events are keyed by (id, time) and the window ends now: seeding again on
+                # another day would add a second, shifted copy of the same stream.
+                self.stdout.write(
+                    f"{tenant.slug}: already has {kept:,} events, kept (--reset starts it over)."
+                )
+                continue
             plan.append(
                 Job(
                     tenant=tenant,
@@ -98,6 +105,10 @@ class Command(BaseCommand):
                 self._seed(job)
         # Fresh statistics, so the first queries over the new rows get good plans.
         usage_analyze()
+
+    def _events_kept(self, tenant: Tenant) -> int:
+        with tenant_context(tenant):
+            return UsageEvent.objects.for_tenant(tenant).count()
 
     def _load_catalog_if_empty(self) -> None:
         with unscoped():
