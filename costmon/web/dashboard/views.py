@@ -24,7 +24,7 @@ from costmon.web.dashboard import burndown, charts
 from costmon.web.dashboard import pages as dashboard
 from costmon.web.dashboard.alerts import open_alerts, recent_alerts
 from costmon.web.dashboard.anomalies import hourly_band
-from costmon.web.dashboard.cards import money_figure, overview_cards
+from costmon.web.dashboard.cards import dashboard_cards, money_figure, overview_cards
 from costmon.web.dashboard.query import (
     CHART_ROWS,
     COMPARE_PARAM,
@@ -231,9 +231,7 @@ def _usage_page(
         context["empty"] = True
         return render(request, "dashboard/overview.html", context)
 
-    cards = dashboard.dashboard_cards(
-        tenant=tenant, time_range=tr, filters=flt, now=q.now, families=families
-    )
+    cards = dashboard_cards(tenant=tenant, time_range=tr, filters=flt, now=q.now, families=families)
     buckets, cells, interval = dashboard.spend_series(
         tenant=tenant,
         time_range=tr,
