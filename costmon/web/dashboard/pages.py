@@ -2,6 +2,10 @@
 unless end users matter: `usage.selectors.rollups_of`), aggregated in the database; only a tag
 filter (tags live on events alone) reads the events in range, as the metrics selectors do.
 
+Figures from rollups are summed through `settled.summed`: the part of the range before today is
+kept in the shared cache, so a view sums only today's rows (the same sums, added exactly).
+Figures are therefore summed by dictionary id and named afterwards.
+
 `families=True` (the pages' default) counts a model's dated snapshots under its family name
 (`gpt-4o-2024-08-06` under `gpt-4o`): in breakdowns and series by model, and in a model filter.
 """
@@ -9,7 +13,7 @@ filter (tags live on events alone) reads the events in range, as the metrics sel
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +23,10 @@ from django.db.models.functions import ExtractHour, ExtractWeekDay, TruncDay, Tr
 
 from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange
+from costmon.web.dashboard import settled
+from costmon.web.dashboard.settled import Sums
 from usage.models import Dimension, TagHourlyRollup
+from usage.rollups import ROLLUP_SUMS
 from usage.selectors import (
     ROLLUP_DIMENSIONS,
     TagValue,
@@ -30,11 +37,11 @@ from usage.selectors import (
     _filtered_rollups,
     _rollup_sums,
     named,
-    ranked_by_dimension,
     rollups_of,
 )
 
 MAX_MODEL_NAMES = 1000  # model names summed before merging them into families
+BREAKDOWN_SUMS = ("calls", "errors", "cache_hits", "cost_nanos")  # what a breakdown row shows
 
 
 @dataclass(frozen=True)
@@ -88,11 +95,38 @@ def _source(
     return src
 
 
+def _summed(
+    tenant: Tenant,
+    tr: TimeRange,
+    filters: UsageFilters,
+    what: tuple[Any, ...],
+    compute: Callable[[TimeRange], Sums],
+    *,
+    keep: bool = True,
+) -> Sums:
+    """`compute(tr)`, the days before today kept (`settled.summed`) unless the sums come from
+    events (a tag filter): raw events are purged after the retention period, rollups are not."""
+    if filters.tag is not None or not keep:
+        return compute(tr)
+    return settled.summed(tenant, tr, (*what, filters), compute)
+
+
+def _names(tenant: Tenant, ids: Iterable[int]) -> dict[int, str]:
+    return dict(
+        Dimension.objects.for_tenant(tenant).filter(pk__in=list(ids)).values_list("pk", "value")
+    )
+
+
 def usage_totals(
     *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters, families: bool = False
 ) -> dict[str, int]:
-    src = _source(tenant, time_range, filters, families=families)
-    return {k: int(v) for k, v in src.rows.aggregate(**src.sums).items()}
+    def compute(tr: TimeRange) -> Sums:
+        src = _source(tenant, tr, filters, families=families)
+        found = src.rows.aggregate(**src.sums)
+        return {(): [int(found[name]) for name in ROLLUP_SUMS]}
+
+    sums = _summed(tenant, time_range, filters, ("totals", families), compute)[()]
+    return dict(zip(ROLLUP_SUMS, sums, strict=True))
 
 
 def has_usage(*, tenant: Tenant) -> bool:
@@ -132,26 +166,38 @@ def spend_series(
         return buckets, _fold(cells), interval
     if group_by not in ROLLUP_DIMENSIONS:
         raise ValueError(f"cannot group the series by {group_by!r}")
-    src = _source(
-        tenant, time_range, filters, by_end_user=group_by == "end_user", families=families
-    )
-    rows = src.rows
     narrowed = group_by == "end_user" and top is not None
+    only: tuple[int, ...] | None = None
     if narrowed:
-        ids = Dimension.objects.for_tenant(tenant).filter(
-            kind=Dimension.Kind.END_USER, value__in=list(top or ())[:MAX_SERIES]
+        only = tuple(
+            sorted(
+                Dimension.objects.for_tenant(tenant)
+                .filter(kind=Dimension.Kind.END_USER, value__in=list(top or ())[:MAX_SERIES])
+                .values_list("pk", flat=True)
+            )
         )
-        rows = rows.filter(end_user_id__in=ids.values("pk"))
+    column = f"{group_by}_id"
     trunc = TruncHour if interval == "hour" else TruncDay
-    found = (
-        rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
-        .values("bucket", key=F(f"{group_by}__value"))
-        .annotate(cost_nanos=src.sums["cost_nanos"])
-        .order_by("bucket", "key")
-    )
+
+    def compute(tr: TimeRange) -> Sums:
+        src = _source(tenant, tr, filters, by_end_user=group_by == "end_user", families=families)
+        rows = src.rows if only is None else src.rows.filter(end_user_id__in=only)
+        found = (
+            rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
+            .values_list("bucket", column)
+            .annotate(cost_nanos=src.sums["cost_nanos"])
+            .order_by()
+        )
+        return {(bucket, pk): [int(cost)] for bucket, pk, cost in found}
+
+    what = ("series", group_by, interval, families, only)
+    sums = _summed(tenant, time_range, filters, what, compute)
+    names = _names(tenant, {pk for _, pk in sums})
     cells = [
-        {"bucket": r["bucket"], "key": r["key"] or "", "cost_nanos": int(r["cost_nanos"])}
-        for r in found
+        {"bucket": bucket, "key": names.get(pk, ""), "cost_nanos": cost}
+        for (bucket, pk), (cost,) in sorted(
+            sums.items(), key=lambda item: (item[0][0], names.get(item[0][1], ""))
+        )
     ]
     if families and group_by == "model":
         merged: dict[tuple[datetime, str], int] = {}
@@ -319,16 +365,21 @@ def spend_per_bucket(
 ) -> tuple[list[datetime], list[int]]:
     """Total spend in each hour or day of the range, empty ones included (the previous
     period's line on the spend chart)."""
-    src = _source(tenant, time_range, filters, families=families)
     trunc = TruncHour if interval == "hour" else TruncDay
-    found = {
-        r["bucket"]: int(r["cost_nanos"])
-        for r in src.rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
-        .values("bucket")
-        .annotate(cost_nanos=src.sums["cost_nanos"])
-    }
+
+    def compute(tr: TimeRange) -> Sums:
+        src = _source(tenant, tr, filters, families=families)
+        found = (
+            src.rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
+            .values_list("bucket")
+            .annotate(cost_nanos=src.sums["cost_nanos"])
+            .order_by()
+        )
+        return {bucket: [int(cost)] for bucket, cost in found}
+
+    found = _summed(tenant, time_range, filters, ("per bucket", interval, families), compute)
     buckets = _bucket_starts(time_range, interval)
-    return buckets, [found.get(b, 0) for b in buckets]
+    return buckets, [found[b][0] if b in found else 0 for b in buckets]
 
 
 def breakdown(
@@ -340,25 +391,33 @@ def breakdown(
     limit: int = 10,
     families: bool = False,
 ) -> list[dict[str, Any]]:
-    """The most expensive providers, models, operations or end users, sorted in the database
-    (by model family: every model summed, a tenant uses tens of names, then merged)."""
+    """The most expensive providers, models, operations or end users, each row the
+    `BREAKDOWN_SUMS` (by model family: every model summed, a tenant uses tens of names, then
+    merged). Every key's sums are read (a few thousand end users at most), then ranked."""
     if dimension not in ROLLUP_DIMENSIONS:
         raise ValueError(f"cannot break down by {dimension!r}")
-    src = _source(
-        tenant, time_range, filters, by_end_user=dimension == "end_user", families=families
-    )
     merge = families and dimension == "model"
     wanted = MAX_MODEL_NAMES if merge else limit
-    rows: list[dict[str, Any]]
-    if filters.tag is None:
-        rows = ranked_by_dimension(tenant, src.rows, dimension, src.sums, limit=wanted)
-    else:
-        events = (
-            src.rows.values(key=F(f"{dimension}__value"))
-            .annotate(**src.sums)
-            .order_by("-cost_nanos", "-calls", "key")[:wanted]
+    column = f"{dimension}_id"
+
+    def compute(tr: TimeRange) -> Sums:
+        src = _source(tenant, tr, filters, by_end_user=dimension == "end_user", families=families)
+        found = (
+            src.rows.values_list(column)
+            .annotate(**{name: src.sums[name] for name in BREAKDOWN_SUMS})
+            .order_by()
         )
-        rows = [{**r, "key": r["key"] or ""} for r in events]
+        return {pk: [int(v) for v in values] for pk, *values in found}
+
+    sums = _summed(tenant, time_range, filters, ("breakdown", dimension, families), compute)
+    calls, cost = BREAKDOWN_SUMS.index("calls"), BREAKDOWN_SUMS.index("cost_nanos")
+    # As the database would rank them: most spend, then most calls, then the id.
+    top = sorted(sums.items(), key=lambda item: (-item[1][cost], -item[1][calls], item[0]))
+    names = _names(tenant, [pk for pk, _ in top[:wanted]])
+    rows: list[dict[str, Any]] = [
+        {"key": names.get(pk, ""), **dict(zip(BREAKDOWN_SUMS, values, strict=True))}
+        for pk, values in top[:wanted]
+    ]
     if merge:
         merged: dict[str, dict[str, Any]] = {}
         for r in rows:
@@ -379,17 +438,25 @@ def spend_heatmap(
 ) -> list[list[int]]:
     """Spend by weekday (Monday first) x hour of day in the tenant's time zone, grouped in the
     database."""
-    src = _source(tenant, time_range, filters, families=families)
     tz = time_range.tz
-    rows = (
-        src.rows.annotate(
-            h=ExtractHour(src.time_field, tzinfo=tz), wd=ExtractWeekDay(src.time_field, tzinfo=tz)
+
+    def compute(tr: TimeRange) -> Sums:
+        src = _source(tenant, tr, filters, families=families)
+        rows = (
+            src.rows.annotate(
+                h=ExtractHour(src.time_field, tzinfo=tz),
+                wd=ExtractWeekDay(src.time_field, tzinfo=tz),
+            )
+            .values_list("wd", "h")
+            .annotate(cost_nanos=src.sums["cost_nanos"])
+            .order_by()
         )
-        .values("h", "wd")
-        .annotate(cost_nanos=src.sums["cost_nanos"])
-    )
+        return {(int(wd), int(h)): [int(cost)] for wd, h, cost in rows}
+
     matrix = [[0] * 24 for _ in range(7)]
-    for r in rows:
+    for (wd, h), (cost,) in _summed(
+        tenant, time_range, filters, ("heatmap", families), compute
+    ).items():
         # ExtractWeekDay counts from Sunday = 1; the chart starts its week on Monday.
-        matrix[(int(r["wd"]) + 5) % 7][int(r["h"])] += int(r["cost_nanos"])
+        matrix[(wd + 5) % 7][h] += cost
     return matrix
