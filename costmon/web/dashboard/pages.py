@@ -257,13 +257,18 @@ MAX_TAG_NAMES = 20
 
 def tag_names(*, tenant: Tenant, time_range: TimeRange) -> list[str]:
     """The tag names the tenant's calls carried in the range (from the tag rollups)."""
-    return list(
-        TagHourlyRollup.objects.for_tenant(tenant)
-        .filter(hour__gte=time_range.start, hour__lt=time_range.end)
-        .values_list("tag_name", flat=True)
-        .distinct()
-        .order_by("tag_name")[:MAX_TAG_NAMES]
-    )
+
+    def compute(tr: TimeRange) -> Sums:
+        names = (
+            TagHourlyRollup.objects.for_tenant(tenant)
+            .filter(hour__gte=tr.start, hour__lt=tr.end)
+            .values_list("tag_name", flat=True)
+            .distinct()
+            .order_by("tag_name")[:MAX_TAG_NAMES]
+        )
+        return {name: [1] for name in names}
+
+    return sorted(settled.summed(tenant, time_range, ("tag names",), compute))[:MAX_TAG_NAMES]
 
 
 @dataclass(frozen=True)
@@ -302,6 +307,11 @@ def _tagged(
     return _Tagged(events, "occurred_at", _event_sums(), F("tag_key"))
 
 
+def _tag_rollups(filters: UsageFilters) -> bool:
+    """Whether `_tagged` reads the tag rollups (kept sums) rather than events."""
+    return filters.end_user is None and filters.tag is None
+
+
 def _tag_series(
     tenant: Tenant,
     tr: TimeRange,
@@ -313,15 +323,22 @@ def _tag_series(
     """{bucket, key, cost_nanos} per value of tag `name`, and the calls without that tag as
     key ""."""
     trunc = TruncHour if interval == "hour" else TruncDay
-    src = _tagged(tenant, tr, filters, name, families)
-    tagged = (
-        src.rows.annotate(bucket=trunc(src.time_field, tzinfo=tr.tz))
-        .values("bucket", key=src.value)
-        .annotate(cost_nanos=src.sums["cost_nanos"])
-    )
+
+    def compute(part: TimeRange) -> Sums:
+        src = _tagged(tenant, part, filters, name, families)
+        tagged = (
+            src.rows.annotate(bucket=trunc(src.time_field, tzinfo=tr.tz))
+            .values_list("bucket", src.value)
+            .annotate(cost_nanos=src.sums["cost_nanos"])
+            .order_by()
+        )
+        return {(bucket, key): [int(cost)] for bucket, key, cost in tagged}
+
+    what = ("tag series", name, interval, families)
+    sums = _summed(tenant, tr, filters, what, compute, keep=_tag_rollups(filters))
     cells = [
-        {"bucket": r["bucket"], "key": r["key"], "cost_nanos": int(r["cost_nanos"])}
-        for r in tagged.order_by("bucket", "key")
+        {"bucket": bucket, "key": key, "cost_nanos": cost}
+        for (bucket, key), (cost,) in sorted(sums.items())
     ]
     # Whatever the tagged calls leave of each bucket's total is spend without the tag.
     buckets, totals = spend_per_bucket(
@@ -339,17 +356,31 @@ def tag_breakdown(
     limit: int = 10,
     families: bool = False,
 ) -> list[dict[str, Any]]:
-    """The values of tag `name` that cost most, as `breakdown` rows, and a row with key ""
+    """The values of tag `name` that cost most, as rows of every sum, and a row with key ""
     for the calls without the tag (the period's totals less the tagged calls')."""
-    src = _tagged(tenant, time_range, filters, name, families)
-    rows = list(
-        src.rows.values(key=src.value)
-        .annotate(**src.sums)
-        .order_by("-cost_nanos", "-calls", "key")[:limit]
-    )
-    tagged = src.rows.aggregate(**src.sums)
+
+    def compute(tr: TimeRange) -> Sums:
+        src = _tagged(tenant, tr, filters, name, families)
+        found = (
+            src.rows.values_list(src.value)
+            .annotate(**{n: src.sums[n] for n in ROLLUP_SUMS})
+            .order_by()
+        )
+        return {key: [int(v) for v in values] for key, *values in found}
+
+    what = ("tag breakdown", name, families)
+    keep = _tag_rollups(filters)
+    sums = _summed(tenant, time_range, filters, what, compute, keep=keep)
+    rows = sorted(
+        (
+            {"key": key, **dict(zip(ROLLUP_SUMS, values, strict=True))}
+            for key, values in sums.items()
+        ),
+        key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]),
+    )[:limit]
+    tagged = [sum(column) for column in zip(*sums.values(), strict=True)] or [0] * len(ROLLUP_SUMS)
     total = usage_totals(tenant=tenant, time_range=time_range, filters=filters, families=families)
-    rest = {k: int(total[k]) - int(tagged[k]) for k in total}
+    rest = {k: int(total[k]) - tagged[i] for i, k in enumerate(ROLLUP_SUMS)}
     if rest["calls"] or rest["cost_nanos"]:
         rows.append({**rest, "key": ""})
     return sorted(rows, key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))

@@ -53,7 +53,7 @@ def enabled() -> bool:
 
 
 def settled_end(tz: Any, now: datetime) -> datetime:
-    """Where the settled rows end: today's local midnight."""
+    """The local midnight that starts the day of `now`: today's ends the settled rows."""
     return local_midnight(now.astimezone(tz).date(), tz)
 
 
@@ -65,16 +65,19 @@ def summed(
     *,
     now: datetime | None = None,
 ) -> Sums:
-    """`compute(time_range)`, its part before today taken from the cache when kept there.
-    `what` names everything else the sums depend on (the figure, filters, grouping)."""
+    """`compute(time_range)`, its whole days before today taken from the cache when kept
+    there. `what` names everything else the sums depend on (the figure, filters, grouping).
+
+    Only whole local days are kept: a range ending mid-day (yesterday up to this time, for a
+    comparison) ends somewhere else at every view, and its last part is summed each time."""
     tr = time_range
-    end = settled_end(tr.tz, now or timezone.now())
+    end = settled_end(tr.tz, min(tr.end, now or timezone.now()))
     if not enabled() or tr.start >= end:
         return compute(tr)
     generation = _generation(tenant.pk)
     if generation is None:  # the cache is away
         return compute(tr)
-    settled = replace(tr, end=min(tr.end, end))
+    settled = replace(tr, end=end)
     name = repr((tenant.pk, generation, settled.start, settled.end, str(tr.tz), what))
     key = _SUMS.format(hashlib.sha256(name.encode()).hexdigest())
     kept = cache_get(key)
