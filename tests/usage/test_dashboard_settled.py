@@ -228,3 +228,23 @@ def test_the_overview_page_shows_a_late_event(client, viewer, acme, usage, inges
     late = event(event_id="late", occurred_at="2026-11-19T08:00:00Z", cost_usd="0.000000007")
     assert post_usage(ingest_client, [late]).status_code == 201
     assert card_spend() == before + Decimal("0.000000007")
+
+
+@pytest.mark.parametrize("probes", [50, 1])  # by index probes, and in one pass
+def test_tag_names_are_those_with_calls_in_the_range(
+    acme, ingest_client, outsider_client, monkeypatch, probes
+):
+    monkeypatch.setattr(pages, "MAX_TAG_PROBES", probes)
+    batch = [
+        event(event_id="old", occurred_at="2026-11-19T10:00:00Z", tags={"alpha": "1"}),
+        event(event_id="new", occurred_at="2026-11-21T10:00:00Z", tags={"beta": "1", "team": ""}),
+        event(event_id="none", occurred_at="2026-11-21T11:00:00Z"),
+    ]
+    assert post_usage(ingest_client, batch).status_code == 201
+    theirs = event(event_id="o", occurred_at="2026-11-21T10:00:00Z", tags={"gamma": "1"})
+    assert post_usage(outsider_client, [theirs]).status_code == 201
+    with tenancy.tenant_context(acme):
+        today = recent_range(tenant=acme, period="today", now=NOW)
+        assert pages.tag_names(tenant=acme, time_range=today) == ["beta", "team"]
+        month = recent_range(tenant=acme, period="30d", now=NOW)
+        assert pages.tag_names(tenant=acme, time_range=month) == ["alpha", "beta", "team"]
