@@ -12,6 +12,7 @@ Figures are therefore summed by dictionary id and named afterwards.
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -390,13 +391,13 @@ def tag_breakdown(
     what = ("tag breakdown", name, families)
     keep = _tag_rollups(filters)
     sums = _summed(tenant, time_range, filters, what, compute, keep=keep)
-    rows = sorted(
-        (
-            {"key": key, **dict(zip(ROLLUP_SUMS, values, strict=True))}
-            for key, values in sums.items()
-        ),
-        key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]),
-    )[:limit]
+    calls, cost = ROLLUP_SUMS.index("calls"), ROLLUP_SUMS.index("cost_nanos")
+    rows = [
+        {"key": key, **dict(zip(ROLLUP_SUMS, values, strict=True))}
+        for key, values in heapq.nsmallest(
+            limit, sums.items(), key=lambda item: (-item[1][cost], -item[1][calls], item[0])
+        )
+    ]
     tagged = [sum(column) for column in zip(*sums.values(), strict=True)] or [0] * len(ROLLUP_SUMS)
     total = usage_totals(tenant=tenant, time_range=time_range, filters=filters, families=families)
     rest = {k: int(total[k]) - tagged[i] for i, k in enumerate(ROLLUP_SUMS)}
@@ -462,11 +463,13 @@ def breakdown(
     sums = _summed(tenant, time_range, filters, ("breakdown", dimension, families), compute)
     calls, cost = BREAKDOWN_SUMS.index("calls"), BREAKDOWN_SUMS.index("cost_nanos")
     # As the database would rank them: most spend, then most calls, then the id.
-    top = sorted(sums.items(), key=lambda item: (-item[1][cost], -item[1][calls], item[0]))
-    names = _names(tenant, [pk for pk, _ in top[:wanted]])
+    top = heapq.nsmallest(
+        wanted, sums.items(), key=lambda item: (-item[1][cost], -item[1][calls], item[0])
+    )
+    names = _names(tenant, [pk for pk, _ in top])
     rows: list[dict[str, Any]] = [
         {"key": names.get(pk, ""), **dict(zip(BREAKDOWN_SUMS, values, strict=True))}
-        for pk, values in top[:wanted]
+        for pk, values in top
     ]
     if merge:
         merged: dict[str, dict[str, Any]] = {}

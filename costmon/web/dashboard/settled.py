@@ -89,17 +89,15 @@ def summed(
     return add(kept, compute(replace(tr, start=end)))
 
 
-def add(*parts: Sums) -> Sums:
-    """The sums of several parts, key by key (new lists: a kept part is never changed)."""
-    out: Sums = {}
-    for part in parts:
-        for key, values in part.items():
-            acc = out.get(key)
-            if acc is None:
-                out[key] = list(values)
-            else:
-                for i, value in enumerate(values):
-                    acc[i] += value
+def add(kept: Sums, more: Sums) -> Sums:
+    """The sums of two parts, key by key. The lists of `kept` are shared, never changed: a
+    key in both gets a new list."""
+    out = dict(kept)
+    for key, values in more.items():
+        acc = out.get(key)
+        out[key] = (
+            list(values) if acc is None else [a + b for a, b in zip(acc, values, strict=True)]
+        )
     return out
 
 
