@@ -17,7 +17,9 @@ from costmon.core.cache import cache_get
 from costmon.core.models import Tenant
 from costmon.core.periods import custom_range, recent_range
 from costmon.web.dashboard import pages, settled
+from costmon.web.dashboard import tag_names as tag_names_module
 from costmon.web.dashboard.cards import dashboard_cards
+from costmon.web.dashboard.tag_names import tag_names
 from tests.helpers import event, post_usage
 from usage.bulk import usage_bulk_load
 from usage.ingest import parse_batch
@@ -85,7 +87,7 @@ def figures(tenant: Tenant, *, days: int = 30) -> dict[str, Any]:
             "per bucket": pages.spend_per_bucket(
                 tenant=tenant, time_range=tr, filters=f, interval="day"
             ),
-            "tags": pages.tag_names(tenant=tenant, time_range=tr),
+            "tags": tag_names(tenant=tenant, time_range=tr),
             "by team": pages.tag_breakdown(tenant=tenant, time_range=tr, filters=f, name="team"),
         }
         for by in ("provider", "model", "operation", "end_user", "tag:team"):
@@ -234,7 +236,7 @@ def test_the_overview_page_shows_a_late_event(client, viewer, acme, usage, inges
 def test_tag_names_are_those_with_calls_in_the_range(
     acme, ingest_client, outsider_client, monkeypatch, probes
 ):
-    monkeypatch.setattr(pages, "MAX_TAG_PROBES", probes)
+    monkeypatch.setattr(tag_names_module, "MAX_TAG_PROBES", probes)
     batch = [
         event(event_id="old", occurred_at="2026-11-19T10:00:00Z", tags={"alpha": "1"}),
         event(event_id="new", occurred_at="2026-11-21T10:00:00Z", tags={"beta": "1", "team": ""}),
@@ -245,6 +247,6 @@ def test_tag_names_are_those_with_calls_in_the_range(
     assert post_usage(outsider_client, [theirs]).status_code == 201
     with tenancy.tenant_context(acme):
         today = recent_range(tenant=acme, period="today", now=NOW)
-        assert pages.tag_names(tenant=acme, time_range=today) == ["beta", "team"]
+        assert tag_names(tenant=acme, time_range=today) == ["beta", "team"]
         month = recent_range(tenant=acme, period="30d", now=NOW)
-        assert pages.tag_names(tenant=acme, time_range=month) == ["alpha", "beta", "team"]
+        assert tag_names(tenant=acme, time_range=month) == ["alpha", "beta", "team"]

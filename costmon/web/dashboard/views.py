@@ -49,6 +49,7 @@ from costmon.web.dashboard.tables import (
     budgets_table,
     csv_response,
 )
+from costmon.web.dashboard.tag_names import tag_names
 from usage.links import (
     NAME_PARAM,
     budget_url,
@@ -306,10 +307,7 @@ def _usage_page(
             request,
             q,
             [g for g in GROUPS if not (kind == "end_user" and g == "end_user")]
-            + [
-                f"{dashboard.TAG_PREFIX}{name}"
-                for name in dashboard.tag_names(tenant=tenant, time_range=tr)
-            ],
+            + [f"{dashboard.TAG_PREFIX}{name}" for name in tag_names(tenant=tenant, time_range=tr)],
         ),
         snapshots=toggle(
             request, SNAPSHOTS_PARAM, "split", ("grouped", "split"), q.split_snapshots
