@@ -1,5 +1,6 @@
 """Reads of usage data. Aggregates come from the hourly rollups, never from raw events, except
-for the two dimensions rollups do not carry (session and tag), which read the events in range."""
+for what rollups do not carry: sessions, and tags together with an end user or tag filter,
+which read the events in range (tags alone read the tag rollups)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from usage.models import (
     PriceChangeHold,
     PriceSync,
     Rollup,
+    TagHourlyRollup,
     UsageEvent,
 )
 from usage.pricing import Price
@@ -218,6 +220,8 @@ def usage_metrics(
                 else base
             )
             rows = ranked_by_dimension(tenant, grouped, group_by, sums, limit=limit)
+        elif tag_group and not from_events and filters.end_user is None:
+            rows = _tag_breakdown(tenant, tr, filters, tag_group, totals)
         else:
             events = _filtered_events(tenant, tr, filters)
             if tag_group:
@@ -249,6 +253,26 @@ def usage_metrics(
         for b in _bucket_starts(tr, interval)
     ]
     return metrics
+
+
+def _tag_breakdown(
+    tenant: Tenant, tr: TimeRange, filters: UsageFilters, name: str, totals: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The sums per value of tag `name` from the tag rollups, and the calls without the tag
+    (the totals less the tagged calls') under key None, as the events would group them."""
+    qs = TagHourlyRollup.objects.for_tenant(tenant).filter(
+        tag_name=name, hour__gte=tr.start, hour__lt=tr.end
+    )
+    for dimension in ("provider", "model", "operation"):
+        value = getattr(filters, dimension)
+        if value is not None:
+            qs = qs.filter(named(tenant, dimension, value))
+    found: Any = qs.values(key=F("tag_value")).annotate(**_rollup_sums())
+    rows = [{"key": r["key"], **{k: int(r[k]) for k in ROLLUP_SUMS}} for r in found]
+    rest = {k: int(totals[k]) - sum(r[k] for r in rows) for k in ROLLUP_SUMS}
+    if rest["calls"]:
+        rows.append({**rest, "key": None})
+    return rows
 
 
 def ranked_by_dimension(

@@ -12,10 +12,21 @@ class WebConfig(AppConfig):
     verbose_name = "costmon web"
 
     def ready(self) -> None:
+        from costmon.web.dashboard import settled
         from costmon.web.prometheus.totals import usage_recorded
         from usage import signals
 
         # Prometheus's cached usage sums learn of events that land in hours they already hold.
         signals.batch_recorded.connect(
             usage_recorded, dispatch_uid="web.prometheus_sums_after_batch"
+        )
+        # The dashboard's kept sums of past days are forgotten when those days change.
+        signals.batch_recorded.connect(
+            settled.usage_recorded, dispatch_uid="web.dashboard_sums_after_batch"
+        )
+        signals.bulk_loaded.connect(
+            settled.usage_loaded, dispatch_uid="web.dashboard_sums_after_bulk_load"
+        )
+        signals.usage_rewritten.connect(
+            settled.usage_rewritten, dispatch_uid="web.dashboard_sums_after_rewrite"
         )

@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 import time_machine
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
+from costmon.core import tenancy
 from costmon.core.models import Tenant
+from costmon.core.money import format_usd
+from costmon.core.periods import period_range
 from tests.helpers import event, post_usage
+from usage.rollups import ROLLUP_SUMS
+from usage.selectors import TagValue, UsageFilters, _event_sums, _filtered_events
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 
@@ -244,3 +253,60 @@ def test_the_csv_export_has_every_matching_event(read_client, usage):
     assert lines[0].startswith("event_id,occurred_at,provider,model")
     assert sorted(line.split(",")[0] for line in lines[1:]) == ["m1", "t3", "w1"]
     assert any(",0.000525,computed," in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "period=month",
+        "period=week",
+        "period=month&provider=openai",
+        "period=month&model=claude-haiku-4-5",
+        "period=month&operation=summarize",
+        "period=month&end_user=u1",  # the tag rollups hold no end user: read from events
+        "period=month&tag=team:search",  # a tag filter reads events too
+        "period=month&model=nope",
+    ],
+)
+def test_the_breakdown_by_tag_equals_the_events_grouped(
+    acme, read_client, outsider_client, usage, query
+):
+    """group_by=tag:<name> reads the tag rollups (no event read) unless an end user or tag
+    filter needs the events, with the figures of the events grouped by the tag's value."""
+    theirs = event(event_id="o-tag", occurred_at="2026-11-21T09:00:00Z", tags={"team": "search"})
+    assert post_usage(outsider_client, [theirs | {"cost_usd": "9"}]).status_code == 201
+    params = dict(p.split("=", 1) for p in query.split("&"))
+    with tenancy.tenant_context(acme):
+        tr = period_range(tenant=acme, period=params.pop("period"), now=datetime.now(UTC))
+        tag = tuple(params.pop("tag").split(":")) if "tag" in params else None
+        events = _filtered_events(acme, tr, UsageFilters(**params, tag=tag))
+        grouped = events.values(key=TagValue("team")).annotate(**_event_sums())
+        expected = sorted(
+            ({**{k: int(r[k]) for k in ROLLUP_SUMS}, "key": r["key"] or ""} for r in grouped),
+            key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]),
+        )
+    with CaptureQueriesContext(connection) as queries:
+        body = metrics(read_client, f"{query}&group_by=tag:team")
+    reads_events = any("usage_usageevent" in q["sql"] for q in queries.captured_queries)
+    assert reads_events == ("end_user=" in query or "tag=" in query)
+    assert [
+        (r["key"], r["calls"], r["errors"], r["cache_hits"], r["input_tokens"], r["cost_usd"])
+        for r in body["breakdown"]
+    ] == [
+        (
+            r["key"],
+            r["calls"],
+            r["errors"],
+            r["cache_hits"],
+            r["input_tokens"],
+            format_usd(r["cost_nanos"]),
+        )
+        for r in expected
+    ]
+    if "search" in [r["key"] for r in expected]:
+        # The outsider's $9 call tagged search counts only in its own figures.
+        assert all(r["cost_usd"] != "9" for r in body["breakdown"])
+    outsider = metrics(outsider_client, "period=month&group_by=tag:team")["breakdown"]
+    assert [(r["key"], r["calls"], r["cost_usd"]) for r in outsider if r["key"]] == [
+        ("search", 1, "9")
+    ]

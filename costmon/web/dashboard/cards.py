@@ -4,15 +4,141 @@ period before."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from costmon.core.money import format_money, money_title
+from django.utils import timezone
+
+from budgets.emergency_stop import emergency_stop_active
+from budgets.models import Budget, EmergencyStop
+from costmon.core.models import Tenant
+from costmon.core.money import format_money, money_title, usd_to_nanos
+from costmon.core.periods import TimeRange, period_range, project
 from costmon.web.dashboard import pages as dashboard
 from costmon.web.dashboard.query import PageQuery
 from costmon.web.dashboard.tables import (
     DASH,
 )
+from usage.selectors import UsageFilters
+
+OUTLOOK_ON_TRACK = "on track"
+OUTLOOK_AT_RISK = "at risk"
+OUTLOOK_OVER = "over"
+
+
+@dataclass(frozen=True)
+class Cards:
+    today_nanos: int
+    month_nanos: int
+    projected_nanos: int
+    budget: Budget | None  # the tenant's monthly budget, when there is one and no filter
+    budget_limit_nanos: int | None
+    outlook: str | None  # on track, at risk, over
+    period_nanos: int
+    calls: int
+    errors: int
+    cache_hits: int
+    unpriced_calls: int
+    emergency_stop: EmergencyStop | None
+    # The same figures for the periods they are compared with (`comparison_range`).
+    previous_today_nanos: int = 0  # yesterday up to this time of day
+    previous_month_nanos: int = 0  # the same days of last month
+    last_month_nanos: int = 0  # the whole of last month, against the projection
+    previous: dict[str, int] | None = None  # the selected period's comparison totals
+
+    @property
+    def avg_cost_nanos(self) -> int | None:
+        return self.period_nanos // self.calls if self.calls else None
+
+    @property
+    def cache_hit_percent(self) -> Decimal | None:
+        if not self.calls:
+            return None
+        return (Decimal(self.cache_hits) * 100 / self.calls).quantize(Decimal("0.1"))
+
+
+def comparison_range(time_range: TimeRange, now: datetime) -> TimeRange:
+    """What a period is compared with: a calendar day or month still running (today, this
+    month) against the same stretch of the one before (yesterday to this time, the same days
+    of last month, in wall-clock time and never past its end); any other range against the
+    equal length of time just before it."""
+    previous = time_range.previous()
+    if time_range.period not in ("today", "day", "month", "week") or now >= time_range.end:
+        return previous
+    tz = time_range.tz
+
+    def wall(moment: datetime) -> datetime:
+        return moment.astimezone(tz).replace(tzinfo=None)
+
+    elapsed = wall(max(now, time_range.start)) - wall(time_range.start)
+    end = (wall(previous.start) + elapsed).replace(tzinfo=tz).astimezone(UTC)
+    return replace(previous, end=min(end, previous.end))
+
+
+def monthly_tenant_budget(*, tenant: Tenant) -> Budget | None:
+    """The strictest active monthly budget on the whole tenant."""
+    return (
+        Budget.objects.for_tenant(tenant)
+        .filter(scope=Budget.Scope.TENANT, period=Budget.Period.MONTH, is_active=True)
+        .order_by("limit_usd", "pk")
+        .first()
+    )
+
+
+def dashboard_cards(
+    *,
+    tenant: Tenant,
+    time_range: TimeRange,
+    filters: UsageFilters,
+    now: datetime | None = None,
+    families: bool = False,
+) -> Cards:
+    """Spend today and this month (with the filters), the month-end projection against the
+    tenant's monthly budget (only unfiltered: a budget covers the whole tenant), and the
+    selected period's calls, cache hits and unpriced events."""
+    now = now or timezone.now()
+    day = period_range(tenant=tenant, period="day", now=now)
+    month = period_range(tenant=tenant, period="month", now=now)
+
+    def totals(tr: TimeRange) -> dict[str, int]:
+        return dashboard.usage_totals(
+            tenant=tenant, time_range=tr, filters=filters, families=families
+        )
+
+    today_nanos = totals(day)["cost_nanos"]
+    month_nanos = totals(month)["cost_nanos"]
+    projected = project(month_nanos, start=month.start, end=month.end, now=now)
+    period = totals(time_range)
+    previous = totals(comparison_range(time_range, now))
+    budget = monthly_tenant_budget(tenant=tenant) if filters.is_empty() else None
+    limit = usd_to_nanos(budget.limit_usd) if budget is not None else None
+    outlook = None
+    if limit is not None:
+        if month_nanos >= limit:
+            outlook = OUTLOOK_OVER
+        elif projected > limit:
+            outlook = OUTLOOK_AT_RISK
+        else:
+            outlook = OUTLOOK_ON_TRACK
+    return Cards(
+        today_nanos=today_nanos,
+        month_nanos=month_nanos,
+        projected_nanos=projected,
+        budget=budget,
+        budget_limit_nanos=limit,
+        outlook=outlook,
+        period_nanos=period["cost_nanos"],
+        calls=period["calls"],
+        errors=period["errors"],
+        cache_hits=period["cache_hits"],
+        unpriced_calls=period["unpriced_calls"],
+        emergency_stop=emergency_stop_active(tenant=tenant),
+        previous_today_nanos=totals(comparison_range(day, now))["cost_nanos"],
+        previous_month_nanos=totals(comparison_range(month, now))["cost_nanos"],
+        last_month_nanos=totals(month.previous())["cost_nanos"],
+        previous=previous,
+    )
 
 
 def money_figure(nanos: int) -> dict[str, str]:
@@ -58,7 +184,7 @@ def _change(
     }
 
 
-def _rate_change(c: dashboard.Cards, before: dict[str, int], against: str) -> dict[str, str]:
+def _rate_change(c: Cards, before: dict[str, int], against: str) -> dict[str, str]:
     """The cache hit rate's change in percentage points."""
     if not c.calls or not before["calls"]:
         return {}
@@ -78,7 +204,7 @@ def _count(n: int) -> str:
     return f"{n:,}"
 
 
-def overview_cards(c: dashboard.Cards, q: PageQuery) -> list[dict[str, str]]:
+def overview_cards(c: Cards, q: PageQuery) -> list[dict[str, str]]:
     projection = "No monthly budget on the whole tenant."
     if c.budget_limit_nanos is not None and c.outlook is not None:
         projection = f"{c.outlook} against the {format_money(c.budget_limit_nanos)} monthly budget"

@@ -2,29 +2,32 @@
 unless end users matter: `usage.selectors.rollups_of`), aggregated in the database; only a tag
 filter (tags live on events alone) reads the events in range, as the metrics selectors do.
 
+Figures from rollups are summed through `settled.summed`: the part of the range before today is
+kept in the shared cache, so a view sums only today's rows (the same sums, added exactly).
+Figures are therefore summed by dictionary id and named afterwards.
+
 `families=True` (the pages' default) counts a model's dated snapshots under its family name
 (`gpt-4o-2024-08-06` under `gpt-4o`): in breakdowns and series by model, and in a model filter.
 """
 
 from __future__ import annotations
 
+import heapq
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import F, QuerySet
 from django.db.models.functions import ExtractHour, ExtractWeekDay, TruncDay, TruncHour
-from django.utils import timezone
 
-from budgets.emergency_stop import emergency_stop_active
-from budgets.models import Budget, EmergencyStop
 from costmon.core.models import Tenant
-from costmon.core.money import usd_to_nanos
-from costmon.core.periods import TimeRange, period_range, project
+from costmon.core.periods import TimeRange
+from costmon.web.dashboard import settled
+from costmon.web.dashboard.settled import Sums
 from usage.models import Dimension, TagHourlyRollup
+from usage.rollups import ROLLUP_SUMS
 from usage.selectors import (
     ROLLUP_DIMENSIONS,
     TagValue,
@@ -35,14 +38,11 @@ from usage.selectors import (
     _filtered_rollups,
     _rollup_sums,
     named,
-    ranked_by_dimension,
     rollups_of,
 )
 
-OUTLOOK_ON_TRACK = "on track"
-OUTLOOK_AT_RISK = "at risk"
-OUTLOOK_OVER = "over"
 MAX_MODEL_NAMES = 1000  # model names summed before merging them into families
+BREAKDOWN_SUMS = ("calls", "errors", "cache_hits", "cost_nanos")  # what a breakdown row shows
 
 
 @dataclass(frozen=True)
@@ -96,128 +96,43 @@ def _source(
     return src
 
 
+def _summed(
+    tenant: Tenant,
+    tr: TimeRange,
+    filters: UsageFilters,
+    what: tuple[Any, ...],
+    compute: Callable[[TimeRange], Sums],
+    *,
+    keep: bool = True,
+) -> Sums:
+    """`compute(tr)`, the days before today kept (`settled.summed`) unless the sums come from
+    events (a tag filter): raw events are purged after the retention period, rollups are not."""
+    if filters.tag is not None or not keep:
+        return compute(tr)
+    return settled.summed(tenant, tr, (*what, filters), compute)
+
+
+def _names(tenant: Tenant, ids: Iterable[int]) -> dict[int, str]:
+    return dict(
+        Dimension.objects.for_tenant(tenant).filter(pk__in=list(ids)).values_list("pk", "value")
+    )
+
+
 def usage_totals(
     *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters, families: bool = False
 ) -> dict[str, int]:
-    src = _source(tenant, time_range, filters, families=families)
-    return {k: int(v) for k, v in src.rows.aggregate(**src.sums).items()}
+    def compute(tr: TimeRange) -> Sums:
+        src = _source(tenant, tr, filters, families=families)
+        found = src.rows.aggregate(**src.sums)
+        return {(): [int(found[name]) for name in ROLLUP_SUMS]}
+
+    sums = _summed(tenant, time_range, filters, ("totals", families), compute)[()]
+    return dict(zip(ROLLUP_SUMS, sums, strict=True))
 
 
 def has_usage(*, tenant: Tenant) -> bool:
     """Whether the tenant ever reported anything (else the pages show how to start)."""
     return rollups_of(tenant).exists()
-
-
-@dataclass(frozen=True)
-class Cards:
-    today_nanos: int
-    month_nanos: int
-    projected_nanos: int
-    budget: Budget | None  # the tenant's monthly budget, when there is one and no filter
-    budget_limit_nanos: int | None
-    outlook: str | None  # on track, at risk, over
-    period_nanos: int
-    calls: int
-    errors: int
-    cache_hits: int
-    unpriced_calls: int
-    emergency_stop: EmergencyStop | None
-    # The same figures for the periods they are compared with (`comparison_range`).
-    previous_today_nanos: int = 0  # yesterday up to this time of day
-    previous_month_nanos: int = 0  # the same days of last month
-    last_month_nanos: int = 0  # the whole of last month, against the projection
-    previous: dict[str, int] | None = None  # the selected period's comparison totals
-
-    @property
-    def avg_cost_nanos(self) -> int | None:
-        return self.period_nanos // self.calls if self.calls else None
-
-    @property
-    def cache_hit_percent(self) -> Decimal | None:
-        if not self.calls:
-            return None
-        return (Decimal(self.cache_hits) * 100 / self.calls).quantize(Decimal("0.1"))
-
-
-def comparison_range(time_range: TimeRange, now: datetime) -> TimeRange:
-    """What a period is compared with: a calendar day or month still running (today, this
-    month) against the same stretch of the one before (yesterday to this time, the same days
-    of last month, in wall-clock time and never past its end); any other range against the
-    equal length of time just before it."""
-    previous = time_range.previous()
-    if time_range.period not in ("today", "day", "month", "week") or now >= time_range.end:
-        return previous
-    tz = time_range.tz
-
-    def wall(moment: datetime) -> datetime:
-        return moment.astimezone(tz).replace(tzinfo=None)
-
-    elapsed = wall(max(now, time_range.start)) - wall(time_range.start)
-    end = (wall(previous.start) + elapsed).replace(tzinfo=tz).astimezone(UTC)
-    return replace(previous, end=min(end, previous.end))
-
-
-def monthly_tenant_budget(*, tenant: Tenant) -> Budget | None:
-    """The strictest active monthly budget on the whole tenant."""
-    return (
-        Budget.objects.for_tenant(tenant)
-        .filter(scope=Budget.Scope.TENANT, period=Budget.Period.MONTH, is_active=True)
-        .order_by("limit_usd", "pk")
-        .first()
-    )
-
-
-def dashboard_cards(
-    *,
-    tenant: Tenant,
-    time_range: TimeRange,
-    filters: UsageFilters,
-    now: datetime | None = None,
-    families: bool = False,
-) -> Cards:
-    """Spend today and this month (with the filters), the month-end projection against the
-    tenant's monthly budget (only unfiltered: a budget covers the whole tenant), and the
-    selected period's calls, cache hits and unpriced events."""
-    now = now or timezone.now()
-    day = period_range(tenant=tenant, period="day", now=now)
-    month = period_range(tenant=tenant, period="month", now=now)
-
-    def totals(tr: TimeRange) -> dict[str, int]:
-        return usage_totals(tenant=tenant, time_range=tr, filters=filters, families=families)
-
-    today_nanos = totals(day)["cost_nanos"]
-    month_nanos = totals(month)["cost_nanos"]
-    projected = project(month_nanos, start=month.start, end=month.end, now=now)
-    period = totals(time_range)
-    previous = totals(comparison_range(time_range, now))
-    budget = monthly_tenant_budget(tenant=tenant) if filters.is_empty() else None
-    limit = usd_to_nanos(budget.limit_usd) if budget is not None else None
-    outlook = None
-    if limit is not None:
-        if month_nanos >= limit:
-            outlook = OUTLOOK_OVER
-        elif projected > limit:
-            outlook = OUTLOOK_AT_RISK
-        else:
-            outlook = OUTLOOK_ON_TRACK
-    return Cards(
-        today_nanos=today_nanos,
-        month_nanos=month_nanos,
-        projected_nanos=projected,
-        budget=budget,
-        budget_limit_nanos=limit,
-        outlook=outlook,
-        period_nanos=period["cost_nanos"],
-        calls=period["calls"],
-        errors=period["errors"],
-        cache_hits=period["cache_hits"],
-        unpriced_calls=period["unpriced_calls"],
-        emergency_stop=emergency_stop_active(tenant=tenant),
-        previous_today_nanos=totals(comparison_range(day, now))["cost_nanos"],
-        previous_month_nanos=totals(comparison_range(month, now))["cost_nanos"],
-        last_month_nanos=totals(month.previous())["cost_nanos"],
-        previous=previous,
-    )
 
 
 def chart_interval(time_range: TimeRange) -> str:
@@ -252,26 +167,38 @@ def spend_series(
         return buckets, _fold(cells), interval
     if group_by not in ROLLUP_DIMENSIONS:
         raise ValueError(f"cannot group the series by {group_by!r}")
-    src = _source(
-        tenant, time_range, filters, by_end_user=group_by == "end_user", families=families
-    )
-    rows = src.rows
     narrowed = group_by == "end_user" and top is not None
+    only: tuple[int, ...] | None = None
     if narrowed:
-        ids = Dimension.objects.for_tenant(tenant).filter(
-            kind=Dimension.Kind.END_USER, value__in=list(top or ())[:MAX_SERIES]
+        only = tuple(
+            sorted(
+                Dimension.objects.for_tenant(tenant)
+                .filter(kind=Dimension.Kind.END_USER, value__in=list(top or ())[:MAX_SERIES])
+                .values_list("pk", flat=True)
+            )
         )
-        rows = rows.filter(end_user_id__in=ids.values("pk"))
+    column = f"{group_by}_id"
     trunc = TruncHour if interval == "hour" else TruncDay
-    found = (
-        rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
-        .values("bucket", key=F(f"{group_by}__value"))
-        .annotate(cost_nanos=src.sums["cost_nanos"])
-        .order_by("bucket", "key")
-    )
+
+    def compute(tr: TimeRange) -> Sums:
+        src = _source(tenant, tr, filters, by_end_user=group_by == "end_user", families=families)
+        rows = src.rows if only is None else src.rows.filter(end_user_id__in=only)
+        found = (
+            rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
+            .values_list("bucket", column)
+            .annotate(cost_nanos=src.sums["cost_nanos"])
+            .order_by()
+        )
+        return {(bucket, pk): [int(cost)] for bucket, pk, cost in found}
+
+    what = ("series", group_by, interval, families, only)
+    sums = _summed(tenant, time_range, filters, what, compute)
+    names = _names(tenant, {pk for _, pk in sums})
     cells = [
-        {"bucket": r["bucket"], "key": r["key"] or "", "cost_nanos": int(r["cost_nanos"])}
-        for r in found
+        {"bucket": bucket, "key": names.get(pk, ""), "cost_nanos": cost}
+        for (bucket, pk), (cost,) in sorted(
+            sums.items(), key=lambda item: (item[0][0], names.get(item[0][1], ""))
+        )
     ]
     if families and group_by == "model":
         merged: dict[tuple[datetime, str], int] = {}
@@ -326,18 +253,6 @@ def _fold(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 TAG_PREFIX = "tag:"
-MAX_TAG_NAMES = 20
-
-
-def tag_names(*, tenant: Tenant, time_range: TimeRange) -> list[str]:
-    """The tag names the tenant's calls carried in the range (from the tag rollups)."""
-    return list(
-        TagHourlyRollup.objects.for_tenant(tenant)
-        .filter(hour__gte=time_range.start, hour__lt=time_range.end)
-        .values_list("tag_name", flat=True)
-        .distinct()
-        .order_by("tag_name")[:MAX_TAG_NAMES]
-    )
 
 
 @dataclass(frozen=True)
@@ -376,6 +291,11 @@ def _tagged(
     return _Tagged(events, "occurred_at", _event_sums(), F("tag_key"))
 
 
+def _tag_rollups(filters: UsageFilters) -> bool:
+    """Whether `_tagged` reads the tag rollups (kept sums) rather than events."""
+    return filters.end_user is None and filters.tag is None
+
+
 def _tag_series(
     tenant: Tenant,
     tr: TimeRange,
@@ -387,15 +307,22 @@ def _tag_series(
     """{bucket, key, cost_nanos} per value of tag `name`, and the calls without that tag as
     key ""."""
     trunc = TruncHour if interval == "hour" else TruncDay
-    src = _tagged(tenant, tr, filters, name, families)
-    tagged = (
-        src.rows.annotate(bucket=trunc(src.time_field, tzinfo=tr.tz))
-        .values("bucket", key=src.value)
-        .annotate(cost_nanos=src.sums["cost_nanos"])
-    )
+
+    def compute(part: TimeRange) -> Sums:
+        src = _tagged(tenant, part, filters, name, families)
+        tagged = (
+            src.rows.annotate(bucket=trunc(src.time_field, tzinfo=tr.tz))
+            .values_list("bucket", src.value)
+            .annotate(cost_nanos=src.sums["cost_nanos"])
+            .order_by()
+        )
+        return {(bucket, key): [int(cost)] for bucket, key, cost in tagged}
+
+    what = ("tag series", name, interval, families)
+    sums = _summed(tenant, tr, filters, what, compute, keep=_tag_rollups(filters))
     cells = [
-        {"bucket": r["bucket"], "key": r["key"], "cost_nanos": int(r["cost_nanos"])}
-        for r in tagged.order_by("bucket", "key")
+        {"bucket": bucket, "key": key, "cost_nanos": cost}
+        for (bucket, key), (cost,) in sorted(sums.items())
     ]
     # Whatever the tagged calls leave of each bucket's total is spend without the tag.
     buckets, totals = spend_per_bucket(
@@ -413,17 +340,31 @@ def tag_breakdown(
     limit: int = 10,
     families: bool = False,
 ) -> list[dict[str, Any]]:
-    """The values of tag `name` that cost most, as `breakdown` rows, and a row with key ""
+    """The values of tag `name` that cost most, as rows of every sum, and a row with key ""
     for the calls without the tag (the period's totals less the tagged calls')."""
-    src = _tagged(tenant, time_range, filters, name, families)
-    rows = list(
-        src.rows.values(key=src.value)
-        .annotate(**src.sums)
-        .order_by("-cost_nanos", "-calls", "key")[:limit]
-    )
-    tagged = src.rows.aggregate(**src.sums)
+
+    def compute(tr: TimeRange) -> Sums:
+        src = _tagged(tenant, tr, filters, name, families)
+        found = (
+            src.rows.values_list(src.value)
+            .annotate(**{n: src.sums[n] for n in ROLLUP_SUMS})
+            .order_by()
+        )
+        return {key: [int(v) for v in values] for key, *values in found}
+
+    what = ("tag breakdown", name, families)
+    keep = _tag_rollups(filters)
+    sums = _summed(tenant, time_range, filters, what, compute, keep=keep)
+    calls, cost = ROLLUP_SUMS.index("calls"), ROLLUP_SUMS.index("cost_nanos")
+    rows = [
+        {"key": key, **dict(zip(ROLLUP_SUMS, values, strict=True))}
+        for key, values in heapq.nsmallest(
+            limit, sums.items(), key=lambda item: (-item[1][cost], -item[1][calls], item[0])
+        )
+    ]
+    tagged = [sum(column) for column in zip(*sums.values(), strict=True)] or [0] * len(ROLLUP_SUMS)
     total = usage_totals(tenant=tenant, time_range=time_range, filters=filters, families=families)
-    rest = {k: int(total[k]) - int(tagged[k]) for k in total}
+    rest = {k: int(total[k]) - tagged[i] for i, k in enumerate(ROLLUP_SUMS)}
     if rest["calls"] or rest["cost_nanos"]:
         rows.append({**rest, "key": ""})
     return sorted(rows, key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))
@@ -439,16 +380,21 @@ def spend_per_bucket(
 ) -> tuple[list[datetime], list[int]]:
     """Total spend in each hour or day of the range, empty ones included (the previous
     period's line on the spend chart)."""
-    src = _source(tenant, time_range, filters, families=families)
     trunc = TruncHour if interval == "hour" else TruncDay
-    found = {
-        r["bucket"]: int(r["cost_nanos"])
-        for r in src.rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
-        .values("bucket")
-        .annotate(cost_nanos=src.sums["cost_nanos"])
-    }
+
+    def compute(tr: TimeRange) -> Sums:
+        src = _source(tenant, tr, filters, families=families)
+        found = (
+            src.rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
+            .values_list("bucket")
+            .annotate(cost_nanos=src.sums["cost_nanos"])
+            .order_by()
+        )
+        return {bucket: [int(cost)] for bucket, cost in found}
+
+    found = _summed(tenant, time_range, filters, ("per bucket", interval, families), compute)
     buckets = _bucket_starts(time_range, interval)
-    return buckets, [found.get(b, 0) for b in buckets]
+    return buckets, [found[b][0] if b in found else 0 for b in buckets]
 
 
 def breakdown(
@@ -460,25 +406,35 @@ def breakdown(
     limit: int = 10,
     families: bool = False,
 ) -> list[dict[str, Any]]:
-    """The most expensive providers, models, operations or end users, sorted in the database
-    (by model family: every model summed, a tenant uses tens of names, then merged)."""
+    """The most expensive providers, models, operations or end users, each row the
+    `BREAKDOWN_SUMS` (by model family: every model summed, a tenant uses tens of names, then
+    merged). Every key's sums are read (a few thousand end users at most), then ranked."""
     if dimension not in ROLLUP_DIMENSIONS:
         raise ValueError(f"cannot break down by {dimension!r}")
-    src = _source(
-        tenant, time_range, filters, by_end_user=dimension == "end_user", families=families
-    )
     merge = families and dimension == "model"
     wanted = MAX_MODEL_NAMES if merge else limit
-    rows: list[dict[str, Any]]
-    if filters.tag is None:
-        rows = ranked_by_dimension(tenant, src.rows, dimension, src.sums, limit=wanted)
-    else:
-        events = (
-            src.rows.values(key=F(f"{dimension}__value"))
-            .annotate(**src.sums)
-            .order_by("-cost_nanos", "-calls", "key")[:wanted]
+    column = f"{dimension}_id"
+
+    def compute(tr: TimeRange) -> Sums:
+        src = _source(tenant, tr, filters, by_end_user=dimension == "end_user", families=families)
+        found = (
+            src.rows.values_list(column)
+            .annotate(**{name: src.sums[name] for name in BREAKDOWN_SUMS})
+            .order_by()
         )
-        rows = [{**r, "key": r["key"] or ""} for r in events]
+        return {pk: [int(v) for v in values] for pk, *values in found}
+
+    sums = _summed(tenant, time_range, filters, ("breakdown", dimension, families), compute)
+    calls, cost = BREAKDOWN_SUMS.index("calls"), BREAKDOWN_SUMS.index("cost_nanos")
+    # As the database would rank them: most spend, then most calls, then the id.
+    top = heapq.nsmallest(
+        wanted, sums.items(), key=lambda item: (-item[1][cost], -item[1][calls], item[0])
+    )
+    names = _names(tenant, [pk for pk, _ in top])
+    rows: list[dict[str, Any]] = [
+        {"key": names.get(pk, ""), **dict(zip(BREAKDOWN_SUMS, values, strict=True))}
+        for pk, values in top
+    ]
     if merge:
         merged: dict[str, dict[str, Any]] = {}
         for r in rows:
@@ -499,17 +455,25 @@ def spend_heatmap(
 ) -> list[list[int]]:
     """Spend by weekday (Monday first) x hour of day in the tenant's time zone, grouped in the
     database."""
-    src = _source(tenant, time_range, filters, families=families)
     tz = time_range.tz
-    rows = (
-        src.rows.annotate(
-            h=ExtractHour(src.time_field, tzinfo=tz), wd=ExtractWeekDay(src.time_field, tzinfo=tz)
+
+    def compute(tr: TimeRange) -> Sums:
+        src = _source(tenant, tr, filters, families=families)
+        rows = (
+            src.rows.annotate(
+                h=ExtractHour(src.time_field, tzinfo=tz),
+                wd=ExtractWeekDay(src.time_field, tzinfo=tz),
+            )
+            .values_list("wd", "h")
+            .annotate(cost_nanos=src.sums["cost_nanos"])
+            .order_by()
         )
-        .values("h", "wd")
-        .annotate(cost_nanos=src.sums["cost_nanos"])
-    )
+        return {(int(wd), int(h)): [int(cost)] for wd, h, cost in rows}
+
     matrix = [[0] * 24 for _ in range(7)]
-    for r in rows:
+    for (wd, h), (cost,) in _summed(
+        tenant, time_range, filters, ("heatmap", families), compute
+    ).items():
         # ExtractWeekDay counts from Sunday = 1; the chart starts its week on Monday.
-        matrix[(int(r["wd"]) + 5) % 7][int(r["h"])] += int(r["cost_nanos"])
+        matrix[(wd + 5) % 7][h] += cost
     return matrix

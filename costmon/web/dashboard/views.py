@@ -24,7 +24,7 @@ from costmon.web.dashboard import burndown, charts
 from costmon.web.dashboard import pages as dashboard
 from costmon.web.dashboard.alerts import open_alerts, recent_alerts
 from costmon.web.dashboard.anomalies import hourly_band
-from costmon.web.dashboard.cards import money_figure, overview_cards
+from costmon.web.dashboard.cards import dashboard_cards, money_figure, overview_cards
 from costmon.web.dashboard.query import (
     CHART_ROWS,
     COMPARE_PARAM,
@@ -49,6 +49,7 @@ from costmon.web.dashboard.tables import (
     budgets_table,
     csv_response,
 )
+from costmon.web.dashboard.tag_names import tag_names
 from usage.links import (
     NAME_PARAM,
     budget_url,
@@ -231,9 +232,7 @@ def _usage_page(
         context["empty"] = True
         return render(request, "dashboard/overview.html", context)
 
-    cards = dashboard.dashboard_cards(
-        tenant=tenant, time_range=tr, filters=flt, now=q.now, families=families
-    )
+    cards = dashboard_cards(tenant=tenant, time_range=tr, filters=flt, now=q.now, families=families)
     buckets, cells, interval = dashboard.spend_series(
         tenant=tenant,
         time_range=tr,
@@ -308,10 +307,7 @@ def _usage_page(
             request,
             q,
             [g for g in GROUPS if not (kind == "end_user" and g == "end_user")]
-            + [
-                f"{dashboard.TAG_PREFIX}{name}"
-                for name in dashboard.tag_names(tenant=tenant, time_range=tr)
-            ],
+            + [f"{dashboard.TAG_PREFIX}{name}" for name in tag_names(tenant=tenant, time_range=tr)],
         ),
         snapshots=toggle(
             request, SNAPSHOTS_PARAM, "split", ("grouped", "split"), q.split_snapshots

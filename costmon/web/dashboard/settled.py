@@ -1,0 +1,140 @@
+"""The settled part of a dashboard figure, summed once and kept in the shared cache.
+
+A figure over a period is a sum of rollup rows. The rows of the days before today (in the
+tenant's zone) rarely change, so `summed` splits a range at today's local midnight (by the
+rows' hour, as every range is split), keeps the sums of the part before it in the shared cache
+and sums only the rest per view. Both parts are sums keyed alike, so adding them gives exactly
+the figure one query over the whole range gives.
+
+A kept sum is named by the tenant's generation, a random value that changes whenever a row
+before today may have changed: `usage_rewritten` (re-pricing, deletes, a reset), an ingest batch
+holding an hour before today (a late event) and a bulk load (imports, seeding). Each write bumps
+after its commit, and a view reads the generation before it queries: a sum kept under a
+generation never misses a write made before that generation was bumped.
+
+Only with a shared cache (`COSTMON_DASHBOARD_CACHE`, on with REDIS_URL): per-process caches
+would miss another process's bump. Kept sums also expire after `KEEP_SECONDS`, which bounds how
+long a bump lost to a cache outage can leave a figure behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from django.conf import settings
+from django.utils import timezone
+
+from costmon.core.cache import cache_add, cache_get, cache_set
+from costmon.core.models import Tenant
+from costmon.core.periods import TimeRange, local_midnight, tenant_zone
+from usage.signals import BulkLoaded, RecordedBatch
+
+# Sums per key (an id, a bucket, a (bucket, id) pair...), each a list of integers.
+Sums = dict[Any, list[int]]
+
+KEEP_SECONDS = 3600
+# A receiver counts "today" as starting this much later than its clock says, so a view on a
+# host whose clock is a little ahead never keeps a day that a late event still changes.
+CLOCK_MARGIN = timedelta(minutes=10)
+_GENERATION = "costmon:dashboard:generation:v1:{}"
+_SUMS = "costmon:dashboard:settled:v1:{}"
+
+log = structlog.get_logger(__name__)
+
+
+def enabled() -> bool:
+    return bool(settings.COSTMON_DASHBOARD_CACHE)
+
+
+def settled_end(tz: Any, now: datetime) -> datetime:
+    """The local midnight that starts the day of `now`: today's ends the settled rows."""
+    return local_midnight(now.astimezone(tz).date(), tz)
+
+
+def summed(
+    tenant: Tenant,
+    time_range: TimeRange,
+    what: tuple[Any, ...],
+    compute: Callable[[TimeRange], Sums],
+    *,
+    now: datetime | None = None,
+) -> Sums:
+    """`compute(time_range)`, its whole days before today taken from the cache when kept
+    there. `what` names everything else the sums depend on (the figure, filters, grouping).
+
+    Only whole local days are kept: a range ending mid-day (yesterday up to this time, for a
+    comparison) ends somewhere else at every view, and its last part is summed each time."""
+    tr = time_range
+    end = settled_end(tr.tz, min(tr.end, now or timezone.now()))
+    if not enabled() or tr.start >= end:
+        return compute(tr)
+    generation = _generation(tenant.pk)
+    if generation is None:  # the cache is away
+        return compute(tr)
+    settled = replace(tr, end=end)
+    name = repr((tenant.pk, generation, settled.start, settled.end, str(tr.tz), what))
+    key = _SUMS.format(hashlib.sha256(name.encode()).hexdigest())
+    kept = cache_get(key)
+    if not isinstance(kept, dict):
+        kept = compute(settled)
+        cache_set(key, kept, KEEP_SECONDS)
+    if tr.end <= end:
+        return kept
+    return add(kept, compute(replace(tr, start=end)))
+
+
+def add(kept: Sums, more: Sums) -> Sums:
+    """The sums of two parts, key by key. The lists of `kept` are shared, never changed: a
+    key in both gets a new list."""
+    out = dict(kept)
+    for key, values in more.items():
+        acc = out.get(key)
+        out[key] = (
+            list(values) if acc is None else [a + b for a, b in zip(acc, values, strict=True)]
+        )
+    return out
+
+
+def _generation(tenant_id: int) -> str | None:
+    key = _GENERATION.format(tenant_id)
+    found = cache_get(key)
+    if found is None:
+        cache_add(key, uuid.uuid4().hex)
+        found = cache_get(key)
+    return found if isinstance(found, str) else None
+
+
+def bump(tenant_id: int) -> None:
+    """Forget every kept sum of the tenant: its rows before today may have changed."""
+    cache_set(_GENERATION.format(tenant_id), uuid.uuid4().hex, None)
+    log.debug("dashboard_settled_sums_bumped", tenant_id=tenant_id)
+
+
+# --- receivers (connected in costmon.web's AppConfig.ready) ----------------------------------
+
+
+def usage_recorded(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
+    """`batch_recorded`: a batch holding an hour before today changed a settled day."""
+    if not batch.hours or not enabled():
+        return
+    tz = tenant_zone(batch.tenant)
+    if min(batch.hours) < settled_end(tz, timezone.now() + CLOCK_MARGIN):
+        bump(batch.tenant.pk)
+
+
+def usage_loaded(sender: Any, *, load: BulkLoaded, **kwargs: Any) -> None:
+    """`bulk_loaded`: a load may hold any day."""
+    if load.inserted and enabled():
+        bump(load.tenant.pk)
+
+
+def usage_rewritten(sender: Any, *, tenant_id: int, **kwargs: Any) -> None:
+    """`usage_rewritten`: re-priced, deleted or reset usage."""
+    if enabled():
+        bump(tenant_id)
