@@ -4,29 +4,58 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from celery import shared_task
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from alerts.models import Channel
-from alerts.rules import FREQUENT_KINDS, HOURLY_KINDS
+from alerts.rounds import FREQUENT, HOURLY, rounds_due, rounds_unqueue, rule_round_run
 from alerts.services import (
     DELIVER_NOTIFICATION_TASK,
     MAX_ATTEMPTS,
-    alert_rules_evaluate,
     daily_report_send,
     notification_deliver,
 )
 from costmon.core.models import Tenant
 from costmon.core.tenancy import unscoped
 
+log = structlog.get_logger(__name__)
+
 
 @shared_task(ignore_result=True)
 def evaluate_frequent_rules() -> int:
-    return alert_rules_evaluate(kinds=[str(k) for k in FREQUENT_KINDS]).notified
+    """Beat's every-minute task: queue a round for each tenant due (alerts.rounds); returns
+    how many were queued."""
+    return _dispatch(FREQUENT)
 
 
 @shared_task(ignore_result=True)
 def evaluate_hourly_rules() -> int:
-    return alert_rules_evaluate(kinds=[str(k) for k in HOURLY_KINDS]).notified
+    """Beat's hourly task: queue a round for each tenant with projection, spike or anomaly
+    rules."""
+    return _dispatch(HOURLY)
+
+
+@shared_task(ignore_result=True)
+def evaluate_tenant_rules(tenant_id: int, cadence: str, fingerprint: str = "") -> int:
+    """One tenant's round; skipped while another round of the tenant runs."""
+    report = rule_round_run(tenant_id=tenant_id, cadence=cadence, fingerprint=fingerprint)
+    return report.notified if report else 0
+
+
+def _dispatch(cadence: str) -> int:
+    due = rounds_due(cadence=cadence)
+    for sent, item in enumerate(due):
+        try:
+            evaluate_tenant_rules.delay(item.tenant_id, cadence, item.fingerprint)
+        except KombuOperationalError as exc:
+            # The broker refused (Redis restarting): the next dispatch queues the rest.
+            log.warning(
+                "rule_rounds_not_queued", cadence=cadence, left=len(due) - sent, error=str(exc)
+            )
+            rounds_unqueue(cadence=cadence, tenant_ids=[d.tenant_id for d in due[sent:]])
+            return sent
+    return len(due)
 
 
 @shared_task(
