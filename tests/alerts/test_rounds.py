@@ -310,7 +310,9 @@ def _at_once(work: Any, n: int = 2) -> list[Any]:
 @pytest.mark.django_db(transaction=True)
 def test_two_rounds_of_a_tenant_at_once_notify_once(acme, outsider, two_tenants, receiver):
     results = _at_once(lambda: rule_round_run(tenant_id=acme.pk, cadence=FREQUENT))
-    assert sorted(r is None for r in results) == [False, True]  # one ran, one was skipped
+    # Usually one runs and the other is skipped (its lease is held); where writers queue
+    # (SQLite), the second may run after the first: either way, one notification.
+    assert sum(r.notified for r in results if r is not None) == 1
     assert sent(acme) == [("alert", "Spend today is above $0.002")]
     assert len(receiver.requests) == 1
     assert sent(outsider) == []
