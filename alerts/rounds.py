@@ -1,10 +1,10 @@
 """Rounds of rule evaluation, one tenant at a time, and which tenants are due.
 
-Beat's tasks only dispatch (`rounds_due`): each due tenant gets a task of its own
-(`alerts.tasks.evaluate_tenant_rules` -> `rule_round_run`), so any number of workers share a
-round. A tenant's round first claims the tenant's `RuleRound` row with a conditional update (a
-lease with an expiry): a second round of the same tenant while one runs does nothing, and one
-whose worker died is taken over when its lease expires. Alerts themselves are claimed once per
+Beat's tasks only dispatch (`rounds_due`): the due tenants go out in tasks of a few each
+(`alerts.tasks.evaluate_tenant_rules` -> `rule_round_run` per tenant), so any number of workers
+share a round. A tenant's round first claims the tenant's `RuleRound` row with a conditional
+update (a lease with an expiry): a second round of the same tenant while one runs does nothing,
+and one whose worker died is taken over when its lease expires. Alerts themselves are claimed once per
 (rule, scope, period, level) in `alerts.services.alert_raise`, so even two rounds that did
 overlap (a lease outlived) notify once.
 

@@ -225,7 +225,10 @@ def add_usage(*, fraction: float) -> int:
     chosen = tenants[:: round(1 / fraction)]
     end = timezone.now()
     for n, tenant in enumerate(chosen):
-        events = list(demo_events(count=5, days=1, end=end, stream=10_000 + n, users=20))
+        # A seed of its own: events new to a data set that was reused.
+        events = list(
+            demo_events(count=5, days=1, end=end, seed=int(end.timestamp()), stream=n, users=20)
+        )
         with tenant_context(tenant):
             usage_record_batch(tenant=tenant, events=events)
     sweep()
