@@ -43,7 +43,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
@@ -254,7 +254,9 @@ def rule_round_run(
         if fingerprint:
             claim["fingerprint"] = fingerprint
         free = Q(lease_until__isnull=True) | Q(lease_until__lte=now)
-        claimed = rows.filter(free).update(**claim)
+        with transaction.atomic():
+            _bookkeeping_only()
+            claimed = rows.filter(free).update(**claim)
         if not claimed and not rows.exists():
             RuleRound.objects.bulk_create(
                 [RuleRound(tenant_id=tenant_id, cadence=cadence)], ignore_conflicts=True
@@ -281,10 +283,22 @@ def rule_round_run(
                 if failed:
                     done["dirty_since"] = now  # its failed rules are tried at the next dispatch
                 rows.filter(lease_token=token).update(**done)
+                if not (report.notified or report.resolved):
+                    _bookkeeping_only()  # no alert claimed: nothing a crash could send twice
         except BaseException:
             rows.filter(lease_token=token).update(lease_until=None, dirty_since=now)
             raise
     return report
+
+
+def _bookkeeping_only() -> None:
+    """The open transaction writes only what the next round would write again (a lease, when a
+    round ran, when an alert was last seen): PostgreSQL may acknowledge its commit before the
+    disk has it, which saves the commit's wait for the disk (about 4 ms here, more under load).
+    A crash may lose the last fraction of a second of such commits; never a claimed alert."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
 def next_due(*, tenant: Tenant, kinds: tuple[str, ...], now: datetime) -> datetime:
