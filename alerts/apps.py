@@ -10,8 +10,17 @@ class AlertsConfig(AppConfig):
         # delivery task by its name (DELIVER_NOTIFICATION_TASK).
         from alerts import receivers, tasks  # noqa: F401
         from budgets.signals import emergency_stop_changed
+        from usage import signals
 
         # An emergency stop tripped or lifted is announced at once, not at the next evaluation.
         emergency_stop_changed.connect(
             receivers.announce_emergency_stop, dispatch_uid="alerts.announce_emergency_stop"
+        )
+        # Changed usage makes the tenant's next round of frequent rules due (alerts.rounds).
+        # Connected after the budgets app's receivers (it is installed before this app), so a
+        # round that sees the mark reads counters that hold the batch.
+        signals.batch_recorded.connect(receivers.batch_recorded, dispatch_uid="alerts.batch")
+        signals.bulk_loaded.connect(receivers.bulk_loaded, dispatch_uid="alerts.bulk_loaded")
+        signals.usage_rewritten.connect(
+            receivers.usage_rewritten, dispatch_uid="alerts.usage_rewritten"
         )

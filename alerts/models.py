@@ -122,6 +122,8 @@ class AlertRule(models.Model):
     )
     notify_resolved = models.BooleanField(default=False, help_text="Send a notice when it clears.")
     created_at = models.DateTimeField(default=timezone.now)
+    # A rule saved since a tenant's last round makes the next round due (alerts.rounds).
+    updated_at = models.DateTimeField(auto_now=True)
 
     objects = TenantScopedManager["AlertRule"]()
 
@@ -238,3 +240,43 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} to {self.channel_id}: {self.status}"
+
+
+class RuleRound(models.Model):
+    """One tenant's rounds of one cadence of rules: when the last ran, whether its usage changed
+    since, and the lease that keeps two rounds of the tenant from running at once
+    (alerts.rounds says when a round is due)."""
+
+    class Cadence(models.TextChoices):
+        FREQUENT = "frequent", "every minute"
+        HOURLY = "hourly", "every hour"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    cadence = models.CharField(max_length=10, choices=Cadence.choices)
+    dirty_since = models.DateTimeField(
+        null=True, blank=True, help_text="Usage changed since the last round claimed the tenant."
+    )
+    fingerprint = models.CharField(
+        max_length=64, blank=True, help_text="Rules, budgets, time zone and prices it last saw."
+    )
+    counters_pending = models.BooleanField(
+        default=False, help_text="Spend counter updates were pending at the last dispatch."
+    )
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    due_at = models.DateTimeField(
+        null=True, blank=True, help_text="When time alone makes the next round due."
+    )
+    lease_until = models.DateTimeField(null=True, blank=True)
+    lease_token = models.CharField(max_length=32, blank=True)
+
+    objects = TenantScopedManager["RuleRound"]()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "cadence"], name="ruleround_tenant_cadence")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cadence} rules of tenant {self.tenant_id}"

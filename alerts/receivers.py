@@ -1,13 +1,30 @@
-"""How the alerts app reacts to what the budgets app tells it (connected in alerts.apps)."""
+"""How the alerts app reacts to what the apps below tell it (connected in alerts.apps)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from alerts.rounds import rounds_mark_changed
 from alerts.services import on_emergency_stop
 from budgets.signals import EmergencyStopChanged
+from usage.signals import BulkLoaded, RecordedBatch
 
 
 def announce_emergency_stop(sender: Any, *, event: EmergencyStopChanged, **kwargs: Any) -> None:
     """A stop tripped or lifted: raise it on the emergency-stop alert rules it affects."""
     on_emergency_stop(event.stop, event.change)
+
+
+def batch_recorded(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
+    """New usage (received after the budgets app added it to the spend counters): the tenant's
+    next round of frequent rules is due."""
+    rounds_mark_changed(tenant_id=batch.tenant.pk)
+
+
+def bulk_loaded(sender: Any, *, load: BulkLoaded, **kwargs: Any) -> None:
+    rounds_mark_changed(tenant_id=load.tenant.pk)
+
+
+def usage_rewritten(sender: Any, *, tenant_id: int, **kwargs: Any) -> None:
+    """Re-priced, deleted or reset usage may raise or clear alerts."""
+    rounds_mark_changed(tenant_id=tenant_id)

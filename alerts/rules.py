@@ -14,6 +14,7 @@ from django.db.models import Sum
 from django.db.models.functions import Coalesce
 
 from alerts.models import AlertRule
+from alerts.reads import usage_totals
 from budgets.models import Budget
 from budgets.periods import budget_window
 from budgets.scopes import SCOPES
@@ -32,7 +33,6 @@ from usage.selectors import (
     named,
     price_syncs_since,
     rollups_of,
-    usage_metrics,
 )
 
 
@@ -104,7 +104,7 @@ _PERIOD_WORDS = {"day": "today", "week": "this week", "month": "this month"}
 def evaluate_spend(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condition]:
     period = rule.period if rule.period in _PERIOD_WORDS else "day"
     window = period_range(tenant=tenant, period=period, now=now)
-    totals = usage_metrics(tenant=tenant, time_range=window, filters=_filters(rule)).totals
+    totals = usage_totals(tenant=tenant, time_range=window, filters=_filters(rule))
     spent = int(totals["cost_nanos"])
     limit = usd_to_nanos(rule.threshold_usd or Decimal(0))
     if spent <= limit:
@@ -214,7 +214,7 @@ def evaluate_projection(rule: AlertRule, tenant: Tenant, now: datetime) -> list[
     if elapsed * 31 < total:  # less than a day of data: a projection would be noise
         return []
     spent = int(
-        usage_metrics(tenant=tenant, time_range=window, filters=_filters(rule)).totals["cost_nanos"]
+        usage_totals(tenant=tenant, time_range=window, filters=_filters(rule))["cost_nanos"]
     )
     projected = project(spent, start=window.start, end=window.end, now=now)
     limit = usd_to_nanos(rule.threshold_usd or Decimal(0))
@@ -351,9 +351,9 @@ def _label(start: datetime, period: str) -> str:
 
 def _rates(rule: AlertRule, tenant: Tenant, now: datetime) -> tuple[str, dict[str, int]]:
     window = period_range(tenant=tenant, period="day", now=now)
-    return f"{window.start.astimezone(window.tz):%Y%m%d}", usage_metrics(
+    return f"{window.start.astimezone(window.tz):%Y%m%d}", usage_totals(
         tenant=tenant, time_range=window, filters=_filters(rule)
-    ).totals
+    )
 
 
 def _rate_rule(

@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.html import escape
 
 from alerts.models import Alert, AlertRule, Channel, Notification
+from alerts.reads import shared_reads
 from alerts.rules import EVALUATORS, Condition, dashboard_link
 from alerts.transports import get_transport
 from alerts.transports.base import Message, TransportError
@@ -70,22 +71,51 @@ def alert_rules_evaluate(
         )
         tenants = list(Tenant.objects.filter(pk__in=tenant_ids))
     for tenant in tenants:
-        with tenant_context(tenant):
-            for rule in AlertRule.objects.for_tenant(tenant).filter(is_active=True, kind__in=kinds):
-                try:
-                    part = alert_rule_evaluate(rule=rule, now=now)
-                except Exception:
-                    # One broken rule must not stop the others; it is logged with its id.
-                    log.exception("alert_rule_failed", rule=rule.pk, tenant=tenant.slug)
-                    continue
-                report.rules += 1
-                report.firing += part.firing
-                report.notified += part.notified
-                report.resolved += part.resolved
+        tenant_rules_evaluate(tenant=tenant, kinds=kinds, now=now, report=report)
     return report
 
 
-def alert_rule_evaluate(*, rule: AlertRule, now: datetime | None = None) -> EvaluationReport:
+def tenant_rules_evaluate(
+    *, tenant: Tenant, kinds: tuple[str, ...] | list[str], now: datetime, report: EvaluationReport
+) -> int:
+    """Evaluate the tenant's active rules of these kinds in its context, adding to `report`;
+    returns how many rules failed (each is logged, and the others still run)."""
+    failed = 0
+    with tenant_context(tenant), shared_reads():
+        rules = list(
+            AlertRule.objects.for_tenant(tenant)
+            .filter(is_active=True, kind__in=kinds)
+            .order_by("pk")  # two rounds that overlap lock alerts in the same order
+        )
+        by_pk = {rule.pk: rule for rule in rules}
+        firing: dict[int, list[Alert]] = {rule.pk: [] for rule in rules}
+        for alert in Alert.objects.for_tenant(tenant).filter(
+            rule__in=rules, status=Alert.Status.FIRING
+        ):
+            alert.rule = by_pk[alert.rule_id]
+            firing[alert.rule_id].append(alert)
+        for rule in rules:
+            rule.tenant = tenant  # the evaluators read it: no query per rule
+            try:
+                # A savepoint: in a round's transaction, a rule that fails undoes only itself.
+                with transaction.atomic():
+                    part = alert_rule_evaluate(rule=rule, now=now, firing=firing[rule.pk])
+            except Exception:
+                # One broken rule must not stop the others; it is logged with its id.
+                log.exception("alert_rule_failed", rule=rule.pk, tenant=tenant.slug)
+                failed += 1
+                continue
+            report.rules += 1
+            report.firing += part.firing
+            report.notified += part.notified
+            report.resolved += part.resolved
+    return failed
+
+
+def alert_rule_evaluate(
+    *, rule: AlertRule, now: datetime | None = None, firing: list[Alert] | None = None
+) -> EvaluationReport:
+    """`firing`: the rule's firing alerts, when the caller read them already."""
     now = now or timezone.now()
     tenant = rule.tenant
     report = EvaluationReport(rules=1)
@@ -97,7 +127,11 @@ def alert_rule_evaluate(*, rule: AlertRule, now: datetime | None = None) -> Eval
         if alert_raise(rule=rule, condition=condition, now=now):
             report.notified += 1
     # What fired before and no longer holds (or whose period is over) has cleared.
-    for alert in Alert.objects.for_tenant(tenant).filter(rule=rule, status=Alert.Status.FIRING):
+    if firing is None:
+        firing = list(
+            Alert.objects.for_tenant(tenant).filter(rule=rule, status=Alert.Status.FIRING)
+        )
+    for alert in firing:
         if (alert.scope, alert.period) not in holding and alert_resolve(alert=alert, now=now):
             report.resolved += 1
     return report

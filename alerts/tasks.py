@@ -4,29 +4,68 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from celery import shared_task
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from alerts.models import Channel
-from alerts.rules import FREQUENT_KINDS, HOURLY_KINDS
+from alerts.rounds import FREQUENT, HOURLY, rounds_due, rounds_unqueue, rule_round_run
 from alerts.services import (
     DELIVER_NOTIFICATION_TASK,
     MAX_ATTEMPTS,
-    alert_rules_evaluate,
     daily_report_send,
     notification_deliver,
 )
 from costmon.core.models import Tenant
 from costmon.core.tenancy import unscoped
 
+log = structlog.get_logger(__name__)
+
 
 @shared_task(ignore_result=True)
 def evaluate_frequent_rules() -> int:
-    return alert_rules_evaluate(kinds=[str(k) for k in FREQUENT_KINDS]).notified
+    """Beat's every-minute task: queue a round for each tenant due (alerts.rounds); returns
+    how many were queued."""
+    return _dispatch(FREQUENT)
 
 
 @shared_task(ignore_result=True)
 def evaluate_hourly_rules() -> int:
-    return alert_rules_evaluate(kinds=[str(k) for k in HOURLY_KINDS]).notified
+    """Beat's hourly task: queue a round for each tenant with projection, spike or anomaly
+    rules."""
+    return _dispatch(HOURLY)
+
+
+@shared_task(ignore_result=True)
+def evaluate_tenant_rules(tenants: list[tuple[int, str]], cadence: str) -> int:
+    """The rounds of a few tenants ((id, fingerprint) pairs), one after the other; each is
+    skipped while another round of its tenant runs. Returns how many notifications went."""
+    notified = 0
+    for tenant_id, fingerprint in tenants:
+        report = rule_round_run(tenant_id=tenant_id, cadence=cadence, fingerprint=fingerprint)
+        notified += report.notified if report else 0
+    return notified
+
+
+# Tenants per task: a task costs a worker a few milliseconds besides the rounds, about a tenant's
+# round itself; a few tenants a task keep that small and still share a round among workers.
+TENANTS_PER_TASK = 10
+
+
+def _dispatch(cadence: str) -> int:
+    due = rounds_due(cadence=cadence)
+    for start in range(0, len(due), TENANTS_PER_TASK):
+        chunk = due[start : start + TENANTS_PER_TASK]
+        try:
+            evaluate_tenant_rules.delay([(d.tenant_id, d.fingerprint) for d in chunk], cadence)
+        except KombuOperationalError as exc:
+            # The broker refused (Redis restarting): the next dispatch queues the rest.
+            log.warning(
+                "rule_rounds_not_queued", cadence=cadence, left=len(due) - start, error=str(exc)
+            )
+            rounds_unqueue(cadence=cadence, tenant_ids=[d.tenant_id for d in due[start:]])
+            return start
+    return len(due)
 
 
 @shared_task(

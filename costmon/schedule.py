@@ -32,14 +32,16 @@ SCHEDULE: list[Periodic] = [
         "alerts: threshold rules",
         "alerts.tasks.evaluate_frequent_rules",
         "Spend, budget, rate and unpriced-model rules read rollups and counters, which cost "
-        "little: a minute is how late a person may hear that a threshold was crossed.",
+        "little: a minute is how late a person may hear that a threshold was crossed. It only "
+        "queues a task per tenant due (new usage, changed rules or budgets, a midnight, a "
+        "cooldown ending, or an hour since its last round: alerts.rounds), so workers share it.",
         every=timedelta(minutes=1),
     ),
     Periodic(
         "alerts: projections and spikes",
         "alerts.tasks.evaluate_hourly_rules",
         "Spikes compare whole hours and projections move slowly: hourly, a few minutes after the "
-        "hour so the last hour's events are in.",
+        "hour so the last hour's events are in; a task per tenant with such rules.",
         cron={"minute": "5"},
     ),
     Periodic(
