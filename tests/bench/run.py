@@ -172,10 +172,12 @@ def drive(
             _client_process, [(port, method, path, headers, share) for share in shares]
         )
         elapsed = time.perf_counter() - started
-    finally:
-        # Let the clients end by themselves: terminate() could leave one stuck on a lock.
-        pool.close()
-        pool.join()
+    except BaseException:
+        pool.terminate()  # stopped or failed: the clients may never finish
+        raise
+    # Done: let the clients end by themselves (terminate() could leave one stuck on a lock).
+    pool.close()
+    pool.join()
     total = Samples(elapsed=elapsed)
     for part in parts:
         total.merge(part)
@@ -299,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 port=naive_port,
                 app="tests.bench.naive.wsgi",
                 name="gunicorn-naive",
-                config=("--worker-class", "sync"),
+                # A 1,000-event batch takes it seconds, more on a busy machine.
+                config=("--worker-class", "sync", "--timeout", "300"),
             )
             rows += http_rows(
                 context,
