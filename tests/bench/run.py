@@ -86,7 +86,7 @@ MEDIUM = Scale(
     page_views=3,
 )
 SCALES = {"smoke": SMOKE, "medium": MEDIUM, "full": FULL}
-NAIVE_BATCHES = 12  # 1,000-event batches sent to the naive endpoint (about 2,000 events/s)
+NAIVE_BATCHES = 8  # 1,000-event batches sent to the naive endpoint (about 2,000 events/s)
 
 
 # --- results ---------------------------------------------------------------------------------
