@@ -263,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--single-clients", type=int, default=8, help="client processes sending single events"
     )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads per costmon worker (default: its config)"
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="seeding processes")
     parser.add_argument("--out", default=str(ROOT / "var" / "bench"))
     args = parser.parse_args(argv)
@@ -292,7 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM or SIGHUP): it must not keep the port and the scratch database busy.
     try:
         with ProcessGroup(grace=30) as children:
-            start_server(children, dict(os.environ), workers=args.workers, port=port)
+            threads = () if args.threads is None else ("--threads", str(args.threads))
+            start_server(
+                children,
+                dict(os.environ),
+                workers=args.workers,
+                port=port,
+                config=("-c", "python:costmon.gunicorn_conf", *threads),
+            )
             naive_env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.bench.naive.settings"}
             start_server(
                 children,
