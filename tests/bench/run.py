@@ -135,7 +135,7 @@ def _client_process(
 ) -> Samples:
     """Send `bodies` one after another over one keep-alive connection."""
     samples = Samples()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     for body in bodies:
         started = time.perf_counter()
         conn.request(method, path, body=body or None, headers=headers)
@@ -148,7 +148,7 @@ def _client_process(
         samples.statuses[response.status] = samples.statuses.get(response.status, 0) + 1
         if response.getheader("Connection", "").lower() == "close":
             conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     conn.close()
     return samples
 
