@@ -1,15 +1,25 @@
 """gunicorn settings for costmon: `gunicorn -c python:costmon.gunicorn_conf costmon.wsgi`.
 
-Only server hooks live here (the rest stays on the command line). They keep the Prometheus
-metrics of several worker processes right: the master empties the metrics folder before the
-first worker starts, and tells prometheus_client when a worker exits. A deployment with its own
-gunicorn config copies these two hooks into it.
+The worker model and server hooks live here (the rest stays on the command line):
+
+- Threaded workers (gthread, COSTMON_GUNICORN_THREADS threads each, 8 unless set) with group
+  commit of small ingest requests (usage.grouping): the threads of a worker that report single
+  events at once share one transaction and one budgets counter update. A command-line
+  `--worker-class` or `--threads` still wins; COSTMON_INGEST_GROUP_COMMIT=0 turns grouping off.
+- The hooks keep the Prometheus metrics of several worker processes right: the master empties
+  the metrics folder before the first worker starts, and tells prometheus_client when a worker
+  exits. A deployment with its own gunicorn config copies these settings and hooks into it.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+worker_class = "gthread"
+threads = int(os.environ.get("COSTMON_GUNICORN_THREADS") or 8)
+# Read by the workers' settings (costmon.settings), which load after this file.
+os.environ.setdefault("COSTMON_INGEST_GROUP_COMMIT", "1" if threads > 1 else "0")
 
 
 def on_starting(server: Any) -> None:

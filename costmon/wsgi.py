@@ -3,7 +3,7 @@ import os
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costmon.settings")
-application = get_wsgi_application()
+django_application = get_wsgi_application()
 
 # Import every view and build the URL reverser now (Django would on the first request, about
 # 150 ms for the reverser), and let plotly set up its figure types: the first page a worker
@@ -11,6 +11,10 @@ application = get_wsgi_application()
 from django.urls import reverse  # noqa: E402
 
 from costmon.web.dashboard.charts import warm_up  # noqa: E402
+from costmon.web.fastpath import IngestFastPath  # noqa: E402
+
+# Usage reports skip the middleware stack (costmon.web.fastpath); everything else is Django's.
+application = IngestFastPath(django_application)
 
 reverse("dashboard-overview", args=["warm-up"])
 warm_up()

@@ -9,9 +9,10 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -25,7 +26,9 @@ from costmon.core.periods import TimeRange, custom_range, period_range
 from costmon.core.scoping import TenantAPIView
 from costmon.core.tenancy import tenant_context
 from usage.explanations import cost_explanation, explanation_json
-from usage.ingest import PART_FIELDS, parse_batch
+from usage.fastparse import parse_valid_batch
+from usage.grouping import record_events
+from usage.ingest import PART_FIELDS, EventIn, parse_batch
 from usage.models import CostSource, UsageEvent
 from usage.openapi import (
     MetricsReply,
@@ -43,9 +46,13 @@ from usage.selectors import (
     usage_events,
     usage_metrics,
 )
-from usage.services import usage_record_batch
+from usage.services import EventResult
 
 _SOURCE_LABELS = dict(CostSource.choices)
+# What DRF's content negotiation answers with plain JSON (no Accept header is */*); any other
+# Accept header takes DRF's path, which may answer differently (406, or indented JSON).
+_PLAIN_ACCEPT = frozenset({None, "*/*", "application/json"})
+_RENDERER = JSONRenderer()
 FILTER_PARAMETERS = [
     *(OpenApiParameter(name, str, description=f"Only this {name}") for name in FILTER_FIELDS),
     OpenApiParameter("tag", str, pattern=r"^([^:]+:.*)?$", description="name:value"),
@@ -154,6 +161,50 @@ def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
     return value
 
 
+def recorded_json(results: list[EventResult]) -> dict[str, Any]:
+    return {
+        "events": [
+            {
+                "event_id": r.event_id,
+                "cost_usd": format_usd(r.cost_nanos),
+                "cost_source": _SOURCE_LABELS[r.cost_source],
+                "duplicate": r.duplicate,
+            }
+            for r in results
+        ]
+    }
+
+
+def events_of(body: bytes) -> list[EventIn]:
+    """The validated events of a request body; DomainError (400) naming every problem.
+
+    A valid batch is decoded in one typed pass (usage.fastparse); any other goes through
+    `parse_batch`, which words each error. parse_batch accepts nothing deeper than
+    list > event > tags (no depth count needed), and checks every string."""
+    refused = may_hold_refused(body)
+    events = None if refused else parse_valid_batch(body)
+    if events is None:
+        payload = load_json(body, max_depth=None, strings_checked=True)
+        events = parse_batch(payload, may_hold_refused=refused)
+    return events
+
+
+def _body_if_plain(request: HttpRequest) -> bytes | None:
+    """The body of a POST that DRF would hand to `post` unchanged: JSON, plain Accept, a size
+    within the limit, no NUL in the query. None: let DRF answer (and word any error)."""
+    if request.META.get("HTTP_ACCEPT") not in _PLAIN_ACCEPT:
+        return None
+    if request.content_type != "application/json" or "%00" in request.META.get("QUERY_STRING", ""):
+        return None
+    length = request.META.get("CONTENT_LENGTH") or ""
+    if not length.isdigit() or int(length) > settings.COSTMON_MAX_BODY_BYTES:
+        return None
+    try:
+        return request.body
+    except RequestDataTooBig:
+        return None
+
+
 class UsageApi(TenantAPIView):
     method_scopes = {"POST": ApiKey.Scope.INGEST, "GET": ApiKey.Scope.READ}
     # The body is parsed here, as a whole batch with exact decimals.
@@ -161,7 +212,36 @@ class UsageApi(TenantAPIView):
 
     @instruments.timed(instruments.INGEST_SECONDS)
     def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if request.method == "POST":
+            response = self._answer_directly(request)
+            if response is not None:
+                return response
         return super().dispatch(request, *args, **kwargs)
+
+    def _answer_directly(self, request: HttpRequest) -> HttpResponse | None:
+        """A valid report without DRF's request machinery: the reply is the one `post` gives,
+        byte for byte. None when anything is amiss (a body that does not validate, a missing
+        key, another Accept): nothing was stored, and DRF answers as for any other view."""
+        body = _body_if_plain(request)
+        if body is None or not self.enter_as_key(request):
+            return None
+        try:
+            events = events_of(body)
+        except DomainError:
+            return None
+        try:
+            results = record_events(tenant=self.tenant, events=events, api_key_id=self.api_key_id)
+        except Exception as exc:  # noqa: BLE001 - answered exactly as DRF's dispatch would
+            return self.drf_error(request, exc)
+        instruments.events_ingested(results)
+        response = HttpResponse(
+            _RENDERER.render(recorded_json(results)),
+            content_type=_RENDERER.media_type,
+            status=201,
+        )
+        for name, value in self.default_response_headers.items():
+            response[name] = value
+        return response
 
     @extend_schema(
         operation_id="usage_record",
@@ -190,26 +270,10 @@ class UsageApi(TenantAPIView):
         content_type = request.content_type.split(";")[0].strip()
         if content_type and content_type != "application/json":
             raise DomainError("Send the usage as JSON with Content-Type: application/json.")
-        # parse_batch accepts nothing deeper than list > event > tags (no depth count needed),
-        # and checks every string.
-        payload = load_json(body, max_depth=None, strings_checked=True)
-        events = parse_batch(payload, may_hold_refused=may_hold_refused(body))
-        results = usage_record_batch(tenant=self.tenant, events=events, api_key_id=self.api_key_id)
+        events = events_of(body)
+        results = record_events(tenant=self.tenant, events=events, api_key_id=self.api_key_id)
         instruments.events_ingested(results)
-        return Response(
-            {
-                "events": [
-                    {
-                        "event_id": r.event_id,
-                        "cost_usd": format_usd(r.cost_nanos),
-                        "cost_source": _SOURCE_LABELS[r.cost_source],
-                        "duplicate": r.duplicate,
-                    }
-                    for r in results
-                ]
-            },
-            status=201,
-        )
+        return Response(recorded_json(results), status=201)
 
     @extend_schema(
         operation_id="usage_list",

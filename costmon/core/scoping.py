@@ -110,6 +110,18 @@ class TenantAPIView(APIView):
         self._enter(principal.tenant, principal.key_id)
         return True
 
+    def drf_error(self, request: HttpRequest, exc: Exception) -> Any:
+        """For the hot paths of `enter_as_key`: what DRF's `dispatch` answers when the handler
+        raises `exc` (the same status, body and headers; unknown exceptions propagate)."""
+        self.args, self.format_kwarg = (), None
+        self.kwargs: dict[str, Any] = {}
+        drf_request = self.request = self.initialize_request(request)
+        self.headers = self.default_response_headers
+        drf_request.accepted_renderer, drf_request.accepted_media_type = (
+            self.perform_content_negotiation(drf_request)
+        )
+        return self.finalize_response(drf_request, self.handle_exception(exc))
+
     def _scope(self, request: HttpRequest | Request) -> str:
         return self.method_scopes.get(request.method or "", self.required_scope)
 

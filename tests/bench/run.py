@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/bench/run.py            # the full run: 10 million events, ~25 min
     .venv/bin/python tests/bench/run.py --smoke    # a small run that checks it all still works
+    .venv/bin/python tests/bench/run.py --scale medium  # 1 tenant x 200,000 events, ~3 min
 
 It builds a data set in a scratch PostgreSQL database (`costmon_bench`, dropped and made again;
 `--reuse` keeps one already built with the same size), starts gunicorn with several workers on
@@ -11,6 +12,10 @@ to `var/bench/bench-<time>.md` (and `var/bench/latest.md`).
 
 Server time is read from each response's `Server-Timing` header (Django's own time, without the
 network and the client); request latency and throughput are measured by the clients.
+
+The same run also serves a naive DRF endpoint (tests/bench/naive: a stock ModelSerializer view, one
+insert per event, stock middleware) with its own gunicorn of the same worker count, and sends it
+the same single events and 1,000-event batches: the table gives costmon's rates beside it.
 
 The same run also measures, in this process, the same 1,000-event batches through a naive
 baseline (one ORM insert per event, as a stock DRF ModelSerializer view does) and the raw
@@ -69,6 +74,19 @@ FULL = Scale(
 SMOKE = Scale(
     events=2_000, tenants=2, users=50, days=7, batches=6, singles=60, checks=200, page_views=2
 )
+# For comparing two versions of the code side by side (run each alternately, take medians).
+MEDIUM = Scale(
+    events=200_000,
+    tenants=1,
+    users=1_000,
+    days=30,
+    batches=100,
+    singles=4_000,
+    checks=2_000,
+    page_views=3,
+)
+SCALES = {"smoke": SMOKE, "medium": MEDIUM, "full": FULL}
+NAIVE_BATCHES = 8  # 1,000-event batches sent to the naive endpoint (about 2,000 events/s)
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -117,7 +135,7 @@ def _client_process(
 ) -> Samples:
     """Send `bodies` one after another over one keep-alive connection."""
     samples = Samples()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     for body in bodies:
         started = time.perf_counter()
         conn.request(method, path, body=body or None, headers=headers)
@@ -130,7 +148,7 @@ def _client_process(
         samples.statuses[response.status] = samples.statuses.get(response.status, 0) + 1
         if response.getheader("Connection", "").lower() == "close":
             conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     conn.close()
     return samples
 
@@ -147,12 +165,19 @@ def drive(
     """Split the bodies over `clients` processes that send at once; time the whole phase."""
     shares = [bodies[i::clients] for i in range(clients)]
     context = multiprocessing.get_context("fork")
-    with context.Pool(clients) as pool:
+    pool = context.Pool(clients)
+    try:
         started = time.perf_counter()
         parts = pool.starmap(
             _client_process, [(port, method, path, headers, share) for share in shares]
         )
         elapsed = time.perf_counter() - started
+    except BaseException:
+        pool.terminate()  # stopped or failed: the clients may never finish
+        raise
+    # Done: let the clients end by themselves (terminate() could leave one stuck on a lock).
+    pool.close()
+    pool.join()
     total = Samples(elapsed=elapsed)
     for part in parts:
         total.merge(part)
@@ -174,21 +199,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(children: ProcessGroup, env: dict[str, str], *, workers: int, port: int) -> None:
-    """gunicorn in the group of `children`: a stop signal or an error stops it with the run."""
+def start_server(
+    children: ProcessGroup,
+    env: dict[str, str],
+    *,
+    workers: int,
+    port: int,
+    app: str = "costmon.wsgi",
+    name: str = "gunicorn",
+    config: Sequence[str] = ("-c", "python:costmon.gunicorn_conf"),
+) -> None:
+    """gunicorn in the group of `children`: a stop signal or an error stops it with the run.
+
+    costmon's own config (`costmon.gunicorn_conf`) chooses the worker class and threads; the
+    naive baseline runs stock sync workers."""
     children.start(
-        "gunicorn",
+        name,
         [
             str(Path(PYTHON).with_name("gunicorn")),
-            "costmon.wsgi",
+            app,
+            *config,
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",
             str(workers),
-            "--worker-class",
-            "gthread",
-            "--threads",
-            "1",
             "--keep-alive",
             "30",
             "--log-level",
@@ -220,15 +254,24 @@ def say(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a small, quick run (CI)")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full", help="data-set size")
     parser.add_argument("--database", default="costmon_bench", help="scratch database name")
     parser.add_argument("--redis-db", type=int, default=14, help="scratch Redis database")
     parser.add_argument("--reuse", action="store_true", help="keep a data set of the same size")
     parser.add_argument("--workers", type=int, default=(os.cpu_count() or 2) * 2)
     parser.add_argument("--clients", type=int, default=4, help="concurrent client processes")
+    parser.add_argument(
+        "--single-clients", type=int, default=8, help="client processes sending single events"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads per costmon worker (default: its config)"
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="seeding processes")
     parser.add_argument("--out", default=str(ROOT / "var" / "bench"))
     args = parser.parse_args(argv)
-    scale = SMOKE if args.smoke else FULL
+    if args.smoke:
+        args.scale = "smoke"
+    scale = SCALES[args.scale]
 
     os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.database}"
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis_db}"
@@ -246,14 +289,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     context = setup_data(scale, fresh=fresh, jobs=args.jobs)
     rows += storage_rows(context)
     rows += ratio_rows(context)
-    port = free_port()
-    say(f"starting gunicorn: {args.workers} workers on port {port}")
+    port, naive_port = free_port(), free_port()
+    say(f"starting gunicorn: {args.workers} workers on port {port}, naive on {naive_port}")
     # gunicorn, master and workers, stops with this run however it ends (an error, Ctrl+C,
     # SIGTERM or SIGHUP): it must not keep the port and the scratch database busy.
     try:
         with ProcessGroup(grace=30) as children:
-            start_server(children, dict(os.environ), workers=args.workers, port=port)
-            rows += http_rows(context, scale, port=port, clients=args.clients)
+            threads = () if args.threads is None else ("--threads", str(args.threads))
+            start_server(
+                children,
+                dict(os.environ),
+                workers=args.workers,
+                port=port,
+                config=("-c", "python:costmon.gunicorn_conf", *threads),
+            )
+            naive_env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.bench.naive.settings"}
+            start_server(
+                children,
+                naive_env,
+                workers=args.workers,
+                port=naive_port,
+                app="tests.bench.naive.wsgi",
+                name="gunicorn-naive",
+                # A 1,000-event batch takes it seconds, more on a busy machine.
+                config=("--worker-class", "sync", "--timeout", "300"),
+            )
+            rows += http_rows(
+                context,
+                scale,
+                port=port,
+                naive_port=naive_port,
+                clients=args.clients,
+                single_clients=args.single_clients,
+            )
     except StopRequested as stop:
         say(f"stopped: {stop.name} received; gunicorn is stopped")
         return 128 + stop.signum
@@ -265,10 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"bench-{stamp}{'-smoke' if args.smoke else ''}.md", "latest.md"):
+    suffix = "" if args.scale == "full" else f"-{args.scale}"
+    for name in (f"bench-{stamp}{suffix}.md", "latest.md"):
         (out / name).write_text(report)
     say(f"written to {out / 'latest.md'}")
-    if args.smoke:
+    if args.scale == "smoke":
         drop_database(args.database)
     return 0
 
@@ -611,9 +680,79 @@ def storage_rows(context: Context) -> list[Row]:
 # --- over HTTP ---------------------------------------------------------------------------------
 
 
-def http_rows(context: Context, scale: Scale, *, port: int, clients: int) -> list[Row]:
+def naive_rows(
+    context: Context,
+    *,
+    port: int,
+    clients: int,
+    single_clients: int,
+    singles: list[bytes],
+) -> tuple[list[Row], float, float]:
+    """The naive endpoint over HTTP: its rows, its single-event rate and its batch rate."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {context.ingest_key}"}
+    say(f"naive endpoint: {NAIVE_BATCHES} batches of 1,000 events, {clients} clients")
+    bodies = [
+        json.dumps([_event_json(e) for e in batch]).encode()
+        for batch in _fresh_batches(1000, NAIVE_BATCHES, stream=904)
+    ]
+    s = drive(
+        port, method="POST", path="/api/v1/usage/", headers=headers, bodies=bodies, clients=clients
+    )
+    expect_ok("naive batch ingest", s)
+    batch_rate = len(bodies) * 1000 / s.elapsed
+    batch_p99 = pct(s.latencies_ms, 99)
+    say(f"naive endpoint: {len(singles)} single events, {single_clients} clients")
+    s = drive(
+        port,
+        method="POST",
+        path="/api/v1/usage/",
+        headers=headers,
+        bodies=singles,
+        clients=single_clients,
+    )
+    expect_ok("naive single-event ingest", s)
+    single_rate = len(singles) / s.elapsed
+    rows = [
+        Row(
+            f"naive DRF endpoint over HTTP: batches of 1,000, {clients} clients",
+            f"{batch_rate:,.0f} events/s (p99 {batch_p99:,.0f} ms)",
+            "",
+            None,
+        ),
+        Row(
+            f"naive DRF endpoint over HTTP: single events, {single_clients} clients",
+            f"{single_rate:,.0f} requests/s (client p50 {pct(s.latencies_ms, 50):.1f} ms)",
+            "",
+            None,
+        ),
+    ]
+    return rows, single_rate, batch_rate
+
+
+def http_rows(
+    context: Context,
+    scale: Scale,
+    *,
+    port: int,
+    naive_port: int,
+    clients: int,
+    single_clients: int,
+) -> list[Row]:
     rows: list[Row] = []
     auth = {"Content-Type": "application/json"}
+    naive_singles = [
+        json.dumps(_event_json(e)).encode()
+        for batch in _fresh_batches(scale.singles, 1, stream=905)
+        for e in batch
+    ]
+    more, naive_single_rate, naive_batch_rate = naive_rows(
+        context,
+        port=naive_port,
+        clients=clients,
+        single_clients=single_clients,
+        singles=naive_singles,
+    )
+    rows += more
 
     # Batch ingest: new events, 1,000 per request, from several clients at once.
     say(f"batch ingest: {scale.batches} requests of 1,000 events, {clients} clients")
@@ -651,6 +790,9 @@ def http_rows(context: Context, scale: Scale, *, port: int, clients: int) -> lis
         )
     )
     rows.append(
+        Row("  speed-up over the naive endpoint", f"{rate / naive_batch_rate:.1f}x", "", None)
+    )
+    rows.append(
         Row(
             "  request p99 (client)",
             f"{p99:,.0f} ms (p50 {pct(s.latencies_ms, 50):,.0f} ms, server p50 {pct(s.server_ms, 50):,.0f} ms)",
@@ -660,24 +802,37 @@ def http_rows(context: Context, scale: Scale, *, port: int, clients: int) -> lis
     )
 
     # Single-event ingest.
-    say(f"single-event ingest: {scale.singles} requests, {clients} clients")
+    say(f"single-event ingest: {scale.singles} requests, {single_clients} clients")
     singles = [
         json.dumps(_event_json(e)).encode()
         for batch in _fresh_batches(scale.singles, 1, stream=903)
         for e in batch
     ]
     s = drive(
-        port, method="POST", path="/api/v1/usage/", headers=headers, bodies=singles, clients=clients
+        port,
+        method="POST",
+        path="/api/v1/usage/",
+        headers=headers,
+        bodies=singles,
+        clients=single_clients,
     )
     expect_ok("single-event ingest", s)
     rate = len(singles) / s.elapsed
     p50 = pct(s.server_ms, 50)
     rows.append(
         Row(
-            f"single-event ingest, {clients} clients",
-            f"{rate:,.0f} requests/s",
+            f"single-event ingest, {single_clients} clients",
+            f"{rate:,.0f} requests/s (client p50 {pct(s.latencies_ms, 50):.1f} ms)",
             ">= 1,000 requests/s",
             rate >= 1000,
+        )
+    )
+    rows.append(
+        Row(
+            "  vs the naive endpoint, same run",
+            f"{rate / naive_single_rate:.2f}x",
+            ">= 2x",
+            rate >= 2 * naive_single_rate,
         )
     )
     rows.append(
@@ -829,7 +984,8 @@ def render(rows: list[Row], context: Context, scale: Scale, args: argparse.Names
     mwidth = max(len(r.measured) for r in rows)
     twidth = max(len(r.target) for r in rows)
     lines = [
-        f"# costmon benchmark{' (smoke run: the figures mean nothing)' if args.smoke else ''}",
+        f"# costmon benchmark{' (smoke run: the figures mean nothing)' if args.smoke else ''}"
+        + (f" ({args.scale} scale)" if args.scale == "medium" else ""),
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Data set: {scale.tenants} tenants x "
         f"{scale.events:,} events over {scale.days} days, {scale.users:,} end users each"
@@ -838,7 +994,8 @@ def render(rows: list[Row], context: Context, scale: Scale, args: argparse.Names
             if context.seed_seconds is not None
             else " (reused)"
         )
-        + f". gunicorn: {args.workers} workers (gthread); {args.clients} client processes.",
+        + f". gunicorn: {args.workers} workers (costmon.gunicorn_conf; the naive endpoint: sync); "
+        f"{args.clients} client processes ({args.single_clients} for single events).",
         "",
         f"| {'what':<{width}} | {'measured':<{mwidth}} | {'target':<{twidth}} | result |",
         f"|{'-' * (width + 2)}|{'-' * (mwidth + 2)}|{'-' * (twidth + 2)}|--------|",

@@ -1,0 +1,177 @@
+"""Group commit: concurrent small ingest requests of one process stored together.
+
+With threaded workers (gunicorn's gthread, `costmon.gunicorn_conf`), each request thread hands
+its validated events to the process's committer thread and waits. The committer takes every
+request waiting, and stores each tenant's (and API key's) events with one `usage_record_batch`:
+one transaction, one commit, one rollup upsert and one budgets counter update for all of them.
+Then it wakes each request with its own results, in its own order. So a 201 still means stored
+durably, priced and counted; only the round trips are shared. Two requests with the same
+event_id in one group are answered as if one came after the other: the first stored, the
+second a duplicate.
+
+A group that fails is stored again request by request, so one request's failure (a deadlock,
+a bad reservation) is answered to that request only. Off unless COSTMON_INGEST_GROUP_COMMIT is
+set (gunicorn's config sets it): a process serving one request at a time gains nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import structlog
+from django.conf import settings
+from django.db import close_old_connections, connections
+
+from costmon.core.models import Tenant
+from usage.ingest import EventIn
+from usage.services import EventResult, usage_record_batch
+
+log = structlog.get_logger(__name__)
+
+# Requests with more events than this are stored by their own thread: a batch is a group.
+GROUPED_MAX_EVENTS = 20
+# The most events one group stores: a group's transaction stays short.
+GROUP_MAX_EVENTS = 1000
+# How often the committer looks whether its database connection is still good.
+_CONNECTION_CHECK_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class _Waiting:
+    tenant: Tenant
+    api_key_id: int | None
+    events: Sequence[EventIn]
+    future: Future[list[EventResult]] = field(default_factory=Future)
+
+
+class GroupCommitter:
+    """One per process; its thread starts on the first request (and again after a fork)."""
+
+    def __init__(self, *, max_events: int = GROUP_MAX_EVENTS) -> None:
+        self.max_events = max_events
+        self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def record(
+        self, *, tenant: Tenant, events: Sequence[EventIn], api_key_id: int | None
+    ) -> list[EventResult]:
+        """As `usage_record_batch`, stored with whatever other requests wait at the moment."""
+        self._ensure_thread()
+        waiting = _Waiting(tenant, api_key_id, events)
+        self._queue.put(waiting)
+        return waiting.future.result()
+
+    def shutdown(self) -> None:
+        """End the committer thread once the requests already waiting are stored (it closes
+        its database connections); the next request starts a new one."""
+        with self._lock:
+            thread = self._thread
+            if thread is None or self._pid != os.getpid() or not thread.is_alive():
+                return
+            self._queue.put(None)
+            self._thread = None
+        thread.join()
+
+    def _ensure_thread(self) -> None:
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                if self._pid != os.getpid():
+                    self._queue = queue.SimpleQueue()  # a fork's copy holds nobody's requests
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="ingest-group-commit", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        checked = time.monotonic()
+        while True:
+            first = self._queue.get()
+            if first is None:
+                connections.close_all()
+                return
+            waiting, count, stop = [first], len(first.events), False
+            while count < self.max_events:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                waiting.append(more)
+                count += len(more.events)
+            try:
+                failed = self.commit(waiting)
+            except BaseException as exc:  # the thread ends: nobody may wait for it forever
+                for w in waiting:
+                    if not w.future.done():
+                        w.future.set_exception(exc)
+                raise
+            if stop:
+                connections.close_all()
+                return
+            if failed or time.monotonic() - checked > _CONNECTION_CHECK_SECONDS:
+                # As Django does between requests: drop a connection that broke or aged out.
+                close_old_connections()
+                checked = time.monotonic()
+
+    def commit(self, waiting: list[_Waiting]) -> bool:
+        """Store the requests waiting, a group per tenant and key; True if any failed."""
+        groups: dict[tuple[int, int | None], list[_Waiting]] = {}
+        for w in waiting:
+            groups.setdefault((w.tenant.pk, w.api_key_id), []).append(w)
+        failed = False
+        for group in groups.values():
+            failed |= self._commit_group(group)
+        return failed
+
+    def _commit_group(self, group: list[_Waiting]) -> bool:
+        try:
+            results = usage_record_batch(
+                tenant=group[0].tenant,
+                events=[e for w in group for e in w.events],
+                api_key_id=group[0].api_key_id,
+            )
+        except Exception as exc:  # noqa: BLE001 - answered to the requests that wait
+            if len(group) == 1:
+                group[0].future.set_exception(exc)
+                return True
+            log.info("ingest_group_retried", requests=len(group), error=type(exc).__name__)
+            for w in group:
+                self._commit_group([w])
+            return True
+        start = 0
+        for w in group:
+            w.future.set_result(results[start : start + len(w.events)])
+            start += len(w.events)
+        return False
+
+
+_COMMITTER = GroupCommitter()
+
+
+def committer() -> GroupCommitter:
+    """This process's committer (tests shut it down to close its database connection)."""
+    return _COMMITTER
+
+
+def record_events(
+    *, tenant: Tenant, events: Sequence[EventIn], api_key_id: int | None
+) -> list[EventResult]:
+    """Store a request's validated events: grouped with other requests' when that is on and
+    the request is small, else by this thread. The results are `usage_record_batch`'s."""
+    if settings.COSTMON_INGEST_GROUP_COMMIT and len(events) <= GROUPED_MAX_EVENTS:
+        return _COMMITTER.record(tenant=tenant, events=events, api_key_id=api_key_id)
+    return usage_record_batch(tenant=tenant, events=events, api_key_id=api_key_id)
