@@ -48,7 +48,14 @@ def partition_month(name: str) -> datetime | None:
 
 
 def partition_exists(cursor: Any, month: datetime) -> bool:
-    cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [partition_name(month)])
+    # A query of pg_class, not to_regclass(): that one reads the backend's catalog cache,
+    # which an advisory lock does not refresh, so it can miss a partition another transaction
+    # has just committed (two seeding processes, the same new month: "already exists").
+    cursor.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.relname = %s AND n.nspname = current_schema())",
+        [partition_name(month)],
+    )
     return bool(cursor.fetchone()[0])
 
 

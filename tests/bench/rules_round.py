@@ -4,6 +4,8 @@ to real Celery workers: the wall time until every tenant's round finished.
     .venv/bin/python tests/bench/rules_round.py                   # 1,000 tenants, 2 workers
     .venv/bin/python tests/bench/rules_round.py --tenants 50      # a quick look
     .venv/bin/python tests/bench/rules_round.py --reuse           # keep the tenants built
+    .venv/bin/python tests/bench/rules_round.py --database costmon_bench --existing
+                                            # the tenants of another data set (tests/bench/run.py's)
 
 It builds N small tenants in a scratch PostgreSQL database (`costmon_rules_bench`, made again
 unless `--reuse` finds one of the same size): each with the demo's seven rule kinds (spend,
@@ -16,7 +18,8 @@ tenant due has finished its round (`RuleRound.finished_at`). Three rounds:
 - first: every tenant is new, so every one is due;
 - full: every tenant due again (its `due_at` passed, as at midnight), caches warm;
 - incremental: new usage in 10% of the tenants, the rest skipped.
-For each: the wall time from sending beat's task to the last tenant's finish, and the time of
+With `--existing`, the tenants already in `--database` (the benchmark's data set, say) get the
+same rules and budgets instead (once), and keep their usage. For each round: the wall time from sending beat's task to the last tenant's finish, and the time of
 a tenant's round (median, p95) as the workers measured it. Then, unless `--no-serial`, the
 old way for comparison: one process evaluating every tenant in turn (`alert_rules_evaluate`).
 """
@@ -55,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         help="scratch Redis database (broker and counters; flushed)",
     )
     parser.add_argument("--reuse", action="store_true", help="keep tenants of the same number")
+    parser.add_argument(
+        "--existing",
+        action="store_true",
+        help="use the tenants already in --database (rules and budgets added once)",
+    )
     parser.add_argument("--no-serial", action="store_true", help="skip the one-process round")
     parser.add_argument("--timeout", type=float, default=600, help="seconds a round may take")
     args = parser.parse_args(argv)
@@ -67,11 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["LOG_LEVEL"] = "WARNING"
     os.environ["CELERY_TASK_ALWAYS_EAGER"] = "false"
 
-    fresh = prepare_database(args.database, args.tenants, reuse=args.reuse)
+    fresh = (
+        False if args.existing else prepare_database(args.database, args.tenants, reuse=args.reuse)
+    )
     import django
 
     django.setup()
-    build(args.tenants, fresh=fresh)
+    if args.existing:
+        args.tenants = equip_existing()
+    else:
+        build(args.tenants, fresh=fresh)
     results: list[tuple[str, Round]] = []
     try:
         with ProcessGroup(grace=30) as children:
@@ -138,8 +151,7 @@ def build(tenants: int, *, fresh: bool) -> None:
     from django.core.management import call_command
     from django.utils import timezone
 
-    from alerts.models import Alert, AlertRule, RuleRound
-    from budgets.services import budget_create
+    from alerts.models import Alert, RuleRound
     from costmon.core.services import tenant_create
     from costmon.core.tenancy import tenant_context, unscoped
     from usage import catalog
@@ -157,21 +169,7 @@ def build(tenants: int, *, fresh: bool) -> None:
         for i in range(tenants):
             with unscoped():
                 tenant = tenant_create(slug=f"bench-{i:05d}", name=f"Bench {i}")
-                budget_create(tenant=tenant, data={"name": "Monthly", "limit_usd": "50"})
-                budget_create(
-                    tenant=tenant,
-                    data={
-                        "name": "Each user",
-                        "scope": "every_end_user",
-                        "period": "day",
-                        "limit_usd": "5",
-                    },
-                )
-                for fields in RULES:
-                    rule = dict(fields, name=f"{fields['kind']} rule")
-                    if rule["kind"] == "spend" and i % 10 == 0:
-                        rule["threshold_usd"] = "0.0001"  # fires
-                    AlertRule.objects.create(tenant=tenant, **rule)
+                equip(tenant, fires=i % 10 == 0)  # every tenth tenant's spend rule fires
             events = list(demo_events(count=EVENTS_PER_TENANT, days=8, end=end, stream=i, users=20))
             with tenant_context(tenant):
                 usage_record_batch(tenant=tenant, events=events)
@@ -190,6 +188,42 @@ def build(tenants: int, *, fresh: bool) -> None:
         RuleRound.objects.unscoped().delete()
         Alert.objects.unscoped().delete()
     sweep()
+
+
+def equip_existing() -> int:
+    """Give every tenant of the database the rules and budgets `build` gives its own (once);
+    how many tenants there are."""
+    from alerts.models import Alert, AlertRule, RuleRound
+    from costmon.core.models import Tenant
+    from costmon.core.tenancy import unscoped
+
+    with unscoped():
+        tenants = list(Tenant.objects.order_by("pk"))
+        for i, tenant in enumerate(tenants):
+            if not AlertRule.objects.unscoped().filter(tenant=tenant).exists():
+                equip(tenant, fires=i % 10 == 0)
+        RuleRound.objects.unscoped().delete()
+        Alert.objects.unscoped().delete()
+    say(f"{len(tenants):,} existing tenants, each with 7 rules and 2 budgets")
+    sweep()
+    return len(tenants)
+
+
+def equip(tenant: Any, *, fires: bool) -> None:
+    """The seven rule kinds and two budgets (with `fires`, the spend rule fires)."""
+    from alerts.models import AlertRule
+    from budgets.services import budget_create
+
+    budget_create(tenant=tenant, data={"name": "Monthly", "limit_usd": "50"})
+    budget_create(
+        tenant=tenant,
+        data={"name": "Each user", "scope": "every_end_user", "period": "day", "limit_usd": "5"},
+    )
+    for fields in RULES:
+        rule = dict(fields, name=f"{fields['kind']} rule")
+        if rule["kind"] == "spend" and fires:
+            rule["threshold_usd"] = "0.0001"
+        AlertRule.objects.create(tenant=tenant, **rule)
 
 
 def sweep() -> None:
@@ -221,7 +255,7 @@ def add_usage(*, fraction: float) -> int:
     from usage.services import usage_record_batch
 
     with unscoped():
-        tenants = list(Tenant.objects.filter(slug__startswith="bench-").order_by("pk"))
+        tenants = list(Tenant.objects.order_by("pk"))
     chosen = tenants[:: round(1 / fraction)]
     end = timezone.now()
     for n, tenant in enumerate(chosen):
@@ -266,6 +300,7 @@ def start_workers(children: ProcessGroup, workers: int) -> None:
             ],
             cwd=ROOT,
             env=dict(os.environ),
+            stdout=sys.stderr,  # the banner: this script's output is the report alone
         )
     deadline = time.monotonic() + 120
     while len(app.control.ping(timeout=1)) < workers:
@@ -391,8 +426,9 @@ def serial_round() -> tuple[float, int]:
 
 def report(results: list[tuple[str, Round]], serial: tuple[float, int] | None, args: Any) -> str:
     lines = [
-        f"Rules round, {args.tenants:,} tenants (7 rules, 2 budgets, "
-        f"{EVENTS_PER_TENANT} events each), {args.workers} Celery workers",
+        f"Rules round, {args.tenants:,} tenants of {args.database} (7 rules, 2 budgets, "
+        + ("their own usage" if args.existing else f"{EVENTS_PER_TENANT} events each")
+        + f"), {args.workers} Celery workers",
         "",
         "| round | tenants evaluated | wall time | a tenant's round: median | p95 "
         "| CPU a tenant (workers + PostgreSQL) |",

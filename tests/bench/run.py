@@ -59,6 +59,7 @@ class Scale:
     singles: int  # single-event requests
     checks: int
     page_views: int
+    rule_tenants: int = 1_000  # small tenants of the rule-round phase
 
 
 FULL = Scale(
@@ -72,7 +73,15 @@ FULL = Scale(
     page_views=15,
 )
 SMOKE = Scale(
-    events=2_000, tenants=2, users=50, days=7, batches=6, singles=60, checks=200, page_views=2
+    events=2_000,
+    tenants=2,
+    users=50,
+    days=7,
+    batches=6,
+    singles=60,
+    checks=200,
+    page_views=2,
+    rule_tenants=5,
 )
 # For comparing two versions of the code side by side (run each alternately, take medians).
 MEDIUM = Scale(
@@ -328,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChildExited as exited:
         say(f"stopped: {exited}")
         return 1
-    report = render(rows, context, scale, args)
+    report = render(rows, context, scale, args) + rule_rounds(args, scale)
     sys.stdout.write(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -339,7 +348,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"written to {out / 'latest.md'}")
     if args.scale == "smoke":
         drop_database(args.database)
+        drop_database(f"{args.database}_rules")
     return 0
+
+
+def rule_rounds(args: argparse.Namespace, scale: Scale) -> str:
+    """One round of the every-minute alert rules through two Celery workers
+    (tests/bench/rules_round.py): for the data set's tenants, each given seven rules and two
+    budgets, and for `scale.rule_tenants` small tenants in a database of their own."""
+    runs = (
+        ("the data set's tenants", ["--database", args.database, "--existing"]),
+        (
+            f"{scale.rule_tenants:,} small tenants",
+            [
+                "--database",
+                f"{args.database}_rules",
+                "--tenants",
+                str(scale.rule_tenants),
+                "--reuse",
+            ],
+        ),
+    )
+    sections = []
+    for what, options in runs:
+        say(f"rule rounds: {what}")
+        done = subprocess.run(
+            [
+                PYTHON,
+                str(ROOT / "tests" / "bench" / "rules_round.py"),
+                "--no-serial",
+                "--redis-url",
+                f"redis://127.0.0.1:6379/{args.redis_db}",
+                *options,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"the rule rounds for {what} failed (exit {done.returncode})")
+        sections.append(done.stdout)
+    return "\n" + "\n".join(sections)
 
 
 def drop_database(name: str) -> None:

@@ -32,6 +32,9 @@ ROWS = (
     "server time p99",
     "dashboard overview",
     "metrics API, month by model",
+    "(7 rules, 2 budgets, their own usage), 2 Celery workers",
+    "Rules round, 5 tenants of costmon_bench_smoke_",
+    "| full (all due) |",
 )
 
 
