@@ -5,11 +5,12 @@ API behaviour holds, and retention deletes rows."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
 import time_machine
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.db.models import Sum
 from rest_framework.test import APIClient
 
@@ -18,7 +19,13 @@ from tests.helpers import event, post_usage
 from usage.bulk import usage_bulk_load
 from usage.ingest import parse_batch
 from usage.models import HourlyRollup, ModelHourlyRollup, TagHourlyRollup, UsageEvent
-from usage.partitions import KnownMonths, partition_name, partitions
+from usage.partitions import (
+    KnownMonths,
+    create_partition,
+    partition_exists,
+    partition_name,
+    partitions,
+)
 from usage.tasks import apply_retention, create_event_partitions
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
@@ -283,3 +290,48 @@ def test_a_month_is_trusted_only_until_retention_could_drop_it():
         known.remember(march, 0)  # retention off: for good
     with time_machine.travel("2090-01-01T00:00:00Z", tick=False):
         assert known.missing([march]) == []
+
+
+@PG
+@pytest.mark.django_db(transaction=True)
+def test_a_month_created_by_a_concurrent_transaction_is_seen_after_its_commit():
+    """Two writers bring the same new month (parallel seeding did): the second one waits for
+    the first one's lock, then must see the committed partition, not create it again. Its
+    backend looked the name up before the commit, so a cached catalog answer would be stale."""
+    month = datetime(2019, 4, 1, tzinfo=UTC)
+    a_created, b_looked = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def first() -> None:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                results["a"] = create_partition(cursor, month)
+                a_created.set()
+                b_looked.wait(10)
+                time.sleep(0.3)  # the second one is waiting for the month's lock
+        finally:
+            connections.close_all()
+
+    def second() -> None:
+        try:
+            a_created.wait(10)
+            with transaction.atomic(), connection.cursor() as cursor:
+                results["before"] = partition_exists(cursor, month)
+                b_looked.set()
+                results["b"] = create_partition(cursor, month)
+        except Exception as exc:  # noqa: BLE001 - the failure under test
+            results["b"] = exc
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == {"a": True, "before": False, "b": False}
+        assert partition_name(month) in months()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {partition_name(month)}")
