@@ -227,7 +227,7 @@ class CheckApi(TenantAPIView):
         try:
             result = budget_check(tenant=self.tenant, req=req)
         except Exception as exc:  # noqa: BLE001 - answered exactly as DRF's dispatch would
-            return self._drf_error(request, exc)
+            return self.drf_error(request, exc)
         response = HttpResponse(
             _RENDERER.render(check_json(result)),
             content_type=_RENDERER.media_type,
@@ -238,17 +238,6 @@ class CheckApi(TenantAPIView):
         for name, value in self.default_response_headers.items():
             response[name] = value
         return response
-
-    def _drf_error(self, request: HttpRequest, exc: Exception) -> Any:
-        """What DRF's `dispatch` answers when the handler raises `exc`."""
-        self.args, self.format_kwarg = (), None
-        self.kwargs: dict[str, Any] = {}
-        drf_request = self.request = self.initialize_request(request)
-        self.headers = self.default_response_headers
-        drf_request.accepted_renderer, drf_request.accepted_media_type = (
-            self.perform_content_negotiation(drf_request)
-        )
-        return self.finalize_response(drf_request, self.handle_exception(exc))
 
     @extend_schema(
         operation_id="check",
