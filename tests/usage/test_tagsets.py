@@ -250,3 +250,26 @@ def test_migration_0013_moves_tags_into_sets_in_place(acme, outsider):
         ids = tag_set_ids(tenant_id=acme.pk, sets=[pairs_of({"team": "b"})])
     assert next(iter(ids.values())) in sets_of(acme)
     assert len(sets_of(acme)) == 2
+
+
+@PG
+def test_the_events_table_is_laid_out_narrow(ingest_client, acme):
+    """0013's layout: no JSON column, 4-byte tenant, API key and tag-set ids, and the key's
+    index packed full on every partition (a partition created on demand too)."""
+    assert post_usage(ingest_client, event(occurred_at="2023-02-03T04:05:06Z")).status_code == 201
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attname, atttypid::regtype::text FROM pg_attribute "
+            "WHERE attrelid = 'usage_usageevent_p202302'::regclass AND attnum > 0 "
+            "AND NOT attisdropped"
+        )
+        types = dict(cursor.fetchall())
+        cursor.execute(
+            "SELECT c.reloptions FROM pg_partition_tree('usageevent_key') t "
+            "JOIN pg_class c ON c.oid = t.relid"
+        )
+        options = {tuple(o or ()) for (o,) in cursor.fetchall()}
+    assert "tags" not in types
+    assert {types[c] for c in ("tenant_id", "api_key_id", "tag_set_id")} == {"integer"}
+    assert options == {("fillfactor=100",)}
+    assert tags_by_event(acme) == {"evt-1": (None, None)}
