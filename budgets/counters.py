@@ -284,8 +284,8 @@ def expected_counters(
     for name in tag_names:
         tagged = (
             UsageEvent.objects.for_tenant(tenant)
-            .filter(occurred_at__gte=start, cost_nanos__gt=0, **{"tags__has_key": name})
-            .values_list("occurred_at", "tags", "cost_nanos")
+            .filter(occurred_at__gte=start, cost_nanos__gt=0, tag_set__tags__has_key=name)
+            .values_list("occurred_at", "tag_set__tags", "cost_nanos")
         )
         for occurred_at, tags, cost in tagged.iterator(chunk_size=5000):
             value = (tags or {}).get(name)

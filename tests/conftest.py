@@ -107,11 +107,13 @@ def _clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None
     from budgets import redis as budgets_redis
     from costmon.core import keys
     from usage import dimensions as usage_dimensions
+    from usage import tagsets as usage_tagsets
 
     cache.clear()  # also empties the Redis database the counters live in
     catalog.clear_local()
     keys.clear_local()
     usage_dimensions.forget_known_dimensions()
+    usage_tagsets.forget_known_tag_sets()
     budgets_config.clear_local()
     budgets_redis.reset_breaker()
     tenancy.forget_rls_state(connection)

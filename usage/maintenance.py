@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from django.db import transaction
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models import Max as models_max
 from django.db.models import Min as models_min
 from django.db.models.functions import TruncHour
@@ -37,12 +37,11 @@ from usage.rollups import aggregate_tags, hour_of
 from usage.signals import usage_rewritten
 from usage.storage import events_drop_before, events_set_prices, rewrite_lock, rollups_add
 
-# What `aggregate_tags` reads of an event besides its tenant and time (a rollup rebuild).
+# What `aggregate_tags` reads of an event besides its tenant, time and tags (a rollup rebuild).
 _TAG_EVENT_FIELDS = (
     "provider_id",
     "model_id",
     "operation_id",
-    "tags",
     "is_error",
     "cache_hit",
     "cost_source",
@@ -274,11 +273,11 @@ def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
         window = Q()
         for hour in part:
             window |= Q(occurred_at__gte=hour, occurred_at__lt=hour + timedelta(hours=1))
-        # Tags live in each event's JSON: the tagged events of these hours, summed per tag.
+        # Tags live in each event's tag set: the tagged events of these hours, summed per tag.
         tagged = (
             UsageEvent.objects.for_tenant(tenant)
-            .filter(window, tags__isnull=False)
-            .values("tenant_id", "occurred_at", *_TAG_EVENT_FIELDS)
+            .filter(window, tag_set__isnull=False)
+            .values("tenant_id", "occurred_at", *_TAG_EVENT_FIELDS, tags=F("tag_set__tags"))
         )
         rows = (
             UsageEvent.objects.for_tenant(tenant)

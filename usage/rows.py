@@ -24,7 +24,7 @@ EVENT_COLUMN_TYPES = (
     ("end_user_id", "int4"),
     ("session_id", "int4"),
     ("api_key_id", "int8"),
-    ("tags", "jsonb"),
+    ("tag_set_id", "int4"),
     ("input_tokens", "int4"),
     ("output_tokens", "int4"),
     ("cached_input_tokens", "int4"),
@@ -92,7 +92,7 @@ def event_row(
     priced: Priced,
     api_key_id: int,
 ) -> dict[str, Any]:
-    """The event's row of the events table, by column (`EVENT_COLUMNS`)."""
+    """The event's row of the events table, by column (`EVENT_COLUMNS`), and its `tags`."""
     e = event
     cost, source, price_id = priced
     return {
@@ -105,7 +105,10 @@ def event_row(
         "end_user_id": dims[(Kind.END_USER, e.end_user)],
         "session_id": dims[(Kind.SESSION, e.session_id)] if e.session_id else None,
         "api_key_id": api_key_id,
+        # The tags themselves (the tag rollups and budgets read them); `usage.storage` fills
+        # `tag_set_id` from them (`usage.tagsets`) in the transaction that stores the row.
         "tags": e.tags,
+        "tag_set_id": None,
         "input_tokens": e.input_tokens,
         "output_tokens": e.output_tokens,
         "cached_input_tokens": e.cached_input_tokens,

@@ -32,6 +32,7 @@ from usage.models import (
     PriceSync,
     Rollup,
     TagHourlyRollup,
+    TagSet,
     UsageEvent,
 )
 from usage.pricing import Price
@@ -110,14 +111,15 @@ def _filtered_events(tenant: Tenant, tr: TimeRange, filters: UsageFilters) -> Qu
 
 
 class TagValue(Func):
-    """The value of an event's tag `name`, for any name: `tags__<name>` and KeyTextTransform
-    read `__` as a lookup and a number as an array index, and SQLite's JSON paths cannot name
-    a key with a quote (nor a non-ASCII key, as Django stores them escaped)."""
+    """The value of an event's tag `name` (from its tag set, `source`), for any name:
+    `tags__<name>` and KeyTextTransform read `__` as a lookup and a number as an array index,
+    and SQLite's JSON paths cannot name a key with a quote (nor a non-ASCII key, as Django
+    stores them escaped)."""
 
     output_field = TextField()
 
-    def __init__(self, name: str) -> None:
-        super().__init__(F("tags"), Value(name))
+    def __init__(self, name: str, source: str = "tag_set__tags") -> None:
+        super().__init__(F(source), Value(name))
 
     def as_sql(
         self,
@@ -147,10 +149,17 @@ class TagValue(Func):
 
 
 def with_tag(qs: QuerySet[UsageEvent], tag: tuple[str, str] | None) -> QuerySet[UsageEvent]:
-    """Events whose tag `name` is `value`."""
+    """Events whose tag `name` is `value`: those whose tag set is one of the sets that say so
+    (a few sets matched once, then an integer compared per event)."""
     if tag is None:
         return qs
-    return qs.alias(tag_filter=TagValue(tag[0])).filter(tag_filter=tag[1])
+    # Any tenant's sets: an event only refers to a set of its own tenant, and `qs` is scoped.
+    sets = (
+        TagSet.objects.unscoped()
+        .alias(tag_filter=TagValue(tag[0], source="tags"))
+        .filter(tag_filter=tag[1])
+    )
+    return qs.filter(tag_set_id__in=sets.values("pk"))
 
 
 def _event_sums() -> dict[str, Any]:
@@ -373,9 +382,9 @@ def usage_events(
                 "cost_source must be computed, caller or unpriced.", field="cost_source"
             )
         qs = qs.filter(cost_source=labels[cost_source])
-    return qs.select_related("provider", "model", "operation", "end_user", "session").order_by(
-        "-occurred_at", "-pk"
-    )
+    return qs.select_related(
+        "provider", "model", "operation", "end_user", "session", "tag_set"
+    ).order_by("-occurred_at", "-pk")
 
 
 def usage_event_page(*, events: QuerySet[UsageEvent], cursor: str | None, limit: int) -> EventPage:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +18,14 @@ from django.db import connection, transaction
 from django.db.models import Model
 
 from costmon.core.tenancy import raw_cursor
-from usage.models import CostSource, HourlyRollup, ModelHourlyRollup, TagHourlyRollup, UsageEvent
+from usage.models import (
+    CostSource,
+    HourlyRollup,
+    ModelHourlyRollup,
+    TagHourlyRollup,
+    TagSet,
+    UsageEvent,
+)
 from usage.partitions import (
     KnownMonths,
     create_partition,
@@ -40,6 +46,7 @@ from usage.rollups import (
     by_model,
 )
 from usage.rows import EVENT_COLUMNS, EVENT_TYPES
+from usage.tagsets import with_tag_set_ids
 
 # The tenant's ingest lock: (INGEST_LOCK_NAMESPACE, tenant id) as a PostgreSQL advisory lock.
 # Ingest holds it shared; re-pricing, deletes and the budgets app's counter rebuild hold it
@@ -156,9 +163,11 @@ def events_partitions_forget() -> None:
 
 def events_insert(rows: Sequence[dict[str, Any]]) -> set[str]:
     """Insert the rows whose (tenant, time, event id) is new and add exactly those to the
-    rollups, in the current transaction; return the event ids inserted."""
+    rollups, in the current transaction; return the event ids inserted. Each row's tags are
+    stored as a tag-set id (`usage.tagsets`)."""
     if not rows:
         return set()
+    with_tag_set_ids(rows)
     if _postgresql():
         events_partitions_ensure({month_start(r["occurred_at"]) for r in rows})
         inserted = _insert_postgresql(rows)
@@ -190,10 +199,7 @@ def _insert_postgresql(rows: Sequence[dict[str, Any]]) -> set[str]:
     # unlike COPY it can skip duplicates.
     arrays: list[list[Any] | None] = []
     for col in EVENT_COLUMNS:
-        if col == "tags":
-            values = [json.dumps(r["tags"]) if r["tags"] is not None else None for r in rows]
-        else:
-            values = [r[col] for r in rows]
+        values = [r[col] for r in rows]
         # A column with no value in the batch (the rarer token kinds, usually) goes as a NULL
         # array, which unnest pads with NULLs: nothing to encode per row.
         arrays.append(values if any(v is not None for v in values) else None)
@@ -223,8 +229,6 @@ def _insert_sqlite(rows: Sequence[dict[str, Any]]) -> set[str]:
                     value = r[col]
                     if col == "occurred_at":
                         value = ops.adapt_datetimefield_value(value)
-                    elif col == "tags":
-                        value = json.dumps(value) if value is not None else None
                     params.append(value)
             cursor.execute(
                 f"INSERT INTO {table} ({columns}) VALUES {', '.join([marks] * len(part))} "
@@ -265,10 +269,12 @@ def copy_supported() -> bool:
 def events_copy(rows: Iterable[dict[str, Any]]) -> tuple[int, int, int]:
     """PostgreSQL only, in a transaction: COPY the rows into a temporary table, then move the new
     ones into the events table and the rollups in one statement. Returns (events inserted, their
-    cost in nano-dollars, how many of them are unpriced)."""
+    cost in nano-dollars, how many of them are unpriced). The rows' tag sets are resolved
+    first (`usage.tagsets`: no query can run while the COPY does)."""
     events = UsageEvent._meta.db_table
     columns = ", ".join(EVENT_COLUMNS)
-    tags = EVENT_COLUMNS.index("tags")
+    rows = list(rows)
+    with_tag_set_ids(rows)
     with raw_cursor(connection) as cursor:
         cursor.execute(
             f"CREATE TEMP TABLE usage_bulk_stage ON COMMIT DROP AS "
@@ -276,10 +282,7 @@ def events_copy(rows: Iterable[dict[str, Any]]) -> tuple[int, int, int]:
         )
         with cursor.copy(f"COPY usage_bulk_stage ({columns}) FROM STDIN") as copy:
             for row in rows:
-                values = [row[c] for c in EVENT_COLUMNS]
-                if values[tags] is not None:
-                    values[tags] = json.dumps(values[tags])
-                copy.write_row(values)
+                copy.write_row([row[c] for c in EVENT_COLUMNS])
         cursor.execute(
             "SELECT DISTINCT date_trunc('month', occurred_at AT TIME ZONE 'UTC') "
             "FROM usage_bulk_stage"
@@ -418,12 +421,13 @@ def with_rollups(insert: str, *, tags: bool = False) -> str:
     if not tags:
         return ", ".join(parts)
     # `tags=True` (the bulk loader: one statement per chunk, its length does not matter): the
-    # tag rollups too, once per tag of each event; an event without tags yields none.
+    # tag rollups too, once per tag of each event's tag set; an event without tags yields none.
     tag_columns = ", ".join(TAG_ROLLUP_KEY)
     parts.append(
         f"by_tag AS (INSERT INTO {TagHourlyRollup._meta.db_table} AS r ({tag_columns}, "
-        f"{', '.join(ROLLUP_SUMS)}) SELECT {tag_columns}, {sums} FROM fresh, "
-        "jsonb_each_text(fresh.tags) AS t(tag_name, tag_value) "
+        f"{', '.join(ROLLUP_SUMS)}) SELECT {tag_columns}, {sums} FROM fresh, jsonb_each_text("
+        f"(SELECT s.tags FROM {TagSet._meta.db_table} s WHERE s.id = fresh.tag_set_id)) "
+        "AS t(tag_name, tag_value) "
         "GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7 "
         f"ON CONFLICT ({tag_columns}) DO UPDATE SET {add})"
     )

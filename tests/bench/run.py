@@ -569,8 +569,8 @@ def measure_ratios(bench: Any) -> dict[str, float]:
     from django.db import connection, transaction
 
     from costmon.core.tenancy import raw_cursor, tenant_context
-    from usage import dimensions, rows, services
-    from usage.models import Dimension, UsageEvent
+    from usage import dimensions, rows, services, tagsets
+    from usage.models import Dimension, TagSet, UsageEvent
 
     say("in-process ratios: naive ORM baseline, the ingest service, raw COPY")
     out: dict[str, float] = {}
@@ -594,6 +594,12 @@ def measure_ratios(bench: Any) -> dict[str, float]:
                     tenant=bench, kind=kind, value=value
                 )
             cost, source, price_id = rows.price_event(catalog, e)
+            tag_set = None
+            if e.tags:
+                pairs = tagsets.pairs_of(e.tags)
+                tag_set, _ = TagSet.objects.get_or_create(
+                    tenant=bench, key=tagsets.tag_set_key(pairs), defaults={"tags": dict(pairs)}
+                )
             UsageEvent.objects.create(
                 tenant=bench,
                 event_id=e.event_id,
@@ -602,7 +608,7 @@ def measure_ratios(bench: Any) -> dict[str, float]:
                 model=dims[Dimension.Kind.MODEL],
                 operation=dims[Dimension.Kind.OPERATION],
                 end_user=dims[Dimension.Kind.END_USER],
-                tags=e.tags,
+                tag_set=tag_set,
                 input_tokens=e.input_tokens,
                 output_tokens=e.output_tokens,
                 cached_input_tokens=e.cached_input_tokens,
@@ -626,21 +632,22 @@ def measure_ratios(bench: Any) -> dict[str, float]:
         # Raw COPY of the same rows into a copy of the events table with the same indexes.
         table = UsageEvent._meta.db_table
         columns = rows.EVENT_COLUMNS
-        copied: list[list[Any]] = []
         dims_all = dimensions.dimension_ids(
             tenant=bench, wanted=dimensions.dimension_keys([e for b in batches[4:] for e in b])
         )
-        for e in (e for b in batches[4:] for e in b):
-            row = rows.event_row(
+        event_rows = [
+            rows.event_row(
                 tenant_id=bench.pk,
                 event=e,
                 dims=dims_all,
                 priced=rows.price_event(catalog, e),
                 api_key_id=0,
             )
-            values = [row[c] for c in columns]
-            values[columns.index("tags")] = json.dumps(row["tags"])
-            copied.append(values)
+            for e in (e for b in batches[4:] for e in b)
+        ]
+        with transaction.atomic():
+            tagsets.with_tag_set_ids(event_rows)
+        copied = [[row[c] for c in columns] for row in event_rows]
         with transaction.atomic(), raw_cursor(connection) as cursor:
             cursor.execute(
                 f"CREATE TEMP TABLE bench_copy (LIKE {table} INCLUDING ALL) ON COMMIT DROP"
@@ -681,7 +688,7 @@ def storage_rows(context: Context) -> list[Row]:
     from django.db import connection
 
     from costmon.core.tenancy import unscoped
-    from usage.models import HourlyRollup, ModelHourlyRollup, UsageEvent
+    from usage.models import HourlyRollup, ModelHourlyRollup, TagSet, UsageEvent
 
     say("measuring storage")
     events = UsageEvent._meta.db_table
@@ -694,6 +701,10 @@ def storage_rows(context: Context) -> list[Row]:
             [events],
         )
         total, heap = (int(v or 0) for v in cursor.fetchone())
+        # The tag-set dictionary the events refer to counts as theirs.
+        cursor.execute("SELECT pg_total_relation_size(%s)", [TagSet._meta.db_table])
+        tag_sets = int(cursor.fetchone()[0])
+        total += tag_sets
         rollups = []
         for model in (HourlyRollup, ModelHourlyRollup):
             table = model._meta.db_table
@@ -712,6 +723,7 @@ def storage_rows(context: Context) -> list[Row]:
             per_event < 100,
         ),
         Row("  of which the table itself", f"{heap / n:,.0f} bytes", "", None),
+        Row("  of which the tag-set dictionary", f"{tag_sets / n:,.1f} bytes", "", None),
         Row(
             "hourly rollups, every dimension (budgets, per-user views)",
             f"{hourly_rows:,} rows, {hourly_bytes / n:,.0f} bytes per event",

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 import time_machine
 from django.db import connection, transaction
+from django.db.migrations.executor import MigrationExecutor
 
 from costmon.core import tenancy
 from costmon.core.models import Tenant
+from tests.conftest import restore_test_partitions
 from tests.helpers import event, post_usage
 from usage.bulk import usage_bulk_load
 from usage.ingest import parse_batch
@@ -77,7 +79,7 @@ def tags_of_events(tenant: Tenant) -> dict[tuple[Any, ...], tuple[int, ...]]:
     """The tag rollups as they must be: the events' tags summed in Python."""
     sums: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(ROLLUP_SUMS))
     with tenancy.tenant_context(tenant):
-        events = list(UsageEvent.objects.for_tenant(tenant))
+        events = list(UsageEvent.objects.for_tenant(tenant).select_related("tag_set"))
     for e in events:
         for name, value in (e.tags or {}).items():
             key = (
@@ -165,22 +167,32 @@ def test_a_bulk_load_fills_the_tag_rollups_and_a_reset_empties_them(
     assert tag_rows(outsider) == tags_of_events(outsider) != {}
 
 
+@pytest.mark.django_db(transaction=True)
 def test_the_migration_backfills_the_tag_rollups_from_the_events(
     ingest_client, outsider_client, acme, outsider
 ):
+    """0011's backfill, on 0011's schema (tags as JSON on each event): the events are written
+    now, migrated back (0013 puts each event's tags back from its set), summed again."""
     backfill = importlib.import_module("usage.migrations.0011_tag_hourly_rollup").backfill
     assert post_usage(ingest_client, tagged()).status_code == 201
     assert post_usage(outsider_client, tagged(3, "o")).status_code == 201
     expected = (tags_of_events(acme), tags_of_events(outsider))
-    with tenancy.unscoped(), transaction.atomic():
-        TagHourlyRollup.objects.unscoped().all().delete()
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes()
+    executor.migrate([("usage", "0011_tag_hourly_rollup")])
+    try:
+        with tenancy.unscoped(), transaction.atomic():
+            TagHourlyRollup.objects.unscoped().all().delete()
 
-        class Editor:
-            pass
+            class Editor:
+                pass
 
-        editor = Editor()
-        editor.connection = connection  # type: ignore[attr-defined]
-        backfill(None, editor)
+            editor = Editor()
+            editor.connection = connection  # type: ignore[attr-defined]
+            backfill(None, editor)
+    finally:
+        MigrationExecutor(connection).migrate(latest)
+        restore_test_partitions()
     assert (tag_rows(acme), tag_rows(outsider)) == expected
 
 

@@ -4,6 +4,7 @@ rollups, and stay idempotent."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,10 @@ from usage.rows import EVENT_COLUMNS
 from usage.storage import events_insert, rollups_add
 
 BEFORE = [("usage", "0011_tag_hourly_rollup")]
-COLUMNS = ("id", *EVENT_COLUMNS)
+# Every column, and the tags as JSON last: 0011 stores them on the event, 0013 on in its set.
+COLUMNS = tuple(c for c in ("id", *EVENT_COLUMNS) if c != "tag_set_id")
+TAGS_THEN = "tags"
+TAGS_NOW = "(SELECT s.tags FROM usage_tagset s WHERE s.id = tag_set_id)"
 Kind = Dimension.Kind
 
 
@@ -34,7 +38,7 @@ def _rows(tenant: Any, prefix: str, count: int) -> list[dict[str, Any]]:
     start = datetime(2026, 7, 30, 22, tzinfo=UTC)
     rows = []
     for i in range(count):
-        row = dict.fromkeys(EVENT_COLUMNS)
+        row: dict[str, Any] = dict.fromkeys(EVENT_COLUMNS)
         row.update(
             tenant_id=tenant.pk,
             event_id=f"{prefix}{i}",
@@ -64,13 +68,15 @@ def _rows(tenant: Any, prefix: str, count: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _events() -> list[tuple[Any, ...]]:
+def _events(tags: str) -> list[tuple[Any, ...]]:
+    columns = ", ".join((*COLUMNS, tags))
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {', '.join(COLUMNS)} FROM usage_usageevent ORDER BY id")  # noqa: S608
-        return [
-            tuple(v.isoformat() if isinstance(v, datetime) else v for v in r)
-            for r in cursor.fetchall()
-        ]
+        cursor.execute(f"SELECT {columns} FROM usage_usageevent ORDER BY id")  # noqa: S608
+        rows = [list(r) for r in cursor.fetchall()]
+    for r in rows:
+        if isinstance(r[-1], str):  # SQLite: JSON text, its keys in any order
+            r[-1] = json.loads(r[-1])
+    return [tuple(v.isoformat() if isinstance(v, datetime) else v for v in r) for r in rows]
 
 
 def _rollups() -> list[list[tuple[Any, ...]]]:
@@ -90,17 +96,19 @@ def test_events_under_0011_come_through_0012_unchanged(acme, outsider):
         with unscoped():
             acme_rows, outsider_rows = _rows(acme, "e", 60), _rows(outsider, "e", 5)
         with unscoped(), transaction.atomic():
-            old.objects.bulk_create([old(**r) for r in acme_rows + outsider_rows])
             rows = acme_rows + outsider_rows
+            old.objects.bulk_create(
+                [old(**{k: v for k, v in r.items() if k != "tag_set_id"}) for r in rows]
+            )
             rollups_add(aggregate(rows), tags=aggregate_tags(r for r in rows if r["tags"]))
-            events, rollups = _events(), _rollups()
+            events, rollups = _events(TAGS_THEN), _rollups()
         assert len(events) == 65
     finally:
         executor = MigrationExecutor(connection)
         executor.migrate(latest)
         restore_test_partitions()
     with unscoped():
-        assert _events() == events  # every column of every row, ids included
+        assert _events(TAGS_NOW) == events  # every column of every row, ids included
         assert _rollups() == rollups
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
@@ -108,7 +116,7 @@ def test_events_under_0011_come_through_0012_unchanged(acme, outsider):
         assert {f"usage_usageevent_p2026{m:02d}" for m in range(7, 13)} <= names
     with tenant_context(acme):
         assert UsageEvent.objects.count() == 60
-        assert UsageEvent.objects.filter(tags__team="t1").count() == 10
+        assert UsageEvent.objects.filter(tag_set__tags__team="t1").count() == 10
     with tenant_context(outsider):
         assert UsageEvent.objects.count() == 5
     # Idempotent after the move: the same events again add nothing, a new one is counted.

@@ -71,7 +71,8 @@ class UsageEventAdmin(ReadOnlyAdmin):
         "is_error",
         "cache_hit",
     )
-    readonly_fields = ("cost",)
+    # `tags` reads the event's tag set (`UsageEvent.tags`).
+    readonly_fields = ("cost", "tags")
 
     @admin.display(description="tokens in / out")
     def tokens(self, obj: UsageEvent) -> str:

@@ -22,6 +22,7 @@ from usage.models.events import (
     ModelHourlyRollup,
     Rollup,
     TagHourlyRollup,
+    TagSet,
     UsageEvent,
     dictionary_reference,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "Rollup",
     "ServiceTier",
     "TagHourlyRollup",
+    "TagSet",
     "UsageEvent",
     "dictionary_reference",
 ]

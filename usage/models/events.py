@@ -89,6 +89,30 @@ class CostSource(models.IntegerChoices):
     UNPRICED = 2, "unpriced"
 
 
+class TagSet(models.Model):
+    """A tenant's dictionary of tag sets: each distinct set of tags its events carry, stored
+    once (`usage.tagsets` resolves them). An event holds the set's 32-bit id instead of the JSON.
+
+    `key` identifies the set within its tenant: the first 16 bytes of the SHA-256 of its
+    pairs sorted by name, each written `<len>:<name><len>:<value>` (`usage.tagsets.tag_set_key`;
+    migration 0013 computes the same in SQL). A hash rather than the JSON itself, as a set can
+    be larger than a btree entry may be.
+    """
+
+    id = models.AutoField(primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    key = models.UUIDField()
+    tags = models.JSONField()
+
+    objects = TenantScopedManager["TagSet"]()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "key"], name="tagset_unique")]
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.tags.items())
+
+
 class UsageEvent(models.Model):
     """One LLM call as an application reported it. Compact on purpose: there are millions.
 
@@ -105,7 +129,15 @@ class UsageEvent(models.Model):
     # The API key that reported the event (0: reported another way); budgets per key count it.
     api_key_id = models.BigIntegerField(default=0)
     session = dictionary_reference(null=True)
-    tags = models.JSONField(null=True)
+    # The event's tags as a tag-set dictionary id (NULL: no tags); `tags` reads the set.
+    tag_set = models.ForeignKey(
+        TagSet,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
+        null=True,
+    )
     input_tokens = models.IntegerField(default=0)
     output_tokens = models.IntegerField(default=0)
     cached_input_tokens = models.IntegerField(default=0)
@@ -163,6 +195,12 @@ class UsageEvent(models.Model):
     @property
     def cost_usd(self) -> Decimal:
         return nanos_to_usd(self.cost_nanos)
+
+    @property
+    def tags(self) -> dict[str, str] | None:
+        """The event's tags (None: none); select_related("tag_set") spares a query each."""
+        tag_set = self.tag_set if self.tag_set_id is not None else None
+        return None if tag_set is None else tag_set.tags  # type: ignore[no-any-return]
 
     @property
     def tier(self) -> str:
