@@ -4,7 +4,9 @@ its key when given its time."""
 
 from __future__ import annotations
 
+import json
 import threading
+from datetime import UTC, datetime
 
 import pytest
 import time_machine
@@ -15,6 +17,8 @@ from rest_framework.test import APIClient
 
 from costmon.core.tenancy import tenant_context, unscoped
 from tests.helpers import event, post_usage
+from usage.fastparse import parse_valid_batch
+from usage.ingest import parse_batch
 from usage.models import EventStamp, HourlyRollup, UsageEvent
 from usage.tasks import apply_retention
 
@@ -47,6 +51,18 @@ def rollup(tenant) -> tuple[int, int]:
             c=Sum("calls"), s=Sum("cost_nanos")
         )
     return sums["c"] or 0, sums["s"] or 0
+
+
+def test_both_parsers_mark_the_events_the_server_stamps():
+    """Stamped: the caller's id without a time; a made-up id is never resent."""
+    now = datetime(2033, 3, 10, 12, 0, tzinfo=UTC)
+    sent = [timeless(event_id="a"), event(event_id="b"), timeless(event_id=None)]
+    slow = parse_batch(sent, now=now)
+    fast = parse_valid_batch(json.dumps(sent).encode(), now=now)
+    assert fast is not None
+    for parsed in (slow, fast):
+        assert [e.stamped for e in parsed] == [True, False, False]
+        assert parsed[0].occurred_at == now
 
 
 def test_a_resend_without_a_time_is_a_duplicate_with_the_stored_cost_across_months(
