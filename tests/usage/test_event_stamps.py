@@ -101,10 +101,19 @@ def test_a_resend_without_a_time_is_a_duplicate_with_the_stored_cost_across_mont
     ]
     assert stored(outsider) == [("t1", "2033-02-01T00:00:05+00:00", COST)]
     assert stamps(outsider) == [("t1", "2033-02-01T00:00:05+00:00")]
-    with tenant_context(outsider):  # row-level security (and the manager): none of acme's
+    with tenant_context(outsider):  # the manager: none of acme's
         assert list(EventStamp.objects.values_list("event_id", "tenant_id")) == [
             ("t1", outsider.pk)
         ]
+    if connection.vendor == "postgresql":  # row-level security: a raw read fails closed too
+        with tenant_context(outsider), connection.cursor() as cursor:
+            cursor.execute("SELECT tenant_id FROM usage_eventstamp")
+            assert cursor.fetchall() == [(outsider.pk,)]
+            cursor.execute(
+                "SELECT relrowsecurity AND relforcerowsecurity FROM pg_class "
+                "WHERE relname = 'usage_eventstamp'"
+            )
+            assert cursor.fetchone() == (True,)
 
 
 def test_the_same_id_sent_with_a_time_is_another_event(acme, outsider, ingest_client):
