@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.renderers import JSONRenderer
@@ -18,7 +21,12 @@ from rest_framework.response import Response
 
 from costmon.core import instruments
 from costmon.core.exceptions import DomainError, PayloadTooLarge
-from costmon.core.inputs import DeferredJsonParser, load_json, may_hold_refused
+from costmon.core.inputs import (
+    DeferredJsonParser,
+    impossible_date_reason,
+    load_json,
+    may_hold_refused,
+)
 from costmon.core.models import ApiKey
 from costmon.core.money import format_usd
 from costmon.core.openapi import ERRORS, Error
@@ -28,9 +36,10 @@ from costmon.core.tenancy import tenant_context
 from usage.explanations import cost_explanation, explanation_json
 from usage.fastparse import parse_valid_batch
 from usage.grouping import record_events
-from usage.ingest import PART_FIELDS, EventIn, parse_batch
+from usage.ingest import EARLIEST, PART_FIELDS, EventIn, parse_batch
 from usage.models import CostSource, UsageEvent
 from usage.openapi import (
+    EVENT_TIME_PARAMETER,
     MetricsReply,
     UsageEventExplained,
     UsageEventPage,
@@ -147,6 +156,33 @@ CSV_COLUMNS = [
 class _Echo:
     def write(self, value: str) -> str:
         return value
+
+
+def _time_param(request: Request, name: str) -> datetime | None:
+    """An optional ISO 8601 time of the query string (without a zone: UTC)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    # An unencoded "+01:00" arrives as " 01:00": take it as meant.
+    text = raw.strip().replace(" ", "+") if "T" in raw else raw.strip()
+    example = "e.g. 2026-11-23T14:05:00Z, as the event list gives it"
+    try:
+        parsed = parse_datetime(text)
+    except ValueError as exc:
+        raise DomainError(
+            f"{name}={raw} is not a valid date-time ({impossible_date_reason(exc)}).", field=name
+        ) from None
+    if parsed is None:
+        raise DomainError(f"{name} must be an ISO 8601 date-time, {example}.", field=name)
+    if timezone.is_naive(parsed):
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 shifted by its offset
+        raise DomainError(f"{name}={raw} is out of range ({example}).", field=name) from None
+    if parsed < EARLIEST:
+        raise DomainError(f"{name} must be after 2000-01-01 (no event is older).", field=name)
+    return parsed
 
 
 def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
@@ -348,10 +384,12 @@ class UsageEventApi(TenantAPIView):
         "provider, model, tier and start), whether the long-context rates applied, and one line "
         "per token kind with its count, unit price and cost, so the figure can be recomputed "
         "by hand.",
+        parameters=[EVENT_TIME_PARAMETER],
         responses={200: UsageEventExplained},
     )
     def get(self, request: Request, event_id: str) -> Response:
-        explained = cost_explanation(tenant=self.tenant, event_id=event_id)
+        occurred_at = _time_param(request, "occurred_at")
+        explained = cost_explanation(tenant=self.tenant, event_id=event_id, occurred_at=occurred_at)
         return Response({**event_json(explained.event), "cost": explanation_json(explained)})
 
 

@@ -4,6 +4,7 @@ it by hand from the catalog row it names."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +15,7 @@ from costmon.core.models import Tenant
 from costmon.core.money import format_usd
 from costmon.core.tenancy import unscoped
 from usage.catalog import load_catalog, price_from_row
-from usage.models import CostSource, ModelPrice, UsageEvent
+from usage.models import CostSource, EventStamp, ModelPrice, UsageEvent
 from usage.price_lookup import Resolution
 from usage.pricing import Breakdown, breakdown, format_rate
 
@@ -27,16 +28,31 @@ class CostExplanation:
     resolution_now: Resolution | None  # how the catalog resolves the name today
 
 
-def cost_explanation(*, tenant: Tenant, event_id: str) -> CostExplanation:
-    """The event, the catalog row its cost came from, and the cost recomputed from that row."""
-    event = (
-        UsageEvent.objects.for_tenant(tenant)
-        .select_related("provider", "model", "operation", "end_user", "session")
-        .filter(event_id=event_id)
-        .first()
+def cost_explanation(
+    *, tenant: Tenant, event_id: str, occurred_at: datetime | None = None
+) -> CostExplanation:
+    """The event, the catalog row its cost came from, and the cost recomputed from that row.
+
+    With `occurred_at` the event is read by its key (tenant, time, id): one index probe. Without
+    it, an event sent without a time is found by the time it was stamped with (`EventStamp`);
+    any other is looked for in all of the tenant's partitions (a scan)."""
+    events = UsageEvent.objects.for_tenant(tenant).select_related(
+        "provider", "model", "operation", "end_user", "session"
     )
+    at = occurred_at
+    if at is None:
+        at = (
+            EventStamp.objects.for_tenant(tenant)
+            .filter(event_id=event_id)
+            .values_list("occurred_at", flat=True)
+            .first()
+        )
+    event = events.filter(event_id=event_id, occurred_at=at).first() if at else None
+    if event is None and occurred_at is None:
+        event = events.filter(event_id=event_id).first()
     if event is None:
-        raise NotFound(f"No usage event {event_id!r}.")
+        when = f" at {occurred_at.isoformat().replace('+00:00', 'Z')}" if occurred_at else ""
+        raise NotFound(f"No usage event {event_id!r}{when}.")
     row = None
     if event.price_id is not None:
         with unscoped():  # a global row, or the tenant's own: never another tenant's

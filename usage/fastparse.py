@@ -151,5 +151,6 @@ def _event(e: _Event, *, now: datetime, latest: datetime) -> EventIn:
         reservation_id=e.reservation_id or None,
         prompt_hash=(e.prompt_hash.strip() or None) if e.prompt_hash is not None else None,
         service_tier=e.service_tier or "standard",
+        stamped=e.occurred_at is None and e.event_id is not None,
         **tokens,
     )

@@ -120,6 +120,9 @@ class EventIn:
     output_image_tokens: int = 0
     web_search_calls: int = 0
     output_images: int = 0
+    # Sent with an event id but no occurred_at: the server stamped it with the time it arrived.
+    # Ingest keeps that stamp (usage.models.EventStamp), so a resend gets the same time again.
+    stamped: bool = False
 
 
 def _parse_time(raw: Any, *, now: datetime, latest: datetime) -> tuple[datetime | None, str | None]:
@@ -236,6 +239,7 @@ def _parse_event(
         reservation_id=reservation_id or None,
         prompt_hash=prompt_hash,
         service_tier=service_tier,
+        stamped=item.get("occurred_at") is None and item.get("event_id") is not None,
         **tokens,
     )
 

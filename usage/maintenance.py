@@ -26,6 +26,7 @@ from usage.models import (
     PRICED_COLUMNS,
     CostSource,
     Dimension,
+    EventStamp,
     HourlyRollup,
     ModelHourlyRollup,
     TagHourlyRollup,
@@ -179,7 +180,7 @@ def usage_events_delete(*, events: QuerySet[UsageEvent]) -> int:
 
 
 def usage_tenant_reset(*, tenant: Tenant) -> tuple[int, int]:
-    """Delete all of a tenant's usage (events and rollups), under its exclusive ingest lock so
+    """Delete all of a tenant's usage (events, rollups, kept stamps), under its exclusive ingest lock so
     no batch lands half-way. Returns the counts deleted.
 
     The dictionary of names stays: every process may hold its ids (`dimension_ids`), and a
@@ -192,6 +193,8 @@ def usage_tenant_reset(*, tenant: Tenant) -> tuple[int, int]:
         rollups = HourlyRollup.objects.for_tenant(tenant)._raw_delete(HourlyRollup.objects.db)
         ModelHourlyRollup.objects.for_tenant(tenant)._raw_delete(ModelHourlyRollup.objects.db)
         TagHourlyRollup.objects.for_tenant(tenant)._raw_delete(TagHourlyRollup.objects.db)
+        # The times kept for time-less events: starting over, a resend is a new event.
+        EventStamp.objects.for_tenant(tenant)._raw_delete(EventStamp.objects.db)
         _rewritten(tenant.pk)
     return events, rollups
 

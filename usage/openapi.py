@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 
 from costmon.core.inputs import USD_TEXT_PATTERN
@@ -48,7 +50,9 @@ def usage_event_schema() -> dict[str, Any]:
                 "type": ["string", "null"],
                 "format": "date-time",
                 "description": "ISO 8601 (without a zone: UTC); after 2000-01-01 and at most "
-                "COSTMON_FUTURE_SKEW_SECONDS ahead. Default: now.",
+                "COSTMON_FUTURE_SKEW_SECONDS ahead. Default: the time the event first arrived "
+                "(an event with an event_id sent again without a time gets that time again, so "
+                "it is counted once).",
             },
             "tags": {
                 "type": ["object", "null"],
@@ -290,3 +294,16 @@ class MetricsReply(serializers.Serializer):
     total = Totals()
     breakdown = BreakdownRow(many=True)
     series = SeriesPoint(many=True)
+
+
+# `GET /api/v1/usage/<event_id>/?occurred_at=`: the event's time, to read it by its key.
+EVENT_TIME_PARAMETER = OpenApiParameter(
+    "occurred_at",
+    OpenApiTypes.DATETIME,
+    required=False,
+    description="The event's occurred_at as stored (as the event list gives it; "
+    "without a zone: UTC). Optional: with it the event is read by its key at once; without it "
+    "costmon looks through all of the tenant's events (slower on a large table), except for "
+    "events sent without a time, found by the time they were stamped with. Two events may "
+    "share an id at different times: occurred_at picks one.",
+)

@@ -10,7 +10,7 @@ to the rollups in one transaction (`usage.storage`), then tell the apps above wh
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -22,16 +22,17 @@ from usage.catalog import bump_version, catalog_for
 from usage.dimensions import dimension_ids, dimension_keys
 from usage.ingest import EventIn
 from usage.models import ModelAlias, UsageEvent
+from usage.price_lookup import Catalog
 from usage.repricing import schedule_reprice_unpriced
 from usage.rollups import hours_of
-from usage.rows import event_row, price_event
+from usage.rows import Priced, event_row, price_event
 from usage.signals import (
     RecordedBatch,
     RecordedRow,
     batch_committing,
     batch_recorded,
 )
-from usage.storage import events_insert, ingest_lock
+from usage.storage import events_insert, ingest_lock, stamps_keep
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +67,7 @@ def usage_record_batch(
         try:
             # One transaction, one commit: new dictionary entries, events and rollups.
             with transaction.atomic():
+                prices = _keep_stamps(tenant.pk, firsts, prices, catalog)
                 dims = dimension_ids(tenant=tenant, wanted=dimension_keys(events))
                 rows = [
                     event_row(
@@ -91,6 +93,26 @@ def usage_record_batch(
             _send_recorded(batch)
         stored = _stored_costs(tenant.pk, [e for eid, e in firsts.items() if eid not in inserted])
     return _results(events, rows, inserted, stored)
+
+
+def _keep_stamps(
+    tenant_id: int, firsts: dict[str, EventIn], prices: list[Priced], catalog: Catalog
+) -> list[Priced]:
+    """Events sent without a time get the time their id was first stamped with (see
+    `usage.models.EventStamp`), so a resend lands on the stored event's key and is a duplicate.
+    Updates `firsts` in place and returns the prices, an event re-priced at its stored time.
+    Events that carry their time cost nothing here (no query)."""
+    stamps = {eid: e.occurred_at for eid, e in firsts.items() if e.stamped}
+    if not stamps:
+        return prices
+    kept = stamps_keep(tenant_id, stamps)
+    prices = list(prices)
+    for index, (eid, event) in enumerate(firsts.items()):
+        at = kept.get(eid)
+        if event.stamped and at is not None and at != event.occurred_at:
+            firsts[eid] = replace(event, occurred_at=at)
+            prices[index] = price_event(catalog, firsts[eid])
+    return prices
 
 
 def _recorded_batch(

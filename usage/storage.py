@@ -17,9 +17,10 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Model
 
-from costmon.core.tenancy import raw_cursor
+from costmon.core.tenancy import raw_cursor, unscoped
 from usage.models import (
     CostSource,
+    EventStamp,
     HourlyRollup,
     ModelHourlyRollup,
     TagHourlyRollup,
@@ -159,6 +160,41 @@ def events_partitions_forget() -> None:
 
 
 # --- events ---------------------------------------------------------------------------------
+
+
+def stamps_keep(tenant_id: int, stamps: dict[str, datetime]) -> dict[str, datetime]:
+    """The time each event id of `stamps` (time-less events: id -> the time they arrived) was
+    first stamped with, in the current transaction: new ids are stored with their time, ids
+    stored before keep theirs. Concurrent first sends of one id get the same time: the second
+    insert waits for the first one's transaction and then does nothing, and the read that
+    follows (a new statement) sees the stored time. Ids are inserted in order, so two batches
+    never wait for each other crosswise."""
+    if not stamps:
+        return {}
+    ids = sorted(stamps)
+    EventStamp.objects.bulk_create(
+        [EventStamp(tenant_id=tenant_id, event_id=i, occurred_at=stamps[i]) for i in ids],
+        ignore_conflicts=True,  # INSERT ... ON CONFLICT DO NOTHING, on both databases
+    )
+    return dict(
+        EventStamp.objects.for_tenant(tenant_id)
+        .filter(event_id__in=ids)
+        .values_list("event_id", "occurred_at")
+    )
+
+
+def stamps_forget_before(before: datetime) -> int:
+    """Forget the stamps of time-less events whose raw events retention removed before `before`,
+    every tenant; a resend of one after that is a new event. A plain DELETE: the table holds one
+    small row per time-less event id, nothing else.
+
+    On PostgreSQL retention drops whole months, and the month holding `before` stays: its
+    stamps stay with it, or a resend would be stored a second time beside the kept event."""
+    if _postgresql():
+        before = month_start(before)
+    with unscoped():
+        deleted, _ = EventStamp.objects.unscoped().filter(occurred_at__lt=before).delete()
+    return deleted
 
 
 def events_insert(rows: Sequence[dict[str, Any]]) -> set[str]:

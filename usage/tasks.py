@@ -17,7 +17,7 @@ from costmon.core.exceptions import DomainError
 from usage.maintenance import usage_events_purge
 from usage.prices import price_sync_failed, prices_sync, read_price_list
 from usage.repricing import reprice_unpriced_usage
-from usage.storage import events_partitions_ahead
+from usage.storage import events_partitions_ahead, stamps_forget_before
 
 __all__ = ["apply_retention", "create_event_partitions", "reprice_unpriced_usage", "sync_prices"]
 
@@ -36,13 +36,17 @@ def create_event_partitions() -> int:
 @shared_task(ignore_result=True)
 def apply_retention() -> int:
     """Remove raw events past COSTMON_RETENTION_DAYS (rollups stay): on PostgreSQL whole
-    monthly partitions, so a month goes once all of it is past the cutoff."""
+    monthly partitions, so a month goes once all of it is past the cutoff. The stamps of
+    time-less events older than the cutoff are forgotten too."""
     if not settings.COSTMON_RETENTION_DAYS:
         return 0
-    deleted = usage_events_purge(
-        before=timezone.now() - timedelta(days=settings.COSTMON_RETENTION_DAYS)
+    cutoff = timezone.now() - timedelta(days=settings.COSTMON_RETENTION_DAYS)
+    deleted = usage_events_purge(before=cutoff)
+    # The times kept for events sent without one go at the cutoff too (a plain DELETE).
+    stamps = stamps_forget_before(cutoff)
+    log.info(
+        "retention_applied", deleted=deleted, stamps=stamps, days=settings.COSTMON_RETENTION_DAYS
     )
-    log.info("retention_applied", deleted=deleted, days=settings.COSTMON_RETENTION_DAYS)
     return deleted
 
 

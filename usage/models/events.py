@@ -212,6 +212,29 @@ class UsageEvent(models.Model):
         return Usage(**{name: getattr(self, name) or 0 for name in PRICED_COLUMNS})
 
 
+class EventStamp(models.Model):
+    """The time the server gave an event sent without `occurred_at` (and with an event id), the
+    first time it arrived: a resend of it (same id, still without a time) gets this time again,
+    so it lands on the same key and is counted once (`usage.services.usage_record_batch`).
+
+    Written only for such events; retention forgets stamps older than its cutoff.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    event_id = models.CharField(max_length=128)
+    occurred_at = models.DateTimeField()
+
+    objects = TenantScopedManager["EventStamp"]()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "event_id"], name="eventstamp_key")
+        ]
+
+    def __str__(self) -> str:
+        return self.event_id
+
+
 class Rollup(models.Model):
     """What both rollup tables keep: sums of events per tenant, UTC hour, provider, model and
     operation (and, in `HourlyRollup`, end user and API key)."""
