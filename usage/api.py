@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.exceptions import NotFound
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -179,9 +180,10 @@ def _time_param(request: Request, name: str) -> datetime | None:
     try:
         parsed = parsed.astimezone(UTC)
     except OverflowError:  # year 1 or 9999 shifted by its offset
-        raise DomainError(f"{name}={raw} is out of range ({example}).", field=name) from None
-    if parsed < EARLIEST:
-        raise DomainError(f"{name} must be after 2000-01-01 (no event is older).", field=name)
+        parsed = None
+    if parsed is None or parsed < EARLIEST:
+        # A valid date-time no event can have: nothing there (the schema allows any date-time).
+        raise NotFound(f"No usage event at {name}={raw}: events are kept from 2000-01-01 on.")
     return parsed
 
 
