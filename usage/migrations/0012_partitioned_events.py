@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db import migrations, models
-from django.db.migrations.operations.base import Operation
 
+from costmon.core.migration_ops import PostgresRewrite
 from costmon.core.rls import policy_sql
 from usage.partitions import TABLE, create_partition, month_start, next_month
 
@@ -159,11 +159,9 @@ NEW_KEY = models.UniqueConstraint(
 )
 
 
-class PartitionEvents(Operation):
+class PartitionEvents(PostgresRewrite):
     """The model's new key and indexes; on PostgreSQL the table rebuilt in partitions
     (`forwards`), elsewhere the plain schema operations."""
-
-    reversible = True
 
     def __init__(self) -> None:
         self.steps = [
@@ -172,40 +170,11 @@ class PartitionEvents(Operation):
             migrations.AddConstraint("usageevent", NEW_KEY),
         ]
 
-    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
-        return (self.__class__.__qualname__, [], {})
+    def postgresql_forwards(self, schema_editor: Any) -> None:
+        forwards(schema_editor)
 
-    def state_forwards(self, app_label: str, state: Any) -> None:
-        for step in self.steps:
-            step.state_forwards(app_label, state)
-
-    def _states(self, app_label: str, start: Any) -> list[Any]:
-        states = [start]
-        for step in self.steps:
-            state = states[-1].clone()
-            step.state_forwards(app_label, state)
-            states.append(state)
-        return states
-
-    def database_forwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            forwards(schema_editor)
-            return
-        states = self._states(app_label, from_state)
-        for i, step in enumerate(self.steps):
-            step.database_forwards(app_label, schema_editor, states[i], states[i + 1])
-
-    def database_backwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            backwards(schema_editor)
-            return
-        states = self._states(app_label, to_state)
-        for i in reversed(range(len(self.steps))):
-            self.steps[i].database_backwards(app_label, schema_editor, states[i + 1], states[i])
+    def postgresql_backwards(self, schema_editor: Any) -> None:
+        backwards(schema_editor)
 
     def describe(self) -> str:
         return "Key usage events by (tenant, time, id); monthly partitions on PostgreSQL"

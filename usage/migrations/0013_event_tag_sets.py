@@ -23,8 +23,8 @@ from typing import Any
 
 import django.db.models.deletion
 from django.db import migrations, models
-from django.db.migrations.operations.base import Operation
 
+from costmon.core.migration_ops import PostgresRewrite
 from costmon.core.rls import EnableRowLevelSecurity
 from usage.partitions import TABLE, create_partition, month_start, next_month, partitions
 from usage.tagsets import pairs_of, tag_set_key
@@ -197,11 +197,9 @@ def unfill_sqlite(apps: Any, schema_editor: Any) -> None:
         )
 
 
-class EventTagSets(Operation):
+class EventTagSets(PostgresRewrite):
     """The model's `tags` becomes `tag_set`; on PostgreSQL the table rebuilt (`forwards_
     postgresql`), elsewhere the plain schema operations around a data step."""
-
-    reversible = True
 
     def __init__(self) -> None:
         self.steps = [
@@ -221,40 +219,11 @@ class EventTagSets(Operation):
             migrations.RemoveField(model_name="usageevent", name="tags"),
         ]
 
-    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
-        return (self.__class__.__qualname__, [], {})
+    def postgresql_forwards(self, schema_editor: Any) -> None:
+        forwards_postgresql(schema_editor)
 
-    def state_forwards(self, app_label: str, state: Any) -> None:
-        for step in self.steps:
-            step.state_forwards(app_label, state)
-
-    def _states(self, app_label: str, start: Any) -> list[Any]:
-        states = [start]
-        for step in self.steps:
-            state = states[-1].clone()
-            step.state_forwards(app_label, state)
-            states.append(state)
-        return states
-
-    def database_forwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            forwards_postgresql(schema_editor)
-            return
-        states = self._states(app_label, from_state)
-        for i, step in enumerate(self.steps):
-            step.database_forwards(app_label, schema_editor, states[i], states[i + 1])
-
-    def database_backwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            backwards_postgresql(schema_editor)
-            return
-        states = self._states(app_label, to_state)
-        for i in reversed(range(len(self.steps))):
-            self.steps[i].database_backwards(app_label, schema_editor, states[i + 1], states[i])
+    def postgresql_backwards(self, schema_editor: Any) -> None:
+        backwards_postgresql(schema_editor)
 
     def describe(self) -> str:
         return "Usage events hold a tag-set id instead of their tags' JSON"
