@@ -69,8 +69,36 @@ class _History:
         return self.prices[i - 1] if i else None
 
 
-# (scope, provider, model) -> {tier: history}; scope 0 = tenant override, 1 = global.
-_Tiers = dict[str, _History]
+_Tiers = dict[str, _History]  # tier -> that tier's price history
+
+
+class PriceIndex:
+    """One scope's price rows indexed for name resolution: a tenant's own rates, or the global
+    list. Built once and only read afterwards, so the global list's index is shared by every
+    tenant's `Catalog` in a process (about 1,300 rows: building it is most of a catalog's
+    cost, and a per-tenant copy would cost megabytes a tenant)."""
+
+    def __init__(self, prices: Iterable[Price]) -> None:
+        self.exact: dict[tuple[str, str], _Tiers] = {}  # (provider, model) -> tiers
+        self.by_model: dict[str, list[str]] = {}  # model -> providers that price it
+        patterns: list[tuple[str, str, str]] = []  # (provider, pattern, model)
+        for price in sorted(prices, key=lambda p: p.effective_from):
+            provider = price.provider.lower()
+            model = price.model.lower()
+            tiers = self.exact.setdefault((provider, model), {})
+            history = tiers.setdefault(price.service_tier, _History())
+            history.starts.append(price.effective_from)
+            history.prices.append(price)
+            providers = self.by_model.setdefault(model, [])
+            if provider not in providers:
+                providers.append(provider)
+            if price.match_pattern:
+                entry = (provider, price.match_pattern.lower(), model)
+                if entry not in patterns:
+                    patterns.append(entry)
+        # The most specific pattern wins: the one with the most literal characters.
+        patterns.sort(key=lambda p: -len(p[1].replace("*", "")))
+        self.patterns = tuple(patterns)
 
 
 class Catalog:
@@ -78,30 +106,21 @@ class Catalog:
 
     def __init__(
         self,
-        prices: Iterable[Price],
+        prices: Iterable[Price] = (),
         aliases: Iterable[Alias] = (),
         catalog_aliases: Iterable[Alias] = (),
+        *,
+        shared: PriceIndex | None = None,
     ) -> None:
-        self._exact: dict[tuple[int, str, str], _Tiers] = {}
-        self._by_model: dict[tuple[int, str], list[str]] = {}
-        self._patterns: list[tuple[int, str, str, str]] = []
-        for price in sorted(prices, key=lambda p: p.effective_from):
-            scope = 0 if price.tenant_id is not None else 1
-            provider = price.provider.lower()
-            model = price.model.lower()
-            tiers = self._exact.setdefault((scope, provider, model), {})
-            history = tiers.setdefault(price.service_tier, _History())
-            history.starts.append(price.effective_from)
-            history.prices.append(price)
-            providers = self._by_model.setdefault((scope, model), [])
-            if provider not in providers:
-                providers.append(provider)
-            if price.match_pattern:
-                entry = (scope, provider, price.match_pattern.lower(), model)
-                if entry not in self._patterns:
-                    self._patterns.append(entry)
-        # The most specific pattern wins: the one with the most literal characters.
-        self._patterns.sort(key=lambda p: (p[0], -len(p[2].replace("*", ""))))
+        """`prices` holds tenant rows (`tenant_id` set) and global ones; `shared`, when given,
+        is the global list already indexed, and `prices` then adds only the tenant's rows."""
+        prices = list(prices)
+        own = [p for p in prices if p.tenant_id is not None]
+        listed = [p for p in prices if p.tenant_id is None]
+        if shared is not None and listed:
+            raise ValueError("pass the global rows either as prices or as the shared index")
+        # Scope 0 is the tenant's own rates, scope 1 the global list.
+        self._scopes = (PriceIndex(own), shared if shared is not None else PriceIndex(listed))
         self._aliases = {(a.provider.lower(), a.alias.lower()): a for a in aliases}
         self._catalog_aliases = {(a.provider.lower(), a.alias.lower()): a for a in catalog_aliases}
         # Name resolution is pure and names repeat endlessly: remember it, up to a bound.
@@ -124,15 +143,15 @@ class Catalog:
         provider the catalog does not know, such as a gateway) the one first-party seller's."""
         families = PROVIDER_FAMILIES.get(provider, ())
         found = []
-        for scope in (0, 1):
+        for index in self._scopes:
             for prov in (provider, *families):
-                if tiers := self._exact.get((scope, prov, name)):
+                if tiers := index.exact.get((prov, name)):
                     found.append((prov, tiers))
                     break
             else:
-                sellers = [p for p in self._by_model.get((scope, name), []) if p not in RESELLERS]
+                sellers = [p for p in index.by_model.get(name, []) if p not in RESELLERS]
                 if len(sellers) == 1 and provider not in RESELLERS:
-                    found.append((sellers[0], self._exact[(scope, sellers[0], name)]))
+                    found.append((sellers[0], index.exact[(sellers[0], name)]))
         return found
 
     def _find(self, provider: str, model: str) -> list[tuple[str, str, _Tiers]]:
@@ -159,8 +178,9 @@ class Catalog:
         families = (provider, *PROVIDER_FAMILIES.get(provider, ()))
         for name in (lowered, *deployment_names(lowered)):
             matches = [
-                ("pattern", target, self._exact[(scope, prov, target)])
-                for scope, prov, pattern, target in self._patterns
+                ("pattern", target, index.exact[(prov, target)])
+                for index in self._scopes
+                for prov, pattern, target in index.patterns
                 if prov in families and fnmatch.fnmatchcase(name, pattern)
             ]
             if matches:
@@ -193,8 +213,8 @@ class Catalog:
         switch to)."""
         wanted = normalise_provider(provider)
         found = []
-        for (scope, prov, _model), tiers in self._exact.items():
+        for (prov, _model), tiers in self._scopes[1].exact.items():
             history = tiers.get(STANDARD)
-            if scope == 1 and prov == wanted and history and (price := history.at(when)):
+            if prov == wanted and history and (price := history.at(when)):
                 found.append(price)
         return sorted(found, key=lambda p: p.model)
