@@ -17,7 +17,7 @@ from costmon.core.exceptions import DomainError
 from usage.maintenance import usage_events_purge
 from usage.prices import price_sync_failed, prices_sync, read_price_list
 from usage.repricing import reprice_unpriced_usage
-from usage.storage import events_partitions_ahead, stamps_forget_before
+from usage.storage import events_partitions_ahead, stamps_forget_before, usage_analyze
 
 __all__ = ["apply_retention", "create_event_partitions", "reprice_unpriced_usage", "sync_prices"]
 
@@ -26,10 +26,15 @@ log = structlog.get_logger(__name__)
 
 @shared_task(ignore_result=True)
 def create_event_partitions() -> int:
-    """PostgreSQL: this month's events partition and the next two's, ahead of their events."""
+    """PostgreSQL: this month's events partition and the next two's, ahead of their events.
+
+    Then fresh planner statistics for the events table as a whole: autovacuum analyzes each
+    partition but never the partitioned parent, whose statistics plan the reads that span
+    months (a 90-day view)."""
     created = events_partitions_ahead(timezone.now())
     if created:
         log.info("events_partitions_created", months=[f"{m:%Y-%m}" for m in created])
+    usage_analyze()
     return len(created)
 
 
