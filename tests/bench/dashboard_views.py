@@ -9,7 +9,7 @@ Seed a tenant of the benchmark set's shape first, into a scratch database:
     .venv/bin/python tests/bench/dashboard_views.py
 
 Prints the first view and the median of the next three for each (medians over `--rounds`).
-The sums of past days are kept in the shared cache (costmon.web.dashboard.settled) and shared
+The sums of past days are kept in the shared cache (usage.settled) and shared
 by the views of a period; `--cold` forgets them before each view (bumps the tenant's
 generation, as a re-price or a bulk load does), so its first request sums everything, and
 first loads one page to leave process start-up out. `--late` forgets only the recent days'
@@ -60,7 +60,7 @@ def main() -> None:
     from costmon.core.models import Tenant
     from costmon.core.periods import tenant_zone
     from costmon.core.tenancy import unscoped
-    from costmon.web.dashboard import settled
+    from usage import settled
 
     with unscoped():
         tenant = Tenant.objects.get(slug=args.tenant)

@@ -1,4 +1,4 @@
-"""The dashboard's kept sums of past days (costmon.web.dashboard.settled): every figure equals
+"""The dashboard's kept sums of past days (usage.settled): every figure equals
 the one summed from the rollups in one go, and a late event, a re-price, a bulk load and an
 outsider's writes all show at once, exactly."""
 
@@ -16,11 +16,12 @@ from costmon.core import tenancy
 from costmon.core.cache import cache_get
 from costmon.core.models import Tenant
 from costmon.core.periods import custom_range, recent_range
-from costmon.web.dashboard import pages, settled
+from costmon.web.dashboard import pages
 from costmon.web.dashboard import tag_names as tag_names_module
 from costmon.web.dashboard.cards import dashboard_cards
 from costmon.web.dashboard.tag_names import tag_names
 from tests.helpers import event, post_usage
+from usage import settled
 from usage.bulk import usage_bulk_load
 from usage.ingest import parse_batch
 from usage.maintenance import usage_reprice

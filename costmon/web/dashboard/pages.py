@@ -24,8 +24,7 @@ from django.db.models.functions import ExtractHour, ExtractWeekDay, TruncDay, Tr
 
 from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange
-from costmon.web.dashboard import settled
-from costmon.web.dashboard.settled import Sums
+from usage import settled
 from usage.models import Dimension, TagHourlyRollup
 from usage.rollups import ROLLUP_SUMS
 from usage.selectors import (
@@ -40,6 +39,7 @@ from usage.selectors import (
     named,
     rollups_of,
 )
+from usage.settled import Sums
 
 MAX_MODEL_NAMES = 1000  # model names summed before merging them into families
 BREAKDOWN_SUMS = ("calls", "errors", "cache_hits", "cost_nanos")  # what a breakdown row shows

@@ -1,4 +1,5 @@
-"""The settled part of a dashboard figure, summed once and kept in the shared cache.
+"""The settled part of a dashboard figure (and of the metrics API's), summed once and kept in
+the shared cache.
 
 A figure over a period is a sum of rollup rows. The rows of the days before today (in the
 tenant's zone) rarely change, so `summed` splits a range at today's local midnight (by the
