@@ -16,6 +16,10 @@ first loads one page to leave process start-up out. `--late` forgets only the re
 sums, as a late event for yesterday does. `--clear` empties the whole cache instead, which
 also makes the process reload the price catalog (the recommendations read it): that is not
 what a late event costs.
+
+`--cpu` also reports the CPU time a view costs (this process's and its PostgreSQL backend's,
+read from /proc, 10 ms ticks), which a loaded machine does not inflate as it does wall time;
+it runs the queries without parallel workers, whose CPU it could not see.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="first views (forgetting each time)")
     parser.add_argument("--cold", action="store_true", help="forget the kept sums before each view")
     parser.add_argument("--clear", action="store_true", help="empty the whole cache before each")
+    parser.add_argument("--cpu", action="store_true", help="report CPU time too (serial plans)")
     parser.add_argument(
         "--late",
         action="store_true",
@@ -54,6 +59,7 @@ def main() -> None:
     django.setup()
     from django.contrib.auth import get_user_model
     from django.core.cache import cache
+    from django.db import connection
     from django.test import Client
     from django.utils import timezone
 
@@ -71,6 +77,20 @@ def main() -> None:
     client = Client(HTTP_HOST="127.0.0.1")
     client.force_login(user)
 
+    backend = None
+    if args.cpu:
+        with connection.cursor() as cursor:
+            cursor.execute("SET max_parallel_workers_per_gather = 0")
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+
+    def cpu_ms() -> float:
+        spent = time.process_time() * 1000
+        if backend is not None:
+            fields = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+            spent += (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+        return spent
+
     if args.cold or args.clear or args.late:
         client.get(f"/t/{tenant.slug}/?period=7d")  # imports, templates, the catalog
     today = timezone.now().astimezone(tenant_zone(tenant)).date()
@@ -81,7 +101,10 @@ def main() -> None:
     for label, query in periods.items():
         for by in ("provider", "model", "operation", "end_user", f"tag:{args.tag}"):
             url = f"/t/{tenant.slug}/?{query}&by={by}"
-            firsts, times = [], []
+            firsts: list[float] = []
+            times: list[float] = []
+            cpu_firsts: list[float] = []
+            cpu_times: list[float] = []
             for _ in range(args.rounds):
                 if args.clear:
                     cache.clear()  # the bench's own Redis database (REDIS_URL)
@@ -90,15 +113,22 @@ def main() -> None:
                 elif args.late:
                     settled.bump_recent(tenant.pk)
                 for n in range(args.repeat + 1):
-                    started = time.perf_counter()
+                    started, cpu = time.perf_counter(), cpu_ms()
                     response = client.get(url)
                     (times if n else firsts).append((time.perf_counter() - started) * 1000)
+                    (cpu_times if n else cpu_firsts).append(cpu_ms() - cpu)
                     if response.status_code != 200:
                         raise SystemExit(f"{url} answered {response.status_code}")
+            cpu_note = (
+                f"; CPU first {statistics.median(cpu_firsts):4.0f} ms, "
+                f"then {statistics.median(cpu_times):4.0f} ms"
+                if args.cpu
+                else ""
+            )
             print(
                 f"{label}, stacked by {by:<12} first {statistics.median(firsts):6.0f} ms, "
                 f"then {statistics.median(times):6.0f} ms (medians of {len(firsts)} and "
-                f"{len(times)})",
+                f"{len(times)}){cpu_note}",
                 flush=True,
             )
 
