@@ -98,7 +98,7 @@ def main() -> None:
             cpu_note = f"; CPU median {statistics.median(cpus):4.0f} ms" if args.cpu else ""
             print(
                 f"{label}, by {by:<12} first {statistics.median(firsts):6.0f} ms, "
-                f"then {statistics.median(times):6.0f} ms (medians of {len(firsts)} and "
+                f"then {statistics.median(times or [0]):6.0f} ms (medians of {len(firsts)} and "
                 f"{len(times)}){cpu_note}",
                 flush=True,
             )
