@@ -11,6 +11,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet
+from django.db import connections
 from django.db.models import QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 
@@ -25,6 +27,19 @@ RowsOf = Callable[[TimeRange], QuerySet[Any]]
 
 def _sums() -> dict[str, Any]:
     return {name: Coalesce(Sum(name), 0) for name in ROLLUP_SUMS}
+
+
+def int_rows(rows: QuerySet[Any]) -> list[tuple[int, ...]]:
+    """The rows of a `values_list` of integers (ids and sums), read without Django's converters,
+    which call a function per value: for a range's thousands of end users, each with a dozen
+    sums, they took longer than the query. Only for integers: they convert dates on SQLite."""
+    try:
+        sql, params = rows.query.sql_with_params()
+    except EmptyResultSet:  # a filter no row can match (an empty `__in`), as Django reads it
+        return []
+    with connections[rows.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return [tuple(map(int, row)) for row in cursor.fetchall()]
 
 
 def kept_totals(
@@ -52,8 +67,8 @@ def kept_ranking(
     column = f"{dimension}_id"
 
     def compute(part: TimeRange) -> settled.Sums:
-        found = rows_of(part).values_list(column).annotate(**_sums()).order_by()
-        return {pk: [int(v) for v in values] for pk, *values in found}
+        found = int_rows(rows_of(part).values_list(column).annotate(**_sums()).order_by())
+        return {pk: list(values) for pk, *values in found}
 
     sums = settled.summed(tenant, time_range, ("metrics by", dimension, what), compute)
     calls, cost = ROLLUP_SUMS.index("calls"), ROLLUP_SUMS.index("cost_nanos")

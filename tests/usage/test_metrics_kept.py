@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 import time_machine
+from django.db.models import Sum
 
 from costmon.core import tenancy
 from costmon.core.models import Tenant
 from costmon.core.periods import custom_range
 from tests.helpers import event, post_usage
 from usage.api import metrics_json
+from usage.kept_metrics import int_rows
 from usage.maintenance import usage_reprice
 from usage.models import HourlyRollup, ModelHourlyRollup, ModelPrice
 from usage.selectors import UsageFilters, usage_metrics
@@ -155,3 +157,16 @@ def test_a_reprice_shows_at_once(
     assert spend(after, first) == Decimal("0.00585")  # 5 x $0.00117
     assert after == summed_in_one_go(acme)
     assert answers(outsider_client) == theirs
+
+
+def test_int_rows_read_what_django_reads(acme, usage):
+    with tenancy.tenant_context(acme):
+        rows = (
+            HourlyRollup.objects.for_tenant(acme)
+            .values_list("end_user_id")
+            .annotate(cost=Sum("cost_nanos"), calls=Sum("calls"))
+            .order_by()
+        )
+        assert sorted(int_rows(rows)) == sorted(rows)
+        assert len(int_rows(rows)) == len(USERS)  # acme's own users, not the outsider's
+        assert int_rows(rows.filter(end_user_id__in=[])) == []
