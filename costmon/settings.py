@@ -233,8 +233,8 @@ if COSTMON_PRICES_URL and not COSTMON_PRICES_URL.startswith(("https://", "http:/
 # revocations) reach every process within this time, and the pre-flight check saves three round
 # trips.
 COSTMON_SHARED_RECHECK_MS = env_int("COSTMON_SHARED_RECHECK_MS", 1000, minimum=0)
-# The dashboard keeps the sums of days before today in the shared cache and sums only today per
-# view (costmon.web.dashboard.settled). Needs a cache every process shares: on with Redis.
+# The dashboard and the metrics API keep the sums of days before today in the shared cache and
+# sum only today per request (usage.settled). Needs a cache every process shares: on with Redis.
 COSTMON_DASHBOARD_CACHE = env_bool("COSTMON_DASHBOARD_CACHE", bool(REDIS_URL))
 # Outbound webhooks to private or loopback addresses are refused unless this is on (tests).
 COSTMON_ALLOW_PRIVATE_WEBHOOKS = env_bool("COSTMON_ALLOW_PRIVATE_WEBHOOKS", False)

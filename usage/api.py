@@ -477,5 +477,6 @@ class MetricsApi(TenantAPIView):
             group_by=params.get("group_by") or None,
             interval=params.get("interval") or None,
             limit=_int_param(request, "limit", 100, 1000),
+            keep=True,
         )
         return Response(metrics_json(metrics))

@@ -8,6 +8,7 @@ import base64
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
 from typing import Any
 
 from django.db.models import Count, F, Func, Q, QuerySet, Sum, TextField, Value
@@ -23,6 +24,7 @@ from costmon.core.periods import (
     tenant_zone,
 )
 from usage.catalog import load_catalog
+from usage.kept_metrics import kept_ranking, kept_series, kept_totals
 from usage.models import (
     CostSource,
     Dimension,
@@ -192,8 +194,13 @@ def usage_metrics(
     group_by: str | None = None,
     interval: str | None = None,
     limit: int = 100,
+    keep: bool = False,
 ) -> Metrics:
-    """Totals, a breakdown by one dimension and a time series for a tenant's usage."""
+    """Totals, a breakdown by one dimension and a time series for a tenant's usage.
+
+    `keep`: the sums of the days before today come from the shared cache when kept there
+    (`usage.settled`, as the dashboard's), exactly the same figures; for the metrics API,
+    whose callers ask again and again. Sums from events (a tag filter) are never kept."""
     filters = filters or UsageFilters()
     tr = time_range
     interval = interval or ("hour" if tr.end - tr.start <= timedelta(days=2) else "day")
@@ -218,11 +225,25 @@ def usage_metrics(
     else:
         base, sums, time_field = _filtered_rollups(tenant, tr, filters), _rollup_sums(), "hour"
 
-    totals = base.aggregate(**sums)
+    kept = keep and not from_events
+    model_rows_of = partial(_filtered_rollups, tenant, filters=filters)
+    if kept:
+        totals = kept_totals(tenant=tenant, time_range=tr, what=filters, rows_of=model_rows_of)
+    else:
+        totals = base.aggregate(**sums)
     metrics = Metrics(range=tr, totals=totals, group_by=group_by, interval=interval)
 
     if group_by:
-        if group_by in ROLLUP_DIMENSIONS and not from_events:
+        if group_by in ROLLUP_DIMENSIONS and kept:
+            rows = kept_ranking(
+                tenant=tenant,
+                time_range=tr,
+                what=filters,
+                rows_of=partial(model_rows_of, by_end_user=group_by == "end_user"),
+                dimension=group_by,
+                limit=limit,
+            )
+        elif group_by in ROLLUP_DIMENSIONS and not from_events:
             grouped = (
                 _filtered_rollups(tenant, tr, filters, by_end_user=True)
                 if group_by == "end_user"
@@ -246,13 +267,19 @@ def usage_metrics(
         breakdown.sort(key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))
         metrics.breakdown = breakdown[:limit]
 
-    trunc = TruncHour if interval == "hour" else TruncDay
-    buckets = {
-        row["bucket"]: row
-        for row in base.annotate(bucket=trunc(time_field, tzinfo=tr.tz))
-        .values("bucket")
-        .annotate(cost_nanos=sums["cost_nanos"], calls=sums["calls"])
-    }
+    buckets: dict[Any, Any]
+    if kept:
+        buckets = kept_series(
+            tenant=tenant, time_range=tr, what=filters, rows_of=model_rows_of, interval=interval
+        )
+    else:
+        trunc = TruncHour if interval == "hour" else TruncDay
+        buckets = {
+            row["bucket"]: row
+            for row in base.annotate(bucket=trunc(time_field, tzinfo=tr.tz))
+            .values("bucket")
+            .annotate(cost_nanos=sums["cost_nanos"], calls=sums["calls"])
+        }
     metrics.series = [
         {
             "bucket": b,

@@ -12,9 +12,8 @@ class WebConfig(AppConfig):
     verbose_name = "costmon web"
 
     def ready(self) -> None:
-        from costmon.web.dashboard import settled
         from costmon.web.prometheus.totals import usage_recorded
-        from usage import signals
+        from usage import settled, signals
 
         # Prometheus's cached usage sums learn of events that land in hours they already hold.
         signals.batch_recorded.connect(

@@ -8,10 +8,18 @@ Seed a tenant of the benchmark set's shape first, into a scratch database:
     .venv/bin/python manage.py seed_demo --events 500000 --users 5000 --days 90
     .venv/bin/python tests/bench/dashboard_views.py
 
-Prints the first view and the median of the next three for each. The sums of past days are
-kept in the shared cache (costmon.web.dashboard.settled) and shared by the views of a period;
-`--cold` forgets them before each view, so its first request sums everything (as after a late
-event, a re-price or midnight), and first loads one page to leave process start-up out.
+Prints the first view and the median of the next three for each (medians over `--rounds`).
+The sums of past days are kept in the shared cache (usage.settled) and shared
+by the views of a period; `--cold` forgets them before each view (bumps the tenant's
+generation, as a re-price or a bulk load does), so its first request sums everything, and
+first loads one page to leave process start-up out. `--late` forgets only the recent days'
+sums, as a late event for yesterday does. `--clear` empties the whole cache instead, which
+also makes the process reload the price catalog (the recommendations read it): that is not
+what a late event costs.
+
+`--cpu` also reports the CPU time a view costs (this process's and its PostgreSQL backend's,
+read from /proc, 10 ms ticks), which a loaded machine does not inflate as it does wall time;
+it runs the queries without parallel workers, whose CPU it could not see.
 """
 
 from __future__ import annotations
@@ -34,8 +42,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tenant", default="demo", help="the seeded tenant's slug")
     parser.add_argument("--tag", default="team", help="the tag name to stack by")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="views after the first")
+    parser.add_argument("--rounds", type=int, default=1, help="first views (forgetting each time)")
     parser.add_argument("--cold", action="store_true", help="forget the kept sums before each view")
+    parser.add_argument("--clear", action="store_true", help="empty the whole cache before each")
+    parser.add_argument("--cpu", action="store_true", help="report CPU time too (serial plans)")
+    parser.add_argument(
+        "--late",
+        action="store_true",
+        help="forget the recent days' sums (a late event) before each",
+    )
     args = parser.parse_args()
 
     import django
@@ -43,12 +59,14 @@ def main() -> None:
     django.setup()
     from django.contrib.auth import get_user_model
     from django.core.cache import cache
+    from django.db import connection
     from django.test import Client
     from django.utils import timezone
 
     from costmon.core.models import Tenant
     from costmon.core.periods import tenant_zone
     from costmon.core.tenancy import unscoped
+    from usage import settled
 
     with unscoped():
         tenant = Tenant.objects.get(slug=args.tenant)
@@ -59,7 +77,21 @@ def main() -> None:
     client = Client(HTTP_HOST="127.0.0.1")
     client.force_login(user)
 
-    if args.cold:
+    backend = None
+    if args.cpu:
+        with connection.cursor() as cursor:
+            cursor.execute("SET max_parallel_workers_per_gather = 0")
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+
+    def cpu_ms() -> float:
+        spent = time.process_time() * 1000
+        if backend is not None:
+            fields = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+            spent += (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+        return spent
+
+    if args.cold or args.clear or args.late:
         client.get(f"/t/{tenant.slug}/?period=7d")  # imports, templates, the catalog
     today = timezone.now().astimezone(tenant_zone(tenant)).date()
     periods = {
@@ -69,18 +101,34 @@ def main() -> None:
     for label, query in periods.items():
         for by in ("provider", "model", "operation", "end_user", f"tag:{args.tag}"):
             url = f"/t/{tenant.slug}/?{query}&by={by}"
-            times = []
-            if args.cold:
-                cache.clear()  # the bench's own Redis database (REDIS_URL)
-            for _ in range(args.repeat + 1):
-                started = time.perf_counter()
-                response = client.get(url)
-                times.append((time.perf_counter() - started) * 1000)
-                if response.status_code != 200:
-                    raise SystemExit(f"{url} answered {response.status_code}")
+            firsts: list[float] = []
+            times: list[float] = []
+            cpu_firsts: list[float] = []
+            cpu_times: list[float] = []
+            for _ in range(args.rounds):
+                if args.clear:
+                    cache.clear()  # the bench's own Redis database (REDIS_URL)
+                elif args.cold:
+                    settled.bump(tenant.pk)
+                elif args.late:
+                    settled.bump_recent(tenant.pk)
+                for n in range(args.repeat + 1):
+                    started, cpu = time.perf_counter(), cpu_ms()
+                    response = client.get(url)
+                    (times if n else firsts).append((time.perf_counter() - started) * 1000)
+                    (cpu_times if n else cpu_firsts).append(cpu_ms() - cpu)
+                    if response.status_code != 200:
+                        raise SystemExit(f"{url} answered {response.status_code}")
+            cpu_note = (
+                f"; CPU first {statistics.median(cpu_firsts):4.0f} ms, "
+                f"then {statistics.median(cpu_times):4.0f} ms"
+                if args.cpu
+                else ""
+            )
             print(
-                f"{label}, stacked by {by:<12} first {times[0]:6.0f} ms, "
-                f"median of {args.repeat} more {statistics.median(times[1:]):6.0f} ms",
+                f"{label}, stacked by {by:<12} first {statistics.median(firsts):6.0f} ms, "
+                f"then {statistics.median(times):6.0f} ms (medians of {len(firsts)} and "
+                f"{len(times)}){cpu_note}",
                 flush=True,
             )
 

@@ -1,4 +1,4 @@
-"""The dashboard's kept sums of past days (costmon.web.dashboard.settled): every figure equals
+"""The dashboard's kept sums of past days (usage.settled): every figure equals
 the one summed from the rollups in one go, and a late event, a re-price, a bulk load and an
 outsider's writes all show at once, exactly."""
 
@@ -16,11 +16,12 @@ from costmon.core import tenancy
 from costmon.core.cache import cache_get
 from costmon.core.models import Tenant
 from costmon.core.periods import custom_range, recent_range
-from costmon.web.dashboard import pages, settled
+from costmon.web.dashboard import pages
 from costmon.web.dashboard import tag_names as tag_names_module
 from costmon.web.dashboard.cards import dashboard_cards
 from costmon.web.dashboard.tag_names import tag_names
 from tests.helpers import event, post_usage
+from usage import settled
 from usage.bulk import usage_bulk_load
 from usage.ingest import parse_batch
 from usage.maintenance import usage_reprice
@@ -121,6 +122,19 @@ def generation(tenant: Tenant) -> Any:
     return cache_get(f"costmon:dashboard:generation:v1:{tenant.pk}")
 
 
+def recent_generation(tenant: Tenant) -> Any:
+    return cache_get(f"costmon:dashboard:recent:v1:{tenant.pk}")
+
+
+def edit_rollups(tenant: Tenant, day: str, cost_nanos: int) -> None:
+    """Change a day's rollups behind every signal's back (seen only once summed again)."""
+    with tenancy.unscoped():
+        for model in (HourlyRollup, ModelHourlyRollup):
+            row = model.objects.unscoped().filter(tenant=tenant, hour__date=day).get()
+            row.cost_nanos += cost_nanos
+            row.save()
+
+
 @pytest.mark.parametrize("days", [30, 90])
 def test_kept_sums_give_the_figures_of_one_sum(acme, outsider, usage, settings, days):
     fresh = summed_in_one_go(acme, settings, days=days)
@@ -136,11 +150,7 @@ def test_the_kept_sums_are_read_until_the_generation_moves(acme, usage, settings
     """The kept sums are really read (a change no signal reports stays unseen), and a new
     generation sums again."""
     before = figures(acme)
-    with tenancy.unscoped():
-        for model in (HourlyRollup, ModelHourlyRollup):
-            row = model.objects.unscoped().filter(tenant=acme, hour__date="2026-11-19").get()
-            row.cost_nanos += 5
-            row.save()
+    edit_rollups(acme, "2026-11-19", 5)
     assert figures(acme) == before
     settled.bump(acme.pk)
     after = figures(acme)
@@ -151,7 +161,7 @@ def test_the_kept_sums_are_read_until_the_generation_moves(acme, usage, settings
 def test_a_late_event_for_yesterday_shows_at_once(acme, outsider, usage, ingest_client, settings):
     before = figures(acme)
     theirs = figures(outsider)
-    kept = generation(acme)
+    kept, recent = generation(acme), recent_generation(acme)
     late = event(
         event_id="late",
         occurred_at="2026-11-20T23:59:00Z",
@@ -159,13 +169,65 @@ def test_a_late_event_for_yesterday_shows_at_once(acme, outsider, usage, ingest_
         cost_usd="12.000000001",
     )
     assert post_usage(ingest_client, [late]).status_code == 201
-    assert generation(acme) != kept
+    assert (generation(acme), recent_generation(acme) != recent) == (kept, True)
     after = figures(acme)
     assert after == summed_in_one_go(acme, settings)
     assert after["totals"]["cost_nanos"] == before["totals"]["cost_nanos"] + 12_000_000_001
     assert after["end_user"][0]["key"] == "zed"
     assert after["end_user"][0]["cost_nanos"] == 12_000_000_001
     assert figures(outsider) == theirs  # nothing of acme's reaches the outsider
+
+
+@pytest.mark.parametrize("days", [30, 90])
+def test_a_late_event_for_a_recent_day_sums_only_the_recent_days_again(
+    acme, outsider, usage, ingest_client, settings, days
+):
+    """The recent days (the three before today) are kept apart: a late event for one of them
+    forgets only theirs, and the older days' kept sums are still read."""
+    before = figures(acme, days=days)
+    theirs = figures(outsider, days=days)
+    edit_rollups(acme, "2026-11-10", 5)  # an older day, behind every signal's back
+    edit_rollups(acme, "2026-11-18", 70)  # the oldest recent day, likewise
+    late = event(event_id="late", occurred_at="2026-11-18T00:00:00Z", cost_usd="0.000000300")
+    assert post_usage(ingest_client, [late]).status_code == 201
+    after = figures(acme, days=days)
+    # The late event and the recent day's edit show; the older day's edit does not (yet).
+    assert after["totals"]["cost_nanos"] == before["totals"]["cost_nanos"] + 300 + 70
+    assert after["heatmap"] != before["heatmap"]
+    settled.bump(acme.pk)
+    fresh = summed_in_one_go(acme, settings, days=days)
+    assert fresh["totals"]["cost_nanos"] == before["totals"]["cost_nanos"] + 300 + 70 + 5
+    assert figures(acme, days=days) == fresh
+    assert figures(outsider, days=days) == theirs
+
+
+def test_a_late_event_before_the_recent_days_forgets_every_kept_sum(
+    acme, outsider, usage, ingest_client, settings
+):
+    before = figures(acme)
+    theirs = figures(outsider)
+    kept = generation(acme)
+    edit_rollups(acme, "2026-11-10", 5)  # seen once everything is summed again
+    late = event(event_id="late", occurred_at="2026-11-17T23:59:00Z", cost_usd="0.000000300")
+    assert post_usage(ingest_client, [late]).status_code == 201
+    assert generation(acme) != kept
+    after = figures(acme)
+    assert after["totals"]["cost_nanos"] == before["totals"]["cost_nanos"] + 300 + 5
+    assert after == summed_in_one_go(acme, settings)
+    assert figures(outsider) == theirs
+
+
+def test_an_outsiders_late_event_forgets_none_of_acmes_sums(
+    acme, outsider, usage, outsider_client, settings
+):
+    before = figures(acme)
+    kept = (generation(acme), recent_generation(acme))
+    edit_rollups(acme, "2026-11-19", 9)  # stays unseen: acme's recent sums are still kept
+    for n, moment in enumerate(("2026-11-20T10:00:00Z", "2026-11-01T10:00:00Z")):
+        late = event(event_id=f"late{n}", occurred_at=moment, cost_usd="3")
+        assert post_usage(outsider_client, [late]).status_code == 201
+    assert (generation(acme), recent_generation(acme)) == kept
+    assert figures(acme) == before
 
 
 def test_an_event_for_today_keeps_the_kept_sums_and_shows(acme, usage, ingest_client, settings):

@@ -24,8 +24,8 @@ from django.db.models.functions import ExtractHour, ExtractWeekDay, TruncDay, Tr
 
 from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange
-from costmon.web.dashboard import settled
-from costmon.web.dashboard.settled import Sums
+from usage import settled
+from usage.kept_metrics import int_rows
 from usage.models import Dimension, TagHourlyRollup
 from usage.rollups import ROLLUP_SUMS
 from usage.selectors import (
@@ -40,6 +40,7 @@ from usage.selectors import (
     named,
     rollups_of,
 )
+from usage.settled import Sums
 
 MAX_MODEL_NAMES = 1000  # model names summed before merging them into families
 BREAKDOWN_SUMS = ("calls", "errors", "cache_hits", "cost_nanos")  # what a breakdown row shows
@@ -417,12 +418,12 @@ def breakdown(
 
     def compute(tr: TimeRange) -> Sums:
         src = _source(tenant, tr, filters, by_end_user=dimension == "end_user", families=families)
-        found = (
+        found = int_rows(
             src.rows.values_list(column)
             .annotate(**{name: src.sums[name] for name in BREAKDOWN_SUMS})
             .order_by()
         )
-        return {pk: [int(v) for v in values] for pk, *values in found}
+        return {pk: list(values) for pk, *values in found}
 
     sums = _summed(tenant, time_range, filters, ("breakdown", dimension, families), compute)
     calls, cost = BREAKDOWN_SUMS.index("calls"), BREAKDOWN_SUMS.index("cost_nanos")

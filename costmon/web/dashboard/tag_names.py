@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange
-from costmon.web.dashboard import settled
-from costmon.web.dashboard.settled import Sums
+from usage import settled
 from usage.models import TagHourlyRollup
+from usage.settled import Sums
 
 MAX_TAG_NAMES = 20
 
