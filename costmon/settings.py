@@ -212,6 +212,11 @@ COSTMON_OTLP_IGNORED_OPERATIONS = env_list(
 # Raw events older than this many days are deleted nightly (rollups, and so every total, stay);
 # 0 keeps them forever.
 COSTMON_RETENTION_DAYS = env_int("COSTMON_RETENTION_DAYS", 400, minimum=0)
+# Where raw usage events are kept (README, "Scaling out"): unset, PostgreSQL;
+# `clickhouse://host:9000/costmon`, ClickHouse (native protocol, 18.16 or later), and
+# COSTMON_CLICKHOUSE_SHARDS further `host:port` shards, tenants spread by id over all of them.
+COSTMON_EVENT_STORE_URL = env_str("COSTMON_EVENT_STORE_URL") or ""
+COSTMON_CLICKHOUSE_SHARDS = env_str("COSTMON_CLICKHOUSE_SHARDS") or ""
 # How long a pre-flight check's reservation holds budget before it expires unsettled.
 COSTMON_RESERVATION_SECONDS = env_int("COSTMON_RESERVATION_SECONDS", 300, minimum=1)
 # How long a looked-up price catalog stays in a process before it is read again.

@@ -41,3 +41,10 @@ class BatchInvalid(DomainError):
 
 class PayloadTooLarge(DomainError):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+
+class ServiceUnavailable(DomainError):
+    """A store the request needs cannot be reached (e.g. the ClickHouse event store): answered
+    503 with Retry-After; nothing was changed."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE

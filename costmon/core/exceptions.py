@@ -29,6 +29,7 @@ from costmon.core.errors import Conflict as Conflict
 from costmon.core.errors import DomainError as DomainError
 from costmon.core.errors import NotFound as NotFound
 from costmon.core.errors import PayloadTooLarge as PayloadTooLarge
+from costmon.core.errors import ServiceUnavailable as ServiceUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +102,13 @@ def _invalid_body(original: dict[str, Any] | list[Any]) -> dict[str, Any]:
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, BatchInvalid):
         return Response({"errors": exc.errors}, status=exc.status_code)
+    if isinstance(exc, ServiceUnavailable):
+        log.warning("store_unavailable", error=exc.message)
+        return Response(
+            error_body(exc.message),
+            status=exc.status_code,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, DomainError):
         return Response(error_body(exc.message, field=exc.field), status=exc.status_code)
     if isinstance(exc, DjangoValidationError):

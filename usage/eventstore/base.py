@@ -1,0 +1,107 @@
+"""The event store's interface: what ingest and the raw-event reads ask of wherever raw events
+are kept. `postgres.PostgresStore` is today's behaviour (the default); `clickhouse.ClickHouseStore`
+keeps them in ClickHouse. Rollups stay in PostgreSQL with either store: ingest adds exactly the
+events the store reports as new to them, in the PostgreSQL transaction of the batch.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from costmon.core.errors import DomainError, ServiceUnavailable
+from costmon.core.models import Tenant
+from costmon.core.periods import TimeRange
+from usage.models import CostSource, UsageEvent
+from usage.selectors import EventPage, UsageFilters
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The event store cannot be reached: the API answers 503 with Retry-After."""
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Which of a tenant's raw events a list or export wants (checked: see `event_query`)."""
+
+    time_range: TimeRange | None
+    filters: UsageFilters
+    session_id: str | None = None
+    is_error: bool | None = None
+    cost_source: int | None = None
+
+
+def event_query(
+    *,
+    time_range: TimeRange | None,
+    filters: UsageFilters | None = None,
+    session_id: str | None = None,
+    status: str | None = None,
+    cost_source: str | None = None,
+) -> EventQuery:
+    """The parameters of the event list as a query; a bad value is a clear 400."""
+    is_error = None
+    if status is not None:
+        if status not in ("success", "error"):
+            raise DomainError("status must be success or error.", field="status")
+        is_error = status == "error"
+    source = None
+    if cost_source is not None:
+        labels = {label: value for value, label in CostSource.choices}
+        if cost_source not in labels:
+            raise DomainError(
+                "cost_source must be computed, caller or unpriced.", field="cost_source"
+            )
+        source = labels[cost_source]
+    return EventQuery(
+        time_range=time_range,
+        filters=filters or UsageFilters(),
+        session_id=session_id,
+        is_error=is_error,
+        cost_source=source,
+    )
+
+
+class EventStore(abc.ABC):
+    """Where a deployment's raw usage events are kept."""
+
+    name: str
+
+    @abc.abstractmethod
+    def insert_new(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """Store the rows (one tenant's, `usage.rows.event_row`) whose key is new and add exactly
+        those to the PostgreSQL rollups, in the caller's transaction; return their event ids.
+        A row resent, even concurrently, is stored and counted once."""
+
+    @abc.abstractmethod
+    def stored_costs(
+        self, tenant_id: int, times: dict[str, datetime]
+    ) -> dict[str, tuple[int, int]]:
+        """(cost in nano-dollars, cost source) stored for events sent before, by id (`times`:
+        event id -> its time)."""
+
+    @abc.abstractmethod
+    def page(self, tenant: Tenant, query: EventQuery, cursor: str | None, limit: int) -> EventPage:
+        """One page of the tenant's events, newest first, and the cursor of the next."""
+
+    @abc.abstractmethod
+    def iter_events(self, tenant: Tenant, query: EventQuery) -> Iterator[UsageEvent]:
+        """Every matching event, newest first (the CSV export)."""
+
+    @abc.abstractmethod
+    def lookup(
+        self, tenant: Tenant, event_id: str, occurred_at: datetime | None
+    ) -> UsageEvent | None:
+        """One event by id (and time, when known), or None."""
+
+    @abc.abstractmethod
+    def delete_tenant(self, tenant_id: int) -> int:
+        """Remove every raw event of the tenant; return how many (as far as known)."""
+
+    @abc.abstractmethod
+    def drop_before(self, before: datetime) -> list[tuple[str, int]] | None:
+        """Drop whole months of events ending at or before `before`, every tenant: (partition,
+        rows) of each; None when the store cannot (the caller deletes rows)."""

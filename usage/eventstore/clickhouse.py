@@ -1,0 +1,513 @@
+"""Raw events in ClickHouse, sharded by tenant: `tenant_id % shards` picks the one server that
+holds all of a tenant's events (reads are always one tenant's, so no Distributed table; see the
+README, "Scaling out").
+
+Exactly-once: ClickHouse deduplicates a ReplacingMergeTree's rows only when parts merge, some
+time later. So ingest, under the tenant's exclusive PostgreSQL advisory lock (held until the
+batch's PostgreSQL transaction ends), asks the tenant's shard which of the batch's keys it holds,
+adds only the others to the rollups and inserts only those; and every read takes one row per key
+(`LIMIT 1 BY`), which stays right before merges too. An insert is visible to the next query on
+that server as soon as it returns.
+
+The SQL is what ClickHouse 18.16 (Debian's package) and current releases both accept: times as
+`DateTime` (seconds) plus a `micros` column, compared with `toDateTime(<unix seconds>)`; money
+as integer nano-dollars; every query's tenant filter from `tenant_where`.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import connection
+
+from costmon.core.errors import DomainError
+from costmon.core.models import Tenant
+from costmon.core.periods import EARLIEST, LATEST
+from usage.eventstore.base import EventQuery, EventStore
+from usage.eventstore.chserver import Connections, Shard
+from usage.models import Dimension, TagSet, UsageEvent
+from usage.rollups import aggregate
+from usage.selectors import FILTER_FIELDS, EventPage, TagValue
+from usage.storage import rollups_add, tag_rollups_add
+from usage.tagsets import with_tag_set_ids
+
+TABLE = "usage_events"
+# A second advisory-lock namespace beside `usage.storage.INGEST_LOCK_NAMESPACE`: ingest holds
+# that one shared; this one exclusively, around the check-then-insert of a batch.
+CH_INGEST_LOCK_NAMESPACE = 7402
+
+# (column, ClickHouse type). Optional counts are 0 for none (ClickHouse stores a run of zeros
+# in almost nothing); ids 0 for none, as dictionary and catalog ids start at 1.
+COLUMN_TYPES = (
+    ("tenant_id", "Int64"),
+    ("event_id", "String"),
+    ("occurred_at", "DateTime('UTC')"),
+    ("micros", "UInt32"),
+    ("provider_id", "Int32"),
+    ("model_id", "Int32"),
+    ("operation_id", "Int32"),
+    ("end_user_id", "Int32"),
+    ("session_id", "Int32"),
+    ("api_key_id", "Int64"),
+    ("tag_set_id", "Int32"),
+    ("input_tokens", "Int32"),
+    ("output_tokens", "Int32"),
+    ("cached_input_tokens", "Int32"),
+    ("cache_write_tokens", "Int32"),
+    ("reasoning_tokens", "Int32"),
+    ("cache_write_1h_tokens", "Int32"),
+    ("input_audio_tokens", "Int32"),
+    ("output_audio_tokens", "Int32"),
+    ("input_image_tokens", "Int32"),
+    ("output_image_tokens", "Int32"),
+    ("web_search_calls", "Int32"),
+    ("output_images", "Int32"),
+    ("service_tier", "Int16"),
+    ("cost_nanos", "Int64"),
+    ("cost_source", "Int16"),
+    ("price_id", "Int32"),
+    ("latency_ms", "Nullable(Int32)"),
+    ("is_error", "UInt8"),
+    ("cache_hit", "UInt8"),
+    ("prompt_hash", "String"),
+)
+COLUMNS = tuple(c for c, _ in COLUMN_TYPES)
+# Columns whose 0 (or "") reads back as None, as PostgreSQL stores them.
+_NONE_IF_ZERO = frozenset(
+    {
+        "session_id",
+        "tag_set_id",
+        "cache_write_1h_tokens",
+        "input_audio_tokens",
+        "output_audio_tokens",
+        "input_image_tokens",
+        "output_image_tokens",
+        "web_search_calls",
+        "output_images",
+        "service_tier",
+        "price_id",
+        "prompt_hash",
+    }
+)
+# Event ids per duplicate check (ids are at most 128 characters).
+_IDS_PER_QUERY = 1000
+KEY = ("tenant_id", "occurred_at", "micros", "event_id")
+_KINDS = {
+    "provider": Dimension.Kind.PROVIDER,
+    "model": Dimension.Kind.MODEL,
+    "operation": Dimension.Kind.OPERATION,
+    "end_user": Dimension.Kind.END_USER,
+}
+ONE_PER_KEY = "LIMIT 1 BY tenant_id, occurred_at, micros, event_id"
+NEWEST_FIRST = "ORDER BY occurred_at DESC, micros DESC, event_id DESC"
+
+
+def table_sql(database: str) -> str:
+    columns = ",\n    ".join(f"{c} {t}" for c, t in COLUMN_TYPES)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {database}.{TABLE} (\n    {columns}\n) "
+        "ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(occurred_at) "
+        f"ORDER BY ({', '.join(KEY)})"
+    )
+
+
+def tenant_where(tenant_id: int) -> str:
+    """The tenant filter of every query: one place, so none can forget it. The id is an int."""
+    return f"tenant_id = {int(tenant_id)}"
+
+
+def _seconds(at: datetime) -> int:
+    return int(at.replace(microsecond=0).timestamp())
+
+
+def _ch_row(row: dict[str, Any]) -> tuple[Any, ...]:
+    at: datetime = row["occurred_at"]
+    values: list[Any] = []
+    for column in COLUMNS:
+        if column == "occurred_at":
+            values.append(datetime.fromtimestamp(_seconds(at), UTC).replace(tzinfo=None))
+        elif column == "micros":
+            values.append(at.microsecond)
+        elif column == "latency_ms":
+            values.append(row[column])
+        elif column == "prompt_hash":
+            values.append(row[column] or "")
+        elif column in ("is_error", "cache_hit"):
+            values.append(1 if row[column] else 0)
+        else:
+            values.append(row[column] or 0)
+    return tuple(values)
+
+
+def _event(values: Sequence[Any]) -> UsageEvent:
+    data = dict(zip(COLUMNS, values, strict=True))
+    seconds: datetime = data.pop("occurred_at")
+    micros = data.pop("micros")
+    fields: dict[str, Any] = {}
+    for column, value in data.items():
+        if column in _NONE_IF_ZERO and not value:
+            value = None
+        elif column in ("is_error", "cache_hit"):
+            value = bool(value)
+        fields[column] = value
+    fields["occurred_at"] = seconds.replace(tzinfo=UTC, microsecond=micros)
+    return UsageEvent(**fields)
+
+
+def _cursor(event: UsageEvent) -> str:
+    at = event.occurred_at.astimezone(UTC)
+    raw = f"ch|{_seconds(at)}|{at.microsecond}|{event.event_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        mark, seconds, micros, event_id = raw.split("|", 3)
+        at = datetime.fromtimestamp(int(seconds), UTC)
+        if mark != "ch" or not EARLIEST <= at < LATEST or not 0 <= int(micros) < 1_000_000:
+            raise ValueError(raw)
+        return int(seconds), int(micros), event_id
+    except (ValueError, UnicodeDecodeError, OverflowError, OSError):
+        raise DomainError(
+            "The cursor is not valid; use next_cursor from a previous page.", field="cursor"
+        ) from None
+
+
+class ClickHouseStore(EventStore):
+    name = "clickhouse"
+
+    def __init__(self, shards: Sequence[Shard]) -> None:
+        self.shards = list(shards)
+        self.connections = Connections(self.shards)
+
+    def shard_of(self, tenant_id: int) -> int:
+        """The index of the shard that holds all of the tenant's events."""
+        return int(tenant_id) % len(self.shards)
+
+    def _run(self, tenant_id: int, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        return self.connections.execute(self.shard_of(tenant_id), sql, params)
+
+    # --- schema ---------------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """The database and table on every shard (idempotent)."""
+        for index, shard in enumerate(self.shards):
+            self.connections.execute(
+                index, f"CREATE DATABASE IF NOT EXISTS {shard.database}", database=False
+            )
+            self.connections.execute(index, table_sql(shard.database))
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def insert_new(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        if not rows:
+            return set()
+        tenant_id = int(rows[0]["tenant_id"])
+        assert all(r["tenant_id"] == tenant_id for r in rows), "one tenant per batch"
+        self._lock(tenant_id)
+        held = self.keys_held(tenant_id, rows)
+        fresh = [r for r in rows if _key(r) not in held]
+        if not fresh:
+            return set()
+        with_tag_set_ids(fresh)
+        # PostgreSQL first (rollups), ClickHouse last: a failed insert rolls the rollups back.
+        rollups_add(aggregate(fresh))
+        tagged = [r for r in fresh if r["tags"]]
+        if tagged:
+            tag_rollups_add(tagged)
+        self.insert_rows(tenant_id, fresh)
+        return {r["event_id"] for r in fresh}
+
+    @staticmethod
+    def key(row: dict[str, Any]) -> tuple[str, int, int]:
+        """A row's key as `keys_held` gives it: (event id, unix seconds, microseconds)."""
+        return _key(row)
+
+    def insert_rows(self, tenant_id: int, rows: Sequence[dict[str, Any]]) -> None:
+        """Plain insert of rows of one tenant (no duplicate check: see `insert_new`)."""
+        self._run(
+            tenant_id,
+            f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES",
+            [_ch_row(r) for r in rows],
+        )
+
+    def _lock(self, tenant_id: int) -> None:
+        if connection.vendor != "postgresql":
+            raise RuntimeError("The ClickHouse event store needs PostgreSQL as the main database.")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)",
+                [CH_INGEST_LOCK_NAMESPACE, tenant_id % 2_000_000_000],
+            )
+
+    def keys_held(
+        self, tenant_id: int, rows: Sequence[dict[str, Any]]
+    ) -> set[tuple[str, int, int]]:
+        """The keys of `rows` the tenant's shard holds (`key`), in a few queries: ids in groups,
+        as ClickHouse limits a query's text (256 kB by default)."""
+        held: set[tuple[str, int, int]] = set()
+        for start in range(0, len(rows), _IDS_PER_QUERY):
+            part = rows[start : start + _IDS_PER_QUERY]
+            times = [r["occurred_at"] for r in part]
+            found = self._run(
+                tenant_id,
+                f"SELECT event_id, toUInt32(occurred_at), micros FROM {TABLE} "
+                f"WHERE {tenant_where(tenant_id)} AND occurred_at >= toDateTime(%(lo)s) "
+                "AND occurred_at <= toDateTime(%(hi)s) AND event_id IN %(ids)s",
+                {
+                    "lo": _seconds(min(times)),
+                    "hi": _seconds(max(times)),
+                    "ids": tuple({r["event_id"] for r in part}),
+                },
+            )
+            held.update((eid, int(seconds), int(micros)) for eid, seconds, micros in found)
+        return held
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def stored_costs(
+        self, tenant_id: int, times: dict[str, datetime]
+    ) -> dict[str, tuple[int, int]]:
+        if not times:
+            return {}
+        found = self._run(
+            tenant_id,
+            f"SELECT event_id, toUInt32(occurred_at), micros, cost_nanos, cost_source "
+            f"FROM {TABLE} WHERE {tenant_where(tenant_id)} AND event_id IN %(ids)s "
+            f"{ONE_PER_KEY}",
+            {"ids": tuple(times)},
+        )
+        stored = {}
+        for eid, seconds, micros, cost, source in found:
+            at = times[eid]
+            if (_seconds(at), at.microsecond) == (int(seconds), int(micros)):
+                stored[eid] = (int(cost), int(source))
+        return stored
+
+    def _where(self, tenant: Tenant, query: EventQuery) -> tuple[list[str], dict[str, Any]] | None:
+        """The conditions of the query (None: nothing can match)."""
+        where = [tenant_where(tenant.pk)]
+        params: dict[str, Any] = {}
+        tr = query.time_range
+        if tr is not None:
+            # Whole seconds in ClickHouse's `occurred_at`; the sub-second part in `micros`.
+            where.append(
+                "(occurred_at > toDateTime(%(s0)s) OR (occurred_at = toDateTime(%(s0)s) "
+                "AND micros >= %(m0)s))"
+            )
+            where.append(
+                "(occurred_at < toDateTime(%(s1)s) OR (occurred_at = toDateTime(%(s1)s) "
+                "AND micros < %(m1)s))"
+            )
+            params.update(
+                s0=_seconds(tr.start),
+                m0=tr.start.microsecond,
+                s1=_seconds(tr.end),
+                m1=tr.end.microsecond,
+            )
+        for name in FILTER_FIELDS:
+            value = getattr(query.filters, name)
+            if value is not None:
+                ids = self._ids(
+                    Dimension.objects.for_tenant(tenant).filter(kind=_KINDS[name], value=value)
+                )
+                if not ids:
+                    return None
+                where.append(f"{name}_id IN %({name})s")
+                params[name] = ids
+        if query.session_id is not None:
+            ids = self._ids(
+                Dimension.objects.for_tenant(tenant).filter(
+                    kind=Dimension.Kind.SESSION, value=query.session_id
+                )
+            )
+            if not ids:
+                return None
+            where.append("session_id IN %(session)s")
+            params["session"] = ids
+        if query.filters.tag is not None:
+            tag_name, tag_value = query.filters.tag
+            set_ids = self._ids(
+                TagSet.objects.for_tenant(tenant)
+                .alias(tag_filter=TagValue(tag_name, source="tags"))
+                .filter(tag_filter=tag_value)
+            )
+            if not set_ids:
+                return None
+            where.append("tag_set_id IN %(tag_sets)s")
+            params["tag_sets"] = set_ids
+        if query.is_error is not None:
+            where.append(f"is_error = {1 if query.is_error else 0}")
+        if query.cost_source is not None:
+            where.append(f"cost_source = {int(query.cost_source)}")
+        return where, params
+
+    @staticmethod
+    def _ids(qs: Any) -> tuple[int, ...]:
+        return tuple(int(i) for i in qs.values_list("pk", flat=True))
+
+    def page(self, tenant: Tenant, query: EventQuery, cursor: str | None, limit: int) -> EventPage:
+        events = self._select(tenant, query, cursor, limit + 1)
+        next_cursor = _cursor(events[limit - 1]) if len(events) > limit else None
+        return EventPage(events=events[:limit], next_cursor=next_cursor)
+
+    def _select(
+        self, tenant: Tenant, query: EventQuery, cursor: str | None, limit: int
+    ) -> list[UsageEvent]:
+        built = self._where(tenant, query)
+        if built is None:
+            return []
+        where, params = built
+        if cursor:
+            seconds, micros, event_id = _decode_cursor(cursor)
+            where.append(
+                "(occurred_at < toDateTime(%(cs)s) OR (occurred_at = toDateTime(%(cs)s) AND "
+                "(micros < %(cm)s OR (micros = %(cm)s AND event_id < %(ce)s))))"
+            )
+            params.update(cs=seconds, cm=micros, ce=event_id)
+        rows = self._run(
+            tenant.pk,
+            f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE {' AND '.join(where)} "
+            f"{NEWEST_FIRST} {ONE_PER_KEY} LIMIT {int(limit)}",
+            params,
+        )
+        return _with_names(tenant, [_event(r) for r in rows])
+
+    def iter_events(self, tenant: Tenant, query: EventQuery) -> Iterator[UsageEvent]:
+        cursor = None
+        while True:
+            page = self.page(tenant, query, cursor, 2000)
+            yield from page.events
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def lookup(
+        self, tenant: Tenant, event_id: str, occurred_at: datetime | None
+    ) -> UsageEvent | None:
+        where = [tenant_where(tenant.pk), "event_id = %(id)s"]
+        params: dict[str, Any] = {"id": event_id}
+        if occurred_at is not None and not EARLIEST <= occurred_at < LATEST:
+            return None  # no event has that time (and DateTime could not hold it)
+        if occurred_at is not None:
+            where.append("occurred_at = toDateTime(%(s)s) AND micros = %(m)s")
+            params.update(s=_seconds(occurred_at), m=occurred_at.microsecond)
+        rows = self._run(
+            tenant.pk,
+            f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE {' AND '.join(where)} "
+            f"{NEWEST_FIRST} LIMIT 1",
+            params,
+        )
+        events = _with_names(tenant, [_event(r) for r in rows])
+        return events[0] if events else None
+
+    def count(self, tenant_id: int) -> int:
+        """The tenant's events (each key once)."""
+        rows = self._run(
+            tenant_id,
+            f"SELECT count() FROM (SELECT 1 FROM {TABLE} WHERE {tenant_where(tenant_id)} "
+            f"{ONE_PER_KEY})",
+        )
+        return int(rows[0][0])
+
+    def totals(self, tenant_id: int) -> tuple[int, int]:
+        """(events, cost in nano-dollars) of the tenant, each key once."""
+        rows = self._run(
+            tenant_id,
+            f"SELECT count(), sum(cost_nanos) FROM (SELECT cost_nanos FROM {TABLE} "
+            f"WHERE {tenant_where(tenant_id)} {ONE_PER_KEY})",
+        )
+        return int(rows[0][0]), int(rows[0][1] or 0)
+
+    def months(self, tenant_id: int) -> dict[int, int]:
+        """The tenant's events per month (YYYYMM), each key once."""
+        rows = self._run(
+            tenant_id,
+            f"SELECT toYYYYMM(occurred_at) AS month, count() FROM (SELECT occurred_at "
+            f"FROM {TABLE} WHERE {tenant_where(tenant_id)} {ONE_PER_KEY}) GROUP BY month",
+        )
+        return {int(month): int(n) for month, n in rows}
+
+    # --- deletes --------------------------------------------------------------------------
+
+    def delete_tenant(self, tenant_id: int) -> int:
+        count = self.count(tenant_id)
+        if not count:
+            return 0
+        index = self.shard_of(tenant_id)
+        database = self.shards[index].database
+        self._run(tenant_id, f"ALTER TABLE {TABLE} DELETE WHERE {tenant_where(tenant_id)}")
+        # A mutation runs in the background (18.16 has no `mutations_sync`): wait for it, so
+        # the reset is done when this returns.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pending = self.connections.execute(
+                index,
+                "SELECT count() FROM system.mutations WHERE database = %(db)s "
+                "AND table = %(t)s AND is_done = 0",
+                {"db": database, "t": TABLE},
+            )
+            if not pending[0][0]:
+                break
+            time.sleep(0.05)
+        return count
+
+    def drop_before(self, before: datetime) -> list[tuple[str, int]] | None:
+        """Every shard: drop the monthly partitions that end at or before `before`."""
+        cutoff = before.astimezone(UTC)
+        dropped: list[tuple[str, int]] = []
+        for index, shard in enumerate(self.shards):
+            parts = self.connections.execute(
+                index,
+                "SELECT partition, sum(rows) FROM system.parts WHERE database = %(db)s "
+                "AND table = %(t)s AND active GROUP BY partition ORDER BY partition",
+                {"db": shard.database, "t": TABLE},
+            )
+            for partition, rows in parts:
+                month = str(partition).strip("'")
+                year, number = int(month[:4]), int(month[4:6])
+                end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
+                if end <= cutoff:
+                    self.connections.execute(
+                        index, f"ALTER TABLE {TABLE} DROP PARTITION {int(month)}"
+                    )
+                    dropped.append((f"{shard.address}/{TABLE}/{month}", int(rows)))
+        return dropped
+
+
+def _key(row: dict[str, Any]) -> tuple[str, int, int]:
+    at: datetime = row["occurred_at"]
+    return row["event_id"], _seconds(at), at.microsecond
+
+
+def _with_names(tenant: Tenant, events: list[UsageEvent]) -> list[UsageEvent]:
+    """Attach the dictionary names and tag sets from PostgreSQL (two queries), as the
+    PostgreSQL store's `select_related` does."""
+    if not events:
+        return events
+    dim_ids: set[int] = set()
+    for e in events:
+        dim_ids.update((e.provider_id, e.model_id, e.operation_id, e.end_user_id))
+        if e.session_id:
+            dim_ids.add(e.session_id)
+    dims = {d.pk: d for d in Dimension.objects.for_tenant(tenant).filter(pk__in=dim_ids)}
+    set_ids = {e.tag_set_id for e in events if e.tag_set_id}
+    sets = (
+        {s.pk: s for s in TagSet.objects.for_tenant(tenant).filter(pk__in=set_ids)}
+        if set_ids
+        else {}
+    )
+    for e in events:
+        e.tenant = tenant
+        e.provider = dims[e.provider_id]
+        e.model = dims[e.model_id]
+        e.operation = dims[e.operation_id]
+        e.end_user = dims[e.end_user_id]
+        e.session = dims[e.session_id] if e.session_id else None
+        e.tag_set = sets.get(e.tag_set_id) if e.tag_set_id else None
+    return events
