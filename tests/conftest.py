@@ -122,6 +122,72 @@ def _clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None
     tenancy.forget_rls_state(connection)
 
 
+# --- event stores ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def clickhouse_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
+    """Two clickhouse-server processes of this session, on free ports (two shards, or the first
+    alone as a single node)."""
+    from tests import clickhouse
+
+    if os.environ.get("COSTMON_TEST_DB") == "sqlite":
+        pytest.skip("the ClickHouse event store needs PostgreSQL as the main database")
+    if clickhouse.binary() is None:
+        pytest.skip(
+            "clickhouse-server is not installed (apt-get install clickhouse-server); "
+            "the ClickHouse event store's tests need it"
+        )
+    servers: list[Any] = []
+    try:
+        for index in range(2):
+            servers.append(clickhouse.Server(tmp_path_factory.mktemp(f"clickhouse{index}")))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _truncate(store: Any) -> None:
+    for index in range(len(store.shards)):
+        store.connections.execute(index, "TRUNCATE TABLE usage_events")
+
+
+# The event stores the behaviour tests of raw events run against: PostgreSQL (the default),
+# ClickHouse as a single node, and ClickHouse as two shards (tenants spread by id over both).
+EVENT_STORES = [
+    "pg",
+    pytest.param("ch", marks=pytest.mark.clickhouse),
+    pytest.param("ch2", marks=pytest.mark.clickhouse),
+]
+
+
+@pytest.fixture(params=EVENT_STORES)
+def store(request: pytest.FixtureRequest, settings: Any) -> Iterator[Any]:
+    """The event store a test runs against, configured as a deployment would be."""
+    from usage.eventstore import current
+
+    if request.param == "pg":
+        settings.COSTMON_EVENT_STORE_URL = ""
+        current.forget()
+        yield current.event_store()
+        current.forget()
+        return
+    servers = request.getfixturevalue("clickhouse_servers")
+    settings.COSTMON_EVENT_STORE_URL = f"clickhouse://127.0.0.1:{servers[0].port}/costmon_test"
+    settings.COSTMON_CLICKHOUSE_SHARDS = (
+        f"127.0.0.1:{servers[1].port}" if request.param == "ch2" else ""
+    )
+    current.forget()
+    chosen = current.event_store()
+    chosen.create_schema()
+    _truncate(chosen)
+    yield chosen
+    _truncate(chosen)
+    chosen.connections.close()
+    current.forget()
+
+
 @pytest.fixture
 def unscoped() -> Iterator[None]:
     """The test body reads and writes across tenants, as staff code and set-up do."""

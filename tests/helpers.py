@@ -31,3 +31,14 @@ requires_redis = pytest.mark.skipif(
     os.environ.get("COSTMON_TEST_DB") == "sqlite",
     reason="needs Redis (the embedded default has none)",
 )
+
+
+def stored_events(tenant: Any) -> list[Any]:
+    """Every raw event of the tenant, newest first, from the configured event store (read in
+    the tenant's context, as the API reads them)."""
+    from costmon.core.tenancy import tenant_context
+    from usage.eventstore.base import event_query
+    from usage.eventstore.current import event_store
+
+    with tenant_context(tenant):
+        return list(event_store().iter_events(tenant, event_query(time_range=None)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -34,6 +35,8 @@ from costmon.core.openapi import ERRORS, Error
 from costmon.core.periods import TimeRange, custom_range, period_range
 from costmon.core.scoping import TenantAPIView
 from costmon.core.tenancy import tenant_context
+from usage.eventstore.base import EventQuery, EventStore, event_query
+from usage.eventstore.current import event_store
 from usage.explanations import cost_explanation, explanation_json
 from usage.fastparse import parse_valid_batch
 from usage.grouping import record_events
@@ -51,9 +54,6 @@ from usage.selectors import (
     FILTER_FIELDS,
     Metrics,
     UsageFilters,
-    iter_usage_events,
-    usage_event_page,
-    usage_events,
     usage_metrics,
 )
 from usage.services import EventResult
@@ -340,34 +340,36 @@ class UsageApi(TenantAPIView):
         if fmt not in ("json", "csv"):
             raise DomainError("format must be json or csv.", field="format")
         limit = _int_param(request, "limit", 100, 1000)  # checked for CSV too, which ignores it
-        events = usage_events(
-            tenant=self.tenant,
+        query = event_query(
             time_range=time_range_from(request, self.tenant, default=params.get("period")),
             filters=filters_from(request),
             session_id=params.get("session_id") or None,
             status=params.get("status") or None,
             cost_source=params.get("cost_source") or None,
         )
+        store = event_store()
         if fmt == "csv":
-            return self._csv(events)
-        page = usage_event_page(
-            events=events,
-            cursor=params.get("cursor"),
-            limit=limit,
-        )
+            return self._csv(store, query)
+        page = store.page(self.tenant, query, params.get("cursor"), limit)
         return Response(
             {"results": [event_json(e) for e in page.events], "next_cursor": page.next_cursor}
         )
 
-    def _csv(self, events: Any) -> StreamingHttpResponse:
+    def _csv(self, store: EventStore, query: EventQuery) -> StreamingHttpResponse:
         tenant = self.tenant
+        events = store.iter_events(tenant, query)
+        # The first page is read now, before the response starts: a store that cannot be
+        # reached is a 503 with Retry-After, not a cut-off download.
+        first = next(events, None)
 
         def rows() -> Iterator[str]:
             writer = csv.writer(_Echo())
             yield writer.writerow(CSV_COLUMNS)
+            if first is None:
+                return
             # The response streams after the view returns: hold the tenant's context here.
             with tenant_context(tenant):
-                for event in iter_usage_events(events=events):
+                for event in itertools.chain([first], events):
                     data = event_json(event)
                     data["tags"] = json.dumps(data["tags"]) if data["tags"] else ""
                     yield writer.writerow([data[c] for c in CSV_COLUMNS])

@@ -23,6 +23,7 @@ from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context
 from usage.catalog import catalog_for
 from usage.dimensions import dimension_ids, dimension_keys
+from usage.eventstore.current import event_store
 from usage.ingest import EventIn
 from usage.models import CostSource, UsageEvent
 from usage.rows import event_row, price_event
@@ -62,7 +63,8 @@ def usage_bulk_load(
     report = BulkReport()
     iterator = iter(events)
     while part := list(itertools.islice(iterator, chunk)):
-        if copy_supported():
+        # COPY writes PostgreSQL's events table: with another event store, through ingest.
+        if copy_supported() and event_store().name == "postgres":
             _load_chunk(tenant, part, report)
         else:
             _record_chunk(tenant, part, report)

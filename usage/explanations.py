@@ -15,7 +15,8 @@ from costmon.core.models import Tenant
 from costmon.core.money import format_usd
 from costmon.core.tenancy import unscoped
 from usage.catalog import load_catalog, price_from_row
-from usage.models import CostSource, EventStamp, ModelPrice, UsageEvent
+from usage.eventstore.current import event_store
+from usage.models import CostSource, ModelPrice, UsageEvent
 from usage.price_lookup import Resolution
 from usage.pricing import Breakdown, breakdown, format_rate
 
@@ -33,23 +34,8 @@ def cost_explanation(
 ) -> CostExplanation:
     """The event, the catalog row its cost came from, and the cost recomputed from that row.
 
-    With `occurred_at` the event is read by its key (tenant, time, id): one index probe. Without
-    it, an event sent without a time is found by the time it was stamped with (`EventStamp`);
-    any other is looked for in all of the tenant's partitions (a scan)."""
-    events = UsageEvent.objects.for_tenant(tenant).select_related(
-        "provider", "model", "operation", "end_user", "session"
-    )
-    at = occurred_at
-    if at is None:
-        at = (
-            EventStamp.objects.for_tenant(tenant)
-            .filter(event_id=event_id)
-            .values_list("occurred_at", flat=True)
-            .first()
-        )
-    event = events.filter(event_id=event_id, occurred_at=at).first() if at else None
-    if event is None and occurred_at is None:
-        event = events.filter(event_id=event_id).first()
+    The event store finds it (`EventStore.lookup`): by its key when `occurred_at` is given."""
+    event = event_store().lookup(tenant, event_id, occurred_at)
     if event is None:
         when = f" at {occurred_at.isoformat().replace('+00:00', 'Z')}" if occurred_at else ""
         raise NotFound(f"No usage event {event_id!r}{when}.")

@@ -22,6 +22,7 @@ from django.db.models.functions import TruncHour
 from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context, unscoped
 from usage.catalog import load_catalog
+from usage.eventstore.current import event_store
 from usage.models import (
     PRICED_COLUMNS,
     CostSource,
@@ -36,7 +37,7 @@ from usage.price_lookup import Catalog
 from usage.pricing import breakdown
 from usage.rollups import aggregate_tags, hour_of
 from usage.signals import usage_rewritten
-from usage.storage import events_drop_before, events_set_prices, rewrite_lock, rollups_add
+from usage.storage import events_set_prices, rewrite_lock, rollups_add
 
 # What `aggregate_tags` reads of an event besides its tenant, time and tags (a rollup rebuild).
 _TAG_EVENT_FIELDS = (
@@ -189,7 +190,7 @@ def usage_tenant_reset(*, tenant: Tenant) -> tuple[int, int]:
     with tenant_context(tenant), transaction.atomic():
         rewrite_lock(tenant.pk)
         # Raw deletes: no per-row signals or cascades to collect over millions of events.
-        events = UsageEvent.objects.for_tenant(tenant)._raw_delete(UsageEvent.objects.db)
+        events = event_store().delete_tenant(tenant.pk)
         rollups = HourlyRollup.objects.for_tenant(tenant)._raw_delete(HourlyRollup.objects.db)
         ModelHourlyRollup.objects.for_tenant(tenant)._raw_delete(ModelHourlyRollup.objects.db)
         TagHourlyRollup.objects.for_tenant(tenant)._raw_delete(TagHourlyRollup.objects.db)
@@ -236,7 +237,7 @@ def usage_events_purge(
     """
     deleted = 0
     with unscoped():
-        dropped = events_drop_before(before)
+        dropped = event_store().drop_before(before)
         if dropped is not None:
             for name, rows in dropped:
                 log.info("events_partition_dropped", partition=name, events=rows)

@@ -20,6 +20,7 @@ from costmon.core.models import Tenant
 from costmon.core.tenancy import forget_rls_state, tenant_context
 from usage.catalog import bump_version, catalog_for
 from usage.dimensions import dimension_ids, dimension_keys
+from usage.eventstore.current import event_store
 from usage.ingest import EventIn
 from usage.models import ModelAlias, UsageEvent
 from usage.price_lookup import Catalog
@@ -32,7 +33,7 @@ from usage.signals import (
     batch_committing,
     batch_recorded,
 )
-from usage.storage import events_insert, ingest_lock, stamps_keep
+from usage.storage import ingest_lock, stamps_keep
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +62,7 @@ def usage_record_batch(
         if event.event_id not in firsts:  # the same id twice in one batch: the first one counts
             firsts[event.event_id] = event
     prices = [price_event(catalog, e) for e in firsts.values()]
+    store = event_store()
     # The ingest lock (shared) is held until the receivers of `batch_recorded` are done: a
     # counter rebuild, which takes it exclusively, never sees a batch half-counted.
     with tenant_context(tenant), ingest_lock(tenant.pk, shared=True):
@@ -79,7 +81,7 @@ def usage_record_batch(
                     )
                     for e, p in zip(firsts.values(), prices, strict=True)
                 ]
-                inserted = events_insert(rows)
+                inserted = store.insert_new(rows)
                 batch = _recorded_batch(tenant, firsts, rows, inserted)
                 if batch.rows:
                     # What must commit with the events (budgets: the pending counter update).
@@ -91,7 +93,9 @@ def usage_record_batch(
             # Committed: budgets update the spend counters, settle reservations and may trip
             # the emergency stop; Prometheus marks its cached sums stale.
             _send_recorded(batch)
-        stored = _stored_costs(tenant.pk, [e for eid, e in firsts.items() if eid not in inserted])
+        stored = store.stored_costs(
+            tenant.pk, {eid: e.occurred_at for eid, e in firsts.items() if eid not in inserted}
+        )
     return _results(events, rows, inserted, stored)
 
 
@@ -151,21 +155,6 @@ def _send_recorded(batch: RecordedBatch) -> None:
                 hook=getattr(receiver, "__name__", repr(receiver)),
                 exc_info=result,
             )
-
-
-def _stored_costs(tenant_id: int, events: list[EventIn]) -> dict[str, tuple[int, int]]:
-    """What was stored for events sent before, by their key (id and time): the time also lets
-    the lookup use the events table's key instead of reading all of the tenant's ids."""
-    if not events:
-        return {}
-    times = {e.event_id: e.occurred_at for e in events}
-    return {
-        eid: (cost, source)
-        for eid, at, cost, source in UsageEvent.objects.for_tenant(tenant_id)
-        .filter(event_id__in=list(times), occurred_at__in=set(times.values()))
-        .values_list("event_id", "occurred_at", "cost_nanos", "cost_source")
-        if times[eid] == at
-    }
 
 
 def _results(

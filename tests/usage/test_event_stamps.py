@@ -16,11 +16,11 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from costmon.core.tenancy import tenant_context, unscoped
-from tests.helpers import event, post_usage
+from tests.helpers import event, post_usage, stored_events
 from usage.fastparse import parse_valid_batch
 from usage.ingest import parse_batch
 from usage.maintenance import usage_tenant_reset
-from usage.models import EventStamp, HourlyRollup, UsageEvent
+from usage.models import EventStamp, HourlyRollup
 from usage.tasks import apply_retention
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
@@ -35,8 +35,9 @@ def timeless(**overrides):
 
 
 def stored(tenant) -> list[tuple[str, str, int]]:
+    """The tenant's events from the configured event store, oldest first."""
     with unscoped():
-        rows = UsageEvent.objects.for_tenant(tenant).order_by("occurred_at", "event_id")
+        rows = sorted(stored_events(tenant), key=lambda e: (e.occurred_at, e.event_id))
         return [(e.event_id, e.occurred_at.isoformat(), e.cost_nanos) for e in rows]
 
 
@@ -67,7 +68,7 @@ def test_both_parsers_mark_the_events_the_server_stamps():
 
 
 def test_a_resend_without_a_time_is_a_duplicate_with_the_stored_cost_across_months(
-    acme, outsider, ingest_client, outsider_client
+    acme, outsider, ingest_client, outsider_client, store
 ):
     with time_machine.travel("2033-01-31T23:59:59Z", tick=False):
         first = post_usage(ingest_client, timeless(event_id="t1", cost_usd="0.5"))
@@ -117,7 +118,7 @@ def test_a_resend_without_a_time_is_a_duplicate_with_the_stored_cost_across_mont
             assert cursor.fetchone() == (True,)
 
 
-def test_the_same_id_sent_with_a_time_is_another_event(acme, outsider, ingest_client):
+def test_the_same_id_sent_with_a_time_is_another_event(acme, outsider, ingest_client, store):
     """The stamp applies to resends without a time only; a time given is the key as sent."""
     with time_machine.travel("2033-03-10T12:00:00Z", tick=False):
         post_usage(ingest_client, timeless(event_id="t1"))
@@ -213,7 +214,7 @@ def test_retention_forgets_stamps_older_than_the_cutoff(
 # --- GET /api/v1/usage/<event_id>/ -----------------------------------------------------------
 
 
-def test_the_lookup_with_and_without_its_time(acme, outsider, ingest_client, read_client):
+def test_the_lookup_with_and_without_its_time(acme, outsider, ingest_client, read_client, store):
     with time_machine.travel("2033-03-10T12:00:00.250Z", tick=False):
         post_usage(
             ingest_client,
@@ -248,6 +249,8 @@ def test_the_lookup_with_and_without_its_time(acme, outsider, ingest_client, rea
     assert stamped.status_code == 200
     assert stamped.json()["occurred_at"] == "2033-03-10T12:00:00.250000Z"
     assert stamped.json()["cost"]["cost_usd"] == "0.00135"
+    if store.name != "postgres":
+        return
     with CaptureQueriesContext(connection) as queries:
         assert read_client.get("/api/v1/usage/stamped/").status_code == 200
     event_reads = [q["sql"] for q in queries if 'FROM "usage_usageevent"' in q["sql"]]
@@ -271,7 +274,7 @@ def test_a_bad_time_is_refused_with_what_to_send(acme, ingest_client, read_clien
 
 
 @pytest.mark.parametrize("value", ["1999-12-31T23:59:59Z", "0001-01-01T00:00:00+05:00"])
-def test_a_time_no_event_can_have_finds_nothing(acme, ingest_client, read_client, value):
+def test_a_time_no_event_can_have_finds_nothing(acme, ingest_client, read_client, value, store):
     """A valid date-time before 2000 (or out of range once shifted to UTC) is not a bad
     request, as the schema allows it: there is simply no event there."""
     post_usage(ingest_client, event(event_id="x"))
@@ -280,7 +283,7 @@ def test_a_time_no_event_can_have_finds_nothing(acme, ingest_client, read_client
     assert "events are kept from 2000-01-01 on" in response.json()["detail"]
 
 
-def test_an_outsider_finds_nothing(acme, outsider, ingest_client, outsider_client):
+def test_an_outsider_finds_nothing(acme, outsider, ingest_client, outsider_client, store):
     with time_machine.travel("2033-03-10T12:00:00Z", tick=False):
         post_usage(ingest_client, [event(event_id="mine"), timeless(event_id="stamped")])
     assert outsider_client.get("/api/v1/usage/mine/").status_code == 404
@@ -299,7 +302,9 @@ def test_an_outsider_finds_nothing(acme, outsider, ingest_client, outsider_clien
     )
 
 
-def test_a_reset_forgets_the_tenants_stamps_only(acme, outsider, ingest_client, outsider_client):
+def test_a_reset_forgets_the_tenants_stamps_only(
+    acme, outsider, ingest_client, outsider_client, store
+):
     with time_machine.travel("2033-01-05T10:00:00Z", tick=False):
         post_usage(ingest_client, timeless(event_id="a"))
         post_usage(outsider_client, timeless(event_id="a"))
@@ -311,3 +316,4 @@ def test_a_reset_forgets_the_tenants_stamps_only(acme, outsider, ingest_client, 
     # Starting over: the resend is a new event, at the time it arrives now.
     assert response.json()["events"][0]["duplicate"] is False
     assert [(eid, at) for eid, at, _ in stored(acme)] == [("a", "2033-01-06T10:00:00+00:00")]
+    assert [(eid, at) for eid, at, _ in stored(outsider)] == [("a", "2033-01-05T10:00:00+00:00")]

@@ -6,9 +6,12 @@ from decimal import Decimal
 import pytest
 import time_machine
 from django.db.models import Sum
+from rest_framework.test import APIClient
 
+from budgets.services import budget_create
 from costmon.core.services import api_key_create, api_key_revoke
-from tests.helpers import event, post_usage
+from tests.budgets.conftest import check
+from tests.helpers import event, post_usage, stored_events
 from usage.models import CostSource, HourlyRollup, ModelAlias, ModelPrice, UsageEvent
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "unscoped")]
@@ -123,7 +126,7 @@ def test_a_json_number_cost_is_read_as_an_exact_decimal(ingest_client):
     assert response.json()["events"][0]["cost_usd"] == "0.1"
 
 
-def test_duplicate_event_id_is_not_counted_twice(ingest_client, acme):
+def test_duplicate_event_id_is_not_counted_twice(ingest_client, acme, outsider, store):
     batch = [event(event_id="a"), event(event_id="b", input_tokens=1000, output_tokens=0)]
     assert post_usage(ingest_client, batch).status_code == 201
     again = post_usage(ingest_client, [*batch, event(event_id="c")])
@@ -133,22 +136,31 @@ def test_duplicate_event_id_is_not_counted_twice(ingest_client, acme):
         ("b", True, "0.001"),
         ("c", False, "0.00135"),
     ]
-    assert UsageEvent.objects.for_tenant(acme).count() == 3
+    assert len(stored_events(acme)) == 3
+    assert stored_events(outsider) == []
     assert rollup_totals(acme) == {"calls": 3, "cost": 3_700_000, "input": 1900, "output": 360}
 
 
-def test_the_same_event_id_twice_in_one_batch_counts_once(ingest_client, acme):
+def test_the_same_event_id_twice_in_one_batch_counts_once(ingest_client, acme, store):
     response = post_usage(ingest_client, [event(event_id="a"), event(event_id="a")])
     assert [e["duplicate"] for e in response.json()["events"]] == [False, True]
+    assert [e.event_id for e in stored_events(acme)] == ["a"]
     assert rollup_totals(acme)["calls"] == 1
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_retries_of_one_batch_are_counted_once(acme, prices):
+def test_concurrent_retries_of_one_batch_are_counted_once(acme, outsider, prices, store):
+    """Five clients send the same batch at once: each event is stored, rolled up and counted
+    once. Its names are known beforehand (a first batch), so no insert of a new name makes the
+    five wait for each other: only the store's own exactly-once design keeps them apart."""
     secret = api_key_create(tenant=acme, scopes="ingest").secret
+    budget_create(tenant=acme, data={"name": "Month", "limit_usd": Decimal("100")})
+    warm = APIClient()
+    warm.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    post_usage(warm, [event(event_id=f"w{i}", end_user=f"u{i}") for i in range(7)])
     batch = [event(event_id=f"e{i}", end_user=f"u{i % 7}") for i in range(200)]
     statuses: list[int] = []
-    barrier = threading.Barrier(4)
+    barrier = threading.Barrier(5)
 
     def send() -> None:
         from django.db import connection as thread_connection
@@ -160,19 +172,22 @@ def test_concurrent_retries_of_one_batch_are_counted_once(acme, prices):
         statuses.append(post_usage(client, batch).status_code)
         thread_connection.close()
 
-    threads = [threading.Thread(target=send) for _ in range(4)]
+    threads = [threading.Thread(target=send) for _ in range(5)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert statuses == [201] * 4
-    assert UsageEvent.objects.for_tenant(acme).count() == 200
+    assert statuses == [201] * 5
+    assert len(stored_events(acme)) == 207
+    assert stored_events(outsider) == []
     assert rollup_totals(acme) == {
-        "calls": 200,
-        "cost": 200 * 1_350_000,
-        "input": 200 * 450,
-        "output": 200 * 180,
+        "calls": 207,
+        "cost": 207 * 1_350_000,
+        "input": 207 * 450,
+        "output": 207 * 180,
     }
+    # The spend counter (Redis) that budgets read: each event once.
+    assert check(warm).json()["budgets"][0]["used_usd"] == str(Decimal("0.00135") * 207)
 
 
 def test_rollups_equal_the_sum_of_their_events(ingest_client, acme):
@@ -451,15 +466,15 @@ def test_a_key_without_the_ingest_scope_gets_403(read_client):
 
 
 def test_the_same_event_id_in_two_tenants_is_two_events(
-    ingest_client, outsider_client, acme, outsider
+    ingest_client, outsider_client, acme, outsider, store
 ):
     assert post_usage(ingest_client, event()).json()["events"][0]["duplicate"] is False
     assert post_usage(outsider_client, event()).json()["events"][0]["duplicate"] is False
-    assert UsageEvent.objects.for_tenant(acme).count() == 1
-    assert UsageEvent.objects.for_tenant(outsider).count() == 1
+    assert len(stored_events(acme)) == 1
+    assert len(stored_events(outsider)) == 1
 
 
-def test_it_hides_other_tenants_events(ingest_client, outsider_client, acme, outsider):
+def test_it_hides_other_tenants_events(ingest_client, outsider_client, acme, outsider, store):
     post_usage(outsider_client, event(event_id="secret", end_user="globex-ceo"))
     post_usage(ingest_client, event(event_id="mine"))
     read = api_key_create(tenant=acme, scopes="read").secret

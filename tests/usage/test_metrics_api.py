@@ -232,7 +232,7 @@ def test_bad_parameters_get_a_400_naming_the_field(read_client, usage, query, fi
     assert response.json()["detail"]
 
 
-def test_the_event_list_pages_with_a_cursor_and_filters(read_client, usage):
+def test_the_event_list_pages_with_a_cursor_and_filters(store, read_client, usage):
     first = read_client.get("/api/v1/usage/?limit=3").json()
     assert [e["event_id"] for e in first["results"]] == ["t2", "t3", "t1"]
     second = read_client.get(f"/api/v1/usage/?limit=3&cursor={first['next_cursor']}").json()
@@ -244,9 +244,20 @@ def test_the_event_list_pages_with_a_cursor_and_filters(read_client, usage):
     unpriced = read_client.get("/api/v1/usage/?cost_source=unpriced").json()["results"]
     assert [e["event_id"] for e in unpriced] == ["unpriced"]
     assert read_client.get("/api/v1/usage/?cursor=garbage").status_code == 400
+    for query, expected in [
+        ("tag=team:search", ["t2", "t1"]),
+        ("session_id=s1", ["t2", "t1"]),
+        ("end_user=u2&provider=openai", ["t3", "w1"]),
+        ("period=week&model=gpt-4o-mini", ["t3", "w1"]),
+        ("start=2026-11-02&end=2026-11-15", ["m1"]),
+        ("end_user=nobody", []),
+        ("tag=team:nobody", []),
+    ]:
+        listed = read_client.get(f"/api/v1/usage/?{query}").json()["results"]
+        assert [e["event_id"] for e in listed] == expected, query
 
 
-def test_the_csv_export_has_every_matching_event(read_client, usage):
+def test_the_csv_export_has_every_matching_event(store, read_client, usage):
     response = read_client.get("/api/v1/usage/?format=csv&period=month&provider=openai")
     assert response["Content-Type"].startswith("text/csv")
     lines = b"".join(response.streaming_content).decode().strip().splitlines()

@@ -13,7 +13,7 @@ import time_machine
 from django.db import connection, transaction
 
 from costmon.core.tenancy import tenant_context, unscoped
-from tests.helpers import event, post_usage
+from tests.helpers import event, post_usage, stored_events
 from usage.bulk import usage_bulk_load
 from usage.demo import demo_events
 from usage.maintenance import usage_events_delete, usage_reprice, usage_tenant_reset
@@ -140,13 +140,16 @@ def test_a_bulk_load_fills_both_tables_and_a_second_load_adds_nothing(acme, outs
 
 
 def test_a_tenant_reset_empties_both_tables_of_that_tenant_only(
-    ingest_client, outsider_client, acme, outsider
+    ingest_client, outsider_client, acme, outsider, store
 ):
     assert post_usage(ingest_client, spread()).status_code == 201
     assert post_usage(outsider_client, event(event_id="g1")).status_code == 201
+    assert stored_events(acme)
     usage_tenant_reset(tenant=acme)
     assert by_model_rows(acme) == {}
     assert len(by_model_rows(outsider)) == 1
+    assert stored_events(acme) == []
+    assert [e.event_id for e in stored_events(outsider)] == ["g1"]
 
 
 def test_the_migration_backfill_rebuilds_the_table_from_the_hourly_rollups(
