@@ -1,0 +1,211 @@
+"""What only the ClickHouse event store has: shards, reads that stay right before ClickHouse
+merges duplicates, a 503 when it is down, and the migration from PostgreSQL. The behaviour tests
+of raw events (list, CSV, lookup, exactly-once ingest, retention, reset) run on every store
+through the `store` fixture (tests/conftest.py)."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+import time_machine
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from costmon.core.services import api_key_create, tenant_create
+from costmon.core.tenancy import unscoped
+from tests.clickhouse import free_port
+from tests.helpers import event, post_usage, stored_events
+from usage.eventstore import current
+from usage.eventstore.clickhouse import TABLE, ClickHouseStore, tenant_where
+from usage.models import HourlyRollup
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
+NOW = "2026-11-21T12:00:00Z"
+
+
+@pytest.fixture(autouse=True)
+def _frozen_clock():
+    with time_machine.travel(NOW, tick=False):
+        yield
+
+
+def client_of(tenant, scopes="ingest,read") -> APIClient:
+    client = APIClient()
+    client.credentials(
+        HTTP_AUTHORIZATION=f"Bearer {api_key_create(tenant=tenant, scopes=scopes).secret}"
+    )
+    return client
+
+
+def spend(tenant_index: int) -> list[dict]:
+    """A tenant's usage: more events, and larger ones, the higher its index."""
+    return [
+        event(
+            event_id=f"t{tenant_index}-{i}",
+            occurred_at=f"2026-{10 + i % 2}-{1 + i % 20:02d}T{i % 24:02d}:00:00.{i:06d}Z",
+            end_user=f"u{i % 3}",
+            input_tokens=100 * (tenant_index + 1) + i,
+            output_tokens=i,
+        )
+        for i in range(5 + 3 * tenant_index)
+    ]
+
+
+@pytest.mark.clickhouse
+def test_tenants_on_two_shards_total_as_on_one_node_and_as_postgresql(store, acme, outsider):
+    tenants = [acme, outsider]
+    with unscoped():
+        tenants += [tenant_create(slug=f"extra{i}", name=f"Extra {i}") for i in range(2)]
+    totals = {}
+    for index, tenant in enumerate(tenants):
+        client = client_of(tenant)
+        assert post_usage(client, spend(index)).status_code == 201
+        assert post_usage(client, spend(index)).status_code == 201  # a resend: no change
+        with unscoped():
+            events = stored_events(tenant)
+        listed = client.get("/api/v1/usage/?limit=1000&start=2026-01-01").json()["results"]
+        totals[index] = (
+            len(events),
+            sum(e.cost_nanos for e in events),
+            sum(e.input_tokens for e in events),
+            len(listed),
+        )
+    # The same figures on PostgreSQL, one ClickHouse node and two shards (each run of the
+    # parameter checks its own against these, computed from what was sent).
+    assert totals == {
+        i: (
+            5 + 3 * i,
+            totals[i][1],
+            sum(100 * (i + 1) + n for n in range(5 + 3 * i)),
+            5 + 3 * i,
+        )
+        for i in range(4)
+    }
+    with unscoped():
+        rollups = {
+            i: sum(HourlyRollup.objects.for_tenant(t).values_list("cost_nanos", flat=True))
+            for i, t in enumerate(tenants)
+        }
+    assert rollups == {i: totals[i][1] for i in range(4)}
+    if isinstance(store, ClickHouseStore):
+        # Each tenant's events are on its shard only; with two shards, both hold some.
+        for index in range(len(store.shards)):
+            held = {
+                tenant_id
+                for (tenant_id,) in store.connections.execute(
+                    index, f"SELECT DISTINCT tenant_id FROM {TABLE}"
+                )
+            }
+            assert held == {t.pk for t in tenants if store.shard_of(t.pk) == index}
+            assert held
+
+
+@pytest.mark.clickhouse
+def test_reads_count_a_duplicate_once_before_clickhouse_merges_it(store, acme, outsider):
+    if not isinstance(store, ClickHouseStore):
+        pytest.skip("ClickHouse only")
+    client = client_of(acme)
+    post_usage(
+        client, [event(event_id="a"), event(event_id="b", occurred_at="2026-11-20T11:00:00Z")]
+    )
+    post_usage(client_of(outsider), event(event_id="a"))
+    with unscoped():
+        (row,) = [e for e in stored_events(acme) if e.event_id == "a"]
+        # The same row written again, as a retried insert could: two copies until a merge.
+        store.insert_rows(
+            acme.pk,
+            [
+                {
+                    **{f.attname: getattr(row, f.attname) for f in row._meta.concrete_fields},
+                    "tags": None,
+                }
+            ],
+        )
+    raw = store.connections.execute(
+        store.shard_of(acme.pk), f"SELECT count() FROM {TABLE} WHERE {tenant_where(acme.pk)}"
+    )
+    assert raw[0][0] == 3
+    assert store.count(acme.pk) == 2
+    listed = client.get("/api/v1/usage/").json()["results"]
+    assert [e["event_id"] for e in listed] == ["b", "a"]
+    csv_body = b"".join(client.get("/api/v1/usage/?format=csv").streaming_content).decode()
+    assert len(csv_body.strip().splitlines()) == 3
+    again = post_usage(client, event(event_id="a"))
+    assert again.json()["events"][0]["duplicate"] is True
+    assert store.count(outsider.pk) == 1
+
+
+@pytest.mark.clickhouse
+def test_clickhouse_down_is_a_503_with_retry_after_and_nothing_stored(
+    clickhouse_servers, acme, settings
+):
+    settings.COSTMON_EVENT_STORE_URL = f"clickhouse://127.0.0.1:{free_port()}/costmon_test"
+    settings.COSTMON_CLICKHOUSE_SHARDS = ""
+    current.forget()
+    try:
+        client = client_of(acme)
+        for response in (
+            client.get("/api/v1/usage/"),
+            client.get("/api/v1/usage/?format=csv"),
+            client.get("/api/v1/usage/evt-1/"),
+            post_usage(client, [event(event_id="x"), event(event_id="y")]),
+        ):
+            assert response.status_code == 503, response.content
+            assert response["Retry-After"] == "5"
+            assert "ClickHouse event store" in response.json()["detail"]
+        with unscoped():
+            assert not HourlyRollup.objects.for_tenant(acme).exists()
+    finally:
+        current.forget()
+
+
+@pytest.mark.clickhouse
+def test_events_migrate_copies_postgresql_events_once_and_resumes(
+    clickhouse_servers, acme, outsider, settings
+):
+    settings.COSTMON_EVENT_STORE_URL = ""
+    current.forget()
+    post_usage(client_of(acme), spend(3))
+    post_usage(client_of(outsider), spend(1))
+    with unscoped():
+        expected = {
+            t.pk: sorted((e.event_id, e.occurred_at, e.cost_nanos) for e in stored_events(t))
+            for t in (acme, outsider)
+        }
+        # What a run stopped half-way left in ClickHouse: five of acme's events.
+        first = [
+            {**{f.attname: getattr(e, f.attname) for f in e._meta.concrete_fields}, "tags": None}
+            for e in stored_events(acme)[:5]
+        ]
+    settings.COSTMON_EVENT_STORE_URL = (
+        f"clickhouse://127.0.0.1:{clickhouse_servers[0].port}/costmon_migrate"
+    )
+    settings.COSTMON_CLICKHOUSE_SHARDS = f"127.0.0.1:{clickhouse_servers[1].port}"
+    current.forget()
+    store = current.event_store()
+    assert isinstance(store, ClickHouseStore)
+    try:
+        store.create_schema()
+        for index in range(2):
+            store.connections.execute(index, f"TRUNCATE TABLE {TABLE}")
+        store.insert_rows(acme.pk, first)
+        out = StringIO()
+        call_command("events_migrate", "--to", "clickhouse", "--chunk", "4", stdout=out)
+        assert "Done: 22 events read, 17 copied" in out.getvalue()
+        assert "acme:" in out.getvalue()  # progress
+        with unscoped():
+            got = {
+                t.pk: sorted((e.event_id, e.occurred_at, e.cost_nanos) for e in stored_events(t))
+                for t in (acme, outsider)
+            }
+        assert got == expected
+        again = StringIO()
+        call_command("events_migrate", "--to", "clickhouse", stdout=again)
+        assert (
+            "Done: 0 events read, 0 copied, 4 tenant-months already complete." in again.getvalue()
+        )
+    finally:
+        for index in range(2):
+            store.connections.execute(index, f"TRUNCATE TABLE {TABLE}")
+        current.forget()
