@@ -5,6 +5,7 @@ through the `store` fixture (tests/conftest.py)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 
 import pytest
@@ -232,3 +233,34 @@ def test_every_query_of_the_events_table_carries_the_tenant_filter():
         if isinstance(node, ast.FunctionDef) and node.name == "_where":
             assert "where = [tenant_where(tenant.pk)]" in ast.unparse(node)
     assert checked >= 7
+
+
+@pytest.mark.clickhouse
+def test_pages_of_the_event_list_reach_far_back_and_keep_their_order(store, acme, outsider):
+    """The list looks back a day, then wider (ClickHouse): pages still come newest first, each
+    event once, however far apart the events are."""
+    days_back = [0, 0.5, 3, 30, 90, 200, 400]
+    sent = [
+        event(
+            event_id=f"d{i}",
+            occurred_at=(datetime(2026, 11, 21, 11, tzinfo=UTC) - timedelta(days=d))
+            .isoformat()
+            .replace("+00:00", "Z"),
+        )
+        for i, d in enumerate(days_back)
+    ]
+    client = client_of(acme)
+    assert post_usage(client, sent).status_code == 201
+    post_usage(client_of(outsider), event(event_id="theirs"))
+    for limit in (1, 2, 3):
+        seen, cursor = [], None
+        while True:
+            url = f"/api/v1/usage/?limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+            page = client.get(url).json()
+            seen += [e["event_id"] for e in page["results"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == [f"d{i}" for i in range(len(days_back))], limit
+    month = client.get("/api/v1/usage/?period=month&limit=2").json()
+    assert [e["event_id"] for e in month["results"]] == ["d0", "d1"]
