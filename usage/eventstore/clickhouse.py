@@ -16,19 +16,35 @@ as integer nano-dollars; every query's tenant filter from `tenant_where`.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection
 from django.utils import timezone
 
-from costmon.core.errors import DomainError
 from costmon.core.models import Tenant
 from costmon.core.periods import EARLIEST, LATEST
 from usage.eventstore.base import EventQuery, EventStore
+from usage.eventstore.chrows import (
+    CH_INGEST_LOCK_NAMESPACE,
+    COLUMNS,
+    IDS_PER_QUERY,
+    KINDS,
+    LOOK_BACK,
+    NEWEST_FIRST,
+    ONE_PER_KEY,
+    TABLE,
+    ch_row,
+    decode_cursor,
+    encode_cursor,
+    event_of,
+    key_of,
+    seconds_of,
+    table_sql,
+    with_names,
+)
 from usage.eventstore.chserver import Connections, Shard
 from usage.models import Dimension, TagSet, UsageEvent
 from usage.rollups import aggregate
@@ -36,149 +52,10 @@ from usage.selectors import FILTER_FIELDS, EventPage, TagValue
 from usage.storage import rollups_add, tag_rollups_add
 from usage.tagsets import with_tag_set_ids
 
-TABLE = "usage_events"
-# A second advisory-lock namespace beside `usage.storage.INGEST_LOCK_NAMESPACE`: ingest holds
-# that one shared; this one exclusively, around the check-then-insert of a batch.
-CH_INGEST_LOCK_NAMESPACE = 7402
-
-# (column, ClickHouse type). Optional counts are 0 for none (ClickHouse stores a run of zeros
-# in almost nothing); ids 0 for none, as dictionary and catalog ids start at 1.
-COLUMN_TYPES = (
-    ("tenant_id", "Int64"),
-    ("event_id", "String"),
-    ("occurred_at", "DateTime('UTC')"),
-    ("micros", "UInt32"),
-    ("provider_id", "Int32"),
-    ("model_id", "Int32"),
-    ("operation_id", "Int32"),
-    ("end_user_id", "Int32"),
-    ("session_id", "Int32"),
-    ("api_key_id", "Int64"),
-    ("tag_set_id", "Int32"),
-    ("input_tokens", "Int32"),
-    ("output_tokens", "Int32"),
-    ("cached_input_tokens", "Int32"),
-    ("cache_write_tokens", "Int32"),
-    ("reasoning_tokens", "Int32"),
-    ("cache_write_1h_tokens", "Int32"),
-    ("input_audio_tokens", "Int32"),
-    ("output_audio_tokens", "Int32"),
-    ("input_image_tokens", "Int32"),
-    ("output_image_tokens", "Int32"),
-    ("web_search_calls", "Int32"),
-    ("output_images", "Int32"),
-    ("service_tier", "Int16"),
-    ("cost_nanos", "Int64"),
-    ("cost_source", "Int16"),
-    ("price_id", "Int32"),
-    ("latency_ms", "Nullable(Int32)"),
-    ("is_error", "UInt8"),
-    ("cache_hit", "UInt8"),
-    ("prompt_hash", "String"),
-)
-COLUMNS = tuple(c for c, _ in COLUMN_TYPES)
-# Columns whose 0 (or "") reads back as None, as PostgreSQL stores them.
-_NONE_IF_ZERO = frozenset(
-    {
-        "session_id",
-        "tag_set_id",
-        "cache_write_1h_tokens",
-        "input_audio_tokens",
-        "output_audio_tokens",
-        "input_image_tokens",
-        "output_image_tokens",
-        "web_search_calls",
-        "output_images",
-        "service_tier",
-        "price_id",
-        "prompt_hash",
-    }
-)
-# How far back a page of the event list looks first (then wider; None: no bound).
-_LOOK_BACK = (timedelta(days=1), timedelta(days=8), timedelta(days=64), None)
-# Event ids per duplicate check (ids are at most 128 characters).
-_IDS_PER_QUERY = 1000
-KEY = ("tenant_id", "occurred_at", "micros", "event_id")
-_KINDS = {
-    "provider": Dimension.Kind.PROVIDER,
-    "model": Dimension.Kind.MODEL,
-    "operation": Dimension.Kind.OPERATION,
-    "end_user": Dimension.Kind.END_USER,
-}
-ONE_PER_KEY = "LIMIT 1 BY tenant_id, occurred_at, micros, event_id"
-NEWEST_FIRST = "ORDER BY occurred_at DESC, micros DESC, event_id DESC"
-
-
-def table_sql(database: str) -> str:
-    columns = ",\n    ".join(f"{c} {t}" for c, t in COLUMN_TYPES)
-    return (
-        f"CREATE TABLE IF NOT EXISTS {database}.{TABLE} (\n    {columns}\n) "
-        "ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(occurred_at) "
-        f"ORDER BY ({', '.join(KEY)})"
-    )
-
 
 def tenant_where(tenant_id: int) -> str:
     """The tenant filter of every query: one place, so none can forget it. The id is an int."""
     return f"tenant_id = {int(tenant_id)}"
-
-
-def _seconds(at: datetime) -> int:
-    return int(at.replace(microsecond=0).timestamp())
-
-
-def _ch_row(row: dict[str, Any]) -> tuple[Any, ...]:
-    at: datetime = row["occurred_at"]
-    values: list[Any] = []
-    for column in COLUMNS:
-        if column == "occurred_at":
-            values.append(datetime.fromtimestamp(_seconds(at), UTC).replace(tzinfo=None))
-        elif column == "micros":
-            values.append(at.microsecond)
-        elif column == "latency_ms":
-            values.append(row[column])
-        elif column == "prompt_hash":
-            values.append(row[column] or "")
-        elif column in ("is_error", "cache_hit"):
-            values.append(1 if row[column] else 0)
-        else:
-            values.append(row[column] or 0)
-    return tuple(values)
-
-
-def _event(values: Sequence[Any]) -> UsageEvent:
-    data = dict(zip(COLUMNS, values, strict=True))
-    seconds: datetime = data.pop("occurred_at")
-    micros = data.pop("micros")
-    fields: dict[str, Any] = {}
-    for column, value in data.items():
-        if column in _NONE_IF_ZERO and not value:
-            value = None
-        elif column in ("is_error", "cache_hit"):
-            value = bool(value)
-        fields[column] = value
-    fields["occurred_at"] = seconds.replace(tzinfo=UTC, microsecond=micros)
-    return UsageEvent(**fields)
-
-
-def _cursor(event: UsageEvent) -> str:
-    at = event.occurred_at.astimezone(UTC)
-    raw = f"ch|{_seconds(at)}|{at.microsecond}|{event.event_id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[int, int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        mark, seconds, micros, event_id = raw.split("|", 3)
-        at = datetime.fromtimestamp(int(seconds), UTC)
-        if mark != "ch" or not EARLIEST <= at < LATEST or not 0 <= int(micros) < 1_000_000:
-            raise ValueError(raw)
-        return int(seconds), int(micros), event_id
-    except (ValueError, UnicodeDecodeError, OverflowError, OSError):
-        raise DomainError(
-            "The cursor is not valid; use next_cursor from a previous page.", field="cursor"
-        ) from None
 
 
 class ClickHouseStore(EventStore):
@@ -214,7 +91,7 @@ class ClickHouseStore(EventStore):
         assert all(r["tenant_id"] == tenant_id for r in rows), "one tenant per batch"
         self._lock(tenant_id)
         held = self.keys_held(tenant_id, rows)
-        fresh = [r for r in rows if _key(r) not in held]
+        fresh = [r for r in rows if key_of(r) not in held]
         if not fresh:
             return set()
         with_tag_set_ids(fresh)
@@ -229,14 +106,14 @@ class ClickHouseStore(EventStore):
     @staticmethod
     def key(row: dict[str, Any]) -> tuple[str, int, int]:
         """A row's key as `keys_held` gives it: (event id, unix seconds, microseconds)."""
-        return _key(row)
+        return key_of(row)
 
     def insert_rows(self, tenant_id: int, rows: Sequence[dict[str, Any]]) -> None:
         """Plain insert of rows of one tenant (no duplicate check: see `insert_new`)."""
         self._run(
             tenant_id,
             f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES",
-            [_ch_row(r) for r in rows],
+            [ch_row(r) for r in rows],
         )
 
     def _lock(self, tenant_id: int) -> None:
@@ -254,8 +131,8 @@ class ClickHouseStore(EventStore):
         """The keys of `rows` the tenant's shard holds (`key`), in a few queries: ids in groups,
         as ClickHouse limits a query's text (256 kB by default)."""
         held: set[tuple[str, int, int]] = set()
-        for start in range(0, len(rows), _IDS_PER_QUERY):
-            part = rows[start : start + _IDS_PER_QUERY]
+        for start in range(0, len(rows), IDS_PER_QUERY):
+            part = rows[start : start + IDS_PER_QUERY]
             times = [r["occurred_at"] for r in part]
             found = self._run(
                 tenant_id,
@@ -263,8 +140,8 @@ class ClickHouseStore(EventStore):
                 f"WHERE {tenant_where(tenant_id)} AND occurred_at >= toDateTime(%(lo)s) "
                 "AND occurred_at <= toDateTime(%(hi)s) AND event_id IN %(ids)s",
                 {
-                    "lo": _seconds(min(times)),
-                    "hi": _seconds(max(times)),
+                    "lo": seconds_of(min(times)),
+                    "hi": seconds_of(max(times)),
                     "ids": tuple({r["event_id"] for r in part}),
                 },
             )
@@ -288,7 +165,7 @@ class ClickHouseStore(EventStore):
         stored = {}
         for eid, seconds, micros, cost, source in found:
             at = times[eid]
-            if (_seconds(at), at.microsecond) == (int(seconds), int(micros)):
+            if (seconds_of(at), at.microsecond) == (int(seconds), int(micros)):
                 stored[eid] = (int(cost), int(source))
         return stored
 
@@ -308,16 +185,16 @@ class ClickHouseStore(EventStore):
                 "AND micros < %(m1)s))"
             )
             params.update(
-                s0=_seconds(tr.start),
+                s0=seconds_of(tr.start),
                 m0=tr.start.microsecond,
-                s1=_seconds(tr.end),
+                s1=seconds_of(tr.end),
                 m1=tr.end.microsecond,
             )
         for name in FILTER_FIELDS:
             value = getattr(query.filters, name)
             if value is not None:
                 ids = self._ids(
-                    Dimension.objects.for_tenant(tenant).filter(kind=_KINDS[name], value=value)
+                    Dimension.objects.for_tenant(tenant).filter(kind=KINDS[name], value=value)
                 )
                 if not ids:
                     return None
@@ -356,7 +233,7 @@ class ClickHouseStore(EventStore):
 
     def page(self, tenant: Tenant, query: EventQuery, cursor: str | None, limit: int) -> EventPage:
         events = self._select(tenant, query, cursor, limit + 1)
-        next_cursor = _cursor(events[limit - 1]) if len(events) > limit else None
+        next_cursor = encode_cursor(events[limit - 1]) if len(events) > limit else None
         return EventPage(events=events[:limit], next_cursor=next_cursor)
 
     def _select(
@@ -368,7 +245,7 @@ class ClickHouseStore(EventStore):
         where, params = built
         anchor = query.time_range.end if query.time_range is not None else timezone.now()
         if cursor:
-            seconds, micros, event_id = _decode_cursor(cursor)
+            seconds, micros, event_id = decode_cursor(cursor)
             where.append(
                 "(occurred_at < toDateTime(%(cs)s) OR (occurred_at = toDateTime(%(cs)s) AND "
                 "(micros < %(cm)s OR (micros = %(cm)s AND event_id < %(ce)s))))"
@@ -377,7 +254,7 @@ class ClickHouseStore(EventStore):
             anchor = datetime.fromtimestamp(seconds + 1, UTC)
         # 18.16 sorts every matching row before the LIMIT: look back a day first, then wider,
         # and stop at the first window that fills the page (all newer rows are in it).
-        for window in _LOOK_BACK:
+        for window in LOOK_BACK:
             since = anchor - window if window is not None else None
             if (
                 since is not None
@@ -390,10 +267,10 @@ class ClickHouseStore(EventStore):
                 tenant.pk,
                 f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE {' AND '.join(bounded)} "
                 f"{NEWEST_FIRST} {ONE_PER_KEY} LIMIT {int(limit)}",
-                {**params, "since": _seconds(since)} if since else params,
+                {**params, "since": seconds_of(since)} if since else params,
             )
             if since is None or len(rows) >= limit:
-                return _with_names(tenant, [_event(r) for r in rows])
+                return with_names(tenant, [event_of(r) for r in rows])
         raise AssertionError("unreachable: the last window is unbounded")
 
     def iter_events(self, tenant: Tenant, query: EventQuery) -> Iterator[UsageEvent]:
@@ -414,14 +291,14 @@ class ClickHouseStore(EventStore):
             return None  # no event has that time (and DateTime could not hold it)
         if occurred_at is not None:
             where.append("occurred_at = toDateTime(%(s)s) AND micros = %(m)s")
-            params.update(s=_seconds(occurred_at), m=occurred_at.microsecond)
+            params.update(s=seconds_of(occurred_at), m=occurred_at.microsecond)
         rows = self._run(
             tenant.pk,
             f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE {' AND '.join(where)} "
             f"{NEWEST_FIRST} LIMIT 1",
             params,
         )
-        events = _with_names(tenant, [_event(r) for r in rows])
+        events = with_names(tenant, [event_of(r) for r in rows])
         return events[0] if events else None
 
     def count(self, tenant_id: int) -> int:
@@ -496,36 +373,3 @@ class ClickHouseStore(EventStore):
                     )
                     dropped.append((f"{shard.address}/{TABLE}/{month}", int(rows)))
         return dropped
-
-
-def _key(row: dict[str, Any]) -> tuple[str, int, int]:
-    at: datetime = row["occurred_at"]
-    return row["event_id"], _seconds(at), at.microsecond
-
-
-def _with_names(tenant: Tenant, events: list[UsageEvent]) -> list[UsageEvent]:
-    """Attach the dictionary names and tag sets from PostgreSQL (two queries), as the
-    PostgreSQL store's `select_related` does."""
-    if not events:
-        return events
-    dim_ids: set[int] = set()
-    for e in events:
-        dim_ids.update((e.provider_id, e.model_id, e.operation_id, e.end_user_id))
-        if e.session_id:
-            dim_ids.add(e.session_id)
-    dims = {d.pk: d for d in Dimension.objects.for_tenant(tenant).filter(pk__in=dim_ids)}
-    set_ids = {e.tag_set_id for e in events if e.tag_set_id}
-    sets = (
-        {s.pk: s for s in TagSet.objects.for_tenant(tenant).filter(pk__in=set_ids)}
-        if set_ids
-        else {}
-    )
-    for e in events:
-        e.tenant = tenant
-        e.provider = dims[e.provider_id]
-        e.model = dims[e.model_id]
-        e.operation = dims[e.operation_id]
-        e.end_user = dims[e.end_user_id]
-        e.session = dims[e.session_id] if e.session_id else None
-        e.tag_set = sets.get(e.tag_set_id) if e.tag_set_id else None
-    return events

@@ -4,7 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from usage.eventstore.clickhouse import ClickHouseStore, table_sql
+from usage.eventstore.chrows import table_sql
+from usage.eventstore.clickhouse import ClickHouseStore
 from usage.eventstore.current import event_store
 
 

@@ -1,0 +1,187 @@
+"""The ClickHouse events table: its columns and types, and rows to and from it (PostgreSQL's
+event rows in, `UsageEvent` instances out, with their names from PostgreSQL), and the event
+list's cursor. The statements are in `usage.eventstore.clickhouse`."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from costmon.core.errors import DomainError
+from costmon.core.models import Tenant
+from costmon.core.periods import EARLIEST, LATEST
+from usage.models import Dimension, TagSet, UsageEvent
+
+TABLE = "usage_events"
+# A second advisory-lock namespace beside `usage.storage.INGEST_LOCK_NAMESPACE`: ingest holds
+# that one shared; this one exclusively, around the check-then-insert of a batch.
+CH_INGEST_LOCK_NAMESPACE = 7402
+
+# (column, ClickHouse type). Optional counts are 0 for none (ClickHouse stores a run of zeros
+# in almost nothing); ids 0 for none, as dictionary and catalog ids start at 1.
+COLUMN_TYPES = (
+    ("tenant_id", "Int64"),
+    ("event_id", "String"),
+    ("occurred_at", "DateTime('UTC')"),
+    ("micros", "UInt32"),
+    ("provider_id", "Int32"),
+    ("model_id", "Int32"),
+    ("operation_id", "Int32"),
+    ("end_user_id", "Int32"),
+    ("session_id", "Int32"),
+    ("api_key_id", "Int64"),
+    ("tag_set_id", "Int32"),
+    ("input_tokens", "Int32"),
+    ("output_tokens", "Int32"),
+    ("cached_input_tokens", "Int32"),
+    ("cache_write_tokens", "Int32"),
+    ("reasoning_tokens", "Int32"),
+    ("cache_write_1h_tokens", "Int32"),
+    ("input_audio_tokens", "Int32"),
+    ("output_audio_tokens", "Int32"),
+    ("input_image_tokens", "Int32"),
+    ("output_image_tokens", "Int32"),
+    ("web_search_calls", "Int32"),
+    ("output_images", "Int32"),
+    ("service_tier", "Int16"),
+    ("cost_nanos", "Int64"),
+    ("cost_source", "Int16"),
+    ("price_id", "Int32"),
+    ("latency_ms", "Nullable(Int32)"),
+    ("is_error", "UInt8"),
+    ("cache_hit", "UInt8"),
+    ("prompt_hash", "String"),
+)
+COLUMNS = tuple(c for c, _ in COLUMN_TYPES)
+# Columns whose 0 (or "") reads back as None, as PostgreSQL stores them.
+_NONE_IF_ZERO = frozenset(
+    {
+        "session_id",
+        "tag_set_id",
+        "cache_write_1h_tokens",
+        "input_audio_tokens",
+        "output_audio_tokens",
+        "input_image_tokens",
+        "output_image_tokens",
+        "web_search_calls",
+        "output_images",
+        "service_tier",
+        "price_id",
+        "prompt_hash",
+    }
+)
+# How far back a page of the event list looks first (then wider; None: no bound).
+LOOK_BACK = (timedelta(days=1), timedelta(days=8), timedelta(days=64), None)
+# Event ids per duplicate check (ids are at most 128 characters).
+IDS_PER_QUERY = 1000
+KEY = ("tenant_id", "occurred_at", "micros", "event_id")
+KINDS = {
+    "provider": Dimension.Kind.PROVIDER,
+    "model": Dimension.Kind.MODEL,
+    "operation": Dimension.Kind.OPERATION,
+    "end_user": Dimension.Kind.END_USER,
+}
+ONE_PER_KEY = "LIMIT 1 BY tenant_id, occurred_at, micros, event_id"
+NEWEST_FIRST = "ORDER BY occurred_at DESC, micros DESC, event_id DESC"
+
+
+def table_sql(database: str) -> str:
+    columns = ",\n    ".join(f"{c} {t}" for c, t in COLUMN_TYPES)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {database}.{TABLE} (\n    {columns}\n) "
+        "ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(occurred_at) "
+        f"ORDER BY ({', '.join(KEY)})"
+    )
+
+
+def seconds_of(at: datetime) -> int:
+    return int(at.replace(microsecond=0).timestamp())
+
+
+def ch_row(row: dict[str, Any]) -> tuple[Any, ...]:
+    at: datetime = row["occurred_at"]
+    values: list[Any] = []
+    for column in COLUMNS:
+        if column == "occurred_at":
+            values.append(datetime.fromtimestamp(seconds_of(at), UTC).replace(tzinfo=None))
+        elif column == "micros":
+            values.append(at.microsecond)
+        elif column == "latency_ms":
+            values.append(row[column])
+        elif column == "prompt_hash":
+            values.append(row[column] or "")
+        elif column in ("is_error", "cache_hit"):
+            values.append(1 if row[column] else 0)
+        else:
+            values.append(row[column] or 0)
+    return tuple(values)
+
+
+def event_of(values: Sequence[Any]) -> UsageEvent:
+    data = dict(zip(COLUMNS, values, strict=True))
+    seconds: datetime = data.pop("occurred_at")
+    micros = data.pop("micros")
+    fields: dict[str, Any] = {}
+    for column, value in data.items():
+        if column in _NONE_IF_ZERO and not value:
+            value = None
+        elif column in ("is_error", "cache_hit"):
+            value = bool(value)
+        fields[column] = value
+    fields["occurred_at"] = seconds.replace(tzinfo=UTC, microsecond=micros)
+    return UsageEvent(**fields)
+
+
+def encode_cursor(event: UsageEvent) -> str:
+    at = event.occurred_at.astimezone(UTC)
+    raw = f"ch|{seconds_of(at)}|{at.microsecond}|{event.event_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        mark, seconds, micros, event_id = raw.split("|", 3)
+        at = datetime.fromtimestamp(int(seconds), UTC)
+        if mark != "ch" or not EARLIEST <= at < LATEST or not 0 <= int(micros) < 1_000_000:
+            raise ValueError(raw)
+        return int(seconds), int(micros), event_id
+    except (ValueError, UnicodeDecodeError, OverflowError, OSError):
+        raise DomainError(
+            "The cursor is not valid; use next_cursor from a previous page.", field="cursor"
+        ) from None
+
+
+def key_of(row: dict[str, Any]) -> tuple[str, int, int]:
+    at: datetime = row["occurred_at"]
+    return row["event_id"], seconds_of(at), at.microsecond
+
+
+def with_names(tenant: Tenant, events: list[UsageEvent]) -> list[UsageEvent]:
+    """Attach the dictionary names and tag sets from PostgreSQL (two queries), as the
+    PostgreSQL store's `select_related` does."""
+    if not events:
+        return events
+    dim_ids: set[int] = set()
+    for e in events:
+        dim_ids.update((e.provider_id, e.model_id, e.operation_id, e.end_user_id))
+        if e.session_id:
+            dim_ids.add(e.session_id)
+    dims = {d.pk: d for d in Dimension.objects.for_tenant(tenant).filter(pk__in=dim_ids)}
+    set_ids = {e.tag_set_id for e in events if e.tag_set_id}
+    sets = (
+        {s.pk: s for s in TagSet.objects.for_tenant(tenant).filter(pk__in=set_ids)}
+        if set_ids
+        else {}
+    )
+    for e in events:
+        e.tenant = tenant
+        e.provider = dims[e.provider_id]
+        e.model = dims[e.model_id]
+        e.operation = dims[e.operation_id]
+        e.end_user = dims[e.end_user_id]
+        e.session = dims[e.session_id] if e.session_id else None
+        e.tag_set = sets.get(e.tag_set_id) if e.tag_set_id else None
+    return events
