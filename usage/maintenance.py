@@ -21,7 +21,7 @@ from django.db.models.functions import TruncHour
 
 from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context, unscoped
-from usage.catalog import load_catalog
+from usage.catalog import GlobalLists, load_catalog
 from usage.models import (
     PRICED_COLUMNS,
     CostSource,
@@ -75,6 +75,7 @@ def usage_reprice(
     end: datetime,
     only_unpriced: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    lists: GlobalLists | None = None,
 ) -> RepriceReport:
     """Price a tenant's events in [start, end) again with the catalog as it is now.
 
@@ -82,7 +83,7 @@ def usage_reprice(
     events in the same transaction, under the tenant's exclusive ingest lock, so rollups stay
     equal to the sum of their events.
     """
-    catalog = load_catalog(tenant.pk)
+    catalog = load_catalog(tenant.pk, lists=lists)
     report = RepriceReport()
     with tenant_context(tenant), transaction.atomic():
         rewrite_lock(tenant.pk)
@@ -206,8 +207,9 @@ def _rewritten(tenant_id: int) -> None:
     )
 
 
-def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:
-    """Price the tenant's unpriced events for which a price now exists (whole history)."""
+def usage_reprice_unpriced(*, tenant: Tenant, lists: GlobalLists | None = None) -> RepriceReport:
+    """Price the tenant's unpriced events for which a price now exists (whole history); a
+    pass over many tenants shares `lists` (see `load_catalog`)."""
     with tenant_context(tenant):  # the task calls it with no context: RLS would hide every row
         bounds = (
             UsageEvent.objects.for_tenant(tenant)
@@ -221,6 +223,7 @@ def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:
         start=bounds["first"],
         end=bounds["last"] + timedelta(microseconds=1),
         only_unpriced=True,
+        lists=lists,
     )
 
 
