@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Model
@@ -60,6 +61,8 @@ _SQLITE_PARAMS = 30_000
 # is the primary key of the partitioned table (a unique key must hold the partition key).
 EVENT_KEY = "tenant_id, occurred_at, event_id"
 # PostgreSQL array types of rollup key columns that are not bigint.
+# psycopg.pq.TransactionStatus.IDLE: no transaction open.
+_IDLE = 0
 _PG_TYPES = {"hour": "timestamptz", "tag_name": "text", "tag_value": "text"}
 
 
@@ -74,22 +77,91 @@ def _lock_key(tenant_id: int) -> list[int]:
 # --- locks ------------------------------------------------------------------------------------
 
 
+class IngestLock:
+    """The tenant's ingest lock as `ingest_lock` holds it: taken at once, or (`deferred`) by
+    `write_transaction`, in the same round trip as the transaction's first statements."""
+
+    __slots__ = ("held", "shared", "tenant_id")
+
+    def __init__(self, tenant_id: int, *, shared: bool) -> None:
+        self.tenant_id, self.shared, self.held = tenant_id, shared, False
+
+    def sql(self, verb: str) -> str:
+        kind = "_shared" if self.shared else ""
+        return f"SELECT pg_advisory_{verb}{kind}(%s, %s)"
+
+    def take(self, cursor: Any) -> None:
+        cursor.execute(self.sql("lock"), _lock_key(self.tenant_id))
+        self.held = True
+
+
 @contextlib.contextmanager
-def ingest_lock(tenant_id: int, *, shared: bool) -> Iterator[None]:
+def ingest_lock(tenant_id: int, *, shared: bool, deferred: bool = False) -> Iterator[IngestLock]:
     """The tenant's ingest lock for this session, across transactions: ingest holds it shared
     from before a batch's transaction until `batch_recorded` has been sent; exclusive, no batch
-    of the tenant is between its commit and its receivers meanwhile."""
+    of the tenant is between its commit and its receivers meanwhile. `deferred`: taken by the
+    `write_transaction` given the lock (a session lock taken in a transaction outlives it,
+    commit or rollback), and released here as usual."""
+    lock = IngestLock(tenant_id, shared=shared)
     if not _postgresql():
-        yield  # SQLite serialises writers already
+        yield lock  # SQLite serialises writers already
         return
-    kind = "_shared" if shared else ""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT pg_advisory_lock{kind}(%s, %s)", _lock_key(tenant_id))
-    try:
-        yield
-    finally:
+    if not deferred:
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT pg_advisory_unlock{kind}(%s, %s)", _lock_key(tenant_id))
+            lock.take(cursor)
+    try:
+        yield lock
+    finally:
+        if lock.held:
+            with connection.cursor() as cursor:
+                cursor.execute(lock.sql("unlock"), _lock_key(tenant_id))
+
+
+def pipeline_usable() -> bool:
+    """Whether `write_transaction` sends its transaction as one pipeline: PostgreSQL, and not
+    inside a caller's transaction (there it is a savepoint of that one)."""
+    return _postgresql() and not connection.in_atomic_block
+
+
+@contextlib.contextmanager
+def write_transaction(lock: IngestLock | None = None) -> Iterator[None]:
+    """A transaction (Django's `atomic`, so `on_commit` and nested blocks behave as usual) that
+    on PostgreSQL costs two round trips when nothing in it reads a result before the end but
+    one statement: BEGIN, the lock (if given and not held yet) and the statements up to the
+    first read go in the first; the rest and COMMIT in the second (psycopg 3's pipeline mode,
+    which sends statements without waiting for each one's answer).
+
+    BEGIN and COMMIT are sent as statements of the pipeline: psycopg would sync the pipeline
+    for its own BEGIN and again to change autocommit. A statement in the block that reads its
+    result early (an ORM `create`, `fetchone`) costs a round trip more and is otherwise fine.
+    Errors of the pipeline are raised when it ends, as Django's database errors; the
+    transaction is then rolled back. Inside a caller's transaction, or on SQLite: a plain
+    `atomic` block (a savepoint there)."""
+    if not pipeline_usable():
+        with transaction.atomic():
+            if lock is not None and not lock.held and _postgresql():
+                with connection.cursor() as cursor:
+                    lock.take(cursor)
+            yield
+        return
+    with transaction.atomic():
+        raw = connection.connection
+        raw.autocommit = True  # Django's atomic set it off; no statement was sent for that
+        try:
+            with connection.wrap_database_errors, raw.pipeline():
+                statements = psycopg.Cursor(raw)
+                statements.execute("BEGIN")
+                if lock is not None and not lock.held:
+                    lock.take(statements)
+                yield
+                statements.execute("COMMIT")
+        except BaseException:
+            if not raw.closed and raw.info.transaction_status != _IDLE:
+                raw.execute("ROLLBACK")
+            raise
+        finally:
+            if not raw.closed and raw.info.transaction_status == _IDLE:
+                raw.autocommit = False  # as Django's atomic left it; its COMMIT is then a no-op
 
 
 def rewrite_lock(tenant_id: int) -> None:
@@ -197,15 +269,25 @@ def stamps_forget_before(before: datetime) -> int:
     return deleted
 
 
+def events_prepare(rows: Sequence[dict[str, Any]]) -> None:
+    """What `events_insert` needs to exist first, each idempotent and known afterwards without
+    a query: the rows' tag-set ids (`usage.tagsets`) and, on PostgreSQL, their months'
+    partitions. Ingest does this in a transaction of its own before the one that stores the
+    events, so that one reads nothing but the insert's answer."""
+    if any(r["tags"] and r.get("tag_set_id") is None for r in rows):
+        with_tag_set_ids(rows)
+    if _postgresql():
+        events_partitions_ensure({month_start(r["occurred_at"]) for r in rows})
+
+
 def events_insert(rows: Sequence[dict[str, Any]]) -> set[str]:
     """Insert the rows whose (tenant, time, event id) is new and add exactly those to the
     rollups, in the current transaction; return the event ids inserted. Each row's tags are
     stored as a tag-set id (`usage.tagsets`)."""
     if not rows:
         return set()
-    with_tag_set_ids(rows)
+    events_prepare(rows)  # nothing to do (no query) when done before
     if _postgresql():
-        events_partitions_ensure({month_start(r["occurred_at"]) for r in rows})
         inserted = _insert_postgresql(rows)
     else:
         inserted = _insert_sqlite(rows)
