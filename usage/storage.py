@@ -21,6 +21,7 @@ from django.db.models import Model
 from costmon.core.tenancy import raw_cursor, unscoped
 from usage.models import (
     CostSource,
+    Dimension,
     EventStamp,
     HourlyRollup,
     ModelHourlyRollup,
@@ -229,6 +230,45 @@ def events_drop_before(before: datetime) -> list[tuple[str, int]] | None:
 def events_partitions_forget() -> None:
     """Forget which partitions exist (after dropping some, and in tests)."""
     _known_months.forget()
+
+
+# --- the dictionary of names -------------------------------------------------------------------
+
+_DIMENSIONS_ADD = (
+    "WITH wanted (kind, value) AS (SELECT * FROM unnest(%s::int2[], %s::text[])), "
+    "added AS (INSERT INTO {table} (tenant_id, kind, value) SELECT %s, kind, value FROM wanted "
+    "ORDER BY kind, value ON CONFLICT (tenant_id, kind, value) DO NOTHING "
+    "RETURNING id, kind, value) "
+    "SELECT id, kind, value FROM added UNION ALL SELECT d.id, d.kind, d.value FROM {table} d "
+    "JOIN wanted w ON d.kind = w.kind AND d.value = w.value WHERE d.tenant_id = %s"
+)
+
+
+def dimensions_add(
+    tenant_id: int, keys: Sequence[tuple[int, str]]
+) -> dict[tuple[int, str], int] | None:
+    """PostgreSQL: the ids of the tenant's dictionary entries `keys` (kind, name), the missing
+    ones created, in one statement (inserted in key order, so concurrent batches never
+    deadlock). An entry that a concurrent transaction committed while this statement waited
+    for it is not in the statement's snapshot: those few are read by a second one. SQLite:
+    None (the caller looks up and creates with the ORM)."""
+    if not _postgresql():
+        return None
+    table = Dimension._meta.db_table
+    kinds, values = [k for k, _ in keys], [v for _, v in keys]
+    with connection.cursor() as cursor:
+        cursor.execute(_DIMENSIONS_ADD.format(table=table), [kinds, values, tenant_id, tenant_id])
+        found = {(kind, value): pk for pk, kind, value in cursor.fetchall()}
+        late = [key for key in keys if key not in found]
+        if late:
+            cursor.execute(
+                f"SELECT d.id, d.kind, d.value FROM {table} d JOIN unnest(%s::int2[], "
+                "%s::text[]) AS w(kind, value) ON d.kind = w.kind AND d.value = w.value "
+                "WHERE d.tenant_id = %s",
+                [[k for k, _ in late], [v for _, v in late], tenant_id],
+            )
+            found.update({(kind, value): pk for pk, kind, value in cursor.fetchall()})
+    return found
 
 
 # --- events ---------------------------------------------------------------------------------

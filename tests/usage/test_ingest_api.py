@@ -478,11 +478,11 @@ def test_ingest_does_no_more_than_a_handful_of_queries(
 ):
     settings.COSTMON_CATALOG_TTL_SECONDS = 60
     post_usage(ingest_client, event(event_id="warm"))  # key and catalog now cached
-    # lock, dictionary lookup/insert (3) in a savepoint (2), events and rollups in another (2),
+    # lock, dictionary lookup/insert (1) in a savepoint (2), events and rollups in another (2),
     # counter update, release, and the alerts app's mark that the tenant's next rule round is
     # due (alerts.rounds). Outside a test's transaction the savepoints are BEGIN and COMMIT,
     # and the events' transaction is one pipeline (tests/usage/test_ingest_round_trips.py).
-    with django_assert_max_num_queries(12):
+    with django_assert_max_num_queries(10):
         response = post_usage(
             ingest_client, [event(event_id=f"e{i}", end_user=f"u{i}") for i in range(100)]
         )
