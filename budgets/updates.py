@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, timedelta
 from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from budgets import config as tenant_config
@@ -31,6 +30,7 @@ from budgets.counter_update import Update, marker_key
 from budgets.emergency_stop import emergency_stop_check
 from budgets.models import CounterUpdate
 from budgets.periods import buckets_of_day
+from budgets.storage import counter_update_insert
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
@@ -169,28 +169,7 @@ def batch_pending(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
     if not settings.REDIS_URL:
         return  # no counters (the embedded default)
     update = update_of(batch.tenant, batch.rows)
-    _pending.value = (batch, _counter_update_insert(batch.tenant.pk, update.to_json()), update)
-
-
-def _counter_update_insert(tenant_id: int, payload: str) -> Callable[[], int]:
-    """Write the row; return how to read its id once the transaction has committed. PostgreSQL:
-    the id is read after the commit, so the insert rides in the ingest pipeline's last round
-    trip (`usage.storage.write_transaction`) instead of costing one of its own."""
-    if connection.vendor != "postgresql":
-        row = CounterUpdate.objects.create(tenant_id=tenant_id, payload=payload)
-        return lambda: row.pk
-    cursor = connection.cursor()
-    cursor.execute(
-        f"INSERT INTO {CounterUpdate._meta.db_table} (tenant_id, created_at, payload) "  # noqa: S608 - our table
-        "VALUES (%s, %s, %s) RETURNING id",
-        [tenant_id, timezone.now(), payload],
-    )
-
-    def read() -> int:
-        with cursor:
-            return int(cursor.fetchone()[0])
-
-    return read
+    _pending.value = (batch, counter_update_insert(batch.tenant.pk, update.to_json()), update)
 
 
 def record_batch(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
