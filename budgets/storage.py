@@ -14,7 +14,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from budgets.models import CounterUpdate, ReservationHold
-from usage.storage import ingest_lock as ingest_lock  # usage's lock, taken here by budgets
+from usage.transactions import ingest_lock as ingest_lock  # usage's lock, taken here by budgets
 
 RESERVATION_LOCK_NAMESPACE = 7402
 _local_lock = threading.Lock()  # SQLite: serialises this process's checks (one writer anyway)
@@ -89,7 +89,7 @@ def holds_delete_settled(
 def counter_update_insert(tenant_id: int, payload: str) -> Callable[[], int]:
     """Write an ingest batch's counter update; return how to read its id once the transaction
     has committed. PostgreSQL: the id is read after the commit, so the insert rides in the
-    ingest pipeline's last round trip (`usage.storage.write_transaction`) instead of costing
+    ingest pipeline's last round trip (`usage.transactions.write_transaction`) instead of costing
     one of its own. SQLite: the ORM's insert."""
     if not _postgresql():
         row = CounterUpdate.objects.create(tenant_id=tenant_id, payload=payload)

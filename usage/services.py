@@ -32,14 +32,8 @@ from usage.signals import (
     batch_committing,
     batch_recorded,
 )
-from usage.storage import (
-    events_insert,
-    events_prepare,
-    ingest_lock,
-    pipeline_usable,
-    stamps_keep,
-    write_transaction,
-)
+from usage.storage import events_insert, events_prepare, stamps_keep
+from usage.transactions import ingest_lock, pipeline_usable, write_transaction
 
 log = structlog.get_logger(__name__)
 
@@ -93,7 +87,7 @@ def usage_record_batch(
                     ]
                     events_prepare(rows)
                 # Then one transaction, one commit: events, rollups and what commits with
-                # them; on PostgreSQL two round trips (`usage.storage.write_transaction`).
+                # them; on PostgreSQL two round trips (`usage.transactions.write_transaction`).
                 with write_transaction(lock):
                     inserted = events_insert(rows)
                     batch = _recorded_batch(tenant, firsts, rows, inserted)
