@@ -116,7 +116,10 @@ def write_transaction(lock: IngestLock | None = None) -> Iterator[None]:
                 statements.execute("COMMIT")
         except BaseException:
             if not raw.closed and raw.info.transaction_status != _IDLE:
-                raw.execute("ROLLBACK")
+                # A broken connection cannot roll back: the error that broke it is the one to
+                # raise, and Django closes the connection when its atomic block ends.
+                with contextlib.suppress(psycopg.Error):
+                    raw.execute("ROLLBACK")
             raise
         finally:
             if not raw.closed and raw.info.transaction_status == _IDLE:
