@@ -36,7 +36,8 @@ from usage.price_lookup import Catalog
 from usage.pricing import breakdown
 from usage.rollups import aggregate_tags, hour_of
 from usage.signals import usage_rewritten
-from usage.storage import events_drop_before, events_set_prices, rewrite_lock, rollups_add
+from usage.storage import events_drop_before, events_set_prices, rollups_add
+from usage.transactions import rewrite_lock
 
 # What `aggregate_tags` reads of an event besides its tenant, time and tags (a rollup rebuild).
 _TAG_EVENT_FIELDS = (
