@@ -1,18 +1,20 @@
 """Where the budgets app depends on the database engine, and nowhere else: the tenant's locks
 (PostgreSQL advisory locks; on SQLite, the embedded default with one writer, a process lock or
-nothing) and the bulk delete of settled reservation holds."""
+nothing), the bulk delete of settled reservation holds, and the insert of an ingest batch's
+counter update."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from django.db import connection, transaction
 from django.db.models import Q
+from django.utils import timezone
 
-from budgets.models import ReservationHold
-from usage.storage import ingest_lock as ingest_lock  # usage's lock, taken here by budgets
+from budgets.models import CounterUpdate, ReservationHold
+from usage.transactions import ingest_lock as ingest_lock  # usage's lock, taken here by budgets
 
 RESERVATION_LOCK_NAMESPACE = 7402
 _local_lock = threading.Lock()  # SQLite: serialises this process's checks (one writer anyway)
@@ -82,3 +84,25 @@ def holds_delete_settled(
     if event_ids:
         q |= Q(event_id__in=list(event_ids))
     return holds.filter(q)._raw_delete(ReservationHold.objects.db)
+
+
+def counter_update_insert(tenant_id: int, payload: str) -> Callable[[], int]:
+    """Write an ingest batch's counter update; return how to read its id once the transaction
+    has committed. PostgreSQL: the id is read after the commit, so the insert rides in the
+    ingest pipeline's last round trip (`usage.transactions.write_transaction`) instead of costing
+    one of its own. SQLite: the ORM's insert."""
+    if not _postgresql():
+        row = CounterUpdate.objects.create(tenant_id=tenant_id, payload=payload)
+        return lambda: row.pk
+    cursor = connection.cursor()
+    cursor.execute(
+        f"INSERT INTO {CounterUpdate._meta.db_table} (tenant_id, created_at, payload) "  # noqa: S608 - our table
+        "VALUES (%s, %s, %s) RETURNING id",
+        [tenant_id, timezone.now(), payload],
+    )
+
+    def read() -> int:
+        with cursor:
+            return int(cursor.fetchone()[0])
+
+    return read

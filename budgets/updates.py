@@ -30,6 +30,7 @@ from budgets.counter_update import Update, marker_key
 from budgets.emergency_stop import emergency_stop_check
 from budgets.models import CounterUpdate
 from budgets.periods import buckets_of_day
+from budgets.storage import counter_update_insert
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
@@ -168,8 +169,7 @@ def batch_pending(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
     if not settings.REDIS_URL:
         return  # no counters (the embedded default)
     update = update_of(batch.tenant, batch.rows)
-    row = CounterUpdate.objects.create(tenant=batch.tenant, payload=update.to_json())
-    _pending.value = (batch, row.pk, update)
+    _pending.value = (batch, counter_update_insert(batch.tenant.pk, update.to_json()), update)
 
 
 def record_batch(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
@@ -181,7 +181,7 @@ def record_batch(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
     if settings.REDIS_URL:
         pending, _pending.value = getattr(_pending, "value", None), None
         if pending is not None and pending[0] is batch:
-            update_id, update = pending[1], pending[2]
+            update_id, update = pending[1](), pending[2]
         else:
             update_id, update = None, update_of(tenant, rows)
         applied = None

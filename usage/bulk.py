@@ -29,7 +29,8 @@ from usage.models import CostSource, UsageEvent
 from usage.rows import event_row, price_event
 from usage.services import usage_record_batch
 from usage.signals import BulkLoaded, bulk_loaded
-from usage.storage import copy_supported, events_copy, ingest_lock
+from usage.storage import copy_supported, events_copy
+from usage.transactions import ingest_lock
 
 log = structlog.get_logger(__name__)
 

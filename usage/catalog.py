@@ -111,12 +111,25 @@ def _tenant_part(tenant_id: int) -> tuple[frozenset[int], list[Price], list[Alia
         return _held_prices(tenant_id), own, aliases
 
 
-def load_catalog(tenant_id: int) -> Catalog:
+# The global list indexed, by the set of rows held back from it (see `load_catalog`).
+GlobalLists = dict[frozenset[int], tuple[PriceIndex, tuple[Alias, ...]]]
+
+
+def load_catalog(tenant_id: int, *, lists: GlobalLists | None = None) -> Catalog:
     """The tenant's catalog as the database has it now (re-pricing reads it inside the
     transaction that changed the prices): its own rates, the global list without the changes
-    it holds for staff approval, its aliases and the catalog's."""
+    it holds for staff approval, its aliases and the catalog's.
+
+    A pass over many tenants (re-pricing every tenant's waiting events after a sync) passes
+    one `lists` to each call: the global list is then read and indexed once per set of held
+    rows for the whole pass, instead of once a tenant (about 60 ms each for 1,300 rows)."""
     held, own, aliases = _tenant_part(tenant_id)
-    shared, catalog_aliases = _load_global_list(held)
+    if lists is None:
+        shared, catalog_aliases = _load_global_list(held)
+    else:
+        if held not in lists:
+            lists[held] = _load_global_list(held)
+        shared, catalog_aliases = lists[held]
     return Catalog(own, aliases, catalog_aliases, shared=shared)
 
 

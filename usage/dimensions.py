@@ -12,6 +12,7 @@ from django.db.models import Q
 from costmon.core.models import Tenant
 from usage.ingest import EventIn
 from usage.models import Dimension
+from usage.storage import dimensions_add
 
 Kind = Dimension.Kind
 
@@ -43,6 +44,23 @@ def dimension_ids(
     if not unknown:
         return found
     unknown.sort()  # a fixed order, so concurrent batches never deadlock
+    added = dimensions_add(tenant_id, unknown)  # PostgreSQL: one statement
+    looked_up: dict[tuple[int, str], int] = added if added is not None else _add(tenant_id, unknown)
+    found.update(looked_up)
+
+    def remember() -> None:
+        # Only once committed: entries created in a transaction that rolls back never existed.
+        mine = _known_ids.setdefault(tenant_id, {})
+        if len(mine) + len(looked_up) > _KNOWN_PER_TENANT:
+            mine.clear()
+        mine.update(looked_up)
+
+    transaction.on_commit(remember)
+    return found
+
+
+def _add(tenant_id: int, unknown: list[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """With the ORM (SQLite): look the entries up, create the missing ones, look those up."""
     by_kind: dict[int, list[str]] = defaultdict(list)
     for kind, value in unknown:
         by_kind[kind].append(value)
@@ -68,17 +86,7 @@ def dimension_ids(
         for kind, value in missing:
             by_kind[kind].append(value)
         fetch()
-    found.update(looked_up)
-
-    def remember() -> None:
-        # Only once committed: entries created in a transaction that rolls back never existed.
-        mine = _known_ids.setdefault(tenant_id, {})
-        if len(mine) + len(looked_up) > _KNOWN_PER_TENANT:
-            mine.clear()
-        mine.update(looked_up)
-
-    transaction.on_commit(remember)
-    return found
+    return looked_up
 
 
 def dimension_keys(events: Iterable[EventIn]) -> set[tuple[int, str]]:

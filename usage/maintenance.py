@@ -21,7 +21,7 @@ from django.db.models.functions import TruncHour
 
 from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context, unscoped
-from usage.catalog import load_catalog
+from usage.catalog import GlobalLists, load_catalog
 from usage.eventstore.current import event_store
 from usage.models import (
     PRICED_COLUMNS,
@@ -37,7 +37,8 @@ from usage.price_lookup import Catalog
 from usage.pricing import breakdown
 from usage.rollups import aggregate_tags, hour_of
 from usage.signals import usage_rewritten
-from usage.storage import events_set_prices, rewrite_lock, rollups_add
+from usage.storage import events_set_prices, rollups_add
+from usage.transactions import rewrite_lock
 
 # What `aggregate_tags` reads of an event besides its tenant, time and tags (a rollup rebuild).
 _TAG_EVENT_FIELDS = (
@@ -76,6 +77,7 @@ def usage_reprice(
     end: datetime,
     only_unpriced: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    lists: GlobalLists | None = None,
 ) -> RepriceReport:
     """Price a tenant's events in [start, end) again with the catalog as it is now.
 
@@ -83,7 +85,7 @@ def usage_reprice(
     events in the same transaction, under the tenant's exclusive ingest lock, so rollups stay
     equal to the sum of their events.
     """
-    catalog = load_catalog(tenant.pk)
+    catalog = load_catalog(tenant.pk, lists=lists)
     report = RepriceReport()
     with tenant_context(tenant), transaction.atomic():
         rewrite_lock(tenant.pk)
@@ -207,8 +209,9 @@ def _rewritten(tenant_id: int) -> None:
     )
 
 
-def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:
-    """Price the tenant's unpriced events for which a price now exists (whole history)."""
+def usage_reprice_unpriced(*, tenant: Tenant, lists: GlobalLists | None = None) -> RepriceReport:
+    """Price the tenant's unpriced events for which a price now exists (whole history); a
+    pass over many tenants shares `lists` (see `load_catalog`)."""
     with tenant_context(tenant):  # the task calls it with no context: RLS would hide every row
         bounds = (
             UsageEvent.objects.for_tenant(tenant)
@@ -222,6 +225,7 @@ def usage_reprice_unpriced(*, tenant: Tenant) -> RepriceReport:
         start=bounds["first"],
         end=bounds["last"] + timedelta(microseconds=1),
         only_unpriced=True,
+        lists=lists,
     )
 
 

@@ -13,6 +13,7 @@ from django.db import transaction
 
 from costmon.core.models import Tenant
 from costmon.core.tenancy import unscoped
+from usage.catalog import GlobalLists
 from usage.maintenance import usage_reprice_unpriced
 from usage.models import CostSource, UsageEvent
 
@@ -35,9 +36,10 @@ def reprice_unpriced_usage(tenant_id: int | None = None) -> int:
         )
         tenants = list(Tenant.objects.filter(pk__in=tenant_ids))
     changed = 0
+    lists: GlobalLists = {}  # the global list indexed once for the pass, not once a tenant
     for tenant in tenants:
         # The service runs in the tenant's own context: RLS applies as for a request.
-        changed += usage_reprice_unpriced(tenant=tenant).changed
+        changed += usage_reprice_unpriced(tenant=tenant, lists=lists).changed
     log.info("unpriced_usage_repriced", tenants=len(tenants), changed=changed)
     return changed
 

@@ -106,7 +106,7 @@ def event_row(
         "session_id": dims[(Kind.SESSION, e.session_id)] if e.session_id else None,
         "api_key_id": api_key_id,
         # The tags themselves (the tag rollups and budgets read them); `usage.storage` fills
-        # `tag_set_id` from them (`usage.tagsets`) in the transaction that stores the row.
+        # `tag_set_id` from them (`usage.tagsets`) before it stores the row.
         "tags": e.tags,
         "tag_set_id": None,
         "input_tokens": e.input_tokens,

@@ -33,7 +33,8 @@ from usage.signals import (
     batch_committing,
     batch_recorded,
 )
-from usage.storage import ingest_lock, stamps_keep
+from usage.storage import stamps_keep
+from usage.transactions import ingest_lock, pipeline_usable, write_transaction
 
 log = structlog.get_logger(__name__)
 
@@ -63,36 +64,48 @@ def usage_record_batch(
             firsts[event.event_id] = event
     prices = [price_event(catalog, e) for e in firsts.values()]
     store = event_store()
-    # The ingest lock (shared) is held until the receivers of `batch_recorded` are done: a
-    # counter rebuild, which takes it exclusively, never sees a batch half-counted.
-    with tenant_context(tenant), ingest_lock(tenant.pk, shared=True):
-        try:
-            # One transaction, one commit: new dictionary entries, events and rollups.
-            with transaction.atomic():
-                prices = _keep_stamps(tenant.pk, firsts, prices, catalog)
-                dims = dimension_ids(tenant=tenant, wanted=dimension_keys(events))
-                rows = [
-                    event_row(
-                        tenant_id=tenant.pk,
-                        event=e,
-                        dims=dims,
-                        priced=p,
-                        api_key_id=api_key_id or 0,
-                    )
-                    for e, p in zip(firsts.values(), prices, strict=True)
-                ]
-                inserted = store.insert_new(rows)
-                batch = _recorded_batch(tenant, firsts, rows, inserted)
-                if batch.rows:
-                    # What must commit with the events (budgets: the pending counter update).
-                    batch_committing.send(sender=UsageEvent, batch=batch)
-        except Exception:
-            forget_rls_state(connection)
-            raise
-        if batch.rows:
-            # Committed: budgets update the spend counters, settle reservations and may trip
-            # the emergency stop; Prometheus marks its cached sums stale.
-            _send_recorded(batch)
+    with tenant_context(tenant):
+        # ClickHouse's duplicate check reads under its lock inside the transaction: no pipeline.
+        pipelined = store.pipelined_writes and pipeline_usable()
+        # The ingest lock (shared) is held until the receivers of `batch_recorded` are done:
+        # a counter rebuild, which takes it exclusively, never sees a batch half-counted. With
+        # a pipeline it is taken in the events' transaction's first round trip.
+        with ingest_lock(tenant.pk, shared=True, deferred=pipelined) as lock:
+            try:
+                # First what can be settled before the events, idempotent and remembered (a
+                # known name, tag set or month costs no query): the stamps of time-less
+                # events, dictionary ids, tag-set ids, partitions. Committed on their own.
+                with transaction.atomic():
+                    prices = _keep_stamps(tenant.pk, firsts, prices, catalog)
+                    dims = dimension_ids(tenant=tenant, wanted=dimension_keys(events))
+                    rows = [
+                        event_row(
+                            tenant_id=tenant.pk,
+                            event=e,
+                            dims=dims,
+                            priced=p,
+                            api_key_id=api_key_id or 0,
+                        )
+                        for e, p in zip(firsts.values(), prices, strict=True)
+                    ]
+                    store.prepare(rows)
+                # Then one transaction, one commit: events, rollups and what commits with
+                # them; on PostgreSQL two round trips (`usage.transactions.write_transaction`).
+                with write_transaction(lock, pipeline=pipelined):
+                    inserted = store.insert_new(rows)
+                    batch = _recorded_batch(tenant, firsts, rows, inserted)
+                    if batch.rows:
+                        # What must commit with the events (budgets: the pending counter
+                        # update). Runs before the pipeline's answers are all in: a receiver
+                        # should write without reading back, or it costs a round trip.
+                        batch_committing.send(sender=UsageEvent, batch=batch)
+            except Exception:
+                forget_rls_state(connection)
+                raise
+            if batch.rows:
+                # Committed: budgets update the spend counters, settle reservations and may
+                # trip the emergency stop; Prometheus marks its cached sums stale.
+                _send_recorded(batch)
         stored = store.stored_costs(
             tenant.pk, {eid: e.occurred_at for eid, e in firsts.items() if eid not in inserted}
         )

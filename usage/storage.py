@@ -1,15 +1,15 @@
 """The statements that store usage, for PostgreSQL and for SQLite, behind one set of functions.
 
-This is the only module of the usage app that asks which database it talks to. PostgreSQL (the
-production store) gets array parameters, COPY and advisory locks; SQLite (the embedded default)
-gets multi-row INSERTs and needs no locks, as it serialises writers already.
+This module and `usage.transactions` (the ingest lock, the events' transaction) are the only
+ones of the usage app that ask which database they talk to. PostgreSQL (the production store)
+gets array parameters, COPY and advisory locks; SQLite (the embedded default) gets multi-row
+INSERTs and needs no locks, as it serialises writers already.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from django.db.models import Model
 from costmon.core.tenancy import raw_cursor, unscoped
 from usage.models import (
     CostSource,
+    Dimension,
     EventStamp,
     HourlyRollup,
     ModelHourlyRollup,
@@ -49,11 +50,6 @@ from usage.rollups import (
 from usage.rows import EVENT_COLUMNS, EVENT_TYPES
 from usage.tagsets import with_tag_set_ids
 
-# The tenant's ingest lock: (INGEST_LOCK_NAMESPACE, tenant id) as a PostgreSQL advisory lock.
-# Ingest holds it shared; re-pricing, deletes and the budgets app's counter rebuild hold it
-# exclusively, so they never see a batch half-way.
-INGEST_LOCK_NAMESPACE = 7401
-
 # SQLite's limit on parameters per statement, with room to spare.
 _SQLITE_PARAMS = 30_000
 # The events table's key: a resend (same tenant, time and id) is counted once. On PostgreSQL it
@@ -65,40 +61,6 @@ _PG_TYPES = {"hour": "timestamptz", "tag_name": "text", "tag_value": "text"}
 
 def _postgresql() -> bool:
     return connection.vendor == "postgresql"
-
-
-def _lock_key(tenant_id: int) -> list[int]:
-    return [INGEST_LOCK_NAMESPACE, tenant_id % 2_000_000_000]
-
-
-# --- locks ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def ingest_lock(tenant_id: int, *, shared: bool) -> Iterator[None]:
-    """The tenant's ingest lock for this session, across transactions: ingest holds it shared
-    from before a batch's transaction until `batch_recorded` has been sent; exclusive, no batch
-    of the tenant is between its commit and its receivers meanwhile."""
-    if not _postgresql():
-        yield  # SQLite serialises writers already
-        return
-    kind = "_shared" if shared else ""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT pg_advisory_lock{kind}(%s, %s)", _lock_key(tenant_id))
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT pg_advisory_unlock{kind}(%s, %s)", _lock_key(tenant_id))
-
-
-def rewrite_lock(tenant_id: int) -> None:
-    """Take the tenant's ingest lock exclusively until the current transaction ends (re-pricing,
-    deletes, resets: rewrites of stored usage)."""
-    if not _postgresql():
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _lock_key(tenant_id))
 
 
 # --- partitions -----------------------------------------------------------------------------
@@ -159,6 +121,45 @@ def events_partitions_forget() -> None:
     _known_months.forget()
 
 
+# --- the dictionary of names -------------------------------------------------------------------
+
+_DIMENSIONS_ADD = (
+    "WITH wanted (kind, value) AS (SELECT * FROM unnest(%s::int2[], %s::text[])), "
+    "added AS (INSERT INTO {table} (tenant_id, kind, value) SELECT %s, kind, value FROM wanted "
+    "ORDER BY kind, value ON CONFLICT (tenant_id, kind, value) DO NOTHING "
+    "RETURNING id, kind, value) "
+    "SELECT id, kind, value FROM added UNION ALL SELECT d.id, d.kind, d.value FROM {table} d "
+    "JOIN wanted w ON d.kind = w.kind AND d.value = w.value WHERE d.tenant_id = %s"
+)
+
+
+def dimensions_add(
+    tenant_id: int, keys: Sequence[tuple[int, str]]
+) -> dict[tuple[int, str], int] | None:
+    """PostgreSQL: the ids of the tenant's dictionary entries `keys` (kind, name), the missing
+    ones created, in one statement (inserted in key order, so concurrent batches never
+    deadlock). An entry that a concurrent transaction committed while this statement waited
+    for it is not in the statement's snapshot: those few are read by a second one. SQLite:
+    None (the caller looks up and creates with the ORM)."""
+    if not _postgresql():
+        return None
+    table = Dimension._meta.db_table
+    kinds, values = [k for k, _ in keys], [v for _, v in keys]
+    with connection.cursor() as cursor:
+        cursor.execute(_DIMENSIONS_ADD.format(table=table), [kinds, values, tenant_id, tenant_id])
+        found = {(kind, value): pk for pk, kind, value in cursor.fetchall()}
+        late = [key for key in keys if key not in found]
+        if late:
+            cursor.execute(
+                f"SELECT d.id, d.kind, d.value FROM {table} d JOIN unnest(%s::int2[], "
+                "%s::text[]) AS w(kind, value) ON d.kind = w.kind AND d.value = w.value "
+                "WHERE d.tenant_id = %s",
+                [[k for k, _ in late], [v for _, v in late], tenant_id],
+            )
+            found.update({(kind, value): pk for pk, kind, value in cursor.fetchall()})
+    return found
+
+
 # --- events ---------------------------------------------------------------------------------
 
 
@@ -197,15 +198,25 @@ def stamps_forget_before(before: datetime) -> int:
     return deleted
 
 
+def events_prepare(rows: Sequence[dict[str, Any]]) -> None:
+    """What `events_insert` needs to exist first, each idempotent and known afterwards without
+    a query: the rows' tag-set ids (`usage.tagsets`) and, on PostgreSQL, their months'
+    partitions. Ingest does this in a transaction of its own before the one that stores the
+    events, so that one reads nothing but the insert's answer."""
+    if any(r["tags"] and r.get("tag_set_id") is None for r in rows):
+        with_tag_set_ids(rows)
+    if _postgresql():
+        events_partitions_ensure({month_start(r["occurred_at"]) for r in rows})
+
+
 def events_insert(rows: Sequence[dict[str, Any]]) -> set[str]:
     """Insert the rows whose (tenant, time, event id) is new and add exactly those to the
     rollups, in the current transaction; return the event ids inserted. Each row's tags are
     stored as a tag-set id (`usage.tagsets`)."""
     if not rows:
         return set()
-    with_tag_set_ids(rows)
+    events_prepare(rows)  # nothing to do (no query) when done before
     if _postgresql():
-        events_partitions_ensure({month_start(r["occurred_at"]) for r in rows})
         inserted = _insert_postgresql(rows)
     else:
         inserted = _insert_sqlite(rows)

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from threading import Lock
+from threading import Lock, RLock
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -101,6 +101,9 @@ class VersionedCache(Generic[K, V]):
         self._max_entries = max_entries
         self._lock = Lock()
         self._local: dict[K, _Entry[V]] = {}
+        # One lock per key being loaded: threads that miss the same key together (a worker's
+        # threads after a price change) wait for one load instead of each running it.
+        self._loading: dict[K, RLock] = {}
 
     def get(self, key: K) -> V:
         shared = bool(settings.REDIS_URL)
@@ -127,17 +130,34 @@ class VersionedCache(Generic[K, V]):
         ):
             hit.checked = now
             return hit.value
-        try:
-            value = self._load(key)
-        except self._keep_on:
-            if hit is None:
-                raise
-            return hit.value
         with self._lock:
-            if len(self._local) >= self._max_entries:
-                self._local.clear()
-            self._local[key] = _Entry(value, versions, now + self._ttl(), now)
-        return value
+            loading = self._loading.setdefault(key, RLock())
+        try:
+            with loading:
+                with self._lock:
+                    fresh = self._local.get(key)
+                if (
+                    fresh is not None
+                    and fresh is not hit
+                    and fresh.versions == versions
+                    and (fresh.expires > now or versions is not None)
+                ):
+                    return fresh.value  # loaded by another thread while this one waited
+                try:
+                    value = self._load(key)
+                except self._keep_on:
+                    if hit is None:
+                        raise
+                    return hit.value
+                with self._lock:
+                    if len(self._local) >= self._max_entries:
+                        self._local.clear()
+                    self._local[key] = _Entry(value, versions, now + self._ttl(), now)
+                return value
+        finally:
+            with self._lock:
+                if self._loading.get(key) is loading:
+                    del self._loading[key]
 
     def bump(self, *version_keys: str) -> None:
         """After a write: new versions for these shared keys, and this process forgets its

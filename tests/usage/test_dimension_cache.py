@@ -8,7 +8,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from costmon.core.tenancy import tenant_context
-from usage.dimensions import dimension_ids
+from usage.dimensions import dimension_ids, forget_known_dimensions
 from usage.models import Dimension
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,3 +59,24 @@ def test_ids_created_in_a_rolled_back_transaction_are_not_remembered(acme):
             Dimension.objects.for_tenant(acme).get(value="ghost").pk
             == created[(KIND.END_USER, "ghost")]
         )
+
+
+def test_new_names_are_added_and_read_in_one_statement(acme, outsider):
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's one statement")
+    before = ids(acme, "ann")
+    with CaptureQueriesContext(connection) as queries:
+        got = ids(acme, "ann", "bob", "cy")  # "ann" is remembered: only two are asked for
+    assert len(dictionary_queries(queries)) == 1
+    # Names another process stored (not remembered here) and a new one: one statement too.
+    forget_known_dimensions()
+    with CaptureQueriesContext(connection) as queries:
+        mixed = ids(acme, "cy", "dee", "bob")
+    assert len(dictionary_queries(queries)) == 1
+    with tenant_context(acme):
+        stored = {(d.kind, d.value): d.pk for d in Dimension.objects.all()}
+    assert {**got, **mixed} == stored
+    assert set(stored) == {(KIND.END_USER, n) for n in ("ann", "bob", "cy", "dee")}
+    assert got[(KIND.END_USER, "ann")] == before[(KIND.END_USER, "ann")]
+    theirs = ids(outsider, "bob")
+    assert theirs[(KIND.END_USER, "bob")] not in stored.values()

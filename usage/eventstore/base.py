@@ -17,6 +17,7 @@ from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange
 from usage.models import CostSource, UsageEvent
 from usage.selectors import EventPage, UsageFilters
+from usage.tagsets import with_tag_set_ids
 
 
 class StoreUnavailable(ServiceUnavailable):
@@ -69,6 +70,14 @@ class EventStore(abc.ABC):
     """Where a deployment's raw usage events are kept."""
 
     name: str
+    # Whether `insert_new` only writes (nothing it sends waits for an answer before the end), so
+    # ingest may send its transaction as one pipeline (`usage.transactions.write_transaction`).
+    pipelined_writes: bool = False
+
+    def prepare(self, rows: Sequence[dict[str, Any]]) -> None:
+        """What `insert_new` needs to exist first, done by ingest in a transaction of its own
+        (idempotent): by default the rows' tag-set ids, which PostgreSQL keeps for every store."""
+        with_tag_set_ids([r for r in rows if r["tags"] and r.get("tag_set_id") is None])
 
     @abc.abstractmethod
     def insert_new(self, rows: Sequence[dict[str, Any]]) -> set[str]:

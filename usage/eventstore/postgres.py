@@ -16,7 +16,7 @@ from usage.selectors import (
     usage_event_page,
     usage_events,
 )
-from usage.storage import events_drop_before, events_insert
+from usage.storage import events_drop_before, events_insert, events_prepare
 
 
 def _queryset(tenant: Tenant, query: EventQuery) -> Any:
@@ -35,6 +35,10 @@ def _queryset(tenant: Tenant, query: EventQuery) -> Any:
 
 class PostgresStore(EventStore):
     name = "postgres"
+    pipelined_writes = True
+
+    def prepare(self, rows: Sequence[dict[str, Any]]) -> None:
+        events_prepare(rows)
 
     def insert_new(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         return events_insert(rows)

@@ -1,0 +1,139 @@
+"""Single-event ingest in process, one at a time: what one report costs the server.
+
+    .venv/bin/python tests/bench/single_events.py [--events 2000] [--database NAME] [--redis-db N]
+
+Uses a scratch PostgreSQL database (`costmon_single_bench` unless named; dropped and created
+again) and a Redis database (9 unless named), acting as the role `costmon_app` so row-level
+security is on, as in production, with the budgets app's counters in Redis. Each event goes
+through `usage_record_batch` alone, as the group committer stores a group of one: known names,
+a fresh event id, its time given. Prints p50 and p90 of wall time and of this process's CPU
+time per event (the rest of the wall time is waiting: PostgreSQL, Redis, the other processes
+of the machine), and the PostgreSQL round trips of one event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+def prepare_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect("postgres://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(
+            "DO $$ BEGIN CREATE ROLE costmon_app NOLOGIN CREATEDB; "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name} OWNER costmon_app")
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--database", default="costmon_single_bench")
+    parser.add_argument("--redis-db", type=int, default=9)
+    args = parser.parse_args()
+    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.database}"
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis_db}"
+    os.environ.setdefault("DATABASE_ROLE", "costmon_app")
+    os.environ.setdefault("SECRET_KEY", "single-bench")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "costmon.settings"
+    prepare_database(args.database)
+    import django
+
+    django.setup()
+    import redis
+    from django.core.management import call_command
+    from django.db import connection
+
+    from costmon.core.services import tenant_create
+    from costmon.core.tenancy import unscoped
+    from usage.ingest import parse_batch
+    from usage.prices import prices_sync, read_price_file
+    from usage.services import usage_record_batch
+
+    call_command("migrate", verbosity=0)
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    with unscoped():
+        tenant = tenant_create(slug="bench")
+        prices_sync(price_list=read_price_file(str(ROOT / "usage" / "data" / "prices.json")))
+    at = (datetime.now(UTC) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def body(i: int) -> list[dict[str, object]]:
+        return [
+            {
+                "event_id": f"single-{i}",
+                "occurred_at": at,
+                "provider": "openai",
+                "model": "gpt-4o",
+                "operation": "chat",
+                "end_user": f"user-{i % 20}",
+                "input_tokens": 1200,
+                "output_tokens": 300,
+                "tags": {"team": "search"},
+            }
+        ]
+
+    for i in range(50):  # names, tag set, partition, catalog and connection warmed up
+        usage_record_batch(tenant=tenant, events=parse_batch(body(-1 - i)))
+    walls, cpus = [], []
+    for i in range(args.events):
+        events = parse_batch(body(i))
+        w0, c0 = time.perf_counter(), time.process_time()
+        usage_record_batch(tenant=tenant, events=events)
+        cpus.append((time.process_time() - c0) * 1000)
+        walls.append((time.perf_counter() - w0) * 1000)
+
+    trips = _round_trips(
+        connection, lambda: usage_record_batch(tenant=tenant, events=parse_batch(body(-100)))
+    )
+    print(f"single events in process, one at a time ({args.events}):")
+    print(
+        f"  wall p50 {statistics.median(walls):.2f} ms, p90 {pct(walls, 0.9):.2f} ms; "
+        f"CPU p50 {statistics.median(cpus):.2f} ms, p90 {pct(cpus, 0.9):.2f} ms"
+    )
+    print(f"  PostgreSQL round trips per event: {trips}")
+    print(f"  load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def _round_trips(connection: object, call: object) -> int:
+    import tempfile
+
+    from psycopg import pq
+
+    pgconn = connection.connection.pgconn  # type: ignore[attr-defined]
+    with tempfile.TemporaryFile("w+") as trace:
+        pgconn.trace(trace.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            call()  # type: ignore[operator]
+        finally:
+            pgconn.untrace()
+        trace.seek(0)
+        trips, sending = 0, False
+        for line in trace:
+            direction = line.split("\t", 1)[0]
+            if direction == "F":
+                sending = True
+            elif direction == "B" and sending:
+                trips, sending = trips + 1, False
+    return trips
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""How many times one ingest waits for PostgreSQL: counted from libpq's own trace of the
+connection (every message the client sends and receives), as the number of times the client
+turns from sending to reading. A group of single events (usage.grouping) pays these once; they
+are most of a single event's time on the server."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import DatabaseError, connection
+from django.utils import timezone
+from psycopg import pq
+
+from budgets import counters
+from budgets import redis as bredis
+from tests.helpers import event, requires_redis
+from usage.ingest import parse_batch
+from usage.models import HourlyRollup, TagHourlyRollup, UsageEvent
+from usage.services import usage_record_batch
+from usage.signals import batch_committing
+
+pytestmark = [
+    pytest.mark.skipif(
+        os.environ.get("COSTMON_TEST_DB") == "sqlite", reason="PostgreSQL's wire protocol"
+    ),
+    requires_redis,  # the budgets app's receivers run as in production
+    pytest.mark.usefixtures("prices", "unscoped"),
+]
+
+
+def round_trips(call: Callable[[], Any]) -> list[list[str]]:
+    """What `call` sent on the default connection, one list of messages per round trip: a
+    run of messages sent, followed by a run received."""
+    connection.ensure_connection()
+    pgconn = connection.connection.pgconn
+    with tempfile.TemporaryFile("w+") as trace:
+        pgconn.trace(trace.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            call()
+        finally:
+            pgconn.untrace()
+        trace.seek(0)
+        lines = trace.read().splitlines()
+    trips: list[list[str]] = []
+    sent: list[str] = []
+    for line in lines:
+        direction = line.split("\t", 1)[0]
+        if direction == "F":
+            sent.append(line)
+        elif direction == "B" and sent:
+            trips.append(sent)
+            sent = []
+    return trips
+
+
+def shown(trips: list[list[str]]) -> str:
+    return "\n".join(f"{i + 1}: {line[:160]}" for i, trip in enumerate(trips) for line in trip)
+
+
+def sends(trip: list[str], statement: str) -> bool:
+    return any(f'"{statement}' in line for line in trip)
+
+
+def ingest(tenant: Any, *event_ids: str, **fields: Any) -> Any:
+    return usage_record_batch(
+        tenant=tenant, events=parse_batch([event(event_id=i, **fields) for i in event_ids])
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_events_transaction_costs_two_round_trips(acme, outsider):
+    ingest(acme, "warm")  # names, partitions and the catalog now known
+    ingest(outsider, "warm")
+    trips = round_trips(lambda: ingest(acme, "e1"))
+    # BEGIN, the ingest lock, the tenant's row-level security settings and the insert; then
+    # the budgets app's counter update and COMMIT. (Main sent BEGIN, the lock, the insert,
+    # the counter update and COMMIT each on its own: 9 round trips in all here.)
+    transaction = [
+        i for i, trip in enumerate(trips) if sends(trip, "BEGIN") or sends(trip, "COMMIT")
+    ]
+    assert transaction == [0, 1], shown(trips)
+    assert sends(trips[0], "SELECT pg_advisory_lock_shared"), shown(trips)
+    assert sends(trips[0], "WITH fresh AS (INSERT INTO usage_usageevent"), shown(trips)
+    assert sends(trips[1], "INSERT INTO budgets_counterupdate"), shown(trips)
+    # After the commit: the budgets and alerts receivers, and the lock's release.
+    assert len(trips) <= 5, shown(trips)
+    # A resend is a duplicate: nothing to count, the transaction still two round trips.
+    trips = round_trips(lambda: ingest(acme, "e1"))
+    assert [i for i, trip in enumerate(trips) if sends(trip, "COMMIT")] == [1], shown(trips)
+    assert [r.duplicate for r in ingest(acme, "e1", "e2")] == [True, False]
+    assert UsageEvent.objects.for_tenant(acme).count() == 3
+    assert HourlyRollup.objects.for_tenant(acme).get().calls == 3
+    assert UsageEvent.objects.for_tenant(outsider).count() == 1
+    # The counter updates written in the pipeline were applied: Redis holds what PostgreSQL does.
+    day = counters.day_key(acme.pk, timezone.now().date())
+    assert int(bredis.client().hget(day, "t") or 0) == 0  # the events are of another day
+    for tenant in (acme, outsider):
+        assert counters.counters_reconcile(tenant=tenant).corrected == 0
+
+
+def advisory_locks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(  # this session's: other sessions of the server hold their own
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        return int(cursor.fetchone()[0])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failure_in_the_pipeline_stores_nothing_and_releases_the_lock(acme, outsider):
+    ingest(acme, "warm")
+
+    def raising(sender: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a receiver refuses the batch")
+
+    def bad_statement(sender: Any, **kwargs: Any) -> None:
+        with connection.cursor() as cursor:  # fails on the server, seen when the pipeline ends
+            cursor.execute("INSERT INTO usage_usageevent (tenant_id) VALUES (NULL)")
+
+    for receiver, error in ((raising, RuntimeError), (bad_statement, DatabaseError)):
+        batch_committing.connect(receiver, weak=False, dispatch_uid="tests.failing")
+        try:
+            with pytest.raises(error):
+                ingest(acme, "lost", "lost-too", tags={"team": "search"})
+        finally:
+            batch_committing.disconnect(dispatch_uid="tests.failing")
+        assert advisory_locks() == 0
+        assert connection.connection.info.transaction_status == pq.TransactionStatus.IDLE
+        assert not connection.in_atomic_block
+        assert UsageEvent.objects.for_tenant(acme).count() == 1
+        assert HourlyRollup.objects.for_tenant(acme).get().calls == 1
+        assert not TagHourlyRollup.objects.for_tenant(acme).exists()
+    # The connection goes on as before; the events are stored once sent again.
+    assert [r.duplicate for r in ingest(acme, "lost", "lost-too", tags={"team": "search"})] == [
+        False,
+        False,
+    ]
+    assert HourlyRollup.objects.for_tenant(acme).get().calls == 3
+    assert TagHourlyRollup.objects.for_tenant(acme).get().calls == 2
+    assert not UsageEvent.objects.for_tenant(outsider).exists()
+    assert advisory_locks() == 0

@@ -1,0 +1,136 @@
+"""The tenant's ingest lock and the transaction that stores a batch's events, for PostgreSQL and
+for SQLite (with `usage.storage`, the only modules of the usage app that ask which database they
+talk to).
+
+On PostgreSQL the events' transaction is one psycopg pipeline (`write_transaction`): two round
+trips for BEGIN, the lock, the insert, the receivers' writes and COMMIT. SQLite, and any caller's
+own transaction, get a plain `atomic` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from django.db import connection, transaction
+
+# The tenant's ingest lock: (INGEST_LOCK_NAMESPACE, tenant id) as a PostgreSQL advisory lock.
+# Ingest holds it shared; re-pricing, deletes and the budgets app's counter rebuild hold it
+# exclusively, so they never see a batch half-way.
+INGEST_LOCK_NAMESPACE = 7401
+
+# psycopg.pq.TransactionStatus.IDLE: no transaction open.
+_IDLE = 0
+
+
+def _postgresql() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _lock_key(tenant_id: int) -> list[int]:
+    return [INGEST_LOCK_NAMESPACE, tenant_id % 2_000_000_000]
+
+
+# --- locks ------------------------------------------------------------------------------------
+
+
+class IngestLock:
+    """The tenant's ingest lock as `ingest_lock` holds it: taken at once, or (`deferred`) by
+    `write_transaction`, in the same round trip as the transaction's first statements."""
+
+    __slots__ = ("held", "shared", "tenant_id")
+
+    def __init__(self, tenant_id: int, *, shared: bool) -> None:
+        self.tenant_id, self.shared, self.held = tenant_id, shared, False
+
+    def sql(self, verb: str) -> str:
+        kind = "_shared" if self.shared else ""
+        return f"SELECT pg_advisory_{verb}{kind}(%s, %s)"
+
+    def take(self, cursor: Any) -> None:
+        cursor.execute(self.sql("lock"), _lock_key(self.tenant_id))
+        self.held = True
+
+
+@contextlib.contextmanager
+def ingest_lock(tenant_id: int, *, shared: bool, deferred: bool = False) -> Iterator[IngestLock]:
+    """The tenant's ingest lock for this session, across transactions: ingest holds it shared
+    from before a batch's transaction until `batch_recorded` has been sent; exclusive, no batch
+    of the tenant is between its commit and its receivers meanwhile. `deferred`: taken by the
+    `write_transaction` given the lock (a session lock taken in a transaction outlives it,
+    commit or rollback), and released here as usual."""
+    lock = IngestLock(tenant_id, shared=shared)
+    if not _postgresql():
+        yield lock  # SQLite serialises writers already
+        return
+    if not deferred:
+        with connection.cursor() as cursor:
+            lock.take(cursor)
+    try:
+        yield lock
+    finally:
+        if lock.held:
+            with connection.cursor() as cursor:
+                cursor.execute(lock.sql("unlock"), _lock_key(tenant_id))
+
+
+def pipeline_usable() -> bool:
+    """Whether `write_transaction` sends its transaction as one pipeline: PostgreSQL, and not
+    inside a caller's transaction (there it is a savepoint of that one)."""
+    return _postgresql() and not connection.in_atomic_block
+
+
+@contextlib.contextmanager
+def write_transaction(lock: IngestLock | None = None, *, pipeline: bool = True) -> Iterator[None]:
+    """A transaction (Django's `atomic`, so `on_commit` and nested blocks behave as usual) that
+    on PostgreSQL costs two round trips when nothing in it reads a result before the end but
+    one statement: BEGIN, the lock (if given and not held yet) and the statements up to the
+    first read go in the first; the rest and COMMIT in the second (psycopg 3's pipeline mode,
+    which sends statements without waiting for each one's answer).
+
+    BEGIN and COMMIT are sent as statements of the pipeline: psycopg would sync the pipeline
+    for its own BEGIN and again to change autocommit. A statement in the block that reads its
+    result early (an ORM `create`, `fetchone`) costs a round trip more and is otherwise fine.
+    Errors of the pipeline are raised when it ends, as Django's database errors; the
+    transaction is then rolled back. Inside a caller's transaction, or on SQLite: a plain
+    `atomic` block (a savepoint there); so too with `pipeline=False` (a block that must read
+    answers as it goes, such as the ClickHouse store's duplicate check under its lock)."""
+    if not (pipeline and pipeline_usable()):
+        with transaction.atomic():
+            if lock is not None and not lock.held and _postgresql():
+                with connection.cursor() as cursor:
+                    lock.take(cursor)
+            yield
+        return
+    with transaction.atomic():
+        raw = connection.connection
+        raw.autocommit = True  # Django's atomic set it off; no statement was sent for that
+        try:
+            with connection.wrap_database_errors, raw.pipeline():
+                statements = psycopg.Cursor(raw)
+                statements.execute("BEGIN")
+                if lock is not None and not lock.held:
+                    lock.take(statements)
+                yield
+                statements.execute("COMMIT")
+        except BaseException:
+            if not raw.closed and raw.info.transaction_status != _IDLE:
+                # A broken connection cannot roll back: the error that broke it is the one to
+                # raise, and Django closes the connection when its atomic block ends.
+                with contextlib.suppress(psycopg.Error):
+                    raw.execute("ROLLBACK")
+            raise
+        finally:
+            if not raw.closed and raw.info.transaction_status == _IDLE:
+                raw.autocommit = False  # as Django's atomic left it; its COMMIT is then a no-op
+
+
+def rewrite_lock(tenant_id: int) -> None:
+    """Take the tenant's ingest lock exclusively until the current transaction ends (re-pricing,
+    deletes, resets: rewrites of stored usage)."""
+    if not _postgresql():
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _lock_key(tenant_id))
