@@ -12,6 +12,7 @@ from typing import Any
 from costmon.core.errors import DomainError
 from costmon.core.models import Tenant
 from costmon.core.periods import EARLIEST, LATEST
+from usage.ingest import PART_FIELDS
 from usage.models import Dimension, TagSet, UsageEvent
 
 TABLE = "usage_events"
@@ -60,13 +61,7 @@ _NONE_IF_ZERO = frozenset(
     {
         "session_id",
         "tag_set_id",
-        "cache_write_1h_tokens",
-        "input_audio_tokens",
-        "output_audio_tokens",
-        "input_image_tokens",
-        "output_image_tokens",
-        "web_search_calls",
-        "output_images",
+        *PART_FIELDS,
         "service_tier",
         "price_id",
         "prompt_hash",
