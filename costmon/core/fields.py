@@ -55,7 +55,16 @@ class StrictBooleanField(serializers.BooleanField):
 
 
 class StrictIntegerField(serializers.IntegerField):
+    """A JSON whole number (not a string, not a boolean), within a 64-bit integer unless told
+    otherwise: a larger one is refused here (a 400 naming the field) instead of reaching the
+    database, where SQLite cannot hold it."""
+
     default_error_messages = {"invalid": "Must be a whole number."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", -(2**63))
+        kwargs.setdefault("max_value", 2**63 - 1)
+        super().__init__(**kwargs)
 
     def to_internal_value(self, data: Any) -> int:
         if isinstance(data, bool) or not isinstance(data, int | Decimal):

@@ -63,6 +63,8 @@ def test_an_admin_key_manages_channels_and_rules(admin_client_key, receiver, acm
         ({"kind": "error_rate", "threshold_percent": "150"}, "threshold_percent"),
         ({"kind": "spend", "threshold_usd": "1", "tag": "team"}, "tag"),
         ({"kind": "spend", "threshold_usd": "1", "channels": [999]}, "channels"),
+        # Beyond a 64-bit integer: refused before the database (SQLite cannot hold it: was 500).
+        ({"kind": "spend", "threshold_usd": "1", "channels": [2**64]}, "channels"),
         ({"kind": "spike", "multiplier": "1"}, "multiplier"),
     ],
 )

@@ -92,6 +92,7 @@ def test_a_new_budget_applies_to_the_next_check_at_once(admin_client_key, ingest
         ({"period": "rolling"}, "rolling_days", "number of days"),
         ({"period": "rolling", "rolling_days": 400}, "rolling_days", "less than or equal to 90"),
         ({"scope": "api_key"}, "api_key", "Choose the API key"),
+        ({"scope": "api_key", "api_key": 2**64}, "api_key", "less than or equal to"),
         ({"enforcement": "strict"}, "enforcement", "not a valid choice"),
     ],
 )
