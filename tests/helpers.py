@@ -33,6 +33,14 @@ requires_redis = pytest.mark.skipif(
 )
 
 
+# What only PostgreSQL has (its wire protocol, one-statement upserts); the SQLite pass skips it,
+# the PostgreSQL pass of the same suite runs it.
+requires_postgresql = pytest.mark.skipif(
+    os.environ.get("COSTMON_TEST_DB") == "sqlite",
+    reason="PostgreSQL only (the suite's PostgreSQL pass runs it)",
+)
+
+
 def stored_events(tenant: Any) -> list[Any]:
     """Every raw event of the tenant, newest first, from the configured event store (read in
     the tenant's context, as the API reads them)."""

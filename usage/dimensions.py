@@ -6,21 +6,18 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from django.db import transaction
 from django.db.models import Q
 
 from costmon.core.models import Tenant
 from usage.ingest import EventIn
+from usage.known import KnownIds
 from usage.models import Dimension
 from usage.storage import dimensions_add
 
 Kind = Dimension.Kind
 
-# Dictionary ids this process has seen committed, per tenant: {(kind, value): id}. An entry,
-# once committed, stays for as long as its tenant (a usage reset keeps the dictionary), so a
-# known id never goes stale and a batch of known names needs no query at all.
-_known_ids: dict[int, dict[tuple[int, str], int]] = {}
-_KNOWN_PER_TENANT = 100_000  # past this (many end users), start the tenant's map over
+# Ids this process has seen committed, per tenant (a known one never goes stale).
+_known_ids: KnownIds[tuple[int, str]] = KnownIds()
 
 
 def forget_known_dimensions() -> None:
@@ -32,7 +29,7 @@ def dimension_ids(
 ) -> dict[tuple[int, str], int]:
     """Ids of the tenant's dictionary entries, creating the missing ones."""
     tenant_id = tenant if isinstance(tenant, int) else tenant.pk
-    known = _known_ids.get(tenant_id, {})
+    known = _known_ids.of(tenant_id)
     found: dict[tuple[int, str], int] = {}
     unknown: list[tuple[int, str]] = []
     for key in set(wanted):
@@ -48,14 +45,7 @@ def dimension_ids(
     looked_up: dict[tuple[int, str], int] = added if added is not None else _add(tenant_id, unknown)
     found.update(looked_up)
 
-    def remember() -> None:
-        # Only once committed: entries created in a transaction that rolls back never existed.
-        mine = _known_ids.setdefault(tenant_id, {})
-        if len(mine) + len(looked_up) > _KNOWN_PER_TENANT:
-            mine.clear()
-        mine.update(looked_up)
-
-    transaction.on_commit(remember)
+    _known_ids.remember_on_commit(tenant_id, looked_up)
     return found
 
 

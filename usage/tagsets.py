@@ -13,17 +13,14 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from django.db import transaction
-
+from usage.known import KnownIds
 from usage.models import TagSet
 
 # A tag set as a dictionary key: its (name, value) pairs sorted by name.
 Pairs = tuple[tuple[str, str], ...]
 
-# Tag-set ids this process has seen committed, per tenant: {pairs: id}. A set, once
-# committed, stays as long as its tenant, so a known id never goes stale.
-_known_ids: dict[int, dict[Pairs, int]] = {}
-_KNOWN_PER_TENANT = 100_000  # past this (a tag with a value per call), start the map over
+# Ids this process has seen committed, per tenant (a known one never goes stale).
+_known_ids: KnownIds[Pairs] = KnownIds()
 
 
 def forget_known_tag_sets() -> None:
@@ -44,7 +41,7 @@ def tag_set_key(pairs: Pairs) -> uuid.UUID:
 
 def tag_set_ids(*, tenant_id: int, sets: Iterable[Pairs]) -> dict[Pairs, int]:
     """Ids of the tenant's tag sets (each as `pairs_of` its tags), creating the missing ones."""
-    known = _known_ids.get(tenant_id, {})
+    known = _known_ids.of(tenant_id)
     found: dict[Pairs, int] = {}
     unknown: dict[uuid.UUID, Pairs] = {}
     for pairs in set(sets):
@@ -72,14 +69,7 @@ def tag_set_ids(*, tenant_id: int, sets: Iterable[Pairs]) -> dict[Pairs, int]:
         fetch(missing)
     found.update(looked_up)
 
-    def remember() -> None:
-        # Only once committed: sets created in a transaction that rolls back never existed.
-        mine = _known_ids.setdefault(tenant_id, {})
-        if len(mine) + len(looked_up) > _KNOWN_PER_TENANT:
-            mine.clear()
-        mine.update(looked_up)
-
-    transaction.on_commit(remember)
+    _known_ids.remember_on_commit(tenant_id, looked_up)
     return found
 
 

@@ -103,9 +103,9 @@ def test_tenants_on_two_shards_total_as_on_one_node_and_as_postgresql(store, acm
 
 
 @pytest.mark.clickhouse
+@pytest.mark.parametrize("store", ["ch", "ch2"], indirect=True)  # merges are ClickHouse's alone
 def test_reads_count_a_duplicate_once_before_clickhouse_merges_it(store, acme, outsider):
-    if not isinstance(store, ClickHouseStore):
-        pytest.skip("ClickHouse only")
+    assert isinstance(store, ClickHouseStore)
     client = client_of(acme)
     post_usage(
         client, [event(event_id="a"), event(event_id="b", occurred_at="2026-11-20T11:00:00Z")]

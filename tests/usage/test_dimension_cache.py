@@ -8,6 +8,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from costmon.core.tenancy import tenant_context
+from tests.helpers import requires_postgresql
 from usage.dimensions import dimension_ids, forget_known_dimensions
 from usage.models import Dimension
 
@@ -61,9 +62,8 @@ def test_ids_created_in_a_rolled_back_transaction_are_not_remembered(acme):
         )
 
 
+@requires_postgresql  # SQLite adds names through the ORM
 def test_new_names_are_added_and_read_in_one_statement(acme, outsider):
-    if connection.vendor != "postgresql":
-        pytest.skip("PostgreSQL's one statement")
     before = ids(acme, "ann")
     with CaptureQueriesContext(connection) as queries:
         got = ids(acme, "ann", "bob", "cy")  # "ann" is remembered: only two are asked for

@@ -5,7 +5,6 @@ are most of a single event's time on the server."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -17,16 +16,14 @@ from psycopg import pq
 
 from budgets import counters
 from budgets import redis as bredis
-from tests.helpers import event, requires_redis
+from tests.helpers import event, requires_postgresql, requires_redis
 from usage.ingest import parse_batch
 from usage.models import HourlyRollup, TagHourlyRollup, UsageEvent
 from usage.services import usage_record_batch
 from usage.signals import batch_committing
 
 pytestmark = [
-    pytest.mark.skipif(
-        os.environ.get("COSTMON_TEST_DB") == "sqlite", reason="PostgreSQL's wire protocol"
-    ),
+    requires_postgresql,  # libpq's trace of PostgreSQL's wire protocol
     requires_redis,  # the budgets app's receivers run as in production
     pytest.mark.usefixtures("prices", "unscoped"),
 ]

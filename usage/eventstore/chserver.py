@@ -8,8 +8,9 @@ reach a server, or an error from it, comes out as `StoreUnavailable` or `StoreEr
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -86,20 +87,20 @@ class Connections:
     ) -> list[tuple[Any, ...]]:
         """Run one statement on shard `index`; rows of a SELECT, or [] ."""
         client = self._client(index, database=database)
-        try:
+        with self._reachable(index, client):
             return client.execute(sql, params)  # type: ignore[no-any-return]
-        except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError) as exc:
-            client.disconnect()
-            address = self.shards[index].address
-            raise StoreUnavailable(
-                f"The ClickHouse event store at {address} cannot be reached ({exc})."
-            ) from exc
 
     def execute_iter(self, index: int, sql: str, params: Any = None) -> Any:
         """Rows of a SELECT as they stream in (exports)."""
         client = self._client(index)
-        try:
+        with self._reachable(index, client):
             yield from client.execute_iter(sql, params)
+
+    @contextlib.contextmanager
+    def _reachable(self, index: int, client: Any) -> Iterator[None]:
+        """A lost connection to shard `index` as `StoreUnavailable` (the API's 503)."""
+        try:
+            yield
         except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError) as exc:
             client.disconnect()
             address = self.shards[index].address
