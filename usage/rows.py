@@ -8,7 +8,7 @@ from costmon.core.money import usd_to_nanos
 from usage.ingest import EventIn
 from usage.models import CostSource, Dimension, ServiceTier
 from usage.price_lookup import Catalog
-from usage.pricing import Usage, breakdown
+from usage.pricing import Usage, cost_nanos_of
 
 Kind = Dimension.Kind
 
@@ -81,7 +81,7 @@ def price_event(catalog: Catalog, event: EventIn) -> Priced:
     found = catalog.resolve(event.provider, event.model, event.occurred_at, event.service_tier)
     if found is None:
         return 0, CostSource.UNPRICED, None
-    return breakdown(found.price, usage_of(event)).nanos, CostSource.COMPUTED, found.price.id
+    return cost_nanos_of(found.price, event), CostSource.COMPUTED, found.price.id
 
 
 def event_row(

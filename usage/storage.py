@@ -46,6 +46,7 @@ from usage.rollups import (
     aggregate,
     aggregate_tags,
     by_model,
+    hours_of,
 )
 from usage.rows import EVENT_COLUMNS, EVENT_TYPES
 from usage.tagsets import with_tag_set_ids
@@ -206,7 +207,9 @@ def events_prepare(rows: Sequence[dict[str, Any]]) -> None:
     if any(r["tags"] and r.get("tag_set_id") is None for r in rows):
         with_tag_set_ids(rows)
     if _postgresql():
-        events_partitions_ensure({month_start(r["occurred_at"]) for r in rows})
+        events_partitions_ensure(
+            {month_start(hour) for hour in hours_of(r["occurred_at"] for r in rows)}
+        )
 
 
 def events_insert(rows: Sequence[dict[str, Any]]) -> set[str]:
