@@ -98,6 +98,7 @@ def main() -> None:
     from django.db import connection
     from django.test import Client
 
+    from budgets import counters
     from budgets.services import budget_create
     from costmon.core.services import api_key_create, tenant_create
     from costmon.core.tenancy import unscoped
@@ -123,6 +124,8 @@ def main() -> None:
             },
         )
         secret = api_key_create(tenant=tenant, scopes="ingest").secret
+        # Trusted counters, as in production once the first rebuild ran.
+        counters.counters_reconcile(tenant=tenant)
     total = args.warm + args.batches
     events = list(
         demo.demo_events(count=BATCH * total, days=2, end=datetime.now(UTC), seed=17, stream=17)
