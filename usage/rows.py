@@ -8,7 +8,7 @@ from costmon.core.money import usd_to_nanos
 from usage.ingest import EventIn
 from usage.models import CostSource, Dimension, ServiceTier
 from usage.price_lookup import Catalog
-from usage.pricing import Usage, cost_nanos_of
+from usage.pricing import cost_nanos_of
 
 Kind = Dimension.Kind
 # The kinds as plain ints: equal keys of the same hash, looked up three times faster than the
@@ -60,24 +60,6 @@ _CALLER, _COMPUTED, _UNPRICED = (
 
 # (cost in nano-dollars, cost source, the catalog row used)
 Priced = tuple[int, int, int | None]
-
-
-def usage_of(event: EventIn) -> Usage:
-    """What the event says the call consumed, for pricing."""
-    return Usage(
-        input_tokens=event.input_tokens,
-        output_tokens=event.output_tokens,
-        cached_input_tokens=event.cached_input_tokens,
-        cache_write_tokens=event.cache_write_tokens,
-        cache_write_1h_tokens=event.cache_write_1h_tokens,
-        input_audio_tokens=event.input_audio_tokens,
-        output_audio_tokens=event.output_audio_tokens,
-        input_image_tokens=event.input_image_tokens,
-        output_image_tokens=event.output_image_tokens,
-        reasoning_tokens=event.reasoning_tokens,
-        web_search_calls=event.web_search_calls,
-        output_images=event.output_images,
-    )
 
 
 def price_event(catalog: Catalog, event: EventIn) -> Priced:
