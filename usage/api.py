@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -213,6 +214,16 @@ def recorded_json(results: list[EventResult]) -> dict[str, Any]:
     }
 
 
+def recorded_body(results: list[EventResult]) -> bytes:
+    """`recorded_json` as DRF's JSONRenderer renders it, byte for byte (compact, UTF-8, the
+    two line separators escaped), encoded by msgspec: json.dumps took more time per event
+    than storing it."""
+    body = msgspec.json.encode(recorded_json(results))
+    if b"\xe2\x80\xa8" in body or b"\xe2\x80\xa9" in body:
+        body = body.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+    return body
+
+
 def events_of(body: bytes) -> list[EventIn]:
     """The validated events of a request body; DomainError (400) naming every problem.
 
@@ -273,7 +284,7 @@ class UsageApi(TenantAPIView):
             return self.drf_error(request, exc)
         instruments.events_ingested(results)
         response = HttpResponse(
-            _RENDERER.render(recorded_json(results)),
+            recorded_body(results),
             content_type=_RENDERER.media_type,
             status=201,
         )

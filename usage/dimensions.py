@@ -82,11 +82,16 @@ def _add(tenant_id: int, unknown: list[tuple[int, str]]) -> dict[tuple[int, str]
 def dimension_keys(events: Iterable[EventIn]) -> set[tuple[int, str]]:
     """The dictionary entries (kind, name) the events name."""
     keys: set[tuple[int, str]] = set()
+    add = keys.add
+    # Plain ints: the same keys as the enum's members, hashed without an attribute look-up.
+    provider, model, operation, end_user, session = (
+        int(k) for k in (Kind.PROVIDER, Kind.MODEL, Kind.OPERATION, Kind.END_USER, Kind.SESSION)
+    )
     for e in events:
-        keys.add((Kind.PROVIDER, e.provider))
-        keys.add((Kind.MODEL, e.model))
-        keys.add((Kind.OPERATION, e.operation))
-        keys.add((Kind.END_USER, e.end_user))
+        add((provider, e.provider))
+        add((model, e.model))
+        add((operation, e.operation))
+        add((end_user, e.end_user))
         if e.session_id:
-            keys.add((Kind.SESSION, e.session_id))
+            add((session, e.session_id))
     return keys

@@ -8,12 +8,13 @@ Pure functions over plain data. Which price applies to an event is `usage.price_
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cached_property
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 # (USD per million tokens) * tokens * 1000 = nano-dollars.
 _NANOS_PER_USD_PER_MTOK = Decimal(1000)
@@ -116,6 +117,15 @@ class Price:
     @cached_property
     def long_context_rates(self) -> dict[str, Decimal]:
         return _effective(self.long_rates, self.rates) if self.long_rates else self.standard_rates
+
+    @cached_property
+    def standard_whole_rates(self) -> WholeRates:
+        """`standard_rates` as whole numbers over one denominator, for `cost_nanos_of`."""
+        return _whole_rates(self, self.standard_rates)
+
+    @cached_property
+    def long_context_whole_rates(self) -> WholeRates:
+        return _whole_rates(self, self.long_context_rates)
 
 
 @functools.lru_cache(maxsize=8192)  # a tenant uses a few dozen model names, on every event
@@ -294,6 +304,105 @@ def breakdown(price: Price, usage: Usage) -> Breakdown:
     if price.per_request:
         lines.append(_line("request", 1, price.per_request, "request"))
     return Breakdown(tuple(lines), long)
+
+
+class WholeRates(NamedTuple):
+    """A price's rates in nano-dollars per unit, each `numerator / denominator` exactly (one
+    common denominator), so a cost sums as whole numbers: a Decimal per line costs more than
+    the rest of an event's ingest."""
+
+    denominator: int
+    input: int
+    cached_input: int
+    cache_write: int
+    cache_write_1h: int
+    input_audio: int
+    input_image: int
+    output: int
+    output_audio: int
+    output_image: int
+    web_search: int  # per call
+    image: int  # per output image
+    request: int
+
+
+def _whole_rates(price: Price, rates: dict[str, Decimal]) -> WholeRates:
+    per_unit = [
+        *(
+            rates[kind] * _NANOS_PER_USD_PER_MTOK
+            for kind in WholeRates._fields[1:10]  # the token kinds, in field order
+        ),
+        price.web_search_per_kcalls * _UNIT_NANOS["1K calls"],
+        price.per_output_image * _UNIT_NANOS["image"],
+        price.per_request * _UNIT_NANOS["request"],
+    ]
+    ratios = [value.as_integer_ratio() for value in per_unit]
+    denominator = math.lcm(*(d for _, d in ratios))
+    return WholeRates(denominator, *(n * (denominator // d) for n, d in ratios))
+
+
+class Consumed(Protocol):
+    """What `cost_nanos_of` reads: `Usage`'s fields (a validated event has them too)."""
+
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cached_input_tokens(self) -> int: ...
+    @property
+    def cache_write_tokens(self) -> int: ...
+    @property
+    def cache_write_1h_tokens(self) -> int: ...
+    @property
+    def input_audio_tokens(self) -> int: ...
+    @property
+    def output_audio_tokens(self) -> int: ...
+    @property
+    def input_image_tokens(self) -> int: ...
+    @property
+    def output_image_tokens(self) -> int: ...
+    @property
+    def web_search_calls(self) -> int: ...
+    @property
+    def output_images(self) -> int: ...
+
+
+def cost_nanos_of(price: Price, usage: Consumed) -> int:
+    """`breakdown(price, usage).nanos` without the lines, in whole numbers (the same figure:
+    the same lines summed exactly, rounded half up once). Ingest prices every event with it;
+    an explanation lists the lines with `breakdown`."""
+    long = (
+        price.long_context_threshold is not None
+        and price.long_rates is not None
+        and usage.input_tokens > price.long_context_threshold
+    )
+    r = price.long_context_whole_rates if long else price.standard_whole_rates
+    cached, writes, one_hour = (
+        usage.cached_input_tokens,
+        usage.cache_write_tokens,
+        usage.cache_write_1h_tokens,
+    )
+    input_audio, input_image = usage.input_audio_tokens, usage.input_image_tokens
+    output_audio, output_image = usage.output_audio_tokens, usage.output_image_tokens
+    total = (
+        (usage.input_tokens - cached - writes - input_audio - input_image) * r.input
+        + cached * r.cached_input
+        + (writes - one_hour) * r.cache_write
+        + one_hour * r.cache_write_1h
+        + input_audio * r.input_audio
+        + input_image * r.input_image
+        + (usage.output_tokens - output_audio - output_image) * r.output
+        + output_audio * r.output_audio
+        + output_image * r.output_image
+        + usage.web_search_calls * r.web_search
+        + usage.output_images * r.image
+        + r.request
+    )
+    whole, rest = divmod(abs(total), r.denominator)
+    if 2 * rest >= r.denominator:  # ROUND_HALF_UP: halves away from zero
+        whole += 1
+    return whole if total >= 0 else -whole
 
 
 def _line(kind: str, quantity: int, unit_price: Decimal, unit: str) -> Line:

@@ -8,9 +8,14 @@ from costmon.core.money import usd_to_nanos
 from usage.ingest import EventIn
 from usage.models import CostSource, Dimension, ServiceTier
 from usage.price_lookup import Catalog
-from usage.pricing import Usage, breakdown
+from usage.pricing import cost_nanos_of
 
 Kind = Dimension.Kind
+# The kinds as plain ints: equal keys of the same hash, looked up three times faster than the
+# enum's members (five times per event).
+_PROVIDER, _MODEL, _OPERATION, _END_USER, _SESSION = (
+    int(k) for k in (Kind.PROVIDER, Kind.MODEL, Kind.OPERATION, Kind.END_USER, Kind.SESSION)
+)
 
 # (column, PostgreSQL type) of the events table as ingest writes it; short type names keep the
 # insert statement under psycopg's 4 kB parse cache (see `usage.storage.insert_statement`).
@@ -49,39 +54,25 @@ EVENT_COLUMN_TYPES = (
 EVENT_COLUMNS = tuple(c for c, _ in EVENT_COLUMN_TYPES)
 EVENT_TYPES = tuple(t for _, t in EVENT_COLUMN_TYPES)
 
+_CALLER, _COMPUTED, _UNPRICED = (
+    int(s) for s in (CostSource.CALLER, CostSource.COMPUTED, CostSource.UNPRICED)
+)
+
 # (cost in nano-dollars, cost source, the catalog row used)
 Priced = tuple[int, int, int | None]
-
-
-def usage_of(event: EventIn) -> Usage:
-    """What the event says the call consumed, for pricing."""
-    return Usage(
-        input_tokens=event.input_tokens,
-        output_tokens=event.output_tokens,
-        cached_input_tokens=event.cached_input_tokens,
-        cache_write_tokens=event.cache_write_tokens,
-        cache_write_1h_tokens=event.cache_write_1h_tokens,
-        input_audio_tokens=event.input_audio_tokens,
-        output_audio_tokens=event.output_audio_tokens,
-        input_image_tokens=event.input_image_tokens,
-        output_image_tokens=event.output_image_tokens,
-        reasoning_tokens=event.reasoning_tokens,
-        web_search_calls=event.web_search_calls,
-        output_images=event.output_images,
-    )
 
 
 def price_event(catalog: Catalog, event: EventIn) -> Priced:
     """(cost in nano-dollars, cost source, catalog row used) for one validated event."""
     if event.cost_usd is not None:
-        return usd_to_nanos(event.cost_usd), CostSource.CALLER, None
+        return usd_to_nanos(event.cost_usd), _CALLER, None
     if event.cache_hit:
         # Served from the application's own cache: no API call, nothing to pay.
-        return 0, CostSource.COMPUTED, None
+        return 0, _COMPUTED, None
     found = catalog.resolve(event.provider, event.model, event.occurred_at, event.service_tier)
     if found is None:
-        return 0, CostSource.UNPRICED, None
-    return breakdown(found.price, usage_of(event)).nanos, CostSource.COMPUTED, found.price.id
+        return 0, _UNPRICED, None
+    return cost_nanos_of(found.price, event), _COMPUTED, found.price.id
 
 
 def event_row(
@@ -99,11 +90,11 @@ def event_row(
         "tenant_id": tenant_id,
         "event_id": e.event_id,
         "occurred_at": e.occurred_at,
-        "provider_id": dims[(Kind.PROVIDER, e.provider)],
-        "model_id": dims[(Kind.MODEL, e.model)],
-        "operation_id": dims[(Kind.OPERATION, e.operation)],
-        "end_user_id": dims[(Kind.END_USER, e.end_user)],
-        "session_id": dims[(Kind.SESSION, e.session_id)] if e.session_id else None,
+        "provider_id": dims[(_PROVIDER, e.provider)],
+        "model_id": dims[(_MODEL, e.model)],
+        "operation_id": dims[(_OPERATION, e.operation)],
+        "end_user_id": dims[(_END_USER, e.end_user)],
+        "session_id": dims[(_SESSION, e.session_id)] if e.session_id else None,
         "api_key_id": api_key_id,
         # The tags themselves (the tag rollups and budgets read them); `usage.storage` fills
         # `tag_set_id` from them (`usage.tagsets`) before it stores the row.
@@ -124,7 +115,7 @@ def event_row(
         "output_images": e.output_images or None,
         "service_tier": ServiceTier.code(e.service_tier),
         "cost_nanos": cost,
-        "cost_source": int(source),
+        "cost_source": source,
         "price_id": price_id,
         "latency_ms": e.latency_ms,
         "is_error": e.is_error,

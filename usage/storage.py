@@ -36,6 +36,8 @@ from usage.partitions import (
     next_month,
     partition_exists,
 )
+from usage.pgarrays import PACKABLE, packed_array
+from usage.pgarrays import register as register_packed
 from usage.rollups import (
     MODEL_ROLLUP_KEY,
     ROLLUP_KEY,
@@ -46,8 +48,9 @@ from usage.rollups import (
     aggregate,
     aggregate_tags,
     by_model,
+    hours_of,
 )
-from usage.rows import EVENT_COLUMNS, EVENT_TYPES
+from usage.rows import EVENT_COLUMN_TYPES, EVENT_COLUMNS, EVENT_TYPES
 from usage.tagsets import with_tag_set_ids
 
 # SQLite's limit on parameters per statement, with room to spare.
@@ -206,7 +209,9 @@ def events_prepare(rows: Sequence[dict[str, Any]]) -> None:
     if any(r["tags"] and r.get("tag_set_id") is None for r in rows):
         with_tag_set_ids(rows)
     if _postgresql():
-        events_partitions_ensure({month_start(r["occurred_at"]) for r in rows})
+        events_partitions_ensure(
+            {month_start(hour) for hour in hours_of(r["occurred_at"] for r in rows)}
+        )
 
 
 def events_insert(rows: Sequence[dict[str, Any]]) -> set[str]:
@@ -244,13 +249,17 @@ def insert_statement() -> str:
 def _insert_postgresql(rows: Sequence[dict[str, Any]]) -> set[str]:
     # One statement, one array parameter per column: the fastest bulk path short of COPY, and
     # unlike COPY it can skip duplicates.
-    arrays: list[list[Any] | None] = []
-    for col in EVENT_COLUMNS:
+    arrays: list[Any] = []
+    for col, type_name in EVENT_COLUMN_TYPES:
         values = [r[col] for r in rows]
-        # A column with no value in the batch (the rarer token kinds, usually) goes as a NULL
-        # array, which unnest pads with NULLs: nothing to encode per row.
-        arrays.append(values if any(v is not None for v in values) else None)
+        if type_name in PACKABLE:
+            arrays.append(packed_array(values, type_name))
+        else:
+            # A column with no value in the batch (the rarer token kinds, usually) goes as a
+            # NULL array, which unnest pads with NULLs: nothing to encode per row.
+            arrays.append(values if any(v is not None for v in values) else None)
     with raw_cursor(connection) as cursor:
+        register_packed(cursor)
         cursor.execute(
             insert_statement(),
             arrays,

@@ -76,9 +76,16 @@ def tag_set_ids(*, tenant_id: int, sets: Iterable[Pairs]) -> dict[Pairs, int]:
 def with_tag_set_ids(rows: Sequence[dict[str, Any]]) -> None:
     """Fill each event row's `tag_set_id` from its `tags` (None: no tags), per tenant."""
     by_tenant: dict[int, list[tuple[dict[str, Any], Pairs]]] = {}
+    # A batch's events share a few tag sets, each sent in its own dict: sort each once.
+    sorted_pairs: dict[tuple[tuple[str, str], ...], Pairs] = {}
     for r in rows:
-        if r["tags"]:
-            by_tenant.setdefault(r["tenant_id"], []).append((r, pairs_of(r["tags"])))
+        tags = r["tags"]
+        if tags:
+            items = tuple(tags.items())
+            pairs = sorted_pairs.get(items)
+            if pairs is None:
+                pairs = sorted_pairs[items] = tuple(sorted(items))
+            by_tenant.setdefault(r["tenant_id"], []).append((r, pairs))
         else:
             r["tag_set_id"] = None
     for tenant_id, tagged in by_tenant.items():

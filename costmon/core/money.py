@@ -29,6 +29,12 @@ def nanos_to_usd(nanos: int) -> Decimal:
 def format_usd(nanos: int | Decimal) -> str:
     """A decimal string without exponent or trailing zeros: 1350000 -> "0.00135" (a Decimal
     of nano-dollars keeps its fraction: a cost line before the one rounding)."""
+    if type(nanos) is int:  # the common case (every event of an ingest reply): no Decimal
+        whole, fraction = divmod(-nanos if nanos < 0 else nanos, NANOS_PER_USD)
+        sign = "-" if nanos < 0 else ""
+        if not fraction:
+            return f"{sign}{whole}"
+        return f"{sign}{whole}.{fraction:09d}".rstrip("0")
     return format((Decimal(nanos) / _NANOS).normalize(), "f")
 
 

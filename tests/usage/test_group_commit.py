@@ -12,6 +12,7 @@ import pytest
 from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
+from rest_framework.renderers import JSONRenderer
 from rest_framework.test import APIClient
 
 from budgets import counters
@@ -20,9 +21,10 @@ from costmon.core.services import api_key_create
 from costmon.core.tenancy import tenant_context
 from tests.helpers import event, post_usage, requires_redis
 from usage import grouping
-from usage.api import UsageApi
+from usage.api import UsageApi, recorded_body, recorded_json
 from usage.ingest import parse_batch
-from usage.models import HourlyRollup, UsageEvent
+from usage.models import CostSource, HourlyRollup, UsageEvent
+from usage.services import EventResult
 
 pytestmark = [pytest.mark.usefixtures("prices", "unscoped")]
 HAIKU = 1_350_000  # nano-USD of the default test event
@@ -71,6 +73,25 @@ def test_the_hot_path_replies_as_drf_does_byte_for_byte(acme, outsider, monkeypa
             "b",
         ]
     assert UsageEvent.objects.for_tenant(outsider).count() == 2
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    [
+        "plain",
+        'quote " and \\ backslash',
+        "caf\u00e9 \U0001f600",
+        "line\u2028para\u2029",
+        "</script>\x7f",
+    ],
+)
+def test_the_hot_paths_reply_body_is_drfs_rendering(event_id):
+    results = [
+        EventResult(event_id, 1_350_000, CostSource.COMPUTED, False),
+        EventResult(event_id, 120_500_000_000, CostSource.CALLER, True),
+        EventResult("u", 0, CostSource.UNPRICED, False),
+    ]
+    assert recorded_body(results) == JSONRenderer().render(recorded_json(results))
 
 
 @pytest.mark.django_db

@@ -8,8 +8,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from costmon.core.money import format_usd
+from usage.ingest import MAX_TOKENS
 from usage.price_lookup import Alias, Catalog
 from usage.pricing import (
     Price,
@@ -18,6 +21,7 @@ from usage.pricing import (
     breakdown,
     candidate_names,
     cost_nanos,
+    cost_nanos_of,
     deployment_names,
 )
 
@@ -365,3 +369,82 @@ def test_reasoning_tokens_are_billed_as_output():
     o4_mini = _full(rates=Rates(Decimal("1.10"), Decimal("4.40"), Decimal("0.275")))
     usage = Usage(input_tokens=1000, output_tokens=3000, reasoning_tokens=2500)
     assert format_usd(breakdown(o4_mini, usage).nanos) == "0.0143"
+
+
+_RATE = st.one_of(
+    st.none(),
+    st.decimals(min_value=0, max_value=1000, places=6, allow_nan=False, allow_infinity=False),
+)
+_COUNT = st.integers(min_value=0, max_value=MAX_TOKENS)
+
+
+@st.composite
+def _priced_usage(draw: st.DrawFn) -> tuple[Price, Usage]:
+    def rates() -> Rates:
+        return Rates(
+            input=draw(_RATE) or Decimal(0),
+            output=draw(_RATE) or Decimal(0),
+            **{
+                name: draw(_RATE)
+                for name in Rates.__dataclass_fields__
+                if name not in ("input", "output")
+            },
+        )
+
+    price = _full(
+        rates=rates(),
+        long_context_threshold=draw(st.none() | st.integers(0, 300_000)),
+        long_rates=draw(st.none() | st.builds(rates)),
+        per_request=draw(_RATE) or Decimal(0),
+        per_output_image=draw(_RATE) or Decimal(0),
+        web_search_per_kcalls=draw(_RATE) or Decimal(0),
+    )
+    # Parts within their totals, as validation leaves them.
+    cached, writes, audio, image = (draw(_COUNT) // 4 for _ in range(4))
+    out_audio, out_image = (draw(_COUNT) // 2 for _ in range(2))
+    usage = Usage(
+        input_tokens=cached + writes + audio + image + draw(_COUNT),
+        output_tokens=out_audio + out_image + draw(_COUNT) // 2,
+        cached_input_tokens=cached,
+        cache_write_tokens=writes,
+        cache_write_1h_tokens=draw(st.integers(0, writes)),
+        input_audio_tokens=audio,
+        input_image_tokens=image,
+        output_audio_tokens=out_audio,
+        output_image_tokens=out_image,
+        reasoning_tokens=draw(_COUNT),
+        web_search_calls=draw(st.integers(0, 1000)),
+        output_images=draw(st.integers(0, 1000)),
+    )
+    return price, usage
+
+
+@settings(max_examples=500, deadline=None)
+@given(_priced_usage())
+def test_whole_number_costs_equal_the_lines_summed_exactly(case: tuple[Price, Usage]) -> None:
+    # Ingest prices with cost_nanos_of; explanations show breakdown's lines: the same figure.
+    price, usage = case
+    assert cost_nanos_of(price, usage) == breakdown(price, usage).nanos
+
+
+def test_whole_number_costs_round_half_up_once():
+    half = _full(rates=Rates(Decimal("0.0005"), Decimal(0)))  # 0.5 nano-dollars a token
+    assert cost_nanos_of(half, Usage(input_tokens=1)) == 1
+    assert cost_nanos_of(half, Usage(input_tokens=3)) == 2  # 1.5 -> 2, not 1 + 1 per line
+    assert cost_nanos_of(_full(), Usage(input_tokens=5000, output_tokens=500)) == 22_500_000
+
+
+@pytest.mark.parametrize(
+    ("nanos", "text"),
+    [
+        (0, "0"),
+        (1, "0.000000001"),
+        (1_350_000, "0.00135"),
+        (1_000_000_000, "1"),
+        (120_500_000_000, "120.5"),
+        (-1_350_000, "-0.00135"),
+        (Decimal("1350000.5"), "0.0013500005"),
+    ],
+)
+def test_format_usd_is_the_exact_decimal_without_trailing_zeros(nanos, text):
+    assert format_usd(nanos) == text

@@ -117,9 +117,16 @@ class UsageEvent(models.Model):
     """One LLM call as an application reported it. Compact on purpose: there are millions.
 
     Its names are dictionary references (`dictionary_reference`): 32-bit ids, no constraint.
+    Nor is its tenant a constraint on PostgreSQL (migration 0015): checking it ran a query per
+    event at commit (10,000 rows: 280 ms with it, 54 ms without). Only ingest and the bulk
+    loader write events, for a tenant they have just read, and deleting a tenant still
+    deletes its events first (on_delete, as with the ClickHouse store, which has no
+    constraints at all).
     """
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, db_index=False, db_constraint=False
+    )
     event_id = models.CharField(max_length=128)
     occurred_at = models.DateTimeField()
     provider = dictionary_reference()

@@ -1,0 +1,78 @@
+"""Whole columns of whole numbers as PostgreSQL binary arrays, each packed by one
+`struct.pack`: psycopg's list dumper encodes an array value by value in Python, and the events'
+insert sends a thousand rows of some twenty such columns (a tenth of ingest's CPU in Python).
+
+`packed_array` gives bytes whose type tells psycopg the array's type (`register` them on the
+cursor that sends them); the statement casts the parameter as before (`%b::int4[]`).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any, cast
+
+from psycopg import adapt, pq
+
+
+class _Packed(bytes):
+    """A binary array ready to send."""
+
+    array_oid = 0
+
+
+class _PackedDumper(adapt.Dumper):
+    format = pq.Format.BINARY
+
+    def dump(self, obj: Any) -> bytes:
+        return bytes(obj)
+
+
+# type name -> (element oid, array oid, struct code, element size)
+_TYPES = {
+    "int2": (21, 1005, "h", 2),
+    "int4": (23, 1007, "i", 4),
+    "int8": (20, 1016, "q", 8),
+    "bool": (16, 1000, "?", 1),
+}
+_CLASSES = {
+    name: (
+        type(f"Packed{name.title()}Array", (_Packed,), {"array_oid": array_oid}),
+        type(f"Packed{name.title()}ArrayDumper", (_PackedDumper,), {"oid": array_oid}),
+    )
+    for name, (_, array_oid, _, _) in _TYPES.items()
+}
+PACKABLE = frozenset(_TYPES)
+_HEADER = struct.Struct(">iiiii")  # dimensions, has nulls, element oid, length, lower bound
+
+
+def register(cursor: Any) -> None:
+    """Let `cursor` send packed arrays."""
+    for cls, dumper in _CLASSES.values():
+        cursor.adapters.register_dumper(cls, dumper)
+
+
+def packed_array(values: Sequence[int | bool | None], type_name: str) -> bytes | None:
+    """`values` as a one-dimensional binary array of `type_name` (one of PACKABLE); None when
+    every value is None (send NULL: unnest pads it with NULLs)."""
+    element_oid, _, code, size = _TYPES[type_name]
+    count = len(values)
+    nulls = values.count(None)
+    if nulls == count:
+        return None
+    if nulls:
+        flat: list[int | bool] = []
+        codes = []
+        for v in values:
+            if v is None:
+                flat.append(-1)
+                codes.append("i")
+            else:
+                flat += (size, v)
+                codes.append("i" + code)
+        body = struct.pack(">" + "".join(codes), *flat)
+    else:
+        flat = [size] * (2 * count)
+        flat[1::2] = cast("Sequence[int | bool]", values)  # no None here
+        body = struct.pack(">" + ("i" + code) * count, *flat)
+    return _CLASSES[type_name][0](_HEADER.pack(1, 1 if nulls else 0, element_oid, count, 1) + body)
