@@ -211,7 +211,7 @@ def test_a_tenants_warm_up_reads_and_keeps_only_its_own_sums(
 
 def test_a_warm_up_stops_when_the_sums_are_forgotten_again(acme, usage, monkeypatch):
     """A warm-up whose generation moves while it runs stops: the new bump's warm-up does it."""
-    real = warmup.chart_reads
+    real = warmup.stacked_series
     seen: list[str] = []
 
     def bumped_midway(**kwargs: Any) -> Any:
@@ -220,10 +220,10 @@ def test_a_warm_up_stops_when_the_sums_are_forgotten_again(acme, usage, monkeypa
             settled.bump(acme.pk)
         return real(**kwargs)
 
-    monkeypatch.setattr(warmup, "chart_reads", bumped_midway)
+    monkeypatch.setattr(warmup, "stacked_series", bumped_midway)
     settled.bump(acme.pk)
     assert warmup.dashboard_sums_warm(tenant_id=acme.pk) == warmup.SUPERSEDED
-    assert seen == ["provider", "model"]
+    assert seen == ["model", "operation"]  # after the whole page stacked by provider
     assert warmup.dashboard_sums_warm(tenant_id=acme.pk) == warmup.WARMED
 
 

@@ -50,32 +50,44 @@ def table_reads(*, tenant: Tenant, q: PageQuery) -> TableReads:
         )
 
     users, operations, models = by("end_user"), by("operation"), by("model")
-    by_tag = None
-    if q.group_by.startswith(dashboard.TAG_PREFIX):
-        by_tag = dashboard.tag_breakdown(
-            tenant=tenant,
-            time_range=tr,
-            filters=flt,
-            name=q.group_by[len(dashboard.TAG_PREFIX) :],
-            limit=TABLE_ROWS,
-            families=families,
-        )
-    return TableReads(users, operations, models, by_tag)
+    return TableReads(users, operations, models, tag_table(tenant=tenant, q=q))
+
+
+def tag_table(*, tenant: Tenant, q: PageQuery) -> Rows | None:
+    """When stacked by a tag, its values' table (the one table that depends on the stacking)."""
+    if not q.group_by.startswith(dashboard.TAG_PREFIX):
+        return None
+    return dashboard.tag_breakdown(
+        tenant=tenant,
+        time_range=q.time_range,
+        filters=q.filters,
+        name=q.group_by[len(dashboard.TAG_PREFIX) :],
+        limit=TABLE_ROWS,
+        families=not q.split_snapshots,
+    )
+
+
+def stacked_series(
+    *, tenant: Tenant, q: PageQuery, tables: TableReads
+) -> tuple[list[datetime], Rows, str]:
+    """The spend chart's buckets, cells and interval (the one chart that depends on the
+    stacking)."""
+    return dashboard.spend_series(
+        tenant=tenant,
+        time_range=q.time_range,
+        filters=q.filters,
+        group_by=q.group_by,
+        families=not q.split_snapshots,
+        # The end users table's top rows: the series need not rank every end user again.
+        top=[r["key"] for r in tables.users] if q.group_by == "end_user" else None,
+    )
 
 
 def chart_reads(*, tenant: Tenant, q: PageQuery, tables: TableReads) -> ChartReads:
     """The page's cards, stacked spend chart, heat map and stacking choices."""
     tr, flt, families = q.time_range, q.filters, not q.split_snapshots
     cards = dashboard_cards(tenant=tenant, time_range=tr, filters=flt, now=q.now, families=families)
-    buckets, cells, interval = dashboard.spend_series(
-        tenant=tenant,
-        time_range=tr,
-        filters=flt,
-        group_by=q.group_by,
-        families=families,
-        # The end users table's top rows: the series need not rank every end user again.
-        top=[r["key"] for r in tables.users] if q.group_by == "end_user" else None,
-    )
+    buckets, cells, interval = stacked_series(tenant=tenant, q=q, tables=tables)
     heatmap = dashboard.spend_heatmap(tenant=tenant, time_range=tr, filters=flt, families=families)
     return ChartReads(
         cards=cards,

@@ -34,7 +34,7 @@ from costmon.core.periods import custom_range, recent_range, tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
 from costmon.web.dashboard import pages as dashboard
 from costmon.web.dashboard.query import GROUPS, PageQuery
-from costmon.web.dashboard.reads import chart_reads, table_reads
+from costmon.web.dashboard.reads import chart_reads, stacked_series, table_reads, tag_table
 from usage import settled
 from usage.selectors import UsageFilters
 
@@ -122,20 +122,29 @@ def dashboard_sums_warm(*, tenant_id: int) -> str:
 
 
 def _warm(tenant: Tenant, now: datetime, current: Callable[[], bool]) -> str:
+    """Each period's whole page once (stacked by provider), then what depends on the stacking
+    (the spend chart, and a tag's table) for every other stacking the page offers."""
     with tenant_context(tenant):
         if not dashboard.has_usage(tenant=tenant):
             return NOTHING
+        tables = None
         for q in standard_queries(tenant, now):
             if not current():
                 return SUPERSEDED
-            found = chart_reads(tenant=tenant, q=q, tables=table_reads(tenant=tenant, q=q))
+            if q.group_by == GROUPS[0]:
+                tables = table_reads(tenant=tenant, q=q)
+                found = chart_reads(tenant=tenant, q=q, tables=tables)
+                continue
+            assert tables is not None  # each period's queries start with the first group
+            stacked_series(tenant=tenant, q=q, tables=tables)
             if q.group_by != GROUPS[-1]:
                 continue
             for name in found.tag_names:  # the period's last group: then each tag it offers
                 if not current():
                     return SUPERSEDED
                 tagged = replace(q, group_by=f"{dashboard.TAG_PREFIX}{name}")
-                chart_reads(tenant=tenant, q=tagged, tables=table_reads(tenant=tenant, q=tagged))
+                tag_table(tenant=tenant, q=tagged)
+                stacked_series(tenant=tenant, q=tagged, tables=tables)
     return WARMED
 
 
