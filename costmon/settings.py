@@ -241,6 +241,10 @@ COSTMON_SHARED_RECHECK_MS = env_int("COSTMON_SHARED_RECHECK_MS", 1000, minimum=0
 # The dashboard and the metrics API keep the sums of days before today in the shared cache and
 # sum only today per request (usage.settled). Needs a cache every process shares: on with Redis.
 COSTMON_DASHBOARD_CACHE = env_bool("COSTMON_DASHBOARD_CACHE", bool(REDIS_URL))
+# When a tenant's kept sums are forgotten (a re-price, a bulk load, a late event), a Celery task
+# computes those of the overview's standard views again at once, before anyone asks
+# (costmon.web.dashboard.warmup). Only with the shared cache above.
+COSTMON_DASHBOARD_WARMUP = env_bool("COSTMON_DASHBOARD_WARMUP", True)
 # Outbound webhooks to private or loopback addresses are refused unless this is on (tests).
 COSTMON_ALLOW_PRIVATE_WEBHOOKS = env_bool("COSTMON_ALLOW_PRIVATE_WEBHOOKS", False)
 # GET /metrics for Prometheus (docs/prometheus.md) answers only to

@@ -30,6 +30,9 @@ COSTMON_CATALOG_TTL_SECONDS = 0
 # Changes made by another process (a worker, a live server) must be seen at once.
 COSTMON_SHARED_RECHECK_MS = 0
 CELERY_TASK_ALWAYS_EAGER = True
+# Tasks run eagerly here: a warm-up after every bump would run inside the write that bumped.
+# The warm-up's own tests turn it on.
+COSTMON_DASHBOARD_WARMUP = False
 STATIC_ROOT = None  # type: ignore[assignment]  # tests serve static files from the finders
 
 if os.environ.get("COSTMON_TEST_DB") == "sqlite":

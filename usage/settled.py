@@ -38,7 +38,7 @@ from django.utils import timezone
 from costmon.core.cache import cache_add, cache_get_many, cache_set
 from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange, local_midnight, tenant_zone
-from usage.signals import BulkLoaded, RecordedBatch
+from usage.signals import BulkLoaded, RecordedBatch, settled_sums_forgotten
 
 # Sums per key (an id, a bucket, a (bucket, id) pair...), each a list of integers.
 Sums = dict[Any, list[int]]
@@ -88,16 +88,16 @@ def summed(
     end = settled_end(tr.tz, moment)
     if not enabled() or tr.start >= end:
         return compute(tr)
-    generations = _generations(tenant.pk)
-    if generations is None:  # the cache is away
+    kept_under = generations(tenant.pk)
+    if kept_under is None:  # the cache is away
         return compute(tr)
     # The older days under the tenant's generation, the recent ones under both.
     middle = max(tr.start, recent_start(tr.tz, moment))
     parts: list[tuple[TimeRange, tuple[str, ...]]] = [
-        (replace(tr, start=middle, end=end), generations)
+        (replace(tr, start=middle, end=end), kept_under)
     ]
     if tr.start < middle:
-        parts.insert(0, (replace(tr, end=middle), generations[:1]))
+        parts.insert(0, (replace(tr, end=middle), kept_under[:1]))
     keys = [_key(tenant.pk, part, names, what) for part, names in parts]
     found = cache_get_many(keys) or (None,) * len(keys)
     kept: Sums = {}
@@ -128,8 +128,10 @@ def add(kept: Sums, more: Sums) -> Sums:
     return out
 
 
-def _generations(tenant_id: int) -> tuple[str, str] | None:
-    """(the tenant's generation, its recent days'), each set on first use."""
+def generations(tenant_id: int) -> tuple[str, str] | None:
+    """(the tenant's generation, its recent days'), each set on first use; None when the
+    cache is away. Kept sums are named by them, so sums computed under one pair are the ones
+    every view reads until either changes."""
     keys = [_GENERATION.format(tenant_id), _RECENT.format(tenant_id)]
     found = cache_get_many(keys)
     if found is not None and None in found:
@@ -146,12 +148,14 @@ def bump(tenant_id: int) -> None:
     """Forget every kept sum of the tenant: its rows before today may have changed."""
     cache_set(_GENERATION.format(tenant_id), uuid.uuid4().hex, None)
     log.debug("dashboard_settled_sums_bumped", tenant_id=tenant_id)
+    settled_sums_forgotten.send(sender=bump, tenant_id=tenant_id, recent_only=False)
 
 
 def bump_recent(tenant_id: int) -> None:
     """Forget the tenant's kept sums of the recent days only."""
     cache_set(_RECENT.format(tenant_id), uuid.uuid4().hex, None)
     log.debug("dashboard_recent_sums_bumped", tenant_id=tenant_id)
+    settled_sums_forgotten.send(sender=bump_recent, tenant_id=tenant_id, recent_only=True)
 
 
 # --- receivers (connected in costmon.web's AppConfig.ready) ----------------------------------

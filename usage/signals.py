@@ -76,3 +76,8 @@ bulk_loaded = Signal()
 # Sent with `tenant_id` once the change has committed; anything kept beside the events (the
 # budgets app's spend counters) must be rebuilt from them.
 usage_rewritten = Signal()
+
+# Sent with `tenant_id` and `recent_only` (bool) by `usage.settled` right after it forgot a
+# tenant's kept dashboard sums (all of them, or only the recent days'): the web app queues their
+# computation in the background, so no person's view is the first to sum those days again.
+settled_sums_forgotten = Signal()

@@ -12,6 +12,7 @@ class WebConfig(AppConfig):
     verbose_name = "costmon web"
 
     def ready(self) -> None:
+        from costmon.web.dashboard import warmup
         from costmon.web.prometheus.totals import usage_recorded
         from usage import settled, signals
 
@@ -28,4 +29,8 @@ class WebConfig(AppConfig):
         )
         signals.usage_rewritten.connect(
             settled.usage_rewritten, dispatch_uid="web.dashboard_sums_after_rewrite"
+        )
+        # ...and computed again in the background, before anyone's view needs them.
+        signals.settled_sums_forgotten.connect(
+            warmup.sums_forgotten, dispatch_uid="web.dashboard_sums_warm_up"
         )

@@ -17,6 +17,10 @@ sums, as a late event for yesterday does. `--clear` empties the whole cache inst
 also makes the process reload the price catalog (the recommendations read it): that is not
 what a late event costs.
 
+`--warm-up` forgets them as `--cold` does, then runs the background warm-up that a bump
+queues (costmon.web.dashboard.warmup) in this process and reports how long it took: the
+views after it are what a person sees once the warm-up has finished.
+
 `--cpu` also reports the CPU time a view costs (this process's and its PostgreSQL backend's,
 read from /proc, 10 ms ticks), which a loaded machine does not inflate as it does wall time;
 it runs the queries without parallel workers, whose CPU it could not see.
@@ -46,6 +50,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="first views (forgetting each time)")
     parser.add_argument("--cold", action="store_true", help="forget the kept sums before each view")
     parser.add_argument("--clear", action="store_true", help="empty the whole cache before each")
+    parser.add_argument(
+        "--warm-up", action="store_true", help="forget, then run the warm-up before each"
+    )
     parser.add_argument("--cpu", action="store_true", help="report CPU time too (serial plans)")
     parser.add_argument(
         "--late",
@@ -57,6 +64,7 @@ def main() -> None:
     import django
 
     django.setup()
+    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.core.cache import cache
     from django.db import connection
@@ -66,7 +74,10 @@ def main() -> None:
     from costmon.core.models import Tenant
     from costmon.core.periods import tenant_zone
     from costmon.core.tenancy import unscoped
+    from costmon.web.dashboard.warmup import dashboard_sums_warm
     from usage import settled
+
+    settings.COSTMON_DASHBOARD_WARMUP = False  # no worker here: `--warm-up` runs it in process
 
     with unscoped():
         tenant = Tenant.objects.get(slug=args.tenant)
@@ -91,7 +102,7 @@ def main() -> None:
             spent += (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
         return spent
 
-    if args.cold or args.clear or args.late:
+    if args.cold or args.clear or args.late or args.warm_up:
         client.get(f"/t/{tenant.slug}/?period=7d")  # imports, templates, the catalog
     today = timezone.now().astimezone(tenant_zone(tenant)).date()
     periods = {
@@ -105,11 +116,17 @@ def main() -> None:
             times: list[float] = []
             cpu_firsts: list[float] = []
             cpu_times: list[float] = []
+            warm_ups: list[float] = []
             for _ in range(args.rounds):
                 if args.clear:
                     cache.clear()  # the bench's own Redis database (REDIS_URL)
                 elif args.cold:
                     settled.bump(tenant.pk)
+                elif args.warm_up:
+                    settled.bump(tenant.pk)
+                    started = time.perf_counter()
+                    dashboard_sums_warm(tenant_id=tenant.pk)
+                    warm_ups.append((time.perf_counter() - started) * 1000)
                 elif args.late:
                     settled.bump_recent(tenant.pk)
                 for n in range(args.repeat + 1):
@@ -125,6 +142,8 @@ def main() -> None:
                 if args.cpu
                 else ""
             )
+            if warm_ups:
+                cpu_note += f"; warm-up {statistics.median(warm_ups):5.0f} ms"
             print(
                 f"{label}, stacked by {by:<12} first {statistics.median(firsts):6.0f} ms, "
                 f"then {statistics.median(times):6.0f} ms (medians of {len(firsts)} and "

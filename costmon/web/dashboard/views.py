@@ -24,7 +24,7 @@ from costmon.web.dashboard import burndown, charts
 from costmon.web.dashboard import pages as dashboard
 from costmon.web.dashboard.alerts import open_alerts, recent_alerts
 from costmon.web.dashboard.anomalies import hourly_band
-from costmon.web.dashboard.cards import dashboard_cards, money_figure, overview_cards
+from costmon.web.dashboard.cards import money_figure, overview_cards
 from costmon.web.dashboard.query import (
     CHART_ROWS,
     COMPARE_PARAM,
@@ -32,13 +32,13 @@ from costmon.web.dashboard.query import (
     NUL,
     PERIOD_PARAMS,
     SNAPSHOTS_PARAM,
-    TABLE_ROWS,
     filter_form,
     group_label,
     group_links,
     parse_query,
     toggle,
 )
+from costmon.web.dashboard.reads import chart_reads, table_reads
 from costmon.web.dashboard.statements import statement_link
 from costmon.web.dashboard.tables import (
     DASH,
@@ -49,7 +49,6 @@ from costmon.web.dashboard.tables import (
     budgets_table,
     csv_response,
 )
-from costmon.web.dashboard.tag_names import tag_names
 from usage.links import (
     NAME_PARAM,
     budget_url,
@@ -180,47 +179,19 @@ def _usage_page(
     def user_url(name: str) -> str:
         return drilldown_url(tenant.slug, "end_user", name, carry)
 
-    users = dashboard.breakdown(
-        tenant=tenant,
-        time_range=tr,
-        filters=flt,
-        dimension="end_user",
-        limit=TABLE_ROWS,
-        families=families,
-    )
-    operations = dashboard.breakdown(
-        tenant=tenant,
-        time_range=tr,
-        filters=flt,
-        dimension="operation",
-        limit=TABLE_ROWS,
-        families=families,
-    )
-    models = dashboard.breakdown(
-        tenant=tenant,
-        time_range=tr,
-        filters=flt,
-        dimension="model",
-        limit=TABLE_ROWS,
-        families=families,
-    )
+    reads = table_reads(tenant=tenant, q=q)
+    users, operations, models = reads.users, reads.operations, reads.models
     tables = [
         breakdown_table("models", "Spend by model", "Model", models, model_url),
         breakdown_table("operations", "Spend by operation", "Operation", operations),
     ]
     if kind != "end_user":
         tables.insert(0, breakdown_table("end_users", "Top end users", "End user", users, user_url))
-    if q.group_by.startswith(dashboard.TAG_PREFIX):
+    if reads.by_tag is not None:
         tag = q.group_by[len(dashboard.TAG_PREFIX) :]
-        by_tag = dashboard.tag_breakdown(
-            tenant=tenant,
-            time_range=tr,
-            filters=flt,
-            name=tag,
-            limit=TABLE_ROWS,
-            families=families,
+        tables.append(
+            breakdown_table("tag", f"Spend by tag {shown(tag)}", shown(tag), reads.by_tag)
         )
-        tables.append(breakdown_table("tag", f"Spend by tag {shown(tag)}", shown(tag), by_tag))
     views = []
     if kind == "overview":
         views = burndown.dashboard_budgets(tenant=tenant)
@@ -232,16 +203,8 @@ def _usage_page(
         context["empty"] = True
         return render(request, "dashboard/overview.html", context)
 
-    cards = dashboard_cards(tenant=tenant, time_range=tr, filters=flt, now=q.now, families=families)
-    buckets, cells, interval = dashboard.spend_series(
-        tenant=tenant,
-        time_range=tr,
-        filters=flt,
-        group_by=q.group_by,
-        families=families,
-        # The end users table's top rows: the series need not rank every end user again.
-        top=[r["key"] for r in users] if q.group_by == "end_user" else None,
-    )
+    found = chart_reads(tenant=tenant, q=q, tables=reads)
+    cards, buckets, cells, interval = found.cards, found.buckets, found.cells, found.interval
     totals = cards.calls, cards.cache_hits
     previous = None
     if q.compare_previous:
@@ -274,16 +237,7 @@ def _usage_page(
         figures.append(("chart-models", charts.spend_by_model(models[:CHART_ROWS])))
     figures.append(("chart-operations", charts.spend_by_operation(operations[:CHART_ROWS])))
     figures.append(("chart-cache", charts.cache_hits(totals[1], totals[0] - totals[1])))
-    figures.append(
-        (
-            "chart-heatmap",
-            charts.heatmap(
-                dashboard.spend_heatmap(
-                    tenant=tenant, time_range=tr, filters=flt, families=families
-                )
-            ),
-        )
-    )
+    figures.append(("chart-heatmap", charts.heatmap(found.heatmap)))
     burndowns = []
     for view in views:
         if not view.budget.is_active:
@@ -307,7 +261,7 @@ def _usage_page(
             request,
             q,
             [g for g in GROUPS if not (kind == "end_user" and g == "end_user")]
-            + [f"{dashboard.TAG_PREFIX}{name}" for name in tag_names(tenant=tenant, time_range=tr)],
+            + [f"{dashboard.TAG_PREFIX}{name}" for name in found.tag_names],
         ),
         snapshots=toggle(
             request, SNAPSHOTS_PARAM, "split", ("grouped", "split"), q.split_snapshots
