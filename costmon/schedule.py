@@ -111,6 +111,15 @@ SCHEDULE: list[Periodic] = [
         cron={"minute": "0", "hour": "7"},
     ),
     Periodic(
+        "dashboard: keep viewed overviews warm",
+        "costmon.web.dashboard.warmup.refresh_viewed_overviews",
+        "An overview's past days are summed once and kept for an hour; this sums them again "
+        "before they expire, and after the tenant's midnight, for tenants someone looked at in "
+        "the last four hours, so their next view is fast. Each tenant is refreshed at most "
+        "every 40 minutes; tenants nobody looks at cost nothing.",
+        every=timedelta(minutes=10),
+    ),
+    Periodic(
         "usage: price unpriced events",
         "usage.tasks.reprice_unpriced_usage",
         "Loading a price already prices waiting events; this hourly pass catches prices edited "

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,6 +56,20 @@ _RECENT = "costmon:dashboard:recent:v1:{}"
 _SUMS = "costmon:dashboard:settled:v1:{}"
 
 log = structlog.get_logger(__name__)
+
+# Inside `recomputing()`: every part is summed again and kept afresh, for its whole lifetime.
+_recomputing: ContextVar[bool] = ContextVar("settled_recomputing", default=False)
+
+
+@contextmanager
+def recomputing() -> Iterator[None]:
+    """Sum every part again and keep it afresh instead of reading what is kept: how the
+    dashboard's background refresh renews sums before they expire."""
+    token = _recomputing.set(True)
+    try:
+        yield
+    finally:
+        _recomputing.reset(token)
 
 
 def enabled() -> bool:
@@ -99,7 +115,7 @@ def summed(
     if tr.start < middle:
         parts.insert(0, (replace(tr, end=middle), kept_under[:1]))
     keys = [_key(tenant.pk, part, names, what) for part, names in parts]
-    found = cache_get_many(keys) or (None,) * len(keys)
+    found = (not _recomputing.get() and cache_get_many(keys)) or (None,) * len(keys)
     kept: Sums = {}
     for (part, _), key, sums in zip(parts, keys, found, strict=True):
         if not isinstance(sums, dict):

@@ -15,7 +15,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from costmon.core import tenancy
+from costmon.core.cache import cache_delete
 from costmon.core.models import Tenant
+from costmon.schedule import SCHEDULE
 from costmon.web.dashboard import warmup
 from costmon.web.dashboard.query import GROUPS
 from costmon.web.dashboard.reads import chart_reads, table_reads
@@ -91,7 +93,7 @@ def summed_in_one_go(tenant: Tenant, settings: Any, *periods: str) -> dict[Any, 
         settings.COSTMON_DASHBOARD_CACHE = True
 
 
-def past_day_scans(queries: CaptureQueriesContext) -> list[str]:
+def past_day_scans(queries: CaptureQueriesContext, today: str = TODAY) -> list[str]:
     """The captured rollup reads of whole days before today: what is kept. (A view still
     reads today, and a comparison's stretch of a day up to this time of day, each time.)"""
     out = []
@@ -100,7 +102,7 @@ def past_day_scans(queries: CaptureQueriesContext) -> list[str]:
             continue  # not a rollup read, or a probe of one row (has_usage)
         bounds = {op: (day, time) for op, day, time in BOUND.findall(q["sql"])}
         start, end = bounds.get(">="), bounds.get("<")
-        if start is None or (start[0] < TODAY and (end is None or end[1] == "00:00")):
+        if start is None or (start[0] < today and (end is None or end[1] == "00:00")):
             out.append(q["sql"])
     return out
 
@@ -263,3 +265,75 @@ def test_no_warm_up_without_the_setting(acme, usage, settings, django_capture_on
     with django_capture_on_commit_callbacks() as queued:
         settled.bump(acme.pk)
     assert queued == []
+
+
+def test_beat_keeps_only_the_viewed_tenants_sums_warm(
+    client, viewer, acme, outsider, usage, settings, monkeypatch
+):
+    """A tenant someone viewed is refreshed by beat: its sums are summed again once the last
+    warm-up is `REFRESH_AFTER_SECONDS` old (before they expire) and after its midnight, and a
+    view then sums no past day. A tenant nobody viewed is not touched."""
+    queued: list[Any] = []
+    real_delay = warmup.warm_overview.delay
+    monkeypatch.setattr(
+        warmup.warm_overview,
+        "delay",
+        lambda *args, **kwargs: queued.append((args, kwargs)) or real_delay(*args, **kwargs),
+    )
+    assert warmup.refresh_viewed_overviews() == 0  # nobody looked: nothing queued
+    client.force_login(viewer)
+    assert client.get("/t/acme/").status_code == 200
+    assert warmup.refresh_viewed_overviews() == 1
+    assert queued == [((acme.pk,), {"refresh": True})]
+
+    # Just refreshed: the next run finds the sums fresh and reads none.
+    with CaptureQueriesContext(connection) as queries:
+        assert warmup.dashboard_sums_warm(tenant_id=acme.pk, refresh=True) == warmup.ALREADY
+    assert len(queries.captured_queries) <= 1  # the tenant, and no sum
+    # Its mark gone (Redis drops it after REFRESH_AFTER_SECONDS): everything is summed again,
+    # not read from what is kept, and the figures stay exactly those summed in one go.
+    kept_under = settled.generations(acme.pk)
+    assert kept_under is not None
+    cache_delete(warmup._FRESH.format(acme.pk, *kept_under, TODAY))
+    with CaptureQueriesContext(connection) as queries:
+        assert warmup.dashboard_sums_warm(tenant_id=acme.pk, refresh=True) == warmup.WARMED
+    assert any("usage_hourlyrollup" in sql for sql in past_day_scans(queries))
+    expected = summed_in_one_go(acme, settings, "30d", "custom")
+    with CaptureQueriesContext(connection) as queries:
+        assert views(acme, ("30d", "custom")) == expected
+    assert past_day_scans(queries) == []
+
+    # After acme's midnight every kept part has new bounds: the next run warms them at once.
+    midnight = NOW.replace(hour=0, minute=5) + timedelta(days=1)
+    with time_machine.travel(midnight - timedelta(minutes=10), tick=False):
+        warmup.overview_viewed(acme.pk)  # still looked at in the evening
+    with time_machine.travel(midnight, tick=False):
+        assert warmup.refresh_viewed_overviews() == 1
+        with CaptureQueriesContext(connection) as queries, tenancy.tenant_context(acme):
+            for q in warmup.standard_queries(acme, midnight):
+                tables = table_reads(tenant=acme, q=q)
+                chart_reads(tenant=acme, q=q, tables=tables)
+        assert past_day_scans(queries, today="2026-11-22") == []
+
+    # The outsider, never viewed, had nothing computed: its first view sums its past days.
+    assert {args for args, _ in queued} == {(acme.pk,)}
+    with CaptureQueriesContext(connection) as queries:
+        views(outsider, ("30d",))
+    assert past_day_scans(queries)
+
+
+def test_the_refresh_runs_before_kept_sums_expire():
+    """Two beat runs fit between a refresh becoming due and its sums expiring."""
+    every = int(warmup.REFRESH_EVERY.total_seconds())
+    assert warmup.REFRESH_AFTER_SECONDS + 2 * every <= settled.KEEP_SECONDS
+    entry = next(e for e in SCHEDULE if e.task.endswith(".refresh_viewed_overviews"))
+    assert entry.every == warmup.REFRESH_EVERY
+    assert warmup.refresh_viewed_overviews.name == entry.task
+
+
+def test_no_refresh_without_the_setting(client, viewer, acme, usage, settings):
+    client.force_login(viewer)
+    settings.COSTMON_DASHBOARD_WARMUP = False
+    assert client.get("/t/acme/").status_code == 200
+    settings.COSTMON_DASHBOARD_WARMUP = True
+    assert warmup.refresh_viewed_overviews() == 0  # the view was not noted

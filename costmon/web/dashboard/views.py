@@ -20,7 +20,7 @@ from costmon.core.models import Tenant
 from costmon.core.periods import recent_range, tenant_zone
 from costmon.core.scoping import tenants_for_user
 from costmon.core.tenancy import tenant_context
-from costmon.web.dashboard import burndown, charts
+from costmon.web.dashboard import burndown, charts, warmup
 from costmon.web.dashboard import pages as dashboard
 from costmon.web.dashboard.alerts import open_alerts, recent_alerts
 from costmon.web.dashboard.anomalies import hourly_band
@@ -290,6 +290,7 @@ def _usage_page(
 @login_required
 def overview(request: HttpRequest, slug: str) -> HttpResponse:
     tenant, allowed = _tenant_or_404(request, slug)
+    warmup.overview_viewed(tenant.pk)
     with tenant_context(tenant):
         return _usage_page(
             request,

@@ -12,11 +12,20 @@ A warm-up claims (tenant, generations, local day) first: queued twice, or while 
 second does nothing; one whose generations move while it runs stops, as the next bump queued
 its successor. Bumps within `WARM_DELAY_SECONDS` of each other (a bulk load's batches, a burst
 of late events) queue one warm-up.
+
+Kept sums also go cold without a bump: they expire after `settled.KEEP_SECONDS`, and at the
+tenant's local midnight every kept part moves its bounds. So a tenant whose overview someone
+opened in the last `VIEWED_SECONDS` is kept warm by beat: `refresh_viewed_overviews` runs every
+`REFRESH_EVERY` and queues `warm_overview(..., refresh=True)` for each, which sums everything
+again and keeps it afresh once the last warm-up of those generations and that day is
+`REFRESH_AFTER_SECONDS` old (before its sums expire), or at once after a midnight. A tenant
+nobody looks at costs nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,7 +37,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from costmon.core.cache import cache_delete
+from costmon.core.cache import cache_delete, cache_get_many
 from costmon.core.models import Tenant
 from costmon.core.periods import custom_range, recent_range, tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
@@ -45,8 +54,16 @@ WARM_DELAY_SECONDS = 2
 PENDING_SECONDS = 60
 # A warm-up that died holds its claim this long; a finished one as long as its sums are kept.
 CLAIM_SECONDS = 600
+# Beat's refresh of the tenants people look at: how often it runs, how long after a view a
+# tenant is kept warm, and the age at which a warm-up's sums are summed again (two runs before
+# they expire, so one missed run costs nothing).
+REFRESH_EVERY = timedelta(minutes=10)
+VIEWED_SECONDS = 4 * 3600
+REFRESH_AFTER_SECONDS = settled.KEEP_SECONDS - 2 * int(REFRESH_EVERY.total_seconds())
 _PENDING = "costmon:dashboard:warm-pending:v1:{}"
 _CLAIM = "costmon:dashboard:warm:v1:{}:{}:{}:{}"
+_FRESH = "costmon:dashboard:warm-fresh:v1:{}:{}:{}:{}"
+_VIEWED = "costmon:dashboard:viewed:v1:{}"
 
 WARMED = "warmed"
 ALREADY = "already warmed or warming"
@@ -86,11 +103,15 @@ def standard_queries(tenant: Tenant, now: datetime) -> list[PageQuery]:
     ]
 
 
-def dashboard_sums_warm(*, tenant_id: int) -> str:
+def dashboard_sums_warm(*, tenant_id: int, refresh: bool = False) -> str:
     """Compute the kept sums of the tenant's standard overview views under its current
     generations, unless a warm-up already did or is doing so. Reads only that tenant's rows
-    (its own tenant context: scoped querysets and row-level security)."""
-    cache_delete(_PENDING.format(tenant_id))  # a bump from now on queues another warm-up
+    (its own tenant context: scoped querysets and row-level security).
+
+    `refresh`: sum them all again and keep them afresh, unless a warm-up of these generations
+    on this local day finished less than `REFRESH_AFTER_SECONDS` ago."""
+    if not refresh:
+        cache_delete(_PENDING.format(tenant_id))  # a bump from now on queues another warm-up
     if not settled.enabled():
         return NOTHING
     kept_under = settled.generations(tenant_id)
@@ -102,19 +123,27 @@ def dashboard_sums_warm(*, tenant_id: int) -> str:
         return NOTHING
     now = timezone.now()
     today = now.astimezone(tenant_zone(tenant)).date()
-    claim = _CLAIM.format(tenant_id, *kept_under, today)
+    fresh = _FRESH.format(tenant_id, *kept_under, today)
+    claim = fresh if refresh else _CLAIM.format(tenant_id, *kept_under, today)
     if not _claim(claim, CLAIM_SECONDS):
         return ALREADY
     started = timezone.now()
     try:
-        outcome = _warm(tenant, now, lambda: settled.generations(tenant_id) == kept_under)
+        with settled.recomputing() if refresh else nullcontext():
+            outcome = _warm(tenant, now, lambda: settled.generations(tenant_id) == kept_under)
     except BaseException:
         cache_delete(claim)  # a later bump or queue may try again
         raise
-    _set(claim, outcome, settled.KEEP_SECONDS)
+    if not refresh:
+        _set(claim, outcome, settled.KEEP_SECONDS)
+    if outcome == WARMED:  # these sums are new: beat's refresh may wait
+        _set(fresh, outcome, REFRESH_AFTER_SECONDS)
+    else:
+        cache_delete(fresh)
     log.info(
         "dashboard_sums_warmed",
         tenant_id=tenant_id,
+        refresh=refresh,
         outcome=outcome,
         ms=int((timezone.now() - started).total_seconds() * 1000),
     )
@@ -165,9 +194,34 @@ def _set(key: str, value: str, seconds: int) -> None:
 
 
 @shared_task(ignore_result=True)
-def warm_overview(tenant_id: int) -> str:
+def warm_overview(tenant_id: int, refresh: bool = False) -> str:
     """The tenant's standard overview views computed ahead (`dashboard_sums_warm`)."""
-    return dashboard_sums_warm(tenant_id=tenant_id)
+    return dashboard_sums_warm(tenant_id=tenant_id, refresh=refresh)
+
+
+@shared_task(ignore_result=True)
+def refresh_viewed_overviews() -> int:
+    """Beat, every `REFRESH_EVERY`: queue a refreshing warm-up for each tenant whose overview
+    was viewed in the last `VIEWED_SECONDS` (each does nothing while its sums are fresh).
+    Returns how many were queued."""
+    if not (settings.COSTMON_DASHBOARD_WARMUP and settled.enabled()):
+        return 0
+    with unscoped():
+        tenant_ids = list(Tenant.objects.order_by("pk").values_list("pk", flat=True))
+    marks = cache_get_many([_VIEWED.format(pk) for pk in tenant_ids])
+    if marks is None:  # the cache is away: nothing is kept to refresh
+        return 0
+    viewed = [pk for pk, mark in zip(tenant_ids, marks, strict=True) if mark is not None]
+    for pk in viewed:
+        warm_overview.delay(pk, refresh=True)
+    return len(viewed)
+
+
+def overview_viewed(tenant_id: int) -> None:
+    """Note that someone looked at the tenant's overview: beat keeps its sums warm for
+    `VIEWED_SECONDS`."""
+    if settings.COSTMON_DASHBOARD_WARMUP and settled.enabled():
+        _set(_VIEWED.format(tenant_id), "1", VIEWED_SECONDS)
 
 
 def queue_warm_up(tenant_id: int) -> bool:
