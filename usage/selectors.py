@@ -221,16 +221,15 @@ def usage_metrics(
     if tag_group == "":
         raise DomainError("Name the tag: group_by=tag:<name>.", field="group_by")
 
-    # Tags live on events only; a tag filter therefore reads events for everything.
-    from_events = filters.tag is not None
-    base: QuerySet[Any]
-    sums: dict[str, Any]
-    if from_events:
-        base, sums, time_field = _filtered_events(tenant, tr, filters), _event_sums(), "occurred_at"
-    else:
-        base, sums, time_field = _filtered_rollups(tenant, tr, filters), _rollup_sums(), "hour"
+    # Tags live on events only; a tag filter therefore reads events for everything, from
+    # whichever store keeps them.
+    if filters.tag is not None:
+        return _metrics_from_events(
+            tenant, tr, filters, group_by=group_by, interval=interval, limit=limit
+        )
+    base, sums = _filtered_rollups(tenant, tr, filters), _rollup_sums()
 
-    kept = keep and not from_events
+    kept = keep
     model_rows_of = partial(_filtered_rollups, tenant, filters=filters)
     if kept:
         totals = kept_totals(tenant=tenant, time_range=tr, what=filters, rows_of=model_rows_of)
@@ -248,29 +247,18 @@ def usage_metrics(
                 dimension=group_by,
                 limit=limit,
             )
-        elif group_by in ROLLUP_DIMENSIONS and not from_events:
+        elif group_by in ROLLUP_DIMENSIONS:
             grouped = (
                 _filtered_rollups(tenant, tr, filters, by_end_user=True)
                 if group_by == "end_user"
                 else base
             )
             rows = ranked_by_dimension(tenant, grouped, group_by, sums, limit=limit)
-        elif tag_group and not from_events and filters.end_user is None:
+        elif tag_group and filters.end_user is None:
             rows = _tag_breakdown(tenant, tr, filters, tag_group, totals)
         else:
-            events = _filtered_events(tenant, tr, filters)
-            if tag_group:
-                key_expr: Any = TagValue(tag_group)
-            elif group_by == "session_id":
-                key_expr = F("session__value")
-            else:
-                key_expr = F(f"{group_by}__value")
-            rows = [dict(r) for r in events.values(key=key_expr).annotate(**_event_sums())]
-        breakdown: list[dict[str, Any]] = [
-            {**r, "key": r["key"] if r["key"] is not None else ""} for r in rows
-        ]
-        breakdown.sort(key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))
-        metrics.breakdown = breakdown[:limit]
+            rows = _event_breakdown(tenant, tr, filters, group_by)
+        metrics.breakdown = _ranked(rows, limit)
 
     buckets: dict[Any, Any]
     if kept:
@@ -281,11 +269,16 @@ def usage_metrics(
         trunc = TruncHour if interval == "hour" else TruncDay
         buckets = {
             row["bucket"]: row
-            for row in base.annotate(bucket=trunc(time_field, tzinfo=tr.tz))
+            for row in base.annotate(bucket=trunc("hour", tzinfo=tr.tz))
             .values("bucket")
             .annotate(cost_nanos=sums["cost_nanos"], calls=sums["calls"])
         }
-    metrics.series = [
+    metrics.series = _series(tr, interval, buckets)
+    return metrics
+
+
+def _series(tr: TimeRange, interval: str, buckets: dict[Any, Any]) -> list[dict[str, Any]]:
+    return [
         {
             "bucket": b,
             "cost_nanos": buckets[b]["cost_nanos"] if b in buckets else 0,
@@ -293,7 +286,62 @@ def usage_metrics(
         }
         for b in _bucket_starts(tr, interval)
     ]
+
+
+def _ranked(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The breakdown's rows, the most expensive first; no name reads as ""."""
+    breakdown = [{**r, "key": r["key"] if r["key"] is not None else ""} for r in rows]
+    breakdown.sort(key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))
+    return breakdown[:limit]
+
+
+def _metrics_from_events(
+    tenant: Tenant,
+    tr: TimeRange,
+    filters: UsageFilters,
+    *,
+    group_by: str | None,
+    interval: str,
+    limit: int,
+) -> Metrics:
+    """`usage_metrics` summed from the events, in whichever store keeps them."""
+    from usage.event_sums import event_groups, event_totals  # the store imports this module
+
+    metrics = Metrics(
+        range=tr,
+        totals=event_totals(tenant=tenant, time_range=tr, filters=filters),
+        group_by=group_by,
+        interval=interval,
+    )
+    if group_by:
+        metrics.breakdown = _ranked(_event_breakdown(tenant, tr, filters, group_by), limit)
+    groups = event_groups(tenant=tenant, time_range=tr, filters=filters, bucket=interval)
+    metrics.series = _series(tr, interval, {g.bucket: g.sums for g in groups})
     return metrics
+
+
+def _event_breakdown(
+    tenant: Tenant, tr: TimeRange, filters: UsageFilters, group_by: str
+) -> list[dict[str, Any]]:
+    """The events' sums per value of `group_by` (a dimension, session_id or tag:<name>), each
+    named as `key` (None: the events have none), summed by the event store."""
+    from usage.event_sums import add_sums, dimension_names, event_groups, tag_sets
+
+    tag = group_by[4:] if group_by.startswith("tag:") else None
+    by = "tag_set" if tag else "session" if group_by == "session_id" else group_by
+    groups = event_groups(tenant=tenant, time_range=tr, filters=filters, by=(by,))
+    ids = [g.key[0] for g in groups]
+    if tag:
+        sets = tag_sets(tenant, ids)
+        names: dict[int | None, str | None] = {i: sets.get(i or 0, {}).get(tag) for i in ids}
+    else:
+        found = dimension_names(tenant, ids)
+        names = {i: found.get(i or 0) for i in ids}
+    rows: dict[str | None, dict[str, Any]] = {}
+    for g in groups:
+        key = names[g.key[0]]
+        add_sums(rows.setdefault(key, {"key": key}), g.sums)
+    return list(rows.values())
 
 
 def _tag_breakdown(
