@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from costmon.core.errors import DomainError, ServiceUnavailable
+from costmon.core.errors import Conflict, DomainError, ServiceUnavailable
 from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange
 from usage.models import CostSource, UsageEvent
@@ -23,6 +23,11 @@ from usage.tagsets import with_tag_set_ids
 
 class StoreUnavailable(ServiceUnavailable):
     """The event store cannot be reached: the API answers 503 with Retry-After."""
+
+
+class RewriteUnavailable(Conflict):
+    """The event store cannot rewrite chosen stored events (re-price them, delete some): the
+    caller is told so (409, a command error, an admin message) and nothing is changed."""
 
 
 @dataclass(frozen=True)
@@ -107,9 +112,23 @@ class EventStore(abc.ABC):
     """Where a deployment's raw usage events are kept."""
 
     name: str
+    label: str  # as people read it
     # Whether `insert_new` only writes (nothing it sends waits for an answer before the end), so
     # ingest may send its transaction as one pipeline (`usage.transactions.write_transaction`).
     pipelined_writes: bool = False
+    # Whether chosen stored events can be re-priced or deleted, their rollups rebuilt from them
+    # (`usage.maintenance`). A store that cannot refuses (`require_rewrites`), never skips.
+    rewrites_events: bool = True
+
+    def require_rewrites(self, what: str) -> None:
+        """Raise `RewriteUnavailable` naming `what` unless this store can rewrite events."""
+        if not self.rewrites_events:
+            raise RewriteUnavailable(
+                f"{what} is not available with the {self.label} event store yet "
+                "(COSTMON_EVENT_STORE_URL): nothing was changed. Stored events keep their "
+                "prices; load prices before the usage arrives, or re-price in PostgreSQL "
+                "before moving events with events_migrate."
+            )
 
     def prepare(self, rows: Sequence[dict[str, Any]]) -> None:
         """What `insert_new` needs to exist first, done by ingest in a transaction of its own

@@ -99,6 +99,10 @@ def tenant_where(tenant_id: int) -> str:
 
 class ClickHouseStore(EventStore):
     name = "clickhouse"
+    label = "ClickHouse"
+    # Re-pricing would rewrite rows (mutations), and rollups would be rebuilt from this store:
+    # not built yet, so those services refuse rather than change nothing.
+    rewrites_events = False
 
     def __init__(self, shards: Sequence[Shard]) -> None:
         self.shards = list(shards)

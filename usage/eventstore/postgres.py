@@ -46,6 +46,7 @@ def _queryset(tenant: Tenant, query: EventQuery) -> Any:
 
 class PostgresStore(EventStore):
     name = "postgres"
+    label = "PostgreSQL"
     pipelined_writes = True
 
     def prepare(self, rows: Sequence[dict[str, Any]]) -> None:
