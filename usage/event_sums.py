@@ -10,10 +10,10 @@ from zoneinfo import ZoneInfo
 
 from costmon.core.models import Tenant
 from costmon.core.periods import LATEST, TimeRange
+from usage.event_queries import UsageFilters
 from usage.eventstore.base import EventSums, event_query, no_sums
 from usage.eventstore.current import event_store
 from usage.models import Dimension, TagSet
-from usage.selectors import UsageFilters
 
 UTC_ZONE = ZoneInfo("UTC")
 

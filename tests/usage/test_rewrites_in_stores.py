@@ -86,6 +86,7 @@ def test_postgresql_prices_the_unpriced_events_and_their_rollups(unpriced, acme,
     assert rollup_cost(outsider) == 0
 
 
+@pytest.mark.clickhouse
 @pytest.mark.parametrize("store", ["ch", "ch2"], indirect=True)
 def test_clickhouse_refuses_to_reprice_and_changes_nothing(unpriced, acme, outsider):
     with unscoped(), pytest.raises(RewriteUnavailable) as refused:
@@ -104,6 +105,7 @@ def test_clickhouse_refuses_to_reprice_and_changes_nothing(unpriced, acme, outsi
     assert costs(outsider) == {"u": (0, "unpriced")}
 
 
+@pytest.mark.clickhouse
 @pytest.mark.parametrize("store", ["ch", "ch2"], indirect=True)
 def test_clickhouse_refuses_to_delete_chosen_events(unpriced, acme, admin_client):
     with pytest.raises(RewriteUnavailable, match="Deleting chosen events is not available"):
@@ -116,6 +118,7 @@ def test_clickhouse_refuses_to_delete_chosen_events(unpriced, acme, admin_client
     assert 'value="delete_selected"' not in page.content.decode()
 
 
+@pytest.mark.clickhouse
 @pytest.mark.parametrize("store", ["ch", "ch2"], indirect=True)
 def test_clickhouse_refuses_to_approve_a_price_change_and_the_hold_stays_pending(
     store, acme, admin_client

@@ -15,9 +15,9 @@ from typing import Any
 from costmon.core.errors import Conflict, DomainError, ServiceUnavailable
 from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange
+from usage.event_queries import EventPage, UsageFilters
 from usage.models import CostSource, UsageEvent
 from usage.rollups import ROLLUP_SUMS
-from usage.selectors import EventPage, UsageFilters
 from usage.tagsets import with_tag_set_ids
 
 

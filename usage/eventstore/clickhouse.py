@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from costmon.core.models import Tenant
 from costmon.core.periods import EARLIEST, LATEST
+from usage.event_queries import FILTER_FIELDS, EventPage, TagValue
 from usage.eventstore.base import (
     GROUP_COLUMNS,
     EventQuery,
@@ -54,7 +55,6 @@ from usage.eventstore.chrows import (
 from usage.eventstore.chserver import Connections, Shard
 from usage.models import CostSource, Dimension, TagSet, UsageEvent
 from usage.rollups import aggregate
-from usage.selectors import FILTER_FIELDS, EventPage, TagValue
 from usage.storage import rollups_add, tag_rollups_add
 from usage.tagsets import with_tag_set_ids
 

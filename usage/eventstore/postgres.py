@@ -11,6 +11,13 @@ from django.db.models import Count, Sum
 from django.db.models.functions import TruncDay, TruncHour
 
 from costmon.core.models import Tenant
+from usage.event_queries import (
+    EventPage,
+    event_aggregates,
+    iter_usage_events,
+    usage_event_page,
+    usage_events,
+)
 from usage.eventstore.base import (
     GROUP_COLUMNS,
     EventQuery,
@@ -20,13 +27,6 @@ from usage.eventstore.base import (
 )
 from usage.models import EventStamp, UsageEvent
 from usage.rollups import ROLLUP_SUMS
-from usage.selectors import (
-    EventPage,
-    event_aggregates,
-    iter_usage_events,
-    usage_event_page,
-    usage_events,
-)
 from usage.storage import events_drop_before, events_insert, events_prepare
 
 
