@@ -39,7 +39,8 @@ from budgets.storage import ingest_lock as ingest_lock  # budgets.updates and dr
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
-from usage.models import ModelHourlyRollup, UsageEvent
+from usage.event_sums import event_groups, tag_sets, time_range
+from usage.models import ModelHourlyRollup
 from usage.pricing import candidate_names
 from usage.selectors import rollups_of
 from usage.signals import BulkLoaded
@@ -281,15 +282,20 @@ def expected_counters(
                 add(day, [f"m:{n}" for n in dict.fromkeys(candidate_names(name))], cost)
             else:
                 add(day, [f"{prefix}:{name}"], cost)
-    for name in tag_names:
-        tagged = (
-            UsageEvent.objects.for_tenant(tenant)
-            .filter(occurred_at__gte=start, cost_nanos__gt=0, tag_set__tags__has_key=name)
-            .values_list("occurred_at", "tag_set__tags", "cost_nanos")
+    names = list(tag_names)
+    if names:
+        # Tags are on the events only: their cost per UTC hour and tag set, summed by the
+        # event store, then spread over the tags budgets count. Each hour counts on the local
+        # day it starts in, as ingest counts it (`budgets.updates`) and the rollups above.
+        groups = event_groups(
+            tenant=tenant, time_range=time_range(start), by=("tag_set",), bucket="hour"
         )
-        for occurred_at, tags, cost in tagged.iterator(chunk_size=5000):
-            value = (tags or {}).get(name)
-            add(occurred_at.astimezone(tz).date(), [f"g:{name}={value}"], cost)
+        sets = tag_sets(tenant, (g.key[0] for g in groups))
+        for g in groups:
+            tags, cost = sets.get(g.key[0] or 0, {}), g.sums["cost_nanos"]
+            if cost and g.bucket is not None:
+                day = g.bucket.astimezone(tz).date()
+                add(day, [f"g:{name}={tags[name]}" for name in names if name in tags], cost)
     return out
 
 

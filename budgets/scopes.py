@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 from costmon.core.models import Tenant
 from usage.models import Dimension
 from usage.pricing import candidate_names
-from usage.selectors import named, with_tag
+from usage.selectors import named
 
 
 class BudgetSpec(Protocol):
@@ -100,13 +100,14 @@ def _by_model(tenant: Tenant, spec: BudgetSpec, end_user: str, rows: QuerySet[An
     return rows.filter(model_id__in=models)
 
 
-def _by_tag(tenant: Tenant, spec: BudgetSpec, end_user: str, rows: QuerySet[Any]) -> Any:
+def tag_of(spec: BudgetSpec) -> tuple[str, str]:
+    """A tag budget's tag: (name, value) of its `name=value`."""
     name, _, value = spec.value.partition("=")
-    return with_tag(rows, (name, value))
+    return name, value
 
 
 def _tag_applies(spec: BudgetSpec, call: Call) -> bool:
-    name, _, value = spec.value.partition("=")
+    name, value = tag_of(spec)
     return call.tags.get(name) == value
 
 
@@ -167,7 +168,8 @@ SCOPES: Mapping[str, Scope] = {
             "tag",
             applies=_tag_applies,
             counter_field=lambda value, end_user, key: f"g:{value}",
-            narrow=_by_tag,
+            # Its spend is summed from the events by the event store (`tag_of`), not narrowed.
+            narrow=_all,
             spend_rows="events",
         ),
     )

@@ -12,11 +12,11 @@ from django.db.models import Sum
 
 from budgets.config import BudgetSpec
 from budgets.periods import Window
-from budgets.scopes import SCOPES
+from budgets.scopes import SCOPES, tag_of
 from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context
-from usage.models import UsageEvent
-from usage.selectors import rollups_of
+from usage.event_sums import event_totals, time_range
+from usage.selectors import UsageFilters, rollups_of
 
 
 @dataclass
@@ -53,19 +53,20 @@ def budget_status(percent: Decimal, thresholds: Sequence[Decimal]) -> str:
 def spent_from_database(
     *, tenant: Tenant, spec: BudgetSpec, window: Window, end_user: str = ""
 ) -> int:
-    """A budget's spend in its window from PostgreSQL: the fallback when Redis is away."""
+    """A budget's spend in its window from PostgreSQL's rollups, or for a tag from the events
+    in whichever store keeps them: the fallback when Redis is away."""
     scope = SCOPES[spec.scope]
     with tenant_context(tenant):
-        rows: Any
         if scope.spend_rows == "events":
-            rows = UsageEvent.objects.for_tenant(tenant).filter(
-                occurred_at__gte=window.start, occurred_at__lt=window.end
-            )
-        else:
-            # End users and keys are in the full rollups only; the rest reads the by-model ones.
-            by_end_user = scope.spend_rows == "rollups_by_end_user"
-            rows = rollups_of(tenant, by_end_user=by_end_user).filter(
-                hour__gte=window.start, hour__lt=window.end
-            )
+            return event_totals(
+                tenant=tenant,
+                time_range=time_range(window.start, window.end),
+                filters=UsageFilters(tag=tag_of(spec)),
+            )["cost_nanos"]
+        # End users and keys are in the full rollups only; the rest reads the by-model ones.
+        by_end_user = scope.spend_rows == "rollups_by_end_user"
+        rows: Any = rollups_of(tenant, by_end_user=by_end_user).filter(
+            hour__gte=window.start, hour__lt=window.end
+        )
         rows = scope.narrow(tenant, spec, end_user, rows)
         return int(rows.aggregate(s=Sum("cost_nanos"))["s"] or 0)

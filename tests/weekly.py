@@ -44,8 +44,14 @@ def weekly_pattern(
     return out
 
 
-def record(tenant: Tenant, tokens_per_hour: dict[datetime, int], *, prefix: str = "w") -> None:
-    """One event at 20 past each hour that has tokens."""
+def record(
+    tenant: Tenant,
+    tokens_per_hour: dict[datetime, int],
+    *,
+    prefix: str = "w",
+    tags: dict[str, str] | None = None,
+) -> None:
+    """One event at 20 past each hour that has tokens (with `tags`, when given)."""
     items: list[dict[str, Any]] = [
         event(
             event_id=f"{prefix}{hour:%Y%m%d%H}",
@@ -53,6 +59,7 @@ def record(tenant: Tenant, tokens_per_hour: dict[datetime, int], *, prefix: str 
             end_user="u1",
             input_tokens=tokens,
             output_tokens=0,
+            tags=tags,
         )
         for hour, tokens in sorted(tokens_per_hour.items())
         if tokens

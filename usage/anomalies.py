@@ -25,13 +25,13 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from django.db.models import F, Min, QuerySet, Sum
-from django.db.models.functions import Coalesce, TruncHour
+from django.db.models import Min, Sum
+from django.db.models.functions import Coalesce
 
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
-from usage.models import UsageEvent
-from usage.selectors import FILTER_FIELDS, UsageFilters, named, rollups_of, with_tag
+from usage.event_sums import event_groups, time_range
+from usage.selectors import FILTER_FIELDS, UsageFilters, named, rollups_of
 
 DEFAULT_WEEKS = 4
 MIN_WEEKS = 2  # fewer weeks of history than this: no baseline, nothing is flagged
@@ -127,30 +127,33 @@ def hourly_totals(
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
     filters = filters or UsageFilters()
-    rows: QuerySet[Any]
     if filters.tag is not None:
-        rows = UsageEvent.objects.for_tenant(tenant).filter(
-            occurred_at__gte=start, occurred_at__lt=end
+        # Tags are on the events only: summed per UTC hour by the event store.
+        groups = event_groups(
+            tenant=tenant, time_range=time_range(start, end), filters=filters, bucket="hour"
         )
-        for name in FILTER_FIELDS:
-            if (value := getattr(filters, name)) is not None:
-                rows = rows.filter(**{f"{name}__value": value})
-        rows = with_tag(rows, filters.tag).annotate(h=TruncHour("occurred_at", tzinfo=UTC))
-    else:
-        rows = rollups_of(tenant, by_end_user=filters.end_user is not None).filter(
-            hour__gte=start, hour__lt=end
-        )
-        for name in FILTER_FIELDS:
-            if (value := getattr(filters, name)) is not None:
-                rows = rows.filter(named(tenant, name, value))
-        rows = rows.annotate(h=F("hour"))
+        return {
+            g.bucket.astimezone(UTC): (
+                g.sums["cost_nanos"]
+                if metric == "cost"
+                else g.sums["input_tokens"] + g.sums["output_tokens"]
+            )
+            for g in groups
+            if g.bucket is not None
+        }
+    rows = rollups_of(tenant, by_end_user=filters.end_user is not None).filter(
+        hour__gte=start, hour__lt=end
+    )
+    for name in FILTER_FIELDS:
+        if (value := getattr(filters, name)) is not None:
+            rows = rows.filter(named(tenant, name, value))
     sums = (
         {"a": Coalesce(Sum("cost_nanos"), 0)}
         if metric == "cost"
         else {"a": Coalesce(Sum("input_tokens"), 0), "b": Coalesce(Sum("output_tokens"), 0)}
     )
-    grouped: Any = rows.values("h").annotate(**sums).order_by()
-    return {r["h"].astimezone(UTC): int(r["a"]) + int(r.get("b", 0)) for r in grouped}
+    grouped: Any = rows.values("hour").annotate(**sums).order_by()
+    return {r["hour"].astimezone(UTC): int(r["a"]) + int(r.get("b", 0)) for r in grouped}
 
 
 def first_usage_hour(*, tenant: Tenant) -> datetime | None:

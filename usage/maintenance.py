@@ -83,8 +83,10 @@ def usage_reprice(
 
     Caller-supplied costs are kept. The rollups of every hour touched are rebuilt from the
     events in the same transaction, under the tenant's exclusive ingest lock, so rollups stay
-    equal to the sum of their events.
+    equal to the sum of their events. A store that cannot rewrite its events (ClickHouse, for
+    now) refuses: `RewriteUnavailable`.
     """
+    event_store().require_rewrites("Re-pricing stored events")
     catalog = load_catalog(tenant.pk, lists=lists)
     report = RepriceReport()
     with tenant_context(tenant), transaction.atomic():
@@ -155,7 +157,9 @@ def _save_prices(events: list[UsageEvent], report: RepriceReport) -> None:
 
 def usage_events_delete(*, events: QuerySet[UsageEvent]) -> int:
     """Delete events and rebuild the rollups of their hours, under each tenant's exclusive
-    ingest lock, so rollups still equal the sum of their events. Staff code: runs unscoped."""
+    ingest lock, so rollups still equal the sum of their events. Staff code: runs unscoped.
+    A store that cannot rewrite its events refuses: `RewriteUnavailable`."""
+    event_store().require_rewrites("Deleting chosen events")
     with unscoped():
         rows = list(events.values_list("pk", "tenant_id", "occurred_at", "event_id"))
         by_tenant: dict[int, tuple[list[int], set[datetime]]] = defaultdict(lambda: ([], set()))
@@ -212,6 +216,7 @@ def _rewritten(tenant_id: int) -> None:
 def usage_reprice_unpriced(*, tenant: Tenant, lists: GlobalLists | None = None) -> RepriceReport:
     """Price the tenant's unpriced events for which a price now exists (whole history); a
     pass over many tenants shares `lists` (see `load_catalog`)."""
+    event_store().require_rewrites("Re-pricing stored events")
     with tenant_context(tenant):  # the task calls it with no context: RLS would hide every row
         bounds = (
             UsageEvent.objects.for_tenant(tenant)
@@ -272,6 +277,8 @@ def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
     transaction that holds the tenant's exclusive ingest lock."""
     if not hours:
         return 0
+    # It reads PostgreSQL's events: with another store it would empty these hours' rollups.
+    event_store().require_rewrites("Rebuilding rollups from the events")
     rebuilt = 0
     for i in range(0, len(hours), 500):
         part = list(hours[i : i + 500])

@@ -27,6 +27,7 @@ from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context, unscoped
 from usage.catalog import bump_version
+from usage.eventstore.current import event_store
 from usage.maintenance import usage_reprice
 from usage.models import CatalogAlias, ModelAlias, ModelPrice, PriceChangeHold, PriceSync
 from usage.price_formats import read_price_source
@@ -407,6 +408,8 @@ def price_hold_decide(*, hold: PriceChangeHold, approve: bool, by: str = "") -> 
     then are priced again) or reject (it keeps the old prices). Returns False when the hold was
     already decided."""
     status = PriceChangeHold.Status.APPROVED if approve else PriceChangeHold.Status.REJECTED
+    if approve:  # refused before the hold is claimed, so it stays pending
+        event_store().require_rewrites("Approving a price change (it re-prices events)")
     with unscoped():
         claimed = PriceChangeHold.objects.unscoped().filter(
             pk=hold.pk, status=PriceChangeHold.Status.PENDING

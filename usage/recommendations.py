@@ -13,13 +13,16 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, F, Sum
+from django.db.models import F, Sum
 
 from costmon.core.models import Tenant
 from costmon.core.money import format_money, usd_to_nanos
 from costmon.core.periods import TimeRange
 from usage.catalog import catalog_for
-from usage.models import ModelPrice, PriceSync, UsageEvent
+from usage.event_sums import time_range
+from usage.eventstore.base import event_query
+from usage.eventstore.current import event_store
+from usage.models import ModelPrice, PriceSync
 from usage.pricing import Price, candidate_names, cost_nanos, format_rate
 from usage.selectors import rollups_of
 
@@ -278,20 +281,12 @@ def _repeated_prompts(tenant: Tenant, start: datetime, now: datetime) -> Recomme
     """Events that sent the same prompt hash more than once: every repeat after the first is
     what a response cache would have saved.
 
-    This one reads the raw events in the 30-day range (filtered by tenant and by prompt_hash
-    not null, grouped in the database): the rollups do not keep prompt hashes.
+    This one reads the raw events in the 30-day range, grouped by prompt hash in whichever
+    store keeps them (`EventStore.repeated_prompts`): the rollups do not keep prompt hashes.
     """
-    groups = (
-        UsageEvent.objects.for_tenant(tenant)
-        .filter(occurred_at__gte=start, occurred_at__lt=now, prompt_hash__isnull=False)
-        .values("prompt_hash")
-        .annotate(n=Count("pk"), cost=Sum("cost_nanos"))
-        .filter(n__gt=1)
-        .order_by()
-    )
+    groups = event_store().repeated_prompts(tenant, event_query(time_range=time_range(start, now)))
     prompts = repeats = saving = 0
-    for g in groups:
-        n, cost = int(g["n"]), int(g["cost"])
+    for n, cost in groups:
         prompts += 1
         repeats += n - 1
         saving += cost * (n - 1) // n

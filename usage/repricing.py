@@ -14,6 +14,7 @@ from django.db import transaction
 from costmon.core.models import Tenant
 from costmon.core.tenancy import unscoped
 from usage.catalog import GlobalLists
+from usage.eventstore.current import event_store
 from usage.maintenance import usage_reprice_unpriced
 from usage.models import CostSource, UsageEvent
 
@@ -22,7 +23,17 @@ log = structlog.get_logger(__name__)
 
 @shared_task(name="usage.tasks.reprice_unpriced_usage", ignore_result=True)
 def reprice_unpriced_usage(tenant_id: int | None = None) -> int:
-    """Price events stored without a price, for one tenant or every tenant that has some."""
+    """Price events stored without a price, for one tenant or every tenant that has some.
+    With a store that cannot rewrite its events (ClickHouse, for now) it says so in the log
+    and changes nothing (`usage.maintenance.usage_reprice`)."""
+    store = event_store()
+    if not store.rewrites_events:
+        log.warning(
+            "unpriced_usage_not_repriced",
+            tenant_id=tenant_id,
+            reason=f"the {store.label} event store cannot re-price stored events yet",
+        )
+        return 0
     with unscoped():
         tenant_ids = (
             [tenant_id]

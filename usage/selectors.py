@@ -4,29 +4,30 @@ which read the events in range (tags alone read the tag rollups)."""
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
 from typing import Any
 
-from django.db.models import Count, F, Func, Q, QuerySet, Sum, TextField, Value
+from django.db.models import F, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 from django.utils import timezone
 
 from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
 from costmon.core.periods import (
-    EARLIEST,
-    LATEST,
     TimeRange,
     tenant_zone,
 )
 from usage.catalog import load_catalog
+from usage.event_queries import FILTER_FIELDS as FILTER_FIELDS
+from usage.event_queries import EventPage as EventPage
+from usage.event_queries import TagValue as TagValue
+from usage.event_queries import UsageFilters as UsageFilters
+from usage.event_queries import event_aggregates, with_tag
+from usage.event_sums import add_sums, dimension_names, event_groups, event_totals, tag_sets
 from usage.kept_metrics import kept_ranking, kept_series, kept_totals
 from usage.models import (
-    CostSource,
     Dimension,
     HourlyRollup,
     ModelHourlyRollup,
@@ -34,7 +35,6 @@ from usage.models import (
     PriceSync,
     Rollup,
     TagHourlyRollup,
-    TagSet,
     UsageEvent,
 )
 from usage.pricing import Price
@@ -48,19 +48,6 @@ _KINDS = {
     "end_user": Dimension.Kind.END_USER,
 }
 EVENT_DIMENSIONS = ("session_id",)
-FILTER_FIELDS = ("provider", "model", "operation", "end_user")
-
-
-@dataclass(frozen=True)
-class UsageFilters:
-    provider: str | None = None
-    model: str | None = None
-    operation: str | None = None
-    end_user: str | None = None
-    tag: tuple[str, str] | None = None
-
-    def is_empty(self) -> bool:
-        return not any((self.provider, self.model, self.operation, self.end_user, self.tag))
 
 
 @dataclass
@@ -112,74 +99,8 @@ def _filtered_events(tenant: Tenant, tr: TimeRange, filters: UsageFilters) -> Qu
     return with_tag(qs, filters.tag)
 
 
-class TagValue(Func):
-    """The value of an event's tag `name` (from its tag set, `source`), for any name:
-    `tags__<name>` and KeyTextTransform read `__` as a lookup and a number as an array index,
-    and SQLite's JSON paths cannot name a key with a quote (nor a non-ASCII key, as Django
-    stores them escaped)."""
-
-    output_field = TextField()
-
-    def __init__(self, name: str, source: str = "tag_set__tags") -> None:
-        super().__init__(F(source), Value(name))
-
-    def as_sql(
-        self,
-        compiler: Any,
-        connection: Any,
-        function: str | None = None,
-        template: str | None = None,
-        arg_joiner: str | None = None,
-        **extra_context: Any,
-    ) -> tuple[str, tuple[Any, ...]]:
-        """SQLite (Django picks `as_postgresql` on PostgreSQL)."""
-        tags_sql, name_sql, params = self._compiled(compiler)
-        # Compiled SQL of a column and a parameter placeholder; the name is a parameter.
-        sql = f"(SELECT j.value FROM json_each({tags_sql}) AS j WHERE j.key = {name_sql})"  # noqa: S608
-        return sql, params
-
-    def as_postgresql(
-        self, compiler: Any, connection: Any, **extra_context: Any
-    ) -> tuple[str, tuple[Any, ...]]:
-        tags_sql, name_sql, params = self._compiled(compiler)
-        return f"({tags_sql} ->> ({name_sql})::text)", params
-
-    def _compiled(self, compiler: Any) -> tuple[str, str, tuple[Any, ...]]:
-        tags_sql, tags_params = compiler.compile(self.source_expressions[0])
-        name_sql, name_params = compiler.compile(self.source_expressions[1])
-        return tags_sql, name_sql, (*tags_params, *name_params)
-
-
-def with_tag(qs: QuerySet[UsageEvent], tag: tuple[str, str] | None) -> QuerySet[UsageEvent]:
-    """Events whose tag `name` is `value`: those whose tag set is one of the sets that say so
-    (a few sets matched once, then an integer compared per event)."""
-    if tag is None:
-        return qs
-    # Any tenant's sets: an event only refers to a set of its own tenant, and `qs` is scoped.
-    sets = (
-        TagSet.objects.unscoped()
-        .alias(tag_filter=TagValue(tag[0], source="tags"))
-        .filter(tag_filter=tag[1])
-    )
-    return qs.filter(tag_set_id__in=sets.values("pk"))
-
-
-def _event_sums() -> dict[str, Any]:
-    """Event-level aggregates named as the rollup columns, for the session and tag views."""
-    return {
-        "calls": Count("pk"),
-        "errors": Count("pk", filter=Q(is_error=True)),
-        "cache_hits": Count("pk", filter=Q(cache_hit=True)),
-        "unpriced_calls": Count("pk", filter=Q(cost_source=CostSource.UNPRICED)),
-        "input_tokens": Coalesce(Sum("input_tokens"), 0),
-        "output_tokens": Coalesce(Sum("output_tokens"), 0),
-        "cached_input_tokens": Coalesce(Sum("cached_input_tokens"), 0),
-        "cache_write_tokens": Coalesce(Sum("cache_write_tokens"), 0),
-        "reasoning_tokens": Coalesce(Sum("reasoning_tokens"), 0),
-        "cost_nanos": Coalesce(Sum("cost_nanos"), 0),
-        "latency_ms_sum": Coalesce(Sum("latency_ms"), 0),
-        "latency_count": Count("latency_ms"),
-    }
+# The dashboard's pages import it by this name (they are changed on another branch).
+_event_sums = event_aggregates
 
 
 def _rollup_sums() -> dict[str, Any]:
@@ -216,16 +137,15 @@ def usage_metrics(
     if tag_group == "":
         raise DomainError("Name the tag: group_by=tag:<name>.", field="group_by")
 
-    # Tags live on events only; a tag filter therefore reads events for everything.
-    from_events = filters.tag is not None
-    base: QuerySet[Any]
-    sums: dict[str, Any]
-    if from_events:
-        base, sums, time_field = _filtered_events(tenant, tr, filters), _event_sums(), "occurred_at"
-    else:
-        base, sums, time_field = _filtered_rollups(tenant, tr, filters), _rollup_sums(), "hour"
+    # Tags live on events only; a tag filter therefore reads events for everything, from
+    # whichever store keeps them.
+    if filters.tag is not None:
+        return _metrics_from_events(
+            tenant, tr, filters, group_by=group_by, interval=interval, limit=limit
+        )
+    base, sums = _filtered_rollups(tenant, tr, filters), _rollup_sums()
 
-    kept = keep and not from_events
+    kept = keep
     model_rows_of = partial(_filtered_rollups, tenant, filters=filters)
     if kept:
         totals = kept_totals(tenant=tenant, time_range=tr, what=filters, rows_of=model_rows_of)
@@ -243,29 +163,18 @@ def usage_metrics(
                 dimension=group_by,
                 limit=limit,
             )
-        elif group_by in ROLLUP_DIMENSIONS and not from_events:
+        elif group_by in ROLLUP_DIMENSIONS:
             grouped = (
                 _filtered_rollups(tenant, tr, filters, by_end_user=True)
                 if group_by == "end_user"
                 else base
             )
             rows = ranked_by_dimension(tenant, grouped, group_by, sums, limit=limit)
-        elif tag_group and not from_events and filters.end_user is None:
+        elif tag_group and filters.end_user is None:
             rows = _tag_breakdown(tenant, tr, filters, tag_group, totals)
         else:
-            events = _filtered_events(tenant, tr, filters)
-            if tag_group:
-                key_expr: Any = TagValue(tag_group)
-            elif group_by == "session_id":
-                key_expr = F("session__value")
-            else:
-                key_expr = F(f"{group_by}__value")
-            rows = [dict(r) for r in events.values(key=key_expr).annotate(**_event_sums())]
-        breakdown: list[dict[str, Any]] = [
-            {**r, "key": r["key"] if r["key"] is not None else ""} for r in rows
-        ]
-        breakdown.sort(key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))
-        metrics.breakdown = breakdown[:limit]
+            rows = _event_breakdown(tenant, tr, filters, group_by)
+        metrics.breakdown = _ranked(rows, limit)
 
     buckets: dict[Any, Any]
     if kept:
@@ -276,11 +185,16 @@ def usage_metrics(
         trunc = TruncHour if interval == "hour" else TruncDay
         buckets = {
             row["bucket"]: row
-            for row in base.annotate(bucket=trunc(time_field, tzinfo=tr.tz))
+            for row in base.annotate(bucket=trunc("hour", tzinfo=tr.tz))
             .values("bucket")
             .annotate(cost_nanos=sums["cost_nanos"], calls=sums["calls"])
         }
-    metrics.series = [
+    metrics.series = _series(tr, interval, buckets)
+    return metrics
+
+
+def _series(tr: TimeRange, interval: str, buckets: dict[Any, Any]) -> list[dict[str, Any]]:
+    return [
         {
             "bucket": b,
             "cost_nanos": buckets[b]["cost_nanos"] if b in buckets else 0,
@@ -288,7 +202,58 @@ def usage_metrics(
         }
         for b in _bucket_starts(tr, interval)
     ]
+
+
+def _ranked(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The breakdown's rows, the most expensive first; no name reads as ""."""
+    breakdown = [{**r, "key": r["key"] if r["key"] is not None else ""} for r in rows]
+    breakdown.sort(key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]))
+    return breakdown[:limit]
+
+
+def _metrics_from_events(
+    tenant: Tenant,
+    tr: TimeRange,
+    filters: UsageFilters,
+    *,
+    group_by: str | None,
+    interval: str,
+    limit: int,
+) -> Metrics:
+    """`usage_metrics` summed from the events, in whichever store keeps them."""
+    metrics = Metrics(
+        range=tr,
+        totals=event_totals(tenant=tenant, time_range=tr, filters=filters),
+        group_by=group_by,
+        interval=interval,
+    )
+    if group_by:
+        metrics.breakdown = _ranked(_event_breakdown(tenant, tr, filters, group_by), limit)
+    groups = event_groups(tenant=tenant, time_range=tr, filters=filters, bucket=interval)
+    metrics.series = _series(tr, interval, {g.bucket: g.sums for g in groups})
     return metrics
+
+
+def _event_breakdown(
+    tenant: Tenant, tr: TimeRange, filters: UsageFilters, group_by: str
+) -> list[dict[str, Any]]:
+    """The events' sums per value of `group_by` (a dimension, session_id or tag:<name>), each
+    named as `key` (None: the events have none), summed by the event store."""
+    tag = group_by[4:] if group_by.startswith("tag:") else None
+    by = "tag_set" if tag else "session" if group_by == "session_id" else group_by
+    groups = event_groups(tenant=tenant, time_range=tr, filters=filters, by=(by,))
+    ids = [g.key[0] for g in groups]
+    if tag:
+        sets = tag_sets(tenant, ids)
+        names: dict[int | None, str | None] = {i: sets.get(i or 0, {}).get(tag) for i in ids}
+    else:
+        found = dimension_names(tenant, ids)
+        names = {i: found.get(i or 0) for i in ids}
+    rows: dict[str | None, dict[str, Any]] = {}
+    for g in groups:
+        key = names[g.key[0]]
+        add_sums(rows.setdefault(key, {"key": key}), g.sums)
+    return list(rows.values())
 
 
 def _tag_breakdown(
@@ -347,91 +312,6 @@ def _bucket_starts(tr: TimeRange, interval: str) -> list[datetime]:
         out.append(moment)
         day += timedelta(days=1)
     return out
-
-
-# --- raw events ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EventPage:
-    events: list[UsageEvent]
-    next_cursor: str | None
-
-
-def encode_cursor(event: UsageEvent) -> str:
-    raw = f"{event.occurred_at.astimezone(UTC).isoformat()}|{event.pk}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        moment, pk = raw.split("|")
-        parsed, number = datetime.fromisoformat(moment), int(pk)
-        if timezone.is_naive(parsed) or not EARLIEST <= parsed < LATEST or not 0 < number < 2**63:
-            raise ValueError(raw)
-        return parsed, number
-    except (ValueError, UnicodeDecodeError):
-        raise DomainError(
-            "The cursor is not valid; use next_cursor from a previous page.", field="cursor"
-        ) from None
-
-
-def usage_events(
-    *,
-    tenant: Tenant,
-    time_range: TimeRange | None,
-    filters: UsageFilters | None = None,
-    session_id: str | None = None,
-    status: str | None = None,
-    cost_source: str | None = None,
-) -> QuerySet[UsageEvent]:
-    """A tenant's raw events, newest first, with their dimension names joined."""
-    filters = filters or UsageFilters()
-    qs = UsageEvent.objects.for_tenant(tenant)
-    if time_range is not None:
-        qs = qs.filter(occurred_at__gte=time_range.start, occurred_at__lt=time_range.end)
-    for name in FILTER_FIELDS:
-        value = getattr(filters, name)
-        if value is not None:
-            qs = qs.filter(**{f"{name}__value": value})
-    qs = with_tag(qs, filters.tag)
-    if session_id is not None:
-        qs = qs.filter(session__value=session_id)
-    if status is not None:
-        if status not in ("success", "error"):
-            raise DomainError("status must be success or error.", field="status")
-        qs = qs.filter(is_error=status == "error")
-    if cost_source is not None:
-        labels = {label: value for value, label in CostSource.choices}
-        if cost_source not in labels:
-            raise DomainError(
-                "cost_source must be computed, caller or unpriced.", field="cost_source"
-            )
-        qs = qs.filter(cost_source=labels[cost_source])
-    return qs.select_related(
-        "provider", "model", "operation", "end_user", "session", "tag_set"
-    ).order_by("-occurred_at", "-pk")
-
-
-def usage_event_page(*, events: QuerySet[UsageEvent], cursor: str | None, limit: int) -> EventPage:
-    if cursor:
-        moment, pk = decode_cursor(cursor)
-        events = events.filter(Q(occurred_at__lt=moment) | Q(occurred_at=moment, pk__lt=pk))
-    rows = list(events[: limit + 1])
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return EventPage(events=rows[:limit], next_cursor=next_cursor)
-
-
-def iter_usage_events(*, events: QuerySet[UsageEvent], chunk: int = 2000) -> Iterator[UsageEvent]:
-    """Every event of the queryset, in keyset-paged chunks (for exports)."""
-    cursor = None
-    while True:
-        page = usage_event_page(events=events, cursor=cursor, limit=chunk)
-        yield from page.events
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
 
 
 def unpriced_event_count(*, tenant: Tenant, time_range: TimeRange | None = None) -> int:

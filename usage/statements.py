@@ -2,7 +2,7 @@
 team), used in one calendar month of the tenant's time zone, by model, with the tenant's markup.
 
 Read from the hourly rollups for an end user and from the events for a tag (tags live on events
-only, as for the metrics API's tag filter). Used by the dashboard's statement page and
+only, as for the metrics API's tag filter), in whichever event store keeps them. Used by the dashboard's statement page and
 `manage.py cost_report --statement`.
 
 Rounding: money is integer nano-dollars. Each model line's markup is its cost x the markup
@@ -19,7 +19,7 @@ from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models import F, Sum
 from django.db.models.functions import Coalesce
 
 from costmon.core.exceptions import DomainError
@@ -27,9 +27,10 @@ from costmon.core.models import Tenant
 from costmon.core.money import format_money, format_usd
 from costmon.core.periods import TimeRange, calendar_bounds, local_midnight, tenant_zone
 from costmon.core.tenancy import tenant_context
-from usage.models import CostSource, HourlyRollup, UsageEvent
+from usage.event_sums import dimension_names, event_groups
+from usage.models import HourlyRollup
 from usage.reports import align_money, table
-from usage.selectors import named, with_tag
+from usage.selectors import UsageFilters, named
 
 END_USER = "end_user"
 SUMS = ("calls", "input_tokens", "output_tokens", "cached_input_tokens", "cost_nanos")
@@ -155,38 +156,42 @@ class Statement:
         )
 
 
-def _rows(tenant: Tenant, subject: Subject, tr: TimeRange) -> QuerySet[Any]:
+def _grouped(tenant: Tenant, subject: Subject, tr: TimeRange) -> list[dict[str, Any]]:
+    """The subject's sums per provider and model: an end user's from the hourly rollups, a
+    tag's from the events (tags live on events only), in whichever store keeps them."""
     if subject.is_end_user:
-        return HourlyRollup.objects.for_tenant(tenant).filter(
+        rows = HourlyRollup.objects.for_tenant(tenant).filter(
             named(tenant, END_USER, subject.value), hour__gte=tr.start, hour__lt=tr.end
         )
-    events = UsageEvent.objects.for_tenant(tenant).filter(
-        occurred_at__gte=tr.start, occurred_at__lt=tr.end
+        return [
+            dict(r)
+            for r in rows.values(provider_name=F("provider__value"), model_name=F("model__value"))
+            .annotate(
+                unpriced_calls=Coalesce(Sum("unpriced_calls"), 0),
+                **{name: Coalesce(Sum(name), 0) for name in SUMS},
+            )
+            .order_by()
+        ]
+    groups = event_groups(
+        tenant=tenant,
+        time_range=tr,
+        filters=UsageFilters(tag=(subject.key, subject.value)),
+        by=("provider", "model"),
     )
-    return with_tag(events, (subject.key, subject.value))
+    names = dimension_names(tenant, [i for g in groups for i in g.key])
+    return [
+        {"provider_name": names[g.key[0]], "model_name": names[g.key[1]], **g.sums}
+        for g in groups
+        if g.key[0] and g.key[1]
+    ]
 
 
 def statement_for(*, tenant: Tenant, subject: Subject, month: date) -> Statement:
     """The subject's usage in the month (by provider and model, the most expensive first)."""
     tr = month_range(tenant=tenant, first=month)
     with tenant_context(tenant):
-        rows = _rows(tenant, subject, tr)
-        counts: dict[str, Any] = (
-            {"calls": Sum("calls"), "unpriced_calls": Sum("unpriced_calls")}
-            if subject.is_end_user
-            else {
-                "calls": Count("pk"),
-                "unpriced_calls": Count("pk", filter=Q(cost_source=CostSource.UNPRICED)),
-            }
-        )
-        grouped = list(
-            rows.values(provider_name=F("provider__value"), model_name=F("model__value"))
-            .annotate(
-                **{name: Coalesce(count, 0) for name, count in counts.items()},
-                **{name: Coalesce(Sum(name), 0) for name in SUMS if name != "calls"},
-            )
-            .order_by("-cost_nanos", "provider_name", "model_name")
-        )
+        grouped = _grouped(tenant, subject, tr)
+    grouped.sort(key=lambda r: (-int(r["cost_nanos"]), r["provider_name"], r["model_name"]))
     percent = tenant.statement_markup_percent or Decimal(0)
     lines = [
         StatementLine(

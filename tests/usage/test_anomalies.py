@@ -166,6 +166,35 @@ def test_hourly_totals_can_count_tokens_and_filter(weeks, acme):
     assert nobody == {}
 
 
+def test_a_tag_filter_sums_the_tagged_events_per_hour_in_the_event_store(store, acme, outsider):
+    search = {"team": "search"}
+    after = SPIKE + timedelta(hours=1)
+    with tenancy.unscoped():
+        record(acme, {SPIKE: 500, after: 700}, prefix="s", tags=search)
+        record(acme, {SPIKE: 9_000}, prefix="o", tags={"team": "ops"})
+        record(acme, {after: 8_000}, prefix="n")
+        record(outsider, {SPIKE: 4_000}, prefix="g", tags=search)
+
+    def totals(tenant: Tenant, **options: Any) -> dict[datetime, int]:
+        with tenancy.tenant_context(tenant):
+            return hourly_totals(
+                tenant=tenant, start=SPIKE, end=SPIKE + timedelta(hours=2), **options
+            )
+
+    tagged = UsageFilters(tag=("team", "search"))
+    assert totals(acme, filters=tagged) == {
+        SPIKE: 500 * NANOS_PER_TOKEN,
+        after: 700 * NANOS_PER_TOKEN,
+    }
+    assert totals(acme, filters=tagged, metric="tokens") == {SPIKE: 500, after: 700}
+    assert totals(acme, filters=UsageFilters(end_user="u1", tag=("team", "search"))) == {
+        SPIKE: 500 * NANOS_PER_TOKEN,
+        after: 700 * NANOS_PER_TOKEN,
+    }
+    assert totals(acme, filters=UsageFilters(end_user="u2", tag=("team", "search"))) == {}
+    assert totals(outsider, filters=tagged) == {SPIKE: 4_000 * NANOS_PER_TOKEN}
+
+
 # --- the dashboard's hourly chart --------------------------------------------------------------
 
 

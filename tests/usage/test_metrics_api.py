@@ -195,6 +195,56 @@ def test_filters_narrow_totals_breakdown_and_series(read_client, usage):
     assert metrics(read_client, "period=month&model=nope")["total"]["calls"] == 0
 
 
+def test_metrics_that_read_events_sum_them_in_the_event_store(
+    store, read_client, outsider_client, usage
+):
+    """Sessions, a tag filter, and tags with an end user filter are summed from the events by
+    the store that keeps them; the outsider's events on the same names and tag count nowhere."""
+    theirs = event(event_id="o-tag", occurred_at="2026-11-21T09:00:00Z", tags={"team": "search"})
+    assert post_usage(outsider_client, [theirs | {"cost_usd": "9"}]).status_code == 201
+    sessions = metrics(read_client, "period=month&group_by=session_id")["breakdown"]
+    assert [(r["key"], r["cost_usd"], r["calls"]) for r in sessions] == [
+        ("s1", "0.0027", 2),
+        ("", "0.000655", 4),
+    ]
+    tagged = metrics(read_client, "period=month&tag=team:search&group_by=model")
+    assert tagged["total"] == {
+        "cost_usd": "0.0027",
+        "calls": 2,
+        "input_tokens": 900,
+        "output_tokens": 360,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "cache_hits": 0,
+        "cache_hit_rate": 0.0,
+        "prompt_cache_rate": 0.0,
+        "errors": 1,
+        "error_rate": 0.5,
+        "unpriced_calls": 0,
+        "avg_cost_usd": "0.00135",
+        "avg_latency_ms": 300,
+    }
+    assert [(r["key"], r["cost_usd"], r["calls"]) for r in tagged["breakdown"]] == [
+        ("claude-haiku-4-5", "0.0027", 2)
+    ]
+    assert len(tagged["series"]) == 30
+    assert [(s["bucket"], s["cost_usd"], s["calls"]) for s in tagged["series"] if s["calls"]] == [
+        ("2026-11-21T00:00:00+00:00", "0.0027", 2)
+    ]
+    hours = metrics(read_client, "period=day&tag=team:search")["series"]
+    assert [(s["bucket"][11:13], s["calls"]) for s in hours if s["calls"]] == [("09", 1), ("11", 1)]
+    by_tag = metrics(read_client, "period=month&end_user=u2&group_by=tag:team")["breakdown"]
+    assert [(r["key"], r["cost_usd"], r["calls"]) for r in by_tag] == [
+        ("ops", "0.000525", 1),
+        ("", "0", 1),
+    ]
+    assert metrics(read_client, "period=month&tag=team:nobody")["total"]["calls"] == 0
+    outsider = metrics(outsider_client, "period=month&tag=team:search&group_by=session_id")
+    assert (outsider["total"]["calls"], outsider["total"]["cost_usd"]) == (1, "9")
+    assert [(r["key"], r["cost_usd"]) for r in outsider["breakdown"]] == [("", "9")]
+
+
 def test_the_series_has_every_bucket_including_empty_ones(read_client, usage):
     month = metrics(read_client, "period=month")["series"]
     assert len(month) == 30

@@ -171,7 +171,7 @@ def test_the_top_operations_show_their_share_of_spend(ingest_client, acme):
 
 
 def test_repeated_prompt_hashes_estimate_the_cost_of_the_repeats(
-    ingest_client, outsider_client, acme
+    ingest_client, outsider_client, acme, store
 ):
     batch = [
         *haiku_calls(3, prefix="a", prompt_hash="aaa"),  # 2 repeats
@@ -190,7 +190,7 @@ def test_repeated_prompt_hashes_estimate_the_cost_of_the_repeats(
     assert "(3 repeats)" in rec.text
 
 
-def test_the_repeats_saving_is_integer_arithmetic(ingest_client, acme):
+def test_the_repeats_saving_is_integer_arithmetic(ingest_client, acme, store):
     # Three calls costing 1 nano-dollar in all: 1 x 2 // 3 = 0, never a fraction.
     batch = [
         event(event_id=f"x{i}", prompt_hash="h", cost_usd=c)
@@ -209,7 +209,7 @@ def test_recommendations_are_sorted_by_saving(ingest_client, acme):
 
 
 def test_an_outsiders_data_never_affects_acmes_recommendations(
-    ingest_client, outsider_client, acme, outsider: Tenant
+    ingest_client, outsider_client, acme, outsider: Tenant, store
 ):
     assert post_usage(ingest_client, haiku_calls(2)).status_code == 201
     before = recommendations(tenant=acme, now=NOW)

@@ -147,7 +147,11 @@ def set_markup(tenant: Tenant, percent: str) -> None:
 
 
 @pytest.fixture
-def usage(acme: Tenant, outsider: Tenant) -> None:
+def usage(request: pytest.FixtureRequest, acme: Tenant, outsider: Tenant) -> None:
+    """The events above, in the event store the test runs against when it names one (`store`:
+    PostgreSQL, ClickHouse, two ClickHouse shards), else in PostgreSQL."""
+    if "store" in request.fixturenames:
+        request.getfixturevalue("store")
     with tenancy.unscoped():
         acme.timezone = "Europe/Paris"
         acme.save(update_fields=["timezone"])
@@ -175,7 +179,9 @@ def line_tuples(st: Any) -> list[tuple[Any, ...]]:
 # --- the figures -----------------------------------------------------------------------------
 
 
-def test_a_tag_statement_sums_the_month_in_the_tenants_zone_by_model_with_markup(usage, acme):
+def test_a_tag_statement_sums_the_month_in_the_tenants_zone_by_model_with_markup(
+    usage, acme, store
+):
     with tenancy.tenant_context(acme):
         st = statement_for(tenant=acme, subject=ACME_CORP, month=NOVEMBER)
     # 15% of $0.00274 is $0.000411; of $0.0009, $0.000135.
@@ -188,7 +194,7 @@ def test_a_tag_statement_sums_the_month_in_the_tenants_zone_by_model_with_markup
     assert (st.total("markup_nanos"), st.total("total_nanos")) == (546_000, 4_186_000)
 
 
-def test_an_end_user_statement_reads_that_users_rollups(usage, acme):
+def test_an_end_user_statement_reads_that_users_rollups(usage, acme, store):
     with tenancy.tenant_context(acme):
         st = statement_for(tenant=acme, subject=Subject("end_user", "u1"), month=NOVEMBER)
     # c4 (u1, haiku) is on 1 December in Paris: not in November's statement.
@@ -205,7 +211,7 @@ def test_an_end_user_statement_reads_that_users_rollups(usage, acme):
     ]
 
 
-def test_the_markup_is_rounded_half_up_to_the_nano_dollar_on_each_line(usage, acme):
+def test_the_markup_is_rounded_half_up_to_the_nano_dollar_on_each_line(usage, acme, store):
     assert [markup_of(n, Decimal(10)) for n in (4, 5, 15, 25, 0)] == [0, 1, 2, 3, 0]
     set_markup(acme, "33.333")
     with tenancy.tenant_context(acme):
@@ -223,7 +229,7 @@ def test_without_a_markup_the_total_is_the_cost(usage, acme):
     assert st.total("total_nanos") == st.total("cost_nanos") == 3_640_000
 
 
-def test_the_outsider_sees_only_its_own_usage_of_the_same_tag(usage, acme, outsider):
+def test_the_outsider_sees_only_its_own_usage_of_the_same_tag(usage, acme, outsider, store):
     with tenancy.tenant_context(outsider):
         theirs = statement_for(tenant=outsider, subject=ACME_CORP, month=NOVEMBER)
     assert line_tuples(theirs) == [
@@ -235,7 +241,7 @@ def test_the_outsider_sees_only_its_own_usage_of_the_same_tag(usage, acme, outsi
     assert "openai/gpt-4o" not in [row[0] for row in line_tuples(mine)]
 
 
-def test_unpriced_calls_are_counted_and_the_statement_says_so(usage, acme, owner):
+def test_unpriced_calls_are_counted_and_the_statement_says_so(usage, acme, owner, store):
     unpriced = tagged(
         "acme-corp",
         event_id="c8",
@@ -336,7 +342,7 @@ def test_cost_report_prints_the_statement_as_a_table(usage):
     assert globex_part.splitlines()[-1].split()[:2] == ["Total", "$2.5"]
 
 
-def test_cost_report_statement_csv_is_exact(usage):
+def test_cost_report_statement_csv_is_exact(usage, store):
     out = command(
         "--statement",
         "customer=acme-corp",
@@ -424,7 +430,7 @@ def test_the_page_shows_the_statement_with_markup_and_total(usage, client):
     assert "format=csv" in page and "format=print" in page
 
 
-def test_the_page_csv_is_exact(usage, client):
+def test_the_page_csv_is_exact(usage, client, store):
     response = client.get(
         URL, {"subject": "customer=acme-corp", "month": "2026-11", "format": "csv"}
     )

@@ -10,6 +10,7 @@ from django.http import HttpRequest
 
 from costmon.core.admin import ReadOnlyAdminMixin, TenantOwnedAdmin
 from costmon.core.money import format_usd
+from usage.eventstore.current import event_store
 from usage.maintenance import usage_events_delete
 from usage.models import (
     HourlyRollup,
@@ -87,7 +88,8 @@ class UsageEventAdmin(ReadOnlyAdmin):
         return "error" if obj.is_error else "success"
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return bool(request.user.is_superuser)
+        # Not offered where the event store cannot delete chosen events (`usage_events_delete`).
+        return bool(request.user.is_superuser) and event_store().rewrites_events
 
     def delete_model(self, request: HttpRequest, obj: UsageEvent) -> None:
         usage_events_delete(events=UsageEvent.objects.unscoped().filter(pk=obj.pk))

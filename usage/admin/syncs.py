@@ -8,6 +8,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from costmon.core.admin import ReadOnlyAdminMixin, TenantOwnedAdmin, plural
+from usage.eventstore.base import RewriteUnavailable
 from usage.models import (
     PriceChangeHold,
     PriceSync,
@@ -139,10 +140,14 @@ class PriceChangeHoldAdmin(ReadOnlyAdminMixin, TenantOwnedAdmin):
     def _decide(
         self, request: HttpRequest, queryset: QuerySet[PriceChangeHold], *, approve: bool
     ) -> None:
-        done = sum(
-            price_hold_decide(hold=hold, approve=approve, by=request.user.get_username())
-            for hold in queryset.select_related("tenant", "sync")
-        )
+        try:
+            done = sum(
+                price_hold_decide(hold=hold, approve=approve, by=request.user.get_username())
+                for hold in queryset.select_related("tenant", "sync")
+            )
+        except RewriteUnavailable as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return
         verb = "approved" if approve else "rejected"
         self.message_user(
             request,

@@ -16,6 +16,7 @@ from costmon.core.admin import TenantAdmin as CoreTenantAdmin
 from costmon.core.admin import plural
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
+from usage.eventstore.base import RewriteUnavailable
 from usage.maintenance import usage_reprice
 
 # --- tenants: re-pricing ------------------------------------------------------------------------
@@ -66,9 +67,16 @@ class TenantAdmin(CoreTenantAdmin):
                 data = form.cleaned_data
                 for tenant in queryset:
                     start, end = local_days(tenant, data["start"], data["end"])
-                    report = usage_reprice(
-                        tenant=tenant, start=start, end=end, only_unpriced=data["only_unpriced"]
-                    )
+                    try:
+                        report = usage_reprice(
+                            tenant=tenant,
+                            start=start,
+                            end=end,
+                            only_unpriced=data["only_unpriced"],
+                        )
+                    except RewriteUnavailable as exc:
+                        self.message_user(request, exc.message, messages.ERROR)
+                        return None
                     self.message_user(
                         request,
                         f"{tenant.slug}: {plural(report.changed, 'event')} re-priced of "

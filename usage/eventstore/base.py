@@ -12,16 +12,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from costmon.core.errors import DomainError, ServiceUnavailable
+from costmon.core.errors import Conflict, DomainError, ServiceUnavailable
 from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange
+from usage.event_queries import EventPage, UsageFilters
 from usage.models import CostSource, UsageEvent
-from usage.selectors import EventPage, UsageFilters
+from usage.rollups import ROLLUP_SUMS
 from usage.tagsets import with_tag_set_ids
 
 
 class StoreUnavailable(ServiceUnavailable):
     """The event store cannot be reached: the API answers 503 with Retry-After."""
+
+
+class RewriteUnavailable(Conflict):
+    """The event store cannot rewrite chosen stored events (re-price them, delete some): the
+    caller is told so (409, a command error, an admin message) and nothing is changed."""
 
 
 @dataclass(frozen=True)
@@ -66,13 +72,63 @@ def event_query(
     )
 
 
+# What event sums can be grouped by (`EventStore.event_sums`), and the event column of each:
+# dictionary ids for names, the tag set's id for tags (its tags are in PostgreSQL).
+GROUP_COLUMNS = {
+    "provider": "provider_id",
+    "model": "model_id",
+    "operation": "operation_id",
+    "end_user": "end_user_id",
+    "session": "session_id",
+    "api_key": "api_key_id",
+    "tag_set": "tag_set_id",
+}
+BUCKETS = ("hour", "day")
+
+
+@dataclass(frozen=True)
+class EventSums:
+    """The events of one group summed as a rollup row is (`usage.rollups.ROLLUP_SUMS`)."""
+
+    key: tuple[int | None, ...]  # the ids of `by`, in its order (None: the event has none)
+    bucket: datetime | None  # the start of the hour or day in the range's time zone
+    sums: dict[str, int]
+
+
+def checked_grouping(by: Sequence[str], bucket: str | None, query: EventQuery) -> None:
+    """What `event_sums` accepts (a programming error otherwise, not user input)."""
+    unknown = [k for k in by if k not in GROUP_COLUMNS]
+    if unknown or (bucket is not None and bucket not in BUCKETS):
+        raise ValueError(f"cannot group events by {[*unknown, bucket]}")
+    if bucket is not None and query.time_range is None:
+        raise ValueError("a time bucket needs the query's time range (its time zone)")
+
+
+def no_sums() -> dict[str, int]:
+    return dict.fromkeys(ROLLUP_SUMS, 0)
+
+
 class EventStore(abc.ABC):
     """Where a deployment's raw usage events are kept."""
 
     name: str
+    label: str  # as people read it
     # Whether `insert_new` only writes (nothing it sends waits for an answer before the end), so
     # ingest may send its transaction as one pipeline (`usage.transactions.write_transaction`).
     pipelined_writes: bool = False
+    # Whether chosen stored events can be re-priced or deleted, their rollups rebuilt from them
+    # (`usage.maintenance`). A store that cannot refuses (`require_rewrites`), never skips.
+    rewrites_events: bool = True
+
+    def require_rewrites(self, what: str) -> None:
+        """Raise `RewriteUnavailable` naming `what` unless this store can rewrite events."""
+        if not self.rewrites_events:
+            raise RewriteUnavailable(
+                f"{what} is not available with the {self.label} event store yet "
+                "(COSTMON_EVENT_STORE_URL): nothing was changed. Stored events keep their "
+                "prices; load prices before the usage arrives, or re-price in PostgreSQL "
+                "before moving events with events_migrate."
+            )
 
     def prepare(self, rows: Sequence[dict[str, Any]]) -> None:
         """What `insert_new` needs to exist first, done by ingest in a transaction of its own
@@ -105,6 +161,24 @@ class EventStore(abc.ABC):
         self, tenant: Tenant, event_id: str, occurred_at: datetime | None
     ) -> UsageEvent | None:
         """One event by id (and time, when known), or None."""
+
+    @abc.abstractmethod
+    def event_sums(
+        self,
+        tenant: Tenant,
+        query: EventQuery,
+        *,
+        by: Sequence[str] = (),
+        bucket: str | None = None,
+    ) -> list[EventSums]:
+        """The matching events summed in the store, per value of the `by` columns
+        (`GROUP_COLUMNS`) and per hour or day of the query's time zone (`bucket`); groups
+        without events are absent. What the rollups cannot answer: tags, sessions, exact
+        local days of zones whose offset is not whole hours."""
+
+    @abc.abstractmethod
+    def repeated_prompts(self, tenant: Tenant, query: EventQuery) -> list[tuple[int, int]]:
+        """(events, cost in nano-dollars) of each prompt hash sent more than once."""
 
     @abc.abstractmethod
     def delete_tenant(self, tenant_id: int) -> int:

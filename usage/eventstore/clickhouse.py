@@ -26,7 +26,14 @@ from django.utils import timezone
 
 from costmon.core.models import Tenant
 from costmon.core.periods import EARLIEST, LATEST
-from usage.eventstore.base import EventQuery, EventStore
+from usage.event_queries import FILTER_FIELDS, EventPage, TagValue
+from usage.eventstore.base import (
+    GROUP_COLUMNS,
+    EventQuery,
+    EventStore,
+    EventSums,
+    checked_grouping,
+)
 from usage.eventstore.chrows import (
     CH_INGEST_LOCK_NAMESPACE,
     COLUMNS,
@@ -46,11 +53,43 @@ from usage.eventstore.chrows import (
     with_names,
 )
 from usage.eventstore.chserver import Connections, Shard
-from usage.models import Dimension, TagSet, UsageEvent
+from usage.models import CostSource, Dimension, TagSet, UsageEvent
 from usage.rollups import aggregate
-from usage.selectors import FILTER_FIELDS, EventPage, TagValue
 from usage.storage import rollups_add, tag_rollups_add
 from usage.tagsets import with_tag_set_ids
+
+# The rollup sums (`usage.rollups.ROLLUP_SUMS`) over events, and the columns each reads.
+SUM_SQL = (
+    ("calls", "count()"),
+    ("errors", "sum(is_error)"),
+    ("cache_hits", "sum(cache_hit)"),
+    ("unpriced_calls", f"countIf(cost_source = {int(CostSource.UNPRICED)})"),
+    ("input_tokens", "sum(input_tokens)"),
+    ("output_tokens", "sum(output_tokens)"),
+    ("cached_input_tokens", "sum(cached_input_tokens)"),
+    ("cache_write_tokens", "sum(cache_write_tokens)"),
+    ("reasoning_tokens", "sum(reasoning_tokens)"),
+    ("cost_nanos", "sum(cost_nanos)"),
+    ("latency_ms_sum", "sum(ifNull(latency_ms, 0))"),
+    ("latency_count", "countIf(isNotNull(latency_ms))"),
+)
+SUM_COLUMNS = (
+    "is_error",
+    "cache_hit",
+    "cost_source",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+    "latency_ms",
+)
+# A bucket's start in the range's time zone, as unix seconds (the zone is a parameter).
+BUCKET_SQL = {
+    "hour": "toUInt32(toStartOfHour(occurred_at, %(zone)s))",
+    "day": "toUInt32(toStartOfDay(occurred_at, %(zone)s))",
+}
 
 
 def tenant_where(tenant_id: int) -> str:
@@ -60,6 +99,10 @@ def tenant_where(tenant_id: int) -> str:
 
 class ClickHouseStore(EventStore):
     name = "clickhouse"
+    label = "ClickHouse"
+    # Re-pricing would rewrite rows (mutations), and rollups would be rebuilt from this store:
+    # not built yet, so those services refuse rather than change nothing.
+    rewrites_events = False
 
     def __init__(self, shards: Sequence[Shard]) -> None:
         self.shards = list(shards)
@@ -300,6 +343,64 @@ class ClickHouseStore(EventStore):
         )
         events = with_names(tenant, [event_of(r) for r in rows])
         return events[0] if events else None
+
+    def event_sums(
+        self,
+        tenant: Tenant,
+        query: EventQuery,
+        *,
+        by: Sequence[str] = (),
+        bucket: str | None = None,
+    ) -> list[EventSums]:
+        checked_grouping(by, bucket, query)
+        built = self._where(tenant, query)
+        if built is None:
+            return []
+        where, params = built
+        keys = [GROUP_COLUMNS[k] for k in by]
+        if bucket is not None:
+            assert query.time_range is not None
+            keys.append(BUCKET_SQL[bucket])
+            params["zone"] = str(query.time_range.tz)
+        inner = ", ".join(dict.fromkeys(["occurred_at", *SUM_COLUMNS, *keys[: len(by)]]))
+        sums = ", ".join(sql for _, sql in SUM_SQL)
+        group = f" GROUP BY {', '.join(keys)}" if keys else ""
+        rows = self._run(
+            tenant.pk,
+            f"SELECT {', '.join([*keys, sums])} FROM (SELECT {inner} FROM {TABLE} "
+            f"WHERE {' AND '.join(where)} {ONE_PER_KEY}){group}",
+            params,
+        )
+        zone = query.time_range.tz if query.time_range is not None else UTC
+        found = []
+        for row in rows:
+            key = tuple(int(v) or None for v in row[: len(by)])  # 0: none, as in PostgreSQL
+            at = datetime.fromtimestamp(int(row[len(by)]), zone) if bucket else None
+            values = row[len(keys) :]
+            if values[0]:
+                found.append(
+                    EventSums(
+                        key=key,
+                        bucket=at,
+                        sums={name: int(v) for (name, _), v in zip(SUM_SQL, values, strict=True)},
+                    )
+                )
+        return found
+
+    def repeated_prompts(self, tenant: Tenant, query: EventQuery) -> list[tuple[int, int]]:
+        built = self._where(tenant, query)
+        if built is None:
+            return []
+        where, params = built
+        where.append("prompt_hash != ''")
+        rows = self._run(
+            tenant.pk,
+            f"SELECT count() AS n, sum(cost_nanos) FROM (SELECT prompt_hash, cost_nanos "
+            f"FROM {TABLE} WHERE {' AND '.join(where)} {ONE_PER_KEY}) "
+            "GROUP BY prompt_hash HAVING n > 1",
+            params,
+        )
+        return [(int(n), int(cost)) for n, cost in rows]
 
     def count(self, tenant_id: int) -> int:
         """The tenant's events (each key once)."""

@@ -7,15 +7,26 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from django.db.models import Count, Sum
+from django.db.models.functions import TruncDay, TruncHour
+
 from costmon.core.models import Tenant
-from usage.eventstore.base import EventQuery, EventStore
-from usage.models import EventStamp, UsageEvent
-from usage.selectors import (
+from usage.event_queries import (
     EventPage,
+    event_aggregates,
     iter_usage_events,
     usage_event_page,
     usage_events,
 )
+from usage.eventstore.base import (
+    GROUP_COLUMNS,
+    EventQuery,
+    EventStore,
+    EventSums,
+    checked_grouping,
+)
+from usage.models import EventStamp, UsageEvent
+from usage.rollups import ROLLUP_SUMS
 from usage.storage import events_drop_before, events_insert, events_prepare
 
 
@@ -35,6 +46,7 @@ def _queryset(tenant: Tenant, query: EventQuery) -> Any:
 
 class PostgresStore(EventStore):
     name = "postgres"
+    label = "PostgreSQL"
     pipelined_writes = True
 
     def prepare(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -85,6 +97,49 @@ class PostgresStore(EventStore):
         if event is None and occurred_at is None:
             event = events.filter(event_id=event_id).first()
         return event
+
+    def event_sums(
+        self,
+        tenant: Tenant,
+        query: EventQuery,
+        *,
+        by: Sequence[str] = (),
+        bucket: str | None = None,
+    ) -> list[EventSums]:
+        checked_grouping(by, bucket, query)
+        qs = _queryset(tenant, query).order_by()
+        columns = [GROUP_COLUMNS[k] for k in by]
+        if bucket is not None:
+            assert query.time_range is not None
+            trunc = TruncHour if bucket == "hour" else TruncDay
+            qs = qs.annotate(bucket=trunc("occurred_at", tzinfo=query.time_range.tz))
+            columns.append("bucket")
+        rows: list[dict[str, Any]] = (
+            list(qs.values(*columns).annotate(**event_aggregates()))
+            if columns
+            else [qs.aggregate(**event_aggregates())]
+        )
+        return [
+            EventSums(
+                key=tuple(r[c] for c in columns[: len(by)]),
+                bucket=r.get("bucket"),
+                sums={name: int(r[name] or 0) for name in ROLLUP_SUMS},
+            )
+            for r in rows
+            if r["calls"]
+        ]
+
+    def repeated_prompts(self, tenant: Tenant, query: EventQuery) -> list[tuple[int, int]]:
+        groups = (
+            _queryset(tenant, query)
+            .filter(prompt_hash__isnull=False)
+            .order_by()
+            .values("prompt_hash")
+            .annotate(n=Count("pk"), cost=Sum("cost_nanos"))
+            .filter(n__gt=1)
+            .values_list("n", "cost")
+        )
+        return [(int(n), int(cost or 0)) for n, cost in groups]
 
     def delete_tenant(self, tenant_id: int) -> int:
         # A raw delete: no per-row signals or cascades to collect over millions of events.

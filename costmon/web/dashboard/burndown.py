@@ -11,16 +11,14 @@ from django.db.models import QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay
 
 from budgets.models import Budget
+from budgets.scopes import tag_of
 from budgets.selectors import BudgetView, budget_views
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
-from usage.models import Dimension, UsageEvent
+from usage.event_sums import event_groups, time_range
+from usage.models import Dimension
 from usage.pricing import candidate_names
-from usage.selectors import (
-    named,
-    rollups_of,
-    with_tag,
-)
+from usage.selectors import UsageFilters, named, rollups_of
 
 
 def dashboard_budgets(*, tenant: Tenant, budget_id: int | None = None) -> list[BudgetView]:
@@ -45,50 +43,52 @@ def budget_daily_spend(*, tenant: Tenant, view: BudgetView) -> BurnDown:
     spec = state.spec
     window = state.window
     tz = tenant_zone(tenant)
-    qs: QuerySet[Any]
+    days = list(window.days)
+    last = (window.end.astimezone(tz) - timedelta(microseconds=1)).date()
     if spec.scope == Budget.Scope.TAG:
-        name, _, value = spec.value.partition("=")
-        qs = with_tag(
-            UsageEvent.objects.for_tenant(tenant).filter(
-                occurred_at__gte=window.start, occurred_at__lt=window.end
-            ),
-            (name, value),
+        # Tags are on the events only: summed per local day by the event store.
+        groups = event_groups(
+            tenant=tenant,
+            time_range=time_range(window.start, window.end, tz),
+            filters=UsageFilters(tag=tag_of(spec)),
+            bucket="day",
         )
-        time_field = "occurred_at"
-    else:
-        by_end_user = spec.scope in (
-            Budget.Scope.END_USER,
-            Budget.Scope.EVERY_END_USER,
-            Budget.Scope.API_KEY,
-        )
-        qs = rollups_of(tenant, by_end_user=by_end_user).filter(
-            hour__gte=window.start, hour__lt=window.end
-        )
-        time_field = "hour"
-        if spec.scope in (Budget.Scope.END_USER, Budget.Scope.EVERY_END_USER):
-            qs = qs.filter(named(tenant, "end_user", state.end_user or spec.value))
-        elif spec.scope == Budget.Scope.API_KEY:
-            qs = qs.filter(api_key_id=spec.api_key_id or 0)
-        elif spec.scope == Budget.Scope.PROVIDER:
-            qs = qs.filter(provider__value=spec.value)
-        elif spec.scope == Budget.Scope.OPERATION:
-            qs = qs.filter(operation__value=spec.value)
-        elif spec.scope == Budget.Scope.MODEL:
-            # As the budget counts: every dated name of the model.
-            models = [
-                pk
-                for pk, model in Dimension.objects.for_tenant(tenant)
-                .filter(kind=Dimension.Kind.MODEL)
-                .values_list("pk", "value")
-                if spec.value in candidate_names(model)
-            ]
-            qs = qs.filter(model_id__in=models)
+        per_day = {
+            g.bucket.astimezone(tz).date(): g.sums["cost_nanos"]
+            for g in groups
+            if g.bucket is not None
+        }
+        return BurnDown(days=days, daily_nanos=[per_day.get(d, 0) for d in days], period_end=last)
+    by_end_user = spec.scope in (
+        Budget.Scope.END_USER,
+        Budget.Scope.EVERY_END_USER,
+        Budget.Scope.API_KEY,
+    )
+    qs: QuerySet[Any] = rollups_of(tenant, by_end_user=by_end_user).filter(
+        hour__gte=window.start, hour__lt=window.end
+    )
+    if spec.scope in (Budget.Scope.END_USER, Budget.Scope.EVERY_END_USER):
+        qs = qs.filter(named(tenant, "end_user", state.end_user or spec.value))
+    elif spec.scope == Budget.Scope.API_KEY:
+        qs = qs.filter(api_key_id=spec.api_key_id or 0)
+    elif spec.scope == Budget.Scope.PROVIDER:
+        qs = qs.filter(provider__value=spec.value)
+    elif spec.scope == Budget.Scope.OPERATION:
+        qs = qs.filter(operation__value=spec.value)
+    elif spec.scope == Budget.Scope.MODEL:
+        # As the budget counts: every dated name of the model.
+        models = [
+            pk
+            for pk, model in Dimension.objects.for_tenant(tenant)
+            .filter(kind=Dimension.Kind.MODEL)
+            .values_list("pk", "value")
+            if spec.value in candidate_names(model)
+        ]
+        qs = qs.filter(model_id__in=models)
     per_day = {
         r["day"].date(): int(r["cost"])
-        for r in qs.annotate(day=TruncDay(time_field, tzinfo=tz))
+        for r in qs.annotate(day=TruncDay("hour", tzinfo=tz))
         .values("day")
         .annotate(cost=Coalesce(Sum("cost_nanos"), 0))
     }
-    days = list(window.days)
-    last = (window.end.astimezone(tz) - timedelta(microseconds=1)).date()
     return BurnDown(days=days, daily_nanos=[per_day.get(d, 0) for d in days], period_end=last)

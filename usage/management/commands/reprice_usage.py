@@ -8,6 +8,8 @@ from django.utils import timezone
 from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
 from costmon.core.periods import parse_moment, tenant_zone
+from usage.eventstore.base import RewriteUnavailable
+from usage.eventstore.current import event_store
 from usage.maintenance import usage_reprice, usage_reprice_unpriced
 
 
@@ -31,6 +33,10 @@ class Command(BaseCommand):
                 raise CommandError(f"No tenant {options['tenant']!r}.")
         if not options["unpriced"] and not options["start"]:
             raise CommandError("Give --unpriced, or --start (and optionally --end).")
+        try:
+            event_store().require_rewrites("Re-pricing stored events")
+        except RewriteUnavailable as exc:
+            raise CommandError(exc.message) from None
         for tenant in tenants:
             if options["unpriced"] and not options["start"]:
                 report = usage_reprice_unpriced(tenant=tenant)
