@@ -44,6 +44,11 @@ def event_totals(
     return groups[0].sums if groups else no_sums()
 
 
+def has_events(*, tenant: Tenant) -> bool:
+    """Whether the event store keeps any event of the tenant (its newest, one row read)."""
+    return bool(event_store().page(tenant, event_query(time_range=None), None, 1).events)
+
+
 def dimension_names(tenant: Tenant, ids: Iterable[int | None]) -> dict[int, str]:
     """The names of dictionary ids (providers, models, end users, sessions...)."""
     wanted = {i for i in ids if i}

@@ -24,7 +24,7 @@ from usage.event_queries import FILTER_FIELDS as FILTER_FIELDS
 from usage.event_queries import EventPage as EventPage
 from usage.event_queries import TagValue as TagValue
 from usage.event_queries import UsageFilters as UsageFilters
-from usage.event_queries import event_aggregates, with_tag
+from usage.event_queries import with_tag
 from usage.event_sums import add_sums, dimension_names, event_groups, event_totals, tag_sets
 from usage.kept_metrics import kept_ranking, kept_series, kept_totals
 from usage.models import (
@@ -97,10 +97,6 @@ def _filtered_events(tenant: Tenant, tr: TimeRange, filters: UsageFilters) -> Qu
         if value is not None:
             qs = qs.filter(**{f"{name}__value": value})
     return with_tag(qs, filters.tag)
-
-
-# The dashboard's pages import it by this name (they are changed on another branch).
-_event_sums = event_aggregates
 
 
 def _rollup_sums() -> dict[str, Any]:

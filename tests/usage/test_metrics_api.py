@@ -12,8 +12,9 @@ from costmon.core.models import Tenant
 from costmon.core.money import format_usd
 from costmon.core.periods import period_range
 from tests.helpers import event, post_usage
+from usage.event_queries import event_aggregates
 from usage.rollups import ROLLUP_SUMS
-from usage.selectors import TagValue, UsageFilters, _event_sums, _filtered_events
+from usage.selectors import TagValue, UsageFilters, _filtered_events
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 
@@ -341,7 +342,7 @@ def test_the_breakdown_by_tag_equals_the_events_grouped(
         tr = period_range(tenant=acme, period=params.pop("period"), now=datetime.now(UTC))
         tag = tuple(params.pop("tag").split(":")) if "tag" in params else None
         events = _filtered_events(acme, tr, UsageFilters(**params, tag=tag))
-        grouped = events.values(key=TagValue("team")).annotate(**_event_sums())
+        grouped = events.values(key=TagValue("team")).annotate(**event_aggregates())
         expected = sorted(
             ({**{k: int(r[k]) for k in ROLLUP_SUMS}, "key": r["key"] or ""} for r in grouped),
             key=lambda r: (-r["cost_nanos"], -r["calls"], r["key"]),

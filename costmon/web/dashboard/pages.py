@@ -1,6 +1,7 @@
 """Reads for the dashboard pages. Every figure comes from the rollups (the small by-model ones
 unless end users matter: `usage.selectors.rollups_of`), aggregated in the database; only a tag
-filter (tags live on events alone) reads the events in range, as the metrics selectors do.
+filter (tags live on events alone) sums the events in range, in whichever store keeps them
+(`usage.event_sums`), as the metrics selectors do.
 
 Figures from rollups are summed through `settled.summed`: the part of the range before today is
 kept in the shared cache, so a view sums only today's rows (the same sums, added exactly).
@@ -25,16 +26,15 @@ from django.db.models.functions import ExtractHour, ExtractWeekDay, TruncDay, Tr
 from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange
 from usage import settled
+from usage.event_sums import add_sums, event_groups, tag_sets
+from usage.eventstore.base import EventSums
 from usage.kept_metrics import int_rows
 from usage.models import Dimension, TagHourlyRollup
 from usage.rollups import ROLLUP_SUMS
 from usage.selectors import (
     ROLLUP_DIMENSIONS,
-    TagValue,
     UsageFilters,
     _bucket_starts,
-    _event_sums,
-    _filtered_events,
     _filtered_rollups,
     _rollup_sums,
     named,
@@ -82,19 +82,42 @@ def _source(
     by_end_user: bool = False,
     families: bool = False,
 ) -> _Source:
+    """The rollups to sum (no tag filter: `_event_sums` answers those)."""
     family = None
     if families and filters.model is not None:
         family, filters = filters.model, replace(filters, model=None)
-    src: _Source
-    if filters.tag is not None:
-        src = _Source(_filtered_events(tenant, tr, filters), _event_sums(), "occurred_at")
-    else:
-        rows = _filtered_rollups(tenant, tr, filters, by_end_user=by_end_user)
-        src = _Source(rows, _rollup_sums(), "hour")
+    rows = _filtered_rollups(tenant, tr, filters, by_end_user=by_end_user)
     if family is not None:
-        ids = _family_ids(tenant, family)
-        src = _Source(src.rows.filter(model_id__in=ids), src.sums, src.time_field)
-    return src
+        rows = rows.filter(model_id__in=_family_ids(tenant, family))
+    return _Source(rows, _rollup_sums(), "hour")
+
+
+def _event_sums(
+    tenant: Tenant,
+    tr: TimeRange,
+    filters: UsageFilters,
+    *,
+    by: Sequence[str] = (),
+    bucket: str | None = None,
+    families: bool = False,
+) -> list[EventSums]:
+    """The matching events summed by the event store per `by` and `bucket`; a model family
+    filter groups by model too and keeps the family's (a few names) before summing again."""
+    if not (families and filters.model is not None):
+        return event_groups(tenant=tenant, time_range=tr, filters=filters, by=by, bucket=bucket)
+    ids = set(_family_ids(tenant, filters.model))
+    groups = event_groups(
+        tenant=tenant,
+        time_range=tr,
+        filters=replace(filters, model=None),
+        by=(*by, "model"),
+        bucket=bucket,
+    )
+    merged: dict[tuple[Any, ...], dict[str, int]] = {}
+    for g in groups:
+        if g.key[-1] in ids:
+            add_sums(merged.setdefault((g.key[:-1], g.bucket), {}), g.sums)
+    return [EventSums(key=key, bucket=b, sums=sums) for (key, b), sums in merged.items()]
 
 
 def _summed(
@@ -123,6 +146,11 @@ def usage_totals(
     *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters, families: bool = False
 ) -> dict[str, int]:
     def compute(tr: TimeRange) -> Sums:
+        if filters.tag is not None:
+            total: dict[str, int] = dict.fromkeys(ROLLUP_SUMS, 0)
+            for g in _event_sums(tenant, tr, filters, families=families):
+                add_sums(total, g.sums)
+            return {(): [total[name] for name in ROLLUP_SUMS]}
         src = _source(tenant, tr, filters, families=families)
         found = src.rows.aggregate(**src.sums)
         return {(): [int(found[name]) for name in ROLLUP_SUMS]}
@@ -182,6 +210,15 @@ def spend_series(
     trunc = TruncHour if interval == "hour" else TruncDay
 
     def compute(tr: TimeRange) -> Sums:
+        if filters.tag is not None:
+            groups = _event_sums(
+                tenant, tr, filters, by=(group_by,), bucket=interval, families=families
+            )
+            return {
+                (g.bucket, g.key[0]): [g.sums["cost_nanos"]]
+                for g in groups
+                if only is None or g.key[0] in only
+            }
         src = _source(tenant, tr, filters, by_end_user=group_by == "end_user", families=families)
         rows = src.rows if only is None else src.rows.filter(end_user_id__in=only)
         found = (
@@ -258,7 +295,7 @@ TAG_PREFIX = "tag:"
 
 @dataclass(frozen=True)
 class _Tagged:
-    rows: QuerySet[Any]  # tag rollups, or events carrying the tag
+    rows: QuerySet[Any]  # tag rollups
     time_field: str
     sums: dict[str, Any]
     value: Any  # the tag's value, as an expression
@@ -267,29 +304,40 @@ class _Tagged:
 def _tagged(
     tenant: Tenant, tr: TimeRange, filters: UsageFilters, name: str, families: bool
 ) -> _Tagged:
-    """The calls carrying tag `name`: from the tag rollups, or (an end user or tag filter,
-    which those rows do not carry) from the events."""
-    if filters.end_user is None and filters.tag is None:
-        rows: QuerySet[Any] = TagHourlyRollup.objects.for_tenant(tenant).filter(
-            tag_name=name, hour__gte=tr.start, hour__lt=tr.end
-        )
-        for dimension in ("provider", "operation", "model"):
-            value = getattr(filters, dimension)
-            if value is None:
-                continue
-            if dimension == "model" and families:
-                rows = rows.filter(model_id__in=_family_ids(tenant, value))
-            else:
-                rows = rows.filter(named(tenant, dimension, value))
-        return _Tagged(rows, "hour", _rollup_sums(), F("tag_value"))
-    family = filters.model if families else None
-    events = _filtered_events(
-        tenant, tr, replace(filters, model=None) if family is not None else filters
+    """The calls carrying tag `name`, from the tag rollups (no end user or tag filter, which
+    those rows do not carry: `_tag_event_sums` answers those)."""
+    rows: QuerySet[Any] = TagHourlyRollup.objects.for_tenant(tenant).filter(
+        tag_name=name, hour__gte=tr.start, hour__lt=tr.end
     )
-    if family is not None:
-        events = events.filter(model_id__in=_family_ids(tenant, family))
-    events = events.alias(tag_key=TagValue(name)).filter(tag_key__isnull=False)
-    return _Tagged(events, "occurred_at", _event_sums(), F("tag_key"))
+    for dimension in ("provider", "operation", "model"):
+        value = getattr(filters, dimension)
+        if value is None:
+            continue
+        if dimension == "model" and families:
+            rows = rows.filter(model_id__in=_family_ids(tenant, value))
+        else:
+            rows = rows.filter(named(tenant, dimension, value))
+    return _Tagged(rows, "hour", _rollup_sums(), F("tag_value"))
+
+
+def _tag_event_sums(
+    tenant: Tenant,
+    tr: TimeRange,
+    filters: UsageFilters,
+    name: str,
+    families: bool,
+    bucket: str | None = None,
+) -> dict[tuple[datetime | None, str], dict[str, int]]:
+    """The events carrying tag `name` summed per (bucket, value) by the event store: per tag
+    set, each set then read under its value of `name` (sets without it left out)."""
+    groups = _event_sums(tenant, tr, filters, by=("tag_set",), bucket=bucket, families=families)
+    sets = tag_sets(tenant, [g.key[0] for g in groups])
+    out: dict[tuple[datetime | None, str], dict[str, int]] = {}
+    for g in groups:
+        value = sets.get(g.key[0] or 0, {}).get(name)
+        if value is not None:
+            add_sums(out.setdefault((g.bucket, value), {}), g.sums)
+    return out
 
 
 def _tag_rollups(filters: UsageFilters) -> bool:
@@ -310,6 +358,9 @@ def _tag_series(
     trunc = TruncHour if interval == "hour" else TruncDay
 
     def compute(part: TimeRange) -> Sums:
+        if not _tag_rollups(filters):
+            found = _tag_event_sums(tenant, part, filters, name, families, bucket=interval)
+            return {key: [sums["cost_nanos"]] for key, sums in found.items()}
         src = _tagged(tenant, part, filters, name, families)
         tagged = (
             src.rows.annotate(bucket=trunc(src.time_field, tzinfo=tr.tz))
@@ -345,6 +396,9 @@ def tag_breakdown(
     for the calls without the tag (the period's totals less the tagged calls')."""
 
     def compute(tr: TimeRange) -> Sums:
+        if not _tag_rollups(filters):
+            found_sums = _tag_event_sums(tenant, tr, filters, name, families)
+            return {key: [sums[n] for n in ROLLUP_SUMS] for (_, key), sums in found_sums.items()}
         src = _tagged(tenant, tr, filters, name, families)
         found = (
             src.rows.values_list(src.value)
@@ -384,6 +438,9 @@ def spend_per_bucket(
     trunc = TruncHour if interval == "hour" else TruncDay
 
     def compute(tr: TimeRange) -> Sums:
+        if filters.tag is not None:
+            groups = _event_sums(tenant, tr, filters, bucket=interval, families=families)
+            return {g.bucket: [g.sums["cost_nanos"]] for g in groups}
         src = _source(tenant, tr, filters, families=families)
         found = (
             src.rows.annotate(bucket=trunc(src.time_field, tzinfo=time_range.tz))
@@ -417,6 +474,9 @@ def breakdown(
     column = f"{dimension}_id"
 
     def compute(tr: TimeRange) -> Sums:
+        if filters.tag is not None:
+            groups = _event_sums(tenant, tr, filters, by=(dimension,), families=families)
+            return {g.key[0]: [g.sums[name] for name in BREAKDOWN_SUMS] for g in groups}
         src = _source(tenant, tr, filters, by_end_user=dimension == "end_user", families=families)
         found = int_rows(
             src.rows.values_list(column)
@@ -459,6 +519,15 @@ def spend_heatmap(
     tz = time_range.tz
 
     def compute(tr: TimeRange) -> Sums:
+        if filters.tag is not None:
+            # Summed per local hour by the store, then placed (Sunday = 1, as ExtractWeekDay).
+            cells: Sums = {}
+            for g in _event_sums(tenant, tr, filters, bucket="hour", families=families):
+                assert g.bucket is not None
+                local = g.bucket.astimezone(tz)
+                key = (local.isoweekday() % 7 + 1, local.hour)
+                cells[key] = [cells.get(key, [0])[0] + g.sums["cost_nanos"]]
+            return cells
         src = _source(tenant, tr, filters, families=families)
         rows = (
             src.rows.annotate(

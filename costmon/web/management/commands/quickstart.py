@@ -45,7 +45,8 @@ from costmon.core.models import ApiKey, Membership, Tenant
 from costmon.core.services import api_key_create, membership_add
 from costmon.core.tenancy import unscoped
 from costmon.web.management.launcher import ChildExited, ProcessGroup, StopRequested
-from usage.models import ModelPrice, UsageEvent
+from usage.event_sums import has_events
+from usage.models import ModelPrice
 from usage.selectors import rollups_of
 
 DEMO_TENANT = "demo"
@@ -183,7 +184,7 @@ class Command(BaseCommand):
                     self._call("load_prices")
                     outcome.append(f"{catalog.count()} prices.")
             tenant = Tenant.objects.filter(slug=DEMO_TENANT).first()
-            if tenant is None or not UsageEvent.objects.for_tenant(tenant).exists():
+            if tenant is None or not has_events(tenant=tenant):
                 with self._step(f"Seeding 30 days of demo usage for tenant {DEMO_TENANT}") as out:
                     started = time.monotonic()
                     self._call("seed_demo", "--days", "30")
