@@ -12,7 +12,7 @@ runs `parse_batch`, which words the errors. It never accepts what `parse_batch` 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -21,13 +21,15 @@ from django.conf import settings
 from django.utils import timezone
 
 from usage.ingest import (
+    EARLIEST,
     MAX_PROMPT_HASH,
     MAX_TAGS,
     MAX_TOKENS,
     EventIn,
     _cost_usd,
-    _parse_time,
 )
+
+_fromisoformat = datetime.fromisoformat
 
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)] | None
 TagKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -111,8 +113,15 @@ def _event(e: _Event, *, now: datetime, latest: datetime) -> EventIn:
             raise _Doubt
     occurred_at = now
     if e.occurred_at is not None:
-        occurred_at, problem = _parse_time(e.occurred_at, now=now, latest=latest)  # type: ignore[assignment]
-        if problem is not None:
+        # What `_parse_time` does when the time is valid, without its wrappers: Django's
+        # parse_datetime tries datetime.fromisoformat first and returns what it gives.
+        try:
+            occurred_at = _fromisoformat(e.occurred_at)
+        except ValueError:
+            raise _Doubt from None
+        if occurred_at.tzinfo is None:
+            occurred_at = occurred_at.replace(tzinfo=UTC)  # documented: naive times are UTC
+        if occurred_at > latest or occurred_at < EARLIEST:
             raise _Doubt
     input_tokens, output_tokens = e.input_tokens or 0, e.output_tokens or 0
     cached, writes, writes_1h = (

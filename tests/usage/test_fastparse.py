@@ -58,6 +58,10 @@ VALID = [
     event(occurred_at="2026-11-20T10:15:00"),  # naive: UTC
     event(occurred_at="2026-11-20 10:15:00Z"),
     event(occurred_at=None),
+    event(occurred_at="2026-11-21T06:59:59.123456-05:00"),
+    event(occurred_at="2026-11-21T13:00:00Z"),  # the edge of the allowed hour ahead
+    event(occurred_at="2000-01-01T00:00:00Z"),  # the earliest allowed
+    event(occurred_at="2026-11-21"),  # a date: midnight UTC
 ]
 
 
@@ -128,6 +132,8 @@ INVALID = [
     json.dumps([event(occurred_at="2026-11-22T12:00:00Z")]).encode(),  # the future
     json.dumps([event(occurred_at="1999-12-31T23:59:59Z")]).encode(),
     json.dumps([event(occurred_at=5)]).encode(),
+    json.dumps([event(occurred_at="1999-12-31T23:59:59.999999Z")]).encode(),
+    json.dumps([event(occurred_at="2026-11-21T13:00:00.000001Z")]).encode(),  # the future
     json.dumps([event(surprise=1)]).encode(),
     json.dumps([event(), event(input_tokens=-1)]).encode(),
     json.dumps([event()] * 5001).encode(),
@@ -139,6 +145,14 @@ def test_what_parse_batch_refuses_is_left_to_it(body, settings):
     assert parse_valid_batch(body, now=NOW) is None
     with pytest.raises(DomainError):
         slow(body)
+
+
+def test_a_time_only_djangos_fallback_reads_is_left_to_parse_batch():
+    # One-digit month and day: not ISO 8601 for datetime.fromisoformat, accepted by Django.
+    body = json.dumps([event(occurred_at="2026-11-2T10:15:00Z")]).encode()
+    assert parse_valid_batch(body, now=NOW) is None
+    (slow_event,) = slow(body)
+    assert slow_event.occurred_at == datetime(2026, 11, 2, 10, 15, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

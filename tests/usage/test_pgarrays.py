@@ -17,6 +17,8 @@ CASES = [
     ("int8", [2**63 - 1, -(2**63), 5, None]),
     ("bool", [True, False, None, True]),
     ("int4", [3]),
+    ("text", ["ev-1", None, "", "naïve €", "日本語", "x" * 300]),
+    ("text", ["only"]),
 ]
 
 
