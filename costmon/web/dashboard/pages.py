@@ -14,7 +14,6 @@ Figures are therefore summed by dictionary id and named afterwards.
 from __future__ import annotations
 
 import heapq
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -25,9 +24,10 @@ from django.db.models.functions import ExtractHour, ExtractWeekDay, TruncDay, Tr
 
 from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange
+from costmon.web.dashboard.event_figures import event_sums, tag_event_sums
+from costmon.web.dashboard.families import family_ids, family_of
 from usage import settled
-from usage.event_sums import add_sums, event_groups, tag_sets
-from usage.eventstore.base import EventSums
+from usage.event_sums import add_sums
 from usage.kept_metrics import int_rows
 from usage.models import Dimension, TagHourlyRollup
 from usage.rollups import ROLLUP_SUMS
@@ -53,27 +53,6 @@ class _Source:
     time_field: str
 
 
-# A dated snapshot's suffix: -2024-08-06 (OpenAI), -20241022 (Anthropic), -2411 or -0613.
-_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
-
-
-def family_of(model: str) -> str:
-    """The model's name without its snapshot date: `gpt-4o-2024-08-06` -> `gpt-4o`."""
-    family = _SNAPSHOT.sub("", model)
-    return family or model
-
-
-def _family_ids(tenant: Tenant, family: str) -> list[int]:
-    """The dictionary ids of the tenant's model names in `family` (the name itself included)."""
-    return [
-        pk
-        for pk, value in Dimension.objects.for_tenant(tenant)
-        .filter(kind=Dimension.Kind.MODEL, value__startswith=family)
-        .values_list("pk", "value")
-        if family_of(value) == family or value == family
-    ]
-
-
 def _source(
     tenant: Tenant,
     tr: TimeRange,
@@ -82,42 +61,14 @@ def _source(
     by_end_user: bool = False,
     families: bool = False,
 ) -> _Source:
-    """The rollups to sum (no tag filter: `_event_sums` answers those)."""
+    """The rollups to sum (no tag filter: `event_figures.event_sums` answers those)."""
     family = None
     if families and filters.model is not None:
         family, filters = filters.model, replace(filters, model=None)
     rows = _filtered_rollups(tenant, tr, filters, by_end_user=by_end_user)
     if family is not None:
-        rows = rows.filter(model_id__in=_family_ids(tenant, family))
+        rows = rows.filter(model_id__in=family_ids(tenant, family))
     return _Source(rows, _rollup_sums(), "hour")
-
-
-def _event_sums(
-    tenant: Tenant,
-    tr: TimeRange,
-    filters: UsageFilters,
-    *,
-    by: Sequence[str] = (),
-    bucket: str | None = None,
-    families: bool = False,
-) -> list[EventSums]:
-    """The matching events summed by the event store per `by` and `bucket`; a model family
-    filter groups by model too and keeps the family's (a few names) before summing again."""
-    if not (families and filters.model is not None):
-        return event_groups(tenant=tenant, time_range=tr, filters=filters, by=by, bucket=bucket)
-    ids = set(_family_ids(tenant, filters.model))
-    groups = event_groups(
-        tenant=tenant,
-        time_range=tr,
-        filters=replace(filters, model=None),
-        by=(*by, "model"),
-        bucket=bucket,
-    )
-    merged: dict[tuple[Any, ...], dict[str, int]] = {}
-    for g in groups:
-        if g.key[-1] in ids:
-            add_sums(merged.setdefault((g.key[:-1], g.bucket), {}), g.sums)
-    return [EventSums(key=key, bucket=b, sums=sums) for (key, b), sums in merged.items()]
 
 
 def _summed(
@@ -148,7 +99,7 @@ def usage_totals(
     def compute(tr: TimeRange) -> Sums:
         if filters.tag is not None:
             total: dict[str, int] = dict.fromkeys(ROLLUP_SUMS, 0)
-            for g in _event_sums(tenant, tr, filters, families=families):
+            for g in event_sums(tenant, tr, filters, families=families):
                 add_sums(total, g.sums)
             return {(): [total[name] for name in ROLLUP_SUMS]}
         src = _source(tenant, tr, filters, families=families)
@@ -211,7 +162,7 @@ def spend_series(
 
     def compute(tr: TimeRange) -> Sums:
         if filters.tag is not None:
-            groups = _event_sums(
+            groups = event_sums(
                 tenant, tr, filters, by=(group_by,), bucket=interval, families=families
             )
             return {
@@ -305,7 +256,7 @@ def _tagged(
     tenant: Tenant, tr: TimeRange, filters: UsageFilters, name: str, families: bool
 ) -> _Tagged:
     """The calls carrying tag `name`, from the tag rollups (no end user or tag filter, which
-    those rows do not carry: `_tag_event_sums` answers those)."""
+    those rows do not carry: `event_figures.tag_event_sums` answers those)."""
     rows: QuerySet[Any] = TagHourlyRollup.objects.for_tenant(tenant).filter(
         tag_name=name, hour__gte=tr.start, hour__lt=tr.end
     )
@@ -314,30 +265,10 @@ def _tagged(
         if value is None:
             continue
         if dimension == "model" and families:
-            rows = rows.filter(model_id__in=_family_ids(tenant, value))
+            rows = rows.filter(model_id__in=family_ids(tenant, value))
         else:
             rows = rows.filter(named(tenant, dimension, value))
     return _Tagged(rows, "hour", _rollup_sums(), F("tag_value"))
-
-
-def _tag_event_sums(
-    tenant: Tenant,
-    tr: TimeRange,
-    filters: UsageFilters,
-    name: str,
-    families: bool,
-    bucket: str | None = None,
-) -> dict[tuple[datetime | None, str], dict[str, int]]:
-    """The events carrying tag `name` summed per (bucket, value) by the event store: per tag
-    set, each set then read under its value of `name` (sets without it left out)."""
-    groups = _event_sums(tenant, tr, filters, by=("tag_set",), bucket=bucket, families=families)
-    sets = tag_sets(tenant, [g.key[0] for g in groups])
-    out: dict[tuple[datetime | None, str], dict[str, int]] = {}
-    for g in groups:
-        value = sets.get(g.key[0] or 0, {}).get(name)
-        if value is not None:
-            add_sums(out.setdefault((g.bucket, value), {}), g.sums)
-    return out
 
 
 def _tag_rollups(filters: UsageFilters) -> bool:
@@ -359,7 +290,7 @@ def _tag_series(
 
     def compute(part: TimeRange) -> Sums:
         if not _tag_rollups(filters):
-            found = _tag_event_sums(tenant, part, filters, name, families, bucket=interval)
+            found = tag_event_sums(tenant, part, filters, name, families, bucket=interval)
             return {key: [sums["cost_nanos"]] for key, sums in found.items()}
         src = _tagged(tenant, part, filters, name, families)
         tagged = (
@@ -397,7 +328,7 @@ def tag_breakdown(
 
     def compute(tr: TimeRange) -> Sums:
         if not _tag_rollups(filters):
-            found_sums = _tag_event_sums(tenant, tr, filters, name, families)
+            found_sums = tag_event_sums(tenant, tr, filters, name, families)
             return {key: [sums[n] for n in ROLLUP_SUMS] for (_, key), sums in found_sums.items()}
         src = _tagged(tenant, tr, filters, name, families)
         found = (
@@ -439,7 +370,7 @@ def spend_per_bucket(
 
     def compute(tr: TimeRange) -> Sums:
         if filters.tag is not None:
-            groups = _event_sums(tenant, tr, filters, bucket=interval, families=families)
+            groups = event_sums(tenant, tr, filters, bucket=interval, families=families)
             return {g.bucket: [g.sums["cost_nanos"]] for g in groups}
         src = _source(tenant, tr, filters, families=families)
         found = (
@@ -475,7 +406,7 @@ def breakdown(
 
     def compute(tr: TimeRange) -> Sums:
         if filters.tag is not None:
-            groups = _event_sums(tenant, tr, filters, by=(dimension,), families=families)
+            groups = event_sums(tenant, tr, filters, by=(dimension,), families=families)
             return {g.key[0]: [g.sums[name] for name in BREAKDOWN_SUMS] for g in groups}
         src = _source(tenant, tr, filters, by_end_user=dimension == "end_user", families=families)
         found = int_rows(
@@ -522,7 +453,7 @@ def spend_heatmap(
         if filters.tag is not None:
             # Summed per local hour by the store, then placed (Sunday = 1, as ExtractWeekDay).
             cells: Sums = {}
-            for g in _event_sums(tenant, tr, filters, bucket="hour", families=families):
+            for g in event_sums(tenant, tr, filters, bucket="hour", families=families):
                 assert g.bucket is not None
                 local = g.bucket.astimezone(tz)
                 key = (local.isoweekday() % 7 + 1, local.hour)
