@@ -108,7 +108,9 @@ def past_day_scans(queries: CaptureQueriesContext, today: str = TODAY) -> list[s
 
 
 def forget(tenant: Tenant, capture: Any) -> None:
-    """Forget the tenant's kept sums as a re-price does; the warm-up runs once it commits."""
+    """Forget the sums of a tenant someone is looking at as a re-price does; the warm-up runs
+    once it commits."""
+    warmup.overview_viewed(tenant.pk)
     with capture(execute=True):
         settled.bump(tenant.pk)
 
@@ -179,6 +181,8 @@ def test_bumps_in_a_burst_queue_one_warm_up_each_tenant(
     monkeypatch.setattr(  # the broker's door: what would be queued, and when
         warmup.warm_overview, "apply_async", lambda args, countdown: sent.append((args, countdown))
     )
+    warmup.overview_viewed(acme.pk)
+    warmup.overview_viewed(outsider.pk)
     with django_capture_on_commit_callbacks(execute=True) as queued:
         settled.bump(acme.pk)
         settled.bump_recent(acme.pk)
@@ -258,6 +262,27 @@ def test_a_late_event_is_warmed_and_shows(
         assert post_usage(ingest_client, [late]).status_code == 201
     assert past_day_scans(queries)  # the warm-up summed the recent days again
     assert card_spend() == before + Decimal("0.000000007")
+
+
+def test_a_bump_warms_only_a_tenant_someone_looked_at(
+    acme, outsider, usage, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A tenant nobody viewed in the last hours costs the workers nothing when its sums are
+    forgotten (a thousand tenants' loads would queue a thousand warm-ups before their rule
+    rounds); once someone opens its overview, its next bump is warmed."""
+    sent: list[Any] = []
+    monkeypatch.setattr(
+        warmup.warm_overview, "apply_async", lambda args, countdown: sent.append(args)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        settled.bump(acme.pk)
+        settled.bump(outsider.pk)
+    assert sent == []
+    warmup.overview_viewed(acme.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        settled.bump(acme.pk)
+        settled.bump(outsider.pk)
+    assert sent == [(acme.pk,)]
 
 
 def test_no_warm_up_without_the_setting(acme, usage, settings, django_capture_on_commit_callbacks):

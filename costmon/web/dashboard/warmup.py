@@ -3,7 +3,8 @@ person's view is the first to sum the past days again.
 
 `usage.settled` forgets a tenant's kept sums by moving its generation (a re-price, a bulk load,
 a late event, a delete). It then sends `settled_sums_forgotten`; `sums_forgotten` queues
-`warm_overview` once the write has committed, and `dashboard_sums_warm` makes the reads of
+`warm_overview` once the write has committed (for a tenant whose overview someone opened in the
+last `VIEWED_SECONDS`: one nobody looks at costs nothing), and `dashboard_sums_warm` makes the reads of
 the standard views (`standard_queries`: the last 30 and 90 days, 7 days and this month,
 stacked by provider, model, operation, end user and each tag the page offers) through the very
 functions the page calls (`costmon.web.dashboard.reads`), under the tenant's own context.
@@ -224,6 +225,16 @@ def overview_viewed(tenant_id: int) -> None:
         _set(_VIEWED.format(tenant_id), "1", VIEWED_SECONDS)
 
 
+def recently_viewed(tenant_id: int) -> bool:
+    """Whether someone opened the tenant's overview in the last `VIEWED_SECONDS` (False
+    when the cache is away: nothing could be kept for them then)."""
+    try:
+        return cache.get(_VIEWED.format(tenant_id)) is not None
+    except Exception as exc:  # noqa: BLE001 - the cache is an accelerator that may be away
+        log.warning("cache_unavailable", op="get", error=str(exc))
+        return False
+
+
 def queue_warm_up(tenant_id: int) -> bool:
     """Queue a warm-up of the tenant's kept sums unless one is queued already (True when
     this call queued it)."""
@@ -242,6 +253,9 @@ def queue_warm_up(tenant_id: int) -> bool:
 
 
 def sums_forgotten(sender: Any, *, tenant_id: int, **kwargs: Any) -> None:
-    """`settled_sums_forgotten`: queue the tenant's warm-up once the write has committed."""
-    if settings.COSTMON_DASHBOARD_WARMUP and settled.enabled():
+    """`settled_sums_forgotten`: queue the tenant's warm-up once the write has committed, if
+    someone looked at its overview in the last `VIEWED_SECONDS`. A tenant nobody looks at
+    costs its workers nothing: a thousand tenants' bulk loads would otherwise queue a thousand
+    warm-ups ahead of their rule rounds."""
+    if settings.COSTMON_DASHBOARD_WARMUP and settled.enabled() and recently_viewed(tenant_id):
         transaction.on_commit(lambda: queue_warm_up(tenant_id))
