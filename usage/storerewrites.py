@@ -227,16 +227,19 @@ def _reprice(
     names = price_names(tenant)
     query = event_query(
         time_range=TimeRange(job.start, job.end, "custom", ZoneInfo("UTC")),
-        cost_source="unpriced" if job.only_unpriced else None,
+        # Finishing a job begun before: every event, as the first attempt's are priced now.
+        cost_source="unpriced" if job.only_unpriced and first else None,
     )
     hours: set[datetime] = set()
     batch: list[UsageEvent] = []
     for event in store.iter_events(tenant, query):
         if event.cost_source == CostSource.CALLER:
             continue
-        report.examined += 1
         if not first:
             hours.add(hour_of(event.occurred_at))
+        if job.only_unpriced and event.cost_source != CostSource.UNPRICED:
+            continue
+        report.examined += 1
         if price_again(catalog, names, event, report):
             batch.append(event)
             hours.add(hour_of(event.occurred_at))

@@ -213,26 +213,27 @@ def test_events_migrate_copies_postgresql_events_once_and_resumes(
 
 
 def test_every_query_of_the_events_table_carries_the_tenant_filter():
-    """Each statement of `usage.eventstore.clickhouse` that reads or changes the events table
-    names `tenant_where` (or `_where`, whose conditions start with it), except the schema, plain
-    inserts of one tenant's rows and the whole-partition drops of retention."""
+    """Each statement of `usage.eventstore.clickhouse` and `chrewrite` that reads or changes the
+    events table (directly or through `current_sql`) names `tenant_where` (or `_where`, whose
+    conditions start with it), except the schema, plain inserts of one tenant's rows, the
+    whole-partition drops of retention and staff's list of tenants with unpriced events."""
     import ast
     import inspect
 
-    from usage.eventstore import clickhouse
+    from usage.eventstore import chrewrite, clickhouse
 
-    tree = ast.parse(inspect.getsource(clickhouse))
-    exempt = {"table_sql", "drop_before", "create_schema", "insert_rows"}
+    exempt = {"table_sql", "drop_before", "create_schema", "insert_rows", "tenants_with_unpriced"}
     checked = 0
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.name not in exempt:
-            text = ast.unparse(node)
-            if "FROM {TABLE}" in text or "ALTER TABLE {TABLE}" in text:
-                assert "tenant_where(" in text or "self._where(" in text, node.name
-                checked += 1
-        if isinstance(node, ast.FunctionDef) and node.name == "_where":
-            assert "where = [tenant_where(tenant.pk)]" in ast.unparse(node)
-    assert checked >= 7
+    for module in (clickhouse, chrewrite):
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.FunctionDef) and node.name not in exempt:
+                text = ast.unparse(node)
+                if any(s in text for s in ("FROM {TABLE}", "ALTER TABLE {TABLE}", "current_sql(")):
+                    assert "tenant_where(" in text or "self._where(" in text, node.name
+                    checked += 1
+            if isinstance(node, ast.FunctionDef) and node.name == "_where":
+                assert "where = [tenant_where(tenant.pk)]" in ast.unparse(node)
+    assert checked >= 11
 
 
 @pytest.mark.clickhouse

@@ -112,7 +112,7 @@ def current_sql(columns: Sequence[str], where: str, *, order: str = "", after: s
     """The rows of `where` that are events now: each key's newest version, tombstones skipped.
     `order` (ending in ", ") sorts before the version; `after` filters, sorts, limits the events
     (conditions on what a rewrite changes, e.g. the cost source, go there)."""
-    inner = ", ".join(dict.fromkeys([*KEY, *columns, "version", "deleted"]))
+    inner = ", ".join(dict.fromkeys([*KEY, *columns, "cost_source", "version", "deleted"]))
     return (
         f"SELECT {', '.join(columns)} FROM (SELECT {inner} FROM {TABLE} WHERE {where} "
         f"ORDER BY {order}version DESC {ONE_PER_KEY}) WHERE deleted = 0{after}"
