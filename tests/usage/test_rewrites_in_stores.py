@@ -249,3 +249,22 @@ def test_approving_a_price_change_reprices(store, acme, admin_client):
     assert "not available" not in response.content.decode()
     with unscoped():
         assert {h.status for h in PriceChangeHold.objects.unscoped().all()} == {"approved"}
+
+
+@pytest.mark.clickhouse
+@pytest.mark.parametrize("store", ["ch"], indirect=True)
+def test_the_hourly_task_finishes_a_stopped_rewrite(unpriced, acme, outsider):
+    with (
+        unscoped(),
+        mock.patch("usage.storerewrites.store_rollups_rebuild", side_effect=KeyboardInterrupt),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        usage_reprice_unpriced(tenant=acme)
+    assert (costs(acme), rollup_cost(acme)) == (REPRICED, HAIKU)
+    assert reprice_unpriced_usage() == 1  # finishes acme's, then prices the outsider's
+    with unscoped():
+        assert not EventRewrite.objects.unscoped().filter(done_at=None).exists()
+    assert (costs(acme), rollup_cost(acme)) == (REPRICED, HAIKU + NEWCO)
+    assert (costs(outsider), rollup_cost(outsider)) == ({"u": (NEWCO, "computed")}, NEWCO)
+    assert_rollups_equal_events(acme)
+    assert_rollups_equal_events(outsider)
