@@ -10,7 +10,8 @@ There is no transaction across the two databases, so a rewrite is an outbox:
 Stopped between ClickHouse's writes and the commit, the row stays pending and the rollups keep
 the old figures; the next rewrite of the tenant, the hourly re-pricing task or `reprice_usage`
 runs it again (`store_rewrites_resume`): at a higher version, over what ClickHouse holds now,
-rebuilding every hour it examines, which is the same end state. Versions come from PostgreSQL's
+rebuilding every hour it examines, which is the same end state. So call the services outside
+any transaction of your own: the outbox row must commit before ClickHouse is written. Versions come from PostgreSQL's
 clock, doubled: even, increasing under the lock, and never equal to a resent deleted event's
 (its tombstone's plus one, `ClickHouseStore.insert_new`).
 """

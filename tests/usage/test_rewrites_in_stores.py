@@ -219,6 +219,18 @@ def test_a_rewrite_stopped_before_its_commit_is_finished_by_the_next_run(unprice
     assert (costs(outsider), rollup_cost(outsider)) == (THEIRS, 0)
 
 
+def test_staff_see_the_rewrites_in_admin(unpriced, acme, admin_client):
+    with unscoped():
+        usage_reprice_unpriced(tenant=acme)
+    page = admin_client.get("/admin/usage/eventrewrite/")
+    assert page.status_code == 200
+    # PostgreSQL rewrites in one transaction of its own database: no outbox row.
+    with unscoped():
+        jobs = list(EventRewrite.objects.unscoped().values_list("kind", "changed", "tenant_id"))
+    assert jobs == ([("reprice", 1, acme.pk)] if unpriced.name == "clickhouse" else [])
+    assert ("<td class=\"field-kind\">Reprice</td>" in page.content.decode()) == bool(jobs)
+
+
 @pytest.mark.clickhouse
 @pytest.mark.parametrize("store", ["ch", "ch2"], indirect=True)
 def test_clickhouse_events_are_not_deleted_from_postgresqls_table(unpriced, acme, admin_client):

@@ -99,6 +99,14 @@ class UsageEventAdmin(ReadOnlyAdmin):
         usage_events_delete(events=queryset)
 
 
+class EventRewriteAdmin(ReadOnlyAdmin):
+    """Rewrites of ClickHouse's events (`usage.storerewrites`): one left without `done at` is
+    finished by the hourly task or `reprice_usage --resume`."""
+
+    list_display = ("pk", "tenant", "kind", "start", "end", "created_at", "done_at", "changed")
+    list_filter = ("kind",)
+
+
 class HourlyRollupAdmin(ReadOnlyAdmin):
     list_display = (
         "hour",

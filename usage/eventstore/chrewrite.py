@@ -34,7 +34,7 @@ def events_by_key(
     ordered = sorted(keys, key=lambda k: k[1])
     for start in range(0, len(ordered), 1000):
         part = ordered[start : start + 1000]
-        rows = store._run(
+        rows = store.run(
             tenant.pk,
             current_sql(
                 COLUMNS,
@@ -69,7 +69,7 @@ def events_write(
 
 def unpriced_bounds(store: ClickHouseStore, tenant_id: int) -> tuple[datetime, datetime] | None:
     """The first and last time of the tenant's unpriced events, or None."""
-    rows = store._run(
+    rows = store.run(
         tenant_id,
         "SELECT count(), min(occurred_at), max(occurred_at) FROM ("
         + current_sql(
@@ -111,7 +111,7 @@ def hour_sums(
     by_set: dict[tuple[Any, ...], list[int]] = {}
     for start in range(0, len(numbers), 500):
         part = numbers[start : start + 500]
-        rows = store._run(
+        rows = store.run(
             tenant.pk,
             f"SELECT intDiv(toUInt32(occurred_at), 3600) AS h, {', '.join(_KEY_IDS)}, tag_set_id, "
             f"{', '.join(sql for _, sql in SUM_SQL)} FROM ("

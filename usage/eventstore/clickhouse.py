@@ -114,7 +114,8 @@ class ClickHouseStore(EventStore):
         """The index of the shard that holds all of the tenant's events."""
         return int(tenant_id) % len(self.shards)
 
-    def _run(self, tenant_id: int, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    def run(self, tenant_id: int, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """One statement on the tenant's shard."""
         return self.connections.execute(self.shard_of(tenant_id), sql, params)
 
     # --- schema ---------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class ClickHouseStore(EventStore):
 
     def _insert(self, tenant_id: int, values: list[tuple[Any, ...]]) -> None:
         names = [*COLUMNS, *(c for c, _, _ in META_COLUMNS)]
-        self._run(tenant_id, f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES", values)
+        self.run(tenant_id, f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES", values)
 
     def _lock(self, tenant_id: int) -> None:
         if connection.vendor != "postgresql":
@@ -196,7 +197,7 @@ class ClickHouseStore(EventStore):
         for start in range(0, len(rows), IDS_PER_QUERY):
             part = rows[start : start + IDS_PER_QUERY]
             times = [r["occurred_at"] for r in part]
-            found = self._run(
+            found = self.run(
                 tenant_id,
                 f"SELECT event_id, toUInt32(occurred_at), micros, version, deleted "
                 f"FROM {TABLE} WHERE {tenant_where(tenant_id)} "
@@ -223,7 +224,7 @@ class ClickHouseStore(EventStore):
     ) -> dict[str, tuple[int, int]]:
         if not times:
             return {}
-        found = self._run(
+        found = self.run(
             tenant_id,
             current_sql(
                 ("event_id", "toUInt32(occurred_at)", "micros", "cost_nanos", "cost_source"),
@@ -337,7 +338,7 @@ class ClickHouseStore(EventStore):
             ):
                 since = None  # the range's own start bounds it already
             bounded = [*where, "occurred_at >= toDateTime(%(since)s)"] if since else where
-            rows = self._run(
+            rows = self.run(
                 tenant.pk,
                 current_sql(
                     COLUMNS,
@@ -370,7 +371,7 @@ class ClickHouseStore(EventStore):
         if occurred_at is not None:
             where.append("occurred_at = toDateTime(%(s)s) AND micros = %(m)s")
             params.update(s=seconds_of(occurred_at), m=occurred_at.microsecond)
-        rows = self._run(
+        rows = self.run(
             tenant.pk,
             current_sql(COLUMNS, " AND ".join(where), after=f" {NEWEST_FIRST} LIMIT 1"),
             params,
@@ -399,7 +400,7 @@ class ClickHouseStore(EventStore):
         inner = list(dict.fromkeys(["occurred_at", *SUM_COLUMNS, *keys[: len(by)]]))
         sums = ", ".join(sql for _, sql in SUM_SQL)
         group = f" GROUP BY {', '.join(keys)}" if keys else ""
-        rows = self._run(
+        rows = self.run(
             tenant.pk,
             f"SELECT {', '.join([*keys, sums])} FROM "
             f"({current_sql(inner, ' AND '.join(where), after=self._after(query))}){group}",
@@ -427,7 +428,7 @@ class ClickHouseStore(EventStore):
             return []
         where, params = built
         where.append("prompt_hash != ''")
-        rows = self._run(
+        rows = self.run(
             tenant.pk,
             "SELECT count() AS n, sum(cost_nanos) FROM ("
             + current_sql(
@@ -440,7 +441,7 @@ class ClickHouseStore(EventStore):
 
     def count(self, tenant_id: int) -> int:
         """The tenant's events (each key once)."""
-        rows = self._run(
+        rows = self.run(
             tenant_id,
             f"SELECT count() FROM ({current_sql(('event_id',), tenant_where(tenant_id))})",
         )
@@ -448,7 +449,7 @@ class ClickHouseStore(EventStore):
 
     def totals(self, tenant_id: int) -> tuple[int, int]:
         """(events, cost in nano-dollars) of the tenant, each key once."""
-        rows = self._run(
+        rows = self.run(
             tenant_id,
             "SELECT count(), sum(cost_nanos) FROM "
             f"({current_sql(('cost_nanos',), tenant_where(tenant_id))})",
@@ -457,7 +458,7 @@ class ClickHouseStore(EventStore):
 
     def months(self, tenant_id: int) -> dict[int, int]:
         """The tenant's events per month (YYYYMM), each key once."""
-        rows = self._run(
+        rows = self.run(
             tenant_id,
             "SELECT toYYYYMM(occurred_at) AS month, count() FROM "
             f"({current_sql(('occurred_at',), tenant_where(tenant_id))}) GROUP BY month",
@@ -472,7 +473,7 @@ class ClickHouseStore(EventStore):
             return 0
         index = self.shard_of(tenant_id)
         database = self.shards[index].database
-        self._run(tenant_id, f"ALTER TABLE {TABLE} DELETE WHERE {tenant_where(tenant_id)}")
+        self.run(tenant_id, f"ALTER TABLE {TABLE} DELETE WHERE {tenant_where(tenant_id)}")
         # A mutation runs in the background (18.16 has no `mutations_sync`): wait for it, so
         # the reset is done when this returns.
         deadline = time.monotonic() + 60
