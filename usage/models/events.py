@@ -360,7 +360,7 @@ class TagHourlyRollup(Rollup):
 class EventRewrite(models.Model):
     """A rewrite of stored events in an event store outside PostgreSQL (ClickHouse): recorded
     here first (an outbox), then done there, then the rollups of its hours are rebuilt and it is
-    marked done in one PostgreSQL transaction (`usage.chrewrites`). A row left pending (the
+    marked done in one PostgreSQL transaction (`usage.storerewrites`). A row left pending (the
     process stopped between the steps) is finished by the next rewrite of the tenant, the
     hourly re-pricing task, or `reprice_usage --resume`."""
 
