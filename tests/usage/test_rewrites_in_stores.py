@@ -117,11 +117,18 @@ def assert_rollups_equal_events(tenant) -> None:
             }, model.__name__
 
 
-def test_repricing_prices_the_unpriced_events_and_their_rollups(unpriced, acme, outsider):
+def test_repricing_prices_the_unpriced_events_and_their_rollups(
+    unpriced, acme, outsider, read_client
+):
     with unscoped():
         report = usage_reprice_unpriced(tenant=acme)
     assert (report.examined, report.changed, report.still_unpriced) == (1, 1, 0)
     assert costs(acme) == REPRICED
+    found = read_client.get("/api/v1/usage/u/")
+    assert found.status_code == 200
+    assert (found.json()["cost_usd"], found.json()["cost_source"]) == ("0.00144", "computed")
+    listed = read_client.get("/api/v1/usage/?cost_source=unpriced")
+    assert listed.status_code == 200 and listed.json()["results"] == []
     assert rollup_cost(acme) == HAIKU + NEWCO
     assert_rollups_equal_events(acme)
     assert costs(outsider) == THEIRS
@@ -146,11 +153,12 @@ def test_the_command_and_the_hourly_task_reprice(unpriced, acme, outsider):
 
 
 def test_deleting_chosen_events_leaves_exact_rollups_and_a_resend_counts_again(
-    unpriced, acme, outsider, ingest_client
+    unpriced, acme, outsider, ingest_client, read_client
 ):
     with unscoped():
         assert usage_events_delete(tenant=acme, keys=[("u", AT), ("nope", AT)]) == 1
     assert costs(acme) == {"p": (HAIKU, "computed")}
+    assert read_client.get("/api/v1/usage/u/").status_code == 404
     assert rollup_cost(acme) == HAIKU
     assert_rollups_equal_events(acme)
     # The outsider's event of the same id and time stays, and so do its rollups.
