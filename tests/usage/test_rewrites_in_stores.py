@@ -273,7 +273,7 @@ def test_approving_a_price_change_reprices(store, acme, admin_client):
 
 @pytest.mark.clickhouse
 @pytest.mark.parametrize("store", ["ch"], indirect=True)
-def test_the_hourly_task_finishes_a_stopped_rewrite(unpriced, acme, outsider):
+def test_the_hourly_task_finishes_a_stopped_rewrite(unpriced, acme, outsider, ingest_client):
     with (
         unscoped(),
         mock.patch("usage.storerewrites.store_rollups_rebuild", side_effect=KeyboardInterrupt),
@@ -281,10 +281,14 @@ def test_the_hourly_task_finishes_a_stopped_rewrite(unpriced, acme, outsider):
     ):
         usage_reprice_unpriced(tenant=acme)
     assert (costs(acme), rollup_cost(acme)) == (REPRICED, HAIKU)
+    # Usage keeps arriving meanwhile, in the same hour: ingest adds it to the rollups.
+    assert post_usage(ingest_client, [event(event_id="q")]).status_code == 201
+    assert rollup_cost(acme) == 2 * HAIKU
     assert reprice_unpriced_usage() == 1  # finishes acme's, then prices the outsider's
     with unscoped():
         assert not EventRewrite.objects.unscoped().filter(done_at=None).exists()
-    assert (costs(acme), rollup_cost(acme)) == (REPRICED, HAIKU + NEWCO)
+    assert costs(acme) == {**REPRICED, "q": (HAIKU, "computed")}
+    assert rollup_cost(acme) == 2 * HAIKU + NEWCO
     assert (costs(outsider), rollup_cost(outsider)) == ({"u": (NEWCO, "computed")}, NEWCO)
     assert_rollups_equal_events(acme)
     assert_rollups_equal_events(outsider)
