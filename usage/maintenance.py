@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -22,22 +21,31 @@ from django.db.models.functions import TruncHour
 from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context, unscoped
 from usage.catalog import GlobalLists, load_catalog
+from usage.eventstore.base import RewriteUnavailable
+from usage.eventstore.chrewrite import unpriced_bounds
+from usage.eventstore.clickhouse import ClickHouseStore
 from usage.eventstore.current import event_store
 from usage.models import (
     PRICED_COLUMNS,
     CostSource,
-    Dimension,
     EventStamp,
     HourlyRollup,
     ModelHourlyRollup,
     TagHourlyRollup,
     UsageEvent,
 )
-from usage.price_lookup import Catalog
-from usage.pricing import breakdown
 from usage.rollups import aggregate_tags, hour_of
-from usage.signals import usage_rewritten
 from usage.storage import events_set_prices, rollups_add
+from usage.storerewrites import (
+    RepriceReport,
+    price_again,
+    price_names,
+    rewritten,
+    rollups_clear,
+    store_events_delete,
+    store_reprice,
+    store_rollups_rebuild,
+)
 from usage.transactions import rewrite_lock
 
 # What `aggregate_tags` reads of an event besides its tenant, time and tags (a rollup rebuild).
@@ -58,16 +66,7 @@ _TAG_EVENT_FIELDS = (
 )
 
 log = structlog.get_logger(__name__)
-
-Kind = Dimension.Kind
-
-
-@dataclass
-class RepriceReport:
-    examined: int = 0
-    changed: int = 0
-    still_unpriced: int = 0
-    hours_rebuilt: int = 0
+__all__ = ["RepriceReport"]
 
 
 def usage_reprice(
@@ -83,10 +82,20 @@ def usage_reprice(
 
     Caller-supplied costs are kept. The rollups of every hour touched are rebuilt from the
     events in the same transaction, under the tenant's exclusive ingest lock, so rollups stay
-    equal to the sum of their events. A store that cannot rewrite its events (ClickHouse, for
-    now) refuses: `RewriteUnavailable`.
+    equal to the sum of their events. On ClickHouse: `usage.storerewrites.store_reprice`.
     """
-    event_store().require_rewrites("Re-pricing stored events")
+    store = event_store()
+    store.require_rewrites("Re-pricing stored events")
+    if isinstance(store, ClickHouseStore):
+        return store_reprice(
+            store=store,
+            tenant=tenant,
+            start=start,
+            end=end,
+            only_unpriced=only_unpriced,
+            progress=progress,
+            lists=lists,
+        )
     catalog = load_catalog(tenant.pk, lists=lists)
     report = RepriceReport()
     with tenant_context(tenant), transaction.atomic():
@@ -100,17 +109,13 @@ def usage_reprice(
         total = qs.count()
         hours: set[datetime] = set()
         batch: list[UsageEvent] = []
-        names: dict[int, str] = dict(
-            Dimension.objects.for_tenant(tenant)
-            .filter(kind__in=[Kind.PROVIDER, Kind.MODEL])
-            .values_list("pk", "value")
-        )
+        names = price_names(tenant)
         for event in qs.only(
             "pk", "tenant_id", "event_id", "occurred_at", "provider_id", "model_id", "service_tier", *PRICED_COLUMNS,
             "cost_nanos", "cost_source", "price_id", "cache_hit",
         ).iterator(chunk_size=2000):  # fmt: skip
             report.examined += 1
-            if _price_again(catalog, names, event, report):
+            if price_again(catalog, names, event, report):
                 batch.append(event)
                 hours.add(hour_of(event.occurred_at))
             if len(batch) >= 1000:
@@ -121,32 +126,11 @@ def usage_reprice(
         _save_prices(batch, report)
         report.hours_rebuilt = rollups_rebuild(tenant=tenant, hours=sorted(hours))
         if report.changed:
-            _rewritten(tenant.pk)
+            rewritten(tenant.pk)
     if progress:
         progress(report.examined, report.examined)
     log.info("usage_repriced", tenant=tenant.slug, **report.__dict__)
     return report
-
-
-def _price_again(
-    catalog: Catalog, names: dict[int, str], event: UsageEvent, report: RepriceReport
-) -> bool:
-    """Set the event's price from the catalog; whether it changed."""
-    if event.cache_hit:
-        return False
-    found = catalog.resolve(
-        names[event.provider_id], names[event.model_id], event.occurred_at, event.tier
-    )
-    new: tuple[int, int, int | None]
-    if found is None:
-        new = (0, CostSource.UNPRICED, None)
-        report.still_unpriced += 1
-    else:
-        new = (breakdown(found.price, event.usage).nanos, CostSource.COMPUTED, found.price.id)
-    if new == (event.cost_nanos, event.cost_source, event.price_id):
-        return False
-    event.cost_nanos, event.cost_source, event.price_id = new
-    return True
 
 
 def _save_prices(events: list[UsageEvent], report: RepriceReport) -> None:
@@ -155,20 +139,43 @@ def _save_prices(events: list[UsageEvent], report: RepriceReport) -> None:
         report.changed += len(events)
 
 
-def usage_events_delete(*, events: QuerySet[UsageEvent]) -> int:
+def usage_events_delete(
+    *,
+    events: QuerySet[UsageEvent] | None = None,
+    tenant: Tenant | None = None,
+    keys: Sequence[tuple[str, datetime]] = (),
+) -> int:
     """Delete events and rebuild the rollups of their hours, under each tenant's exclusive
-    ingest lock, so rollups still equal the sum of their events. Staff code: runs unscoped.
-    A store that cannot rewrite its events refuses: `RewriteUnavailable`."""
-    event_store().require_rewrites("Deleting chosen events")
+    ingest lock, so rollups still equal the sum of their events; returns how many existed.
+    The events: a queryset of PostgreSQL's table (admin; staff code, runs unscoped), or a
+    tenant's keys (event id, time) in whichever store holds them."""
+    store = event_store()
+    store.require_rewrites("Deleting chosen events")
+    if events is None:
+        if tenant is None:
+            raise ValueError("give events, or a tenant and its keys")
+        if isinstance(store, ClickHouseStore):
+            return store_events_delete(store=store, tenant=tenant, keys=keys)
+        by_key = Q(pk__in=[])
+        for event_id, at in keys:
+            by_key |= Q(event_id=event_id, occurred_at=at)
+        with unscoped():
+            events = UsageEvent.objects.for_tenant(tenant).filter(by_key)
+    elif isinstance(store, ClickHouseStore):
+        raise RewriteUnavailable(
+            "Deleting events chosen in PostgreSQL's table is not available with the ClickHouse "
+            "event store: its events are there. Delete them by key (usage_events_delete with "
+            "tenant and keys); nothing was changed."
+        )
     with unscoped():
         rows = list(events.values_list("pk", "tenant_id", "occurred_at", "event_id"))
         by_tenant: dict[int, tuple[list[int], set[datetime]]] = defaultdict(lambda: ([], set()))
-        keys: dict[int, tuple[set[datetime], set[str]]] = defaultdict(lambda: (set(), set()))
+        key_sets: dict[int, tuple[set[datetime], set[str]]] = defaultdict(lambda: (set(), set()))
         for pk, tenant_id, occurred_at, event_id in rows:
             by_tenant[tenant_id][0].append(pk)
             by_tenant[tenant_id][1].add(hour_of(occurred_at))
-            keys[tenant_id][0].add(occurred_at)
-            keys[tenant_id][1].add(event_id)
+            key_sets[tenant_id][0].add(occurred_at)
+            key_sets[tenant_id][1].add(event_id)
         tenants = list(Tenant.objects.filter(pk__in=by_tenant).order_by("pk"))
     with transaction.atomic():
         for tenant in tenants:
@@ -177,12 +184,12 @@ def usage_events_delete(*, events: QuerySet[UsageEvent]) -> int:
                 rewrite_lock(tenant.pk)
                 # By id, narrowed by time and event id so PostgreSQL finds the rows through
                 # the key (tenant, occurred_at, event_id): `id` has no index there.
-                times, ids = keys[tenant.pk]
+                times, ids = key_sets[tenant.pk]
                 UsageEvent.objects.for_tenant(tenant).filter(
                     pk__in=pks, occurred_at__in=times, event_id__in=ids
                 ).delete()
                 rollups_rebuild(tenant=tenant, hours=sorted(hours))
-            _rewritten(tenant.pk)
+            rewritten(tenant.pk)
     return len(rows)
 
 
@@ -202,21 +209,22 @@ def usage_tenant_reset(*, tenant: Tenant) -> tuple[int, int]:
         TagHourlyRollup.objects.for_tenant(tenant)._raw_delete(TagHourlyRollup.objects.db)
         # The times kept for time-less events: starting over, a resend is a new event.
         EventStamp.objects.for_tenant(tenant)._raw_delete(EventStamp.objects.db)
-        _rewritten(tenant.pk)
+        rewritten(tenant.pk)
     return events, rollups
-
-
-def _rewritten(tenant_id: int) -> None:
-    """Tell the apps above, once this commits, that the tenant's stored usage changed."""
-    transaction.on_commit(
-        lambda: usage_rewritten.send(sender=UsageEvent, tenant_id=tenant_id), robust=True
-    )
 
 
 def usage_reprice_unpriced(*, tenant: Tenant, lists: GlobalLists | None = None) -> RepriceReport:
     """Price the tenant's unpriced events for which a price now exists (whole history); a
     pass over many tenants shares `lists` (see `load_catalog`)."""
-    event_store().require_rewrites("Re-pricing stored events")
+    store = event_store()
+    store.require_rewrites("Re-pricing stored events")
+    if isinstance(store, ClickHouseStore):
+        found = unpriced_bounds(store, tenant.pk)
+        if found is None:
+            return RepriceReport()
+        return usage_reprice(
+            tenant=tenant, start=found[0], end=found[1], only_unpriced=True, lists=lists
+        )
     with tenant_context(tenant):  # the task calls it with no context: RLS would hide every row
         bounds = (
             UsageEvent.objects.for_tenant(tenant)
@@ -277,14 +285,14 @@ def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
     transaction that holds the tenant's exclusive ingest lock."""
     if not hours:
         return 0
-    # It reads PostgreSQL's events: with another store it would empty these hours' rollups.
-    event_store().require_rewrites("Rebuilding rollups from the events")
+    store = event_store()
+    store.require_rewrites("Rebuilding rollups from the events")
+    if isinstance(store, ClickHouseStore):
+        return store_rollups_rebuild(store=store, tenant=tenant, hours=hours)
     rebuilt = 0
     for i in range(0, len(hours), 500):
         part = list(hours[i : i + 500])
-        HourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
-        ModelHourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
-        TagHourlyRollup.objects.for_tenant(tenant).filter(hour__in=part).delete()
+        rollups_clear(tenant, part)
         window = Q()
         for hour in part:
             window |= Q(occurred_at__gte=hour, occurred_at__lt=hour + timedelta(hours=1))

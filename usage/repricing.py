@@ -14,9 +14,12 @@ from django.db import transaction
 from costmon.core.models import Tenant
 from costmon.core.tenancy import unscoped
 from usage.catalog import GlobalLists
+from usage.eventstore.chrewrite import tenants_with_unpriced
+from usage.eventstore.clickhouse import ClickHouseStore
 from usage.eventstore.current import event_store
 from usage.maintenance import usage_reprice_unpriced
 from usage.models import CostSource, UsageEvent
+from usage.storerewrites import store_rewrites_resume
 
 log = structlog.get_logger(__name__)
 
@@ -24,8 +27,8 @@ log = structlog.get_logger(__name__)
 @shared_task(name="usage.tasks.reprice_unpriced_usage", ignore_result=True)
 def reprice_unpriced_usage(tenant_id: int | None = None) -> int:
     """Price events stored without a price, for one tenant or every tenant that has some.
-    With a store that cannot rewrite its events (ClickHouse, for now) it says so in the log
-    and changes nothing (`usage.maintenance.usage_reprice`)."""
+    With the ClickHouse store it first finishes rewrites left pending (`usage.storerewrites`).
+    With a store that cannot rewrite its events it says so in the log and changes nothing."""
     store = event_store()
     if not store.rewrites_events:
         log.warning(
@@ -34,10 +37,14 @@ def reprice_unpriced_usage(tenant_id: int | None = None) -> int:
             reason=f"the {store.label} event store cannot re-price stored events yet",
         )
         return 0
+    if isinstance(store, ClickHouseStore):
+        store_rewrites_resume(store=store)
     with unscoped():
         tenant_ids = (
             [tenant_id]
             if tenant_id is not None
+            else list(tenants_with_unpriced(store))
+            if isinstance(store, ClickHouseStore)
             else list(
                 UsageEvent.objects.unscoped()
                 .filter(cost_source=CostSource.UNPRICED)

@@ -213,26 +213,27 @@ def test_events_migrate_copies_postgresql_events_once_and_resumes(
 
 
 def test_every_query_of_the_events_table_carries_the_tenant_filter():
-    """Each statement of `usage.eventstore.clickhouse` that reads or changes the events table
-    names `tenant_where` (or `_where`, whose conditions start with it), except the schema, plain
-    inserts of one tenant's rows and the whole-partition drops of retention."""
+    """Each statement of `usage.eventstore.clickhouse` and `chrewrite` that reads or changes the
+    events table (directly or through `current_sql`) names `tenant_where` (or `_where`, whose
+    conditions start with it), except the schema, plain inserts of one tenant's rows, the
+    whole-partition drops of retention and staff's list of tenants with unpriced events."""
     import ast
     import inspect
 
-    from usage.eventstore import clickhouse
+    from usage.eventstore import chrewrite, clickhouse
 
-    tree = ast.parse(inspect.getsource(clickhouse))
-    exempt = {"table_sql", "drop_before", "create_schema", "insert_rows"}
+    exempt = {"table_sql", "drop_before", "create_schema", "insert_rows", "tenants_with_unpriced"}
     checked = 0
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.name not in exempt:
-            text = ast.unparse(node)
-            if "FROM {TABLE}" in text or "ALTER TABLE {TABLE}" in text:
-                assert "tenant_where(" in text or "self._where(" in text, node.name
-                checked += 1
-        if isinstance(node, ast.FunctionDef) and node.name == "_where":
-            assert "where = [tenant_where(tenant.pk)]" in ast.unparse(node)
-    assert checked >= 7
+    for module in (clickhouse, chrewrite):
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.FunctionDef) and node.name not in exempt:
+                text = ast.unparse(node)
+                if any(s in text for s in ("FROM {TABLE}", "ALTER TABLE {TABLE}", "current_sql(")):
+                    assert "tenant_where(" in text or "self._where(" in text, node.name
+                    checked += 1
+            if isinstance(node, ast.FunctionDef) and node.name == "_where":
+                assert "where = [tenant_where(tenant.pk)]" in ast.unparse(node)
+    assert checked >= 11
 
 
 @pytest.mark.clickhouse
@@ -264,3 +265,59 @@ def test_pages_of_the_event_list_reach_far_back_and_keep_their_order(store, acme
         assert seen == [f"d{i}" for i in range(len(days_back))], limit
     month = client.get("/api/v1/usage/?period=month&limit=2").json()
     assert [e["event_id"] for e in month["results"]] == ["d0", "d1"]
+
+
+@pytest.mark.clickhouse
+def test_a_table_made_before_rewrites_gets_their_columns_and_rewrites_work(
+    clickhouse_servers, settings, acme, outsider
+):
+    """A table of the first release (no `version`, `deleted`; ReplacingMergeTree()) is migrated
+    by `create_schema`; its events keep reading as they were, and can be re-priced."""
+    from usage.eventstore.chrows import COLUMN_TYPES
+    from usage.maintenance import usage_reprice
+    from usage.models import ModelPrice
+
+    database = "costmon_old"
+    settings.COSTMON_EVENT_STORE_URL = (
+        f"clickhouse://127.0.0.1:{clickhouse_servers[0].port}/{database}"
+    )
+    settings.COSTMON_CLICKHOUSE_SHARDS = ""
+    current.forget()
+    store = current.event_store()
+    assert isinstance(store, ClickHouseStore)
+    columns = ", ".join(f"{c} {t}" for c, t in COLUMN_TYPES)
+    try:
+        store.connections.execute(0, f"DROP DATABASE IF EXISTS {database}", database=False)
+        store.connections.execute(0, f"CREATE DATABASE {database}", database=False)
+        store.connections.execute(
+            0,
+            f"CREATE TABLE {database}.{TABLE} ({columns}) ENGINE = ReplacingMergeTree() "
+            "PARTITION BY toYYYYMM(occurred_at) ORDER BY (tenant_id, occurred_at, micros, event_id)",
+        )
+        store.create_schema()
+        assert post_usage(client_of(acme), [event(event_id="a")]).status_code == 201
+        assert post_usage(client_of(outsider), [event(event_id="a")]).status_code == 201
+        store.create_schema()  # again: nothing to add
+        names = {
+            n
+            for (n,) in store.connections.execute(
+                0, f"SELECT name FROM system.columns WHERE database = '{database}'"
+            )
+        }
+        assert {"version", "deleted"} <= names
+        with unscoped():
+            haiku = ModelPrice.objects.unscoped().get(model="claude-haiku-4-5")
+            haiku.output_per_mtok = 4
+            haiku.save()
+            start = datetime(2026, 11, 1, tzinfo=UTC)
+            assert (
+                usage_reprice(tenant=acme, start=start, end=start + timedelta(days=30)).changed == 1
+            )
+            assert [e.cost_nanos for e in stored_events(acme)] == [450 * 1_000 + 180 * 4_000]
+            assert [e.cost_nanos for e in stored_events(outsider)] == [1_350_000]
+            rollup = HourlyRollup.objects.unscoped().filter(tenant=acme).get()
+        assert rollup.cost_nanos == 450 * 1_000 + 180 * 4_000
+    finally:
+        store.connections.execute(0, f"DROP DATABASE IF EXISTS {database}", database=False)
+        store.connections.close()
+        current.forget()

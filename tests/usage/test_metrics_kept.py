@@ -137,8 +137,9 @@ def test_the_kept_sums_are_read(read_client, acme, usage):
 
 
 def test_a_reprice_shows_at_once(
-    read_client, acme, outsider_client, ingest_client, django_capture_on_commit_callbacks
+    store, read_client, acme, outsider_client, ingest_client, django_capture_on_commit_callbacks
 ):
+    """On every event store (`store`): ClickHouse's rewrites bump the kept sums too."""
     priced = calls("p", range(5))
     for e in priced:
         del e["cost_usd"]

@@ -1,21 +1,24 @@
-"""Rewriting stored events (re-pricing, deleting chosen events) on each event store.
+"""Rewriting stored events (re-pricing, deleting chosen events) on each event store: PostgreSQL,
+ClickHouse as one node and as two shards (the `store` fixture's three params).
 
-PostgreSQL re-prices and rebuilds the rollups of the hours touched (tests/usage/test_rollups.py
-has the figures). The ClickHouse store cannot rewrite its rows yet: every way in refuses, says
-why, and changes nothing: the service (409), the command, the hourly task (a warning in the
-log), approving a price change in admin (the hold stays pending), and deleting events in admin
-(not offered). The outsider's events and rollups are never touched either way.
+Every way in works on each: the service, the command, the hourly task, approving a price change
+in admin. Afterwards the events have exact figures, the rollups (all three tables) equal the
+events exactly, and the outsider's events and rollups are untouched. On ClickHouse a rewrite
+stopped between its writes to ClickHouse and its PostgreSQL commit is finished by the next run
+(`usage.storerewrites`).
 """
 
 from __future__ import annotations
 
 import io
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from unittest import mock
 
 import pytest
 import time_machine
-from django.core.management import CommandError, call_command
+from django.core.management import call_command
 from django.db.models import Sum
 
 from costmon.core.tenancy import unscoped
@@ -23,7 +26,16 @@ from tests.helpers import event, post_usage, stored_events
 from tests.usage.test_price_sync import GPT, price_list
 from usage.eventstore.base import RewriteUnavailable
 from usage.maintenance import usage_events_delete, usage_reprice, usage_reprice_unpriced
-from usage.models import ModelHourlyRollup, ModelPrice, PriceChangeHold, UsageEvent
+from usage.models import (
+    CostSource,
+    EventRewrite,
+    HourlyRollup,
+    ModelHourlyRollup,
+    ModelPrice,
+    PriceChangeHold,
+    TagHourlyRollup,
+    UsageEvent,
+)
 from usage.prices import prices_sync
 from usage.repricing import reprice_unpriced_usage
 
@@ -31,7 +43,11 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 HAIKU = 1_350_000  # 450 in x $1 + 180 out x $5 per million tokens
 NEWCO = 450 * 2_000 + 180 * 3_000  # at $2 in / $3 out once newco/x-1 has a price
 NOVEMBER = datetime(2026, 11, 1, tzinfo=UTC)
-REFUSED = "Re-pricing stored events is not available with the ClickHouse event store yet"
+AT = datetime(2026, 11, 20, 10, 15, tzinfo=UTC)  # the time of every event here
+UNCHANGED = {"p": (HAIKU, "computed"), "u": (0, "unpriced")}
+REPRICED = {"p": (HAIKU, "computed"), "u": (NEWCO, "computed")}
+THEIRS = {"u": (0, "unpriced")}
+NEWCO_EVENT = {"provider": "newco", "model": "x-1", "tags": {"team": "ml"}}
 
 
 @pytest.fixture(autouse=True)
@@ -42,12 +58,11 @@ def _frozen_clock():
 
 @pytest.fixture
 def unpriced(store, acme, outsider, ingest_client, outsider_client):
-    """acme: a priced haiku call and an unpriced newco/x-1 call; globex: an unpriced one. Then
-    newco/x-1 gets a price."""
-    newco = {"provider": "newco", "model": "x-1"}
-    ours = [event(event_id="p"), event(event_id="u", **newco)]
+    """acme: a priced haiku call and an unpriced newco/x-1 call; globex: an unpriced one (same
+    id and time). Then newco/x-1 gets a price."""
+    ours = [event(event_id="p"), event(event_id="u", **NEWCO_EVENT)]
     assert post_usage(ingest_client, ours).status_code == 201
-    assert post_usage(outsider_client, [event(event_id="u", **newco)]).status_code == 201
+    assert post_usage(outsider_client, [event(event_id="u", **NEWCO_EVENT)]).status_code == 201
     with unscoped():
         ModelPrice.objects.create(
             provider="newco",
@@ -72,57 +87,172 @@ def rollup_cost(tenant) -> int:
         return int(rows.aggregate(c=Sum("cost_nanos"))["c"] or 0)
 
 
-UNCHANGED = {"p": (HAIKU, "computed"), "u": (0, "unpriced")}
+def assert_rollups_equal_events(tenant) -> None:
+    """Each rollup table sums exactly what the tenant's events sum (calls, unpriced calls, cost,
+    tokens), the tag rollups once per tag."""
+    events = stored_events(tenant)
+    expected = Counter()
+    tagged = Counter()
+    for e in events:
+        row = Counter(
+            calls=1,
+            unpriced_calls=int(e.cost_source == CostSource.UNPRICED),
+            cost_nanos=e.cost_nanos,
+            input_tokens=e.input_tokens,
+        )
+        expected.update(row)
+        for _ in (e.tag_set.tags if e.tag_set else {}).items():
+            tagged.update(row)
+    with unscoped():
+        for model, want in (
+            (HourlyRollup, expected),
+            (ModelHourlyRollup, expected),
+            (TagHourlyRollup, tagged),
+        ):
+            got = model.objects.for_tenant(tenant).aggregate(
+                **{k: Sum(k) for k in ("calls", "unpriced_calls", "cost_nanos", "input_tokens")}
+            )
+            assert {k: int(v or 0) for k, v in got.items()} == {
+                k: want[k] for k in ("calls", "unpriced_calls", "cost_nanos", "input_tokens")
+            }, model.__name__
 
 
-@pytest.mark.parametrize("store", ["pg"], indirect=True)
-def test_postgresql_prices_the_unpriced_events_and_their_rollups(unpriced, acme, outsider):
+def test_repricing_prices_the_unpriced_events_and_their_rollups(
+    unpriced, acme, outsider, read_client
+):
     with unscoped():
         report = usage_reprice_unpriced(tenant=acme)
     assert (report.examined, report.changed, report.still_unpriced) == (1, 1, 0)
-    assert costs(acme) == {"p": (HAIKU, "computed"), "u": (NEWCO, "computed")}
+    assert costs(acme) == REPRICED
+    found = read_client.get("/api/v1/usage/u/")
+    assert found.status_code == 200
+    assert (found.json()["cost_usd"], found.json()["cost_source"]) == ("0.00144", "computed")
+    listed = read_client.get("/api/v1/usage/?cost_source=unpriced")
+    assert listed.status_code == 200 and listed.json()["results"] == []
     assert rollup_cost(acme) == HAIKU + NEWCO
-    assert costs(outsider) == {"u": (0, "unpriced")}
+    assert_rollups_equal_events(acme)
+    assert costs(outsider) == THEIRS
     assert rollup_cost(outsider) == 0
+    assert_rollups_equal_events(outsider)
+    # Once more: nothing left to change, the figures stay.
+    with unscoped():
+        assert usage_reprice(tenant=acme, start=NOVEMBER, end=AT + timedelta(hours=1)).changed == 0
+    assert (costs(acme), rollup_cost(acme)) == (REPRICED, HAIKU + NEWCO)
 
 
-@pytest.mark.clickhouse
-@pytest.mark.parametrize("store", ["ch", "ch2"], indirect=True)
-def test_clickhouse_refuses_to_reprice_and_changes_nothing(unpriced, acme, outsider):
-    with unscoped(), pytest.raises(RewriteUnavailable) as refused:
+def test_the_command_and_the_hourly_task_reprice(unpriced, acme, outsider):
+    out = io.StringIO()
+    call_command("reprice_usage", "--unpriced", "--tenant", acme.slug, stdout=out)
+    assert f"{acme.slug}: 1 examined, 1 re-priced, 0 still unpriced" in out.getvalue()
+    assert (costs(acme), rollup_cost(acme)) == (REPRICED, HAIKU + NEWCO)
+    assert costs(outsider) == THEIRS
+    assert reprice_unpriced_usage() == 1  # the outsider's, now that newco/x-1 has a price
+    assert (costs(outsider), rollup_cost(outsider)) == ({"u": (NEWCO, "computed")}, NEWCO)
+    assert_rollups_equal_events(acme)
+    assert_rollups_equal_events(outsider)
+
+
+def test_deleting_chosen_events_leaves_exact_rollups_and_a_resend_counts_again(
+    unpriced, acme, outsider, ingest_client, read_client
+):
+    with unscoped():
+        assert usage_events_delete(tenant=acme, keys=[("u", AT), ("nope", AT)]) == 1
+    assert costs(acme) == {"p": (HAIKU, "computed")}
+    assert read_client.get("/api/v1/usage/u/").status_code == 404
+    assert rollup_cost(acme) == HAIKU
+    assert_rollups_equal_events(acme)
+    # The outsider's event of the same id and time stays, and so do its rollups.
+    assert costs(outsider) == THEIRS
+    assert_rollups_equal_events(outsider)
+    # Deleted, the event is new again when it is sent again (as PostgreSQL has it).
+    assert post_usage(ingest_client, [event(event_id="u", **NEWCO_EVENT)]).status_code == 201
+    assert set(costs(acme)) == {"p", "u"}
+    assert_rollups_equal_events(acme)
+    # A resend of it now is a duplicate.
+    assert post_usage(ingest_client, [event(event_id="u", **NEWCO_EVENT)]).status_code == 201
+    assert_rollups_equal_events(acme)
+    with unscoped():
+        assert usage_events_delete(tenant=acme, keys=[("p", AT), ("u", AT)]) == 2
+    assert (costs(acme), rollup_cost(acme)) == ({}, 0)
+    assert_rollups_equal_events(acme)
+
+
+def test_metrics_show_the_reprice(unpriced, acme, read_client, django_capture_on_commit_callbacks):
+    def spend() -> Decimal:
+        reply = read_client.get("/api/v1/metrics/?start=2026-11-01&end=2026-11-21")
+        assert reply.status_code == 200
+        return Decimal(reply.json()["total"]["cost_usd"])
+
+    assert spend() == Decimal("0.00135")
+    with django_capture_on_commit_callbacks(execute=True), unscoped():
         usage_reprice_unpriced(tenant=acme)
-    assert refused.value.message.startswith(REFUSED)
-    assert refused.value.status_code == 409
-    with unscoped(), pytest.raises(RewriteUnavailable):
-        usage_reprice(tenant=acme, start=NOVEMBER, end=NOVEMBER + timedelta(days=30))
-    with pytest.raises(CommandError, match=REFUSED):
-        call_command("reprice_usage", "--unpriced", stdout=io.StringIO())
-    # The hourly task (and the one queued after a price load) logs why and changes nothing.
-    assert reprice_unpriced_usage() == 0
-    assert reprice_unpriced_usage(acme.pk) == 0
-    assert costs(acme) == UNCHANGED
-    assert (rollup_cost(acme), rollup_cost(outsider)) == (HAIKU, 0)
-    assert costs(outsider) == {"u": (0, "unpriced")}
+    assert spend() == Decimal("0.00135") + Decimal("0.00144")
 
 
 @pytest.mark.clickhouse
 @pytest.mark.parametrize("store", ["ch", "ch2"], indirect=True)
-def test_clickhouse_refuses_to_delete_chosen_events(unpriced, acme, admin_client):
-    with pytest.raises(RewriteUnavailable, match="Deleting chosen events is not available"):
+def test_a_rewrite_stopped_before_its_commit_is_finished_by_the_next_run(unpriced, acme, outsider):
+    """Stopped after ClickHouse took the new rows, before PostgreSQL committed: the events have
+    the new figures, the rollups the old ones, the rewrite is pending; the next run (here the
+    command's --resume, then a later delete) finishes it and the rollups equal the events."""
+    with (
+        unscoped(),
+        mock.patch("usage.storerewrites.store_rollups_rebuild", side_effect=KeyboardInterrupt),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        usage_reprice_unpriced(tenant=acme)
+    assert costs(acme) == REPRICED
+    assert rollup_cost(acme) == HAIKU  # not rebuilt yet
+    with unscoped():
+        assert EventRewrite.objects.unscoped().filter(done_at=None).count() == 1
+    out = io.StringIO()
+    call_command("reprice_usage", "--resume", stdout=out)
+    assert "1 pending rewrites finished." in out.getvalue()
+    assert (costs(acme), rollup_cost(acme)) == (REPRICED, HAIKU + NEWCO)
+    assert_rollups_equal_events(acme)
+    # A delete stopped the same way is finished by the next rewrite of the tenant.
+    with (
+        unscoped(),
+        mock.patch("usage.storerewrites.store_rollups_rebuild", side_effect=KeyboardInterrupt),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        usage_events_delete(tenant=acme, keys=[("u", AT)])
+    assert costs(acme) == {"p": (HAIKU, "computed")}
+    assert rollup_cost(acme) == HAIKU + NEWCO
+    with unscoped():
+        assert usage_reprice(tenant=acme, start=NOVEMBER, end=AT).changed == 0
+        assert not EventRewrite.objects.unscoped().filter(done_at=None).exists()
+    assert rollup_cost(acme) == HAIKU
+    assert_rollups_equal_events(acme)
+    assert (costs(outsider), rollup_cost(outsider)) == (THEIRS, 0)
+
+
+def test_staff_see_the_rewrites_in_admin(unpriced, acme, admin_client):
+    with unscoped():
+        usage_reprice_unpriced(tenant=acme)
+    page = admin_client.get("/admin/usage/eventrewrite/")
+    assert page.status_code == 200
+    # PostgreSQL rewrites in one transaction of its own database: no outbox row.
+    with unscoped():
+        jobs = list(EventRewrite.objects.unscoped().values_list("kind", "changed", "tenant_id"))
+    assert jobs == ([("reprice", 1, acme.pk)] if unpriced.name == "clickhouse" else [])
+    assert ('<td class="field-kind">Reprice</td>' in page.content.decode()) == bool(jobs)
+
+
+@pytest.mark.clickhouse
+@pytest.mark.parametrize("store", ["ch", "ch2"], indirect=True)
+def test_clickhouse_events_are_not_deleted_from_postgresqls_table(unpriced, acme, admin_client):
+    """Admin lists PostgreSQL's table, empty with ClickHouse: it offers no delete, and a
+    queryset of it is refused (events are deleted by key)."""
+    with pytest.raises(RewriteUnavailable, match="by key"):
         usage_events_delete(events=UsageEvent.objects.unscoped().all())
     assert costs(acme) == UNCHANGED
-    assert rollup_cost(acme) == HAIKU
-    # Admin does not offer the delete.
     page = admin_client.get("/admin/usage/usageevent/")
     assert page.status_code == 200
     assert 'value="delete_selected"' not in page.content.decode()
 
 
-@pytest.mark.clickhouse
-@pytest.mark.parametrize("store", ["ch", "ch2"], indirect=True)
-def test_clickhouse_refuses_to_approve_a_price_change_and_the_hold_stays_pending(
-    store, acme, admin_client
-):
+def test_approving_a_price_change_reprices(store, acme, admin_client):
     acme.prices_auto_apply = False
     acme.save()
     with time_machine.travel(datetime(2026, 11, 1, tzinfo=UTC), tick=False):
@@ -136,9 +266,29 @@ def test_clickhouse_refuses_to_approve_a_price_change_and_the_hold_stays_pending
         {"action": "approve", "_selected_action": [h.pk for h in holds]},
         follow=True,
     )
-    assert (
-        "Approving a price change (it re-prices events) is not available with the ClickHouse "
-        "event store yet"
-    ) in response.content.decode()
+    assert "not available" not in response.content.decode()
     with unscoped():
-        assert {h.status for h in PriceChangeHold.objects.unscoped().all()} == {"pending"}
+        assert {h.status for h in PriceChangeHold.objects.unscoped().all()} == {"approved"}
+
+
+@pytest.mark.clickhouse
+@pytest.mark.parametrize("store", ["ch"], indirect=True)
+def test_the_hourly_task_finishes_a_stopped_rewrite(unpriced, acme, outsider, ingest_client):
+    with (
+        unscoped(),
+        mock.patch("usage.storerewrites.store_rollups_rebuild", side_effect=KeyboardInterrupt),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        usage_reprice_unpriced(tenant=acme)
+    assert (costs(acme), rollup_cost(acme)) == (REPRICED, HAIKU)
+    # Usage keeps arriving meanwhile, in the same hour: ingest adds it to the rollups.
+    assert post_usage(ingest_client, [event(event_id="q")]).status_code == 201
+    assert rollup_cost(acme) == 2 * HAIKU
+    assert reprice_unpriced_usage() == 1  # finishes acme's, then prices the outsider's
+    with unscoped():
+        assert not EventRewrite.objects.unscoped().filter(done_at=None).exists()
+    assert costs(acme) == {**REPRICED, "q": (HAIKU, "computed")}
+    assert rollup_cost(acme) == 2 * HAIKU + NEWCO
+    assert (costs(outsider), rollup_cost(outsider)) == ({"u": (NEWCO, "computed")}, NEWCO)
+    assert_rollups_equal_events(acme)
+    assert_rollups_equal_events(outsider)

@@ -9,12 +9,18 @@ from django.contrib import admin
 
 from costmon.core.models import Tenant
 from usage.admin.catalog import CatalogAliasAdmin, ModelAliasAdmin, ModelPriceAdmin
-from usage.admin.data import DimensionAdmin, HourlyRollupAdmin, UsageEventAdmin
+from usage.admin.data import (
+    DimensionAdmin,
+    EventRewriteAdmin,
+    HourlyRollupAdmin,
+    UsageEventAdmin,
+)
 from usage.admin.syncs import PriceChangeHoldAdmin, PriceSyncAdmin
 from usage.admin.tenants import TenantAdmin
 from usage.models import (
     CatalogAlias,
     Dimension,
+    EventRewrite,
     HourlyRollup,
     ModelAlias,
     ModelPrice,
@@ -33,4 +39,5 @@ admin.site.register(PriceSync, PriceSyncAdmin)
 admin.site.register(PriceChangeHold, PriceChangeHoldAdmin)
 admin.site.register(UsageEvent, UsageEventAdmin)
 admin.site.register(HourlyRollup, HourlyRollupAdmin)
+admin.site.register(EventRewrite, EventRewriteAdmin)
 admin.site.register(Dimension, DimensionAdmin)

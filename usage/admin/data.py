@@ -88,14 +88,23 @@ class UsageEventAdmin(ReadOnlyAdmin):
         return "error" if obj.is_error else "success"
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Not offered where the event store cannot delete chosen events (`usage_events_delete`).
-        return bool(request.user.is_superuser) and event_store().rewrites_events
+        # Offered where this list is the events' store: PostgreSQL's table (with ClickHouse
+        # it is empty, and chosen events are deleted by key: `usage_events_delete`).
+        return bool(request.user.is_superuser) and event_store().name == "postgres"
 
     def delete_model(self, request: HttpRequest, obj: UsageEvent) -> None:
         usage_events_delete(events=UsageEvent.objects.unscoped().filter(pk=obj.pk))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[UsageEvent]) -> None:
         usage_events_delete(events=queryset)
+
+
+class EventRewriteAdmin(ReadOnlyAdmin):
+    """Rewrites of ClickHouse's events (`usage.storerewrites`): one left without `done at` is
+    finished by the hourly task or `reprice_usage --resume`."""
+
+    list_display = ("pk", "tenant", "kind", "start", "end", "created_at", "done_at", "changed")
+    list_filter = ("kind",)
 
 
 class HourlyRollupAdmin(ReadOnlyAdmin):

@@ -56,6 +56,10 @@ COLUMN_TYPES = (
     ("prompt_hash", "String"),
 )
 COLUMNS = tuple(c for c, _ in COLUMN_TYPES)
+# Rewrites (`usage.eventstore.chrewrite`): a key's row with the highest version is the event,
+# unless it is a tombstone (`deleted`). Ingest writes version 0; tables made before these
+# columns get them added (`migrate_sql`).
+META_COLUMNS = (("version", "UInt64", "0"), ("deleted", "UInt8", "0"))
 # Columns whose 0 (or "") reads back as None, as PostgreSQL stores them.
 _NONE_IF_ZERO = frozenset(
     {
@@ -83,11 +87,35 @@ NEWEST_FIRST = "ORDER BY occurred_at DESC, micros DESC, event_id DESC"
 
 
 def table_sql(database: str) -> str:
-    columns = ",\n    ".join(f"{c} {t}" for c, t in COLUMN_TYPES)
+    columns = ",\n    ".join(
+        [f"{c} {t}" for c, t in COLUMN_TYPES] + [f"{c} {t} DEFAULT {d}" for c, t, d in META_COLUMNS]
+    )
     return (
         f"CREATE TABLE IF NOT EXISTS {database}.{TABLE} (\n    {columns}\n) "
-        "ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(occurred_at) "
+        "ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(occurred_at) "
         f"ORDER BY ({', '.join(KEY)})"
+    )
+
+
+def migrate_sql(present: set[str]) -> list[str]:
+    """The statements that add the rewrite columns to a table made before them. Its engine stays
+    `ReplacingMergeTree()`, whose merges keep the last row inserted: a rewrite's, inserted later.
+    """
+    return [
+        f"ALTER TABLE {TABLE} ADD COLUMN {c} {t} DEFAULT {d}"
+        for c, t, d in META_COLUMNS
+        if c not in present
+    ]
+
+
+def current_sql(columns: Sequence[str], where: str, *, order: str = "", after: str = "") -> str:
+    """The rows of `where` that are events now: each key's newest version, tombstones skipped.
+    `order` (ending in ", ") sorts before the version; `after` filters, sorts, limits the events
+    (conditions on what a rewrite changes, e.g. the cost source, go there)."""
+    inner = ", ".join(dict.fromkeys([*KEY, *columns, "cost_source", "version", "deleted"]))
+    return (
+        f"SELECT {', '.join(columns)} FROM (SELECT {inner} FROM {TABLE} WHERE {where} "
+        f"ORDER BY {order}version DESC {ONE_PER_KEY}) WHERE deleted = 0{after}"
     )
 
 
@@ -95,7 +123,8 @@ def seconds_of(at: datetime) -> int:
     return int(at.replace(microsecond=0).timestamp())
 
 
-def ch_row(row: dict[str, Any]) -> tuple[Any, ...]:
+def ch_row(row: dict[str, Any], version: int = 0, deleted: int = 0) -> tuple[Any, ...]:
+    """An event row (`usage.rows.event_row`) as `COLUMNS` then version and deleted."""
     at: datetime = row["occurred_at"]
     values: list[Any] = []
     for column in COLUMNS:
@@ -111,7 +140,14 @@ def ch_row(row: dict[str, Any]) -> tuple[Any, ...]:
             values.append(1 if row[column] else 0)
         else:
             values.append(row[column] or 0)
-    return tuple(values)
+    return (*values, version, deleted)
+
+
+def row_of(event: UsageEvent) -> dict[str, Any]:
+    """An event read back (`event_of`) as the row `ch_row` takes."""
+    row = {c: getattr(event, c) for c in COLUMNS if c != "micros"}
+    row["occurred_at"] = event.occurred_at
+    return row
 
 
 def event_of(values: Sequence[Any]) -> UsageEvent:

@@ -40,14 +40,17 @@ from usage.eventstore.chrows import (
     IDS_PER_QUERY,
     KINDS,
     LOOK_BACK,
+    META_COLUMNS,
     NEWEST_FIRST,
     ONE_PER_KEY,
     TABLE,
     ch_row,
+    current_sql,
     decode_cursor,
     encode_cursor,
     event_of,
     key_of,
+    migrate_sql,
     seconds_of,
     table_sql,
     with_names,
@@ -100,9 +103,8 @@ def tenant_where(tenant_id: int) -> str:
 class ClickHouseStore(EventStore):
     name = "clickhouse"
     label = "ClickHouse"
-    # Re-pricing would rewrite rows (mutations), and rollups would be rebuilt from this store:
-    # not built yet, so those services refuse rather than change nothing.
-    rewrites_events = False
+    # Rewrites insert newer versions of rows, or tombstones (`usage.storerewrites`).
+    rewrites_events = True
 
     def __init__(self, shards: Sequence[Shard]) -> None:
         self.shards = list(shards)
@@ -112,7 +114,8 @@ class ClickHouseStore(EventStore):
         """The index of the shard that holds all of the tenant's events."""
         return int(tenant_id) % len(self.shards)
 
-    def _run(self, tenant_id: int, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    def run(self, tenant_id: int, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """One statement on the tenant's shard."""
         return self.connections.execute(self.shard_of(tenant_id), sql, params)
 
     # --- schema ---------------------------------------------------------------------------
@@ -124,6 +127,13 @@ class ClickHouseStore(EventStore):
                 index, f"CREATE DATABASE IF NOT EXISTS {shard.database}", database=False
             )
             self.connections.execute(index, table_sql(shard.database))
+            present = self.connections.execute(
+                index,
+                "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s",
+                {"db": shard.database, "t": TABLE},
+            )
+            for statement in migrate_sql({str(name) for (name,) in present}):
+                self.connections.execute(index, statement)
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -133,7 +143,7 @@ class ClickHouseStore(EventStore):
         tenant_id = int(rows[0]["tenant_id"])
         assert all(r["tenant_id"] == tenant_id for r in rows), "one tenant per batch"
         self._lock(tenant_id)
-        held = self.keys_held(tenant_id, rows)
+        held, buried = self._key_states(tenant_id, rows)
         fresh = [r for r in rows if key_of(r) not in held]
         if not fresh:
             return set()
@@ -143,7 +153,8 @@ class ClickHouseStore(EventStore):
         tagged = [r for r in fresh if r["tags"]]
         if tagged:
             tag_rollups_add(tagged)
-        self.insert_rows(tenant_id, fresh)
+        # A resend of a deleted event comes back: one version above its tombstone.
+        self._insert(tenant_id, [ch_row(r, buried.get(key_of(r), -1) + 1) for r in fresh])
         return {r["event_id"] for r in fresh}
 
     @staticmethod
@@ -151,13 +162,15 @@ class ClickHouseStore(EventStore):
         """A row's key as `keys_held` gives it: (event id, unix seconds, microseconds)."""
         return key_of(row)
 
-    def insert_rows(self, tenant_id: int, rows: Sequence[dict[str, Any]]) -> None:
+    def insert_rows(
+        self, tenant_id: int, rows: Sequence[dict[str, Any]], version: int = 0, deleted: int = 0
+    ) -> None:
         """Plain insert of rows of one tenant (no duplicate check: see `insert_new`)."""
-        self._run(
-            tenant_id,
-            f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES",
-            [ch_row(r) for r in rows],
-        )
+        self._insert(tenant_id, [ch_row(r, version, deleted) for r in rows])
+
+    def _insert(self, tenant_id: int, values: list[tuple[Any, ...]]) -> None:
+        names = [*COLUMNS, *(c for c, _, _ in META_COLUMNS)]
+        self.run(tenant_id, f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES", values)
 
     def _lock(self, tenant_id: int) -> None:
         if connection.vendor != "postgresql":
@@ -171,25 +184,38 @@ class ClickHouseStore(EventStore):
     def keys_held(
         self, tenant_id: int, rows: Sequence[dict[str, Any]]
     ) -> set[tuple[str, int, int]]:
-        """The keys of `rows` the tenant's shard holds (`key`), in a few queries: ids in groups,
-        as ClickHouse limits a query's text (256 kB by default)."""
+        """The keys of `rows` the tenant's shard holds as events (`key`)."""
+        return self._key_states(tenant_id, rows)[0]
+
+    def _key_states(
+        self, tenant_id: int, rows: Sequence[dict[str, Any]]
+    ) -> tuple[set[tuple[str, int, int]], dict[tuple[str, int, int], int]]:
+        """The keys of `rows` held as events, and the version of those held as tombstones, in a
+        few queries: ids in groups, as ClickHouse limits a query's text (256 kB by default)."""
         held: set[tuple[str, int, int]] = set()
+        buried: dict[tuple[str, int, int], int] = {}
         for start in range(0, len(rows), IDS_PER_QUERY):
             part = rows[start : start + IDS_PER_QUERY]
             times = [r["occurred_at"] for r in part]
-            found = self._run(
+            found = self.run(
                 tenant_id,
-                f"SELECT event_id, toUInt32(occurred_at), micros FROM {TABLE} "
-                f"WHERE {tenant_where(tenant_id)} AND occurred_at >= toDateTime(%(lo)s) "
-                "AND occurred_at <= toDateTime(%(hi)s) AND event_id IN %(ids)s",
+                f"SELECT event_id, toUInt32(occurred_at), micros, version, deleted "
+                f"FROM {TABLE} WHERE {tenant_where(tenant_id)} "
+                "AND occurred_at >= toDateTime(%(lo)s) AND occurred_at <= toDateTime(%(hi)s) "
+                f"AND event_id IN %(ids)s ORDER BY version DESC {ONE_PER_KEY}",
                 {
                     "lo": seconds_of(min(times)),
                     "hi": seconds_of(max(times)),
                     "ids": tuple({r["event_id"] for r in part}),
                 },
             )
-            held.update((eid, int(seconds), int(micros)) for eid, seconds, micros in found)
-        return held
+            for eid, seconds, micros, version, deleted in found:
+                key = (eid, int(seconds), int(micros))
+                if deleted:
+                    buried[key] = int(version)
+                else:
+                    held.add(key)
+        return held, buried
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -198,11 +224,12 @@ class ClickHouseStore(EventStore):
     ) -> dict[str, tuple[int, int]]:
         if not times:
             return {}
-        found = self._run(
+        found = self.run(
             tenant_id,
-            f"SELECT event_id, toUInt32(occurred_at), micros, cost_nanos, cost_source "
-            f"FROM {TABLE} WHERE {tenant_where(tenant_id)} AND event_id IN %(ids)s "
-            f"{ONE_PER_KEY}",
+            current_sql(
+                ("event_id", "toUInt32(occurred_at)", "micros", "cost_nanos", "cost_source"),
+                f"{tenant_where(tenant_id)} AND event_id IN %(ids)s",
+            ),
             {"ids": tuple(times)},
         )
         stored = {}
@@ -213,7 +240,8 @@ class ClickHouseStore(EventStore):
         return stored
 
     def _where(self, tenant: Tenant, query: EventQuery) -> tuple[list[str], dict[str, Any]] | None:
-        """The conditions of the query (None: nothing can match)."""
+        """The conditions of the query on what rewrites keep (None: nothing can match); the cost
+        source's is `_after`'s, as a rewrite changes it."""
         where = [tenant_where(tenant.pk)]
         params: dict[str, Any] = {}
         tr = query.time_range
@@ -266,9 +294,13 @@ class ClickHouseStore(EventStore):
             params["tag_sets"] = set_ids
         if query.is_error is not None:
             where.append(f"is_error = {1 if query.is_error else 0}")
-        if query.cost_source is not None:
-            where.append(f"cost_source = {int(query.cost_source)}")
         return where, params
+
+    @staticmethod
+    def _after(query: EventQuery) -> str:
+        if query.cost_source is None:
+            return ""
+        return f" AND cost_source = {int(query.cost_source)}"
 
     @staticmethod
     def _ids(qs: Any) -> tuple[int, ...]:
@@ -306,10 +338,14 @@ class ClickHouseStore(EventStore):
             ):
                 since = None  # the range's own start bounds it already
             bounded = [*where, "occurred_at >= toDateTime(%(since)s)"] if since else where
-            rows = self._run(
+            rows = self.run(
                 tenant.pk,
-                f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE {' AND '.join(bounded)} "
-                f"{NEWEST_FIRST} {ONE_PER_KEY} LIMIT {int(limit)}",
+                current_sql(
+                    COLUMNS,
+                    " AND ".join(bounded),
+                    order=f"{NEWEST_FIRST.removeprefix('ORDER BY ')}, ",
+                    after=f"{self._after(query)} {NEWEST_FIRST} LIMIT {int(limit)}",
+                ),
                 {**params, "since": seconds_of(since)} if since else params,
             )
             if since is None or len(rows) >= limit:
@@ -335,10 +371,9 @@ class ClickHouseStore(EventStore):
         if occurred_at is not None:
             where.append("occurred_at = toDateTime(%(s)s) AND micros = %(m)s")
             params.update(s=seconds_of(occurred_at), m=occurred_at.microsecond)
-        rows = self._run(
+        rows = self.run(
             tenant.pk,
-            f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE {' AND '.join(where)} "
-            f"{NEWEST_FIRST} LIMIT 1",
+            current_sql(COLUMNS, " AND ".join(where), after=f" {NEWEST_FIRST} LIMIT 1"),
             params,
         )
         events = with_names(tenant, [event_of(r) for r in rows])
@@ -362,13 +397,13 @@ class ClickHouseStore(EventStore):
             assert query.time_range is not None
             keys.append(BUCKET_SQL[bucket])
             params["zone"] = str(query.time_range.tz)
-        inner = ", ".join(dict.fromkeys(["occurred_at", *SUM_COLUMNS, *keys[: len(by)]]))
+        inner = list(dict.fromkeys(["occurred_at", *SUM_COLUMNS, *keys[: len(by)]]))
         sums = ", ".join(sql for _, sql in SUM_SQL)
         group = f" GROUP BY {', '.join(keys)}" if keys else ""
-        rows = self._run(
+        rows = self.run(
             tenant.pk,
-            f"SELECT {', '.join([*keys, sums])} FROM (SELECT {inner} FROM {TABLE} "
-            f"WHERE {' AND '.join(where)} {ONE_PER_KEY}){group}",
+            f"SELECT {', '.join([*keys, sums])} FROM "
+            f"({current_sql(inner, ' AND '.join(where), after=self._after(query))}){group}",
             params,
         )
         zone = query.time_range.tz if query.time_range is not None else UTC
@@ -393,39 +428,40 @@ class ClickHouseStore(EventStore):
             return []
         where, params = built
         where.append("prompt_hash != ''")
-        rows = self._run(
+        rows = self.run(
             tenant.pk,
-            f"SELECT count() AS n, sum(cost_nanos) FROM (SELECT prompt_hash, cost_nanos "
-            f"FROM {TABLE} WHERE {' AND '.join(where)} {ONE_PER_KEY}) "
-            "GROUP BY prompt_hash HAVING n > 1",
+            "SELECT count() AS n, sum(cost_nanos) FROM ("
+            + current_sql(
+                ("prompt_hash", "cost_nanos"), " AND ".join(where), after=self._after(query)
+            )
+            + ") GROUP BY prompt_hash HAVING n > 1",
             params,
         )
         return [(int(n), int(cost)) for n, cost in rows]
 
     def count(self, tenant_id: int) -> int:
         """The tenant's events (each key once)."""
-        rows = self._run(
+        rows = self.run(
             tenant_id,
-            f"SELECT count() FROM (SELECT 1 FROM {TABLE} WHERE {tenant_where(tenant_id)} "
-            f"{ONE_PER_KEY})",
+            f"SELECT count() FROM ({current_sql(('event_id',), tenant_where(tenant_id))})",
         )
         return int(rows[0][0])
 
     def totals(self, tenant_id: int) -> tuple[int, int]:
         """(events, cost in nano-dollars) of the tenant, each key once."""
-        rows = self._run(
+        rows = self.run(
             tenant_id,
-            f"SELECT count(), sum(cost_nanos) FROM (SELECT cost_nanos FROM {TABLE} "
-            f"WHERE {tenant_where(tenant_id)} {ONE_PER_KEY})",
+            "SELECT count(), sum(cost_nanos) FROM "
+            f"({current_sql(('cost_nanos',), tenant_where(tenant_id))})",
         )
         return int(rows[0][0]), int(rows[0][1] or 0)
 
     def months(self, tenant_id: int) -> dict[int, int]:
         """The tenant's events per month (YYYYMM), each key once."""
-        rows = self._run(
+        rows = self.run(
             tenant_id,
-            f"SELECT toYYYYMM(occurred_at) AS month, count() FROM (SELECT occurred_at "
-            f"FROM {TABLE} WHERE {tenant_where(tenant_id)} {ONE_PER_KEY}) GROUP BY month",
+            "SELECT toYYYYMM(occurred_at) AS month, count() FROM "
+            f"({current_sql(('occurred_at',), tenant_where(tenant_id))}) GROUP BY month",
         )
         return {int(month): int(n) for month, n in rows}
 
@@ -437,7 +473,7 @@ class ClickHouseStore(EventStore):
             return 0
         index = self.shard_of(tenant_id)
         database = self.shards[index].database
-        self._run(tenant_id, f"ALTER TABLE {TABLE} DELETE WHERE {tenant_where(tenant_id)}")
+        self.run(tenant_id, f"ALTER TABLE {TABLE} DELETE WHERE {tenant_where(tenant_id)}")
         # A mutation runs in the background (18.16 has no `mutations_sync`): wait for it, so
         # the reset is done when this returns.
         deadline = time.monotonic() + 60

@@ -355,3 +355,41 @@ class TagHourlyRollup(Rollup):
 
     def __str__(self) -> str:
         return f"{self.tenant_id} {self.hour:%Y-%m-%d %H}:00 ({self.tag_name})"
+
+
+class EventRewrite(models.Model):
+    """A rewrite of stored events in an event store outside PostgreSQL (ClickHouse): recorded
+    here first (an outbox), then done there, then the rollups of its hours are rebuilt and it is
+    marked done in one PostgreSQL transaction (`usage.storerewrites`). A row left pending (the
+    process stopped between the steps) is finished by the next rewrite of the tenant, the
+    hourly re-pricing task, or `reprice_usage --resume`."""
+
+    class Kind(models.TextChoices):
+        REPRICE = "reprice"
+        DELETE = "delete"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # Re-pricing: the events in [start, end), all or only the unpriced ones.
+    start = models.DateTimeField(null=True, blank=True)
+    end = models.DateTimeField(null=True, blank=True)
+    only_unpriced = models.BooleanField(default=False)
+    # Deleting: [[event id, ISO time], ...].
+    keys = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    changed = models.IntegerField(default=0)
+
+    objects = TenantScopedManager["EventRewrite"]()
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["tenant", "id"],
+                condition=models.Q(done_at__isnull=True),
+                name="eventrewrite_pending",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk}"

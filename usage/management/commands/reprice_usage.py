@@ -9,8 +9,10 @@ from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
 from costmon.core.periods import parse_moment, tenant_zone
 from usage.eventstore.base import RewriteUnavailable
+from usage.eventstore.clickhouse import ClickHouseStore
 from usage.eventstore.current import event_store
 from usage.maintenance import usage_reprice, usage_reprice_unpriced
+from usage.storerewrites import store_rewrites_resume
 
 
 class Command(BaseCommand):
@@ -24,6 +26,11 @@ class Command(BaseCommand):
         parser.add_argument("--unpriced", action="store_true", help="only events stored unpriced")
         parser.add_argument("--start", help="date or date-time (tenant's time zone)")
         parser.add_argument("--end", help="exclusive; default now")
+        parser.add_argument(
+            "--resume",
+            action="store_true",
+            help="only finish rewrites left pending (ClickHouse store; every run does it first)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         tenants = Tenant.objects.all()
@@ -31,12 +38,19 @@ class Command(BaseCommand):
             tenants = tenants.filter(slug=options["tenant"])
             if not tenants:
                 raise CommandError(f"No tenant {options['tenant']!r}.")
-        if not options["unpriced"] and not options["start"]:
-            raise CommandError("Give --unpriced, or --start (and optionally --end).")
+        store = event_store()
         try:
-            event_store().require_rewrites("Re-pricing stored events")
+            store.require_rewrites("Re-pricing stored events")
         except RewriteUnavailable as exc:
             raise CommandError(exc.message) from None
+        if isinstance(store, ClickHouseStore):
+            finished = store_rewrites_resume(store=store)
+            if finished or options["resume"]:
+                self.stdout.write(f"{finished:,} pending rewrites finished.")
+        if options["resume"]:
+            return
+        if not options["unpriced"] and not options["start"]:
+            raise CommandError("Give --unpriced, or --start (and optionally --end).")
         for tenant in tenants:
             if options["unpriced"] and not options["start"]:
                 report = usage_reprice_unpriced(tenant=tenant)
