@@ -26,6 +26,7 @@ from usage.bulk import usage_bulk_load
 from usage.ingest import parse_batch
 from usage.maintenance import usage_reprice
 from usage.models import HourlyRollup, ModelHourlyRollup, ModelPrice
+from usage.recommendations import recommendations
 from usage.selectors import UsageFilters
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
@@ -90,6 +91,12 @@ def figures(tenant: Tenant, *, days: int = 30) -> dict[str, Any]:
             ),
             "tags": tag_names(tenant=tenant, time_range=tr),
             "by team": pages.tag_breakdown(tenant=tenant, time_range=tr, filters=f, name="team"),
+            # Kept too (the overview shows them for the last 30 days whatever its period).
+            "recommendations": recommendations(
+                tenant=tenant,
+                now=NOW,
+                time_range=recent_range(tenant=tenant, period="30d", now=NOW),
+            ),
         }
         for by in ("provider", "model", "operation", "end_user", "tag:team"):
             out[f"series {by}"] = pages.spend_series(
@@ -312,3 +319,26 @@ def test_tag_names_are_those_with_calls_in_the_range(
         assert tag_names(tenant=acme, time_range=today) == ["beta", "team"]
         month = recent_range(tenant=acme, period="30d", now=NOW)
         assert tag_names(tenant=acme, time_range=month) == ["alpha", "beta", "team"]
+
+
+def test_the_recommendations_are_kept_and_follow_a_bump(acme, outsider, usage, settings):
+    """The recommendations' sums of past days are kept as the figures' are: a change no
+    signal reports stays unseen until the generation moves, then they equal a fresh sum."""
+    last_30 = recent_range(tenant=acme, period="30d", now=NOW)
+
+    def recs(tenant: Tenant) -> list[Any]:
+        with tenancy.tenant_context(tenant):
+            return recommendations(tenant=tenant, now=NOW, time_range=last_30)
+
+    before = recs(acme)
+    theirs = recs(outsider)
+    assert before and before != theirs
+    edit_rollups(acme, "2026-11-10", 2_000_000_000)
+    assert recs(acme) == before
+    settled.bump(acme.pk)
+    after = recs(acme)
+    assert after != before
+    settings.COSTMON_DASHBOARD_CACHE = False
+    assert after == recs(acme)
+    settings.COSTMON_DASHBOARD_CACHE = True
+    assert recs(outsider) == theirs
