@@ -21,6 +21,9 @@ what a late event costs.
 queues (costmon.web.dashboard.warmup) in this process and reports how long it took: the
 views after it are what a person sees once the warm-up has finished.
 
+The process starts as a web worker does (`costmon.wsgi`: views imported, plotly set up, the
+start-up objects frozen out of the garbage collector's sight).
+
 `--cpu` also reports the CPU time a view costs (this process's and its PostgreSQL backend's,
 read from /proc, 10 ms ticks), which a loaded machine does not inflate as it does wall time;
 it runs the queries without parallel workers, whose CPU it could not see.
@@ -64,6 +67,7 @@ def main() -> None:
     import django
 
     django.setup()
+    import costmon.wsgi  # noqa: F401 - a web worker's start-up (warm-up, gc.freeze)
     from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.core.cache import cache
