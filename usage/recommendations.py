@@ -125,7 +125,7 @@ def _model_sums(tenant: Tenant, tr: TimeRange) -> list[dict[str, Any]]:
     names = dict(
         Dimension.objects.for_tenant(tenant).filter(pk__in=list(ids)).values_list("pk", "value")
     )
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "op": names.get(op),
             "prov": names.get(prov),
@@ -161,20 +161,19 @@ def _cache_rate(*, calls: int, hits: int, cost: int) -> Recommendation | None:
 
 
 def _top_operations(model_rows: list[dict[str, Any]], total: int) -> Recommendation | None:
-    costs: dict[str, int] = {}
+    costs: dict[str, int] = {}  # by operation name
     for r in model_rows:
         if r["op"] is not None:  # (read through a join: a row naming no operation is left out)
             costs[r["op"]] = costs.get(r["op"], 0) + r["cost"]
     rows = [
-        {"name": name, "cost": cost}
-        for name, cost in sorted(costs.items(), key=lambda item: (-item[1], item[0] or ""))
+        (name, cost)
+        for name, cost in sorted(costs.items(), key=lambda item: (-item[1], item[0]))
         if cost > 0
     ][:TOP_OPERATIONS]
     if not rows:
         return None
     parts = [
-        f"{_op_name(r['name'])} {format_money(int(r['cost']))} ({_percent(int(r['cost']), total)}%)"
-        for r in rows
+        f"{_op_name(name)} {format_money(cost)} ({_percent(cost, total)}%)" for name, cost in rows
     ]
     return Recommendation(
         kind=KIND_TOP_OPERATIONS,

@@ -32,6 +32,7 @@ it runs the queries without parallel workers, whose CPU it could not see.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import statistics
 import sys
@@ -67,7 +68,6 @@ def main() -> None:
     import django
 
     django.setup()
-    import costmon.wsgi  # noqa: F401 - a web worker's start-up (warm-up, gc.freeze)
     from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.core.cache import cache
@@ -81,6 +81,7 @@ def main() -> None:
     from costmon.web.dashboard.warmup import dashboard_sums_warm
     from usage import settled
 
+    importlib.import_module("costmon.wsgi")  # a web worker's start-up (warm-up, gc.freeze)
     settings.COSTMON_DASHBOARD_WARMUP = False  # no worker here: `--warm-up` runs it in process
 
     with unscoped():
