@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import time_machine
+from django.db.models import Sum
+from django.db.models.functions import ExtractHour, ExtractWeekDay
 
 from costmon.core import tenancy
 from costmon.core.cache import cache_get
@@ -342,3 +344,27 @@ def test_the_recommendations_are_kept_and_follow_a_bump(acme, outsider, usage, s
     assert after == recs(acme)
     settings.COSTMON_DASHBOARD_CACHE = True
     assert recs(outsider) == theirs
+
+
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "America/New_York", "UTC"])
+def test_the_heat_map_places_each_hour_as_the_database_would(acme, outsider, usage, zone):
+    """The heat map is summed per UTC hour and placed in the week in Python: the same cells
+    as the database's own weekday and hour in the zone (half-hour offsets and DST too)."""
+    Tenant.objects.filter(pk=acme.pk).update(timezone=zone)
+    acme.refresh_from_db()
+    tr = custom_range(tenant=acme, start="2026-10-01", end="2026-11-21")
+    with tenancy.tenant_context(acme):
+        matrix = pages.spend_heatmap(tenant=acme, time_range=tr, filters=UsageFilters())
+        rows = (
+            ModelHourlyRollup.objects.for_tenant(acme)
+            .filter(hour__gte=tr.start, hour__lt=tr.end)
+            .annotate(wd=ExtractWeekDay("hour", tzinfo=tr.tz), h=ExtractHour("hour", tzinfo=tr.tz))
+            .values_list("wd", "h")
+            .annotate(cost=Sum("cost_nanos"))
+            .order_by()
+        )
+        expected = [[0] * 24 for _ in range(7)]
+        for wd, h, cost in rows:
+            expected[(wd + 5) % 7][h] += int(cost)
+    assert matrix == expected
+    assert sum(map(sum, matrix)) == sum((b + 1) * 10**6 for b in range(40))
