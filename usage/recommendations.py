@@ -104,6 +104,12 @@ _SUMS = (
 _COLUMNS = {"cost": "cost_nanos"}
 
 
+def recommendation_sums_warm(*, tenant: Tenant, time_range: TimeRange) -> None:
+    """Sum (and keep) what `recommendations` reads for `time_range`: the overview's warm-up
+    calls it for the last 30 days, as the page asks."""
+    _model_sums(tenant, time_range)
+
+
 def _model_sums(tenant: Tenant, tr: TimeRange) -> list[dict[str, Any]]:
     """The window's rollups summed per (operation, provider, model), each row named ("op",
     "prov", "model_name") and holding `_SUMS`, as integers; the costliest first (then by the
