@@ -1,3 +1,4 @@
+import gc
 import os
 
 from django.core.wsgi import get_wsgi_application
@@ -18,3 +19,9 @@ application = IngestFastPath(django_application)
 
 reverse("dashboard-overview", args=["warm-up"])
 warm_up()
+
+# Everything loaded so far (Django, every view, plotly's figure types: some 180,000 objects)
+# lives as long as the worker: moved out of the garbage collector's sight, a full collection no
+# longer walks it. One used to fall inside nearly every overview that summed its rollups afresh
+# (its thousands of per-end-user sums) and took about 100 ms of that view.
+gc.freeze()

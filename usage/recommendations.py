@@ -3,7 +3,11 @@ estimated monthly saving, from the last 30 days of its own data.
 
 Money is integer nano-dollars throughout; the window is 30 days and a month counts as 30 days,
 so a 30-day saving is the monthly saving. Everything reads the hourly rollups except the
-repeated-prompt check: prompt hashes live on the events alone.
+repeated-prompt check: prompt hashes live on the events alone. The rollups are read once, as
+sums per operation, provider and model (`_model_sums`), and those sums of the days before
+today are kept in the shared cache as the dashboard's are (`usage.settled`): every view of
+the overview shows the recommendations, and summing the window again each time was most of
+a view's database time.
 """
 
 from __future__ import annotations
@@ -13,16 +17,17 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import F, Sum
+from django.db.models import Sum
 
 from costmon.core.models import Tenant
 from costmon.core.money import format_money, usd_to_nanos
-from costmon.core.periods import TimeRange
+from costmon.core.periods import TimeRange, tenant_zone
+from usage import settled
 from usage.catalog import catalog_for
 from usage.event_sums import time_range
 from usage.eventstore.base import event_query
 from usage.eventstore.current import event_store
-from usage.models import ModelPrice, PriceSync
+from usage.models import Dimension, ModelPrice, PriceSync
 from usage.pricing import Price, candidate_names, cost_nanos, format_rate
 from usage.selectors import rollups_of
 
@@ -67,28 +72,76 @@ def recommendations(
     """The tenant's recommendations for the 30 days before `now`, the largest saving first and
     the informational ones (no saving) last. `time_range` (30 days long) replaces that window:
     the overview passes its own "last 30 days", so both show the same figures."""
-    start = (now - timedelta(days=WINDOW_DAYS)).replace(minute=0, second=0, microsecond=0)
-    end = now
-    if time_range is not None:
-        start, end = time_range.start, time_range.end
-    rollups = rollups_of(tenant).filter(hour__gte=start, hour__lt=end)
+    if time_range is None:
+        start = (now - timedelta(days=WINDOW_DAYS)).replace(minute=0, second=0, microsecond=0)
+        time_range = TimeRange(start=start, end=now, period="custom", tz=tenant_zone(tenant))
+    start, end = time_range.start, time_range.end
+    rows = _model_sums(tenant, time_range)
     found: list[Recommendation] = []
-    totals = rollups.aggregate(
-        calls=Sum("calls", default=0),
-        cache_hits=Sum("cache_hits", default=0),
-        cost=Sum("cost_nanos", default=0),
-    )
-    calls, hits, total = int(totals["calls"]), int(totals["cache_hits"]), int(totals["cost"])
+    calls, hits, total = (sum(r[name] for r in rows) for name in ("calls", "cache_hits", "cost"))
     if (rec := _cache_rate(calls=calls, hits=hits, cost=total)) is not None:
         found.append(rec)
     if total > 0:
-        if (rec := _top_operations(rollups, total)) is not None:
+        if (rec := _top_operations(rows, total)) is not None:
             found.append(rec)
-        found.extend(_cheaper_models(tenant, rollups, total, now))
+        found.extend(_cheaper_models(tenant, rows, total, now))
     if (rec := _repeated_prompts(tenant, start, end)) is not None:
         found.append(rec)
     found.sort(key=lambda r: (r.saving_nanos is None, -(r.saving_nanos or 0)))
     return found
+
+
+# What `_model_sums` sums per operation, provider and model.
+_SUMS = (
+    "cost",
+    "calls",
+    "cache_hits",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+)
+_COLUMNS = {"cost": "cost_nanos"}
+
+
+def recommendation_sums_warm(*, tenant: Tenant, time_range: TimeRange) -> None:
+    """Sum (and keep) what `recommendations` reads for `time_range`: the overview's warm-up
+    calls it for the last 30 days, as the page asks."""
+    _model_sums(tenant, time_range)
+
+
+def _model_sums(tenant: Tenant, tr: TimeRange) -> list[dict[str, Any]]:
+    """The window's rollups summed per (operation, provider, model), each row named ("op",
+    "prov", "model_name") and holding `_SUMS`, as integers; the costliest first (then by the
+    names, as PostgreSQL's C collation orders them: code points). Sums of the days before
+    today come from the shared cache when kept there (`usage.settled`)."""
+
+    def compute(part: TimeRange) -> settled.Sums:
+        found = (
+            rollups_of(tenant)
+            .filter(hour__gte=part.start, hour__lt=part.end)
+            .values_list("operation_id", "provider_id", "model_id")
+            .annotate(**{n: Sum(_COLUMNS.get(n, n)) for n in _SUMS})
+            .order_by()
+        )
+        return {(op, prov, model): [int(v) for v in values] for op, prov, model, *values in found}
+
+    sums = settled.summed(tenant, tr, ("recommendations", WINDOW_DAYS), compute)
+    ids = {pk for key in sums for pk in key}
+    names = dict(
+        Dimension.objects.for_tenant(tenant).filter(pk__in=list(ids)).values_list("pk", "value")
+    )
+    rows: list[dict[str, Any]] = [
+        {
+            "op": names.get(op),
+            "prov": names.get(prov),
+            "model_name": names.get(model),
+            **dict(zip(_SUMS, values, strict=True)),
+        }
+        for (op, prov, model), values in sums.items()
+    ]
+    rows.sort(key=lambda r: (-r["cost"], r["op"] or "", r["prov"] or "", r["model_name"] or ""))
+    return rows
 
 
 def _cache_rate(*, calls: int, hits: int, cost: int) -> Recommendation | None:
@@ -113,18 +166,20 @@ def _cache_rate(*, calls: int, hits: int, cost: int) -> Recommendation | None:
     )
 
 
-def _top_operations(rollups: Any, total: int) -> Recommendation | None:
-    rows = list(
-        rollups.values(name=F("operation__value"))
-        .annotate(cost=Sum("cost_nanos"))
-        .filter(cost__gt=0)
-        .order_by("-cost", "name")[:TOP_OPERATIONS]
-    )
+def _top_operations(model_rows: list[dict[str, Any]], total: int) -> Recommendation | None:
+    costs: dict[str, int] = {}  # by operation name
+    for r in model_rows:
+        if r["op"] is not None:  # (read through a join: a row naming no operation is left out)
+            costs[r["op"]] = costs.get(r["op"], 0) + r["cost"]
+    rows = [
+        (name, cost)
+        for name, cost in sorted(costs.items(), key=lambda item: (-item[1], item[0]))
+        if cost > 0
+    ][:TOP_OPERATIONS]
     if not rows:
         return None
     parts = [
-        f"{_op_name(r['name'])} {format_money(int(r['cost']))} ({_percent(int(r['cost']), total)}%)"
-        for r in rows
+        f"{_op_name(name)} {format_money(cost)} ({_percent(cost, total)}%)" for name, cost in rows
     ]
     return Recommendation(
         kind=KIND_TOP_OPERATIONS,
@@ -210,29 +265,17 @@ def _modality(price: Price) -> str:
 
 
 def _cheaper_models(
-    tenant: Tenant, rollups: Any, total: int, now: datetime
+    tenant: Tenant, rows: list[dict[str, Any]], total: int, now: datetime
 ) -> list[Recommendation]:
     """For each operation that matters, its costliest priced model against the cheapest model
     of the same provider whose input and output list prices are both lower (no embedding
-    models): the operation's 30-day tokens priced both ways."""
-    rows = (
-        rollups.values(
-            op=F("operation__value"), prov=F("provider__value"), model_name=F("model__value")
-        )
-        .annotate(
-            cost=Sum("cost_nanos"),
-            calls=Sum("calls"),
-            input_tokens=Sum("input_tokens"),
-            output_tokens=Sum("output_tokens"),
-            cached_input_tokens=Sum("cached_input_tokens"),
-            cache_write_tokens=Sum("cache_write_tokens"),
-        )
-        .order_by("-cost", "op", "prov", "model_name")
-    )
+    models): the operation's 30-day tokens priced both ways. `rows`: `_model_sums`."""
     catalog = catalog_for(tenant.pk)
     op_cost: dict[str, int] = {}
     top: dict[str, tuple[dict[str, Any], Price]] = {}
     for row in rows:
+        if None in (row["op"], row["prov"], row["model_name"]):
+            continue  # (read through joins: a row whose names are missing was left out)
         op = row["op"] or ""
         op_cost[op] = op_cost.get(op, 0) + int(row["cost"])
         if op in top or int(row["cost"]) <= 0:

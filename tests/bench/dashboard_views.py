@@ -21,6 +21,9 @@ what a late event costs.
 queues (costmon.web.dashboard.warmup) in this process and reports how long it took: the
 views after it are what a person sees once the warm-up has finished.
 
+The process starts as a web worker does (`costmon.wsgi`: views imported, plotly set up, the
+start-up objects frozen out of the garbage collector's sight).
+
 `--cpu` also reports the CPU time a view costs (this process's and its PostgreSQL backend's,
 read from /proc, 10 ms ticks), which a loaded machine does not inflate as it does wall time;
 it runs the queries without parallel workers, whose CPU it could not see.
@@ -29,6 +32,7 @@ it runs the queries without parallel workers, whose CPU it could not see.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import statistics
 import sys
@@ -77,6 +81,7 @@ def main() -> None:
     from costmon.web.dashboard.warmup import dashboard_sums_warm
     from usage import settled
 
+    importlib.import_module("costmon.wsgi")  # a web worker's start-up (warm-up, gc.freeze)
     settings.COSTMON_DASHBOARD_WARMUP = False  # no worker here: `--warm-up` runs it in process
 
     with unscoped():

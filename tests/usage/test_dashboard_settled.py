@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import time_machine
+from django.db.models import Sum
+from django.db.models.functions import ExtractHour, ExtractWeekDay
 
 from costmon.core import tenancy
 from costmon.core.cache import cache_get
@@ -26,6 +28,7 @@ from usage.bulk import usage_bulk_load
 from usage.ingest import parse_batch
 from usage.maintenance import usage_reprice
 from usage.models import HourlyRollup, ModelHourlyRollup, ModelPrice
+from usage.recommendations import recommendations
 from usage.selectors import UsageFilters
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
@@ -90,6 +93,12 @@ def figures(tenant: Tenant, *, days: int = 30) -> dict[str, Any]:
             ),
             "tags": tag_names(tenant=tenant, time_range=tr),
             "by team": pages.tag_breakdown(tenant=tenant, time_range=tr, filters=f, name="team"),
+            # Kept too (the overview shows them for the last 30 days whatever its period).
+            "recommendations": recommendations(
+                tenant=tenant,
+                now=NOW,
+                time_range=recent_range(tenant=tenant, period="30d", now=NOW),
+            ),
         }
         for by in ("provider", "model", "operation", "end_user", "tag:team"):
             out[f"series {by}"] = pages.spend_series(
@@ -312,3 +321,50 @@ def test_tag_names_are_those_with_calls_in_the_range(
         assert tag_names(tenant=acme, time_range=today) == ["beta", "team"]
         month = recent_range(tenant=acme, period="30d", now=NOW)
         assert tag_names(tenant=acme, time_range=month) == ["alpha", "beta", "team"]
+
+
+def test_the_recommendations_are_kept_and_follow_a_bump(acme, outsider, usage, settings):
+    """The recommendations' sums of past days are kept as the figures' are: a change no
+    signal reports stays unseen until the generation moves, then they equal a fresh sum."""
+    last_30 = recent_range(tenant=acme, period="30d", now=NOW)
+
+    def recs(tenant: Tenant) -> list[Any]:
+        with tenancy.tenant_context(tenant):
+            return recommendations(tenant=tenant, now=NOW, time_range=last_30)
+
+    before = recs(acme)
+    theirs = recs(outsider)
+    assert before and before != theirs
+    edit_rollups(acme, "2026-11-10", 2_000_000_000)
+    assert recs(acme) == before
+    settled.bump(acme.pk)
+    after = recs(acme)
+    assert after != before
+    settings.COSTMON_DASHBOARD_CACHE = False
+    assert after == recs(acme)
+    settings.COSTMON_DASHBOARD_CACHE = True
+    assert recs(outsider) == theirs
+
+
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "America/New_York", "UTC"])
+def test_the_heat_map_places_each_hour_as_the_database_would(acme, outsider, usage, zone):
+    """The heat map is summed per UTC hour and placed in the week in Python: the same cells
+    as the database's own weekday and hour in the zone (half-hour offsets and DST too)."""
+    Tenant.objects.filter(pk=acme.pk).update(timezone=zone)
+    acme.refresh_from_db()
+    tr = custom_range(tenant=acme, start="2026-10-01", end="2026-11-21")
+    with tenancy.tenant_context(acme):
+        matrix = pages.spend_heatmap(tenant=acme, time_range=tr, filters=UsageFilters())
+        rows = (
+            ModelHourlyRollup.objects.for_tenant(acme)
+            .filter(hour__gte=tr.start, hour__lt=tr.end)
+            .annotate(wd=ExtractWeekDay("hour", tzinfo=tr.tz), h=ExtractHour("hour", tzinfo=tr.tz))
+            .values_list("wd", "h")
+            .annotate(cost=Sum("cost_nanos"))
+            .order_by()
+        )
+        expected = [[0] * 24 for _ in range(7)]
+        for wd, h, cost in rows:
+            expected[(wd + 5) % 7][h] += int(cost)
+    assert matrix == expected
+    assert sum(map(sum, matrix)) == sum((b + 1) * 10**6 for b in range(40))

@@ -46,6 +46,7 @@ from costmon.web.dashboard import pages as dashboard
 from costmon.web.dashboard.query import GROUPS, PageQuery
 from costmon.web.dashboard.reads import chart_reads, stacked_series, table_reads, tag_table
 from usage import settled
+from usage.recommendations import recommendation_sums_warm
 from usage.selectors import UsageFilters
 
 log = structlog.get_logger(__name__)
@@ -164,6 +165,8 @@ def _warm(tenant: Tenant, now: datetime, current: Callable[[], bool]) -> str:
             if q.group_by == GROUPS[0]:
                 tables = table_reads(tenant=tenant, q=q)
                 found = chart_reads(tenant=tenant, q=q, tables=tables)
+                if q.period == "30d":  # the recommendations: the last 30 days, whatever the view
+                    recommendation_sums_warm(tenant=tenant, time_range=q.time_range)
                 continue
             assert tables is not None  # each period's queries start with the first group
             stacked_series(tenant=tenant, q=q, tables=tables)
