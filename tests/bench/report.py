@@ -123,7 +123,11 @@ def render_both(
     context: Context,
     scale: Scale,
     args: argparse.Namespace,
+    *,
+    load: str,
 ) -> str:
+    """One table, a column for each store; `load` is the load average at the end of the
+    PostgreSQL pass (`other` holds the ClickHouse pass's)."""
     table = [("what", "PostgreSQL", "ClickHouse", "target", "result")]
     table += side_by_side(rows, other.rows, events=other.events_total)
     widths = [max(len(line[i]) for line in table) for i in range(5)]
@@ -160,5 +164,7 @@ def render_both(
     ]
     lines += ["", "Machine:", ""]
     lines += [f"- {k}: {v}" for k, v in machine()]
-    lines.append(f"- load average at the end of the ClickHouse pass: {other.load}")
+    lines.append(
+        f"- load average at the end of each pass: PostgreSQL {load}; ClickHouse {other.load}"
+    )
     return "\n".join(lines) + "\n"

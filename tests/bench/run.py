@@ -3,6 +3,8 @@
     .venv/bin/python tests/bench/run.py            # the full run: 10 million events, ~25 min
     .venv/bin/python tests/bench/run.py --smoke    # a small run that checks it all still works
     .venv/bin/python tests/bench/run.py --scale medium  # 1 tenant x 200,000 events, ~3 min
+    .venv/bin/python tests/bench/run.py --scale medium --event-store both  # PostgreSQL and
+                                                   # ClickHouse side by side, ~8 min
 
 It builds a data set in a scratch PostgreSQL database (`costmon_bench`, dropped and made again;
 `--reuse` keeps one already built with the same size), starts gunicorn with several workers on
@@ -20,6 +22,15 @@ the same single events and 1,000-event batches: the table gives costmon's rates 
 The same run also measures, in this process, the same 1,000-event batches through a naive
 baseline (one ORM insert per event, as a stock DRF ModelSerializer view does) and the raw
 PostgreSQL COPY of the same rows, for ratios that hold on a noisy machine.
+
+`--event-store clickhouse` keeps the raw events in ClickHouse instead (tests/bench/
+clickhouse_pass.py): a throwaway clickhouse-server started by the run, a scratch database
+`<--database>` for what stays in PostgreSQL, always seeded afresh (`seed_demo` goes through the
+ingest service in 1,000-event batches with that store), and only the figures that touch raw
+events: bytes per event (the table's parts after OPTIMIZE ... FINAL), batch and single-event
+ingest over HTTP, the dashboard overview and the metrics API. `--event-store both` runs the
+PostgreSQL pass as usual, then the ClickHouse pass in a process of its own on `<--database>_ch`,
+and prints one table with a column for each store.
 """
 
 from __future__ import annotations
@@ -122,7 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         sections = rule_rounds(args, scale)
         if args.event_store == "both":
-            report = render_both(rows, run_clickhouse_pass(args), context, scale, args)
+            load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            other = run_clickhouse_pass(args)
+            report = render_both(rows, other, context, scale, args, load=load)
         else:
             report = render(rows, context, scale, args)
         report += sections
