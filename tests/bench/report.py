@@ -53,7 +53,8 @@ def render(rows: list[Row], context: Context, scale: Scale, args: argparse.Names
     twidth = max(len(r.target) for r in rows)
     lines = [
         f"# costmon benchmark{' (smoke run: the figures mean nothing)' if args.smoke else ''}"
-        + (f" ({args.scale} scale)" if args.scale == "medium" else ""),
+        + (f" ({args.scale} scale)" if args.scale == "medium" else "")
+        + (", raw events in ClickHouse" if args.event_store == "clickhouse" else ""),
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Data set: {scale.tenants} tenants x "
         f"{scale.events:,} events over {scale.days} days, {scale.users:,} end users each"
