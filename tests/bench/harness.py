@@ -1,0 +1,242 @@
+"""What every part of the benchmark (tests/bench/run.py) shares: the scales, the rows of the
+table, the HTTP clients that drive the server, and gunicorn started in a process group."""
+
+from __future__ import annotations
+
+import http.client
+import multiprocessing
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from costmon.web.management.launcher import ProcessGroup
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass(frozen=True)
+class Scale:
+    events: int  # per data-set tenant
+    tenants: int
+    users: int  # per tenant
+    days: int
+    batches: int  # 1,000-event batches sent by the batch-ingest phase
+    singles: int  # single-event requests
+    checks: int
+    page_views: int
+    rule_tenants: int = 1_000  # small tenants of the rule-round phase
+
+
+FULL = Scale(
+    events=500_000,
+    tenants=20,
+    users=5_000,
+    days=90,
+    batches=400,
+    singles=6_000,
+    checks=20_000,
+    page_views=15,
+)
+SMOKE = Scale(
+    events=2_000,
+    tenants=2,
+    users=50,
+    days=7,
+    batches=6,
+    singles=60,
+    checks=200,
+    page_views=2,
+    rule_tenants=5,
+)
+# For comparing two versions of the code side by side (run each alternately, take medians).
+MEDIUM = Scale(
+    events=200_000,
+    tenants=1,
+    users=1_000,
+    days=30,
+    batches=100,
+    singles=4_000,
+    checks=2_000,
+    page_views=3,
+)
+SCALES = {"smoke": SMOKE, "medium": MEDIUM, "full": FULL}
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    what: str
+    measured: str
+    target: str
+    ok: bool | None  # None: information, no target
+    key: str = ""  # names the figure across the stores' passes (tests/bench/side_by_side.py)
+
+    @property
+    def verdict(self) -> str:
+        return "" if self.ok is None else ("pass" if self.ok else "SHORT")
+
+
+@dataclass
+class Samples:
+    """What the client processes of one phase saw."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    server_ms: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+    def merge(self, other: Samples) -> None:
+        self.latencies_ms += other.latencies_ms
+        self.server_ms += other.server_ms
+        for status, n in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + n
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+# --- the HTTP clients ------------------------------------------------------------------------
+
+
+def _client_process(
+    port: int, method: str, path: str, headers: dict[str, str], bodies: list[bytes]
+) -> Samples:
+    """Send `bodies` one after another over one keep-alive connection."""
+    samples = Samples()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    for body in bodies:
+        started = time.perf_counter()
+        conn.request(method, path, body=body or None, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        samples.latencies_ms.append((time.perf_counter() - started) * 1000)
+        timing = response.getheader("Server-Timing", "")
+        if ";dur=" in timing:
+            samples.server_ms.append(float(timing.split(";dur=")[1]))
+        samples.statuses[response.status] = samples.statuses.get(response.status, 0) + 1
+        if response.getheader("Connection", "").lower() == "close":
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    conn.close()
+    return samples
+
+
+def drive(
+    port: int,
+    *,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    bodies: list[bytes],
+    clients: int,
+) -> Samples:
+    """Split the bodies over `clients` processes that send at once; time the whole phase."""
+    shares = [bodies[i::clients] for i in range(clients)]
+    context = multiprocessing.get_context("fork")
+    pool = context.Pool(clients)
+    try:
+        started = time.perf_counter()
+        parts = pool.starmap(
+            _client_process, [(port, method, path, headers, share) for share in shares]
+        )
+        elapsed = time.perf_counter() - started
+    except BaseException:
+        pool.terminate()  # stopped or failed: the clients may never finish
+        raise
+    # Done: let the clients end by themselves (terminate() could leave one stuck on a lock).
+    pool.close()
+    pool.join()
+    total = Samples(elapsed=elapsed)
+    for part in parts:
+        total.merge(part)
+    return total
+
+
+def expect_ok(name: str, samples: Samples, *, allowed: Sequence[int] = (200, 201)) -> None:
+    bad = {s: n for s, n in samples.statuses.items() if s not in allowed}
+    if bad:
+        raise SystemExit(f"{name}: unexpected answers {bad} (expected {list(allowed)})")
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(
+    children: ProcessGroup,
+    env: dict[str, str],
+    *,
+    workers: int,
+    port: int,
+    app: str = "costmon.wsgi",
+    name: str = "gunicorn",
+    config: Sequence[str] = ("-c", "python:costmon.gunicorn_conf"),
+) -> None:
+    """gunicorn in the group of `children`: a stop signal or an error stops it with the run.
+
+    costmon's own config (`costmon.gunicorn_conf`) chooses the worker class and threads; the
+    naive baseline runs stock sync workers."""
+    children.start(
+        name,
+        [
+            str(Path(PYTHON).with_name("gunicorn")),
+            app,
+            *config,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--keep-alive",
+            "30",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        children.wait(0.2)  # raises ChildExited if gunicorn ended
+    raise SystemExit("gunicorn did not answer /healthz within 60 s")
+
+
+def say(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Context:
+    bench_tenant: Any
+    ingest_key: str
+    check_key: str
+    read_key: str  # the biggest data-set tenant's
+    dataset_slug: str
+    session_cookie: str
+    events_total: int
+    seed_seconds: float | None
+    baseline: dict[str, float]
