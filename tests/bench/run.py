@@ -275,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="threads per costmon worker (default: its config)"
     )
+    parser.add_argument(
+        "--no-rule-rounds", action="store_true", help="skip the rule rounds (ingest comparisons)"
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="seeding processes")
     parser.add_argument("--out", default=str(ROOT / "var" / "bench"))
     args = parser.parse_args(argv)
@@ -337,7 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChildExited as exited:
         say(f"stopped: {exited}")
         return 1
-    report = render(rows, context, scale, args) + rule_rounds(args, scale)
+    report = render(rows, context, scale, args)
+    if not args.no_rule_rounds:
+        report += rule_rounds(args, scale)
     sys.stdout.write(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
