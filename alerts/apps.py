@@ -16,10 +16,9 @@ class AlertsConfig(AppConfig):
         emergency_stop_changed.connect(
             receivers.announce_emergency_stop, dispatch_uid="alerts.announce_emergency_stop"
         )
-        # Changed usage makes the tenant's next round of frequent rules due (alerts.rounds).
-        # Connected after the budgets app's receivers (it is installed before this app), so a
-        # round that sees the mark reads counters that hold the batch.
-        signals.batch_recorded.connect(receivers.batch_recorded, dispatch_uid="alerts.batch")
+        # Changed usage makes the tenant's next round of frequent rules due (alerts.rounds),
+        # marked in the batch's transaction after the budgets app wrote its counter update.
+        signals.batch_committing.connect(receivers.batch_committing, dispatch_uid="alerts.batch")
         signals.bulk_loaded.connect(receivers.bulk_loaded, dispatch_uid="alerts.bulk_loaded")
         signals.usage_rewritten.connect(
             receivers.usage_rewritten, dispatch_uid="alerts.usage_rewritten"

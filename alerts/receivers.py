@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alerts.rounds import rounds_mark_changed
+from alerts.rounds import rounds_mark_changed, rounds_mark_changed_in_batch
 from alerts.services import on_emergency_stop
 from budgets.signals import EmergencyStopChanged
 from usage.signals import BulkLoaded, RecordedBatch
@@ -15,10 +15,10 @@ def announce_emergency_stop(sender: Any, *, event: EmergencyStopChanged, **kwarg
     on_emergency_stop(event.stop, event.change)
 
 
-def batch_recorded(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
-    """New usage (received after the budgets app added it to the spend counters): the tenant's
-    next round of frequent rules is due."""
-    rounds_mark_changed(tenant_id=batch.tenant.pk)
+def batch_committing(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
+    """New usage, in its transaction (no round trip of its own): the tenant's next round of
+    frequent rules is due."""
+    rounds_mark_changed_in_batch(tenant_id=batch.tenant.pk)
 
 
 def bulk_loaded(sender: Any, *, load: BulkLoaded, **kwargs: Any) -> None:

@@ -14,9 +14,10 @@ zone, the price syncs of the last day, and the calendar windows `now` falls in (
 week, this month, a budget's period or rolling days: every one of them starts and ends at a
 local midnight). Reminders add one more input: a firing alert's cooldown. A tenant is
 evaluated when any input may have moved since its last round started:
-- its usage changed: ingest (`batch_recorded`, received after the counters took the batch),
-  a bulk load or a rewrite marks it dirty (`rounds_mark_changed`); the claim clears the mark
-  before the round reads anything, so a batch is either seen by the round or marks it again;
+- its usage changed: ingest (`batch_committing`, in the batch's transaction), a bulk load or
+  a rewrite marks it dirty (`rounds_mark_changed`); the claim clears the mark before the round
+  reads anything, so a batch is either seen by the round or marks it again; a batch committed
+  before the claim whose counter update may not be applied yet leaves `counters_pending` set;
 - spend counter updates were pending for it (a process died between its commit and its
   mark): due at every dispatch while they are, and once more after (`counters_pending`); a
   counter correction (drift repaired) since its last round;
@@ -222,6 +223,20 @@ def _remember_pending(pending: set[int], due: list[Due]) -> None:
 # --- marks ------------------------------------------------------------------------------------
 
 
+def rounds_mark_changed_in_batch(*, tenant_id: int) -> None:
+    """`rounds_mark_changed` inside an ingest batch's transaction: the statement is sent without
+    waiting for its answer, so on PostgreSQL it rides in the transaction's last round trip
+    instead of costing one of its own after the commit. It commits before the spend counters
+    take the batch; a round that claims the tenant in between sees the batch's counter update
+    row (written in the same transaction) and is due once more (`rule_round_run`)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {RuleRound._meta.db_table} SET dirty_since = %s "  # noqa: S608 - our table
+            "WHERE tenant_id = %s AND cadence = %s AND dirty_since IS NULL",
+            [timezone.now(), tenant_id, FREQUENT],
+        )
+
+
 def rounds_mark_changed(*, tenant_id: int) -> None:
     """The tenant's usage changed: its next frequent round is due. One statement that writes
     only the first time after a round (it stays marked until a round claims it)."""
@@ -282,6 +297,10 @@ def rule_round_run(
                 }
                 if failed:
                     done["dirty_since"] = now  # its failed rules are tried at the next dispatch
+                if cadence == FREQUENT and _counters_pending(tenant_id):
+                    # A batch committed before the claim may not be in the counters read:
+                    # due once more after its update is applied (`_remember_pending`).
+                    done["counters_pending"] = True
                 rows.filter(lease_token=token).update(**done)
                 if not (report.notified or report.resolved):
                     _bookkeeping_only()  # no alert claimed: nothing a crash could send twice
@@ -289,6 +308,10 @@ def rule_round_run(
             rows.filter(lease_token=token).update(lease_until=None, dirty_since=now)
             raise
     return report
+
+
+def _counters_pending(tenant_id: int) -> bool:
+    return CounterUpdate.objects.unscoped().filter(tenant_id=tenant_id).exists()
 
 
 def _bookkeeping_only() -> None:

@@ -225,6 +225,28 @@ def test_pending_counter_updates_keep_a_tenant_due_until_a_round_after_they_went
     assert dispatch(django_capture_on_commit_callbacks, sweep=False) == set()
 
 
+def test_a_round_that_claims_before_a_batchs_counter_update_is_applied_runs_once_more(
+    acme, outsider, two_tenants, frozen, django_capture_on_commit_callbacks
+):
+    """Ingest marks the tenant in the batch's transaction, before Redis takes the batch: a
+    round claiming in between may read counters without it, so it leaves the tenant due."""
+    dispatch(django_capture_on_commit_callbacks)
+    frozen.shift(60)
+    with unscoped():
+        RuleRound.objects.unscoped().filter(tenant=acme).update(dirty_since=timezone.now())
+        update = CounterUpdate.objects.create(tenant=acme, payload="{}")  # committed, not applied
+    assert rule_round_run(tenant_id=acme.pk, cadence=FREQUENT) is not None
+    with unscoped():
+        update.delete()  # applied, then swept
+        assert set(
+            RuleRound.objects.unscoped().values_list("tenant__slug", "counters_pending")
+        ) == {("acme", True), ("globex", False)}
+    frozen.shift(60)
+    assert dispatch(django_capture_on_commit_callbacks, sweep=False) == {"acme"}
+    frozen.shift(60)
+    assert dispatch(django_capture_on_commit_callbacks, sweep=False) == set()
+
+
 def test_a_rule_that_failed_is_tried_again_at_the_next_dispatch(
     acme, two_tenants, frozen, monkeypatch, django_capture_on_commit_callbacks
 ):

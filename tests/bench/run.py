@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="threads per costmon worker (default: its config)"
     )
+    parser.add_argument(
+        "--no-rule-rounds", action="store_true", help="skip the rule rounds (ingest comparisons)"
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="seeding processes")
     parser.add_argument("--out", default=str(ROOT / "var" / "bench"))
     parser.add_argument(
@@ -131,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         report = render(rows, context, scale, args)
     else:
-        sections = rule_rounds(args, scale)
+        sections = "" if args.no_rule_rounds else rule_rounds(args, scale)
         if args.event_store == "both":
             load = " ".join(f"{x:.2f}" for x in os.getloadavg())
             other = run_clickhouse_pass(args)

@@ -14,7 +14,9 @@ of the machine), and the PostgreSQL round trips of one event.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import statistics
 import sys
 import time
@@ -47,6 +49,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--database", default="costmon_single_bench")
     parser.add_argument("--redis-db", type=int, default=9)
+    parser.add_argument("--profile", action="store_true", help="print the timed events' cProfile")
     args = parser.parse_args()
     os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.database}"
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis_db}"
@@ -92,12 +95,17 @@ def main() -> None:
     for i in range(50):  # names, tag set, partition, catalog and connection warmed up
         usage_record_batch(tenant=tenant, events=parse_batch(body(-1 - i)))
     walls, cpus = [], []
+    profile = cProfile.Profile() if args.profile else None
+    if profile is not None:
+        profile.enable()
     for i in range(args.events):
         events = parse_batch(body(i))
         w0, c0 = time.perf_counter(), time.process_time()
         usage_record_batch(tenant=tenant, events=events)
         cpus.append((time.process_time() - c0) * 1000)
         walls.append((time.perf_counter() - w0) * 1000)
+    if profile is not None:
+        profile.disable()
 
     trips = _round_trips(
         connection, lambda: usage_record_batch(tenant=tenant, events=parse_batch(body(-100)))
@@ -109,6 +117,10 @@ def main() -> None:
     )
     print(f"  PostgreSQL round trips per event: {trips}")
     print(f"  load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if profile is not None:
+        stats = pstats.Stats(profile)
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats(50)
 
 
 def _round_trips(connection: object, call: object) -> int:
