@@ -27,6 +27,7 @@ from costmon.core.exceptions import DomainError
 from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context, unscoped
 from usage.catalog import bump_version
+from usage.eventstore.clickhouse import ClickHouseStore
 from usage.eventstore.current import event_store
 from usage.maintenance import usage_reprice
 from usage.models import CatalogAlias, ModelAlias, ModelPrice, PriceChangeHold, PriceSync
@@ -34,6 +35,7 @@ from usage.price_formats import read_price_source
 from usage.price_formats.rows import RATE_FIELDS
 from usage.pricing import SERVICE_TIERS, format_rate, normalise_provider
 from usage.repricing import schedule_reprice_unpriced
+from usage.storerewrites import outside_transaction
 
 log = structlog.get_logger(__name__)
 
@@ -409,7 +411,10 @@ def price_hold_decide(*, hold: PriceChangeHold, approve: bool, by: str = "") -> 
     already decided."""
     status = PriceChangeHold.Status.APPROVED if approve else PriceChangeHold.Status.REJECTED
     if approve:  # refused before the hold is claimed, so it stays pending
-        event_store().require_rewrites("Approving a price change (it re-prices events)")
+        store = event_store()
+        store.require_rewrites("Approving a price change (it re-prices events)")
+        if isinstance(store, ClickHouseStore):
+            outside_transaction("price_hold_decide")
     with unscoped():
         claimed = PriceChangeHold.objects.unscoped().filter(
             pk=hold.pk, status=PriceChangeHold.Status.PENDING

@@ -10,10 +10,11 @@ There is no transaction across the two databases, so a rewrite is an outbox:
 Stopped between ClickHouse's writes and the commit, the row stays pending and the rollups keep
 the old figures; the next rewrite of the tenant, the hourly re-pricing task or `reprice_usage`
 runs it again (`store_rewrites_resume`): at a higher version, over what ClickHouse holds now,
-rebuilding every hour it examines, which is the same end state. So call the services outside
-any transaction of your own: the outbox row must commit before ClickHouse is written. Versions come from PostgreSQL's
-clock, doubled: even, increasing under the lock, and never equal to a resent deleted event's
-(its tombstone's plus one, `ClickHouseStore.insert_new`).
+rebuilding every hour it examines, which is the same end state. So the services refuse to run
+inside a transaction of the caller's (`outside_transaction`): the outbox row must commit before
+ClickHouse is written. Versions come from PostgreSQL's clock, doubled: even, increasing under
+the lock, and never equal to a resent deleted event's (its tombstone's plus one,
+`ClickHouseStore.insert_new`).
 """
 
 from __future__ import annotations
@@ -117,6 +118,18 @@ def store_rollups_rebuild(
     return len(hours)
 
 
+def outside_transaction(name: str) -> None:
+    """Refuse (a programming error) to start a rewrite inside the caller's transaction, where
+    its outbox row could not commit before ClickHouse is written. A test case's own wrapping
+    blocks do not count, as for `transaction.atomic(durable=True)`."""
+    blocks = transaction.get_connection().atomic_blocks
+    if any(not getattr(block, "_from_testcase", False) for block in blocks):
+        raise RuntimeError(
+            f"{name} must be called outside transaction.atomic() with the ClickHouse event "
+            "store: its outbox row (EventRewrite) must commit before ClickHouse is written."
+        )
+
+
 def store_reprice(
     *,
     store: ClickHouseStore,
@@ -128,6 +141,7 @@ def store_reprice(
     lists: GlobalLists | None = None,
 ) -> RepriceReport:
     """`usage.maintenance.usage_reprice` on ClickHouse (see the module's docstring)."""
+    outside_transaction("usage_reprice")
     store_rewrites_resume(store=store, tenant=tenant)
     with tenant_context(tenant), transaction.atomic():
         job = EventRewrite.objects.create(
@@ -145,6 +159,7 @@ def store_events_delete(
 ) -> int:
     """`usage.maintenance.usage_events_delete` on ClickHouse: the events with these keys (event
     id, time) are deleted; returns how many existed."""
+    outside_transaction("usage_events_delete")
     store_rewrites_resume(store=store, tenant=tenant)
     with tenant_context(tenant), transaction.atomic():
         job = EventRewrite.objects.create(

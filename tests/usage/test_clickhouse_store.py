@@ -19,6 +19,7 @@ from tests.clickhouse import free_port
 from tests.helpers import event, post_usage, stored_events
 from usage.eventstore import current
 from usage.eventstore.clickhouse import TABLE, ClickHouseStore, tenant_where
+from usage.maintenance import usage_events_delete
 from usage.models import HourlyRollup
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
@@ -209,6 +210,57 @@ def test_events_migrate_copies_postgresql_events_once_and_resumes(
     finally:
         for index in range(2):
             store.connections.execute(index, f"TRUNCATE TABLE {TABLE}")
+        current.forget()
+
+
+@pytest.mark.clickhouse
+def test_events_migrate_does_not_copy_an_event_deleted_on_clickhouse_again(
+    clickhouse_servers, acme, outsider, settings
+):
+    def use(url: str) -> None:
+        settings.COSTMON_EVENT_STORE_URL = url
+        settings.COSTMON_CLICKHOUSE_SHARDS = ""
+        current.forget()
+
+    def keys(tenant) -> list[str]:
+        with unscoped():
+            return sorted(e.event_id for e in stored_events(tenant))
+
+    def migrate() -> str:
+        out = StringIO()
+        call_command("events_migrate", "--to", "clickhouse", stdout=out)
+        return out.getvalue().splitlines()[-1]
+
+    ch_url = f"clickhouse://127.0.0.1:{clickhouse_servers[0].port}/costmon_migrate_tomb"
+    use("")
+    post_usage(client_of(acme), spend(1))  # 8 events in two months
+    post_usage(client_of(outsider), spend(1))  # the same ids and times
+    everything = keys(acme)
+    assert keys(outsider) == everything and len(everything) == 8
+    use(ch_url)
+    store = current.event_store()
+    assert isinstance(store, ClickHouseStore)
+    try:
+        store.create_schema()
+        store.connections.execute(0, f"TRUNCATE TABLE {TABLE}")
+        assert migrate() == "Done: 16 events read, 16 copied, 0 tenant-months already complete."
+        gone = stored_events(acme)[0]
+        with unscoped():
+            assert usage_events_delete(tenant=acme, keys=[(gone.event_id, gone.occurred_at)]) == 1
+        kept = sorted(set(everything) - {gone.event_id})
+        for _ in range(2):
+            assert migrate() == "Done: 0 events read, 0 copied, 4 tenant-months already complete."
+            assert (keys(acme), keys(outsider)) == (kept, everything)
+        # A month read again (an event PostgreSQL got meanwhile) copies that one only.
+        use("")
+        late = event(event_id="late", occurred_at=gone.occurred_at.isoformat())
+        post_usage(client_of(acme), [late])
+        use(ch_url)
+        # 4 + 1 events in the month; the deleted one is not copied again.
+        assert migrate() == "Done: 5 events read, 1 copied, 3 tenant-months already complete."
+        assert (keys(acme), keys(outsider)) == (sorted([*kept, "late"]), everything)
+    finally:
+        store.connections.execute(0, f"TRUNCATE TABLE {TABLE}")
         current.forget()
 
 

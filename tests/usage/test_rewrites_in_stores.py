@@ -19,6 +19,7 @@ from unittest import mock
 import pytest
 import time_machine
 from django.core.management import call_command
+from django.db import transaction
 from django.db.models import Sum
 
 from costmon.core.tenancy import unscoped
@@ -36,7 +37,7 @@ from usage.models import (
     TagHourlyRollup,
     UsageEvent,
 )
-from usage.prices import prices_sync
+from usage.prices import price_hold_decide, prices_sync
 from usage.repricing import reprice_unpriced_usage
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
@@ -292,3 +293,65 @@ def test_the_hourly_task_finishes_a_stopped_rewrite(unpriced, acme, outsider, in
     assert (costs(outsider), rollup_cost(outsider)) == ({"u": (NEWCO, "computed")}, NEWCO)
     assert_rollups_equal_events(acme)
     assert_rollups_equal_events(outsider)
+
+
+@pytest.mark.clickhouse
+@pytest.mark.parametrize("store", ["ch"], indirect=True)
+def test_a_rewrite_inside_the_callers_transaction_is_refused_and_writes_nothing(
+    unpriced, acme, outsider
+):
+    """Its outbox row could not commit before ClickHouse is written: a programming error."""
+    acme.prices_auto_apply = False
+    acme.save()
+    with time_machine.travel(datetime(2026, 11, 1, tzinfo=UTC), tick=False):
+        prices_sync(price_list=price_list(GPT))
+    prices_sync(price_list=price_list({**GPT, "input_per_mtok": "2"}))
+    with unscoped():
+        hold = PriceChangeHold.objects.unscoped().filter(tenant=acme).first()
+    calls = [
+        ("usage_reprice", lambda: usage_reprice(tenant=acme, start=NOVEMBER, end=AT)),
+        ("usage_reprice", lambda: usage_reprice_unpriced(tenant=acme)),
+        ("usage_events_delete", lambda: usage_events_delete(tenant=acme, keys=[("p", AT)])),
+        ("price_hold_decide", lambda: price_hold_decide(hold=hold, approve=True)),
+    ]
+    for name, call in calls:
+        with (
+            unscoped(),
+            transaction.atomic(),
+            pytest.raises(RuntimeError, match=rf"^{name} must be called outside transaction"),
+        ):
+            call()
+    with unscoped():
+        assert not EventRewrite.objects.unscoped().exists()
+        assert {h.status for h in PriceChangeHold.objects.unscoped().all()} == {"pending"}
+    assert (costs(acme), rollup_cost(acme)) == (UNCHANGED, HAIKU)
+    assert (costs(outsider), rollup_cost(outsider)) == (THEIRS, 0)
+    # Outside a transaction the same calls work.
+    with unscoped():
+        assert usage_reprice_unpriced(tenant=acme).changed == 1
+    assert (costs(acme), rollup_cost(acme)) == (REPRICED, HAIKU + NEWCO)
+    assert (costs(outsider), rollup_cost(outsider)) == (THEIRS, 0)
+
+
+def test_the_tenant_admins_reprice_action_works_on_every_store(
+    unpriced, acme, outsider, admin_client
+):
+    """Admin actions run outside a transaction (`changelist_view` is not atomic)."""
+    response = admin_client.post(
+        "/admin/costmon/tenant/",
+        {
+            "action": "reprice_usage",
+            "_selected_action": [acme.pk],
+            "start": "2026-11-20",
+            "end": "2026-11-20",
+            "only_unpriced": "on",
+            "apply": "Re-price",
+        },
+        follow=True,
+    )
+    assert [str(m) for m in response.context["messages"]] == [
+        "acme: 1 event re-priced of 1 examined; 0 still unpriced."
+    ]
+    assert (costs(acme), rollup_cost(acme)) == (REPRICED, HAIKU + NEWCO)
+    assert (costs(outsider), rollup_cost(outsider)) == (THEIRS, 0)
+    assert_rollups_equal_events(acme)

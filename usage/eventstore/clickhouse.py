@@ -184,8 +184,9 @@ class ClickHouseStore(EventStore):
     def keys_held(
         self, tenant_id: int, rows: Sequence[dict[str, Any]]
     ) -> set[tuple[str, int, int]]:
-        """The keys of `rows` the tenant's shard holds as events (`key`)."""
-        return self._key_states(tenant_id, rows)[0]
+        """The keys of `rows` the tenant's shard holds (`key`), as events or as tombstones."""
+        held, buried = self._key_states(tenant_id, rows)
+        return held | set(buried)
 
     def _key_states(
         self, tenant_id: int, rows: Sequence[dict[str, Any]]
@@ -457,11 +458,12 @@ class ClickHouseStore(EventStore):
         return int(rows[0][0]), int(rows[0][1] or 0)
 
     def months(self, tenant_id: int) -> dict[int, int]:
-        """The tenant's events per month (YYYYMM), each key once."""
+        """The tenant's keys per month (YYYYMM), each once, in any version: tombstones count
+        (`events_migrate` must not copy a deleted event again)."""
         rows = self.run(
             tenant_id,
-            "SELECT toYYYYMM(occurred_at) AS month, count() FROM "
-            f"({current_sql(('occurred_at',), tenant_where(tenant_id))}) GROUP BY month",
+            "SELECT toYYYYMM(occurred_at) AS month, count() FROM (SELECT DISTINCT occurred_at, "
+            f"micros, event_id FROM {TABLE} WHERE {tenant_where(tenant_id)}) GROUP BY month",
         )
         return {int(month): int(n) for month, n in rows}
 

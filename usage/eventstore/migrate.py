@@ -1,8 +1,9 @@
 """Copying PostgreSQL's raw events into the ClickHouse event store (`manage.py events_migrate`).
 
-Idempotent and resumable: a tenant's month whose event count ClickHouse already has is
-skipped; any other is read from PostgreSQL in key order, in chunks, and each chunk's events that
-ClickHouse lacks are inserted (the store's duplicate check), so a run stopped half-way, run
+Idempotent and resumable: a tenant's month of which ClickHouse already holds as many keys is
+skipped; any other is read from PostgreSQL in key order, in chunks, and each chunk's events whose
+keys ClickHouse lacks are inserted. Keys count in any version: an event deleted on ClickHouse
+(a tombstone) that PostgreSQL still holds is not copied again. So a run stopped half-way, run
 again, or run once more after the switch (for events that arrived meanwhile) copies each event
 once. Rollups are not touched: they stay in PostgreSQL and already hold these events.
 """
