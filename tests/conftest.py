@@ -125,18 +125,40 @@ def _clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None
 # --- event stores ----------------------------------------------------------------------------
 
 
+def _clickhouse_unavailable() -> str | None:
+    """Why the ClickHouse event store's tests cannot run in this pass, or None when they can."""
+    from tests import clickhouse
+
+    if os.environ.get("COSTMON_TEST_DB") == "sqlite":
+        return "the ClickHouse event store needs PostgreSQL as the main database"
+    if clickhouse.binary() is None:
+        return (
+            "clickhouse-server is not installed (apt-get install clickhouse-server); "
+            "the ClickHouse event store's tests need it"
+        )
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `clickhouse` are skipped, with the reason, where ClickHouse cannot run: in
+    the SQLite pass (the PostgreSQL pass runs them) and where clickhouse-server is missing."""
+    unavailable = _clickhouse_unavailable()
+    skip = pytest.mark.skipif(unavailable is not None, reason=unavailable or "")
+    for item in items:
+        if item.get_closest_marker("clickhouse") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def clickhouse_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
     """Two clickhouse-server processes of this session, on free ports (two shards, or the first
     alone as a single node)."""
     from tests import clickhouse
 
-    if os.environ.get("COSTMON_TEST_DB") == "sqlite":
-        pytest.skip("the ClickHouse event store needs PostgreSQL as the main database")
-    if clickhouse.binary() is None:
-        pytest.skip(
-            "clickhouse-server is not installed (apt-get install clickhouse-server); "
-            "the ClickHouse event store's tests need it"
+    if _clickhouse_unavailable() is not None:
+        pytest.fail(
+            "a test uses ClickHouse without the `clickhouse` mark, which skips it where "
+            "ClickHouse cannot run: mark it"
         )
     servers: list[Any] = []
     try:

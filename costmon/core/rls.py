@@ -25,27 +25,17 @@ def policy_sql(table: str, *, shared_rows: bool) -> list[str]:
     ]
 
 
-class EnableRowLevelSecurity(Operation):
-    """Only rows of the tenant in context are visible or writable, unless code runs unscoped.
-
-    FORCE applies the policy to the table's owner too, so it holds for the role the product
-    connects as (superusers bypass RLS always: see DATABASE_ROLE in the README).
-    `shared_rows=True` also shows rows whose tenant is NULL (global catalog entries) to everyone,
-    while only unscoped code may write them.
-    """
+class _RowLevelSecurity(Operation):
+    """Turns row-level security on (forced) with the policy of `policy_statements`, and off
+    again; PostgreSQL only (SQLite has one tenant's worth of trust: the embedded default)."""
 
     reduces_to_sql = True
     reversible = True
+    policy_name = ""
+    table: str
 
-    def __init__(self, table: str, shared_rows: bool = False) -> None:
-        self.table = table
-        self.shared_rows = shared_rows
-
-    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
-        kwargs: dict[str, Any] = {"table": self.table}
-        if self.shared_rows:
-            kwargs["shared_rows"] = True
-        return (self.__class__.__qualname__, [], kwargs)
+    def policy_statements(self, schema_editor: Any, table: str) -> list[str]:
+        raise NotImplementedError
 
     def state_forwards(self, app_label: str, state: Any) -> None:
         pass
@@ -58,7 +48,7 @@ class EnableRowLevelSecurity(Operation):
         table = schema_editor.quote_name(self.table)
         schema_editor.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
         schema_editor.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-        for statement in policy_sql(table, shared_rows=self.shared_rows):
+        for statement in self.policy_statements(schema_editor, table):
             schema_editor.execute(statement)
 
     def database_backwards(
@@ -67,9 +57,34 @@ class EnableRowLevelSecurity(Operation):
         if schema_editor.connection.vendor != "postgresql":
             return
         table = schema_editor.quote_name(self.table)
-        schema_editor.execute(f"DROP POLICY IF EXISTS tenant_isolation ON {table}")
+        schema_editor.execute(f"DROP POLICY IF EXISTS {self.policy_name} ON {table}")
         schema_editor.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
         schema_editor.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
+
+
+class EnableRowLevelSecurity(_RowLevelSecurity):
+    """Only rows of the tenant in context are visible or writable, unless code runs unscoped.
+
+    FORCE applies the policy to the table's owner too, so it holds for the role the product
+    connects as (superusers bypass RLS always: see DATABASE_ROLE in the README).
+    `shared_rows=True` also shows rows whose tenant is NULL (global catalog entries) to everyone,
+    while only unscoped code may write them.
+    """
+
+    policy_name = "tenant_isolation"
+
+    def __init__(self, table: str, shared_rows: bool = False) -> None:
+        self.table = table
+        self.shared_rows = shared_rows
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        kwargs: dict[str, Any] = {"table": self.table}
+        if self.shared_rows:
+            kwargs["shared_rows"] = True
+        return (self.__class__.__qualname__, [], kwargs)
+
+    def policy_statements(self, schema_editor: Any, table: str) -> list[str]:
+        return policy_sql(table, shared_rows=self.shared_rows)
 
     def describe(self) -> str:
         return f"Enable row-level security on {self.table}"
@@ -95,11 +110,10 @@ def link_policy_sql(table: str, parents: dict[str, str]) -> list[str]:
     ]
 
 
-class EnableLinkRowLevelSecurity(Operation):
+class EnableLinkRowLevelSecurity(_RowLevelSecurity):
     """Row-level security for a link table between tenant-owned tables (see link_policy_sql)."""
 
-    reduces_to_sql = True
-    reversible = True
+    policy_name = "tenant_isolation_by_parent"
 
     def __init__(self, table: str, parents: dict[str, str]) -> None:
         self.table = table
@@ -108,31 +122,10 @@ class EnableLinkRowLevelSecurity(Operation):
     def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
         return (self.__class__.__qualname__, [], {"table": self.table, "parents": self.parents})
 
-    def state_forwards(self, app_label: str, state: Any) -> None:
-        pass
-
-    def database_forwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        if schema_editor.connection.vendor != "postgresql":
-            return
+    def policy_statements(self, schema_editor: Any, table: str) -> list[str]:
         quote = schema_editor.quote_name
-        table = quote(self.table)
-        schema_editor.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        schema_editor.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
         parents = {quote(column): quote(parent) for column, parent in self.parents.items()}
-        for statement in link_policy_sql(table, parents):
-            schema_editor.execute(statement)
-
-    def database_backwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        if schema_editor.connection.vendor != "postgresql":
-            return
-        table = schema_editor.quote_name(self.table)
-        schema_editor.execute(f"DROP POLICY IF EXISTS tenant_isolation_by_parent ON {table}")
-        schema_editor.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
-        schema_editor.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
+        return link_policy_sql(table, parents)
 
     def describe(self) -> str:
         return f"Enable row-level security on {self.table} through its parents"

@@ -136,7 +136,12 @@ def test_the_overview_and_its_exports_show_every_name_exactly(member, usage):
         assert {row[0]: row[1] for row in rows[1:]} == {n: cost(i) for i, n in enumerate(ALL)}
 
 
-@pytest.mark.slow  # follows every link of the overview: about 10 s each
+# The period and stacking switches of a names page are the same links for every name: they are
+# followed from a name in the path, names in the query string, and a legacy name with breaks.
+SWITCHED = {"a/b/c", "..", "a//b", "emoji 🦊", "x\r\n y"}
+
+
+@pytest.mark.slow  # follows every link of the overview
 @pytest.mark.parametrize("kind", ["end_user", "model"])
 def test_every_link_from_the_overview_opens_that_names_page(member, usage, kind):
     html = get(member, "/t/acme/?period=today")
@@ -153,9 +158,10 @@ def test_every_link_from_the_overview_opens_that_names_page(member, usage, kind)
         export = unescape(re.search(rf'id="table-{other}".*?href="([^"]*)"', page, re.S).group(1))
         rows = csv_of(member, url.split("?")[0] + export)
         assert [row[0] for row in rows[1:]] == [name], name
-        for group in re.findall(r'<div class="switch">.*?</div>', page, re.S):
-            for link in hrefs(group):
-                assert member.get(url.split("?")[0] + link).status_code == 200
+        if name in SWITCHED:
+            for group in re.findall(r'<div class="switch">.*?</div>', page, re.S):
+                for link in hrefs(group):
+                    assert member.get(url.split("?")[0] + link).status_code == 200
 
 
 def test_a_name_with_line_breaks_keeps_them_through_the_filter_form(member, usage):
