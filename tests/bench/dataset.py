@@ -8,7 +8,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from tests.bench.harness import PG_ADMIN, PYTHON, ROOT, Context, Scale, say
+from tests.bench.harness import PG_ADMIN, PYTHON, ROOT, Context, Scale, say, scratch_database
 from tests.bench.ratios import measure_ratios
 
 
@@ -23,25 +23,8 @@ def drop_database(name: str) -> None:
 
 def prepare_database(name: str, scale: Scale, *, reuse: bool) -> bool:
     """Make the scratch database; True when it must be seeded."""
-    import psycopg
-
     marker = f"{scale.tenants}x{scale.events}x{scale.users}x{scale.days}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(
-            "DO $$ BEGIN CREATE ROLE costmon_app NOLOGIN CREATEDB; "
-            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
-        )
-        row = conn.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-            [name],
-        ).fetchone()
-        if reuse and row is not None and row[0] == marker:
-            say(f"reusing the data set in database {name} ({marker})")
-            return False
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}" OWNER costmon_app')
-        conn.execute(f"COMMENT ON DATABASE \"{name}\" IS 'building'")
-    return True
+    return scratch_database(name, marker, reuse=reuse)
 
 
 def setup_data(scale: Scale, *, fresh: bool, jobs: int, ratios: bool = True) -> Context:

@@ -32,6 +32,8 @@ class Scale:
     checks: int
     page_views: int
     rule_tenants: int = 1_000  # small tenants of the rule-round phase
+    # 1,000-event batches sent to the naive endpoint (it takes about 2,000 events/s)
+    naive_batches: int = 8
 
 
 FULL = Scale(
@@ -54,6 +56,7 @@ SMOKE = Scale(
     checks=200,
     page_views=2,
     rule_tenants=5,
+    naive_batches=2,
 )
 # For comparing two versions of the code side by side (run each alternately, take medians).
 MEDIUM = Scale(
@@ -227,6 +230,30 @@ def start_server(
 
 def say(message: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def scratch_database(name: str, marker: str, *, reuse: bool) -> bool:
+    """Make the scratch database `name`, owned by the role the product connects as; True when
+    it must be built. With `reuse`, a database whose comment is `marker` (left by a finished
+    build of the same size) is kept as it is."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(
+            "DO $$ BEGIN CREATE ROLE costmon_app NOLOGIN CREATEDB; "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            [name],
+        ).fetchone()
+        if reuse and row is not None and row[0] == marker:
+            say(f"reusing database {name} ({marker})")
+            return False
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}" OWNER costmon_app')
+        conn.execute(f"COMMENT ON DATABASE \"{name}\" IS 'building'")
+    return True
 
 
 @dataclass

@@ -9,8 +9,6 @@ from typing import Any
 
 from tests.bench.harness import Context, Row, Scale, drive, expect_ok, pct, say
 
-NAIVE_BATCHES = 8  # 1,000-event batches sent to the naive endpoint (about 2,000 events/s)
-
 
 def fresh_batches(count: int, batches: int, *, stream: int) -> list[list[Any]]:
     from usage import demo
@@ -30,13 +28,14 @@ def naive_rows(
     clients: int,
     single_clients: int,
     singles: list[bytes],
+    batches: int,
 ) -> tuple[list[Row], float, float]:
     """The naive endpoint over HTTP: its rows, its single-event rate and its batch rate."""
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {context.ingest_key}"}
-    say(f"naive endpoint: {NAIVE_BATCHES} batches of 1,000 events, {clients} clients")
+    say(f"naive endpoint: {batches} batches of 1,000 events, {clients} clients")
     bodies = [
         json.dumps([_event_json(e) for e in batch]).encode()
-        for batch in fresh_batches(1000, NAIVE_BATCHES, stream=904)
+        for batch in fresh_batches(1000, batches, stream=904)
     ]
     s = drive(
         port, method="POST", path="/api/v1/usage/", headers=headers, bodies=bodies, clients=clients
@@ -93,6 +92,7 @@ def http_rows(
         clients=clients,
         single_clients=single_clients,
         singles=naive_singles,
+        batches=scale.naive_batches,
     )
     rows += batch_rows(context, scale, port=port, clients=clients, naive_rate=naive_batch_rate)
     rows += single_rows(

@@ -30,21 +30,17 @@ import argparse
 import os
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from costmon.web.management.launcher import ChildExited, ProcessGroup, StopRequested  # noqa: E402
+from tests.bench.harness import PG_ADMIN, say, scratch_database  # noqa: E402
 
 PYTHON = sys.executable
-PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
 EVENTS_PER_TENANT = 30
-
-
-def say(message: str) -> None:
-    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,25 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def prepare_database(name: str, tenants: int, *, reuse: bool) -> bool:
     """Make the scratch database; True when it must be built."""
-    import psycopg
-
-    marker = f"rules:{tenants}x{EVENTS_PER_TENANT}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(
-            "DO $$ BEGIN CREATE ROLE costmon_app NOLOGIN CREATEDB; "
-            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
-        )
-        row = conn.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-            [name],
-        ).fetchone()
-        if reuse and row is not None and row[0] == marker:
-            say(f"reusing the tenants in database {name} ({marker})")
-            return False
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}" OWNER costmon_app')
-        conn.execute(f"COMMENT ON DATABASE \"{name}\" IS 'building'")
-    return True
+    return scratch_database(name, f"rules:{tenants}x{EVENTS_PER_TENANT}", reuse=reuse)
 
 
 RULES: list[dict[str, Any]] = [
