@@ -20,6 +20,7 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import Any
 
 from usage.ingest import EventIn
 
@@ -396,3 +397,26 @@ def batches(events: Iterable[EventIn], size: int) -> Iterator[list[EventIn]]:
     iterator = iter(events)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
+
+
+def as_payload(event: EventIn) -> dict[str, Any]:
+    """A generated event as a client sends it to `POST /api/v1/usage/` (what the benchmark's
+    clients send; `usage.ingest.parse_batch` reads it back to the same event)."""
+    return {
+        "event_id": event.event_id,
+        "occurred_at": event.occurred_at.isoformat(),
+        "provider": event.provider,
+        "model": event.model,
+        "operation": event.operation,
+        "end_user": event.end_user,
+        "session_id": event.session_id,
+        "tags": event.tags,
+        "input_tokens": event.input_tokens,
+        "output_tokens": event.output_tokens,
+        "cached_input_tokens": event.cached_input_tokens,
+        "cache_write_tokens": event.cache_write_tokens,
+        "reasoning_tokens": event.reasoning_tokens,
+        "latency_ms": event.latency_ms,
+        "status": "error" if event.is_error else "success",
+        "cache_hit": event.cache_hit,
+    }

@@ -30,7 +30,6 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,28 +54,6 @@ def prepare_database(url: str) -> None:
         )
         conn.execute(f"DROP DATABASE IF EXISTS {name}")
         conn.execute(f"CREATE DATABASE {name} OWNER costmon_app")
-
-
-def event_json(e: Any) -> dict[str, Any]:
-    """As the benchmark's clients send an event (tests/bench/run.py)."""
-    return {
-        "event_id": e.event_id,
-        "occurred_at": e.occurred_at.isoformat(),
-        "provider": e.provider,
-        "model": e.model,
-        "operation": e.operation,
-        "end_user": e.end_user,
-        "session_id": e.session_id,
-        "tags": e.tags,
-        "input_tokens": e.input_tokens,
-        "output_tokens": e.output_tokens,
-        "cached_input_tokens": e.cached_input_tokens,
-        "cache_write_tokens": e.cache_write_tokens,
-        "reasoning_tokens": e.reasoning_tokens,
-        "latency_ms": e.latency_ms,
-        "status": "error" if e.is_error else "success",
-        "cache_hit": e.cache_hit,
-    }
 
 
 def main() -> None:
@@ -131,7 +108,7 @@ def main() -> None:
         demo.demo_events(count=BATCH * total, days=2, end=datetime.now(UTC), seed=17, stream=17)
     )
     bodies = [
-        json.dumps([event_json(e) for e in events[i : i + BATCH]]).encode()
+        json.dumps([demo.as_payload(e) for e in events[i : i + BATCH]]).encode()
         for i in range(0, len(events), BATCH)
     ]
     client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}", SERVER_NAME="localhost")

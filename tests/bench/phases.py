@@ -10,6 +10,12 @@ from typing import Any
 from tests.bench.harness import Context, Row, Scale, drive, expect_ok, pct, say
 
 
+def as_payload(event: Any) -> dict[str, Any]:
+    from usage.demo import as_payload
+
+    return as_payload(event)
+
+
 def fresh_batches(count: int, batches: int, *, stream: int) -> list[list[Any]]:
     from usage import demo
 
@@ -34,7 +40,7 @@ def naive_rows(
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {context.ingest_key}"}
     say(f"naive endpoint: {batches} batches of 1,000 events, {clients} clients")
     bodies = [
-        json.dumps([_event_json(e) for e in batch]).encode()
+        json.dumps([as_payload(e) for e in batch]).encode()
         for batch in fresh_batches(1000, batches, stream=904)
     ]
     s = drive(
@@ -82,7 +88,7 @@ def http_rows(
 ) -> list[Row]:
     """Every phase over HTTP, the naive endpoint's first (for the ratios)."""
     naive_singles = [
-        json.dumps(_event_json(e)).encode()
+        json.dumps(as_payload(e)).encode()
         for batch in fresh_batches(scale.singles, 1, stream=905)
         for e in batch
     ]
@@ -110,7 +116,7 @@ def batch_rows(
     rows: list[Row] = []
     say(f"batch ingest: {scale.batches} requests of 1,000 events, {clients} clients")
     bodies = [
-        json.dumps([_event_json(e) for e in batch]).encode()
+        json.dumps([as_payload(e) for e in batch]).encode()
         for batch in fresh_batches(1000, scale.batches, stream=902)
     ]
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {context.ingest_key}"}
@@ -171,7 +177,7 @@ def single_rows(
     }
     say(f"single-event ingest: {scale.singles} requests, {clients} clients")
     singles = [
-        json.dumps(_event_json(e)).encode()
+        json.dumps(as_payload(e)).encode()
         for batch in fresh_batches(scale.singles, 1, stream=903)
         for e in batch
     ]
@@ -300,24 +306,3 @@ def read_rows(context: Context, scale: Scale, *, port: int) -> list[Row]:
             )
         )
     return rows
-
-
-def _event_json(e: Any) -> dict[str, Any]:
-    return {
-        "event_id": e.event_id,
-        "occurred_at": e.occurred_at.isoformat(),
-        "provider": e.provider,
-        "model": e.model,
-        "operation": e.operation,
-        "end_user": e.end_user,
-        "session_id": e.session_id,
-        "tags": e.tags,
-        "input_tokens": e.input_tokens,
-        "output_tokens": e.output_tokens,
-        "cached_input_tokens": e.cached_input_tokens,
-        "cache_write_tokens": e.cache_write_tokens,
-        "reasoning_tokens": e.reasoning_tokens,
-        "latency_ms": e.latency_ms,
-        "status": "error" if e.is_error else "success",
-        "cache_hit": e.cache_hit,
-    }

@@ -13,7 +13,7 @@ from django.db.models import Count, Q, Sum
 from costmon.core import tenancy
 from costmon.core.models import Tenant
 from tests.helpers import event
-from usage.demo import batches, demo_events
+from usage.demo import as_payload, batches, demo_events
 from usage.ingest import EventIn, parse_batch
 from usage.management.commands.seed_demo import PRICE_FILE
 from usage.models import CostSource, Dimension, HourlyRollup, ModelPrice, UsageEvent
@@ -220,27 +220,7 @@ def test_generated_events_are_in_range_in_order_and_valid(month):
     assert times == sorted(times)
     assert END - timedelta(days=30) <= times[0] and times[-1] < END
     # They survive the ingest validation unchanged.
-    payload = [
-        {
-            "event_id": e.event_id,
-            "occurred_at": e.occurred_at.isoformat(),
-            "provider": e.provider,
-            "model": e.model,
-            "operation": e.operation,
-            "end_user": e.end_user,
-            "session_id": e.session_id,
-            "tags": e.tags,
-            "input_tokens": e.input_tokens,
-            "output_tokens": e.output_tokens,
-            "cached_input_tokens": e.cached_input_tokens,
-            "cache_write_tokens": e.cache_write_tokens,
-            "reasoning_tokens": e.reasoning_tokens,
-            "latency_ms": e.latency_ms,
-            "status": "error" if e.is_error else "success",
-            "cache_hit": e.cache_hit,
-        }
-        for e in month[:2000]
-    ]
+    payload = [as_payload(e) for e in month[:2000]]
     assert parse_batch(payload, now=END) == month[:2000]
 
 
