@@ -54,9 +54,9 @@ ROLLUP_SQL = {
     "unpriced_calls": f"count(*) FILTER (WHERE cost_source = {CostSource.UNPRICED})",
     "input_tokens": "sum(input_tokens)",
     "output_tokens": "sum(output_tokens)",
-    "cached_input_tokens": "sum(cached_input_tokens)",
-    "cache_write_tokens": "sum(cache_write_tokens)",
-    "reasoning_tokens": "sum(reasoning_tokens)",
+    "cached_input_tokens": "coalesce(sum(cached_input_tokens), 0)",
+    "cache_write_tokens": "coalesce(sum(cache_write_tokens), 0)",
+    "reasoning_tokens": "coalesce(sum(reasoning_tokens), 0)",
     "cost_nanos": "sum(cost_nanos)",
     "latency_ms_sum": "coalesce(sum(latency_ms), 0)",
     "latency_count": "count(latency_ms)",
@@ -142,9 +142,9 @@ def _add(sums: Sums, key: tuple[Any, ...], r: dict[str, Any]) -> None:
     acc[3] += r["cost_source"] == CostSource.UNPRICED
     acc[4] += r["input_tokens"]
     acc[5] += r["output_tokens"]
-    acc[6] += r["cached_input_tokens"]
-    acc[7] += r["cache_write_tokens"]
-    acc[8] += r["reasoning_tokens"]
+    acc[6] += r["cached_input_tokens"] or 0
+    acc[7] += r["cache_write_tokens"] or 0
+    acc[8] += r["reasoning_tokens"] or 0
     acc[9] += r["cost_nanos"]
     if r["latency_ms"] is not None:
         acc[10] += r["latency_ms"]

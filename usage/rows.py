@@ -102,10 +102,11 @@ def event_row(
         "tag_set_id": None,
         "input_tokens": e.input_tokens,
         "output_tokens": e.output_tokens,
-        "cached_input_tokens": e.cached_input_tokens,
-        "cache_write_tokens": e.cache_write_tokens,
-        "reasoning_tokens": e.reasoning_tokens,
-        # The rarer parts as NULL when zero: a NULL costs the row nothing.
+        # Counts often zero, and the rarer parts, as NULL when zero: a NULL costs the row
+        # nothing (`usage.models.ZeroAsNullIntegerField` reads them back as 0).
+        "cached_input_tokens": e.cached_input_tokens or None,
+        "cache_write_tokens": e.cache_write_tokens or None,
+        "reasoning_tokens": e.reasoning_tokens or None,
         "cache_write_1h_tokens": e.cache_write_1h_tokens or None,
         "input_audio_tokens": e.input_audio_tokens or None,
         "output_audio_tokens": e.output_audio_tokens or None,

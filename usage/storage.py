@@ -470,7 +470,8 @@ def with_rollups(insert: str, *, tags: bool = False) -> str:
     """
     hour = "date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour"
     sums = ", ".join(ROLLUP_SQL[c] for c in ROLLUP_SUMS)
-    add = ", ".join(f"{c} = r.{c} + excluded.{c}" for c in ROLLUP_SUMS)
+    # Without spaces: the statement stays under psycopg's limit with its coalesces.
+    add = ", ".join(f"{c}=r.{c}+excluded.{c}" for c in ROLLUP_SUMS)
     parts = [f"WITH fresh AS ({insert} RETURNING *, {hour})"]
     for name, model, key in (
         ("hourly", HourlyRollup, ROLLUP_KEY),

@@ -67,6 +67,31 @@ def dictionary_reference(**options: Any) -> models.ForeignKey[Any, Any]:
     )
 
 
+class ZeroAsNullIntegerField(models.IntegerField):  # type: ignore[type-arg]
+    """A count stored as NULL when it is zero (a NULL costs a row nothing) and read as 0.
+
+    Ingest and the bulk loader write NULL for 0 (`usage.rows.event_row`); the ORM reads NULL
+    back as 0, sums included (`Sum` over it gives 0 for none), so Python code sees an int.
+    Raw SQL over the column coalesces (`usage.rollups.ROLLUP_SQL`). A 0 written through the
+    ORM stays 0: both read the same.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["null"] = True
+        kwargs.setdefault("default", 0)
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self) -> Any:
+        name, path, args, kwargs = super().deconstruct()
+        kwargs.pop("null", None)
+        if kwargs.get("default") == 0:
+            kwargs.pop("default")
+        return name, path, args, kwargs
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> int:
+        return 0 if value is None else int(value)
+
+
 PRICED_COLUMNS = (
     "input_tokens",
     "output_tokens",
@@ -147,9 +172,11 @@ class UsageEvent(models.Model):
     )
     input_tokens = models.IntegerField(default=0)
     output_tokens = models.IntegerField(default=0)
-    cached_input_tokens = models.IntegerField(default=0)
-    cache_write_tokens = models.IntegerField(default=0)
-    reasoning_tokens = models.IntegerField(default=0)
+    # Zero for most calls (two thirds, and nine in ten for cache writes and reasoning): NULL
+    # when zero, 0 when read (`ZeroAsNullIntegerField`): 8 to 12 bytes less in most rows.
+    cached_input_tokens = ZeroAsNullIntegerField()
+    cache_write_tokens = ZeroAsNullIntegerField()
+    reasoning_tokens = ZeroAsNullIntegerField()
     # Rarer parts of a call, NULL when not sent (a NULL costs a row nothing): the one-hour part
     # of the cache writes, audio and image tokens (parts of input/output), web searches and
     # generated images, and the service tier (NULL: standard).
