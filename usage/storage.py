@@ -63,7 +63,7 @@ _SQLITE_PARAMS = 30_000
 # is the primary key of the partitioned table (a unique key must hold the partition key).
 EVENT_KEY = "tenant_id, occurred_at, event_id"
 # PostgreSQL array types of rollup key columns that are not bigint (`usage.pgarrays` names).
-_PG_TYPES = {"hour": "timestamptz", "tag_name": "text", "tag_value": "text"}
+_PG_TYPES = {"hour": "timestamptz", "day": "timestamptz", "tag_name": "text", "tag_value": "text"}
 
 
 def _postgresql() -> bool:

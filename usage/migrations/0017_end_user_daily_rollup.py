@@ -12,25 +12,28 @@ _SUMS = (
 )
 
 
-def backfill(apps, schema_editor):
-    """The hourly rollups stored so far, summed per tenant, UTC day and end user: the new table
-    is right from the start. Unscoped: a migration runs for every tenant (row-level security
-    lets it through)."""
-    connection = schema_editor.connection
-    if connection.vendor == "postgresql":
+def backfill_sql(vendor):
+    """The hourly rollups stored so far, summed per tenant, UTC day and end user."""
+    if vendor == "postgresql":
         day = "date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
     else:
         day = "strftime('%Y-%m-%d 00:00:00', hour)"
     total = ", ".join(f"sum({name.strip()})" for name in _SUMS.split(","))
-    sql = (
+    return (
         f"INSERT INTO usage_enduserdailyrollup (tenant_id, day, end_user_id, {_SUMS}) "
         f"SELECT tenant_id, {day}, end_user_id, {total} FROM usage_hourlyrollup "
         "GROUP BY 1, 2, 3"
     )
+
+
+def backfill(apps, schema_editor):
+    """The new table is right from the start. Unscoped: a migration runs for every tenant
+    (row-level security lets it through)."""
+    connection = schema_editor.connection
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SET LOCAL costmon.rls_bypass = 'on'")
-        cursor.execute(sql)
+        cursor.execute(backfill_sql(connection.vendor))
 
 
 class Migration(migrations.Migration):
@@ -63,6 +66,7 @@ class Migration(migrations.Migration):
             ],
             options={
                 'constraints': [models.UniqueConstraint(fields=('tenant', 'day', 'end_user'), name='enduserdailyrollup_unique_key')],
+                'indexes': [models.Index(fields=['tenant', 'end_user', 'day'], name='enduserdailyrollup_user')],
             },
         ),
         EnableRowLevelSecurity("usage_enduserdailyrollup"),

@@ -389,6 +389,10 @@ class EndUserDailyRollup(models.Model):
                 fields=["tenant", "day", "end_user"], name="enduserdailyrollup_unique_key"
             )
         ]
+        # The top end users' days (the overview's series) without reading everyone's.
+        indexes = [
+            models.Index(fields=["tenant", "end_user", "day"], name="enduserdailyrollup_user")
+        ]
 
     def __str__(self) -> str:
         return f"{self.tenant_id} {self.day:%Y-%m-%d} (by end user)"
