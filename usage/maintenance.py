@@ -28,6 +28,7 @@ from usage.eventstore.current import event_store
 from usage.models import (
     PRICED_COLUMNS,
     CostSource,
+    EndUserDailyRollup,
     EventStamp,
     HourlyRollup,
     ModelHourlyRollup,
@@ -45,6 +46,7 @@ from usage.storerewrites import (
     store_events_delete,
     store_reprice,
     store_rollups_rebuild,
+    user_days_rebuild,
 )
 from usage.transactions import rewrite_lock
 
@@ -207,6 +209,7 @@ def usage_tenant_reset(*, tenant: Tenant) -> tuple[int, int]:
         rollups = HourlyRollup.objects.for_tenant(tenant)._raw_delete(HourlyRollup.objects.db)
         ModelHourlyRollup.objects.for_tenant(tenant)._raw_delete(ModelHourlyRollup.objects.db)
         TagHourlyRollup.objects.for_tenant(tenant)._raw_delete(TagHourlyRollup.objects.db)
+        EndUserDailyRollup.objects.for_tenant(tenant)._raw_delete(EndUserDailyRollup.objects.db)
         # The times kept for time-less events: starting over, a resend is a new event.
         EventStamp.objects.for_tenant(tenant)._raw_delete(EventStamp.objects.db)
         rewritten(tenant.pk)
@@ -351,4 +354,5 @@ def rollups_rebuild(*, tenant: Tenant, hours: Sequence[datetime]) -> int:
         }
         rollups_add(sums, replace=True, tags=aggregate_tags(tagged.iterator(chunk_size=5000)))
         rebuilt += len(part)
+    user_days_rebuild(tenant, hours)
     return rebuilt

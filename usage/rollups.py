@@ -10,6 +10,10 @@ stores or changes the events: by `usage.storage` (inside the insert statement on
 `TagHourlyRollup` has the by-model sums once per tag of the events (name and value), written in
 the same places: the overview's spend by tag reads it.
 
+`EndUserDailyRollup` has the sums of `HourlyRollup` per end user and UTC day, written in the
+same places (a rebuild recomputes its days from the hourly rows: `user_days_rebuild`): the
+overview's end users table reads whole days there.
+
 This module holds what the rollups are (keys and sums) and how rows are summed in memory.
 """
 
@@ -32,6 +36,7 @@ ROLLUP_KEY = (
 )
 MODEL_ROLLUP_KEY = ROLLUP_KEY[:5]
 TAG_ROLLUP_KEY = (*MODEL_ROLLUP_KEY, "tag_name", "tag_value")
+USER_DAY_KEY = ("tenant_id", "day", "end_user_id")
 ROLLUP_SUMS = (
     "calls",
     "errors",
@@ -149,6 +154,29 @@ def _add(sums: Sums, key: tuple[Any, ...], r: dict[str, Any]) -> None:
     if r["latency_ms"] is not None:
         acc[10] += r["latency_ms"]
         acc[11] += 1
+
+
+def day_of(value: datetime) -> datetime:
+    """The UTC midnight starting the day a moment falls in: the daily rollup's bucket."""
+    return datetime.fromtimestamp(int(value.timestamp()) // 86400 * 86400, UTC)
+
+
+def by_user_day(sums: Sums) -> Sums:
+    """Full-key sums folded onto the daily end-user rollup's key (`USER_DAY_KEY`)."""
+    folded: Sums = {}
+    days: dict[datetime, datetime] = {}
+    for (tenant_id, hour, _, _, _, end_user_id, _), values in sums.items():
+        day = days.get(hour)
+        if day is None:
+            day = days[hour] = day_of(hour)
+        key = (tenant_id, day, end_user_id)
+        acc = folded.get(key)
+        if acc is None:
+            folded[key] = list(values)
+        else:
+            for i, v in enumerate(values):
+                acc[i] += v
+    return folded
 
 
 def by_model(sums: Sums) -> Sums:

@@ -22,6 +22,7 @@ from costmon.core.tenancy import raw_cursor, unscoped
 from usage.models import (
     CostSource,
     Dimension,
+    EndUserDailyRollup,
     EventStamp,
     HourlyRollup,
     ModelHourlyRollup,
@@ -45,10 +46,12 @@ from usage.rollups import (
     ROLLUP_SQL,
     ROLLUP_SUMS,
     TAG_ROLLUP_KEY,
+    USER_DAY_KEY,
     Sums,
     aggregate,
     aggregate_tags,
     by_model,
+    by_user_day,
     hours_of,
 )
 from usage.rows import EVENT_COLUMN_TYPES, EVENT_COLUMNS, EVENT_TYPES
@@ -60,7 +63,7 @@ _SQLITE_PARAMS = 30_000
 # is the primary key of the partitioned table (a unique key must hold the partition key).
 EVENT_KEY = "tenant_id, occurred_at, event_id"
 # PostgreSQL array types of rollup key columns that are not bigint (`usage.pgarrays` names).
-_PG_TYPES = {"hour": "timestamptz", "tag_name": "text", "tag_value": "text"}
+_PG_TYPES = {"hour": "timestamptz", "day": "timestamptz", "tag_name": "text", "tag_value": "text"}
 
 
 def _postgresql() -> bool:
@@ -224,6 +227,10 @@ def events_insert(rows: Sequence[dict[str, Any]]) -> set[str]:
     events_prepare(rows)  # nothing to do (no query) when done before
     if _postgresql():
         inserted = _insert_postgresql(rows)
+        # The daily sums by end user are not in the insert statement (it stays under psycopg's
+        # 4 kB parse cache): a statement of their own, in the pipeline's next round trip.
+        fresh = aggregate(r for r in rows if r["event_id"] in inserted)
+        _upsert(EndUserDailyRollup, USER_DAY_KEY, by_user_day(fresh), replace=False)
     else:
         inserted = _insert_sqlite(rows)
         rollups_add(aggregate(r for r in rows if r["event_id"] in inserted))
@@ -385,10 +392,13 @@ def rollups_add(sums: Sums, *, replace: bool = False, tags: Sums | None = None) 
     """Add (or with `replace`, set) full-key sums to both rollup tables, and `tags` (sums by
     the tag key, `aggregate_tags`) to the tag rollups. Call in a transaction.
 
-    `replace` is only right when `sums` holds every row of its hours (a rebuild).
+    `replace` is only right when `sums` holds every row of its hours (a rebuild); it leaves the
+    daily sums by end user to the rebuild (`usage.storerewrites.user_days_rebuild`).
     """
     _upsert(HourlyRollup, ROLLUP_KEY, sums, replace=replace)
     _upsert(ModelHourlyRollup, MODEL_ROLLUP_KEY, by_model(sums), replace=replace)
+    if not replace:
+        _upsert(EndUserDailyRollup, USER_DAY_KEY, by_user_day(sums), replace=False)
     if tags:
         _upsert(TagHourlyRollup, TAG_ROLLUP_KEY, tags, replace=replace)
 
@@ -461,7 +471,7 @@ def _upsert_sqlite(table: str, key: Sequence[str], sums: Sums, *, replace: bool)
 def with_rollups(insert: str, *, tags: bool = False) -> str:
     """PostgreSQL: `WITH fresh AS (<insert> RETURNING ...), ...`: the statement that stores
     events also adds exactly the rows it inserted to both rollup tables (and with `tags`, to the
-    tag rollups; ingest adds those with `tag_rollups_add`). Follow it with a SELECT from `fresh`.
+    daily sums by end user and the tag rollups; ingest adds those with statements of their own). Follow it with a SELECT from `fresh`.
 
     `insert` is an `INSERT INTO usage_usageevent ... ON CONFLICT DO NOTHING` without RETURNING.
     Rows go in key order, as `rollups_add` does, so concurrent batches lock them in the same
@@ -488,7 +498,14 @@ def with_rollups(insert: str, *, tags: bool = False) -> str:
     if not tags:
         return ", ".join(parts)
     # `tags=True` (the bulk loader: one statement per chunk, its length does not matter): the
-    # tag rollups too, once per tag of each event's tag set; an event without tags yields none.
+    # daily sums by end user, and the tag rollups once per tag of each event's tag set.
+    day = "date_trunc('day', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    parts.append(
+        f"by_user_day AS (INSERT INTO {EndUserDailyRollup._meta.db_table} AS r ("
+        f"{', '.join(USER_DAY_KEY)}, {', '.join(ROLLUP_SUMS)}) SELECT tenant_id, {day}, "
+        f"end_user_id, {sums} FROM fresh GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 "
+        f"ON CONFLICT ({', '.join(USER_DAY_KEY)}) DO UPDATE SET {add})"
+    )
     tag_columns = ", ".join(TAG_ROLLUP_KEY)
     parts.append(
         f"by_tag AS (INSERT INTO {TagHourlyRollup._meta.db_table} AS r ({tag_columns}, "

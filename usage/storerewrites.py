@@ -21,11 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import structlog
 from django.db import connection, transaction
+from django.db.models import Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from costmon.core.models import Tenant
@@ -35,9 +37,11 @@ from usage.catalog import GlobalLists, load_catalog
 from usage.eventstore.base import event_query
 from usage.eventstore.chrewrite import events_by_key, events_write, hour_sums
 from usage.eventstore.clickhouse import ClickHouseStore
+from usage.kept_metrics import int_rows
 from usage.models import (
     CostSource,
     Dimension,
+    EndUserDailyRollup,
     EventRewrite,
     HourlyRollup,
     ModelHourlyRollup,
@@ -46,9 +50,9 @@ from usage.models import (
 )
 from usage.price_lookup import Catalog
 from usage.pricing import breakdown
-from usage.rollups import hour_of
+from usage.rollups import ROLLUP_SUMS, USER_DAY_KEY, day_of, hour_of
 from usage.signals import usage_rewritten
-from usage.storage import rollups_add
+from usage.storage import _upsert, rollups_add
 from usage.transactions import rewrite_lock
 
 log = structlog.get_logger(__name__)
@@ -105,6 +109,29 @@ def rollups_clear(tenant: Tenant, hours: Sequence[datetime]) -> None:
         model.objects.for_tenant(tenant).filter(hour__in=list(hours)).delete()
 
 
+def user_days_rebuild(tenant: Tenant, hours: Sequence[datetime]) -> None:
+    """Sum the daily rollups by end user of the days holding these hours again, from the
+    hourly rollups (rebuilt first): a rebuild replaces some hours of a day, the day's sums
+    hold its other hours too. One query per day (a day's rows, through the hour index)."""
+    days = sorted({day_of(hour) for hour in hours})
+    sums = {name: Coalesce(Sum(name), 0) for name in ROLLUP_SUMS}
+    for i in range(0, len(days), 100):
+        part = days[i : i + 100]
+        EndUserDailyRollup.objects.for_tenant(tenant).filter(day__in=part).delete()
+        found = {}
+        for day in part:
+            rows = (
+                HourlyRollup.objects.for_tenant(tenant)
+                .filter(hour__gte=day, hour__lt=day + timedelta(days=1))
+                .values_list("end_user_id")
+                .annotate(**sums)
+                .order_by()
+            )
+            for end_user_id, *values in int_rows(rows):
+                found[(tenant.pk, day, end_user_id)] = values
+        _upsert(EndUserDailyRollup, USER_DAY_KEY, found, replace=False)
+
+
 def store_rollups_rebuild(
     *, store: ClickHouseStore, tenant: Tenant, hours: Sequence[datetime]
 ) -> int:
@@ -115,6 +142,7 @@ def store_rollups_rebuild(
         rollups_clear(tenant, part)
         sums, tags = hour_sums(store, tenant, part)
         rollups_add(sums, replace=True, tags=tags)
+    user_days_rebuild(tenant, hours)
     return len(hours)
 
 

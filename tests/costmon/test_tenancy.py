@@ -11,7 +11,13 @@ from costmon.core.models import ApiKey, Membership, Tenant
 from costmon.core.services import api_key_create
 from costmon.core.tenancy import no_tenant, tenant_context, unscoped
 from tests.helpers import event, post_usage
-from usage.models import Dimension, HourlyRollup, ModelHourlyRollup, UsageEvent
+from usage.models import (
+    Dimension,
+    EndUserDailyRollup,
+    HourlyRollup,
+    ModelHourlyRollup,
+    UsageEvent,
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 postgres_only = pytest.mark.skipif(
@@ -64,6 +70,9 @@ def test_an_orm_query_with_no_tenant_filter_returns_only_the_context_tenants_row
         assert set(ModelHourlyRollup.objects.unscoped().values_list("tenant_id", flat=True)) == {
             acme.pk
         }
+        assert set(EndUserDailyRollup.objects.unscoped().values_list("tenant_id", flat=True)) == {
+            acme.pk
+        }
         assert "globex-ceo" not in set(Dimension.objects.unscoped().values_list("value", flat=True))
         assert set(ApiKey.objects.unscoped().values_list("tenant_id", flat=True)) == {acme.pk}
         with connection.cursor() as cursor:
@@ -102,6 +111,7 @@ def test_the_app_does_not_act_as_a_superuser_so_rls_is_in_force():
     assert {
         "usage_usageevent",
         "usage_hourlyrollup",
+        "usage_enduserdailyrollup",
         "usage_dimension",
         "usage_modelprice",
         "usage_modelalias",
@@ -174,10 +184,18 @@ def test_deleting_a_tenant_deletes_its_usage_and_nothing_of_anyone_else(two_tena
     acme, outsider = two_tenants_with_usage
     with unscoped():
         Tenant.objects.filter(pk=acme.pk).delete()
-        for model in (UsageEvent, HourlyRollup, ModelHourlyRollup, Dimension, ApiKey):
+        for model in (
+            UsageEvent,
+            HourlyRollup,
+            ModelHourlyRollup,
+            EndUserDailyRollup,
+            Dimension,
+            ApiKey,
+        ):
             assert not model.objects.unscoped().filter(tenant_id=acme.pk).exists()
         assert list(UsageEvent.objects.unscoped().values_list("event_id", flat=True)) == ["g1"]
         assert ModelHourlyRollup.objects.unscoped().filter(tenant=outsider).count() == 1
+        assert EndUserDailyRollup.objects.unscoped().filter(tenant=outsider).count() == 1
 
 
 @postgres_only

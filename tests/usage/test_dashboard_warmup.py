@@ -30,9 +30,16 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
 TODAY = "2026-11-21"
 USERS = ("ann", "bob", "cy", "dee")
-ROLLUP_TABLES = ("usage_hourlyrollup", "usage_modelhourlyrollup", "usage_taghourlyrollup")
+ROLLUP_TABLES = (
+    "usage_hourlyrollup",
+    "usage_modelhourlyrollup",
+    "usage_taghourlyrollup",
+    "usage_enduserdailyrollup",
+)
+# The tables of rows by end user (hourly, and whole days).
+END_USER_TABLES = ("usage_hourlyrollup", "usage_enduserdailyrollup")
 # A rollup read's bounds, as PostgreSQL and SQLite print them: "hour" >= '2026-11-20 00:00:00...
-BOUND = re.compile(r"\"hour\"\s*(>=|<)\s*'(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2})")
+BOUND = re.compile(r"\"(?:hour|day)\"\s*(>=|<)\s*'(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2})")
 
 
 @pytest.fixture(autouse=True)
@@ -156,7 +163,7 @@ def test_a_page_after_the_warm_up_sums_no_past_day(
     url = "/t/acme/?period=30d&by=end_user"
     cold = scans(url)
     assert len(cold) > len(scans(url))
-    assert any("usage_hourlyrollup" in sql for sql in cold)
+    assert any(t in sql for sql in cold for t in END_USER_TABLES)
 
 
 def test_queued_twice_it_runs_once_per_generation(acme, usage):
@@ -240,7 +247,8 @@ def test_a_late_event_is_warmed_and_shows(
         with CaptureQueriesContext(connection) as queries:
             html = client.get("/t/acme/?period=30d&by=end_user").content.decode()
         # Only the recommendations' reads, which are not kept sums: no end user's row.
-        assert all("usage_hourlyrollup" not in sql for sql in past_day_scans(queries))
+        scans = past_day_scans(queries)
+        assert all(t not in sql for sql in scans for t in END_USER_TABLES)
         found = re.search(
             r'id="card-period">.*?<div class="value[^"]*"(?: title="\$([^"]+)")?>\$?([^<]*)<',
             html,
@@ -320,7 +328,7 @@ def test_beat_keeps_only_the_viewed_tenants_sums_warm(
     cache_delete(warmup._FRESH.format(acme.pk, *kept_under, TODAY))
     with CaptureQueriesContext(connection) as queries:
         assert warmup.dashboard_sums_warm(tenant_id=acme.pk, refresh=True) == warmup.WARMED
-    assert any("usage_hourlyrollup" in sql for sql in past_day_scans(queries))
+    assert any(t in sql for sql in past_day_scans(queries) for t in END_USER_TABLES)
     expected = summed_in_one_go(acme, settings, "30d", "custom")
     with CaptureQueriesContext(connection) as queries:
         assert views(acme, ("30d", "custom")) == expected

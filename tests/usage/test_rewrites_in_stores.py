@@ -29,6 +29,7 @@ from usage.eventstore.base import RewriteUnavailable
 from usage.maintenance import usage_events_delete, usage_reprice, usage_reprice_unpriced
 from usage.models import (
     CostSource,
+    EndUserDailyRollup,
     EventRewrite,
     HourlyRollup,
     ModelHourlyRollup,
@@ -108,6 +109,7 @@ def assert_rollups_equal_events(tenant) -> None:
         for model, want in (
             (HourlyRollup, expected),
             (ModelHourlyRollup, expected),
+            (EndUserDailyRollup, expected),
             (TagHourlyRollup, tagged),
         ):
             got = model.objects.for_tenant(tenant).aggregate(

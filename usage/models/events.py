@@ -384,6 +384,47 @@ class TagHourlyRollup(Rollup):
         return f"{self.tenant_id} {self.hour:%Y-%m-%d %H}:00 ({self.tag_name})"
 
 
+class EndUserDailyRollup(models.Model):
+    """The sums of `HourlyRollup` per tenant, end user and UTC day (`day` is its midnight),
+    kept in the same transactions (`usage.storage.rollups_add`, the ingest and bulk insert
+    statements, and `usage.storerewrites.user_days_rebuild` after a rebuild). A day holds one
+    row per end user instead of one per hour, model and key: the overview's end users table
+    reads whole days here and only the hours at the range's edges from `HourlyRollup`
+    (`usage.user_days`)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    day = models.DateTimeField()
+    end_user = dictionary_reference()
+    calls = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    cache_hits = models.BigIntegerField(default=0)
+    unpriced_calls = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    cost_nanos = models.BigIntegerField(default=0)
+    latency_ms_sum = models.BigIntegerField(default=0)
+    latency_count = models.BigIntegerField(default=0)
+
+    objects = TenantScopedManager["EndUserDailyRollup"]()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "day", "end_user"], name="enduserdailyrollup_unique_key"
+            )
+        ]
+        # The top end users' days (the overview's series) without reading everyone's.
+        indexes = [
+            models.Index(fields=["tenant", "end_user", "day"], name="enduserdailyrollup_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.day:%Y-%m-%d} (by end user)"
+
+
 class EventRewrite(models.Model):
     """A rewrite of stored events in an event store outside PostgreSQL (ClickHouse): recorded
     here first (an outbox), then done there, then the rollups of its hours are rebuilt and it is
