@@ -471,7 +471,8 @@ def _upsert_sqlite(table: str, key: Sequence[str], sums: Sums, *, replace: bool)
 def with_rollups(insert: str, *, tags: bool = False) -> str:
     """PostgreSQL: `WITH fresh AS (<insert> RETURNING ...), ...`: the statement that stores
     events also adds exactly the rows it inserted to both rollup tables (and with `tags`, to the
-    daily sums by end user and the tag rollups; ingest adds those with statements of their own). Follow it with a SELECT from `fresh`.
+    daily sums by end user and the tag rollups; ingest adds those with statements of their
+    own). Follow it with a SELECT from `fresh`.
 
     `insert` is an `INSERT INTO usage_usageevent ... ON CONFLICT DO NOTHING` without RETURNING.
     Rows go in key order, as `rollups_add` does, so concurrent batches lock them in the same

@@ -154,7 +154,7 @@ def test_a_bulk_load_fills_the_days_and_a_reset_empties_that_tenants_only(
 def test_the_migration_backfill_sums_the_hourly_rollups(
     ingest_client, outsider_client, acme, outsider
 ):
-    module = importlib.import_module("usage.migrations.0017_end_user_daily_rollup")
+    module = importlib.import_module("usage.migrations.0018_end_user_daily_rollup")
     assert post_usage(ingest_client, across_midnight()).status_code == 201
     assert post_usage(outsider_client, event(event_id="g1")).status_code == 201
     expected = (daily_rows(acme), daily_rows(outsider))

@@ -40,7 +40,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('costmon', '0004_tenant_statement_markup_percent'),
-        ('usage', '0016_event_rewrites'),
+        ('usage', '0017_event_storage_narrower'),
     ]
 
     operations = [
