@@ -205,6 +205,9 @@ def _run(
         claimed = EventRewrite.objects.for_tenant(tenant).select_for_update()
         if not claimed.filter(pk=job.pk, done_at__isnull=True).exists():
             return report  # another process finished it meanwhile
+        # The tenant's buffered rows to the table first: read whole, and replaced by rows
+        # inserted after them (the table's merges keep the highest version, or the last row).
+        store.flush(tenant.pk)
         version = _version()
         if job.kind == EventRewrite.Kind.DELETE:
             keys = [(eid, datetime.fromisoformat(at)) for eid, at in job.keys]
