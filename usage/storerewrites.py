@@ -109,7 +109,8 @@ def store_rollups_rebuild(
     *, store: ClickHouseStore, tenant: Tenant, hours: Sequence[datetime]
 ) -> int:
     """Recompute the rollups of these hours from ClickHouse's events. Call inside a transaction
-    that holds the tenant's exclusive ingest lock."""
+    that holds the tenant's exclusive ingest lock (the buffer flushed first: exact sums)."""
+    store.flush(tenant.pk)
     for i in range(0, len(hours), 500):
         part = list(hours[i : i + 500])
         rollups_clear(tenant, part)

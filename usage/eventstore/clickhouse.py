@@ -15,8 +15,10 @@ to a Buffer table in front (`chrows.BUFFER`), which writes a part per flush (eve
 `BUFFER_SECONDS` at most); reads name the buffer, which reads the table and the rows not flushed
 yet. A read of a Buffer table takes the table's parts before the buffer's rows, so rows flushed
 at that moment can be missing from that one answer: the duplicate check asks the table again
-(`_key_states`), and rewrites, a tenant's reset and retention flush the buffer first (`flush`),
-under the locks that keep the tenant's ingest out. What the buffer holds is lost if ClickHouse
+(`_key_states`); sums, rewrites, a tenant's reset and retention flush the buffer first (`flush`;
+under the tenant's ingest lock, as rewrites and the counters' rebuild are, that is exact). A
+list, export or lookup of events can, rarely, miss for that one answer rows sent within the
+last moment. What the buffer holds is lost if ClickHouse
 stops abnormally (a normal stop flushes it): those events, up to `BUFFER_SECONDS` of small
 inserts, stay counted in PostgreSQL's rollups (see the README, "Buffer").
 
@@ -411,6 +413,9 @@ class ClickHouseStore(EventStore):
         built = self._where(tenant, query)
         if built is None:
             return []
+        # Sums feed budgets (the counters' rebuild runs under the tenant's ingest lock): the
+        # buffer flushed first, none of the tenant's earlier rows can be in flight meanwhile.
+        self.flush(tenant.pk)
         where, params = built
         keys = [GROUP_COLUMNS[k] for k in by]
         if bucket is not None:
