@@ -203,7 +203,7 @@ def test_events_migrate_copies_postgresql_events_once_and_resumes(
         store.insert_rows(acme.pk, first)
         out = StringIO()
         call_command("events_migrate", "--to", "clickhouse", "--chunk", "4", stdout=out)
-        assert "Done: 22 events read, 17 copied" in out.getvalue()
+        assert "Done: 17 events read, 17 copied, 5 tenant-days already complete." in out.getvalue()
         assert "acme:" in out.getvalue()  # progress
         with unscoped():
             got = {
@@ -213,9 +213,7 @@ def test_events_migrate_copies_postgresql_events_once_and_resumes(
         assert got == expected
         again = StringIO()
         call_command("events_migrate", "--to", "clickhouse", stdout=again)
-        assert (
-            "Done: 0 events read, 0 copied, 4 tenant-months already complete." in again.getvalue()
-        )
+        assert "Done: 0 events read, 0 copied, 22 tenant-days already complete." in again.getvalue()
     finally:
         for index in range(2):
             truncate(store, index)
@@ -252,22 +250,31 @@ def test_events_migrate_does_not_copy_an_event_deleted_on_clickhouse_again(
     try:
         store.create_schema()
         truncate(store, 0)
-        assert migrate() == "Done: 16 events read, 16 copied, 0 tenant-months already complete."
+        assert migrate() == "Done: 16 events read, 16 copied, 0 tenant-days already complete."
         gone = stored_events(acme)[0]
         with unscoped():
             assert usage_events_delete(tenant=acme, keys=[(gone.event_id, gone.occurred_at)]) == 1
         kept = sorted(set(everything) - {gone.event_id})
         for _ in range(2):
-            assert migrate() == "Done: 0 events read, 0 copied, 4 tenant-months already complete."
+            assert migrate() == "Done: 0 events read, 0 copied, 16 tenant-days already complete."
             assert (keys(acme), keys(outsider)) == (kept, everything)
-        # A month read again (an event PostgreSQL got meanwhile) copies that one only.
+        # A day read again (an event PostgreSQL got meanwhile) copies that one only.
         use("")
         late = event(event_id="late", occurred_at=gone.occurred_at.isoformat())
         post_usage(client_of(acme), [late])
         use(ch_url)
-        # 4 + 1 events in the month; the deleted one is not copied again.
-        assert migrate() == "Done: 5 events read, 1 copied, 3 tenant-months already complete."
+        # 1 + 1 events that day; the deleted one is not copied again.
+        assert migrate() == "Done: 2 events read, 1 copied, 15 tenant-days already complete."
         assert (keys(acme), keys(outsider)) == (sorted([*kept, "late"]), everything)
+        # As many keys on a day, but not the same ones: ClickHouse got one after the switch,
+        # PostgreSQL another before it. Keys are compared (counts alone would skip the day).
+        post_usage(client_of(acme), [event(event_id="after", occurred_at="2026-11-20T09:00:00Z")])
+        use("")
+        post_usage(client_of(acme), [event(event_id="before", occurred_at="2026-11-20T08:00:00Z")])
+        use(ch_url)
+        assert migrate() == "Done: 1 events read, 1 copied, 16 tenant-days already complete."
+        assert keys(acme) == sorted([*kept, "late", "after", "before"])
+        assert keys(outsider) == everything
     finally:
         truncate(store, 0)
         current.forget()

@@ -481,16 +481,6 @@ class ClickHouseStore(EventStore):
         )
         return int(rows[0][0]), int(rows[0][1] or 0)
 
-    def months(self, tenant_id: int) -> dict[int, int]:
-        """The tenant's keys per month (YYYYMM), each once, in any version: tombstones count
-        (`events_migrate` must not copy a deleted event again)."""
-        rows = self.run(
-            tenant_id,
-            "SELECT toYYYYMM(occurred_at) AS month, count() FROM (SELECT DISTINCT occurred_at, "
-            f"micros, event_id FROM {BUFFER} WHERE {tenant_where(tenant_id)}) GROUP BY month",
-        )
-        return {int(month): int(n) for month, n in rows}
-
     # --- deletes --------------------------------------------------------------------------
 
     def delete_tenant(self, tenant_id: int) -> int:
