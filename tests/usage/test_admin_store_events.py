@@ -119,7 +119,8 @@ def test_any_input_is_answered_without_a_500_and_changes_nothing(admin_client, e
         assert response.status_code == 400, keys
     nothing = admin_client.post(URL, {"tenant": "acme", "confirm": "1"})
     assert (nothing.status_code, nothing["Location"]) == (302, f"{URL}?tenant=acme")
-    assert admin_client.post(URL, {"tenant": "nobody", "key": BAD_KEYS[0]}).status_code == 400
+    for tenant in ("nobody", "ac\x00me", "x" * 500):
+        assert admin_client.post(URL, {"tenant": tenant, "key": BAD_KEYS[0]}).status_code == 400
     assert len(stored_events(acme)) == 3
 
 

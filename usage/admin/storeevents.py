@@ -170,7 +170,8 @@ class StoreEventsMixin:
         if not self.can_delete_stored(request):
             raise PermissionDenied
         slug = request.POST.get("tenant", "")
-        tenant = Tenant.objects.filter(slug=slug).first()
+        valid = 0 < len(slug) <= 100 and "\x00" not in slug  # PostgreSQL refuses NUL
+        tenant = Tenant.objects.filter(slug=slug).first() if valid else None
         if tenant is None:
             messages.error(request, "Choose a tenant first.")
             return self._render(request, {"form": StoreEventsForm()}, 400)
@@ -179,7 +180,7 @@ class StoreEventsMixin:
             keys = parse_keys(request.POST.getlist(KEY_FIELD))
         except DomainError as error:
             messages.error(request, error.message)
-            return self._render(request, {"form": StoreEventsForm({"tenant": slug})}, 400)
+            return self._render(request, {"form": StoreEventsForm()}, 400)
         if not keys:
             messages.warning(request, "No events were selected: nothing was deleted.")
             return HttpResponseRedirect(back)
