@@ -2,7 +2,7 @@
 service (`usage_record_batch`), one process, sequential, as a single-event API request does
 without HTTP.
 
-    .venv/bin/python tests/bench/ch_single.py [--events 600] [--db NAME] [--redis N]
+    .venv/bin/python tests/bench/ch_single.py [--events 600] [--size 1] [--db NAME] [--redis N]
 
 Uses a scratch PostgreSQL database (`--db`, created afresh) and a Redis database, and starts its
 own clickhouse-server in a temporary folder. Prints events/s for each store, the parts the
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--db", default="costmon_chsingle")
     parser.add_argument("--redis", type=int, default=9)
     parser.add_argument("--profile", action="store_true", help="time ClickHouse statements")
+    parser.add_argument("--size", type=int, default=1, help="events per call (1: single events)")
     args = parser.parse_args()
     os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.db}"
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis}"
@@ -86,7 +87,8 @@ def main() -> None:
         with unscoped():
             prices_sync(price_list=read_price_file(str(ROOT / "usage" / "data" / "prices.json")))
         events = list(demo.demo_events(count=args.events, days=1, end=datetime.now(UTC), seed=3))
-        print(f"{len(events)} single events, one process, sequential")
+        calls = [events[i : i + args.size] for i in range(0, len(events), args.size)]
+        print(f"{len(events)} events, {args.size} a call, one process, sequential")
         for name, url in (
             ("PostgreSQL", ""),
             ("ClickHouse", f"clickhouse://127.0.0.1:{server.port}/costmon_bench"),
@@ -101,8 +103,8 @@ def main() -> None:
                 usage_record_batch(tenant=tenant, events=[replace(events[0], event_id="warm")])
                 cpu = server_cpu(server.process.pid)
                 started = time.perf_counter()
-                for one in events:
-                    usage_record_batch(tenant=tenant, events=[one])
+                for call in calls:
+                    usage_record_batch(tenant=tenant, events=call)
                 rate = len(events) / (time.perf_counter() - started)
                 # The server's CPU per event, over the run and the 3 s after (merges, flushes).
                 time.sleep(3)

@@ -76,13 +76,28 @@ def test_single_events_wait_in_the_buffer_are_read_and_counted_once(store, acme,
     assert [e["duplicate"] for e in again.json()["events"]] == [True, True]
     with unscoped():
         assert HourlyRollup.objects.for_tenant(acme).aggregate(c=Sum("calls"))["c"] == 5
-    # A flush writes them as one part; a large batch goes to the table itself.
+    # A flush writes them as one part.
     store.flush(acme.pk)
     assert (in_table(store, acme), parts(store, acme)) == (5, 1)
-    batch = [event(event_id=f"b{i}") for i in range(chrows.DIRECT_ROWS)]
-    assert post_usage(client, batch).status_code == 201
-    assert in_table(store, acme) == 5 + chrows.DIRECT_ROWS
-    assert (store.count(acme.pk), store.count(outsider.pk)) == (5 + chrows.DIRECT_ROWS, 1)
+
+
+def test_a_large_batch_flushes_the_buffer_checks_the_table_and_goes_there(store, acme, outsider):
+    client = client_of(acme)
+    for i in range(3):
+        post_usage(client, event(event_id=f"e{i}"))
+    assert in_table(store, acme) == 0
+    size = chrows.DIRECT_ROWS
+    batch = [event(event_id=f"e{i}") for i in range(2)] + [
+        event(event_id=f"b{i}") for i in range(size)
+    ]
+
+    sent = post_usage(client, batch).json()["events"]
+
+    assert sum(e["duplicate"] for e in sent) == 2
+    assert (in_table(store, acme), store.count(acme.pk)) == (size + 3, size + 3)
+    with unscoped():
+        assert HourlyRollup.objects.for_tenant(acme).aggregate(c=Sum("calls"))["c"] == size + 3
+    assert store.count(outsider.pk) == 0
 
 
 def test_the_duplicate_check_finds_rows_flushed_while_it_read_the_buffer(store, acme, monkeypatch):

@@ -155,7 +155,7 @@ class ClickHouseStore(EventStore):
         tenant_id = int(rows[0]["tenant_id"])
         assert all(r["tenant_id"] == tenant_id for r in rows), "one tenant per batch"
         self._lock(tenant_id)
-        held, buried = self._key_states(tenant_id, rows)
+        held, buried = self._key_states(tenant_id, rows, locked=True)
         fresh = [r for r in rows if key_of(r) not in held]
         if not fresh:
             return set()
@@ -204,7 +204,7 @@ class ClickHouseStore(EventStore):
         return held | set(buried)
 
     def _key_states(
-        self, tenant_id: int, rows: Sequence[dict[str, Any]]
+        self, tenant_id: int, rows: Sequence[dict[str, Any]], *, locked: bool = False
     ) -> tuple[set[tuple[str, int, int]], dict[tuple[str, int, int], int]]:
         """The keys of `rows` held as events, and the version of those held as tombstones, in a
         few queries: ids in groups, as ClickHouse limits a query's text (256 kB by default).
@@ -212,7 +212,13 @@ class ClickHouseStore(EventStore):
         Each group is read through the buffer, then from the table: a query of a Buffer table
         takes the table's parts first and the buffer's rows later, so rows flushed in between
         are in neither; the second query, begun after the first read the buffer, finds them.
-        Each key's newest version of the two answers counts."""
+        Each key's newest version of the two answers counts. A large batch of ingest (`locked`:
+        under the tenant's lock, which keeps its other inserts out) flushes the buffer instead
+        and asks the table alone: none of the tenant's rows can be in the buffer then."""
+        tables: tuple[str, ...] = (BUFFER, TABLE)
+        if locked and len(rows) >= DIRECT_ROWS:
+            self.flush(tenant_id)
+            tables = (TABLE,)
         newest: dict[tuple[str, int, int], tuple[int, int]] = {}
         for start in range(0, len(rows), IDS_PER_QUERY):
             part = rows[start : start + IDS_PER_QUERY]
@@ -222,7 +228,7 @@ class ClickHouseStore(EventStore):
                 "hi": seconds_of(max(times)),
                 "ids": tuple({r["event_id"] for r in part}),
             }
-            for table in (BUFFER, TABLE):
+            for table in tables:
                 found = self.run(
                     tenant_id,
                     f"SELECT event_id, toUInt32(occurred_at), micros, version, deleted "
