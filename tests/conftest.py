@@ -172,6 +172,7 @@ def clickhouse_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
 
 def _truncate(store: Any) -> None:
     for index in range(len(store.shards)):
+        store.connections.execute(index, "OPTIMIZE TABLE usage_events_buffer")  # flushes it
         store.connections.execute(index, "TRUNCATE TABLE usage_events")
 
 

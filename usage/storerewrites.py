@@ -136,7 +136,8 @@ def store_rollups_rebuild(
     *, store: ClickHouseStore, tenant: Tenant, hours: Sequence[datetime]
 ) -> int:
     """Recompute the rollups of these hours from ClickHouse's events. Call inside a transaction
-    that holds the tenant's exclusive ingest lock."""
+    that holds the tenant's exclusive ingest lock (the buffer flushed first: exact sums)."""
+    store.flush(tenant.pk)
     for i in range(0, len(hours), 500):
         part = list(hours[i : i + 500])
         rollups_clear(tenant, part)
@@ -233,6 +234,9 @@ def _run(
         claimed = EventRewrite.objects.for_tenant(tenant).select_for_update()
         if not claimed.filter(pk=job.pk, done_at__isnull=True).exists():
             return report  # another process finished it meanwhile
+        # The tenant's buffered rows to the table first: read whole, and replaced by rows
+        # inserted after them (the table's merges keep the highest version, or the last row).
+        store.flush(tenant.pk)
         version = _version()
         if job.kind == EventRewrite.Kind.DELETE:
             keys = [(eid, datetime.fromisoformat(at)) for eid, at in job.keys]

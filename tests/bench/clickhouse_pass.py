@@ -60,12 +60,13 @@ def _store() -> Any:
 def clickhouse_storage(store: Any) -> tuple[int, int]:
     """Bytes on disk of the events table's active parts and its events, over every shard,
     after each partition is merged into one part (`OPTIMIZE ... FINAL`)."""
-    from usage.eventstore.chrows import TABLE
+    from usage.eventstore.chrows import BUFFER, TABLE
 
     where = "active AND database = %(db)s AND table = %(table)s"
     total = events = 0
     for index, shard in enumerate(store.shards):
         params = {"db": shard.database, "table": TABLE}
+        store.connections.execute(index, f"OPTIMIZE TABLE {BUFFER}")  # flushes the buffer
         partitions = store.connections.execute(
             index, f"SELECT DISTINCT partition FROM system.parts WHERE {where}", params
         )

@@ -111,6 +111,7 @@ def main() -> None:
                     usage_record_batch(tenant=tenant, events=batch)
                 rate = len(events) / (time.perf_counter() - started)
             if url:
+                store.connections.execute(0, "OPTIMIZE TABLE usage_events_buffer")  # type: ignore[attr-defined]
                 store.connections.execute(0, "OPTIMIZE TABLE usage_events FINAL")  # type: ignore[attr-defined]
                 (size,) = store.connections.execute(  # type: ignore[attr-defined]
                     0,

@@ -18,12 +18,21 @@ from costmon.core.tenancy import unscoped
 from tests.clickhouse import free_port
 from tests.helpers import event, post_usage, stored_events
 from usage.eventstore import current
+from usage.eventstore.chrows import BUFFER
 from usage.eventstore.clickhouse import TABLE, ClickHouseStore, tenant_where
 from usage.maintenance import usage_events_delete
 from usage.models import HourlyRollup
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 NOW = "2026-11-21T12:00:00Z"
+# How statements read the events table (`FROM {table}`: the table or its buffer, in a loop).
+READS = ("FROM {TABLE}", "FROM {BUFFER}", "FROM {table}")
+
+
+def truncate(store: ClickHouseStore, index: int) -> None:
+    """Empty shard `index`'s table, its buffer flushed first (else it refills it)."""
+    store.connections.execute(index, f"OPTIMIZE TABLE {BUFFER}")
+    store.connections.execute(index, f"TRUNCATE TABLE {TABLE}")
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +105,7 @@ def test_tenants_on_two_shards_total_as_on_one_node_and_as_postgresql(store, acm
             held = {
                 tenant_id
                 for (tenant_id,) in store.connections.execute(
-                    index, f"SELECT DISTINCT tenant_id FROM {TABLE}"
+                    index, f"SELECT DISTINCT tenant_id FROM {BUFFER}"
                 )
             }
             assert held == {t.pk for t in tenants if store.shard_of(t.pk) == index}
@@ -125,7 +134,7 @@ def test_reads_count_a_duplicate_once_before_clickhouse_merges_it(store, acme, o
             ],
         )
     raw = store.connections.execute(
-        store.shard_of(acme.pk), f"SELECT count() FROM {TABLE} WHERE {tenant_where(acme.pk)}"
+        store.shard_of(acme.pk), f"SELECT count() FROM {BUFFER} WHERE {tenant_where(acme.pk)}"
     )
     assert raw[0][0] == 3
     assert store.count(acme.pk) == 2
@@ -190,11 +199,11 @@ def test_events_migrate_copies_postgresql_events_once_and_resumes(
     try:
         store.create_schema()
         for index in range(2):
-            store.connections.execute(index, f"TRUNCATE TABLE {TABLE}")
+            truncate(store, index)
         store.insert_rows(acme.pk, first)
         out = StringIO()
         call_command("events_migrate", "--to", "clickhouse", "--chunk", "4", stdout=out)
-        assert "Done: 22 events read, 17 copied" in out.getvalue()
+        assert "Done: 17 events read, 17 copied, 5 tenant-days already complete." in out.getvalue()
         assert "acme:" in out.getvalue()  # progress
         with unscoped():
             got = {
@@ -204,12 +213,10 @@ def test_events_migrate_copies_postgresql_events_once_and_resumes(
         assert got == expected
         again = StringIO()
         call_command("events_migrate", "--to", "clickhouse", stdout=again)
-        assert (
-            "Done: 0 events read, 0 copied, 4 tenant-months already complete." in again.getvalue()
-        )
+        assert "Done: 0 events read, 0 copied, 22 tenant-days already complete." in again.getvalue()
     finally:
         for index in range(2):
-            store.connections.execute(index, f"TRUNCATE TABLE {TABLE}")
+            truncate(store, index)
         current.forget()
 
 
@@ -242,25 +249,34 @@ def test_events_migrate_does_not_copy_an_event_deleted_on_clickhouse_again(
     assert isinstance(store, ClickHouseStore)
     try:
         store.create_schema()
-        store.connections.execute(0, f"TRUNCATE TABLE {TABLE}")
-        assert migrate() == "Done: 16 events read, 16 copied, 0 tenant-months already complete."
+        truncate(store, 0)
+        assert migrate() == "Done: 16 events read, 16 copied, 0 tenant-days already complete."
         gone = stored_events(acme)[0]
         with unscoped():
             assert usage_events_delete(tenant=acme, keys=[(gone.event_id, gone.occurred_at)]) == 1
         kept = sorted(set(everything) - {gone.event_id})
         for _ in range(2):
-            assert migrate() == "Done: 0 events read, 0 copied, 4 tenant-months already complete."
+            assert migrate() == "Done: 0 events read, 0 copied, 16 tenant-days already complete."
             assert (keys(acme), keys(outsider)) == (kept, everything)
-        # A month read again (an event PostgreSQL got meanwhile) copies that one only.
+        # A day read again (an event PostgreSQL got meanwhile) copies that one only.
         use("")
         late = event(event_id="late", occurred_at=gone.occurred_at.isoformat())
         post_usage(client_of(acme), [late])
         use(ch_url)
-        # 4 + 1 events in the month; the deleted one is not copied again.
-        assert migrate() == "Done: 5 events read, 1 copied, 3 tenant-months already complete."
+        # 1 + 1 events that day; the deleted one is not copied again.
+        assert migrate() == "Done: 2 events read, 1 copied, 15 tenant-days already complete."
         assert (keys(acme), keys(outsider)) == (sorted([*kept, "late"]), everything)
+        # As many keys on a day, but not the same ones: ClickHouse got one after the switch,
+        # PostgreSQL another before it. Keys are compared (counts alone would skip the day).
+        post_usage(client_of(acme), [event(event_id="after", occurred_at="2026-11-20T09:00:00Z")])
+        use("")
+        post_usage(client_of(acme), [event(event_id="before", occurred_at="2026-11-20T08:00:00Z")])
+        use(ch_url)
+        assert migrate() == "Done: 1 events read, 1 copied, 16 tenant-days already complete."
+        assert keys(acme) == sorted([*kept, "late", "after", "before"])
+        assert keys(outsider) == everything
     finally:
-        store.connections.execute(0, f"TRUNCATE TABLE {TABLE}")
+        truncate(store, 0)
         current.forget()
 
 
@@ -280,7 +296,7 @@ def test_every_query_of_the_events_table_carries_the_tenant_filter():
         for node in ast.walk(ast.parse(inspect.getsource(module))):
             if isinstance(node, ast.FunctionDef) and node.name not in exempt:
                 text = ast.unparse(node)
-                if any(s in text for s in ("FROM {TABLE}", "ALTER TABLE {TABLE}", "current_sql(")):
+                if any(s in text for s in (*READS, "ALTER TABLE {TABLE}", "current_sql(")):
                     assert "tenant_where(" in text or "self._where(" in text, node.name
                     checked += 1
             if isinstance(node, ast.FunctionDef) and node.name == "_where":

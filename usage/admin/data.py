@@ -6,10 +6,12 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import path
 
 from costmon.core.admin import ReadOnlyAdminMixin, TenantOwnedAdmin
 from costmon.core.money import format_usd
+from usage.admin.storeevents import StoreEventsMixin
 from usage.eventstore.current import event_store
 from usage.maintenance import usage_events_delete
 from usage.models import (
@@ -30,7 +32,7 @@ class ReadOnlyAdmin(ReadOnlyAdminMixin, TenantOwnedAdmin):
     list_per_page = 50
 
 
-class UsageEventAdmin(ReadOnlyAdmin):
+class UsageEventAdmin(StoreEventsMixin, ReadOnlyAdmin):
     list_display = (
         "event_id",
         "tenant",
@@ -86,6 +88,18 @@ class UsageEventAdmin(ReadOnlyAdmin):
     @admin.display(description="status")
     def status(self, obj: UsageEvent) -> str:
         return "error" if obj.is_error else "success"
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view(self.store_events_view)
+        return [path("store/", view, name="usage_usageevent_store"), *super().get_urls()]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # With ClickHouse this table is empty: the list is the store's, one tenant at a time.
+        if event_store().name != "postgres":
+            return HttpResponseRedirect(self.store_events_url())
+        return super().changelist_view(request, extra_context)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Offered where this list is the events' store: PostgreSQL's table (with ClickHouse

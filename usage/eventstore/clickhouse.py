@@ -9,6 +9,19 @@ adds only the others to the rollups and inserts only those; and every read takes
 (`LIMIT 1 BY`), which stays right before merges too. An insert is visible to the next query on
 that server as soon as it returns.
 
+Buffer: a MergeTree insert makes a part (a directory of files), so single events would each make
+one, and the server merges them afterwards. Inserts of fewer than `chrows.DIRECT_ROWS` rows go
+to a Buffer table in front (`chrows.BUFFER`), which writes a part per flush (every
+`BUFFER_SECONDS` at most); reads name the buffer, which reads the table and the rows not flushed
+yet. A read of a Buffer table takes the table's parts before the buffer's rows, so rows flushed
+at that moment can be missing from that one answer: the duplicate check asks the table again
+(`_key_states`); sums, rewrites, a tenant's reset and retention flush the buffer first (`flush`;
+under the tenant's ingest lock, as rewrites and the counters' rebuild are, that is exact). A
+list, export or lookup of events can, rarely, miss for that one answer rows sent within the
+last moment. What the buffer holds is lost if ClickHouse
+stops abnormally (a normal stop flushes it): those events, up to `BUFFER_SECONDS` of small
+inserts, stay counted in PostgreSQL's rollups (see the README, "Buffer").
+
 The SQL is what ClickHouse 18.16 (Debian's package) and current releases both accept: times as
 `DateTime` (seconds) plus a `micros` column, compared with `toDateTime(<unix seconds>)`; money
 as integer nano-dollars; every query's tenant filter from `tenant_where`.
@@ -16,7 +29,6 @@ as integer nano-dollars; every query's tenant filter from `tenant_where`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -35,8 +47,10 @@ from usage.eventstore.base import (
     checked_grouping,
 )
 from usage.eventstore.chrows import (
+    BUFFER,
     CH_INGEST_LOCK_NAMESPACE,
     COLUMNS,
+    DIRECT_ROWS,
     IDS_PER_QUERY,
     KINDS,
     LOOK_BACK,
@@ -50,10 +64,14 @@ from usage.eventstore.chrows import (
     encode_cursor,
     event_of,
     key_of,
-    migrate_sql,
     seconds_of,
-    table_sql,
     with_names,
+)
+from usage.eventstore.chschema import (
+    buffer_flush,
+    months_drop_before,
+    mutations_wait,
+    schema_create,
 )
 from usage.eventstore.chserver import Connections, Shard
 from usage.models import CostSource, Dimension, TagSet, UsageEvent
@@ -121,19 +139,13 @@ class ClickHouseStore(EventStore):
     # --- schema ---------------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """The database and table on every shard (idempotent)."""
+        """The database, the table and its buffer on every shard (idempotent)."""
         for index, shard in enumerate(self.shards):
-            self.connections.execute(
-                index, f"CREATE DATABASE IF NOT EXISTS {shard.database}", database=False
-            )
-            self.connections.execute(index, table_sql(shard.database))
-            present = self.connections.execute(
-                index,
-                "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s",
-                {"db": shard.database, "t": TABLE},
-            )
-            for statement in migrate_sql({str(name) for (name,) in present}):
-                self.connections.execute(index, statement)
+            schema_create(self.connections, index, shard.database)
+
+    def flush(self, tenant_id: int) -> None:
+        """Write the buffer of the tenant's shard to the table now (`chschema.buffer_flush`)."""
+        buffer_flush(self.connections, self.shard_of(tenant_id))
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -143,7 +155,7 @@ class ClickHouseStore(EventStore):
         tenant_id = int(rows[0]["tenant_id"])
         assert all(r["tenant_id"] == tenant_id for r in rows), "one tenant per batch"
         self._lock(tenant_id)
-        held, buried = self._key_states(tenant_id, rows)
+        held, buried = self._key_states(tenant_id, rows, locked=True)
         fresh = [r for r in rows if key_of(r) not in held]
         if not fresh:
             return set()
@@ -165,12 +177,15 @@ class ClickHouseStore(EventStore):
     def insert_rows(
         self, tenant_id: int, rows: Sequence[dict[str, Any]], version: int = 0, deleted: int = 0
     ) -> None:
-        """Plain insert of rows of one tenant (no duplicate check: see `insert_new`)."""
-        self._insert(tenant_id, [ch_row(r, version, deleted) for r in rows])
+        """Plain insert of rows of one tenant into the table itself, past the buffer (no
+        duplicate check: see `insert_new`). Rewrites flush the buffer first (`flush`), so their
+        rows reach the table after the versions they replace."""
+        self._insert(tenant_id, [ch_row(r, version, deleted) for r in rows], direct=True)
 
-    def _insert(self, tenant_id: int, values: list[tuple[Any, ...]]) -> None:
+    def _insert(self, tenant_id: int, values: list[tuple[Any, ...]], direct: bool = False) -> None:
         names = [*COLUMNS, *(c for c, _, _ in META_COLUMNS)]
-        self.run(tenant_id, f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES", values)
+        table = TABLE if direct or len(values) >= DIRECT_ROWS else BUFFER
+        self.run(tenant_id, f"INSERT INTO {table} ({', '.join(names)}) VALUES", values)
 
     def _lock(self, tenant_id: int) -> None:
         if connection.vendor != "postgresql":
@@ -189,33 +204,45 @@ class ClickHouseStore(EventStore):
         return held | set(buried)
 
     def _key_states(
-        self, tenant_id: int, rows: Sequence[dict[str, Any]]
+        self, tenant_id: int, rows: Sequence[dict[str, Any]], *, locked: bool = False
     ) -> tuple[set[tuple[str, int, int]], dict[tuple[str, int, int], int]]:
         """The keys of `rows` held as events, and the version of those held as tombstones, in a
-        few queries: ids in groups, as ClickHouse limits a query's text (256 kB by default)."""
-        held: set[tuple[str, int, int]] = set()
-        buried: dict[tuple[str, int, int], int] = {}
+        few queries: ids in groups, as ClickHouse limits a query's text (256 kB by default).
+
+        Each group is read through the buffer, then from the table: a query of a Buffer table
+        takes the table's parts first and the buffer's rows later, so rows flushed in between
+        are in neither; the second query, begun after the first read the buffer, finds them.
+        Each key's newest version of the two answers counts. A large batch of ingest (`locked`:
+        under the tenant's lock, which keeps its other inserts out) flushes the buffer instead
+        and asks the table alone: none of the tenant's rows can be in the buffer then."""
+        tables: tuple[str, ...] = (BUFFER, TABLE)
+        if locked and len(rows) >= DIRECT_ROWS:
+            self.flush(tenant_id)
+            tables = (TABLE,)
+        newest: dict[tuple[str, int, int], tuple[int, int]] = {}
         for start in range(0, len(rows), IDS_PER_QUERY):
             part = rows[start : start + IDS_PER_QUERY]
             times = [r["occurred_at"] for r in part]
-            found = self.run(
-                tenant_id,
-                f"SELECT event_id, toUInt32(occurred_at), micros, version, deleted "
-                f"FROM {TABLE} WHERE {tenant_where(tenant_id)} "
-                "AND occurred_at >= toDateTime(%(lo)s) AND occurred_at <= toDateTime(%(hi)s) "
-                f"AND event_id IN %(ids)s ORDER BY version DESC {ONE_PER_KEY}",
-                {
-                    "lo": seconds_of(min(times)),
-                    "hi": seconds_of(max(times)),
-                    "ids": tuple({r["event_id"] for r in part}),
-                },
-            )
-            for eid, seconds, micros, version, deleted in found:
-                key = (eid, int(seconds), int(micros))
-                if deleted:
-                    buried[key] = int(version)
-                else:
-                    held.add(key)
+            params = {
+                "lo": seconds_of(min(times)),
+                "hi": seconds_of(max(times)),
+                "ids": tuple({r["event_id"] for r in part}),
+            }
+            for table in tables:
+                found = self.run(
+                    tenant_id,
+                    f"SELECT event_id, toUInt32(occurred_at), micros, version, deleted "
+                    f"FROM {table} WHERE {tenant_where(tenant_id)} "
+                    "AND occurred_at >= toDateTime(%(lo)s) AND occurred_at <= toDateTime(%(hi)s) "
+                    f"AND event_id IN %(ids)s ORDER BY version DESC {ONE_PER_KEY}",
+                    params,
+                )
+                for eid, seconds, micros, version, deleted in found:
+                    key = (eid, int(seconds), int(micros))
+                    if key not in newest or int(version) > newest[key][0]:
+                        newest[key] = (int(version), int(deleted))
+        held = {key for key, (_, deleted) in newest.items() if not deleted}
+        buried = {key: version for key, (version, deleted) in newest.items() if deleted}
         return held, buried
 
     # --- reads ----------------------------------------------------------------------------
@@ -392,6 +419,9 @@ class ClickHouseStore(EventStore):
         built = self._where(tenant, query)
         if built is None:
             return []
+        # Sums feed budgets (the counters' rebuild runs under the tenant's ingest lock): the
+        # buffer flushed first, none of the tenant's earlier rows can be in flight meanwhile.
+        self.flush(tenant.pk)
         where, params = built
         keys = [GROUP_COLUMNS[k] for k in by]
         if bucket is not None:
@@ -457,16 +487,6 @@ class ClickHouseStore(EventStore):
         )
         return int(rows[0][0]), int(rows[0][1] or 0)
 
-    def months(self, tenant_id: int) -> dict[int, int]:
-        """The tenant's keys per month (YYYYMM), each once, in any version: tombstones count
-        (`events_migrate` must not copy a deleted event again)."""
-        rows = self.run(
-            tenant_id,
-            "SELECT toYYYYMM(occurred_at) AS month, count() FROM (SELECT DISTINCT occurred_at, "
-            f"micros, event_id FROM {TABLE} WHERE {tenant_where(tenant_id)}) GROUP BY month",
-        )
-        return {int(month): int(n) for month, n in rows}
-
     # --- deletes --------------------------------------------------------------------------
 
     def delete_tenant(self, tenant_id: int) -> int:
@@ -474,41 +494,18 @@ class ClickHouseStore(EventStore):
         if not count:
             return 0
         index = self.shard_of(tenant_id)
-        database = self.shards[index].database
+        # Flushed first: rows the buffer holds would reach the table after the mutation.
+        buffer_flush(self.connections, index)
         self.run(tenant_id, f"ALTER TABLE {TABLE} DELETE WHERE {tenant_where(tenant_id)}")
-        # A mutation runs in the background (18.16 has no `mutations_sync`): wait for it, so
-        # the reset is done when this returns.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            pending = self.connections.execute(
-                index,
-                "SELECT count() FROM system.mutations WHERE database = %(db)s "
-                "AND table = %(t)s AND is_done = 0",
-                {"db": database, "t": TABLE},
-            )
-            if not pending[0][0]:
-                break
-            time.sleep(0.05)
+        # A mutation runs in the background: wait for it, so the reset is done on return.
+        mutations_wait(self.connections, index, self.shards[index].database)
         return count
 
     def drop_before(self, before: datetime) -> list[tuple[str, int]] | None:
         """Every shard: drop the monthly partitions that end at or before `before`."""
-        cutoff = before.astimezone(UTC)
         dropped: list[tuple[str, int]] = []
         for index, shard in enumerate(self.shards):
-            parts = self.connections.execute(
-                index,
-                "SELECT partition, sum(rows) FROM system.parts WHERE database = %(db)s "
-                "AND table = %(t)s AND active GROUP BY partition ORDER BY partition",
-                {"db": shard.database, "t": TABLE},
+            dropped += months_drop_before(
+                self.connections, index, shard.database, shard.address, before
             )
-            for partition, rows in parts:
-                month = str(partition).strip("'")
-                year, number = int(month[:4]), int(month[4:6])
-                end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
-                if end <= cutoff:
-                    self.connections.execute(
-                        index, f"ALTER TABLE {TABLE} DROP PARTITION {int(month)}"
-                    )
-                    dropped.append((f"{shard.address}/{TABLE}/{month}", int(rows)))
         return dropped

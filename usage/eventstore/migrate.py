@@ -1,25 +1,31 @@
 """Copying PostgreSQL's raw events into the ClickHouse event store (`manage.py events_migrate`).
 
-Idempotent and resumable: a tenant's month of which ClickHouse already holds as many keys is
-skipped; any other is read from PostgreSQL in key order, in chunks, and each chunk's events whose
-keys ClickHouse lacks are inserted. Keys count in any version: an event deleted on ClickHouse
-(a tombstone) that PostgreSQL still holds is not copied again. So a run stopped half-way, run
-again, or run once more after the switch (for events that arrived meanwhile) copies each event
-once. Rollups are not touched: they stay in PostgreSQL and already hold these events.
+Idempotent and resumable: a tenant's UTC day is skipped when ClickHouse holds exactly its keys,
+judged without reading them: both databases give, per day, the number of keys and the sum of
+a 32-bit hash of each (the first 8 hex digits of the MD5 of `event id|unix seconds|micros`,
+which PostgreSQL's `md5` and ClickHouse's `MD5` compute alike). Any other day is read from
+PostgreSQL in key order, in chunks, and each chunk's events whose keys ClickHouse lacks are
+inserted. Keys count in any version: an event deleted on ClickHouse (a tombstone) that
+PostgreSQL still holds is not copied again. So a run stopped half-way, run again, or run once
+more after the switch (for events that arrived meanwhile, even as many as ClickHouse got that
+day) copies each event once. A day on which ClickHouse also holds events PostgreSQL lacks (sent
+after the switch) is read again on each run, copying nothing. Rollups are not touched: they
+stay in PostgreSQL and already hold these events.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 
-from django.db.models import Count, Q
-from django.db.models.functions import TruncMonth
+from django.db import connection
+from django.db.models import Q
 
 from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context
-from usage.eventstore.clickhouse import ClickHouseStore
+from usage.eventstore.chrows import BUFFER
+from usage.eventstore.clickhouse import ClickHouseStore, tenant_where
 from usage.models import UsageEvent
 from usage.rows import EVENT_COLUMNS
 
@@ -30,18 +36,35 @@ CHUNK = 10_000
 class MigrateReport:
     examined: int = 0  # events read from PostgreSQL
     copied: int = 0  # of them, inserted into ClickHouse
-    months_skipped: int = 0  # tenant-months ClickHouse had complete already
+    days_skipped: int = 0  # tenant-days ClickHouse had complete already (`_pg_days`)
 
 
-def _pg_months(tenant: Tenant) -> dict[int, int]:
-    rows = (
-        UsageEvent.objects.for_tenant(tenant)
-        .annotate(month=TruncMonth("occurred_at", tzinfo=UTC))
-        .values("month")
-        .annotate(n=Count("pk"))
-        .values_list("month", "n")
+def _pg_days(tenant: Tenant) -> dict[date, tuple[int, int]]:
+    """The tenant's keys per UTC day in PostgreSQL: (how many, sum of their hashes mod 2^64)."""
+    table = UsageEvent._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT day, count(*), sum(h) FROM (SELECT (occurred_at AT TIME ZONE 'UTC')::date "
+            "AS day, ('x' || substr(md5(event_id || '|' || "
+            "floor(extract(epoch FROM occurred_at))::bigint || '|' || "
+            "((extract(epoch FROM occurred_at) * 1000000)::bigint %% 1000000)), 1, 8))"
+            f"::bit(32)::bigint AS h FROM {table} WHERE tenant_id = %s) AS k GROUP BY day",
+            [tenant.pk],
+        )
+        return {day: (int(n), int(h) % 2**64) for day, n, h in cursor.fetchall()}
+
+
+def _ch_days(store: ClickHouseStore, tenant: Tenant) -> dict[date, tuple[int, int]]:
+    """The same of ClickHouse: each key once, in any version (tombstones count)."""
+    key = "concat(event_id, '|', toString(toUInt32(occurred_at)), '|', toString(micros))"
+    rows = store.run(
+        tenant.pk,
+        "SELECT toDate(occurred_at) AS day, count(), "
+        f"sum(reinterpretAsUInt32(reverse(unhex(substring(hex(MD5({key})), 1, 8))))) "
+        f"FROM (SELECT DISTINCT occurred_at, micros, event_id FROM {BUFFER} "
+        f"WHERE {tenant_where(tenant.pk)}) GROUP BY day",
     )
-    return {month.year * 100 + month.month: n for month, n in rows}
+    return {day: (int(n), int(h)) for day, n, h in rows}
 
 
 def events_migrate(
@@ -54,23 +77,26 @@ def events_migrate(
     report = MigrateReport()
     for tenant in tenants:
         with tenant_context(tenant):
-            held = store.months(tenant.pk)
-            for month, count in sorted(_pg_months(tenant).items()):
-                if held.get(month, 0) >= count:
-                    report.months_skipped += 1
+            held = _ch_days(store, tenant)
+            for day, keys in sorted(_pg_days(tenant).items()):
+                if held.get(day) == keys:
+                    report.days_skipped += 1
                     continue
-                _copy_month(store, tenant, month, chunk, report)
+                start = datetime.combine(day, time(), UTC)
+                _copy(store, tenant, start, start + timedelta(days=1), chunk, report)
                 if progress:
                     progress(tenant, report)
     return report
 
 
-def _copy_month(
-    store: ClickHouseStore, tenant: Tenant, month: int, chunk: int, report: MigrateReport
+def _copy(
+    store: ClickHouseStore,
+    tenant: Tenant,
+    start: datetime,
+    end: datetime,
+    chunk: int,
+    report: MigrateReport,
 ) -> None:
-    year, number = divmod(month, 100)
-    start = datetime(year, number, 1, tzinfo=UTC)
-    end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
     events = UsageEvent.objects.for_tenant(tenant).filter(
         occurred_at__gte=start, occurred_at__lt=end
     )

@@ -54,5 +54,5 @@ class Command(BaseCommand):
         )
         self.stdout.write(
             f"Done: {report.examined} events read, {report.copied} copied, "
-            f"{report.months_skipped} tenant-months already complete."
+            f"{report.days_skipped} tenant-days already complete."
         )
