@@ -2,7 +2,7 @@
 service (`usage_record_batch`), one process, sequential, as a single-event API request does
 without HTTP.
 
-    .venv/bin/python tests/bench/ch_single.py [--events 600] [--size 1] [--db NAME] [--redis N]
+    .venv/bin/python tests/bench/ch_single.py [--events 600] [--size 1] [--buffer] [--db NAME]
 
 Uses a scratch PostgreSQL database (`--db`, created afresh) and a Redis database, and starts its
 own clickhouse-server in a temporary folder. Prints events/s for each store, the parts the
@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--redis", type=int, default=9)
     parser.add_argument("--profile", action="store_true", help="time ClickHouse statements")
     parser.add_argument("--size", type=int, default=1, help="events per call (1: single events)")
+    parser.add_argument(
+        "--buffer", action="store_true", help="small inserts through the Buffer table"
+    )
     args = parser.parse_args()
     os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.db}"
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis}"
@@ -46,6 +49,7 @@ def main() -> None:
     os.environ.setdefault("SECRET_KEY", "ch-bench")
     os.environ["DJANGO_SETTINGS_MODULE"] = "costmon.settings"
     os.environ.pop("COSTMON_EVENT_STORE_URL", None)
+    os.environ["COSTMON_CLICKHOUSE_BUFFER"] = "1" if args.buffer else "0"
     prepare_database(args.db)
 
     import django

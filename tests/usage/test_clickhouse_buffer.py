@@ -37,6 +37,7 @@ def store(clickhouse_servers, settings, monkeypatch):
         f"clickhouse://127.0.0.1:{clickhouse_servers[0].port}/{DATABASE}"
     )
     settings.COSTMON_CLICKHOUSE_SHARDS = f"127.0.0.1:{clickhouse_servers[1].port}"
+    settings.COSTMON_CLICKHOUSE_BUFFER = True
     current.forget()
     chosen = current.event_store()
     assert isinstance(chosen, ClickHouseStore)
@@ -59,6 +60,28 @@ def in_table(store: ClickHouseStore, tenant) -> int:
 def parts(store: ClickHouseStore, tenant) -> int:
     sql = "SELECT count() FROM system.parts WHERE active AND database = %(db)s AND table = %(t)s"
     return int(store.run(tenant.pk, sql, {"db": DATABASE, "t": TABLE})[0][0])
+
+
+def test_without_the_setting_every_insert_goes_to_the_table(store, settings, acme, outsider):
+    settings.COSTMON_CLICKHOUSE_BUFFER = False  # the default
+    current.forget()
+    direct = current.event_store()
+    assert isinstance(direct, ClickHouseStore) and not direct.buffered
+    client = client_of(acme)
+    for i in range(3):
+        assert post_usage(client, event(event_id=f"e{i}")).status_code == 201
+    post_usage(client_of(outsider), event(event_id="e0"))
+    # Durable once answered: each event is in the table itself, nothing waits in the buffer.
+    assert (in_table(direct, acme), direct.count(acme.pk)) == (3, 3)
+    for index in range(2):  # a read of the buffer is the table's rows and its own: none
+        through, table = (f"SELECT count() FROM {t}" for t in (BUFFER, TABLE))
+        assert direct.connections.execute(index, through) == direct.connections.execute(
+            index, table
+        )
+    again = post_usage(client, [event(event_id="e1"), event(event_id="e9")])
+    assert [e["duplicate"] for e in again.json()["events"]] == [True, False]
+    assert direct.count(acme.pk) == 4 and direct.count(outsider.pk) == 1
+    direct.connections.close()
 
 
 def test_single_events_wait_in_the_buffer_are_read_and_counted_once(store, acme, outsider):

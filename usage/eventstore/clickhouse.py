@@ -9,9 +9,10 @@ adds only the others to the rollups and inserts only those; and every read takes
 (`LIMIT 1 BY`), which stays right before merges too. An insert is visible to the next query on
 that server as soon as it returns.
 
-Buffer: a MergeTree insert makes a part (a directory of files), so single events would each make
-one, and the server merges them afterwards. Inserts of fewer than `chrows.DIRECT_ROWS` rows go
-to a Buffer table in front (`chrows.BUFFER`), which writes a part per flush (every
+Buffer (on with `COSTMON_CLICKHOUSE_BUFFER`; off, every insert goes to the table and the buffer
+stays empty): a MergeTree insert makes a part (a directory of files), so single events would
+each make one, and the server merges them afterwards. Inserts of fewer than
+`chrows.DIRECT_ROWS` rows go to a Buffer table in front (`chrows.BUFFER`), which writes a part per flush (every
 `BUFFER_SECONDS` at most); reads name the buffer, which reads the table and the rows not flushed
 yet. A read of a Buffer table takes the table's parts before the buffer's rows, so rows flushed
 at that moment can be missing from that one answer: the duplicate check asks the table again
@@ -124,9 +125,12 @@ class ClickHouseStore(EventStore):
     # Rewrites insert newer versions of rows, or tombstones (`usage.storerewrites`).
     rewrites_events = True
 
-    def __init__(self, shards: Sequence[Shard]) -> None:
+    def __init__(self, shards: Sequence[Shard], *, buffered: bool = False) -> None:
         self.shards = list(shards)
         self.connections = Connections(self.shards)
+        # Small inserts go to the buffer (COSTMON_CLICKHOUSE_BUFFER); else every insert to the
+        # table, and the buffer, still made and read, stays empty.
+        self.buffered = buffered
 
     def shard_of(self, tenant_id: int) -> int:
         """The index of the shard that holds all of the tenant's events."""
@@ -184,7 +188,8 @@ class ClickHouseStore(EventStore):
 
     def _insert(self, tenant_id: int, values: list[tuple[Any, ...]], direct: bool = False) -> None:
         names = [*COLUMNS, *(c for c, _, _ in META_COLUMNS)]
-        table = TABLE if direct or len(values) >= DIRECT_ROWS else BUFFER
+        small = self.buffered and not direct and len(values) < DIRECT_ROWS
+        table = BUFFER if small else TABLE
         self.run(tenant_id, f"INSERT INTO {table} ({', '.join(names)}) VALUES", values)
 
     def _lock(self, tenant_id: int) -> None:
@@ -216,7 +221,9 @@ class ClickHouseStore(EventStore):
         under the tenant's lock, which keeps its other inserts out) flushes the buffer instead
         and asks the table alone: none of the tenant's rows can be in the buffer then."""
         tables: tuple[str, ...] = (BUFFER, TABLE)
-        if locked and len(rows) >= DIRECT_ROWS:
+        if not self.buffered:
+            tables = (TABLE,)  # the buffer holds nothing: nothing inserted goes there
+        elif locked and len(rows) >= DIRECT_ROWS:
             self.flush(tenant_id)
             tables = (TABLE,)
         newest: dict[tuple[str, int, int], tuple[int, int]] = {}

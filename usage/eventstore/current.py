@@ -1,6 +1,7 @@
 """The deployment's event store: `COSTMON_EVENT_STORE_URL` unset, PostgreSQL (the default);
 `clickhouse://host:9000/costmon`, ClickHouse, with `COSTMON_CLICKHOUSE_SHARDS` listing further
-shards (`host:port,host:port`; tenants are spread by id over all of them)."""
+shards (`host:port,host:port`; tenants are spread by id over all of them), and
+`COSTMON_CLICKHOUSE_BUFFER` small inserts through its Buffer table."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from usage.eventstore.postgres import PostgresStore
 
 
 @functools.cache
-def _store(url: str, shards: str) -> EventStore:
+def _store(url: str, shards: str, buffered: bool) -> EventStore:
     if not url:
         return PostgresStore()
-    return ClickHouseStore(parse_shards(url, shards))
+    return ClickHouseStore(parse_shards(url, shards), buffered=buffered)
 
 
 def event_store() -> EventStore:
@@ -26,6 +27,7 @@ def event_store() -> EventStore:
     return _store(
         getattr(settings, "COSTMON_EVENT_STORE_URL", "") or "",
         getattr(settings, "COSTMON_CLICKHOUSE_SHARDS", "") or "",
+        bool(getattr(settings, "COSTMON_CLICKHOUSE_BUFFER", False)),
     )
 
 
