@@ -39,6 +39,7 @@ from usage.models import (
 )
 from usage.pricing import Price
 from usage.rollups import ROLLUP_SUMS
+from usage.user_days import end_user_sums
 
 ROLLUP_DIMENSIONS = ("provider", "model", "operation", "end_user")
 _KINDS = {
@@ -158,6 +159,12 @@ def usage_metrics(
                 rows_of=partial(model_rows_of, by_end_user=group_by == "end_user"),
                 dimension=group_by,
                 limit=limit,
+                # Whole days from the daily sums by end user, a third of the hourly rows.
+                sums_of=(
+                    partial(_end_user_sums, tenant)
+                    if group_by == "end_user" and filters == UsageFilters()
+                    else None
+                ),
             )
         elif group_by in ROLLUP_DIMENSIONS:
             grouped = (
@@ -187,6 +194,10 @@ def usage_metrics(
         }
     metrics.series = _series(tr, interval, buckets)
     return metrics
+
+
+def _end_user_sums(tenant: Tenant, part: TimeRange) -> dict[int, list[int]]:
+    return end_user_sums(tenant, part.start, part.end, ROLLUP_SUMS)
 
 
 def _series(tr: TimeRange, interval: str, buckets: dict[Any, Any]) -> list[dict[str, Any]]:

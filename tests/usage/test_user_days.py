@@ -246,3 +246,37 @@ def test_end_user_sums_match_the_hourly_rollups_at_every_zones_edges(
         theirs = end_user_sums(outsider, *wide, ("calls",))
     assert list(theirs.values()) == [[1]]
     assert not set(theirs) & set(ids)
+
+
+def test_the_metrics_apis_end_user_ranking_reads_the_days_and_gives_the_hourly_figures(
+    ingest_client, outsider_client, acme, outsider, settings
+):
+    """The metrics API by end user, its past days' sums computed from the daily rows, equals
+    the same ranking summed from the hourly rows, in a zone whose days are not UTC's."""
+    from django.test.utils import CaptureQueriesContext
+
+    from usage.selectors import usage_metrics
+
+    assert post_usage(ingest_client, across_midnight()).status_code == 201
+    assert post_usage(outsider_client, event(event_id="g1", end_user="ceo")).status_code == 201
+    ranges = [
+        TimeRange(
+            start=local_midnight(date(2026, 11, 1), tz),
+            end=local_midnight(date(2026, 11, 22), tz),
+            period="custom",
+            tz=tz,
+        )
+        for tz in (ZoneInfo("UTC"), ZoneInfo("Asia/Kolkata"))
+    ]
+    for tr in ranges:
+        with tenant_context(acme):
+            plain = usage_metrics(tenant=acme, time_range=tr, group_by="end_user")
+            with CaptureQueriesContext(connection) as queries:
+                kept = usage_metrics(tenant=acme, time_range=tr, group_by="end_user", keep=True)
+        assert kept.breakdown == plain.breakdown, tr.tz
+        assert [row["key"] for row in kept.breakdown] == ["u0", "u1", "u2"]
+        assert sum(row["calls"] for row in kept.breakdown) == 24
+        assert any("usage_enduserdailyrollup" in q["sql"] for q in queries.captured_queries)
+    with tenant_context(outsider):
+        theirs = usage_metrics(tenant=outsider, time_range=ranges[0], group_by="end_user")
+    assert [(row["key"], row["calls"]) for row in theirs.breakdown] == [("ceo", 1)]
