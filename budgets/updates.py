@@ -26,10 +26,9 @@ from django.utils import timezone
 from budgets import config as tenant_config
 from budgets import counters, reservations
 from budgets import redis as bredis
-from budgets.counter_update import Update, marker_key
+from budgets.counter_update import MARKER_KEEP_SECONDS, SEP, Update, hash_args, marker_key
 from budgets.emergency_stop import emergency_stop_check
 from budgets.models import CounterUpdate
-from budgets.periods import buckets_of_day
 from budgets.storage import counter_update_insert
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
@@ -44,7 +43,6 @@ MARKER_TTL_SECONDS = 3600
 REBUILD_AFTER = timedelta(minutes=30)
 ACTIVE_KEY = "cm:active"  # tenants whose updates the sweeper saw, scored by when (epoch s)
 
-_SEP = "\x00"  # see record.lua
 _RECORD = bredis.script_file("record")
 _pending = threading.local()
 
@@ -119,27 +117,6 @@ def _settled_by(rows: Sequence[RecordedRow]) -> list[str]:
     return settle
 
 
-def expand(tenant_id: int, update: Update) -> dict[str, dict[str, int]]:
-    """The amounts per counter hash: each local day into its day, week and month hashes (hours
-    only into the day), each UTC day into the all-tenants hash."""
-    hashes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for day, fields in update.days.items():
-        day_b, week_b, month_b = buckets_of_day(day)
-        day_h = hashes[counters.bucket_key(tenant_id, day_b)]
-        week_h = hashes[counters.bucket_key(tenant_id, week_b)]
-        month_h = hashes[counters.bucket_key(tenant_id, month_b)]
-        for name, amount in fields.items():
-            day_h[name] += amount
-            if not name.startswith("h:"):
-                week_h[name] += amount
-                month_h[name] += amount
-    for day, fields in update.utc_days.items():
-        total = hashes[counters.global_day_key(day)]
-        for name, amount in fields.items():
-            total[name] += amount
-    return hashes
-
-
 @dataclass(frozen=True)
 class Applied:
     applied: bool  # False: the update's marker said it was applied before
@@ -150,17 +127,15 @@ class Applied:
 def apply_update(r: Any, tenant_id: int, update: Update, update_id: int | None) -> Applied:
     """Add an update to the counters and settle its reservations, in one script; at most
     once per `update_id`."""
-    hashes = expand(tenant_id, update)
     args: list[Any] = [
         counters.DAY_TTL_SECONDS,
         marker_key(tenant_id, update_id) if update_id is not None else "",
         MARKER_TTL_SECONDS,
         counters.ok_key(tenant_id),
-        len(hashes),
+        *hash_args(tenant_id, update),
+        f"cm:{{{tenant_id}}}",
+        "".join(f"{part}{SEP}" for part in update.settle),
     ]
-    for key, fields in hashes.items():
-        args += [key, "".join(f"{name}{_SEP}{amount}{_SEP}" for name, amount in fields.items())]
-    args += [f"cm:{{{tenant_id}}}", "".join(f"{part}{_SEP}" for part in update.settle)]
     applied, settled, trusted = _RECORD(r, args)
     return Applied(bool(applied), int(settled), bool(trusted))
 
@@ -297,7 +272,16 @@ def settle_updates(r: Any, tenant_id: int, ids: list[int] | None = None) -> tupl
         applied += int(result.applied)
         done.append(update_id)
     removed = rows.filter(pk__in=done).delete()[0] if done else 0
-    # Markers go after their rows: a marker without its row is harmless, not the reverse.
+    # Markers go after their rows (a marker without its row is harmless, not the reverse),
+    # and only after a while: the batch of an update applied here may still apply it.
     if done:
-        r.delete(*[marker_key(tenant_id, i) for i in done])
+        keep_markers(r, tenant_id, done)
     return applied, removed
+
+
+def keep_markers(r: Any, tenant_id: int, update_ids: list[int]) -> None:
+    """Let the markers of these updates (rows deleted) expire in a while, not at once."""
+    pipe = r.pipeline(transaction=False)
+    for update_id in update_ids:
+        pipe.expire(marker_key(tenant_id, update_id), MARKER_KEEP_SECONDS)
+    pipe.execute()

@@ -67,9 +67,12 @@ def usage_record_batch(
     with tenant_context(tenant):
         # ClickHouse's duplicate check reads under its lock inside the transaction: no pipeline.
         pipelined = store.pipelined_writes and pipeline_usable()
-        # The ingest lock (shared) is held until the receivers of `batch_recorded` are done:
-        # a counter rebuild, which takes it exclusively, never sees a batch half-counted. With
-        # a pipeline it is taken in the events' transaction's first round trip.
+        # The ingest lock (shared): rewrites and counter rebuilds, which take it exclusively,
+        # never run while a batch is being stored. With a pipeline it is a transaction-level
+        # lock taken in the events' transaction's first round trip and released by its COMMIT
+        # (a rebuild may then come before `batch_recorded`'s counter update: the update's
+        # marker and the rebuild's one script keep the counters exact, `budgets.counters`);
+        # else held until the receivers of `batch_recorded` are done.
         with ingest_lock(tenant.pk, shared=True, deferred=pipelined) as lock:
             try:
                 # First what can be settled before the events, idempotent and remembered (a
