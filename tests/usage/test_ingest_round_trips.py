@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis
 from django.db import DatabaseError, connection
 from django.utils import timezone
 from psycopg import pq
 
 from budgets import counters
 from budgets import redis as bredis
+from costmon.core.cache import cache_get, cache_get_many, cache_set
+from costmon.web.prometheus import totals
 from tests.helpers import event, requires_postgresql, requires_redis
+from usage import settled
 from usage.ingest import parse_batch
 from usage.models import HourlyRollup, TagHourlyRollup, UsageEvent
 from usage.services import usage_record_batch
@@ -145,3 +150,34 @@ def test_a_failure_in_the_pipeline_stores_nothing_and_releases_the_lock(acme, ou
     assert TagHourlyRollup.objects.for_tenant(acme).get().calls == 2
     assert not UsageEvent.objects.for_tenant(outsider).exists()
     assert advisory_locks() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_events_marks_of_cached_sums_go_to_redis_in_one_round_trip(
+    acme, outsider, monkeypatch
+):
+    ingest(acme, "warm")
+    ingest(outsider, "warm")
+    late = (timezone.now() - timedelta(days=3)).isoformat()  # a settled hour, a recent day
+    cache_set(totals._STALE_KEY, False, 60)
+    marks = [settled._RECENT.format(t.pk) for t in (acme, outsider)]
+    before = cache_get_many(marks)
+    sent: list[bytes] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def recorded(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(b"".join(command) if isinstance(command, list) else bytes(command))
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", recorded)
+    ingest(acme, "late", occurred_at=late)
+    monkeypatch.undo()
+
+    # Prometheus's stale mark and the dashboard's new generation: one send, one reply.
+    [together] = [s for s in sent if b"costmon:" in s and b"SET" in s]
+    assert b"usage-sums-stale" in together and b"dashboard:recent" in together
+    assert cache_get(totals._STALE_KEY) is True
+    after = cache_get_many(marks)
+    assert before is not None and after is not None
+    assert after[0] != before[0]  # acme's kept sums of the recent days are forgotten
+    assert after[1] == before[1]  # the outsider's are not
