@@ -9,6 +9,7 @@ to the rollups in one transaction (`usage.storage`), then tell the apps above wh
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -78,8 +79,11 @@ def usage_record_batch(
             try:
                 # First what can be settled before the events, idempotent and remembered (a
                 # known name, tag set or month costs no query): the stamps of time-less
-                # events, dictionary ids, tag-set ids, partitions. Committed on their own.
-                with transaction.atomic():
+                # events, dictionary ids, tag-set ids, partitions. Committed on their own:
+                # with a pipeline, statement by statement (autocommit: a new name costs its
+                # one statement, no BEGIN and COMMIT round trips; new partitions get a
+                # transaction of their own), else in one transaction.
+                with contextlib.nullcontext() if pipelined else transaction.atomic():
                     prices = _keep_stamps(tenant.pk, firsts, prices, catalog)
                     dims = dimension_ids(tenant=tenant, wanted=dimension_keys(events))
                     rows = [

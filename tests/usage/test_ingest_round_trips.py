@@ -181,3 +181,18 @@ def test_a_late_events_marks_of_cached_sums_go_to_redis_in_one_round_trip(
     assert before is not None and after is not None
     assert after[0] != before[0]  # acme's kept sums of the recent days are forgotten
     assert after[1] == before[1]  # the outsider's are not
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_name_costs_one_round_trip_more_and_is_stored(acme, outsider):
+    ingest(acme, "warm", session_id="known")
+    ingest(outsider, "warm", session_id="theirs")
+    known = round_trips(lambda: ingest(acme, "k1", session_id="known"))
+    new = round_trips(lambda: ingest(acme, "n1", session_id="new-session", end_user="new-user"))
+    # The new names' one statement, in autocommit: no BEGIN and COMMIT of its own.
+    assert len(new) == len(known) + 1, shown(new)
+    assert sends(new[0], "WITH wanted") and len(new[0]) < 10, shown(new)
+    stored = UsageEvent.objects.for_tenant(acme).select_related("session", "end_user")
+    found = {(e.event_id, e.session.value, e.end_user.value) for e in stored}
+    assert ("n1", "new-session", "new-user") in found
+    assert {e.session.value for e in UsageEvent.objects.for_tenant(outsider)} == {"theirs"}
