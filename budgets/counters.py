@@ -307,9 +307,10 @@ def counters_reconcile(
     """Rebuild the tenant's day hashes from PostgreSQL and say how much drift was corrected.
 
     Under the tenant's exclusive ingest lock: the pending counter updates (`budgets.updates`)
-    are absorbed (PostgreSQL has their batches), and the reservations held in PostgreSQL while
-    the counters could not be used move into Redis, under the reservation lock, in the same
-    transaction that marks the counters trusted.
+    are applied in the script that sets the hashes (`budgets/lua/rebuild.lua`), so a batch
+    that committed just before and applies its own update during the rebuild is counted once;
+    the reservations held in PostgreSQL while the counters could not be used move into Redis,
+    under the reservation lock, in the same transaction that marks the counters trusted.
 
     Drift is what was corrected in counters checks were trusting (not a rebuild after Redis
     restarted or after a missed update): it is logged and recorded (`CounterCorrection`, which

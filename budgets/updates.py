@@ -6,8 +6,9 @@ receiving `usage.signals.batch_committing`). Right after the commit the same pro
 (`cm:{<tenant>}:cu:<id>`) and changes nothing when the marker is already there, so an update
 is never counted twice. If the process dies between the commit and the apply, the row is still
 there: the sweeper (`counter_updates_sweep`, every 20 seconds) applies the rows whose marker is
-missing and deletes the rows (then the markers) that are done. A counter rebuild absorbs the
-pending rows instead, since its figures come from PostgreSQL, which holds the batch.
+missing and deletes the rows that are done (their markers expire a while later, so a late
+apply of their batch still finds them). A counter rebuild applies the pending rows in the
+script that sets the counters from PostgreSQL (`budgets/lua/rebuild.lua`).
 """
 
 from __future__ import annotations
@@ -204,9 +205,11 @@ def counter_updates_sweep(*, min_age_seconds: float = 5, limit: int = 5000) -> S
     """Apply the counter updates whose process died between its commit and the apply, and
     delete the rows of those done.
 
-    Each tenant is swept holding its ingest lock exclusively: no batch is then between its
-    commit and its apply, so an update without a marker is one whose process died. Rows
-    younger than `min_age_seconds` are left alone (their process is about to apply them)."""
+    Each tenant is swept holding its ingest lock exclusively, so no batch commits meanwhile.
+    Ingest's lock ends with its commit: an update without a marker is one whose process died
+    or (rarely, past `min_age_seconds`) has not applied it yet; applied here, its marker makes
+    the process's own apply change no counter. Rows younger than `min_age_seconds` are left
+    alone (their process is about to apply them)."""
     report = SweepReport()
     r = bredis.client()
     if r is None:
