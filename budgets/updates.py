@@ -187,8 +187,25 @@ def record_batch(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
             reservation_ids=update.reservation_ids(),
             event_ids=update.event_ids(),
         )
+        if applied is not None and update_id is not None:
+            _settle_moved_holds(tenant.pk, update, update_id)
     if conf.stop_rules:
         emergency_stop_check(tenant=tenant, rules=conf.stop_rules)
+
+
+def _settle_moved_holds(tenant_id: int, update: Update, update_id: int) -> None:
+    """A counter rebuild may have moved this batch's holds from PostgreSQL into Redis between
+    its counter update (counters not trusted yet) and the holds' delete (ingest's lock ended
+    with its commit). If the counters are trusted now, settle in Redis again: the update's
+    marker is set, so only its reservations are settled (settling twice changes nothing)."""
+    r = bredis.client()
+    if r is None:
+        return
+    try:
+        if counters.counters_trusted(r, tenant_id):
+            apply_update(r, tenant_id, update, update_id)
+    except bredis.RedisError as exc:
+        bredis.failed(exc)  # the holds expire with their reservation
 
 
 # --- the sweeper ----------------------------------------------------------------------------

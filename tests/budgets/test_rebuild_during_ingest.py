@@ -14,9 +14,9 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from budgets import counters, updates
+from budgets import counters, reservations, updates
 from budgets import redis as bredis
-from budgets.models import CounterCorrection
+from budgets.models import CounterCorrection, ReservationHold
 from budgets.services import budget_create
 from costmon.core.tenancy import unscoped
 from tests.budgets.conftest import check
@@ -139,3 +139,42 @@ def test_counters_equal_postgresql_after_ingest_concurrent_with_rebuilds(acme, o
     assert day_total(outsider) == stored_total(outsider) == HAIKU
     with unscoped():
         assert not CounterCorrection.objects.exists()  # no batch taken for drift
+
+
+def test_holds_a_rebuild_moves_into_redis_before_their_delete_are_settled_there(
+    acme, outsider, ingest_client, outsider_client, monkeypatch
+):
+    # Counters not trusted (not rebuilt yet): a check holds its reservation in PostgreSQL.
+    for tenant in (acme, outsider):
+        budget_create(
+            tenant=tenant,
+            data={"name": "cap", "period": "day", "limit_usd": Decimal("1"), "enforcement": "hard"},
+        )
+        counters.mark_stale(tenant.pk)  # as after Redis restarted: no rebuild yet
+        bredis.client().set(f"cm:{{{tenant.pk}}}:reconciling", 1, ex=60)  # one is asked for
+    held = check(ingest_client, estimated_cost_usd="0.5", reserve=True).json()
+    theirs = check(outsider_client, estimated_cost_usd="0.25", reserve=True).json()
+    with unscoped():
+        assert ReservationHold.objects.for_tenant(acme).count() == 1
+    settle, rebuilt = reservations.holds_settle, []
+
+    def rebuild_first(**kwargs: Any) -> int:
+        # Between the batch's counter update (not trusted) and its holds' delete: a rebuild
+        # moves the hold into Redis and trusts the counters.
+        if not rebuilt:
+            rebuilt.append(counters.counters_reconcile(tenant=acme))
+        return settle(**kwargs)
+
+    monkeypatch.setattr(reservations, "holds_settle", rebuild_first)
+    batch = [event(event_id="e1", occurred_at=now_iso(), reservation_id=held["reservation_id"])]
+    assert post_usage(ingest_client, batch).status_code == 201
+    monkeypatch.undo()
+
+    assert rebuilt
+    state = check(ingest_client).json()["budgets"][0]
+    assert (state["used_usd"], state["reserved_usd"]) == ("0.00135", "0")  # settled in Redis
+    with unscoped():
+        assert not ReservationHold.objects.for_tenant(acme).exists()
+        assert ReservationHold.objects.for_tenant(outsider).count() == 1  # theirs, untouched
+    assert theirs["reservation_id"]
+    assert check(outsider_client).json()["budgets"][0]["reserved_usd"] == "0.25"
