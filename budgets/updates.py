@@ -159,13 +159,14 @@ def record_batch(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
     passed."""
     tenant, rows = batch.tenant, batch.rows
     conf = tenant_config.for_tenant(tenant.pk)
+    applied: Applied | None = None
+    update_id: int | None = None
     if settings.REDIS_URL:
         pending, _pending.value = getattr(_pending, "value", None), None
         if pending is not None and pending[0] is batch:
             update_id, update = pending[1](), pending[2]
         else:
-            update_id, update = None, update_of(tenant, rows)
-        applied = None
+            update = update_of(tenant, rows)
         r = bredis.client()
         if r is not None:
             try:
