@@ -31,7 +31,15 @@ from django.utils import timezone
 from budgets import config as tenant_config
 from budgets import redis as bredis
 from budgets import reservations, storage
-from budgets.counter_update import Update, marker_key
+from budgets.counter_update import (
+    MARKER_KEEP_SECONDS,
+    Update,
+    bucket_key,
+    global_day_key,
+    hash_args,
+    marker_key,
+    packed,
+)
 from budgets.models import CounterCorrection, CounterState, CounterUpdate, EmergencyStop
 from budgets.periods import buckets_of_day, day_bucket
 from budgets.scopes import SCOPES, BudgetSpec
@@ -47,20 +55,14 @@ from usage.signals import BulkLoaded
 
 log = structlog.get_logger(__name__)
 
+_REBUILD = bredis.script_file("rebuild")
+
 DAY_TTL_SECONDS = 100 * 86400  # the longest period read (rolling 90 days) and then some
 RECONCILE_DAYS = 92
 
 
-def bucket_key(tenant_id: int, bucket: str) -> str:
-    return f"cm:{{{tenant_id}}}:{bucket}"
-
-
 def day_key(tenant_id: int, day: date) -> str:
     return bucket_key(tenant_id, day_bucket(day))
-
-
-def global_day_key(day: date) -> str:
-    return f"cm:global:d:{day:%Y%m%d}"
 
 
 def ok_key(tenant_id: int) -> str:
@@ -305,9 +307,10 @@ def counters_reconcile(
     """Rebuild the tenant's day hashes from PostgreSQL and say how much drift was corrected.
 
     Under the tenant's exclusive ingest lock: the pending counter updates (`budgets.updates`)
-    are absorbed (PostgreSQL has their batches), and the reservations held in PostgreSQL while
-    the counters could not be used move into Redis, under the reservation lock, in the same
-    transaction that marks the counters trusted.
+    are applied in the script that sets the hashes (`budgets/lua/rebuild.lua`), so a batch
+    that committed just before and applies its own update during the rebuild is counted once;
+    the reservations held in PostgreSQL while the counters could not be used move into Redis,
+    under the reservation lock, in the same transaction that marks the counters trusted.
 
     Drift is what was corrected in counters checks were trusting (not a rebuild after Redis
     restarted or after a missed update): it is logged and recorded (`CounterCorrection`, which
@@ -329,18 +332,14 @@ def counters_reconcile(
         )
         expected = expected_counters(tenant=tenant, since=since, tag_names=conf.tag_names)
         keys = [bucket_key(tenant.pk, b) for b in reconcile_buckets(since, today)]
-        pipe = r.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        for update_id, _ in pending:
-            pipe.exists(marker_key(tenant.pk, update_id))
-        found = pipe.execute()
-        actual_by_key = dict(zip(keys, found[: len(keys)], strict=True))
-        applied = found[len(keys) :]
+        # One script: pending updates not applied yet are applied (and marked, so their
+        # batch's own update, which may come after, changes nothing), then every hash is set
+        # to PostgreSQL's figures. Ingest's lock ends with its commit, so a batch counted here
+        # may apply its update at any moment; never in the middle of the script.
+        found = _REBUILD(r, _rebuild_args(tenant.pk, pending, keys, expected))
+        for key, have in zip(keys, found, strict=True):
+            _count_corrections(expected.get(key, {}), have, report)
         pipe = r.pipeline(transaction=True)
-        for key in keys:
-            _queue_corrections(pipe, key, expected.get(key, {}), actual_by_key[key], report)
-        _queue_pending_updates(pipe, tenant.pk, pending, applied)
         _restore_stops(pipe, tenant)
         with storage.reservation_lock_held(tenant.pk):
             moved = reservations.queue_holds_into_redis(r, pipe, tenant_id=tenant.pk, now=now)
@@ -351,7 +350,10 @@ def counters_reconcile(
             CounterUpdate.objects.for_tenant(tenant).filter(
                 pk__in=[i for i, _ in pending]
             )._raw_delete(CounterUpdate.objects.db)
-            r.delete(*[marker_key(tenant.pk, i) for i, _ in pending])
+            pipe = r.pipeline(transaction=False)
+            for update_id, _ in pending:  # their batches' updates may still come: see above
+                pipe.expire(marker_key(tenant.pk, update_id), MARKER_KEEP_SECONDS)
+            pipe.execute()
         CounterState.objects.filter(tenant=tenant).delete()
         if report.corrected and was_trusted and not known_behind:
             log.warning(
@@ -366,11 +368,26 @@ def counters_reconcile(
     return report
 
 
-def _queue_corrections(
-    pipe: Any, key: str, want: dict[str, int], found: dict[bytes, bytes], report: ReconcileReport
-) -> None:
-    """Queue what makes one hash hold `want`, and count it in `report`."""
-    have = {k.decode(): int(v) for k, v in found.items()}
+def _rebuild_args(
+    tenant_id: int,
+    pending: list[tuple[int, str]],
+    keys: list[str],
+    expected: dict[str, dict[str, int]],
+) -> list[Any]:
+    """rebuild.lua's arguments (documented there)."""
+    args: list[Any] = [DAY_TTL_SECONDS, MARKER_KEEP_SECONDS, len(pending)]
+    for update_id, payload in pending:
+        args += [marker_key(tenant_id, update_id), *hash_args(tenant_id, Update.from_json(payload))]
+    args.append(len(keys))
+    for key in keys:
+        args += [key, packed(expected.get(key, {}).items())]
+    return args
+
+
+def _count_corrections(want: dict[str, int], found: list[bytes], report: ReconcileReport) -> None:
+    """Count in `report` what setting one hash (holding `found`, HGETALL's flat list) to `want`
+    corrected."""
+    have = {found[i].decode(): int(found[i + 1]) for i in range(0, len(found), 2)}
     if want:
         report.days += 1
         report.fields += len(want)
@@ -379,26 +396,6 @@ def _queue_corrections(
     report.corrected += len(wrong) + len(extra)
     report.drift_nanos += sum(abs(amount - have.get(name, 0)) for name, amount in wrong.items())
     report.drift_nanos += sum(abs(have[name]) for name in extra)
-    if extra:
-        pipe.hdel(key, *extra)
-    if wrong:
-        pipe.hset(key, mapping=dict(wrong))  # type: ignore[arg-type]
-        pipe.expire(key, DAY_TTL_SECONDS)
-
-
-def _queue_pending_updates(
-    pipe: Any, tenant_id: int, pending: list[tuple[int, str]], applied: list[Any]
-) -> None:
-    """Updates not applied yet: the tenant's hashes have them now (rebuilt from PostgreSQL);
-    the all-tenants hashes get their share here, and the marker says they are done."""
-    for (update_id, payload), done in zip(pending, applied, strict=True):
-        if done:
-            continue
-        for day, fields in Update.from_json(payload).utc_days.items():
-            for name, amount in fields.items():
-                pipe.hincrby(global_day_key(day), name, amount)
-            pipe.expire(global_day_key(day), DAY_TTL_SECONDS)
-        pipe.set(marker_key(tenant_id, update_id), 1, ex=3600)
 
 
 def _restore_stops(pipe: Any, tenant: Tenant) -> None:

@@ -2,8 +2,8 @@
 
 A sample compares, for each tenant the sweeper saw ingest for lately, today's day hash (every
 field) and this week's and month's totals with the rollups, holding the tenant's ingest lock
-exclusively for those few reads (no batch is then between its commit and its counter update;
-updates still pending are applied first, so they are not mistaken for drift). A tenant whose
+exclusively for those few reads (no batch commits meanwhile; updates still pending, also those
+of batches committed just before, are applied first, so they are not mistaken for drift). A tenant whose
 figures differ is rebuilt at once (`counters_reconcile`), which corrects every hash, logs the
 drift and records it (`CounterCorrection`, exported to Prometheus).
 """

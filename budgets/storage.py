@@ -65,15 +65,25 @@ def holds_delete_settled(
     *, tenant_id: int, reservation_ids: Sequence[str], event_ids: Sequence[str]
 ) -> int:
     """Delete the tenant's holds with one of these reservation ids or event ids; the number of
-    rows deleted. Call in the tenant's context."""
+    rows deleted. Call in the tenant's context.
+
+    PostgreSQL: the statement first takes the tenant's reservation lock (till it ends), so it
+    comes wholly before or after a counter rebuild's move of the holds into Redis (which holds
+    the lock): after it, the holds are gone here and the caller settles them in Redis."""
     holds = ReservationHold.objects.for_tenant(tenant_id)
     if _postgresql():
         # Two array parameters: a batch of thousands of events costs one short statement.
         with connection.cursor() as cursor:
             cursor.execute(
                 f"DELETE FROM {ReservationHold._meta.db_table} WHERE tenant_id = %s "  # noqa: S608
+                "AND (SELECT pg_advisory_xact_lock(%s, %s)) IS NOT NULL "
                 "AND (reservation_id = ANY(%s) OR event_id = ANY(%s))",
-                [tenant_id, list(reservation_ids), list(event_ids)],
+                [
+                    tenant_id,
+                    *_key(RESERVATION_LOCK_NAMESPACE, tenant_id),
+                    list(reservation_ids),
+                    list(event_ids),
+                ],
             )
             return int(cursor.rowcount)
     if not holds.exists():  # the usual case: nothing held, nothing to match

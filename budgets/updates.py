@@ -6,8 +6,9 @@ receiving `usage.signals.batch_committing`). Right after the commit the same pro
 (`cm:{<tenant>}:cu:<id>`) and changes nothing when the marker is already there, so an update
 is never counted twice. If the process dies between the commit and the apply, the row is still
 there: the sweeper (`counter_updates_sweep`, every 20 seconds) applies the rows whose marker is
-missing and deletes the rows (then the markers) that are done. A counter rebuild absorbs the
-pending rows instead, since its figures come from PostgreSQL, which holds the batch.
+missing and deletes the rows that are done (their markers expire a while later, so a late
+apply of their batch still finds them). A counter rebuild applies the pending rows in the
+script that sets the counters from PostgreSQL (`budgets/lua/rebuild.lua`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from django.utils import timezone
 from budgets import config as tenant_config
 from budgets import counters, reservations
 from budgets import redis as bredis
-from budgets.counter_update import Update, marker_key
+from budgets.counter_update import MARKER_KEEP_SECONDS, SEP, Update, hash_args, marker_key
 from budgets.emergency_stop import emergency_stop_check
 from budgets.models import CounterUpdate
-from budgets.periods import buckets_of_day
 from budgets.storage import counter_update_insert
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
@@ -44,7 +44,6 @@ MARKER_TTL_SECONDS = 3600
 REBUILD_AFTER = timedelta(minutes=30)
 ACTIVE_KEY = "cm:active"  # tenants whose updates the sweeper saw, scored by when (epoch s)
 
-_SEP = "\x00"  # see record.lua
 _RECORD = bredis.script_file("record")
 _pending = threading.local()
 
@@ -119,27 +118,6 @@ def _settled_by(rows: Sequence[RecordedRow]) -> list[str]:
     return settle
 
 
-def expand(tenant_id: int, update: Update) -> dict[str, dict[str, int]]:
-    """The amounts per counter hash: each local day into its day, week and month hashes (hours
-    only into the day), each UTC day into the all-tenants hash."""
-    hashes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for day, fields in update.days.items():
-        day_b, week_b, month_b = buckets_of_day(day)
-        day_h = hashes[counters.bucket_key(tenant_id, day_b)]
-        week_h = hashes[counters.bucket_key(tenant_id, week_b)]
-        month_h = hashes[counters.bucket_key(tenant_id, month_b)]
-        for name, amount in fields.items():
-            day_h[name] += amount
-            if not name.startswith("h:"):
-                week_h[name] += amount
-                month_h[name] += amount
-    for day, fields in update.utc_days.items():
-        total = hashes[counters.global_day_key(day)]
-        for name, amount in fields.items():
-            total[name] += amount
-    return hashes
-
-
 @dataclass(frozen=True)
 class Applied:
     applied: bool  # False: the update's marker said it was applied before
@@ -150,17 +128,15 @@ class Applied:
 def apply_update(r: Any, tenant_id: int, update: Update, update_id: int | None) -> Applied:
     """Add an update to the counters and settle its reservations, in one script; at most
     once per `update_id`."""
-    hashes = expand(tenant_id, update)
     args: list[Any] = [
         counters.DAY_TTL_SECONDS,
         marker_key(tenant_id, update_id) if update_id is not None else "",
         MARKER_TTL_SECONDS,
         counters.ok_key(tenant_id),
-        len(hashes),
+        *hash_args(tenant_id, update),
+        f"cm:{{{tenant_id}}}",
+        "".join(f"{part}{SEP}" for part in update.settle),
     ]
-    for key, fields in hashes.items():
-        args += [key, "".join(f"{name}{_SEP}{amount}{_SEP}" for name, amount in fields.items())]
-    args += [f"cm:{{{tenant_id}}}", "".join(f"{part}{_SEP}" for part in update.settle)]
     applied, settled, trusted = _RECORD(r, args)
     return Applied(bool(applied), int(settled), bool(trusted))
 
@@ -183,13 +159,14 @@ def record_batch(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
     passed."""
     tenant, rows = batch.tenant, batch.rows
     conf = tenant_config.for_tenant(tenant.pk)
+    applied: Applied | None = None
+    update_id: int | None = None
     if settings.REDIS_URL:
         pending, _pending.value = getattr(_pending, "value", None), None
         if pending is not None and pending[0] is batch:
             update_id, update = pending[1](), pending[2]
         else:
-            update_id, update = None, update_of(tenant, rows)
-        applied = None
+            update = update_of(tenant, rows)
         r = bredis.client()
         if r is not None:
             try:
@@ -211,8 +188,25 @@ def record_batch(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
             reservation_ids=update.reservation_ids(),
             event_ids=update.event_ids(),
         )
+        if applied is not None and update_id is not None:
+            _settle_moved_holds(tenant.pk, update, update_id)
     if conf.stop_rules:
         emergency_stop_check(tenant=tenant, rules=conf.stop_rules)
+
+
+def _settle_moved_holds(tenant_id: int, update: Update, update_id: int) -> None:
+    """A counter rebuild may have moved this batch's holds from PostgreSQL into Redis between
+    its counter update (counters not trusted yet) and the holds' delete (ingest's lock ended
+    with its commit). If the counters are trusted now, settle in Redis again: the update's
+    marker is set, so only its reservations are settled (settling twice changes nothing)."""
+    r = bredis.client()
+    if r is None:
+        return
+    try:
+        if counters.counters_trusted(r, tenant_id):
+            apply_update(r, tenant_id, update, update_id)
+    except bredis.RedisError as exc:
+        bredis.failed(exc)  # the holds expire with their reservation
 
 
 # --- the sweeper ----------------------------------------------------------------------------
@@ -229,9 +223,11 @@ def counter_updates_sweep(*, min_age_seconds: float = 5, limit: int = 5000) -> S
     """Apply the counter updates whose process died between its commit and the apply, and
     delete the rows of those done.
 
-    Each tenant is swept holding its ingest lock exclusively: no batch is then between its
-    commit and its apply, so an update without a marker is one whose process died. Rows
-    younger than `min_age_seconds` are left alone (their process is about to apply them)."""
+    Each tenant is swept holding its ingest lock exclusively, so no batch commits meanwhile.
+    Ingest's lock ends with its commit: an update without a marker is one whose process died
+    or (rarely, past `min_age_seconds`) has not applied it yet; applied here, its marker makes
+    the process's own apply change no counter. Rows younger than `min_age_seconds` are left
+    alone (their process is about to apply them)."""
     report = SweepReport()
     r = bredis.client()
     if r is None:
@@ -297,7 +293,16 @@ def settle_updates(r: Any, tenant_id: int, ids: list[int] | None = None) -> tupl
         applied += int(result.applied)
         done.append(update_id)
     removed = rows.filter(pk__in=done).delete()[0] if done else 0
-    # Markers go after their rows: a marker without its row is harmless, not the reverse.
+    # Markers go after their rows (a marker without its row is harmless, not the reverse),
+    # and only after a while: the batch of an update applied here may still apply it.
     if done:
-        r.delete(*[marker_key(tenant_id, i) for i in done])
+        keep_markers(r, tenant_id, done)
     return applied, removed
+
+
+def keep_markers(r: Any, tenant_id: int, update_ids: list[int]) -> None:
+    """Let the markers of these updates (rows deleted) expire in a while, not at once."""
+    pipe = r.pipeline(transaction=False)
+    for update_id in update_ids:
+        pipe.expire(marker_key(tenant_id, update_id), MARKER_KEEP_SECONDS)
+    pipe.execute()

@@ -9,6 +9,7 @@ to the rollups in one transaction (`usage.storage`), then tell the apps above wh
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import structlog
 from django.db import connection, transaction
 
+from costmon.core.cache import cache_writes_together
 from costmon.core.models import Tenant
 from costmon.core.tenancy import forget_rls_state, tenant_context
 from usage.catalog import bump_version, catalog_for
@@ -67,15 +69,21 @@ def usage_record_batch(
     with tenant_context(tenant):
         # ClickHouse's duplicate check reads under its lock inside the transaction: no pipeline.
         pipelined = store.pipelined_writes and pipeline_usable()
-        # The ingest lock (shared) is held until the receivers of `batch_recorded` are done:
-        # a counter rebuild, which takes it exclusively, never sees a batch half-counted. With
-        # a pipeline it is taken in the events' transaction's first round trip.
+        # The ingest lock (shared): rewrites and counter rebuilds, which take it exclusively,
+        # never run while a batch is being stored. With a pipeline it is a transaction-level
+        # lock taken in the events' transaction's first round trip and released by its COMMIT
+        # (a rebuild may then come before `batch_recorded`'s counter update: the update's
+        # marker and the rebuild's one script keep the counters exact, `budgets.counters`);
+        # else held until the receivers of `batch_recorded` are done.
         with ingest_lock(tenant.pk, shared=True, deferred=pipelined) as lock:
             try:
                 # First what can be settled before the events, idempotent and remembered (a
                 # known name, tag set or month costs no query): the stamps of time-less
-                # events, dictionary ids, tag-set ids, partitions. Committed on their own.
-                with transaction.atomic():
+                # events, dictionary ids, tag-set ids, partitions. Committed on their own:
+                # with a pipeline, statement by statement (autocommit: a new name costs its
+                # one statement, no BEGIN and COMMIT round trips; new partitions get a
+                # transaction of their own), else in one transaction.
+                with contextlib.nullcontext() if pipelined else transaction.atomic():
                     prices = _keep_stamps(tenant.pk, firsts, prices, catalog)
                     dims = dimension_ids(tenant=tenant, wanted=dimension_keys(events))
                     rows = [
@@ -161,7 +169,10 @@ def _recorded_batch(
 
 
 def _send_recorded(batch: RecordedBatch) -> None:
-    for receiver, result in batch_recorded.send_robust(sender=UsageEvent, batch=batch):
+    # The receivers' marks of cached sums (Prometheus's, the dashboard's) go in one round trip.
+    with cache_writes_together():
+        sent = batch_recorded.send_robust(sender=UsageEvent, batch=batch)
+    for receiver, result in sent:
         if isinstance(result, Exception):
             log.error(
                 "after_record_hook_failed",

@@ -86,7 +86,8 @@ def events_partitions_ensure(months: Iterable[datetime]) -> list[datetime]:
         return []
     created = []
     days = settings.COSTMON_RETENTION_DAYS
-    with connection.cursor() as cursor:
+    # A transaction of their own when called in autocommit (ingest's preparations).
+    with transaction.atomic(), connection.cursor() as cursor:
         for month in missing:
             if month not in _known_months.created_here and partition_exists(cursor, month):
                 _known_months.remember(month, days)  # committed: no transaction of ours made it
@@ -208,8 +209,9 @@ def stamps_forget_before(before: datetime) -> int:
 def events_prepare(rows: Sequence[dict[str, Any]]) -> None:
     """What `events_insert` needs to exist first, each idempotent and known afterwards without
     a query: the rows' tag-set ids (`usage.tagsets`) and, on PostgreSQL, their months'
-    partitions. Ingest does this in a transaction of its own before the one that stores the
-    events, so that one reads nothing but the insert's answer."""
+    partitions. Ingest does this before the transaction that stores the events (on PostgreSQL
+    in autocommit, each statement committed on its own), so that one reads nothing but the
+    insert's answer."""
     if any(r["tags"] and r.get("tag_set_id") is None for r in rows):
         with_tag_set_ids(rows)
     if _postgresql():

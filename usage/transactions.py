@@ -37,17 +37,21 @@ def _lock_key(tenant_id: int) -> list[int]:
 
 
 class IngestLock:
-    """The tenant's ingest lock as `ingest_lock` holds it: taken at once, or (`deferred`) by
-    `write_transaction`, in the same round trip as the transaction's first statements."""
+    """The tenant's ingest lock as `ingest_lock` holds it: taken at once (a session lock,
+    released by `ingest_lock`), or (`deferred`) by `write_transaction` as a transaction-level
+    lock, in the same round trip as the transaction's first statements and released by its
+    COMMIT or ROLLBACK (no round trip of its own)."""
 
-    __slots__ = ("held", "shared", "tenant_id")
+    __slots__ = ("held", "shared", "tenant_id", "transactional")
 
-    def __init__(self, tenant_id: int, *, shared: bool) -> None:
+    def __init__(self, tenant_id: int, *, shared: bool, transactional: bool = False) -> None:
         self.tenant_id, self.shared, self.held = tenant_id, shared, False
+        self.transactional = transactional
 
     def sql(self, verb: str) -> str:
         kind = "_shared" if self.shared else ""
-        return f"SELECT pg_advisory_{verb}{kind}(%s, %s)"
+        scope = "_xact" if self.transactional and verb == "lock" else ""
+        return f"SELECT pg_advisory{scope}_{verb}{kind}(%s, %s)"
 
     def take(self, cursor: Any) -> None:
         cursor.execute(self.sql("lock"), _lock_key(self.tenant_id))
@@ -56,12 +60,13 @@ class IngestLock:
 
 @contextlib.contextmanager
 def ingest_lock(tenant_id: int, *, shared: bool, deferred: bool = False) -> Iterator[IngestLock]:
-    """The tenant's ingest lock for this session, across transactions: ingest holds it shared
-    from before a batch's transaction until `batch_recorded` has been sent; exclusive, no batch
-    of the tenant is between its commit and its receivers meanwhile. `deferred`: taken by the
-    `write_transaction` given the lock (a session lock taken in a transaction outlives it,
-    commit or rollback), and released here as usual."""
-    lock = IngestLock(tenant_id, shared=shared)
+    """The tenant's ingest lock. Not `deferred`: for this session, across transactions, until
+    the block ends (a rewrite, the counter rebuild, the sweeper hold it exclusively; a bulk
+    load shared). `deferred`: taken by the `write_transaction` given the lock, for that
+    transaction only (ingest: its COMMIT releases it, so a counter rebuild can run between a
+    batch's commit and its counter update; the rebuild's single Redis script and the update's
+    marker keep that exact, see `budgets.counters.counters_reconcile`)."""
+    lock = IngestLock(tenant_id, shared=shared, transactional=deferred)
     if not _postgresql():
         yield lock  # SQLite serialises writers already
         return
@@ -71,7 +76,7 @@ def ingest_lock(tenant_id: int, *, shared: bool, deferred: bool = False) -> Iter
     try:
         yield lock
     finally:
-        if lock.held:
+        if lock.held and not lock.transactional:
             with connection.cursor() as cursor:
                 cursor.execute(lock.sql("unlock"), _lock_key(tenant_id))
 

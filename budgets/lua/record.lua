@@ -3,7 +3,7 @@
 -- ARGV:
 --   ttl (s) of the counter hashes,
 --   marker key ('' for none: the update has no outbox row) and its ttl (s): set when applied,
---   and an update whose marker is already set changes nothing,
+--   and an update whose marker is already set changes no counter (it still settles),
 --   the tenant's "counters trusted" key,
 --   n_hashes, then per hash: key, "field\0amount\0..." (NUL-separated: ingest refuses NUL in
 --   every name, and one long argument costs redis-py a fraction of what thousands of short
@@ -14,21 +14,28 @@
 local ttl = tonumber(ARGV[1])
 local marker, marker_ttl = ARGV[2], tonumber(ARGV[3])
 local trusted = redis.call('EXISTS', ARGV[4])
+local applied = 1
 if marker ~= '' then
   if redis.call('SET', marker, 1, 'NX', 'EX', marker_ttl) == false then
-    return {0, 0, trusted}
+    applied = 0
   end
 end
 local n_hashes = tonumber(ARGV[5])
 local i = 6
 for h = 1, n_hashes do
-  local key = ARGV[i]
-  for field, amount in string.gmatch(ARGV[i + 1], '([^%z]+)%z([^%z]+)%z') do
-    redis.call('HINCRBY', key, field, amount)
+  if applied == 1 then
+    local key = ARGV[i]
+    for field, amount in string.gmatch(ARGV[i + 1], '([^%z]+)%z([^%z]+)%z') do
+      redis.call('HINCRBY', key, field, amount)
+    end
+    redis.call('EXPIRE', key, ttl)
   end
-  redis.call('EXPIRE', key, ttl)
   i = i + 2
 end
+-- The reservations are settled even when the counters were not changed (settling twice
+-- changes nothing): a counter rebuild that came between the batch's commit and this script
+-- applied its amounts (rebuild.lua) but not its reservations, which it may have just moved
+-- into Redis.
 local prefix = ARGV[i]
 local settled = 0
 for kind, value in string.gmatch(ARGV[i + 1], '([^%z]+)%z([^%z]+)%z') do
@@ -51,4 +58,4 @@ for kind, value in string.gmatch(ARGV[i + 1], '([^%z]+)%z([^%z]+)%z') do
     if kind == 'e' then redis.call('DEL', prefix .. ':resev:' .. value) end
   end
 end
-return {1, settled, trusted}
+return {applied, settled, trusted}

@@ -7,9 +7,11 @@ request that PostgreSQL can still answer. Failures are logged, never raised.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from threading import Lock, RLock
 from typing import Any, Generic, TypeVar
@@ -23,7 +25,47 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+# This thread's writes waiting for the end of a `cache_writes_together` block, or None.
+_together = threading.local()
+
+
+@contextlib.contextmanager
+def cache_writes_together() -> Iterator[None]:
+    """`cache_set` in the block queues its write; the writes go at the block's end, in one
+    round trip (a pipeline) when the cache is Redis: an ingest batch's receivers mark several
+    cached sums stale. A read of the cache through this module first sends what is queued."""
+    if getattr(_together, "writes", None) is not None:
+        yield  # nested: the outer block sends them
+        return
+    _together.writes = []
+    try:
+        yield
+    finally:
+        _send_queued()
+        _together.writes = None
+
+
+def _send_queued() -> None:
+    writes: list[tuple[str, Any, float | None]] | None = getattr(_together, "writes", None)
+    if not writes:
+        return
+    _together.writes = []
+    try:
+        client = getattr(cache, "client", None)  # django-redis: one pipeline for them all
+        if len(writes) > 1 and client is not None and hasattr(client, "get_client"):
+            pipe = client.get_client(write=True).pipeline(transaction=False)
+            for key, value, timeout in writes:
+                cache.set(key, value, timeout, client=pipe)  # type: ignore[call-arg]
+            pipe.execute()
+        else:
+            for key, value, timeout in writes:
+                cache.set(key, value, timeout)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cache_unavailable", op="set", error=str(exc))
+
+
 def cache_get(key: str) -> Any:
+    _send_queued()
     try:
         return cache.get(key)
     except Exception as exc:  # noqa: BLE001 - any client error means "not cached"
@@ -32,6 +74,10 @@ def cache_get(key: str) -> Any:
 
 
 def cache_set(key: str, value: Any, timeout: float | None) -> None:
+    writes = getattr(_together, "writes", None)
+    if writes is not None:
+        writes.append((key, value, timeout))
+        return
     try:
         cache.set(key, value, timeout)
     except Exception as exc:  # noqa: BLE001
@@ -39,6 +85,7 @@ def cache_set(key: str, value: Any, timeout: float | None) -> None:
 
 
 def cache_delete(key: str) -> None:
+    _send_queued()
     try:
         cache.delete(key)
     except Exception as exc:  # noqa: BLE001
@@ -48,6 +95,7 @@ def cache_delete(key: str) -> None:
 def cache_get_many(keys: list[str]) -> tuple[Any, ...] | None:
     """The values of `keys` in order (None for a missing one) in one round trip; None if the
     cache is away."""
+    _send_queued()
     try:
         found = cache.get_many(keys)
     except Exception as exc:  # noqa: BLE001
@@ -58,6 +106,7 @@ def cache_get_many(keys: list[str]) -> tuple[Any, ...] | None:
 
 def cache_add(key: str, value: Any) -> None:
     """Set `key` only if it is not set yet, without expiry."""
+    _send_queued()
     try:
         cache.add(key, value, None)
     except Exception as exc:  # noqa: BLE001

@@ -1,6 +1,7 @@
 """Single-event ingest in process, one at a time: what one report costs the server.
 
     .venv/bin/python tests/bench/single_events.py [--events 2000] [--database NAME] [--redis-db N]
+        [--trusted] [--profile]
 
 Uses a scratch PostgreSQL database (`costmon_single_bench` unless named; dropped and created
 again) and a Redis database (9 unless named), acting as the role `costmon_app` so row-level
@@ -50,6 +51,12 @@ def main() -> None:
     parser.add_argument("--database", default="costmon_single_bench")
     parser.add_argument("--redis-db", type=int, default=9)
     parser.add_argument("--profile", action="store_true", help="print the timed events' cProfile")
+    parser.add_argument(
+        "--trusted",
+        action="store_true",
+        help="rebuild the counters first, as production does: checks trust them, and ingest "
+        "settles reservations in Redis only",
+    )
     args = parser.parse_args()
     os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.database}"
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis_db}"
@@ -92,6 +99,10 @@ def main() -> None:
             }
         ]
 
+    if args.trusted:
+        from budgets.counters import counters_reconcile
+
+        counters_reconcile(tenant=tenant)
     for i in range(50):  # names, tag set, partition, catalog and connection warmed up
         usage_record_batch(tenant=tenant, events=parse_batch(body(-1 - i)))
     walls, cpus = [], []

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from budgets import counters
 from budgets import redis as bredis
-from budgets.counter_update import marker_key
+from budgets.counter_update import MARKER_KEEP_SECONDS, marker_key
 from budgets.models import CounterState, CounterUpdate
 from budgets.services import budget_create
 from budgets.tasks import reconcile_counters, sweep_counter_updates
@@ -168,7 +168,8 @@ def test_a_rebuild_absorbs_an_update_its_process_never_applied(acme, outsider, t
 
     report = counters.counters_reconcile(tenant=acme)
 
-    assert report.corrected > 0
+    # Applied as the update it is, before the hashes are compared: not drift.
+    assert report.corrected == 0
     assert (day_total(acme), global_day_total()) == (HAIKU, HAIKU)
     with unscoped():
         assert not CounterUpdate.objects.unscoped().exists()
@@ -186,7 +187,8 @@ def test_an_update_applied_by_its_process_is_not_applied_again(
     report = counter_updates_sweep(min_age_seconds=0)
     assert (report.applied, report.removed) == (0, 1)
     assert day_total(acme) == HAIKU
-    assert not bredis.client().exists(marker_key(acme.pk, update.pk))
+    # The marker goes a while after its row: a late update of its batch still finds it.
+    assert 0 < bredis.client().ttl(marker_key(acme.pk, update.pk)) <= MARKER_KEEP_SECONDS
 
 
 def test_an_update_that_failed_to_reach_redis_is_counted_once_when_redis_is_back(

@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis
 from django.db import DatabaseError, connection
 from django.utils import timezone
 from psycopg import pq
 
 from budgets import counters
 from budgets import redis as bredis
+from costmon.core.cache import cache_get, cache_get_many, cache_set
+from costmon.web.prometheus import totals
 from tests.helpers import event, requires_postgresql, requires_redis
+from usage import settled
 from usage.ingest import parse_batch
 from usage.models import HourlyRollup, TagHourlyRollup, UsageEvent
 from usage.services import usage_record_batch
@@ -81,14 +86,15 @@ def test_the_events_transaction_costs_two_round_trips(acme, outsider):
         i for i, trip in enumerate(trips) if sends(trip, "BEGIN") or sends(trip, "COMMIT")
     ]
     assert transaction == [0, 1], shown(trips)
-    assert sends(trips[0], "SELECT pg_advisory_lock_shared"), shown(trips)
+    assert sends(trips[0], "SELECT pg_advisory_xact_lock_shared"), shown(trips)
     assert sends(trips[0], "WITH fresh AS (INSERT INTO usage_usageevent"), shown(trips)
     assert sends(trips[1], "INSERT INTO budgets_counterupdate"), shown(trips)
     # The alerts app's mark (the tenant's next round is due) rides in the same round trip.
     assert sends(trips[1], "UPDATE alerts_ruleround SET dirty_since"), shown(trips)
-    # After the commit: the lock's release (and settled reservations while the counters
-    # are not trusted: nothing rebuilt them in this test).
-    assert len(trips) <= 4, shown(trips)
+    # The lock ends with the transaction: after the commit only the settled reservations
+    # while the counters are not trusted (nothing rebuilt them in this test).
+    assert len(trips) <= 3, shown(trips)
+    assert not any(sends(trip, "SELECT pg_advisory_unlock") for trip in trips), shown(trips)
     # A resend is a duplicate: nothing to count, the transaction still two round trips.
     trips = round_trips(lambda: ingest(acme, "e1"))
     assert [i for i, trip in enumerate(trips) if sends(trip, "COMMIT")] == [1], shown(trips)
@@ -144,3 +150,49 @@ def test_a_failure_in_the_pipeline_stores_nothing_and_releases_the_lock(acme, ou
     assert TagHourlyRollup.objects.for_tenant(acme).get().calls == 2
     assert not UsageEvent.objects.for_tenant(outsider).exists()
     assert advisory_locks() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_events_marks_of_cached_sums_go_to_redis_in_one_round_trip(
+    acme, outsider, monkeypatch
+):
+    ingest(acme, "warm")
+    ingest(outsider, "warm")
+    late = (timezone.now() - timedelta(days=3)).isoformat()  # a settled hour, a recent day
+    cache_set(totals._STALE_KEY, False, 60)
+    marks = [settled._RECENT.format(t.pk) for t in (acme, outsider)]
+    before = cache_get_many(marks)
+    sent: list[bytes] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def recorded(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(b"".join(command) if isinstance(command, list) else bytes(command))
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", recorded)
+    ingest(acme, "late", occurred_at=late)
+    monkeypatch.undo()
+
+    # Prometheus's stale mark and the dashboard's new generation: one send, one reply.
+    [together] = [s for s in sent if b"costmon:" in s and b"SET" in s]
+    assert b"usage-sums-stale" in together and b"dashboard:recent" in together
+    assert cache_get(totals._STALE_KEY) is True
+    after = cache_get_many(marks)
+    assert before is not None and after is not None
+    assert after[0] != before[0]  # acme's kept sums of the recent days are forgotten
+    assert after[1] == before[1]  # the outsider's are not
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_name_costs_one_round_trip_more_and_is_stored(acme, outsider):
+    ingest(acme, "warm", session_id="known")
+    ingest(outsider, "warm", session_id="theirs")
+    known = round_trips(lambda: ingest(acme, "k1", session_id="known"))
+    new = round_trips(lambda: ingest(acme, "n1", session_id="new-session", end_user="new-user"))
+    # The new names' one statement, in autocommit: no BEGIN and COMMIT of its own.
+    assert len(new) == len(known) + 1, shown(new)
+    assert sends(new[0], "WITH wanted") and len(new[0]) < 10, shown(new)
+    stored = UsageEvent.objects.for_tenant(acme).select_related("session", "end_user")
+    found = {(e.event_id, e.session.value, e.end_user.value) for e in stored}
+    assert ("n1", "new-session", "new-user") in found
+    assert {e.session.value for e in UsageEvent.objects.for_tenant(outsider)} == {"theirs"}
