@@ -209,9 +209,8 @@ def stamps_forget_before(before: datetime) -> int:
 def events_prepare(rows: Sequence[dict[str, Any]]) -> None:
     """What `events_insert` needs to exist first, each idempotent and known afterwards without
     a query: the rows' tag-set ids (`usage.tagsets`) and, on PostgreSQL, their months'
-    partitions. Ingest does this before the transaction that stores the events (on PostgreSQL
-    in autocommit, each statement committed on its own), so that one reads nothing but the
-    insert's answer."""
+    partitions. Ingest does this before the transaction that stores the events (in autocommit
+    on PostgreSQL), so that one reads nothing but the insert's answer."""
     if any(r["tags"] and r.get("tag_set_id") is None for r in rows):
         with_tag_set_ids(rows)
     if _postgresql():
