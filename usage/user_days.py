@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import QuerySet, Sum
-from django.db.models.functions import Coalesce, TruncDay
+from django.db.models import BigIntegerField, QuerySet, Sum
+from django.db.models.functions import Cast, Coalesce, TruncDay
 
 from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange, local_midnight
@@ -35,7 +35,8 @@ def end_user_sums(
     tenant: Tenant, start: datetime, end: datetime, names: tuple[str, ...]
 ) -> dict[int, list[int]]:
     """The sums `names` per end user id of the tenant's usage in [start, end)."""
-    sums: dict[str, Any] = {name: Coalesce(Sum(name), 0) for name in names}
+    # As bigint: PostgreSQL sums bigints as numeric, which reads back as a Decimal per value.
+    sums: dict[str, Any] = {name: Cast(Coalesce(Sum(name), 0), BigIntegerField()) for name in names}
     days = whole_days(start.astimezone(UTC), end.astimezone(UTC))
     parts: list[QuerySet[Any]] = []
     if days is None:
