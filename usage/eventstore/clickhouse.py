@@ -134,7 +134,7 @@ class ClickHouseStore(EventStore):
         fresh = [r for r in rows if key_of(r) not in held]
         if not fresh:
             return set()
-        with_tag_set_ids(fresh)
+        with_tag_set_ids([r for r in fresh if r["tags"] and r.get("tag_set_id") is None])
         # PostgreSQL first (rollups), ClickHouse last: a failed insert rolls the rollups back.
         rollups_add(aggregate(fresh))
         tagged = [r for r in fresh if r["tags"]]
