@@ -1,11 +1,19 @@
-"""Bulk loading: millions of events into PostgreSQL with COPY, for seeding and imports.
+"""Bulk loading: millions of events, for seeding and imports.
 
-The rows are priced and mapped to the tenant's dictionary in Python, COPYed into a temporary
-table, then moved into the events table with `ON CONFLICT DO NOTHING`, and the rollups of the
-rows that really went in are added in the same statement. So a bulk load keeps the two promises
-of the ingest API: loading the same events again adds nothing, and the rollups always equal the
-sum of the events. Spend counters are rebuilt once at the end, by the receivers of
-`usage.signals.bulk_loaded`.
+PostgreSQL's events table: the rows are priced and mapped to the tenant's dictionary in Python,
+COPYed into a temporary table, then moved into the events table with `ON CONFLICT DO NOTHING`,
+and the rollups of the rows that really went in are added in the same statement.
+
+Another event store (ClickHouse): the rows, priced and mapped the same way, are sorted by time
+and handed to the store's `insert_new` a calendar month at a time (ClickHouse partitions by
+month, so each insert is one part, written whole or not at all), each in its own PostgreSQL
+transaction under the tenant's ingest lock: the store drops the keys it holds already, adds the
+others to the PostgreSQL rollups, then inserts them straight into its table. PostgreSQL first,
+the event store last: a failed insert rolls back that month's rollups.
+
+Either way a bulk load keeps the two promises of the ingest API: loading the same events again
+adds nothing, and the rollups always equal the sum of the events. Spend counters are rebuilt
+once at the end, by the receivers of `usage.signals.bulk_loaded`.
 
 On SQLite (the embedded default) the same events go through `usage_record_batch`.
 """
@@ -15,6 +23,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from django.db import transaction
@@ -23,6 +33,7 @@ from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context
 from usage.catalog import catalog_for
 from usage.dimensions import dimension_ids, dimension_keys
+from usage.eventstore.base import EventStore
 from usage.eventstore.current import event_store
 from usage.ingest import EventIn
 from usage.models import CostSource, UsageEvent
@@ -35,6 +46,7 @@ from usage.transactions import ingest_lock
 log = structlog.get_logger(__name__)
 
 CHUNK = 50_000
+_UNPRICED = int(CostSource.UNPRICED)
 
 
 @dataclass
@@ -63,12 +75,14 @@ def usage_bulk_load(
     """
     report = BulkReport()
     iterator = iter(events)
+    store = event_store()
     while part := list(itertools.islice(iterator, chunk)):
-        # COPY writes PostgreSQL's events table: with another event store, through ingest.
-        if copy_supported() and event_store().name == "postgres":
-            _load_chunk(tenant, part, report)
+        if not copy_supported():
+            _record_chunk(tenant, part, report)  # SQLite
+        elif store.name == "postgres":
+            _load_chunk(tenant, part, report)  # COPY into PostgreSQL's events table
         else:
-            _record_chunk(tenant, part, report)
+            _store_chunk(store, tenant, part, report)
         report.examined += len(part)
         if progress:
             progress(len(part))
@@ -118,6 +132,49 @@ def _load_chunk(tenant: Tenant, part: list[EventIn], report: BulkReport) -> None
     report.inserted += inserted
     report.cost_nanos += cost
     report.unpriced += unpriced
+
+
+def _store_chunk(
+    store: EventStore, tenant: Tenant, part: list[EventIn], report: BulkReport
+) -> None:
+    """The chunk into another event store by its `insert_new`, a transaction per month."""
+    catalog = catalog_for(tenant.pk)
+    with tenant_context(tenant), ingest_lock(tenant.pk, shared=True):
+        with transaction.atomic():
+            # Dictionary and tag-set ids first, committed on their own (idempotent).
+            dims = dimension_ids(tenant=tenant, wanted=dimension_keys(part))
+            rows = [
+                event_row(
+                    tenant_id=tenant.pk,
+                    event=e,
+                    dims=dims,
+                    priced=price_event(catalog, e),
+                    api_key_id=0,
+                )
+                for e in _first_of_each_id(part)
+            ]
+            store.prepare(rows)
+        # By time: the duplicate check's groups of ids each cover a short span.
+        rows.sort(key=_time)
+        for _, month in itertools.groupby(rows, key=_month):
+            same_month = list(month)
+            with transaction.atomic():
+                inserted = store.insert_new(same_month, direct=True)
+            for row in same_month:
+                if row["event_id"] in inserted:
+                    report.inserted += 1
+                    report.cost_nanos += row["cost_nanos"]
+                    report.unpriced += row["cost_source"] == _UNPRICED
+
+
+def _time(row: dict[str, Any]) -> datetime:
+    return row["occurred_at"]  # type: ignore[no-any-return]
+
+
+def _month(row: dict[str, Any]) -> tuple[int, int]:
+    """The row's month in UTC: ClickHouse's partition (`toYYYYMM` of a UTC `DateTime`)."""
+    at = row["occurred_at"].astimezone(UTC)
+    return at.year, at.month
 
 
 def _first_of_each_id(part: list[EventIn]) -> Iterator[EventIn]:

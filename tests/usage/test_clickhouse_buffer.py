@@ -13,9 +13,11 @@ from costmon.core.tenancy import unscoped
 from tests.helpers import event, post_usage, stored_events
 from tests.usage.test_clickhouse_store import client_of
 from tests.usage.test_rewrites_in_stores import assert_rollups_equal_events
+from usage.bulk import usage_bulk_load
 from usage.eventstore import chrows, current
 from usage.eventstore.chrows import BUFFER, TABLE
 from usage.eventstore.clickhouse import ClickHouseStore, tenant_where
+from usage.ingest import parse_batch
 from usage.maintenance import usage_events_delete, usage_tenant_reset
 from usage.models import HourlyRollup
 
@@ -193,3 +195,19 @@ def test_a_buffer_made_before_new_columns_is_made_again_with_its_rows_kept(store
     assert [e.event_id for e in stored_events(acme)] == ["kept"]
     assert post_usage(client_of(acme), event(event_id="new")).status_code == 201
     assert store.count(acme.pk) == 2
+
+
+def test_a_bulk_load_goes_past_the_buffer_and_skips_events_waiting_in_it(store, acme, outsider):
+    client = client_of(acme)
+    for i in range(3):  # single events: in the buffer
+        assert post_usage(client, event(event_id=f"e{i}")).status_code == 201
+    post_usage(client_of(outsider), event(event_id="e0"))
+    assert in_table(store, acme) == 0
+    events = parse_batch([event(event_id=f"e{i}") for i in range(5)])
+    report = usage_bulk_load(tenant=acme, events=events)
+    # The buffer flushed for the check, the 2 new events straight into the table.
+    assert (report.inserted, report.cost_nanos) == (2, 2 * HAIKU)
+    assert (in_table(store, acme), store.count(acme.pk)) == (5, 5)
+    with unscoped():
+        assert HourlyRollup.objects.for_tenant(acme).aggregate(c=Sum("calls"))["c"] == 5
+        assert HourlyRollup.objects.for_tenant(outsider).aggregate(c=Sum("calls"))["c"] == 1

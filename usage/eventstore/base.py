@@ -136,10 +136,11 @@ class EventStore(abc.ABC):
         with_tag_set_ids([r for r in rows if r["tags"] and r.get("tag_set_id") is None])
 
     @abc.abstractmethod
-    def insert_new(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+    def insert_new(self, rows: Sequence[dict[str, Any]], *, direct: bool = False) -> set[str]:
         """Store the rows (one tenant's, `usage.rows.event_row`) whose key is new and add exactly
         those to the PostgreSQL rollups, in the caller's transaction; return their event ids.
-        A row resent, even concurrently, is stored and counted once."""
+        A row resent, even concurrently, is stored and counted once. `direct` (a bulk load):
+        into the events table itself, past any buffer in front of it."""
 
     @abc.abstractmethod
     def stored_costs(

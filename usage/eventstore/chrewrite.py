@@ -14,8 +14,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from costmon.core.models import Tenant
-from usage.eventstore.chrows import COLUMNS, current_sql, event_of, row_of, seconds_of, with_names
-from usage.eventstore.clickhouse import SUM_COLUMNS, SUM_SQL, ClickHouseStore, tenant_where
+from usage.eventstore.chrows import (
+    COLUMNS,
+    SUM_COLUMNS,
+    SUM_SQL,
+    current_sql,
+    event_of,
+    row_of,
+    seconds_of,
+    with_names,
+)
+from usage.eventstore.clickhouse import ClickHouseStore, tenant_where
 from usage.models import CostSource, TagSet, UsageEvent
 from usage.rollups import ROLLUP_SUMS, Sums
 

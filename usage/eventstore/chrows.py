@@ -13,7 +13,7 @@ from costmon.core.errors import DomainError
 from costmon.core.models import Tenant
 from costmon.core.periods import EARLIEST, LATEST
 from usage.ingest import PART_FIELDS
-from usage.models import Dimension, TagSet, UsageEvent
+from usage.models import CostSource, Dimension, TagSet, UsageEvent
 
 TABLE = "usage_events"
 # A Buffer table in front of it: small inserts (single events) land in memory and reach the
@@ -69,6 +69,38 @@ COLUMNS = tuple(c for c, _ in COLUMN_TYPES)
 # unless it is a tombstone (`deleted`). Ingest writes version 0; tables made before these
 # columns get them added (`migrate_sql`).
 META_COLUMNS = (("version", "UInt64", "0"), ("deleted", "UInt8", "0"))
+# The rollup sums (`usage.rollups.ROLLUP_SUMS`) over events, and the columns each reads.
+SUM_SQL = (
+    ("calls", "count()"),
+    ("errors", "sum(is_error)"),
+    ("cache_hits", "sum(cache_hit)"),
+    ("unpriced_calls", f"countIf(cost_source = {int(CostSource.UNPRICED)})"),
+    ("input_tokens", "sum(input_tokens)"),
+    ("output_tokens", "sum(output_tokens)"),
+    ("cached_input_tokens", "sum(cached_input_tokens)"),
+    ("cache_write_tokens", "sum(cache_write_tokens)"),
+    ("reasoning_tokens", "sum(reasoning_tokens)"),
+    ("cost_nanos", "sum(cost_nanos)"),
+    ("latency_ms_sum", "sum(ifNull(latency_ms, 0))"),
+    ("latency_count", "countIf(isNotNull(latency_ms))"),
+)
+SUM_COLUMNS = (
+    "is_error",
+    "cache_hit",
+    "cost_source",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+    "latency_ms",
+)
+# A bucket's start in the range's time zone, as unix seconds (the zone is a parameter).
+BUCKET_SQL = {
+    "hour": "toUInt32(toStartOfHour(occurred_at, %(zone)s))",
+    "day": "toUInt32(toStartOfDay(occurred_at, %(zone)s))",
+}
 # Columns whose 0 (or "") reads back as None, as PostgreSQL stores them.
 _NONE_IF_ZERO = frozenset(
     {
@@ -160,6 +192,31 @@ def ch_row(row: dict[str, Any], version: int = 0, deleted: int = 0) -> tuple[Any
         else:
             values.append(row[column] or 0)
     return (*values, version, deleted)
+
+
+def ch_columns(rows: Sequence[dict[str, Any]], versions: Sequence[int]) -> list[list[Any]]:
+    """`ch_row` of each row (deleted 0; `versions` in row order) by column, for a columnar
+    insert: the same values, built a column at a time."""
+    columns: list[list[Any]] = []
+    for column in COLUMNS:
+        if column == "occurred_at":
+            columns.append(
+                [
+                    datetime.fromtimestamp(seconds_of(r["occurred_at"]), UTC).replace(tzinfo=None)
+                    for r in rows
+                ]
+            )
+        elif column == "micros":
+            columns.append([r["occurred_at"].microsecond for r in rows])
+        elif column == "latency_ms":
+            columns.append([r[column] for r in rows])
+        elif column == "prompt_hash":
+            columns.append([r[column] or "" for r in rows])
+        elif column in ("is_error", "cache_hit"):
+            columns.append([1 if r[column] else 0 for r in rows])
+        else:
+            columns.append([r[column] or 0 for r in rows])
+    return [*columns, list(versions), [0] * len(rows)]
 
 
 def row_of(event: UsageEvent) -> dict[str, Any]:

@@ -84,11 +84,13 @@ class Connections:
         params: Any = None,
         *,
         database: bool = True,
+        columnar: bool = False,
     ) -> list[tuple[Any, ...]]:
-        """Run one statement on shard `index`; rows of a SELECT, or [] ."""
+        """Run one statement on shard `index`; rows of a SELECT, or [] . `columnar`: an
+        insert's `params` are its columns, not its rows."""
         client = self._client(index, database=database)
         with self._reachable(index, client):
-            return client.execute(sql, params)  # type: ignore[no-any-return]
+            return client.execute(sql, params, columnar=columnar)  # type: ignore[no-any-return]
 
     def execute_iter(self, index: int, sql: str, params: Any = None) -> Any:
         """Rows of a SELECT as they stream in (exports)."""

@@ -52,7 +52,7 @@ class PostgresStore(EventStore):
     def prepare(self, rows: Sequence[dict[str, Any]]) -> None:
         events_prepare(rows)
 
-    def insert_new(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+    def insert_new(self, rows: Sequence[dict[str, Any]], *, direct: bool = False) -> set[str]:
         return events_insert(rows)
 
     def stored_costs(
