@@ -114,21 +114,18 @@ def _record_chunk(tenant: Tenant, part: list[EventIn], report: BulkReport) -> No
                 report.unpriced += result.cost_source == CostSource.UNPRICED
 
 
-def _load_chunk(tenant: Tenant, part: list[EventIn], report: BulkReport) -> None:
+def _rows(tenant: Tenant, part: list[EventIn]) -> Iterator[dict[str, Any]]:
+    """The chunk's events as priced rows, the first of each id (its names' ids made first)."""
     catalog = catalog_for(tenant.pk)
+    dims = dimension_ids(tenant=tenant, wanted=dimension_keys(part))
+    for e in _first_of_each_id(part):
+        priced = price_event(catalog, e)
+        yield event_row(tenant_id=tenant.pk, event=e, dims=dims, priced=priced, api_key_id=0)
+
+
+def _load_chunk(tenant: Tenant, part: list[EventIn], report: BulkReport) -> None:
     with tenant_context(tenant), ingest_lock(tenant.pk, shared=True), transaction.atomic():
-        dims = dimension_ids(tenant=tenant, wanted=dimension_keys(part))
-        rows = (
-            event_row(
-                tenant_id=tenant.pk,
-                event=e,
-                dims=dims,
-                priced=price_event(catalog, e),
-                api_key_id=0,
-            )
-            for e in _first_of_each_id(part)
-        )
-        inserted, cost, unpriced = events_copy(rows)
+        inserted, cost, unpriced = events_copy(_rows(tenant, part))
     report.inserted += inserted
     report.cost_nanos += cost
     report.unpriced += unpriced
@@ -138,21 +135,10 @@ def _store_chunk(
     store: EventStore, tenant: Tenant, part: list[EventIn], report: BulkReport
 ) -> None:
     """The chunk into another event store by its `insert_new`, a transaction per month."""
-    catalog = catalog_for(tenant.pk)
     with tenant_context(tenant), ingest_lock(tenant.pk, shared=True):
         with transaction.atomic():
             # Dictionary and tag-set ids first, committed on their own (idempotent).
-            dims = dimension_ids(tenant=tenant, wanted=dimension_keys(part))
-            rows = [
-                event_row(
-                    tenant_id=tenant.pk,
-                    event=e,
-                    dims=dims,
-                    priced=price_event(catalog, e),
-                    api_key_id=0,
-                )
-                for e in _first_of_each_id(part)
-            ]
+            rows = list(_rows(tenant, part))
             store.prepare(rows)
         # By time: the duplicate check's groups of ids each cover a short span.
         rows.sort(key=_time)

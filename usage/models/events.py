@@ -269,15 +269,9 @@ class EventStamp(models.Model):
         return self.event_id
 
 
-class Rollup(models.Model):
-    """What both rollup tables keep: sums of events per tenant, UTC hour, provider, model and
-    operation (and, in `HourlyRollup`, end user and API key)."""
+class RollupSums(models.Model):
+    """The sums every rollup table keeps of its events (`usage.rollups.ROLLUP_SUMS`)."""
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
-    hour = models.DateTimeField()
-    provider = dictionary_reference()
-    model = dictionary_reference()
-    operation = dictionary_reference()
     calls = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
     cache_hits = models.BigIntegerField(default=0)
@@ -290,6 +284,20 @@ class Rollup(models.Model):
     cost_nanos = models.BigIntegerField(default=0)
     latency_ms_sum = models.BigIntegerField(default=0)
     latency_count = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class Rollup(RollupSums):
+    """What the hourly rollup tables keep: sums of events per tenant, UTC hour, provider, model
+    and operation (and, in `HourlyRollup`, end user and API key)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
+    hour = models.DateTimeField()
+    provider = dictionary_reference()
+    model = dictionary_reference()
+    operation = dictionary_reference()
 
     class Meta:
         abstract = True
@@ -384,7 +392,7 @@ class TagHourlyRollup(Rollup):
         return f"{self.tenant_id} {self.hour:%Y-%m-%d %H}:00 ({self.tag_name})"
 
 
-class EndUserDailyRollup(models.Model):
+class EndUserDailyRollup(RollupSums):
     """The sums of `HourlyRollup` per tenant, end user and UTC day (`day` is its midnight),
     kept in the same transactions (`usage.storage.rollups_add`, the ingest and bulk insert
     statements, and `usage.storerewrites.user_days_rebuild` after a rebuild). A day holds one
@@ -395,18 +403,6 @@ class EndUserDailyRollup(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
     day = models.DateTimeField()
     end_user = dictionary_reference()
-    calls = models.BigIntegerField(default=0)
-    errors = models.BigIntegerField(default=0)
-    cache_hits = models.BigIntegerField(default=0)
-    unpriced_calls = models.BigIntegerField(default=0)
-    input_tokens = models.BigIntegerField(default=0)
-    output_tokens = models.BigIntegerField(default=0)
-    cached_input_tokens = models.BigIntegerField(default=0)
-    cache_write_tokens = models.BigIntegerField(default=0)
-    reasoning_tokens = models.BigIntegerField(default=0)
-    cost_nanos = models.BigIntegerField(default=0)
-    latency_ms_sum = models.BigIntegerField(default=0)
-    latency_count = models.BigIntegerField(default=0)
 
     objects = TenantScopedManager["EndUserDailyRollup"]()
 
