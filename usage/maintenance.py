@@ -35,7 +35,7 @@ from usage.models import (
     TagHourlyRollup,
     UsageEvent,
 )
-from usage.rollups import aggregate_tags, hour_of
+from usage.rollups import SUMMED_EVENT_COLUMNS, aggregate_tags, hour_of
 from usage.storage import events_set_prices, rollups_add
 from usage.storerewrites import (
     RepriceReport,
@@ -51,21 +51,7 @@ from usage.storerewrites import (
 from usage.transactions import rewrite_lock
 
 # What `aggregate_tags` reads of an event besides its tenant, time and tags (a rollup rebuild).
-_TAG_EVENT_FIELDS = (
-    "provider_id",
-    "model_id",
-    "operation_id",
-    "is_error",
-    "cache_hit",
-    "cost_source",
-    "input_tokens",
-    "output_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_nanos",
-    "latency_ms",
-)
+_TAG_EVENT_FIELDS = ("provider_id", "model_id", "operation_id", *SUMMED_EVENT_COLUMNS)
 
 log = structlog.get_logger(__name__)
 __all__ = ["RepriceReport"]

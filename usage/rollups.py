@@ -51,6 +51,19 @@ ROLLUP_SUMS = (
     "latency_ms_sum",
     "latency_count",
 )
+# The columns of an event the sums read (rebuilds and stores that sum events select these).
+SUMMED_EVENT_COLUMNS = (
+    "is_error",
+    "cache_hit",
+    "cost_source",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+    "latency_ms",
+)
 # The same sums in SQL over event rows (the bulk loader aggregates in the database).
 ROLLUP_SQL = {
     "calls": "count(*)",

@@ -16,7 +16,6 @@ from typing import Any
 from costmon.core.models import Tenant
 from usage.eventstore.chrows import (
     COLUMNS,
-    SUM_COLUMNS,
     SUM_SQL,
     current_sql,
     event_of,
@@ -26,7 +25,7 @@ from usage.eventstore.chrows import (
 )
 from usage.eventstore.clickhouse import ClickHouseStore, tenant_where
 from usage.models import CostSource, TagSet, UsageEvent
-from usage.rollups import ROLLUP_SUMS, Sums
+from usage.rollups import ROLLUP_SUMS, SUMMED_EVENT_COLUMNS, Sums
 
 assert tuple(name for name, _ in SUM_SQL) == ROLLUP_SUMS  # the rebuild's sums, in order
 
@@ -125,7 +124,7 @@ def hour_sums(
             f"SELECT intDiv(toUInt32(occurred_at), 3600) AS h, {', '.join(_KEY_IDS)}, tag_set_id, "
             f"{', '.join(sql for _, sql in SUM_SQL)} FROM ("
             + current_sql(
-                ("occurred_at", *_KEY_IDS, "tag_set_id", *SUM_COLUMNS),
+                ("occurred_at", *_KEY_IDS, "tag_set_id", *SUMMED_EVENT_COLUMNS),
                 f"{tenant_where(tenant.pk)} AND occurred_at >= toDateTime(%(lo)s) "
                 "AND occurred_at < toDateTime(%(hi)s) "
                 "AND intDiv(toUInt32(occurred_at), 3600) IN %(hours)s",

@@ -84,18 +84,6 @@ SUM_SQL = (
     ("latency_ms_sum", "sum(ifNull(latency_ms, 0))"),
     ("latency_count", "countIf(isNotNull(latency_ms))"),
 )
-SUM_COLUMNS = (
-    "is_error",
-    "cache_hit",
-    "cost_source",
-    "input_tokens",
-    "output_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_nanos",
-    "latency_ms",
-)
 # A bucket's start in the range's time zone, as unix seconds (the zone is a parameter).
 BUCKET_SQL = {
     "hour": "toUInt32(toStartOfHour(occurred_at, %(zone)s))",

@@ -59,7 +59,6 @@ from usage.eventstore.chrows import (
     META_COLUMNS,
     NEWEST_FIRST,
     ONE_PER_KEY,
-    SUM_COLUMNS,
     SUM_SQL,
     TABLE,
     ch_columns,
@@ -80,7 +79,7 @@ from usage.eventstore.chschema import (
 )
 from usage.eventstore.chserver import Connections, Shard
 from usage.models import Dimension, TagSet, UsageEvent
-from usage.rollups import aggregate
+from usage.rollups import SUMMED_EVENT_COLUMNS, aggregate
 from usage.storage import rollups_add, tag_rollups_add
 from usage.tagsets import with_tag_set_ids
 
@@ -428,7 +427,7 @@ class ClickHouseStore(EventStore):
             assert query.time_range is not None
             keys.append(BUCKET_SQL[bucket])
             params["zone"] = str(query.time_range.tz)
-        inner = list(dict.fromkeys(["occurred_at", *SUM_COLUMNS, *keys[: len(by)]]))
+        inner = list(dict.fromkeys(["occurred_at", *SUMMED_EVENT_COLUMNS, *keys[: len(by)]]))
         sums = ", ".join(sql for _, sql in SUM_SQL)
         group = f" GROUP BY {', '.join(keys)}" if keys else ""
         rows = self.run(
