@@ -6,11 +6,13 @@ tombstone, as stored) is copied to its new server, month by month and in chunks;
 read from the old table after its buffer is flushed and inserted into the new table itself.
 
 Idempotent and resumable: a row is known by its key and version. A month is skipped when both
-servers hold the same set of the tenant's (key, version) pairs, judged without reading them:
-how many, and the sum of a 64-bit hash of each (computed alike on both servers). Any other
-month is read from the old server in key order, in chunks, and each chunk's rows the new server
-lacks (same key, same version) are inserted. A month in which the new server also holds rows the
-old one lacks (events sent after the switch) is read again on each run, copying nothing.
+servers give each key of the tenant the same newest version (tombstones too), judged without
+reading them: how many keys, and the sum of a 64-bit hash of each (key, version), computed alike
+on both servers; merges (which drop older versions) change neither. Any other month is read
+from the old server in key and version order, in chunks, and each chunk's rows are inserted
+unless the new server holds that version of the key or a newer one. A month in which the new
+server also holds rows the old one lacks (events sent after the switch) is read again on each
+run, copying nothing.
 
 With `delete`, a moved tenant's rows are deleted from its old server (a mutation, waited for)
 once a last pass over them finds nothing left to copy; a tenant whose pass copied something is
@@ -34,6 +36,7 @@ CHUNK = 10_000
 NAMES = (*COLUMNS, *(c for c, _, _ in META_COLUMNS))
 # A row's identity: its key and version (a tombstone is a version of its own).
 _IDENTITY = "occurred_at, micros, event_id, version"
+_EVENT_ID, _MICROS, _VERSION = (NAMES.index(c) for c in ("event_id", "micros", "version"))
 _HASH = "sipHash64(event_id, toUInt32(occurred_at), micros, version)"
 
 
@@ -45,6 +48,7 @@ class RebalanceReport:
     months_skipped: int = 0  # tenant-months the new server held complete already
     deleted: list[int] = field(default_factory=list)  # tenants removed from their old server
     kept: list[int] = field(default_factory=list)  # not removed: their last pass copied rows
+    pending: list[int] = field(default_factory=list)  # their deletion still runs after a minute
 
 
 @dataclass(frozen=True)
@@ -75,13 +79,14 @@ def moves(old: Sequence[Shard], new: Sequence[Shard], tenants: Sequence[Tenant])
 
 
 def _months(connections: Connections, index: int, tenant_id: int) -> dict[int, tuple[int, int]]:
-    """The tenant's (key, version) pairs per month in shard `index`'s table: (how many, sum of
-    their hashes mod 2^64)."""
+    """Each key of the tenant with its newest version (the row reads take, tombstones too), per
+    month, in shard `index`'s table: (how many, sum of their hashes mod 2^64). Merges keep a
+    key's newest version, so they change neither."""
     rows = connections.execute(
         index,
         f"SELECT toYYYYMM(occurred_at) AS month, count(), sum({_HASH}) FROM "
-        f"(SELECT DISTINCT {_IDENTITY} FROM {TABLE} WHERE {tenant_where(tenant_id)}) "
-        "GROUP BY month",
+        f"(SELECT {_IDENTITY} FROM {TABLE} WHERE {tenant_where(tenant_id)} "
+        "ORDER BY version DESC LIMIT 1 BY occurred_at, micros, event_id) GROUP BY month",
     )
     return {int(m): (int(n), int(h)) for m, n, h in rows}
 
@@ -177,20 +182,30 @@ class Rebalance:
             last = {"s": seconds, "m": micros, "e": event_id, "v": version}
 
     def _held(self, move: Move, rows: list[tuple[Any, ...]]) -> set[tuple[str, int, int, int]]:
-        """The identities (`_identity`) of `rows` the new server's table holds."""
-        held: set[tuple[str, int, int, int]] = set()
+        """The identities (`_identity`) of `rows` the new server's table holds, or supersedes
+        with a newer version of the key (a rewrite there, or a merge that dropped the copy's
+        older versions): copying those would change nothing any read sees."""
+        newest: dict[tuple[str, int, int], int] = {}
         for start in range(0, len(rows), IDS_PER_QUERY):
             part = rows[start : start + IDS_PER_QUERY]
             seconds = [int(r[-1]) for r in part]
             found = self.store.connections.execute(
                 move.target,
-                f"SELECT DISTINCT event_id, micros, version, toUInt32(occurred_at) FROM {TABLE} "
+                f"SELECT event_id, micros, max(version), toUInt32(occurred_at) AS s FROM {TABLE} "
                 f"WHERE {tenant_where(move.tenant.pk)} AND occurred_at >= toDateTime(%(lo)s) "
-                "AND occurred_at <= toDateTime(%(hi)s) AND event_id IN %(ids)s",
-                {"lo": min(seconds), "hi": max(seconds), "ids": tuple({r[1] for r in part})},
+                "AND occurred_at <= toDateTime(%(hi)s) AND event_id IN %(ids)s "
+                "GROUP BY event_id, micros, s",
+                {
+                    "lo": min(seconds),
+                    "hi": max(seconds),
+                    "ids": tuple({r[_EVENT_ID] for r in part}),
+                },
             )
-            held.update((str(e), int(m), int(v), int(s)) for e, m, v, s in found)
-        return held
+            for e, m, v, at in found:
+                key = (str(e), int(m), int(at))
+                newest[key] = max(int(v), newest.get(key, -1))
+        identities = (_identity(row) for row in rows)
+        return {i for i in identities if newest.get((i[0], i[1], i[3]), -1) >= i[2]}
 
     def delete(self, move: Move) -> None:
         """Remove the tenant's rows from its old server, if a last pass copies nothing."""
@@ -202,14 +217,10 @@ class Rebalance:
             move.source, f"ALTER TABLE {TABLE} DELETE WHERE {tenant_where(move.tenant.pk)}"
         )
         mutations_wait(self.old, move.source, self.old.shards[move.source].database)
-        self.report.deleted.append(move.tenant.pk)
-
-
-_EVENT_ID, _MICROS, _VERSION = (
-    NAMES.index("event_id"),
-    NAMES.index("micros"),
-    NAMES.index("version"),
-)
+        left = self.old.execute(
+            move.source, f"SELECT count() FROM {TABLE} WHERE {tenant_where(move.tenant.pk)}"
+        )
+        (self.report.pending if left[0][0] else self.report.deleted).append(move.tenant.pk)
 
 
 def _identity(row: tuple[Any, ...]) -> tuple[str, int, int, int]:

@@ -79,8 +79,11 @@ class Command(BaseCommand):
         )
         if options["delete_moved"]:
             self.stdout.write(f"Deleted {len(report.deleted)} tenants from their old shards.")
+        names = {t.pk: t.slug for t in tenants}
+        if report.pending:
+            pending = ", ".join(names[pk] for pk in report.pending)
+            self.stdout.write(f"Deletion still running on their old shard (a mutation): {pending}")
         if report.kept:
-            names = {t.pk: t.slug for t in tenants}
             kept = ", ".join(names[pk] for pk in report.kept)
             raise CommandError(
                 f"Not deleted (rows reached their old shard during the run; run again): {kept}"
