@@ -139,8 +139,6 @@ class Rebalance:
                 self.report.months_skipped += 1
                 continue
             copied += self._copy_month(move, month)
-            if self.progress:
-                self.progress(move, self.report)
         return copied
 
     def _copy_month(self, move: Move, month: int) -> int:
@@ -178,6 +176,8 @@ class Rebalance:
                 )
                 self.report.copied += len(fresh)
                 copied += len(fresh)
+            if self.progress:
+                self.progress(move, self.report)
             event_id, micros, version, seconds = _identity(rows[-1])
             last = {"s": seconds, "m": micros, "e": event_id, "v": version}
 
