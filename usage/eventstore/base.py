@@ -119,6 +119,10 @@ class EventStore(abc.ABC):
     # Whether chosen stored events can be re-priced or deleted, their rollups rebuilt from them
     # (`usage.maintenance`). A store that cannot refuses (`require_rewrites`), never skips.
     rewrites_events: bool = True
+    # Whether the store itself keeps the sums by end user and API key (every dimension, per
+    # hour), so PostgreSQL keeps only the rollups without them (by model, by tag): every
+    # question about end users or keys is then asked of the store (`event_sums`).
+    keeps_user_rollups: bool = False
 
     def require_rewrites(self, what: str) -> None:
         """Raise `RewriteUnavailable` naming `what` unless this store can rewrite events."""
