@@ -4,7 +4,7 @@ hold now. Reads only (rollups, counters); raising and notifying is `alerts.servi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -25,7 +25,6 @@ from costmon.core.money import format_money, usd_to_nanos
 from costmon.core.periods import elapsed_share, period_range, project, tenant_zone
 from usage.anomalies import HIGH, anomaly_band
 from usage.links import drilldown_url
-from usage.models import HourlyRollup
 from usage.selectors import (
     UsageFilters,
     held_syncs,
@@ -34,6 +33,7 @@ from usage.selectors import (
     price_syncs_since,
     rollups_of,
 )
+from usage.user_sums import kept_by_store, named_user_costs, user_totals
 
 
 @dataclass(frozen=True)
@@ -157,14 +157,7 @@ def evaluate_budgets(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Con
             period=budget.period, rolling_days=budget.rolling_days, now=now, tz=tz
         )
         limit = usd_to_nanos(budget.limit_usd)
-        per_user = (
-            HourlyRollup.objects.for_tenant(tenant)
-            .filter(hour__gte=window.start, hour__lt=window.end)
-            .exclude(end_user__value="")
-            .values_list("end_user__value")
-            .annotate(cost=Sum("cost_nanos"))
-        )
-        for end_user, spent in per_user:
+        for end_user, spent in named_user_costs(tenant, window.start, window.end):
             percent = (Decimal(spent) * 100 / limit).quantize(Decimal("0.01"))
             status = budget_status(percent, budget.sorted_thresholds)
             if status != "ok":
@@ -251,9 +244,13 @@ def evaluate_spike(rule: AlertRule, tenant: Tenant, now: datetime) -> list[Condi
             base = base.filter(named(tenant, name, getattr(flt, name)))
 
     def amount(start: datetime) -> int:
-        sums = base.filter(hour=start).aggregate(
-            a=Coalesce(Sum(field), 0), b=Coalesce(Sum("output_tokens"), 0)
-        )
+        if flt.end_user is not None and kept_by_store():  # summed by the store (user_sums)
+            found = user_totals(tenant, start, start + timedelta(hours=1), replace(flt, tag=None))
+            sums = {"a": found[field], "b": found["output_tokens"]}
+        else:
+            sums = base.filter(hour=start).aggregate(
+                a=Coalesce(Sum(field), 0), b=Coalesce(Sum("output_tokens"), 0)
+            )
         return int(sums["a"]) + (int(sums["b"]) if rule.metric == AlertRule.Metric.TOKENS else 0)
 
     current = amount(hour_start)

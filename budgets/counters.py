@@ -45,13 +45,14 @@ from budgets.periods import buckets_of_day, day_bucket
 from budgets.scopes import SCOPES, BudgetSpec
 from budgets.storage import ingest_lock as ingest_lock  # budgets.updates and drift use it here
 from costmon.core.models import Tenant
-from costmon.core.periods import tenant_zone
+from costmon.core.periods import LATEST, tenant_zone
 from costmon.core.tenancy import tenant_context, unscoped
-from usage.event_sums import event_groups, tag_sets, time_range
+from usage.event_sums import dimension_names, event_groups, tag_sets, time_range
 from usage.models import ModelHourlyRollup
 from usage.pricing import candidate_names
 from usage.selectors import rollups_of
 from usage.signals import BulkLoaded
+from usage.user_sums import kept_by_store, user_sums
 
 log = structlog.get_logger(__name__)
 
@@ -262,7 +263,10 @@ def expected_counters(
         "k": F("api_key_id"),
         "m": F("model__value"),
     }
+    users_in_store = kept_by_store()
     for prefix, expression in families.items():
+        if prefix in ("u", "k") and users_in_store:
+            continue  # below, from the event store
         rows = (full if prefix in ("u", "k") else by_model).annotate(day=local_day)
         if expression is None:
             sums = rows.values_list("day").annotate(cost=Sum("cost_nanos"))
@@ -284,6 +288,17 @@ def expected_counters(
                 add(day, [f"m:{n}" for n in dict.fromkeys(candidate_names(name))], cost)
             else:
                 add(day, [f"{prefix}:{name}"], cost)
+    if users_in_store:
+        # End users and keys with a store that keeps their sums (`usage.user_sums`): per local
+        # day of each UTC hour's start, as the rollups above.
+        for prefix, column in (("u", "end_user"), ("k", "api_key")):
+            groups = user_sums(tenant, start, LATEST, by=(column,), bucket="day", tz=tz)
+            users = dimension_names(tenant, (g.key[0] for g in groups)) if prefix == "u" else {}
+            for g in groups:
+                cost, pk = g.sums["cost_nanos"], g.key[0]
+                if cost and g.bucket is not None and (prefix == "u" or pk):
+                    name = users.get(pk or 0) if prefix == "u" else pk
+                    add(g.bucket.astimezone(tz).date(), [f"{prefix}:{name}"], cost)
     names = list(tag_names)
     if names:
         # Tags are on the events only: their cost per UTC hour and tag set, summed by the

@@ -16,8 +16,10 @@ from budgets.periods import budget_window
 from budgets.scopes import SCOPES
 from budgets.standing import BudgetState, spent_from_database
 from costmon.core.models import Tenant
-from costmon.core.periods import project, tenant_zone
+from costmon.core.periods import LATEST, project, tenant_zone
+from usage.event_sums import dimension_names
 from usage.models import Dimension, HourlyRollup
+from usage.user_sums import kept_by_store, user_sums
 
 
 @dataclass
@@ -74,6 +76,8 @@ def _top_end_user(tenant: Tenant, since: datetime) -> str:
         .values_list("pk", flat=True)
         .first()
     )
+    if kept_by_store():
+        return _top_end_user_in_store(tenant, since, unnamed)
     row = (
         HourlyRollup.objects.for_tenant(tenant)
         .filter(hour__gte=since)
@@ -90,6 +94,19 @@ def _top_end_user(tenant: Tenant, since: datetime) -> str:
         .values_list("value", flat=True)
         .get(pk=row["end_user_id"])
     )
+
+
+def _top_end_user_in_store(tenant: Tenant, since: datetime, unnamed: int | None) -> str:
+    """`_top_end_user` from an event store that keeps the sums by end user (`usage.user_sums`)."""
+    spent = [
+        (-g.sums["cost_nanos"], g.key[0])
+        for g in user_sums(tenant, since, LATEST)
+        if g.key[0] is not None and g.key[0] != unnamed
+    ]
+    if not spent:
+        return ""
+    pk = min(spent)[1]
+    return dimension_names(tenant, [pk]).get(pk or 0, "")
 
 
 def _fill_spend(tenant: Tenant, states: list[BudgetState]) -> str:

@@ -17,6 +17,7 @@ from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context
 from usage.event_sums import event_totals, time_range
 from usage.selectors import UsageFilters, rollups_of
+from usage.user_sums import kept_by_store, key_cost, user_totals
 
 
 @dataclass
@@ -63,8 +64,14 @@ def spent_from_database(
                 time_range=time_range(window.start, window.end),
                 filters=UsageFilters(tag=tag_of(spec)),
             )["cost_nanos"]
-        # End users and keys are in the full rollups only; the rest reads the by-model ones.
+        # End users and keys are in the full rollups only, or with a store that keeps their
+        # sums in the store (`usage.user_sums`); the rest reads the by-model rollups.
         by_end_user = scope.spend_rows == "rollups_by_end_user"
+        if by_end_user and kept_by_store():
+            if scope.name == "api_key":
+                return key_cost(tenant, window.start, window.end, spec.api_key_id)
+            only = UsageFilters(end_user=end_user or spec.value)
+            return user_totals(tenant, window.start, window.end, only)["cost_nanos"]
         rows: Any = rollups_of(tenant, by_end_user=by_end_user).filter(
             hour__gte=window.start, hour__lt=window.end
         )

@@ -32,6 +32,7 @@ from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
 from usage.event_sums import event_groups, time_range
 from usage.selectors import FILTER_FIELDS, UsageFilters, named, rollups_of
+from usage.user_sums import kept_by_store, user_sums
 
 DEFAULT_WEEKS = 4
 MIN_WEEKS = 2  # fewer weeks of history than this: no baseline, nothing is flagged
@@ -127,10 +128,15 @@ def hourly_totals(
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
     filters = filters or UsageFilters()
-    if filters.tag is not None:
-        # Tags are on the events only: summed per UTC hour by the event store.
-        groups = event_groups(
-            tenant=tenant, time_range=time_range(start, end), filters=filters, bucket="hour"
+    if filters.tag is not None or (filters.end_user is not None and kept_by_store()):
+        # Tags are on the events only: summed per UTC hour by the event store; so are end
+        # users with a store that keeps their sums (`usage.user_sums`).
+        groups = (
+            event_groups(
+                tenant=tenant, time_range=time_range(start, end), filters=filters, bucket="hour"
+            )
+            if filters.tag is not None
+            else user_sums(tenant, start, end, filters=filters, bucket="hour")
         )
         return {
             g.bucket.astimezone(UTC): (

@@ -26,6 +26,7 @@ from usage.event_queries import TagValue as TagValue
 from usage.event_queries import UsageFilters as UsageFilters
 from usage.event_queries import with_tag
 from usage.event_sums import add_sums, dimension_names, event_groups, event_totals, tag_sets
+from usage.eventstore.base import no_sums
 from usage.kept_metrics import kept_ranking, kept_series, kept_totals
 from usage.models import (
     Dimension,
@@ -40,6 +41,7 @@ from usage.models import (
 from usage.pricing import Price
 from usage.rollups import ROLLUP_SUMS
 from usage.user_days import end_user_sums
+from usage.user_sums import kept_by_store, user_sums
 
 ROLLUP_DIMENSIONS = ("provider", "model", "operation", "end_user")
 _KINDS = {
@@ -140,6 +142,10 @@ def usage_metrics(
         return _metrics_from_events(
             tenant, tr, filters, group_by=group_by, interval=interval, limit=limit
         )
+    if kept_by_store() and (filters.end_user is not None or group_by == "end_user"):
+        return _metrics_of_users(
+            tenant, tr, filters, group_by=group_by, interval=interval, limit=limit
+        )
     base, sums = _filtered_rollups(tenant, tr, filters), _rollup_sums()
 
     kept = keep
@@ -238,6 +244,38 @@ def _metrics_from_events(
         metrics.breakdown = _ranked(_event_breakdown(tenant, tr, filters, group_by), limit)
     groups = event_groups(tenant=tenant, time_range=tr, filters=filters, bucket=interval)
     metrics.series = _series(tr, interval, {g.bucket: g.sums for g in groups})
+    return metrics
+
+
+def _metrics_of_users(
+    tenant: Tenant,
+    tr: TimeRange,
+    filters: UsageFilters,
+    *,
+    group_by: str | None,
+    interval: str,
+    limit: int,
+) -> Metrics:
+    """`usage_metrics` about end users from an event store that keeps their sums
+    (`usage.user_sums`): the figures of the full hourly rollups, ranked as
+    `ranked_by_dimension` ranks them."""
+    dimension = group_by if group_by in ROLLUP_DIMENSIONS else None
+    groups = user_sums(
+        tenant, tr.start, tr.end, by=(dimension,) if dimension else (), filters=filters
+    )
+    totals = no_sums()
+    for g in groups:
+        add_sums(totals, g.sums)
+    metrics = Metrics(range=tr, totals=totals, group_by=group_by, interval=interval)
+    if dimension:
+        groups.sort(key=lambda g: (-g.sums["cost_nanos"], -g.sums["calls"], g.key[0] or 0))
+        names = dimension_names(tenant, [g.key[0] for g in groups[:limit]])
+        rows = [{"key": names.get(g.key[0] or 0, ""), **g.sums} for g in groups[:limit]]
+        metrics.breakdown = _ranked(rows, limit)
+    elif group_by:
+        metrics.breakdown = _ranked(_event_breakdown(tenant, tr, filters, group_by), limit)
+    series = user_sums(tenant, tr.start, tr.end, filters=filters, by=(), bucket=interval, tz=tr.tz)
+    metrics.series = _series(tr, interval, {g.bucket: g.sums for g in series})
     return metrics
 
 

@@ -31,6 +31,7 @@ from usage.event_sums import dimension_names, event_groups
 from usage.models import HourlyRollup
 from usage.reports import align_money, table
 from usage.selectors import UsageFilters, named
+from usage.user_sums import kept_by_store, user_sums
 
 END_USER = "end_user"
 SUMS = ("calls", "input_tokens", "output_tokens", "cached_input_tokens", "cost_nanos")
@@ -158,8 +159,17 @@ class Statement:
 
 def _grouped(tenant: Tenant, subject: Subject, tr: TimeRange) -> list[dict[str, Any]]:
     """The subject's sums per provider and model: an end user's from the hourly rollups, a
-    tag's from the events (tags live on events only), in whichever store keeps them."""
-    if subject.is_end_user:
+    tag's from the events (tags live on events only), in whichever store keeps them (an end
+    user's too when the store keeps the sums by end user: `usage.user_sums`)."""
+    if subject.is_end_user and kept_by_store():
+        groups = user_sums(
+            tenant,
+            tr.start,
+            tr.end,
+            by=("provider", "model"),
+            filters=UsageFilters(end_user=subject.value),
+        )
+    elif subject.is_end_user:
         rows = HourlyRollup.objects.for_tenant(tenant).filter(
             named(tenant, END_USER, subject.value), hour__gte=tr.start, hour__lt=tr.end
         )
@@ -172,12 +182,13 @@ def _grouped(tenant: Tenant, subject: Subject, tr: TimeRange) -> list[dict[str, 
             )
             .order_by()
         ]
-    groups = event_groups(
-        tenant=tenant,
-        time_range=tr,
-        filters=UsageFilters(tag=(subject.key, subject.value)),
-        by=("provider", "model"),
-    )
+    else:
+        groups = event_groups(
+            tenant=tenant,
+            time_range=tr,
+            filters=UsageFilters(tag=(subject.key, subject.value)),
+            by=("provider", "model"),
+        )
     names = dimension_names(tenant, [i for g in groups for i in g.key])
     return [
         {"provider_name": names[g.key[0]], "model_name": names[g.key[1]], **g.sums}

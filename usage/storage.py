@@ -16,7 +16,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Model
 
 from costmon.core.tenancy import raw_cursor, unscoped
 from usage.models import (
@@ -40,6 +39,7 @@ from usage.partitions import (
 )
 from usage.pgarrays import PACKABLE, packed_array
 from usage.pgarrays import register as register_packed
+from usage.rollup_writes import SQLITE_PARAMS, rollups_add, tag_rollups_add, upsert
 from usage.rollups import (
     MODEL_ROLLUP_KEY,
     ROLLUP_KEY,
@@ -47,23 +47,16 @@ from usage.rollups import (
     ROLLUP_SUMS,
     TAG_ROLLUP_KEY,
     USER_DAY_KEY,
-    Sums,
     aggregate,
-    aggregate_tags,
-    by_model,
     by_user_day,
     hours_of,
 )
 from usage.rows import EVENT_COLUMN_TYPES, EVENT_COLUMNS, EVENT_TYPES
 from usage.tagsets import with_tag_set_ids
 
-# SQLite's limit on parameters per statement, with room to spare.
-_SQLITE_PARAMS = 30_000
 # The events table's key: a resend (same tenant, time and id) is counted once. On PostgreSQL it
 # is the primary key of the partitioned table (a unique key must hold the partition key).
 EVENT_KEY = "tenant_id, occurred_at, event_id"
-# PostgreSQL array types of rollup key columns that are not bigint (`usage.pgarrays` names).
-_PG_TYPES = {"hour": "timestamptz", "day": "timestamptz", "tag_name": "text", "tag_value": "text"}
 
 
 def _postgresql() -> bool:
@@ -231,7 +224,7 @@ def events_insert(rows: Sequence[dict[str, Any]]) -> set[str]:
         # The daily sums by end user are not in the insert statement (it stays under psycopg's
         # 4 kB parse cache): a statement of their own, in the pipeline's next round trip.
         fresh = aggregate(r for r in rows if r["event_id"] in inserted)
-        _upsert(EndUserDailyRollup, USER_DAY_KEY, by_user_day(fresh), replace=False)
+        upsert(EndUserDailyRollup, USER_DAY_KEY, by_user_day(fresh), replace=False)
     else:
         inserted = _insert_sqlite(rows)
         rollups_add(aggregate(r for r in rows if r["event_id"] in inserted))
@@ -288,7 +281,7 @@ def _insert_sqlite(rows: Sequence[dict[str, Any]]) -> set[str]:
     columns = ", ".join(EVENT_COLUMNS)
     marks = "(" + ", ".join(["%s"] * len(EVENT_COLUMNS)) + ")"
     ops = connection.ops
-    chunk = max(1, _SQLITE_PARAMS // len(EVENT_COLUMNS))
+    chunk = max(1, SQLITE_PARAMS // len(EVENT_COLUMNS))
     inserted: set[str] = set()
     with connection.cursor() as cursor:
         for start in range(0, len(rows), chunk):
@@ -384,89 +377,6 @@ def usage_analyze() -> None:
         return
     with connection.cursor() as cursor:
         cursor.execute(f"ANALYZE {UsageEvent._meta.db_table}, {HourlyRollup._meta.db_table}")
-
-
-# --- rollups --------------------------------------------------------------------------------
-
-
-def rollups_add(sums: Sums, *, replace: bool = False, tags: Sums | None = None) -> None:
-    """Add (or with `replace`, set) full-key sums to both rollup tables, and `tags` (sums by
-    the tag key, `aggregate_tags`) to the tag rollups. Call in a transaction.
-
-    `replace` is only right when `sums` holds every row of its hours (a rebuild); it leaves the
-    daily sums by end user to the rebuild (`usage.storerewrites.user_days_rebuild`).
-    """
-    _upsert(HourlyRollup, ROLLUP_KEY, sums, replace=replace)
-    _upsert(ModelHourlyRollup, MODEL_ROLLUP_KEY, by_model(sums), replace=replace)
-    if not replace:
-        _upsert(EndUserDailyRollup, USER_DAY_KEY, by_user_day(sums), replace=False)
-    if tags:
-        _upsert(TagHourlyRollup, TAG_ROLLUP_KEY, tags, replace=replace)
-
-
-def tag_rollups_add(rows: Sequence[dict[str, Any]]) -> None:
-    """Add event rows just stored to the tag rollups, once per tag. Call in the transaction
-    that stored them, on every database: ingest's insert statement does not write them (it
-    stays under psycopg's 4 kB parse cache). Nothing to do for events without tags."""
-    _upsert(TagHourlyRollup, TAG_ROLLUP_KEY, aggregate_tags(rows), replace=False)
-
-
-def _upsert(model: type[Model], key: Sequence[str], sums: Sums, *, replace: bool) -> None:
-    """One statement per chunk, rows in key order (concurrent batches never deadlock)."""
-    if not sums:
-        return
-    if _postgresql():
-        _upsert_postgresql(model._meta.db_table, key, sums, replace=replace)
-    else:
-        _upsert_sqlite(model._meta.db_table, key, sums, replace=replace)
-
-
-def _upsert_postgresql(table: str, key: Sequence[str], sums: Sums, *, replace: bool) -> None:
-    columns = (*key, *ROLLUP_SUMS)
-    updates = ", ".join(
-        f"{c} = excluded.{c}" if replace else f"{c} = r.{c} + excluded.{c}" for c in ROLLUP_SUMS
-    )
-    keys = sorted(sums)
-    # Key columns, then sum columns, each as one sequence (zip transposes in C).
-    values = [*zip(*keys, strict=True), *zip(*map(sums.__getitem__, keys), strict=True)]
-    types = [_PG_TYPES.get(c, "int8") for c in columns]
-    # Columns packed in one call each (`usage.pgarrays`) where that beats psycopg (not times).
-    arrays = [
-        packed_array(v, t) if t in PACKABLE else list(v) for v, t in zip(values, types, strict=True)
-    ]
-    unnest = ", ".join(f"%b::{t}[]" for t in types)
-    with raw_cursor(connection) as cursor:
-        register_packed(cursor)
-        cursor.execute(
-            f"INSERT INTO {table} AS r ({', '.join(columns)}) SELECT * FROM unnest({unnest}) "
-            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
-            arrays,
-            binary=True,
-        )
-
-
-def _upsert_sqlite(table: str, key: Sequence[str], sums: Sums, *, replace: bool) -> None:
-    columns = (*key, *ROLLUP_SUMS)
-    updates = ", ".join(
-        f"{c} = excluded.{c}" if replace else f"{c} = {table}.{c} + excluded.{c}"
-        for c in ROLLUP_SUMS
-    )
-    keys = sorted(sums)
-    chunk = max(1, _SQLITE_PARAMS // len(columns))
-    ops = connection.ops
-    marks = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    with connection.cursor() as cursor:
-        for start in range(0, len(keys), chunk):
-            part = keys[start : start + chunk]
-            params: list[Any] = []
-            for k in part:
-                tenant_id, hour, *rest = k
-                params.extend([tenant_id, ops.adapt_datetimefield_value(hour), *rest, *sums[k]])
-            cursor.execute(
-                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([marks] * len(part))} "
-                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
-                params,
-            )
 
 
 def with_rollups(insert: str, *, tags: bool = False) -> str:

@@ -50,9 +50,9 @@ from usage.models import (
 )
 from usage.price_lookup import Catalog
 from usage.pricing import breakdown
+from usage.rollup_writes import rollups_add, store_keeps_users, upsert
 from usage.rollups import ROLLUP_SUMS, USER_DAY_KEY, day_of, hour_of
 from usage.signals import usage_rewritten
-from usage.storage import _upsert, rollups_add
 from usage.transactions import rewrite_lock
 
 log = structlog.get_logger(__name__)
@@ -112,7 +112,10 @@ def rollups_clear(tenant: Tenant, hours: Sequence[datetime]) -> None:
 def user_days_rebuild(tenant: Tenant, hours: Sequence[datetime]) -> None:
     """Sum the daily rollups by end user of the days holding these hours again, from the
     hourly rollups (rebuilt first): a rebuild replaces some hours of a day, the day's sums
-    hold its other hours too. One query per day (a day's rows, through the hour index)."""
+    hold its other hours too. One query per day (a day's rows, through the hour index).
+    Nothing to do when the event store keeps the sums by end user itself."""
+    if store_keeps_users():
+        return
     days = sorted({day_of(hour) for hour in hours})
     sums = {name: Coalesce(Sum(name), 0) for name in ROLLUP_SUMS}
     for i in range(0, len(days), 100):
@@ -129,7 +132,7 @@ def user_days_rebuild(tenant: Tenant, hours: Sequence[datetime]) -> None:
             )
             for end_user_id, *values in int_rows(rows):
                 found[(tenant.pk, day, end_user_id)] = values
-        _upsert(EndUserDailyRollup, USER_DAY_KEY, found, replace=False)
+        upsert(EndUserDailyRollup, USER_DAY_KEY, found, replace=False)
 
 
 def store_rollups_rebuild(

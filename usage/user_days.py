@@ -2,7 +2,8 @@
 days inside it and from the hourly rollups for the hours at its edges (a range starts and ends
 at the tenant's local midnights, or at any hour): exactly the sums one query over the hourly
 rollups gives, from about a third of the rows. Only without filters: the daily rows carry no
-provider, model, operation or API key."""
+provider, model, operation or API key. With an event store that keeps the sums by end user
+itself (`usage.user_sums`), both are asked of it instead."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from costmon.core.periods import TimeRange, local_midnight
 from usage.kept_metrics import int_rows
 from usage.models import EndUserDailyRollup, HourlyRollup
 from usage.rollups import day_of
+from usage.user_sums import kept_by_store, user_sums
 
 DAY = timedelta(days=1)
 
@@ -35,6 +37,11 @@ def end_user_sums(
     tenant: Tenant, start: datetime, end: datetime, names: tuple[str, ...]
 ) -> dict[int, list[int]]:
     """The sums `names` per end user id of the tenant's usage in [start, end)."""
+    if kept_by_store():
+        return {
+            g.key[0]: [g.sums[name] for name in names]  # type: ignore[misc]
+            for g in user_sums(tenant, start, end)
+        }
     # As bigint: PostgreSQL sums bigints as numeric, which reads back as a Decimal per value.
     sums: dict[str, Any] = {name: Cast(Coalesce(Sum(name), 0), BigIntegerField()) for name in names}
     days = whole_days(start.astimezone(UTC), end.astimezone(UTC))
@@ -70,6 +77,13 @@ def end_user_day_costs(
     """Spend per local day (of `tr.tz`) and end user among `ids` in `tr`, keyed as `TruncDay`
     keys the hourly rows; None unless every whole UTC day of the range is a local day too (UTC
     and zones at UTC's offset throughout): elsewhere a local day holds parts of two."""
+    if kept_by_store():
+        wanted = set(ids)
+        return {
+            (g.bucket, g.key[0]): [g.sums["cost_nanos"]]  # type: ignore[misc]
+            for g in user_sums(tenant, tr.start, tr.end, bucket="day", tz=tr.tz)
+            if g.key[0] in wanted
+        }
     days = whole_days(tr.start.astimezone(UTC), tr.end.astimezone(UTC))
     if days is None:
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path
@@ -139,6 +139,21 @@ class HourlyRollupAdmin(ReadOnlyAdmin):
     @admin.display(description="cost (USD)")
     def cost(self, obj: HourlyRollup) -> str:
         return format_usd(obj.cost_nanos)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        store = event_store()
+        if store.keeps_user_rollups:
+            # Said rather than an empty list looking like no usage.
+            messages.info(
+                request,
+                f"With the {store.label} event store (COSTMON_EVENT_STORE_URL) the hourly sums "
+                f"by end user and API key are kept in {store.label}, not in this table: the "
+                "dashboard, the metrics API, statements and budgets read them there. Rows "
+                "listed here, if any, are from before the switch.",
+            )
+        return super().changelist_view(request, extra_context)
 
 
 class DimensionAdmin(ReadOnlyAdmin):

@@ -94,6 +94,7 @@ class ClickHouseStore(EventStore):
     label = "ClickHouse"
     # Rewrites insert newer versions of rows, or tombstones (`usage.storerewrites`).
     rewrites_events = True
+    keeps_user_rollups = True
 
     def __init__(self, shards: Sequence[Shard], *, buffered: bool = False) -> None:
         self.shards = list(shards)

@@ -19,6 +19,7 @@ from usage.event_sums import event_groups, time_range
 from usage.models import Dimension
 from usage.pricing import candidate_names
 from usage.selectors import UsageFilters, named, rollups_of
+from usage.user_sums import kept_by_store, user_sums
 
 
 def dashboard_budgets(*, tenant: Tenant, budget_id: int | None = None) -> list[BudgetView]:
@@ -64,6 +65,24 @@ def budget_daily_spend(*, tenant: Tenant, view: BudgetView) -> BurnDown:
         Budget.Scope.EVERY_END_USER,
         Budget.Scope.API_KEY,
     )
+    if by_end_user and kept_by_store():
+        # With a store that keeps the sums by end user and key, summed there (`usage.user_sums`).
+        key = spec.scope == Budget.Scope.API_KEY
+        who = None if key else UsageFilters(end_user=state.end_user or spec.value)
+        per_day = {
+            g.bucket.astimezone(tz).date(): g.sums["cost_nanos"]
+            for g in user_sums(
+                tenant,
+                window.start,
+                window.end,
+                by=("api_key",) if key else (),
+                filters=who,
+                bucket="day",
+                tz=tz,
+            )
+            if g.bucket is not None and (not key or g.key[0] == (spec.api_key_id or 0))
+        }
+        return BurnDown(days=days, daily_nanos=[per_day.get(d, 0) for d in days], period_end=last)
     qs: QuerySet[Any] = rollups_of(tenant, by_end_user=by_end_user).filter(
         hour__gte=window.start, hour__lt=window.end
     )

@@ -24,7 +24,7 @@ from django.db.models.functions import TruncDay, TruncHour
 
 from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange
-from costmon.web.dashboard.event_figures import event_sums, tag_event_sums
+from costmon.web.dashboard.event_figures import event_sums, tag_event_sums, users_in_store
 from costmon.web.dashboard.families import family_ids, family_of
 from usage import settled
 from usage.event_sums import add_sums
@@ -98,7 +98,7 @@ def usage_totals(
     *, tenant: Tenant, time_range: TimeRange, filters: UsageFilters, families: bool = False
 ) -> dict[str, int]:
     def compute(tr: TimeRange) -> Sums:
-        if filters.tag is not None:
+        if users_in_store(filters):
             total: dict[str, int] = dict.fromkeys(ROLLUP_SUMS, 0)
             for g in event_sums(tenant, tr, filters, families=families):
                 add_sums(total, g.sums)
@@ -162,7 +162,7 @@ def spend_series(
     trunc = TruncHour if interval == "hour" else TruncDay
 
     def compute(tr: TimeRange) -> Sums:
-        if filters.tag is not None:
+        if users_in_store(filters, group_by == "end_user"):
             groups = event_sums(
                 tenant, tr, filters, by=(group_by,), bucket=interval, families=families
             )
@@ -375,7 +375,7 @@ def spend_per_bucket(
     trunc = TruncHour if interval == "hour" else TruncDay
 
     def compute(tr: TimeRange) -> Sums:
-        if filters.tag is not None:
+        if users_in_store(filters):
             groups = event_sums(tenant, tr, filters, bucket=interval, families=families)
             return {g.bucket: [g.sums["cost_nanos"]] for g in groups}
         src = _source(tenant, tr, filters, families=families)
@@ -411,7 +411,7 @@ def breakdown(
     column = f"{dimension}_id"
 
     def compute(tr: TimeRange) -> Sums:
-        if filters.tag is not None:
+        if users_in_store(filters, dimension == "end_user"):
             groups = event_sums(tenant, tr, filters, by=(dimension,), families=families)
             return {g.key[0]: [g.sums[name] for name in BREAKDOWN_SUMS] for g in groups}
         if dimension == "end_user" and filters == UsageFilters():
@@ -459,7 +459,7 @@ def spend_heatmap(
     tz = time_range.tz
 
     def compute(tr: TimeRange) -> Sums:
-        if filters.tag is not None:
+        if users_in_store(filters):
             # Summed per local hour by the store, then placed (Sunday = 1, as ExtractWeekDay).
             cells: Sums = {}
             for g in event_sums(tenant, tr, filters, bucket="hour", families=families):
