@@ -11,13 +11,16 @@ from typing import Any
 import pytest
 import time_machine
 
+from costmon.core.periods import EARLIEST, LATEST
 from costmon.core.tenancy import unscoped
 from tests.helpers import event, post_usage, stored_events
 from usage.bulk import usage_bulk_load
 from usage.eventstore.chrows import ch_columns, ch_row
+from usage.eventstore.current import event_store
 from usage.ingest import parse_batch
 from usage.models import EndUserDailyRollup, HourlyRollup, ModelHourlyRollup, TagHourlyRollup
 from usage.rollups import day_of
+from usage.user_sums import user_sums
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 NOW = "2026-11-21T12:00:00Z"
@@ -69,6 +72,14 @@ def sums_of(tenant) -> dict[str, Any]:
             model.__name__: Counter[Any]()
             for model in (HourlyRollup, ModelHourlyRollup, EndUserDailyRollup)
         }
+        if event_store().keeps_user_rollups:
+            # The store keeps the sums by end user (ClickHouse): PostgreSQL's tables stay empty.
+            assert not HourlyRollup.objects.for_tenant(tenant).exists()
+            assert not EndUserDailyRollup.objects.for_tenant(tenant).exists()
+            for g in user_sums(tenant, EARLIEST, LATEST, by=("end_user",), bucket="hour"):
+                assert g.bucket is not None
+                rollups["HourlyRollup"][g.bucket] += g.sums["cost_nanos"]
+                rollups["EndUserDailyRollup"][(day_of(g.bucket), g.key[0])] += g.sums["cost_nanos"]
         for row in HourlyRollup.objects.for_tenant(tenant).values("hour", "cost_nanos"):
             rollups["HourlyRollup"][row["hour"]] += row["cost_nanos"]
         for row in ModelHourlyRollup.objects.for_tenant(tenant).values("hour", "cost_nanos"):

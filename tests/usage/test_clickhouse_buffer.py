@@ -19,7 +19,7 @@ from usage.eventstore.chrows import BUFFER, TABLE
 from usage.eventstore.clickhouse import ClickHouseStore, tenant_where
 from usage.ingest import parse_batch
 from usage.maintenance import usage_events_delete, usage_tenant_reset
-from usage.models import HourlyRollup
+from usage.models import ModelHourlyRollup
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices"), pytest.mark.clickhouse]
 DATABASE = "costmon_buffer"
@@ -100,7 +100,7 @@ def test_single_events_wait_in_the_buffer_are_read_and_counted_once(store, acme,
     again = post_usage(client, [event(event_id="e1"), event(event_id="e2")])
     assert [e["duplicate"] for e in again.json()["events"]] == [True, True]
     with unscoped():
-        assert HourlyRollup.objects.for_tenant(acme).aggregate(c=Sum("calls"))["c"] == 5
+        assert ModelHourlyRollup.objects.for_tenant(acme).aggregate(c=Sum("calls"))["c"] == 5
     # A flush writes them as one part.
     store.flush(acme.pk)
     assert (in_table(store, acme), parts(store, acme)) == (5, 1)
@@ -121,7 +121,7 @@ def test_a_large_batch_flushes_the_buffer_checks_the_table_and_goes_there(store,
     assert sum(e["duplicate"] for e in sent) == 2
     assert (in_table(store, acme), store.count(acme.pk)) == (size + 3, size + 3)
     with unscoped():
-        assert HourlyRollup.objects.for_tenant(acme).aggregate(c=Sum("calls"))["c"] == size + 3
+        assert ModelHourlyRollup.objects.for_tenant(acme).aggregate(c=Sum("calls"))["c"] == size + 3
     assert store.count(outsider.pk) == 0
 
 
@@ -145,7 +145,7 @@ def test_the_duplicate_check_finds_rows_flushed_while_it_read_the_buffer(store, 
     assert again.json()["events"][0]["duplicate"] is True
     assert store.count(acme.pk) == 1
     with unscoped():
-        assert HourlyRollup.objects.for_tenant(acme).get().calls == 1
+        assert ModelHourlyRollup.objects.for_tenant(acme).get().calls == 1
 
 
 def test_deletes_and_resets_reach_buffered_events(store, acme, outsider):
@@ -161,7 +161,7 @@ def test_deletes_and_resets_reach_buffered_events(store, acme, outsider):
     assert [e.event_id for e in stored_events(acme)] == ["keep"]
     assert_rollups_equal_events(acme)
     with unscoped():
-        assert HourlyRollup.objects.for_tenant(acme).get().cost_nanos == HAIKU
+        assert ModelHourlyRollup.objects.for_tenant(acme).get().cost_nanos == HAIKU
     # Resent after its delete, it is new again (a version above its tombstone), in the buffer.
     assert post_usage(client, event(event_id="gone")).json()["events"][0]["duplicate"] is False
     assert sorted(e.event_id for e in stored_events(acme)) == ["gone", "keep"]
@@ -209,5 +209,5 @@ def test_a_bulk_load_goes_past_the_buffer_and_skips_events_waiting_in_it(store, 
     assert (report.inserted, report.cost_nanos) == (2, 2 * HAIKU)
     assert (in_table(store, acme), store.count(acme.pk)) == (5, 5)
     with unscoped():
-        assert HourlyRollup.objects.for_tenant(acme).aggregate(c=Sum("calls"))["c"] == 5
-        assert HourlyRollup.objects.for_tenant(outsider).aggregate(c=Sum("calls"))["c"] == 1
+        assert ModelHourlyRollup.objects.for_tenant(acme).aggregate(c=Sum("calls"))["c"] == 5
+        assert ModelHourlyRollup.objects.for_tenant(outsider).aggregate(c=Sum("calls"))["c"] == 1

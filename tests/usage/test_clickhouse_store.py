@@ -21,7 +21,7 @@ from usage.eventstore import current
 from usage.eventstore.chrows import BUFFER
 from usage.eventstore.clickhouse import TABLE, ClickHouseStore, tenant_where
 from usage.maintenance import usage_events_delete
-from usage.models import HourlyRollup
+from usage.models import ModelHourlyRollup
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 NOW = "2026-11-21T12:00:00Z"
@@ -95,7 +95,7 @@ def test_tenants_on_two_shards_total_as_on_one_node_and_as_postgresql(store, acm
     }
     with unscoped():
         rollups = {
-            i: sum(HourlyRollup.objects.for_tenant(t).values_list("cost_nanos", flat=True))
+            i: sum(ModelHourlyRollup.objects.for_tenant(t).values_list("cost_nanos", flat=True))
             for i, t in enumerate(tenants)
         }
     assert rollups == {i: totals[i][1] for i in range(4)}
@@ -166,7 +166,7 @@ def test_clickhouse_down_is_a_503_with_retry_after_and_nothing_stored(
             assert response["Retry-After"] == "5"
             assert "ClickHouse event store" in response.json()["detail"]
         with unscoped():
-            assert not HourlyRollup.objects.for_tenant(acme).exists()
+            assert not ModelHourlyRollup.objects.for_tenant(acme).exists()
     finally:
         current.forget()
 
@@ -383,7 +383,7 @@ def test_a_table_made_before_rewrites_gets_their_columns_and_rewrites_work(
             )
             assert [e.cost_nanos for e in stored_events(acme)] == [450 * 1_000 + 180 * 4_000]
             assert [e.cost_nanos for e in stored_events(outsider)] == [1_350_000]
-            rollup = HourlyRollup.objects.unscoped().filter(tenant=acme).get()
+            rollup = ModelHourlyRollup.objects.unscoped().filter(tenant=acme).get()
         assert rollup.cost_nanos == 450 * 1_000 + 180 * 4_000
     finally:
         store.connections.execute(0, f"DROP DATABASE IF EXISTS {database}", database=False)

@@ -6,7 +6,7 @@ from django.db.models import Sum
 
 from costmon.core.tenancy import tenant_context
 from tests.helpers import event, post_usage, stored_events
-from usage.models import HourlyRollup
+from usage.models import ModelHourlyRollup
 from usage.tasks import apply_retention
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
@@ -27,7 +27,7 @@ def test_old_raw_events_go_and_rollups_stay(
         assert apply_retention() == 2
     with tenant_context(acme):
         assert [e.event_id for e in stored_events(acme)] == ["new"]
-        assert HourlyRollup.objects.aggregate(s=Sum("cost_nanos"))["s"] == 2 * 1_350_000
+        assert ModelHourlyRollup.objects.aggregate(s=Sum("cost_nanos"))["s"] == 2 * 1_350_000
     with tenant_context(outsider):
         assert stored_events(outsider) == []
 
