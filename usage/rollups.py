@@ -14,6 +14,10 @@ the same places: the overview's spend by tag reads it.
 same places (a rebuild recomputes its days from the hourly rows: `user_days_rebuild`): the
 overview's end users table reads whole days there.
 
+With an event store that keeps the sums by end user itself (`EventStore.keeps_user_rollups`,
+ClickHouse) neither `HourlyRollup` nor `EndUserDailyRollup` is written (`usage.rollup_writes`):
+questions about end users and API keys are asked of the store (`usage.user_sums`).
+
 This module holds what the rollups are (keys and sums) and how rows are summed in memory.
 """
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from decimal import Decimal
 
 import pytest
@@ -10,10 +11,20 @@ from django.db.models import Sum
 from rest_framework.test import APIClient
 
 from budgets.services import budget_create
+from costmon.core.periods import EARLIEST, LATEST
 from costmon.core.services import api_key_create, api_key_revoke
 from tests.budgets.conftest import check
 from tests.helpers import event, post_usage, stored_events
-from usage.models import CostSource, HourlyRollup, ModelAlias, ModelPrice, UsageEvent
+from usage.eventstore.current import event_store
+from usage.models import (
+    CostSource,
+    HourlyRollup,
+    ModelAlias,
+    ModelHourlyRollup,
+    ModelPrice,
+    UsageEvent,
+)
+from usage.user_sums import user_sums
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices", "unscoped")]
 NOW = "2026-11-21T12:00:00Z"
@@ -25,13 +36,29 @@ def _frozen_clock():
         yield
 
 
+ROLLUP_FIELDS = {
+    "calls": "calls",
+    "cost": "cost_nanos",
+    "input": "input_tokens",
+    "output": "output_tokens",
+}
+
+
 def rollup_totals(tenant):
-    return HourlyRollup.objects.for_tenant(tenant).aggregate(
-        calls=Sum("calls"),
-        cost=Sum("cost_nanos"),
-        input=Sum("input_tokens"),
-        output=Sum("output_tokens"),
-    )
+    """The tenant's rollup sums, the same in each rollup: by end user (in PostgreSQL, or in the
+    event store that keeps them) and by model."""
+    sums = {name: Sum(column) for name, column in ROLLUP_FIELDS.items()}
+    by_model = ModelHourlyRollup.objects.for_tenant(tenant).aggregate(**sums)
+    if event_store().keeps_user_rollups:
+        assert not HourlyRollup.objects.for_tenant(tenant).exists()
+        found = Counter()
+        for g in user_sums(tenant, EARLIEST, LATEST, by=("end_user", "api_key")):
+            found.update({name: g.sums[column] for name, column in ROLLUP_FIELDS.items()})
+        by_user = {name: found[name] if found else None for name in ROLLUP_FIELDS}
+    else:
+        by_user = HourlyRollup.objects.for_tenant(tenant).aggregate(**sums)
+    assert by_user == by_model
+    return by_model
 
 
 def test_it_prices_the_documented_examples_exactly(ingest_client, acme):
