@@ -20,7 +20,7 @@ from tests.helpers import event, post_usage, stored_events
 from usage.fastparse import parse_valid_batch
 from usage.ingest import parse_batch
 from usage.maintenance import usage_tenant_reset
-from usage.models import EventStamp, HourlyRollup
+from usage.models import EventStamp, ModelHourlyRollup
 from usage.tasks import apply_retention
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
@@ -49,7 +49,7 @@ def stamps(tenant) -> list[tuple[str, str]]:
 
 def rollup(tenant) -> tuple[int, int]:
     with unscoped():
-        sums = HourlyRollup.objects.for_tenant(tenant).aggregate(
+        sums = ModelHourlyRollup.objects.for_tenant(tenant).aggregate(
             c=Sum("calls"), s=Sum("cost_nanos")
         )
     return sums["c"] or 0, sums["s"] or 0
