@@ -138,3 +138,16 @@ def test_only_superusers_delete_and_only_staff_see(client, events, acme):
     assert len(stored_events(acme)) == 3
     staff.user_permissions.clear()
     assert client.get(URL, {"tenant": "acme"}).status_code == 403
+
+
+def test_the_hourly_rollups_page_says_where_a_store_keeps_them(admin_client, events):
+    page = admin_client.get("/admin/usage/hourlyrollup/", follow=True)
+    assert page.status_code == 200
+    said = [str(m) for m in page.context["messages"]]
+    if events.keeps_user_rollups:
+        assert len(said) == 1
+        assert "kept in ClickHouse, not in this table" in said[0]
+        assert "0.00135" not in page.content.decode()  # nothing listed: PostgreSQL keeps none
+    else:
+        assert said == []
+        assert "0.00135" in page.content.decode()

@@ -305,7 +305,8 @@ class Rollup(RollupSums):
 
 class HourlyRollup(Rollup):
     """Sums of events per tenant, hour and every dimension (end user and API key included),
-    kept in the ingest transaction. Budgets and anything about end users read these."""
+    kept in the ingest transaction. Budgets and anything about end users read these; with an
+    event store that keeps these sums itself (ClickHouse) it stays empty (`usage.user_sums`)."""
 
     end_user = dictionary_reference()
     api_key_id = models.BigIntegerField(default=0)
@@ -394,11 +395,12 @@ class TagHourlyRollup(Rollup):
 
 class EndUserDailyRollup(RollupSums):
     """The sums of `HourlyRollup` per tenant, end user and UTC day (`day` is its midnight),
-    kept in the same transactions (`usage.storage.rollups_add`, the ingest and bulk insert
+    kept in the same transactions (`usage.rollup_writes.rollups_add`, the ingest and bulk insert
     statements, and `usage.storerewrites.user_days_rebuild` after a rebuild). A day holds one
     row per end user instead of one per hour, model and key: the overview's end users table
     reads whole days here and only the hours at the range's edges from `HourlyRollup`
-    (`usage.user_days`)."""
+    (`usage.user_days`). Empty, as `HourlyRollup`, with a store that keeps the sums by end
+    user itself."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=False)
     day = models.DateTimeField()
