@@ -46,10 +46,12 @@ def hour_ceiling(moment: datetime) -> datetime:
 
 
 def whole_hour_offsets(tz: ZoneInfo | None, start: datetime, end: datetime) -> bool:
-    """Whether the zone's offset is whole hours throughout [start, end) (checked twice a day:
-    no zone keeps a part-hour offset for less than that)."""
-    if tz is None or end <= start:
+    """Whether the zone's offset is whole hours throughout [start, end): checked twice a day
+    over a month, weekly over longer spans (no zone keeps a part-hour offset for less than
+    months, as Lord Howe's summer half hour)."""
+    if tz is None or end <= start or getattr(tz, "key", None) == "UTC":
         return True
+    step = timedelta(hours=12) if end - start <= timedelta(days=31) else timedelta(days=7)
     moment = start
     while True:
         offset = moment.astimezone(tz).utcoffset()
@@ -57,7 +59,7 @@ def whole_hour_offsets(tz: ZoneInfo | None, start: datetime, end: datetime) -> b
             return False
         if moment >= end:
             return True
-        moment = min(end, moment + timedelta(hours=12))
+        moment = min(end, moment + step)
 
 
 def _placed(hour: datetime, bucket: str, tz: ZoneInfo) -> datetime:

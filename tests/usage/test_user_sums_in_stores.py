@@ -170,30 +170,69 @@ def test_the_store_keeps_the_sums_by_end_user_and_postgresql_keeps_none(store, t
     assert ModelHourlyRollup.objects.filter(tenant=acme).count() == 6  # u5 and u7 share one
 
 
-def test_the_metrics_by_end_user_and_for_one_end_user(settings, twins):
-    def figures(tenant: Tenant) -> Any:
-        out = []
-        for period, group_by, filters, interval in [
-            ("month", "end_user", UsageFilters(), "day"),
-            ("day", "end_user", UsageFilters(), "hour"),
-            ("week", "model", ANN, "day"),
-            ("day", None, ANN, "hour"),
-            ("month", "end_user", UsageFilters(model="claude-haiku-4-5"), "day"),
-        ]:
-            tr = period_range(tenant=tenant, period=period)
-            for keep in (False, True):
-                m = usage_metrics(
-                    tenant=tenant,
-                    time_range=tr,
-                    filters=filters,
-                    group_by=group_by,
-                    interval=interval,
-                    keep=keep,
-                )
-                out.append(_plain([m.totals, m.breakdown, m.series]))
-        return out
+def metrics_figures(tenant: Tenant) -> Any:
+    out = []
+    for period, group_by, filters, interval in [
+        ("month", "end_user", UsageFilters(), "day"),
+        ("day", "end_user", UsageFilters(), "hour"),
+        ("week", "model", ANN, "day"),
+        ("day", None, ANN, "hour"),
+        ("month", "end_user", UsageFilters(model="claude-haiku-4-5"), "day"),
+    ]:
+        tr = period_range(tenant=tenant, period=period)
+        for keep in (False, True):
+            m = usage_metrics(
+                tenant=tenant,
+                time_range=tr,
+                filters=filters,
+                group_by=group_by,
+                interval=interval,
+                keep=keep,
+            )
+            out.append(_plain([m.totals, m.breakdown, m.series]))
+    return out
 
-    found = same_on_both(settings, twins, figures)
+
+def overview_figures(tenant: Tenant) -> Any:
+    out = []
+    for period in ("today", "7d", "48h", "month"):
+        tr = recent_range(tenant=tenant, period=period)
+        rows = breakdown(tenant=tenant, time_range=tr, filters=UsageFilters(), dimension="end_user")
+        top = [r["key"] for r in rows]
+        out.append(_plain(rows))
+        for group_by in ("end_user", "model"):
+            out.append(
+                _plain(
+                    spend_series(
+                        tenant=tenant,
+                        time_range=tr,
+                        filters=UsageFilters(),
+                        group_by=group_by,
+                        top=top if group_by == "end_user" else None,
+                        families=True,
+                    )
+                )
+            )
+        out.append(_plain(usage_totals(tenant=tenant, time_range=tr, filters=ANN)))
+        out.append(
+            _plain(
+                breakdown(
+                    tenant=tenant, time_range=tr, filters=ANN, dimension="model", families=True
+                )
+            )
+        )
+        for interval in ("hour", "day"):
+            out.append(
+                _plain(
+                    spend_per_bucket(tenant=tenant, time_range=tr, filters=ANN, interval=interval)
+                )
+            )
+        out.append(spend_heatmap(tenant=tenant, time_range=tr, filters=ANN))
+    return out
+
+
+def test_the_metrics_by_end_user_and_for_one_end_user(settings, twins):
+    found = same_on_both(settings, twins, metrics_figures)
     month_by_user = found[0][1]
     assert [(r["key"], r["cost_nanos"], r["calls"]) for r in month_by_user] == [
         ("ann", 4 * EVENT + 450_000, 5),
@@ -217,48 +256,7 @@ def test_the_metrics_api_for_an_end_user(settings, twins, read_client):
 
 
 def test_the_overview_end_users_table_top_users_and_one_users_charts(settings, twins):
-    def figures(tenant: Tenant) -> Any:
-        out = []
-        for period in ("today", "7d", "48h", "month"):
-            tr = recent_range(tenant=tenant, period=period)
-            rows = breakdown(
-                tenant=tenant, time_range=tr, filters=UsageFilters(), dimension="end_user"
-            )
-            top = [r["key"] for r in rows]
-            out.append(_plain(rows))
-            for group_by in ("end_user", "model"):
-                out.append(
-                    _plain(
-                        spend_series(
-                            tenant=tenant,
-                            time_range=tr,
-                            filters=UsageFilters(),
-                            group_by=group_by,
-                            top=top if group_by == "end_user" else None,
-                            families=True,
-                        )
-                    )
-                )
-            out.append(_plain(usage_totals(tenant=tenant, time_range=tr, filters=ANN)))
-            out.append(
-                _plain(
-                    breakdown(
-                        tenant=tenant, time_range=tr, filters=ANN, dimension="model", families=True
-                    )
-                )
-            )
-            for interval in ("hour", "day"):
-                out.append(
-                    _plain(
-                        spend_per_bucket(
-                            tenant=tenant, time_range=tr, filters=ANN, interval=interval
-                        )
-                    )
-                )
-            out.append(spend_heatmap(tenant=tenant, time_range=tr, filters=ANN))
-        return out
-
-    found = same_on_both(settings, twins, figures)
+    found = same_on_both(settings, twins, overview_figures)
     seven_days = found[8]
     assert [(r["key"], r["cost_nanos"], r["calls"]) for r in seven_days] == [
         ("ann", 3 * EVENT + 450_000, 4),
@@ -427,3 +425,15 @@ def test_a_per_user_budget_check_after_a_rebuild_and_with_redis_flushed(
     )
     bob = check(ingest_client, end_user="bob", estimated_cost_usd="0.0002").json()
     assert (bob["allowed"], bob["budgets"][0]["used_usd"]) == (True, "0.00135")
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "UTC"])
+def test_zones_of_whole_hours_across_a_dst_change(settings, twins, zone):
+    """Where every offset is whole hours the store's own local hours and days are the rollups'
+    buckets (New York left summer time on 1 November 2026)."""
+    Tenant.objects.filter(pk__in=[t.pk for t in twins]).update(timezone=zone)
+    for tenant in twins:
+        tenant.refresh_from_db()
+    same_on_both(settings, twins, metrics_figures)
+    found = same_on_both(settings, twins, overview_figures)
+    assert found[24][0]["cost_nanos"] == 4 * EVENT + 450_000  # ann's month
