@@ -26,7 +26,7 @@ from usage.event_queries import TagValue as TagValue
 from usage.event_queries import UsageFilters as UsageFilters
 from usage.event_queries import with_tag
 from usage.event_sums import add_sums, dimension_names, event_groups, event_totals, tag_sets
-from usage.eventstore.base import no_sums
+from usage.eventstore.base import EventSums, no_sums
 from usage.kept_metrics import kept_ranking, kept_series, kept_totals
 from usage.models import (
     Dimension,
@@ -142,7 +142,8 @@ def usage_metrics(
         return _metrics_from_events(
             tenant, tr, filters, group_by=group_by, interval=interval, limit=limit
         )
-    if kept_by_store() and (filters.end_user is not None or group_by == "end_user"):
+    users_in_store = kept_by_store()
+    if users_in_store and filters.end_user is not None:
         return _metrics_of_users(
             tenant, tr, filters, group_by=group_by, interval=interval, limit=limit
         )
@@ -157,7 +158,9 @@ def usage_metrics(
     metrics = Metrics(range=tr, totals=totals, group_by=group_by, interval=interval)
 
     if group_by:
-        if group_by in ROLLUP_DIMENSIONS and kept:
+        if group_by == "end_user" and users_in_store:  # the rest from the by-model rollups
+            rows = _ranked_in_store(tenant, tr, filters, group_by, limit)
+        elif group_by in ROLLUP_DIMENSIONS and kept:
             rows = kept_ranking(
                 tenant=tenant,
                 time_range=tr,
@@ -268,15 +271,28 @@ def _metrics_of_users(
         add_sums(totals, g.sums)
     metrics = Metrics(range=tr, totals=totals, group_by=group_by, interval=interval)
     if dimension:
-        groups.sort(key=lambda g: (-g.sums["cost_nanos"], -g.sums["calls"], g.key[0] or 0))
-        names = dimension_names(tenant, [g.key[0] for g in groups[:limit]])
-        rows = [{"key": names.get(g.key[0] or 0, ""), **g.sums} for g in groups[:limit]]
-        metrics.breakdown = _ranked(rows, limit)
+        metrics.breakdown = _ranked(_named_top(tenant, groups, limit), limit)
     elif group_by:
         metrics.breakdown = _ranked(_event_breakdown(tenant, tr, filters, group_by), limit)
     series = user_sums(tenant, tr.start, tr.end, filters=filters, by=(), bucket=interval, tz=tr.tz)
     metrics.series = _series(tr, interval, {g.bucket: g.sums for g in series})
     return metrics
+
+
+def _ranked_in_store(
+    tenant: Tenant, tr: TimeRange, filters: UsageFilters, dimension: str, limit: int
+) -> list[dict[str, Any]]:
+    """`ranked_by_dimension`'s rows from an event store that keeps the sums by end user."""
+    return _named_top(
+        tenant, user_sums(tenant, tr.start, tr.end, by=(dimension,), filters=filters), limit
+    )
+
+
+def _named_top(tenant: Tenant, groups: list[EventSums], limit: int) -> list[dict[str, Any]]:
+    """The `limit` groups (by one id) that spend most, then call most, then by id, named."""
+    groups.sort(key=lambda g: (-g.sums["cost_nanos"], -g.sums["calls"], g.key[0] or 0))
+    names = dimension_names(tenant, [g.key[0] for g in groups[:limit]])
+    return [{"key": names.get(g.key[0] or 0, ""), **g.sums} for g in groups[:limit]]
 
 
 def _event_breakdown(
