@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import http.client
 import multiprocessing
+import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -102,6 +103,29 @@ class Samples:
         self.server_ms += other.server_ms
         for status, n in other.statuses.items():
             self.statuses[status] = self.statuses.get(status, 0) + n
+
+
+def cpu_clock(*, serial_plans: bool) -> Callable[[], float]:
+    """A clock of the CPU milliseconds this process has used, plus (`serial_plans`) those of its
+    PostgreSQL backend, whose parallel workers are then turned off so the backend does all of
+    a query's work (Django's default connection, opened here)."""
+    from django.db import connection
+
+    backend = None
+    if serial_plans:
+        with connection.cursor() as cursor:
+            cursor.execute("SET max_parallel_workers_per_gather = 0")
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+
+    def cpu_ms() -> float:
+        spent = time.process_time() * 1000
+        if backend is not None:
+            fields = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+            spent += (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+        return spent
+
+    return cpu_ms
 
 
 def pct(values: Sequence[float], p: float) -> float:
