@@ -146,6 +146,7 @@ def test_adding_a_shard_moves_tenants_with_every_version_once(clickhouse_servers
         insert = f"INSERT INTO {TABLE} ({', '.join(NAMES)}) VALUES"
         new.connections.execute(1, insert, stored[mover.pk][:3])
         out = rebalance(clickhouse_servers, "--chunk", "4")
+        assert "The store's rollups: 0 keys changed." not in out
         read = sum(len(stored[t.pk]) for t in movers)
         assert f"{len(movers)} of 4 tenants change shard (1 shards before, 2 now)." in out
         assert f"Done: {len(movers)} tenants moved, {read} rows read, {read - 3} copied" in out
@@ -173,6 +174,7 @@ def test_adding_a_shard_moves_tenants_with_every_version_once(clickhouse_servers
 
         again = rebalance(clickhouse_servers)
         assert f"0 rows read, 0 copied, {2 * len(movers)} tenant-months already complete." in again
+        assert "The store's rollups: 0 keys changed." in again  # nothing to add
 
         # Merges (needed by the deletion, a mutation) keep only each key's newest version, on
         # either side: still nothing to copy.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.db import transaction
+from django.db.models import Sum
 from django.db.models.functions import TruncMonth
 
 from costmon.core.models import Tenant
@@ -24,6 +25,7 @@ from usage.eventstore.chrollups import (
     ROLLUPS,
     copy_sums,
     month_span,
+    month_totals,
     months_of,
     reconcile,
     rollup_sums_by_key,
@@ -43,6 +45,7 @@ class RollupReport:
     months_rebuilt: int = 0  # recomputed from the events
     months_copied: int = 0  # without events: filled from elsewhere (migration, rebalance)
     months_kept: int = 0  # without events: left as they are (the rebuild)
+    months_skipped: int = 0  # the same events and sums as the source's: nothing to do
     keys_changed: int = 0  # rollup keys whose sums a difference was added to
 
 
@@ -114,25 +117,37 @@ def _postgres_sums(tenant: Tenant, month: int) -> Sums:
     return sums
 
 
+def _postgres_totals(tenant: Tenant) -> dict[int, list[int]]:
+    """PostgreSQL's `HourlyRollup` sums of the tenant per month (YYYYMM)."""
+    rows = (
+        HourlyRollup.objects.for_tenant(tenant)
+        .annotate(m=TruncMonth("hour", tzinfo=UTC))
+        .values_list("m")
+        .annotate(*(Sum(name) for name in ROLLUP_SUMS))
+        .order_by()
+    )
+    return {_month_of(m): [int(v or 0) for v in values] for m, *values in rows}
+
+
 def rollups_from_postgres(
-    store: ClickHouseStore, tenant: Tenant, progress: Progress | None = None
+    store: ClickHouseStore, tenant: Tenant, changed: set[int] | None = None
 ) -> RollupReport:
     """`events_migrate`'s last step for a tenant (its events copied first): months with events
     in ClickHouse recomputed from them; the months of PostgreSQL's `HourlyRollup` without
-    (retention dropped their events) filled from it. Call in the tenant's context."""
+    (retention dropped their events) filled from it. A month whose events were complete
+    already (not in `changed`: None, every month changed) and whose sums per month are
+    PostgreSQL's is skipped. Call in the tenant's context."""
     report = RollupReport()
     index = store.shard_of(tenant.pk)
     buffer_flush(store.connections, index)
     events, _ = months_of(store.connections, index, tenant.pk)
-    kept = {
-        _month_of(m)
-        for m in HourlyRollup.objects.for_tenant(tenant)
-        .annotate(m=TruncMonth("hour", tzinfo=UTC))
-        .values_list("m", flat=True)
-        .distinct()
-    }
-    for month in sorted(events | kept):
-        if month in events:
+    kept = _postgres_totals(tenant)
+    held = month_totals(store.connections, index, tenant.pk)
+    for month in sorted(events | kept.keys()):
+        untouched = changed is not None and month not in changed
+        if (untouched or month not in events) and held.get(month) == kept.get(month):
+            report.months_skipped += 1
+        elif month in events:
             lo, hi = month_span(month)
             report.keys_changed += month_rebuild(store, index, tenant.pk, lo, hi)
             report.months_rebuilt += 1
@@ -142,29 +157,38 @@ def rollups_from_postgres(
                 sums = _postgres_sums(tenant, month)
                 report.keys_changed += copy_sums(store.connections, index, tenant.pk, month, sums)
             report.months_copied += 1
-        if progress:
-            progress(tenant, month, report)
     return report
 
 
 def rollups_move(
-    store: ClickHouseStore, old: Connections, source: int, target: int, tenant_id: int
+    store: ClickHouseStore,
+    old: Connections,
+    source: int,
+    target: int,
+    tenant_id: int,
+    complete: set[int],
 ) -> RollupReport:
     """`clickhouse_rebalance`'s rollups of a moved tenant (its events copied first): on the new
     shard `target`, months in which the old shard `source` holds events recomputed from the
-    copies; months of the old shard's rollups without events there copied from them."""
+    copies; months of the old shard's rollups without events there copied from them. A month
+    whose events the new shard held complete already (`complete`, or none on either) and whose
+    rollup sums per month are the old shard's is skipped: a run again after the copy is quick."""
     report = RollupReport()
     buffer_flush(old, source)
     events, rollups = months_of(old, source, tenant_id)
+    totals = month_totals(old, source, tenant_id)
+    held = month_totals(store.connections, target, tenant_id)
     for month in sorted(events | rollups):
         lo, hi = month_span(month)
-        if month in events:
+        if (month in complete or month not in events) and held.get(month) == totals.get(month):
+            report.months_skipped += 1
+        elif month in events:
             report.keys_changed += month_rebuild(store, target, tenant_id, lo, hi)
             report.months_rebuilt += 1
-            continue
-        sums = rollup_sums_by_key(old, source, tenant_id, lo, hi, table=ROLLUPS)
-        with transaction.atomic():
-            rewrite_lock(tenant_id)
-            report.keys_changed += copy_sums(store.connections, target, tenant_id, month, sums)
-        report.months_copied += 1
+        else:
+            sums = rollup_sums_by_key(old, source, tenant_id, lo, hi, table=ROLLUPS)
+            with transaction.atomic():
+                rewrite_lock(tenant_id)
+                report.keys_changed += copy_sums(store.connections, target, tenant_id, month, sums)
+            report.months_copied += 1
     return report

@@ -222,6 +222,16 @@ def months_of(connections: Connections, index: int, tenant_id: int) -> tuple[set
     return {int(m) for (m,) in events}, {int(m) for (m,) in rollups}
 
 
+def month_totals(connections: Connections, index: int, tenant_id: int) -> dict[int, list[int]]:
+    """The tenant's rollup sums per month (YYYYMM) on shard `index`: a cheap comparison."""
+    found = connections.execute(
+        index,
+        f"SELECT toYYYYMM(hour) AS m, {_SUMMED} FROM {ROLLUPS} "
+        f"WHERE {tenant_where(tenant_id)} GROUP BY m",
+    )
+    return {int(row[0]): [int(v) for v in row[1:]] for row in found}
+
+
 def month_span(month: int) -> tuple[int, int]:
     """A month (YYYYMM) as unix seconds [start, end)."""
     year, number = divmod(month, 100)

@@ -83,15 +83,17 @@ def events_migrate(
     for tenant in tenants:
         with tenant_context(tenant):
             held = _ch_days(store, tenant)
+            changed: set[int] = set()  # months (YYYYMM) with a day copied
             for day, keys in sorted(_pg_days(tenant).items()):
                 if held.get(day) == keys:
                     report.days_skipped += 1
                     continue
+                changed.add(day.year * 100 + day.month)
                 start = datetime.combine(day, time(), UTC)
                 _copy(store, tenant, start, start + timedelta(days=1), chunk, report)
                 if progress:
                     progress(tenant, report)
-            report.rollup_keys += rollups_from_postgres(store, tenant).keys_changed
+            report.rollup_keys += rollups_from_postgres(store, tenant, changed).keys_changed
     return report
 
 

@@ -113,6 +113,7 @@ class Rebalance:
         self.chunk = chunk
         self.progress = progress
         self.report = RebalanceReport()
+        self.complete: dict[int, set[int]] = {}  # per tenant, months the new server held whole
 
     def run(self, move_list: Sequence[Move], *, delete: bool = False) -> RebalanceReport:
         self.report.tenants_moved = len(move_list)
@@ -121,8 +122,9 @@ class Rebalance:
                 buffer_flush(self.old, index)
             for move in move_list:
                 self.copy(move)
+                complete = self.complete.pop(move.tenant.pk, set())
                 self.report.rollup_keys += rollups_move(
-                    self.store, self.old, move.source, move.target, move.tenant.pk
+                    self.store, self.old, move.source, move.target, move.tenant.pk, complete
                 ).keys_changed
                 if delete:
                     self.delete(move)
@@ -137,6 +139,7 @@ class Rebalance:
         copied = 0
         for month, pairs in sorted(_months(self.old, move.source, tenant_id).items()):
             if held.get(month) == pairs:
+                self.complete.setdefault(tenant_id, set()).add(month)
                 self.report.months_skipped += 1
                 continue
             copied += self._copy_month(move, month)
