@@ -224,7 +224,19 @@ ZONES = ("UTC", "America/New_York", "Asia/Kolkata")
 def test_event_sums_are_the_same_from_the_rollups_and_from_the_events(
     store, acme, outsider, zone, monkeypatch
 ):
-    post_usage(client_of(acme), spend("a", 60, month=10) + spend("b", 60))
+    edges = [
+        event(event_id=f"edge{i}", occurred_at=at, end_user="u1")
+        for i, at in enumerate(
+            (
+                "2026-10-02T05:10:00Z",  # the first range's first hour, before its start
+                "2026-10-02T05:30:00Z",  # in it, after the start
+                "2026-11-19T12:20:00Z",  # its last hour, before the end
+                "2026-11-19T12:50:00Z",  # after the end
+            )
+        )
+    ]
+    payload = spend("a", 60, month=10) + spend("b", 60) + edges
+    assert post_usage(client_of(acme), payload).status_code == 201
     post_usage(client_of(outsider), spend("o", 9))
     tz = ZoneInfo(zone)
     ranges = [
@@ -237,14 +249,27 @@ def test_event_sums_are_the_same_from_the_rollups_and_from_the_events(
             "custom",
             tz,
         ),
+        # Parts of hours at both ends (a range ending now): those parts from the events.
+        TimeRange(
+            datetime(2026, 10, 2, 5, 17, 3, 123456, tzinfo=UTC),
+            datetime(2026, 11, 19, 12, 34, 56, 789, tzinfo=UTC),
+            "custom",
+            tz,
+        ),
         None,
     ]
     from_rollups = []
     real = clickhouse.rollup_event_sums
+    depth = [0]
 
     def counted(*args: Any) -> Any:
-        found = real(*args)
-        from_rollups.append(found is not None)
+        depth[0] += 1  # the ends of a range are asked of `event_sums` again: not counted
+        try:
+            found = real(*args)
+        finally:
+            depth[0] -= 1
+        if not depth[0]:
+            from_rollups.append(found is not None)
         return found
 
     cases = []
@@ -259,9 +284,16 @@ def test_event_sums_are_the_same_from_the_rollups_and_from_the_events(
         monkeypatch.setattr(clickhouse, "rollup_event_sums", lambda *args: None)
         raw = [store.event_sums(acme, q, by=by, bucket=b) for q, by, b in cases]
         total = store.event_sums(acme, cases[-2][0])
+        edged = event_query(time_range=ranges[2])
+        parts = chrollups.rollup_event_sums(store, acme, edged, ("end_user",), None)
+        assert parts is not None  # the whole hours from the rollups, the ends from the events
+        assert ordered(parts) == ordered(store.event_sums(acme, edged, by=("end_user",)))
+    sent = [datetime.fromisoformat(e["occurred_at"]) for e in payload]
+    within = sum(ranges[2].start <= at < ranges[2].end for at in sent)
+    assert sum(p.sums["calls"] for p in parts) == within
     assert [ordered(a) for a in answers] == [ordered(r) for r in raw]  # groups in any order
     assert all(answers)  # every case has events
-    assert total[0].sums["cost_nanos"] == expected_cost(60) * 2
+    assert total[0].sums["cost_nanos"] == expected_cost(60) * 2 + 4 * HAIKU
     # UTC and New York (whole-hour offsets): every case from the rollups; Kolkata (+5:30): only
     # what needs no local hour or day.
     if zone == "Asia/Kolkata":

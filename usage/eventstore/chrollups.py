@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from costmon.core.models import Tenant
+from costmon.core.periods import TimeRange
 from usage.eventstore.base import GROUP_COLUMNS, EventQuery, EventSums
 from usage.eventstore.chrows import (
     BUCKET_SQL,
@@ -269,26 +270,23 @@ def ingest_sums_insert(connections: Connections, index: int, sums: Sums, *, buff
         raise
 
 
-def whole_hours(query: EventQuery, bucket: str | None) -> bool:
-    """Whether the rollups' UTC hours answer the query's range and buckets exactly: a range of
-    whole UTC hours (or none), and hours or days of its zone that begin on a UTC hour."""
+def hours_align(query: EventQuery, bucket: str | None) -> bool:
+    """Whether the query's hours or days begin on UTC hours over its range (its zone's offset
+    is whole hours at each boundary), so that the rollups' hours fall in one bucket each."""
     tr = query.time_range
-    if tr is None:
-        return bucket is None
-    edges = [tr.start, tr.end]
-    if any(t.astimezone(UTC).minute or t.second or t.microsecond for t in edges):
-        return False
-    zone = tr.tz
-    if bucket is not None and tr.end - tr.start > timedelta(days=3700):
+    if tr is None or bucket is None:
+        return True
+    if tr.end - tr.start > timedelta(days=3700):
         return False  # not worth checking each boundary: the raw events answer
+    zone = tr.tz
     if bucket == "hour":
-        hour = tr.start.astimezone(UTC)
+        hour = _hour_up(tr.start)
         while hour < tr.end:
             offset = hour.astimezone(zone).utcoffset() or timedelta()
             if offset.total_seconds() % 3600:
                 return False
             hour += timedelta(hours=1)
-    elif bucket == "day":
+    else:
         day = tr.start.astimezone(zone).date()
         while (midnight := datetime.combine(day, time(), zone)) < tr.end:
             if int(midnight.timestamp()) % 3600:
@@ -297,15 +295,26 @@ def whole_hours(query: EventQuery, bucket: str | None) -> bool:
     return True
 
 
+def _hour_up(at: datetime) -> datetime:
+    """The first UTC hour boundary at or after `at`."""
+    down = _hour_down(at)
+    return down if down == at else down + timedelta(hours=1)
+
+
+def _hour_down(at: datetime) -> datetime:
+    return datetime.fromtimestamp(int(at.timestamp()) // 3600 * 3600, UTC)
+
+
 def answerable(query: EventQuery, by: Sequence[str], bucket: str | None) -> bool:
-    """Whether `event_sums` may read the rollups: no filter they lack, groups they have."""
+    """Whether `event_sums` may read the rollups: no filter they lack, groups they have,
+    buckets that hold whole UTC hours."""
     return (
         query.session_id is None
         and query.filters.tag is None
         and query.is_error is None
         and query.cost_source is None
         and all(GROUP_COLUMNS[k] in DIMENSIONS for k in by)
-        and whole_hours(query, bucket)
+        and hours_align(query, bucket)
     )
 
 
@@ -316,14 +325,26 @@ def rollup_event_sums(
     by: Sequence[str],
     bucket: str | None,
 ) -> list[EventSums] | None:
-    """`event_sums` from the rollups, or None when they cannot answer it (`answerable`)."""
+    """`event_sums` from the rollups, or None when they cannot answer it (`answerable`, and a
+    range that holds a whole UTC hour). The range's whole hours are read from the rollups, the
+    parts of an hour at its ends (a range ending now) from the events (`event_sums` of each,
+    which has no whole hour), and the groups added up."""
     if not answerable(query, by, bucket):
         return None
+    tr = query.time_range
+    edges: list[TimeRange] = []
+    if tr is not None:
+        first, last = _hour_up(tr.start), _hour_down(tr.end)
+        if first >= last:
+            return None  # no whole hour: the events answer
+        edges = [
+            replace(tr, start=a, end=b) for a, b in ((tr.start, first), (last, tr.end)) if a < b
+        ]
+        tr = replace(tr, start=first, end=last)
     built = store.filters_where(tenant, replace(query, time_range=None))
     if built is None:
         return []
     where, params = built
-    tr = query.time_range
     if tr is not None:
         where.append(_hours_where("hour", seconds_of(tr.start), seconds_of(tr.end), None))
     store.flush(tenant.pk)  # exact sums: see `ClickHouseStore.event_sums`
@@ -339,7 +360,22 @@ def rollup_event_sums(
         f"WHERE {' AND '.join(where)}{group}",
         params,
     )
-    return sums_of_rows(rows, len(by), bucket, tr.tz if tr is not None else UTC)
+    found = sums_of_rows(rows, len(by), bucket, tr.tz if tr is not None else UTC)
+    for edge in edges:
+        part = store.event_sums(tenant, replace(query, time_range=edge), by=by, bucket=bucket)
+        found = added(found, part)
+    return found
+
+
+def added(a: list[EventSums], b: list[EventSums]) -> list[EventSums]:
+    """Two answers of `event_sums` as one: the sums of a group (key and bucket) in both added."""
+    merged = {(s.key, s.bucket): s for s in a}
+    for s in b:
+        was = merged.get((s.key, s.bucket))
+        if was is not None:
+            s = replace(s, sums={name: v + was.sums[name] for name, v in s.sums.items()})
+        merged[(s.key, s.bucket)] = s
+    return list(merged.values())
 
 
 def sums_of_rows(
