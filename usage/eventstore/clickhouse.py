@@ -22,7 +22,8 @@ under the tenant's ingest lock, as rewrites and the counters' rebuild are, that 
 list, export or lookup of events can, rarely, miss for that one answer rows sent within the
 last moment. What the buffer holds is lost if ClickHouse
 stops abnormally (a normal stop flushes it): those events, up to `BUFFER_SECONDS` of small
-inserts, stay counted in PostgreSQL's rollups (see the README, "Buffer").
+inserts, stay counted in PostgreSQL's rollups (see the README, "Buffer"); the store's own
+are repaired by `manage.py clickhouse_rollups_rebuild` (`chrebuild`).
 
 The SQL is what ClickHouse 18.16 (Debian's package) and current releases both accept: times as
 `DateTime` (seconds) plus a `micros` column, compared with `toDateTime(<unix seconds>)`; money
