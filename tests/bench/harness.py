@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import multiprocessing
+import os
 import socket
 import sys
 import time
@@ -187,7 +188,7 @@ def start_server(
     children: ProcessGroup,
     env: dict[str, str],
     *,
-    workers: int,
+    workers: int | None,
     port: int,
     app: str = "costmon.wsgi",
     name: str = "gunicorn",
@@ -195,8 +196,9 @@ def start_server(
 ) -> None:
     """gunicorn in the group of `children`: a stop signal or an error stops it with the run.
 
-    costmon's own config (`costmon.gunicorn_conf`) chooses the worker class and threads; the
-    naive baseline runs stock sync workers."""
+    costmon's own config (`costmon.gunicorn_conf`) chooses the worker class and threads, and
+    the number of workers unless `workers` is given; the naive baseline runs stock sync
+    workers."""
     children.start(
         name,
         [
@@ -205,8 +207,7 @@ def start_server(
             *config,
             "--bind",
             f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
+            *(() if workers is None else ("--workers", str(workers))),
             "--keep-alive",
             "30",
             "--log-level",
@@ -226,6 +227,17 @@ def start_server(
             pass
         children.wait(0.2)  # raises ChildExited if gunicorn ended
     raise SystemExit("gunicorn did not answer /healthz within 60 s")
+
+
+def costmon_workers(workers: int | None) -> int:
+    """How many workers costmon's gunicorn runs: `workers`, else its config's default (one
+    per core, `costmon.gunicorn_conf`; not imported here, it sets the process's settings)."""
+    return workers or int(os.environ.get("COSTMON_GUNICORN_WORKERS") or os.cpu_count() or 2)
+
+
+def naive_workers() -> int:
+    """The naive endpoint's sync workers: two per core, gunicorn's usual advice."""
+    return (os.cpu_count() or 2) * 2
 
 
 def say(message: str) -> None:
