@@ -116,12 +116,23 @@ def pct(values: Sequence[float], p: float) -> float:
 
 
 def _client_process(
-    port: int, method: str, path: str, headers: dict[str, str], bodies: list[bytes]
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    bodies: list[bytes],
+    interval: float | None = None,
+    offset: float = 0.0,
 ) -> Samples:
-    """Send `bodies` one after another over one keep-alive connection."""
+    """Send `bodies` one after another over one keep-alive connection; with `interval`, the
+    n-th no earlier than `offset` + n intervals after the start (paced: a late one goes at
+    once)."""
     samples = Samples()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    for body in bodies:
+    first = time.perf_counter() + offset
+    for n, body in enumerate(bodies):
+        if interval is not None:
+            time.sleep(max(0.0, first + n * interval - time.perf_counter()))
         started = time.perf_counter()
         conn.request(method, path, body=body or None, headers=headers)
         response = conn.getresponse()
@@ -146,15 +157,23 @@ def drive(
     headers: dict[str, str],
     bodies: list[bytes],
     clients: int,
+    rate: float | None = None,
 ) -> Samples:
-    """Split the bodies over `clients` processes that send at once; time the whole phase."""
+    """Split the bodies over `clients` processes that send at once; time the whole phase.
+    With `rate`, the clients together send no more than that many requests a second (each its
+    share, evenly spaced, the clients' starts staggered): the server's times at that load."""
     shares = [bodies[i::clients] for i in range(clients)]
+    interval = None if rate is None else clients / rate
     context = multiprocessing.get_context("fork")
     pool = context.Pool(clients)
     try:
         started = time.perf_counter()
         parts = pool.starmap(
-            _client_process, [(port, method, path, headers, share) for share in shares]
+            _client_process,
+            [
+                (port, method, path, headers, share, interval, (interval or 0) * i / clients)
+                for i, share in enumerate(shares)
+            ],
         )
         elapsed = time.perf_counter() - started
     except BaseException:
