@@ -13,9 +13,9 @@ script that sets the counters from PostgreSQL (`budgets/lua/rebuild.lua`).
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from contextvars import ContextVar
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -45,11 +45,7 @@ REBUILD_AFTER = timedelta(minutes=30)
 ACTIVE_KEY = "cm:active"  # tenants whose updates the sweeper saw, scored by when (epoch s)
 
 _RECORD = bredis.script_file("record")
-# The counter update a batch's transaction wrote, for its `batch_recorded`: a context variable,
-# so it follows the batch when another thread finishes it (`usage.services.StoredBatch`).
-_pending: ContextVar[tuple[RecordedBatch, Callable[[], int], Update] | None] = ContextVar(
-    "counter_update_pending", default=None
-)
+_pending = threading.local()
 
 
 def update_of(tenant: Tenant, rows: Sequence[RecordedRow]) -> Update:
@@ -162,7 +158,7 @@ def batch_pending(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
     if not settings.REDIS_URL:
         return  # no counters (the embedded default)
     update = update_of(batch.tenant, batch.rows)
-    _pending.set((batch, counter_update_insert(batch.tenant.pk, update.to_json()), update))
+    _pending.value = (batch, counter_update_insert(batch.tenant.pk, update.to_json()), update)
 
 
 def record_batch(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
@@ -174,8 +170,7 @@ def record_batch(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
     applied: Applied | None = None
     update_id: int | None = None
     if settings.REDIS_URL:
-        pending = _pending.get()
-        _pending.set(None)
+        pending, _pending.value = getattr(_pending, "value", None), None
         if pending is not None and pending[0] is batch:
             update_id, update = pending[1](), pending[2]
         else:

@@ -4,9 +4,7 @@ With threaded workers (gunicorn's gthread, `costmon.gunicorn_conf`), each reques
 its validated events to the process's committer thread and waits. The committer takes every
 request waiting, and stores each tenant's (and API key's) events with one `usage_record_batch`:
 one transaction, one commit, one rollup upsert and one budgets counter update for all of them.
-What follows a group's commit (the budgets counter update in Redis: `StoredBatch.finish`) is
-done by a second thread, the finisher, while the committer stores the next group; the finisher
-then wakes each request with its own results, in its own order. So a 201 still means stored
+Then it wakes each request with its own results, in its own order. So a 201 still means stored
 durably, priced and counted; only the round trips are shared. Two requests with the same
 event_id in one group are answered as if one came after the other: the first stored, the
 second a duplicate.
@@ -18,7 +16,6 @@ set (gunicorn's config sets it): a process serving one request at a time gains n
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import threading
@@ -33,7 +30,7 @@ from django.db import close_old_connections, connections
 
 from costmon.core.models import Tenant
 from usage.ingest import EventIn
-from usage.services import EventResult, StoredBatch, usage_record_batch, usage_store_batch
+from usage.services import EventResult, usage_record_batch
 
 log = structlog.get_logger(__name__)
 
@@ -59,13 +56,8 @@ class GroupCommitter:
     def __init__(self, *, max_events: int = GROUP_MAX_EVENTS) -> None:
         self.max_events = max_events
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
-        # Groups committed, for the finisher thread.
-        self._stored: queue.SimpleQueue[tuple[list[_Waiting], StoredBatch] | None] = (
-            queue.SimpleQueue()
-        )
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._finisher: threading.Thread | None = None
         self._pid = 0
 
     def record(
@@ -78,18 +70,15 @@ class GroupCommitter:
         return waiting.future.result()
 
     def shutdown(self) -> None:
-        """End the committer and finisher threads once the requests already waiting are
-        answered (they close their database connections); the next request starts new ones."""
+        """End the committer thread once the requests already waiting are stored (it closes
+        its database connections); the next request starts a new one."""
         with self._lock:
-            thread, finisher, stored = self._thread, self._finisher, self._stored
+            thread = self._thread
             if thread is None or self._pid != os.getpid() or not thread.is_alive():
                 return
             self._queue.put(None)
-            self._thread = self._finisher = None
+            self._thread = None
         thread.join()
-        if finisher is not None:
-            stored.put(None)  # after the groups the committer handed over
-            finisher.join()
 
     def _ensure_thread(self) -> None:
         thread = self._thread
@@ -97,19 +86,9 @@ class GroupCommitter:
             return
         with self._lock:
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                forked = self._pid != os.getpid()
-                if forked:
+                if self._pid != os.getpid():
                     self._queue = queue.SimpleQueue()  # a fork's copy holds nobody's requests
                 self._pid = os.getpid()
-                if forked or self._finisher is None or not self._finisher.is_alive():
-                    self._stored = queue.SimpleQueue()
-                    self._finisher = threading.Thread(
-                        target=self._finish_groups,
-                        args=(self._stored,),
-                        name="ingest-group-finish",
-                        daemon=True,
-                    )
-                    self._finisher.start()
                 self._thread = threading.Thread(
                     target=self._run, name="ingest-group-commit", daemon=True
                 )
@@ -160,7 +139,7 @@ class GroupCommitter:
 
     def _commit_group(self, group: list[_Waiting]) -> bool:
         try:
-            stored = usage_store_batch(
+            results = usage_record_batch(
                 tenant=group[0].tenant,
                 events=[e for w in group for e in w.events],
                 api_key_id=group[0].api_key_id,
@@ -173,45 +152,11 @@ class GroupCommitter:
             for w in group:
                 self._commit_group([w])
             return True
-        if stored.results is not None:
-            _answer(group, stored)
-        else:
-            self._stored.put((group, stored))
-        return False
-
-    def _finish_groups(
-        self, stored: queue.SimpleQueue[tuple[list[_Waiting], StoredBatch] | None]
-    ) -> None:
-        """The finisher: what follows each group's commit, in commit order, then the answers.
-        It outlives a committer that failed (the next one hands it its groups) and ends at
-        `shutdown`."""
-        checked = time.monotonic()
-        while True:
-            item = stored.get()
-            if item is None:
-                connections.close_all()
-                return
-            failed = _answer(*item)
-            if failed or time.monotonic() - checked > _CONNECTION_CHECK_SECONDS:
-                with contextlib.suppress(Exception):  # the finisher must not end
-                    close_old_connections()
-                checked = time.monotonic()
-
-
-def _answer(group: list[_Waiting], stored: StoredBatch) -> bool:
-    """Finish a committed group and answer its requests; True if finishing failed (its events
-    are stored: a resend is answered as duplicates)."""
-    try:
-        results = stored.finish()
-    except Exception as exc:  # noqa: BLE001 - answered to the requests that wait
+        start = 0
         for w in group:
-            w.future.set_exception(exc)
-        return True
-    start = 0
-    for w in group:
-        w.future.set_result(results[start : start + len(w.events)])
-        start += len(w.events)
-    return False
+            w.future.set_result(results[start : start + len(w.events)])
+            start += len(w.events)
+        return False
 
 
 _COMMITTER = GroupCommitter()

@@ -10,7 +10,6 @@ to the rollups in one transaction (`usage.storage`), then tell the apps above wh
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -61,53 +60,6 @@ def usage_record_batch(
     key (tenant, occurred_at, event_id) decides which copy is stored. `api_key_id` is the key that
     reported the batch (budgets per key count its spend).
     """
-    return usage_store_batch(tenant=tenant, events=events, api_key_id=api_key_id).finish()
-
-
-@dataclass(slots=True)
-class StoredBatch:
-    """A batch committed, and what follows its commit: `finish` sends `batch_recorded` (the
-    budgets counters, reservations) and returns the results. `usage_store_batch` has done that
-    already unless the commit released the ingest lock (a pipelined transaction), in which case
-    any thread may finish it, later, once: in the context (`contextvars`) the store left, so
-    what a `batch_committing` receiver kept for its `batch_recorded` follows the batch."""
-
-    tenant: Tenant
-    events: Sequence[EventIn]
-    firsts: dict[str, EventIn]
-    rows: list[dict[str, Any]]
-    inserted: set[str]
-    batch: RecordedBatch
-    results: list[EventResult] | None = None
-    context: contextvars.Context | None = None
-
-    def finish(self) -> list[EventResult]:
-        if self.results is None:
-            context, self.context = self.context or contextvars.copy_context(), None
-            self.results = context.run(self._finish_as_tenant)
-        return self.results
-
-    def _finish_as_tenant(self) -> list[EventResult]:
-        with tenant_context(self.tenant):
-            return self._finish()
-
-    def _finish(self) -> list[EventResult]:
-        if self.batch.rows:
-            # Committed: budgets update the spend counters, settle reservations and may
-            # trip the emergency stop; Prometheus marks its cached sums stale.
-            _send_recorded(self.batch)
-        stored = event_store().stored_costs(
-            self.tenant.pk,
-            {eid: e.occurred_at for eid, e in self.firsts.items() if eid not in self.inserted},
-        )
-        return _results(self.events, self.rows, self.inserted, stored)
-
-
-def usage_store_batch(
-    *, tenant: Tenant, events: Sequence[EventIn], api_key_id: int | None = None
-) -> StoredBatch:
-    """`usage_record_batch` up to the commit; the rest is the result's `finish` (the group
-    committer has another thread do it while it stores the next group)."""
     catalog = catalog_for(tenant.pk)
     firsts: dict[str, EventIn] = {}
     for event in events:
@@ -160,13 +112,14 @@ def usage_store_batch(
             except Exception:
                 forget_rls_state(connection)
                 raise
-            stored = StoredBatch(tenant, events, firsts, rows, inserted, batch)
-            if pipelined:
-                stored.context = contextvars.copy_context()
-            else:
-                # A session lock (or none, SQLite): held until the receivers are done.
-                stored.results = stored._finish()
-    return stored
+            if batch.rows:
+                # Committed: budgets update the spend counters, settle reservations and may
+                # trip the emergency stop; Prometheus marks its cached sums stale.
+                _send_recorded(batch)
+        stored = store.stored_costs(
+            tenant.pk, {eid: e.occurred_at for eid, e in firsts.items() if eid not in inserted}
+        )
+    return _results(events, rows, inserted, stored)
 
 
 def _keep_stamps(

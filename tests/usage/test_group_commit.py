@@ -113,14 +113,14 @@ def test_bad_reports_take_drfs_path_and_get_its_errors(ingest_client, acme):
 def test_a_group_answers_each_request_with_its_own_results_and_isolates_failures(
     acme, outsider, monkeypatch
 ):
-    real = grouping.usage_store_batch
+    real = grouping.usage_record_batch
 
     def failing_on_bad(*, tenant, events, api_key_id=None):
         if any(e.event_id == "bad" for e in events):
             raise RuntimeError("this request's batch fails")
         return real(tenant=tenant, events=events, api_key_id=api_key_id)
 
-    monkeypatch.setattr(grouping, "usage_store_batch", failing_on_bad)
+    monkeypatch.setattr(grouping, "usage_record_batch", failing_on_bad)
 
     def waiting(tenant, key, *ids):
         return grouping._Waiting(tenant, key, parse_batch([event(event_id=i) for i in ids]))
@@ -237,60 +237,3 @@ def test_concurrent_single_and_batch_reports_count_each_event_once(
     assert int(bredis.client().hget(day, "t")) == 120 * HAIKU
     for tenant in (acme, outsider):
         assert counters.counters_reconcile(tenant=tenant).corrected == 0
-
-
-@requires_redis
-@pytest.mark.django_db(transaction=True)
-def test_the_committer_stores_the_next_group_while_the_finisher_counts_the_last(
-    acme, outsider, group_commit, monkeypatch
-):
-    # The first group's finish (the counter update in Redis) waits until the second group is
-    # committed: the committer does not wait for the finisher.
-    second_stored = threading.Event()
-    finish = grouping.StoredBatch.finish
-
-    def slow_finish(self):
-        if self.batch.rows and self.batch.rows[0].event_id == "first":
-            assert second_stored.wait(10), "the second group was not stored meanwhile"
-        return finish(self)
-
-    monkeypatch.setattr(grouping.StoredBatch, "finish", slow_finish)
-    key = api_key_create(tenant=acme, scopes="ingest").secret
-    answers: dict[str, dict] = {}
-
-    def send(event_id: str) -> None:
-        response = post_usage(client_for(key), [event(event_id=event_id, occurred_at=None)])
-        answers[event_id] = {"status": response.status_code, **response.json()["events"][0]}
-        connection.close()
-
-    first = threading.Thread(target=send, args=("first",))
-    first.start()
-    with tenant_context(acme):
-        for _ in range(200):  # the first group is committed (its answer still waits)
-            if UsageEvent.objects.filter(event_id="first").exists():
-                break
-            threading.Event().wait(0.02)
-    assert "first" not in answers
-    second = threading.Thread(target=send, args=("second",))
-    second.start()
-    with tenant_context(acme):
-        for _ in range(200):
-            if UsageEvent.objects.filter(event_id="second").exists():
-                second_stored.set()
-                break
-            threading.Event().wait(0.02)
-    first.join()
-    second.join()
-    assert second_stored.is_set()
-    assert {k: (a["status"], a["duplicate"]) for k, a in answers.items()} == {
-        "first": (201, False),
-        "second": (201, False),
-    }
-    # Each 201 came after its counter update: Redis holds both, exactly, and nothing else.
-    day = counters.day_key(acme.pk, timezone.now().date())
-    assert int(bredis.client().hget(day, "t")) == 2 * HAIKU
-    assert bredis.client().hget(counters.day_key(outsider.pk, timezone.now().date()), "t") is None
-    for tenant in (acme, outsider):
-        assert counters.counters_reconcile(tenant=tenant).corrected == 0
-    events, rollups = events_and_rollups(acme)
-    assert events == rollups == {"calls": 2, "cost": 2 * HAIKU, "input": 2 * 450}
