@@ -7,8 +7,8 @@ The worker model and server hooks live here (the rest stays on the command line)
   events at once share one transaction and one budgets counter update. One worker per core
   (COSTMON_GUNICORN_WORKERS, the number of cores unless set): fewer processes make bigger
   groups, and measured on 2 cores with 8 clients sending single events, 2 workers of 8 threads
-  spent about half the CPU per request of 4 (the machine's gunicorn workers and PostgreSQL
-  backends, `tests/bench/single_cpu.py`). A command-line `--workers`, `--worker-class` or
+  spent about a fifth less CPU per request in the workers and a quarter less in PostgreSQL
+  than 4 (alternating rounds of `tests/bench/single_cpu.py`, docs/benchmark.md). A command-line `--workers`, `--worker-class` or
   `--threads` still wins; COSTMON_INGEST_GROUP_COMMIT=0 turns grouping off.
 - Each worker has loaded the application, which moves everything allocated so far out of the
   garbage collector's sight (`gc.freeze` in costmon.wsgi); it then collects the youngest
