@@ -8,8 +8,9 @@ The worker model and server hooks live here (the rest stays on the command line)
   (COSTMON_GUNICORN_WORKERS, the number of cores unless set): fewer processes make bigger
   groups, and measured on 2 cores with 8 clients sending single events, 2 workers of 8 threads
   spent about a fifth less CPU per request in the workers and a quarter less in PostgreSQL
-  than 4 (alternating rounds of `tests/bench/single_cpu.py`, docs/benchmark.md). A command-line `--workers`, `--worker-class` or
-  `--threads` still wins; COSTMON_INGEST_GROUP_COMMIT=0 turns grouping off.
+  than 4 (alternating rounds of `tests/bench/single_cpu.py`, docs/benchmark.md). A
+  command-line `--workers`, `--worker-class` or `--threads` still wins;
+  COSTMON_INGEST_GROUP_COMMIT=0 turns grouping off.
 - Each worker has loaded the application, which moves everything allocated so far out of the
   garbage collector's sight (`gc.freeze` in costmon.wsgi); it then collects the youngest
   generation less often:
