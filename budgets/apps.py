@@ -9,6 +9,9 @@ class BudgetsConfig(AppConfig):
         from usage import signals
 
         # Spend counters follow every ingest commit, exactly once (see budgets.updates).
+        signals.batch_preparing.connect(
+            updates.batch_preparing, dispatch_uid="budgets.counter_update_prepare"
+        )
         signals.batch_committing.connect(
             updates.batch_pending, dispatch_uid="budgets.counter_update_pending"
         )

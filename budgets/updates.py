@@ -144,6 +144,14 @@ def apply_update(r: Any, tenant_id: int, update: Update, update_id: int | None) 
 # --- the ingest receivers (connected in BudgetsConfig.ready) ---------------------------------
 
 
+def batch_preparing(sender: Any, *, tenant: Tenant, **kwargs: Any) -> None:
+    """`batch_preparing`: before the ingest transaction, load the tenant's configuration that
+    `batch_pending` reads in it (remembered: no query, and no Redis round trip when checked
+    a moment ago)."""
+    if settings.REDIS_URL:
+        tenant_config.for_tenant(tenant.pk)
+
+
 def batch_pending(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
     """`batch_committing`: in the ingest transaction, before it commits, write the batch's
     counter update, so a process that dies right after the commit leaves it for the sweeper."""

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 CONFIG = """<?xml version="1.0"?>
 <yandex>
@@ -91,3 +92,35 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def store_rollups(tenant: Any) -> dict[tuple[Any, ...], list[int]]:
+    """The ClickHouse store's hourly rollups of the tenant by key (buffers flushed, rows of a
+    key summed, keys whose sums are all 0 left out); {} on another store."""
+    from usage.eventstore.chrollups import buffers_flush, rollup_sums_by_key
+    from usage.eventstore.clickhouse import ClickHouseStore
+    from usage.eventstore.current import event_store
+
+    store = event_store()
+    if not isinstance(store, ClickHouseStore):
+        return {}
+    index = store.shard_of(tenant.pk)
+    buffers_flush(store.connections, index)
+    held = rollup_sums_by_key(store.connections, index, tenant.pk, 0, 2**32 - 1)
+    return {key: values for key, values in held.items() if any(values)}
+
+
+def assert_store_rollups_exact(tenant: Any) -> None:
+    """On the ClickHouse store: its rollups equal, key by key (hour and every dimension), the
+    sums of the tenant's events there now (each key's current version once)."""
+    from usage.eventstore.chrollups import event_sums_by_key
+    from usage.eventstore.clickhouse import ClickHouseStore
+    from usage.eventstore.current import event_store
+
+    store = event_store()
+    if not isinstance(store, ClickHouseStore):
+        return
+    held = store_rollups(tenant)
+    index = store.shard_of(tenant.pk)
+    wanted = event_sums_by_key(store.connections, index, tenant.pk, 0, 2**32 - 1)
+    assert held == wanted

@@ -173,7 +173,9 @@ def clickhouse_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
 def _truncate(store: Any) -> None:
     for index in range(len(store.shards)):
         store.connections.execute(index, "OPTIMIZE TABLE usage_events_buffer")  # flushes it
+        store.connections.execute(index, "OPTIMIZE TABLE usage_rollups_hourly_buffer")
         store.connections.execute(index, "TRUNCATE TABLE usage_events")
+        store.connections.execute(index, "TRUNCATE TABLE usage_rollups_hourly")
 
 
 # The event stores the behaviour tests of raw events run against: PostgreSQL (the default),

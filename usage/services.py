@@ -33,6 +33,7 @@ from usage.signals import (
     RecordedBatch,
     RecordedRow,
     batch_committing,
+    batch_preparing,
     batch_recorded,
 )
 from usage.storage import stamps_keep
@@ -97,6 +98,7 @@ def usage_record_batch(
                         for e, p in zip(firsts.values(), prices, strict=True)
                     ]
                     store.prepare(rows)
+                batch_preparing.send(sender=UsageEvent, tenant=tenant)
                 # Then one transaction, one commit: events, rollups and what commits with
                 # them; on PostgreSQL two round trips (`usage.transactions.write_transaction`).
                 with write_transaction(lock, pipeline=pipelined):

@@ -55,6 +55,14 @@ class BulkLoaded:
     cost_nanos: int  # of the inserted events
 
 
+# Sent with `tenant` before the ingest transaction begins (outside it): a receiver loads what its
+# `batch_committing` receiver will read (budgets: the tenant's configuration), so the
+# transaction, one psycopg pipeline on PostgreSQL, reads nothing in the middle. A read inside
+# the pipeline after a 1,000-event insert once hung a benchmark run: the backend waited for the
+# client (ClientRead) while the client waited for the read's answer, every other batch of the
+# tenant behind its row locks.
+batch_preparing = Signal()
+
 # Sent with `batch` (a RecordedBatch) inside the ingest transaction, just before it commits,
 # holding the tenant's ingest lock shared. A receiver that raises rolls the whole batch back and
 # its exception reaches the caller of `usage_record_batch` (a 500 for the API): use it only for

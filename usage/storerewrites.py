@@ -35,7 +35,12 @@ from costmon.core.periods import TimeRange
 from costmon.core.tenancy import tenant_context, unscoped
 from usage.catalog import GlobalLists, load_catalog
 from usage.eventstore.base import event_query
-from usage.eventstore.chrewrite import events_by_key, events_write, hour_sums
+from usage.eventstore.chrewrite import (
+    events_by_key,
+    events_write,
+    hour_sums,
+    store_rollups_match,
+)
 from usage.eventstore.clickhouse import ClickHouseStore
 from usage.kept_metrics import int_rows
 from usage.models import (
@@ -145,6 +150,7 @@ def store_rollups_rebuild(
         part = list(hours[i : i + 500])
         rollups_clear(tenant, part)
         sums, tags = hour_sums(store, tenant, part)
+        store_rollups_match(store, tenant.pk, part, sums)
         rollups_add(sums, replace=True, tags=tags)
     user_days_rebuild(tenant, hours)
     return len(hours)

@@ -23,7 +23,15 @@ from typing import Any
 
 from costmon.web.management.launcher import ProcessGroup
 from tests.bench.dataset import prepare_database, setup_data
-from tests.bench.harness import Context, Row, Scale, free_port, say, start_server
+from tests.bench.harness import (
+    Context,
+    Row,
+    Scale,
+    costmon_workers,
+    free_port,
+    say,
+    start_server,
+)
 from tests.bench.phases import batch_rows, read_rows, single_rows
 from tests.bench.storage import storage_rows
 
@@ -132,7 +140,7 @@ def clickhouse_pass(
     rows = clickhouse_storage_rows(context)
     version = clickhouse_version()
     port = free_port()
-    say(f"starting gunicorn on ClickHouse: {args.workers} workers on port {port}")
+    say(f"starting gunicorn on ClickHouse: {costmon_workers(args.workers)} workers on port {port}")
     with ProcessGroup(grace=30) as children:
         threads = () if args.threads is None else ("--threads", str(args.threads))
         start_server(

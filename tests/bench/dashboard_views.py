@@ -42,6 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from tests.bench.harness import cpu_clock  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costmon.settings")
 os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1")
 
@@ -71,7 +73,6 @@ def main() -> None:
     from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.core.cache import cache
-    from django.db import connection
     from django.test import Client
     from django.utils import timezone
 
@@ -93,19 +94,7 @@ def main() -> None:
     client = Client(HTTP_HOST="127.0.0.1")
     client.force_login(user)
 
-    backend = None
-    if args.cpu:
-        with connection.cursor() as cursor:
-            cursor.execute("SET max_parallel_workers_per_gather = 0")
-            cursor.execute("SELECT pg_backend_pid()")
-            backend = cursor.fetchone()[0]
-
-    def cpu_ms() -> float:
-        spent = time.process_time() * 1000
-        if backend is not None:
-            fields = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
-            spent += (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
-        return spent
+    cpu_ms = cpu_clock(serial_plans=args.cpu)
 
     if args.cold or args.clear or args.late or args.warm_up:
         client.get(f"/t/{tenant.slug}/?period=7d")  # imports, templates, the catalog

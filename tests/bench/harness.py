@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import http.client
 import multiprocessing
+import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -104,6 +105,29 @@ class Samples:
             self.statuses[status] = self.statuses.get(status, 0) + n
 
 
+def cpu_clock(*, serial_plans: bool) -> Callable[[], float]:
+    """A clock of the CPU milliseconds this process has used, plus (`serial_plans`) those of its
+    PostgreSQL backend, whose parallel workers are then turned off so the backend does all of
+    a query's work (Django's default connection, opened here)."""
+    from django.db import connection
+
+    backend = None
+    if serial_plans:
+        with connection.cursor() as cursor:
+            cursor.execute("SET max_parallel_workers_per_gather = 0")
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+
+    def cpu_ms() -> float:
+        spent = time.process_time() * 1000
+        if backend is not None:
+            fields = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+            spent += (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+        return spent
+
+    return cpu_ms
+
+
 def pct(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -115,12 +139,23 @@ def pct(values: Sequence[float], p: float) -> float:
 
 
 def _client_process(
-    port: int, method: str, path: str, headers: dict[str, str], bodies: list[bytes]
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    bodies: list[bytes],
+    interval: float | None = None,
+    offset: float = 0.0,
 ) -> Samples:
-    """Send `bodies` one after another over one keep-alive connection."""
+    """Send `bodies` one after another over one keep-alive connection; with `interval`, the
+    n-th no earlier than `offset` + n intervals after the start (paced: a late one goes at
+    once)."""
     samples = Samples()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    for body in bodies:
+    first = time.perf_counter() + offset
+    for n, body in enumerate(bodies):
+        if interval is not None:
+            time.sleep(max(0.0, first + n * interval - time.perf_counter()))
         started = time.perf_counter()
         conn.request(method, path, body=body or None, headers=headers)
         response = conn.getresponse()
@@ -145,15 +180,23 @@ def drive(
     headers: dict[str, str],
     bodies: list[bytes],
     clients: int,
+    rate: float | None = None,
 ) -> Samples:
-    """Split the bodies over `clients` processes that send at once; time the whole phase."""
+    """Split the bodies over `clients` processes that send at once; time the whole phase.
+    With `rate`, the clients together send no more than that many requests a second (each its
+    share, evenly spaced, the clients' starts staggered): the server's times at that load."""
     shares = [bodies[i::clients] for i in range(clients)]
+    interval = None if rate is None else clients / rate
     context = multiprocessing.get_context("fork")
     pool = context.Pool(clients)
     try:
         started = time.perf_counter()
         parts = pool.starmap(
-            _client_process, [(port, method, path, headers, share) for share in shares]
+            _client_process,
+            [
+                (port, method, path, headers, share, interval, (interval or 0) * i / clients)
+                for i, share in enumerate(shares)
+            ],
         )
         elapsed = time.perf_counter() - started
     except BaseException:
@@ -187,7 +230,7 @@ def start_server(
     children: ProcessGroup,
     env: dict[str, str],
     *,
-    workers: int,
+    workers: int | None,
     port: int,
     app: str = "costmon.wsgi",
     name: str = "gunicorn",
@@ -195,8 +238,9 @@ def start_server(
 ) -> None:
     """gunicorn in the group of `children`: a stop signal or an error stops it with the run.
 
-    costmon's own config (`costmon.gunicorn_conf`) chooses the worker class and threads; the
-    naive baseline runs stock sync workers."""
+    costmon's own config (`costmon.gunicorn_conf`) chooses the worker class and threads, and
+    the number of workers unless `workers` is given; the naive baseline runs stock sync
+    workers."""
     children.start(
         name,
         [
@@ -205,8 +249,7 @@ def start_server(
             *config,
             "--bind",
             f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
+            *(() if workers is None else ("--workers", str(workers))),
             "--keep-alive",
             "30",
             "--log-level",
@@ -226,6 +269,17 @@ def start_server(
             pass
         children.wait(0.2)  # raises ChildExited if gunicorn ended
     raise SystemExit("gunicorn did not answer /healthz within 60 s")
+
+
+def costmon_workers(workers: int | None) -> int:
+    """How many workers costmon's gunicorn runs: `workers`, else its config's default (one
+    per core, `costmon.gunicorn_conf`; not imported here, it sets the process's settings)."""
+    return workers or int(os.environ.get("COSTMON_GUNICORN_WORKERS") or os.cpu_count() or 2)
+
+
+def naive_workers() -> int:
+    """The naive endpoint's sync workers: two per core, gunicorn's usual advice."""
+    return (os.cpu_count() or 2) * 2
 
 
 def say(message: str) -> None:

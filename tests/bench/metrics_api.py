@@ -23,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from tests.bench.harness import cpu_clock  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costmon.settings")
 os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1")
 
@@ -41,7 +43,6 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.db import connection
     from django.test import Client
     from django.utils import timezone
 
@@ -63,19 +64,7 @@ def main() -> None:
     if not args.only:
         groups.append(f"tag:{args.tag}")
     client.get(f"/api/v1/metrics/?{periods['30 days']}")  # imports, the URL conf
-    backend = None
-    if args.cpu:
-        with connection.cursor() as cursor:
-            cursor.execute("SET max_parallel_workers_per_gather = 0")
-            cursor.execute("SELECT pg_backend_pid()")
-            backend = cursor.fetchone()[0]
-
-    def cpu_ms() -> float:
-        spent = time.process_time() * 1000
-        if backend is not None:
-            fields = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
-            spent += (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
-        return spent
+    cpu_ms = cpu_clock(serial_plans=args.cpu)
 
     for label, query in periods.items():
         for by in groups:

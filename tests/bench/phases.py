@@ -210,16 +210,56 @@ def single_rows(
                 rate >= 2 * naive_rate,
             )
         )
+    if naive_rate is None:
+        rows.append(
+            Row(
+                "  server time p50",
+                f"{p50:.2f} ms (p99 {pct(s.server_ms, 99):.2f} ms)",
+                "< 5 ms",
+                p50 < 5,
+                key="single server p50",
+            )
+        )
+        return rows
+    # At full speed the clients keep every request in the server (8 clients, one request each,
+    # always waiting): its time is 8 / rate whatever the work costs. At twice the naive rate
+    # (the figure's own rate), paced, it is the time a request takes at that load.
     rows.append(
         Row(
-            "  server time p50",
+            "  server time p50 at full speed (8 / rate, in the server)",
             f"{p50:.2f} ms (p99 {pct(s.server_ms, 99):.2f} ms)",
-            "< 5 ms",
-            p50 < 5,
-            key="single server p50",
+            "",
+            None,
+            key="single server p50",  # beside the ClickHouse pass's (full speed, no naive)
         )
     )
-
+    paced = [
+        json.dumps(as_payload(e)).encode()
+        for batch in fresh_batches(scale.singles // 2, 1, stream=906)
+        for e in batch
+    ]
+    say(f"single-event ingest at twice the naive rate: {len(paced)} requests, {clients} clients")
+    s = drive(
+        port,
+        method="POST",
+        path="/api/v1/usage/",
+        headers=headers,
+        bodies=paced,
+        clients=clients,
+        rate=2 * naive_rate,
+    )
+    expect_ok("single-event ingest, paced", s)
+    reached = len(paced) / s.elapsed
+    p50 = pct(s.server_ms, 50)
+    rows.append(
+        Row(
+            f"  server time p50 at twice the naive rate ({2 * naive_rate:,.0f} requests/s, paced)",
+            f"{p50:.2f} ms (p99 {pct(s.server_ms, 99):.2f} ms, {reached:,.0f} requests/s reached)",
+            "< 5 ms",
+            p50 < 5 and reached >= 0.97 * 2 * naive_rate,
+            key="single server p50 paced",
+        )
+    )
     return rows
 
 

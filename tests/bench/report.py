@@ -9,7 +9,7 @@ import platform
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from tests.bench.harness import Context, Row, Scale
+from tests.bench.harness import Context, Row, Scale, costmon_workers, naive_workers
 
 
 def machine() -> list[tuple[str, str]]:
@@ -63,7 +63,8 @@ def render(rows: list[Row], context: Context, scale: Scale, args: argparse.Names
             if context.seed_seconds is not None
             else " (reused)"
         )
-        + f". gunicorn: {args.workers} workers (costmon.gunicorn_conf; the naive endpoint: sync); "
+        + f". gunicorn: {costmon_workers(args.workers)} workers (costmon.gunicorn_conf; the naive "
+        f"endpoint: {naive_workers()} sync workers); "
         f"{args.clients} client processes ({args.single_clients} for single events).",
         "",
         f"| {'what':<{width}} | {'measured':<{mwidth}} | {'target':<{twidth}} | result |",
@@ -150,8 +151,8 @@ def render_both(
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Data set, in each store: {scale.tenants} "
         f"tenants x {scale.events:,} events over {scale.days} days, {scale.users:,} end users "
         f"each ({seeded}). The two passes run one after the other, each with its own scratch "
-        f"database and gunicorn ({args.workers} workers, costmon.gunicorn_conf; the naive "
-        f"endpoint: sync); {args.clients} client processes ({args.single_clients} for single "
+        f"database and gunicorn ({costmon_workers(args.workers)} workers, costmon.gunicorn_conf; "
+        f"the naive endpoint: {naive_workers()} sync workers); {args.clients} client processes ({args.single_clients} for single "
         f"events). ClickHouse {other.version}: a throwaway server on this machine; rollups, "
         "counters and tenants stay in PostgreSQL and Redis. Storage after each ClickHouse "
         "partition is merged (OPTIMIZE ... FINAL): active parts' bytes on disk per event.",

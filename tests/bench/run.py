@@ -55,7 +55,9 @@ from tests.bench.harness import (  # noqa: E402
     SCALES,
     Row,
     Scale,
+    costmon_workers,
     free_port,
+    naive_workers,
     say,
     start_server,
 )
@@ -72,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--database", default="costmon_bench", help="scratch database name")
     parser.add_argument("--redis-db", type=int, default=14, help="scratch Redis database")
     parser.add_argument("--reuse", action="store_true", help="keep a data set of the same size")
-    parser.add_argument("--workers", type=int, default=(os.cpu_count() or 2) * 2)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="costmon's gunicorn workers (default: its config)"
+    )
     parser.add_argument("--clients", type=int, default=4, help="concurrent client processes")
     parser.add_argument(
         "--single-clients", type=int, default=8, help="client processes sending single events"
@@ -174,7 +178,10 @@ def postgres_pass(args: argparse.Namespace, scale: Scale) -> tuple[list[Row], An
     rows += storage_rows(context)
     rows += ratio_rows(context)
     port, naive_port = free_port(), free_port()
-    say(f"starting gunicorn: {args.workers} workers on port {port}, naive on {naive_port}")
+    say(
+        f"starting gunicorn: {costmon_workers(args.workers)} workers on port {port}, naive "
+        f"({naive_workers()} sync workers) on {naive_port}"
+    )
     # gunicorn, master and workers, stops with this run however it ends (an error, Ctrl+C,
     # SIGTERM or SIGHUP): it must not keep the port and the scratch database busy.
     with ProcessGroup(grace=30) as children:
@@ -190,7 +197,7 @@ def postgres_pass(args: argparse.Namespace, scale: Scale) -> tuple[list[Row], An
         start_server(
             children,
             naive_env,
-            workers=args.workers,
+            workers=naive_workers(),
             port=naive_port,
             app="tests.bench.naive.wsgi",
             name="gunicorn-naive",
@@ -220,7 +227,6 @@ def run_clickhouse_pass(args: argparse.Namespace) -> OtherPass:
             ("--scale", args.scale),
             ("--database", f"{args.database}_ch"),
             ("--redis-db", args.redis_db),
-            ("--workers", args.workers),
             ("--clients", args.clients),
             ("--single-clients", args.single_clients),
             ("--jobs", args.jobs),
@@ -228,6 +234,8 @@ def run_clickhouse_pass(args: argparse.Namespace) -> OtherPass:
         ]
         if args.threads is not None:
             options.append(("--threads", args.threads))
+        if args.workers is not None:
+            options.append(("--workers", args.workers))
         say("the ClickHouse pass")
         done = subprocess.run(
             [

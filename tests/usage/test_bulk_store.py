@@ -13,6 +13,7 @@ import time_machine
 
 from costmon.core.periods import EARLIEST, LATEST
 from costmon.core.tenancy import unscoped
+from tests.clickhouse import assert_store_rollups_exact
 from tests.helpers import event, post_usage, stored_events
 from usage.bulk import usage_bulk_load
 from usage.eventstore.chrows import ch_columns, ch_row
@@ -94,6 +95,7 @@ def sums_of(tenant) -> dict[str, Any]:
         "ModelHourlyRollup": by_hour,
         "EndUserDailyRollup": by_day,
     }
+    assert_store_rollups_exact(tenant)  # the ClickHouse store's own, key by key
     return {
         "events": len(events),
         "ids": len({e.event_id for e in events}),

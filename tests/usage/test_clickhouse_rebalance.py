@@ -18,11 +18,13 @@ from costmon.core.services import api_key_create, tenant_create
 from costmon.core.tenancy import unscoped
 from tests.helpers import event, post_usage, stored_events
 from usage.eventstore import current
+from usage.eventstore.chrollups import ROLLUPS, buffers_flush, rollup_sums_by_key
 from usage.eventstore.chrows import BUFFER, TABLE
 from usage.eventstore.clickhouse import ClickHouseStore
 from usage.eventstore.rebalance import NAMES
 from usage.maintenance import usage_events_delete, usage_reprice
 from usage.models import ModelPrice
+from usage.rollups import ROLLUP_SUMS
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 DATABASE = "costmon_rebalance"
@@ -79,6 +81,12 @@ def view(store: ClickHouseStore, tenant: Any) -> tuple[Any, ...]:
     """What reads of the tenant give: its events, and (events, exact nano-dollars)."""
     with unscoped():
         events = [(e.event_id, e.occurred_at, e.cost_nanos) for e in stored_events(tenant)]
+    # The store's rollups on the tenant's shard sum exactly its events there (calls, cost).
+    index = store.shard_of(tenant.pk)
+    buffers_flush(store.connections, index)
+    held = rollup_sums_by_key(store.connections, index, tenant.pk, 0, 2**32 - 1).values()
+    calls, cost = (ROLLUP_SUMS.index(n) for n in ("calls", "cost_nanos"))
+    assert (sum(v[calls] for v in held), sum(v[cost] for v in held)) == store.totals(tenant.pk)
     return events, store.totals(tenant.pk)
 
 
@@ -138,6 +146,7 @@ def test_adding_a_shard_moves_tenants_with_every_version_once(clickhouse_servers
         insert = f"INSERT INTO {TABLE} ({', '.join(NAMES)}) VALUES"
         new.connections.execute(1, insert, stored[mover.pk][:3])
         out = rebalance(clickhouse_servers, "--chunk", "4")
+        assert "The store's rollups: 0 keys changed." not in out
         read = sum(len(stored[t.pk]) for t in movers)
         assert f"{len(movers)} of 4 tenants change shard (1 shards before, 2 now)." in out
         assert f"Done: {len(movers)} tenants moved, {read} rows read, {read - 3} copied" in out
@@ -165,6 +174,7 @@ def test_adding_a_shard_moves_tenants_with_every_version_once(clickhouse_servers
 
         again = rebalance(clickhouse_servers)
         assert f"0 rows read, 0 copied, {2 * len(movers)} tenant-months already complete." in again
+        assert "The store's rollups: 0 keys changed." in again  # nothing to add
 
         # Merges (needed by the deletion, a mutation) keep only each key's newest version, on
         # either side: still nothing to copy.
@@ -179,6 +189,8 @@ def test_adding_a_shard_moves_tenants_with_every_version_once(clickhouse_servers
         assert ", 0 copied, " in out and f"Deleted {len(movers)} tenants" in out
         for tenant in movers:
             assert rows_on(new, 0, tenant.pk) == []
+            rollups = f"SELECT count() FROM {ROLLUPS} WHERE tenant_id = {tenant.pk}"
+            assert new.connections.execute(0, rollups) == [(0,)]
             assert rows_on(new, 1, tenant.pk) == newest(stored[tenant.pk])
         for tenant in stayers:
             assert rows_on(new, 0, tenant.pk) == merged[tenant.pk]

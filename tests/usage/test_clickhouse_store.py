@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 
 from costmon.core.services import api_key_create, tenant_create
 from costmon.core.tenancy import unscoped
-from tests.clickhouse import free_port
+from tests.clickhouse import assert_store_rollups_exact, free_port
 from tests.helpers import event, post_usage, stored_events
 from usage.eventstore import current
 from usage.eventstore.chrows import BUFFER
@@ -26,7 +26,7 @@ from usage.models import ModelHourlyRollup
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("prices")]
 NOW = "2026-11-21T12:00:00Z"
 # How statements read the events table (`FROM {table}`: the table or its buffer, in a loop).
-READS = ("FROM {TABLE}", "FROM {BUFFER}", "FROM {table}")
+READS = ("FROM {TABLE}", "FROM {BUFFER}", "FROM {table}", "FROM {ROLLUPS", "ALTER TABLE {table}")
 
 
 def truncate(store: ClickHouseStore, index: int) -> None:
@@ -236,7 +236,7 @@ def test_events_migrate_does_not_copy_an_event_deleted_on_clickhouse_again(
     def migrate() -> str:
         out = StringIO()
         call_command("events_migrate", "--to", "clickhouse", stdout=out)
-        return out.getvalue().splitlines()[-1]
+        return next(line for line in out.getvalue().splitlines() if line.startswith("Done:"))
 
     ch_url = f"clickhouse://127.0.0.1:{clickhouse_servers[0].port}/costmon_migrate_tomb"
     use("")
@@ -258,6 +258,7 @@ def test_events_migrate_does_not_copy_an_event_deleted_on_clickhouse_again(
         for _ in range(2):
             assert migrate() == "Done: 0 events read, 0 copied, 16 tenant-days already complete."
             assert (keys(acme), keys(outsider)) == (kept, everything)
+            assert_store_rollups_exact(acme)  # the deleted event's sums stay out
         # A day read again (an event PostgreSQL got meanwhile) copies that one only.
         use("")
         late = event(event_id="late", occurred_at=gone.occurred_at.isoformat())
@@ -281,27 +282,29 @@ def test_events_migrate_does_not_copy_an_event_deleted_on_clickhouse_again(
 
 
 def test_every_query_of_the_events_table_carries_the_tenant_filter():
-    """Each statement of `usage.eventstore.clickhouse` and `chrewrite` that reads or changes the
-    events table (directly or through `current_sql`) names `tenant_where` (or `_where`, whose
-    conditions start with it), except the schema, plain inserts of one tenant's rows, the
+    """Each statement of `usage.eventstore.clickhouse`, `chrewrite` and `chrollups` that reads or
+    changes the events or rollup tables (directly or through `current_sql`) names `tenant_where`
+    (or `_where`, whose conditions start with it), except the schema, plain inserts of one tenant's rows, the
     whole-partition drops of retention and staff's list of tenants with unpriced events."""
     import ast
     import inspect
 
-    from usage.eventstore import chrewrite, clickhouse
+    from usage.eventstore import chrewrite, chrollups, clickhouse
 
     exempt = {"table_sql", "drop_before", "create_schema", "insert_rows", "tenants_with_unpriced"}
     checked = 0
-    for module in (clickhouse, chrewrite):
+    for module in (clickhouse, chrewrite, chrollups):
         for node in ast.walk(ast.parse(inspect.getsource(module))):
             if isinstance(node, ast.FunctionDef) and node.name not in exempt:
                 text = ast.unparse(node)
                 if any(s in text for s in (*READS, "ALTER TABLE {TABLE}", "current_sql(")):
-                    assert "tenant_where(" in text or "self._where(" in text, node.name
+                    assert any(
+                        w in text for w in ("tenant_where(", "self._where(", ".filters_where(")
+                    ), node.name
                     checked += 1
             if isinstance(node, ast.FunctionDef) and node.name == "_where":
                 assert "where = [tenant_where(tenant.pk)]" in ast.unparse(node)
-    assert checked >= 11
+    assert checked >= 15
 
 
 @pytest.mark.clickhouse

@@ -14,6 +14,7 @@ from budgets.services import budget_create
 from costmon.core.periods import EARLIEST, LATEST
 from costmon.core.services import api_key_create, api_key_revoke
 from tests.budgets.conftest import check
+from tests.clickhouse import assert_store_rollups_exact
 from tests.helpers import event, post_usage, stored_events
 from usage.eventstore.current import event_store
 from usage.models import (
@@ -214,6 +215,8 @@ def test_concurrent_retries_of_one_batch_are_counted_once(acme, outsider, prices
         "input": 207 * 450,
         "output": 207 * 180,
     }
+    assert_store_rollups_exact(acme)  # the ClickHouse store's own, key by key
+    assert_store_rollups_exact(outsider)
     # The spend counter (Redis) that budgets read: each event once.
     assert check(warm).json()["budgets"][0]["used_usd"] == str(Decimal("0.00135") * 207)
 

@@ -196,3 +196,23 @@ def test_a_new_name_costs_one_round_trip_more_and_is_stored(acme, outsider):
     found = {(e.event_id, e.session.value, e.end_user.value) for e in stored}
     assert ("n1", "new-session", "new-user") in found
     assert {e.session.value for e in UsageEvent.objects.for_tenant(outsider)} == {"theirs"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_changed_budgets_configuration_is_read_before_the_events_transaction(acme, outsider):
+    from budgets import config as budgets_config
+
+    ingest(acme, "warm")
+    ingest(outsider, "warm")
+    budgets_config.bump(acme.pk)  # a budget changed: the next batch reads the configuration
+    trips = round_trips(lambda: ingest(acme, "e1"))
+    begin = next(i for i, trip in enumerate(trips) if sends(trip, "BEGIN"))
+    commit = next(i for i, trip in enumerate(trips) if sends(trip, "COMMIT"))
+    # Read by `batch_preparing` before BEGIN; the pipeline still two round trips, reading none.
+    assert any(sends(trip, "budgets_budget") for trip in trips[:begin]), shown(trips)
+    assert commit == begin + 1, shown(trips)
+    assert not any(sends(trip, "budgets_budget") for trip in trips[begin:]), shown(trips)
+    assert [r.duplicate for r in ingest(acme, "e1")] == [True]
+    assert UsageEvent.objects.for_tenant(outsider).count() == 1
+    for tenant in (acme, outsider):
+        assert counters.counters_reconcile(tenant=tenant).corrected == 0

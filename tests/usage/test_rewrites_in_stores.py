@@ -24,6 +24,7 @@ from django.db.models import Sum
 
 from costmon.core.periods import EARLIEST, LATEST
 from costmon.core.tenancy import unscoped
+from tests.clickhouse import assert_store_rollups_exact
 from tests.helpers import event, post_usage, stored_events
 from tests.usage.test_price_sync import GPT, price_list
 from usage.eventstore.base import RewriteUnavailable
@@ -94,7 +95,8 @@ def rollup_cost(tenant) -> int:
 
 def assert_rollups_equal_events(tenant) -> None:
     """Each rollup table sums exactly what the tenant's events sum (calls, unpriced calls, cost,
-    tokens), the tag rollups once per tag."""
+    tokens), the tag rollups once per tag; and so do the ClickHouse store's own, key by key."""
+    assert_store_rollups_exact(tenant)
     events = stored_events(tenant)
     expected = Counter()
     tagged = Counter()

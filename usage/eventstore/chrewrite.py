@@ -1,6 +1,6 @@
 """Reads and writes of the ClickHouse store that rewrites need (`usage.storerewrites`): events by
 key, new versions and tombstones, the bounds of a tenant's unpriced events, and the sums of
-whole hours to rebuild PostgreSQL's rollups from.
+whole hours to rebuild PostgreSQL's rollups and the store's own (`store_rollups_match`) from.
 
 A rewrite never changes a row: it inserts the key again with a higher `version` (re-priced) or
 with `deleted = 1` (a tombstone), and every read takes each key's newest row
@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from costmon.core.models import Tenant
+from usage.eventstore.chrollups import reconcile
 from usage.eventstore.chrows import (
     COLUMNS,
     SUM_SQL,
@@ -154,6 +155,26 @@ def hour_sums(
                     values,
                 )
     return sums, tags
+
+
+def store_rollups_match(
+    store: ClickHouseStore, tenant_id: int, hours: Sequence[datetime], sums: Sums
+) -> int:
+    """Make the store's rollups of these UTC hours equal `sums` (`hour_sums`' first: the events
+    there now) by adding the difference: the deltas of a rewrite, negative ones included. Under
+    the tenant's exclusive ingest lock, the buffers flushed (as `hour_sums` is called)."""
+    if not hours:
+        return 0
+    numbers = sorted({int(h.timestamp()) // 3600 for h in hours})
+    return reconcile(
+        store.connections,
+        store.shard_of(tenant_id),
+        tenant_id,
+        numbers[0] * 3600,
+        (numbers[-1] + 1) * 3600,
+        numbers,
+        wanted=sums,
+    )
 
 
 def _add(sums: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], values: list[int]) -> None:

@@ -158,6 +158,11 @@ def current_sql(columns: Sequence[str], where: str, *, order: str = "", after: s
     )
 
 
+def tenant_where(tenant_id: int) -> str:
+    """The tenant filter of every query: one place, so none can forget it. The id is an int."""
+    return f"tenant_id = {int(tenant_id)}"
+
+
 def seconds_of(at: datetime) -> int:
     return int(at.replace(microsecond=0).timestamp())
 

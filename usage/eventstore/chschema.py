@@ -7,6 +7,12 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from usage.eventstore.chrollups import (
+    ROLLUPS,
+    buffers_flush,
+    rollups_buffer_sql,
+    rollups_table_sql,
+)
 from usage.eventstore.chrows import (
     BUFFER,
     COLUMNS,
@@ -38,24 +44,27 @@ def schema_create(connections: Connections, index: int, database: str) -> None:
     if buffered and buffered != {*COLUMNS, *(c for c, _, _ in META_COLUMNS)}:
         connections.execute(index, f"DROP TABLE {BUFFER}")
     connections.execute(index, buffer_sql(database))
+    connections.execute(index, rollups_table_sql(database))
+    connections.execute(index, rollups_buffer_sql(database))
 
 
 def buffer_flush(connections: Connections, index: int) -> None:
-    """Write what shard `index`'s buffer holds to the table now. The buffer is locked while it
-    writes, so every row inserted before this call is in the table when it returns."""
-    connections.execute(index, f"OPTIMIZE TABLE {BUFFER}")
+    """Write what shard `index`'s buffers hold (events, then rollups) to their tables now. A
+    buffer is locked while it writes, so every row inserted before this call is in the table
+    when it returns."""
+    buffers_flush(connections, index)
 
 
 def mutations_wait(connections: Connections, index: int, database: str) -> None:
-    """Wait (a minute at most) for the table's mutations on shard `index` to finish: 18.16 runs
-    them in the background and has no `mutations_sync`."""
+    """Wait (a minute at most) for the mutations of the events and rollup tables on shard
+    `index` to finish: 18.16 runs them in the background and has no `mutations_sync`."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         pending = connections.execute(
             index,
             "SELECT count() FROM system.mutations WHERE database = %(db)s "
-            "AND table = %(t)s AND is_done = 0",
-            {"db": database, "t": TABLE},
+            "AND table IN %(t)s AND is_done = 0",
+            {"db": database, "t": (TABLE, ROLLUPS)},
         )
         if not pending[0][0]:
             return

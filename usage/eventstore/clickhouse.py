@@ -5,7 +5,8 @@ README, "Scaling out").
 Exactly-once: ClickHouse deduplicates a ReplacingMergeTree's rows only when parts merge, some
 time later. So ingest, under the tenant's exclusive PostgreSQL advisory lock (held until the
 batch's PostgreSQL transaction ends), asks the tenant's shard which of the batch's keys it holds,
-adds only the others to the rollups and inserts only those; and every read takes one row per key
+adds only the others to the rollups and inserts only those, then their sums into the store's own
+hourly rollups (`chrollups`: what a failure between leaves); every read takes one row per key
 (`LIMIT 1 BY`), which stays right before merges too. An insert is visible to the next query on
 that server as soon as it returns.
 
@@ -21,7 +22,8 @@ under the tenant's ingest lock, as rewrites and the counters' rebuild are, that 
 list, export or lookup of events can, rarely, miss for that one answer rows sent within the
 last moment. What the buffer holds is lost if ClickHouse
 stops abnormally (a normal stop flushes it): those events, up to `BUFFER_SECONDS` of small
-inserts, stay counted in PostgreSQL's rollups (see the README, "Buffer").
+inserts, stay counted in PostgreSQL's rollups (see the README, "Buffer"); the store's own
+are repaired by `manage.py clickhouse_rollups_rebuild` (`chrebuild`).
 
 The SQL is what ClickHouse 18.16 (Debian's package) and current releases both accept: times as
 `DateTime` (seconds) plus a `micros` column, compared with `toDateTime(<unix seconds>)`; money
@@ -47,6 +49,12 @@ from usage.eventstore.base import (
     EventSums,
     checked_grouping,
 )
+from usage.eventstore.chrollups import (
+    ROLLUPS,
+    ingest_sums_insert,
+    rollup_event_sums,
+    sums_of_rows,
+)
 from usage.eventstore.chrows import (
     BUCKET_SQL,
     BUFFER,
@@ -69,6 +77,7 @@ from usage.eventstore.chrows import (
     event_of,
     key_of,
     seconds_of,
+    tenant_where,
     with_names,
 )
 from usage.eventstore.chschema import (
@@ -82,11 +91,6 @@ from usage.models import Dimension, TagSet, UsageEvent
 from usage.rollups import SUMMED_EVENT_COLUMNS, aggregate
 from usage.storage import rollups_add, tag_rollups_add
 from usage.tagsets import with_tag_set_ids
-
-
-def tenant_where(tenant_id: int) -> str:
-    """The tenant filter of every query: one place, so none can forget it. The id is an int."""
-    return f"tenant_id = {int(tenant_id)}"
 
 
 class ClickHouseStore(EventStore):
@@ -136,16 +140,21 @@ class ClickHouseStore(EventStore):
             return set()
         with_tag_set_ids([r for r in fresh if r["tags"] and r.get("tag_set_id") is None])
         # PostgreSQL first (rollups), ClickHouse last: a failed insert rolls the rollups back.
-        rollups_add(aggregate(fresh))
+        sums = aggregate(fresh)
+        rollups_add(sums)
         tagged = [r for r in fresh if r["tags"]]
         if tagged:
             tag_rollups_add(tagged)
         # A resend of a deleted event comes back: one version above its tombstone.
         versions = [buried.get(key_of(r), -1) + 1 for r in fresh]
         if direct:  # a bulk load's block, by column (faster to build and to send)
-            self._insert(tenant_id, ch_columns(fresh, versions), direct=True, columnar=True)
+            small = self._insert(tenant_id, ch_columns(fresh, versions), direct=True, columnar=True)
         else:
-            self._insert(tenant_id, [ch_row(r, v) for r, v in zip(fresh, versions, strict=True)])
+            small = self._insert(
+                tenant_id, [ch_row(r, v) for r, v in zip(fresh, versions, strict=True)]
+            )
+        # The store's rollups after the events (`chrollups`: what a failure between leaves).
+        ingest_sums_insert(self.connections, self.shard_of(tenant_id), sums, buffered=small)
         return {r["event_id"] for r in fresh}
 
     @staticmethod
@@ -163,11 +172,13 @@ class ClickHouseStore(EventStore):
 
     def _insert(
         self, tenant_id: int, values: list[Any], direct: bool = False, columnar: bool = False
-    ) -> None:
+    ) -> bool:
+        """Insert; whether into the buffer."""
         names = [*COLUMNS, *(c for c, _, _ in META_COLUMNS)]
         small = self.buffered and not direct and len(values) < DIRECT_ROWS
         sql = f"INSERT INTO {BUFFER if small else TABLE} ({', '.join(names)}) VALUES"
         self.connections.execute(self.shard_of(tenant_id), sql, values, columnar=columnar)
+        return small
 
     def _lock(self, tenant_id: int) -> None:
         if connection.vendor != "postgresql":
@@ -266,6 +277,11 @@ class ClickHouseStore(EventStore):
             if (seconds_of(at), at.microsecond) == (int(seconds), int(micros)):
                 stored[eid] = (int(cost), int(source))
         return stored
+
+    def filters_where(
+        self, tenant: Tenant, query: EventQuery
+    ) -> tuple[list[str], dict[str, Any]] | None:
+        return self._where(tenant, query)
 
     def _where(self, tenant: Tenant, query: EventQuery) -> tuple[list[str], dict[str, Any]] | None:
         """The conditions of the query on what rewrites keep (None: nothing can match); the cost
@@ -416,6 +432,9 @@ class ClickHouseStore(EventStore):
         bucket: str | None = None,
     ) -> list[EventSums]:
         checked_grouping(by, bucket, query)
+        answered = rollup_event_sums(self, tenant, query, by, bucket)
+        if answered is not None:
+            return answered  # from the hourly rollups (`chrollups.answerable`)
         built = self._where(tenant, query)
         if built is None:
             return []
@@ -438,20 +457,7 @@ class ClickHouseStore(EventStore):
             params,
         )
         zone = query.time_range.tz if query.time_range is not None else UTC
-        found = []
-        for row in rows:
-            key = tuple(int(v) or None for v in row[: len(by)])  # 0: none, as in PostgreSQL
-            at = datetime.fromtimestamp(int(row[len(by)]), zone) if bucket else None
-            values = row[len(keys) :]
-            if values[0]:
-                found.append(
-                    EventSums(
-                        key=key,
-                        bucket=at,
-                        sums={name: int(v) for (name, _), v in zip(SUM_SQL, values, strict=True)},
-                    )
-                )
-        return found
+        return sums_of_rows(rows, len(by), bucket, zone)
 
     def repeated_prompts(self, tenant: Tenant, query: EventQuery) -> list[tuple[int, int]]:
         built = self._where(tenant, query)
@@ -490,13 +496,13 @@ class ClickHouseStore(EventStore):
     # --- deletes --------------------------------------------------------------------------
 
     def delete_tenant(self, tenant_id: int) -> int:
+        """The tenant's events and rollups (those too of months retention dropped)."""
         count = self.count(tenant_id)
-        if not count:
-            return 0
         index = self.shard_of(tenant_id)
-        # Flushed first: rows the buffer holds would reach the table after the mutation.
+        # Flushed first: rows the buffers hold would reach the tables after the mutations.
         buffer_flush(self.connections, index)
-        self.run(tenant_id, f"ALTER TABLE {TABLE} DELETE WHERE {tenant_where(tenant_id)}")
+        for table in (TABLE, ROLLUPS):
+            self.run(tenant_id, f"ALTER TABLE {table} DELETE WHERE {tenant_where(tenant_id)}")
         # A mutation runs in the background: wait for it, so the reset is done on return.
         mutations_wait(self.connections, index, self.shards[index].database)
         return count

@@ -9,8 +9,11 @@ inserted. Keys count in any version: an event deleted on ClickHouse (a tombstone
 PostgreSQL still holds is not copied again. So a run stopped half-way, run again, or run once
 more after the switch (for events that arrived meanwhile, even as many as ClickHouse got that
 day) copies each event once. A day on which ClickHouse also holds events PostgreSQL lacks (sent
-after the switch) is read again on each run, copying nothing. Rollups are not touched: they
-stay in PostgreSQL and already hold these events.
+after the switch) is read again on each run, copying nothing.
+
+Then the store's own rollups of the tenant (`chrebuild.rollups_from_postgres`): months with
+events in ClickHouse recomputed from them, months that PostgreSQL's `HourlyRollup` has without
+events (retention dropped them) filled from it; each by adding the difference, so idempotent.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from django.db.models import Q
 
 from costmon.core.models import Tenant
 from costmon.core.tenancy import tenant_context
+from usage.eventstore.chrebuild import rollups_from_postgres
 from usage.eventstore.chrows import BUFFER
 from usage.eventstore.clickhouse import ClickHouseStore, tenant_where
 from usage.models import UsageEvent
@@ -37,6 +41,7 @@ class MigrateReport:
     examined: int = 0  # events read from PostgreSQL
     copied: int = 0  # of them, inserted into ClickHouse
     days_skipped: int = 0  # tenant-days ClickHouse had complete already (`_pg_days`)
+    rollup_keys: int = 0  # rollup keys of the store whose sums changed
 
 
 def _pg_days(tenant: Tenant) -> dict[date, tuple[int, int]]:
@@ -78,14 +83,17 @@ def events_migrate(
     for tenant in tenants:
         with tenant_context(tenant):
             held = _ch_days(store, tenant)
+            changed: set[int] = set()  # months (YYYYMM) with a day copied
             for day, keys in sorted(_pg_days(tenant).items()):
                 if held.get(day) == keys:
                     report.days_skipped += 1
                     continue
+                changed.add(day.year * 100 + day.month)
                 start = datetime.combine(day, time(), UTC)
                 _copy(store, tenant, start, start + timedelta(days=1), chunk, report)
                 if progress:
                     progress(tenant, report)
+            report.rollup_keys += rollups_from_postgres(store, tenant, changed).keys_changed
     return report
 
 

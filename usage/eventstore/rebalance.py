@@ -14,8 +14,12 @@ unless the new server holds that version of the key or a newer one. A month in w
 server also holds rows the old one lacks (events sent after the switch) is read again on each
 run, copying nothing.
 
-With `delete`, a moved tenant's rows are deleted from its old server (a mutation, waited for)
-once a last pass over them finds nothing left to copy; a tenant whose pass copied something is
+The tenant's rollups follow its events (`chrebuild.rollups_move`): on the new server, months
+with events recomputed from the copies, months with rollups only (retention dropped their
+events) copied from the old server's by adding the difference.
+
+With `delete`, a moved tenant's rows (events and rollups) are deleted from its old server
+(mutations, waited for) once a last pass over them finds nothing left to copy; a tenant whose pass copied something is
 left in place (run again).
 """
 
@@ -23,10 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from costmon.core.models import Tenant
+from usage.eventstore.chrebuild import rollups_move
+from usage.eventstore.chrollups import ROLLUPS, month_span
 from usage.eventstore.chrows import COLUMNS, IDS_PER_QUERY, META_COLUMNS, TABLE
 from usage.eventstore.chschema import buffer_flush, mutations_wait
 from usage.eventstore.chserver import Connections, Shard, parse_shards
@@ -49,6 +54,7 @@ class RebalanceReport:
     deleted: list[int] = field(default_factory=list)  # tenants removed from their old server
     kept: list[int] = field(default_factory=list)  # not removed: their last pass copied rows
     pending: list[int] = field(default_factory=list)  # their deletion still runs after a minute
+    rollup_keys: int = 0  # rollup keys on the new servers whose sums changed
 
 
 @dataclass(frozen=True)
@@ -91,14 +97,6 @@ def _months(connections: Connections, index: int, tenant_id: int) -> dict[int, t
     return {int(m): (int(n), int(h)) for m, n, h in rows}
 
 
-def _month_span(month: int) -> tuple[int, int]:
-    """A month (YYYYMM) as unix seconds [start, end)."""
-    year, number = divmod(month, 100)
-    start = datetime(year, number, 1, tzinfo=UTC)
-    end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
-    return int(start.timestamp()), int(end.timestamp())
-
-
 class Rebalance:
     """Copies moved tenants from the old shards (`old`) to the store's shards."""
 
@@ -115,6 +113,7 @@ class Rebalance:
         self.chunk = chunk
         self.progress = progress
         self.report = RebalanceReport()
+        self.complete: dict[int, set[int]] = {}  # per tenant, months the new server held whole
 
     def run(self, move_list: Sequence[Move], *, delete: bool = False) -> RebalanceReport:
         self.report.tenants_moved = len(move_list)
@@ -123,6 +122,10 @@ class Rebalance:
                 buffer_flush(self.old, index)
             for move in move_list:
                 self.copy(move)
+                complete = self.complete.pop(move.tenant.pk, set())
+                self.report.rollup_keys += rollups_move(
+                    self.store, self.old, move.source, move.target, move.tenant.pk, complete
+                ).keys_changed
                 if delete:
                     self.delete(move)
         finally:
@@ -136,6 +139,7 @@ class Rebalance:
         copied = 0
         for month, pairs in sorted(_months(self.old, move.source, tenant_id).items()):
             if held.get(month) == pairs:
+                self.complete.setdefault(tenant_id, set()).add(month)
                 self.report.months_skipped += 1
                 continue
             copied += self._copy_month(move, month)
@@ -143,7 +147,7 @@ class Rebalance:
 
     def _copy_month(self, move: Move, month: int) -> int:
         tenant_id = move.tenant.pk
-        start, end = _month_span(month)
+        start, end = month_span(month)
         where = (
             f"{tenant_where(tenant_id)} AND occurred_at >= toDateTime({start}) "
             f"AND occurred_at < toDateTime({end})"
@@ -213,9 +217,10 @@ class Rebalance:
         if self.copy(move):
             self.report.kept.append(move.tenant.pk)
             return
-        self.old.execute(
-            move.source, f"ALTER TABLE {TABLE} DELETE WHERE {tenant_where(move.tenant.pk)}"
-        )
+        for table in (TABLE, ROLLUPS):
+            self.old.execute(
+                move.source, f"ALTER TABLE {table} DELETE WHERE {tenant_where(move.tenant.pk)}"
+            )
         mutations_wait(self.old, move.source, self.old.shards[move.source].database)
         left = self.old.execute(
             move.source, f"SELECT count() FROM {TABLE} WHERE {tenant_where(move.tenant.pk)}"

@@ -77,6 +77,7 @@ class Command(BaseCommand):
             f"Done: {report.tenants_moved} tenants moved, {report.read} rows read, "
             f"{report.copied} copied, {report.months_skipped} tenant-months already complete."
         )
+        self.stdout.write(f"The store's rollups: {report.rollup_keys} keys changed.")
         if options["delete_moved"]:
             self.stdout.write(f"Deleted {len(report.deleted)} tenants from their old shards.")
         names = {t.pk: t.slug for t in tenants}

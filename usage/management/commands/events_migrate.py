@@ -56,3 +56,4 @@ class Command(BaseCommand):
             f"Done: {report.examined} events read, {report.copied} copied, "
             f"{report.days_skipped} tenant-days already complete."
         )
+        self.stdout.write(f"The store's rollups: {report.rollup_keys} keys changed.")

@@ -30,40 +30,33 @@ export function constructorNames(client: object): string[] {
   return names;
 }
 
+/** Both usage shapes: `names` are the input and output counts and their details' fields. */
+function tokenUsage(usage: unknown, names: [string, string, string, string]): TokenUsage | null {
+  if (!isObject(usage)) return null;
+  const [totalIn, totalOut, detailsIn, detailsOut] = names;
+  const inp = get(usage, detailsIn);
+  const out = get(usage, detailsOut);
+  return {
+    inputTokens: count(usage[totalIn]),
+    outputTokens: count(usage[totalOut]),
+    cachedInputTokens: count(get(inp, "cached_tokens")),
+    cacheWriteTokens: count(get(inp, "cache_write_tokens")),
+    reasoningTokens: count(get(out, "reasoning_tokens")),
+    inputAudioTokens: count(get(inp, "audio_tokens")),
+    inputImageTokens: count(get(inp, "image_tokens")),
+    outputAudioTokens: count(get(out, "audio_tokens")),
+    outputImageTokens: count(get(out, "image_tokens")),
+  };
+}
+
 /** Chat and legacy completions: `CompletionUsage`. */
 export function completionUsage(usage: unknown): TokenUsage | null {
-  if (!isObject(usage)) return null;
-  const prompt = get(usage, "prompt_tokens_details");
-  const completion = get(usage, "completion_tokens_details");
-  return {
-    inputTokens: count(usage.prompt_tokens),
-    outputTokens: count(usage.completion_tokens),
-    cachedInputTokens: count(get(prompt, "cached_tokens")),
-    cacheWriteTokens: count(get(prompt, "cache_write_tokens")),
-    reasoningTokens: count(get(completion, "reasoning_tokens")),
-    inputAudioTokens: count(get(prompt, "audio_tokens")),
-    inputImageTokens: count(get(prompt, "image_tokens")),
-    outputAudioTokens: count(get(completion, "audio_tokens")),
-    outputImageTokens: count(get(completion, "image_tokens")),
-  };
+  return tokenUsage(usage, ["prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details"]);
 }
 
 /** The Responses API: `ResponseUsage`. */
 export function responsesUsage(usage: unknown): TokenUsage | null {
-  if (!isObject(usage)) return null;
-  const detailsIn = get(usage, "input_tokens_details");
-  const detailsOut = get(usage, "output_tokens_details");
-  return {
-    inputTokens: count(usage.input_tokens),
-    outputTokens: count(usage.output_tokens),
-    cachedInputTokens: count(get(detailsIn, "cached_tokens")),
-    cacheWriteTokens: count(get(detailsIn, "cache_write_tokens")),
-    reasoningTokens: count(get(detailsOut, "reasoning_tokens")),
-    inputAudioTokens: count(get(detailsIn, "audio_tokens")),
-    inputImageTokens: count(get(detailsIn, "image_tokens")),
-    outputAudioTokens: count(get(detailsOut, "audio_tokens")),
-    outputImageTokens: count(get(detailsOut, "image_tokens")),
-  };
+  return tokenUsage(usage, ["input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details"]);
 }
 
 /**

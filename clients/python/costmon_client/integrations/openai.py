@@ -27,41 +27,42 @@ def provider_for(client: Any) -> str:
     return "azure" if any("Azure" in name for name in names) else "openai"
 
 
-def completion_usage(usage: Any) -> TokenUsage | None:
-    """Chat and legacy completions: `CompletionUsage`."""
+def _token_usage(usage: Any, names: tuple[str, str, str, str]) -> TokenUsage | None:
+    """Both usage shapes: `names` are the input and output counts and their details' fields."""
     if usage is None:
         return None
-    prompt = get(usage, "prompt_tokens_details")
-    completion = get(usage, "completion_tokens_details")
+    total_in, total_out, details_in, details_out = names
+    inp, out = get(usage, details_in), get(usage, details_out)
     return TokenUsage(
-        input_tokens=count(get(usage, "prompt_tokens")),
-        output_tokens=count(get(usage, "completion_tokens")),
-        cached_input_tokens=count(get(prompt, "cached_tokens")),
-        cache_write_tokens=count(get(prompt, "cache_write_tokens")),
-        reasoning_tokens=count(get(completion, "reasoning_tokens")),
-        input_audio_tokens=count(get(prompt, "audio_tokens")),
-        input_image_tokens=count(get(prompt, "image_tokens")),
-        output_audio_tokens=count(get(completion, "audio_tokens")),
-        output_image_tokens=count(get(completion, "image_tokens")),
+        input_tokens=count(get(usage, total_in)),
+        output_tokens=count(get(usage, total_out)),
+        cached_input_tokens=count(get(inp, "cached_tokens")),
+        cache_write_tokens=count(get(inp, "cache_write_tokens")),
+        reasoning_tokens=count(get(out, "reasoning_tokens")),
+        input_audio_tokens=count(get(inp, "audio_tokens")),
+        input_image_tokens=count(get(inp, "image_tokens")),
+        output_audio_tokens=count(get(out, "audio_tokens")),
+        output_image_tokens=count(get(out, "image_tokens")),
+    )
+
+
+def completion_usage(usage: Any) -> TokenUsage | None:
+    """Chat and legacy completions: `CompletionUsage`."""
+    return _token_usage(
+        usage,
+        (
+            "prompt_tokens",
+            "completion_tokens",
+            "prompt_tokens_details",
+            "completion_tokens_details",
+        ),
     )
 
 
 def responses_usage(usage: Any) -> TokenUsage | None:
     """The Responses API: `ResponseUsage`."""
-    if usage is None:
-        return None
-    details_in = get(usage, "input_tokens_details")
-    details_out = get(usage, "output_tokens_details")
-    return TokenUsage(
-        input_tokens=count(get(usage, "input_tokens")),
-        output_tokens=count(get(usage, "output_tokens")),
-        cached_input_tokens=count(get(details_in, "cached_tokens")),
-        cache_write_tokens=count(get(details_in, "cache_write_tokens")),
-        reasoning_tokens=count(get(details_out, "reasoning_tokens")),
-        input_audio_tokens=count(get(details_in, "audio_tokens")),
-        input_image_tokens=count(get(details_in, "image_tokens")),
-        output_audio_tokens=count(get(details_out, "audio_tokens")),
-        output_image_tokens=count(get(details_out, "image_tokens")),
+    return _token_usage(
+        usage, ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
     )
 
 

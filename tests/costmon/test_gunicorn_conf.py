@@ -1,0 +1,34 @@
+"""costmon.gunicorn_conf: one threaded worker per core unless told otherwise (group commit
+groups what one process's threads bring at once: fewer processes, bigger groups)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+
+def loaded(monkeypatch: pytest.MonkeyPatch, **env: str):
+    # Loading the config sets a default for the workers' settings: kept out of this process.
+    monkeypatch.setenv(
+        "COSTMON_INGEST_GROUP_COMMIT", os.environ.get("COSTMON_INGEST_GROUP_COMMIT", "0")
+    )
+    for name in ("COSTMON_GUNICORN_WORKERS", "COSTMON_GUNICORN_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    import costmon.gunicorn_conf as conf
+
+    return importlib.reload(conf)
+
+
+def test_one_threaded_worker_per_core_by_default(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    conf = loaded(monkeypatch)
+    assert (conf.worker_class, conf.workers, conf.threads) == ("gthread", 6, 8)
+
+
+def test_the_environment_sets_workers_and_threads(monkeypatch):
+    conf = loaded(monkeypatch, COSTMON_GUNICORN_WORKERS="3", COSTMON_GUNICORN_THREADS="16")
+    assert (conf.workers, conf.threads) == (3, 16)
