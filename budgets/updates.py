@@ -1,14 +1,15 @@
 """Counter updates: what each ingest batch adds to the Redis spend counters, exactly once.
 
 The batch's own transaction writes a `CounterUpdate` row with the amounts (`batch_pending`,
-receiving `usage.signals.batch_committing`). Right after the commit the same process applies them
-(`record_batch`, receiving `usage.signals.batch_recorded`). The script that adds the amounts also sets a marker for the update's id
-(`cm:{<tenant>}:cu:<id>`) and changes nothing when the marker is already there, so an update
-is never counted twice. If the process dies between the commit and the apply, the row is still
-there: the sweeper (`counter_updates_sweep`, every 20 seconds) applies the rows whose marker is
-missing and deletes the rows that are done (their markers expire a while later, so a late
-apply of their batch still finds them). A counter rebuild applies the pending rows in the
-script that sets the counters from PostgreSQL (`budgets/lua/rebuild.lua`).
+receiving `usage.signals.batch_committing`). Right after the commit the same process applies
+them (`record_batch`, receiving `usage.signals.batch_recorded`). The script that adds the
+amounts also sets a marker for the update's id (`cm:{<tenant>}:cu:<id>`) and changes nothing
+when the marker is already there, so an update is never counted twice. If the process dies
+between the commit and the apply, the row is still there: the sweeper (`counter_updates_sweep`,
+every 20 seconds) applies the rows whose marker is missing and deletes the rows that are done
+(their markers expire a while later, so a late apply of their batch still finds them). A counter
+rebuild applies the pending rows in the script that sets the counters from PostgreSQL
+(`budgets/lua/rebuild.lua`).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ that server as soon as it returns.
 
 Buffer (on with `COSTMON_CLICKHOUSE_BUFFER`; off, every insert goes to the table and the buffer
 stays empty): a MergeTree insert makes a part (a directory of files), so single events would
-each make one, and the server merges them afterwards. Inserts of fewer than
-`chrows.DIRECT_ROWS` rows go to a Buffer table in front (`chrows.BUFFER`), which writes a part per flush (every
+each make one, and the server merges them afterwards. Inserts of fewer than `chrows.DIRECT_ROWS`
+rows go to a Buffer table in front (`chrows.BUFFER`), which writes a part per flush (every
 `BUFFER_SECONDS` at most); reads name the buffer, which reads the table and the rows not flushed
 yet. A read of a Buffer table takes the table's parts before the buffer's rows, so rows flushed
 at that moment can be missing from that one answer: the duplicate check asks the table again

@@ -19,8 +19,8 @@ with events recomputed from the copies, months with rollups only (retention drop
 events) copied from the old server's by adding the difference.
 
 With `delete`, a moved tenant's rows (events and rollups) are deleted from its old server
-(mutations, waited for) once a last pass over them finds nothing left to copy; a tenant whose pass copied something is
-left in place (run again).
+(mutations, waited for) once a last pass over them finds nothing left to copy; a tenant whose
+pass copied something is left in place (run again).
 """
 
 from __future__ import annotations
