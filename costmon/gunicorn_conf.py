@@ -4,13 +4,16 @@ The worker model and server hooks live here (the rest stays on the command line)
 
 - Threaded workers (gthread, COSTMON_GUNICORN_THREADS threads each, 8 unless set) with group
   commit of small ingest requests (usage.grouping): the threads of a worker that report single
-  events at once share one transaction and one budgets counter update. One worker per core
-  (COSTMON_GUNICORN_WORKERS, the number of cores unless set): fewer processes make bigger
-  groups, and measured on 2 cores with 8 clients sending single events, 2 workers of 8 threads
-  spent about a fifth less CPU per request in the workers and a quarter less in PostgreSQL
-  than 4 (alternating rounds of `tests/bench/single_cpu.py`, docs/benchmark.md). A
-  command-line `--workers`, `--worker-class` or `--threads` still wins;
-  COSTMON_INGEST_GROUP_COMMIT=0 turns grouping off.
+  events at once share one transaction and one budgets counter update. Two workers per core
+  (COSTMON_GUNICORN_WORKERS, twice the number of cores unless set). Fewer processes make
+  bigger groups (on 2 cores with 8 clients sending single events, 2 workers spent about a
+  fifth less CPU per request in the workers and a quarter less in PostgreSQL than 4), but a
+  1,000-event batch is parsed and priced under one process's GIL, so batches fell from 25,104
+  to 14,799 events/s (p99 243 -> 363 ms) with 2 workers in the medium benchmark on a quiet
+  machine, while single events stayed within the noise (264 and 275 requests/s;
+  docs/benchmark.md). A deployment that receives almost only single events may set
+  COSTMON_GUNICORN_WORKERS to the number of cores. A command-line `--workers`,
+  `--worker-class` or `--threads` still wins; COSTMON_INGEST_GROUP_COMMIT=0 turns grouping off.
 - Each worker has loaded the application, which moves everything allocated so far out of the
   garbage collector's sight (`gc.freeze` in costmon.wsgi); it then collects the youngest
   generation less often:
@@ -28,7 +31,7 @@ import os
 from typing import Any
 
 worker_class = "gthread"
-workers = int(os.environ.get("COSTMON_GUNICORN_WORKERS") or os.cpu_count() or 2)
+workers = int(os.environ.get("COSTMON_GUNICORN_WORKERS") or (os.cpu_count() or 1) * 2)
 threads = int(os.environ.get("COSTMON_GUNICORN_THREADS") or 8)
 # Read by the workers' settings (costmon.settings), which load after this file.
 os.environ.setdefault("COSTMON_INGEST_GROUP_COMMIT", "1" if threads > 1 else "0")

@@ -272,9 +272,9 @@ def start_server(
 
 
 def costmon_workers(workers: int | None) -> int:
-    """How many workers costmon's gunicorn runs: `workers`, else its config's default (one
+    """How many workers costmon's gunicorn runs: `workers`, else its config's default (two
     per core, `costmon.gunicorn_conf`; not imported here, it sets the process's settings)."""
-    return workers or int(os.environ.get("COSTMON_GUNICORN_WORKERS") or os.cpu_count() or 2)
+    return workers or int(os.environ.get("COSTMON_GUNICORN_WORKERS") or (os.cpu_count() or 1) * 2)
 
 
 def naive_workers() -> int:
