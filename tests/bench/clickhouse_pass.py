@@ -65,39 +65,54 @@ def _store() -> Any:
     return store
 
 
-def clickhouse_storage(store: Any) -> tuple[int, int]:
-    """Bytes on disk of the events table's active parts and its events, over every shard,
-    after each partition is merged into one part (`OPTIMIZE ... FINAL`)."""
-    from usage.eventstore.chrows import BUFFER, TABLE
-
+def clickhouse_storage(store: Any, table: str, buffer: str) -> tuple[int, int]:
+    """Bytes on disk of a table's active parts and its rows, over every shard, after its buffer
+    is flushed and each partition merged into one part (`OPTIMIZE ... FINAL`)."""
     where = "active AND database = %(db)s AND table = %(table)s"
-    total = events = 0
+    total = rows = 0
     for index, shard in enumerate(store.shards):
-        params = {"db": shard.database, "table": TABLE}
-        store.connections.execute(index, f"OPTIMIZE TABLE {BUFFER}")  # flushes the buffer
+        params = {"db": shard.database, "table": table}
+        store.connections.execute(index, f"OPTIMIZE TABLE {buffer}")  # flushes the buffer
         partitions = store.connections.execute(
             index, f"SELECT DISTINCT partition FROM system.parts WHERE {where}", params
         )
         for (partition,) in partitions:
-            store.connections.execute(index, f"OPTIMIZE TABLE {TABLE} PARTITION {partition} FINAL")
+            store.connections.execute(index, f"OPTIMIZE TABLE {table} PARTITION {partition} FINAL")
         ((size,),) = store.connections.execute(
             index, f"SELECT sum(bytes_on_disk) FROM system.parts WHERE {where}", params
         )
-        ((count,),) = store.connections.execute(index, f"SELECT count() FROM {TABLE}")
-        total, events = total + int(size or 0), events + int(count)
-    return total, events
+        ((count,),) = store.connections.execute(index, f"SELECT count() FROM {table}")
+        total, rows = total + int(size or 0), rows + int(count)
+    return total, rows
 
 
 def clickhouse_storage_rows(context: Context) -> list[Row]:
+    from usage.eventstore.chrollups import ROLLUPS, ROLLUPS_BUFFER
+    from usage.eventstore.chrows import BUFFER, TABLE
+
     say("measuring storage in ClickHouse (each partition merged: OPTIMIZE ... FINAL)")
-    size, events = clickhouse_storage(_store())
+    store = _store()
+    size, events = clickhouse_storage(store, TABLE, BUFFER)
+    rollup_size, rollup_rows = clickhouse_storage(store, ROLLUPS, ROLLUPS_BUFFER)
     context.events_total = events
     n = max(events, 1)
     per_event = size / n
-    # The rollups and the tag-set dictionary stay in PostgreSQL: measured there, as in the
-    # PostgreSQL pass (its events table is empty here).
+    # The by-model rollups and the tag-set dictionary stay in PostgreSQL: measured there, as in
+    # the PostgreSQL pass (its events table is empty here); the rollups by every dimension are
+    # the store's own.
     in_postgres = {r.key or r.what: r for r in storage_rows(context)}
     tag_sets = in_postgres["tag sets"]
+    rollups = []
+    for row in in_postgres.values():
+        if row.what.startswith("hourly rollups, every dimension"):
+            row = Row(
+                row.what,
+                f"{rollup_rows:,} rows, {rollup_size / n:,.1f} bytes per event (in ClickHouse)",
+                "",
+                None,
+            )
+        if row.what.startswith("hourly rollups"):
+            rollups.append(row)
     return [
         Row(
             f"storage per raw event, ClickHouse parts ({events:,} events)",
@@ -114,7 +129,7 @@ def clickhouse_storage_rows(context: Context) -> list[Row]:
             None,
             key="tag sets",
         ),
-        *(r for r in in_postgres.values() if r.what.startswith("hourly rollups")),
+        *rollups,
     ]
 
 

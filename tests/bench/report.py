@@ -152,10 +152,12 @@ def render_both(
         f"tenants x {scale.events:,} events over {scale.days} days, {scale.users:,} end users "
         f"each ({seeded}). The two passes run one after the other, each with its own scratch "
         f"database and gunicorn ({costmon_workers(args.workers)} workers, costmon.gunicorn_conf; "
-        f"the naive endpoint: {naive_workers()} sync workers); {args.clients} client processes ({args.single_clients} for single "
-        f"events). ClickHouse {other.version}: a throwaway server on this machine; rollups, "
-        "counters and tenants stay in PostgreSQL and Redis. Storage after each ClickHouse "
-        "partition is merged (OPTIMIZE ... FINAL): active parts' bytes on disk per event.",
+        f"the naive endpoint: {naive_workers()} sync workers); {args.clients} client processes "
+        f"({args.single_clients} for single events). ClickHouse {other.version}: a throwaway "
+        "server on this machine, which also keeps the hourly rollups by every dimension; the "
+        "rollups by model and by tag, counters and tenants stay in PostgreSQL and Redis. "
+        "Storage after each ClickHouse partition is merged (OPTIMIZE ... FINAL): active parts' "
+        "bytes on disk per event.",
         "",
         "| " + " | ".join(c.ljust(w) for c, w in zip(table[0], widths, strict=True)) + " |",
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
