@@ -5,12 +5,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from costmon.core.models import Tenant
-from costmon.core.tenancy import unscoped
 from usage.eventstore.base import StoreUnavailable
 from usage.eventstore.clickhouse import ClickHouseStore
 from usage.eventstore.current import event_store
 from usage.eventstore.rebalance import CHUNK, Move, Rebalance, RebalanceReport, moves, old_shards
+from usage.management.tenants import tenants_chosen
 
 
 class Command(BaseCommand):
@@ -47,12 +46,7 @@ class Command(BaseCommand):
             old = old_shards(options["from_shards"], store.shards[0].database)
         except ValueError as exc:
             raise CommandError(f"--from-shards: {exc}") from None
-        with unscoped():
-            tenants = list(Tenant.objects.order_by("pk"))
-        if options["tenant"]:
-            tenants = [t for t in tenants if t.slug == options["tenant"]]
-            if not tenants:
-                raise CommandError(f"No tenant {options['tenant']!r}.")
+        tenants = tenants_chosen(options["tenant"])
         move_list = moves(old, store.shards, tenants)
         self.stdout.write(
             f"{len(move_list)} of {len(tenants)} tenants change shard "

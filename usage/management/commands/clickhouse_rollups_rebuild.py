@@ -7,11 +7,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from costmon.core.models import Tenant
-from costmon.core.tenancy import unscoped
 from usage.eventstore.base import StoreUnavailable
 from usage.eventstore.chrebuild import RollupReport, rollups_rebuild
 from usage.eventstore.clickhouse import ClickHouseStore
 from usage.eventstore.current import event_store
+from usage.management.tenants import tenants_chosen
 
 
 def _moment(value: str | None, option: str) -> datetime | None:
@@ -48,12 +48,7 @@ class Command(BaseCommand):
         until = _moment(options["until"], "--until")
         if since and until and since >= until:
             raise CommandError("--since must be before --until.")
-        with unscoped():
-            tenants = list(Tenant.objects.order_by("pk"))
-        if options["tenant"]:
-            tenants = [t for t in tenants if t.slug == options["tenant"]]
-            if not tenants:
-                raise CommandError(f"No tenant {options['tenant']!r}.")
+        tenants = tenants_chosen(options["tenant"])
         started = time.monotonic()
 
         def progress(tenant: Tenant, month: int, report: RollupReport) -> None:

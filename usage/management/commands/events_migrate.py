@@ -6,10 +6,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from costmon.core.models import Tenant
-from costmon.core.tenancy import unscoped
 from usage.eventstore.clickhouse import ClickHouseStore
 from usage.eventstore.current import event_store
 from usage.eventstore.migrate import CHUNK, MigrateReport, events_migrate
+from usage.management.tenants import tenants_chosen
 
 
 class Command(BaseCommand):
@@ -33,12 +33,7 @@ class Command(BaseCommand):
             )
         if options["chunk"] < 1:
             raise CommandError("--chunk must be at least 1.")
-        with unscoped():
-            tenants = list(Tenant.objects.order_by("pk"))
-        if options["tenant"]:
-            tenants = [t for t in tenants if t.slug == options["tenant"]]
-            if not tenants:
-                raise CommandError(f"No tenant {options['tenant']!r}.")
+        tenants = tenants_chosen(options["tenant"])
         store.create_schema()
         started = time.monotonic()
 
