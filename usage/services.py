@@ -15,16 +15,18 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from costmon.core.cache import cache_writes_together
 from costmon.core.models import Tenant
 from costmon.core.tenancy import forget_rls_state, tenant_context
 from usage.catalog import bump_version, catalog_for
 from usage.dimensions import dimension_ids, dimension_keys
+from usage.eventstore.base import EventStore
 from usage.eventstore.current import event_store
 from usage.ingest import EventIn
 from usage.models import ModelAlias, UsageEvent
+from usage.newevents import not_all_new
 from usage.price_lookup import Catalog
 from usage.repricing import schedule_reprice_unpriced
 from usage.rollups import hours_of
@@ -37,7 +39,7 @@ from usage.signals import (
     batch_recorded,
 )
 from usage.storage import stamps_keep
-from usage.transactions import ingest_lock, pipeline_usable, write_transaction
+from usage.transactions import IngestLock, ingest_lock, pipeline_usable, write_transaction
 
 log = structlog.get_logger(__name__)
 
@@ -100,15 +102,17 @@ def usage_record_batch(
                     store.prepare(rows)
                 batch_preparing.send(sender=UsageEvent, tenant=tenant)
                 # Then one transaction, one commit: events, rollups and what commits with
-                # them; on PostgreSQL two round trips (`usage.transactions.write_transaction`).
-                with write_transaction(lock, pipeline=pipelined):
-                    inserted = store.insert_new(rows)
-                    batch = _recorded_batch(tenant, firsts, rows, inserted)
-                    if batch.rows:
-                        # What must commit with the events (budgets: the pending counter
-                        # update). Runs before the pipeline's answers are all in: a receiver
-                        # should write without reading back, or it costs a round trip.
-                        batch_committing.send(sender=UsageEvent, batch=batch)
+                # them. On PostgreSQL one round trip if every event is new (`_store_all_new`),
+                # else two (`usage.transactions.write_transaction`).
+                batch = _store_all_new(store, lock, tenant, firsts, rows) if pipelined else None
+                if batch is None:
+                    with write_transaction(lock, pipeline=pipelined):
+                        inserted = store.insert_new(rows)
+                        batch = _recorded_batch(tenant, firsts, rows, inserted)
+                        if batch.rows:
+                            _send_committing(batch)
+                else:
+                    inserted = set(firsts)
             except Exception:
                 forget_rls_state(connection)
                 raise
@@ -120,6 +124,39 @@ def usage_record_batch(
             tenant.pk, {eid: e.occurred_at for eid, e in firsts.items() if eid not in inserted}
         )
     return _results(events, rows, inserted, stored)
+
+
+def _store_all_new(
+    store: EventStore,
+    lock: IngestLock,
+    tenant: Tenant,
+    firsts: dict[str, EventIn],
+    rows: list[dict[str, Any]],
+) -> RecordedBatch | None:
+    """Store the batch as if every event were new, in one round trip: the insert's answer is
+    not waited for, so the receivers' writes and COMMIT go with it (`usage.newevents`). None,
+    with nothing stored, if an event was stored already (a resend): the caller stores the
+    batch again by the path that reads which events are new."""
+    if not store.one_trip_writes:
+        return None
+    try:
+        with write_transaction(lock):
+            store.insert_all_new(rows)
+            batch = _recorded_batch(tenant, firsts, rows, set(firsts))
+            _send_committing(batch)
+    except DatabaseError as exc:
+        if not not_all_new(exc):
+            raise
+        forget_rls_state(connection)  # the rollback undid the transaction's RLS settings
+        return None
+    return batch
+
+
+def _send_committing(batch: RecordedBatch) -> None:
+    # What must commit with the events (budgets: the pending counter update). Runs before the
+    # pipeline's answers are all in: a receiver should write without reading back, or it
+    # costs a round trip.
+    batch_committing.send(sender=UsageEvent, batch=batch)
 
 
 def _keep_stamps(

@@ -121,6 +121,8 @@ def write_transaction(lock: IngestLock | None = None, *, pipeline: bool = True) 
                 yield
                 statements.execute("COMMIT")
         except BaseException:
+            if lock is not None and lock.transactional:
+                lock.held = False  # released by the rollback: a retry takes it again
             if not raw.closed and raw.info.transaction_status != _IDLE:
                 # A broken connection cannot roll back: the error that broke it is the one to
                 # raise, and Django closes the connection when its atomic block ends.

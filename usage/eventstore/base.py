@@ -116,6 +116,9 @@ class EventStore(abc.ABC):
     # Whether `insert_new` only writes (nothing it sends waits for an answer before the end), so
     # ingest may send its transaction as one pipeline (`usage.transactions.write_transaction`).
     pipelined_writes: bool = False
+    # Whether, with a pipeline, `insert_all_new` can store a batch of new events without
+    # waiting for an answer (ingest's transaction is then one round trip).
+    one_trip_writes: bool = False
     # Whether chosen stored events can be re-priced or deleted, their rollups rebuilt from them
     # (`usage.maintenance`). A store that cannot refuses (`require_rewrites`), never skips.
     rewrites_events: bool = True
@@ -145,6 +148,12 @@ class EventStore(abc.ABC):
         those to the PostgreSQL rollups, in the caller's transaction; return their event ids.
         A row resent, even concurrently, is stored and counted once. `direct` (a bulk load):
         into the events table itself, past any buffer in front of it."""
+
+    def insert_all_new(self, rows: Sequence[dict[str, Any]]) -> None:
+        """As `insert_new` when every row is new, sent without waiting for its answer; if a
+        row is stored already, the transaction fails (`usage.newevents.not_all_new`) and
+        keeps nothing. Only for stores with `one_trip_writes`."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def stored_costs(

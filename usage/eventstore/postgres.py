@@ -26,6 +26,7 @@ from usage.eventstore.base import (
     checked_grouping,
 )
 from usage.models import EventStamp, UsageEvent
+from usage.newevents import events_insert_all_new
 from usage.rollups import ROLLUP_SUMS
 from usage.storage import events_drop_before, events_insert, events_prepare
 
@@ -48,12 +49,16 @@ class PostgresStore(EventStore):
     name = "postgres"
     label = "PostgreSQL"
     pipelined_writes = True
+    one_trip_writes = True  # PostgreSQL only: ingest uses it inside a pipeline only
 
     def prepare(self, rows: Sequence[dict[str, Any]]) -> None:
         events_prepare(rows)
 
     def insert_new(self, rows: Sequence[dict[str, Any]], *, direct: bool = False) -> set[str]:
         return events_insert(rows)
+
+    def insert_all_new(self, rows: Sequence[dict[str, Any]]) -> None:
+        events_insert_all_new(rows)
 
     def stored_costs(
         self, tenant_id: int, times: dict[str, datetime]
