@@ -1,0 +1,112 @@
+"""Ingest's one round trip for a batch of new events (usage.newevents): the function that stores
+them with every rollup, and the fall back to the statement that reads which events are new when
+one of them was stored already."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.db.models import Sum
+
+from budgets import counters
+from tests.helpers import event, requires_postgresql, requires_redis
+from usage import grouping
+from usage.eventstore.postgres import PostgresStore
+from usage.ingest import parse_batch
+from usage.models import (
+    EndUserDailyRollup,
+    HourlyRollup,
+    ModelHourlyRollup,
+    TagHourlyRollup,
+    UsageEvent,
+)
+from usage.newevents import FUNCTION, function_body
+
+pytestmark = [pytest.mark.usefixtures("prices", "unscoped")]
+HAIKU = 1_350_000  # nano-USD of the default test event
+
+
+def sums(tenant: Any) -> dict[str, tuple[int, int]]:
+    """(calls, cost) of the tenant's events and of each rollup table."""
+    events = UsageEvent.objects.for_tenant(tenant)
+    found = {"events": (events.count(), events.aggregate(c=Sum("cost_nanos"))["c"] or 0)}
+    for model in (HourlyRollup, ModelHourlyRollup, EndUserDailyRollup, TagHourlyRollup):
+        total = model.objects.for_tenant(tenant).aggregate(n=Sum("calls"), c=Sum("cost_nanos"))
+        found[model.__name__] = (total["n"] or 0, total["c"] or 0)
+    return found
+
+
+def request(tenant: Any, *ids: str, **fields: Any) -> Any:
+    return grouping._Waiting(tenant, 1, parse_batch([event(event_id=i, **fields) for i in ids]))
+
+
+@requires_redis  # counters equal to PostgreSQL
+@pytest.mark.django_db(transaction=True)  # a pipeline needs autocommit around it
+def test_a_group_with_a_resent_event_among_new_ones_counts_each_event_once(
+    acme, outsider, monkeypatch
+):
+    tags = {"team": "search"}
+    grouping.GroupCommitter().commit([request(acme, "old", tags=tags), request(outsider, "old")])
+    tried: list[tuple[int, list[str]]] = []
+    one_trip = PostgresStore.insert_all_new
+
+    def recorded(self: PostgresStore, rows: Any) -> None:
+        tried.append((rows[0]["tenant_id"], sorted(r["event_id"] for r in rows)))
+        one_trip(self, rows)
+
+    monkeypatch.setattr(PostgresStore, "insert_all_new", recorded)
+    group = [
+        request(acme, "new-1", "old", tags=tags),
+        request(acme, "new-2", tags=tags),
+        request(acme, "new-2"),  # the same id again in the group: a duplicate
+        request(outsider, "new-1"),
+    ]
+    assert grouping.GroupCommitter().commit(group) is False
+    answers = [[(r.event_id, r.cost_nanos, r.duplicate) for r in w.future.result()] for w in group]
+    assert answers == [
+        [("new-1", HAIKU, False), ("old", HAIKU, True)],
+        [("new-2", HAIKU, False)],
+        [("new-2", HAIKU, True)],
+        [("new-1", HAIKU, False)],
+    ]
+    if connection.vendor == "postgresql":
+        # Acme's group tried the one round trip, was refused for "old" and stored again;
+        # the outsider's group of new events took the one round trip.
+        assert tried == [(acme.pk, ["new-1", "new-2", "old"]), (outsider.pk, ["new-1"])]
+    three, two = (3, 3 * HAIKU), (2, 2 * HAIKU)
+    assert sums(acme) == {
+        "events": three,
+        "HourlyRollup": three,
+        "ModelHourlyRollup": three,
+        "EndUserDailyRollup": three,
+        "TagHourlyRollup": three,  # each event carries one tag
+    }
+    assert sums(outsider) == {
+        "events": two,
+        "HourlyRollup": two,
+        "ModelHourlyRollup": two,
+        "EndUserDailyRollup": two,
+        "TagHourlyRollup": (0, 0),
+    }
+    for tenant in (acme, outsider):
+        assert counters.counters_reconcile(tenant=tenant).corrected == 0
+    # Sent again as a whole, nothing changes anywhere.
+    again = [request(acme, "new-1", "new-2", "old", tags=tags), request(outsider, "new-1")]
+    grouping.GroupCommitter().commit(again)
+    assert all(r.duplicate for w in again for r in w.future.result())
+    assert sums(acme)["events"] == three and sums(acme)["TagHourlyRollup"] == three
+    assert sums(outsider)["HourlyRollup"] == two
+    for tenant in (acme, outsider):
+        assert counters.counters_reconcile(tenant=tenant).corrected == 0
+
+
+@requires_postgresql
+@pytest.mark.django_db
+def test_the_databases_function_is_the_codes():
+    # A change of the event columns or the rollups needs a migration replacing the function.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT prosrc FROM pg_proc WHERE proname = %s", [FUNCTION])
+        [(source,)] = cursor.fetchall()
+    assert " ".join(source.split()) == " ".join(function_body().split())
