@@ -1,7 +1,7 @@
 """Single-event ingest in process, one at a time: what one report costs the server.
 
     .venv/bin/python tests/bench/single_events.py [--events 2000] [--database NAME] [--redis-db N]
-        [--trusted] [--profile]
+        [--trusted] [--profile] [--group N] [--compare]
 
 Uses a scratch PostgreSQL database (`costmon_single_bench` unless named; dropped and created
 again) and a Redis database (9 unless named), acting as the role `costmon_app` so row-level
@@ -9,13 +9,17 @@ security is on, as in production, with the budgets app's counters in Redis. Each
 through `usage_record_batch` alone, as the group committer stores a group of one: known names,
 a fresh event id, its time given. Prints p50 and p90 of wall time and of this process's CPU
 time per event (the rest of the wall time is waiting: PostgreSQL, Redis, the other processes
-of the machine), and the PostgreSQL round trips of one event.
+of the machine), the CPU time of the connection's PostgreSQL backend per event (from /proc),
+and the PostgreSQL round trips of one event. `--group N` stores N events a call (a group of
+N single events); `--compare` alternates blocks of calls through the one-round-trip path
+(`usage.newevents`) and the two-round-trip path, and prints each path's figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import os
 import pstats
 import statistics
@@ -51,6 +55,10 @@ def main() -> None:
     parser.add_argument("--database", default="costmon_single_bench")
     parser.add_argument("--redis-db", type=int, default=9)
     parser.add_argument("--profile", action="store_true", help="print the timed events' cProfile")
+    parser.add_argument("--group", type=int, default=1, help="events stored per call")
+    parser.add_argument(
+        "--compare", action="store_true", help="alternate the one- and two-round-trip paths"
+    )
     parser.add_argument(
         "--trusted",
         action="store_true",
@@ -87,7 +95,7 @@ def main() -> None:
     def body(i: int) -> list[dict[str, object]]:
         return [
             {
-                "event_id": f"single-{i}",
+                "event_id": f"single-{i}-{j}",
                 "occurred_at": at,
                 "provider": "openai",
                 "model": "gpt-4o",
@@ -97,6 +105,7 @@ def main() -> None:
                 "output_tokens": 300,
                 "tags": {"team": "search"},
             }
+            for j in range(args.group)
         ]
 
     if args.trusted:
@@ -105,33 +114,58 @@ def main() -> None:
         counters_reconcile(tenant=tenant)
     for i in range(50):  # names, tag set, partition, catalog and connection warmed up
         usage_record_batch(tenant=tenant, events=parse_batch(body(-1 - i)))
-    walls, cpus = [], []
+    from usage.eventstore.postgres import PostgresStore
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    paths = ("one trip", "two trips") if args.compare else ("as configured",)
+    walls: dict[str, list[float]] = {p: [] for p in paths}
+    cpus: dict[str, list[float]] = {p: [] for p in paths}
+    backend_ms: dict[str, float] = dict.fromkeys(paths, 0.0)
+    block = 100
     profile = cProfile.Profile() if args.profile else None
     if profile is not None:
         profile.enable()
-    for i in range(args.events):
-        events = parse_batch(body(i))
-        w0, c0 = time.perf_counter(), time.process_time()
-        usage_record_batch(tenant=tenant, events=events)
-        cpus.append((time.process_time() - c0) * 1000)
-        walls.append((time.perf_counter() - w0) * 1000)
+    for start in range(0, args.events, block):
+        path = paths[(start // block) % len(paths)]
+        if args.compare:
+            PostgresStore.one_trip_writes = path == "one trip"
+        b0 = _cpu_ms(backend)
+        for i in range(start, min(start + block, args.events)):
+            events = parse_batch(body(i))
+            w0, c0 = time.perf_counter(), time.process_time()
+            usage_record_batch(tenant=tenant, events=events)
+            cpus[path].append((time.process_time() - c0) * 1000)
+            walls[path].append((time.perf_counter() - w0) * 1000)
+        backend_ms[path] += _cpu_ms(backend) - b0
     if profile is not None:
         profile.disable()
-
-    trips = _round_trips(
-        connection, lambda: usage_record_batch(tenant=tenant, events=parse_batch(body(-100)))
-    )
-    print(f"single events in process, one at a time ({args.events}):")
-    print(
-        f"  wall p50 {statistics.median(walls):.2f} ms, p90 {pct(walls, 0.9):.2f} ms; "
-        f"CPU p50 {statistics.median(cpus):.2f} ms, p90 {pct(cpus, 0.9):.2f} ms"
-    )
-    print(f"  PostgreSQL round trips per event: {trips}")
+    print(f"single events in process, {args.group} a call ({args.events} calls):")
+    for path in paths:
+        if args.compare:
+            PostgresStore.one_trip_writes = path == "one trip"
+        w, c = walls[path], cpus[path]
+        probe = parse_batch(body(-1000 - paths.index(path)))
+        trips = _round_trips(
+            connection, functools.partial(usage_record_batch, tenant=tenant, events=probe)
+        )
+        print(
+            f"  {path}: wall p50 {statistics.median(w):.2f} ms, p90 {pct(w, 0.9):.2f} ms; "
+            f"CPU p50 {statistics.median(c):.2f} ms, p90 {pct(c, 0.9):.2f} ms; PostgreSQL "
+            f"backend CPU {backend_ms[path] / len(w):.3f} ms a call; round trips {trips}"
+        )
     print(f"  load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if profile is not None:
         stats = pstats.Stats(profile)
         stats.sort_stats("tottime").print_stats(30)
         stats.sort_stats("cumulative").print_stats(50)
+
+
+def _cpu_ms(pid: int) -> float:
+    """User + system CPU time of a local process so far, in milliseconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def _round_trips(connection: object, call: object) -> int:
