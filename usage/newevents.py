@@ -30,6 +30,10 @@ FUNCTION = "usage_events_add_new"
 # The SQLSTATE the function raises when an event of the batch is stored already (class "CM":
 # costmon's own, no PostgreSQL error has it).
 NOT_ALL_NEW = "CM001"
+# The statement's plan is made once per connection and kept: left to choose, PostgreSQL plans
+# it again on every call (a custom plan for the arrays at hand), which cost about 0.8 ms of the
+# backend's CPU per call of a single event, more than the rest of the transaction.
+SETTINGS = "SET plan_cache_mode = force_generic_plan"
 
 
 def function_body() -> str:
@@ -55,7 +59,7 @@ def function_sql() -> str:
     arguments = ", ".join(f"{t}[]" for t in EVENT_TYPES)
     return (
         f"CREATE OR REPLACE FUNCTION {FUNCTION}({arguments}) RETURNS integer "
-        f"LANGUAGE plpgsql AS $body${function_body()}$body$"
+        f"LANGUAGE plpgsql {SETTINGS} AS $body${function_body()}$body$"
     )
 
 

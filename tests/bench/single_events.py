@@ -123,7 +123,7 @@ def main() -> None:
     walls: dict[str, list[float]] = {p: [] for p in paths}
     cpus: dict[str, list[float]] = {p: [] for p in paths}
     backend_ms: dict[str, float] = dict.fromkeys(paths, 0.0)
-    block = 100
+    block = 100 if args.events >= 400 else max(1, args.events // 6)  # alternated blocks
     profile = cProfile.Profile() if args.profile else None
     if profile is not None:
         profile.enable()

@@ -22,7 +22,7 @@ from usage.models import (
     TagHourlyRollup,
     UsageEvent,
 )
-from usage.newevents import FUNCTION, function_body
+from usage.newevents import FUNCTION, SETTINGS, function_body
 
 pytestmark = [pytest.mark.usefixtures("prices", "unscoped")]
 HAIKU = 1_350_000  # nano-USD of the default test event
@@ -107,6 +107,7 @@ def test_a_group_with_a_resent_event_among_new_ones_counts_each_event_once(
 def test_the_databases_function_is_the_codes():
     # A change of the event columns or the rollups needs a migration replacing the function.
     with connection.cursor() as cursor:
-        cursor.execute("SELECT prosrc FROM pg_proc WHERE proname = %s", [FUNCTION])
-        [(source,)] = cursor.fetchall()
+        cursor.execute("SELECT prosrc, proconfig FROM pg_proc WHERE proname = %s", [FUNCTION])
+        [(source, config)] = cursor.fetchall()
     assert " ".join(source.split()) == " ".join(function_body().split())
+    assert config == [SETTINGS.removeprefix("SET ").replace(" = ", "=")]

@@ -114,7 +114,8 @@ def create(apps, schema_editor):
         return
     schema_editor.execute(
         f"CREATE OR REPLACE FUNCTION usage_events_add_new({ARGUMENTS}) RETURNS integer "
-        f"LANGUAGE plpgsql AS $body${BODY}$body$"
+        "LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan "
+        f"AS $body${BODY}$body$"
     )
 
 
