@@ -66,7 +66,10 @@ batch_preparing = Signal()
 # Sent with `batch` (a RecordedBatch) inside the ingest transaction, just before it commits,
 # holding the tenant's ingest lock shared. A receiver that raises rolls the whole batch back and
 # its exception reaches the caller of `usage_record_batch` (a 500 for the API): use it only for
-# writes that must commit with the events (budgets: the batch's pending counter update).
+# writes that must commit with the events (budgets: the batch's pending counter update). On
+# PostgreSQL it is first sent for a batch assumed all new (`usage.newevents`); if one event was
+# stored already, that transaction is rolled back and it is sent again for the events really
+# new (or not at all): keep nothing that outlives the transaction unless tied to that `batch`.
 batch_committing = Signal()
 
 # Sent with the same `batch` right after the ingest transaction commits, still holding the

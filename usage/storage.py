@@ -388,8 +388,9 @@ def usage_analyze() -> None:
 def with_rollups(insert: str, *, tags: bool = False) -> str:
     """PostgreSQL: `WITH fresh AS (<insert> RETURNING ...), ...`: the statement that stores
     events also adds exactly the rows it inserted to both rollup tables (and with `tags`, to the
-    daily sums by end user and the tag rollups; ingest adds those with statements of their
-    own). Follow it with a SELECT from `fresh`.
+    daily sums by end user and the tag rollups: the bulk loader and ingest's one-trip function,
+    `usage.newevents`; ingest's other path adds those with statements of their own). Follow it
+    with a SELECT from `fresh`.
 
     `insert` is an `INSERT INTO usage_usageevent ... ON CONFLICT DO NOTHING` without RETURNING.
     Rows go in key order, as `rollups_add` does, so concurrent batches lock them in the same
