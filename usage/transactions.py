@@ -10,6 +10,7 @@ own transaction, get a plain `atomic` block.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,23 @@ INGEST_LOCK_NAMESPACE = 7401
 
 # psycopg.pq.TransactionStatus.IDLE: no transaction open.
 _IDLE = 0
+
+
+class _AbortedAfterRaised(logging.Filter):
+    """psycopg warns ("error ignored terminating ...: pipeline aborted") when a pipeline whose
+    block raised a statement's error cannot end cleanly. That error is the one raised to the
+    caller; the warning only repeats it, on every resend of an event (`usage.newevents`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (
+            record.msg == "error ignored terminating %r: %s"
+            and len(args) == 2
+            and isinstance(args[1], psycopg.errors.PipelineAborted)
+        )
+
+
+logging.getLogger("psycopg").addFilter(_AbortedAfterRaised())
 
 
 def _postgresql() -> bool:
