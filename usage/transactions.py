@@ -2,9 +2,10 @@
 for SQLite (with `usage.storage`, the only modules of the usage app that ask which database they
 talk to).
 
-On PostgreSQL the events' transaction is one psycopg pipeline (`write_transaction`): two round
-trips for BEGIN, the lock, the insert, the receivers' writes and COMMIT. SQLite, and any caller's
-own transaction, get a plain `atomic` block.
+On PostgreSQL the events' transaction is one psycopg pipeline (`write_transaction`): one round
+trip for BEGIN, the lock, the insert, the receivers' writes and COMMIT when nothing reads an
+answer before the end (`usage.newevents`), two when the insert's answer is read. SQLite, and any
+caller's own transaction, get a plain `atomic` block.
 """
 
 from __future__ import annotations
