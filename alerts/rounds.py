@@ -54,7 +54,7 @@ from alerts.services import EvaluationReport, tenant_rules_evaluate
 from budgets.models import Budget, CounterCorrection, CounterUpdate
 from costmon.core.models import Tenant
 from costmon.core.periods import local_midnight, tenant_zone
-from costmon.core.tenancy import tenant_context, unscoped
+from costmon.core.tenancy import raw_cursor, tenant_context, unscoped
 from usage.models import PriceSync
 
 log = structlog.get_logger(__name__)
@@ -229,12 +229,19 @@ def rounds_mark_changed_in_batch(*, tenant_id: int) -> None:
     instead of costing one of its own after the commit. It commits before the spend counters
     take the batch; a round that claims the tenant in between sees the batch's counter update
     row (written in the same transaction) and is due once more (`rule_round_run`)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {RuleRound._meta.db_table} SET dirty_since = %s "  # noqa: S608 - our table
-            "WHERE tenant_id = %s AND cadence = %s AND dirty_since IS NULL",
-            [timezone.now(), tenant_id, FREQUENT],
-        )
+    sql = (
+        f"UPDATE {RuleRound._meta.db_table} SET dirty_since = %s "  # noqa: S608 - our table
+        "WHERE tenant_id = %s AND cadence = %s AND dirty_since IS NULL"
+    )
+    params: list[Any] = [timezone.now(), tenant_id, FREQUENT]
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+        return
+    # psycopg's own cursor (RLS settings synced first): no Django cursor wrapper per batch,
+    # and the statement is prepared once per connection.
+    with raw_cursor(connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
 
 
 def rounds_mark_changed(*, tenant_id: int) -> None:

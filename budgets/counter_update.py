@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 
+import msgspec
+
 from budgets.periods import buckets_of_day
 
 SEP = "\x00"  # see record.lua
@@ -47,14 +49,15 @@ class Update:
     settle: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
-        return json.dumps(
+        # msgspec: compact JSON as json.dumps(separators=(",", ":")) writes it (non-ASCII as
+        # UTF-8 rather than escaped; `from_json` reads both), a tenth of its time: one a batch.
+        return msgspec.json.encode(
             {
                 "d": {f"{d:%Y%m%d}": f for d, f in self.days.items()},
                 "g": {f"{d:%Y%m%d}": f for d, f in self.utc_days.items()},
                 "s": self.settle,
-            },
-            separators=(",", ":"),
-        )
+            }
+        ).decode()
 
     @classmethod
     def from_json(cls, text: str) -> Update:

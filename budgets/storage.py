@@ -14,6 +14,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from budgets.models import CounterUpdate, ReservationHold
+from costmon.core.tenancy import raw_cursor
 from usage.transactions import ingest_lock as ingest_lock  # usage's lock, taken here by budgets
 
 RESERVATION_LOCK_NAMESPACE = 7402
@@ -104,11 +105,14 @@ def counter_update_insert(tenant_id: int, payload: str) -> Callable[[], int]:
     if not _postgresql():
         row = CounterUpdate.objects.create(tenant_id=tenant_id, payload=payload)
         return lambda: row.pk
-    cursor = connection.cursor()
+    # psycopg's own cursor (the RLS settings synced first, as for any query): no Django
+    # cursor wrapper per batch, and the statement is prepared once per connection.
+    cursor = raw_cursor(connection)
     cursor.execute(
         f"INSERT INTO {CounterUpdate._meta.db_table} (tenant_id, created_at, payload) "  # noqa: S608 - our table
         "VALUES (%s, %s, %s) RETURNING id",
         [tenant_id, timezone.now(), payload],
+        prepare=True,
     )
 
     def read() -> int:

@@ -106,6 +106,7 @@ def _clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None
     from budgets import config as budgets_config
     from budgets import redis as budgets_redis
     from costmon.core import keys
+    from costmon.web.dashboard import warmup
     from usage import dimensions as usage_dimensions
     from usage import tagsets as usage_tagsets
 
@@ -116,6 +117,7 @@ def _clean_state(request: pytest.FixtureRequest, settings: Any) -> Iterator[None
     usage_tagsets.forget_known_tag_sets()
     budgets_config.clear_local()
     budgets_redis.reset_breaker()
+    warmup.forget_viewed_local()
     tenancy.forget_rls_state(connection)
     with tenancy.no_tenant():
         yield

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, timedelta
+from datetime import UTC, date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from budgets import counters
 from budgets import redis as bredis
-from budgets.counter_update import MARKER_KEEP_SECONDS, marker_key
+from budgets.counter_update import MARKER_KEEP_SECONDS, Update, marker_key
 from budgets.models import CounterState, CounterUpdate
 from budgets.services import budget_create
 from budgets.tasks import reconcile_counters, sweep_counter_updates
@@ -160,6 +160,26 @@ def test_a_batch_whose_process_was_killed_after_the_commit_is_counted_by_the_nex
 def test_the_sweep_interval_is_well_within_a_minute():
     [entry] = [e for e in SCHEDULE if e.task == "budgets.tasks.sweep_counter_updates"]
     assert entry.every is not None and entry.every.total_seconds() + 5 < 60
+
+
+def test_an_update_reads_back_as_written_whatever_its_names():
+    """The stored payload (msgspec's JSON) reads back exactly, non-ASCII names included."""
+    update = Update(
+        days={date(2026, 12, 3): {"t": 7, "u:jos\u00e9": 5, "x:\u2028team\u00e9": 2}},
+        utc_days={date(2026, 12, 3): {"t": 7, "h:14": 7}},
+        settle=["e", "id-\u00e9", "r", "res-1"],
+    )
+    text = update.to_json()
+    assert Update.from_json(text) == update
+    assert json.loads(text) == json.loads(
+        json.dumps(
+            {
+                "d": {"20261203": update.days[date(2026, 12, 3)]},
+                "g": {"20261203": update.utc_days[date(2026, 12, 3)]},
+                "s": update.settle,
+            }
+        )
+    )
 
 
 def test_a_rebuild_absorbs_an_update_its_process_never_applied(acme, outsider, trusted):

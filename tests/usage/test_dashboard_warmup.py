@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import time_machine
+from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -285,6 +286,36 @@ def test_a_bump_warms_only_a_tenant_someone_looked_at(
         settled.bump(outsider.pk)
     assert sent == []
     warmup.overview_viewed(acme.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        settled.bump(acme.pk)
+        settled.bump(outsider.pk)
+    assert sent == [(acme.pk,)]
+
+
+def test_a_view_in_another_process_is_seen_within_the_recheck_time(
+    acme, outsider, usage, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A process remembers for `VIEWED_RECHECK_SECONDS` that nobody viewed a tenant (its late
+    events then cost no Redis read a batch); a view another process noted is seen once that
+    time has passed, and the outsider, never viewed, is never warmed."""
+    sent: list[Any] = []
+    monkeypatch.setattr(
+        warmup.warm_overview, "apply_async", lambda args, countdown: sent.append(args)
+    )
+    clock = [1000.0]
+    monkeypatch.setattr(warmup, "_clock", lambda: clock[0])
+    warmup.forget_viewed_local()  # what the fixtures' own ingest left, on the real clock
+    with django_capture_on_commit_callbacks(execute=True):
+        settled.bump(acme.pk)
+        settled.bump(outsider.pk)
+    assert sent == []
+    # Another process's view: only the shared mark, this process's memory untouched.
+    cache.set(warmup._VIEWED.format(acme.pk), "1", warmup.VIEWED_SECONDS)
+    clock[0] += warmup.VIEWED_RECHECK_SECONDS - 1
+    with django_capture_on_commit_callbacks(execute=True):
+        settled.bump(acme.pk)
+    assert sent == []  # still trusted: nobody viewed it
+    clock[0] += 2
     with django_capture_on_commit_callbacks(execute=True):
         settled.bump(acme.pk)
         settled.bump(outsider.pk)

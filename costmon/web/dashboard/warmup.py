@@ -25,6 +25,7 @@ nobody looks at costs nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
@@ -61,6 +62,11 @@ CLAIM_SECONDS = 600
 # they expire, so one missed run costs nothing).
 REFRESH_EVERY = timedelta(minutes=10)
 VIEWED_SECONDS = 4 * 3600
+# How long a process trusts that nobody viewed a tenant's overview (`recently_viewed`).
+VIEWED_RECHECK_SECONDS = 10.0
+# Tenant id -> until when (time.monotonic) this process trusts that nobody viewed it.
+_viewed_seen: dict[int, float] = {}
+_clock = time.monotonic
 REFRESH_AFTER_SECONDS = settled.KEEP_SECONDS - 2 * int(REFRESH_EVERY.total_seconds())
 _PENDING = "costmon:dashboard:warm-pending:v1:{}"
 _CLAIM = "costmon:dashboard:warm:v1:{}:{}:{}:{}"
@@ -226,16 +232,32 @@ def overview_viewed(tenant_id: int) -> None:
     `VIEWED_SECONDS`."""
     if settings.COSTMON_DASHBOARD_WARMUP and settled.enabled():
         _set(_VIEWED.format(tenant_id), "1", VIEWED_SECONDS)
+        _viewed_seen.pop(tenant_id, None)  # this process knows at once
 
 
 def recently_viewed(tenant_id: int) -> bool:
     """Whether someone opened the tenant's overview in the last `VIEWED_SECONDS` (False
-    when the cache is away: nothing could be kept for them then)."""
+    when the cache is away: nothing could be kept for them then).
+
+    A "no" is remembered in the process for `VIEWED_RECHECK_SECONDS`: a tenant's late events
+    arrive group after group, and each group would otherwise ask Redis again. A view served
+    by another process is seen here within that time (the view itself summed its sums)."""
+    now = _clock()
+    if _viewed_seen.get(tenant_id, 0.0) > now:
+        return False
     try:
-        return cache.get(_VIEWED.format(tenant_id)) is not None
+        viewed = cache.get(_VIEWED.format(tenant_id)) is not None
     except Exception as exc:  # noqa: BLE001 - the cache is an accelerator that may be away
         log.warning("cache_unavailable", op="get", error=str(exc))
         return False
+    if not viewed:
+        _viewed_seen[tenant_id] = now + VIEWED_RECHECK_SECONDS
+    return viewed
+
+
+def forget_viewed_local() -> None:
+    """Forget what this process remembered of views (tests)."""
+    _viewed_seen.clear()
 
 
 def queue_warm_up(tenant_id: int) -> bool:
