@@ -132,6 +132,23 @@ def over_http(args: argparse.Namespace, context: Context) -> list[Row]:
     return rows
 
 
+def column_row(events: int) -> Row:
+    """The events table's largest columns, compressed bytes per event (after the merge)."""
+    from tests.bench.ch_large import execute
+
+    found = execute(
+        "SELECT name, data_compressed_bytes FROM system.columns WHERE database = currentDatabase() "
+        "AND table = 'usage_events' ORDER BY data_compressed_bytes DESC LIMIT 6"
+    )
+    n = max(events, 1)
+    return Row(
+        "  largest columns, bytes per event",
+        ", ".join(f"{name} {int(size) / n:.1f}" for name, size in found),
+        "",
+        None,
+    )
+
+
 def measure(args: argparse.Namespace, context: Context) -> list[Row]:
     from tests.bench.clickhouse_pass import clickhouse_storage_rows, clickhouse_version
 
@@ -141,6 +158,7 @@ def measure(args: argparse.Namespace, context: Context) -> list[Row]:
     rows.append(
         Row("  merging and measuring took", f"{time.monotonic() - started:,.0f} s", "", None)
     )
+    rows.append(column_row(context.events_total))
     rows.append(Row("ClickHouse", clickhouse_version(), "", None))
     rows += reads_in_process(context, args.views)
     rows.append(Row("  load average after the reads", load(), "", None))
