@@ -26,9 +26,13 @@ CONFIG = """<?xml version="1.0"?>
     <users_config>{dir}/users.xml</users_config>
     <default_profile>default</default_profile>
     <default_database>default</default_database>
-    <timezone>UTC</timezone>
+    <timezone>UTC</timezone>{compression}
 </yandex>
 """
+# Parts written with zstd instead of lz4 (`Server(compression="zstd")`): smaller, e.g. random ids.
+COMPRESSION = """
+    <compression><case><min_part_size>0</min_part_size><min_part_size_ratio>0</min_part_size_ratio>
+        <method>{method}</method></case></compression>"""
 USERS = """<?xml version="1.0"?>
 <yandex>
     <profiles><default><max_memory_usage>{memory}</max_memory_usage></default></profiles>
@@ -53,14 +57,27 @@ def free_port() -> int:
 
 class Server:
     def __init__(
-        self, folder: Path, *, memory: int = 1_000_000_000, marks: int = 5_368_709
+        self,
+        folder: Path,
+        *,
+        memory: int = 1_000_000_000,
+        marks: int = 5_368_709,
+        compression: str = "",
     ) -> None:
         """`memory`: bytes a query may use; `marks`: the mark cache's bytes (the large-set
-        benchmark, tests/bench/ch_large.py, wants more of both)."""
+        benchmark, tests/bench/ch_large.py, wants more of both); `compression`: the parts'
+        method ("zstd"; default lz4)."""
         self.folder = folder
         self.port = free_port()
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.xml").write_text(CONFIG.format(dir=folder, port=self.port, marks=marks))
+        (folder / "config.xml").write_text(
+            CONFIG.format(
+                dir=folder,
+                port=self.port,
+                marks=marks,
+                compression=COMPRESSION.format(method=compression) if compression else "",
+            )
+        )
         (folder / "users.xml").write_text(USERS.format(memory=memory))
         path = binary()
         assert path is not None

@@ -29,6 +29,7 @@ Each step is timed with the disk it took; everything goes to stderr and the tabl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -62,6 +63,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=5_000_000, help="events per INSERT")
     parser.add_argument("--data", default="/work/ch-100m-data", help="the server's folder")
     parser.add_argument("--url", help="a running server's clickhouse://host:port/db instead")
+    parser.add_argument("--compression", default="", help="the server's parts: zstd (or lz4)")
     parser.add_argument("--memory", type=int, default=8_000_000_000, help="bytes per query")
     parser.add_argument("--db", default="costmon_h3_bench", help="PostgreSQL bench database")
     parser.add_argument("--redis", type=int, default=5)
@@ -110,20 +112,32 @@ def server_start(args: argparse.Namespace) -> tuple[str, Any]:
 
     if clickhouse.binary() is None:
         raise SystemExit("clickhouse-server is not installed (apt-get install clickhouse-server)")
-    server = clickhouse.Server(Path(args.data), memory=args.memory, marks=args.memory // 8)
+    server = clickhouse.Server(
+        Path(args.data), memory=args.memory, marks=args.memory // 8, compression=args.compression
+    )
     say(f"clickhouse-server {server.process.pid} on port {server.port}, data in {args.data}")
     return f"clickhouse://127.0.0.1:{server.port}/{DATABASE}", server
 
 
+def folder_bytes(folder: str) -> int:
+    """Bytes a folder's files take on disk (its blocks, as `du`)."""
+    total = 0
+    for path, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(path, name)).st_blocks * 512
+    return total
+
+
 class Steps:
-    """Time and disk of each step, for the report."""
+    """Time of each step and what the data folder grew by, for the report."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
         self.taken: list[tuple[str, float, int]] = []
 
     def disk(self) -> int:
-        return shutil.disk_usage(self.folder).used
+        return folder_bytes(self.folder)
 
     def run(self, name: str, action: Any, *a: Any, **kw: Any) -> Any:
         started, used = time.monotonic(), self.disk()

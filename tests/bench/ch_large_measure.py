@@ -166,17 +166,9 @@ def measure(args: argparse.Namespace, context: Context) -> list[Row]:
     return rows
 
 
-def folder_bytes(folder: str) -> int:
-    """Bytes a folder's files take on disk (its blocks, as `du`)."""
-    total = 0
-    for path, _, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(path, name)).st_blocks * 512
-    return total
-
-
 def render(rows: list[Row], taken: list[tuple[str, float, int]], args: argparse.Namespace) -> str:
+    from tests.bench.ch_large import folder_bytes
+
     size = folder_bytes(args.data)
     lines = ["| figure | measured |", "|---|---|"]
     lines += [f"| {r.what} | {r.measured} |" for r in rows]
