@@ -220,6 +220,11 @@ def generate_sql(first: int, count: int, template: int, now: int) -> str:
 def generate(args: argparse.Namespace) -> int:
     """Generate up to `--events` in the store, a chunk at a time; events held at the end."""
     template = template_make()
+    if not template:
+        raise SystemExit(
+            f"The store holds no seeded events to copy: drop the PostgreSQL database {args.db} "
+            "(the set is kept there and in the data folder together) and run again."
+        )
     wanted = max(args.events - template, 0)
     ((now,),) = execute(f"SELECT toUInt32(max(occurred_at)) FROM {TEMPLATE}")
     done = {int(c) for (c,) in execute(f"SELECT chunk FROM {CHUNKS}")}
