@@ -3,7 +3,7 @@ ClickHouse in minutes rather than seeded through the product for hours, then mea
 
     .venv/bin/python tests/bench/ch_large.py [--events 100000000] [--data /work/ch-100m-data]
         [--url clickhouse://127.0.0.1:PORT/costmon_large] [--db costmon_h3_bench] [--redis 5]
-        [--steps setup,generate,rollups,measure]
+        [--steps setup,generate,rollups,storage,measure]
 
 1. setup: a clickhouse-server with its data in `--data` (kept afterwards: a later run with the
    same folder finds the events there), or the running one of `--url`; a PostgreSQL bench
@@ -21,7 +21,8 @@ ClickHouse in minutes rather than seeded through the product for hours, then mea
    store's own sums (`chrows.SUM_SQL`; what `clickhouse_rollups_rebuild` inserts into an empty
    table, at a million events a second instead of a day at a time), then PostgreSQL's rollups
    by model and by tag (what the dashboard reads) from ClickHouse's sums, by COPY.
-4. measure: `tests/bench/ch_large_measure.py` (bytes per event, reads, ingest over HTTP).
+4. storage, measure: `tests/bench/ch_large_measure.py` (bytes per event after merging every
+   partition, a step of its own as it takes minutes at 100 million; reads; ingest over HTTP).
 
 Each step is timed with the disk it took; everything goes to stderr and the table to stdout.
 """
@@ -68,7 +69,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--db", default="costmon_h3_bench", help="PostgreSQL bench database")
     parser.add_argument("--redis", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2, help="seed_demo's processes")
-    parser.add_argument("--steps", default="setup,generate,rollups,measure")
+    parser.add_argument("--steps", default="setup,generate,rollups,storage,measure")
     parser.add_argument("--batches", type=int, default=100, help="1,000-event ingest requests")
     parser.add_argument("--singles", type=int, default=2_000, help="single-event requests")
     parser.add_argument("--views", type=int, default=5, help="repeats of each read")
