@@ -20,18 +20,22 @@ CONFIG = """<?xml version="1.0"?>
     <tmp_path>{dir}/tmp/</tmp_path>
     <user_files_path>{dir}/user_files/</user_files_path>
     <format_schema_path>{dir}/format_schemas/</format_schema_path>
-    <mark_cache_size>5368709</mark_cache_size>
+    <mark_cache_size>{marks}</mark_cache_size>
     <uncompressed_cache_size>5368709</uncompressed_cache_size>
     <max_concurrent_queries>50</max_concurrent_queries>
     <users_config>{dir}/users.xml</users_config>
     <default_profile>default</default_profile>
     <default_database>default</default_database>
-    <timezone>UTC</timezone>
+    <timezone>UTC</timezone>{compression}
 </yandex>
 """
+# Parts written with zstd instead of lz4 (`Server(compression="zstd")`): smaller, e.g. random ids.
+COMPRESSION = """
+    <compression><case><min_part_size>0</min_part_size><min_part_size_ratio>0</min_part_size_ratio>
+        <method>{method}</method></case></compression>"""
 USERS = """<?xml version="1.0"?>
 <yandex>
-    <profiles><default><max_memory_usage>1000000000</max_memory_usage></default></profiles>
+    <profiles><default><max_memory_usage>{memory}</max_memory_usage></default></profiles>
     <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
         <profile>default</profile><quota>default</quota></default></users>
     <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
@@ -52,12 +56,29 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        memory: int = 1_000_000_000,
+        marks: int = 5_368_709,
+        compression: str = "",
+    ) -> None:
+        """`memory`: bytes a query may use; `marks`: the mark cache's bytes (the large-set
+        benchmark, tests/bench/ch_large.py, wants more of both); `compression`: the parts'
+        method ("zstd"; default lz4)."""
         self.folder = folder
         self.port = free_port()
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.xml").write_text(CONFIG.format(dir=folder, port=self.port))
-        (folder / "users.xml").write_text(USERS)
+        (folder / "config.xml").write_text(
+            CONFIG.format(
+                dir=folder,
+                port=self.port,
+                marks=marks,
+                compression=COMPRESSION.format(method=compression) if compression else "",
+            )
+        )
+        (folder / "users.xml").write_text(USERS.format(memory=memory))
         path = binary()
         assert path is not None
         command = [path, f"--config-file={folder / 'config.xml'}"]

@@ -30,7 +30,7 @@ from tests.bench.harness import (
     costmon_workers,
     free_port,
     say,
-    start_server,
+    start_costmon,
 )
 from tests.bench.phases import batch_rows, read_rows, single_rows
 from tests.bench.storage import storage_rows
@@ -157,14 +157,7 @@ def clickhouse_pass(
     port = free_port()
     say(f"starting gunicorn on ClickHouse: {costmon_workers(args.workers)} workers on port {port}")
     with ProcessGroup(grace=30) as children:
-        threads = () if args.threads is None else ("--threads", str(args.threads))
-        start_server(
-            children,
-            dict(os.environ),
-            workers=args.workers,
-            port=port,
-            config=("-c", "python:costmon.gunicorn_conf", *threads),
-        )
+        start_costmon(children, args, port)
         rows += batch_rows(context, scale, port=port, clients=args.clients, naive_rate=None)
         rows += single_rows(context, scale, port=port, clients=args.single_clients, naive_rate=None)
         rows += read_rows(context, scale, port=port)

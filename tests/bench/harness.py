@@ -271,6 +271,18 @@ def start_server(
     raise SystemExit("gunicorn did not answer /healthz within 60 s")
 
 
+def start_costmon(children: ProcessGroup, args: Any, port: int) -> None:
+    """costmon's gunicorn with this run's settings (`args.workers`, `args.threads`)."""
+    threads = () if args.threads is None else ("--threads", str(args.threads))
+    start_server(
+        children,
+        dict(os.environ),
+        workers=args.workers,
+        port=port,
+        config=("-c", "python:costmon.gunicorn_conf", *threads),
+    )
+
+
 def costmon_workers(workers: int | None) -> int:
     """How many workers costmon's gunicorn runs: `workers`, else its config's default (two
     per core, `costmon.gunicorn_conf`; not imported here, it sets the process's settings)."""

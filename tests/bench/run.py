@@ -59,6 +59,7 @@ from tests.bench.harness import (  # noqa: E402
     free_port,
     naive_workers,
     say,
+    start_costmon,
     start_server,
 )
 from tests.bench.phases import http_rows  # noqa: E402
@@ -185,14 +186,7 @@ def postgres_pass(args: argparse.Namespace, scale: Scale) -> tuple[list[Row], An
     # gunicorn, master and workers, stops with this run however it ends (an error, Ctrl+C,
     # SIGTERM or SIGHUP): it must not keep the port and the scratch database busy.
     with ProcessGroup(grace=30) as children:
-        threads = () if args.threads is None else ("--threads", str(args.threads))
-        start_server(
-            children,
-            dict(os.environ),
-            workers=args.workers,
-            port=port,
-            config=("-c", "python:costmon.gunicorn_conf", *threads),
-        )
+        start_costmon(children, args, port)
         naive_env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.bench.naive.settings"}
         start_server(
             children,

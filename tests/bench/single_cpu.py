@@ -33,6 +33,7 @@ from tests.bench.harness import (  # noqa: E402
     naive_workers,
     pct,
     say,
+    start_costmon,
     start_server,
 )
 
@@ -161,16 +162,9 @@ def main() -> None:
     port, naive_port = free_port(), free_port()
     results = []
     with ProcessGroup(grace=30) as children:
-        threads = () if args.threads is None else ("--threads", str(args.threads))
         masters: dict[str, int] = {}
         if args.only != "naive":
-            start_server(
-                children,
-                dict(os.environ),
-                workers=args.workers,
-                port=port,
-                config=("-c", "python:costmon.gunicorn_conf", *threads),
-            )
+            start_costmon(children, args, port)
             masters["costmon gunicorn"] = children.children[-1].pid
         if args.only != "costmon":
             naive_env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.bench.naive.settings"}
