@@ -333,3 +333,27 @@ class Context:
     events_total: int
     seed_seconds: float | None
     baseline: dict[str, float]
+
+
+def settle(before: str, *, limit: float = 180.0) -> None:
+    """Let PostgreSQL finish the upkeep a previous phase left before `before` is timed: wait (at
+    most `limit` seconds) until no autovacuum worker runs in the run's database, then CHECKPOINT,
+    so that neither the naive endpoint nor costmon is timed while the server vacuums or flushes
+    what an earlier phase wrote. The naive endpoint's table is in the same database."""
+    import psycopg
+
+    database = os.environ["DATABASE_URL"].rsplit("/", 1)[-1]
+    started = time.monotonic()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        while time.monotonic() - started < limit:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE backend_type = 'autovacuum worker' AND datname = %s",
+                [database],
+            ).fetchone()
+            if not row or not row[0]:
+                break
+            time.sleep(1.0)
+        waited = time.monotonic() - started
+        conn.execute("CHECKPOINT")
+    say(f"settled before {before}: {waited:.0f} s of autovacuum waited for, then a checkpoint")

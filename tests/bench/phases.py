@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.bench.harness import Context, Row, Scale, drive, expect_ok, pct, say
+from tests.bench.harness import Context, Row, Scale, drive, expect_ok, pct, say, settle
 
 
 def as_payload(event: Any) -> dict[str, Any]:
@@ -49,6 +49,7 @@ def naive_rows(
     expect_ok("naive batch ingest", s)
     batch_rate = len(bodies) * 1000 / s.elapsed
     batch_p99 = pct(s.latencies_ms, 99)
+    settle("the naive endpoint's single events")
     say(f"naive endpoint: {len(singles)} single events, {single_clients} clients")
     s = drive(
         port,
@@ -114,6 +115,7 @@ def batch_rows(
 ) -> list[Row]:
     """New events, 1,000 per request, from several clients at once."""
     rows: list[Row] = []
+    settle("costmon's batches")
     say(f"batch ingest: {scale.batches} requests of 1,000 events, {clients} clients")
     bodies = [
         json.dumps([as_payload(e) for e in batch]).encode()
@@ -175,6 +177,7 @@ def single_rows(
         "Content-Type": "application/json",
         "Authorization": f"Bearer {context.ingest_key}",
     }
+    settle("costmon's single events")
     say(f"single-event ingest: {scale.singles} requests, {clients} clients")
     singles = [
         json.dumps(as_payload(e)).encode()
