@@ -109,7 +109,7 @@ def usage_record_batch(
                 if batch is None:
                     with write_transaction(lock, pipeline=pipelined):
                         inserted = store.insert_new(rows)
-                        if not inserted:  # a resend: repair what a lost COMMIT left short
+                        if len(inserted) < len(rows):  # a resend: what a lost COMMIT left
                             held_batch_repair(store=store, tenant=tenant, rows=rows)
                         batch = _recorded_batch(tenant, firsts, rows, inserted)
                         if batch.rows:

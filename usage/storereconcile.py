@@ -5,7 +5,7 @@ inserts the events and the store's own rollups into ClickHouse, and PostgreSQL c
 that COMMIT fails (connection lost, server restarting), ClickHouse keeps the events and its
 rollups, while PostgreSQL's by-model and by-tag rollups, and the counter update that commits with
 them (`budgets.updates`), are gone; a retry finds every key held and adds nothing. Two repairs:
-- `held_batch_repair`, on that retry itself (a batch whose keys are all held): its hours are
+- `held_batch_repair`, on that retry itself (a batch with keys held already): its hours are
   compared and repaired in the retry's own transaction, so the retry's 201 is true at once;
 - `store_reconcile`, every tenant's recent hours (`COSTMON_CLICKHOUSE_RECONCILE_HOURS`), from
   `usage.tasks.reconcile_store_rollups` (Celery beat, with the ClickHouse store only) or
@@ -138,10 +138,11 @@ def _repair(store: ClickHouseStore, tenant: Tenant, numbers: Iterable[int]) -> l
 def held_batch_repair(
     *, store: EventStore, tenant: Tenant, rows: Sequence[dict[str, Any]]
 ) -> list[datetime]:
-    """A batch whose every key the ClickHouse store held already (a retry): if PostgreSQL's
-    rollups of its hours are short of the store's (the first attempt's COMMIT was lost), rebuild
-    them now, in the ingest transaction, under its locks. The hours repaired; nothing on the
-    PostgreSQL store. Cheap when nothing is short: one query to each database."""
+    """A batch some of whose keys the ClickHouse store held already (a retry), just stored:
+    if PostgreSQL's rollups of its hours are short of the store's (the first attempt's COMMIT
+    was lost), rebuild them now, in the ingest transaction, under its locks (its new events
+    are in both already). The hours repaired; nothing on the PostgreSQL store. Cheap when
+    nothing is short: one query to each database."""
     if not isinstance(store, ClickHouseStore) or not rows:
         return []
     return _repair(store, tenant, {int(r["occurred_at"].timestamp()) // 3600 for r in rows})

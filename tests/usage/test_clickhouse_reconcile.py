@@ -11,6 +11,7 @@ an in-house model the caller prices ($0.00000i: i x 1,000 nano-dollars).
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from io import StringIO
@@ -251,3 +252,71 @@ def test_hours_where_postgresql_holds_more_are_left_alone(store, acme, outsider)
     report = store_reconcile(store=store, since=NOW - timedelta(hours=6), tenant=acme)
     assert (report.hours_repaired, report.hours_kept) == (0, 3)
     assert postgres_rollups(acme) == expected(batch("a"))
+
+
+def test_a_retry_with_new_events_beside_the_lost_ones_repairs_and_counts_each_once(
+    store, lost, acme, outsider, told, django_capture_on_commit_callbacks
+):
+    theirs = outsider_state(outsider)
+    more = [*lost, *batch("b", 2)]  # the client's next batch carries the lost events again
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post_usage(client_of(acme), more).status_code == 201
+    assert told == [acme.pk]
+    assert store.count(acme.pk) == 9
+    assert postgres_rollups(acme) == expected(more)
+    assert spent_today(acme) == sum(cost(i) for i in range(7)) + cost(0) + cost(1)
+    assert counters_match_postgresql(acme)
+    assert outsider_state(outsider) == theirs
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reconciles_during_ingest_count_every_event_once(store, acme, outsider, monkeypatch):
+    """Reconciles run while new batches of the same hours are stored and the lost batch is
+    resent: every event is counted once, as each repair holds the tenant's ingest lock."""
+    for tenant in (acme, outsider):
+        counters.counters_reconcile(tenant=tenant)
+    lost = batch("a")
+    lose_commit(monkeypatch, client_of(acme), lost)
+    clients = [client_of(acme) for _ in range(3)]
+    fresh = [batch(prefix, 5) for prefix in ("b", "c")]
+    barrier = threading.Barrier(4)
+    errors: list[Exception] = []
+
+    def run(work: Any) -> None:
+        from django.db import connection as thread_connection
+
+        try:
+            barrier.wait()
+            work()
+        except Exception as exc:  # noqa: BLE001 - the assertion below reports it
+            errors.append(exc)
+        finally:
+            thread_connection.close()
+
+    def reconcile() -> None:
+        for _ in range(3):
+            store_reconcile(store=store, since=NOW - timedelta(hours=6))
+
+    statuses: list[int] = []
+    works = [
+        *(
+            lambda client=client, events=events: statuses.append(
+                post_usage(client, events).status_code
+            )
+            for client, events in zip(clients, [*fresh, lost], strict=True)
+        ),
+        reconcile,
+    ]
+    threads = [threading.Thread(target=run, args=(w,)) for w in works]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (errors, statuses) == ([], [201] * 3)
+    store_reconcile(store=store, since=NOW - timedelta(hours=6))
+    everything = [*lost, *fresh[0], *fresh[1]]
+    assert store.count(acme.pk) == 17
+    assert postgres_rollups(acme) == expected(everything)
+    assert counters_match_postgresql(acme)
+    assert spent_today(acme) == sum(cost(i) for i in range(7)) + 2 * sum(cost(i) for i in range(5))
+    assert postgres_rollups(outsider) == ({}, {})
