@@ -14,6 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from costmon.core.exceptions import DomainError
+from usage.eventstore.base import StoreUnavailable
 from usage.eventstore.clickhouse import ClickHouseStore
 from usage.eventstore.current import event_store
 from usage.maintenance import usage_events_purge
@@ -89,4 +90,9 @@ def reconcile_store_rollups() -> int:
     if not isinstance(store, ClickHouseStore):
         return 0
     since = timezone.now() - timedelta(hours=settings.COSTMON_CLICKHOUSE_RECONCILE_HOURS)
-    return store_reconcile(store=store, since=since).hours_repaired
+    try:
+        return store_reconcile(store=store, since=since).hours_repaired
+    except StoreUnavailable as exc:
+        # ClickHouse restarting: the next run, 10 minutes on, compares the same hours again.
+        log.warning("store_reconcile_skipped", error=str(exc))
+        return 0

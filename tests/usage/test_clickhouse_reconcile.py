@@ -24,13 +24,15 @@ from django.core.management import call_command
 from budgets import counters
 from budgets import redis as bredis
 from costmon.core.tenancy import tenant_context, unscoped
-from tests.clickhouse import assert_store_rollups_exact
+from tests.clickhouse import assert_store_rollups_exact, free_port
 from tests.helpers import event, post_usage, requires_redis
 from tests.usage.test_clickhouse_store import client_of
+from usage.eventstore import current
 from usage.eventstore.clickhouse import ClickHouseStore
 from usage.models import ModelHourlyRollup, TagHourlyRollup
 from usage.signals import usage_rewritten
 from usage.storereconcile import store_reconcile
+from usage.tasks import reconcile_store_rollups
 
 pytestmark = [
     pytest.mark.django_db,
@@ -320,3 +322,15 @@ def test_reconciles_during_ingest_count_every_event_once(store, acme, outsider, 
     assert counters_match_postgresql(acme)
     assert spent_today(acme) == sum(cost(i) for i in range(7)) + 2 * sum(cost(i) for i in range(5))
     assert postgres_rollups(outsider) == ({}, {})
+
+
+def test_the_periodic_task_repairs_the_recent_hours_and_waits_out_an_unreachable_store(
+    store, lost, acme, settings, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reconcile_store_rollups() == 3
+    assert postgres_rollups(acme) == expected(lost)
+    assert spent_today(acme) == sum(cost(i) for i in range(7))
+    settings.COSTMON_EVENT_STORE_URL = f"clickhouse://127.0.0.1:{free_port()}/costmon_test"
+    current.forget()
+    assert reconcile_store_rollups() == 0  # ClickHouse restarting: the next run tries again
