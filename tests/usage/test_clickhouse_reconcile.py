@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import time_machine
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from budgets import counters
 from budgets import redis as bredis
@@ -334,3 +335,16 @@ def test_the_periodic_task_repairs_the_recent_hours_and_waits_out_an_unreachable
     settings.COSTMON_EVENT_STORE_URL = f"clickhouse://127.0.0.1:{free_port()}/costmon_test"
     current.forget()
     assert reconcile_store_rollups() == 0  # ClickHouse restarting: the next run tries again
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--hours", "0"], "--hours must be 1 or more."),
+        (["--since", "yesterday"], "--since: not an ISO date or time: 'yesterday'"),
+        (["--tenant", "nobody"], "No tenant 'nobody'."),
+    ],
+)
+def test_the_command_says_what_is_wrong_with_its_options(store, acme, options, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("clickhouse_reconcile", *options, stdout=StringIO())

@@ -38,7 +38,9 @@ class Command(BaseCommand):
                 "Only the ClickHouse event store needs it: set "
                 "COSTMON_EVENT_STORE_URL=clickhouse://host:9000/database."
             )
-        hours = options["hours"] or settings.COSTMON_CLICKHOUSE_RECONCILE_HOURS
+        hours = options["hours"]
+        if hours is None:
+            hours = settings.COSTMON_CLICKHOUSE_RECONCILE_HOURS
         if hours < 1:
             raise CommandError("--hours must be 1 or more.")
         since = moment_option(options["since"], "--since") or (
