@@ -14,17 +14,17 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.clickhouse_store import prepare_database  # noqa: E402
+from tests.bench.clickhouse_store import clickhouse_only  # noqa: E402
 
 
 def median_ms(work: Callable[[], object], repeat: int) -> float:
@@ -39,113 +39,89 @@ def median_ms(work: Callable[[], object], repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tenants", type=int, default=20)
-    parser.add_argument("--events", type=int, default=5000, help="per tenant, over 6 hours")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=5000,
+        help="per tenant over a day (those of the last 6 hours stored)",
+    )
     parser.add_argument("--db", default="costmon_chreconcile")
     parser.add_argument("--redis", type=int, default=9)
     args = parser.parse_args()
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.db}"
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis}"
-    os.environ.setdefault("DATABASE_ROLE", "costmon_app")
-    os.environ.setdefault("SECRET_KEY", "ch-bench")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "costmon.settings"
-    os.environ.pop("COSTMON_EVENT_STORE_URL", None)
-    os.environ["COSTMON_CLICKHOUSE_BUFFER"] = "0"
-    prepare_database(args.db)
+    with clickhouse_only(args.db, args.redis, "costmon_bench") as store:
+        measure(store, args.tenants, args.events)
 
-    import django
 
-    django.setup()
-    import redis
-    from django.conf import settings
-    from django.core.management import call_command
+def measure(store: Any, tenant_count: int, count: int) -> None:
     from django.db import transaction
 
     from costmon.core.services import tenant_create
     from costmon.core.tenancy import tenant_context, unscoped
-    from tests.clickhouse import Server, binary
     from usage import demo, services, storereconcile
-    from usage.eventstore import current
-    from usage.eventstore.clickhouse import ClickHouseStore
-    from usage.prices import prices_sync, read_price_file
 
-    if binary() is None:
-        sys.exit("clickhouse-server is not installed (apt-get install clickhouse-server)")
-    call_command("migrate", verbosity=0)
-    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
-    server = Server(Path(tempfile.mkdtemp(prefix="costmon-chreconcile-")))
-    try:
-        with unscoped():
-            prices_sync(price_list=read_price_file(str(ROOT / "usage" / "data" / "prices.json")))
-        settings.COSTMON_EVENT_STORE_URL = f"clickhouse://127.0.0.1:{server.port}/costmon_bench"
-        current.forget()
-        store = current.event_store()
-        assert isinstance(store, ClickHouseStore)
-        store.create_schema()
-        now = datetime.now(UTC)
-        since = now - timedelta(hours=6)
-        started = time.perf_counter()
-        tenants = []
-        with unscoped():
-            for t in range(args.tenants):
-                tenant = tenant_create(slug=f"rec{t}")
-                tenants.append(tenant)
-                events = list(demo.demo_events(count=args.events, days=1, end=now, seed=t))
-                events = [e for e in events if e.occurred_at >= since] or events[:1000]
-                for i in range(0, len(events), 1000):
-                    services.usage_record_batch(tenant=tenant, events=events[i : i + 1000])
-        print(
-            f"{args.tenants} tenants, {args.events} events each over a day (those of the last "
-            f"6 hours kept), loaded in {time.perf_counter() - started:.1f} s"
-        )
-        batch = events[:1000]
-        last = tenants[-1]
-        real = services.held_batch_repair
+    now = datetime.now(UTC)
+    since = now - timedelta(hours=6)
+    started = time.perf_counter()
+    tenants = []
+    with unscoped():
+        for t in range(tenant_count):
+            tenant = tenant_create(slug=f"rec{t}")
+            tenants.append(tenant)
+            events = list(demo.demo_events(count=count, days=1, end=now, seed=t))
+            events = [e for e in events if e.occurred_at >= since] or events[:1000]
+            for i in range(0, len(events), 1000):
+                services.usage_record_batch(tenant=tenant, events=events[i : i + 1000])
+    print(
+        f"{tenant_count} tenants, {count} events each over a day (those of the last "
+        f"6 hours kept), loaded in {time.perf_counter() - started:.1f} s"
+    )
+    batch = events[:1000]
+    last = tenants[-1]
+    real = services.held_batch_repair
 
-        def resend(compare: bool) -> None:
-            services.held_batch_repair = real if compare else lambda **kwargs: []  # type: ignore[assignment]
-            try:
-                services.usage_record_batch(tenant=last, events=batch)
-            finally:
-                services.held_batch_repair = real
+    def resend(compare: bool) -> None:
+        services.held_batch_repair = real if compare else lambda **kwargs: []  # type: ignore[assignment]
+        try:
+            services.usage_record_batch(tenant=last, events=batch)
+        finally:
+            services.held_batch_repair = real
 
-        times: dict[bool, list[float]] = {True: [], False: []}
-        with unscoped():
-            for _ in range(15):  # alternated, so the machine's load falls on both alike
-                for compare in (True, False):
-                    times[compare].append(median_ms(lambda c=compare: resend(c), 1))
-            hours = {int(e.occurred_at.timestamp()) // 3600 for e in batch}
-            with tenant_context(last), transaction.atomic():
-                alone = median_ms(lambda: storereconcile._repair(store, last, hours), 15)
-        print(
-            f"a resent {len(batch)}-event batch (all held, {len(hours)} hours): "
-            f"{statistics.median(times[True]):.1f} ms with the retry's comparison, "
-            f"{statistics.median(times[False]):.1f} ms without; the comparison alone {alone:.1f} ms"
-        )
-        idle = median_ms(lambda: storereconcile.store_reconcile(store=store, since=since), 7)
-        print(f"reconcile, last 6 hours, every tenant, nothing to do: {idle:.1f} ms")
+    times: dict[bool, list[float]] = {True: [], False: []}
+    with unscoped():
+        for _ in range(15):  # alternated, so the machine's load falls on both alike
+            for compare in (True, False):
+                times[compare].append(median_ms(lambda c=compare: resend(c), 1))
+        hours = {int(e.occurred_at.timestamp()) // 3600 for e in batch}
+        with tenant_context(last), transaction.atomic():
+            alone = median_ms(lambda: storereconcile._repair(store, last, hours), 15)
+    print(
+        f"a resent {len(batch)}-event batch (all held, {len(hours)} hours): "
+        f"{statistics.median(times[True]):.1f} ms with the retry's comparison, "
+        f"{statistics.median(times[False]):.1f} ms without; the comparison alone {alone:.1f} ms"
+    )
+    idle = median_ms(lambda: storereconcile.store_reconcile(store=store, since=since), 7)
+    print(f"reconcile, last 6 hours, every tenant, nothing to do: {idle:.1f} ms")
 
-        class LostCommit(Exception):
+    class LostCommit(Exception):
+        pass
+
+    fresh = [replace(e, event_id=f"lost-{i}") for i, e in enumerate(batch)]
+    with unscoped():
+        try:
+            with transaction.atomic():
+                services.usage_record_batch(tenant=tenants[0], events=fresh)
+                raise LostCommit
+        except LostCommit:
             pass
-
-        fresh = [replace(e, event_id=f"lost-{i}") for i, e in enumerate(batch)]
-        with unscoped():
-            try:
-                with transaction.atomic():
-                    services.usage_record_batch(tenant=tenants[0], events=fresh)
-                    raise LostCommit
-            except LostCommit:
-                pass
-        started = time.perf_counter()
-        report = storereconcile.store_reconcile(store=store, since=since)
-        repair = (time.perf_counter() - started) * 1000
-        print(
-            f"reconcile repairing a lost {len(fresh)}-event batch: {repair:.1f} ms "
-            f"({report.tenants_repaired} tenant, {report.hours_repaired} hours rebuilt)"
-        )
-        load = os.getloadavg()
-        print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    finally:
-        server.stop()
+    started = time.perf_counter()
+    report = storereconcile.store_reconcile(store=store, since=since)
+    repair = (time.perf_counter() - started) * 1000
+    print(
+        f"reconcile repairing a lost {len(fresh)}-event batch: {repair:.1f} ms "
+        f"({report.tenants_repaired} tenant, {report.hours_repaired} hours rebuilt)"
+    )
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":
