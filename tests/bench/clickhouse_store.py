@@ -42,19 +42,26 @@ def prepare_database(db: str) -> None:
         conn.execute(f"CREATE DATABASE {db} OWNER costmon_app")
 
 
-@contextlib.contextmanager
-def clickhouse_only(db: str, redis_db: int, name: str, *, buffered: bool = False) -> Iterator[Any]:
-    """Django on a scratch PostgreSQL database (`db`, made afresh and migrated) and a flushed
-    Redis database, the global catalog loaded, and a clickhouse-server of its own as the event
-    store (database `name`, schema made): yields the store, stops the server at the end."""
+def bench_environment(db: str, redis_db: int) -> None:
+    """The environment of a bench script run before Django starts: the scratch PostgreSQL
+    database `db` made afresh (acting as `costmon_app`, so row-level security is on), the Redis
+    database `redis_db`, and no event store chosen yet."""
     os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{db}"
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
     os.environ.setdefault("DATABASE_ROLE", "costmon_app")
     os.environ.setdefault("SECRET_KEY", "ch-bench")
     os.environ["DJANGO_SETTINGS_MODULE"] = "costmon.settings"
     os.environ.pop("COSTMON_EVENT_STORE_URL", None)
-    os.environ["COSTMON_CLICKHOUSE_BUFFER"] = "1" if buffered else "0"
     prepare_database(db)
+
+
+@contextlib.contextmanager
+def clickhouse_only(db: str, redis_db: int, name: str, *, buffered: bool = False) -> Iterator[Any]:
+    """Django on a scratch PostgreSQL database (`db`, made afresh and migrated) and a flushed
+    Redis database, the global catalog loaded, and a clickhouse-server of its own as the event
+    store (database `name`, schema made): yields the store, stops the server at the end."""
+    bench_environment(db, redis_db)
+    os.environ["COSTMON_CLICKHOUSE_BUFFER"] = "1" if buffered else "0"
 
     import django
 
@@ -102,13 +109,7 @@ def main() -> None:
     parser.add_argument("--db", default="costmon_chbench")
     parser.add_argument("--redis", type=int, default=9)
     args = parser.parse_args()
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.db}"
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis}"
-    os.environ.setdefault("DATABASE_ROLE", "costmon_app")
-    os.environ.setdefault("SECRET_KEY", "ch-bench")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "costmon.settings"
-    os.environ.pop("COSTMON_EVENT_STORE_URL", None)
-    prepare_database(args.db)
+    bench_environment(args.db, args.redis)
 
     import django
 
