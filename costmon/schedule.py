@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
@@ -136,9 +137,29 @@ SCHEDULE: list[Periodic] = [
     ),
 ]
 
+# Only with the ClickHouse event store (COSTMON_EVENT_STORE_URL set): `schedule_entries`.
+CLICKHOUSE_SCHEDULE: list[Periodic] = [
+    Periodic(
+        "usage: reconcile PostgreSQL's rollups with ClickHouse",
+        "usage.tasks.reconcile_store_rollups",
+        "A batch whose PostgreSQL COMMIT failed after ClickHouse took its events is missing from "
+        "PostgreSQL's rollups and the budget counters, and a retry (repaired at once) may never "
+        "come: every 10 minutes the last COSTMON_CLICKHOUSE_RECONCILE_HOURS hours are compared "
+        "(one query per shard and one in PostgreSQL) and only a tenant that is short is rebuilt.",
+        every=timedelta(minutes=10),
+    ),
+]
+
+
+def schedule_entries() -> list[Periodic]:
+    """The periodic tasks of this deployment: SCHEDULE, and the event store's."""
+    if settings.COSTMON_EVENT_STORE_URL:
+        return [*SCHEDULE, *CLICKHOUSE_SCHEDULE]
+    return list(SCHEDULE)
+
 
 def schedule_sync(entries: list[Periodic] | None = None) -> dict[str, int]:
-    entries = SCHEDULE if entries is None else entries
+    entries = schedule_entries() if entries is None else entries
     report = {"created": 0, "updated": 0, "disabled": 0}
     with transaction.atomic():
         for entry in entries:

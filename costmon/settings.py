@@ -220,6 +220,9 @@ COSTMON_CLICKHOUSE_SHARDS = env_str("COSTMON_CLICKHOUSE_SHARDS") or ""
 # Small inserts (single events) through ClickHouse's Buffer table: far fewer parts, at the cost
 # of losing what the buffer holds (2 s at most) if ClickHouse stops abnormally (README, "Buffer").
 COSTMON_CLICKHOUSE_BUFFER = env_bool("COSTMON_CLICKHOUSE_BUFFER", False)
+# How many recent UTC hours the ClickHouse store's reconcile compares with PostgreSQL's rollups
+# (README, "Scaling out": a batch whose PostgreSQL COMMIT was lost after ClickHouse took it).
+COSTMON_CLICKHOUSE_RECONCILE_HOURS = env_int("COSTMON_CLICKHOUSE_RECONCILE_HOURS", 6, minimum=1)
 # How long a pre-flight check's reservation holds budget before it expires unsettled.
 COSTMON_RESERVATION_SECONDS = env_int("COSTMON_RESERVATION_SECONDS", 300, minimum=1)
 # How long a looked-up price catalog stays in a process before it is read again.

@@ -39,6 +39,7 @@ from usage.signals import (
     batch_recorded,
 )
 from usage.storage import stamps_keep
+from usage.storereconcile import held_batch_repair
 from usage.transactions import IngestLock, ingest_lock, pipeline_usable, write_transaction
 
 log = structlog.get_logger(__name__)
@@ -108,6 +109,8 @@ def usage_record_batch(
                 if batch is None:
                     with write_transaction(lock, pipeline=pipelined):
                         inserted = store.insert_new(rows)
+                        if len(inserted) < len(rows):  # a resend: what a lost COMMIT left
+                            held_batch_repair(store=store, tenant=tenant, rows=rows)
                         batch = _recorded_batch(tenant, firsts, rows, inserted)
                         if batch.rows:
                             _send_committing(batch)

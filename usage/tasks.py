@@ -14,12 +14,22 @@ from django.conf import settings
 from django.utils import timezone
 
 from costmon.core.exceptions import DomainError
+from usage.eventstore.base import StoreUnavailable
+from usage.eventstore.clickhouse import ClickHouseStore
+from usage.eventstore.current import event_store
 from usage.maintenance import usage_events_purge
 from usage.prices import price_sync_failed, prices_sync, read_price_list
 from usage.repricing import reprice_unpriced_usage
 from usage.storage import events_partitions_ahead, stamps_forget_before, usage_analyze
+from usage.storereconcile import store_reconcile
 
-__all__ = ["apply_retention", "create_event_partitions", "reprice_unpriced_usage", "sync_prices"]
+__all__ = [
+    "apply_retention",
+    "create_event_partitions",
+    "reconcile_store_rollups",
+    "reprice_unpriced_usage",
+    "sync_prices",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -69,3 +79,20 @@ def sync_prices() -> int | None:
         price_sync_failed(source=url, format=format, error=exc.message)
         return None
     return sync.pk
+
+
+@shared_task(ignore_result=True)
+def reconcile_store_rollups() -> int:
+    """ClickHouse store: repair PostgreSQL's rollups of the recent hours
+    (COSTMON_CLICKHOUSE_RECONCILE_HOURS) that a lost COMMIT left short (`usage.storereconcile`);
+    the hours repaired. Nothing to do on the PostgreSQL store."""
+    store = event_store()
+    if not isinstance(store, ClickHouseStore):
+        return 0
+    since = timezone.now() - timedelta(hours=settings.COSTMON_CLICKHOUSE_RECONCILE_HOURS)
+    try:
+        return store_reconcile(store=store, since=since).hours_repaired
+    except StoreUnavailable as exc:
+        # ClickHouse restarting: the next run, 10 minutes on, compares the same hours again.
+        log.warning("store_reconcile_skipped", error=str(exc))
+        return 0

@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.clickhouse_store import prepare_database  # noqa: E402
+from tests.bench.clickhouse_store import bench_environment  # noqa: E402
 
 DATABASE = "costmon_rollbench"
 
@@ -39,13 +39,7 @@ def main() -> None:
     parser.add_argument("--db", default="costmon_chrollups")
     parser.add_argument("--redis", type=int, default=9)
     args = parser.parse_args()
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.db}"
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis}"
-    os.environ.setdefault("DATABASE_ROLE", "costmon_app")
-    os.environ.setdefault("SECRET_KEY", "ch-bench")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "costmon.settings"
-    os.environ.pop("COSTMON_EVENT_STORE_URL", None)
-    prepare_database(args.db)
+    bench_environment(args.db, args.redis)
 
     import django
 

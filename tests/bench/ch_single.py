@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.clickhouse_store import prepare_database  # noqa: E402
+from tests.bench.clickhouse_store import bench_environment  # noqa: E402
 
 
 def server_cpu(pid: int) -> float:
@@ -43,14 +43,8 @@ def main() -> None:
         "--buffer", action="store_true", help="small inserts through the Buffer table"
     )
     args = parser.parse_args()
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.db}"
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis}"
-    os.environ.setdefault("DATABASE_ROLE", "costmon_app")
-    os.environ.setdefault("SECRET_KEY", "ch-bench")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "costmon.settings"
-    os.environ.pop("COSTMON_EVENT_STORE_URL", None)
     os.environ["COSTMON_CLICKHOUSE_BUFFER"] = "1" if args.buffer else "0"
-    prepare_database(args.db)
+    bench_environment(args.db, args.redis)
 
     import django
 

@@ -15,13 +15,16 @@ event list's first page (100 events), through the Django stack in process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -37,6 +40,56 @@ def prepare_database(db: str) -> None:
         )
         conn.execute(f"DROP DATABASE IF EXISTS {db}")
         conn.execute(f"CREATE DATABASE {db} OWNER costmon_app")
+
+
+def bench_environment(db: str, redis_db: int) -> None:
+    """The environment of a bench script run before Django starts: the scratch PostgreSQL
+    database `db` made afresh (acting as `costmon_app`, so row-level security is on), the Redis
+    database `redis_db`, and no event store chosen yet."""
+    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{db}"
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
+    os.environ.setdefault("DATABASE_ROLE", "costmon_app")
+    os.environ.setdefault("SECRET_KEY", "ch-bench")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "costmon.settings"
+    os.environ.pop("COSTMON_EVENT_STORE_URL", None)
+    prepare_database(db)
+
+
+@contextlib.contextmanager
+def clickhouse_only(db: str, redis_db: int, name: str, *, buffered: bool = False) -> Iterator[Any]:
+    """Django on a scratch PostgreSQL database (`db`, made afresh and migrated) and a flushed
+    Redis database, the global catalog loaded, and a clickhouse-server of its own as the event
+    store (database `name`, schema made): yields the store, stops the server at the end."""
+    bench_environment(db, redis_db)
+    os.environ["COSTMON_CLICKHOUSE_BUFFER"] = "1" if buffered else "0"
+
+    import django
+
+    django.setup()
+    import redis
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from costmon.core.tenancy import unscoped
+    from tests.clickhouse import Server, binary
+    from usage.eventstore import current
+    from usage.prices import prices_sync, read_price_file
+
+    if binary() is None:
+        sys.exit("clickhouse-server is not installed (apt-get install clickhouse-server)")
+    call_command("migrate", verbosity=0)
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    server = Server(Path(tempfile.mkdtemp(prefix=f"costmon-{name}-")))
+    try:
+        with unscoped():
+            prices_sync(price_list=read_price_file(str(ROOT / "usage" / "data" / "prices.json")))
+        settings.COSTMON_EVENT_STORE_URL = f"clickhouse://127.0.0.1:{server.port}/{name}"
+        current.forget()
+        store = current.event_store()
+        store.create_schema()  # type: ignore[attr-defined]
+        yield store
+    finally:
+        server.stop()
 
 
 def timed(client, url: str, repeat: int = 15) -> float:
@@ -56,13 +109,7 @@ def main() -> None:
     parser.add_argument("--db", default="costmon_chbench")
     parser.add_argument("--redis", type=int, default=9)
     args = parser.parse_args()
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.db}"
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis}"
-    os.environ.setdefault("DATABASE_ROLE", "costmon_app")
-    os.environ.setdefault("SECRET_KEY", "ch-bench")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "costmon.settings"
-    os.environ.pop("COSTMON_EVENT_STORE_URL", None)
-    prepare_database(args.db)
+    bench_environment(args.db, args.redis)
 
     import django
 

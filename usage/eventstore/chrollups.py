@@ -167,6 +167,23 @@ def rollup_sums_by_key(
     return _keyed(tenant_id, found)
 
 
+def rollup_sums_by_model(
+    connections: Connections, index: int, lo: int, hi: int, *, tenant_id: int | None = None
+) -> list[tuple[Any, ...]]:
+    """The rollups of shard `index` from `lo` to `hi` (unix seconds) by tenant, hour number
+    and model key (`ModelHourlyRollup`'s), then the sums: one tenant's, or (staff code, None)
+    every tenant's there, read through the buffer (`usage.storereconcile` compares them)."""
+    where = _hours_where("hour", lo, hi, None)
+    if tenant_id is not None:
+        where = f"{tenant_where(tenant_id)} AND {where}"
+    return connections.execute(
+        index,
+        "SELECT tenant_id, intDiv(toUInt32(hour), 3600) AS h, provider_id, model_id, "
+        f"operation_id, {_SUMMED} FROM {ROLLUPS_BUFFER} WHERE {where} "
+        "GROUP BY tenant_id, h, provider_id, model_id, operation_id",
+    )
+
+
 def difference(wanted: Sums, held: Sums) -> Sums:
     """`wanted` minus `held`, per key; keys whose difference is all zeros are left out."""
     diff: Sums = {}

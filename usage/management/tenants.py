@@ -1,6 +1,8 @@
-"""What the event-store commands share: the tenants a run covers."""
+"""What the event-store commands share: the tenants a run covers, times given as options."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from django.core.management.base import CommandError
 
@@ -16,3 +18,14 @@ def tenants_chosen(slug: str | None) -> list[Tenant]:
     if slug and not chosen:
         raise CommandError(f"No tenant {slug!r}.")
     return chosen
+
+
+def moment_option(value: str | None, option: str) -> datetime | None:
+    """An option's ISO date or time (UTC unless it says), None when not given."""
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise CommandError(f"{option}: not an ISO date or time: {value!r}") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -11,17 +10,7 @@ from usage.eventstore.base import StoreUnavailable
 from usage.eventstore.chrebuild import RollupReport, rollups_rebuild
 from usage.eventstore.clickhouse import ClickHouseStore
 from usage.eventstore.current import event_store
-from usage.management.tenants import tenants_chosen
-
-
-def _moment(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise CommandError(f"{option}: not an ISO date or time: {value!r}") from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+from usage.management.tenants import moment_option, tenants_chosen
 
 
 class Command(BaseCommand):
@@ -44,8 +33,8 @@ class Command(BaseCommand):
                 "Only the ClickHouse event store keeps rollups of its own: set "
                 "COSTMON_EVENT_STORE_URL=clickhouse://host:9000/database."
             )
-        since = _moment(options["since"], "--since")
-        until = _moment(options["until"], "--until")
+        since = moment_option(options["since"], "--since")
+        until = moment_option(options["until"], "--until")
         if since and until and since >= until:
             raise CommandError("--since must be before --until.")
         tenants = tenants_chosen(options["tenant"])

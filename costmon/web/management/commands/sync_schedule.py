@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from costmon.schedule import SCHEDULE, schedule_sync
+from costmon.schedule import schedule_entries, schedule_sync
 
 
 class Command(BaseCommand):
@@ -13,6 +13,6 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         report = schedule_sync()
         self.stdout.write(
-            f"{len(SCHEDULE)} periodic tasks: {report['created']} created, {report['updated']} updated, "
+            f"{len(schedule_entries())} periodic tasks: {report['created']} created, {report['updated']} updated, "
             f"{report['disabled']} no longer in the code disabled."
         )
