@@ -107,13 +107,14 @@ def test_the_committer_runs_the_marks_left_when_it_stops(acme, outsider, forgott
     settled.generations(acme.pk), settled.generations(outsider.pk)
     committer = grouping.GroupCommitter(marks_seconds=3600)
     try:
-        # The first marks after a quiet while run with their group...
+        # The first marks after a quiet while run right after their group (maybe after its
+        # answer: a request does not wait for them), before the committer takes the next...
         committer.record(tenant=acme, events=waiting(acme, "a", at=old).events, api_key_id=None)
-        first = cache_get_many([settled._GENERATION.format(t.pk) for t in (acme, outsider)])
-        assert forgotten == [(acme.pk, False)]
-        # ...the next wait for the committer's next run, here when it stops.
         committer.record(tenant=acme, events=waiting(acme, "b", at=old).events, api_key_id=None)
         assert forgotten == [(acme.pk, False)]
+        first = cache_get_many([settled._GENERATION.format(t.pk) for t in (acme, outsider)])
+        # ...whose marks wait for the committer's next run, here when it stops.
+        assert len(committer.marks) == 2  # acme's kept sums, Prometheus's settled hours
     finally:
         committer.shutdown()
     assert forgotten == [(acme.pk, False), (acme.pk, False)]
