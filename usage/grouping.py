@@ -9,6 +9,11 @@ durably, priced and counted; only the round trips are shared. Two requests with 
 event_id in one group are answered as if one came after the other: the first stored, the
 second a duplicate.
 
+The receivers' marks of cached sums (an event in a past day or a settled hour,
+`costmon.core.marks`) are not sent per group: the committer runs them, each once, at most every
+`MARKS_SECONDS` (and when its queue goes quiet, or it stops), always after the commits that
+asked for them. Rollups and counters are part of each group's commit as before.
+
 A group that fails is stored again request by request, so one request's failure (a deadlock,
 a bad reservation) is answered to that request only. Off unless COSTMON_INGEST_GROUP_COMMIT is
 set (gunicorn's config sets it): a process serving one request at a time gains nothing.
@@ -16,6 +21,7 @@ set (gunicorn's config sets it): a process serving one request at a time gains n
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -28,6 +34,7 @@ import structlog
 from django.conf import settings
 from django.db import close_old_connections, connections
 
+from costmon.core.marks import Marks, marks_deferred
 from costmon.core.models import Tenant
 from usage.ingest import EventIn
 from usage.services import EventResult, usage_record_batch
@@ -40,6 +47,9 @@ GROUPED_MAX_EVENTS = 20
 GROUP_MAX_EVENTS = 1000
 # How often the committer looks whether its database connection is still good.
 _CONNECTION_CHECK_SECONDS = 5.0
+# The most often the committer runs the marks its groups left (a Redis round trip each time):
+# the kept sums a late event changed are forgotten within this long of its commit.
+MARKS_SECONDS = 0.25
 
 
 @dataclass(slots=True)
@@ -53,8 +63,13 @@ class _Waiting:
 class GroupCommitter:
     """One per process; its thread starts on the first request (and again after a fork)."""
 
-    def __init__(self, *, max_events: int = GROUP_MAX_EVENTS) -> None:
+    def __init__(
+        self, *, max_events: int = GROUP_MAX_EVENTS, marks_seconds: float = MARKS_SECONDS
+    ) -> None:
         self.max_events = max_events
+        self.marks_seconds = marks_seconds
+        self.marks = Marks()  # left by the groups stored, for `run_marks`
+        self._marked = -math.inf  # when `run_marks` last ran (time.monotonic)
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -97,8 +112,9 @@ class GroupCommitter:
     def _run(self) -> None:
         checked = time.monotonic()
         while True:
-            first = self._queue.get()
+            first = self._next()
             if first is None:
+                self.run_marks()
                 connections.close_all()
                 return
             waiting, count, stop = [first], len(first.events), False
@@ -119,7 +135,10 @@ class GroupCommitter:
                     if not w.future.done():
                         w.future.set_exception(exc)
                 raise
+            if self.marks and time.monotonic() - self._marked >= self.marks_seconds:
+                self.run_marks()
             if stop:
+                self.run_marks()
                 connections.close_all()
                 return
             if failed or time.monotonic() - checked > _CONNECTION_CHECK_SECONDS:
@@ -127,14 +146,31 @@ class GroupCommitter:
                 close_old_connections()
                 checked = time.monotonic()
 
+    def _next(self) -> _Waiting | None:
+        """The next request waiting; with marks left, the wait ends in time to run them."""
+        while self.marks:
+            due = self._marked + self.marks_seconds - time.monotonic()
+            try:
+                return self._queue.get(timeout=max(due, 0.001))
+            except queue.Empty:
+                self.run_marks()
+        return self._queue.get()
+
+    def run_marks(self) -> None:
+        """Run the marks the groups stored so far left (all committed)."""
+        self._marked = time.monotonic()
+        self.marks.run()
+
     def commit(self, waiting: list[_Waiting]) -> bool:
-        """Store the requests waiting, a group per tenant and key; True if any failed."""
+        """Store the requests waiting, a group per tenant and key; True if any failed. The
+        groups' marks of cached sums wait in `marks`."""
         groups: dict[tuple[int, int | None], list[_Waiting]] = {}
         for w in waiting:
             groups.setdefault((w.tenant.pk, w.api_key_id), []).append(w)
         failed = False
-        for group in groups.values():
-            failed |= self._commit_group(group)
+        with marks_deferred(self.marks):
+            for group in groups.values():
+                failed |= self._commit_group(group)
         return failed
 
     def _commit_group(self, group: list[_Waiting]) -> bool:

@@ -24,6 +24,7 @@ long a bump lost to a cache outage can leave a figure behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from costmon.core.cache import cache_add, cache_get_many, cache_set
+from costmon.core.marks import mark_soon
 from costmon.core.models import Tenant
 from costmon.core.periods import TimeRange, local_midnight, tenant_zone
 from usage.signals import BulkLoaded, RecordedBatch, settled_sums_forgotten
@@ -186,10 +188,12 @@ def usage_recorded(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
     tz = tenant_zone(batch.tenant)
     now = timezone.now() + CLOCK_MARGIN
     earliest = min(batch.hours)
+    # Soon rather than now in a group commit (`costmon.core.marks`): once for many batches.
     if earliest < recent_start(tz, now):
-        bump(batch.tenant.pk)
+        mark_soon(("dashboard.bump", batch.tenant.pk), functools.partial(bump, batch.tenant.pk))
     elif earliest < settled_end(tz, now):
-        bump_recent(batch.tenant.pk)
+        tenant_id = batch.tenant.pk
+        mark_soon(("dashboard.bump_recent", tenant_id), functools.partial(bump_recent, tenant_id))
 
 
 def usage_loaded(sender: Any, *, load: BulkLoaded, **kwargs: Any) -> None:

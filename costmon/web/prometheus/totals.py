@@ -29,6 +29,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from costmon.core.cache import cache_delete, cache_get, cache_set
+from costmon.core.marks import mark_soon
 from costmon.core.models import Tenant
 from costmon.core.tenancy import unscoped
 from usage.models import ModelHourlyRollup
@@ -94,7 +95,11 @@ def usage_recorded(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
     """`usage.signals.batch_recorded`: events that landed in a settled hour make the cached sums
     stale."""
     if min(batch.hours) < settled_before(timezone.now()):
-        cache_set(_STALE_KEY, True, RESUM_SECONDS)
+        mark_soon(_STALE_KEY, _mark_stale)
+
+
+def _mark_stale() -> None:
+    cache_set(_STALE_KEY, True, RESUM_SECONDS)
 
 
 def usage_sums_refresh(*, now: datetime | None = None) -> Settled:
