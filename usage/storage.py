@@ -425,12 +425,20 @@ def with_rollups(insert: str, *, tags: bool = False) -> str:
         f"end_user_id, {sums} FROM fresh GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 "
         f"ON CONFLICT ({', '.join(USER_DAY_KEY)}) DO UPDATE SET {add})"
     )
+    # The tag rollups: the events summed by model and tag set first (a batch has a few tag
+    # sets), then each group's sums added once per tag of its set, so a tag set is read and
+    # expanded once per group instead of once per event.
     tag_columns = ", ".join(TAG_ROLLUP_KEY)
+    model_key = ", ".join(MODEL_ROLLUP_KEY)
+    by_set = ", ".join(f"{ROLLUP_SQL[c]} AS {c}" for c in ROLLUP_SUMS)
     parts.append(
         f"by_tag AS (INSERT INTO {TagHourlyRollup._meta.db_table} AS r ({tag_columns}, "
-        f"{', '.join(ROLLUP_SUMS)}) SELECT {tag_columns}, {sums} FROM fresh, jsonb_each_text("
-        f"(SELECT s.tags FROM {TagSet._meta.db_table} s WHERE s.id = fresh.tag_set_id)) "
-        "AS t(tag_name, tag_value) "
+        f"{', '.join(ROLLUP_SUMS)}) SELECT {', '.join(f'g.{c}' for c in MODEL_ROLLUP_KEY)}, "
+        f"t.tag_name, t.tag_value, {', '.join(f'sum(g.{c})' for c in ROLLUP_SUMS)} "
+        f"FROM (SELECT {model_key}, tag_set_id, {by_set} FROM fresh "
+        "WHERE tag_set_id IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6) g "
+        f"JOIN {TagSet._meta.db_table} s ON s.id = g.tag_set_id, "
+        "jsonb_each_text(s.tags) AS t(tag_name, tag_value) "
         "GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7 "
         f"ON CONFLICT ({tag_columns}) DO UPDATE SET {add})"
     )
