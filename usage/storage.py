@@ -45,6 +45,7 @@ from usage.rollups import (
     ROLLUP_KEY,
     ROLLUP_SQL,
     ROLLUP_SUMS,
+    SUMMED_EVENT_COLUMNS,
     TAG_ROLLUP_KEY,
     USER_DAY_KEY,
     aggregate,
@@ -385,6 +386,20 @@ def usage_analyze() -> None:
         cursor.execute(f"ANALYZE {UsageEvent._meta.db_table}, {HourlyRollup._meta.db_table}")
 
 
+# The events' columns the rollups are summed from (`with_rollups`): the keys but the hour, the
+# time (hour and day), the tag set and the summed columns.
+_ROLLED_UP_COLUMNS = tuple(
+    dict.fromkeys(
+        (
+            *(c for c in ROLLUP_KEY if c != "hour"),
+            "occurred_at",
+            "tag_set_id",
+            *SUMMED_EVENT_COLUMNS,
+        )
+    )
+)
+
+
 def with_rollups(insert: str, *, tags: bool = False) -> str:
     """PostgreSQL: `WITH fresh AS (<insert> RETURNING ...), ...`: the statement that stores
     events also adds exactly the rows it inserted to both rollup tables (and with `tags`, to the
@@ -401,7 +416,10 @@ def with_rollups(insert: str, *, tags: bool = False) -> str:
     sums = ", ".join(ROLLUP_SQL[c] for c in ROLLUP_SUMS)
     # Without spaces: the statement stays under psycopg's limit with its coalesces.
     add = ", ".join(f"{c}=r.{c}+excluded.{c}" for c in ROLLUP_SUMS)
-    parts = [f"WITH fresh AS ({insert} RETURNING *, {hour})"]
+    # What the rollups read of the inserted rows: with `tags` just those columns (the CTE holds
+    # a third less); without, `*` keeps ingest's other statement under psycopg's limit.
+    returned = ", ".join(_ROLLED_UP_COLUMNS) if tags else "*"
+    parts = [f"WITH fresh AS ({insert} RETURNING {returned}, {hour})"]
     for name, model, key in (
         ("hourly", HourlyRollup, ROLLUP_KEY),
         ("by_model", ModelHourlyRollup, MODEL_ROLLUP_KEY),
