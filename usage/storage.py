@@ -408,8 +408,8 @@ def with_rollups(insert: str, *, tags: bool = False) -> str:
     with a SELECT from `fresh`.
 
     `insert` is an `INSERT INTO usage_usageevent ... ON CONFLICT DO NOTHING` without RETURNING.
-    Rows go in key order, as `rollups_add` does, so concurrent batches lock them in the same
-    order and never deadlock. The text stays under psycopg's 4 kB limit for caching a parsed
+    Rows go in key order, as `rollups_add` does, and tables in one order (`_written_in_order`),
+    so concurrent batches lock them in the same order and never deadlock. The text stays under psycopg's 4 kB limit for caching a parsed
     statement (a longer one is parsed again on every call, about 1 ms).
     """
     hour = "date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour"
@@ -433,7 +433,7 @@ def with_rollups(insert: str, *, tags: bool = False) -> str:
             f"ON CONFLICT ({columns}) DO UPDATE SET {add})"
         )
     if not tags:
-        return ", ".join(parts)
+        return _written_in_order(parts)
     # `tags=True` (the bulk loader: one statement per chunk, its length does not matter): the
     # daily sums by end user, and the tag rollups once per tag of each event's tag set.
     day = "date_trunc('day', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
@@ -460,4 +460,14 @@ def with_rollups(insert: str, *, tags: bool = False) -> str:
         "GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7 "
         f"ON CONFLICT ({tag_columns}) DO UPDATE SET {add})"
     )
-    return ", ".join(parts)
+    return _written_in_order(parts)
+
+
+def _written_in_order(parts: list[str]) -> str:
+    """`fresh`, then the rollups' CTEs last first: PostgreSQL runs a statement's data-modifying
+    CTEs that the final SELECT does not read in the reverse of their order in the text. So the
+    tables are written hourly, by model, by end user and day, by tag, the order of ingest's
+    other path (this insert, then `events_insert`'s upserts): two batches never lock rows of
+    two tables crosswise. The rows every concurrent batch of the hour shares (by model, by tag)
+    are locked late, held for less of the transaction."""
+    return ", ".join([parts[0], *reversed(parts[1:])])
