@@ -88,25 +88,27 @@ def budget_field(spec: BudgetSpec, *, end_user: str = "") -> str:
     return scope.counter_field(spec.value, end_user, spec.api_key_id)
 
 
+def end_user_field(end_user: str) -> str:
+    """The field of one end user's spend (every event adds to its end user's)."""
+    return f"u:{end_user}"
+
+
 def event_fields(
     *,
     provider: str,
     model: str,
     operation: str,
-    end_user: str,
+    end_user: str | None,
     api_key_id: int,
     tags: dict[str, str] | None,
     tag_names: frozenset[str],
     local_hour: int,
 ) -> list[str]:
-    """Every counter field one event adds to."""
-    fields = [
-        "t",
-        f"h:{local_hour:02d}",
-        f"p:{provider.lower()}",
-        f"o:{operation}",
-        f"u:{end_user}",
-    ]
+    """Every counter field one event adds to; with `end_user` None, all but its end user's
+    (`end_user_field`: summed apart by callers that group many end users' events)."""
+    fields = ["t", f"h:{local_hour:02d}", f"p:{provider.lower()}", f"o:{operation}"]
+    if end_user is not None:
+        fields.append(end_user_field(end_user))
     if api_key_id:
         fields.append(f"k:{api_key_id}")
     fields.extend(f"m:{name}" for name in dict.fromkeys(candidate_names(model)))

@@ -53,44 +53,49 @@ def update_of(tenant: Tenant, rows: Sequence[RecordedRow]) -> Update:
     """The counters' share of freshly stored rows (a `RecordedBatch`'s)."""
     conf = tenant_config.for_tenant(tenant.pk)
     tz = tenant_zone(tenant)
-    tag_names = sorted(conf.tag_names)
-    # Events of a batch share a few hours and names: sum them per group first, then name the
-    # counter fields once per group.
+    tag_names = tuple(sorted(conf.tag_names))
+    no_tags = (None,) * len(tag_names)
+    # Events of a batch share a few hours, names and tag values but spread over many end
+    # users: sum them per group of everything but the end user, and per end user and hour
+    # apart, then name the counter fields once per group (by the number of the UTC hour).
     groups: dict[tuple[Any, ...], int] = defaultdict(int)
-    # (local day, local hour, UTC day, UTC hour) by the number of the UTC hour: a batch's
-    # events fall in a few hours, and time zone arithmetic per event would cost more than
-    # the rest of this loop.
-    hours: dict[int, tuple[date, int, date, int]] = {}
+    users: dict[tuple[int, str], int] = defaultdict(int)
     for row in rows:
         cost = row.cost_nanos
         if cost:
-            tags = row.tags or {}
             # By the hour of the rollup the event lands in, as a rebuild from the rollups and
             # the database's answers count it (they differ only in zones with half hours).
             number = int(row.occurred_at.timestamp()) // 3600
-            when = hours.get(number)
-            if when is None:
-                utc = datetime.fromtimestamp(number * 3600, UTC)
-                local = utc.astimezone(tz)
-                when = hours[number] = (local.date(), local.hour, utc.date(), utc.hour)
+            tags = row.tags
             groups[
                 (
-                    *when,
-                    (row.provider, row.model, row.operation, row.end_user),
+                    number,
+                    row.provider,
+                    row.model,
+                    row.operation,
                     row.api_key_id,
-                    tuple(tags.get(name) for name in tag_names) if tag_names else (),
+                    tuple(map(tags.get, tag_names)) if tags else no_tags,
                 )
             ] += cost
+            users[(number, row.end_user)] += cost
+    # (local day, local hour, UTC day, UTC hour) by the number of the UTC hour: time zone
+    # arithmetic per event would cost more than the rest of the loops.
+    hours: dict[int, tuple[date, int, date, int]] = {}
+    for number, _ in users:
+        if number not in hours:
+            utc = datetime.fromtimestamp(number * 3600, UTC)
+            local = utc.astimezone(tz)
+            hours[number] = (local.date(), local.hour, utc.date(), utc.hour)
     days: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     utc_days: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for (day, hour, utc_day, utc_hour, names, api_key_id, tag_values), cost in groups.items():
-        provider, model, operation, end_user = names
+    for (number, provider, model, operation, api_key_id, tag_values), cost in groups.items():
+        day, hour, utc_day, utc_hour = hours[number]
         fields = days[day]
         for name in counters.event_fields(
             provider=provider,
             model=model,
             operation=operation,
-            end_user=end_user,
+            end_user=None,
             api_key_id=api_key_id,
             tags={n: v for n, v in zip(tag_names, tag_values, strict=True) if v is not None},
             tag_names=conf.tag_names,
@@ -100,6 +105,8 @@ def update_of(tenant: Tenant, rows: Sequence[RecordedRow]) -> Update:
         total = utc_days[utc_day]
         total["t"] += cost
         total[f"h:{utc_hour:02d}"] += cost
+    for (number, end_user), cost in users.items():
+        days[hours[number][0]][counters.end_user_field(end_user)] += cost
     return Update(
         days={d: dict(f) for d, f in days.items()},
         utc_days={d: dict(f) for d, f in utc_days.items()},

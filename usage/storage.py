@@ -45,6 +45,7 @@ from usage.rollups import (
     ROLLUP_KEY,
     ROLLUP_SQL,
     ROLLUP_SUMS,
+    SUMMED_EVENT_COLUMNS,
     TAG_ROLLUP_KEY,
     USER_DAY_KEY,
     aggregate,
@@ -385,6 +386,20 @@ def usage_analyze() -> None:
         cursor.execute(f"ANALYZE {UsageEvent._meta.db_table}, {HourlyRollup._meta.db_table}")
 
 
+# The events' columns the rollups are summed from (`with_rollups`): the keys but the hour, the
+# time (hour and day), the tag set and the summed columns.
+_ROLLED_UP_COLUMNS = tuple(
+    dict.fromkeys(
+        (
+            *(c for c in ROLLUP_KEY if c != "hour"),
+            "occurred_at",
+            "tag_set_id",
+            *SUMMED_EVENT_COLUMNS,
+        )
+    )
+)
+
+
 def with_rollups(insert: str, *, tags: bool = False) -> str:
     """PostgreSQL: `WITH fresh AS (<insert> RETURNING ...), ...`: the statement that stores
     events also adds exactly the rows it inserted to both rollup tables (and with `tags`, to the
@@ -393,15 +408,18 @@ def with_rollups(insert: str, *, tags: bool = False) -> str:
     with a SELECT from `fresh`.
 
     `insert` is an `INSERT INTO usage_usageevent ... ON CONFLICT DO NOTHING` without RETURNING.
-    Rows go in key order, as `rollups_add` does, so concurrent batches lock them in the same
-    order and never deadlock. The text stays under psycopg's 4 kB limit for caching a parsed
+    Rows go in key order, as `rollups_add` does, and tables in one order (`_written_in_order`),
+    so concurrent batches lock them in the same order and never deadlock. The text stays under psycopg's 4 kB limit for caching a parsed
     statement (a longer one is parsed again on every call, about 1 ms).
     """
     hour = "date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour"
     sums = ", ".join(ROLLUP_SQL[c] for c in ROLLUP_SUMS)
     # Without spaces: the statement stays under psycopg's limit with its coalesces.
     add = ", ".join(f"{c}=r.{c}+excluded.{c}" for c in ROLLUP_SUMS)
-    parts = [f"WITH fresh AS ({insert} RETURNING *, {hour})"]
+    # What the rollups read of the inserted rows: with `tags` just those columns (the CTE holds
+    # a third less); without, `*` keeps ingest's other statement under psycopg's limit.
+    returned = ", ".join(_ROLLED_UP_COLUMNS) if tags else "*"
+    parts = [f"WITH fresh AS ({insert} RETURNING {returned}, {hour})"]
     for name, model, key in (
         ("hourly", HourlyRollup, ROLLUP_KEY),
         ("by_model", ModelHourlyRollup, MODEL_ROLLUP_KEY),
@@ -415,7 +433,7 @@ def with_rollups(insert: str, *, tags: bool = False) -> str:
             f"ON CONFLICT ({columns}) DO UPDATE SET {add})"
         )
     if not tags:
-        return ", ".join(parts)
+        return _written_in_order(parts)
     # `tags=True` (the bulk loader: one statement per chunk, its length does not matter): the
     # daily sums by end user, and the tag rollups once per tag of each event's tag set.
     day = "date_trunc('day', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
@@ -425,13 +443,31 @@ def with_rollups(insert: str, *, tags: bool = False) -> str:
         f"end_user_id, {sums} FROM fresh GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 "
         f"ON CONFLICT ({', '.join(USER_DAY_KEY)}) DO UPDATE SET {add})"
     )
+    # The tag rollups: the events summed by model and tag set first (a batch has a few tag
+    # sets), then each group's sums added once per tag of its set, so a tag set is read and
+    # expanded once per group instead of once per event.
     tag_columns = ", ".join(TAG_ROLLUP_KEY)
+    model_key = ", ".join(MODEL_ROLLUP_KEY)
+    by_set = ", ".join(f"{ROLLUP_SQL[c]} AS {c}" for c in ROLLUP_SUMS)
     parts.append(
         f"by_tag AS (INSERT INTO {TagHourlyRollup._meta.db_table} AS r ({tag_columns}, "
-        f"{', '.join(ROLLUP_SUMS)}) SELECT {tag_columns}, {sums} FROM fresh, jsonb_each_text("
-        f"(SELECT s.tags FROM {TagSet._meta.db_table} s WHERE s.id = fresh.tag_set_id)) "
-        "AS t(tag_name, tag_value) "
+        f"{', '.join(ROLLUP_SUMS)}) SELECT {', '.join(f'g.{c}' for c in MODEL_ROLLUP_KEY)}, "
+        f"t.tag_name, t.tag_value, {', '.join(f'sum(g.{c})' for c in ROLLUP_SUMS)} "
+        f"FROM (SELECT {model_key}, tag_set_id, {by_set} FROM fresh "
+        "WHERE tag_set_id IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6) g "
+        f"JOIN {TagSet._meta.db_table} s ON s.id = g.tag_set_id, "
+        "jsonb_each_text(s.tags) AS t(tag_name, tag_value) "
         "GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7 "
         f"ON CONFLICT ({tag_columns}) DO UPDATE SET {add})"
     )
-    return ", ".join(parts)
+    return _written_in_order(parts)
+
+
+def _written_in_order(parts: list[str]) -> str:
+    """`fresh`, then the rollups' CTEs last first: PostgreSQL runs a statement's data-modifying
+    CTEs that the final SELECT does not read in the reverse of their order in the text. So the
+    tables are written hourly, by model, by end user and day, by tag, the order of ingest's
+    other path (this insert, then `events_insert`'s upserts): two batches never lock rows of
+    two tables crosswise. The rows every concurrent batch of the hour shares (by model, by tag)
+    are locked late, held for less of the transaction."""
+    return ", ".join([parts[0], *reversed(parts[1:])])

@@ -357,3 +357,54 @@ def settle(before: str, *, limit: float = 180.0) -> None:
         waited = time.monotonic() - started
         conn.execute("CHECKPOINT")
     say(f"settled before {before}: {waited:.0f} s of autovacuum waited for, then a checkpoint")
+
+
+def _cpu_ms(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # ended
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(port: int) -> dict[str, dict[int, float]]:
+    """CPU milliseconds used so far by the gunicorn serving `port` (master and workers) and by
+    the PostgreSQL backends of the run's database, by process id: take it before and after a
+    phase (`cpu_spent`). Processes of other runs on the machine are not counted."""
+    import psycopg
+
+    bind = f"127.0.0.1:{port}".encode()
+    workers = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if bind in (entry / "cmdline").read_bytes():
+                    workers.append(int(entry.name))
+            except OSError:
+                continue
+    database = os.environ["DATABASE_URL"].rsplit("/", 1)[-1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        backends = [
+            pid
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "AND datname = %s",
+                [database],
+            )
+        ]
+    return {
+        "gunicorn": {pid: _cpu_ms(pid) for pid in workers},
+        "PostgreSQL": {pid: _cpu_ms(pid) for pid in backends},
+    }
+
+
+def cpu_spent(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+) -> dict[str, float]:
+    """What each kind of process of `server_cpu` spent between the two readings (a process
+    that started meanwhile counts whole; one that ended meanwhile is lost)."""
+    spent = {
+        kind: sum(ms - before[kind].get(pid, 0.0) for pid, ms in now.items())
+        for kind, now in after.items()
+    }
+    return spent

@@ -7,7 +7,18 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.bench.harness import Context, Row, Scale, drive, expect_ok, pct, say, settle
+from tests.bench.harness import (
+    Context,
+    Row,
+    Scale,
+    cpu_spent,
+    drive,
+    expect_ok,
+    pct,
+    say,
+    server_cpu,
+    settle,
+)
 
 
 def as_payload(event: Any) -> dict[str, Any]:
@@ -131,6 +142,7 @@ def batch_rows(
         clients=clients,
     )
     expect_ok("batch ingest", warm)
+    cpu_before = server_cpu(port)
     s = drive(
         port,
         method="POST",
@@ -140,6 +152,7 @@ def batch_rows(
         clients=clients,
     )
     expect_ok("batch ingest", s)
+    spent = cpu_spent(cpu_before, server_cpu(port))
     rate = (len(bodies) - clients) * 1000 / s.elapsed
     p99 = pct(s.latencies_ms, 99)
     rows.append(
@@ -162,6 +175,16 @@ def batch_rows(
             "< 250 ms",
             p99 < 250,
             key="batch p99",
+        )
+    )
+    timed = len(bodies) - clients
+    rows.append(
+        Row(
+            "  CPU per batch (server side)",
+            ", ".join(f"{kind} {ms / timed:,.0f} ms" for kind, ms in spent.items())
+            + f" (sum {sum(spent.values()) / timed:,.0f} ms; Redis not counted)",
+            "",
+            None,
         )
     )
 

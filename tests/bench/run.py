@@ -5,6 +5,8 @@
     .venv/bin/python tests/bench/run.py --scale medium  # 1 tenant x 200,000 events, ~3 min
     .venv/bin/python tests/bench/run.py --scale medium --event-store both  # PostgreSQL and
                                                    # ClickHouse side by side, ~8 min
+    .venv/bin/python tests/bench/run.py --scale medium --reuse --only batch [--batches 300]
+                                                   # the batch-ingest phase alone (PostgreSQL)
 
 It builds a data set in a scratch PostgreSQL database (`costmon_bench`, dropped and made again;
 `--reuse` keeps one already built with the same size), starts gunicorn with several workers on
@@ -41,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,7 +65,7 @@ from tests.bench.harness import (  # noqa: E402
     start_costmon,
     start_server,
 )
-from tests.bench.phases import http_rows  # noqa: E402
+from tests.bench.phases import batch_rows, http_rows  # noqa: E402
 from tests.bench.ratios import ratio_rows  # noqa: E402
 from tests.bench.report import OtherPass, render, render_both  # noqa: E402
 from tests.bench.storage import storage_rows  # noqa: E402
@@ -96,11 +99,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="postgres",
         help="where the raw events are: both runs the two passes and prints them side by side",
     )
+    parser.add_argument(
+        "--only",
+        choices=("batch",),
+        help="run one phase alone (PostgreSQL): batch ingest over HTTP, without the naive "
+        "endpoint, the in-process ratios and the rule rounds",
+    )
+    parser.add_argument(
+        "--batches", type=int, default=None, help="1,000-event batches of the batch phase"
+    )
     parser.add_argument("--handback", help=argparse.SUPPRESS)  # the `both` mode's own use
     args = parser.parse_args(argv)
     if args.smoke:
         args.scale = "smoke"
     scale = SCALES[args.scale]
+    if args.batches is not None:
+        scale = replace(scale, batches=args.batches)
+    if args.only and args.event_store != "postgres":
+        parser.error("--only runs with the events in PostgreSQL")
 
     os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.database}"
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis_db}"
@@ -139,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         report = render(rows, context, scale, args)
     else:
-        sections = "" if args.no_rule_rounds else rule_rounds(args, scale)
+        sections = "" if args.no_rule_rounds or args.only else rule_rounds(args, scale)
         if args.event_store == "both":
             load = " ".join(f"{x:.2f}" for x in os.getloadavg())
             other = run_clickhouse_pass(args)
@@ -153,9 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     suffix = "" if args.scale == "full" else f"-{args.scale}"
     suffix += "" if args.event_store == "postgres" else f"-{args.event_store}"
-    for name in (f"bench-{stamp}{suffix}.md", "latest.md"):
+    # A run of one phase is not the latest whole table.
+    names = [f"bench-{stamp}{suffix}-{args.only}.md"] if args.only else []
+    for name in names or (f"bench-{stamp}{suffix}.md", "latest.md"):
         (out / name).write_text(report)
-    say(f"written to {out / 'latest.md'}")
+    say(f"written to {out / (names or ['latest.md'])[0]}")
     drop_smoke_databases(args)
     return 0
 
@@ -175,7 +193,14 @@ def postgres_pass(args: argparse.Namespace, scale: Scale) -> tuple[list[Row], An
 
     django.setup()
     rows: list[Row] = []
-    context = setup_data(scale, fresh=fresh, jobs=args.jobs)
+    context = setup_data(scale, fresh=fresh, jobs=args.jobs, ratios=not args.only)
+    if args.only == "batch":
+        port = free_port()
+        say(f"starting gunicorn: {costmon_workers(args.workers)} workers on port {port}")
+        with ProcessGroup(grace=30) as children:
+            start_costmon(children, args, port)
+            rows += batch_rows(context, scale, port=port, clients=args.clients, naive_rate=None)
+        return rows, context
     rows += storage_rows(context)
     rows += ratio_rows(context)
     port, naive_port = free_port(), free_port()
