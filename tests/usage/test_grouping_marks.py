@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -27,6 +28,14 @@ HAIKU = 1_350_000  # nano-USD of the default test event
 @pytest.fixture(autouse=True)
 def _kept_sums(settings: Any) -> None:
     settings.COSTMON_DASHBOARD_CACHE = True
+
+
+@pytest.fixture
+def midday() -> Any:
+    """The clock at noon UTC: an event of now is of today, as seen with the receivers' ten
+    minutes of margin (`settled.CLOCK_MARGIN`), which at 23:50 already reach tomorrow."""
+    with time_machine.travel("2026-11-21T12:00:00Z", tick=False):
+        yield
 
 
 @pytest.fixture
@@ -61,6 +70,7 @@ def stored(tenant: Any) -> tuple[int, int, int]:
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("midday")
 def test_a_groups_marks_wait_for_the_committers_run_and_go_once(acme, outsider, forgotten):
     late = timezone.now() - timedelta(days=2)  # a settled hour of a recent day
     settled.generations(acme.pk), settled.generations(outsider.pk)  # kept sums' marks exist
