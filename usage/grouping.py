@@ -1,13 +1,22 @@
 """Group commit: concurrent small ingest requests of one process stored together.
 
 With threaded workers (gunicorn's gthread, `costmon.gunicorn_conf`), each request thread hands
-its validated events to the process's committer thread and waits. The committer takes every
+its validated events to the process's committer threads and waits. A committer takes every
 request waiting, and stores each tenant's (and API key's) events with one `usage_record_batch`:
 one transaction, one commit, one rollup upsert and one budgets counter update for all of them.
 Then it wakes each request with its own results, in its own order. So a 201 still means stored
 durably, priced and counted; only the round trips are shared. Two requests with the same
 event_id in one group are answered as if one came after the other: the first stored, the
 second a duplicate.
+
+A process runs `COSTMON_INGEST_COMMITTERS` committers (two unless set) on one queue. Most of a
+group's time is spent waiting for PostgreSQL and Redis, and with one committer the requests
+that came meanwhile waited for the whole of it before their own group began: at the benchmark's
+paced rate, that wait was about a third of a request's time in the server. With two, the next
+group starts while the first waits; under full load they still form groups (whatever came
+while both were busy). Two groups of one process then commit at once, as two processes' do:
+the rollups are locked in one order (`usage.rollup_writes`), and each committer has its own
+database connection.
 
 The receivers' marks of cached sums (an event in a past day or a settled hour,
 `costmon.core.marks`) are not sent per group: the committer runs them, each once, at most every
@@ -47,7 +56,7 @@ GROUPED_MAX_EVENTS = 20
 GROUP_MAX_EVENTS = 1000
 # How often the committer looks whether its database connection is still good.
 _CONNECTION_CHECK_SECONDS = 5.0
-# The most often the committer runs the marks its groups left (a Redis round trip each time):
+# The most often the committers run the marks their groups left (a Redis round trip each time):
 # the kept sums a late event changed are forgotten within this long of its commit.
 MARKS_SECONDS = 0.25
 
@@ -61,18 +70,25 @@ class _Waiting:
 
 
 class GroupCommitter:
-    """One per process; its thread starts on the first request (and again after a fork)."""
+    """One per process; its threads start on the first request (and again after a fork).
+    `threads`: how many committers take from its queue (None: COSTMON_INGEST_COMMITTERS)."""
 
     def __init__(
-        self, *, max_events: int = GROUP_MAX_EVENTS, marks_seconds: float = MARKS_SECONDS
+        self,
+        *,
+        max_events: int = GROUP_MAX_EVENTS,
+        marks_seconds: float = MARKS_SECONDS,
+        threads: int | None = None,
     ) -> None:
         self.max_events = max_events
         self.marks_seconds = marks_seconds
+        self.threads = threads
         self.marks = Marks()  # left by the groups stored, for `run_marks`
         self._marked = -math.inf  # when `run_marks` last ran (time.monotonic)
+        self._marks_lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._pid = 0
 
     def record(
@@ -85,29 +101,34 @@ class GroupCommitter:
         return waiting.future.result()
 
     def shutdown(self) -> None:
-        """End the committer thread once the requests already waiting are stored (it closes
-        its database connections); the next request starts a new one."""
+        """End the committer threads once the requests already waiting are stored (each closes
+        its database connections); the next request starts new ones."""
         with self._lock:
-            thread = self._thread
-            if thread is None or self._pid != os.getpid() or not thread.is_alive():
+            if self._pid != os.getpid():
                 return
-            self._queue.put(None)
-            self._thread = None
-        thread.join()
+            threads = [t for t in self._threads if t.is_alive()]
+            for _ in threads:
+                self._queue.put(None)  # one each: a committer that takes it ends
+            self._threads = []
+        for thread in threads:
+            thread.join()
 
     def _ensure_thread(self) -> None:
-        thread = self._thread
-        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+        if self._pid == os.getpid() and self._threads and all(t.is_alive() for t in self._threads):
             return
         with self._lock:
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                if self._pid != os.getpid():
-                    self._queue = queue.SimpleQueue()  # a fork's copy holds nobody's requests
+            if self._pid != os.getpid():
+                self._queue = queue.SimpleQueue()  # a fork's copy holds nobody's requests
+                self._threads = []
                 self._pid = os.getpid()
-                self._thread = threading.Thread(
-                    target=self._run, name="ingest-group-commit", daemon=True
+            self._threads = [t for t in self._threads if t.is_alive()]
+            wanted = self.threads or settings.COSTMON_INGEST_COMMITTERS
+            while len(self._threads) < wanted:
+                thread = threading.Thread(
+                    target=self._run, name=f"ingest-group-commit-{len(self._threads)}", daemon=True
                 )
-                self._thread.start()
+                thread.start()
+                self._threads.append(thread)
 
     def _run(self) -> None:
         checked = time.monotonic()
@@ -157,9 +178,11 @@ class GroupCommitter:
         return self._queue.get()
 
     def run_marks(self) -> None:
-        """Run the marks the groups stored so far left (all committed)."""
-        self._marked = time.monotonic()
-        self.marks.run()
+        """Run the marks the groups stored so far left (all committed); one committer at a
+        time (the others' groups add theirs meanwhile, for the next run)."""
+        with self._marks_lock:
+            self._marked = time.monotonic()
+            self.marks.run()
 
     def commit(self, waiting: list[_Waiting]) -> bool:
         """Store the requests waiting, a group per tenant and key; True if any failed. The

@@ -30,21 +30,25 @@ _into = threading.local()
 
 
 class Marks:
-    """Marks waiting to run: each key once, with the last function given for it."""
+    """Marks waiting to run: each key once, with the last function given for it. Threads may
+    add while another runs them (a mark added during a run waits for the next)."""
 
     def __init__(self) -> None:
         self._waiting: dict[Hashable, Callable[[], None]] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._waiting)
 
     def add(self, key: Hashable, mark: Callable[[], None]) -> None:
-        self._waiting[key] = mark
+        with self._lock:
+            self._waiting[key] = mark
 
     def run(self) -> None:
         """Run every mark waiting (their cache writes in one round trip); a mark that raises is
         logged and the others still run, as the receivers it stands for."""
-        waiting, self._waiting = self._waiting, {}
+        with self._lock:
+            waiting, self._waiting = self._waiting, {}
         if not waiting:
             return
         with cache_writes_together():

@@ -238,3 +238,61 @@ def test_concurrent_single_and_batch_reports_count_each_event_once(
     assert sum(int(bredis.client().hget(day, "t") or 0) for day in days) == 120 * HAIKU
     for tenant in (acme, outsider):
         assert counters.counters_reconcile(tenant=tenant).corrected == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_committer_stores_a_group_while_the_first_waits(acme, outsider, monkeypatch):
+    held, release = threading.Event(), threading.Event()
+    record = grouping.usage_record_batch
+
+    def slow(*, tenant, events, api_key_id):
+        if events[0].event_id == "slow":  # this group waits, its transaction not begun
+            held.set()
+            assert release.wait(10)
+        return record(tenant=tenant, events=events, api_key_id=api_key_id)
+
+    monkeypatch.setattr(grouping, "usage_record_batch", slow)
+    committer = grouping.GroupCommitter(threads=2)
+    answers: list[list[EventResult]] = []
+
+    def send(event_id: str) -> None:
+        events = parse_batch([event(event_id=event_id, occurred_at=None)])
+        answers.append(committer.record(tenant=acme, events=events, api_key_id=None))
+
+    first = threading.Thread(target=send, args=("slow",))
+    second = threading.Thread(target=send, args=("fast",))
+    try:
+        first.start()
+        assert held.wait(10)
+        second.start()
+        second.join(10)  # answered while the first committer still holds its group
+        assert answers, "the second group waited for the first"
+        assert [r.event_id for r in answers[0]] == ["fast"] and not answers[0][0].duplicate
+        assert UsageEvent.objects.for_tenant(acme).count() == 1
+    finally:
+        release.set()
+        first.join(10)
+        second.join(10)
+        committer.shutdown()
+    assert [a[0].event_id for a in answers] == ["fast", "slow"]
+    events, rollups = events_and_rollups(acme)
+    assert events == rollups == {"calls": 2, "cost": 2 * HAIKU, "input": 2 * 450}
+    assert UsageEvent.objects.for_tenant(outsider).count() == 0
+    assert not any(t.is_alive() for t in committer._threads)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_committers_are_as_many_as_the_setting_and_end_together(acme, settings):
+    settings.COSTMON_INGEST_COMMITTERS = 3
+    committer = grouping.GroupCommitter()
+    events = parse_batch([event(event_id="a", occurred_at=None)])
+    try:
+        assert not committer.record(tenant=acme, events=events, api_key_id=None)[0].duplicate
+        threads = list(committer._threads)
+        assert len(threads) == 3 and all(t.is_alive() for t in threads)
+    finally:
+        committer.shutdown()
+    assert not any(t.is_alive() for t in threads)
+    # The next request starts them again.
+    assert committer.record(tenant=acme, events=events, api_key_id=None)[0].duplicate
+    committer.shutdown()

@@ -115,7 +115,7 @@ def test_the_committer_runs_the_marks_left_when_it_stops(acme, outsider, forgott
     settings.COSTMON_INGEST_GROUP_COMMIT = True
     old = timezone.now() - timedelta(days=10)  # before the recent days: all kept sums
     settled.generations(acme.pk), settled.generations(outsider.pk)
-    committer = grouping.GroupCommitter(marks_seconds=3600)
+    committer = grouping.GroupCommitter(marks_seconds=3600, threads=1)
     try:
         # The first marks after a quiet while run right after their group (maybe after its
         # answer: a request does not wait for them), before the committer takes the next...
