@@ -21,13 +21,13 @@ int4[], int2[], int8[], int2[], int4[], int4[], bool[], bool[], text[], int2[], 
 BODY = """
 DECLARE stored integer; ids int4[]; BEGIN IF cardinality($31) > 0 THEN INSERT INTO usage_dimension
 (tenant_id, kind, value) SELECT $1[1], w.kind, w.value FROM unnest($31, $32) AS w(kind, value)
-ORDER BY w.kind, w.value ON CONFLICT (tenant_id, kind, value) DO NOTHING; SELECT array_agg(d.id
-ORDER BY w.n) INTO ids FROM unnest($31, $32) WITH ORDINALITY AS w(kind, value, n) JOIN
-usage_dimension d ON d.tenant_id = $1[1] AND d.kind = w.kind AND d.value = w.value; IF
-cardinality(ids) IS DISTINCT FROM cardinality($31) THEN RAISE EXCEPTION 'usage: a new name of the
-batch was not found'; END IF; END IF; WITH fresh AS (INSERT INTO usage_usageevent (tenant_id,
-event_id, occurred_at, provider_id, model_id, operation_id, end_user_id, session_id, api_key_id,
-tag_set_id, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens,
+ORDER BY w.kind, w.value ON CONFLICT (tenant_id, kind, value) DO NOTHING; SELECT array_agg((SELECT
+d.id FROM usage_dimension d WHERE d.tenant_id = $1[1] AND d.kind = w.kind AND d.value = w.value)
+ORDER BY w.n) INTO ids FROM unnest($31, $32) WITH ORDINALITY AS w(kind, value, n); IF
+array_position(ids, NULL) IS NOT NULL THEN RAISE EXCEPTION 'usage: a new name of the batch was not
+found'; END IF; END IF; WITH fresh AS (INSERT INTO usage_usageevent (tenant_id, event_id,
+occurred_at, provider_id, model_id, operation_id, end_user_id, session_id, api_key_id, tag_set_id,
+input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens,
 cache_write_1h_tokens, input_audio_tokens, output_audio_tokens, input_image_tokens,
 output_image_tokens, web_search_calls, output_images, service_tier, cost_nanos, cost_source,
 price_id, latency_ms, is_error, cache_hit, prompt_hash) SELECT e.tenant_id, e.event_id,
