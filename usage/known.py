@@ -39,7 +39,9 @@ class KnownIds(Generic[K]):
                 mine.clear()
             mine.update(found)
 
-        transaction.on_commit(remember)
+        # Ids read after the commit: should that fail, the batch is stored all the same (the
+        # names are looked up again next time), logged rather than raised.
+        transaction.on_commit(remember, robust=callable(ids))
 
     def clear(self) -> None:
         self._by_tenant.clear()
