@@ -6,7 +6,7 @@ dictionaries), so a known id never goes stale and a batch of known names needs n
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
 from django.db import transaction
@@ -25,17 +25,23 @@ class KnownIds(Generic[K]):
     def of(self, tenant_id: int) -> Mapping[K, int]:
         return self._by_tenant.get(tenant_id, {})
 
-    def remember_on_commit(self, tenant_id: int, ids: Mapping[K, int]) -> None:
+    def remember_on_commit(
+        self, tenant_id: int, ids: Mapping[K, int] | Callable[[], Mapping[K, int]]
+    ) -> None:
         """Keep `ids` once the current transaction commits: entries created in a transaction
-        that rolls back never existed."""
+        that rolls back never existed. `ids` may be a function, called after the commit (ids
+        that a pipeline's statement returns, read once the pipeline is done)."""
 
         def remember() -> None:
+            found = ids() if callable(ids) else ids
             mine = self._by_tenant.setdefault(tenant_id, {})
-            if len(mine) + len(ids) > self.per_tenant:
+            if len(mine) + len(found) > self.per_tenant:
                 mine.clear()
-            mine.update(ids)
+            mine.update(found)
 
-        transaction.on_commit(remember)
+        # Ids read after the commit: should that fail, the batch is stored all the same (the
+        # names are looked up again next time), logged rather than raised.
+        transaction.on_commit(remember, robust=callable(ids))
 
     def clear(self) -> None:
         self._by_tenant.clear()

@@ -53,6 +53,8 @@ EVENT_COLUMN_TYPES = (
 )
 EVENT_COLUMNS = tuple(c for c, _ in EVENT_COLUMN_TYPES)
 EVENT_TYPES = tuple(t for _, t in EVENT_COLUMN_TYPES)
+# The columns holding dictionary ids (`usage.dimensions`), as `event_row` fills them.
+DIMENSION_COLUMNS = ("provider_id", "model_id", "operation_id", "end_user_id", "session_id")
 
 _CALLER, _COMPUTED, _UNPRICED = (
     int(s) for s in (CostSource.CALLER, CostSource.COMPUTED, CostSource.UNPRICED)

@@ -21,7 +21,13 @@ from costmon.core.cache import cache_writes_together
 from costmon.core.models import Tenant
 from costmon.core.tenancy import forget_rls_state, tenant_context
 from usage.catalog import bump_version, catalog_for
-from usage.dimensions import dimension_ids, dimension_keys
+from usage.dimensions import (
+    dimension_ids,
+    dimension_ids_or_new,
+    dimension_ids_remember,
+    dimension_keys,
+    dimension_placeholders_replace,
+)
 from usage.eventstore.base import EventStore
 from usage.eventstore.current import event_store
 from usage.ingest import EventIn
@@ -73,6 +79,7 @@ def usage_record_batch(
     with tenant_context(tenant):
         # ClickHouse's duplicate check reads under its lock inside the transaction: no pipeline.
         pipelined = store.pipelined_writes and pipeline_usable()
+        one_trip = pipelined and store.one_trip_writes
         # The ingest lock (shared): rewrites and counter rebuilds, which take it exclusively,
         # never run while a batch is being stored. With a pipeline it is a transaction-level
         # lock taken in the events' transaction's first round trip and released by its COMMIT
@@ -84,12 +91,17 @@ def usage_record_batch(
                 # First what can be settled before the events, idempotent and remembered (a
                 # known name, tag set or month costs no query): the stamps of time-less
                 # events, dictionary ids, tag-set ids, partitions. Committed on their own:
-                # with a pipeline, statement by statement (autocommit: a new name costs its
-                # one statement, no BEGIN and COMMIT round trips; new partitions get a
-                # transaction of their own), else in one transaction.
+                # with a pipeline, statement by statement (autocommit: new partitions get a
+                # transaction of their own), else in one transaction. Names new to this
+                # process: with the one round trip, created in the events' transaction
+                # (`usage.newevents`); else a statement before it.
                 with contextlib.nullcontext() if pipelined else transaction.atomic():
                     prices = _keep_stamps(tenant.pk, firsts, prices, catalog)
-                    dims = dimension_ids(tenant=tenant, wanted=dimension_keys(events))
+                    wanted = dimension_keys(events)
+                    if one_trip:
+                        dims, new_names = dimension_ids_or_new(tenant_id=tenant.pk, wanted=wanted)
+                    else:
+                        dims, new_names = dimension_ids(tenant=tenant, wanted=wanted), []
                     rows = [
                         event_row(
                             tenant_id=tenant.pk,
@@ -105,8 +117,12 @@ def usage_record_batch(
                 # Then one transaction, one commit: events, rollups and what commits with
                 # them. On PostgreSQL one round trip if every event is new (`_store_all_new`),
                 # else two (`usage.transactions.write_transaction`).
-                batch = _store_all_new(store, lock, tenant, firsts, rows) if pipelined else None
+                batch = None
+                if one_trip:
+                    batch = _store_all_new(store, lock, tenant, firsts, rows, new_names)
                 if batch is None:
+                    # A resend: its new names now as any batch's, before its transaction.
+                    dimension_placeholders_replace(tenant.pk, rows, new_names)
                     with write_transaction(lock, pipeline=pipelined):
                         inserted = store.insert_new(rows)
                         if len(inserted) < len(rows):  # a resend: what a lost COMMIT left
@@ -135,16 +151,20 @@ def _store_all_new(
     tenant: Tenant,
     firsts: dict[str, EventIn],
     rows: list[dict[str, Any]],
+    new_names: list[tuple[int, str]],
 ) -> RecordedBatch | None:
     """Store the batch as if every event were new, in one round trip: the insert's answer is
-    not waited for, so the receivers' writes and COMMIT go with it (`usage.newevents`). None,
-    with nothing stored, if an event was stored already (a resend): the caller stores the
-    batch again by the path that reads which events are new."""
-    if not store.one_trip_writes:
-        return None
+    not waited for, so the receivers' writes and COMMIT go with it (`usage.newevents`), and
+    so do the names new to this process (their ids remembered once committed). None, with
+    nothing stored, if an event was stored already (a resend): the caller stores the batch
+    again by the path that reads which events are new."""
     try:
         with write_transaction(lock):
-            store.insert_all_new(rows)
+            new_ids = store.insert_all_new(rows, new_names)
+            if new_names:
+                dimension_ids_remember(tenant.pk, new_names, new_ids)
+            # The receivers read names, not ids (budgets' counter update): the new names'
+            # ids are not needed before the commit.
             batch = _recorded_batch(tenant, firsts, rows, set(firsts))
             _send_committing(batch)
     except DatabaseError as exc:

@@ -22,7 +22,7 @@ from usage.models import (
     TagHourlyRollup,
     UsageEvent,
 )
-from usage.newevents import FUNCTION, SETTINGS, function_body
+from usage.newevents import FUNCTION, SETTINGS, function_arguments, function_body
 
 pytestmark = [pytest.mark.usefixtures("prices", "unscoped")]
 HAIKU = 1_350_000  # nano-USD of the default test event
@@ -52,9 +52,9 @@ def test_a_group_with_a_resent_event_among_new_ones_counts_each_event_once(
     tried: list[tuple[int, list[str]]] = []
     one_trip = PostgresStore.insert_all_new
 
-    def recorded(self: PostgresStore, rows: Any) -> None:
+    def recorded(self: PostgresStore, rows: Any, new_names: Any = ()) -> Any:
         tried.append((rows[0]["tenant_id"], sorted(r["event_id"] for r in rows)))
-        one_trip(self, rows)
+        return one_trip(self, rows, new_names)
 
     monkeypatch.setattr(PostgresStore, "insert_all_new", recorded)
     group = [
@@ -109,7 +109,10 @@ def test_a_group_with_a_resent_event_among_new_ones_counts_each_event_once(
 def test_the_databases_function_is_the_codes():
     # A change of the event columns or the rollups needs a migration replacing the function.
     with connection.cursor() as cursor:
-        cursor.execute("SELECT prosrc, proconfig FROM pg_proc WHERE proname = %s", [FUNCTION])
+        cursor.execute(
+            "SELECT prosrc, proconfig FROM pg_proc WHERE oid = to_regprocedure(%s)",
+            [f"{FUNCTION}({function_arguments()})"],
+        )
         [(source, config)] = cursor.fetchall()
     assert " ".join(source.split()) == " ".join(function_body().split())
     assert config == [SETTINGS.removeprefix("SET ").replace(" = ", "=")]

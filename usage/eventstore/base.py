@@ -7,7 +7,7 @@ events the store reports as new to them, in the PostgreSQL transaction of the ba
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -149,10 +149,15 @@ class EventStore(abc.ABC):
         A row resent, even concurrently, is stored and counted once. `direct` (a bulk load):
         into the events table itself, past any buffer in front of it."""
 
-    def insert_all_new(self, rows: Sequence[dict[str, Any]]) -> None:
+    def insert_all_new(
+        self, rows: Sequence[dict[str, Any]], new_names: Sequence[tuple[int, str]] = ()
+    ) -> Callable[[], list[int]]:
         """As `insert_new` when every row is new, sent without waiting for its answer; if a
         row is stored already, the transaction fails (`usage.newevents.not_all_new`) and
-        keeps nothing. Only for stores with `one_trip_writes`."""
+        keeps nothing. The rows' dictionary ids of `new_names` are placeholders
+        (`usage.dimensions.dimension_ids_or_new`): the names are created with the events;
+        returns what reads their ids once the transaction is done. Only for stores with
+        `one_trip_writes`."""
         raise NotImplementedError
 
     @abc.abstractmethod

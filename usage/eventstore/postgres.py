@@ -3,7 +3,7 @@ behaviour, the default store. The statements themselves are in `usage.storage`."
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -57,8 +57,10 @@ class PostgresStore(EventStore):
     def insert_new(self, rows: Sequence[dict[str, Any]], *, direct: bool = False) -> set[str]:
         return events_insert(rows)
 
-    def insert_all_new(self, rows: Sequence[dict[str, Any]]) -> None:
-        events_insert_all_new(rows)
+    def insert_all_new(
+        self, rows: Sequence[dict[str, Any]], new_names: Sequence[tuple[int, str]] = ()
+    ) -> Callable[[], list[int]]:
+        return events_insert_all_new(rows, new_names)
 
     def stored_costs(
         self, tenant_id: int, times: dict[str, datetime]
