@@ -1,7 +1,7 @@
 """Where the machine's CPU goes per single-event request, naive endpoint beside costmon.
 
     .venv/bin/python tests/bench/single_cpu.py --database NAME --redis-db N [--singles 3000]
-        [--clients 8] [--workers N] [--threads T] [--rounds 1] [--only costmon]
+        [--clients 8] [--workers N] [--threads T] [--rounds 1] [--only costmon] [--rate R]
 
 Runs only the single-event phases of `tests/bench/run.py` (the same servers, clients, payloads
 and bench tenant) on a data set that a `run.py --scale medium` run left in the database (built
@@ -10,7 +10,8 @@ from /proc) of each group of processes: the endpoint's gunicorn workers, the Pos
 of the database, PostgreSQL's other processes (WAL writer, checkpointer: shared with anything
 else on the machine), redis-server (shared likewise) and the client processes; and the whole
 machine's busy time (/proc/stat, everyone's). Prints, per phase, the rate, the server p50
-and each group's milliseconds of CPU per request.
+and p90 and each group's milliseconds of CPU per request. `--rate` paces the clients (all of
+them together) as run.py's paced phase does; without it they send as fast as answered.
 """
 
 from __future__ import annotations
@@ -109,13 +110,20 @@ def measured(
     bodies: list[bytes],
     clients: int,
     snap: Callable[[], dict[str, tuple[str, float]]],
+    rate: float | None = None,
 ) -> dict[str, object]:
     headers = {"Content-Type": "application/json"}
     headers["Authorization"] = f"Bearer {key}"
     say(f"{name}: {len(bodies)} single events, {clients} clients")
     before = snap()
     s = drive(
-        port, method="POST", path="/api/v1/usage/", headers=headers, bodies=bodies, clients=clients
+        port,
+        method="POST",
+        path="/api/v1/usage/",
+        headers=headers,
+        bodies=bodies,
+        clients=clients,
+        rate=rate,
     )
     after = snap()
     expect_ok(name, s)
@@ -126,6 +134,7 @@ def measured(
         "rate": n / s.elapsed,
         "client p50 ms": pct(s.latencies_ms, 50),
         "server p50 ms": pct(s.server_ms, 50) if s.server_ms else None,
+        "server p90 ms": pct(s.server_ms, 90) if s.server_ms else None,
         "cpu ms per request": {g: round(v, 3) for g, v in sorted(cpu.items())},
     }
 
@@ -140,6 +149,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=1, help="naive and costmon, alternately")
     parser.add_argument("--only", choices=("naive", "costmon"), default=None)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="requests/s all clients together (default: full speed)",
+    )
     args = parser.parse_args()
     os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.database}"
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis_db}"
@@ -192,6 +207,7 @@ def main() -> None:
                         bodies(args.singles, 1905 + 10 * round_),
                         args.clients,
                         snap,
+                        args.rate,
                     )
                 )
             if args.only != "naive":
@@ -203,6 +219,7 @@ def main() -> None:
                         bodies(args.singles, 1903 + 10 * round_),
                         args.clients,
                         snap,
+                        args.rate,
                     )
                 )
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
