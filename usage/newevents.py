@@ -22,8 +22,24 @@ from typing import Any
 from django.db import connection
 
 from costmon.core.tenancy import raw_cursor
-from usage.models import UsageEvent
+from usage.models import (
+    CostSource,
+    EndUserDailyRollup,
+    HourlyRollup,
+    ModelHourlyRollup,
+    TagHourlyRollup,
+    TagSet,
+    UsageEvent,
+)
 from usage.pgarrays import register as register_packed
+from usage.rollups import (
+    MODEL_ROLLUP_KEY,
+    ROLLUP_KEY,
+    ROLLUP_SUMS,
+    SUMMED_EVENT_COLUMNS,
+    TAG_ROLLUP_KEY,
+    USER_DAY_KEY,
+)
 from usage.rows import EVENT_COLUMNS, EVENT_TYPES
 from usage.storage import event_arrays, with_rollups
 
@@ -39,7 +55,8 @@ SETTINGS = "SET plan_cache_mode = force_generic_plan"
 
 def function_body() -> str:
     """The function's PL/pgSQL body: one statement, its parameters one array per event column
-    (`usage.rows.EVENT_COLUMN_TYPES`; the first, the tenant, never holds a NULL)."""
+    (`usage.rows.EVENT_COLUMN_TYPES`; the first, the tenant, never holds a NULL). A batch of
+    one event (most of group commit's groups) takes a statement of its own (`_one_event`)."""
     unnest = ", ".join(f"${i}" for i in range(1, len(EVENT_COLUMNS) + 1))
     # A plain insert: an event stored already fails it with a unique violation on the key,
     # which `not_all_new` reads as CM001 (ON CONFLICT would probe the key's index once more and
@@ -49,13 +66,95 @@ def function_body() -> str:
         f"SELECT * FROM unnest({unnest})",
         tags=True,
     )
+    count = "SELECT count(*) INTO stored FROM fresh;"
     return (
         "DECLARE stored integer; BEGIN "
-        f"{statement} SELECT count(*) INTO stored FROM fresh; "
+        f"IF cardinality($1) = 1 THEN {_one_event()} {count} "
+        f"ELSE {statement} {count} END IF; "
         "IF stored <> cardinality($1) THEN RAISE EXCEPTION USING ERRCODE = "
         f"'{NOT_ALL_NEW}', MESSAGE = 'usage: an event of the batch is stored already'; "
         "END IF; RETURN stored; END"
     )
+
+
+# A rollup's sums over a single event: what `usage.rollups.ROLLUP_SQL` sums to for one row.
+_ONE_ROW = {
+    "calls": "1",
+    "errors": "is_error::int",
+    "cache_hits": "cache_hit::int",
+    "unpriced_calls": f"(cost_source = {CostSource.UNPRICED})::int",
+    "input_tokens": "input_tokens",
+    "output_tokens": "output_tokens",
+    "cached_input_tokens": "coalesce(cached_input_tokens, 0)",
+    "cache_write_tokens": "coalesce(cache_write_tokens, 0)",
+    "reasoning_tokens": "coalesce(reasoning_tokens, 0)",
+    "cost_nanos": "cost_nanos",
+    "latency_ms_sum": "coalesce(latency_ms, 0)",
+    "latency_count": "(latency_ms IS NOT NULL)::int",
+}
+
+
+def _one_event() -> str:
+    """The statement for a batch of one event: `usage.storage.with_rollups`'s rows and sums,
+    without its sorts and aggregates (one event is one row of each rollup but the tags'),
+    the event inserted from the arrays' first elements rather than by unnest. Half of the
+    function's executor work for a single event was setting up and running those nodes.
+    The rollups are written in `with_rollups`'s order (data-modifying CTEs run last first):
+    hourly, by model, by end user and day, by tag, each tag's row in key order."""
+    first = ", ".join(f"${i}[1]" for i in range(1, len(EVENT_COLUMNS) + 1))
+    rolled = dict.fromkeys(
+        (
+            *(c for c in ROLLUP_KEY if c != "hour"),
+            "occurred_at",
+            "tag_set_id",
+            *SUMMED_EVENT_COLUMNS,
+        )
+    )
+    hour = "date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour"
+    day = "date_trunc('day', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    sums = ", ".join(_ONE_ROW[c] for c in ROLLUP_SUMS)
+    add = ", ".join(f"{c}=r.{c}+excluded.{c}" for c in ROLLUP_SUMS)
+
+    def upsert(model: Any, key: tuple[str, ...], select: str) -> str:
+        return (
+            f"INSERT INTO {model._meta.db_table} AS r ({', '.join(key)}, "
+            f"{', '.join(ROLLUP_SUMS)}) {select} "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {add}"
+        )
+
+    tags = ", ".join(f"f.{c}" for c in MODEL_ROLLUP_KEY)
+    ordinals = ", ".join(str(i) for i in range(1, len(TAG_ROLLUP_KEY) + 1))
+    parts = (
+        f"WITH fresh AS (INSERT INTO {UsageEvent._meta.db_table} ({', '.join(EVENT_COLUMNS)}) "
+        f"VALUES ({first}) RETURNING {', '.join(rolled)}, {hour})",
+        "by_tag AS ("
+        + upsert(
+            TagHourlyRollup,
+            TAG_ROLLUP_KEY,
+            f"SELECT {tags}, t.tag_name, t.tag_value, {sums} FROM fresh f "
+            f"JOIN {TagSet._meta.db_table} s ON s.id = f.tag_set_id, "
+            f"jsonb_each_text(s.tags) AS t(tag_name, tag_value) ORDER BY {ordinals}",
+        )
+        + ")",
+        "by_user_day AS ("
+        + upsert(
+            EndUserDailyRollup,
+            USER_DAY_KEY,
+            f"SELECT tenant_id, {day}, end_user_id, {sums} FROM fresh",
+        )
+        + ")",
+        "by_model AS ("
+        + upsert(
+            ModelHourlyRollup,
+            MODEL_ROLLUP_KEY,
+            f"SELECT {', '.join(MODEL_ROLLUP_KEY)}, {sums} FROM fresh",
+        )
+        + ")",
+        "hourly AS ("
+        + upsert(HourlyRollup, ROLLUP_KEY, f"SELECT {', '.join(ROLLUP_KEY)}, {sums} FROM fresh")
+        + ")",
+    )
+    return ", ".join(parts)
 
 
 def function_sql() -> str:
