@@ -457,10 +457,16 @@ def with_rollups(insert: str, *, tags: bool = False) -> str:
         "WHERE tag_set_id IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6) g "
         f"JOIN {TagSet._meta.db_table} s ON s.id = g.tag_set_id, "
         "jsonb_each_text(s.tags) AS t(tag_name, tag_value) "
-        "GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7 "
+        f"GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY {TAG_ORDER} "
         f"ON CONFLICT ({tag_columns}) DO UPDATE SET {add})"
     )
     return _written_in_order(parts)
+
+
+# The tag rollups' rows in key order, tag names and values by code point ("C", UTF-8's byte
+# order) as `usage.rollup_writes` sorts them in Python: in the database's own collation (say
+# en_US, where "a" < "B") two batches taking the two paths could lock the same rows crosswise.
+TAG_ORDER = '1, 2, 3, 4, 5, t.tag_name COLLATE "C", t.tag_value COLLATE "C"'
 
 
 def _written_in_order(parts: list[str]) -> str:

@@ -72,8 +72,13 @@ class IngestLock:
         scope = "_xact" if self.transactional and verb == "lock" else ""
         return f"SELECT pg_advisory{scope}_{verb}{kind}(%s, %s)"
 
-    def take(self, cursor: Any) -> None:
-        cursor.execute(self.sql("lock"), _lock_key(self.tenant_id))
+    def take(self, cursor: Any, *, prepare: bool = False) -> None:
+        """`prepare`: `cursor` is psycopg's own (a pipeline's), the statement prepared once
+        per connection."""
+        if prepare:
+            cursor.execute(self.sql("lock"), _lock_key(self.tenant_id), prepare=True)
+        else:
+            cursor.execute(self.sql("lock"), _lock_key(self.tenant_id))
         self.held = True
 
 
@@ -136,7 +141,7 @@ def write_transaction(lock: IngestLock | None = None, *, pipeline: bool = True) 
                 statements = psycopg.Cursor(raw)
                 statements.execute("BEGIN")
                 if lock is not None and not lock.held:
-                    lock.take(statements)
+                    lock.take(statements, prepare=True)
                 yield
                 statements.execute("COMMIT")
         except BaseException:

@@ -135,6 +135,7 @@ def _sync(connection: BaseDatabaseWrapper, cursor: Any) -> None:
         "SELECT set_config('costmon.rls_bypass', %s, false), "
         "set_config('costmon.tenant_id', %s, false)",
         wanted,
+        prepare=True,  # sent on each switch of tenant: parsed once per connection
     )
     in_transaction = raw.info.transaction_status == _INTRANS
     setattr(raw, _STATE_ATTR, (wanted, tuple(connection.savepoint_ids) if in_transaction else None))

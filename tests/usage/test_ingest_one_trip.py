@@ -16,6 +16,7 @@ from usage import grouping
 from usage.eventstore.postgres import PostgresStore
 from usage.ingest import parse_batch
 from usage.models import (
+    Dimension,
     EndUserDailyRollup,
     HourlyRollup,
     ModelHourlyRollup,
@@ -116,3 +117,42 @@ def test_the_databases_function_is_the_codes():
         [(source, config)] = cursor.fetchall()
     assert " ".join(source.split()) == " ".join(function_body().split())
     assert config == [SETTINGS.removeprefix("SET ").replace(" = ", "=")]
+
+
+def rollup_rows(tenant: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """Every rollup row of the tenant, all its keys (names, not the tenant's dictionary ids)
+    and sums; the tenant and the row's id left out."""
+    names = dict(Dimension.objects.for_tenant(tenant).values_list("id", "value"))
+    named = ("provider_id", "model_id", "operation_id", "end_user_id")
+    found = {}
+    for model in (HourlyRollup, ModelHourlyRollup, EndUserDailyRollup, TagHourlyRollup):
+        fields = [f.attname for f in model._meta.concrete_fields]
+        fields = [f for f in fields if f not in ("id", "tenant_id")]
+        rows = model.objects.for_tenant(tenant).order_by().values(*fields)
+        found[model.__name__] = sorted(
+            (tuple(names[r[f]] if f in named else r[f] for f in fields) for r in rows), key=repr
+        )
+    return found
+
+
+@requires_postgresql  # the function's statement for a batch of one event
+@pytest.mark.django_db(transaction=True)  # a pipeline needs autocommit around it
+def test_single_events_roll_up_as_the_same_events_in_one_batch(acme, outsider):
+    # Sums that differ per column: errors, cache hits, unpriced, nulls, tags (two, one, none),
+    # two hours of one end user's day, the same rollup rows met again.
+    events = [
+        event(event_id="a", tags={"team": "search", "env": "prod"}, latency_ms=120),
+        event(event_id="b", tags={"team": "search"}, status="error", cached_input_tokens=300),
+        event(event_id="c", occurred_at="2026-11-20T11:05:00Z", cache_hit=True),
+        event(event_id="d", model="no-such-model", end_user="user-2", latency_ms=7),
+        event(event_id="e", tags={"team": "ads", "env": "prod"}, cost_usd="0.25"),
+    ]
+    for one in events:  # each alone: the one-event statement
+        grouping.GroupCommitter().commit([grouping._Waiting(acme, 1, parse_batch([one]))])
+    # The same events in one batch: the statement for several.
+    grouping.GroupCommitter().commit([grouping._Waiting(outsider, 1, parse_batch(events))])
+    singly, batched = rollup_rows(acme), rollup_rows(outsider)
+    assert singly == batched
+    assert len(singly["TagHourlyRollup"]) == 3  # team=search (a, b), env=prod (a, e), team=ads
+    assert sums(acme) == sums(outsider)
+    assert sums(acme)["events"][0] == 5

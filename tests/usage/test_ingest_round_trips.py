@@ -48,6 +48,11 @@ def round_trips(call: Callable[[], Any]) -> list[list[str]]:
             pgconn.untrace()
         trace.seek(0)
         lines = trace.read().splitlines()
+    # A prepared statement is sent by name ("Bind ... "_pg3_1""): show its text instead.
+    with connection.connection.cursor() as cursor:
+        cursor.execute("SELECT name, statement FROM pg_prepared_statements")
+        for name, statement in cursor.fetchall():
+            lines = [line.replace(f' "{name}" ', f' "{statement}" ') for line in lines]
     trips: list[list[str]] = []
     sent: list[str] = []
     for line in lines:
@@ -78,6 +83,9 @@ def ingest(tenant: Any, *event_ids: str, **fields: Any) -> Any:
 def test_the_events_transaction_costs_one_round_trip(acme, outsider):
     ingest(acme, "warm")  # names, partitions and the catalog now known
     ingest(outsider, "warm")
+    # The call with no new names (NULL arrays) is a statement of its own for psycopg: prepared
+    # on its first use too.
+    ingest(acme, "warm-known")
     trips = round_trips(lambda: ingest(acme, "e1"))
     # BEGIN, the ingest lock, the tenant's row-level security settings, the insert with every
     # rollup (usage.newevents), the budgets app's counter update and COMMIT, in one round trip.
@@ -92,6 +100,16 @@ def test_the_events_transaction_costs_one_round_trip(acme, outsider):
     assert sends(trips[0], "INSERT INTO budgets_counterupdate"), shown(trips)
     # The alerts app's mark (the tenant's next round is due) rides in the same round trip.
     assert sends(trips[0], "UPDATE alerts_ruleround SET dirty_since"), shown(trips)
+    # Prepared on the connection's first batch: bound by name, not parsed (nor planned) again.
+    for statement in (
+        "SELECT pg_advisory_xact_lock_shared",
+        "SELECT usage_events_add_new(",
+        "INSERT INTO budgets_counterupdate",
+        "UPDATE alerts_ruleround SET dirty_since",
+    ):
+        assert not any(
+            line.split("\t")[2] == "Parse" and f'"{statement}' in line for line in trips[0]
+        ), shown(trips)
     # The lock ends with the transaction: after the commit only the settled reservations
     # while the counters are not trusted (nothing rebuilt them in this test).
     assert len(trips) <= 2, shown(trips)
@@ -101,13 +119,16 @@ def test_the_events_transaction_costs_one_round_trip(acme, outsider):
     # (psycopg may read the failure's answer while still sending: counted by what is sent.)
     trips = round_trips(lambda: ingest(acme, "e1"))
     _, again = [i for i, trip in enumerate(trips) if sends(trip, "BEGIN")]
-    assert [i for i, trip in enumerate(trips) if sends(trip, "ROLLBACK")] == [again - 1]
+    # The rollback, then psycopg's DEALLOCATE ALL (it forgets its prepared statements on a
+    # rollback: the next batch prepares them again).
+    assert [i for i, trip in enumerate(trips) if sends(trip, "ROLLBACK")] == [again - 2]
+    assert sends(trips[again - 1], "DEALLOCATE ALL"), shown(trips)
     assert sends(trips[again], "WITH fresh AS (INSERT INTO usage_usageevent"), shown(trips)
     # (The first COMMIT is sent too when psycopg has not read the failure yet: skipped.)
     assert [i for i, trip in enumerate(trips) if sends(trip, "COMMIT")][-1] == again + 1
     assert [r.duplicate for r in ingest(acme, "e1", "e2")] == [True, False]
-    assert UsageEvent.objects.for_tenant(acme).count() == 3
-    assert HourlyRollup.objects.for_tenant(acme).get().calls == 3
+    assert UsageEvent.objects.for_tenant(acme).count() == 4
+    assert HourlyRollup.objects.for_tenant(acme).get().calls == 4
     assert UsageEvent.objects.for_tenant(outsider).count() == 1
     # The counter updates written in the pipeline were applied: Redis holds what PostgreSQL does.
     day = counters.day_key(acme.pk, timezone.now().date())

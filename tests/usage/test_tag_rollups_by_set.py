@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from tests.helpers import event, requires_postgresql
+from usage import newevents
 from usage.ingest import parse_batch
 from usage.models import TagHourlyRollup
 from usage.services import usage_record_batch
-from usage.storage import events_copy
+from usage.storage import TAG_ORDER, events_copy, with_rollups
 
 pytestmark = [pytest.mark.usefixtures("prices", "unscoped")]
 HAIKU = 1_350_000  # nano-USD: 450 input tokens at $1/M, 180 output at $5/M
@@ -92,3 +94,30 @@ def test_the_bulk_loader_sums_tags_by_set_the_same_way(acme, outsider):
     assert events_copy(rows) == (5, 4 * HAIKU + INPUT_ONLY, 0)
     assert tag_sums(acme) == EXPECTED
     assert tag_sums(outsider) == {}
+
+
+@requires_postgresql
+@pytest.mark.django_db
+def test_tag_rows_are_locked_in_the_order_python_sorts_them_whatever_the_collation():
+    # Ingest's other path (usage.rollup_writes) sorts the tag rollups' keys in Python, by code
+    # point; the one-trip function and the bulk loader sort in SQL. With the database's own
+    # collation (en_US: "a" < "B"), the two could lock the same rows in different orders.
+    # The names and values as an en_US database would hold them (ICU's, as PostgreSQL ships).
+    pairs = [("team", "a"), ("team", "B"), ("Team", "z"), ("_env", "é"), ("team", "Z9")]
+    en_us = 'COLLATE "en-US-x-icu"'
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_collation WHERE collname = 'en-US-x-icu'")
+        if cursor.fetchone() is None:
+            pytest.skip("PostgreSQL without ICU's en-US collation")
+        rows = (
+            "SELECT t.* FROM (SELECT 1, 2, 3, 4, 5, n {0}, v {0} FROM unnest(%s::text[], "
+            "%s::text[]) AS x(n, v)) AS t(a, b, c, d, e, tag_name, tag_value) ORDER BY {1}"
+        )
+        params = [[n for n, _ in pairs], [v for _, v in pairs]]
+        cursor.execute(rows.format(en_us, "1, 2, 3, 4, 5, 6, 7"), params)
+        assert [row[5:] for row in cursor.fetchall()] != sorted(pairs)  # the collation's order
+        cursor.execute(rows.format(en_us, TAG_ORDER), params)
+        assert [row[5:] for row in cursor.fetchall()] == sorted(pairs)
+    assert f"ORDER BY {TAG_ORDER}" in with_rollups("INSERT", tags=True)
+    body = newevents.function_body()
+    assert body.count(f"ORDER BY {TAG_ORDER}") == 2  # a batch's statement and one event's
