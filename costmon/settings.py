@@ -195,9 +195,10 @@ COSTMON_MAX_BATCH_EVENTS = env_int("COSTMON_MAX_BATCH_EVENTS", 5000, minimum=1)
 # Small ingest requests of a threaded worker stored together (usage.grouping); gunicorn's config
 # (costmon.gunicorn_conf) turns it on with its threads.
 COSTMON_INGEST_GROUP_COMMIT = env_bool("COSTMON_INGEST_GROUP_COMMIT", False)
-# Committer threads a process runs for it (usage.grouping): the next group starts while one
-# waits for PostgreSQL and Redis.
-COSTMON_INGEST_COMMITTERS = env_int("COSTMON_INGEST_COMMITTERS", 2, minimum=1)
+# Committer threads a process runs for it (usage.grouping); more start the next group while
+# one waits for PostgreSQL and Redis (for a database across a network), at the cost of
+# smaller groups.
+COSTMON_INGEST_COMMITTERS = env_int("COSTMON_INGEST_COMMITTERS", 1, minimum=1)
 # How far ahead of the server's clock an event's occurred_at may be (client clock skew).
 COSTMON_FUTURE_SKEW_SECONDS = env_int("COSTMON_FUTURE_SKEW_SECONDS", 3600, minimum=0)
 # OpenTelemetry ingest (POST /v1/traces), see docs/opentelemetry.md. Attributes are looked up on

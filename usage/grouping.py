@@ -9,23 +9,15 @@ durably, priced and counted; only the round trips are shared. Two requests with 
 event_id in one group are answered as if one came after the other: the first stored, the
 second a duplicate.
 
-A process runs `COSTMON_INGEST_COMMITTERS` committers (two unless set) on one queue. Most of a
-group's time is spent waiting for PostgreSQL and Redis, and with one committer the requests
-that came meanwhile waited for the whole of it before their own group began: at the benchmark's
-paced rate, that wait was about a third of a request's time in the server. With two, the next
-group starts while the first waits; under full load they still form groups (whatever came
-while both were busy). Two groups of one process then commit at once, as two processes' do:
-the rollups are locked in one order (`usage.rollup_writes`), and each committer has its own
-database connection.
-
-The receivers' marks of cached sums (an event in a past day or a settled hour,
-`costmon.core.marks`) are not sent per group: the committer runs them, each once, at most every
-`MARKS_SECONDS` (and when its queue goes quiet, or it stops), always after the commits that
-asked for them. Rollups and counters are part of each group's commit as before.
-
-A group that fails is stored again request by request, so one request's failure (a deadlock,
-a bad reservation) is answered to that request only. Off unless COSTMON_INGEST_GROUP_COMMIT is
-set (gunicorn's config sets it): a process serving one request at a time gains nothing.
+A process runs `COSTMON_INGEST_COMMITTERS` committers on one queue (one unless set). Most of a
+group's time is spent waiting for PostgreSQL and Redis; with more committers the next group
+starts while one waits, but groups get smaller, so each request costs more CPU. On 2 cores
+with the database on the same machine, two committers halved the server p50 while other
+work loaded the machine, and doubled it when the benchmark had the machine to itself (paced
+at 450 requests/s: 6.2-6.9 ms with one, 12.1-13.5 ms with two; docs/benchmark.md). A
+deployment whose database is across a network (each round trip a wait, not CPU) may set
+more. Groups of one process then commit at once, as two processes' do: the rollups are
+locked in one order (`usage.rollup_writes`), and each committer has its own connection.
 """
 
 from __future__ import annotations
