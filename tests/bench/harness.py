@@ -337,9 +337,13 @@ class Context:
 
 def settle(before: str, *, limit: float = 180.0) -> None:
     """Let PostgreSQL finish the upkeep a previous phase left before `before` is timed: wait (at
-    most `limit` seconds) until no autovacuum worker runs in the run's database, then CHECKPOINT,
-    so that neither the naive endpoint nor costmon is timed while the server vacuums or flushes
-    what an earlier phase wrote. The naive endpoint's table is in the same database."""
+    most `limit` seconds) until no autovacuum worker runs in the run's database, VACUUM (ANALYZE)
+    it, then CHECKPOINT, so that neither the naive endpoint nor costmon is timed while the
+    server vacuums or flushes what an earlier phase wrote. The VACUUM is the upkeep autovacuum
+    would start within its nap time (a minute) of the phase before, in the middle of the
+    next one: right after costmon's batches (100,000 events), its single events were timed
+    while the batches' tables were vacuumed. The naive endpoint's table is in the same
+    database."""
     import psycopg
 
     database = os.environ["DATABASE_URL"].rsplit("/", 1)[-1]
@@ -355,8 +359,15 @@ def settle(before: str, *, limit: float = 180.0) -> None:
                 break
             time.sleep(1.0)
         waited = time.monotonic() - started
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        vacuumed = time.monotonic()
+        conn.execute("VACUUM (ANALYZE)")
+        vacuumed = time.monotonic() - vacuumed
         conn.execute("CHECKPOINT")
-    say(f"settled before {before}: {waited:.0f} s of autovacuum waited for, then a checkpoint")
+    say(
+        f"settled before {before}: {waited:.0f} s of autovacuum waited for, "
+        f"a VACUUM (ANALYZE) of {vacuumed:.0f} s, then a checkpoint"
+    )
 
 
 def _cpu_ms(pid: int) -> float:

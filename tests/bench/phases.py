@@ -264,6 +264,7 @@ def single_rows(
         for batch in fresh_batches(scale.singles // 2, 1, stream=906)
         for e in batch
     ]
+    settle("costmon's paced single events")
     say(f"single-event ingest at twice the naive rate: {len(paced)} requests, {clients} clients")
     s = drive(
         port,
