@@ -131,6 +131,10 @@ def _sync(connection: BaseDatabaseWrapper, cursor: Any) -> None:
     state = getattr(raw, _STATE_ATTR, None)
     if state is not None and state[0] == wanted and _in_force(connection, raw, state[1]):
         return
+    if isinstance(cursor, psycopg.ServerCursor):
+        # A named cursor (the ORM's `iterator()`) would DECLARE the settings' SELECT, and
+        # takes no `prepare`: the settings go by a cursor of their own.
+        cursor = psycopg.Cursor(raw)
     cursor.execute(
         "SELECT set_config('costmon.rls_bypass', %s, false), "
         "set_config('costmon.tenant_id', %s, false)",

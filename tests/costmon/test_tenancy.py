@@ -85,6 +85,19 @@ def test_an_orm_query_with_no_tenant_filter_returns_only_the_context_tenants_row
 
 
 @postgres_only
+def test_a_server_side_cursor_reads_only_the_context_tenants_rows(two_tenants_with_usage):
+    """`iterator()` reads by a named cursor (as the admin's choice lists do): the RLS
+    settings go by a cursor of their own before it, as for any query."""
+    acme, outsider = two_tenants_with_usage
+    for tenant, ids in ((acme, ["a1", "a2"]), (outsider, ["g1"]), (acme, ["a1", "a2"])):
+        with tenant_context(tenant):
+            rows = UsageEvent.objects.unscoped().values_list("event_id", flat=True)
+            assert sorted(rows.iterator(chunk_size=1)) == ids
+    with no_tenant():
+        assert list(UsageEvent.objects.unscoped().iterator()) == []
+
+
+@postgres_only
 def test_the_database_refuses_to_write_another_tenants_rows(two_tenants_with_usage):
     acme, outsider = two_tenants_with_usage
     with tenant_context(acme):
