@@ -10,20 +10,16 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
-from django.db.models import Sum
 
 from budgets import counters
 from tests.helpers import event, requires_postgresql, requires_redis
+from tests.usage.test_ingest_one_trip import request, sums
 from tests.usage.test_ingest_round_trips import round_trips, sends, shown
 from usage import dimensions, grouping
 from usage.eventstore.postgres import PostgresStore
 from usage.ingest import parse_batch
 from usage.models import (
     Dimension,
-    EndUserDailyRollup,
-    HourlyRollup,
-    ModelHourlyRollup,
-    TagHourlyRollup,
     UsageEvent,
 )
 from usage.services import usage_record_batch
@@ -39,20 +35,6 @@ NEW = {
     "end_user": "new-user",
     "session_id": "new-session",
 }
-
-
-def request(tenant: Any, *ids: str, **fields: Any) -> Any:
-    return grouping._Waiting(tenant, 1, parse_batch([event(event_id=i, **fields) for i in ids]))
-
-
-def sums(tenant: Any) -> dict[str, tuple[int, int]]:
-    """(calls, cost) of the tenant's events and of each rollup table."""
-    events = UsageEvent.objects.for_tenant(tenant)
-    found = {"events": (events.count(), events.aggregate(c=Sum("cost_nanos"))["c"] or 0)}
-    for model in (HourlyRollup, ModelHourlyRollup, EndUserDailyRollup, TagHourlyRollup):
-        total = model.objects.for_tenant(tenant).aggregate(n=Sum("calls"), c=Sum("cost_nanos"))
-        found[model.__name__] = (total["n"] or 0, total["c"] or 0)
-    return found
 
 
 def names_of(tenant: Any) -> dict[str, tuple[str, ...]]:
