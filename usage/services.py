@@ -50,6 +50,11 @@ from usage.transactions import IngestLock, ingest_lock, pipeline_usable, write_t
 
 log = structlog.get_logger(__name__)
 
+# A group of at most this many new events sends its transaction in one write
+# (`usage.transactions.write_transaction`'s `one_write`): single events and their groups. A
+# bigger batch lets PostgreSQL insert while the process computes the receivers' writes.
+ONE_WRITE_MAX_EVENTS = 50
+
 
 @dataclass(frozen=True, slots=True)
 class EventResult:
@@ -159,7 +164,7 @@ def _store_all_new(
     nothing stored, if an event was stored already (a resend): the caller stores the batch
     again by the path that reads which events are new."""
     try:
-        with write_transaction(lock):
+        with write_transaction(lock, one_write=len(rows) <= ONE_WRITE_MAX_EVENTS):
             new_ids = store.insert_all_new(rows, new_names)
             if new_names:
                 dimension_ids_remember(tenant.pk, new_names, new_ids)

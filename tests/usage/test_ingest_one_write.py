@@ -1,0 +1,118 @@
+"""A small group's transaction goes to PostgreSQL in one write (`usage.transactions._OneWrite`):
+the server sees nothing of it until the client syncs, so it wakes once for BEGIN, the lock, the
+insert, the receivers' writes and COMMIT. A big batch keeps psycopg's pipeline, which sends each
+statement as it is executed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import DatabaseError, connection, connections
+
+from costmon.core.tenancy import tenant_context
+from tests.helpers import event, requires_postgresql
+from usage import transactions
+from usage.ingest import parse_batch
+from usage.models import HourlyRollup, UsageEvent
+from usage.services import ONE_WRITE_MAX_EVENTS, usage_record_batch
+from usage.signals import batch_committing
+
+pytestmark = [
+    requires_postgresql,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("prices", "unscoped"),
+]
+
+
+@pytest.fixture
+def observer() -> Iterator[Any]:
+    """A second connection to the test database, that looks at the default one's backend."""
+    other = connections.create_connection("default")
+    other.ensure_connection()
+    yield other.connection
+    other.close()
+
+
+def server_transaction_started(observer: Any) -> bool:
+    """Whether the default connection's backend holds the tenant's ingest lock: it has received
+    the transaction's first statements (BEGIN, the lock). pg_locks shows every session's locks
+    to any role (pg_stat_activity hides another role's transaction)."""
+    pid = connection.connection.info.backend_pid
+    row = observer.execute(
+        "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory'", [pid]
+    ).fetchone()
+    return bool(row[0])
+
+
+def seen_in_transaction(observer: Any, tenant: Any, ids: list[str]) -> list[bool]:
+    """Store the events; while their transaction's receivers run (after the insert was
+    executed, before COMMIT), whether the server has begun that transaction."""
+    seen: list[bool] = []
+
+    def look(sender: Any, **kwargs: Any) -> None:
+        seen.append(server_transaction_started(observer))
+
+    batch_committing.connect(look, dispatch_uid="test-one-write")
+    try:
+        usage_record_batch(tenant=tenant, events=parse_batch([event(event_id=i) for i in ids]))
+    finally:
+        batch_committing.disconnect(dispatch_uid="test-one-write")
+    return seen
+
+
+def test_a_small_group_reaches_the_server_in_one_write(acme, outsider, observer):
+    usage_record_batch(tenant=acme, events=parse_batch([event(event_id="warm")]))
+    assert seen_in_transaction(observer, acme, ["e1", "e2", "e3"]) == [False]
+    # Stored and committed all the same, for acme only.
+    assert UsageEvent.objects.for_tenant(acme).count() == 4
+    assert HourlyRollup.objects.for_tenant(acme).get().calls == 4
+    assert not UsageEvent.objects.for_tenant(outsider).exists()
+    assert not HourlyRollup.objects.for_tenant(outsider).exists()
+
+
+def test_a_big_batch_is_streamed_as_psycopg_sends_it(acme, observer):
+    ids = [f"b{i}" for i in range(ONE_WRITE_MAX_EVENTS + 1)]
+    assert seen_in_transaction(observer, acme, ids) == [True]
+    assert UsageEvent.objects.for_tenant(acme).count() == len(ids)
+
+
+def test_reading_an_answer_sends_what_waits_first(acme, outsider):
+    """A statement whose answer is read before the end (an ORM query) sends the statements
+    queued before it, and the transaction goes on as one."""
+    usage_record_batch(tenant=acme, events=parse_batch([event(event_id="e1")]))
+    done: list[int] = []
+
+    def run() -> None:
+        try:
+            with tenant_context(acme), transactions.write_transaction(one_write=True):
+                UsageEvent.objects.for_tenant(acme).filter(event_id="e1").update(input_tokens=7)
+                done.append(UsageEvent.objects.for_tenant(acme).filter(input_tokens=7).count())
+        finally:
+            connection.close()
+
+    # In a thread: were the queued statements never sent, the read would wait forever.
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert done == [1]
+    assert UsageEvent.objects.for_tenant(acme).get().input_tokens == 7
+    assert not UsageEvent.objects.for_tenant(outsider).exists()
+
+
+def test_a_failed_one_write_transaction_leaves_nothing_and_the_connection_works(acme):
+    usage_record_batch(tenant=acme, events=parse_batch([event(event_id="e1")]))
+    stored = UsageEvent.objects.for_tenant(acme).get()
+    with (
+        pytest.raises(DatabaseError),
+        transactions.write_transaction(one_write=True),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("UPDATE usage_usageevent SET input_tokens = 7 WHERE event_id = %s", ["e1"])
+        cursor.execute("SELECT 1 / 0")
+    assert UsageEvent.objects.for_tenant(acme).get().input_tokens == stored.input_tokens != 7
+    # The connection is usable, and the next group stores in one write again.
+    assert usage_record_batch(tenant=acme, events=parse_batch([event(event_id="e2")]))
+    assert UsageEvent.objects.for_tenant(acme).count() == 2
