@@ -131,7 +131,16 @@ class _OneWrite(psycopg.Pipeline):
         if not self._send_due:
             return  # queued in psycopg's command queue, sent with the sync
         self._send_due = False
-        yield from super()._communicate_gen()
+        try:
+            yield from super()._communicate_gen()
+        except psycopg.Error:
+            # A statement failed and its answer came while the rest was being sent. Read the
+            # answers still due (the statements after it: "pipeline aborted") here, so that
+            # the error raised is the statement's own (ingest tells a resend by its code), not
+            # the "pipeline aborted" that psycopg's exit would read next and raise instead.
+            with contextlib.suppress(psycopg.Error):
+                yield from super()._fetch_gen(flush=False)
+            raise
 
     def _fetch_gen(self, *, flush: bool) -> Any:
         if self.command_queue:  # an answer is read before the sync: send what waits first

@@ -116,3 +116,31 @@ def test_a_failed_one_write_transaction_leaves_nothing_and_the_connection_works(
     # The connection is usable, and the next group stores in one write again.
     assert usage_record_batch(tenant=acme, events=parse_batch([event(event_id="e2")]))
     assert UsageEvent.objects.for_tenant(acme).count() == 2
+
+
+def test_a_statement_error_read_while_sending_is_the_one_raised(acme):
+    """A statement's error often comes back while the rest of the write is still being sent;
+    then the statements after it answer "pipeline aborted" when the pipeline ends. The error
+    raised must be the statement's own: ingest tells a resend by its code."""
+    for after in (0, 3, 100):
+        with (
+            pytest.raises(DatabaseError) as raised,
+            transactions.write_transaction(one_write=True),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("SELECT 1 / 0")
+            for _ in range(after):
+                cursor.execute("SELECT 1")
+        assert getattr(raised.value.__cause__, "sqlstate", None) == "22012", (after, raised.value)
+
+
+def test_resends_in_one_write_are_reported_duplicates(acme, outsider):
+    ids = [f"r{i}" for i in range(10)]
+    for i in ids:
+        usage_record_batch(tenant=acme, events=parse_batch([event(event_id=i)]))
+    for i in ids:
+        (result,) = usage_record_batch(tenant=acme, events=parse_batch([event(event_id=i)]))
+        assert result.duplicate
+    assert UsageEvent.objects.for_tenant(acme).count() == len(ids)
+    assert HourlyRollup.objects.for_tenant(acme).get().calls == len(ids)
+    assert not UsageEvent.objects.for_tenant(outsider).exists()
