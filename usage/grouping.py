@@ -87,45 +87,55 @@ class GroupCommitter:
         self, *, tenant: Tenant, events: Sequence[EventIn], api_key_id: int | None
     ) -> list[EventResult]:
         """As `usage_record_batch`, stored with whatever other requests wait at the moment."""
-        self._ensure_thread()
         waiting = _Waiting(tenant, api_key_id, events)
-        self._queue.put(waiting)
+        # Queued under the lock `shutdown` takes: before its stop marks (the committers that
+        # stop store it first), or after, on the queue of the committers started here; never
+        # on a queue whose committers have ended, where it would wait forever.
+        with self._lock:
+            self._start_committers()
+            self._queue.put(waiting)
         return waiting.future.result()
 
     def shutdown(self) -> None:
         """End the committer threads once the requests already waiting are stored (each closes
-        its database connections); the next request starts new ones."""
+        its database connections); the next request starts new ones, on a queue of their own
+        (were it the old one, a new committer could take an old one's stop mark)."""
         with self._lock:
             if self._pid != os.getpid():
                 return
             threads = [t for t in self._threads if t.is_alive()]
             for _ in threads:
-                self._queue.put(None)  # one each: a committer that takes it ends
+                self._queue.put(None)  # one each, after every request: a committer ends on it
+            self._queue = queue.SimpleQueue()
             self._threads = []
         for thread in threads:
             thread.join()
 
-    def _ensure_thread(self) -> None:
+    def _start_committers(self) -> None:
+        """Start the committers missing (all after a fork or a shutdown), on the current queue.
+        Under `_lock`."""
         if self._pid == os.getpid() and self._threads and all(t.is_alive() for t in self._threads):
             return
-        with self._lock:
-            if self._pid != os.getpid():
-                self._queue = queue.SimpleQueue()  # a fork's copy holds nobody's requests
-                self._threads = []
-                self._pid = os.getpid()
-            self._threads = [t for t in self._threads if t.is_alive()]
-            wanted = self.threads or settings.COSTMON_INGEST_COMMITTERS
-            while len(self._threads) < wanted:
-                thread = threading.Thread(
-                    target=self._run, name=f"ingest-group-commit-{len(self._threads)}", daemon=True
-                )
-                thread.start()
-                self._threads.append(thread)
+        if self._pid != os.getpid():
+            self._queue = queue.SimpleQueue()  # a fork's copy holds nobody's requests
+            self._threads = []
+            self._pid = os.getpid()
+        self._threads = [t for t in self._threads if t.is_alive()]
+        wanted = self.threads or settings.COSTMON_INGEST_COMMITTERS
+        while len(self._threads) < wanted:
+            thread = threading.Thread(
+                target=self._run,
+                args=(self._queue,),
+                name=f"ingest-group-commit-{len(self._threads)}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
 
-    def _run(self) -> None:
+    def _run(self, requests: queue.SimpleQueue[_Waiting | None]) -> None:
         checked = time.monotonic()
         while True:
-            first = self._next()
+            first = self._next(requests)
             if first is None:
                 self.run_marks()
                 connections.close_all()
@@ -133,7 +143,7 @@ class GroupCommitter:
             waiting, count, stop = [first], len(first.events), False
             while count < self.max_events:
                 try:
-                    more = self._queue.get_nowait()
+                    more = requests.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
@@ -159,15 +169,15 @@ class GroupCommitter:
                 close_old_connections()
                 checked = time.monotonic()
 
-    def _next(self) -> _Waiting | None:
+    def _next(self, requests: queue.SimpleQueue[_Waiting | None]) -> _Waiting | None:
         """The next request waiting; with marks left, the wait ends in time to run them."""
         while self.marks:
             due = self._marked + self.marks_seconds - time.monotonic()
             try:
-                return self._queue.get(timeout=max(due, 0.001))
+                return requests.get(timeout=max(due, 0.001))
             except queue.Empty:
                 self.run_marks()
-        return self._queue.get()
+        return requests.get()
 
     def run_marks(self) -> None:
         """Run the marks the groups stored so far left (all committed); one committer at a

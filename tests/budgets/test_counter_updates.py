@@ -10,11 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import time_machine
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -28,7 +29,7 @@ from budgets.tasks import reconcile_counters, sweep_counter_updates
 from budgets.updates import counter_updates_sweep
 from costmon.core.tenancy import unscoped
 from costmon.schedule import SCHEDULE
-from tests.budgets.conftest import check
+from tests.budgets.conftest import NOW, check
 from tests.helpers import event, post_usage, requires_redis
 from usage.models import UsageEvent
 
@@ -45,7 +46,8 @@ HAIKU = 1_350_000  # nano-USD of the default test event
 # is committed, its counter update never runs.
 KILLED_AFTER_COMMIT = """
 import json, os, signal, sys
-import django
+import django, time_machine
+time_machine.travel(sys.argv[3], tick=True).start()  # the test's clock, where it is now
 django.setup()
 from costmon.core.models import Tenant
 from costmon.core.tenancy import unscoped
@@ -67,12 +69,22 @@ print("the process survived its batch")
 
 @pytest.fixture(autouse=True)
 def _frozen_clock():
-    """This module runs on the real clock, as the processes it starts do."""
-    yield None
+    """The suite's noon (`tests.budgets.conftest`) on a clock that runs (the sweeper leaves
+    updates younger than 5 s: the wait for them is real), as the processes it starts run
+    (`ingest_and_die`): the events, the counters and the day budget are of one day whenever
+    the test runs, however long it takes (not two days around midnight)."""
+    with time_machine.travel(NOW, tick=True) as traveller:
+        yield traveller
+
+
+# The day of every event of the module, and of the counters read.
+DAY = datetime.fromisoformat(NOW).date()
 
 
 def now_iso() -> str:
-    return timezone.now().astimezone(UTC).isoformat()
+    at = timezone.now().astimezone(UTC)
+    assert at.date() == DAY
+    return at.isoformat()
 
 
 def ingest_and_die(tenant_slug: str, events: list[dict]) -> None:
@@ -86,7 +98,14 @@ def ingest_and_die(tenant_slug: str, events: list[dict]) -> None:
         "SECRET_KEY": "tests-only-secret-key",
     }
     process = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", KILLED_AFTER_COMMIT, tenant_slug, json.dumps(events)],
+        [
+            sys.executable,
+            "-c",
+            KILLED_AFTER_COMMIT,
+            tenant_slug,
+            json.dumps(events),
+            timezone.now().isoformat(),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -98,12 +117,11 @@ def ingest_and_die(tenant_slug: str, events: list[dict]) -> None:
 
 
 def day_total(tenant) -> int:
-    key = counters.day_key(tenant.pk, timezone.now().date())
-    return int(bredis.client().hget(key, "t") or 0)
+    return int(bredis.client().hget(counters.day_key(tenant.pk, DAY), "t") or 0)
 
 
 def global_day_total() -> int:
-    return int(bredis.client().hget(counters.global_day_key(timezone.now().date()), "t") or 0)
+    return int(bredis.client().hget(counters.global_day_key(DAY), "t") or 0)
 
 
 def stored_total(tenant) -> int:

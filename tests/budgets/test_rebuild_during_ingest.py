@@ -7,6 +7,7 @@ nothing taken for drift."""
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +20,7 @@ from budgets import redis as bredis
 from budgets.models import CounterCorrection, ReservationHold
 from budgets.services import budget_create
 from costmon.core.tenancy import unscoped
-from tests.budgets.conftest import check
+from tests.budgets.conftest import NOW, check
 from tests.helpers import event, post_usage, requires_postgresql, requires_redis
 from usage.ingest import parse_batch
 from usage.models import UsageEvent
@@ -33,22 +34,22 @@ pytestmark = [
 HAIKU = 1_350_000  # nano-USD of the default test event
 
 
-@pytest.fixture(autouse=True)
-def _frozen_clock():
-    """The real clock: the events are of today, as the counters' day is."""
-    yield None
+# The suite's clock, stopped at noon (`tests.budgets.conftest`): the events are of the day the
+# counters and the day budget read, whenever the test runs (not two days around midnight).
+AT = datetime.fromisoformat(NOW)
 
 
 def now_iso() -> str:
-    return timezone.now().isoformat()
+    assert timezone.now() == AT  # the clock stands still: every event is of AT's day
+    return AT.isoformat()
 
 
 def day_total(tenant: Any) -> int:
-    return int(bredis.client().hget(counters.day_key(tenant.pk, timezone.now().date()), "t") or 0)
+    return int(bredis.client().hget(counters.day_key(tenant.pk, AT.date()), "t") or 0)
 
 
 def global_day_total() -> int:
-    return int(bredis.client().hget(counters.global_day_key(timezone.now().date()), "t") or 0)
+    return int(bredis.client().hget(counters.global_day_key(AT.date()), "t") or 0)
 
 
 def stored_total(tenant: Any) -> int:

@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from budgets import counters
 from budgets import redis as bredis
+from costmon.core.models import Tenant
 from costmon.core.services import api_key_create
 from costmon.core.tenancy import tenant_context
 from tests.helpers import event, post_usage, requires_redis
@@ -296,3 +297,54 @@ def test_the_committers_are_as_many_as_the_setting_and_end_together(acme, settin
     # The next request starts them again.
     assert committer.record(tenant=acme, events=events, api_key_id=None)[0].duplicate
     committer.shutdown()
+
+
+class _Answering(grouping.GroupCommitter):
+    """A committer whose groups are answered at once, with no database: its threads alone."""
+
+    def commit(self, waiting: list[grouping._Waiting]) -> bool:
+        for w in waiting:
+            w.future.set_result([])
+        return False
+
+
+def test_a_request_queued_while_the_committers_stop_is_still_stored(monkeypatch):
+    committer = _Answering(threads=1)
+    racing = threading.Event()
+    stoppers: list[threading.Thread] = []
+    simple_queue = grouping.queue.SimpleQueue
+
+    class Racing(simple_queue):
+        def put(self, item, block=True, timeout=None):
+            # The moment a request is queued: `shutdown` runs then, from another thread, and
+            # is given the time to end the committers (200 ms), unless it has to wait.
+            if racing.is_set() and isinstance(item, grouping._Waiting):
+                racing.clear()
+                stoppers.append(threading.Thread(target=committer.shutdown))
+                stoppers[0].start()
+                stoppers[0].join(0.2)
+            super().put(item, block, timeout)
+
+    monkeypatch.setattr(grouping.queue, "SimpleQueue", Racing)
+    tenant = Tenant(pk=1, slug="acme")
+    events = parse_batch([event(event_id="a")])
+    try:
+        assert committer.record(tenant=tenant, events=events, api_key_id=None) == []
+        racing.set()
+        waiting = grouping._Waiting(tenant, None, events)
+        recorder = threading.Thread(
+            target=lambda: waiting.future.set_result(
+                committer.record(tenant=tenant, events=events, api_key_id=None)
+            ),
+            daemon=True,  # without the fix it would wait forever
+        )
+        recorder.start()
+        # Stored by the committers that stop or by new ones; never left on a queue nobody reads.
+        assert waiting.future.result(timeout=5) == []
+        stoppers[0].join(5)
+        assert not stoppers[0].is_alive()
+        # The next request starts committers again.
+        assert committer.record(tenant=tenant, events=events, api_key_id=None) == []
+    finally:
+        committer.shutdown()
+    assert not any(t.is_alive() for t in committer._threads)

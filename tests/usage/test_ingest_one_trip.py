@@ -4,10 +4,12 @@ one of them was stored already."""
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 import pytest
 from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.db.models import Sum
 
 from budgets import counters
@@ -156,3 +158,33 @@ def test_single_events_roll_up_as_the_same_events_in_one_batch(acme, outsider):
     assert len(singly["TagHourlyRollup"]) == 3  # team=search (a, b), env=prod (a, e), team=ads
     assert sums(acme) == sums(outsider)
     assert sums(acme)["events"][0] == 5
+
+
+def _functions() -> dict[str, str]:
+    """The database's `usage_events_add_new` functions: each one's arguments, its body."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_get_function_identity_arguments(oid), prosrc FROM pg_proc WHERE proname = %s",
+            [FUNCTION],
+        )
+        return {" ".join(args.split()): " ".join(body.split()) for args, body in cursor.fetchall()}
+
+
+@requires_postgresql
+@pytest.mark.django_db(transaction=True)  # migrations back and forth
+def test_0023_goes_back_to_0022s_two_functions_and_forth_to_the_codes_alone():
+    one_event = import_module("usage.migrations.0022_events_add_new_one_event")
+    lighter = import_module("usage.migrations.0020_events_add_new_lighter")
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes()
+    try:
+        executor.migrate([("usage", "0022_events_add_new_one_event")])
+        back = _functions()
+    finally:
+        MigrationExecutor(connection).migrate(latest)
+    # Back: 0022's body, and 0020's function (30 arrays) the release before calls.
+    assert len(back) == 2
+    assert " ".join(one_event.BODY.split()) in back.values()
+    assert " ".join(lighter.BODY.split()) in back.values()
+    # Forth: the code's function alone, the one the code calls.
+    assert list(_functions().values()) == [" ".join(function_body().split())]
