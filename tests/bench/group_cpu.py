@@ -85,7 +85,8 @@ def main() -> None:
         nonlocal marked
         group = [grouping._Waiting(tenant, None, events[start + i]) for i in range(args.size)]
         if committer.commit(group):
-            raise SystemExit("a group failed")
+            errors = [w.future.exception() for w in group]
+            raise SystemExit(f"a group failed: {errors!r}")
         marks = getattr(committer, "marks", None)  # absent before the marks were deferred
         if marks is not None and len(marks):
             marked += 1
