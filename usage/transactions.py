@@ -158,10 +158,15 @@ ONE_WRITE = all(
 def _pipeline(raw: psycopg.Connection[Any], *, one_write: bool) -> Iterator[None]:
     """psycopg's pipeline on `raw`, or (`one_write`) a `_OneWrite` one: `Connection.pipeline`
     uses the pipeline it finds set (its own when nested) and clears it at the end."""
+    installed = None
     if one_write and ONE_WRITE and raw._pipeline is None:
-        raw._pipeline = _OneWrite(raw)
-    with raw.pipeline():
-        yield
+        installed = raw._pipeline = _OneWrite(raw)
+    try:
+        with raw.pipeline():
+            yield
+    finally:
+        if installed is not None and raw._pipeline is installed and installed.level == 0:
+            raw._pipeline = None  # psycopg's own clean-up is skipped when entering fails
 
 
 def pipeline_usable() -> bool:

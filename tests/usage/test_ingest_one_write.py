@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from django.db import DatabaseError, connection, connections
 
@@ -144,3 +145,13 @@ def test_resends_in_one_write_are_reported_duplicates(acme, outsider):
     assert UsageEvent.objects.for_tenant(acme).count() == len(ids)
     assert HourlyRollup.objects.for_tenant(acme).get().calls == len(ids)
     assert not UsageEvent.objects.for_tenant(outsider).exists()
+
+
+def test_a_pipeline_that_cannot_start_is_not_left_on_the_connection():
+    """Entering fails on a closed connection; the connection must not keep the one-write
+    pipeline, or psycopg would take its next statements for pipelined ones."""
+    raw = psycopg.connect(connection.connection.info.dsn)
+    raw.close()
+    with pytest.raises(psycopg.OperationalError), transactions._pipeline(raw, one_write=True):
+        pass  # pragma: no cover
+    assert raw._pipeline is None
