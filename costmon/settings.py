@@ -199,6 +199,9 @@ COSTMON_INGEST_GROUP_COMMIT = env_bool("COSTMON_INGEST_GROUP_COMMIT", False)
 # one waits for PostgreSQL and Redis (for a database across a network), at the cost of
 # smaller groups.
 COSTMON_INGEST_COMMITTERS = env_int("COSTMON_INGEST_COMMITTERS", 1, minimum=1)
+# A small group's transaction goes to PostgreSQL in one write (usage.transactions._OneWrite, an
+# override of psycopg's pipeline internals); off: each statement as psycopg sends it.
+COSTMON_INGEST_ONE_WRITE = env_bool("COSTMON_INGEST_ONE_WRITE", True)
 # How far ahead of the server's clock an event's occurred_at may be (client clock skew).
 COSTMON_FUTURE_SKEW_SECONDS = env_int("COSTMON_FUTURE_SKEW_SECONDS", 3600, minimum=0)
 # OpenTelemetry ingest (POST /v1/traces), see docs/opentelemetry.md. Attributes are looked up on

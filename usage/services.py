@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
+from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
 from costmon.core.cache import cache_writes_together
@@ -164,7 +165,8 @@ def _store_all_new(
     nothing stored, if an event was stored already (a resend): the caller stores the batch
     again by the path that reads which events are new."""
     try:
-        with write_transaction(lock, one_write=len(rows) <= ONE_WRITE_MAX_EVENTS):
+        one_write = settings.COSTMON_INGEST_ONE_WRITE and len(rows) <= ONE_WRITE_MAX_EVENTS
+        with write_transaction(lock, one_write=one_write):
             new_ids = store.insert_all_new(rows, new_names)
             if new_names:
                 dimension_ids_remember(tenant.pk, new_names, new_ids)

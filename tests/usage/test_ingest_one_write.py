@@ -74,6 +74,13 @@ def test_a_small_group_reaches_the_server_in_one_write(acme, outsider, observer)
     assert not HourlyRollup.objects.for_tenant(outsider).exists()
 
 
+def test_the_setting_turns_one_write_off(acme, observer, settings):
+    usage_record_batch(tenant=acme, events=parse_batch([event(event_id="warm")]))
+    settings.COSTMON_INGEST_ONE_WRITE = False
+    assert seen_in_transaction(observer, acme, ["e1"]) == [True]
+    assert UsageEvent.objects.for_tenant(acme).count() == 2
+
+
 def test_a_big_batch_is_streamed_as_psycopg_sends_it(acme, observer):
     ids = [f"b{i}" for i in range(ONE_WRITE_MAX_EVENTS + 1)]
     assert seen_in_transaction(observer, acme, ids) == [True]
