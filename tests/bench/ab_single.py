@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.harness import MEDIUM, free_port, start_server  # noqa: E402
+from tests.bench.harness import MEDIUM, bench_environment, free_port, start_server  # noqa: E402
 from tests.bench.single_cpu import bodies, measured, snapshot  # noqa: E402
 
 FIGURES = ("server p50 ms", "server p90 ms", "gunicorn", "postgres backends", "machine busy")
@@ -49,14 +49,7 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=2500, help="requests a round")
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.database}"
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis_db}"
-    os.environ["DATABASE_ROLE"] = "costmon_app"
-    os.environ.setdefault("SECRET_KEY", "benchmark-only")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "costmon.settings"
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ["COSTMON_CATALOG_TTL_SECONDS"] = "300"
-    os.environ.pop("COSTMON_EVENT_STORE_URL", None)
+    bench_environment(args.database, args.redis_db)
 
     from tests.bench.dataset import prepare_database, setup_data
 

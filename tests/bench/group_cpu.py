@@ -54,14 +54,9 @@ def main() -> None:
     parser.add_argument("--marks-every", type=int, default=20)
     parser.add_argument("--stream", type=int, default=7100, help="seed of the events (fresh ids)")
     args = parser.parse_args()
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.database}"
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis_db}"
-    os.environ["DATABASE_ROLE"] = "costmon_app"
-    os.environ.setdefault("SECRET_KEY", "benchmark-only")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "costmon.settings"
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ["COSTMON_CATALOG_TTL_SECONDS"] = "300"
-    os.environ.pop("COSTMON_EVENT_STORE_URL", None)
+    from tests.bench.harness import bench_environment
+
+    bench_environment(args.database, args.redis_db)
     import django
 
     django.setup()

@@ -294,6 +294,20 @@ def naive_workers() -> int:
     return (os.cpu_count() or 2) * 2
 
 
+def bench_environment(database: str, redis_db: int) -> None:
+    """This process's environment for a script that measures costmon on a data set the
+    benchmark left in `database` (Redis database `redis_db`), as run.py's phases see it: the
+    product's role (row-level security on), quiet logs, the catalog cached for the run."""
+    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{database}"
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
+    os.environ["DATABASE_ROLE"] = "costmon_app"
+    os.environ.setdefault("SECRET_KEY", "benchmark-only")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "costmon.settings"
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ["COSTMON_CATALOG_TTL_SECONDS"] = "300"
+    os.environ.pop("COSTMON_EVENT_STORE_URL", None)
+
+
 def say(message: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 

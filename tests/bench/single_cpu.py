@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.bench.harness import (  # noqa: E402
     MEDIUM,
+    bench_environment,
     drive,
     expect_ok,
     free_port,
@@ -156,14 +157,7 @@ def main() -> None:
         help="requests/s all clients together (default: full speed)",
     )
     args = parser.parse_args()
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.database}"
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis_db}"
-    os.environ["DATABASE_ROLE"] = "costmon_app"
-    os.environ.setdefault("SECRET_KEY", "benchmark-only")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "costmon.settings"
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ["COSTMON_CATALOG_TTL_SECONDS"] = "300"
-    os.environ.pop("COSTMON_EVENT_STORE_URL", None)
+    bench_environment(args.database, args.redis_db)
 
     from tests.bench.dataset import prepare_database, setup_data
 
