@@ -162,3 +162,50 @@ def test_a_pipeline_that_cannot_start_is_not_left_on_the_connection():
     with pytest.raises(psycopg.OperationalError), transactions._pipeline(raw, one_write=True):
         pass  # pragma: no cover
     assert raw._pipeline is None
+
+
+@pytest.fixture
+def writes(monkeypatch) -> dict[str, int]:
+    """How often a pipeline sent: by one write of libpq's buffer (`_OneWrite`), or by psycopg's
+    own sending, a poll and a write per statement."""
+    counted = {"one write": 0, "psycopg": 0}
+    one_write = getattr(transactions, "psycopg_send", None)
+    streamed = psycopg._pipeline_base.pipeline_communicate
+
+    def sent(pgconn: Any) -> Any:
+        counted["one write"] += 1
+        return one_write(pgconn)  # type: ignore[misc]
+
+    def communicated(pgconn: Any, commands: Any) -> Any:
+        counted["psycopg"] += 1
+        return streamed(pgconn, commands)
+
+    monkeypatch.setattr(transactions, "psycopg_send", sent, raising=False)
+    monkeypatch.setattr(psycopg._pipeline_base, "pipeline_communicate", communicated)
+    return counted
+
+
+def test_the_statements_of_a_small_group_are_written_together(acme, outsider, writes):
+    usage_record_batch(tenant=acme, events=parse_batch([event(event_id="warm")]))
+    writes.update({"one write": 0, "psycopg": 0})
+    usage_record_batch(tenant=acme, events=parse_batch([event(event_id="e1")]))
+    assert writes == {"one write": 1, "psycopg": 0}
+    ids = [f"b{i}" for i in range(ONE_WRITE_MAX_EVENTS + 1)]
+    usage_record_batch(tenant=acme, events=parse_batch([event(event_id=i) for i in ids]))
+    assert writes["one write"] == 1 and writes["psycopg"] > 0  # a big batch: psycopg's own
+    assert UsageEvent.objects.for_tenant(acme).count() == len(ids) + 2
+    assert not UsageEvent.objects.for_tenant(outsider).exists()
+
+
+def test_a_write_bigger_than_the_buffers_goes_through(acme):
+    """Statements past libpq's 64 KB and the sockets' buffers, with answers as big: writing
+    them all before reading an answer must not leave both ends waiting for each other."""
+    text = "x" * 4000
+    with (
+        transactions.write_transaction(one_write=True),
+        connection.cursor() as cursor,
+    ):
+        for _ in range(1500):  # 6 MB each way
+            cursor.execute("SELECT %s::text", [text])
+        cursor.execute("SELECT length(%s::text)", [text])
+        assert cursor.fetchone() == (4000,)
