@@ -51,10 +51,20 @@ _LENGTH = struct.Struct(">i")
 _NULL = _LENGTH.pack(-1)
 
 
+_REGISTERED = "_costmon_packed_arrays"
+
+
 def register(cursor: Any) -> None:
-    """Let `cursor` send packed arrays."""
-    for cls, dumper in _CLASSES.values():
-        cursor.adapters.register_dumper(cls, dumper)
+    """Let `cursor` send packed arrays. Registered on its connection once, so later cursors
+    have them from the start: registering on each cursor copied psycopg's map of dumpers for
+    each statement."""
+    connection = cursor.connection
+    if getattr(connection, _REGISTERED, False):
+        return
+    for adapters in (connection.adapters, cursor.adapters):  # the cursor copied it before
+        for cls, dumper in _CLASSES.values():
+            adapters.register_dumper(cls, dumper)
+    setattr(connection, _REGISTERED, True)
 
 
 def packed_array(values: Sequence[Any], type_name: str) -> bytes | None:

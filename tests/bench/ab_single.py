@@ -11,7 +11,8 @@ top of this process's), and take turns: A then B, then B then A, and so on for `
 a paced phase of `--singles` fresh single events from 8 clients. Prints each round and each
 side's medians: server p50 and p90, and the CPU a request of its gunicorn, of the database's
 backends and of the whole machine. Both run this tree's code: a setting read at start-up (an
-environment variable) is what it compares. Run it on a quiet machine.
+environment variable) is what it compares. Each round starts on a vacuumed database
+(`harness.settle`). Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.harness import MEDIUM, bench_environment, free_port, start_server  # noqa: E402
+from tests.bench.harness import (  # noqa: E402
+    MEDIUM,
+    bench_environment,
+    free_port,
+    settle,
+    start_server,
+)
 from tests.bench.single_cpu import bodies, measured, snapshot  # noqa: E402
 
 FIGURES = ("server p50 ms", "server p90 ms", "gunicorn", "postgres backends", "machine busy")
@@ -91,6 +98,10 @@ def main() -> None:
         for side in "AB":  # warm: connections, prepared statements, caches
             phase(side, 1000, None)
         for round_ in range(args.rounds):
+            # This machine's PostgreSQL runs without autovacuum (CI's configuration): the dead
+            # rows of earlier rounds and runs, left in place, slowed each round more than the
+            # last (the same server's p50 from 5.0 to 6.6 ms over half an hour).
+            settle(f"round {round_}")
             for side in "AB" if round_ % 2 == 0 else "BA":
                 m = phase(side, args.singles, args.rate)
                 cpu: dict[str, float] = m["cpu ms per request"]  # type: ignore[assignment]

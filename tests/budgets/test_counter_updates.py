@@ -4,6 +4,7 @@ runs it every 20 seconds) applies it, and neither a second sweep nor a rebuild c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -270,3 +271,27 @@ def test_a_sweep_records_the_tenants_it_saw_as_active(acme, outsider, ingest_cli
     counter_updates_sweep(min_age_seconds=0)
     active = {int(t) for t in bredis.client().zrange("cm:active", 0, -1)}
     assert active == {acme.pk}
+
+
+def loaded(script: str) -> bool:
+    """Whether Redis holds `budgets/lua/<script>.lua` (by its digest)."""
+    digest = hashlib.sha1((ROOT / "budgets" / "lua" / f"{script}.lua").read_bytes()).hexdigest()  # noqa: S324 - Redis names scripts so
+    return bredis.client().script_exists(digest) == [True]
+
+
+def test_a_redis_that_forgot_the_scripts_still_counts_and_checks(
+    acme, outsider, ingest_client, trusted
+):
+    """Scripts are called by their digest; a Redis restarted (or SCRIPT FLUSHed) since they
+    were loaded answers NOSCRIPT, and the script is loaded again rather than the call failing
+    (the counters would then wait for a rebuild, and checks for PostgreSQL)."""
+    post_usage(ingest_client, event(event_id="a", occurred_at=now_iso()))
+    bredis.client().script_flush()
+    post_usage(ingest_client, event(event_id="b", occurred_at=now_iso()))
+    assert loaded("record")
+    assert day_total(acme) == 2 * HAIKU == stored_total(acme)
+    assert day_total(outsider) == 0
+    assert check(ingest_client).status_code == 200
+    bredis.client().script_flush()
+    assert check(ingest_client).json()["allowed"] is True
+    assert loaded("check")
