@@ -49,8 +49,21 @@ def _postgresql() -> bool:
     return connection.vendor == "postgresql"
 
 
+# The lock's second key: the tenant id, kept within an int4.
+_KEY_MODULUS = 2_000_000_000
+
+
 def _lock_key(tenant_id: int) -> list[int]:
-    return [INGEST_LOCK_NAMESPACE, tenant_id % 2_000_000_000]
+    return [INGEST_LOCK_NAMESPACE, tenant_id % _KEY_MODULUS]
+
+
+def shared_lock_sql(tenant_id: str) -> str:
+    """SQL that takes the ingest lock shared until the transaction ends, of the tenant whose id
+    is the SQL expression `tenant_id` (the one-trip function takes it so, `usage.newevents`)."""
+    return (
+        f"pg_advisory_xact_lock_shared({INGEST_LOCK_NAMESPACE}, "
+        f"mod({tenant_id}, {_KEY_MODULUS})::int4)"
+    )
 
 
 # --- locks ------------------------------------------------------------------------------------

@@ -4,11 +4,12 @@ one of them was stored already."""
 
 from __future__ import annotations
 
+import threading
 from importlib import import_module
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.db.models import Sum
 
@@ -26,6 +27,8 @@ from usage.models import (
     UsageEvent,
 )
 from usage.newevents import FUNCTION, SETTINGS, function_arguments, function_body
+from usage.services import usage_record_batch
+from usage.transactions import _lock_key
 
 pytestmark = [pytest.mark.usefixtures("prices", "unscoped")]
 HAIKU = 1_350_000  # nano-USD of the default test event
@@ -187,4 +190,59 @@ def test_0023_goes_back_to_0022s_two_functions_and_forth_to_the_codes_alone():
     assert " ".join(one_event.BODY.split()) in back.values()
     assert " ".join(lighter.BODY.split()) in back.values()
     # Forth: the code's function alone, the one the code calls.
+    assert list(_functions().values()) == [" ".join(function_body().split())]
+
+
+@requires_postgresql
+@pytest.mark.django_db(transaction=True)  # a pipeline needs autocommit around it
+def test_the_function_takes_the_tenants_ingest_lock(acme, outsider):
+    """The one-trip function takes the ingest lock itself (no statement of its own for it): a
+    rewrite or a counter rebuild of the tenant, which holds it exclusively, holds its single
+    events back until it is done, and only its."""
+    ingest = usage_record_batch  # the committer's path: one trip
+    ingest(tenant=acme, events=parse_batch([event(event_id="warm")]))
+    ingest(tenant=outsider, events=parse_batch([event(event_id="warm")]))
+    rebuild = connections.create_connection("default")
+    rebuild.ensure_connection()
+    stored: list[bool] = []
+
+    def single() -> None:
+        try:
+            [result] = ingest(tenant=acme, events=parse_batch([event(event_id="held")]))
+            stored.append(not result.duplicate)
+        finally:
+            connection.close()
+
+    try:
+        with rebuild.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s, %s)", _lock_key(acme.pk))
+        thread = threading.Thread(target=single, daemon=True)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive() and stored == []  # waits for the lock
+        [other] = ingest(tenant=outsider, events=parse_batch([event(event_id="free")]))
+        assert not other.duplicate
+        with rebuild.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", _lock_key(acme.pk))
+        thread.join(timeout=10)
+        assert stored == [True]
+    finally:
+        rebuild.close()
+    assert UsageEvent.objects.for_tenant(acme).filter(event_id="held").exists()
+    assert not UsageEvent.objects.for_tenant(outsider).filter(event_id="held").exists()
+
+
+@requires_postgresql
+@pytest.mark.django_db(transaction=True)  # migrations back and forth
+def test_0024_goes_back_to_0023s_body_and_forth_to_the_codes():
+    before = import_module("usage.migrations.0023_events_add_new_in_key_order")
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes()
+    try:
+        executor.migrate([("usage", "0023_events_add_new_in_key_order")])
+        back = _functions()
+    finally:
+        MigrationExecutor(connection).migrate(latest)
+    assert list(back.values()) == [" ".join(before.BODY.split())]
+    assert "pg_advisory_xact_lock_shared" not in before.BODY
     assert list(_functions().values()) == [" ".join(function_body().split())]
