@@ -9,16 +9,17 @@ class AlertsConfig(AppConfig):
         # are registered in every process, web included: alerts.services enqueues the
         # delivery task by its name (DELIVER_NOTIFICATION_TASK).
         from alerts import receivers, tasks  # noqa: F401
-        from budgets.signals import emergency_stop_changed
+        from budgets.signals import emergency_stop_changed, usage_counted
         from usage import signals
 
         # An emergency stop tripped or lifted is announced at once, not at the next evaluation.
         emergency_stop_changed.connect(
             receivers.announce_emergency_stop, dispatch_uid="alerts.announce_emergency_stop"
         )
-        # Changed usage makes the tenant's next round of frequent rules due (alerts.rounds),
-        # marked in the batch's transaction after the budgets app wrote its counter update.
-        signals.batch_committing.connect(receivers.batch_committing, dispatch_uid="alerts.batch")
+        # Changed usage makes the tenant's next round of frequent rules due (alerts.rounds):
+        # once the spend counters hold it (ingest's pending counter updates keep it due until
+        # then), or a bulk load or a rewrite changed it.
+        usage_counted.connect(receivers.usage_counted, dispatch_uid="alerts.usage_counted")
         signals.bulk_loaded.connect(receivers.bulk_loaded, dispatch_uid="alerts.bulk_loaded")
         signals.usage_rewritten.connect(
             receivers.usage_rewritten, dispatch_uid="alerts.usage_rewritten"

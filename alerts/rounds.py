@@ -224,11 +224,11 @@ def _remember_pending(pending: set[int], due: list[Due]) -> None:
 
 
 def rounds_mark_changed_in_batch(*, tenant_id: int) -> None:
-    """`rounds_mark_changed` inside an ingest batch's transaction: the statement is sent without
-    waiting for its answer, so on PostgreSQL it rides in the transaction's last round trip
-    instead of costing one of its own after the commit. It commits before the spend counters
-    take the batch; a round that claims the tenant in between sees the batch's counter update
-    row (written in the same transaction) and is due once more (`rule_round_run`)."""
+    """`rounds_mark_changed` inside an ingest batch's transaction, when there are no spend
+    counters (no Redis; with counters, the batch's pending counter update keeps the tenant due
+    and the sweeper marks it once applied, `alerts.receivers.usage_counted`): the statement is
+    sent without waiting for its answer, so on PostgreSQL it rides in the transaction's last
+    round trip instead of costing one of its own after the commit."""
     sql = (
         f"UPDATE {RuleRound._meta.db_table} SET dirty_since = %s "  # noqa: S608 - our table
         "WHERE tenant_id = %s AND cadence = %s AND dirty_since IS NULL"

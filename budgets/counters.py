@@ -43,6 +43,7 @@ from budgets.counter_update import (
 from budgets.models import CounterCorrection, CounterState, CounterUpdate, EmergencyStop
 from budgets.periods import buckets_of_day, day_bucket
 from budgets.scopes import SCOPES, BudgetSpec
+from budgets.signals import usage_counted_send
 from budgets.storage import ingest_lock as ingest_lock  # budgets.updates and drift use it here
 from costmon.core.models import Tenant
 from costmon.core.periods import LATEST, tenant_zone
@@ -371,6 +372,7 @@ def counters_reconcile(
             for update_id, _ in pending:  # their batches' updates may still come: see above
                 pipe.expire(marker_key(tenant.pk, update_id), MARKER_KEEP_SECONDS)
             pipe.execute()
+            usage_counted_send(tenant.pk)
         CounterState.objects.filter(tenant=tenant).delete()
         if report.corrected and was_trusted and not known_behind:
             log.warning(

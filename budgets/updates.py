@@ -31,6 +31,7 @@ from budgets import redis as bredis
 from budgets.counter_update import MARKER_KEEP_SECONDS, SEP, Update, hash_args, marker_key
 from budgets.emergency_stop import emergency_stop_check
 from budgets.models import CounterUpdate
+from budgets.signals import usage_counted, usage_counted_send
 from budgets.storage import counter_update_insert
 from costmon.core.models import Tenant
 from costmon.core.periods import tenant_zone
@@ -163,8 +164,9 @@ def batch_preparing(sender: Any, *, tenant: Tenant, **kwargs: Any) -> None:
 def batch_pending(sender: Any, *, batch: RecordedBatch, **kwargs: Any) -> None:
     """`batch_committing`: in the ingest transaction, before it commits, write the batch's
     counter update, so a process that dies right after the commit leaves it for the sweeper."""
-    if not settings.REDIS_URL:
-        return  # no counters (the embedded default)
+    if not settings.REDIS_URL:  # no counters (the embedded default), and no row to sweep
+        usage_counted.send(sender=CounterUpdate, tenant_id=batch.tenant.pk, in_ingest=True)
+        return
     update = update_of(batch.tenant, batch.rows)
     _pending.value = (batch, counter_update_insert(batch.tenant.pk, update.to_json()), update)
 
@@ -309,6 +311,8 @@ def settle_updates(r: Any, tenant_id: int, ids: list[int] | None = None) -> tupl
         applied += int(result.applied)
         done.append(update_id)
     removed = rows.filter(pk__in=done).delete()[0] if done else 0
+    if removed:
+        usage_counted_send(tenant_id)
     # Markers go after their rows (a marker without its row is harmless, not the reverse),
     # and only after a while: the batch of an update applied here may still apply it.
     if done:

@@ -370,3 +370,27 @@ def test_rounds_that_overlap_past_the_lease_still_notify_each_alert_once(
         "$0.0005",
     ]
     assert sent(outsider) == []
+
+
+def test_usage_swept_between_two_dispatches_still_makes_only_its_tenant_due(
+    acme, outsider, two_tenants, ingest_client, frozen, django_capture_on_commit_callbacks
+):
+    """Ingest does not mark the tenant itself when its spend goes through the counters: its
+    pending counter update keeps the tenant due, and once the sweeper applied and removed it
+    (every 20 s, so often before the next dispatch) the sweeper's `usage_counted` marks it."""
+    dispatch(django_capture_on_commit_callbacks)
+    frozen.shift(60)
+    post_usage(ingest_client, today(event_id="swept"))
+    with unscoped():
+        marked = dict(RuleRound.objects.unscoped().values_list("tenant__slug", "dirty_since"))
+        pending = CounterUpdate.objects.unscoped().filter(tenant=acme).exists()
+    if pending:  # counters (Redis): nothing marked in the batch's transaction
+        assert marked == {"acme": None, "globex": None}
+        counter_updates_sweep(min_age_seconds=0)
+    with unscoped():
+        assert not CounterUpdate.objects.unscoped().exists()
+        marked = dict(RuleRound.objects.unscoped().values_list("tenant__slug", "dirty_since"))
+    assert marked["acme"] is not None and marked["globex"] is None
+    assert dispatch(django_capture_on_commit_callbacks, sweep=False) == {"acme"}
+    frozen.shift(60)
+    assert dispatch(django_capture_on_commit_callbacks, sweep=False) == set()
