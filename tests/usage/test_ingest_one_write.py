@@ -6,6 +6,7 @@ statement as it is executed."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,14 +39,19 @@ def observer() -> Iterator[Any]:
 
 
 def server_transaction_started(observer: Any) -> bool:
-    """Whether the default connection's backend holds the tenant's ingest lock: it has received
-    the transaction's first statements (BEGIN, the lock). pg_locks shows every session's locks
-    to any role (pg_stat_activity hides another role's transaction)."""
+    """Whether the default connection's backend holds the tenant's ingest lock within half a
+    second: it has received the transaction's one-trip call, which takes the lock first.
+    pg_locks shows every session's locks to any role (pg_stat_activity hides another role's
+    transaction)."""
     pid = connection.connection.info.backend_pid
-    row = observer.execute(
-        "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory'", [pid]
-    ).fetchone()
-    return bool(row[0])
+    deadline = time.monotonic() + 0.5
+    while True:
+        row = observer.execute(
+            "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory'", [pid]
+        ).fetchone()
+        if row[0] or time.monotonic() > deadline:
+            return bool(row[0])
+        time.sleep(0.01)
 
 
 def seen_in_transaction(observer: Any, tenant: Any, ids: list[str]) -> list[bool]:
