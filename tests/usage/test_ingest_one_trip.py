@@ -173,18 +173,23 @@ def _functions() -> dict[str, str]:
         return {" ".join(args.split()): " ".join(body.split()) for args, body in cursor.fetchall()}
 
 
+def _functions_at(migration: str) -> dict[str, str]:
+    """`_functions()` once the usage app is migrated back to `migration`; then forth again."""
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes()
+    try:
+        executor.migrate([("usage", migration)])
+        return _functions()
+    finally:
+        MigrationExecutor(connection).migrate(latest)
+
+
 @requires_postgresql
 @pytest.mark.django_db(transaction=True)  # migrations back and forth
 def test_0023_goes_back_to_0022s_two_functions_and_forth_to_the_codes_alone():
     one_event = import_module("usage.migrations.0022_events_add_new_one_event")
     lighter = import_module("usage.migrations.0020_events_add_new_lighter")
-    executor = MigrationExecutor(connection)
-    latest = executor.loader.graph.leaf_nodes()
-    try:
-        executor.migrate([("usage", "0022_events_add_new_one_event")])
-        back = _functions()
-    finally:
-        MigrationExecutor(connection).migrate(latest)
+    back = _functions_at("0022_events_add_new_one_event")
     # Back: 0022's body, and 0020's function (30 arrays) the release before calls.
     assert len(back) == 2
     assert " ".join(one_event.BODY.split()) in back.values()
@@ -236,13 +241,7 @@ def test_the_function_takes_the_tenants_ingest_lock(acme, outsider):
 @pytest.mark.django_db(transaction=True)  # migrations back and forth
 def test_0024_goes_back_to_0023s_body_and_forth_to_the_codes():
     before = import_module("usage.migrations.0023_events_add_new_in_key_order")
-    executor = MigrationExecutor(connection)
-    latest = executor.loader.graph.leaf_nodes()
-    try:
-        executor.migrate([("usage", "0023_events_add_new_in_key_order")])
-        back = _functions()
-    finally:
-        MigrationExecutor(connection).migrate(latest)
+    back = _functions_at("0023_events_add_new_in_key_order")
     assert list(back.values()) == [" ".join(before.BODY.split())]
     assert "pg_advisory_xact_lock_shared" not in before.BODY
     assert list(_functions().values()) == [" ".join(function_body().split())]
