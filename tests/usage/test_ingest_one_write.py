@@ -5,6 +5,7 @@ statement as it is executed."""
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections.abc import Iterator
@@ -215,3 +216,71 @@ def test_a_write_bigger_than_the_buffers_goes_through(acme):
             cursor.execute("SELECT %s::text", [text])
         cursor.execute("SELECT length(%s::text)", [text])
         assert cursor.fetchone() == (4000,)
+
+
+@pytest.fixture
+def syncs(monkeypatch) -> list[int | None]:
+    """The connections (libpq pointers) synced through `transactions.PIPELINE_SYNC`."""
+    synced: list[int | None] = []
+    sync = transactions.PIPELINE_SYNC
+    assert sync is not None  # Linux, one libpq loaded: the sync releases the GIL
+
+    def counted(pgconn_ptr: int | None) -> int:
+        synced.append(pgconn_ptr)
+        return sync(pgconn_ptr)
+
+    monkeypatch.setattr(transactions, "PIPELINE_SYNC", counted)
+    return synced
+
+
+def test_the_sync_that_writes_a_small_group_releases_the_gil(acme, outsider, syncs):
+    """libpq's PQpipelineSync writes the group to the socket; called through ctypes' CDLL (not
+    PyDLL, whose calls hold the GIL), the process's other threads run meanwhile."""
+    found: Any = transactions._pipeline_sync_without_the_gil()
+    assert not found._flags_ & ctypes._FUNCFLAG_PYTHONAPI  # type: ignore[attr-defined]
+    usage_record_batch(tenant=acme, events=parse_batch([event(event_id="warm")]))
+    syncs.clear()
+    usage_record_batch(tenant=acme, events=parse_batch([event(event_id="e1")]))
+    assert syncs == [connection.connection.pgconn.pgconn_ptr]  # one write, one sync
+    assert UsageEvent.objects.for_tenant(acme).count() == 2
+    assert HourlyRollup.objects.for_tenant(acme).get().calls == 2
+    assert not UsageEvent.objects.for_tenant(outsider).exists()
+
+
+def test_a_connection_lost_at_the_sync_stores_nothing(acme, outsider, monkeypatch):
+    """The server's end goes away just before the sync writes the group: an error, nothing
+    stored, and the next batch is stored on a new connection."""
+    usage_record_batch(tenant=acme, events=parse_batch([event(event_id="warm")]))
+    sync = transactions.PIPELINE_SYNC
+    assert sync is not None
+    # The tests' session user, a superuser: the application's role may not end its backend.
+    admin = psycopg.connect(connection.connection.info.dsn, options="", autocommit=True)
+
+    def lost(pgconn_ptr: int | None) -> int:
+        pid = connection.connection.info.backend_pid
+        assert admin.execute("SELECT pg_terminate_backend(%s, 5000)", [pid]).fetchone() == (True,)
+        return sync(pgconn_ptr)
+
+    monkeypatch.setattr(transactions, "PIPELINE_SYNC", lost)
+    with pytest.raises(DatabaseError):
+        usage_record_batch(tenant=acme, events=parse_batch([event(event_id="e1")]))
+    monkeypatch.undo()
+    connection.close()  # as the committer does after a failed group (close_old_connections)
+    assert list(UsageEvent.objects.for_tenant(acme).values_list("event_id", flat=True)) == ["warm"]
+    assert HourlyRollup.objects.for_tenant(acme).get().calls == 1
+    usage_record_batch(tenant=acme, events=parse_batch([event(event_id="e1")]))
+    assert UsageEvent.objects.for_tenant(acme).count() == 2
+    assert not UsageEvent.objects.for_tenant(outsider).exists()
+    admin.close()
+
+
+def test_without_the_ctypes_sync_psycopg_syncs(acme, outsider, monkeypatch, writes):
+    """Where libpq cannot be told for sure (another system, two copies loaded), psycopg's own
+    call syncs, in the same one write."""
+    monkeypatch.setattr(transactions, "PIPELINE_SYNC", None)
+    usage_record_batch(tenant=acme, events=parse_batch([event(event_id="warm")]))
+    writes.update({"one write": 0, "psycopg": 0})
+    usage_record_batch(tenant=acme, events=parse_batch([event(event_id="e1")]))
+    assert writes == {"one write": 1, "psycopg": 0}
+    assert UsageEvent.objects.for_tenant(acme).count() == 2
+    assert not UsageEvent.objects.for_tenant(outsider).exists()
