@@ -171,7 +171,8 @@ def batch_rows(
     rows.append(
         Row(
             "  request p99 (client)",
-            f"{p99:,.0f} ms (p50 {pct(s.latencies_ms, 50):,.0f} ms, server p50 {pct(s.server_ms, 50):,.0f} ms)",
+            f"{p99:,.0f} ms (p50 {pct(s.latencies_ms, 50):,.0f} ms, server p50 "
+            f"{pct(s.server_ms, 50):,.0f} ms, slowest {max(s.latencies_ms):,.0f} ms)",
             "< 250 ms",
             p99 < 250,
             key="batch p99",
