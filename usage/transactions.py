@@ -195,7 +195,9 @@ def _pipeline_sync_without_the_gil() -> Callable[[int | None], int] | None:
     wait for the GIL all the while: in py-spy's `--gil` samples of the workers, with single
     events paced at 450 requests/s, a fifth of all the Python time was the committers'
     writes. Without the GIL, 8 alternated rounds at 480 requests/s (`ab_single.py`) gave a
-    server p50 of 5.14 ms against 8.18 ms, and 0.2 ms less of gunicorn's CPU a request.
+    server p50 of 5.14 ms against 8.18 ms, and 0.2 ms less of gunicorn's CPU a request, on a
+    slow moment of the machine; on a faster or a saturated one, within the noise
+    (docs/benchmark.md).
 
     The library is the one libpq mapped into this process (Linux's /proc/self/maps; psycopg's
     binary build brings its own copy), and only if it is the version psycopg reports: calling
