@@ -247,14 +247,20 @@ def test_the_sync_that_writes_a_small_group_releases_the_gil(acme, outsider, syn
     assert not UsageEvent.objects.for_tenant(outsider).exists()
 
 
-def test_a_connection_lost_at_the_sync_stores_nothing(acme, outsider, monkeypatch):
+@pytest.fixture
+def admin() -> Iterator[Any]:
+    """A connection as the tests' session user, a superuser, without the default connection's
+    options (they set the application's role, which may not end another backend)."""
+    with psycopg.connect(connection.connection.info.dsn, options="", autocommit=True) as conn:
+        yield conn
+
+
+def test_a_connection_lost_at_the_sync_stores_nothing(acme, outsider, admin, monkeypatch):
     """The server's end goes away just before the sync writes the group: an error, nothing
     stored, and the next batch is stored on a new connection."""
     usage_record_batch(tenant=acme, events=parse_batch([event(event_id="warm")]))
     sync = transactions.PIPELINE_SYNC
     assert sync is not None
-    # The tests' session user, a superuser: the application's role may not end its backend.
-    admin = psycopg.connect(connection.connection.info.dsn, options="", autocommit=True)
 
     def lost(pgconn_ptr: int | None) -> int:
         pid = connection.connection.info.backend_pid
@@ -271,7 +277,6 @@ def test_a_connection_lost_at_the_sync_stores_nothing(acme, outsider, monkeypatc
     usage_record_batch(tenant=acme, events=parse_batch([event(event_id="e1")]))
     assert UsageEvent.objects.for_tenant(acme).count() == 2
     assert not UsageEvent.objects.for_tenant(outsider).exists()
-    admin.close()
 
 
 def test_without_the_ctypes_sync_psycopg_syncs(acme, outsider, monkeypatch, writes):
