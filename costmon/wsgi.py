@@ -12,10 +12,10 @@ django_application = get_wsgi_application()
 from django.urls import reverse  # noqa: E402
 
 from costmon.web.dashboard.charts import warm_up  # noqa: E402
-from costmon.web.fastpath import IngestFastPath  # noqa: E402
+from costmon.web.fastpath import ApiFastPath  # noqa: E402
 
-# Usage reports skip the middleware stack (costmon.web.fastpath); everything else is Django's.
-application = IngestFastPath(django_application)
+# Usage reports and checks skip the middleware stack (costmon.web.fastpath); the rest is Django's.
+application = ApiFastPath(django_application)
 
 reverse("dashboard-overview", args=["warm-up"])
 warm_up()

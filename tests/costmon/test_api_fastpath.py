@@ -1,6 +1,6 @@
-"""POST /api/v1/usage/ before the middleware stack (costmon.web.fastpath): the same replies as
-Django's whole stack gives, headers included; whatever the hot path does not answer goes to
-Django with its body intact."""
+"""POST /api/v1/usage/ and POST /api/v1/check/ before the middleware stack (costmon.web.fastpath):
+the same replies as Django's whole stack gives, headers included; whatever the hot path does not
+answer goes to Django with its body intact."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.db import OperationalError, close_old_connections
 from django.test import RequestFactory
 
+from budgets import counters
+from budgets.services import budget_create
+from costmon.core import instruments
 from costmon.core.services import api_key_create
-from costmon.web.fastpath import IngestFastPath
+from costmon.web.fastpath import ApiFastPath
 from tests.helpers import event
 from usage import grouping
 from usage.models import UsageEvent
@@ -46,10 +49,12 @@ def django_app():
         signals.request_finished.connect(close_old_connections)
 
 
-def send(app: Any, body: Any, *, secret: str | None, **extra: str) -> tuple[int, dict, bytes]:
+def send(
+    app: Any, body: Any, *, secret: str | None, path: str = "/api/v1/usage/", **extra: str
+) -> tuple[int, dict, bytes]:
     headers = {"HTTP_AUTHORIZATION": f"Bearer {secret}"} if secret else {}
     request = RequestFactory().post(
-        "/api/v1/usage/",
+        path,
         data=body if isinstance(body, str) else json.dumps(body),
         content_type="application/json",
         **headers,
@@ -80,7 +85,7 @@ def test_a_report_is_answered_before_the_middleware_as_django_answers_it(
 ):
     batch = [event(event_id="a"), event(event_id="b", cost_usd="0.25"), event(event_id="a")]
     fast = send(
-        IngestFastPath(django_app),
+        ApiFastPath(django_app),
         batch,
         secret=api_key_create(tenant=acme, scopes="ingest").secret,
     )
@@ -116,7 +121,7 @@ def test_anything_else_is_answered_by_django_with_its_body(
         "wrong": "cm_live_notakey",
         None: None,
     }
-    fast = send(IngestFastPath(django_app), body, secret=keys[secret], **extra)
+    fast = send(ApiFastPath(django_app), body, secret=keys[secret], **extra)
     assert django_app.calls == 1
     whole = send(django_app, body, secret=keys[secret], **extra)
     assert fast[0] == whole[0] and fast[0] in (201, 400, 401, 403, 406)
@@ -136,10 +141,80 @@ def test_a_failure_while_storing_gets_the_apis_error_shape(
 
     monkeypatch.setattr(grouping, "usage_record_batch", fail)
     secret = api_key_create(tenant=acme, scopes="ingest").secret
-    code, headers, content = send(IngestFastPath(django_app), [event()], secret=secret)
+    code, headers, content = send(ApiFastPath(django_app), [event()], secret=secret)
     assert django_app.calls == 0
     assert code == status
     assert json.loads(content)["errors"][0]["message"]
     assert headers["Content-Type"] == "application/json"
     if status == 503:
         assert headers["Retry-After"]
+
+
+CHECK = "/api/v1/check/"
+A_CHECK = {
+    "end_user": "user-1",
+    "provider": "openai",
+    "model": "gpt-4o",
+    "estimated_input_tokens": 4000,
+}
+
+
+def checks_observed() -> float:
+    return sum(
+        s.value
+        for m in instruments.CHECK_SECONDS.collect()
+        for s in m.samples
+        if s.name.endswith("_count")
+    )
+
+
+def test_a_check_is_answered_before_the_middleware_as_django_answers_it(django_app, acme, outsider):
+    """The same bytes and headers as Django's whole stack, a warning included; timed in the
+    check's histogram; and for the key's tenant only (the outsider, with no budget, is
+    allowed without a warning)."""
+    budget_create(tenant=acme, data={"name": "soft", "limit_usd": "0.000001"})
+    for tenant in (acme, outsider):  # replies from the counters, as after their first rebuild
+        counters.counters_reconcile(tenant=tenant)
+    secret = api_key_create(tenant=acme, scopes="ingest").secret
+    observed = checks_observed()
+    fast = send(ApiFastPath(django_app), A_CHECK, secret=secret, path=CHECK)
+    assert django_app.calls == 0
+    assert checks_observed() == observed + 1
+    whole = send(django_app, A_CHECK, secret=secret, path=CHECK)
+    assert fast[0] == 200
+    same_reply(fast, whole)
+    assert fast[1]["X-Content-Type-Options"] == "nosniff"
+    assert json.loads(fast[2])["warnings"][0]["code"] == "soft_budget_would_exceed"
+    other = send(
+        ApiFastPath(django_app),
+        A_CHECK,
+        secret=api_key_create(tenant=outsider, scopes="ingest").secret,
+        path=CHECK,
+    )
+    assert other[0] == 200
+    assert json.loads(other[2])["warnings"] == json.loads(other[2])["budgets"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "secret", "extra"),
+    [
+        ({"model": "gpt-4o", "estimated_input_tokens": -1}, "key", {}),  # invalid: 400
+        ("{nope", "key", {}),  # malformed JSON
+        (A_CHECK, None, {}),  # no key: 401
+        (A_CHECK, "wrong", {}),  # unknown key
+        (A_CHECK, "read", {}),  # a key without the ingest scope: 403
+        (A_CHECK, "key", {"HTTP_ACCEPT": "text/html"}),  # DRF's content negotiation: 406
+    ],
+)
+def test_any_other_check_is_answered_by_django_with_its_body(django_app, acme, body, secret, extra):
+    keys = {
+        "key": api_key_create(tenant=acme, scopes="ingest").secret,
+        "read": api_key_create(tenant=acme, scopes="read").secret,
+        "wrong": "cm_live_notakey",
+        None: None,
+    }
+    fast = send(ApiFastPath(django_app), body, secret=keys[secret], path=CHECK, **extra)
+    assert django_app.calls == 1
+    whole = send(django_app, body, secret=keys[secret], path=CHECK, **extra)
+    assert fast[0] == whole[0] and fast[0] in (400, 401, 403, 406)
+    assert fast[2] == whole[2]  # the same error, worded the same
