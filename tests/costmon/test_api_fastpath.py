@@ -70,6 +70,16 @@ def send(
     return answer["status"], answer["headers"], content
 
 
+def secrets(tenant: Any) -> dict[str | None, str | None]:
+    """The secrets the error cases send: an ingest key, a read key, an unknown one, none."""
+    return {
+        "key": api_key_create(tenant=tenant, scopes="ingest").secret,
+        "read": api_key_create(tenant=tenant, scopes="read").secret,
+        "wrong": "cm_live_notakey",
+        None: None,
+    }
+
+
 def same_reply(a: tuple[int, dict, bytes], b: tuple[int, dict, bytes]) -> None:
     assert a[0] == b[0]
     assert a[2] == b[2]
@@ -115,12 +125,7 @@ def test_a_report_is_answered_before_the_middleware_as_django_answers_it(
 def test_anything_else_is_answered_by_django_with_its_body(
     django_app, acme, outsider, body, secret, extra
 ):
-    keys = {
-        "key": api_key_create(tenant=acme, scopes="ingest").secret,
-        "read": api_key_create(tenant=acme, scopes="read").secret,
-        "wrong": "cm_live_notakey",
-        None: None,
-    }
+    keys = secrets(acme)
     fast = send(ApiFastPath(django_app), body, secret=keys[secret], **extra)
     assert django_app.calls == 1
     whole = send(django_app, body, secret=keys[secret], **extra)
@@ -207,12 +212,7 @@ def test_a_check_is_answered_before_the_middleware_as_django_answers_it(django_a
     ],
 )
 def test_any_other_check_is_answered_by_django_with_its_body(django_app, acme, body, secret, extra):
-    keys = {
-        "key": api_key_create(tenant=acme, scopes="ingest").secret,
-        "read": api_key_create(tenant=acme, scopes="read").secret,
-        "wrong": "cm_live_notakey",
-        None: None,
-    }
+    keys = secrets(acme)
     fast = send(ApiFastPath(django_app), body, secret=keys[secret], path=CHECK, **extra)
     assert django_app.calls == 1
     whole = send(django_app, body, secret=keys[secret], path=CHECK, **extra)
